@@ -1,0 +1,281 @@
+"""`NeuralNetworkCell`: what every layer shares (calling, graph recording, modes, printing).
+
+A call takes a Tensor or an Interface, joins the input's graph, runs the cell's reference
+forward (numpy or CuPy by the cell's model), records the call for back-propagation and
+returns a new output Tensor whose producer is the cell. Subclasses implement:
+
+- `_forward(xs) -> (y, ctx)`: arrays in, array out, `ctx` what backward needs;
+- `_backward(ctx, dy, needs) -> list of dx` (None where `needs[i]` is False), accumulating
+  parameter gradients with `_accumulate_grad`;
+- `_check_input(tensors)` for the frozen-geometry checks (called before each forward).
+"""
+import os
+
+import numpy as np
+
+from n2d2 import backend
+from n2d2.activation import ActivationFunction
+from n2d2.configurable import Configurable, Spec
+from n2d2.deepnet import CallRecord
+from n2d2.error_handler import UndefinedModelError, WrongInputType, WrongValue
+from n2d2.settings import Verbosity, global_variables
+from n2d2.tensor import Interface, Tensor
+from n2d2.utils import atomic_write_text, generate_name
+
+ACTIVATION_SPEC = Spec(ActivationFunction, None, allow_none=True)
+
+
+class NeuralNetworkCell(Configurable):
+    """Abstract base of all layers.
+
+    Parameters common to every cell: `name`, `activation`, `model` ("Frame"/"Frame_CUDA"),
+    `datatype` ("float").
+    """
+
+    _templated = True  # prints Frame<float> (False: plain Frame)
+
+    def __init__(self, arguments=None, name=None, model=None, datatype=None, **config):
+        if type(self) is NeuralNetworkCell:
+            raise TypeError("NeuralNetworkCell is abstract")
+        if name is not None and not isinstance(name, str):
+            raise WrongInputType("name", type(name), ["str"])
+        model = model if model is not None else global_variables.default_model
+        if model not in ("Frame", "Frame_CUDA"):
+            raise UndefinedModelError(model)
+        datatype = datatype if datatype is not None else global_variables.default_datatype
+        if datatype != "float":
+            raise WrongValue("datatype", datatype, ["float"])
+        object.__setattr__(self, "_name", name if name is not None else generate_name(self))
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_datatype_name", datatype)
+        self._inference = False
+        self._deepnet = None
+        self._inputs = []
+        self._output = None
+        self._diff_inputs = None
+        self._diff_outputs = []
+        self._input_cells = []
+        self._param_grads = {}
+        self._batch_size = 1
+        super().__init__(arguments, **config)
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def name(self):
+        return self._name
+
+    def get_name(self) -> str:
+        return self._name
+
+    def get_model(self) -> str:
+        return self._model
+
+    @property
+    def _on_gpu(self) -> bool:
+        return self._model == "Frame_CUDA"
+
+    def _xp(self):
+        return backend.require_cupy() if self._on_gpu else np
+
+    def _to_model_device(self, array):
+        return backend.to_device(array, self._on_gpu)
+
+    # -- modes --------------------------------------------------------------------------------
+    def learn(self):
+        self._inference = False
+        return self
+
+    def test(self):
+        self._inference = True
+        return self
+
+    def is_learning(self) -> bool:
+        return not self._inference
+
+    # -- calling ------------------------------------------------------------------------------
+    def __call__(self, inputs):
+        if isinstance(inputs, Tensor):
+            tensors = [inputs]
+        elif isinstance(inputs, Interface):
+            tensors = inputs.get_tensors()
+        else:
+            raise WrongInputType("inputs", type(inputs), ["Tensor", "Interface"])
+        deepnet = tensors[0].get_deepnet()
+        for t in tensors[1:]:
+            if t.get_deepnet() is not deepnet:
+                raise ValueError(f"Cell '{self._name}': its inputs belong to different graphs")
+        self._check_input(tensors)
+        xs = []
+        for t in tensors:
+            if t.is_cuda != self._on_gpu:
+                t.cuda() if self._on_gpu else t.cpu()
+            x = t._data
+            if x.dtype != np.float32:
+                x = x.astype(np.float32)
+            xs.append(x)
+        y, ctx = self._forward(xs)
+        out = Tensor._wrap(y, cell=self)
+        from n2d2.provider.base import Provider
+
+        needs = [t.cell is not None and not isinstance(t.cell, Provider) for t in tensors]
+        deepnet.add(CallRecord(self, tensors, out, ctx, needs))
+        self._deepnet = deepnet
+        self._inputs = tensors
+        self._output = out
+        self._input_cells = [t.cell.get_name() for t in tensors if t.cell is not None]
+        return out
+
+    def _check_input(self, tensors):
+        """Validate input geometry (subclasses freeze it at the first call)."""
+
+    def _forward(self, xs):
+        raise NotImplementedError
+
+    def _backward(self, ctx, dy, needs):
+        raise NotImplementedError
+
+    def _backward_record(self, record, dy):
+        self._diff_inputs = dy
+        self._batch_size = int(dy.shape[0]) if dy.ndim else 1
+        dxs = self._backward(record.ctx, dy, record.needs_input_grad)
+        self._diff_outputs = dxs
+        return dxs
+
+    # -- activation helpers ---------------------------------------------------------------------
+    def _activate(self, z):
+        """Apply the cell's activation; returns (y, what backward needs)."""
+        act = self._config.get("activation")
+        if act is None:
+            return z, None
+        return act.forward(z), z
+
+    def _deactivate(self, dy, saved):
+        act = self._config.get("activation")
+        if act is None or saved is None:
+            return dy
+        return act.backward(dy, saved)
+
+    # -- parameter gradients and update ----------------------------------------------------------
+    def _zero_param_grads(self):
+        self._param_grads = {}
+
+    def _accumulate_grad(self, name, grad):
+        g = self._param_grads.get(name)
+        self._param_grads[name] = grad if g is None else g + grad
+
+    def update(self):
+        """Apply this cell's solvers to its parameters (no-op for parameter-free cells)."""
+
+    # -- graph accessors ----------------------------------------------------------------------
+    def get_deepnet(self):
+        return self._deepnet
+
+    def get_inputs(self):
+        return self._inputs[0] if len(self._inputs) == 1 else Interface(self._inputs) if self._inputs else None
+
+    def get_outputs(self) -> Tensor:
+        if self._output is None:
+            return Tensor([0])
+        return self._output
+
+    def _as_n2d2_gradient(self, array):
+        # N2D2 propagates (target - output): the negative of d(loss)/d(x).
+        return Tensor._wrap(-array, cell=self)
+
+    def get_diffinputs(self) -> Tensor:
+        """Gradient received from the next cells (N2D2 sign convention)."""
+        if self._diff_inputs is None:
+            raise RuntimeError(f"Cell '{self._name}': no gradient yet (call back_propagate() first)")
+        return self._as_n2d2_gradient(self._diff_inputs)
+
+    def get_diffoutputs(self, index=0) -> Tensor:
+        """Gradient sent to input `index` (N2D2 sign convention)."""
+        if not self._diff_outputs or index >= len(self._diff_outputs) or self._diff_outputs[index] is None:
+            raise RuntimeError(f"Cell '{self._name}': no gradient for input {index} "
+                               "(back_propagate() not called, or that input does not need one)")
+        return self._as_n2d2_gradient(self._diff_outputs[index])
+
+    def dims(self):
+        return self._output.dims() if self._output is not None else []
+
+    def get_nb_outputs(self) -> int:
+        return self._args.get("nb_outputs", self._output.dimZ() if self._output is not None else 0)
+
+    def get_nb_channels(self) -> int:
+        return self._args.get("nb_inputs", sum(t.dimZ() for t in self._inputs))
+
+    def get_input_cells(self):
+        return list(self._input_cells)
+
+    def get_type(self) -> str:
+        return self._type_name or type(self).__name__
+
+    # -- activation attribute -------------------------------------------------------------------
+    def get_activation(self):
+        return self._config.get("activation")
+
+    def set_activation(self, activation):
+        self.set_parameter("activation", activation)
+
+    # -- free parameters ------------------------------------------------------------------------
+    def _parameter_files(self) -> dict:
+        """suffix -> text of the parameter files this cell writes (empty: none)."""
+        return {}
+
+    def _load_parameter_files(self, directory, ignore_not_exists):
+        """Read back what `_parameter_files` writes."""
+
+    def export_free_parameters(self, dir_name: str, verbose=True):
+        """Write this cell's parameters as N2D2 .syntxt files under `dir_name`."""
+        base = os.path.join(dir_name, self._name)
+        if verbose:
+            print(f"Export to {base}.syntxt")
+            print(f"Export to {base}_quant.syntxt")
+        for suffix, text in self._parameter_files().items():
+            atomic_write_text(f"{base}{suffix}.syntxt", text)
+
+    def import_free_parameters(self, dir_name: str, ignore_not_exists=False):
+        """Read this cell's parameters from N2D2 .syntxt files under `dir_name`."""
+        print(f"Import {os.path.join(dir_name, self._name)}.syntxt")
+        self._load_parameter_files(dir_name, ignore_not_exists)
+
+    # -- printing -----------------------------------------------------------------------------
+    def _model_key(self) -> str:
+        return f"{self._model}<{self._datatype_name}>" if self._templated else self._model
+
+    def __str__(self):
+        verbosity = global_variables.verbosity
+        text = f"'{self._name}' {self.get_type()}({self._model_key()})" + self._params_str(verbosity)
+        if self._input_cells:
+            text += "(" + str(self._input_cells) + ")"
+        return text
+
+    __repr__ = __str__
+
+
+def read_parameter_file(path: str, cell_name: str, expected_shape, ignore_not_exists=False):
+    """Numbers of one .syntxt file as a float32 array of `expected_shape` (rows = lines).
+
+    Returns None when the file is missing and `ignore_not_exists`; otherwise errors name the
+    cell, the file and what was expected.
+    """
+    if not os.path.exists(path):
+        if ignore_not_exists:
+            return None
+        raise FileNotFoundError(f"Cell '{cell_name}': parameter file {path} does not exist")
+    with open(path) as f:
+        rows = [line.split() for line in f if line.strip()]
+    try:
+        values = np.array([float(v) for row in rows for v in row], dtype=np.float32)
+    except ValueError as e:
+        raise ValueError(f"Cell '{cell_name}': {path} holds a value that is not a number ({e})") from None
+    expected = int(np.prod(expected_shape))
+    if values.size != expected:
+        raise ValueError(f"Cell '{cell_name}': {path} holds {values.size} values, expected {expected} "
+                         f"(shape {list(expected_shape)})")
+    return values.reshape(expected_shape)
+
+
+def format_rows(array2d) -> str:
+    """One line per row, each value followed by a space (float32 round-trips exactly)."""
+    return "".join("".join("%.9g " % v for v in row) + "\n" for row in np.asarray(array2d).reshape(len(array2d), -1))

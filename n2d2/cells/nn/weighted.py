@@ -1,0 +1,247 @@
+"""`WeightedCell`: the weight/bias API shared by Fc, Conv and Deconv.
+
+Weights are one array (Fc: [O, C]; Conv: [O, C/groups..., kH, kW] as the subclass says),
+biases one [O] array, both on the cell's device. Solvers and fillers are parameters;
+`solver=` / `filler=` are write-only shortcuts that set both (solvers as copies).
+"""
+import os
+
+import numpy as np
+
+from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows, read_parameter_file
+from n2d2.configurable import Spec
+from n2d2.error_handler import WrongInputType
+from n2d2.filler import Filler, Normal
+from n2d2.solver import SGD, Solver
+from n2d2.tensor import Tensor
+
+QUANTIZER_SPEC = Spec(type(None), None, allow_none=True)
+
+
+def _default_filler():
+    return Normal(mean=0.0, std_dev=0.05)
+
+
+def solver_and_filler_specs():
+    """The object-valued parameters every weighted cell prints last, in upstream order."""
+    return {
+        "activation": ACTIVATION_SPEC,
+        "weights_solver": Spec(Solver, SGD),
+        "bias_solver": Spec(Solver, SGD),
+        "weights_filler": Spec(Filler, _default_filler),
+        "bias_filler": Spec(Filler, _default_filler),
+        "quantizer": QUANTIZER_SPEC,
+    }
+
+
+class WeightedCell(NeuralNetworkCell):
+    """Base of cells with trainable weights and biases."""
+
+    def __init__(self, arguments, solver=None, filler=None, quantizer=None, **config):
+        if quantizer is not None:
+            raise WrongInputType("quantizer", type(quantizer), ["None (quantizers are not supported yet)"])
+        if solver is not None and not isinstance(solver, Solver):
+            raise WrongInputType("solver", type(solver), ["Solver"])
+        if filler is not None and not isinstance(filler, Filler):
+            raise WrongInputType("filler", type(filler), ["Filler"])
+        super().__init__(arguments, **config)
+        if solver is not None:
+            self.set_solver(solver)
+        if filler is not None:
+            self._config["weights_filler"] = filler
+            self._config["bias_filler"] = filler
+        self._weights = None
+        self._biases = None
+        self.refill_weights()
+        self.refill_bias()
+
+    # -- what subclasses define ------------------------------------------------------------------
+    def _weights_shape(self):
+        raise NotImplementedError
+
+    def _fans(self):
+        """(fan_in, fan_out) for fillers."""
+        raise NotImplementedError
+
+    def _weight_view(self, output_index, channel_index):
+        """The array slice that `get_weight(o, c)` shows."""
+        raise NotImplementedError
+
+    def _nb_weight_channels(self) -> int:
+        return self._args["nb_inputs"]
+
+    def _mask_weights(self):
+        """Zero the weights of unconnected (output, channel) pairs (mapping); default none."""
+
+    # -- filling --------------------------------------------------------------------------------
+    def refill_weights(self):
+        fan_in, fan_out = self._fans()
+        w = self._config["weights_filler"].fill(self._weights_shape(), fan_in, fan_out)
+        self._weights = self._to_model_device(w)
+        self._mask_weights()
+
+    def refill_bias(self):
+        if self._config.get("no_bias"):
+            self._biases = None
+            return
+        fan_in, fan_out = self._fans()
+        b = self._config["bias_filler"].fill((self._args["nb_outputs"],), fan_in, fan_out)
+        self._biases = self._to_model_device(b)
+
+    def set_weights_filler(self, filler, refill=False):
+        self.set_parameter("weights_filler", filler)
+        if refill:
+            self.refill_weights()
+
+    def set_bias_filler(self, filler, refill=False):
+        if self._config.get("no_bias"):
+            raise RuntimeError(f"Cell '{self._name}' has no bias (no_bias=True)")
+        self.set_parameter("bias_filler", filler)
+        if refill:
+            self.refill_bias()
+
+    set_biases_filler = set_bias_filler
+
+    def set_filler(self, filler, refill=False):
+        self.set_weights_filler(filler, refill)
+        if not self._config.get("no_bias"):
+            self.set_bias_filler(filler, refill)
+
+    @property
+    def filler(self):
+        raise AttributeError("'filler' is write-only: read weights_filler or bias_filler")
+
+    @filler.setter
+    def filler(self, value):
+        self.set_filler(value)
+
+    # -- solvers --------------------------------------------------------------------------------
+    def set_solver(self, solver):
+        if not isinstance(solver, Solver):
+            raise WrongInputType("solver", type(solver), ["Solver"])
+        self._config["weights_solver"] = solver.copy()
+        self._config["bias_solver"] = solver.copy()
+
+    @property
+    def solver(self):
+        raise AttributeError("'solver' is write-only: read weights_solver or bias_solver")
+
+    @solver.setter
+    def solver(self, value):
+        self.set_solver(value)
+
+    def set_solver_parameter(self, key, value):
+        self._config["weights_solver"].set_parameter(key, value)
+        self._config["bias_solver"].set_parameter(key, value)
+
+    def has_quantizer(self) -> bool:
+        return False
+
+    def update(self):
+        if "weights" in self._param_grads:
+            self._config["weights_solver"].update(self._weights, self._param_grads["weights"], self._batch_size)
+            self._mask_weights()
+        if "biases" in self._param_grads and self._biases is not None:
+            self._config["bias_solver"].update(self._biases, self._param_grads["biases"], self._batch_size)
+
+    # -- weights API ----------------------------------------------------------------------------
+    def _check_indices(self, output_index, channel_index):
+        nb_out = self._args["nb_outputs"]
+        nb_ch = self._nb_weight_channels()
+        if not (isinstance(output_index, int) and 0 <= output_index < nb_out):
+            raise ValueError(f"Cell '{self._name}': output index {output_index} out of range [0, {nb_out})")
+        if not (isinstance(channel_index, int) and 0 <= channel_index < nb_ch):
+            raise ValueError(f"Cell '{self._name}': channel index {channel_index} out of range [0, {nb_ch})")
+
+    def get_weight(self, output_index, channel_index) -> Tensor:
+        self._check_indices(output_index, channel_index)
+        from n2d2.backend import to_host
+
+        view = to_host(self._weight_view(output_index, channel_index))
+        return Tensor._wrap(np.array(view, dtype=np.float32).reshape(self._weight_tensor_shape()))
+
+    def _weight_tensor_shape(self):
+        return [1]
+
+    def set_weight(self, output_index, channel_index, weight: Tensor):
+        if not isinstance(weight, Tensor):
+            raise WrongInputType("weight", type(weight), ["Tensor"])
+        self._check_indices(output_index, channel_index)
+        view = self._weight_view(output_index, channel_index)
+        values = weight.to_numpy()
+        if values.size != view.size:
+            raise ValueError(f"Cell '{self._name}': weight ({output_index}, {channel_index}) has "
+                             f"{view.size} values {self._weight_tensor_shape()}, got {weight.shape()}")
+        view[...] = self._to_model_device(values.reshape(view.shape).astype(np.float32))
+
+    def get_weights(self):
+        return [[self.get_weight(o, c) for c in range(self._nb_weight_channels())]
+                for o in range(self._args["nb_outputs"])]
+
+    def has_bias(self) -> bool:
+        return not self._config.get("no_bias")
+
+    def _check_bias(self, output_index):
+        if not self.has_bias():
+            raise RuntimeError(f"Cell '{self._name}' has no bias (no_bias=True)")
+        nb_out = self._args["nb_outputs"]
+        if not (isinstance(output_index, int) and 0 <= output_index < nb_out):
+            raise ValueError(f"Cell '{self._name}': output index {output_index} out of range [0, {nb_out})")
+
+    def get_bias(self, output_index) -> Tensor:
+        self._check_bias(output_index)
+        from n2d2.backend import to_host
+
+        return Tensor._wrap(np.array(to_host(self._biases[output_index:output_index + 1]), dtype=np.float32))
+
+    def set_bias(self, output_index, bias: Tensor):
+        if not isinstance(bias, Tensor):
+            raise WrongInputType("bias", type(bias), ["Tensor"])
+        self._check_bias(output_index)
+        if len(bias) != 1:
+            raise ValueError(f"Cell '{self._name}': a bias is one value, got a tensor of shape {bias.shape()}")
+        self._biases[output_index] = float(bias[0])
+
+    def get_biases(self):
+        if not self.has_bias():
+            raise RuntimeError(f"Cell '{self._name}' has no bias (no_bias=True)")
+        return [self.get_bias(o) for o in range(self._args["nb_outputs"])]
+
+    def _on_parameter_change(self, key, value):
+        if key == "no_bias":
+            if value:
+                self._biases = None
+            elif getattr(self, "_biases", None) is None and getattr(self, "_weights", None) is not None:
+                self.refill_bias()
+
+    # -- free parameters ------------------------------------------------------------------------
+    def _weights_rows(self):
+        """The weights as N2D2 writes them: one row per output (default: all inputs flattened)."""
+        from n2d2.backend import to_host
+
+        w = to_host(self._weights)
+        return w.reshape(w.shape[0], -1)
+
+    def _set_weights_rows(self, rows):
+        self._weights[...] = self._to_model_device(rows.reshape(self._weights.shape))
+        self._mask_weights()
+
+    def _parameter_files(self):
+        from n2d2.backend import to_host
+
+        files = {"_weights": format_rows(self._weights_rows())}
+        if self.has_bias():
+            files["_biases"] = format_rows(to_host(self._biases).reshape(-1, 1))
+        return files
+
+    def _load_parameter_files(self, directory, ignore_not_exists):
+        base = os.path.join(directory, self._name)
+        rows = self._weights_rows()
+        w = read_parameter_file(base + "_weights.syntxt", self._name, rows.shape, ignore_not_exists)
+        if w is not None:
+            self._set_weights_rows(w)
+        if self.has_bias():
+            b = read_parameter_file(base + "_biases.syntxt", self._name, (self._args["nb_outputs"],),
+                                    ignore_not_exists)
+            if b is not None:
+                self._biases[...] = self._to_model_device(b)

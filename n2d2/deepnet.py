@@ -1,0 +1,98 @@
+"""The eager graph: the cells called since a provider produced a batch, in call order.
+
+Calling a cell records (cell, inputs, output, saved context) here; a target seeds the
+gradient of an output; `back_propagate()` walks the records backwards and `update()` applies
+every cell's solvers. The record list is also what `n2d2.ir` traces into its graph.
+"""
+from n2d2.utils import generate_name
+
+
+class CallRecord:
+    """One cell call: what went in, what came out, and what the backward pass needs."""
+
+    __slots__ = ("cell", "inputs", "output", "ctx", "needs_input_grad")
+
+    def __init__(self, cell, inputs, output, ctx, needs_input_grad):
+        self.cell = cell
+        self.inputs = inputs
+        self.output = output
+        self.ctx = ctx
+        self.needs_input_grad = needs_input_grad
+
+
+class DeepNet:
+    """A define-by-run graph rooted at a provider."""
+
+    def __init__(self, provider=None, name=None):
+        self._name = name or generate_name(self)
+        self._provider = provider
+        self._records = []
+        self._seeds = []
+
+    def get_name(self) -> str:
+        return self._name
+
+    def get_provider(self):
+        return self._provider
+
+    def add(self, record: CallRecord):
+        self._records.append(record)
+
+    def records(self):
+        return list(self._records)
+
+    def get_cells(self) -> list:
+        """Cells in first-call order, each once."""
+        seen, cells = set(), []
+        for r in self._records:
+            if id(r.cell) not in seen:
+                seen.add(id(r.cell))
+                cells.append(r.cell)
+        return cells
+
+    def seed_gradient(self, tensor, grad):
+        """Set d(loss)/d(tensor) (standard sign) for the next back_propagate()."""
+        self._seeds.append((tensor, grad))
+
+    def back_propagate(self):
+        grads = {}
+        for tensor, g in self._seeds:
+            key = id(tensor)
+            grads[key] = g if key not in grads else grads[key] + g
+        if not grads:
+            raise RuntimeError(f"{self._name}: nothing to back-propagate (no target seeded a gradient)")
+        for cell in self.get_cells():
+            cell._zero_param_grads()
+        for record in reversed(self._records):
+            dy = grads.get(id(record.output))
+            if dy is None:
+                continue
+            dxs = record.cell._backward_record(record, dy)
+            for tensor, dx in zip(record.inputs, dxs):
+                if dx is None:
+                    continue
+                key = id(tensor)
+                grads[key] = dx if key not in grads else grads[key] + dx
+
+    def update(self):
+        for cell in self.get_cells():
+            cell.update()
+
+    def draw(self, path):
+        """A simple picture of the call graph (cells as boxes, producers as arrows)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [self._provider.get_name() if self._provider is not None else "input"]
+        names += [r.cell.get_name() for r in self._records]
+        fig, ax = plt.subplots(figsize=(3, 0.6 * len(names) + 1))
+        for i, n in enumerate(names):
+            ax.text(0.5, -i, n, ha="center", va="center", bbox=dict(boxstyle="round", fc="w"))
+            if i:
+                ax.annotate("", xy=(0.5, -i + 0.25), xytext=(0.5, -i + 0.75), arrowprops=dict(arrowstyle="->"))
+        ax.set_ylim(-len(names), 1)
+        ax.axis("off")
+        fig.savefig(path)
+        plt.close(fig)

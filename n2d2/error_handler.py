@@ -1,0 +1,70 @@
+"""Exceptions raised by n2d2, with the names and bases of N2D2's Python package.
+
+Scripts written for N2D2 catch these by name, so the hierarchy is kept exactly.
+"""
+import functools
+import warnings
+
+
+class WrongInputType(TypeError):
+    """An argument has the wrong Python type.
+
+    Parameters
+    ----------
+    input_name : str
+        Name of the argument.
+    input_type : type or str
+        Type that was given.
+    expected_types : list of str
+        Type names that would have been accepted.
+    """
+
+    def __init__(self, input_name, input_type, expected_types):
+        if isinstance(input_type, type):
+            input_type = input_type.__name__
+        expected = ", ".join(str(t.__name__ if isinstance(t, type) else t) for t in expected_types)
+        super().__init__(f"Wrong type for '{input_name}': got {input_type}, expected {expected}")
+
+
+class WrongValue(ValueError):
+    """An argument has an acceptable type but a value outside the allowed set."""
+
+    def __init__(self, input_name, input_value, expected_values):
+        expected = ", ".join(str(v) for v in expected_values)
+        super().__init__(f"Wrong value for '{input_name}': got '{input_value}', expected one of: {expected}")
+
+
+class IsEmptyError(ValueError):
+    """A container or list that must not be empty is empty."""
+
+    def __init__(self, name="value"):
+        super().__init__(f"'{name}' is empty")
+
+
+class NotInitialized(RuntimeError):
+    """An object is used before what it needs was set up."""
+
+
+class ImplementationError(RuntimeError):
+    """Something that should be impossible happened inside n2d2 (a bug)."""
+
+
+class UndefinedModelError(RuntimeError):
+    """A model key other than "Frame" / "Frame_CUDA" was requested."""
+
+    def __init__(self, model):
+        super().__init__(f"Undefined model '{model}': expected 'Frame' or 'Frame_CUDA'")
+
+
+def deprecated(reason=""):
+    """Mark a function as deprecated: it still works and warns once per call."""
+
+    def decorator(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            warnings.warn(f"{func.__name__} is deprecated. {reason}", DeprecationWarning, stacklevel=2)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorator

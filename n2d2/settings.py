@@ -1,0 +1,163 @@
+"""Process-wide settings: default model (CPU/GPU), verbosity, seed, CUDA device.
+
+`n2d2.global_variables` is the single `GlobalVariables` instance. The random generator that
+fillers, dropout and data providers draw from lives here so that one seed reproduces a run.
+"""
+import os
+from enum import Enum
+
+import numpy as np
+
+from n2d2 import backend
+
+
+class Verbosity(Enum):
+    """How much `print(cell)` shows."""
+
+    graph_only = 0
+    short = 1
+    detailed = 2
+
+
+_MODELS = ("Frame", "Frame_CUDA")
+
+
+class GlobalVariables:
+    """Settings read when objects are created (cells capture `default_model` at construction)."""
+
+    Verbosity = Verbosity
+
+    def __init__(self):
+        self._default_model = "Frame"
+        self._default_datatype = "float"
+        self._verbosity = Verbosity.detailed
+        self._seed = 1
+        self._cuda_device = 0
+        self.model_cache = os.path.join(os.path.expanduser("~"), "MODELS")
+        self.rng = np.random.default_rng(self._seed)
+
+    # -- model / datatype -------------------------------------------------------------------
+    @property
+    def default_model(self) -> str:
+        return self._default_model
+
+    @default_model.setter
+    def default_model(self, value):
+        if not isinstance(value, str):
+            from n2d2.error_handler import WrongInputType
+
+            raise WrongInputType("default_model", type(value), ["str"])
+        if value not in _MODELS:
+            from n2d2.error_handler import WrongValue
+
+            raise WrongValue("default_model", value, _MODELS)
+        self._default_model = value
+
+    @property
+    def default_datatype(self) -> str:
+        return self._default_datatype
+
+    @default_datatype.setter
+    def default_datatype(self, value):
+        if value != "float":
+            from n2d2.error_handler import WrongValue
+
+            raise WrongValue("default_datatype", value, ["float"])
+        self._default_datatype = value
+
+    # -- verbosity ----------------------------------------------------------------------------
+    @property
+    def verbosity(self) -> Verbosity:
+        return self._verbosity
+
+    @verbosity.setter
+    def verbosity(self, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = Verbosity(value)
+        if not isinstance(value, Verbosity):
+            from n2d2.error_handler import WrongInputType
+
+            raise WrongInputType("verbosity", type(value), ["Verbosity"])
+        self._verbosity = value
+
+    # -- seed ---------------------------------------------------------------------------------
+    @property
+    def seed(self) -> int:
+        # Upstream's getter never reflects the setter (quirk); here it does (docs/compatibility.md).
+        return self._seed
+
+    @seed.setter
+    def seed(self, value):
+        if not isinstance(value, int) or isinstance(value, bool):
+            from n2d2.error_handler import WrongInputType
+
+            raise WrongInputType("seed", type(value), ["int"])
+        self._seed = value
+        # seed 0 means "time based" in N2D2.
+        self.rng = np.random.default_rng(None if value == 0 else value)
+
+    def set_random_seed(self, seed):
+        raise RuntimeError("set_random_seed is removed: use 'n2d2.global_variables.seed = value'")
+
+    # -- CUDA ---------------------------------------------------------------------------------
+    @property
+    def cuda_available(self) -> bool:
+        return backend.cuda_available()
+
+    @cuda_available.setter
+    def cuda_available(self, value):
+        raise RuntimeError("cuda_available is read-only")
+
+    @property
+    def cuda_device(self):
+        return self._cuda_device
+
+    @cuda_device.setter
+    def cuda_device(self, value):
+        if isinstance(value, (tuple, list)):
+            devices = list(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            devices = [value]
+        else:
+            raise TypeError(f"cuda_device must be an int or a list/tuple of ints, got {type(value).__name__}")
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in devices) or not devices:
+            raise TypeError("cuda_device must be an int or a non-empty list/tuple of ints")
+        cp = backend.cupy_module()
+        if cp is None:
+            raise RuntimeError("Cannot set cuda_device: CUDA is not available")
+        count = cp.cuda.runtime.getDeviceCount()
+        for d in devices:
+            if d < 0 or d >= count:
+                raise RuntimeError(f"cuda_device {d} does not exist: {count} device(s) found")
+        cp.cuda.Device(devices[0]).use()
+        self._cuda_device = value
+
+    def set_cuda_device(self, device):
+        raise RuntimeError("set_cuda_device is removed: use 'n2d2.global_variables.cuda_device = value'")
+
+    # -- compiled features ----------------------------------------------------------------------
+    @property
+    def onnx_compiled(self) -> bool:
+        return True
+
+    @property
+    def json_compiled(self) -> bool:
+        return True
+
+    @property
+    def n2d2_ip_compiled(self) -> bool:
+        return False
+
+    def __str__(self):
+        lines = ["n2d2 global variables :"]
+        for name in dir(self):
+            if name.startswith("_") or name in ("Verbosity", "rng"):
+                continue
+            value = getattr(self, name)
+            if callable(value):
+                continue
+            lines.append(f"\t- {name} : {value}")
+        return "\n".join(lines)
+
+
+global_variables = GlobalVariables()
