@@ -1,0 +1,200 @@
+"""`BatchNorm2d`: spatial batch normalisation with learnt scales and biases.
+
+Built at construction (nb_inputs channels). Learn mode normalises with the batch statistics
+and updates the moving averages (N2D2 CPU convention: running = (1 - momentum) * running +
+momentum * batch statistic, with the *biased* batch variance); test mode uses the moving
+averages. As in N2D2, `moving_average_momentum=0.0` freezes the statistics: learn mode then
+normalises with the moving averages too.
+"""
+import os
+
+import numpy as np
+
+from n2d2.backend import to_host
+from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows, read_parameter_file
+from n2d2.configurable import Spec
+from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.ops import batchnorm as ops
+from n2d2.solver import SGD, Solver
+from n2d2.tensor import Tensor
+
+_FILES = ("scales", "biases", "means", "variances")
+
+
+class BatchNorm2d(NeuralNetworkCell):
+    """Batch normalisation over N, H, W for each of `nb_inputs` channels.
+
+    Parameters
+    ----------
+    nb_inputs : int
+        Number of channels.
+    nb_input_cells : int
+        Accepted for compatibility (inputs are concatenated along channels).
+    """
+
+    _arguments = ("nb_inputs",)
+    _parameters = {
+        "back_propagate": Spec(bool, True),
+        "epsilon": Spec(float, 1e-5),
+        "moving_average_momentum": Spec(float, 0.1),
+        "activation": ACTIVATION_SPEC,
+        "scale_solver": Spec(Solver, SGD),
+        "bias_solver": Spec(Solver, SGD),
+    }
+
+    # Set to True to fold the unbiased batch variance (cuDNN / PyTorch convention).
+    unbiased_moving_variance = False
+
+    def __init__(self, nb_inputs, nb_input_cells=1, solver=None, filler=None, quantizer=None, **config):
+        for key, value in (("nb_inputs", nb_inputs), ("nb_input_cells", nb_input_cells)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise WrongInputType(key, type(value), ["int"])
+        if nb_inputs < 1:
+            raise WrongValue("nb_inputs", nb_inputs, ["a positive int"])
+        if filler is not None:
+            raise ValueError("BatchNorm2d has no filler (scales start at 1, biases at 0)")
+        if quantizer is not None:
+            raise WrongInputType("quantizer", type(quantizer), ["None (BatchNorm2d has no quantizer)"])
+        if solver is not None and not isinstance(solver, Solver):
+            raise WrongInputType("solver", type(solver), ["Solver"])
+        super().__init__({"nb_inputs": nb_inputs}, **config)
+        if solver is not None:
+            self.set_solver(solver)
+        c = nb_inputs
+        self._scales = self._to_model_device(np.ones(c, dtype=np.float32))
+        self._biases = self._to_model_device(np.zeros(c, dtype=np.float32))
+        self._means = self._to_model_device(np.zeros(c, dtype=np.float32))
+        self._variances = self._to_model_device(np.ones(c, dtype=np.float32))
+
+    def _on_parameter_change(self, key, value):
+        if key == "moving_average_momentum" and not 0.0 <= value < 1.0:
+            raise WrongValue("moving_average_momentum", value, ["a float in [0.0, 1.0)"])
+        if key == "epsilon" and value < 0.0:
+            raise WrongValue("epsilon", value, ["a non-negative float"])
+
+    # -- calling --------------------------------------------------------------------------------
+    def _check_input(self, tensors):
+        for t in tensors:
+            if t.nb_dims() != 4:
+                raise ValueError(f"Cell '{self._name}' (BatchNorm2d): input tensors must have 4 dims "
+                                 f"(N, C, H, W), got shape {t.shape()}")
+        channels = sum(t.dimZ() for t in tensors)
+        if channels != self._args["nb_inputs"]:
+            raise ValueError(f"Cell '{self._name}' (BatchNorm2d): input shapes {[t.shape() for t in tensors]} "
+                             f"have {channels} channels, expected nb_inputs = {self._args['nb_inputs']}")
+
+    def _uses_batch_statistics(self) -> bool:
+        return not self._inference and self._config["moving_average_momentum"] != 0.0
+
+    def _forward(self, xs):
+        x = xs[0] if len(xs) == 1 else self._xp().concatenate(xs, axis=1)
+        eps = self._config["epsilon"]
+        if self._uses_batch_statistics():
+            z, ctx, mean, var = ops.batchnorm_forward_train(x, self._scales, self._biases, eps)
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            ops.update_moving_statistics(self._means, self._variances, mean, var,
+                                         self._config["moving_average_momentum"], count,
+                                         unbiased=self.unbiased_moving_variance)
+            train = True
+        else:
+            z, ctx = ops.batchnorm_forward_infer(x, self._scales, self._biases, self._means, self._variances, eps)
+            train = False
+        y, act = self._activate(z)
+        return y, (ctx, train, act, [a.shape[1] for a in xs])
+
+    def _backward(self, ctx, dy, needs):
+        op_ctx, train, act, channels = ctx
+        dz = self._deactivate(dy, act)
+        backward = ops.batchnorm_backward_train if train else ops.batchnorm_backward_infer
+        dx, dscale, dbias = backward(dz, op_ctx, self._scales)
+        self._accumulate_grad("scales", dscale.astype(np.float32))
+        self._accumulate_grad("biases", dbias.astype(np.float32))
+        if not (self._config["back_propagate"] and any(needs)):
+            return [None] * len(needs)
+        out, offset = [], 0
+        for c, need in zip(channels, needs):
+            out.append(dx[:, offset:offset + c] if need else None)
+            offset += c
+        return out
+
+    def update(self):
+        if "scales" in self._param_grads:
+            self._config["scale_solver"].update(self._scales, self._param_grads["scales"], self._batch_size)
+        if "biases" in self._param_grads:
+            self._config["bias_solver"].update(self._biases, self._param_grads["biases"], self._batch_size)
+
+    # -- solvers and fillers ----------------------------------------------------------------------
+    def set_solver(self, solver):
+        """Independent copies of `solver` for the scales and the biases."""
+        if not isinstance(solver, Solver):
+            raise WrongInputType("solver", type(solver), ["Solver"])
+        self._config["scale_solver"] = solver.copy()
+        self._config["bias_solver"] = solver.copy()
+
+    @property
+    def solver(self):
+        raise AttributeError("'solver' is write-only: read scale_solver or bias_solver")
+
+    @solver.setter
+    def solver(self, value):
+        self.set_solver(value)
+
+    def set_solver_parameter(self, key, value):
+        self._config["scale_solver"].set_parameter(key, value)
+        self._config["bias_solver"].set_parameter(key, value)
+
+    def set_filler(self, filler, refill=False):
+        raise ValueError(f"Cell '{self._name}': BatchNorm2d has no filler (scales start at 1, biases at 0)")
+
+    def has_bias(self) -> bool:
+        return True
+
+    def has_quantizer(self) -> bool:
+        return False
+
+    # -- parameters -----------------------------------------------------------------------------
+    def _tensor(self, array) -> Tensor:
+        return Tensor._wrap(np.array(to_host(array), dtype=np.float32).reshape(1, -1, 1, 1))
+
+    def get_scales(self) -> Tensor:
+        return self._tensor(self._scales)
+
+    def get_biases(self) -> Tensor:
+        return self._tensor(self._biases)
+
+    def get_means(self) -> Tensor:
+        return self._tensor(self._means)
+
+    def get_variances(self) -> Tensor:
+        return self._tensor(self._variances)
+
+    def _set(self, name, values):
+        if not isinstance(values, Tensor):
+            raise WrongInputType(name, type(values), ["Tensor"])
+        if len(values) != self._args["nb_inputs"]:
+            raise ValueError(f"Cell '{self._name}': {name} needs {self._args['nb_inputs']} values, "
+                             f"got a tensor of shape {values.shape()}")
+        getattr(self, "_" + name)[...] = self._to_model_device(values.to_numpy().reshape(-1).astype(np.float32))
+
+    def set_scales(self, values: Tensor):
+        self._set("scales", values)
+
+    def set_biases(self, values: Tensor):
+        self._set("biases", values)
+
+    def set_means(self, values: Tensor):
+        self._set("means", values)
+
+    def set_variances(self, values: Tensor):
+        self._set("variances", values)
+
+    def _parameter_files(self):
+        return {f"_{name}": format_rows(to_host(getattr(self, "_" + name)).reshape(-1, 1)) for name in _FILES}
+
+    def _load_parameter_files(self, directory, ignore_not_exists):
+        base = os.path.join(directory, self._name)
+        for name in _FILES:
+            values = read_parameter_file(f"{base}_{name}.syntxt", self._name, (self._args["nb_inputs"],),
+                                         ignore_not_exists)
+            if values is not None:
+                getattr(self, "_" + name)[...] = self._to_model_device(values)

@@ -1,0 +1,51 @@
+"""`Resize`: spatial resizing to outputs_width x outputs_height (bilinear or nearest)."""
+from n2d2.cells.nn.base import ACTIVATION_SPEC
+from n2d2.cells.nn.lazy import LazyCell
+from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.ops import resize as ops
+
+
+class Resize(LazyCell):
+    """Resizes every channel to [outputs_width, outputs_height].
+
+    Parameters
+    ----------
+    resize_mode : str
+        "Bilinear" (OpenCV / PyTorch align_corners=False), "BilinearTF" (TensorFlow; with
+        align_corners, PyTorch align_corners=True) or "NearestNeighbor" (PyTorch 'nearest').
+    align_corners : bool
+        Only used by BilinearTF.
+    """
+
+    _templated = False
+    _arguments = ("outputs_width", "outputs_height", "resize_mode", "align_corners")
+    _parameters = {"activation": ACTIVATION_SPEC}
+
+    def __init__(self, outputs_width, outputs_height, resize_mode, align_corners=True, **config):
+        for key, value in (("outputs_width", outputs_width), ("outputs_height", outputs_height)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise WrongInputType(key, type(value), ["int"])
+            if value < 1:
+                raise WrongValue(key, value, ["a positive int"])
+        if not isinstance(resize_mode, str):
+            raise WrongInputType("resize_mode", type(resize_mode), ["str"])
+        if resize_mode not in ops.MODES:
+            raise WrongValue("resize_mode", resize_mode, ops.MODES)
+        if not isinstance(align_corners, bool):
+            raise WrongInputType("align_corners", type(align_corners), ["bool"])
+        super().__init__({"outputs_width": outputs_width, "outputs_height": outputs_height,
+                          "resize_mode": resize_mode, "align_corners": align_corners}, **config)
+        self._matrices = None
+
+    def _build(self, tensors, channels):
+        a = self._args
+        h, w = tensors[0].dimY(), tensors[0].dimX()
+        a_h = ops.interpolation_matrix(a["outputs_height"], h, a["resize_mode"], a["align_corners"])
+        a_w = ops.interpolation_matrix(a["outputs_width"], w, a["resize_mode"], a["align_corners"])
+        self._matrices = (self._to_model_device(a_h), self._to_model_device(a_w))
+
+    def _op_forward(self, x):
+        return ops.resize_forward(x, *self._matrices), None
+
+    def _op_backward(self, ctx, dz):
+        return ops.resize_backward(dz, *self._matrices)

@@ -1,0 +1,89 @@
+"""Element-wise combination of K same-shape inputs (N2D2 ElemWiseCell).
+
+`weights[k]` and `shifts[k]` are, per input k, a scalar or a per-channel vector (already
+resolved from the PerLayer / PerInput / PerChannel coefficient mode by the cell):
+
+- Sum:          y = sum_k (w_k * x_k + s_k)
+- AbsSum:       y = sum_k w_k * |x_k|                 (d|x|/dx = +1 at 0, as N2D2)
+- EuclideanSum: y = sqrt(sum_k (w_k^2 * x_k^2 + s_k^2))  (gradient 0 where y == 0)
+- Prod:         y = prod_k x_k
+- Max:          y = max_k x_k; the gradient goes to the first input holding the max.
+"""
+from n2d2.backend import array_module
+
+OPERATIONS = ("Sum", "AbsSum", "EuclideanSum", "Prod", "Max")
+
+
+def _coef(c, like):
+    """A scalar or per-channel coefficient, broadcastable over NCHW in the dtype of `like`."""
+    xp = array_module(like)
+    c = xp.asarray(c, dtype=like.dtype)
+    return c.reshape(1, -1, 1, 1) if c.ndim == 1 else c
+
+
+def elemwise_forward(xs, operation: str, weights, shifts):
+    """Returns (y, ctx for elemwise_backward)."""
+    xp = array_module(*xs)
+    if operation == "Sum":
+        y = xs[0] * _coef(weights[0], xs[0]) + _coef(shifts[0], xs[0])
+        for x, w, s in zip(xs[1:], weights[1:], shifts[1:]):
+            y = y + (x * _coef(w, x) + _coef(s, x))
+        return y, None
+    if operation == "AbsSum":
+        y = xp.abs(xs[0]) * _coef(weights[0], xs[0])
+        for x, w in zip(xs[1:], weights[1:]):
+            y = y + xp.abs(x) * _coef(w, x)
+        return y, None
+    if operation == "EuclideanSum":
+        acc = None
+        for x, w, s in zip(xs, weights, shifts):
+            w, s = _coef(w, x), _coef(s, x)
+            term = (w * w) * (x * x) + s * s
+            acc = term if acc is None else acc + term
+        y = xp.sqrt(acc)
+        return y, y
+    if operation == "Prod":
+        y = xs[0].copy()
+        for x in xs[1:]:
+            y = y * x
+        return y, None
+    if operation == "Max":
+        y = xs[0].copy()
+        arg = xp.zeros(y.shape, dtype=xp.int32)
+        for k, x in enumerate(xs[1:], start=1):
+            upd = x > y
+            y = xp.where(upd, x, y)
+            arg = xp.where(upd, k, arg)
+        return y, arg
+    raise ValueError(f"Unknown ElemWise operation '{operation}' (expected one of {', '.join(OPERATIONS)})")
+
+
+def elemwise_backward(dy, xs, ctx, operation: str, weights, shifts):
+    """One gradient per input."""
+    xp = array_module(dy)
+    if operation == "Sum":
+        return [dy * _coef(w, dy) for w in weights[:len(xs)]]
+    if operation == "AbsSum":
+        return [dy * _coef(w, dy) * xp.where(x >= 0, 1, -1).astype(dy.dtype) for x, w in zip(xs, weights)]
+    if operation == "EuclideanSum":
+        y = ctx
+        nonzero = y != 0
+        safe = xp.where(nonzero, y, 1)
+        out = []
+        for x, w in zip(xs, weights):
+            w = _coef(w, dy)
+            out.append(xp.where(nonzero, (w * w) * x / safe * dy, 0).astype(dy.dtype))
+        return out
+    if operation == "Prod":
+        out = []
+        for k in range(len(xs)):
+            p = dy
+            for i, x in enumerate(xs):
+                if i != k:
+                    p = p * x
+            out.append(p)
+        return out
+    if operation == "Max":
+        arg = ctx
+        return [dy * (arg == k) for k in range(len(xs))]
+    raise ValueError(f"Unknown ElemWise operation '{operation}' (expected one of {', '.join(OPERATIONS)})")

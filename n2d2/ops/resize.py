@@ -1,0 +1,52 @@
+"""Spatial resizing (N2D2 ResizeCell) as two small interpolation matrices.
+
+Every mode is separable: y = A_h @ x @ A_w^T per (n, c) plane, with A_h [out_h, in_h] and
+A_w [out_w, in_w] holding the interpolation weights of each output row/column, so the
+backward is exactly the adjoint dx = A_h^T @ dy @ A_w.
+
+Source coordinate of output index i, scale = in / out:
+- Bilinear (OpenCV INTER_LINEAR, PyTorch align_corners=False): src = (i + 0.5) * scale - 0.5,
+  clamped at 0; neighbours floor(src) and min(floor(src) + 1, in - 1).
+- BilinearTF (TensorFlow resize_bilinear, as N2D2's ResizeCell_Frame): src = i * scale, with
+  scale = (in - 1) / (out - 1) when align_corners and out > 1 (= PyTorch align_corners=True).
+- NearestNeighbor: src = floor(i * scale) (= PyTorch mode='nearest').
+"""
+import numpy as np
+
+MODES = ("Bilinear", "BilinearTF", "NearestNeighbor")
+
+
+def interpolation_matrix(out_size: int, in_size: int, mode: str, align_corners: bool = True, dtype=np.float64):
+    """Host matrix [out_size, in_size] of the weights of each output index."""
+    a = np.zeros((out_size, in_size), dtype=np.float64)
+    i = np.arange(out_size, dtype=np.float64)
+    if mode == "NearestNeighbor":
+        src = np.minimum(np.floor(i * (in_size / out_size)).astype(np.int64), in_size - 1)
+        a[np.arange(out_size), src] = 1.0
+        return a.astype(dtype)
+    if mode == "Bilinear":
+        src = np.maximum((i + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    elif mode == "BilinearTF":
+        if align_corners and out_size > 1:
+            scale = (in_size - 1) / (out_size - 1)
+        else:
+            scale = in_size / out_size
+        src = i * scale
+    else:
+        raise ValueError(f"Unknown resize mode '{mode}' (expected one of {', '.join(MODES)})")
+    low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    frac = src - low
+    rows = np.arange(out_size)
+    np.add.at(a, (rows, low), 1.0 - frac)  # setup only (host), not a hot path
+    np.add.at(a, (rows, high), frac)
+    return a.astype(dtype)
+
+
+def resize_forward(x, a_h, a_w):
+    """y[n, c] = a_h @ x[n, c] @ a_w^T (a_h, a_w in the array module of x)."""
+    return a_h.astype(x.dtype) @ (x @ a_w.astype(x.dtype).T)
+
+
+def resize_backward(dy, a_h, a_w):
+    return a_h.astype(dy.dtype).T @ (dy @ a_w.astype(dy.dtype))
