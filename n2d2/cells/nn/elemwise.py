@@ -77,7 +77,7 @@ class ElemWise(LazyCell):
                 out.append([values[i * c:(i + 1) * c] for i in range(k)])
                 continue
             if not values:
-                values = [default]
+                values = [default] * k
             if len(values) == 1 and (mode == "PerLayer" or k == 1):
                 values = values * k
             if len(values) != k:
