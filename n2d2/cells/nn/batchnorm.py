@@ -83,6 +83,9 @@ class BatchNorm2d(NeuralNetworkCell):
             raise ValueError(f"Cell '{self._name}' (BatchNorm2d): input shapes {[t.shape() for t in tensors]} "
                              f"have {channels} channels, expected nb_inputs = {self._args['nb_inputs']}")
 
+    def get_nb_outputs(self) -> int:
+        return self._args["nb_inputs"]
+
     def _uses_batch_statistics(self) -> bool:
         return not self._inference and self._config["moving_average_momentum"] != 0.0
 

@@ -32,8 +32,8 @@ def _dims(name, value, allow_empty=False):
             raise WrongInputType(f"{name} element", type(v), ["int"])
     if allow_empty and not value:
         return []
-    if len(value) == 1:
-        value = [value[0], value[0] if name != "padding_dims" else 0]
+    if len(value) == 1:  # as N2D2: [k] -> [k, 1], padding [p] -> [p, 0]
+        value = [value[0], 0 if name == "padding_dims" else 1]
     if len(value) != 2:
         raise WrongValue(name, value, ["[X, Y] (2-D pooling only)"])
     return list(value)
