@@ -1,0 +1,163 @@
+"""`Transformation`: the base of every data transformation, and `Composite`.
+
+A transformation maps images to images. Images are numpy arrays in channels-first order:
+one stimulus is (C, H, W) (a 2-D (H, W) array is one channel), a batch is (N, C, H, W).
+Integer images (uint8) stay integer through geometric transformations (rounded and saturated,
+as OpenCV does in N2D2) so that the provider can scale 8-bit data to [0, 1] at the end.
+
+Each transformation is applied to the partitions its `apply_to` selects; random ones draw from
+the generator they are given (the provider seeds one per read from `global_variables.rng`).
+"""
+import numpy as np
+
+from n2d2.configurable import Configurable, Spec
+from n2d2.error_handler import IsEmptyError, WrongInputType, WrongValue
+from n2d2.provider.base import PARTITIONS
+from n2d2.settings import global_variables
+
+APPLY_TO = {
+    "LearnOnly": ("Learn",),
+    "ValidationOnly": ("Validation",),
+    "TestOnly": ("Test",),
+    "NoLearn": ("Validation", "Test", "Unpartitioned"),
+    "NoValidation": ("Learn", "Test", "Unpartitioned"),
+    "NoTest": ("Learn", "Validation", "Unpartitioned"),
+    "All": PARTITIONS,
+}
+
+
+def as_batch(stimulus: np.ndarray):
+    """(C, H, W) or (H, W) array -> (1, C, H, W) batch and the function that undoes it."""
+    a = np.asarray(stimulus)
+    if a.ndim == 2:
+        return a[None, None], lambda y: y[0, 0] if y.shape[1] == 1 else y[0]
+    if a.ndim == 3:
+        return a[None], lambda y: y[0]
+    raise ValueError(f"A stimulus must be a (C, H, W) or (H, W) array, got shape {a.shape}")
+
+
+class Transformation(Configurable):
+    """Abstract base of the data transformations.
+
+    Parameters
+    ----------
+    apply_to : str
+        Partitions the transformation is applied to: ``LearnOnly``, ``ValidationOnly``,
+        ``TestOnly``, ``NoLearn``, ``NoValidation``, ``NoTest`` or ``All`` (default).
+    """
+
+    _random = False  # True when the result depends on random draws
+
+    def __init__(self, arguments: dict = None, apply_to: str = "All", **config):
+        if type(self) is Transformation:
+            raise TypeError("Transformation is abstract: use one of n2d2.transform's transformations")
+        if not isinstance(apply_to, str):
+            raise WrongInputType("apply_to", type(apply_to), ["str"])
+        if apply_to not in APPLY_TO:
+            raise WrongValue("apply_to", apply_to, list(APPLY_TO))
+        object.__setattr__(self, "_apply_to", apply_to)
+        super().__init__(arguments, **config)
+
+    # -- parameters: numbers are accepted for float parameters, as the engine parses them -------
+    def set_parameter(self, key: str, value):
+        spec = self._parameters.get(key)
+        if spec is not None:
+            value = _coerce(value, spec)
+        super().set_parameter(key, value)
+
+    def get_apply_set(self) -> str:
+        """The `apply_to` mask, e.g. ``"All"``."""
+        return self._apply_to
+
+    def applies_to(self, partition: str) -> bool:
+        return partition in APPLY_TO[self._apply_to]
+
+    def is_random(self) -> bool:
+        return bool(self._random)
+
+    # -- application ----------------------------------------------------------------------------
+    def apply(self, stimulus: np.ndarray, rng: np.random.Generator = None) -> np.ndarray:
+        """Transform one (C, H, W) or (H, W) image; returns a new array in the same layout."""
+        batch, unbatch = as_batch(stimulus)
+        return unbatch(self.apply_batch(batch, rng))
+
+    def apply_batch(self, batch: np.ndarray, rng: np.random.Generator = None) -> np.ndarray:
+        """Transform a (N, C, H, W) batch of same-sized images, vectorised over the batch."""
+        batch = np.asarray(batch)
+        if batch.ndim != 4:
+            raise ValueError(f"{self.get_type()}: a batch must be (N, C, H, W), got shape {batch.shape}")
+        return self._forward(batch, rng if rng is not None else global_variables.rng)
+
+    def _forward(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- printing ---------------------------------------------------------------------------------
+    def __str__(self):
+        output = super().__str__()
+        if self._apply_to != "All":
+            output += f"[apply_to=StimuliSetMask.{self._apply_to}]"
+        return output
+
+    __repr__ = __str__
+
+
+def _coerce(value, spec: Spec):
+    """int -> float for float parameters, and lists of numbers -> lists of floats."""
+    if float in spec.types and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if list in spec.types and isinstance(value, (list, tuple)):
+        out = []
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise WrongInputType("value", type(v), ["float"])
+            out.append(float(v))
+        return out
+    return value
+
+
+def check_size_argument(name: str, value, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise WrongInputType(name, type(value), ["int"])
+    value = int(value)
+    if value < 0 or (value == 0 and not allow_zero):
+        raise WrongValue(name, value, ["a positive int"])
+    return value
+
+
+class Composite(Transformation):
+    """A sequence of transformations applied in order (a provider expands it into its members)."""
+
+    def __init__(self, transformations: list, **config):
+        if not isinstance(transformations, list):
+            raise WrongInputType("transformations", type(transformations), ["list"])
+        if not transformations:
+            raise IsEmptyError("transformations")
+        for t in transformations:
+            if not isinstance(t, Transformation):
+                raise WrongInputType("transformations", type(t), ["n2d2.transform.Transformation"])
+        super().__init__(None, **config)
+        object.__setattr__(self, "_transformations", list(transformations))
+
+    def get_transformations(self) -> list:
+        return self._transformations
+
+    def append(self, transformation: Transformation):
+        if not isinstance(transformation, Transformation):
+            raise WrongInputType("transformation", type(transformation), ["n2d2.transform.Transformation"])
+        self._transformations.append(transformation)
+
+    def is_random(self) -> bool:
+        return any(t.is_random() for t in self._transformations)
+
+    def _forward(self, x, rng):
+        for t in self._transformations:
+            x = t._forward(x, rng)
+        return x
+
+    def __str__(self):
+        output = Transformation.__str__(self) + "(\n"
+        for t in self._transformations:
+            output += "\t" + str(t) + "\n"
+        return output + ")"
+
+    __repr__ = __str__
