@@ -1,0 +1,588 @@
+"""IR op definitions: for every op type, its arity, shape rule, forward and backward.
+
+The math lives in `n2d2.ops` (the reference); an `OpDef` only marshals a node's attributes,
+inputs and parameters to it. The numpy executor, autodiff and the passes read these
+definitions; the code generators will pair each op with its templates.
+
+Conventions: inputs and outputs are NCHW arrays (batch first); `attrs["activation"]`, when
+present and not None, is an activation spec `(name, ((key, value), ...))` applied after the
+op (a fused activation); `forward` returns `(outputs, saved)` and `backward` receives `saved`
+and returns `(input gradients, {param role: gradient})`.
+"""
+import numpy as np
+
+from n2d2.backend import array_module
+from n2d2.ir.graph import GraphError, TensorType
+from n2d2.ops import activation as act_ops
+from n2d2.ops import batchnorm as bn_ops
+from n2d2.ops import conv as conv_ops
+from n2d2.ops import dropout as dropout_ops
+from n2d2.ops import elemwise as elemwise_ops
+from n2d2.ops import fc as fc_ops
+from n2d2.ops import padding as pad_ops
+from n2d2.ops import pool as pool_ops
+from n2d2.ops import resize as resize_ops
+from n2d2.ops import softmax as softmax_ops
+from n2d2.ops import transpose as transpose_ops
+
+_ACTIVATIONS = {
+    "Linear": (act_ops.linear_forward, act_ops.linear_backward),
+    "Rectifier": (act_ops.rectifier_forward, act_ops.rectifier_backward),
+    "Tanh": (act_ops.tanh_forward, act_ops.tanh_backward),
+    "Logistic": (act_ops.logistic_forward, act_ops.logistic_backward),
+    "Saturation": (act_ops.saturation_forward, act_ops.saturation_backward),
+    "Softplus": (act_ops.softplus_forward, act_ops.softplus_backward),
+}
+
+
+def activation_spec(activation):
+    """The plain-data spec of an `n2d2.activation` object (None stays None)."""
+    if activation is None:
+        return None
+    params = tuple((k, v) for k, v in sorted(activation._config.items()) if k != "quantizer")
+    return (type(activation).__name__, params)
+
+
+def activation_forward(spec, z):
+    name, params = spec
+    return _ACTIVATIONS[name][0](z, **dict(params))
+
+
+def activation_backward(spec, dy, z):
+    name, params = spec
+    return _ACTIVATIONS[name][1](dy, z, **dict(params))
+
+
+class OpDef:
+    """Base op definition. Subclasses set `name`, arity, and implement `_infer`, `_forward`,
+    `_backward`; the fused activation is handled here."""
+
+    name = None
+    min_inputs = 1
+    max_inputs = 1
+    elementwise = False   # output shape == input 0 shape, may run in place of input 0
+    params = ()           # parameter roles the op reads
+    trainable = ()        # roles that receive gradients
+
+    def check_arity(self, node, n):
+        if n < self.min_inputs or (self.max_inputs is not None and n > self.max_inputs):
+            bound = f"{self.min_inputs}" if self.min_inputs == self.max_inputs else \
+                f"{self.min_inputs}..{self.max_inputs if self.max_inputs is not None else 'n'}"
+            raise GraphError(f"node '{node}' ({self.name}): {n} inputs, expected {bound}")
+
+    def infer(self, graph, node):
+        d = graph.nx.nodes[node]
+        param_shapes = {r: graph.params[p].shape for r, p in d["params"].items() if p in graph.params}
+        return self.infer_types(d["attrs"], graph.input_types(node), param_shapes, node)
+
+    def infer_types(self, attrs, in_types, param_shapes, node="?"):
+        self.check_arity(node, len(in_types))
+        try:
+            shapes = self._infer(attrs, [tuple(t.shape) for t in in_types], param_shapes)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise GraphError(f"node '{node}' ({self.name}): {e}") from None
+        dtype = in_types[0].dtype if in_types else attrs.get("dtype", "float32")
+        return [TensorType(tuple(int(v) for v in s), dtype) for s in shapes]
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        return [in_shapes[0]]
+
+    def forward(self, attrs, xs, params, training=False):
+        z, saved = self._forward(attrs, xs, params, training)
+        spec = attrs.get("activation")
+        if spec is None:
+            return [z], (saved, None)
+        return [activation_forward(spec, z)], (saved, z)
+
+    def backward(self, attrs, saved, dys, needs, params):
+        core, z = saved
+        dy = dys[0]
+        spec = attrs.get("activation")
+        if spec is not None:
+            dy = activation_backward(spec, dy, z)
+        return self._backward(attrs, core, dy, needs, params)
+
+    def _forward(self, attrs, xs, params, training):
+        raise NotImplementedError
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        raise NotImplementedError
+
+
+_REGISTRY = {}
+
+
+def register(cls):
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get(name, node=None) -> OpDef:
+    op = _REGISTRY.get(name)
+    if op is None:
+        where = f"node '{node}': " if node else ""
+        raise GraphError(f"{where}unknown op '{name}' (known: {', '.join(sorted(_REGISTRY))})")
+    return op
+
+
+def names():
+    return sorted(_REGISTRY)
+
+
+def _split_channels(dx, shapes, needs):
+    """Per-input slices of a gradient of channel-concatenated inputs."""
+    if len(shapes) == 1:
+        return [dx if needs[0] else None]
+    out, offset = [], 0
+    for s, need in zip(shapes, needs):
+        out.append(dx[:, offset:offset + s[1]] if need else None)
+        offset += s[1]
+    return out
+
+
+def _concat(xs):
+    return xs[0] if len(xs) == 1 else array_module(*xs).concatenate(xs, axis=1)
+
+
+def _check_spatial(in_shapes):
+    for s in in_shapes[1:]:
+        if s[0] != in_shapes[0][0] or s[2:] != in_shapes[0][2:]:
+            raise ValueError(f"inputs {list(in_shapes)} differ on batch or H, W")
+
+
+def _concat_shape(in_shapes):
+    _check_spatial(in_shapes)
+    return (in_shapes[0][0], sum(s[1] for s in in_shapes)) + tuple(in_shapes[0][2:])
+
+
+# -- structure ---------------------------------------------------------------------------------
+@register
+class Input(OpDef):
+    """A graph input (its output type is given when the node is created)."""
+
+    name = "Input"
+    min_inputs = max_inputs = 0
+
+    def infer(self, graph, node):
+        return list(graph.output_types(node))
+
+
+@register
+class Concat(OpDef):
+    """Channel concatenation (an Interface fed to a cell)."""
+
+    name = "Concat"
+    max_inputs = None
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        return [_concat_shape(in_shapes)]
+
+    def _forward(self, attrs, xs, params, training):
+        return _concat(xs), [x.shape for x in xs]
+
+    def _backward(self, attrs, shapes, dy, needs, params):
+        return _split_channels(dy, shapes, needs), {}
+
+
+@register
+class Identity(OpDef):
+    name = "Identity"
+    elementwise = True
+
+    def _forward(self, attrs, xs, params, training):
+        return xs[0], None
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        return [dy], {}
+
+
+@register
+class Reshape(OpDef):
+    """attrs: shape (per-sample numpy shape, batch kept)."""
+
+    name = "Reshape"
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n = in_shapes[0][0]
+        shape = tuple(attrs["shape"])
+        if int(np.prod(shape)) != int(np.prod(in_shapes[0][1:])):
+            raise ValueError(f"cannot reshape {list(in_shapes[0])} to per-sample {list(shape)}")
+        return [(n,) + shape]
+
+    def _forward(self, attrs, xs, params, training):
+        x = xs[0]
+        return x.reshape((x.shape[0],) + tuple(attrs["shape"])), x.shape
+
+    def _backward(self, attrs, shape, dy, needs, params):
+        return [dy.reshape(shape)], {}
+
+
+@register
+class Transpose(OpDef):
+    """attrs: perm (N2D2 axes [X, Y, Z, B])."""
+
+    name = "Transpose"
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        axes = transpose_ops.numpy_axes(attrs["perm"])
+        return [tuple(in_shapes[0][a] for a in axes)]
+
+    def _forward(self, attrs, xs, params, training):
+        return transpose_ops.transpose_forward(xs[0], attrs["perm"]), None
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        return [transpose_ops.transpose_backward(dy, attrs["perm"])], {}
+
+
+# -- element-wise ------------------------------------------------------------------------------
+@register
+class Activation(OpDef):
+    """attrs: activation (a spec; None = identity). Several inputs are concatenated."""
+
+    name = "Activation"
+    max_inputs = None
+    elementwise = True
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        return [_concat_shape(in_shapes)]
+
+    def _forward(self, attrs, xs, params, training):
+        return _concat(xs), [x.shape for x in xs]
+
+    def _backward(self, attrs, shapes, dy, needs, params):
+        return _split_channels(dy, shapes, needs), {}
+
+
+@register
+class Dropout(OpDef):
+    """attrs: dropout (drop probability; kept values are not rescaled, as N2D2)."""
+
+    name = "Dropout"
+    max_inputs = None
+    elementwise = True
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        return [_concat_shape(in_shapes)]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        if not training:
+            return x, (None, [a.shape for a in xs])
+        from n2d2.backend import to_device
+        from n2d2.settings import global_variables
+
+        mask = dropout_ops.dropout_mask(global_variables.rng, x.shape, attrs["dropout"], x.dtype)
+        mask = to_device(mask, array_module(x) is not np)
+        return dropout_ops.dropout_forward(x, mask), (mask, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        mask, shapes = saved
+        dx = dy if mask is None else dropout_ops.dropout_backward(dy, mask)
+        return _split_channels(dx, shapes, needs), {}
+
+
+@register
+class ElemWise(OpDef):
+    """attrs: operation, weights, shifts (per input: scalar or per-channel list)."""
+
+    name = "ElemWise"
+    max_inputs = None
+    elementwise = True
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        for s in in_shapes[1:]:
+            if s != in_shapes[0]:
+                raise ValueError(f"ElemWise inputs must share one shape, got {list(in_shapes)}")
+        return [in_shapes[0]]
+
+    def _forward(self, attrs, xs, params, training):
+        y, ctx = elemwise_ops.elemwise_forward(xs, attrs["operation"], attrs["weights"], attrs["shifts"])
+        return y, (ctx, xs if attrs["operation"] in ("AbsSum", "EuclideanSum", "Prod", "Max") else None)
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        ctx, xs = saved
+        if xs is None:
+            xs = [None] * len(needs)
+        dxs = elemwise_ops.elemwise_backward(dy, xs, ctx, attrs["operation"], attrs["weights"], attrs["shifts"])
+        return [g if n else None for g, n in zip(dxs, needs)], {}
+
+
+@register
+class Scaling(OpDef):
+    """attrs: scaling (an `n2d2.scaling` object: its forward/backward per output channel)."""
+
+    name = "Scaling"
+    max_inputs = None
+    elementwise = True
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        return [_concat_shape(in_shapes)]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        return attrs["scaling"].forward(x), (x, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        x, shapes = saved
+        return _split_channels(attrs["scaling"].backward(dy, x), shapes, needs), {}
+
+
+@register
+class Softmax(OpDef):
+    """attrs: group_size, with_loss (backward passes the gradient through: fused cross-entropy)."""
+
+    name = "Softmax"
+    max_inputs = None
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        shape = _concat_shape(in_shapes)
+        g = attrs.get("group_size", 0)
+        if g and shape[1] % g:
+            raise ValueError(f"group_size {g} does not divide {shape[1]} channels")
+        return [shape]
+
+    def _forward(self, attrs, xs, params, training):
+        y = softmax_ops.softmax_forward(_concat(xs), attrs.get("group_size", 0))
+        return y, (y, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        y, shapes = saved
+        if attrs.get("with_loss"):
+            dx = softmax_ops.softmax_with_loss_backward(dy)
+        else:
+            dx = softmax_ops.softmax_backward(dy, y, attrs.get("group_size", 0))
+        return _split_channels(dx, shapes, needs), {}
+
+
+# -- spatial -----------------------------------------------------------------------------------
+@register
+class Padding(OpDef):
+    """attrs: top, bot, left, right (negative crops)."""
+
+    name = "Padding"
+    max_inputs = None
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n, c, h, w = _concat_shape(in_shapes)
+        oh, ow = pad_ops.output_hw(h, w, attrs["top"], attrs["bot"], attrs["left"], attrs["right"])
+        if oh < 1 or ow < 1:
+            raise ValueError(f"padding {attrs} leaves nothing of a {h}x{w} input")
+        return [(n, c, oh, ow)]
+
+    def _forward(self, attrs, xs, params, training):
+        a = attrs
+        return pad_ops.pad_forward(_concat(xs), a["top"], a["bot"], a["left"], a["right"]), [x.shape for x in xs]
+
+    def _backward(self, attrs, shapes, dy, needs, params):
+        a = attrs
+        return _split_channels(pad_ops.pad_backward(dy, a["top"], a["bot"], a["left"], a["right"]), shapes, needs), {}
+
+
+@register
+class Resize(OpDef):
+    """attrs: height, width, mode, align_corners."""
+
+    name = "Resize"
+    max_inputs = None
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n, c, _, _ = _concat_shape(in_shapes)
+        return [(n, c, attrs["height"], attrs["width"])]
+
+    def _matrices(self, attrs, x):
+        from n2d2.backend import to_device
+
+        gpu = array_module(x) is not np
+        _, _, h, w = x.shape
+        a_h = resize_ops.interpolation_matrix(attrs["height"], h, attrs["mode"], attrs.get("align_corners", True))
+        a_w = resize_ops.interpolation_matrix(attrs["width"], w, attrs["mode"], attrs.get("align_corners", True))
+        return to_device(a_h, gpu), to_device(a_w, gpu)
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        a_h, a_w = self._matrices(attrs, x)
+        return resize_ops.resize_forward(x, a_h, a_w), (a_h, a_w, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        a_h, a_w, shapes = saved
+        return _split_channels(resize_ops.resize_backward(dy, a_h, a_w), shapes, needs), {}
+
+
+@register
+class Pool(OpDef):
+    """attrs: pooling ("Max"/"Average"), pool, stride, padding ((h, w) pairs), mapping
+    (None = per channel, else a bool [C, O] array)."""
+
+    name = "Pool"
+    max_inputs = None
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n, c, h, w = _concat_shape(in_shapes)
+        (ph, pw), (sh, sw), (qh, qw) = attrs["pool"], attrs["stride"], attrs["padding"]
+        oh, ow = pool_ops.output_size(h, ph, sh, qh), pool_ops.output_size(w, pw, sw, qw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"pool {list(attrs['pool'])} larger than the {h}x{w} input")
+        mapping = attrs.get("mapping")
+        if mapping is not None:
+            if mapping.shape[0] != c:
+                raise ValueError(f"mapping {list(mapping.shape)} does not match {c} input channels")
+            c = mapping.shape[1]
+        return [(n, c, oh, ow)]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        pool, stride, pad = attrs["pool"], attrs["stride"], attrs["padding"]
+        mapping = attrs.get("mapping")
+        shapes = [a.shape for a in xs]
+        if mapping is not None:
+            from n2d2.backend import to_device
+
+            mapping = to_device(mapping, array_module(x) is not np)
+        if attrs["pooling"] == "Max":
+            if mapping is None:
+                y = pool_ops.max_pool_forward(x, pool, stride, pad)
+                return y, (x, y, None, shapes)
+            y, ctx = pool_ops.mapped_max_pool_forward(x, mapping, pool, stride, pad)
+            return y, (x, ctx, mapping, shapes)
+        if mapping is None:
+            return pool_ops.avg_pool_forward(x, pool, stride, pad), (x.shape, None, None, shapes)
+        return pool_ops.mapped_avg_pool_forward(x, mapping, pool, stride, pad), (x.shape, None, mapping, shapes)
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        first, second, mapping, shapes = saved
+        pool, stride, pad = attrs["pool"], attrs["stride"], attrs["padding"]
+        if attrs["pooling"] == "Max":
+            if mapping is None:
+                dx = pool_ops.max_pool_backward(dy, first, second, pool, stride, pad)
+            else:
+                dx = pool_ops.mapped_max_pool_backward(dy, first, second, mapping, pool, stride, pad)
+        elif mapping is None:
+            dx = pool_ops.avg_pool_backward(dy, first, pool, stride, pad)
+        else:
+            dx = pool_ops.mapped_avg_pool_backward(dy, first, mapping, pool, stride, pad)
+        return _split_channels(dx, shapes, needs), {}
+
+
+# -- with parameters -----------------------------------------------------------------------------
+@register
+class Fc(OpDef):
+    """Fully connected over C*H*W; params weights [O, C*H*W], biases [O] (optional)."""
+
+    name = "Fc"
+    max_inputs = None
+    params = ("weights", "biases")
+    trainable = ("weights", "biases")
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n = in_shapes[0][0]
+        total = sum(int(np.prod(s[1:])) for s in in_shapes)
+        o, i = param_shapes["weights"]
+        if total != i:
+            raise ValueError(f"inputs {list(in_shapes)} have C*H*W = {total}, weights expect {i}")
+        return [(n, o, 1, 1)]
+
+    def _forward(self, attrs, xs, params, training):
+        n = xs[0].shape[0]
+        x2d = _concat([x.reshape(n, -1) for x in xs])
+        y = fc_ops.fc_forward(x2d, params["weights"], params.get("biases"))
+        return y.reshape(n, -1, 1, 1), (x2d, [x.shape for x in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        x2d, shapes = saved
+        n = dy.shape[0]
+        dx, dw, db = fc_ops.fc_backward(dy.reshape(n, -1), x2d, params["weights"], any(needs))
+        grads = {"weights": dw}
+        if params.get("biases") is not None:
+            grads["biases"] = db
+        if dx is None:
+            return [None] * len(needs), grads
+        out, offset = [], 0
+        for s, need in zip(shapes, needs):
+            size = int(np.prod(s[1:]))
+            out.append(dx[:, offset:offset + size].reshape(s) if need else None)
+            offset += size
+        return out, grads
+
+
+@register
+class Conv(OpDef):
+    """attrs: stride, padding, dilation, sub_sample ((h, w) pairs), groups, mapping (bool [C, O]
+    or None); params weights [O, C/groups, kH, kW], biases [O] (optional)."""
+
+    name = "Conv"
+    max_inputs = None
+    params = ("weights", "biases")
+    trainable = ("weights", "biases")
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        shape = _concat_shape(in_shapes)
+        o, cg, kh, kw = param_shapes["weights"]
+        if cg * attrs.get("groups", 1) != shape[1]:
+            raise ValueError(f"weights {list(param_shapes['weights'])} (groups {attrs.get('groups', 1)}) do not "
+                             f"match {shape[1]} input channels")
+        geom = conv_ops.ConvGeometry(shape, o, (kh, kw), attrs["stride"], attrs["padding"], attrs["dilation"],
+                                     attrs.get("sub_sample", (1, 1)))
+        return [geom.out_shape]
+
+    def _mapping(self, attrs, x):
+        mapping = attrs.get("mapping")
+        if mapping is None:
+            return None
+        from n2d2.backend import to_device
+
+        return to_device(mapping, array_module(x) is not np)
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        y, ctx = conv_ops.conv2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
+                                         attrs["padding"], attrs["dilation"], attrs.get("sub_sample", (1, 1)),
+                                         attrs.get("groups", 1), self._mapping(attrs, x))
+        return y, (ctx, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        ctx, shapes = saved
+        dx, dw, db = conv_ops.conv2d_backward(dy, ctx, need_dx=any(needs), need_dw=True)
+        grads = {"weights": dw}
+        if db is not None:
+            grads["biases"] = db
+        if dx is None:
+            return [None] * len(needs), grads
+        return _split_channels(dx, shapes, needs), grads
+
+
+@register
+class BatchNorm(OpDef):
+    """attrs: epsilon, momentum, unbiased; params scales, biases (trained), means, variances
+    (moving statistics, updated in place by a training forward)."""
+
+    name = "BatchNorm"
+    max_inputs = None
+    params = ("scales", "biases", "means", "variances")
+    trainable = ("scales", "biases")
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        shape = _concat_shape(in_shapes)
+        if param_shapes["scales"][0] != shape[1]:
+            raise ValueError(f"{param_shapes['scales'][0]} scales for {shape[1]} channels")
+        return [shape]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        eps = attrs["epsilon"]
+        shapes = [a.shape for a in xs]
+        if training and attrs["momentum"] != 0.0:
+            y, ctx, mean, var = bn_ops.batchnorm_forward_train(x, params["scales"], params["biases"], eps)
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            bn_ops.update_moving_statistics(params["means"], params["variances"], mean, var, attrs["momentum"],
+                                            count, unbiased=attrs.get("unbiased", False))
+            return y, (ctx, True, shapes)
+        y, ctx = bn_ops.batchnorm_forward_infer(x, params["scales"], params["biases"], params["means"],
+                                                params["variances"], eps)
+        return y, (ctx, False, shapes)
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        ctx, train, shapes = saved
+        backward = bn_ops.batchnorm_backward_train if train else bn_ops.batchnorm_backward_infer
+        dx, dscale, dbias = backward(dy, ctx, params["scales"])
+        grads = {"scales": dscale.astype(np.float32), "biases": dbias.astype(np.float32)}
+        return _split_channels(dx, shapes, needs), grads
