@@ -97,6 +97,18 @@ class Graph:
             self.nx.add_edge(src, name, out=out, slot=slot)
         return name
 
+    def add_op(self, name, op, inputs, attrs=None, params=None) -> str:
+        """Add a node whose output types are inferred from its op's shape rule."""
+        from n2d2.ir import ops as op_registry
+
+        self.add_node(name, op, inputs, attrs, params)
+        try:
+            self.nx.nodes[name]["outputs"] = op_registry.get(op, node=name).infer(self, name)
+        except GraphError:
+            self.nx.remove_node(name)
+            raise
+        return name
+
     def remove_node(self, name):
         self.nx.remove_node(name)
         if name in self.inputs:
