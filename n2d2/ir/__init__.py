@@ -1,8 +1,17 @@
 """`n2d2.ir`: the graph compiler's middle (graph, op definitions, tracing, passes, planning).
 
-Needs networkx (`pip install n2d2[compiler]`). `ir` never imports `n2d2.cells`: cells describe
-themselves to the tracer through `_ir_node()`.
+The graph needs networkx (`pip install n2d2[compiler]`); the op definitions (`n2d2.ir.ops`)
+and value types do not, so eager cells can run them with numpy only. `ir` never imports
+`n2d2.cells`: cells describe themselves to the tracer through `_ir_node()`.
 """
-from n2d2.ir.graph import Graph, GraphError, Node, Param, TensorType
+from n2d2.ir.types import GraphError, TensorType
 
 __all__ = ["Graph", "GraphError", "Node", "Param", "TensorType"]
+
+
+def __getattr__(name):
+    if name in ("Graph", "Node", "Param"):
+        from n2d2.ir import graph
+
+        return getattr(graph, name)
+    raise AttributeError(f"module 'n2d2.ir' has no attribute '{name}'")

@@ -12,7 +12,7 @@ and returns `(input gradients, {param role: gradient})`.
 import numpy as np
 
 from n2d2.backend import array_module
-from n2d2.ir.graph import GraphError, TensorType
+from n2d2.ir.types import GraphError, TensorType
 from n2d2.ops import activation as act_ops
 from n2d2.ops import batchnorm as bn_ops
 from n2d2.ops import conv as conv_ops
