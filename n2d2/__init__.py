@@ -4,17 +4,17 @@
 """
 import os
 
-from n2d2 import error_handler
+from n2d2 import activation, cells, deepnet, error_handler, filler, mapping, provider, solver
+from n2d2.config_section import ConfigSection
 from n2d2.settings import global_variables
 from n2d2.tensor import Interface, Tensor
-from n2d2.config_section import ConfigSection
 from n2d2.utils import download, generate_name, model_logger
-from n2d2 import activation, filler, solver, provider, cells, deepnet
-from n2d2 import mapping
 
 os.environ.setdefault("N2D2_PATH", os.path.dirname(os.path.abspath(__file__)))
 
 __version__ = "0.1.0"
+__all__ = ["Tensor", "Interface", "ConfigSection", "global_variables", "error_handler", "activation", "cells",
+           "deepnet", "filler", "mapping", "provider", "solver", "download", "generate_name", "model_logger"]
 
 _LAZY = ("database", "transform", "target", "models", "export", "ir", "codegen", "scaling", "quantizer",
          "onnx_backend", "converter")

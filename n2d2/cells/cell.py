@@ -4,7 +4,6 @@ Containers hold cells and other containers; `learn()`/`test()`, `set_solver`, pa
 export/import and printing recurse through them.
 """
 from n2d2.error_handler import WrongInputType
-from n2d2.settings import Verbosity, global_variables
 from n2d2.tensor import Interface, Tensor
 from n2d2.utils import generate_name
 

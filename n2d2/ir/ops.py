@@ -201,20 +201,22 @@ class Reshape(OpDef):
     """attrs: shape (per-sample numpy shape, batch kept)."""
 
     name = "Reshape"
+    max_inputs = None
 
     def _infer(self, attrs, in_shapes, param_shapes):
-        n = in_shapes[0][0]
+        in_shape = _concat_shape(in_shapes)
         shape = tuple(attrs["shape"])
-        if int(np.prod(shape)) != int(np.prod(in_shapes[0][1:])):
-            raise ValueError(f"cannot reshape {list(in_shapes[0])} to per-sample {list(shape)}")
-        return [(n,) + shape]
+        if int(np.prod(shape)) != int(np.prod(in_shape[1:])):
+            raise ValueError(f"cannot reshape {list(in_shape)} to per-sample {list(shape)}")
+        return [(in_shape[0],) + shape]
 
     def _forward(self, attrs, xs, params, training):
-        x = xs[0]
-        return x.reshape((x.shape[0],) + tuple(attrs["shape"])), x.shape
+        x = _concat(xs)
+        return x.reshape((x.shape[0],) + tuple(attrs["shape"])), (x.shape, [a.shape for a in xs])
 
-    def _backward(self, attrs, shape, dy, needs, params):
-        return [dy.reshape(shape)], {}
+    def _backward(self, attrs, saved, dy, needs, params):
+        shape, shapes = saved
+        return _split_channels(dy.reshape(shape), shapes, needs), {}
 
 
 @register
@@ -222,16 +224,18 @@ class Transpose(OpDef):
     """attrs: perm (N2D2 axes [X, Y, Z, B])."""
 
     name = "Transpose"
+    max_inputs = None
 
     def _infer(self, attrs, in_shapes, param_shapes):
         axes = transpose_ops.numpy_axes(attrs["perm"])
-        return [tuple(in_shapes[0][a] for a in axes)]
+        shape = _concat_shape(in_shapes)
+        return [tuple(shape[a] for a in axes)]
 
     def _forward(self, attrs, xs, params, training):
-        return transpose_ops.transpose_forward(xs[0], attrs["perm"]), None
+        return transpose_ops.transpose_forward(_concat(xs), attrs["perm"]), [a.shape for a in xs]
 
-    def _backward(self, attrs, saved, dy, needs, params):
-        return [transpose_ops.transpose_backward(dy, attrs["perm"])], {}
+    def _backward(self, attrs, shapes, dy, needs, params):
+        return _split_channels(transpose_ops.transpose_backward(dy, attrs["perm"]), shapes, needs), {}
 
 
 # -- element-wise ------------------------------------------------------------------------------
@@ -389,14 +393,22 @@ class Resize(OpDef):
         n, c, _, _ = _concat_shape(in_shapes)
         return [(n, c, attrs["height"], attrs["width"])]
 
+    def __init__(self):
+        self._cache = {}
+
     def _matrices(self, attrs, x):
+        """Interpolation matrices, built once per (sizes, mode, device)."""
         from n2d2.backend import to_device
 
         gpu = array_module(x) is not np
         _, _, h, w = x.shape
-        a_h = resize_ops.interpolation_matrix(attrs["height"], h, attrs["mode"], attrs.get("align_corners", True))
-        a_w = resize_ops.interpolation_matrix(attrs["width"], w, attrs["mode"], attrs.get("align_corners", True))
-        return to_device(a_h, gpu), to_device(a_w, gpu)
+        align = attrs.get("align_corners", True)
+        key = (attrs["height"], attrs["width"], h, w, attrs["mode"], align, gpu)
+        if key not in self._cache:
+            a_h = resize_ops.interpolation_matrix(attrs["height"], h, attrs["mode"], align)
+            a_w = resize_ops.interpolation_matrix(attrs["width"], w, attrs["mode"], align)
+            self._cache[key] = (to_device(a_h, gpu), to_device(a_w, gpu))
+        return self._cache[key]
 
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)

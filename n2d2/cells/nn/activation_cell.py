@@ -3,6 +3,7 @@ from n2d2.activation import ActivationFunction
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.error_handler import WrongInputType
+from n2d2.ir.ops import activation_spec
 
 
 class Activation(LazyCell):
@@ -15,8 +16,5 @@ class Activation(LazyCell):
             raise WrongInputType("activation", type(activation), ["ActivationFunction"])
         super().__init__(activation=activation, **config)
 
-    def _op_forward(self, x):
-        return x, None
-
-    def _op_backward(self, ctx, dz):
-        return dz
+    def _ir_node(self):
+        return "Activation", {"activation": activation_spec(self._config["activation"])}, {}

@@ -18,7 +18,8 @@ from n2d2.activation import ActivationFunction
 from n2d2.configurable import Configurable, Spec
 from n2d2.deepnet import CallRecord
 from n2d2.error_handler import UndefinedModelError, WrongInputType, WrongValue
-from n2d2.settings import Verbosity, global_variables
+from n2d2.ir import ops as ir_ops
+from n2d2.settings import global_variables
 from n2d2.tensor import Interface, Tensor
 from n2d2.utils import atomic_write_text, generate_name
 
@@ -128,11 +129,30 @@ class NeuralNetworkCell(Configurable):
     def _check_input(self, tensors):
         """Validate input geometry (subclasses freeze it at the first call)."""
 
+    def _ir_node(self):
+        """(op, attrs, params) describing this cell as an IR node of `n2d2.ir.ops`.
+
+        `params` maps a role to `(array, solver)`; the solver is None for arrays that are not
+        trained (e.g. BatchNorm moving statistics). The tracer and the eager path both use it.
+        """
+        raise NotImplementedError(f"{self.get_type()} has no IR description")
+
     def _forward(self, xs):
-        raise NotImplementedError
+        """Run the cell's op definition (`n2d2.ir.ops`) on the input arrays."""
+        op, attrs, params = self._ir_node()
+        opdef = ir_ops.get(op)
+        arrays = {role: array for role, (array, _) in params.items() if array is not None}
+        ys, saved = opdef.forward(attrs, xs, arrays, training=not self._inference)
+        return ys[0], (opdef, attrs, arrays, saved)
 
     def _backward(self, ctx, dy, needs):
-        raise NotImplementedError
+        opdef, attrs, arrays, saved = ctx
+        if not self._config.get("back_propagate", True):
+            needs = [False] * len(needs)
+        dxs, grads = opdef.backward(attrs, saved, [dy], needs, arrays)
+        for role, grad in grads.items():
+            self._accumulate_grad(role, grad)
+        return dxs
 
     def _backward_record(self, record, dy):
         self._diff_inputs = dy

@@ -14,7 +14,7 @@ from n2d2.backend import to_host
 from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows, read_parameter_file
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType, WrongValue
-from n2d2.ops import batchnorm as ops
+from n2d2.ir.ops import activation_spec
 from n2d2.solver import SGD, Solver
 from n2d2.tensor import Tensor
 
@@ -86,39 +86,13 @@ class BatchNorm2d(NeuralNetworkCell):
     def get_nb_outputs(self) -> int:
         return self._args["nb_inputs"]
 
-    def _uses_batch_statistics(self) -> bool:
-        return not self._inference and self._config["moving_average_momentum"] != 0.0
-
-    def _forward(self, xs):
-        x = xs[0] if len(xs) == 1 else self._xp().concatenate(xs, axis=1)
-        eps = self._config["epsilon"]
-        if self._uses_batch_statistics():
-            z, ctx, mean, var = ops.batchnorm_forward_train(x, self._scales, self._biases, eps)
-            count = x.shape[0] * x.shape[2] * x.shape[3]
-            ops.update_moving_statistics(self._means, self._variances, mean, var,
-                                         self._config["moving_average_momentum"], count,
-                                         unbiased=self.unbiased_moving_variance)
-            train = True
-        else:
-            z, ctx = ops.batchnorm_forward_infer(x, self._scales, self._biases, self._means, self._variances, eps)
-            train = False
-        y, act = self._activate(z)
-        return y, (ctx, train, act, [a.shape[1] for a in xs])
-
-    def _backward(self, ctx, dy, needs):
-        op_ctx, train, act, channels = ctx
-        dz = self._deactivate(dy, act)
-        backward = ops.batchnorm_backward_train if train else ops.batchnorm_backward_infer
-        dx, dscale, dbias = backward(dz, op_ctx, self._scales)
-        self._accumulate_grad("scales", dscale.astype(np.float32))
-        self._accumulate_grad("biases", dbias.astype(np.float32))
-        if not (self._config["back_propagate"] and any(needs)):
-            return [None] * len(needs)
-        out, offset = [], 0
-        for c, need in zip(channels, needs):
-            out.append(dx[:, offset:offset + c] if need else None)
-            offset += c
-        return out
+    def _ir_node(self):
+        c = self._config
+        attrs = {"epsilon": c["epsilon"], "momentum": c["moving_average_momentum"],
+                 "unbiased": self.unbiased_moving_variance, "activation": activation_spec(c["activation"])}
+        params = {"scales": (self._scales, c["scale_solver"]), "biases": (self._biases, c["bias_solver"]),
+                  "means": (self._means, None), "variances": (self._variances, None)}
+        return "BatchNorm", attrs, params
 
     def update(self):
         if "scales" in self._param_grads:

@@ -3,8 +3,7 @@ from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongValue
-from n2d2.ops import dropout as ops
-from n2d2.settings import global_variables
+from n2d2.ir.ops import activation_spec
 
 
 class Dropout(LazyCell):
@@ -22,12 +21,6 @@ class Dropout(LazyCell):
         if key == "dropout" and not 0.0 <= value <= 1.0:
             raise WrongValue("dropout", value, ["a probability in [0.0, 1.0]"])
 
-    def _op_forward(self, x):
-        if self._inference:
-            return x, None
-        mask = self._to_model_device(ops.dropout_mask(global_variables.rng, x.shape, self._config["dropout"],
-                                                      dtype=x.dtype))
-        return ops.dropout_forward(x, mask), mask
-
-    def _op_backward(self, mask, dz):
-        return dz if mask is None else ops.dropout_backward(dz, mask)
+    def _ir_node(self):
+        return "Dropout", {"dropout": self._config["dropout"],
+                           "activation": activation_spec(self._config["activation"])}, {}

@@ -2,6 +2,7 @@
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.ir.ops import activation_spec
 from n2d2.ops import elemwise as ops
 
 MODES = ("PerLayer", "PerInput", "PerChannel")
@@ -87,17 +88,7 @@ class ElemWise(LazyCell):
         return tuple(out)
 
     # -- computation ----------------------------------------------------------------------------
-    def _forward(self, xs):
+    def _ir_node(self):
         weights, shifts = self._coefficients
-        z, op_ctx = ops.elemwise_forward(xs, self._args["operation"], weights, shifts)
-        y, act = self._activate(z)
-        return y, (xs, op_ctx, act)
-
-    def _backward(self, ctx, dy, needs):
-        xs, op_ctx, act = ctx
-        if not any(needs):
-            return [None] * len(needs)
-        weights, shifts = self._coefficients
-        dz = self._deactivate(dy, act)
-        dxs = ops.elemwise_backward(dz, xs, op_ctx, self._args["operation"], weights, shifts)
-        return [dx if need else None for dx, need in zip(dxs, needs)]
+        return "ElemWise", {"operation": self._args["operation"], "weights": weights, "shifts": shifts,
+                            "activation": activation_spec(self._config["activation"])}, {}

@@ -2,7 +2,8 @@
 from n2d2.cells.nn.weighted import WeightedCell, solver_and_filler_specs
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType
-from n2d2.ops import fc as ops
+from n2d2.ir import ops as ir_ops
+from n2d2.ir.ops import activation_spec
 
 
 class Fc(WeightedCell):
@@ -58,41 +59,37 @@ class Fc(WeightedCell):
         if self._config["normalize"]:
             raise NotImplementedError(f"Cell '{self._name}': Fc normalize=True is not supported")
 
-    def _forward(self, xs):
-        xp = self._xp()
-        n = xs[0].shape[0]
-        x2d = xs[0].reshape(n, -1) if len(xs) == 1 else xp.concatenate([x.reshape(n, -1) for x in xs], axis=1)
-        w = self._weights
-        keep = self._config["drop_connect"]
-        mask = None
-        if keep < 1.0 and not self._inference:
-            mask = xp.asarray(self._rng_uniform(w.shape) < keep, dtype=w.dtype)
-            w = w * mask
-        z = ops.fc_forward(x2d, w, self._biases if self.has_bias() else None)
-        y, act = self._activate(z)
-        return y.reshape(n, -1, 1, 1), (x2d, w, mask, act, [x.shape for x in xs])
+    def _ir_node(self):
+        c = self._config
+        params = {"weights": (self._weights, c["weights_solver"])}
+        if self.has_bias():
+            params["biases"] = (self._biases, c["bias_solver"])
+        return "Fc", {"activation": activation_spec(c["activation"])}, params
 
-    def _rng_uniform(self, shape):
+    def _forward(self, xs):
+        keep = self._config["drop_connect"]
+        if keep >= 1.0 or self._inference:
+            return super()._forward(xs)
+        # DropConnect: each weight kept with probability `drop_connect` for this batch.
         from n2d2.settings import global_variables
 
-        return self._to_model_device(global_variables.rng.random(shape))
+        w = self._weights
+        mask = self._to_model_device((global_variables.rng.random(w.shape) < keep).astype(w.dtype))
+        op, attrs, params = self._ir_node()
+        arrays = {role: array for role, (array, _) in params.items()}
+        arrays["weights"] = w * mask
+        opdef = ir_ops.get(op)
+        ys, saved = opdef.forward(attrs, xs, arrays, training=True)
+        return ys[0], (opdef, attrs, arrays, saved, mask)
 
     def _backward(self, ctx, dy, needs):
-        x2d, w, mask, act, shapes = ctx
-        n = dy.shape[0]
-        dz = self._deactivate(dy.reshape(n, -1), act)
-        need_dx = self._config["back_propagate"] and any(needs)
-        dx, dw, db = ops.fc_backward(dz, x2d, w, need_dx)
-        if mask is not None:
-            dw *= mask
-        self._accumulate_grad("weights", dw)
-        if self.has_bias():
-            self._accumulate_grad("biases", db)
-        if dx is None:
-            return [None] * len(shapes)
-        out, offset = [], 0
-        for shape, need in zip(shapes, needs):
-            size = int(shape[1] * shape[2] * shape[3]) if len(shape) == 4 else int(dx.shape[1])
-            out.append(dx[:, offset:offset + size].reshape(shape) if need else None)
-            offset += size
-        return out
+        if len(ctx) == 4:
+            return super()._backward(ctx, dy, needs)
+        opdef, attrs, arrays, saved, mask = ctx
+        if not self._config["back_propagate"]:
+            needs = [False] * len(needs)
+        dxs, grads = opdef.backward(attrs, saved, [dy], needs, arrays)
+        grads["weights"] = grads["weights"] * mask  # the gradient reaches kept weights only
+        for role, grad in grads.items():
+            self._accumulate_grad(role, grad)
+        return dxs

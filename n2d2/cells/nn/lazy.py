@@ -3,9 +3,8 @@
 As upstream, such a cell learns its channel count from its first input and freezes the
 input geometry then: later calls must keep X, Y and the total number of channels (the batch
 may change). Several inputs (an Interface) are concatenated along channels, as N2D2 does for
-every cell but ElemWise. Subclasses implement `_op_forward(x) -> (z, ctx)` and
-`_op_backward(ctx, dz) -> dx` on the concatenated input; the cell's activation is applied
-after the op here.
+every cell but ElemWise. Subclasses describe their op with `_ir_node()`; the op definition
+(`n2d2.ir.ops`) concatenates the inputs and applies the cell's activation.
 """
 from n2d2.cells.nn.base import NeuralNetworkCell
 
@@ -46,29 +45,3 @@ class LazyCell(NeuralNetworkCell):
 
     def is_built(self) -> bool:
         return self._input_geometry is not None
-
-    # -- computation ----------------------------------------------------------------------------
-    def _forward(self, xs):
-        x = xs[0] if len(xs) == 1 else self._xp().concatenate(xs, axis=1)
-        z, ctx = self._op_forward(x)
-        y, act = self._activate(z)
-        return y, (ctx, act, [a.shape[1] for a in xs])
-
-    def _backward(self, ctx, dy, needs):
-        op_ctx, act, channels = ctx
-        if not any(needs):
-            return [None] * len(needs)
-        dx = self._op_backward(op_ctx, self._deactivate(dy, act))
-        if len(channels) == 1:
-            return [dx]
-        out, offset = [], 0
-        for c, need in zip(channels, needs):
-            out.append(dx[:, offset:offset + c] if need else None)
-            offset += c
-        return out
-
-    def _op_forward(self, x):
-        raise NotImplementedError
-
-    def _op_backward(self, ctx, dz):
-        raise NotImplementedError

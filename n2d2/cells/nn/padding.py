@@ -2,6 +2,7 @@
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.error_handler import WrongInputType
+from n2d2.ir.ops import activation_spec
 from n2d2.ops import padding as ops
 
 
@@ -30,8 +31,7 @@ class Padding(LazyCell):
             raise ValueError(f"Cell '{self._name}' (Padding): pads {list(self._pads())} leave nothing of the "
                              f"input shape {tensors[0].shape()}")
 
-    def _op_forward(self, x):
-        return ops.pad_forward(x, *self._pads()), None
-
-    def _op_backward(self, ctx, dz):
-        return ops.pad_backward(dz, *self._pads())
+    def _ir_node(self):
+        top, bot, left, right = self._pads()
+        return "Padding", {"top": top, "bot": bot, "left": left, "right": right,
+                           "activation": activation_spec(self._config["activation"])}, {}

@@ -10,6 +10,7 @@ from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.configurable import Spec, format_value
 from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.ir.ops import activation_spec
 from n2d2.ops import pool as ops
 from n2d2.tensor import Tensor
 
@@ -128,31 +129,16 @@ class Pool(LazyCell):
         return (ky, kx), (sy, sx), (py, px)
 
     # -- computation ----------------------------------------------------------------------------
-    def _op_forward(self, x):
+    def _ir_node(self):
         pool, stride, pad = self._geometry()
-        mapping = self._mapping_array(x.shape[1]) if not self._per_channel() else None
-        is_max = self._args["pooling"] == Pooling.Max
-        if mapping is None:
-            if is_max:
-                y = ops.max_pool_forward(x, pool, stride, pad)
-                return y, (x, y, None, None)
-            return ops.avg_pool_forward(x, pool, stride, pad), (x.shape, None, None, None)
-        if is_max:
-            y, mctx = ops.mapped_max_pool_forward(x, mapping, pool, stride, pad)
-            return y, (x, None, mapping, mctx)
-        return ops.mapped_avg_pool_forward(x, mapping, pool, stride, pad), (x.shape, None, mapping, None)
+        mapping = None
+        if not self._per_channel():
+            from n2d2.backend import to_host
 
-    def _op_backward(self, ctx, dz):
-        pool, stride, pad = self._geometry()
-        first, y, mapping, mctx = ctx
-        is_max = self._args["pooling"] == Pooling.Max
-        if mapping is None:
-            if is_max:
-                return ops.max_pool_backward(dz, first, y, pool, stride, pad)
-            return ops.avg_pool_backward(dz, first, pool, stride, pad)
-        if is_max:
-            return ops.mapped_max_pool_backward(dz, first, mctx, mapping, pool, stride, pad)
-        return ops.mapped_avg_pool_backward(dz, first, mapping, pool, stride, pad)
+            m = self._mapping_array(self._input_geometry[0])
+            mapping = None if m is None else to_host(m)
+        return "Pool", {"pooling": self._args["pooling"].value, "pool": pool, "stride": stride, "padding": pad,
+                        "mapping": mapping, "activation": activation_spec(self._config["activation"])}, {}
 
     def _per_channel(self) -> bool:
         return False

@@ -4,6 +4,7 @@ import numpy as np
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.ir.ops import activation_spec
 
 
 class Reshape(LazyCell):
@@ -43,8 +44,5 @@ class Reshape(LazyCell):
                              f"values per sample, the input [X, Y, Z] = {in_dims} holds {size}")
         self._sample_shape = tuple(dims[::-1])
 
-    def _op_forward(self, x):
-        return x.reshape((x.shape[0],) + self._sample_shape), x.shape
-
-    def _op_backward(self, shape, dz):
-        return dz.reshape(shape)
+    def _ir_node(self):
+        return "Reshape", {"shape": self._sample_shape, "activation": activation_spec(self._config["activation"])}, {}

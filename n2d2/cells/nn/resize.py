@@ -2,6 +2,7 @@
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.ir.ops import activation_spec
 from n2d2.ops import resize as ops
 
 
@@ -35,17 +36,9 @@ class Resize(LazyCell):
             raise WrongInputType("align_corners", type(align_corners), ["bool"])
         super().__init__({"outputs_width": outputs_width, "outputs_height": outputs_height,
                           "resize_mode": resize_mode, "align_corners": align_corners}, **config)
-        self._matrices = None
 
-    def _build(self, tensors, channels):
+    def _ir_node(self):
         a = self._args
-        h, w = tensors[0].dimY(), tensors[0].dimX()
-        a_h = ops.interpolation_matrix(a["outputs_height"], h, a["resize_mode"], a["align_corners"])
-        a_w = ops.interpolation_matrix(a["outputs_width"], w, a["resize_mode"], a["align_corners"])
-        self._matrices = (self._to_model_device(a_h), self._to_model_device(a_w))
-
-    def _op_forward(self, x):
-        return ops.resize_forward(x, *self._matrices), None
-
-    def _op_backward(self, ctx, dz):
-        return ops.resize_backward(dz, *self._matrices)
+        return "Resize", {"height": a["outputs_height"], "width": a["outputs_width"], "mode": a["resize_mode"],
+                          "align_corners": a["align_corners"],
+                          "activation": activation_spec(self._config["activation"])}, {}

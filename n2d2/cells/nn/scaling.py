@@ -2,6 +2,7 @@
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.error_handler import WrongInputType
+from n2d2.ir.ops import activation_spec
 from n2d2.scaling import ScalingObject
 
 
@@ -21,8 +22,6 @@ class Scaling(LazyCell):
     def _build(self, tensors, channels):
         self._args["scaling"].check_channels(channels, self._name)
 
-    def _op_forward(self, x):
-        return self._args["scaling"].forward(x), x
-
-    def _op_backward(self, x, dz):
-        return self._args["scaling"].backward(dz, x)
+    def _ir_node(self):
+        return "Scaling", {"scaling": self._args["scaling"],
+                           "activation": activation_spec(self._config["activation"])}, {}

@@ -2,7 +2,7 @@
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.error_handler import WrongInputType, WrongValue
-from n2d2.ops import softmax as ops
+from n2d2.ir.ops import activation_spec
 
 
 class Softmax(LazyCell):
@@ -44,11 +44,13 @@ class Softmax(LazyCell):
             raise ValueError(f"Cell '{self._name}' (Softmax): group_size {g} does not divide the {channels} "
                              f"input channels (input shapes {[t.shape() for t in tensors]})")
 
-    def _op_forward(self, x):
-        y = ops.softmax_forward(x, self._args["group_size"])
-        return y, y
+    def _ir_node(self):
+        a = self._args
+        return "Softmax", {"group_size": a["group_size"], "with_loss": a["with_loss"],
+                           "activation": activation_spec(self._config["activation"])}, {}
 
-    def _op_backward(self, y, dz):
-        if self._args["with_loss"]:
-            return ops.softmax_with_loss_backward(dz)
-        return ops.softmax_backward(dz, y, self._args["group_size"])
+    def _backward(self, ctx, dy, needs):
+        # `with_loss` may change between the forward and the backward pass: read it now.
+        opdef, attrs, arrays, saved = ctx
+        attrs = dict(attrs, with_loss=self._args["with_loss"])
+        return super()._backward((opdef, attrs, arrays, saved), dy, needs)

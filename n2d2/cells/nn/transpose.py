@@ -2,7 +2,7 @@
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.error_handler import WrongInputType, WrongValue
-from n2d2.ops import transpose as ops
+from n2d2.ir.ops import activation_spec
 
 
 class Transpose(LazyCell):
@@ -25,8 +25,6 @@ class Transpose(LazyCell):
             raise WrongValue("perm", perm, ["a permutation that keeps the batch axis (perm[3] == 3)"])
         super().__init__({"perm": list(perm)}, **config)
 
-    def _op_forward(self, x):
-        return ops.transpose_forward(x, self._args["perm"]), None
-
-    def _op_backward(self, ctx, dz):
-        return ops.transpose_backward(dz, self._args["perm"])
+    def _ir_node(self):
+        return "Transpose", {"perm": tuple(self._args["perm"]),
+                             "activation": activation_spec(self._config["activation"])}, {}
