@@ -1,0 +1,533 @@
+"""`DataProvider`: reads batches of stimuli from a database, applies transformations.
+
+Batches are float32 numpy arrays (N, C, H, W) wrapped in a `Tensor` whose producer is the
+provider (each read starts a new eager graph). 8-bit stimuli are scaled to [0, 1].
+
+Speed: when the database holds its stimuli in one array (MNIST, CIFAR, stacked `Numpy`), a
+batch is one fancy index plus one conversion, and every transformation runs vectorised over
+the batch. Static transformations (`add_transformation`) are applied once per stimulus and
+cached; for in-memory databases the whole partition is transformed at its first read, in
+chunks (e.g. all MNIST images rescaled to 32x32 at once). `prefetch_batches` prepares the
+next batches in a background thread while the caller trains on the current one.
+"""
+import math
+import queue
+import threading
+
+import numpy as np
+
+from n2d2 import backend
+from n2d2.database.database import Database
+from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.provider.base import PARTITIONS, Provider
+from n2d2.settings import Verbosity, global_variables
+from n2d2.tensor import Tensor
+from n2d2.transform.transformation import Composite, Transformation
+
+_CHUNK = 4096  # stimuli transformed at once when a partition is cached
+
+
+def _expand(transformation) -> list:
+    if isinstance(transformation, Composite):
+        out = []
+        for t in transformation.get_transformations():
+            out.extend(_expand(t))
+        return out
+    return [transformation]
+
+
+class _StaticCache:
+    """Stimuli of one partition after the static transformations that applied when they were
+    first read (N2D2 semantics: a transformation added later does not touch them).
+
+    `state[id]`: 0 not read yet, 1 read with no static transformation (the database's data is
+    used as it is), 2 stored here (densely in `array` at `slot[id]`, or in `items`).
+    """
+
+    def __init__(self):
+        self.state = np.zeros(0, dtype=np.int8)
+        self.slot = np.zeros(0, dtype=np.int64)
+        self.array = None
+        self.count = 0
+        self.items = {}
+
+    def ensure(self, n: int):
+        if self.state.size < n:
+            grow = n - self.state.size
+            self.state = np.concatenate([self.state, np.zeros(grow, dtype=np.int8)])
+            self.slot = np.concatenate([self.slot, np.full(grow, -1, dtype=np.int64)])
+
+    def store(self, ids: np.ndarray, stimuli, capacity_hint: int):
+        if isinstance(stimuli, np.ndarray):
+            if self.array is None:
+                capacity = max(capacity_hint, ids.size)
+                self.array = np.empty((capacity,) + stimuli.shape[1:], dtype=stimuli.dtype)
+            if self.array.shape[1:] == stimuli.shape[1:] and self.array.dtype == stimuli.dtype:
+                if self.count + ids.size > self.array.shape[0]:
+                    capacity = max(2 * self.array.shape[0], self.count + ids.size)
+                    grown = np.empty((capacity,) + self.array.shape[1:], dtype=self.array.dtype)
+                    grown[:self.count] = self.array[:self.count]
+                    self.array = grown
+                self.array[self.count:self.count + ids.size] = stimuli
+                self.slot[ids] = np.arange(self.count, self.count + ids.size)
+                self.count += ids.size
+                self.state[ids] = 2
+                return
+        for i, s in zip(ids.tolist(), stimuli):
+            self.items[i] = s
+        self.state[ids] = 2
+
+    def get(self, i: int):
+        s = int(self.slot[i])
+        return self.array[s] if s >= 0 else self.items[i]
+
+
+class _WorkerError:
+    def __init__(self, exc):
+        self.exc = exc
+
+
+_END = object()
+
+
+class DataProvider(Provider):
+    """Provide batches of stimuli from a database to a network.
+
+    Parameters
+    ----------
+    database : n2d2.database.Database
+        Where the stimuli come from.
+    size : list of int
+        `[W, H, C]` (or `[W, H]`, one channel), N2D2 order. Stimuli must reach exactly this
+        size (add a `Rescale` / `PadCrop` when the source differs).
+    random_read : bool
+        Iterating the provider reads random batches (`read_random_batch`) instead of
+        sequential ones.
+    batch_size : int
+        Stimuli per batch.
+    composite_stimuli : bool
+        Pixel-wise labels: `get_labels()` is then (N, 1, H, W) (the stimulus label everywhere).
+    name : str, optional
+        Default `DataProvider_<k>`.
+
+    Batches are float32 tensors of numpy shape `[batch_size, C, H, W]`; on a provider built
+    while `global_variables.default_model == "Frame_CUDA"` they are on the GPU. The default
+    partition is ``Test``.
+    """
+
+    def __init__(self, database, size, random_read: bool = False, batch_size: int = 1,
+                 composite_stimuli: bool = False, name: str = None):
+        if not isinstance(database, Database):
+            raise WrongInputType("database", type(database), ["n2d2.database.Database"])
+        if not isinstance(size, (list, tuple)):
+            raise WrongInputType("size", type(size), ["list"])
+        if len(size) not in (2, 3):
+            raise WrongValue("size", size, ["[width, height] or [width, height, channels]"])
+        for s in size:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0:
+                raise WrongInputType("size", type(s), ["list of positive int"])
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise WrongInputType("batch_size", type(batch_size), ["int"])
+        if batch_size <= 0:
+            raise WrongValue("batch_size", batch_size, ["a positive int"])
+        for key, value in (("random_read", random_read), ("composite_stimuli", composite_stimuli)):
+            if not isinstance(value, bool):
+                raise WrongInputType(key, type(value), ["bool"])
+        if name is not None and not isinstance(name, str):
+            raise WrongInputType("name", type(name), ["str"])
+        super().__init__(name)
+        self._database = database
+        self._size = [int(s) for s in size]
+        self._width, self._height = self._size[0], self._size[1]
+        self._channels = self._size[2] if len(self._size) == 3 else 1
+        self._batch_size = int(batch_size)
+        self._random_read = random_read
+        self._composite = composite_stimuli
+        self._on_gpu = global_variables.default_model == "Frame_CUDA"
+        if self._on_gpu:
+            backend.require_cupy()
+        self._static = []     # static transformations, Composites expanded
+        self._otf = []        # on-the-fly transformations
+        self._added = []      # both, in the order they were added (printing)
+        self._caches = {p: _StaticCache() for p in PARTITIONS}
+        self._lock = threading.Lock()
+        seed = global_variables.seed
+        self._static_rng = np.random.default_rng(seed) if seed != 0 else global_variables.rng
+        self._epochs = {}     # partition -> [order, position, shuffle]
+        self._index = 0
+        self._normalization = None
+        self._data = Tensor._wrap(np.zeros(self.shape(), dtype=np.float32))
+        self._labels = Tensor._wrap(np.zeros(self._labels_shape(), dtype=np.int32))
+
+    # -- accessors --------------------------------------------------------------------------------
+    def get_database(self) -> Database:
+        return self._database
+
+    def get_size(self) -> list:
+        return list(self._size)
+
+    def get_batch_size(self) -> int:
+        return self._batch_size
+
+    def dims(self) -> list:
+        """`[W, H, C, batch]` (N2D2 order)."""
+        return [self._width, self._height, self._channels, self._batch_size]
+
+    def shape(self) -> list:
+        """`[batch, C, H, W]` (numpy order)."""
+        return self.dims()[::-1]
+
+    def get_data(self) -> Tensor:
+        """The current batch (zeros before the first read)."""
+        return self._data
+
+    def get_labels(self) -> Tensor:
+        """Int tensor of the current batch's labels, numpy shape (N, 1, 1, 1) ((N, 1, H, W)
+        with `composite_stimuli`); -1 marks an invalid slot (past the end of the partition)."""
+        return self._labels
+
+    def get_parameter(self, key: str):
+        values = {"database": self._database, "size": self.get_size(), "batch_size": self._batch_size,
+                  "composite_stimuli": self._composite, "random_read": self._random_read}
+        if key not in values:
+            raise ValueError(f"DataProvider: unknown parameter '{key}' (known: {', '.join(values)})")
+        return values[key]
+
+    def set_reading_randomly(self, random_read: bool):
+        """Iterate with `read_random_batch` (True) or sequential `read_batch` (False)."""
+        if not isinstance(random_read, bool):
+            raise WrongInputType("random_read", type(random_read), ["bool"])
+        self._random_read = random_read
+
+    def batch_number(self) -> int:
+        """Batches yielded by the current iteration."""
+        return self._index
+
+    def _labels_shape(self):
+        if self._composite:
+            return (self._batch_size, 1, self._height, self._width)
+        return (self._batch_size, 1, 1, 1)
+
+    def _nb(self) -> int:
+        return self._database.get_nb_stimuli(self._partition)
+
+    # -- transformations --------------------------------------------------------------------------
+    def add_transformation(self, transformation: Transformation):
+        """Static preprocessing: applied once per stimulus, when it is first read, then cached.
+
+        Stimuli already read keep their cached form (as in N2D2).
+        """
+        if not isinstance(transformation, Transformation):
+            raise WrongInputType("transformation", type(transformation), ["n2d2.transform.Transformation"])
+        members = _expand(transformation)
+        self._static.extend(members)
+        self._added.extend(members)
+
+    def add_on_the_fly_transformation(self, transformation: Transformation):
+        """Augmentation: applied at every read (random ones draw new values each time)."""
+        if not isinstance(transformation, Transformation):
+            raise WrongInputType("transformation", type(transformation), ["n2d2.transform.Transformation"])
+        members = _expand(transformation)
+        self._otf.extend(members)
+        self._added.extend(members)
+
+    def get_transformations(self) -> list:
+        """Every transformation added (static and on-the-fly, Composites expanded), in order."""
+        return list(self._added)
+
+    def get_static_transformations(self) -> list:
+        return list(self._static)
+
+    def get_on_the_fly_transformations(self) -> list:
+        return list(self._otf)
+
+    def normalize_stimuli(self):
+        """Map the values of every stimulus (after static transformations) to [0, 1], using the
+        minimum and maximum over the whole database."""
+        lo, hi = math.inf, -math.inf
+        for p in PARTITIONS:
+            ids = self._database.get_partition_ids(p)
+            for start in range(0, ids.size, _CHUNK):
+                stimuli = self._static_stimuli(ids[start:start + _CHUNK], p)
+                for s in (stimuli if isinstance(stimuli, list) else [stimuli]):
+                    f = self._to_float(s)
+                    lo, hi = min(lo, float(f.min())), max(hi, float(f.max()))
+        if lo == math.inf:
+            raise RuntimeError(f"{self._name}: no stimulus to normalize")
+        print(f"Stimuli normalization: min = {lo}, max = {hi}")
+        self._normalization = (lo, 1.0 / (hi - lo) if hi > lo else 1.0)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def read_random_batch(self) -> Tensor:
+        """A batch of stimuli drawn at random (with replacement) from the current partition."""
+        ids = self._database.get_partition_ids(self._partition)
+        if ids.size == 0:
+            raise RuntimeError(f"{self._name}: partition '{self._partition}' has no stimulus")
+        picked = ids[global_variables.rng.integers(0, ids.size, self._batch_size)]
+        return self._deliver(*self._assemble(picked, self._partition, self._otf_seed(self._partition)))
+
+    def read_batch(self, idx: int = None) -> Tensor:
+        """The batch starting at stimulus `idx` of the current partition (sequential order).
+
+        Slots past the end of the partition are invalid: zero data and label -1. With
+        `idx=None`, the next batch of the epoch prepared by `set_batch` (a new epoch is
+        prepared when none is, or when the last one is exhausted).
+        """
+        if idx is None:
+            return self._deliver(*self._assemble(self._next_epoch_ids(), self._partition,
+                                                 self._otf_seed(self._partition)))
+        if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)):
+            raise WrongInputType("idx", type(idx), ["int"])
+        ids = self._database.get_partition_ids(self._partition)
+        if idx < 0 or idx >= ids.size:
+            raise RuntimeError(f"{self._name}: read_batch(idx={idx}) is out of partition '{self._partition}' "
+                               f"({ids.size} stimuli)")
+        return self._deliver(*self._assemble(ids[idx:idx + self._batch_size], self._partition,
+                                             self._otf_seed(self._partition)))
+
+    def set_batch(self, shuffle: bool = True):
+        """Prepare an epoch of the current partition: every stimulus once, shuffled (from the
+        global generator) or in order; read it with `read_batch()` until `all_batchs_provided()`.
+        The last batch may be partial (its extra slots are invalid)."""
+        if not isinstance(shuffle, bool):
+            raise WrongInputType("shuffle", type(shuffle), ["bool"])
+        ids = self._database.get_partition_ids(self._partition)
+        order = ids[global_variables.rng.permutation(ids.size)] if shuffle else ids.copy()
+        self._epochs[self._partition] = [order, 0, shuffle]
+
+    def all_batchs_provided(self) -> bool:
+        """True once every batch of the epoch prepared by `set_batch` was read (or none is prepared)."""
+        epoch = self._epochs.get(self._partition)
+        return epoch is None or epoch[1] >= epoch[0].size
+
+    def _next_epoch_ids(self) -> np.ndarray:
+        epoch = self._epochs.get(self._partition)
+        if epoch is None or epoch[1] >= epoch[0].size:
+            self.set_batch(epoch[2] if epoch is not None else True)
+            epoch = self._epochs[self._partition]
+        order, pos, _ = epoch
+        if order.size == 0:
+            raise RuntimeError(f"{self._name}: partition '{self._partition}' has no stimulus")
+        epoch[1] = pos + self._batch_size
+        return order[pos:pos + self._batch_size]
+
+    # -- iteration --------------------------------------------------------------------------------
+    def __iter__(self):
+        self._index = 0
+        return self
+
+    def __next__(self) -> Tensor:
+        if self._index < self._nb() // self._batch_size:
+            self._index += 1
+            if self._random_read:
+                return self.read_random_batch()
+            return self.read_batch((self._index - 1) * self._batch_size)
+        raise StopIteration
+
+    def prefetch_batches(self, shuffle: bool = True, depth: int = 2, drop_last: bool = False):
+        """Iterate over one epoch of the current partition, the next batches being prepared by a
+        background thread (a queue of `depth` batches) while the caller uses the current one.
+
+        Every stimulus is read once, in a shuffled order (drawn from the global generator when
+        the iteration starts) or in order; the last batch is partial (invalid slots) unless
+        `drop_last`. Each yielded tensor starts a new graph and sets `get_labels()`, as
+        `read_batch` does, so a training loop is::
+
+            for x in provider.prefetch_batches():
+                loss = target(model(x))
+                loss.back_propagate()
+                loss.update()
+
+        Leaving the loop early stops the thread.
+        """
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise WrongValue("depth", depth, ["a positive int"])
+        partition = self._partition
+        ids = self._database.get_partition_ids(partition)
+        order = ids[global_variables.rng.permutation(ids.size)] if shuffle else ids.copy()
+        b = self._batch_size
+        nb = order.size // b if drop_last else -(-order.size // b)
+        seeds = [self._otf_seed(partition) for _ in range(nb)]
+        if self._database._is_uniform():
+            self._static_stimuli(order[:0], partition, whole_partition=True)  # cache now, in this thread
+        items = queue.Queue(maxsize=depth)
+        stop = threading.Event()
+
+        def put(item):
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work():
+            try:
+                for i in range(nb):
+                    if stop.is_set() or not put(self._assemble(order[i * b:(i + 1) * b], partition, seeds[i])):
+                        return
+                put(_END)
+            except BaseException as e:  # handed to the consumer
+                put(_WorkerError(e))
+
+        worker = threading.Thread(target=work, name=f"{self._name}-prefetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = items.get()
+                if item is _END:
+                    break
+                if isinstance(item, _WorkerError):
+                    raise item.exc
+                yield self._deliver(*item)
+        finally:
+            stop.set()
+            worker.join()
+
+    # -- batch assembly ---------------------------------------------------------------------------
+    def _otf_seed(self, partition):
+        """A seed for this read's random on-the-fly transformations (None when there are none)."""
+        if any(t.is_random() and t.applies_to(partition) for t in self._otf):
+            return int(global_variables.rng.integers(0, 2 ** 63 - 1))
+        return None
+
+    def _deliver(self, data: np.ndarray, labels: np.ndarray) -> Tensor:
+        self._new_graph()
+        tensor = Tensor._wrap(data, cell=self)
+        if self._on_gpu:
+            tensor.cuda()
+        self._data = tensor
+        if self._composite:
+            labels = np.broadcast_to(labels.reshape(-1, 1, 1, 1), self._labels_shape()).copy()
+        self._labels = Tensor._wrap(labels.reshape(self._labels_shape()))
+        return tensor
+
+    def _assemble(self, ids: np.ndarray, partition: str, otf_seed):
+        """(data (N, C, H, W) float32, labels (N,) int32) for the stimuli `ids` (fewer than N:
+        the remaining slots are invalid). Touches no provider state but the static cache."""
+        b, c, h, w = self.shape()
+        data = np.zeros((b, c, h, w), dtype=np.float32)
+        labels = np.full(b, -1, dtype=np.int32)
+        k = len(ids)
+        if k == 0:
+            return data, labels
+        marked = []
+        stimuli = self._static_stimuli(ids, partition, marked=marked)
+        try:
+            self._finish(stimuli, ids, partition, otf_seed, data)
+        except BaseException:
+            # A failed read leaves no trace: the stimuli count as never read.
+            with self._lock:
+                for raw_ids in marked:
+                    self._caches[partition].state[raw_ids] = 0
+            raise
+        labels[:k] = self._database._stimuli_labels(ids)
+        return data, labels
+
+    def _finish(self, stimuli, ids, partition, otf_seed, data):
+        """On-the-fly transformations, size check and float conversion into `data`."""
+        k = len(ids)
+        otf = [t for t in self._otf if t.applies_to(partition)]
+        if otf:
+            rng = np.random.default_rng(otf_seed)
+            if isinstance(stimuli, np.ndarray):
+                for t in otf:
+                    stimuli = t.apply_batch(stimuli, rng)
+            else:
+                out = []
+                for s in stimuli:
+                    s = s[None]
+                    for t in otf:
+                        s = t.apply_batch(s, rng)
+                    out.append(s[0])
+                stimuli = out
+        if isinstance(stimuli, np.ndarray):
+            self._check_shape(stimuli.shape[1:], ids[0], partition)
+            data[:k] = self._to_float(stimuli)
+        else:
+            for j, s in enumerate(stimuli):
+                self._check_shape(s.shape, ids[j], partition)
+                data[j] = self._to_float(s)
+        if self._normalization is not None:
+            lo, scale = self._normalization
+            data[:k] -= lo
+            data[:k] *= scale
+
+    def _check_shape(self, shape, stimulus_id, partition):
+        if tuple(shape) != (self._channels, self._height, self._width):
+            raise RuntimeError(
+                f"{self._name}: stimulus {int(stimulus_id)} of partition '{partition}' is "
+                f"{shape[2] if len(shape) > 2 else '?'}x{shape[1] if len(shape) > 1 else '?'} with {shape[0]} "
+                f"channel(s) after the transformations, but the provider size is {self._size} ([W, H, C]): "
+                f"add a Rescale / PadCrop transformation (or fix the size)")
+
+    @staticmethod
+    def _to_float(s: np.ndarray) -> np.ndarray:
+        """float32 values; 8-bit (16-bit) integer images are scaled to [0, 1] (`v / 255`, as
+        torchvision's `ToTensor`)."""
+        if s.dtype == np.uint8:
+            return np.divide(s, np.float32(255.0), dtype=np.float32)
+        if s.dtype == np.uint16:
+            return np.divide(s, np.float32(65535.0), dtype=np.float32)
+        return s.astype(np.float32, copy=False)
+
+    def _static_stimuli(self, ids: np.ndarray, partition: str, whole_partition: bool = False, marked: list = None):
+        """The stimuli `ids` after the static transformations (computed and cached on first read).
+
+        Ids first read here with no static transformation to apply are appended to `marked`.
+        """
+        db = self._database
+        static = [t for t in self._static if t.applies_to(partition)]
+        with self._lock:
+            cache = self._caches[partition]
+            cache.ensure(db.get_nb_stimuli())
+            state = cache.state[ids]
+            if whole_partition or (state == 0).any():
+                new = np.unique(ids[state == 0])
+                if static and (whole_partition or db._is_uniform()):
+                    # Vectorised path: the whole partition is transformed now, chunk by chunk.
+                    part = db.get_partition_ids(partition)
+                    new = np.union1d(new, part[cache.state[part] == 0])
+                if not static:
+                    cache.state[new] = 1
+                    if marked is not None:
+                        marked.append(new)
+                else:
+                    hint = db.get_partition_ids(partition).size
+                    for start in range(0, new.size, _CHUNK):
+                        chunk = new[start:start + _CHUNK]
+                        cache.store(chunk, self._apply_static(db._stimuli(chunk), static), hint)
+                state = cache.state[ids]
+            if state.size == 0:
+                return []
+            if (state == 1).all():
+                return db._stimuli(ids)
+            if (state == 2).all() and cache.array is not None and (cache.slot[ids] >= 0).all():
+                return cache.array[cache.slot[ids]]
+            return [db._stimulus(int(i)) if s == 1 else cache.get(int(i)) for i, s in zip(ids, state)]
+
+    def _apply_static(self, stimuli, static):
+        if isinstance(stimuli, np.ndarray):
+            for t in static:
+                stimuli = t.apply_batch(stimuli, self._static_rng)
+            return stimuli
+        out = []
+        for s in stimuli:
+            s = s[None]
+            for t in static:
+                s = t.apply_batch(s, self._static_rng)
+            out.append(s[0])
+        return Database._compact(out)
+
+    # -- printing ---------------------------------------------------------------------------------
+    def __str__(self):
+        output = f"'{self._name}' DataProvider"
+        if global_variables.verbosity != Verbosity.graph_only:
+            output += (f"(database={self._database}, size={self._size}, batch_size={self._batch_size}, "
+                       f"composite_stimuli={self._composite})")
+        if self._added:
+            output += "[Transformations=" + ", ".join(str(t) for t in self._added) + "]"
+        return output
+
+    __repr__ = __str__
