@@ -284,6 +284,11 @@ def test_partition_stimuli_and_errors():
     with pytest.raises(ValueError):
         db.get_label_name(10)
     assert db.get_label_name(9) == "9" and db.get_nb_labels() == 10
+    assert db.get_label_id("4") == 4 and db.add_label("other") == 10 and db.get_label_id("other") == 10
+    with pytest.raises(RuntimeError):
+        db.add_label("other")
+    with pytest.raises(ValueError):
+        db.get_label_id("nothing")
 
 
 # -- Numpy ------------------------------------------------------------------------------------------------

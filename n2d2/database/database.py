@@ -153,6 +153,22 @@ class Database(Configurable):
     def get_label_names(self) -> list:
         return list(self._label_names)
 
+    def get_label_id(self, label_name: str) -> int:
+        """Index of a label name (`ValueError` when there is none)."""
+        try:
+            return self._label_names.index(label_name)
+        except ValueError:
+            raise ValueError(f"{self.get_type()}: no label named '{label_name}'") from None
+
+    def add_label(self, label_name: str) -> int:
+        """Add a new label name; returns its index (`RuntimeError` if it exists, as N2D2)."""
+        if not isinstance(label_name, str):
+            raise WrongInputType("label_name", type(label_name), ["str"])
+        if label_name in self._label_names:
+            raise RuntimeError(f"{self.get_type()}: a label with the name \"{label_name}\" already exists")
+        self._label_names.append(label_name)
+        return len(self._label_names) - 1
+
     def get_stimulus_label(self, stimulus_id: int) -> int:
         return int(self._labels[stimulus_id])
 
