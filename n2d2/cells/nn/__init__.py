@@ -12,7 +12,10 @@ from n2d2.cells.nn.reshape import Reshape
 from n2d2.cells.nn.resize import Resize
 from n2d2.cells.nn.scaling import Scaling
 from n2d2.cells.nn.transpose import Transpose
+from n2d2.cells.nn.conv import Conv, ConvDepthWise, ConvPointWise
+from n2d2.cells.nn.deconv import Deconv
 
 __all__ = ["NeuralNetworkCell", "Fc"]
 __all__ += ["Pool", "Pool2d", "GlobalPool2d", "Pooling", "BatchNorm2d", "Dropout", "Softmax", "ElemWise",
             "Padding", "Activation", "Reshape", "Resize", "Scaling", "Transpose"]
+__all__ += ["Conv", "ConvDepthWise", "ConvPointWise", "Deconv"]

@@ -1,0 +1,83 @@
+"""`Deconv`: 2-D transposed convolution (N2D2 DeconvCell).
+
+Output size per dimension: `(in - 1) * stride - 2 * pad + dil * (k - 1) + 1`. Weights are
+stored [C_in, C_out/G, kH, kW] (PyTorch's conv_transpose2d layout); `get_weight(o, c)` is the
+kernel that output o applies to input channel c, as for Conv. The connection table, weight
+API and parameter files are Conv's (`ConvolutionCell`).
+"""
+from n2d2.cells.nn.conv import ConvolutionCell, check_dims, check_int
+from n2d2.cells.nn.weighted import solver_and_filler_specs
+from n2d2.configurable import Spec
+from n2d2.ops import conv as conv_ops
+from n2d2.ops import deconv as ops
+from n2d2.tensor import Tensor
+
+
+class Deconv(ConvolutionCell):
+    """Transposed convolution.
+
+    Parameters
+    ----------
+    nb_inputs : int
+        Number of input channels (all inputs of an Interface together).
+    nb_outputs : int
+        Number of output channels.
+    kernel_dims : list
+        Kernel [X, Y]; `[k]` means `[k, 1]`.
+    nb_input_cells : int
+        Accepted for compatibility (inputs are concatenated along channels).
+    stride_dims, dilation_dims : list, optional
+        [X, Y], default [1, 1].
+    padding_dims : list, optional
+        Symmetric padding [X, Y], default [0, 0] (removed from the output border).
+    mapping : Tensor, optional
+        Bool/int [nb_inputs, nb_outputs]: [c][o] true when output o reads channel c.
+    """
+
+    _outputs_first = False
+    _arguments = ("nb_inputs", "nb_outputs", "kernel_dims", "stride_dims", "padding_dims", "dilation_dims")
+    _parameters = {
+        "back_propagate": Spec(bool, True),
+        "no_bias": Spec(bool, False),
+        "outputs_remap": Spec(str, ""),
+        "weights_export_flip": Spec(bool, False),
+        "weights_export_format": Spec(str, "OCHW", choices=("OCHW", "HWCO")),
+        **{k: v for k, v in solver_and_filler_specs().items() if k != "quantizer"},
+        "mapping": Spec(Tensor, None, allow_none=True),
+    }
+
+    def __init__(self, nb_inputs, nb_outputs, kernel_dims, nb_input_cells=1, stride_dims=None, padding_dims=None,
+                 dilation_dims=None, mapping=None, **config):
+        check_int("nb_inputs", nb_inputs)
+        check_int("nb_outputs", nb_outputs)
+        check_int("nb_input_cells", nb_input_cells)
+        arguments = {
+            "nb_inputs": nb_inputs,
+            "nb_outputs": nb_outputs,
+            "kernel_dims": check_dims("kernel_dims", kernel_dims, 1, 1),
+            "stride_dims": check_dims("stride_dims", [1, 1] if stride_dims is None else stride_dims, 1, 1),
+            "padding_dims": check_dims("padding_dims", [0, 0] if padding_dims is None else padding_dims, 0, None),
+            "dilation_dims": check_dims("dilation_dims", [1, 1] if dilation_dims is None else dilation_dims, 1, 1),
+        }
+        super().__init__(arguments, mapping=mapping, **config)
+
+    def _geometry(self, in_shape):
+        n, c, h, w = in_shape
+        kh, kw = self._kernel_hw()
+        (sh, sw), (ph, pw), (dh, dw) = self._hw("stride_dims"), self._hw("padding_dims"), self._hw("dilation_dims")
+        out = (ops.deconv_output_size(h, kh, sh, ph, dh), ops.deconv_output_size(w, kw, sw, pw, dw))
+        if min(out) < 1:
+            raise ValueError(f"the output would be empty ({list(out)}, H, W)")
+        return conv_ops.ConvGeometry((n, self._args["nb_outputs"]) + out, c, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+
+    def _forward(self, xs):
+        x = self._concat(xs)
+        z, op_ctx = ops.conv_transpose2d_forward(
+            x, self._weights, self._biases if self.has_bias() else None,
+            stride=self._hw("stride_dims"), padding=self._hw("padding_dims"), dilation=self._hw("dilation_dims"),
+            groups=self._groups or 1, mapping=self._mask)
+        y, act = self._activate(z)
+        return y, (op_ctx, act, [a.shape[1] for a in xs])
+
+    def _op_backward(self, ctx, dz, need_dx):
+        return ops.conv_transpose2d_backward(dz, ctx, need_dx=need_dx)

@@ -1,0 +1,425 @@
+"""2-D convolution as N2D2's ConvCell computes it: forward, backward-data, backward-weights, bias.
+
+Arrays are NCHW (numpy order); weights are [O, C/groups, kH, kW] (PyTorch's layout); every
+size argument is a (height, width) pair. Beyond PyTorch's conv2d the op has:
+
+- negative padding (a crop of the input);
+- N2D2 sub-sampling: the stride-s convolution output is summed over s x s blocks
+  (`outputs(ox / subSample) += ...` in N2D2's CPU kernel), so that the output size is
+  `ceil(floor((in + 2*pad - ((k-1)*dil+1) + stride) / stride) / sub_sample)`;
+- a connection table `mapping` [C, O] (element [c][o] true: output o reads channel c). A
+  table made of equal diagonal blocks is a grouped convolution (`mapping_groups`); any other
+  table is applied by zeroing the weights of unconnected pairs (and their gradients).
+
+How it is computed (speed matters: eager training runs on it). Internally activations are
+"batch-innermost" (C, H, W, N in memory). One im2col copy builds the columns matrix `cols`
+[C*kH*kW, Ho*Wo*N] (row (c, i, j), column (ho, wo, n)); one GEMM per convolution (a batched
+GEMM over groups for grouped ones, e.g. depthwise); backward-data is the transposed GEMM then
+a col2im of kH*kW slice-adds. With N innermost, the im2col copy and the col2im adds move runs
+of Wo*N contiguous values (N for strides > 1) instead of rows of Wo values, and no output
+position is wasted. Outputs and input gradients are NCHW *views* of [C, H, W, N] buffers:
+elementwise numpy ops keep that layout, the next convolution reads it without a copy, and
+`ascontiguousarray` gives a plain NCHW array where one is needed.
+"""
+import numpy as np
+
+from n2d2.backend import array_module
+
+
+def _pair(value, name):
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"conv2d: '{name}' must be an int or a (height, width) pair, got {value}")
+    return value
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
+                     sub_sample: int = 1) -> int:
+    """Output extent of one spatial dimension, N2D2's formula (0 or less: the input is too small)."""
+    extent = (kernel - 1) * dilation + 1
+    full = (size + 2 * padding - extent + stride) // stride
+    return -(-full // sub_sample) if full > 0 else full
+
+
+def mapping_groups(mapping) -> int:
+    """Number of groups G when `mapping` [C, O] is G equal consecutive diagonal blocks, else 0.
+
+    1 means fully connected (no mapping needed); depthwise is G = C.
+    """
+    m = np.asarray(_host(mapping), dtype=bool)
+    nb_channels, nb_outputs = m.shape
+    if m.all():
+        return 1
+    per_group = int(np.argmin(m[:, 0])) if not m[:, 0].all() else nb_channels
+    if per_group == 0 or nb_channels % per_group:
+        return 0
+    groups = nb_channels // per_group
+    if nb_outputs % groups:
+        return 0
+    expected = np.kron(np.eye(groups, dtype=bool), np.ones((per_group, nb_outputs // groups), dtype=bool))
+    return groups if np.array_equal(m, expected) else 0
+
+
+def _host(a):
+    return a if isinstance(a, np.ndarray) else (a.get() if hasattr(a, "get") else np.asarray(a))
+
+
+def _as_strided(xp, a, shape, strides):
+    """A strided view of `a` (strides in elements), numpy or cupy."""
+    itemsize = a.dtype.itemsize
+    strides = tuple(int(s) * itemsize for s in strides)
+    if xp is np:
+        return np.lib.stride_tricks.as_strided(a, shape, strides)
+    return xp.lib.stride_tricks.as_strided(a, shape, strides)
+
+
+def _elem_strides(a):
+    return tuple(s // a.dtype.itemsize for s in a.strides)
+
+
+class ConvGeometry:
+    """Sizes of one convolution (numpy order, (height, width) pairs).
+
+    `padded` is the input extent after padding (or cropping), `conv` the stride-s output
+    before sub-sampling, `out` the final output.
+    """
+
+    def __init__(self, in_shape, nb_outputs, kernel, stride=1, padding=0, dilation=1, sub_sample=1):
+        self.in_shape = tuple(int(d) for d in in_shape)
+        if len(self.in_shape) != 4:
+            raise ValueError(f"conv2d: the input must be 4-D NCHW, got shape {list(self.in_shape)}")
+        self.nb_outputs = int(nb_outputs)
+        self.kernel = _pair(kernel, "kernel")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.sub_sample = _pair(sub_sample, "sub_sample")
+        for name in ("kernel", "stride", "dilation", "sub_sample"):
+            if min(getattr(self, name)) < 1:
+                raise ValueError(f"conv2d: '{name}' must be positive, got {list(getattr(self, name))}")
+        _, _, height, width = self.in_shape
+        self.padded = (height + 2 * self.padding[0], width + 2 * self.padding[1])
+        conv = tuple(conv_output_size(s, k, st, p, d) for s, k, st, p, d in
+                     zip((height, width), self.kernel, self.stride, self.padding, self.dilation))
+        if min(conv) < 1:
+            raise ValueError(f"conv2d: input {height}x{width} is too small for kernel {list(self.kernel)} "
+                             f"(padding {list(self.padding)}, dilation {list(self.dilation)})")
+        self.conv = conv
+        self.out = tuple(-(-c // s) for c, s in zip(conv, self.sub_sample))
+
+    @property
+    def out_shape(self):
+        return (self.in_shape[0], self.nb_outputs) + self.out
+
+    def __repr__(self):
+        return (f"ConvGeometry(in={list(self.in_shape)}, out={list(self.out_shape)}, kernel={list(self.kernel)}, "
+                f"stride={list(self.stride)}, padding={list(self.padding)}, dilation={list(self.dilation)}, "
+                f"sub_sample={list(self.sub_sample)})")
+
+
+# -- data movement -------------------------------------------------------------------------------
+def to_batch_innermost(x):
+    """[C, H, W, N] contiguous copy of an NCHW array (no copy when it already is laid out so)."""
+    xp = array_module(x)
+    return xp.ascontiguousarray(x.transpose(1, 2, 3, 0))
+
+
+def _interior(extent, pad):
+    """Slice of the padded extent holding the input (pad >= 0), or of the input kept (pad < 0)."""
+    return slice(max(pad, 0), extent - max(pad, 0))
+
+
+def _padded_input(x, geom):
+    """The input with the padding applied (zeros) or cropped, as a [C, Hp, Wp, N] array."""
+    xp = array_module(x)
+    ph, pw = geom.padding
+    n, c, h, w = x.shape
+    src = x[:, :, _interior(h, -ph), _interior(w, -pw)] if ph < 0 or pw < 0 else x
+    if ph <= 0 and pw <= 0:
+        return to_batch_innermost(src)
+    hp, wp = geom.padded
+    out = xp.zeros((c, hp, wp, n), dtype=x.dtype)
+    out[:, _interior(hp, ph), _interior(wp, pw), :] = src.transpose(1, 2, 3, 0)
+    return out
+
+
+def _windows(x, geom):
+    """Strided view [C, kH, kW, Ho, Wo, N] of the padded input: the im2col matrix, uncopied."""
+    xp = array_module(x)
+    xc = _padded_input(x, geom)
+    c, hp, wp, n = xc.shape
+    (kh, kw), (dh, dw), (sh, sw) = geom.kernel, geom.dilation, geom.stride
+    return _as_strided(xp, xc, (c, kh, kw) + geom.conv + (n,),
+                       (hp * wp * n, dh * wp * n, dw * n, sh * wp * n, sw * n, 1))
+
+
+def im2col(x, geom: ConvGeometry):
+    """Columns matrix [C*kH*kW, Ho*Wo*N] of the NCHW input `x` (one copy of a strided view)."""
+    xp = array_module(x)
+    view = _windows(x, geom)
+    return xp.ascontiguousarray(view).reshape(-1, geom.conv[0] * geom.conv[1] * geom.in_shape[0])
+
+
+def _col2im_add(dx, dcols, geom, rows):
+    """Add the window gradients `dcols` of output rows `rows` into the padded buffer dx [C, Hp, Wp, N]."""
+    c, hp, wp, n = dx.shape
+    (kh, kw), (dh, dw), (sh, sw) = geom.kernel, geom.dilation, geom.stride
+    wo = geom.conv[1]
+    nb_rows = rows.stop - rows.start
+    if sw == 1:
+        # a window row is one contiguous run of wo*n values
+        d5 = dcols.reshape(c, kh, kw, nb_rows, wo * n)
+        flat = dx.reshape(c, hp, wp * n)
+        for i in range(kh):
+            r = i * dh + sh * rows.start
+            for j in range(kw):
+                s = j * dw * n
+                flat[:, r:r + sh * (nb_rows - 1) + 1:sh, s:s + wo * n] += d5[:, i, j]
+    else:
+        d6 = dcols.reshape(c, kh, kw, nb_rows, wo, n)
+        for i in range(kh):
+            r = i * dh + sh * rows.start
+            for j in range(kw):
+                s = j * dw
+                dx[:, r:r + sh * (nb_rows - 1) + 1:sh, s:s + sw * (wo - 1) + 1:sw, :] += d6[:, i, j]
+
+
+def _unpad_gradient(dx, geom):
+    """NCHW input gradient from the padded [C, Hp, Wp, N] buffer (cropped border: zeros)."""
+    xp = array_module(dx)
+    n, c, h, w = geom.in_shape
+    hp, wp = geom.padded
+    ph, pw = geom.padding
+    dx = dx.transpose(3, 0, 1, 2)
+    if ph >= 0 and pw >= 0:
+        return dx[:, :, ph:ph + h, pw:pw + w]
+    out = xp.zeros((c, h, w, n), dtype=dx.dtype).transpose(3, 0, 1, 2)
+    out[:, :, _interior(h, -ph), _interior(w, -pw)] = dx[:, :, _interior(hp, ph), _interior(wp, pw)]
+    return out
+
+
+def col2im(dcols, geom: ConvGeometry):
+    """Inverse data movement of `im2col` (overlapping windows summed): the NCHW input gradient."""
+    xp = array_module(dcols)
+    n, c = geom.in_shape[:2]
+    dx = xp.zeros((c,) + geom.padded + (n,), dtype=dcols.dtype)
+    _col2im_add(dx, dcols, geom, slice(0, geom.conv[0]))
+    return _unpad_gradient(dx, geom)
+
+
+def _output_view(yq, geom: ConvGeometry):
+    """NCHW view [N, O, Hc, Wc] of the GEMM result [O, Hc*Wc*N]."""
+    return yq.reshape((geom.nb_outputs,) + geom.conv + (geom.in_shape[0],)).transpose(3, 0, 1, 2)
+
+
+def _to_positions(dy, geom: ConvGeometry):
+    """Output gradient [N, O, Ho, Wo] as the GEMM operand [O, Hc*Wc*N]."""
+    if geom.sub_sample != (1, 1):
+        dy = _expand_sub_sample(dy, geom)
+    return to_batch_innermost(dy).reshape(dy.shape[1], -1)
+
+
+def _sub_sample(y, geom: ConvGeometry):
+    """N2D2 sub-sampling: sum of the convolution output over sy x sx blocks (last ones partial)."""
+    xp = array_module(y)
+    (sy, sx), (hc, wc), (ho, wo) = geom.sub_sample, geom.conv, geom.out
+    n, o = y.shape[:2]
+    if (ho * sy, wo * sx) != (hc, wc):
+        padded = xp.zeros((o, ho * sy, wo * sx, n), dtype=y.dtype).transpose(3, 0, 1, 2)
+        padded[:, :, :hc, :wc] = y
+        y = padded
+    return y.reshape(n, o, ho, sy, wo, sx).sum(axis=(3, 5))
+
+
+def _expand_sub_sample(dy, geom: ConvGeometry):
+    """Backward of `_sub_sample`: every position of a block receives the block's gradient."""
+    xp = array_module(dy)
+    (sy, sx), (hc, wc) = geom.sub_sample, geom.conv
+    return xp.repeat(xp.repeat(dy, sy, axis=2), sx, axis=3)[:, :, :hc, :wc]
+
+
+# -- GEMMs ---------------------------------------------------------------------------------------
+# OpenBLAS (numpy's BLAS) is slow on two degenerate shapes that early layers produce; both are
+# worked around on numpy only (CuPy's GEMMs do not need it):
+# - a tiny [M, N] result over a very long inner dimension K (weight gradients): summing a
+#   batched GEMM over K chunks is several times faster (and avoids a threading pathology);
+# - a GEMM with very few output channels is memory-bound on the im2col matrix: the forward
+#   and backward-data passes then run over bands of output rows whose columns stay in cache.
+_SPLIT_MIN_INNER = 32768
+_SPLIT_MAX_OUTER = 4096
+_SPLIT_CHUNK = 8192
+_BAND_MAX_CHANNELS = 8
+_BAND_ELEMENTS = 65536
+
+
+def _matmul_nt(a, b):
+    """a @ b.T for a [M, K], b [N, K] (K contiguous in both)."""
+    xp = array_module(a)
+    m, k = a.shape
+    n = b.shape[0]
+    if xp is not np or k < _SPLIT_MIN_INNER or m * n > _SPLIT_MAX_OUTER:
+        return a @ b.T
+    chunks = k // _SPLIT_CHUNK
+    main = chunks * _SPLIT_CHUNK
+    a3 = a[:, :main].reshape(m, chunks, _SPLIT_CHUNK).transpose(1, 0, 2)
+    b3 = b[:, :main].reshape(n, chunks, _SPLIT_CHUNK).transpose(1, 2, 0)
+    out = np.matmul(a3, b3).sum(axis=0)
+    if main < k:
+        out += a[:, main:] @ b[:, main:].T
+    return out
+
+
+def _bands(xp, nb_channels, geom, rows_elements):
+    """Output-row ranges to run a few-channel GEMM over, or None to run it whole."""
+    ho = geom.conv[0]
+    if xp is not np or nb_channels > _BAND_MAX_CHANNELS or rows_elements * ho <= 2 * _BAND_ELEMENTS:
+        return None
+    step = max(1, _BAND_ELEMENTS // rows_elements)
+    return [slice(r, min(r + step, ho)) for r in range(0, ho, step)]
+
+
+# -- weights and connections ---------------------------------------------------------------------
+def _effective_weights(weights, groups, mapping):
+    """Weights as the GEMM uses them: [G, O/G, C/G*kH*kW], unconnected pairs zeroed."""
+    o = weights.shape[0]
+    if mapping is not None:
+        if groups != 1:
+            raise ValueError("conv2d: a mapping table is only supported with groups=1 (dense weights)")
+        xp = array_module(weights)
+        mask = xp.asarray(mapping).T.astype(weights.dtype)
+        weights = weights * mask[:, :, None, None]
+    return weights.reshape(groups, o // groups, -1)
+
+
+def _check(x, weights, groups, mapping):
+    if x.ndim != 4:
+        raise ValueError(f"conv2d: the input must be 4-D NCHW, got shape {list(x.shape)}")
+    if weights.ndim != 4:
+        raise ValueError(f"conv2d: weights must be [O, C/groups, kH, kW], got shape {list(weights.shape)}")
+    o, cg = weights.shape[:2]
+    c = x.shape[1]
+    if groups < 1 or c % groups or o % groups or cg * groups != c:
+        raise ValueError(f"conv2d: input has {c} channels, weights {list(weights.shape)} with groups={groups}")
+    if mapping is not None and tuple(mapping.shape) != (c, o):
+        raise ValueError(f"conv2d: mapping must be [C, O] = [{c}, {o}], got {list(mapping.shape)}")
+
+
+class ConvContext:
+    """What the backward pass needs from a forward call."""
+
+    __slots__ = ("geom", "cols", "weights", "groups", "mapping", "has_bias")
+
+    def __init__(self, geom, cols, weights, groups, mapping, has_bias):
+        self.geom = geom
+        self.cols = cols
+        self.weights = weights
+        self.groups = groups
+        self.mapping = mapping
+        self.has_bias = has_bias
+
+
+# -- the op --------------------------------------------------------------------------------------
+def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub_sample=1, groups=1,
+                   mapping=None):
+    """y = conv(x, weights) + biases; returns (y [N, O, Ho, Wo], ctx for the backward pass).
+
+    `weights` [O, C/groups, kH, kW]; `mapping` [C, O] zeroes unconnected pairs (groups=1 only).
+    The output is an NCHW view of an [O, Ho, Wo, N] buffer.
+    """
+    xp = array_module(x)
+    _check(x, weights, groups, mapping)
+    o, _, kh, kw = weights.shape
+    geom = ConvGeometry(x.shape, o, (kh, kw), stride, padding, dilation, sub_sample)
+    w = _effective_weights(weights, groups, mapping)
+    n = geom.in_shape[0]
+    row = geom.conv[1] * n
+    bands = _bands(xp, o, geom, w.shape[2] * row) if groups == 1 else None
+    if bands is None:
+        cols = im2col(x, geom)
+        if groups == 1:
+            yq = w[0] @ cols
+        else:
+            yq = xp.matmul(w, cols.reshape(groups, -1, cols.shape[1])).reshape(o, -1)
+    else:
+        # few output channels: copy the windows of a band of rows, then multiply it while cached
+        view = _windows(x, geom)
+        c = view.shape[0]
+        cols = xp.empty((c, kh, kw) + geom.conv + (n,), dtype=x.dtype)
+        cols2d = cols.reshape(c * kh * kw, -1)
+        yq = xp.empty((o, cols2d.shape[1]), dtype=np.result_type(x.dtype, weights.dtype))
+        for rows in bands:
+            cols[:, :, :, rows] = view[:, :, :, rows]
+            band = slice(rows.start * row, rows.stop * row)
+            xp.matmul(w[0], cols2d[:, band], out=yq[:, band])
+        cols = cols2d
+    y = _output_view(yq, geom)
+    if geom.sub_sample != (1, 1):
+        y = _sub_sample(y, geom)
+        if biases is not None:   # N2D2 adds the bias to the sub-sampled output
+            y += biases.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)
+    elif biases is not None:
+        yq += biases.reshape(-1, 1).astype(yq.dtype, copy=False)
+    return y, ConvContext(geom, cols, weights, groups, mapping, biases is not None)
+
+
+def conv2d_backward_data(dy, weights, geom: ConvGeometry, groups=1, mapping=None):
+    """d(loss)/d(x) [N, C, H, W] from d(loss)/d(y) (also the forward of a transposed convolution)."""
+    return _backward_data(_to_positions(dy, geom), weights, geom, groups, mapping)
+
+
+def conv2d_backward_weights(dy, cols, geom: ConvGeometry, groups=1, mapping=None):
+    """d(loss)/d(weights) [O, C/groups, kH, kW] from d(loss)/d(y) and the forward's im2col."""
+    return _backward_weights(_to_positions(dy, geom), cols, geom, groups, mapping)
+
+
+def conv2d_backward_bias(dy):
+    """d(loss)/d(biases) [O]: the output gradient summed over batch and positions."""
+    return dy.sum(axis=(0, 2, 3))
+
+
+def conv2d_backward(dy, ctx: ConvContext, need_dx=True, need_dw=True):
+    """(dx or None, dweights or None, dbiases or None) from d(loss)/d(y)."""
+    g = ctx.geom
+    dyq = _to_positions(dy, g) if (need_dx or need_dw) else None
+    dx = _backward_data(dyq, ctx.weights, g, ctx.groups, ctx.mapping) if need_dx else None
+    dw = _backward_weights(dyq, ctx.cols, g, ctx.groups, ctx.mapping) if need_dw else None
+    db = conv2d_backward_bias(dy) if ctx.has_bias else None
+    return dx, dw, db
+
+
+def _backward_data(dyq, weights, geom, groups, mapping):
+    xp = array_module(dyq)
+    w = _effective_weights(weights, groups, mapping)
+    n, c = geom.in_shape[:2]
+    row = geom.conv[1] * n
+    bands = _bands(xp, geom.nb_outputs, geom, w.shape[2] * row) if groups == 1 else None
+    if bands is None:
+        if groups == 1:
+            dcols = w[0].T @ dyq
+        else:
+            dcols = xp.matmul(w.transpose(0, 2, 1), dyq.reshape(groups, -1, dyq.shape[1]))
+            dcols = dcols.reshape(-1, dyq.shape[1])
+        return col2im(dcols, geom)
+    # few output channels: scatter each band of window gradients while it is cached
+    dx = xp.zeros((c,) + geom.padded + (n,), dtype=np.result_type(dyq.dtype, weights.dtype))
+    wt = w[0].T
+    for rows in bands:
+        _col2im_add(dx, wt @ dyq[:, rows.start * row:rows.stop * row], geom, rows)
+    return _unpad_gradient(dx, geom)
+
+
+def _backward_weights(dyq, cols, geom, groups, mapping):
+    xp = array_module(dyq)
+    o = geom.nb_outputs
+    kh, kw = geom.kernel
+    if groups == 1:
+        dw = _matmul_nt(cols, dyq).T   # cols @ dy.T runs faster than dy @ cols.T in OpenBLAS
+    else:
+        dw = xp.matmul(dyq.reshape(groups, o // groups, -1),
+                       cols.reshape(groups, cols.shape[0] // groups, -1).transpose(0, 2, 1))
+    dw = xp.ascontiguousarray(dw).reshape(o, -1, kh, kw)
+    if mapping is not None:
+        dw *= xp.asarray(mapping).T.astype(dw.dtype)[:, :, None, None]
+    return dw

@@ -1,0 +1,110 @@
+"""2-D transposed convolution as N2D2's DeconvCell computes it, forward and backward.
+
+A transposed convolution is the backward-data pass of the convolution that maps its output
+back to its input, so it is built from `n2d2.ops.conv`:
+
+- forward  = conv backward-data (the input plays the role of the convolution's output
+  gradient), plus the bias;
+- backward-data = conv forward of the output gradient (no bias);
+- backward-weights = conv backward-weights with the roles of input and output swapped.
+
+Arrays are NCHW; weights are [C_in, C_out/groups, kH, kW] (PyTorch's conv_transpose2d layout,
+which is also the layout of the equivalent convolution's weights); sizes are (height, width)
+pairs. Output size per dimension (N2D2 and PyTorch, no output padding):
+`(in - 1) * stride - 2 * pad + dil * (k - 1) + 1`. `mapping` [C_in, C_out] (element [c][o]
+true: output o reads input channel c) zeroes unconnected pairs (groups=1 only).
+"""
+from n2d2.ops import conv as _conv
+
+
+def deconv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Output extent of one spatial dimension."""
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1
+
+
+class DeconvContext:
+    """What the backward pass needs from a forward call."""
+
+    __slots__ = ("geom", "x", "weights", "groups", "mapping", "has_bias")
+
+    def __init__(self, geom, x, weights, groups, mapping, has_bias):
+        self.geom = geom
+        self.x = x
+        self.weights = weights
+        self.groups = groups
+        self.mapping = mapping
+        self.has_bias = has_bias
+
+
+def _geometry(x, weights, stride, padding, dilation, groups, mapping):
+    """The geometry of the convolution whose backward-data pass this deconvolution is."""
+    if x.ndim != 4 or weights.ndim != 4:
+        raise ValueError(f"conv_transpose2d: input must be NCHW and weights [C_in, C_out/groups, kH, kW], "
+                         f"got {list(x.shape)} and {list(weights.shape)}")
+    n, c_in, h, w = x.shape
+    if weights.shape[0] != c_in or groups < 1 or c_in % groups:
+        raise ValueError(f"conv_transpose2d: input has {c_in} channels, weights {list(weights.shape)} "
+                         f"with groups={groups}")
+    c_out = weights.shape[1] * groups
+    if mapping is not None and tuple(mapping.shape) != (c_in, c_out):
+        raise ValueError(f"conv_transpose2d: mapping must be [C_in, C_out] = [{c_in}, {c_out}], "
+                         f"got {list(mapping.shape)}")
+    kernel = weights.shape[2:]
+    stride, padding, dilation = (_conv._pair(v, k) for v, k in
+                                 ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    out = tuple(deconv_output_size(s, k, st, p, d) for s, k, st, p, d in
+                zip((h, w), kernel, stride, padding, dilation))
+    if min(out) < 1:
+        raise ValueError(f"conv_transpose2d: input {h}x{w} gives an empty output {list(out)}")
+    geom = _conv.ConvGeometry((n, c_out) + out, c_in, kernel, stride, padding, dilation)
+    if geom.out != (h, w):
+        raise ValueError(f"conv_transpose2d: inconsistent geometry {geom} for input {list(x.shape)}")
+    return geom
+
+
+def _conv_mapping(mapping):
+    """The deconvolution table [C_in, C_out] as the equivalent convolution's [C_out, C_in]."""
+    return None if mapping is None else mapping.T
+
+
+def conv_transpose2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, groups=1,
+                             mapping=None):
+    """y = conv_transpose(x, weights) + biases; returns (y [N, C_out, Ho, Wo], ctx)."""
+    geom = _geometry(x, weights, stride, padding, dilation, groups, mapping)
+    y = _conv.conv2d_backward_data(x, weights, geom, groups, _conv_mapping(mapping))
+    if biases is not None:
+        y = y + biases.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)
+    return y, DeconvContext(geom, x, weights, groups, mapping, biases is not None)
+
+
+def conv_transpose2d_backward_data(dy, ctx: DeconvContext):
+    """d(loss)/d(x) [N, C_in, H, W]: the convolution of the output gradient."""
+    g = ctx.geom
+    dx, _ = _conv.conv2d_forward(dy, ctx.weights, None, g.stride, g.padding, g.dilation, 1, ctx.groups,
+                                 _conv_mapping(ctx.mapping))
+    return dx
+
+
+def conv_transpose2d_backward(dy, ctx: DeconvContext, need_dx=True, need_dw=True):
+    """(dx or None, dweights [C_in, C_out/groups, kH, kW] or None, dbiases or None)."""
+    g = ctx.geom
+    cmap = _conv_mapping(ctx.mapping)
+    dx = dw = cols = None
+    if need_dx:
+        # one im2col of the output gradient serves both: dx is its GEMM with the weights,
+        # dW the GEMM of the input (the convolution's "output gradient") with it
+        dx, conv_ctx = _conv.conv2d_forward(dy, ctx.weights, None, g.stride, g.padding, g.dilation, 1,
+                                            ctx.groups, cmap)
+        cols = conv_ctx.cols
+    if need_dw:
+        if cols is None:
+            cols = _conv.im2col(dy, g)
+        dw = _conv.conv2d_backward_weights(ctx.x, cols, g, ctx.groups, cmap)
+    db = dy.sum(axis=(0, 2, 3)) if ctx.has_bias else None
+    return dx, dw, db
+
+
+def conv_transpose2d_backward_bias(dy):
+    """d(loss)/d(biases) [C_out]."""
+    return dy.sum(axis=(0, 2, 3))
+
