@@ -1,11 +1,60 @@
 """The numpy executor: runs an IR graph node by node with the reference op definitions.
 
-It is the fallback backend and the oracle the passes are tested against: `run(graph, feeds)`
-evaluates every node in topological order. Arrays may be numpy or cupy (the op definitions
-are array-module generic).
+It is the fallback backend and the oracle the passes are tested against. `run(graph, feeds)`
+evaluates every node in topological order; `Session` keeps the values and saved contexts
+between calls so that a training graph can run its phases (forward, backward, update)
+separately. Arrays may be numpy or cupy (the op definitions are array-module generic).
 """
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import GraphError
+
+
+class Session:
+    """Values and forward contexts of one run of a graph, phase by phase."""
+
+    def __init__(self, graph, training=False, order=None):
+        self.graph = graph
+        self.training = training
+        self.order = order or graph.topological_order()
+        self.values = {}
+        self.saved = {}
+        self.batch_size = 1
+
+    def feed(self, feeds: dict):
+        for name, value in feeds.items():
+            if name not in self.graph.inputs:
+                raise GraphError(f"graph '{self.graph.name}': '{name}' is not an input "
+                                 f"(inputs: {', '.join(self.graph.inputs)})")
+            self.values[name] = [value]
+            if value.ndim:
+                self.batch_size = int(value.shape[0])
+
+    def run_nodes(self, names):
+        g = self.graph
+        for name in names:
+            node = g.node(name)
+            if node.op == "Input":
+                if name not in self.values:
+                    raise GraphError(f"graph '{g.name}': no value fed for input '{name}'")
+                continue
+            opdef = op_registry.get(node.op, node=name)
+            xs = [self.values[src][out] for src, out in g.inputs_of(name)]
+            if node.op == "Update":
+                opdef.run_update(g, name, xs[0], self.batch_size)
+                self.values[name] = []
+            elif getattr(opdef, "needs_forward_context", False):
+                fwd = node.attrs["of"]
+                if fwd not in self.saved:
+                    raise GraphError(f"node '{name}': the forward node '{fwd}' has not run in this session")
+                self.values[name] = opdef.run(g, name, xs, self.saved[fwd])
+            else:
+                params = {role: g.params[p].array for role, p in node.params.items()}
+                ys, ctx = opdef.forward(node.attrs, xs, params, self.training)
+                self.values[name] = ys
+                self.saved[name] = ctx
+
+    def outputs(self):
+        return [self.values[n][o] for n, o in self.graph.outputs]
 
 
 def run(graph, feeds: dict, training: bool = False, keep: bool = False):
@@ -14,22 +63,13 @@ def run(graph, feeds: dict, training: bool = False, keep: bool = False):
     With `keep=True`, returns `(outputs, values, saved)`: every node's outputs and saved
     contexts (what a backward pass needs).
     """
-    values, saved = {}, {}
+    session = Session(graph, training)
+    session.feed(feeds)
     for name in graph.inputs:
-        if name not in feeds:
+        if name not in session.values:
             raise GraphError(f"graph '{graph.name}': no value fed for input '{name}'")
-    for name in graph.topological_order():
-        node = graph.node(name)
-        if node.op == "Input":
-            values[name] = [feeds[name]]
-            continue
-        opdef = op_registry.get(node.op, node=name)
-        xs = [values[src][out] for src, out in graph.inputs_of(name)]
-        params = {role: graph.params[p].array for role, p in node.params.items()}
-        ys, ctx = opdef.forward(node.attrs, xs, params, training)
-        values[name] = ys
-        saved[name] = ctx
-    outputs = [values[n][o] for n, o in graph.outputs]
+    session.run_nodes(session.order)
+    outputs = session.outputs()
     if keep:
-        return outputs, values, saved
+        return outputs, session.values, session.saved
     return outputs
