@@ -475,3 +475,23 @@ def test_dir_label_file_and_depth(tmp_path):
     mapping.write_text("00.png 3\n01.png 1\n")
     by_file = DIR(str(root), learn=1.0, depth=-1, label_path=str(mapping), label_depth=0)
     assert sorted(by_file._labels.tolist()) == [1, 1, 3, 3]
+
+
+def test_cifar_download_extracts_the_archive(tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    def fake_download(url, path, md5=None):
+        assert url.endswith("cifar-10-binary.tar.gz")
+        with tarfile.open(path, "w:gz") as tar:
+            data = b"airplane\n"
+            info = tarfile.TarInfo("cifar-10-batches-bin/batches.meta.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+    monkeypatch.setattr(n2d2.utils, "download", fake_download)
+    assert CIFAR10.is_downloadable()
+    assert CIFAR10.download(str(tmp_path)) == str(tmp_path)
+    assert (tmp_path / "cifar-10-batches-bin" / "batches.meta.txt").read_text() == "airplane\n"
+    with pytest.raises(NotImplementedError):
+        Numpy.download(str(tmp_path))

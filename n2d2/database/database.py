@@ -7,9 +7,11 @@ is 70000x1x28x28 bytes). When every stimulus has the same shape and dtype they a
 A partition is an ordered array of stimulus ids.
 """
 import os
+import tarfile
 
 import numpy as np
 
+from n2d2 import utils
 from n2d2.configurable import Configurable, Spec
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.provider.base import PARTITIONS
@@ -111,9 +113,22 @@ class Database(Configurable):
         return bool(cls._download_links)
 
     @classmethod
-    def download(cls, path: str = None):
-        """Download the database to `path` (default `$N2D2_DATA`, else `~/DATABASE`)."""
-        raise NotImplementedError(f"Database {cls.__name__} does not support download")
+    def download(cls, path: str = None) -> str:
+        """Download the database's files to `path` (default `$N2D2_DATA`, else `~/DATABASE`);
+        `.tar.gz` archives are extracted there. Returns `path`."""
+        if not cls.is_downloadable():
+            raise NotImplementedError(f"Database {cls.__name__} does not support download")
+        path = path or cls._default_download_path()
+        for url in cls._download_links:
+            target = os.path.join(path, url.rsplit("/", 1)[-1])
+            utils.download(url, target)
+            if target.endswith((".tar.gz", ".tgz", ".tar")):
+                with tarfile.open(target) as archive:
+                    if hasattr(tarfile, "data_filter"):  # refuses absolute paths and links out of `path`
+                        archive.extractall(path, filter="data")
+                    else:  # pragma: no cover - Python < 3.10.12
+                        archive.extractall(path)
+        return path
 
     @staticmethod
     def _default_download_path(subdir: str = "") -> str:
