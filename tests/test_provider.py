@@ -69,7 +69,8 @@ def test_accessors_and_printing(mnist):
                       f"composite_stimuli=False)")
     p.add_transformation(Rescale(28, 28))
     p.add_on_the_fly_transformation(Flip(random_horizontal_flip=True, apply_to="LearnOnly"))
-    assert str(p).endswith(f"[Transformations={Rescale(28, 28)}, {Flip(random_horizontal_flip=True, apply_to='LearnOnly')}]")
+    flip = Flip(random_horizontal_flip=True, apply_to="LearnOnly")
+    assert str(p).endswith(f"[Transformations={Rescale(28, 28)}, {flip}]")
     n2d2.global_variables.verbosity = n2d2.global_variables.Verbosity.graph_only
     assert str(p).startswith(f"'{p.get_name()}' DataProvider[Transformations=")
     small = DataProvider(mnist, [10, 10], composite_stimuli=True)

@@ -107,7 +107,8 @@ class SliceExtraction(Transformation):
         n, c, in_h, in_w = x.shape
         rows = oy[:, None] + np.arange(out_h)  # (N, out_h)
         cols = ox[:, None] + np.arange(out_w)
-        inside = (rows[:, :, None] >= 0) & (rows[:, :, None] < in_h) & (cols[:, None, :] >= 0) & (cols[:, None, :] < in_w)
+        inside = ((rows[:, :, None] >= 0) & (rows[:, :, None] < in_h)
+                  & (cols[:, None, :] >= 0) & (cols[:, None, :] < in_w))
         r = border_index(rows, in_h, cfg["border_type"])
         q = border_index(cols, in_w, cfg["border_type"])
         out = x[np.arange(n)[:, None, None], :, r[:, :, None], q[:, None, :]]  # (N, out_h, out_w, C)
