@@ -444,7 +444,7 @@ class DataProvider(Provider):
                 stimuli = out
         if isinstance(stimuli, np.ndarray):
             self._check_shape(stimuli.shape[1:], ids[0], partition)
-            data[:k] = self._to_float(stimuli)
+            self._to_float(stimuli, out=data[:k])
         else:
             for j, s in enumerate(stimuli):
                 self._check_shape(s.shape, ids[j], partition)
@@ -463,14 +463,16 @@ class DataProvider(Provider):
                 f"add a Rescale / PadCrop transformation (or fix the size)")
 
     @staticmethod
-    def _to_float(s: np.ndarray) -> np.ndarray:
-        """float32 values; 8-bit (16-bit) integer images are scaled to [0, 1] (`v / 255`, as
-        torchvision's `ToTensor`)."""
-        if s.dtype == np.uint8:
-            return np.divide(s, np.float32(255.0), dtype=np.float32)
-        if s.dtype == np.uint16:
-            return np.divide(s, np.float32(65535.0), dtype=np.float32)
-        return s.astype(np.float32, copy=False)
+    def _to_float(s: np.ndarray, out: np.ndarray = None) -> np.ndarray:
+        """float32 values (written into `out` when given); 8-bit (16-bit) integer images are
+        scaled to [0, 1] (`v / 255`, as torchvision's `ToTensor`)."""
+        if s.dtype in (np.uint8, np.uint16):
+            scale = np.float32(255.0 if s.dtype == np.uint8 else 65535.0)
+            return np.divide(s, scale, dtype=np.float32, out=out)
+        if out is None:
+            return s.astype(np.float32, copy=False)
+        out[...] = s
+        return out
 
     def _static_stimuli(self, ids: np.ndarray, partition: str, whole_partition: bool = False, marked: list = None):
         """The stimuli `ids` after the static transformations (computed and cached on first read).
