@@ -407,9 +407,10 @@ class DataProvider(Provider):
         """(data (N, C, H, W) float32, labels (N,) int32) for the stimuli `ids` (fewer than N:
         the remaining slots are invalid). Touches no provider state but the static cache."""
         b, c, h, w = self.shape()
-        data = np.zeros((b, c, h, w), dtype=np.float32)
         labels = np.full(b, -1, dtype=np.int32)
         k = len(ids)
+        data = np.empty((b, c, h, w), dtype=np.float32)
+        data[k:] = 0.0  # invalid slots
         if k == 0:
             return data, labels
         marked = []
