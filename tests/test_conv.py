@@ -447,3 +447,18 @@ def test_conv_cuda_matches_cpu():
             cell._dx = cell._backward(rec.ctx, cell._to_model_device(dy), [True])[0]
         assert rel_err(n2d2.backend.to_host(gpu._dx), cpu._dx) < 1e-5
         assert rel_err(n2d2.backend.to_host(gpu._param_grads["weights"]), cpu._param_grads["weights"]) < 1e-5
+
+
+def test_traced_graph_runs_like_eager():
+    pytest.importorskip("networkx")
+    from n2d2.codegen import numpy_exec
+    from n2d2.ir.trace import trace
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    c1 = Conv(4, 5, [3, 3], mapping=n2d2.Tensor.from_numpy(IRREGULAR), activation=Rectifier(), sub_sample_dims=[2, 2])
+    c2 = ConvDepthWise(5, [2, 2], stride_dims=[2, 1], padding_dims=[1, 0], no_bias=True)
+    out = c2(c1(n2d2.Tensor.from_numpy(x)))
+    traced = trace(out.get_deepnet())
+    (y,) = numpy_exec.run(traced.graph, {traced.graph.inputs[0]: x})
+    assert rel_err(y, out.to_numpy()) < 1e-6

@@ -16,6 +16,7 @@ from n2d2.cells.nn.base import format_rows, read_parameter_file
 from n2d2.cells.nn.weighted import WeightedCell, solver_and_filler_specs
 from n2d2.configurable import Spec, format_value
 from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.ir.ops import activation_spec
 from n2d2.ops import conv as ops
 from n2d2.tensor import Tensor
 
@@ -219,28 +220,23 @@ class ConvolutionCell(WeightedCell):
     def _concat(self, xs):
         return xs[0] if len(xs) == 1 else self._xp().concatenate(xs, axis=1)
 
-    def _split(self, dx, channels, needs):
-        out, offset = [], 0
-        for c, need in zip(channels, needs):
-            out.append(dx[:, offset:offset + c] if need else None)
-            offset += c
-        return out
+    def _attrs(self):
+        """The op attributes shared by Conv and Deconv ((height, width) pairs, plain data)."""
+        return {
+            "stride": self._hw("stride_dims"),
+            "padding": self._hw("padding_dims"),
+            "dilation": self._hw("dilation_dims"),
+            "groups": self._groups or 1,
+            "mapping": self._table if self._groups == 0 else None,
+            "activation": activation_spec(self._config["activation"]),
+        }
 
-    def _op_backward(self, ctx, dz, need_dx):
-        """(dx, dw, db) of the op (subclasses)."""
-        raise NotImplementedError
-
-    def _backward(self, ctx, dy, needs):
-        op_ctx, act, channels = ctx
-        dz = self._deactivate(dy, act)
-        need_dx = self._config["back_propagate"] and any(needs)
-        dx, dw, db = self._op_backward(op_ctx, dz, need_dx)
-        self._accumulate_grad("weights", dw)
-        if db is not None:
-            self._accumulate_grad("biases", db)
-        if dx is None:
-            return [None] * len(needs)
-        return self._split(dx, channels, needs)
+    def _params(self):
+        c = self._config
+        params = {"weights": (self._weights, c["weights_solver"])}
+        if self.has_bias():
+            params["biases"] = (self._biases, c["bias_solver"])
+        return params
 
     # -- free parameters ------------------------------------------------------------------------
     def _check_remap(self):
@@ -371,18 +367,11 @@ class Conv(ConvolutionCell):
                                 self._hw("stride_dims"), self._hw("padding_dims"),
                                 self._hw("dilation_dims"), self._hw("sub_sample_dims"))
 
-    def _forward(self, xs):
-        x = self._concat(xs)
-        z, op_ctx = ops.conv2d_forward(
-            x, self._weights, self._biases if self.has_bias() else None,
-            stride=self._hw("stride_dims"), padding=self._hw("padding_dims"),
-            dilation=self._hw("dilation_dims"), sub_sample=self._hw("sub_sample_dims"),
-            groups=self._groups or 1, mapping=self._mask)
-        y, act = self._activate(z)
-        return y, (op_ctx, act, [a.shape[1] for a in xs])
-
-    def _op_backward(self, ctx, dz, need_dx):
-        return ops.conv2d_backward(dz, ctx, need_dx=need_dx)
+    def _ir_node(self):
+        """Computed through the IR op "Conv" (n2d2.ir.ops), which calls n2d2.ops.conv."""
+        attrs = self._attrs()
+        attrs["sub_sample"] = self._hw("sub_sample_dims")
+        return "Conv", attrs, self._params()
 
 
 class ConvDepthWise(Conv):

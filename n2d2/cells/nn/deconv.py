@@ -70,14 +70,32 @@ class Deconv(ConvolutionCell):
             raise ValueError(f"the output would be empty ({list(out)}, H, W)")
         return conv_ops.ConvGeometry((n, self._args["nb_outputs"]) + out, c, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
 
+    def _ir_node(self):
+        """IR description ("Deconv": the attributes and parameters of `n2d2.ops.deconv`)."""
+        return "Deconv", self._attrs(), self._params()
+
     def _forward(self, xs):
+        # Computed here directly: n2d2.ir.ops has no "Deconv" op definition yet.
+        attrs = self._attrs()
         x = self._concat(xs)
         z, op_ctx = ops.conv_transpose2d_forward(
-            x, self._weights, self._biases if self.has_bias() else None,
-            stride=self._hw("stride_dims"), padding=self._hw("padding_dims"), dilation=self._hw("dilation_dims"),
-            groups=self._groups or 1, mapping=self._mask)
+            x, self._weights, self._biases if self.has_bias() else None, stride=attrs["stride"],
+            padding=attrs["padding"], dilation=attrs["dilation"], groups=attrs["groups"], mapping=self._mask)
         y, act = self._activate(z)
         return y, (op_ctx, act, [a.shape[1] for a in xs])
 
-    def _op_backward(self, ctx, dz, need_dx):
-        return ops.conv_transpose2d_backward(dz, ctx, need_dx=need_dx)
+    def _backward(self, ctx, dy, needs):
+        op_ctx, act, channels = ctx
+        dz = self._deactivate(dy, act)
+        need_dx = self._config["back_propagate"] and any(needs)
+        dx, dw, db = ops.conv_transpose2d_backward(dz, op_ctx, need_dx=need_dx)
+        self._accumulate_grad("weights", dw)
+        if db is not None:
+            self._accumulate_grad("biases", db)
+        if dx is None:
+            return [None] * len(needs)
+        out, offset = [], 0
+        for c, need in zip(channels, needs):
+            out.append(dx[:, offset:offset + c] if need else None)
+            offset += c
+        return out
