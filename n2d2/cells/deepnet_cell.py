@@ -1,0 +1,454 @@
+"""`DeepNetCell`: a whole network compiled from its IR graph, usable as a cell.
+
+It is built by tracing (`Block.to_deepnet_cell(provider)`) or by a frontend (ONNX/INI import).
+The forward graph is kept as traced; from it the cell derives, per batch size, an inference
+program (passes of `n2d2.ir.passes` that keep parameters live) and a training program
+(`n2d2.ir.autodiff`), and runs them on the numpy executor. Parameters are the cells' own
+arrays, so `dn["conv1"].get_weights()` always shows what the program uses.
+"""
+import time
+
+import numpy as np
+
+from n2d2.cells.cell import Iterable
+from n2d2.deepnet import CallRecord
+from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.tensor import Tensor
+
+VALID_METRICS = ("Sensitivity", "Specificity", "Precision", "NegativePredictiveValue", "MissRate", "FallOut",
+                 "FalseDiscoveryRate", "FalseOmissionRate", "Accuracy", "F1Score", "Informedness", "Markedness")
+
+# Passes that never rewrite parameter arrays: safe while weights keep changing.
+_LIVE_INFERENCE_PASSES = ("shape_inference", "remove_identities", "remove_dropout", "fold_padding",
+                          "fuse_activation", "dead_node_elimination", "shape_inference")
+
+
+def rebatch(graph, batch_size: int):
+    """A copy of `graph` whose inputs (and every shape after them) have batch `batch_size`."""
+    from n2d2.ir import ops as op_registry
+    from n2d2.ir.types import TensorType
+
+    g = graph.copy()
+    for name in g.inputs:
+        t = g.output_types(name)[0]
+        g.nx.nodes[name]["outputs"] = [TensorType((batch_size,) + tuple(t.shape[1:]), t.dtype)]
+    for name in g.topological_order():
+        op = g.op(name)
+        if op == "Input":
+            continue
+        if op == "Grad":
+            attrs = g.attrs(name)
+            fwd_inputs = g.inputs_of(name)[1:-1]
+            outs = [g.output_types(s)[o] for (s, o), n in zip(fwd_inputs, attrs["input_needs"]) if n]
+            outs += [TensorType(g.params[g.node(attrs["of"]).params[r]].shape) for r in attrs["roles"]]
+            g.nx.nodes[name]["outputs"] = outs
+            continue
+        g.nx.nodes[name]["outputs"] = op_registry.get(op, node=name).infer(g, name)
+    return g
+
+
+class DeepNetCell(Iterable):
+    """A compiled network; indexable by position or cell name like a Sequence."""
+
+    def __init__(self, trace_result, provider=None, target=None, name=None):
+        cells = [trace_result.cell_of[n] for n in trace_result.graph.topological_order()
+                 if n in trace_result.cell_of]
+        unique = []
+        for c in cells:
+            if c not in unique:
+                unique.append(c)
+        super().__init__(unique, name)
+        self._graph = trace_result.graph
+        self._cell_of = dict(trace_result.cell_of)
+        self._provider = provider
+        self._target = target
+        self._inference = False
+        self._programs = {}
+        self._last_session = None
+        self._output = None
+        self._input_cells = []
+        self._deepnet = None
+        self._batch_size = 1
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_block(cls, block, provider, target=None, name=None):
+        """Trace `block` on a zero batch of `provider.shape()` (all cells in test mode)."""
+        from n2d2.ir.trace import trace
+
+        modes = {id(c): c._inference for c in block.get_cells().values()}
+        block.test()
+        try:
+            x = Tensor(list(provider.shape()))
+            y = block(x)
+        finally:
+            for c in block.get_cells().values():
+                c._inference = modes[id(c)]
+        if not isinstance(y, Tensor):
+            raise RuntimeError(f"{block.get_type()} '{block.get_name()}': __call__ must return a Tensor to become "
+                               f"a DeepNetCell, got {type(y).__name__}")
+        result = trace(y.get_deepnet(), name=block.get_name(), input_names=["input"])
+        if target is None:
+            from n2d2.target import Score
+
+            target = Score(provider, name="Target")
+        return cls(result, provider, target, name)
+
+    # -- accessors --------------------------------------------------------------------------------
+    def get_graph(self):
+        """The forward IR graph (as traced or imported)."""
+        return self._graph
+
+    def get_provider(self):
+        return self._provider
+
+    def set_provider(self, provider):
+        self._provider = provider
+
+    def get_target(self):
+        return self._target
+
+    def get_deepnet(self):
+        return self._deepnet
+
+    def get_embedded_deepnet(self):
+        return self._graph
+
+    def get_input_cells(self):
+        return [self._cell_of[d].get_name() for n in self._graph.inputs for d, _, _ in self._graph.consumers(n)
+                if d in self._cell_of]
+
+    def get_output_cells(self):
+        return [self._cell_of[n].get_name() for n, _ in self._graph.outputs if n in self._cell_of]
+
+    def get_outputs(self):
+        return self._output if self._output is not None else Tensor([0])
+
+    def get_name(self):
+        return self._name
+
+    def learn(self):
+        self._inference = False
+        super().learn()
+        return self
+
+    def test(self):
+        self._inference = True
+        super().test()
+        return self
+
+    def _invalidate(self):
+        self._programs = {}
+
+    # -- programs ---------------------------------------------------------------------------------
+    def _program(self, kind: str, batch_size: int):
+        key = (kind, batch_size)
+        if key not in self._programs:
+            graph = self._graph if self._batch_of(self._graph) == batch_size else rebatch(self._graph, batch_size)
+            if kind == "inference":
+                self._programs[key] = self._optimize(graph)
+            else:
+                from n2d2.ir.autodiff import build_training_graph
+
+                self._programs[key] = build_training_graph(graph)
+        return self._programs[key]
+
+    @staticmethod
+    def _batch_of(graph):
+        return graph.output_types(graph.inputs[0])[0].shape[0]
+
+    @staticmethod
+    def _optimize(graph):
+        try:
+            from n2d2.ir.passes.manager import PassManager
+        except ImportError:  # passes not available: run the graph as traced
+            return graph
+        return PassManager(pipeline=list(_LIVE_INFERENCE_PASSES), mode="inference", log=None).run(graph)
+
+    def memory_report(self, batch_size=None, verbose=True) -> dict:
+        """Planned arena bytes vs naive (one buffer per tensor) and the lower bound, for
+        inference and training at `batch_size` (default: the traced one)."""
+        from n2d2.ir import planner
+
+        n = batch_size or self._batch_of(self._graph)
+        report = {}
+        for kind in ("inference", "training"):
+            program = self._program(kind, n)
+            graph = program if kind == "inference" else program.graph
+            plan = planner.plan(graph)
+            planner.validate(graph, plan)
+            report[kind] = planner.memory_report(graph, plan)
+        if verbose:
+            for kind, r in report.items():
+                print(f"{self._name} {kind}: " + planner.format_memory_report(r).replace("\n", "\n  "))
+        return report
+
+    # -- calling ----------------------------------------------------------------------------------
+    def __call__(self, x):
+        from n2d2.codegen.numpy_exec import Session
+        from n2d2.provider.base import Provider
+
+        if not isinstance(x, Tensor) or x.cell is None or not isinstance(x.cell, Provider):
+            raise ValueError(f"DeepNetCell '{self._name}': the input must be a Tensor produced by a provider "
+                             "(read_batch / read_random_batch, or a raw Tensor wrapped by a TensorPlaceholder)")
+        expected = tuple(self._graph.output_types(self._graph.inputs[0])[0].shape[1:])
+        if tuple(x.shape()[1:]) != expected:
+            raise ValueError(f"DeepNetCell '{self._name}': input shape {x.shape()} does not match the network's "
+                             f"input {[x.shape()[0]] + list(expected)}")
+        deepnet = x.get_deepnet()
+        data = x._data if x._data.dtype == np.float32 else x._data.astype(np.float32)
+        n = int(data.shape[0])
+        if self._inference:
+            graph = self._program("inference", n)
+            session = Session(graph, training=False)
+            session.feed({graph.inputs[0]: data})
+            session.run_nodes(session.order)
+        else:
+            program = self._program("training", n)
+            session = Session(program.graph, training=True, order=program.forward_nodes)
+            session.feed({program.graph.inputs[0]: data})
+            session.run_nodes(program.forward_nodes)
+            session.program = program
+        outputs = session.outputs()
+        out = Tensor._wrap(outputs[0], cell=self)
+        deepnet.add(CallRecord(self, [x], out, session, [False]))
+        self._deepnet = deepnet
+        self._output = out
+        self._input_cells = [x.cell.get_name()]
+        self._batch_size = n
+        return out
+
+    def _zero_param_grads(self):
+        pass
+
+    def _backward_record(self, record, dy):
+        session = record.ctx
+        program = getattr(session, "program", None)
+        if program is None:
+            raise RuntimeError(f"DeepNetCell '{self._name}': back-propagation through a test-mode call; "
+                               "call learn() before the forward pass")
+        seeds = {program.grad_inputs[key]: dy for key in program.grad_inputs}
+        session.feed(seeds)
+        session.run_nodes(program.backward_nodes)
+        self._last_session = session
+        return [None]
+
+    def update(self):
+        """Apply every parameter's solver with the gradients of the last back-propagation."""
+        session = self._last_session
+        if session is None:
+            return
+        session.run_nodes(session.program.update_nodes)
+        self._last_session = None
+        self._invalidate_inference()
+
+    def _invalidate_inference(self):
+        for key in [k for k in self._programs if k[0] == "inference"]:
+            del self._programs[key]
+
+    # -- training loops -----------------------------------------------------------------------------
+    def _progress(self, total, desc):
+        try:
+            from tqdm import tqdm
+
+            return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=True)
+        except ImportError:
+            return None
+
+    def _run_epoch(self, partition: str, learn: bool, nb_max: int = -1, desc=None, shuffle=True):
+        """One pass over `partition`; returns (average success, images, seconds)."""
+        provider, target = self._provider, self._target
+        provider.set_partition(partition)
+        self.learn() if learn else self.test()
+        target.clear_success()
+        nb = provider.get_database().get_nb_stimuli(partition)
+        if nb_max >= 0:
+            nb = min(nb, nb_max)
+        bar = self._progress(nb, desc or partition)
+        seen, start = 0, time.perf_counter()
+        try:
+            for x in provider.prefetch_batches(shuffle=shuffle and learn):
+                loss = target(self(x))
+                if learn:
+                    loss.back_propagate()
+                    loss.update()
+                step = min(provider.get_batch_size(), nb - seen)
+                seen += step
+                if bar is not None:
+                    elapsed = max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix(loss=f"{target.loss():.4f}",
+                                    success=f"{100 * target.get_average_success():.2f}%",
+                                    rate=f"{seen / elapsed:.0f} img/s", refresh=False)
+                    bar.update(step)
+                if seen >= nb:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return target.get_average_success(), seen, time.perf_counter() - start
+
+    def fit(self, learn_epoch: int, log_epoch=1000, avg_window=10000, bench=False, ban_multi_device=False,
+            valid_metric="Sensitivity", stop_valid=0, log_kernels=False):
+        """Train `learn_epoch` epochs on Learn (shuffled), validating each epoch when the
+        database has a Validation partition; the best weights (by `valid_metric`) are saved to
+        `weights_validation/` and restored at the end, the initial ones to `weights_init/`."""
+        if not isinstance(learn_epoch, int) or isinstance(learn_epoch, bool):
+            raise WrongInputType("learn_epoch", type(learn_epoch), ["int"])
+        if valid_metric not in VALID_METRICS:
+            raise WrongValue("valid_metric", valid_metric, VALID_METRICS)
+        if self._provider is None or self._target is None:
+            raise RuntimeError(f"DeepNetCell '{self._name}': fit() needs a provider and a target")
+        database = self._provider.get_database()
+        self.export_free_parameters("weights_init", verbose=False)
+        has_validation = database.get_nb_stimuli("Validation") > 0
+        best, best_params, stale = None, None, 0
+        for epoch in range(learn_epoch):
+            self._run_epoch("Learn", True, desc=f"epoch {epoch + 1}/{learn_epoch}")
+            if not has_validation:
+                continue
+            self._run_epoch("Validation", False, desc="validation")
+            score = self._target.get_average_score(valid_metric)
+            self._target.new_validation_point(score=score)
+            improved = best is None or score > best
+            print(f"Validation {valid_metric}: {100 * score:.2f}%" + (" (best)" if improved else ""))
+            if improved:
+                best, stale = score, 0
+                best_params = self._snapshot()
+                self.export_free_parameters("weights_validation", verbose=False)
+            else:
+                stale += 1
+                if stop_valid and stale >= stop_valid:
+                    print(f"No improvement for {stale} validations: stopping")
+                    break
+        if best_params is not None:
+            self._restore(best_params)
+        self._provider.set_partition("Learn")
+        return best
+
+    def run_test(self, log=1000, report=100, nb_test=-1, test_index=-1, test_id=-1, qat_sat=False,
+                 log_kernels=False, wt_round_mode="NONE", b_round_mode="NONE", c_round_mode="NONE",
+                 act_scaling_mode="FLOAT_MULT", log_JSON=False, log_outputs=0):
+        """Score the Test partition (`nb_test` stimuli, -1 = all); returns the average success."""
+        if self._provider is None or self._target is None:
+            raise RuntimeError(f"DeepNetCell '{self._name}': run_test() needs a provider and a target")
+        success, seen, seconds = self._run_epoch("Test", False, nb_max=nb_test, desc="test", shuffle=False)
+        print(f"Test: {seen} stimuli, success {100 * success:.2f}% ({seen / max(seconds, 1e-9):.0f} img/s)")
+        self._target.log_confusion_matrix("Test")
+        self._target.log_success("Test")
+        return success
+
+    def _snapshot(self):
+        return {name: p.array.copy() for name, p in self._graph.params.items()}
+
+    def _restore(self, snapshot):
+        for name, values in snapshot.items():
+            self._graph.params[name].array[...] = values
+        self._invalidate()
+
+    # -- editing --------------------------------------------------------------------------------
+    def remove(self, name: str, reconnect: bool = True):
+        """Remove the cell `name`; with `reconnect`, its input feeds its consumers."""
+        nodes = [n for n, c in self._cell_of.items() if c.get_name() == name]
+        if not nodes:
+            raise ValueError(f"DeepNetCell '{self._name}' has no cell named '{name}'")
+        g = self._graph.copy()
+        for node in nodes:
+            sources = g.inputs_of(node)
+            if reconnect:
+                if len(sources) != 1:
+                    raise RuntimeError(f"Cannot reconnect around '{name}': it has {len(sources)} inputs")
+                src, out = sources[0]
+                if g.output_types(src)[out].shape != g.output_types(node)[0].shape and g.consumers(node):
+                    raise RuntimeError(f"Cannot reconnect around '{name}': its input {g.output_types(src)[out]} and "
+                                       f"output {g.output_types(node)[0]} differ in shape")
+                g.replace_uses(node, src, 0, out)
+            elif g.consumers(node):
+                raise RuntimeError(f"Cannot remove '{name}' without reconnecting: other cells read its output")
+            g.remove_node(node)
+            del self._cell_of[node]
+        g.verify()
+        self._graph = g
+        self._cells = [c for c in self._cells if c.get_name() != name]
+        self._invalidate()
+
+    # -- parameters on disk -------------------------------------------------------------------------
+    def export_free_parameters(self, dir_name: str, verbose=True):
+        if verbose:
+            print(f"Exporting DeepNetCell '{self._name}' parameters from {dir_name}")
+        super().export_free_parameters(dir_name, verbose=verbose)
+
+    def import_free_parameters(self, dir_name: str, ignore_not_exists=False):
+        print(f"Importing DeepNetCell '{self._name}' parameters from  {dir_name}")
+        super().import_free_parameters(dir_name, ignore_not_exists=ignore_not_exists)
+        self._invalidate()
+
+    # -- summary --------------------------------------------------------------------------------
+    def summary(self, verbose=False):
+        """Print the layer table (shapes, parameters, MACs, connections, extras)."""
+        from n2d2 import stats
+
+        g = self._graph
+        rows = [("Image1 (input)", str(tuple(g.output_types(g.inputs[0])[0].shape)), "0", "0k", "", "", "-")]
+        total_params, total_macs = 0, 0
+        counted = set()
+        for node in g.topological_order():
+            if node not in self._cell_of:
+                continue
+            cell = self._cell_of[node]
+            out_shape = tuple(g.output_types(node)[0].shape)
+            in_shape = tuple(g.input_types(node)[0].shape) if g.inputs_of(node) else out_shape
+            params = stats.nb_parameters(cell) if id(cell) not in counted else 0
+            counted.add(id(cell))
+            macs = stats.call_macs(cell, in_shape, out_shape)
+            total_params += params
+            total_macs += macs
+            if g.op(node) == "BatchNorm" and not verbose:
+                continue
+            sources = [self._cell_of[s].get_name() if s in self._cell_of else "Image1" for s, _ in g.inputs_of(node)]
+            grad = str(cell._config.get("back_propagate", "-")) if "back_propagate" in cell._parameters else "-"
+            rows.append((f"{cell.get_name()} ({_layer_type(cell)})", str(out_shape), f"{params:,}",
+                         f"{macs / 1000:.1f}k", ", ".join(sources), _extra(cell), grad))
+        last = rows[-1][0].split(" ")[0]
+        rows.append(("Features (output)", rows[-1][1], "", "", last, "", ""))
+        headers = ("Layer (type)", "Output Shape", "Param #", " MAC #", "Connected to", "Extra", "Grad")
+        widths = [max(len(h), *(len(r[i]) for r in rows)) + 2 for i, h in enumerate(headers)]
+        line = "".join(h.ljust(w) for h, w in zip(headers, widths))
+        print("-" * len(line))
+        print(line)
+        print("=" * len(line))
+        for r in rows:
+            print("".join(v.ljust(w) for v, w in zip(r, widths)))
+        print("=" * len(line))
+        print(f"Total params:  {total_params:,}")
+        print(f"Total computing:  {total_macs:,} MAC")
+
+    def __deepcopy__(self, memo):
+        raise TypeError("DeepNetCell cannot be deep-copied; export and import its parameters instead")
+
+
+def _layer_type(cell) -> str:
+    t = cell.get_type()
+    if t in ("Conv", "ConvDepthWise", "ConvPointWise"):
+        k = cell._args.get("kernel_dims", [1, 1])
+        if t == "ConvDepthWise":
+            return "Depthwise"
+        if list(k) == [1, 1]:
+            return "PointWise"
+        return f"Conv {k[0]}x{k[1]}"
+    if t in ("Pool", "Pool2d", "GlobalPool2d"):
+        return "MaxPool" if str(cell._args.get("pooling")).endswith("Max") else "AvgPool"
+    return t
+
+
+def _extra(cell) -> str:
+    parts = []
+    a = cell._args
+    for key, label in (("kernel_dims", "k"), ("pool_dims", "k"), ("stride_dims", "str"), ("padding_dims", "pad"),
+                       ("dilation_dims", "dilation")):
+        v = a.get(key)
+        if v is not None and (label == "k" or any(x != (1 if label in ("str", "dilation") else 0) for x in v)):
+            parts.append(f"{label}: {'x'.join(str(x) for x in v)}")
+    act = cell._config.get("activation") if "activation" in cell._parameters else None
+    if act is not None:
+        parts.append(f"Act: {act.get_type()}")
+    return ", ".join(parts)

@@ -1,0 +1,142 @@
+"""DeepNetCell: tracing a Sequence, compiled training equal to the eager loop, inference, editing."""
+import numpy as np
+import pytest
+
+import n2d2
+from n2d2.activation import Rectifier
+from n2d2.cells import BatchNorm2d, Conv, Dropout, Fc, Pool2d, Sequence, Softmax
+from n2d2.solver import SGD
+from tests.conftest import rel_err
+
+
+def _database(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    xs = [rng.random((1, 8, 8)).astype(np.float32) for _ in range(n)]
+    ys = [int(x[0, :4].mean() > x[0, 4:].mean()) for x in xs]
+    db = n2d2.database.Numpy()
+    db.load(xs[: n * 3 // 4], ys[: n * 3 // 4], partition="Learn")
+    db.load(xs[n * 3 // 4:], ys[n * 3 // 4:], partition="Test")
+    return db
+
+
+_ARRAYS = ("_weights", "_biases", "_scales", "_means", "_variances")
+
+
+def _model(dropout=False, bn=False):
+    n2d2.global_variables.seed = 3
+    cells = [Conv(1, 4, [3, 3], activation=None if bn else Rectifier())]
+    if bn:
+        cells.append(BatchNorm2d(4, activation=Rectifier()))
+    cells += [Pool2d([2, 2], stride_dims=[2, 2]), Fc(36, 8, activation=Rectifier())]
+    if dropout:
+        cells.append(Dropout(dropout=0.3))
+    cells += [Fc(8, 2), Softmax(with_loss=True)]
+    model = Sequence(cells)
+    model.set_solver(SGD(learning_rate=0.05, momentum=0.9))
+    return model
+
+
+@pytest.mark.parametrize("dropout,bn", [(False, False), (True, True)])
+def test_fit_equals_the_eager_loop(dropout, bn):
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = _model(dropout, bn).to_deepnet_cell(provider)
+    n2d2.global_variables.seed = 5
+    dn.fit(1)
+    fitted = [(c, {k: getattr(c, k).copy() for k in _ARRAYS if getattr(c, k, None) is not None}) for c in dn]
+
+    eager = _model(dropout, bn)
+    provider.set_partition("Learn")
+    target = n2d2.target.Score(provider)
+    n2d2.global_variables.seed = 5
+    provider.set_batch(shuffle=True)
+    eager.learn()
+    while not provider.all_batchs_provided():
+        loss = target(eager(provider.read_batch()))
+        loss.back_propagate()
+        loss.update()
+    assert len(fitted) == len(eager)
+    for (cell, arrays), twin in zip(fitted, eager):
+        for key, values in arrays.items():
+            assert rel_err(values, getattr(twin, key)) < 1e-4, (cell.get_name(), key)
+
+
+def test_inference_matches_eager_and_run_test(capsys):
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    model = _model(bn=True)
+    dn = model.to_deepnet_cell(provider)
+    dn.fit(2)
+    dn.test()
+    provider.set_partition("Test")
+    x = provider.read_batch(0)
+    y = dn(x).to_numpy()
+    model.test()
+    expected = model(provider.read_batch(0)).to_numpy()
+    assert rel_err(y, expected) < 1e-5
+    success = dn.run_test()
+    assert 0.0 <= success <= 1.0 and "Test: 24 stimuli" in capsys.readouterr().out
+
+
+def test_deepnet_cell_inside_a_sequence_trains_like_eager():
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    provider.set_partition("Learn")
+    core = Sequence(list(_model())[:-1])
+    dn = core.to_deepnet_cell(provider)
+    net = Sequence([dn, Softmax(with_loss=True)])
+    target = n2d2.target.Score(provider)
+    x = provider.read_batch(0)
+    loss = target(net(x))
+    loss.back_propagate()
+    loss.update()
+    eager = Sequence(list(_model())[:-1] + [Softmax(with_loss=True)])
+    target2 = n2d2.target.Score(provider)
+    loss2 = target2(eager(provider.read_batch(0)))
+    loss2.back_propagate()
+    loss2.update()
+    assert loss[0] == pytest.approx(loss2[0], rel=1e-5)
+    assert rel_err(dn[0]._weights, eager[0]._weights) < 1e-5
+
+
+def test_input_must_come_from_a_provider():
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = _model().to_deepnet_cell(provider)
+    x = n2d2.Tensor([16, 1, 8, 8])
+    x.detach()
+    with pytest.raises(ValueError, match="provider"):
+        dn(x)
+    with pytest.raises(ValueError, match="does not match"):
+        dn(n2d2.provider.TensorPlaceholder(n2d2.Tensor([16, 1, 9, 9])).get_data())
+
+
+def test_other_batch_sizes_are_specialised():
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    model = _model()
+    dn = model.to_deepnet_cell(provider).test()
+    x = n2d2.Tensor([3, 1, 8, 8])
+    x.to_numpy()[...] = np.random.default_rng(1).random((3, 1, 8, 8))
+    y = dn(n2d2.provider.TensorPlaceholder(x).get_data())
+    assert y.shape() == [3, 2, 1, 1]
+    model.test()
+    assert rel_err(y.to_numpy(), model(n2d2.Tensor.from_numpy(x.to_numpy())).to_numpy()) < 1e-5
+
+
+def test_remove_and_summary(capsys):
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = Sequence([Fc(64, 10), Fc(10, 10), Softmax(with_loss=True)]).to_deepnet_cell(provider)
+    dn.remove(dn[1].get_name(), reconnect=True)
+    assert len(dn) == 2
+    dn.summary()
+    out = capsys.readouterr().out
+    assert "Layer (type)" in out and "Total params:  650" in out
+    with pytest.raises(ValueError, match="no cell named"):
+        dn.remove("nope")
+
+
+def test_free_parameters_round_trip(tmp_path, capsys):
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = _model().to_deepnet_cell(provider)
+    dn.export_free_parameters(str(tmp_path))
+    assert f"Exporting DeepNetCell '{dn.get_name()}' parameters from {tmp_path}" in capsys.readouterr().out
+    before = dn[0]._weights.copy()
+    dn[0]._weights[...] = 0
+    dn.import_free_parameters(str(tmp_path))
+    assert np.array_equal(dn[0]._weights, before)
