@@ -1,0 +1,126 @@
+"""Small graph-rewriting helpers shared by the passes (not a pass)."""
+from n2d2.ir.graph import Graph
+
+#: Options every pass may receive from the pass manager.
+MODES = ("inference", "training")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"pass mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def is_graph_output(graph: Graph, name: str) -> bool:
+    return any(n == name for n, _ in graph.outputs)
+
+
+def sole_consumer(graph: Graph, name: str):
+    """(dst, slot) when output 0 of `name` is read by exactly one edge and is no graph output.
+
+    Anything else (several uses, a use of another output, a graph output) gives None: the
+    value must then stay materialised, so it cannot be folded into its consumer.
+    """
+    uses = graph.consumers(name)
+    if len(uses) != 1 or is_graph_output(graph, name):
+        return None
+    dst, slot, out = uses[0]
+    return (dst, slot) if out == 0 else None
+
+
+def bypass(graph: Graph, name: str):
+    """Remove single-input node `name`; its consumers (and graph outputs) read its input instead."""
+    (src, out), = graph.inputs_of(name)
+    graph.replace_uses(name, src, 0, out)
+    graph.remove_node(name)
+
+
+def substitute(graph: Graph, old: str, op: str, inputs, attrs=None, params=None, outputs=None):
+    """Replace single-output node `old` by a new node of the same name (consumers and graph
+    output positions are kept); `inputs` may not read `old` itself."""
+    uses = graph.consumers(old)
+    kept_outputs = list(graph.outputs)
+    outputs = list(graph.output_types(old)) if outputs is None else outputs
+    graph.remove_node(old)
+    graph.add_node(old, op, inputs, attrs, params, outputs=outputs)
+    for dst, slot, out in uses:
+        graph.nx.add_edge(old, dst, out=out, slot=slot)
+    graph.outputs = kept_outputs
+
+
+def set_op(graph: Graph, name: str, op: str, attrs: dict):
+    """Change a node's op and attributes in place (edges, params and outputs kept)."""
+    graph.nx.nodes[name]["op"] = op
+    graph.nx.nodes[name]["attrs"] = dict(attrs)
+
+
+def new_param_name(graph: Graph, base: str) -> str:
+    name, k = base, 1
+    while name in graph.params:
+        name = f"{base}_{k}"
+        k += 1
+    return name
+
+
+def pair(value):
+    """An int or a 2-sequence as a (height, width) tuple of ints."""
+    if isinstance(value, (list, tuple)):
+        a, b = value
+        return int(a), int(b)
+    return int(value), int(value)
+
+
+def is_identity_spec(spec) -> bool:
+    """True for no activation and for Linear without clipping."""
+    if spec is None:
+        return True
+    name, params = spec
+    return name == "Linear" and float(dict(params).get("clipping", 0.0)) <= 0
+
+
+def is_idempotent_spec(spec) -> bool:
+    """f(f(z)) == f(z) with the same backward mask: plain/clipped ReLU, clipping Linear, Saturation."""
+    if spec is None:
+        return True
+    name, params = spec
+    params = dict(params)
+    if name == "Rectifier":
+        return float(params.get("leak_slope", 0.0)) == 0.0
+    return name in ("Linear", "Saturation")
+
+
+# Specs whose output is >= 0 whatever the input, and specs that keep a non-negative input >= 0.
+def _spec_non_negative(spec) -> bool:
+    if spec is None:
+        return False
+    name, params = spec
+    if name == "Rectifier":
+        return float(dict(params).get("leak_slope", 0.0)) == 0.0
+    return name in ("Logistic", "Softplus")
+
+
+def _spec_keeps_sign(spec) -> bool:
+    if spec is None:
+        return True
+    name, params = spec
+    if name == "Tanh":
+        return float(dict(params).get("alpha", 1.0)) > 0
+    return name in ("Linear", "Rectifier", "Saturation")
+
+
+_SIGN_KEEPING_OPS = ("Identity", "Dropout", "Concat", "Padding", "Reshape", "Transpose", "Activation")
+
+
+def is_non_negative(graph: Graph, name: str, depth: int = 16) -> bool:
+    """True when every value of `name`'s output is provably >= 0 (conservative: False if unsure)."""
+    spec = graph.attrs(name).get("activation")
+    if _spec_non_negative(spec):
+        return True
+    if depth <= 0 or not _spec_keeps_sign(spec):
+        return False
+    op = graph.op(name)
+    pooled = op == "Pool" and graph.attrs(name).get("mapping") is None
+    if op in _SIGN_KEEPING_OPS or pooled:
+        ins = graph.inputs_of(name)
+        return bool(ins) and all(is_non_negative(graph, src, depth - 1) for src, _ in ins)
+    return False

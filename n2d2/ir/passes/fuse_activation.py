@@ -1,0 +1,39 @@
+"""Fusion of Activation nodes into the op that produces their input."""
+from n2d2.ir.graph import Graph
+from n2d2.ir.passes._common import bypass, is_identity_spec, is_idempotent_spec, sole_consumer
+
+PRODUCERS = ("Conv", "Fc", "Deconv", "ElemWise", "BatchNorm", "Pool")
+
+
+def fuse_activation(graph: Graph) -> Graph:
+    """Move single-input Activation nodes into their producer's fused activation.
+
+    Rewrite, for an Activation node A with spec f reading output 0 of node P:
+    - P is a Conv, Fc, Deconv, ElemWise, BatchNorm or Pool whose fused activation is None (or
+      Linear without clipping), A is P's only consumer and P no graph output: P gets
+      `activation = f`, A is removed (P computes f(op(x)) with the same saved pre-activation,
+      so forward and gradients are unchanged);
+    - f is idempotent (Rectifier without leak, Linear, Saturation; same parameters) and P
+      already applies exactly f: A is removed (f(f(z)) == f(z), same backward mask), whatever
+      P is and whoever else reads it;
+    - f is None or Linear without clipping: A is removed (the identity).
+    Precondition: A has one input (with several it concatenates) and reads output 0.
+    Exact in inference and training.
+    """
+    g = graph.copy()
+    for act in g.topological_order():
+        if act not in g.nx or g.op(act) != "Activation":
+            continue
+        ins = g.inputs_of(act)
+        if len(ins) != 1 or ins[0][1] != 0:
+            continue
+        src = ins[0][0]
+        spec = g.attrs(act).get("activation")
+        inner = g.attrs(src).get("activation")
+        if is_identity_spec(spec) or (inner == spec and is_idempotent_spec(spec)):
+            bypass(g, act)
+        elif g.op(src) in PRODUCERS and is_identity_spec(inner) and sole_consumer(g, src) == (act, 0):
+            g.nx.nodes[src]["attrs"]["activation"] = spec
+            g.replace_uses(act, src)
+            g.remove_node(act)
+    return g

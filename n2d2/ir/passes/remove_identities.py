@@ -1,0 +1,38 @@
+"""Removal of pass-through nodes: Identity, and Activation nodes that compute nothing."""
+from n2d2.ir.graph import Graph
+from n2d2.ir.passes._common import bypass, is_identity_spec, set_op
+
+
+def drop_passthrough(graph: Graph, name: str):
+    """Rewrite pass-through node `name` (identity on the channel concatenation of its inputs,
+    then its fused activation) into the cheapest equivalent, in place:
+
+    - one input, no activation (or Linear without clipping): removed, consumers read the input;
+    - one input, an activation: an Activation node with that spec;
+    - several inputs, no activation: a Concat node;
+    - several inputs, an activation: an Activation node (it concatenates too).
+    """
+    spec = graph.attrs(name).get("activation")
+    single = len(graph.inputs_of(name)) == 1
+    if is_identity_spec(spec):
+        if single:
+            bypass(graph, name)
+        else:
+            set_op(graph, name, "Concat", {})
+    elif graph.op(name) != "Activation":
+        set_op(graph, name, "Activation", {"activation": spec})
+
+
+def remove_identities(graph: Graph) -> Graph:
+    """Bypass Identity nodes, and Activation nodes whose spec is None or Linear without clipping.
+
+    Rewrite: see `drop_passthrough` (an Identity with a fused activation becomes an Activation
+    node; with several inputs a Concat keeps the concatenation). Precondition: none; exact in
+    inference and in training (forward and gradients).
+    """
+    g = graph.copy()
+    for name in g.topological_order():
+        op = g.op(name)
+        if op == "Identity" or (op == "Activation" and is_identity_spec(g.attrs(name).get("activation"))):
+            drop_passthrough(g, name)
+    return g
