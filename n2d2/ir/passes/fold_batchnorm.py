@@ -3,7 +3,7 @@ import numpy as np
 
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import check_mode, new_param_name, pair, sole_consumer
+from n2d2.ir.passes._common import check_mode, is_identity_spec, new_param_name, pair, sole_consumer
 
 FOLDABLE = ("Conv", "Fc", "Deconv")
 
@@ -30,7 +30,7 @@ def _foldable(g: Graph, bn: str):
     if out != 0 or op not in FOLDABLE or op not in op_registry.names():
         return None
     attrs = g.attrs(src)
-    if attrs.get("activation") is not None or sole_consumer(g, src) != (bn, 0):
+    if not is_identity_spec(attrs.get("activation")) or sole_consumer(g, src) != (bn, 0):
         return None
     if op == "Conv" and pair(attrs.get("sub_sample", (1, 1))) != (1, 1):
         return None  # the bias is added before sub-sampling sums blocks: a shift would be scaled
@@ -49,7 +49,8 @@ def fold_batchnorm(graph: Graph, mode: str = "inference") -> Graph:
     new names (computed in float64, stored in the weights' dtype); the originals are untouched.
     Precondition: `mode == "inference"` (training normalises with batch statistics); the BN has
     a single input, output 0 of P; P has no fused activation, no other consumer and is no
-    graph output; a Conv has no sub-sampling. Otherwise the BN is left alone.
+    graph output; a Conv has no sub-sampling. (None and Linear without clipping count as
+    no activation.) Otherwise the BN is left alone.
     """
     g = graph.copy()
     if check_mode(mode) != "inference":
@@ -81,9 +82,11 @@ def fold_batchnorm(graph: Graph, mode: str = "inference") -> Graph:
                                        w_param.owner if b_param is None else b_param.owner, "biases")
         src_d["params"] = params
         src_d["attrs"] = dict(src_d["attrs"])
-        src_d["attrs"]["activation"] = bn_d["attrs"].get("activation")
-        if src_d["attrs"]["activation"] is None:
-            del src_d["attrs"]["activation"]
+        spec = bn_d["attrs"].get("activation")
+        if spec is not None:
+            src_d["attrs"]["activation"] = spec
+        else:
+            src_d["attrs"].pop("activation", None)
         g.replace_uses(bn, src)
         g.remove_node(bn)
     return g

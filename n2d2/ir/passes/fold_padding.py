@@ -1,6 +1,6 @@
 """Folding of explicit zero Padding nodes into the padding of the Conv / Pool they feed."""
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import check_mode, is_graph_output, is_non_negative, pair
+from n2d2.ir.passes._common import check_mode, is_graph_output, is_identity_spec, is_non_negative, pair
 
 
 def _target_ok(g: Graph, pad: str, dst: str, mode: str) -> bool:
@@ -39,7 +39,7 @@ def fold_padding(graph: Graph, mode: str = "inference") -> Graph:
             continue
         a = g.attrs(pad)
         top, bot, left, right = (int(a[k]) for k in ("top", "bot", "left", "right"))
-        if top != bot or left != right or top < 0 or left < 0 or a.get("activation") is not None:
+        if top != bot or left != right or top < 0 or left < 0 or not is_identity_spec(a.get("activation")):
             continue
         srcs = g.inputs_of(pad)
         for dst, slot, out in g.consumers(pad):
