@@ -74,10 +74,18 @@ class WeightedCell(NeuralNetworkCell):
         """Zero the weights of unconnected (output, channel) pairs (mapping); default none."""
 
     # -- filling --------------------------------------------------------------------------------
+    def _store(self, attribute, values):
+        """Write `values` into the parameter array in place when it exists with that shape:
+        compiled programs hold references to these arrays, a rebinding would go unseen."""
+        current = getattr(self, attribute, None)
+        if current is not None and tuple(current.shape) == tuple(values.shape):
+            current[...] = self._to_model_device(values)
+        else:
+            setattr(self, attribute, self._to_model_device(values))
+
     def refill_weights(self):
         fan_in, fan_out = self._fans()
-        w = self._config["weights_filler"].fill(self._weights_shape(), fan_in, fan_out)
-        self._weights = self._to_model_device(w)
+        self._store("_weights", self._config["weights_filler"].fill(self._weights_shape(), fan_in, fan_out))
         self._mask_weights()
 
     def refill_bias(self):
@@ -85,8 +93,7 @@ class WeightedCell(NeuralNetworkCell):
             self._biases = None
             return
         fan_in, fan_out = self._fans()
-        b = self._config["bias_filler"].fill((self._args["nb_outputs"],), fan_in, fan_out)
-        self._biases = self._to_model_device(b)
+        self._store("_biases", self._config["bias_filler"].fill((self._args["nb_outputs"],), fan_in, fan_out))
 
     def set_weights_filler(self, filler, refill=False):
         self.set_parameter("weights_filler", filler)
