@@ -144,6 +144,8 @@ def _numeric_grad(f, arr, eps=1e-6):
     ((1, 2, 7, 7), (2, 2, 2, 3), (2, 1), (-1, 1), (1, 2), (1, 1), 1, None),
     ((1, 4, 6, 6), (4, 2, 3, 3), (1, 2), (1, 1), (1, 1), (2, 1), 2, None),
     ((1, 3, 5, 6), (2, 3, 2, 2), (1, 1), (0, 0), (2, 1), (2, 2), 1, np.array([[1, 0], [1, 1], [0, 1]], bool)),
+    ((2, 3, 7, 6), (3, 1, 3, 2), (2, 1), (1, -1), (1, 2), (1, 1), 3, None),   # depthwise
+    ((1, 2, 8, 7), (2, 1, 1, 2), (3, 2), (2, 1), (1, 1), (2, 1), 2, None),    # depthwise, sub-sampled
 ])
 def test_conv_op_finite_differences(x_shape, w_shape, stride, padding, dilation, sub, groups, table):
     rng = np.random.default_rng(5)
@@ -161,6 +163,30 @@ def test_conv_op_finite_differences(x_shape, w_shape, stride, padding, dilation,
     for arr, grad in ((x, dx), (w, dw), (b, db)):
         assert rel_err(grad, _numeric_grad(loss, arr)) < 1e-7
     assert rel_err(ops.conv2d_backward_bias(dy), db) < 1e-12
+
+
+@pytest.mark.parametrize("block", [20, 1 << 20])
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), ((2, 3), (3, 0), (1, 2)), (1, -1, 2)])
+def test_depthwise_path_matches_torch(monkeypatch, block, stride, padding, dilation):
+    """The depthwise path (blocked columns, rotated-kernel input gradient) on several geometries."""
+    monkeypatch.setattr(ops, "_DEPTHWISE_BLOCK", block)  # 20: one channel per block
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 5, 11, 10)).astype(np.float32)
+    w = rng.standard_normal((5, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    y, ctx = ops.conv2d_forward(x, w, b, stride, padding, dilation, 1, 5)
+    assert ctx.depthwise and ctx.cols is None
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = ops.conv2d_backward(dy, ctx)
+    p = ops._pair(padding, "padding")
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    xin = xt[:, :, max(-p[0], 0):11 - max(-p[0], 0), max(-p[1], 0):10 - max(-p[1], 0)]
+    yt = F.conv2d(xin, wt, torch.tensor(b), stride=stride, padding=tuple(max(v, 0) for v in p), dilation=dilation,
+                  groups=5)
+    yt.backward(torch.tensor(dy))
+    assert rel_err(y, yt.detach().numpy()) < 1e-5
+    assert rel_err(dx, xt.grad.numpy()) < 1e-5 and rel_err(dw, wt.grad.numpy()) < 1e-5
 
 
 def test_op_output_size_formula():

@@ -307,20 +307,134 @@ def _check(x, weights, groups, mapping):
 
 
 class ConvContext:
-    """What the backward pass needs from a forward call."""
+    """What the backward pass needs from a forward call.
 
-    __slots__ = ("geom", "cols", "weights", "groups", "mapping", "has_bias")
+    `cols` is the im2col matrix (dense and grouped paths); the depthwise path keeps the
+    padded batch-innermost input `padded` instead and rebuilds columns block by block.
+    """
 
-    def __init__(self, geom, cols, weights, groups, mapping, has_bias):
+    __slots__ = ("geom", "cols", "padded", "weights", "groups", "mapping", "has_bias")
+
+    def __init__(self, geom, cols, padded, weights, groups, mapping, has_bias):
         self.geom = geom
         self.cols = cols
+        self.padded = padded
         self.weights = weights
         self.groups = groups
         self.mapping = mapping
         self.has_bias = has_bias
 
+    @property
+    def depthwise(self) -> bool:
+        return self.cols is None
+
+
+def _is_depthwise(geom, groups, mapping):
+    """One channel per group and one output per channel (MobileNet's depthwise layers)."""
+    return mapping is None and groups > 1 and groups == geom.in_shape[1] == geom.nb_outputs
+
+
+# -- depthwise: no dense GEMM, no full im2col ----------------------------------------------------
+# A depthwise layer's GEMM is a [1, kH*kW] x [kH*kW, P] product per channel: memory-bound on a
+# columns matrix kH*kW times the input. Columns are built for a few channels at a time (a
+# block that stays in cache) and multiplied at once; the backward pass rebuilds them instead
+# of keeping them, and the input gradient is itself a depthwise convolution (stride 1) of the
+# zero-upsampled output gradient with the kernels rotated by 180 degrees.
+_DEPTHWISE_BLOCK = 131072   # elements of the per-block columns buffer (numpy)
+
+
+def _depthwise_blocks(xp, geom, nb_channels):
+    kh, kw = geom.kernel
+    per_channel = kh * kw * geom.conv[0] * geom.conv[1] * geom.in_shape[0]
+    step = nb_channels if xp is not np else max(1, min(nb_channels, _DEPTHWISE_BLOCK // per_channel))
+    return step, [slice(c, min(c + step, nb_channels)) for c in range(0, nb_channels, step)]
+
+
+def _depthwise_columns(xc, geom, channels, out):
+    """Columns [channels, kH*kW, Ho*Wo*N] of some channels of the padded [C, Hp, Wp, N] input."""
+    xp = array_module(xc)
+    _, hp, wp, n = xc.shape
+    (kh, kw), (dh, dw), (sh, sw) = geom.kernel, geom.dilation, geom.stride
+    nb = channels.stop - channels.start
+    view = _as_strided(xp, xc[channels], (nb, kh, kw) + geom.conv + (n,),
+                       (hp * wp * n, dh * wp * n, dw * n, sh * wp * n, sw * n, 1))
+    out.reshape(view.shape)[...] = view
+
+
+def _depthwise_forward(xc, weights, geom):
+    """[C, Ho*Wo*N] output of a depthwise convolution of the padded input [C, Hp, Wp, N]."""
+    xp = array_module(xc)
+    c = xc.shape[0]
+    kk = geom.kernel[0] * geom.kernel[1]
+    positions = geom.conv[0] * geom.conv[1] * geom.in_shape[0]
+    w3 = xp.ascontiguousarray(weights.reshape(c, 1, kk))   # BLAS needs unit strides
+    yq = xp.empty((c, 1, positions), dtype=np.result_type(xc.dtype, weights.dtype))
+    step, blocks = _depthwise_blocks(xp, geom, c)
+    buf = xp.empty((step, kk, positions), dtype=xc.dtype)
+    for channels in blocks:
+        b = buf[:channels.stop - channels.start]
+        _depthwise_columns(xc, geom, channels, b)
+        xp.matmul(w3[channels], b, out=yq[channels])
+    return yq.reshape(c, positions)
+
+
+def _depthwise_weights_grad(dyq, xc, geom):
+    xp = array_module(dyq)
+    c = xc.shape[0]
+    kh, kw = geom.kernel
+    positions = dyq.shape[1]
+    d3 = dyq.reshape(c, positions, 1)
+    dw = xp.empty((c, kh * kw, 1), dtype=dyq.dtype)
+    step, blocks = _depthwise_blocks(xp, geom, c)
+    buf = xp.empty((step, kh * kw, positions), dtype=xc.dtype)
+    for channels in blocks:
+        b = buf[:channels.stop - channels.start]
+        _depthwise_columns(xc, geom, channels, b)
+        xp.matmul(b, d3[channels], out=dw[channels])
+    return dw.reshape(c, 1, kh, kw)
+
+
+def _depthwise_data_grad(dyq, weights, geom):
+    xp = array_module(dyq)
+    n, c, h, w = geom.in_shape
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = geom.kernel, geom.stride, geom.dilation, geom.padding
+    ho, wo = geom.conv
+    eh, ew = (kh - 1) * dh, (kw - 1) * dw
+    # dx[r] = sum_i dy_up[r + ph - i*dh] * w[i]: a correlation with the rotated kernel of the
+    # output gradient upsampled by the stride and shifted by (e - p) in a buffer sized so
+    # that the correlation yields exactly H x W
+    buf = xp.zeros((c, h + eh, w + ew, n), dtype=dyq.dtype)
+    d4 = dyq.reshape(c, ho, wo, n)
+
+    def placement(shift, stride, count, extent):
+        first = max(0, -(-(-shift) // stride))             # first output index landing at >= 0
+        last = min(count, (extent - 1 - shift) // stride + 1)  # one past the last landing inside
+        return slice(first, max(first, last)), shift + stride * first
+
+    rows, r0 = placement(eh - ph, sh, ho, h + eh)
+    cols, c0 = placement(ew - pw, sw, wo, w + ew)
+    nr, nc = rows.stop - rows.start, cols.stop - cols.start
+    if nr and nc:
+        buf[:, r0:r0 + sh * (nr - 1) + 1:sh, c0:c0 + sw * (nc - 1) + 1:sw, :] = d4[:, rows, cols, :]
+    back = ConvGeometry((n, c, h + eh, w + ew), c, (kh, kw), 1, 0, (dh, dw))
+    dxq = _depthwise_forward(buf, weights[:, :, ::-1, ::-1], back)
+    return dxq.reshape(c, h, w, n).transpose(3, 0, 1, 2)
+
 
 # -- the op --------------------------------------------------------------------------------------
+def conv2d_prepare(x, weights, stride=1, padding=0, dilation=1, sub_sample=1, groups=1, mapping=None,
+                   biases=None):
+    """Geometry and data movement of a convolution without its GEMM: the context that
+    `conv2d_backward` needs (used where only gradients are wanted, e.g. by the transposed
+    convolution)."""
+    _check(x, weights, groups, mapping)
+    o, _, kh, kw = weights.shape
+    geom = ConvGeometry(x.shape, o, (kh, kw), stride, padding, dilation, sub_sample)
+    if _is_depthwise(geom, groups, mapping):
+        return ConvContext(geom, None, _padded_input(x, geom), weights, groups, mapping, biases is not None)
+    return ConvContext(geom, im2col(x, geom), None, weights, groups, mapping, biases is not None)
+
+
 def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub_sample=1, groups=1,
                    mapping=None):
     """y = conv(x, weights) + biases; returns (y [N, O, Ho, Wo], ctx for the backward pass).
@@ -332,28 +446,34 @@ def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub
     _check(x, weights, groups, mapping)
     o, _, kh, kw = weights.shape
     geom = ConvGeometry(x.shape, o, (kh, kw), stride, padding, dilation, sub_sample)
-    w = _effective_weights(weights, groups, mapping)
     n = geom.in_shape[0]
-    row = geom.conv[1] * n
-    bands = _bands(xp, o, geom, w.shape[2] * row) if groups == 1 else None
-    if bands is None:
-        cols = im2col(x, geom)
-        if groups == 1:
-            yq = w[0] @ cols
-        else:
-            yq = xp.matmul(w, cols.reshape(groups, -1, cols.shape[1])).reshape(o, -1)
+    padded = None
+    if _is_depthwise(geom, groups, mapping):
+        padded = _padded_input(x, geom)
+        yq = _depthwise_forward(padded, weights, geom)
+        cols = None
     else:
-        # few output channels: copy the windows of a band of rows, then multiply it while cached
-        view = _windows(x, geom)
-        c = view.shape[0]
-        cols = xp.empty((c, kh, kw) + geom.conv + (n,), dtype=x.dtype)
-        cols2d = cols.reshape(c * kh * kw, -1)
-        yq = xp.empty((o, cols2d.shape[1]), dtype=np.result_type(x.dtype, weights.dtype))
-        for rows in bands:
-            cols[:, :, :, rows] = view[:, :, :, rows]
-            band = slice(rows.start * row, rows.stop * row)
-            xp.matmul(w[0], cols2d[:, band], out=yq[:, band])
-        cols = cols2d
+        w = _effective_weights(weights, groups, mapping)
+        row = geom.conv[1] * n
+        bands = _bands(xp, o, geom, w.shape[2] * row) if groups == 1 else None
+        if bands is None:
+            cols = im2col(x, geom)
+            if groups == 1:
+                yq = w[0] @ cols
+            else:
+                yq = xp.matmul(w, cols.reshape(groups, -1, cols.shape[1])).reshape(o, -1)
+        else:
+            # few output channels: copy the windows of a band of rows, then multiply it while cached
+            view = _windows(x, geom)
+            c = view.shape[0]
+            cols = xp.empty((c, kh, kw) + geom.conv + (n,), dtype=x.dtype)
+            cols2d = cols.reshape(c * kh * kw, -1)
+            yq = xp.empty((o, cols2d.shape[1]), dtype=np.result_type(x.dtype, weights.dtype))
+            for rows in bands:
+                cols[:, :, :, rows] = view[:, :, :, rows]
+                band = slice(rows.start * row, rows.stop * row)
+                xp.matmul(w[0], cols2d[:, band], out=yq[:, band])
+            cols = cols2d
     y = _output_view(yq, geom)
     if geom.sub_sample != (1, 1):
         y = _sub_sample(y, geom)
@@ -361,7 +481,7 @@ def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub
             y += biases.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)
     elif biases is not None:
         yq += biases.reshape(-1, 1).astype(yq.dtype, copy=False)
-    return y, ConvContext(geom, cols, weights, groups, mapping, biases is not None)
+    return y, ConvContext(geom, cols, padded, weights, groups, mapping, biases is not None)
 
 
 def conv2d_backward_data(dy, weights, geom: ConvGeometry, groups=1, mapping=None):
@@ -383,14 +503,25 @@ def conv2d_backward(dy, ctx: ConvContext, need_dx=True, need_dw=True):
     """(dx or None, dweights or None, dbiases or None) from d(loss)/d(y)."""
     g = ctx.geom
     dyq = _to_positions(dy, g) if (need_dx or need_dw) else None
-    dx = _backward_data(dyq, ctx.weights, g, ctx.groups, ctx.mapping) if need_dx else None
-    dw = _backward_weights(dyq, ctx.cols, g, ctx.groups, ctx.mapping) if need_dw else None
+    dx = dw = None
+    if ctx.depthwise:
+        if need_dx:
+            dx = _depthwise_data_grad(dyq, ctx.weights, g)
+        if need_dw:
+            dw = _depthwise_weights_grad(dyq, ctx.padded, g)
+    else:
+        if need_dx:
+            dx = _backward_data(dyq, ctx.weights, g, ctx.groups, ctx.mapping)
+        if need_dw:
+            dw = _backward_weights(dyq, ctx.cols, g, ctx.groups, ctx.mapping)
     db = conv2d_backward_bias(dy) if ctx.has_bias else None
     return dx, dw, db
 
 
 def _backward_data(dyq, weights, geom, groups, mapping):
     xp = array_module(dyq)
+    if _is_depthwise(geom, groups, mapping):
+        return _depthwise_data_grad(dyq, weights, geom)
     w = _effective_weights(weights, groups, mapping)
     n, c = geom.in_shape[:2]
     row = geom.conv[1] * n

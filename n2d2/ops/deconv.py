@@ -89,17 +89,16 @@ def conv_transpose2d_backward(dy, ctx: DeconvContext, need_dx=True, need_dw=True
     """(dx or None, dweights [C_in, C_out/groups, kH, kW] or None, dbiases or None)."""
     g = ctx.geom
     cmap = _conv_mapping(ctx.mapping)
-    dx = dw = cols = None
+    dx = dw = None
     if need_dx:
-        # one im2col of the output gradient serves both: dx is its GEMM with the weights,
-        # dW the GEMM of the input (the convolution's "output gradient") with it
+        # the convolution of the output gradient gives dx, and its context (im2col of the
+        # output gradient) gives dW, with the input in the role of the output gradient
         dx, conv_ctx = _conv.conv2d_forward(dy, ctx.weights, None, g.stride, g.padding, g.dilation, 1,
                                             ctx.groups, cmap)
-        cols = conv_ctx.cols
+    elif need_dw:
+        conv_ctx = _conv.conv2d_prepare(dy, ctx.weights, g.stride, g.padding, g.dilation, 1, ctx.groups, cmap)
     if need_dw:
-        if cols is None:
-            cols = _conv.im2col(dy, g)
-        dw = _conv.conv2d_backward_weights(ctx.x, cols, g, ctx.groups, cmap)
+        _, dw, _ = _conv.conv2d_backward(ctx.x, conv_ctx, need_dx=False)
     db = dy.sum(axis=(0, 2, 3)) if ctx.has_bias else None
     return dx, dw, db
 
