@@ -14,8 +14,9 @@ size argument is a (height, width) pair. Beyond PyTorch's conv2d the op has:
 How it is computed (speed matters: eager training runs on it). Internally activations are
 "batch-innermost" (C, H, W, N in memory). One im2col copy builds the columns matrix `cols`
 [C*kH*kW, Ho*Wo*N] (row (c, i, j), column (ho, wo, n)); one GEMM per convolution (a batched
-GEMM over groups for grouped ones, e.g. depthwise); backward-data is the transposed GEMM then
-a col2im of kH*kW slice-adds. With N innermost, the im2col copy and the col2im adds move runs
+GEMM over groups for grouped ones); backward-data is the transposed GEMM then a col2im of
+kH*kW slice-adds. Depthwise layers (one channel per group) skip the dense GEMM and the full
+im2col: see `_depthwise_forward`. With N innermost, the im2col copy and the col2im adds move runs
 of Wo*N contiguous values (N for strides > 1) instead of rows of Wo values, and no output
 position is wasted. Outputs and input gradients are NCHW *views* of [C, H, W, N] buffers:
 elementwise numpy ops keep that layout, the next convolution reads it without a copy, and
@@ -73,10 +74,6 @@ def _as_strided(xp, a, shape, strides):
     if xp is np:
         return np.lib.stride_tricks.as_strided(a, shape, strides)
     return xp.lib.stride_tricks.as_strided(a, shape, strides)
-
-
-def _elem_strides(a):
-    return tuple(s // a.dtype.itemsize for s in a.strides)
 
 
 class ConvGeometry:

@@ -147,11 +147,16 @@ class ConvolutionCell(WeightedCell):
 
     def _pair_kernels(self, outs, chans):
         """Host float32 array [P, kH, kW] of the kernels of the given connected pairs."""
-        return np.asarray(to_host(self._weights[self._pair_index(outs, chans)]), dtype=np.float32)
+        return np.array(to_host(self._weights)[self._pair_index(outs, chans)], dtype=np.float32)
 
     def _set_pair_kernels(self, outs, chans, kernels):
-        self._weights[self._pair_index(outs, chans)] = self._to_model_device(
-            np.asarray(kernels, dtype=np.float32).reshape((len(outs),) + self._kernel_hw()))
+        kernels = np.asarray(kernels, dtype=np.float32).reshape((len(outs),) + self._kernel_hw())
+        if isinstance(self._weights, np.ndarray):
+            self._weights[self._pair_index(outs, chans)] = kernels
+            return
+        host = to_host(self._weights).copy()   # device weights: edit on the host, write back in place
+        host[self._pair_index(outs, chans)] = kernels
+        self._weights[...] = self._to_model_device(host)
 
     def _dense_weights(self):
         """Host [O, C, kH, kW] weights, zeros where not connected."""
