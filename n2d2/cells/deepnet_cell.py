@@ -50,7 +50,7 @@ def rebatch(graph, batch_size: int):
 class DeepNetCell(Iterable):
     """A compiled network; indexable by position or cell name like a Sequence."""
 
-    def __init__(self, trace_result, provider=None, target=None, name=None):
+    def __init__(self, trace_result, provider=None, target=None, name=None, backend=None):
         cells = [trace_result.cell_of[n] for n in trace_result.graph.topological_order()
                  if n in trace_result.cell_of]
         unique = []
@@ -64,15 +64,18 @@ class DeepNetCell(Iterable):
         self._target = target
         self._inference = False
         self._programs = {}
-        self._last_session = None
+        self._last_program = None
         self._output = None
         self._input_cells = []
         self._deepnet = None
         self._batch_size = 1
+        from n2d2.codegen.programs import select_backend
+
+        self._backend = select_backend(backend)
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_block(cls, block, provider, target=None, name=None):
+    def from_block(cls, block, provider, target=None, name=None, backend=None):
         """Trace `block` on a zero batch of `provider.shape()` (all cells in test mode)."""
         from n2d2.ir.trace import trace
 
@@ -92,7 +95,7 @@ class DeepNetCell(Iterable):
             from n2d2.target import Score
 
             target = Score(provider, name="Target")
-        return cls(result, provider, target, name)
+        return cls(result, provider, target, name, backend)
 
     # -- accessors --------------------------------------------------------------------------------
     def get_graph(self):
@@ -141,8 +144,19 @@ class DeepNetCell(Iterable):
         self._programs = {}
 
     # -- programs ---------------------------------------------------------------------------------
-    def _program(self, kind: str, batch_size: int):
-        key = (kind, batch_size)
+    def get_backend(self) -> str:
+        return self._backend
+
+    def set_backend(self, backend: str):
+        """Run on `backend` ("numpy" or "c") from now on."""
+        from n2d2.codegen.programs import select_backend
+
+        self._backend = select_backend(backend)
+        self._invalidate()
+
+    def _graph_for(self, kind: str, batch_size: int):
+        """The IR graph of `kind` ("inference" or "training") at `batch_size` (cached)."""
+        key = (kind + ".graph", batch_size)
         if key not in self._programs:
             graph = self._graph if self._batch_of(self._graph) == batch_size else rebatch(self._graph, batch_size)
             if kind == "inference":
@@ -151,6 +165,17 @@ class DeepNetCell(Iterable):
                 from n2d2.ir.autodiff import build_training_graph
 
                 self._programs[key] = build_training_graph(graph)
+        return self._programs[key]
+
+    def _program(self, kind: str, batch_size: int):
+        """The runnable program of `kind` at `batch_size` on this cell's backend (cached)."""
+        from n2d2.codegen.programs import InferenceProgram, TrainingProgram
+
+        key = (kind, batch_size)
+        if key not in self._programs:
+            graph = self._graph_for(kind, batch_size)
+            cls = InferenceProgram if kind == "inference" else TrainingProgram
+            self._programs[key] = cls(graph, self._backend)
         return self._programs[key]
 
     @staticmethod
@@ -173,7 +198,7 @@ class DeepNetCell(Iterable):
         n = batch_size or self._batch_of(self._graph)
         report = {}
         for kind in ("inference", "training"):
-            program = self._program(kind, n)
+            program = self._graph_for(kind, n)
             graph = program if kind == "inference" else program.graph
             plan = planner.plan(graph)
             planner.validate(graph, plan)
@@ -199,19 +224,15 @@ class DeepNetCell(Iterable):
         data = x._data if x._data.dtype == np.float32 else x._data.astype(np.float32)
         n = int(data.shape[0])
         if self._inference:
-            graph = self._program("inference", n)
-            session = Session(graph, training=False)
-            session.feed({graph.inputs[0]: data})
-            session.run_nodes(session.order)
+            program = self._program("inference", n)
+            outputs = program.run({program.graph.inputs[0]: data})
+            ctx = None
         else:
             program = self._program("training", n)
-            session = Session(program.graph, training=True, order=program.forward_nodes)
-            session.feed({program.graph.inputs[0]: data})
-            session.run_nodes(program.forward_nodes)
-            session.program = program
-        outputs = session.outputs()
+            outputs = program.forward({program.tg.graph.inputs[0]: data})
+            ctx = program
         out = Tensor._wrap(outputs[0], cell=self)
-        deepnet.add(CallRecord(self, [x], out, session, [False]))
+        deepnet.add(CallRecord(self, [x], out, ctx, [False]))
         self._deepnet = deepnet
         self._output = out
         self._input_cells = [x.cell.get_name()]
@@ -222,29 +243,25 @@ class DeepNetCell(Iterable):
         pass
 
     def _backward_record(self, record, dy):
-        session = record.ctx
-        program = getattr(session, "program", None)
+        program = record.ctx
         if program is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': back-propagation through a test-mode call; "
                                "call learn() before the forward pass")
-        seeds = {program.grad_inputs[key]: dy for key in program.grad_inputs}
-        session.feed(seeds)
-        session.run_nodes(program.backward_nodes)
-        self._last_session = session
+        program.backward({self._graph.outputs[0]: dy})
+        self._last_program = program
         return [None]
 
     def update(self):
         """Apply every parameter's solver with the gradients of the last back-propagation."""
-        session = self._last_session
-        if session is None:
+        program = self._last_program
+        if program is None:
             return
-        session.run_nodes(session.program.update_nodes)
-        self._last_session = None
+        program.update()
+        self._last_program = None
         self._invalidate_inference()
 
     def _invalidate_inference(self):
-        for key in [k for k in self._programs if k[0] == "inference"]:
-            del self._programs[key]
+        """Inference programs keep live parameters; only passes that copy them need a rebuild."""
 
     # -- training loops -----------------------------------------------------------------------------
     def _progress(self, total, desc):

@@ -97,8 +97,17 @@ def build_training_graph(forward: Graph, name=None) -> TrainingGraph:
                 contributions.setdefault((src, out), []).append((gname, k))
                 k += 1
         for r in roles:
-            param_grads[node.params[r]] = (gname, k)
+            param_grads.setdefault(node.params[r], []).append((gname, k))
             k += 1
+
+    # A parameter used by several nodes (a cell called twice) gets the sum of its gradients.
+    for pname, parts in list(param_grads.items()):
+        if len(parts) == 1:
+            param_grads[pname] = parts[0]
+        else:
+            total = g.add_op(g.unique_name(f"addn:{pname}"), "AddN", parts)
+            backward_nodes.append(total)
+            param_grads[pname] = (total, 0)
 
     update_nodes = []
     for pname, (gnode, k) in param_grads.items():

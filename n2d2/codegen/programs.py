@@ -1,0 +1,98 @@
+"""Runnable programs of a graph, one interface for every backend.
+
+An inference program maps input arrays to output arrays; a training program runs its three
+phases separately (`forward`, `backward`, `update`) because the loss seed comes from the
+target in between. `select_backend()` picks the backend: an explicit name, else from
+`n2d2.global_variables.default_model` ("Frame": C when a compiler is found, else numpy).
+"""
+from n2d2.codegen.numpy_exec import Session
+from n2d2.error_handler import WrongValue
+
+BACKENDS = ("numpy", "c")
+
+
+def select_backend(name: str = None) -> str:
+    if name is not None:
+        if name not in BACKENDS:
+            raise WrongValue("backend", name, BACKENDS)
+        if name == "c":
+            from n2d2.codegen.c_backend import available
+
+            if not available():
+                raise RuntimeError("backend 'c' needs a C compiler (gcc or $CC); none was found")
+        return name
+    from n2d2.settings import global_variables
+
+    if global_variables.default_model == "Frame_CUDA":
+        return "numpy"  # CuPy arrays through the reference ops until the CUDA backend lands
+    from n2d2.codegen.c_backend import available
+
+    return "c" if available() else "numpy"
+
+
+class InferenceProgram:
+    """`run(feeds) -> list of output arrays` for a graph."""
+
+    def __init__(self, graph, backend: str):
+        self.graph = graph
+        self.backend = backend
+        if backend == "c":
+            from n2d2.codegen.c_backend import CProgram
+
+            self._c = CProgram(graph, [graph.topological_order()], training=False)
+
+    def run(self, feeds: dict) -> list:
+        if self.backend == "c":
+            self._c.feed(feeds)
+            self._c.run_phase(0)
+            return [self._c.view(t).copy() for t in self.graph.outputs]
+        session = Session(self.graph, training=False)
+        session.feed(feeds)
+        session.run_nodes(session.order)
+        return session.outputs()
+
+
+class TrainingProgram:
+    """The three phases of a training graph (`n2d2.ir.autodiff.TrainingGraph`)."""
+
+    def __init__(self, training_graph, backend: str):
+        self.tg = training_graph
+        self.backend = backend
+        self.batch_size = 1
+        self._session = None
+        if backend == "c":
+            from n2d2.codegen.c_backend import CProgram
+
+            seeds = list(training_graph.grad_inputs.values())
+            self._c = CProgram(training_graph.graph, [training_graph.forward_nodes,
+                                                      seeds + training_graph.backward_nodes,
+                                                      training_graph.update_nodes], training=True)
+
+    def forward(self, feeds: dict) -> list:
+        self.batch_size = int(next(iter(feeds.values())).shape[0])
+        g = self.tg.graph
+        if self.backend == "c":
+            self._c.feed(feeds)
+            self._c.run_phase(0, self.batch_size)
+            return [self._c.view(t).copy() for t in g.outputs]
+        self._session = Session(g, training=True, order=self.tg.forward_nodes)
+        self._session.feed(feeds)
+        self._session.run_nodes(self.tg.forward_nodes)
+        return self._session.outputs()
+
+    def backward(self, seeds: dict):
+        """`seeds` maps each graph output (node, index) to d(loss)/d(output)."""
+        feeds = {self.tg.grad_inputs[k]: v for k, v in seeds.items() if k in self.tg.grad_inputs}
+        if self.backend == "c":
+            self._c.feed(feeds)
+            self._c.run_phase(1, self.batch_size)
+            return
+        self._session.feed(feeds)
+        self._session.run_nodes(self.tg.backward_nodes)
+
+    def update(self):
+        if self.backend == "c":
+            self._c.run_phase(2, self.batch_size)
+            return
+        self._session.batch_size = self.batch_size
+        self._session.run_nodes(self.tg.update_nodes)
