@@ -210,7 +210,6 @@ class DeepNetCell(Iterable):
 
     # -- calling ----------------------------------------------------------------------------------
     def __call__(self, x):
-        from n2d2.codegen.numpy_exec import Session
         from n2d2.provider.base import Provider
 
         if not isinstance(x, Tensor) or x.cell is None or not isinstance(x.cell, Provider):
