@@ -212,3 +212,18 @@ def test_deconv_cuda_matches_cpu():
     gpu._biases[...] = gpu._to_model_device(cpu._biases)
     y_cpu = cpu(n2d2.Tensor.from_numpy(x)).to_numpy()
     assert rel_err(gpu(n2d2.Tensor.from_numpy(x)).to_numpy(), y_cpu) < 1e-5
+
+
+def test_traced_graph_runs_like_eager():
+    pytest.importorskip("networkx")
+    from n2d2.codegen import numpy_exec
+    from n2d2.ir.trace import trace
+
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 4, 5, 6)).astype(np.float32)
+    conv = Conv(4, 4, [3, 3], padding_dims=[1, 1], activation=Rectifier())
+    up = Deconv(4, 5, [4, 4], stride_dims=[2, 2], padding_dims=[1, 1], mapping=n2d2.Tensor.from_numpy(IRREGULAR))
+    out = up(conv(n2d2.Tensor.from_numpy(x)))
+    traced = trace(out.get_deepnet())
+    (y,) = numpy_exec.run(traced.graph, {traced.graph.inputs[0]: x})
+    assert y.shape == (2, 5, 10, 12) and rel_err(y, out.to_numpy()) < 1e-6
