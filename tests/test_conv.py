@@ -269,6 +269,9 @@ def test_argument_checks_and_dims_padding():
         Conv(1, 2, [3, 3], mapping=np.ones((1, 2), bool))
     with pytest.raises(ValueError, match="mapping"):
         Conv(2, 3, [3, 3], mapping=n2d2.Tensor([3, 2], datatype="bool"))
+    table = n2d2.Tensor.from_numpy(IRREGULAR.astype(np.int32))  # int tables are accepted too
+    cell = Conv(4, 5, [3, 3], mapping=table)
+    assert cell.mapping is table and cell.get_parameter("mapping") is table and cell._groups == 0
     cell = Conv(2, 3, [3], stride_dims=[2], padding_dims=[1], dilation_dims=[2], sub_sample_dims=[3])
     assert cell.kernel_dims == [3, 1] and cell.stride_dims == [2, 1] and cell.padding_dims == [1, 0]
     assert cell.dilation_dims == [2, 1] and cell.sub_sample_dims == [3, 1]
