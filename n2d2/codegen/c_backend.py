@@ -108,7 +108,12 @@ def _geometry(graph, node):
 class _Context(dict):
     """Attribute-style dict for templates."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, key):
+        # AttributeError (not KeyError) so that Jinja's `is defined` sees a missing entry
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
 
 
 class CProgram:
