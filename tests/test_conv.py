@@ -189,6 +189,33 @@ def test_depthwise_path_matches_torch(monkeypatch, block, stride, padding, dilat
     assert rel_err(dx, xt.grad.numpy()) < 1e-5 and rel_err(dw, wt.grad.numpy()) < 1e-5
 
 
+@pytest.mark.parametrize("stride,padding,dilation,table", [
+    (1, 0, 1, None), ((2, 1), (1, 2), (1, 2), None), (1, -1, 1, np.array([[1, 0, 1], [0, 1, 1]], bool))])
+def test_banded_path_matches_whole_gemm(monkeypatch, stride, padding, dilation, table):
+    """Few output channels: forward and gradients computed over bands of output rows (the
+    last one partial) equal the whole-GEMM results."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 2, 13, 11))
+    w = rng.standard_normal((3, 2, 3, 2))
+    b = rng.standard_normal(3)
+    monkeypatch.setattr(ops, "_BAND_ELEMENTS", 1 << 40)  # never banded
+    y0, ctx0 = ops.conv2d_forward(x, w, b, stride, padding, dilation, 1, 1, table)
+    dy = rng.standard_normal(y0.shape)
+    ref = ops.conv2d_backward(dy, ctx0)
+    assert ctx0.bands is None and ctx0.cols is not None
+    monkeypatch.setattr(ops, "_BAND_ELEMENTS", 40)  # tiny bands: ~2 rows each
+    monkeypatch.setattr(ops, "_BAND_MIN_POSITIONS", 1)
+    y1, ctx1 = ops.conv2d_forward(x, w, b, stride, padding, dilation, 1, 1, table)
+    assert ctx1.bands is not None and len(ctx1.bands) > 2 and ctx1.cols is None
+    got = ops.conv2d_backward(dy, ctx1)
+    assert rel_err(y1, y0) < 1e-13
+    for g, r in zip(got, ref):
+        assert rel_err(g, r) < 1e-13
+    prepared = ops.conv2d_prepare(x, w, stride, padding, dilation, 1, 1, table)
+    assert prepared.bands is not None
+    assert rel_err(ops.conv2d_backward(dy, prepared, need_dx=False)[1], ref[1]) < 1e-13
+
+
 def test_op_output_size_formula():
     # ceil(floor((in + 2*pad - ((k-1)*dil+1) + stride) / stride) / subsample)
     assert ops.conv_output_size(28, 5) == 24

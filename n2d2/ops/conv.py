@@ -142,10 +142,9 @@ def _padded_input(x, geom):
     return out
 
 
-def _windows(x, geom):
-    """Strided view [C, kH, kW, Ho, Wo, N] of the padded input: the im2col matrix, uncopied."""
-    xp = array_module(x)
-    xc = _padded_input(x, geom)
+def _windows(xc, geom):
+    """Strided view [C, kH, kW, Ho, Wo, N] of the padded input [C, Hp, Wp, N]: im2col, uncopied."""
+    xp = array_module(xc)
     c, hp, wp, n = xc.shape
     (kh, kw), (dh, dw), (sh, sw) = geom.kernel, geom.dilation, geom.stride
     return _as_strided(xp, xc, (c, kh, kw) + geom.conv + (n,),
@@ -155,7 +154,7 @@ def _windows(x, geom):
 def im2col(x, geom: ConvGeometry):
     """Columns matrix [C*kH*kW, Ho*Wo*N] of the NCHW input `x` (one copy of a strided view)."""
     xp = array_module(x)
-    view = _windows(x, geom)
+    view = _windows(_padded_input(x, geom), geom)
     return xp.ascontiguousarray(view).reshape(-1, geom.conv[0] * geom.conv[1] * geom.in_shape[0])
 
 
@@ -238,17 +237,21 @@ def _expand_sub_sample(dy, geom: ConvGeometry):
 
 
 # -- GEMMs ---------------------------------------------------------------------------------------
-# OpenBLAS (numpy's BLAS) is slow on two degenerate shapes that early layers produce; both are
-# worked around on numpy only (CuPy's GEMMs do not need it):
-# - a tiny [M, N] result over a very long inner dimension K (weight gradients): summing a
-#   batched GEMM over K chunks is several times faster (and avoids a threading pathology);
-# - a GEMM with very few output channels is memory-bound on the im2col matrix: the forward
-#   and backward-data passes then run over bands of output rows whose columns stay in cache.
+# Two things make numpy's GEMMs slow on convolution shapes; both are worked around on numpy
+# only (CuPy does not need it):
+# - a tiny [M, N] result over a very long inner dimension K (weight gradients of early layers):
+#   OpenBLAS runs it at a fraction of its speed; summing a batched GEMM over K chunks is
+#   several times faster (and avoids a threading pathology);
+# - an im2col matrix much larger than the caches: writing it, reading it for the forward GEMM
+#   and again for the weight gradient is memory-bound when the GEMM does little work per
+#   column (few channels). Such convolutions run over bands of output rows: each band's
+#   columns are built in a cache-sized buffer and used at once, and rebuilt for the weight
+#   gradient (a copy from the cached input costs less than re-reading stored columns).
 _SPLIT_MIN_INNER = 32768
 _SPLIT_MAX_OUTER = 4096
 _SPLIT_CHUNK = 8192
-_BAND_MAX_CHANNELS = 8
-_BAND_ELEMENTS = 65536
+_BAND_ELEMENTS = 131072     # target size of a band's columns (elements)
+_BAND_MIN_POSITIONS = 256   # a band narrower than this would starve the GEMM
 
 
 def _matmul_nt(a, b):
@@ -268,13 +271,53 @@ def _matmul_nt(a, b):
     return out
 
 
-def _bands(xp, nb_channels, geom, rows_elements):
-    """Output-row ranges to run a few-channel GEMM over, or None to run it whole."""
+def _bands(xp, geom, col_rows):
+    """Output-row ranges to run a convolution's GEMMs over, or None to run them whole.
+
+    `col_rows` is the number of rows of the im2col matrix (C/groups * kH * kW).
+    """
     ho = geom.conv[0]
-    if xp is not np or nb_channels > _BAND_MAX_CHANNELS or rows_elements * ho <= 2 * _BAND_ELEMENTS:
+    row = col_rows * geom.conv[1] * geom.in_shape[0]
+    if xp is not np or col_rows * _BAND_MIN_POSITIONS > _BAND_ELEMENTS or row * ho <= 2 * _BAND_ELEMENTS:
         return None
-    step = max(1, _BAND_ELEMENTS // rows_elements)
+    step = max(1, _BAND_ELEMENTS // row)
     return [slice(r, min(r + step, ho)) for r in range(0, ho, step)]
+
+
+def _band_columns(view, rows, buf):
+    """Copy the windows of output rows `rows` into the band buffer; its [C*kH*kW, rows*Wo*N] view."""
+    c, kh, kw, _, wo, n = view.shape
+    cols = buf[:, :(rows.stop - rows.start) * wo * n]
+    cols.reshape((c, kh, kw, rows.stop - rows.start, wo, n))[...] = view[:, :, :, rows]
+    return cols
+
+
+def _banded_forward(xc, w2d, geom, bands):
+    """Forward GEMM band by band: each band's columns are multiplied while they are cached."""
+    xp = array_module(xc)
+    view = _windows(xc, geom)
+    row = geom.conv[1] * geom.in_shape[0]
+    step = bands[0].stop - bands[0].start
+    buf = xp.empty((w2d.shape[1], step * row), dtype=xc.dtype)
+    yq = xp.empty((w2d.shape[0], geom.conv[0] * row), dtype=np.result_type(xc.dtype, w2d.dtype))
+    for rows in bands:
+        band = slice(rows.start * row, rows.stop * row)
+        xp.matmul(w2d, _band_columns(view, rows, buf), out=yq[:, band])
+    return yq
+
+
+def _banded_weights_grad(dyq, xc, geom, bands):
+    """Weight gradient from columns rebuilt band by band (cheaper than re-reading stored ones)."""
+    xp = array_module(dyq)
+    view = _windows(xc, geom)
+    row = geom.conv[1] * geom.in_shape[0]
+    ckk = view.shape[0] * view.shape[1] * view.shape[2]
+    step = bands[0].stop - bands[0].start
+    buf = xp.empty((ckk, step * row), dtype=xc.dtype)
+    dw_t = xp.zeros((ckk, dyq.shape[0]), dtype=np.result_type(dyq.dtype, xc.dtype))
+    for rows in bands:
+        dw_t += _band_columns(view, rows, buf) @ dyq[:, rows.start * row:rows.stop * row].T
+    return dw_t.T
 
 
 # -- weights and connections ---------------------------------------------------------------------
@@ -306,16 +349,18 @@ def _check(x, weights, groups, mapping):
 class ConvContext:
     """What the backward pass needs from a forward call.
 
-    `cols` is the im2col matrix (dense and grouped paths); the depthwise path keeps the
-    padded batch-innermost input `padded` instead and rebuilds columns block by block.
+    Dense and grouped convolutions keep the im2col matrix `cols`; the few-output-channel
+    (`bands`) and depthwise paths keep the padded batch-innermost input `padded` instead and
+    rebuild columns in cache-sized pieces.
     """
 
-    __slots__ = ("geom", "cols", "padded", "weights", "groups", "mapping", "has_bias")
+    __slots__ = ("geom", "cols", "padded", "bands", "weights", "groups", "mapping", "has_bias")
 
-    def __init__(self, geom, cols, padded, weights, groups, mapping, has_bias):
+    def __init__(self, geom, cols, padded, bands, weights, groups, mapping, has_bias):
         self.geom = geom
         self.cols = cols
         self.padded = padded
+        self.bands = bands
         self.weights = weights
         self.groups = groups
         self.mapping = mapping
@@ -323,7 +368,7 @@ class ConvContext:
 
     @property
     def depthwise(self) -> bool:
-        return self.cols is None
+        return _is_depthwise(self.geom, self.groups, self.mapping)
 
 
 def _is_depthwise(geom, groups, mapping):
@@ -427,9 +472,13 @@ def conv2d_prepare(x, weights, stride=1, padding=0, dilation=1, sub_sample=1, gr
     _check(x, weights, groups, mapping)
     o, _, kh, kw = weights.shape
     geom = ConvGeometry(x.shape, o, (kh, kw), stride, padding, dilation, sub_sample)
+    has_bias = biases is not None
     if _is_depthwise(geom, groups, mapping):
-        return ConvContext(geom, None, _padded_input(x, geom), weights, groups, mapping, biases is not None)
-    return ConvContext(geom, im2col(x, geom), None, weights, groups, mapping, biases is not None)
+        return ConvContext(geom, None, _padded_input(x, geom), None, weights, groups, mapping, has_bias)
+    bands = _bands(array_module(x), geom, weights.shape[1] * kh * kw) if groups == 1 else None
+    if bands is not None:
+        return ConvContext(geom, None, _padded_input(x, geom), bands, weights, groups, mapping, has_bias)
+    return ConvContext(geom, im2col(x, geom), None, None, weights, groups, mapping, has_bias)
 
 
 def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub_sample=1, groups=1,
@@ -443,16 +492,14 @@ def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub
     _check(x, weights, groups, mapping)
     o, _, kh, kw = weights.shape
     geom = ConvGeometry(x.shape, o, (kh, kw), stride, padding, dilation, sub_sample)
-    n = geom.in_shape[0]
-    padded = None
+    padded = bands = None
     if _is_depthwise(geom, groups, mapping):
         padded = _padded_input(x, geom)
         yq = _depthwise_forward(padded, weights, geom)
         cols = None
     else:
         w = _effective_weights(weights, groups, mapping)
-        row = geom.conv[1] * n
-        bands = _bands(xp, o, geom, w.shape[2] * row) if groups == 1 else None
+        bands = _bands(xp, geom, w.shape[2]) if groups == 1 else None
         if bands is None:
             cols = im2col(x, geom)
             if groups == 1:
@@ -460,17 +507,11 @@ def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub
             else:
                 yq = xp.matmul(w, cols.reshape(groups, -1, cols.shape[1])).reshape(o, -1)
         else:
-            # few output channels: copy the windows of a band of rows, then multiply it while cached
-            view = _windows(x, geom)
-            c = view.shape[0]
-            cols = xp.empty((c, kh, kw) + geom.conv + (n,), dtype=x.dtype)
-            cols2d = cols.reshape(c * kh * kw, -1)
-            yq = xp.empty((o, cols2d.shape[1]), dtype=np.result_type(x.dtype, weights.dtype))
-            for rows in bands:
-                cols[:, :, :, rows] = view[:, :, :, rows]
-                band = slice(rows.start * row, rows.stop * row)
-                xp.matmul(w[0], cols2d[:, band], out=yq[:, band])
-            cols = cols2d
+            # large columns matrix: built and used band by band in cache, rebuilt for the
+            # weight gradient
+            padded = _padded_input(x, geom)
+            yq = _banded_forward(padded, w[0], geom, bands)
+            cols = None
     y = _output_view(yq, geom)
     if geom.sub_sample != (1, 1):
         y = _sub_sample(y, geom)
@@ -478,7 +519,7 @@ def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub
             y += biases.reshape(1, -1, 1, 1).astype(y.dtype, copy=False)
     elif biases is not None:
         yq += biases.reshape(-1, 1).astype(yq.dtype, copy=False)
-    return y, ConvContext(geom, cols, padded, weights, groups, mapping, biases is not None)
+    return y, ConvContext(geom, cols, padded, bands, weights, groups, mapping, biases is not None)
 
 
 def conv2d_backward_data(dy, weights, geom: ConvGeometry, groups=1, mapping=None):
@@ -509,7 +550,10 @@ def conv2d_backward(dy, ctx: ConvContext, need_dx=True, need_dw=True):
     else:
         if need_dx:
             dx = _backward_data(dyq, ctx.weights, g, ctx.groups, ctx.mapping)
-        if need_dw:
+        if need_dw and ctx.cols is None:
+            dw = _banded_weights_grad(dyq, ctx.padded, g, ctx.bands)
+            dw = _finish_weights_grad(dw, g, ctx.mapping)
+        elif need_dw:
             dw = _backward_weights(dyq, ctx.cols, g, ctx.groups, ctx.mapping)
     db = conv2d_backward_bias(dy) if ctx.has_bias else None
     return dx, dw, db
@@ -522,7 +566,7 @@ def _backward_data(dyq, weights, geom, groups, mapping):
     w = _effective_weights(weights, groups, mapping)
     n, c = geom.in_shape[:2]
     row = geom.conv[1] * n
-    bands = _bands(xp, geom.nb_outputs, geom, w.shape[2] * row) if groups == 1 else None
+    bands = _bands(xp, geom, w.shape[2]) if groups == 1 else None
     if bands is None:
         if groups == 1:
             dcols = w[0].T @ dyq
@@ -530,7 +574,7 @@ def _backward_data(dyq, weights, geom, groups, mapping):
             dcols = xp.matmul(w.transpose(0, 2, 1), dyq.reshape(groups, -1, dyq.shape[1]))
             dcols = dcols.reshape(-1, dyq.shape[1])
         return col2im(dcols, geom)
-    # few output channels: scatter each band of window gradients while it is cached
+    # large columns matrix: scatter each band of window gradients while it is cached
     dx = xp.zeros((c,) + geom.padded + (n,), dtype=np.result_type(dyq.dtype, weights.dtype))
     wt = w[0].T
     for rows in bands:
@@ -547,7 +591,13 @@ def _backward_weights(dyq, cols, geom, groups, mapping):
     else:
         dw = xp.matmul(dyq.reshape(groups, o // groups, -1),
                        cols.reshape(groups, cols.shape[0] // groups, -1).transpose(0, 2, 1))
-    dw = xp.ascontiguousarray(dw).reshape(o, -1, kh, kw)
+    return _finish_weights_grad(dw, geom, mapping)
+
+
+def _finish_weights_grad(dw, geom, mapping):
+    """[O, C/groups, kH, kW] weight gradient, zero for unconnected pairs."""
+    xp = array_module(dw)
+    dw = xp.ascontiguousarray(dw).reshape((geom.nb_outputs, -1) + geom.kernel)
     if mapping is not None:
         dw *= xp.asarray(mapping).T.astype(dw.dtype)[:, :, None, None]
     return dw
