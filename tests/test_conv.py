@@ -216,6 +216,24 @@ def test_banded_path_matches_whole_gemm(monkeypatch, stride, padding, dilation, 
     assert rel_err(ops.conv2d_backward(dy, prepared, need_dx=False)[1], ref[1]) < 1e-13
 
 
+@pytest.mark.parametrize("groups,band_elements", [(1, 40), (4, 1 << 40)])
+def test_context_owns_its_data(monkeypatch, groups, band_elements):
+    """Banded and depthwise contexts keep the input, not a view of it: overwriting the input
+    buffer after the forward pass (as a buffer planner may) leaves the gradients unchanged."""
+    monkeypatch.setattr(ops, "_BAND_ELEMENTS", band_elements)
+    monkeypatch.setattr(ops, "_BAND_MIN_POSITIONS", 1)
+    rng = np.random.default_rng(13)
+    x = ops.to_batch_innermost(rng.standard_normal((3, 4, 9, 8))).transpose(3, 0, 1, 2)  # [C, H, W, N] memory
+    w = rng.standard_normal((4, 4 // groups, 3, 3))
+    y, ctx = ops.conv2d_forward(x, w, None, 1, 0, 1, 1, groups)
+    assert ctx.cols is None  # the banded or the depthwise path
+    dy = rng.standard_normal(y.shape)
+    expected = ops.conv2d_backward(dy, ops.conv2d_forward(x.copy(), w, None, 1, 0, 1, 1, groups)[1])
+    x[...] = 0.0
+    for got, ref in zip(ops.conv2d_backward(dy, ctx)[:2], expected[:2]):
+        assert rel_err(got, ref) < 1e-13
+
+
 def test_op_output_size_formula():
     # ceil(floor((in + 2*pad - ((k-1)*dil+1) + stride) / stride) / subsample)
     assert ops.conv_output_size(28, 5) == 24

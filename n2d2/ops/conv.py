@@ -128,14 +128,19 @@ def _interior(extent, pad):
     return slice(max(pad, 0), extent - max(pad, 0))
 
 
-def _padded_input(x, geom):
-    """The input with the padding applied (zeros) or cropped, as a [C, Hp, Wp, N] array."""
+def _padded_input(x, geom, private=False):
+    """The input with the padding applied (zeros) or cropped, as a [C, Hp, Wp, N] array.
+
+    `private`: never the input's own memory (a backward context keeps it, and the caller may
+    reuse the input buffer before the backward pass).
+    """
     xp = array_module(x)
     ph, pw = geom.padding
     n, c, h, w = x.shape
     src = x[:, :, _interior(h, -ph), _interior(w, -pw)] if ph < 0 or pw < 0 else x
     if ph <= 0 and pw <= 0:
-        return to_batch_innermost(src)
+        out = to_batch_innermost(src)
+        return out.copy() if private and (out.base is not None or out is src) else out
     hp, wp = geom.padded
     out = xp.zeros((c, hp, wp, n), dtype=x.dtype)
     out[:, _interior(hp, ph), _interior(wp, pw), :] = src.transpose(1, 2, 3, 0)
@@ -474,10 +479,10 @@ def conv2d_prepare(x, weights, stride=1, padding=0, dilation=1, sub_sample=1, gr
     geom = ConvGeometry(x.shape, o, (kh, kw), stride, padding, dilation, sub_sample)
     has_bias = biases is not None
     if _is_depthwise(geom, groups, mapping):
-        return ConvContext(geom, None, _padded_input(x, geom), None, weights, groups, mapping, has_bias)
+        return ConvContext(geom, None, _padded_input(x, geom, True), None, weights, groups, mapping, has_bias)
     bands = _bands(array_module(x), geom, weights.shape[1] * kh * kw) if groups == 1 else None
     if bands is not None:
-        return ConvContext(geom, None, _padded_input(x, geom), bands, weights, groups, mapping, has_bias)
+        return ConvContext(geom, None, _padded_input(x, geom, True), bands, weights, groups, mapping, has_bias)
     return ConvContext(geom, im2col(x, geom), None, None, weights, groups, mapping, has_bias)
 
 
@@ -494,7 +499,7 @@ def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub
     geom = ConvGeometry(x.shape, o, (kh, kw), stride, padding, dilation, sub_sample)
     padded = bands = None
     if _is_depthwise(geom, groups, mapping):
-        padded = _padded_input(x, geom)
+        padded = _padded_input(x, geom, private=True)
         yq = _depthwise_forward(padded, weights, geom)
         cols = None
     else:
@@ -509,7 +514,7 @@ def conv2d_forward(x, weights, biases=None, stride=1, padding=0, dilation=1, sub
         else:
             # large columns matrix: built and used band by band in cache, rebuilt for the
             # weight gradient
-            padded = _padded_input(x, geom)
+            padded = _padded_input(x, geom, private=True)
             yq = _banded_forward(padded, w[0], geom, bands)
             cols = None
     y = _output_view(yq, geom)
