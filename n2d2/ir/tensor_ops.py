@@ -1,0 +1,785 @@
+"""IR op definitions with ONNX semantics (`Onnx*`): any rank, numpy broadcasting, explicit dtypes.
+
+The N2D2-shaped ops of `n2d2.ir.ops` (NCHW, channel concat, symmetric padding) cannot hold a
+general ONNX node; these can. They register in the same registry, so the numpy executor,
+autodiff and the verifier handle them like any other op. The math is in
+`n2d2.ops.tensor_ops` (and `n2d2.ops.activation` for Relu, LeakyRelu, Sigmoid, Tanh).
+
+Conventions: every tensor operand is an input edge (weights included: initializers are
+`OnnxConstant` nodes holding a parameter, so autodiff trains them through the ordinary input
+gradients); attributes are fully resolved by the importer (`n2d2.onnx_backend`): static axes,
+target shapes, explicit pads. The shape rule returns (shape, dtype) per output, so integer and
+boolean tensors keep their dtype. Some ops have several outputs (MaxPool indices, Dropout mask,
+BatchNormalization running statistics); gradients flow through output 0 only. No fused
+activation (`attrs["activation"]`) on these ops.
+"""
+import numpy as np
+
+from n2d2.backend import array_module
+from n2d2.ir.ops import OpDef, register
+from n2d2.ir.types import GraphError, TensorType
+from n2d2.ops import activation as act_ops
+from n2d2.ops import tensor_ops as T
+
+
+class OnnxOp(OpDef):
+    """Base of the ONNX-semantics ops: dtype-aware shape rule, list outputs, no fused activation.
+
+    Subclasses implement `_types(attrs, in_types) -> [(shape, dtype)]` (default: like input 0),
+    `_forward(attrs, xs, training) -> (y or [ys], saved)` and
+    `_backward(attrs, saved, dy, needs) -> [dx or None per input]`.
+    """
+
+    def infer_types(self, attrs, in_types, param_shapes, node="?"):
+        self.check_arity(node, len(in_types))
+        try:
+            types = self._types(attrs, list(in_types))
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise GraphError(f"node '{node}' ({self.name}): {e}") from None
+        return [TensorType(tuple(int(v) for v in s), str(np.dtype(d))) for s, d in types]
+
+    def _types(self, attrs, in_types):
+        return [(in_types[0].shape, in_types[0].dtype)]
+
+    def forward(self, attrs, xs, params, training=False):
+        ys, saved = self._forward(attrs, xs, training)
+        ys = ys if isinstance(ys, list) else [ys]
+        return [np.asarray(y) if isinstance(y, np.generic) else y for y in ys], saved   # 0-d results
+
+    def backward(self, attrs, saved, dys, needs, params):
+        dxs = self._backward(attrs, saved, dys[0], needs)
+        return [d if n else None for d, n in zip(dxs, needs)], {}
+
+
+def _broadcast(in_types):
+    return tuple(np.broadcast_shapes(*[tuple(t.shape) for t in in_types]))
+
+
+def _check_float(op, dtype):
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        raise GraphError(f"{op}: no gradient through a {dtype} tensor")
+
+
+# -- parameters -----------------------------------------------------------------------------------
+@register
+class OnnxConstant(OnnxOp):
+    """A parameter (initializer or folded constant) as a tensor: params value (its gradient is
+    the parameter's when the parameter is trainable)."""
+
+    name = "OnnxConstant"
+    min_inputs = max_inputs = 0
+    params = ("value",)
+    trainable = ("value",)
+
+    def infer(self, graph, node):
+        param = graph.params[graph.nx.nodes[node]["params"]["value"]]
+        return [TensorType(tuple(param.shape), str(param.array.dtype))]
+
+    def forward(self, attrs, xs, params, training=False):
+        return [params["value"]], None
+
+    def backward(self, attrs, saved, dys, needs, params):
+        return [], {"value": dys[0]}
+
+
+# -- element-wise binary (broadcasting) ----------------------------------------------------------
+class _Binary(OnnxOp):
+    min_inputs = max_inputs = 2
+
+    def _types(self, attrs, in_types):
+        return [(_broadcast(in_types), in_types[0].dtype)]
+
+
+@register
+class OnnxAdd(_Binary):
+    name = "OnnxAdd"
+
+    def _forward(self, attrs, xs, training):
+        return T.add_forward(*xs), (xs[0].shape, xs[1].shape)
+
+    def _backward(self, attrs, saved, dy, needs):
+        return list(T.add_backward(dy, *saved))
+
+
+@register
+class OnnxSub(_Binary):
+    name = "OnnxSub"
+
+    def _forward(self, attrs, xs, training):
+        return T.sub_forward(*xs), (xs[0].shape, xs[1].shape)
+
+    def _backward(self, attrs, saved, dy, needs):
+        return list(T.sub_backward(dy, *saved))
+
+
+@register
+class OnnxMul(_Binary):
+    name = "OnnxMul"
+
+    def _forward(self, attrs, xs, training):
+        return T.mul_forward(*xs), xs
+
+    def _backward(self, attrs, saved, dy, needs):
+        return list(T.mul_backward(dy, *saved))
+
+
+@register
+class OnnxDiv(_Binary):
+    name = "OnnxDiv"
+
+    def _forward(self, attrs, xs, training):
+        return T.div_forward(*xs), xs
+
+    def _backward(self, attrs, saved, dy, needs):
+        return list(T.div_backward(dy, *saved))
+
+
+@register
+class OnnxLess(_Binary):
+    """Boolean output; no gradient."""
+
+    name = "OnnxLess"
+
+    def _types(self, attrs, in_types):
+        return [(_broadcast(in_types), "bool")]
+
+    def _forward(self, attrs, xs, training):
+        return T.less_forward(*xs), None
+
+    def _backward(self, attrs, saved, dy, needs):
+        raise GraphError("OnnxLess has no gradient")
+
+
+@register
+class OnnxSum(OnnxOp):
+    name = "OnnxSum"
+    max_inputs = None
+
+    def _types(self, attrs, in_types):
+        return [(_broadcast(in_types), in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        return T.sum_forward(xs), [x.shape for x in xs]
+
+    def _backward(self, attrs, saved, dy, needs):
+        return T.sum_backward(dy, saved)
+
+
+@register
+class OnnxMax(OnnxOp):
+    name = "OnnxMax"
+    max_inputs = None
+
+    def _types(self, attrs, in_types):
+        return [(_broadcast(in_types), in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        y = T.max_forward(xs)
+        return y, (xs, y)
+
+    def _backward(self, attrs, saved, dy, needs):
+        return T.max_backward(dy, *saved)
+
+
+@register
+class OnnxWhere(OnnxOp):
+    """inputs: condition (bool), a, b; no gradient to the condition."""
+
+    name = "OnnxWhere"
+    min_inputs = max_inputs = 3
+
+    def _types(self, attrs, in_types):
+        return [(_broadcast(in_types), in_types[1].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        return T.where_forward(*xs), (xs[0], xs[1].shape, xs[2].shape)
+
+    def _backward(self, attrs, saved, dy, needs):
+        cond, a_shape, b_shape = saved
+        if needs[0]:
+            raise GraphError("OnnxWhere: no gradient to the condition")
+        return [None] + list(T.where_backward(dy, cond, a_shape, b_shape))
+
+
+# -- element-wise unary --------------------------------------------------------------------------
+@register
+class OnnxRelu(OnnxOp):
+    name = "OnnxRelu"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return act_ops.rectifier_forward(xs[0]), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [act_ops.rectifier_backward(dy, x)]
+
+
+@register
+class OnnxLeakyRelu(OnnxOp):
+    """attrs: alpha."""
+
+    name = "OnnxLeakyRelu"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return act_ops.rectifier_forward(xs[0], leak_slope=attrs.get("alpha", 0.01)), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [act_ops.rectifier_backward(dy, x, leak_slope=attrs.get("alpha", 0.01))]
+
+
+@register
+class OnnxSigmoid(OnnxOp):
+    name = "OnnxSigmoid"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return act_ops.logistic_forward(xs[0]), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [act_ops.logistic_backward(dy, x)]
+
+
+@register
+class OnnxTanh(OnnxOp):
+    name = "OnnxTanh"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return act_ops.tanh_forward(xs[0]), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [act_ops.tanh_backward(dy, x)]
+
+
+@register
+class OnnxExp(OnnxOp):
+    name = "OnnxExp"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        y = T.exp_forward(xs[0])
+        return y, y
+
+    def _backward(self, attrs, y, dy, needs):
+        return [T.exp_backward(dy, y)]
+
+
+@register
+class OnnxLog(OnnxOp):
+    name = "OnnxLog"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return T.log_forward(xs[0]), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [T.log_backward(dy, x)]
+
+
+@register
+class OnnxClip(OnnxOp):
+    """attrs: min, max (None: unbounded)."""
+
+    name = "OnnxClip"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return T.clip_forward(xs[0], attrs.get("min"), attrs.get("max")), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [T.clip_backward(dy, x, attrs.get("min"), attrs.get("max"))]
+
+
+@register
+class OnnxCast(OnnxOp):
+    """attrs: dtype (numpy dtype name)."""
+
+    name = "OnnxCast"
+
+    def _types(self, attrs, in_types):
+        return [(in_types[0].shape, attrs["dtype"])]
+
+    def _forward(self, attrs, xs, training):
+        return T.cast_forward(xs[0], attrs["dtype"]), xs[0].dtype
+
+    def _backward(self, attrs, x_dtype, dy, needs):
+        _check_float("OnnxCast", x_dtype)
+        return [T.cast_backward(dy, x_dtype)]
+
+
+# -- softmax and reductions ----------------------------------------------------------------------
+@register
+class OnnxSoftmax(OnnxOp):
+    """attrs: axes (normalised tuple)."""
+
+    name = "OnnxSoftmax"
+
+    def _forward(self, attrs, xs, training):
+        y = T.softmax_forward(xs[0], tuple(attrs["axes"]))
+        return y, y
+
+    def _backward(self, attrs, y, dy, needs):
+        return [T.softmax_backward(dy, y, tuple(attrs["axes"]))]
+
+
+@register
+class OnnxLogSoftmax(OnnxOp):
+    """attrs: axes (normalised tuple)."""
+
+    name = "OnnxLogSoftmax"
+
+    def _forward(self, attrs, xs, training):
+        y = T.log_softmax_forward(xs[0], tuple(attrs["axes"]))
+        return y, y
+
+    def _backward(self, attrs, y, dy, needs):
+        return [T.log_softmax_backward(dy, y, tuple(attrs["axes"]))]
+
+
+class _Reduce(OnnxOp):
+    """attrs: axes (normalised tuple), keepdims (bool)."""
+
+    def _types(self, attrs, in_types):
+        shape, axes = in_types[0].shape, tuple(attrs["axes"])
+        if attrs.get("keepdims", True):
+            out = tuple(1 if i in axes else s for i, s in enumerate(shape))
+        else:
+            out = tuple(s for i, s in enumerate(shape) if i not in axes)
+        return [(out, in_types[0].dtype)]
+
+
+@register
+class OnnxReduceSum(_Reduce):
+    name = "OnnxReduceSum"
+
+    def _forward(self, attrs, xs, training):
+        return T.reduce_sum_forward(xs[0], tuple(attrs["axes"]), attrs.get("keepdims", True)), xs[0].shape
+
+    def _backward(self, attrs, x_shape, dy, needs):
+        return [T.reduce_sum_backward(dy, x_shape, tuple(attrs["axes"]), attrs.get("keepdims", True))]
+
+
+@register
+class OnnxReduceMean(_Reduce):
+    name = "OnnxReduceMean"
+
+    def _forward(self, attrs, xs, training):
+        return T.reduce_mean_forward(xs[0], tuple(attrs["axes"]), attrs.get("keepdims", True)), xs[0].shape
+
+    def _backward(self, attrs, x_shape, dy, needs):
+        return [T.reduce_mean_backward(dy, x_shape, tuple(attrs["axes"]), attrs.get("keepdims", True))]
+
+
+@register
+class OnnxReduceMax(_Reduce):
+    name = "OnnxReduceMax"
+
+    def _forward(self, attrs, xs, training):
+        y = T.reduce_max_forward(xs[0], tuple(attrs["axes"]), attrs.get("keepdims", True))
+        return y, (xs[0], y)
+
+    def _backward(self, attrs, saved, dy, needs):
+        x, y = saved
+        return [T.reduce_max_backward(dy, x, y, tuple(attrs["axes"]), attrs.get("keepdims", True))]
+
+
+# -- matrix products -----------------------------------------------------------------------------
+@register
+class OnnxMatMul(OnnxOp):
+    name = "OnnxMatMul"
+    min_inputs = max_inputs = 2
+
+    def _types(self, attrs, in_types):
+        return [(_matmul_shape(in_types[0].shape, in_types[1].shape), in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        return T.matmul_forward(*xs), xs
+
+    def _backward(self, attrs, saved, dy, needs):
+        return list(T.matmul_backward(dy, *saved))
+
+
+def _matmul_shape(a, b):
+    a, b = tuple(a), tuple(b)
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        raise ValueError(f"MatMul: shapes {list(a)} and {list(b)} do not match")
+    batch = tuple(np.broadcast_shapes(a2[:-2], b2[:-2]))
+    out = batch + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
+@register
+class OnnxGemm(OnnxOp):
+    """attrs: alpha, beta, trans_a, trans_b; inputs A, B and optionally C."""
+
+    name = "OnnxGemm"
+    min_inputs = 2
+    max_inputs = 3
+
+    def _types(self, attrs, in_types):
+        a, b = in_types[0].shape, in_types[1].shape
+        m, k = (a[1], a[0]) if attrs.get("trans_a") else a
+        k2, n = (b[1], b[0]) if attrs.get("trans_b") else b
+        if k != k2:
+            raise ValueError(f"Gemm: A {list(a)} and B {list(b)} do not match (transA={attrs.get('trans_a')}, "
+                             f"transB={attrs.get('trans_b')})")
+        if len(in_types) > 2:
+            np.broadcast_shapes(tuple(in_types[2].shape), (m, n))
+        return [((m, n), in_types[0].dtype)]
+
+    def _args(self, attrs):
+        return dict(alpha=attrs.get("alpha", 1.0), beta=attrs.get("beta", 1.0), trans_a=attrs.get("trans_a", False),
+                    trans_b=attrs.get("trans_b", False))
+
+    def _forward(self, attrs, xs, training):
+        c = xs[2] if len(xs) > 2 else None
+        return T.gemm_forward(xs[0], xs[1], c, **self._args(attrs)), (xs[0], xs[1], None if c is None else c.shape)
+
+    def _backward(self, attrs, saved, dy, needs):
+        a, b, c_shape = saved
+        da, db, dc = T.gemm_backward(dy, a, b, c_shape, **self._args(attrs))
+        return [da, db] + ([dc] if c_shape is not None else [])
+
+
+# -- layout ----------------------------------------------------------------------------------------
+@register
+class OnnxReshape(OnnxOp):
+    """attrs: shape (the full target shape, resolved). Reshape, Flatten, Squeeze, Unsqueeze."""
+
+    name = "OnnxReshape"
+
+    def _types(self, attrs, in_types):
+        shape = tuple(attrs["shape"])
+        if int(np.prod(shape)) != int(np.prod(in_types[0].shape)):
+            raise ValueError(f"cannot reshape {list(in_types[0].shape)} to {list(shape)}")
+        return [(shape, in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        return T.reshape_forward(xs[0], attrs["shape"]), xs[0].shape
+
+    def _backward(self, attrs, x_shape, dy, needs):
+        return [T.reshape_backward(dy, x_shape)]
+
+
+@register
+class OnnxTranspose(OnnxOp):
+    """attrs: perm."""
+
+    name = "OnnxTranspose"
+
+    def _types(self, attrs, in_types):
+        shape, perm = in_types[0].shape, tuple(attrs["perm"])
+        if sorted(perm) != list(range(len(shape))):
+            raise ValueError(f"perm {list(perm)} is not a permutation of the {len(shape)} axes")
+        return [(tuple(shape[p] for p in perm), in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        return T.transpose_forward(xs[0], attrs["perm"]), None
+
+    def _backward(self, attrs, saved, dy, needs):
+        return [T.transpose_backward(dy, attrs["perm"])]
+
+
+@register
+class OnnxConcat(OnnxOp):
+    """attrs: axis (normalised)."""
+
+    name = "OnnxConcat"
+    max_inputs = None
+
+    def _types(self, attrs, in_types):
+        axis = attrs["axis"]
+        first = tuple(in_types[0].shape)
+        for t in in_types[1:]:
+            s = tuple(t.shape)
+            if len(s) != len(first) or s[:axis] + s[axis + 1:] != first[:axis] + first[axis + 1:]:
+                raise ValueError(f"inputs {[list(t.shape) for t in in_types]} differ outside axis {axis}")
+        total = sum(t.shape[axis] for t in in_types)
+        return [(first[:axis] + (total,) + first[axis + 1:], in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        return T.concat_forward(xs, attrs["axis"]), [x.shape for x in xs]
+
+    def _backward(self, attrs, shapes, dy, needs):
+        return T.concat_backward(dy, shapes, attrs["axis"])
+
+
+@register
+class OnnxGather(OnnxOp):
+    """attrs: axis (normalised); inputs data, indices (integers; no gradient)."""
+
+    name = "OnnxGather"
+    min_inputs = max_inputs = 2
+
+    def _types(self, attrs, in_types):
+        s, axis = tuple(in_types[0].shape), attrs["axis"]
+        return [(s[:axis] + tuple(in_types[1].shape) + s[axis + 1:], in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        return T.gather_forward(xs[0], xs[1], attrs["axis"]), (xs[0].shape, xs[1])
+
+    def _backward(self, attrs, saved, dy, needs):
+        x_shape, indices = saved
+        if needs[1]:
+            raise GraphError("OnnxGather: no gradient to the indices")
+        return [T.gather_backward(dy, x_shape, indices, attrs["axis"]), None]
+
+
+@register
+class OnnxPad(OnnxOp):
+    """attrs: pads (ONNX order over every axis), mode, value."""
+
+    name = "OnnxPad"
+
+    def _types(self, attrs, in_types):
+        shape = T.pad_output_shape(in_types[0].shape, attrs["pads"])
+        if min(shape, default=1) < 0:
+            raise ValueError(f"pads {list(attrs['pads'])} crop more than the input {list(in_types[0].shape)}")
+        return [(shape, in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        mode = attrs.get("mode", "constant")
+        return T.pad_forward(xs[0], attrs["pads"], mode, attrs.get("value", 0.0)), xs[0].shape
+
+    def _backward(self, attrs, x_shape, dy, needs):
+        return [T.pad_backward(dy, x_shape, attrs["pads"], attrs.get("mode", "constant"))]
+
+
+# -- convolution and pooling -----------------------------------------------------------------------
+@register
+class OnnxConv(OnnxOp):
+    """attrs: strides, pads (explicit, ONNX order), dilations, group; inputs X, W, optional B."""
+
+    name = "OnnxConv"
+    min_inputs = 2
+    max_inputs = 3
+
+    def _types(self, attrs, in_types):
+        x, w = tuple(in_types[0].shape), tuple(in_types[1].shape)
+        if len(x) != len(w) or len(x) < 3 or x[1] != w[1] * attrs.get("group", 1):
+            raise ValueError(f"input {list(x)} and weights {list(w)} do not match (group {attrs.get('group', 1)})")
+        shape = T.conv_output_shape(x, w, attrs["strides"], attrs["pads"], attrs["dilations"])
+        if min(shape[2:]) < 1:
+            raise ValueError(f"input {list(x)} too small for weights {list(w)}")
+        return [(shape, in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        b = xs[2] if len(xs) > 2 else None
+        return T.conv_forward(xs[0], xs[1], b, attrs["strides"], attrs["pads"], attrs["dilations"],
+                              attrs.get("group", 1))
+
+    def _backward(self, attrs, ctx, dy, needs):
+        dx, dw, db = T.conv_backward(dy, ctx, need_dx=needs[0], need_dw=needs[1])
+        return [dx, dw] + ([db] if ctx.has_bias else [])
+
+
+@register
+class OnnxConvTranspose(OnnxOp):
+    """attrs: strides, pads (explicit), dilations, group, output_padding; inputs X, W, optional B."""
+
+    name = "OnnxConvTranspose"
+    min_inputs = 2
+    max_inputs = 3
+
+    def _types(self, attrs, in_types):
+        x, w = tuple(in_types[0].shape), tuple(in_types[1].shape)
+        if len(x) != len(w) or len(x) < 3 or x[1] != w[0]:
+            raise ValueError(f"input {list(x)} and weights {list(w)} do not match")
+        shape = T.conv_transpose_output_shape(x, w, attrs["strides"], attrs["pads"], attrs["dilations"],
+                                              attrs.get("group", 1), attrs.get("output_padding"))
+        return [(shape, in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        b = xs[2] if len(xs) > 2 else None
+        return T.conv_transpose_forward(xs[0], xs[1], b, attrs["strides"], attrs["pads"], attrs["dilations"],
+                                        attrs.get("group", 1), attrs.get("output_padding"))
+
+    def _backward(self, attrs, ctx, dy, needs):
+        dx, dw, db = T.conv_transpose_backward(dy, ctx, need_dx=needs[0], need_dw=needs[1])
+        return [dx, dw] + ([db] if ctx.has_bias else [])
+
+
+def _pool_types(attrs, in_types):
+    x = tuple(in_types[0].shape)
+    out, _ = T.pool_geometry(x[2:], attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"],
+                             attrs.get("ceil_mode", False))
+    return x[:2] + out
+
+
+@register
+class OnnxMaxPool(OnnxOp):
+    """attrs: kernel, strides, pads, dilations, ceil_mode, storage_order, indices (a second
+    int64 output of flat input indices)."""
+
+    name = "OnnxMaxPool"
+
+    def _types(self, attrs, in_types):
+        shape = _pool_types(attrs, in_types)
+        out = [(shape, in_types[0].dtype)]
+        if attrs.get("indices"):
+            out.append((shape, "int64"))
+        return out
+
+    def _forward(self, attrs, xs, training):
+        y, indices, ctx = T.max_pool_forward(xs[0], attrs["kernel"], attrs["strides"], attrs["pads"],
+                                             attrs["dilations"], attrs.get("ceil_mode", False),
+                                             bool(attrs.get("indices")), attrs.get("storage_order", 0))
+        return ([y, indices] if attrs.get("indices") else y), ctx
+
+    def _backward(self, attrs, ctx, dy, needs):
+        return [T.max_pool_backward(dy, ctx)]
+
+
+@register
+class OnnxAveragePool(OnnxOp):
+    """attrs: kernel, strides, pads, dilations, ceil_mode, count_include_pad."""
+
+    name = "OnnxAveragePool"
+
+    def _types(self, attrs, in_types):
+        return [(_pool_types(attrs, in_types), in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        return T.avg_pool_forward(xs[0], attrs["kernel"], attrs["strides"], attrs["pads"], attrs["dilations"],
+                                  attrs.get("ceil_mode", False), attrs.get("count_include_pad", False))
+
+    def _backward(self, attrs, ctx, dy, needs):
+        return [T.avg_pool_backward(dy, ctx)]
+
+
+# -- normalisation and regularisation --------------------------------------------------------------
+@register
+class OnnxBatchNormalization(OnnxOp):
+    """attrs: epsilon, momentum, training_mode; inputs X, scale, B, mean, var. In training mode
+    (the attribute, or a training run) the batch statistics normalise and outputs 1 and 2 are
+    the updated running mean and variance (nothing is updated in place)."""
+
+    name = "OnnxBatchNormalization"
+    min_inputs = max_inputs = 5
+
+    def _types(self, attrs, in_types):
+        x = tuple(in_types[0].shape)
+        for t in in_types[1:]:
+            if tuple(t.shape) != (x[1],):
+                raise ValueError(f"per-channel inputs must be [{x[1]}], got {list(t.shape)}")
+        out = [(x, in_types[0].dtype)]
+        if attrs.get("training_mode"):
+            out += [((x[1],), in_types[3].dtype), ((x[1],), in_types[4].dtype)]
+        return out
+
+    def _forward(self, attrs, xs, training):
+        x, scale, bias, mean, var = xs
+        eps = attrs.get("epsilon", 1e-5)
+        if attrs.get("training_mode") or training:
+            y, rmean, rvar, ctx = T.batchnorm_train_forward(x, scale, bias, mean, var, eps,
+                                                            attrs.get("momentum", 0.9))
+            saved = (ctx, True, scale)
+            return ([y, rmean, rvar] if attrs.get("training_mode") else y), saved
+        y, ctx = T.batchnorm_forward(x, scale, bias, mean, var, eps)
+        return y, (ctx, False, scale)
+
+    def _backward(self, attrs, saved, dy, needs):
+        ctx, train, scale = saved
+        if needs[3] or needs[4]:
+            raise GraphError("OnnxBatchNormalization: no gradient to the running statistics")
+        backward = T.batchnorm_train_backward if train else T.batchnorm_backward
+        dx, dscale, dbias = backward(dy, ctx, scale)
+        return [dx, dscale.astype(scale.dtype), dbias.astype(scale.dtype), None, None]
+
+
+@register
+class OnnxDropout(OnnxOp):
+    """attrs: ratio, training_mode, mask (a second boolean output). Kept values are scaled by
+    1 / (1 - ratio) (ONNX, PyTorch); identity unless training."""
+
+    name = "OnnxDropout"
+
+    def _types(self, attrs, in_types):
+        out = [(in_types[0].shape, in_types[0].dtype)]
+        if attrs.get("mask"):
+            out.append((in_types[0].shape, "bool"))
+        return out
+
+    def _forward(self, attrs, xs, training):
+        x = xs[0]
+        xp = array_module(x)
+        ratio = float(attrs.get("ratio", 0.5))
+        if (attrs.get("training_mode") or training) and ratio > 0:
+            from n2d2.backend import to_device
+            from n2d2.settings import global_variables
+
+            keep = global_variables.rng.random(x.shape) >= ratio
+            keep = to_device(keep, xp is not np)
+            scale = x.dtype.type(1.0 / (1.0 - ratio))
+            y = x * keep * scale
+        else:
+            keep, scale = None, None
+            y = x
+        if attrs.get("mask"):
+            mask = keep if keep is not None else xp.ones(x.shape, dtype=bool)
+            return [y, mask], (keep, scale)
+        return y, (keep, scale)
+
+    def _backward(self, attrs, saved, dy, needs):
+        keep, scale = saved
+        return [dy if keep is None else dy * keep * scale]
+
+
+# -- resize ----------------------------------------------------------------------------------------
+@register
+class OnnxResize(OnnxOp):
+    """attrs: shape (output), axes (per axis: None or (out, in, scale, roi start, roi end)),
+    mode, coordinate_mode, nearest_mode, cubic_a, exclude_outside, antialias,
+    extrapolation_value. The per-axis interpolation matrices are built once per attributes."""
+
+    name = "OnnxResize"
+
+    def __init__(self):
+        self._cache = {}
+
+    def _types(self, attrs, in_types):
+        shape = tuple(in_types[0].shape)
+        for i, spec in enumerate(attrs["axes"]):
+            if spec is not None and spec[1] != shape[i]:
+                raise ValueError(f"axis {i}: resize from {spec[1]}, input has {shape[i]}")
+        return [(tuple(attrs["shape"]), in_types[0].dtype)]
+
+    def _matrices(self, attrs, x):
+        from n2d2.backend import to_device
+
+        gpu = array_module(x) is not np
+        key = (tuple(attrs["axes"]), attrs["mode"], attrs["coordinate_mode"], attrs["nearest_mode"],
+               attrs["cubic_a"], attrs["exclude_outside"], attrs["antialias"], gpu)
+        if key not in self._cache:
+            mats, mask = [], None
+            for i, spec in enumerate(attrs["axes"]):
+                if spec is None:
+                    mats.append(None)
+                    continue
+                out, size, scale, start, end = spec
+                a, extrapolated = T.resize_matrix(out, size, scale, attrs["mode"], attrs["coordinate_mode"],
+                                                  attrs["nearest_mode"], attrs["cubic_a"],
+                                                  attrs["exclude_outside"], attrs["antialias"], (start, end))
+                mats.append(to_device(a, gpu))
+                if extrapolated is not None:
+                    shape = [1] * len(attrs["axes"])
+                    shape[i] = out
+                    m = extrapolated.reshape(shape)
+                    mask = m if mask is None else (mask | m)
+            self._cache[key] = (mats, None if mask is None else to_device(mask, gpu))
+        return self._cache[key]
+
+    def _forward(self, attrs, xs, training):
+        mats, mask = self._matrices(attrs, xs[0])
+        return T.resize_forward(xs[0], mats, mask, attrs.get("extrapolation_value", 0.0)), (mats, mask)
+
+    def _backward(self, attrs, saved, dy, needs):
+        mats, mask = saved
+        return [T.resize_backward(dy, mats, mask)]

@@ -1,0 +1,414 @@
+"""n2d2.onnx_backend: the official ONNX node tests, and the gradients of n2d2.ops.tensor_ops.
+
+ONNX node tests (onnx 1.23, generated in memory by `onnx.backend.test`), CPU device, for the
+ops Conv, ConvTranspose, Gemm, MatMul, Add, Sub, Mul, Div, Sum, Max, Relu, LeakyRelu, Sigmoid,
+Tanh, Softmax, LogSoftmax, Clip, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool,
+BatchNormalization, Concat, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Pad, Dropout,
+Identity, Resize, Upsample, Constant, Shape, Gather (with their `_expanded` function-body
+variants, which also need Less, Where, CastLike, Exp, Log, ReduceMax, ReduceSum):
+
+    selected 331, passed 325, excluded 6 (reasons next to each `exclude` below).
+
+Gradients: every op of `n2d2.ops.tensor_ops`, through its IR op definition
+(`n2d2.ir.tensor_ops`), against PyTorch CPU (float32, ||a-b||/||b|| < 1e-5, forward and every
+input gradient) and against central finite differences in float64.
+"""
+import re
+import warnings
+
+import numpy as np
+import onnx.backend.test
+import pytest
+import torch
+import torch.nn.functional as F
+
+import n2d2.onnx_backend
+from n2d2.ir import ops as op_registry
+from n2d2.ops import tensor_ops as T
+from tests.conftest import rel_err
+
+# -- the ONNX node tests -------------------------------------------------------------------------------
+OPS = ("Conv ConvTranspose Gemm MatMul Add Sub Mul Div Sum Max Relu LeakyRelu Sigmoid Tanh Softmax LogSoftmax "
+       "Clip MaxPool AveragePool GlobalAveragePool GlobalMaxPool BatchNormalization Concat Flatten Reshape "
+       "Transpose Squeeze Unsqueeze Pad Dropout Identity Resize Upsample Constant Shape Gather").split()
+
+INCLUDE = [
+    r"^test_(conv|convtranspose|gemm|matmul|add|sub|mul|div|sum|max|relu|leakyrelu|sigmoid|tanh|softmax|logsoftmax"
+    r"|clip|maxpool|averagepool|globalaveragepool|globalmaxpool|batchnorm|concat|flatten|reshape|transpose|squeeze"
+    r"|unsqueeze|dropout|identity|resize|upsample|constant|shape|gather(?!_elements))(_.*)?_cpu$",
+    r"^test_basic_conv_.*_cpu$",                   # Conv
+    r"^test_(reflect|edge|wrap)_pad_cpu$",         # Pad (test_constant_pad* match 'constant' above)
+    r"^test_training_dropout.*_cpu$",              # Dropout in training mode
+]
+EXCLUDE = [
+    # Identity on an optional / a sequence value: the IR holds tensors only.
+    r"^test_identity_opt_cpu$",
+    r"^test_identity_sequence_cpu$",
+    # Training-mode Dropout with a random mask: the expected outputs come from numpy's generator.
+    # (test_training_dropout_zero_ratio{,_mask} are deterministic and run.)
+    r"^test_training_dropout_cpu$",
+    r"^test_training_dropout_default_cpu$",
+    r"^test_training_dropout_default_mask_cpu$",
+    r"^test_training_dropout_mask_cpu$",
+]
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)   # raised by onnx's own test-case generators
+    backend_test = onnx.backend.test.BackendTest(n2d2.onnx_backend, __name__)
+for _pattern in INCLUDE:
+    backend_test.include(_pattern)
+for _pattern in EXCLUDE:
+    backend_test.exclude(_pattern)
+
+
+def _selected_node_tests():
+    names = backend_test._test_items["NodeModel"]
+    return sorted(n for n in names if any(re.search(p, n) for p in INCLUDE))
+
+
+SELECTED = _selected_node_tests()
+EXCLUDED = [n for n in SELECTED if any(re.search(p, n) for p in EXCLUDE)]
+print(f"ONNX node tests: {len(SELECTED)} selected, {len(EXCLUDED)} excluded")
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)   # the report's 'onnx_coverage' mark
+    _cases = backend_test.enable_report().test_cases
+# Only the selected node tests: the other categories and the unselected node tests (about 4000
+# methods) would be collected just to be skipped.
+_node_cases = _cases["OnnxBackendNodeModelTest"]
+for _name in [n for n in vars(_node_cases) if n.startswith("test_") and n not in SELECTED]:
+    delattr(_node_cases, _name)
+globals().update({"OnnxBackendNodeModelTest": _node_cases})
+del _node_cases, _cases   # a module-level TestCase class under another name would run twice
+
+
+def test_node_test_selection():
+    """The patterns select the node tests of the listed ops (and their expanded variants), all of them."""
+    from onnx.backend.test.loader import load_model_tests
+
+    by_name = {f"{c.name}_cpu": c for c in load_model_tests(kind="node")}
+    assert len(SELECTED) == 337, len(SELECTED)
+    assert len(EXCLUDED) == len(EXCLUDE) == 6
+    for name in SELECTED:
+        types = {n.op_type for n in by_name[name].model.graph.node}
+        assert "_expanded" in name or (len(types) == 1 and types <= set(OPS)), (name, types)
+    for name, case in by_name.items():
+        types = [n.op_type for n in case.model.graph.node]
+        if len(types) == 1 and types[0] in OPS:
+            assert name in SELECTED, name
+
+
+# -- gradients of the reference ops, through their IR op definitions -----------------------------------
+class Case:
+    """One op call: IR op name, attrs, inputs (shapes of random normals, or callables of the rng),
+    the torch equivalent, and which inputs are differentiated."""
+
+    def __init__(self, ident, op, attrs, inputs, torch_fn=None, diff=None):
+        self.id, self.op, self.attrs, self.inputs, self.torch_fn = ident, op, attrs, inputs, torch_fn
+        self.diff = diff
+
+    def arrays(self, dtype):
+        rng = np.random.default_rng(1234)
+        out = []
+        for spec in self.inputs:
+            a = spec(rng) if callable(spec) else rng.standard_normal(spec)
+            out.append(a.astype(dtype) if np.issubdtype(a.dtype, np.floating) else a)
+        return out
+
+    def differentiated(self, xs):
+        if self.diff is not None:
+            return list(self.diff)
+        return [np.issubdtype(x.dtype, np.floating) for x in xs]
+
+
+def _positive(shape):
+    return lambda rng: rng.uniform(0.5, 2.0, shape)
+
+
+def _ints(low, high, shape):
+    return lambda rng: rng.integers(low, high, shape).astype(np.int64)
+
+
+def _bools(shape):
+    return lambda rng: rng.random(shape) < 0.5
+
+
+def _spread(shape):
+    """Well-separated values (no near-ties for max/clip kinks in finite differences)."""
+    return lambda rng: rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1 + rng.uniform(-0.01, 0.01, shape)
+
+
+def _tpad(pads, nd):
+    """ONNX spatial pads [b..., e...] as F.pad's list (last dim first)."""
+    out = []
+    for i in reversed(range(nd)):
+        out += [pads[i], pads[nd + i]]
+    return out
+
+
+def _conv_t(nd, strides, pads, dilations, group):
+    def fn(x, w, b=None):
+        x = F.pad(x, _tpad(pads, nd))
+        return getattr(F, f"conv{nd}d")(x, w, b, tuple(strides), 0, tuple(dilations), group)
+    return fn
+
+
+def _conv_transpose_t(nd, strides, pads, dilations, group, output_padding):
+    def fn(x, w, b=None):
+        full = getattr(F, f"conv_transpose{nd}d")(x, w, None, tuple(strides), 0, 0, group, tuple(dilations))
+        out = T.conv_transpose_output_shape(tuple(x.shape), tuple(w.shape), strides, pads, dilations, group,
+                                            output_padding)[2:]
+        ends = [o + p - s for o, p, s in zip(out, pads[:nd], full.shape[2:])]
+        y = F.pad(full, _tpad([-p for p in pads[:nd]] + ends, nd))
+        return y if b is None else y + b.reshape((1, -1) + (1,) * nd)
+    return fn
+
+
+def _max_pool_t(nd, kernel, strides, pads, dilations, ceil):
+    def fn(x):
+        x = F.pad(x, _tpad(pads, nd), value=-float("inf"))
+        return getattr(F, f"max_pool{nd}d")(x, kernel, strides, 0, dilations, ceil_mode=ceil)
+    return fn
+
+
+def _softmax_t(axes, log=False):
+    def fn(x):
+        moved = x.movedim(axes, tuple(range(x.ndim - len(axes), x.ndim)))
+        flat = moved.reshape(moved.shape[:x.ndim - len(axes)] + (-1,))
+        y = (F.log_softmax if log else F.softmax)(flat, dim=-1).reshape(moved.shape)
+        return y.movedim(tuple(range(x.ndim - len(axes), x.ndim)), axes)
+    return fn
+
+
+def _resize_attrs(x_shape, out_hw, mode, coordinate, nearest="round_prefer_floor", cubic_a=-0.75, exclude=False,
+                  antialias=False, roi=None, extrapolation=0.0):
+    axes = [None, None]
+    for i, o in enumerate(out_hw):
+        s = x_shape[2 + i]
+        start, end = roi[i] if roi else (0.0, 1.0)
+        axes.append((o, s, o / s, start, end))
+    return {"shape": tuple(x_shape[:2]) + tuple(out_hw), "axes": tuple(axes), "mode": mode,
+            "coordinate_mode": coordinate, "nearest_mode": nearest, "cubic_a": cubic_a, "exclude_outside": exclude,
+            "antialias": antialias, "extrapolation_value": extrapolation}
+
+
+def _gemm_t(alpha, beta, ta, tb):
+    def fn(a, b, c=None):
+        y = alpha * ((a.T if ta else a) @ (b.T if tb else b))
+        return y if c is None else y + beta * c
+    return fn
+
+
+def _gather_t(axis):
+    def fn(x, idx):
+        n = x.shape[axis]
+        flat = torch.where(idx < 0, idx + n, idx).reshape(-1)
+        y = x.index_select(axis, flat)
+        return y.reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
+    return fn
+
+
+CASES = [
+    Case("add_bcast", "OnnxAdd", {}, [(2, 3, 4), (3, 1)], torch.add),
+    Case("add_scalar", "OnnxAdd", {}, [(3, 4), ()], torch.add),
+    Case("sub_bcast", "OnnxSub", {}, [(4,), (2, 3, 1)], torch.sub),
+    Case("mul_bcast", "OnnxMul", {}, [(2, 1, 4), (3, 4)], torch.mul),
+    Case("div_bcast", "OnnxDiv", {}, [(2, 3, 4), _positive((1, 4))], torch.div),
+    Case("sum3", "OnnxSum", {}, [(2, 3), (3,), (2, 1)], lambda a, b, c: a + b + c),
+    Case("max3", "OnnxMax", {}, [(2, 3), (3,), (2, 1)], lambda a, b, c: torch.maximum(torch.maximum(a, b), c)),
+    Case("where", "OnnxWhere", {}, [_bools((2, 3)), (2, 3), (3,)], torch.where),
+    Case("exp", "OnnxExp", {}, [(2, 5)], torch.exp),
+    Case("log", "OnnxLog", {}, [_positive((2, 5))], torch.log),
+    Case("relu", "OnnxRelu", {}, [(3, 5)], torch.relu),
+    Case("leaky_relu", "OnnxLeakyRelu", {"alpha": 0.2}, [(3, 5)], lambda x: F.leaky_relu(x, 0.2)),
+    Case("sigmoid", "OnnxSigmoid", {}, [(3, 5)], torch.sigmoid),
+    Case("tanh", "OnnxTanh", {}, [(3, 5)], torch.tanh),
+    Case("clip", "OnnxClip", {"min": -0.5, "max": 0.7}, [(4, 6)], lambda x: torch.clamp(x, -0.5, 0.7)),
+    Case("clip_min_only", "OnnxClip", {"min": 0.1, "max": None}, [(4, 6)], lambda x: torch.clamp(x, min=0.1)),
+    Case("cast", "OnnxCast", {"dtype": "float64"}, [(3, 4)], lambda x: x.double()),
+    Case("softmax_axis1", "OnnxSoftmax", {"axes": (1,)}, [(2, 4, 3)], _softmax_t((1,))),
+    Case("softmax_coerced", "OnnxSoftmax", {"axes": (1, 2)}, [(2, 4, 3)], _softmax_t((1, 2))),
+    Case("log_softmax_last", "OnnxLogSoftmax", {"axes": (2,)}, [(2, 4, 3)], _softmax_t((2,), log=True)),
+    Case("reduce_sum", "OnnxReduceSum", {"axes": (0, 2), "keepdims": False}, [(2, 3, 4)],
+         lambda x: x.sum(dim=(0, 2))),
+    Case("reduce_mean_keep", "OnnxReduceMean", {"axes": (2, 3), "keepdims": True}, [(2, 3, 4, 5)],
+         lambda x: x.mean(dim=(2, 3), keepdim=True)),
+    Case("reduce_max", "OnnxReduceMax", {"axes": (1,), "keepdims": True}, [_spread((2, 5, 3))],
+         lambda x: x.amax(dim=1, keepdim=True)),
+    Case("matmul_2d", "OnnxMatMul", {}, [(3, 4), (4, 5)], torch.matmul),
+    Case("matmul_bcast", "OnnxMatMul", {}, [(2, 1, 3, 4), (3, 4, 2)], torch.matmul),
+    Case("matmul_1d_3d", "OnnxMatMul", {}, [(4,), (2, 4, 3)], torch.matmul),
+    Case("matmul_3d_1d", "OnnxMatMul", {}, [(2, 3, 4), (4,)], torch.matmul),
+    Case("gemm", "OnnxGemm", {"alpha": 0.5, "beta": 2.0, "trans_a": True, "trans_b": False},
+         [(4, 3), (4, 5), (5,)], _gemm_t(0.5, 2.0, True, False)),
+    Case("gemm_transb_matrix_c", "OnnxGemm", {"alpha": 1.0, "beta": 1.0, "trans_a": False, "trans_b": True},
+         [(3, 4), (5, 4), (3, 5)], _gemm_t(1.0, 1.0, False, True)),
+    Case("reshape", "OnnxReshape", {"shape": (6, 4)}, [(2, 3, 4)], lambda x: x.reshape(6, 4)),
+    Case("transpose", "OnnxTranspose", {"perm": (2, 0, 3, 1)}, [(2, 3, 4, 5)], lambda x: x.permute(2, 0, 3, 1)),
+    Case("concat_axis1", "OnnxConcat", {"axis": 1}, [(2, 3, 4), (2, 1, 4), (2, 2, 4)],
+         lambda *xs: torch.cat(xs, dim=1)),
+    Case("gather_axis1", "OnnxGather", {"axis": 1}, [(3, 5, 2), lambda rng: np.array([[0, -1], [2, 0]])],
+         _gather_t(1)),
+    Case("pad_constant_crop", "OnnxPad", {"pads": (1, 0, -1, 2, 0, 1, 1, 0), "mode": "constant", "value": 0.5},
+         [(2, 3, 4, 3)], lambda x: F.pad(x, [2, 0, -1, 1, 0, 1, 1, 0], value=0.5)),
+    Case("pad_reflect", "OnnxPad", {"pads": (0, 0, 2, 1, 0, 0, 1, 2), "mode": "reflect"}, [(2, 3, 4, 5)],
+         lambda x: F.pad(x, [1, 2, 2, 1], mode="reflect")),
+    Case("pad_edge", "OnnxPad", {"pads": (0, 0, 3, 0, 0, 0, 1, 2), "mode": "edge"}, [(2, 3, 4, 5)],
+         lambda x: F.pad(x, [0, 2, 3, 1], mode="replicate")),
+    Case("pad_wrap", "OnnxPad", {"pads": (0, 0, 1, 2, 0, 0, 2, 1), "mode": "wrap"}, [(2, 3, 4, 5)],
+         lambda x: F.pad(x, [2, 1, 1, 2], mode="circular")),
+    Case("conv2d_asym_pads", "OnnxConv", {"strides": (2, 1), "pads": (1, 0, 0, 2), "dilations": (1, 2), "group": 1},
+         [(2, 3, 7, 6), (4, 3, 3, 2), (4,)], _conv_t(2, (2, 1), (1, 0, 0, 2), (1, 2), 1)),
+    Case("conv2d_grouped_sym", "OnnxConv", {"strides": (1, 1), "pads": (1, 1, 1, 1), "dilations": (1, 1),
+                                            "group": 2},
+         [(2, 4, 5, 5), (6, 2, 3, 3)], _conv_t(2, (1, 1), (1, 1, 1, 1), (1, 1), 2)),
+    Case("conv1d", "OnnxConv", {"strides": (2,), "pads": (2, 1), "dilations": (1,), "group": 1},
+         [(2, 3, 9), (4, 3, 3), (4,)], _conv_t(1, (2,), (2, 1), (1,), 1)),
+    Case("conv3d", "OnnxConv", {"strides": (1, 2, 1), "pads": (1, 0, 1, 0, 1, 1), "dilations": (1, 1, 2),
+                                "group": 2},
+         [(1, 4, 4, 5, 5), (2, 2, 2, 3, 2), (2,)], _conv_t(3, (1, 2, 1), (1, 0, 1, 0, 1, 1), (1, 1, 2), 2)),
+    Case("conv_transpose2d", "OnnxConvTranspose",
+         {"strides": (2, 3), "pads": (1, 0, 0, 2), "dilations": (1, 1), "group": 1, "output_padding": (1, 1)},
+         [(2, 3, 3, 3), (3, 2, 3, 3), (2,)], _conv_transpose_t(2, (2, 3), (1, 0, 0, 2), (1, 1), 1, (1, 1))),
+    Case("conv_transpose2d_group", "OnnxConvTranspose",
+         {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (2, 1), "group": 2, "output_padding": (0, 0)},
+         [(1, 4, 3, 4), (4, 1, 2, 2)], _conv_transpose_t(2, (1, 1), (0, 0, 0, 0), (2, 1), 2, (0, 0))),
+    Case("conv_transpose1d", "OnnxConvTranspose",
+         {"strides": (2,), "pads": (1, 1), "dilations": (1,), "group": 1, "output_padding": (1,)},
+         [(2, 3, 5), (3, 2, 3)], _conv_transpose_t(1, (2,), (1, 1), (1,), 1, (1,))),
+    Case("conv_transpose3d", "OnnxConvTranspose",
+         {"strides": (2, 1, 1), "pads": (0, 1, 0, 1, 0, 0), "dilations": (1, 1, 2), "group": 1,
+          "output_padding": (1, 0, 0)},
+         [(1, 2, 2, 3, 3), (2, 2, 2, 2, 2), (2,)],
+         _conv_transpose_t(3, (2, 1, 1), (0, 1, 0, 1, 0, 0), (1, 1, 2), 1, (1, 0, 0))),
+    Case("max_pool2d_ceil", "OnnxMaxPool", {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1),
+                                            "dilations": (1, 1), "ceil_mode": True},
+         [_spread((2, 2, 6, 7))], lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True)),
+    Case("max_pool2d_asym_dilated", "OnnxMaxPool", {"kernel": (2, 3), "strides": (1, 2), "pads": (0, 1, 1, 0),
+                                                    "dilations": (2, 1), "ceil_mode": False},
+         [_spread((1, 2, 6, 7))], _max_pool_t(2, (2, 3), (1, 2), (0, 1, 1, 0), (2, 1), False)),
+    Case("max_pool1d", "OnnxMaxPool", {"kernel": (3,), "strides": (2,), "pads": (1, 1), "dilations": (1,),
+                                       "ceil_mode": False},
+         [_spread((2, 3, 8))], lambda x: F.max_pool1d(x, 3, 2, 1)),
+    Case("max_pool3d", "OnnxMaxPool", {"kernel": (2, 2, 2), "strides": (1, 2, 2), "pads": (0, 0, 0, 0, 0, 0),
+                                       "dilations": (1, 1, 1), "ceil_mode": True},
+         [_spread((1, 2, 3, 5, 5))], lambda x: F.max_pool3d(x, 2, (1, 2, 2), 0, ceil_mode=True)),
+    Case("avg_pool2d_ceil_include_pad", "OnnxAveragePool",
+         {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1), "dilations": (1, 1), "ceil_mode": True,
+          "count_include_pad": True},
+         [(2, 2, 6, 7)], lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=True)),
+    Case("avg_pool2d_exclude_pad", "OnnxAveragePool",
+         {"kernel": (2, 3), "strides": (1, 2), "pads": (1, 1, 1, 1), "dilations": (1, 1), "ceil_mode": False,
+          "count_include_pad": False},
+         [(2, 2, 5, 6)], lambda x: F.avg_pool2d(x, (2, 3), (1, 2), 1, count_include_pad=False)),
+    Case("avg_pool1d", "OnnxAveragePool",
+         {"kernel": (3,), "strides": (2,), "pads": (1, 1), "dilations": (1,), "ceil_mode": True,
+          "count_include_pad": False},
+         [(2, 3, 8)], lambda x: F.avg_pool1d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
+    Case("avg_pool3d", "OnnxAveragePool",
+         {"kernel": (2, 2, 3), "strides": (1, 2, 2), "pads": (1, 0, 1, 1, 0, 1), "dilations": (1, 1, 1),
+          "ceil_mode": False, "count_include_pad": True},
+         [(1, 2, 3, 4, 5)], lambda x: F.avg_pool3d(x, (2, 2, 3), (1, 2, 2), (1, 0, 1), count_include_pad=True)),
+    Case("avg_pool2d_dilated_asym", "OnnxAveragePool",   # torch has no dilated average pooling
+         {"kernel": (2, 2), "strides": (1, 1), "pads": (0, 1, 1, 0), "dilations": (2, 1), "ceil_mode": False,
+          "count_include_pad": False},
+         [(1, 2, 5, 5)], None),
+    Case("batchnorm_3d", "OnnxBatchNormalization", {"epsilon": 1e-3, "momentum": 0.9, "training_mode": False},
+         [(2, 3, 4, 5, 2), (3,), (3,), (3,), _positive((3,))], lambda x, s, b, m, v: F.batch_norm(
+             x, m, v, s, b, training=False, eps=1e-3), diff=[True, True, True, False, False]),
+    Case("batchnorm_train_2d", "OnnxBatchNormalization", {"epsilon": 1e-5, "momentum": 0.9, "training_mode": True},
+         [(4, 3), (3,), (3,), (3,), _positive((3,))], lambda x, s, b, m, v: F.batch_norm(
+             x, m.clone(), v.clone(), s, b, training=True, eps=1e-5), diff=[True, True, True, False, False]),
+    Case("resize_nearest_asymmetric", "OnnxResize",
+         _resize_attrs((2, 2, 3, 4), (6, 8), "nearest", "asymmetric", "floor"), [(2, 2, 3, 4)],
+         lambda x: F.interpolate(x, size=(6, 8), mode="nearest")),
+    Case("resize_nearest_half_pixel_ceil", "OnnxResize",
+         _resize_attrs((1, 2, 4, 5), (7, 3), "nearest", "half_pixel", "round_prefer_ceil"), [(1, 2, 4, 5)],
+         lambda x: F.interpolate(x, size=(7, 3), mode="nearest-exact")),
+    Case("resize_linear_half_pixel", "OnnxResize",
+         _resize_attrs((2, 2, 3, 4), (7, 9), "linear", "half_pixel"), [(2, 2, 3, 4)],
+         lambda x: F.interpolate(x, size=(7, 9), mode="bilinear", align_corners=False)),
+    Case("resize_linear_align_corners", "OnnxResize",
+         _resize_attrs((2, 2, 4, 5), (3, 8), "linear", "align_corners"), [(2, 2, 4, 5)],
+         lambda x: F.interpolate(x, size=(3, 8), mode="bilinear", align_corners=True)),
+    Case("resize_cubic_half_pixel", "OnnxResize",
+         _resize_attrs((1, 2, 4, 5), (8, 10), "cubic", "half_pixel"), [(1, 2, 4, 5)],
+         lambda x: F.interpolate(x, size=(8, 10), mode="bicubic", align_corners=False)),
+    Case("resize_cubic_antialias_exclude", "OnnxResize",   # no torch equivalent: finite differences only
+         _resize_attrs((1, 1, 8, 7), (3, 4), "cubic", "half_pixel", cubic_a=-0.5, exclude=True, antialias=True),
+         [(1, 1, 8, 7)], None),
+    Case("resize_tf_crop_extrapolate", "OnnxResize",
+         _resize_attrs((1, 1, 5, 6), (4, 5), "linear", "tf_crop_and_resize", roi=[(0.2, 1.3), (-0.1, 0.7)],
+                       extrapolation=2.0),
+         [(1, 1, 5, 6)], None),
+]
+
+
+def _run(case, xs, dy=None):
+    opdef = op_registry.get(case.op)
+    ys, saved = opdef.forward(case.attrs, xs, {}, False)
+    if dy is None:
+        return ys[0], None
+    needs = case.differentiated(xs)
+    dxs, _ = opdef.backward(case.attrs, saved, [dy], needs, {})
+    return ys[0], dxs
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.torch_fn is not None], ids=lambda c: c.id)
+def test_against_torch(case):
+    xs = case.arrays(np.float32)
+    needs = case.differentiated(xs)
+    y, _ = _run(case, xs)
+    dy = np.random.default_rng(7).standard_normal(y.shape).astype(y.dtype)
+    y, dxs = _run(case, xs, dy)
+    txs = [torch.tensor(x, requires_grad=bool(n)) for x, n in zip(xs, needs)]
+    ty = case.torch_fn(*txs)
+    assert tuple(y.shape) == tuple(ty.shape)
+    assert rel_err(y, ty.detach().numpy()) < 1e-5
+    (ty * torch.tensor(dy)).sum().backward()
+    for i, (dx, tx, n) in enumerate(zip(dxs, txs, needs)):
+        if n:
+            assert dx.shape == xs[i].shape, (i, dx.shape)
+            assert rel_err(dx, tx.grad.numpy()) < 1e-5, f"input {i}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_finite_differences(case):
+    xs = case.arrays(np.float64)
+    needs = case.differentiated(xs)
+    y, _ = _run(case, xs)
+    dy = np.random.default_rng(7).standard_normal(y.shape)
+    _, dxs = _run(case, xs, dy)
+    eps = 1e-6
+    for i, need in enumerate(needs):
+        if not need:
+            continue
+        num = np.zeros(xs[i].shape)
+        flat = xs[i].reshape(-1)
+        for k in range(flat.size):
+            keep = flat[k]
+            flat[k] = keep + eps
+            plus = float((np.asarray(_run(case, xs)[0], dtype=np.float64) * dy).sum())
+            flat[k] = keep - eps
+            minus = float((np.asarray(_run(case, xs)[0], dtype=np.float64) * dy).sum())
+            flat[k] = keep
+            num.reshape(-1)[k] = (plus - minus) / (2 * eps)
+        assert rel_err(dxs[i], num) < 1e-6, f"input {i}: {rel_err(dxs[i], num)}"
+
+
+def test_integer_division_truncates():
+    a = np.array([7, -7, 7, -7, 6], dtype=np.int32)
+    b = np.array([2, 2, -2, -2, 3], dtype=np.int32)
+    np.testing.assert_array_equal(T.div_forward(a, b), [3, -3, -3, 3, 2])
+
+
+def test_dropout_training_gradient_uses_the_mask():
+    opdef = op_registry.get("OnnxDropout")
+    x = np.random.default_rng(0).uniform(0.5, 1.5, (4, 50)).astype(np.float32)
+    attrs = {"ratio": 0.3, "training_mode": True, "mask": True}
+    (y, mask), saved = opdef.forward(attrs, [x], {}, False)
+    np.testing.assert_allclose(y, x * mask / 0.7, rtol=1e-6)
+    assert 0.5 < mask.mean() < 0.9
+    dy = np.ones_like(x)
+    (dx,), _ = opdef.backward(attrs, saved, [dy], [True], {})
+    np.testing.assert_allclose(dx, mask / 0.7, rtol=1e-6)
