@@ -97,6 +97,14 @@ class DeepNetCell(Iterable):
             target = Score(provider, name="Target")
         return cls(result, provider, target, name, backend)
 
+    @classmethod
+    def load_from_INI(cls, path, backend=None):
+        """Build the network of an N2D2 INI file, with its database, provider and target; see
+        `n2d2.frontends.ini.builder`."""
+        from n2d2.frontends.ini.builder import load_ini
+
+        return load_ini(path, backend=backend, cls=cls)
+
     # -- accessors --------------------------------------------------------------------------------
     def get_graph(self):
         """The forward IR graph (as traced or imported)."""
