@@ -12,6 +12,7 @@ The two libraries alternate call by call so that both see the same machine load;
 the median (and min) over the repeats, ratio = n2d2 / torch (lower is better). Not a test.
 
     python bench/bench_conv_ops.py [--threads 2] [--batch 128] [--repeats 30] [--sections ops,lenet]
+                                   [--clock wall|process]
 """
 import argparse
 import os
@@ -25,6 +26,8 @@ def _parse():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--sections", default="ops,lenet")
+    ap.add_argument("--clock", choices=("wall", "process"), default="wall",
+                    help="process: CPU time of this process (steadier on a busy machine with --threads 1)")
     return ap.parse_args()
 
 
@@ -42,6 +45,7 @@ from n2d2.ops import conv as conv_ops  # noqa: E402
 from n2d2.ops import deconv as deconv_ops  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
+CLOCK = time.process_time if ARGS.clock == "process" else time.perf_counter
 
 
 def compare(name, n2d2_fn, torch_fn, repeats=ARGS.repeats):
@@ -51,12 +55,12 @@ def compare(name, n2d2_fn, torch_fn, repeats=ARGS.repeats):
         torch_fn()
     a, b = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = CLOCK()
         n2d2_fn()
-        a.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        a.append(CLOCK() - t)
+        t = CLOCK()
         torch_fn()
-        b.append(time.perf_counter() - t)
+        b.append(CLOCK() - t)
     ma, mb = np.median(a) * 1e3, np.median(b) * 1e3
     print(f"{name:44s} n2d2 {ma:8.3f} ms (min {min(a) * 1e3:7.3f})   torch {mb:8.3f} ms (min {min(b) * 1e3:7.3f})"
           f"   ratio {ma / mb:5.2f} (min {min(a) / min(b):5.2f})", flush=True)
@@ -190,7 +194,7 @@ def bench_lenet():
 
 
 def main():
-    print(f"n2d2 conv benchmark: threads={ARGS.threads} batch={ARGS.batch} repeats={ARGS.repeats}; "
+    print(f"n2d2 conv benchmark: threads={ARGS.threads} batch={ARGS.batch} repeats={ARGS.repeats} clock={ARGS.clock}; "
           f"numpy {np.__version__}, torch {torch.__version__}, load average {os.getloadavg()}")
     sections = ARGS.sections.split(",")
     if "ops" in sections:
