@@ -247,11 +247,12 @@ def _expand_sub_sample(dy, geom: ConvGeometry):
 # - a tiny [M, N] result over a very long inner dimension K (weight gradients of early layers):
 #   OpenBLAS runs it at a fraction of its speed; summing a batched GEMM over K chunks is
 #   several times faster (and avoids a threading pathology);
-# - an im2col matrix much larger than the caches: writing it, reading it for the forward GEMM
-#   and again for the weight gradient is memory-bound when the GEMM does little work per
-#   column (few channels). Such convolutions run over bands of output rows: each band's
-#   columns are built in a cache-sized buffer and used at once, and rebuilt for the weight
-#   gradient (a copy from the cached input costs less than re-reading stored columns).
+# - an im2col matrix much larger than the caches, with few rows (C*kH*kW <= 512): writing it,
+#   reading it back for the forward GEMM and again for the weight gradient is memory-bound.
+#   Such convolutions run over bands of output rows: each band's columns are built in a
+#   cache-sized buffer and used at once, and rebuilt for the weight gradient (a copy from the
+#   small input costs less than re-reading stored columns from memory). Measured on LeNet
+#   b128: the whole training step ~20% faster, and no columns are kept between the passes.
 _SPLIT_MIN_INNER = 32768
 _SPLIT_MAX_OUTER = 4096
 _SPLIT_CHUNK = 8192
