@@ -1,0 +1,197 @@
+"""The INI runner: `n2d2 run MODEL.ini -learn N -log M -test`, like N2D2's executable.
+
+- `-learn N` trains on N stimuli (N2D2 counts stimuli, not epochs), reading the Learn partition
+  in shuffled passes; every `-log M` stimuli it logs the learning curve and, when the database
+  has a Validation partition, validates and keeps the best weights (`weights_validation/`);
+  the best weights are restored at the end;
+- `-test` scores the Test partition and prints the success rate;
+- logs and plots (the target's confusion matrices, success curves, statistics) go to an output
+  folder (`-o`, default `<model name>.run/` in the current directory), printed at the start.
+
+The training loop is `DeepNetCell`'s (one pass over a partition at a time); this module only
+splits the stimuli budget into log periods.
+"""
+import argparse
+import os
+import sys
+import time
+import warnings
+
+__all__ = ["run", "main", "build_parser", "add_arguments", "add_run_parser", "run_command"]
+
+
+def _one_line_warnings():
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"Warning: {filename}:{lineno}: {message}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+
+
+def run(model_path: str, learn: int = 0, log: int = 10000, test: bool = False, output: str = None,
+        seed: int = None, weights: str = None, valid_metric: str = "Sensitivity", stop_valid: int = 0,
+        backend: str = None) -> dict:
+    """Load the INI network `model_path`, train on `learn` stimuli (validating every `log`),
+    optionally test. `backend`: "numpy", "c", or None for DeepNetCell's choice.
+
+    Returns {'output': folder, 'deepnet': DeepNetCell, 'validation': best validation score or
+    None, 'test': test success or None, 'learned': stimuli learnt}."""
+    import n2d2
+    from n2d2.cells.deepnet_cell import VALID_METRICS
+    from n2d2.frontends.ini.builder import load_ini
+
+    if not isinstance(learn, int) or isinstance(learn, bool) or learn < 0:
+        raise n2d2.error_handler.WrongValue("learn", learn, ["a number of stimuli >= 0"])
+    if not isinstance(log, int) or isinstance(log, bool) or log < 1:
+        raise n2d2.error_handler.WrongValue("log", log, ["a number of stimuli >= 1"])
+    if valid_metric not in VALID_METRICS:
+        raise n2d2.error_handler.WrongValue("valid_metric", valid_metric, VALID_METRICS)
+    if seed is not None:
+        n2d2.global_variables.seed = seed
+    model_path = os.path.abspath(model_path)
+    weights = os.path.abspath(weights) if weights else None
+    deepnet = load_ini(model_path, backend=backend)
+    name = os.path.splitext(os.path.basename(model_path))[0]
+    folder = os.path.abspath(output or f"{name}.run")
+    os.makedirs(folder, exist_ok=True)
+    print(f"Output folder: {folder}")
+    result = {"output": folder, "deepnet": deepnet, "validation": None, "test": None, "learned": 0}
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        if weights:
+            deepnet.import_free_parameters(weights)
+        if learn > 0:
+            result["learned"], result["validation"] = _learn(deepnet, learn, log, valid_metric, stop_valid)
+        if test:
+            result["test"] = _test(deepnet)
+    finally:
+        os.chdir(cwd)
+    return result
+
+
+def _learn(deepnet, budget, log, valid_metric, stop_valid):
+    provider, target = deepnet.get_provider(), deepnet.get_target()
+    database = provider.get_database()
+    nb_learn = database.get_nb_stimuli("Learn")
+    if nb_learn == 0:
+        raise RuntimeError("-learn: the database has no Learn stimulus")
+    has_validation = database.get_nb_stimuli("Validation") > 0
+    deepnet.export_free_parameters("weights_init", verbose=False)
+    print(f"Learning {budget} stimuli ({budget / nb_learn:.2f} epochs of {nb_learn}), log every {log}"
+          + (", validation on " + str(database.get_nb_stimuli("Validation")) + " stimuli" if has_validation else ""))
+    done, best, best_params, stale = 0, None, None, 0
+    start = time.perf_counter()
+    while done < budget:
+        chunk = min(log, budget - done)
+        period_done = 0
+        while period_done < chunk:  # a period may span the end of a pass over Learn
+            success, seen, _ = deepnet._run_epoch("Learn", True, nb_max=chunk - period_done,
+                                                  desc=f"learn {done + period_done}/{budget}")
+            if seen == 0:
+                break
+            period_done += seen
+        if period_done == 0:
+            break
+        done += period_done
+        elapsed = time.perf_counter() - start
+        print(f"Learn: {done} stimuli, success {100 * success:.2f}% (last pass), {done / max(elapsed, 1e-9):.0f} "
+              f"stimuli/s")
+        target.log_success("Learn", partition="Learn")
+        if not has_validation:
+            continue
+        deepnet._run_epoch("Validation", False, desc="validation", shuffle=False)
+        score = target.get_average_score(valid_metric, partition="Validation")
+        target.new_validation_point(score=score)
+        improved = best is None or score > best
+        print(f"Validation {valid_metric}: {100 * score:.2f}%"
+              + (" (best)" if improved else f" (best {100 * best:.2f}%)"))
+        target.log_success("Validation", partition="Validation")
+        if improved:
+            best, stale = score, 0
+            best_params = deepnet._snapshot()
+            deepnet.export_free_parameters("weights_validation", verbose=False)
+            target.log_confusion_matrix("Validation", partition="Validation")
+        else:
+            stale += 1
+            if stop_valid and stale >= stop_valid:
+                print(f"No improvement for {stale} validations: stopping")
+                break
+    if best_params is not None:
+        deepnet._restore(best_params)
+        print(f"Best validation {valid_metric}: {100 * best:.2f}% (weights restored from weights_validation/)")
+    else:
+        deepnet.export_free_parameters("weights", verbose=False)
+    return done, best
+
+
+def _test(deepnet):
+    target = deepnet.get_target()
+    success = deepnet.run_test()
+    target.log_stats("stats")
+    print(f"Test success rate: {100 * success:.2f}%")
+    return success
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `run` verb's options (N2D2's spelling: single-dash long options; `--learn` works too)."""
+    parser.add_argument("model", help="the INI file (e.g. LeNet.ini)")
+    parser.add_argument("-learn", "--learn", type=int, default=0, metavar="N",
+                        help="train on N stimuli (N2D2 counts stimuli, not epochs; 0: no training)")
+    parser.add_argument("-log", "--log", type=int, default=10000, metavar="M",
+                        help="log (and validate, when there is a Validation partition) every M stimuli "
+                             "(default: 10000)")
+    parser.add_argument("-test", "--test", action="store_true",
+                        help="test on the Test partition and print the success rate")
+    parser.add_argument("-seed", "--seed", type=int, default=None, help="random seed (fillers, dropout, reading order)")
+    parser.add_argument("-w", dest="weights", default=None, metavar="DIR",
+                        help="import the parameters of DIR before learning/testing")
+    parser.add_argument("-valid-metric", "--valid-metric", dest="valid_metric", default="Sensitivity",
+                        help="validation metric (Sensitivity, Accuracy, F1Score, ...; default: Sensitivity)")
+    parser.add_argument("-stop-valid", "--stop-valid", dest="stop_valid", type=int, default=0, metavar="K",
+                        help="stop after K validations without improvement (0: never)")
+    parser.add_argument("-o", "--output", default=None, metavar="DIR",
+                        help="output folder (default: <model name>.run in the current directory)")
+    parser.add_argument("-backend", "--backend", default="auto", choices=("auto", "numpy", "c"),
+                        help="how the compiled network runs: numpy executor, generated C, or auto (DeepNetCell's "
+                             "choice; default)")
+    return parser
+
+
+def build_parser(prog: str = "n2d2 run") -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(
+        prog=prog, description="Train and/or test the network of an N2D2 INI file, as N2D2's executable does."))
+
+
+def add_run_parser(subparsers):
+    """Register the `run` verb on the `n2d2` command line (`n2d2.cli`)."""
+    parser = subparsers.add_parser(
+        "run", help="train/test the network of an N2D2 INI file (-learn N -log M -test)",
+        description="Train and/or test the network of an N2D2 INI file, as N2D2's executable does: "
+                    "n2d2 run LeNet.ini -learn 480000 -log 48000 -test")
+    add_arguments(parser)
+    parser.set_defaults(func=run_command)
+    return parser
+
+
+def run_command(args) -> int:
+    """Run parsed `run` arguments; errors of the user are printed in one line (exit status 1)."""
+    from n2d2.frontends.ini.parser import IniError
+
+    _one_line_warnings()
+    try:
+        run(args.model, learn=args.learn, log=args.log, test=args.test, output=args.output, seed=args.seed,
+            weights=args.weights, valid_metric=args.valid_metric, stop_valid=args.stop_valid,
+            backend=None if args.backend == "auto" else args.backend)
+    except (IniError, ValueError, RuntimeError, OSError) as e:
+        print(f"n2d2 run: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m n2d2.frontends.ini.runner MODEL.ini ...`: returns the exit status."""
+    return run_command(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
