@@ -16,6 +16,7 @@ from n2d2.ir.types import GraphError, TensorType
 from n2d2.ops import activation as act_ops
 from n2d2.ops import batchnorm as bn_ops
 from n2d2.ops import conv as conv_ops
+from n2d2.ops import deconv as deconv_ops
 from n2d2.ops import dropout as dropout_ops
 from n2d2.ops import elemwise as elemwise_ops
 from n2d2.ops import fc as fc_ops
@@ -554,6 +555,50 @@ class Conv(OpDef):
     def _backward(self, attrs, saved, dy, needs, params):
         ctx, shapes = saved
         dx, dw, db = conv_ops.conv2d_backward(dy, ctx, need_dx=any(needs), need_dw=True)
+        grads = {"weights": dw}
+        if db is not None:
+            grads["biases"] = db
+        if dx is None:
+            return [None] * len(needs), grads
+        return _split_channels(dx, shapes, needs), grads
+
+
+@register
+class Deconv(OpDef):
+    """Transposed convolution. attrs: stride, padding, dilation ((h, w) pairs), groups, mapping
+    (bool [C_in, C_out] or None); params weights [C_in, C_out/groups, kH, kW], biases [C_out]."""
+
+    name = "Deconv"
+    max_inputs = None
+    params = ("weights", "biases")
+    trainable = ("weights", "biases")
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n, c_in, h, w = _concat_shape(in_shapes)
+        ci, og, kh, kw = param_shapes["weights"]
+        if ci != c_in:
+            raise ValueError(f"weights {list(param_shapes['weights'])} do not match {c_in} input channels")
+        (sh, sw), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
+        out = (deconv_ops.deconv_output_size(h, kh, sh, ph, dh), deconv_ops.deconv_output_size(w, kw, sw, pw, dw))
+        if min(out) < 1:
+            raise ValueError(f"empty output {list(out)}")
+        return [(n, og * attrs.get("groups", 1)) + out]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        mapping = attrs.get("mapping")
+        if mapping is not None:
+            from n2d2.backend import to_device
+
+            mapping = to_device(mapping, array_module(x) is not np)
+        y, ctx = deconv_ops.conv_transpose2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
+                                                     attrs["padding"], attrs["dilation"], attrs.get("groups", 1),
+                                                     mapping)
+        return y, (ctx, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        ctx, shapes = saved
+        dx, dw, db = deconv_ops.conv_transpose2d_backward(dy, ctx, need_dx=any(needs))
         grads = {"weights": dw}
         if db is not None:
             grads["biases"] = db

@@ -5,13 +5,10 @@ stored [C_in, C_out/G, kH, kW] (PyTorch's conv_transpose2d layout); `get_weight(
 kernel that output o applies to input channel c, as for Conv. The connection table, weight
 API and parameter files are Conv's (`ConvolutionCell`).
 """
-import numpy as np
 
-from n2d2.backend import array_module, to_device
 from n2d2.cells.nn.conv import ConvolutionCell, check_dims, check_int
 from n2d2.cells.nn.weighted import solver_and_filler_specs
 from n2d2.configurable import Spec
-from n2d2.ir import ops as ir_ops
 from n2d2.ops import conv as conv_ops
 from n2d2.ops import deconv as ops
 from n2d2.tensor import Tensor
@@ -75,60 +72,5 @@ class Deconv(ConvolutionCell):
         return conv_ops.ConvGeometry((n, self._args["nb_outputs"]) + out, c, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
 
     def _ir_node(self):
-        """Computed through the IR op "Deconv" (see `DeconvOpDef` below)."""
+        """Computed through the IR op "Deconv" (n2d2.ir.ops), which calls n2d2.ops.deconv."""
         return "Deconv", self._attrs(), self._params()
-
-
-class DeconvOpDef(ir_ops.OpDef):
-    """IR op "Deconv": attrs stride, padding, dilation ((h, w) pairs), groups, mapping (bool
-    [C_in, C_out] or None); params weights [C_in, C_out/groups, kH, kW], biases [C_out].
-
-    Registered from here until `n2d2.ir.ops` defines it (it belongs there, next to Conv).
-    """
-
-    name = "Deconv"
-    max_inputs = None
-    params = ("weights", "biases")
-    trainable = ("weights", "biases")
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        for s in in_shapes[1:]:
-            if s[0] != in_shapes[0][0] or tuple(s[2:]) != tuple(in_shapes[0][2:]):
-                raise ValueError(f"inputs {list(in_shapes)} differ on batch or H, W")
-        n, h, w = in_shapes[0][0], in_shapes[0][2], in_shapes[0][3]
-        c_in = sum(s[1] for s in in_shapes)
-        ci, og, kh, kw = param_shapes["weights"]
-        if ci != c_in:
-            raise ValueError(f"weights {list(param_shapes['weights'])} do not match {c_in} input channels")
-        (sh, sw), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
-        out = (ops.deconv_output_size(h, kh, sh, ph, dh), ops.deconv_output_size(w, kw, sw, pw, dw))
-        if min(out) < 1:
-            raise ValueError(f"empty output {list(out)}")
-        return [(n, og * attrs.get("groups", 1)) + out]
-
-    def _forward(self, attrs, xs, params, training):
-        x = xs[0] if len(xs) == 1 else array_module(*xs).concatenate(xs, axis=1)
-        mapping = attrs.get("mapping")
-        if mapping is not None:
-            mapping = to_device(mapping, array_module(x) is not np)
-        y, ctx = ops.conv_transpose2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
-                                              attrs["padding"], attrs["dilation"], attrs.get("groups", 1), mapping)
-        return y, (ctx, [a.shape[1] for a in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        ctx, channels = saved
-        dx, dw, db = ops.conv_transpose2d_backward(dy, ctx, need_dx=any(needs))
-        grads = {"weights": dw}
-        if db is not None:
-            grads["biases"] = db
-        if dx is None:
-            return [None] * len(needs), grads
-        out, offset = [], 0
-        for c, need in zip(channels, needs):
-            out.append(dx[:, offset:offset + c] if need else None)
-            offset += c
-        return out, grads
-
-
-if "Deconv" not in ir_ops.names():
-    ir_ops.register(DeconvOpDef)
