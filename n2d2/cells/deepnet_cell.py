@@ -105,6 +105,22 @@ class DeepNetCell(Iterable):
 
         return load_ini(path, backend=backend, cls=cls)
 
+    @classmethod
+    def load_from_ONNX(cls, provider, model_path, ini_file=None, ignore_cells=None, ignore_input_size=False,
+                       backend=None):
+        """Import an ONNX model (cells named after the ONNX node outputs), fed by `provider`;
+        see `n2d2.frontends.onnx_import.load_from_onnx`."""
+        from n2d2.frontends.onnx_import import load_from_onnx
+
+        return load_from_onnx(provider, model_path, ini_file=ini_file, ignore_cells=ignore_cells,
+                              ignore_input_size=ignore_input_size, backend=backend, cls=cls)
+
+    def export_onnx(self, path, opset=17):
+        """Write the forward graph as an ONNX model (atomically); see `n2d2.frontends.onnx_export`."""
+        from n2d2.frontends.onnx_export import export_onnx
+
+        return export_onnx(self, path, opset=opset)
+
     # -- accessors --------------------------------------------------------------------------------
     def get_graph(self):
         """The forward IR graph (as traced or imported)."""
