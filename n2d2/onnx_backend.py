@@ -31,7 +31,7 @@ from n2d2.ir.types import TensorType
 STATIC_SLOTS = {
     "Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Pad": (1, 2, 3), "Resize": (1, 2, 3),
     "Upsample": (1,), "Clip": (1, 2), "Dropout": (1, 2), "ReduceMax": (1,), "ReduceSum": (1,),
-    "ReduceMean": (1,),
+    "ReduceMean": (1,), "Slice": (1, 2, 3, 4), "Expand": (1,), "ConstantOfShape": (0,),
 }
 
 
@@ -227,9 +227,9 @@ def _variadic(c, node, ins, attrs):
     return c.op("Onnx" + node.op_type, [v for v in ins if v is not None], {})
 
 
-@_handles("Less")
-def _less(c, node, ins, attrs):
-    return c.op("OnnxLess", ins, {})
+@_handles("Less", "Equal")
+def _compare(c, node, ins, attrs):
+    return c.op("Onnx" + node.op_type, ins, {})
 
 
 @_handles("Where")
@@ -399,6 +399,35 @@ def _shape(c, node, ins, attrs):
     start = min(max(start + n if start < 0 else start, 0), n)
     end = n if end is None else min(max(int(end) + n if int(end) < 0 else int(end), 0), n)
     return [_const(node.output[0], shape[start:end])]
+
+
+@_handles("Slice")
+def _slice(c, node, ins, attrs):
+    if c.opset < 10:
+        starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+    else:
+        starts, ends = _ints(ins[1].const), _ints(ins[2].const)
+        axes = _ints(ins[3].const) if len(ins) > 3 and ins[3] is not None else None
+        steps = _ints(ins[4].const) if len(ins) > 4 and ins[4] is not None else None
+    ndim = len(ins[0].shape)
+    a = {"starts": tuple(int(v) for v in starts), "ends": tuple(int(v) for v in ends),
+         "axes": None if axes is None else tuple(_axis(v, ndim) for v in axes),
+         "steps": None if steps is None else tuple(int(v) for v in steps)}
+    return c.op("OnnxSlice", ins[:1], a)
+
+
+@_handles("Expand")
+def _expand(c, node, ins, attrs):
+    shape = tuple(_ints(ins[1].const))
+    if tuple(np.broadcast_shapes(ins[0].shape, shape)) == ins[0].shape:
+        return [ins[0]]
+    return c.op("OnnxExpand", ins[:1], {"shape": shape})
+
+
+@_handles("ConstantOfShape")
+def _constant_of_shape(c, node, ins, attrs):
+    value = np.asarray(attrs.get("value", np.zeros(1, dtype=np.float32))).reshape(-1)
+    return [_const(node.output[0], np.full(tuple(_ints(ins[0].const)), value[0], dtype=value.dtype))]
 
 
 @_handles("Constant")
@@ -607,7 +636,8 @@ def _resize(c, x, name, scales, sizes, roi, attrs):
     a = {"shape": tuple(out), "axes": tuple(specs), "mode": mode, "coordinate_mode": coordinate,
          "nearest_mode": attrs.get("nearest_mode", "round_prefer_floor"),
          "cubic_a": float(attrs.get("cubic_coeff_a", -0.75)), "exclude_outside": bool(attrs.get("exclude_outside", 0)),
-         "antialias": bool(attrs.get("antialias", 0)), "extrapolation_value": float(attrs.get("extrapolation_value", 0.0))}
+         "antialias": bool(attrs.get("antialias", 0)),
+         "extrapolation_value": float(attrs.get("extrapolation_value", 0.0))}
     return c.op("OnnxResize", [x], a)
 
 

@@ -7,7 +7,11 @@ BatchNormalization, Concat, Flatten, Reshape, Transpose, Squeeze, Unsqueeze, Pad
 Identity, Resize, Upsample, Constant, Shape, Gather (with their `_expanded` function-body
 variants, which also need Less, Where, CastLike, Exp, Log, ReduceMax, ReduceSum):
 
-    selected 331, passed 325, excluded 6 (reasons next to each `exclude` below).
+    selected 337, passed 331, excluded 6 (reasons next to each `exclude` below);
+
+plus the node tests of the other ops the backend implements (Slice, Expand, ConstantOfShape,
+Equal, Less, Where, Exp, Log, ReduceMax, ReduceSum, ReduceMean): selected 68, passed 68.
+A torch-exported CNN runs and its converted graph trains (autodiff) with torch's gradients.
 
 Gradients: every op of `n2d2.ops.tensor_ops`, through its IR op definition
 (`n2d2.ir.tensor_ops`), against PyTorch CPU (float32, ||a-b||/||b|| < 1e-5, forward and every
@@ -32,6 +36,14 @@ OPS = ("Conv ConvTranspose Gemm MatMul Add Sub Mul Div Sum Max Relu LeakyRelu Si
        "Clip MaxPool AveragePool GlobalAveragePool GlobalMaxPool BatchNormalization Concat Flatten Reshape "
        "Transpose Squeeze Unsqueeze Pad Dropout Identity Resize Upsample Constant Shape Gather").split()
 
+# Ops the backend also implements (torch exports use them in shape sub-graphs and channel splits;
+# the `_expanded` variants above need some): their node tests run too, counted apart.
+EXTRA_OPS = "Slice Expand ConstantOfShape Equal Less Where Exp Log ReduceMax ReduceSum ReduceMean".split()
+INCLUDE_EXTRA = [
+    r"^test_(slice|expand|constantofshape|equal|less(?!_equal)|where|exp|log|reduce_max|reduce_sum(?!_square)"
+    r"|reduce_mean)(_.*)?_cpu$",
+]
+
 INCLUDE = [
     r"^test_(conv|convtranspose|gemm|matmul|add|sub|mul|div|sum|max|relu|leakyrelu|sigmoid|tanh|softmax|logsoftmax"
     r"|clip|maxpool|averagepool|globalaveragepool|globalmaxpool|batchnorm|concat|flatten|reshape|transpose|squeeze"
@@ -55,20 +67,22 @@ EXCLUDE = [
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)   # raised by onnx's own test-case generators
     backend_test = onnx.backend.test.BackendTest(n2d2.onnx_backend, __name__)
-for _pattern in INCLUDE:
+for _pattern in INCLUDE + INCLUDE_EXTRA:
     backend_test.include(_pattern)
 for _pattern in EXCLUDE:
     backend_test.exclude(_pattern)
 
 
-def _selected_node_tests():
+def _selected_node_tests(patterns):
     names = backend_test._test_items["NodeModel"]
-    return sorted(n for n in names if any(re.search(p, n) for p in INCLUDE))
+    return sorted(n for n in names if any(re.search(p, n) for p in patterns))
 
 
-SELECTED = _selected_node_tests()
+SELECTED = _selected_node_tests(INCLUDE)
+SELECTED_EXTRA = _selected_node_tests(INCLUDE_EXTRA)
 EXCLUDED = [n for n in SELECTED if any(re.search(p, n) for p in EXCLUDE)]
-print(f"ONNX node tests: {len(SELECTED)} selected, {len(EXCLUDED)} excluded")
+print(f"ONNX node tests: {len(SELECTED)} selected, {len(EXCLUDED)} excluded; "
+      f"{len(SELECTED_EXTRA)} more of the extra ops")
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)   # the report's 'onnx_coverage' mark
@@ -76,7 +90,8 @@ with warnings.catch_warnings():
 # Only the selected node tests: the other categories and the unselected node tests (about 4000
 # methods) would be collected just to be skipped.
 _node_cases = _cases["OnnxBackendNodeModelTest"]
-for _name in [n for n in vars(_node_cases) if n.startswith("test_") and n not in SELECTED]:
+_keep = set(SELECTED) | set(SELECTED_EXTRA)
+for _name in [n for n in vars(_node_cases) if n.startswith("test_") and n not in _keep]:
     delattr(_node_cases, _name)
 globals().update({"OnnxBackendNodeModelTest": _node_cases})
 del _node_cases, _cases   # a module-level TestCase class under another name would run twice
@@ -87,15 +102,16 @@ def test_node_test_selection():
     from onnx.backend.test.loader import load_model_tests
 
     by_name = {f"{c.name}_cpu": c for c in load_model_tests(kind="node")}
-    assert len(SELECTED) == 337, len(SELECTED)
-    assert len(EXCLUDED) == len(EXCLUDE) == 6
-    for name in SELECTED:
-        types = {n.op_type for n in by_name[name].model.graph.node}
-        assert "_expanded" in name or (len(types) == 1 and types <= set(OPS)), (name, types)
-    for name, case in by_name.items():
-        types = [n.op_type for n in case.model.graph.node]
-        if len(types) == 1 and types[0] in OPS:
-            assert name in SELECTED, name
+    assert (len(SELECTED), len(SELECTED_EXTRA), len(EXCLUDED)) == (337, 68, len(EXCLUDE)), \
+        (len(SELECTED), len(SELECTED_EXTRA), len(EXCLUDED))
+    for selected, ops in ((SELECTED, OPS), (SELECTED_EXTRA, EXTRA_OPS)):
+        for name in selected:
+            types = {n.op_type for n in by_name[name].model.graph.node}
+            assert "_expanded" in name or (len(types) == 1 and types <= set(ops)), (name, types)
+        for name, case in by_name.items():
+            types = [n.op_type for n in case.model.graph.node]
+            if len(types) == 1 and types[0] in ops:
+                assert name in selected, name
 
 
 # -- gradients of the reference ops, through their IR op definitions -----------------------------------
@@ -249,6 +265,9 @@ CASES = [
          lambda *xs: torch.cat(xs, dim=1)),
     Case("gather_axis1", "OnnxGather", {"axis": 1}, [(3, 5, 2), lambda rng: np.array([[0, -1], [2, 0]])],
          _gather_t(1)),
+    Case("slice_steps", "OnnxSlice", {"starts": (-1, 1), "ends": (-10, 100), "axes": (2, 0), "steps": (-2, 1)},
+         [(3, 2, 5)], lambda x: x[1:].flip(2)[:, :, ::2]),
+    Case("expand", "OnnxExpand", {"shape": (2, 1, 1, 3)}, [(4, 1)], lambda x: x.expand(2, 1, 4, 3)),
     Case("pad_constant_crop", "OnnxPad", {"pads": (1, 0, -1, 2, 0, 1, 1, 0), "mode": "constant", "value": 0.5},
          [(2, 3, 4, 3)], lambda x: F.pad(x, [2, 0, -1, 1, 0, 1, 1, 0], value=0.5)),
     Case("pad_reflect", "OnnxPad", {"pads": (0, 0, 2, 1, 0, 0, 1, 2), "mode": "reflect"}, [(2, 3, 4, 5)],
@@ -412,3 +431,86 @@ def test_dropout_training_gradient_uses_the_mask():
     dy = np.ones_like(x)
     (dx,), _ = opdef.backward(attrs, saved, [dy], [True], {})
     np.testing.assert_allclose(dx, mask / 0.7, rtol=1e-6)
+
+
+# -- torch-exported networks ---------------------------------------------------------------------------
+class _SmallNet(torch.nn.Module):
+    """The layers torch-exported CNNs are made of, plus a channel split and a dynamic batch."""
+
+    def __init__(self, batchnorm=True):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8) if batchnorm else torch.nn.Identity()
+        self.c2 = torch.nn.Conv2d(8, 8, 3, stride=2, padding=(1, 0), groups=2)
+        self.up = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.ct = torch.nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+        self.fc = torch.nn.Linear(10, 5)
+
+    def forward(self, x):
+        y = F.leaky_relu(self.bn(self.c1(x)), 0.1)
+        z = F.max_pool2d(y, 3, 2, 1, ceil_mode=True)
+        z = self.c2(torch.cat([z, torch.sigmoid(z)], 1)[:, 4:12])
+        u = F.avg_pool2d(self.ct(self.up(z)), 2, ceil_mode=True, count_include_pad=False)
+        w = torch.tanh(F.adaptive_avg_pool2d(u, 1).flatten(1))
+        w = torch.cat([w, w.amax(1, keepdim=True).expand(-1, 6)], 1)
+        return F.log_softmax(self.fc(w), 1)
+
+
+def _export(net, x):
+    import io
+
+    import onnx
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def test_torch_exported_cnn():
+    torch.manual_seed(0)
+    net = _SmallNet().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    model = _export(net, torch.randn(1, 3, 13, 14))
+    rep = n2d2.onnx_backend.prepare(model)
+    for n in (2, 3):   # the dynamic batch gives one graph per input shape
+        x = torch.randn(n, 3, 13, 14)
+        (y,) = rep.run([x.numpy()])
+        assert rel_err(y, net(x).detach().numpy()) < 1e-5
+        assert all(rep.graph.op(name).startswith("Onnx") or rep.graph.op(name) == "Input"
+                   for name in rep.graph.nodes())
+
+
+def test_imported_graph_trains_like_torch():
+    """Autodiff of the converted graph gives torch's weight gradients (initializers are parameters)."""
+    from n2d2.codegen.numpy_exec import Session
+    from n2d2.ir.autodiff import build_training_graph
+
+    class Record:
+        def update(self, array, grad, batch_size):
+            self.grad = grad
+
+    torch.manual_seed(1)
+    net = _SmallNet(batchnorm=False).eval()
+    x = torch.randn(2, 3, 13, 14)
+    model = _export(net, x)
+    rep = n2d2.onnx_backend.prepare(model)
+    graph = rep.build({"x": x.numpy()})
+    solvers = {}
+    for name, param in graph.params.items():
+        if param.trainable:
+            param.solver = solvers[name] = Record()
+    train = build_training_graph(graph)
+    dy = np.random.default_rng(3).standard_normal(graph.output_types(graph.outputs[0][0])[0].shape).astype(np.float32)
+    session = Session(train.graph, training=True)
+    session.feed({"x": x.numpy(), train.grad_inputs[graph.outputs[0]]: dy})
+    session.run_nodes(train.graph.topological_order())
+    (net(x) * torch.tensor(dy)).sum().backward()
+    torch_grads = dict(net.named_parameters())
+    assert set(solvers) == set(torch_grads)
+    for name, rec in solvers.items():
+        assert rel_err(rec.grad, torch_grads[name].grad.numpy()) < 1e-5, name

@@ -151,6 +151,22 @@ class OnnxLess(_Binary):
 
 
 @register
+class OnnxEqual(_Binary):
+    """Boolean output; no gradient."""
+
+    name = "OnnxEqual"
+
+    def _types(self, attrs, in_types):
+        return [(_broadcast(in_types), "bool")]
+
+    def _forward(self, attrs, xs, training):
+        return T.equal_forward(*xs), None
+
+    def _backward(self, attrs, saved, dy, needs):
+        raise GraphError("OnnxEqual has no gradient")
+
+
+@register
 class OnnxSum(OnnxOp):
     name = "OnnxSum"
     max_inputs = None
@@ -530,6 +546,44 @@ class OnnxGather(OnnxOp):
         if needs[1]:
             raise GraphError("OnnxGather: no gradient to the indices")
         return [T.gather_backward(dy, x_shape, indices, attrs["axis"]), None]
+
+
+@register
+class OnnxSlice(OnnxOp):
+    """attrs: starts, ends, axes, steps (ONNX Slice, constants)."""
+
+    name = "OnnxSlice"
+
+    def _index(self, attrs, shape):
+        return T.slice_index(shape, attrs["starts"], attrs["ends"], attrs.get("axes"), attrs.get("steps"))
+
+    def _types(self, attrs, in_types):
+        shape = tuple(in_types[0].shape)
+        out = np.empty(shape, dtype=np.bool_)[self._index(attrs, shape)].shape   # numpy's own slice rule
+        return [(out, in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        index = self._index(attrs, xs[0].shape)
+        return T.slice_forward(xs[0], index), (xs[0].shape, index)
+
+    def _backward(self, attrs, saved, dy, needs):
+        return [T.slice_backward(dy, *saved)]
+
+
+@register
+class OnnxExpand(OnnxOp):
+    """attrs: shape (the Expand shape input, broadcast with the input's)."""
+
+    name = "OnnxExpand"
+
+    def _types(self, attrs, in_types):
+        return [(tuple(np.broadcast_shapes(tuple(in_types[0].shape), tuple(attrs["shape"]))), in_types[0].dtype)]
+
+    def _forward(self, attrs, xs, training):
+        return T.expand_forward(xs[0], attrs["shape"]), xs[0].shape
+
+    def _backward(self, attrs, x_shape, dy, needs):
+        return [T.expand_backward(dy, x_shape)]
 
 
 @register

@@ -233,6 +233,13 @@ def reduce_mean_backward(dy, x_shape, axes, keepdims=True):
 
 
 def reduce_max_forward(x, axes, keepdims=True):
+    """Max over `axes`; over an empty set it is the dtype's lowest value (-inf, False; ONNX)."""
+    if x.size == 0:
+        xp = array_module(x)
+        shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape)) if keepdims else \
+            tuple(s for i, s in enumerate(x.shape) if i not in axes)
+        low = False if x.dtype == bool else _lowest(x.dtype)
+        return xp.full(shape, low, dtype=x.dtype)
     return x.max(axis=axes, keepdims=keepdims)
 
 
@@ -437,12 +444,9 @@ def _offset_slices(offset, strides, dilations, out):
 
 def _pad_spatial(x, begins, ends, fill):
     """x padded on its spatial axes with `fill` (negative pads crop)."""
-    nd = x.ndim - 2
     if not any(begins) and not any(ends):
         return x
-    pads = [0, 0] + list(begins) + [0, 0] + list(ends)
-    del nd
-    return pad_forward(x, pads, "constant", fill)
+    return pad_forward(x, [0, 0] + list(begins) + [0, 0] + list(ends), "constant", fill)
 
 
 def _unpad_spatial(g, x_shape, begins, ends):
@@ -601,12 +605,9 @@ def conv_transpose_output_shape(x_shape, w_shape, strides=None, pads=None, dilat
 
 def _crop_extend(full, begins, out):
     """full[..., b : b + out] per spatial axis, zeros where that runs past the end."""
-    xp = array_module(full)
     sizes = full.shape[2:]
     ends = tuple(o + b - s for o, b, s in zip(out, begins, sizes))   # > 0: zero extension
-    pads = [0, 0] + [-b for b in begins] + [0, 0] + list(ends)
-    del xp
-    return pad_forward(full, pads, "constant", 0)
+    return pad_forward(full, [0, 0] + [-b for b in begins] + [0, 0] + list(ends), "constant", 0)
 
 
 def _crop_extend_backward(dy, full_shape, begins, out):
@@ -1005,3 +1006,51 @@ def resize_backward(dy, matrices, extrapolated=None):
     for axis in reversed(active):
         g = _apply_axis(g, matrices[axis].astype(dy.dtype).T, axis)
     return g
+
+
+# -- slicing and broadcasting ----------------------------------------------------------------------
+def slice_index(shape, starts, ends, axes=None, steps=None):
+    """The tuple of python slices of ONNX Slice (starts/ends clamped as the spec says)."""
+    ndim = len(shape)
+    axes = list(range(len(starts))) if axes is None else [int(a) % ndim for a in axes]
+    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+    index = [slice(None)] * ndim
+    for a, start, end, step in zip(axes, starts, ends, steps):
+        if step == 0:
+            raise ValueError("Slice: a step of 0")
+        n = shape[a]
+        start, end = int(start), int(end)
+        start = start + n if start < 0 else start
+        end = end + n if end < 0 else end
+        if step > 0:
+            start, end = min(max(start, 0), n), min(max(end, 0), n)
+            index[a] = slice(start, end, step)
+        else:
+            start, end = min(max(start, -1), n - 1), min(max(end, -1), n - 1)
+            index[a] = slice(start, end if end >= 0 else None, step) if start >= 0 else slice(0, 0, 1)
+    return tuple(index)
+
+
+def slice_forward(x, index):
+    return x[index]
+
+
+def slice_backward(dy, x_shape, index):
+    dx = array_module(dy).zeros(tuple(x_shape), dtype=dy.dtype)
+    dx[index] = dy
+    return dx
+
+
+def expand_forward(x, shape):
+    """x broadcast to broadcast(x.shape, shape) (ONNX Expand), as a contiguous array."""
+    xp = array_module(x)
+    out = tuple(np.broadcast_shapes(tuple(x.shape), tuple(shape)))
+    return xp.ascontiguousarray(xp.broadcast_to(x, out))
+
+
+def expand_backward(dy, x_shape):
+    return unbroadcast(dy, x_shape)
+
+
+def equal_forward(a, b):
+    return a == b
