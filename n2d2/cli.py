@@ -1,0 +1,264 @@
+"""The `n2d2` command line: one sub-command (verb) per task.
+
+    n2d2 train --model lenet --database mnist --epochs 10
+
+Exit status: 0 on success, 2 for malformed arguments (argparse), 1 for any other user error
+(unknown model, missing data files...), reported in one line without a traceback.
+
+Adding a verb (e.g. `run` for INI files): write `add_<verb>_parser(subparsers)` that creates
+its parser with `subparsers.add_parser("<verb>", help=...)`, declares the options and calls
+`parser.set_defaults(func=<verb>_command)`; write `<verb>_command(args) -> int` (raise
+`UserError` for mistakes of the user); append `add_<verb>_parser` to `VERBS`.
+"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import sys
+import time
+
+from n2d2.training import UserError
+
+DEFAULT_OUTPUT_ROOT = "n2d2_runs"
+
+
+# -- argument types (bad values exit with status 2, as argparse does) --------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0 (0: time based), got {value}")
+    return value
+
+
+# -- train ----------------------------------------------------------------------------------------
+def add_train_parser(subparsers):
+    from n2d2.cells.deepnet_cell import VALID_METRICS
+    from n2d2.training import DATABASES, MODELS
+
+    models = "\n".join(f"  {name:<12} {MODELS[name].description} [{', '.join(MODELS[name].databases)}]"
+                       for name in sorted(MODELS))
+    p = subparsers.add_parser(
+        "train", help="train a zoo model on a data set and report its test accuracy",
+        description="Train a model of n2d2's zoo, validate it each epoch, keep the best weights and report "
+                    "the test accuracy. Logs, plots and weights go to the output folder.",
+        epilog="models:\n" + models, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="lenet", help="model to train (default: lenet; see the list below)")
+    p.add_argument("--database", default="mnist", help=f"data set: {', '.join(sorted(DATABASES))} (default: mnist)")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default: 10)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default: 128)")
+    p.add_argument("--learning-rate", type=_non_negative_float, default=None,
+                   help="SGD learning rate (default: the model's)")
+    p.add_argument("--momentum", type=_non_negative_float, default=None, help="SGD momentum (default: the model's)")
+    p.add_argument("--decay", type=_non_negative_float, default=None, help="SGD weight decay (default: the model's)")
+    p.add_argument("--data-path", default=None,
+                   help="folder holding the data set's files (MNIST default: $N2D2_DATA/mnist, else the bundled "
+                        "data/mnist/, else a download)")
+    p.add_argument("--validation", type=_fraction, default=0.1,
+                   help="fraction of the training set used for validation (default: 0.1)")
+    p.add_argument("--valid-metric", default="Sensitivity", choices=VALID_METRICS, metavar="METRIC",
+                   help="validation score that selects the best epoch's weights (default: Sensitivity, the "
+                        "mean per-class recall, as N2D2)")
+    p.add_argument("--output", default=None,
+                   help=f"output folder (default: ./{DEFAULT_OUTPUT_ROOT}/<model>-<database>-<timestamp>)")
+    p.add_argument("--seed", type=_seed, default=1, help="random seed: weights, partitions, batches, dropout "
+                                                         "(default: 1; 0: time based)")
+    p.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
+                   help="use only N training images (split by --validation)")
+    p.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="test on N images only")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (numpy) or cuda (CuPy)")
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "c"),
+                   help="how DeepNetCell runs the compiled network: numpy executor, generated C, or auto "
+                        "(DeepNetCell's choice; default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=train_command)
+    return p
+
+
+def _output_folder(args) -> str:
+    if args.output:
+        return os.path.abspath(os.path.expanduser(args.output))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.abspath(os.path.join(DEFAULT_OUTPUT_ROOT, f"{args.model}-{args.database}-{stamp}"))
+    path, k = base, 1
+    while os.path.exists(path):
+        path, k = f"{base}-{k}", k + 1
+    return path
+
+
+def _select_device(device: str):
+    from n2d2 import global_variables
+
+    if device == "cuda":
+        if not global_variables.cuda_available:
+            raise UserError("--device cuda: CUDA is not available here (CuPy is not installed or no GPU was "
+                            "found); install n2d2[gpu] on a GPU machine, or use --device cpu")
+        global_variables.default_model = "Frame_CUDA"
+    else:
+        global_variables.default_model = "Frame"
+
+
+def _versions() -> dict:
+    import numpy
+
+    import n2d2
+
+    return {"n2d2": n2d2.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def train_command(args) -> int:
+    """`n2d2 train`: build, fit (DeepNetCell.fit), test, log; prints `Test accuracy: ...` last."""
+    import n2d2
+    from n2d2 import training
+    from n2d2.cells import Sequence, Softmax
+
+    db_spec = training.check_database(args.database)
+    model_spec = training.check_model(args.model, db_spec.name)
+    args.database, args.model = db_spec.name, model_spec.name
+    if args.no_progress:
+        os.environ["TQDM_DISABLE"] = "1"   # read by tqdm when it is first imported (fit imports it lazily)
+    _select_device(args.device)
+    n2d2.global_variables.seed = args.seed
+    data_path = training.find_data(db_spec, args.data_path)
+    output = _output_folder(args)
+
+    database = training.load_database(db_spec, data_path, args.validation)
+    training.apply_limits(database, args.limit_train, args.limit_test, args.validation)
+    counts = {p: database.get_nb_stimuli(p) for p in ("Learn", "Validation", "Test")}
+    if counts["Learn"] == 0:
+        raise UserError("no training image left (check --limit-train and --validation)")
+    if counts["Test"] == 0:
+        raise UserError(f"{db_spec.title} in {data_path} has no test image")
+    provider = training.make_provider(database, db_spec, model_spec.input_size, args.batch_size)
+    model = model_spec.build(db_spec.nb_classes, counts["Learn"])
+    solver = training.make_solver(model_spec, counts["Learn"], args.batch_size, args.epochs, args.learning_rate,
+                                  args.momentum, args.decay)
+    if solver is not None:
+        model.set_solver(solver)
+    network = Sequence([model, Softmax(with_loss=True, name="softmax")], name=model.get_name())
+
+    os.makedirs(output, exist_ok=True)
+    print(f"n2d2 train: model {model_spec.name}, database {db_spec.name} ({data_path}: {counts['Learn']} learn, "
+          f"{counts['Validation']} validation, {counts['Test']} test), batch {args.batch_size}, "
+          f"{args.epochs} epoch(s), seed {args.seed}, device {args.device}")
+    print(f"Output folder: {output}")
+    cwd = os.getcwd()
+    os.chdir(output)   # the target's logs and fit's weights_init/ weights_validation/ go there
+    try:
+        target = training.EpochReport(provider, args.epochs, name="Target")
+        dn = network.to_deepnet_cell(provider, target)
+        if args.backend != "auto":
+            if not hasattr(dn, "set_backend"):
+                raise UserError(f"--backend {args.backend}: this DeepNetCell has no choice of backend")
+            dn.set_backend(args.backend)
+        with open("model.txt", "w") as f:
+            f.write(str(model) + "\n\n")
+            with contextlib.redirect_stdout(io.StringIO()) as table:
+                dn.summary()
+            f.write(table.getvalue())
+        start = time.perf_counter()
+        target.start()
+        dn.fit(args.epochs, valid_metric=args.valid_metric)
+        train_seconds = time.perf_counter() - start
+        if counts["Validation"] == 0:
+            print("(no validation: --validation 0; the last epoch's weights are kept)")
+        start = time.perf_counter()
+        dn.run_test()
+        test_seconds = time.perf_counter() - start
+        accuracy, nb_test = training.partition_accuracy(target, "Test")
+        _write_logs(dn, target, args, output, data_path, counts, accuracy, nb_test, train_seconds, test_seconds)
+    finally:
+        os.chdir(cwd)
+    print(f"Logs, plots and weights in {output}")
+    print(f"Test accuracy: {100 * accuracy:.2f} % ({nb_test} images)")
+    return 0
+
+
+def _write_logs(dn, target, args, output, data_path, counts, accuracy, nb_test, train_seconds, test_seconds):
+    """Curves, statistics, final weights and a summary.json in the output folder (the cwd)."""
+    from n2d2.utils import atomic_write_text
+
+    if counts["Validation"]:
+        target.log_success("Validation", partition="Validation")
+        target.log_confusion_matrix("Validation", partition="Validation")
+    target.log_success("Learn", partition="Learn")
+    target.log_stats("stats")
+    with contextlib.redirect_stdout(io.StringIO()):
+        dn.export_free_parameters("weights", verbose=False)
+    atomic_write_text("epochs.tsv", target.epochs_tsv())
+    best = max(target.epochs, key=lambda r: r["validation_metric"]) if target.epochs else None
+    summary = {
+        "command": "n2d2 " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("n2d2", "__main__.py"))
+        else None,
+        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
+        "data_path": data_path, "partitions": counts,
+        "test_accuracy": accuracy, "test_images": nb_test,
+        "best_epoch": best["epoch"] if best else None,
+        "train_seconds": round(train_seconds, 2), "test_seconds": round(test_seconds, 2),
+        "epochs": target.epochs, "versions": _versions(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    atomic_write_text("summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+
+
+# -- run (N2D2 INI files: n2d2.frontends.ini.runner) ----------------------------------------------
+def add_run_parser(subparsers):
+    from n2d2.frontends.ini.runner import add_run_parser as add
+
+    return add(subparsers)
+
+
+# -- entry point ----------------------------------------------------------------------------------
+VERBS = [add_train_parser, add_run_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="n2d2", description="n2d2: N2D2's Python API on numpy (and CuPy).")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for add in VERBS:
+        add(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (argparse errors exit with 2 by SystemExit)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"n2d2 {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"n2d2 {args.verb}: interrupted", file=sys.stderr)
+        return 130

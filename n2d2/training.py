@@ -1,0 +1,371 @@
+"""What a training run from the command line needs beyond `DeepNetCell.fit`.
+
+- `DATABASES` / `MODELS`: which data sets and zoo models `n2d2 train` knows, the input size
+  each model expects, and the solver settings that train it well;
+- `load_database`, `limit_partition`, `make_provider`: a data set found, loaded, optionally
+  trimmed (small CI budgets) and wrapped in a provider with its preprocessing;
+- `EpochReport`: a `Score` target that reports each epoch of `DeepNetCell.fit` (validation
+  success, learn loss and throughput) when fit records its validation point.
+
+The training loop itself is `DeepNetCell.fit` (the traced network run as a compiled program):
+on LeNet/MNIST it trains 2-3x faster than the eager cell loop for the same numbers (see
+`bench/RESULTS.md`), so nothing here re-implements an epoch.
+"""
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from n2d2.target import Score
+
+
+class UserError(Exception):
+    """A mistake of the user (unknown model, missing files...): reported in one line, no traceback."""
+
+
+# -- data sets -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """A data set the command line can train on."""
+
+    name: str
+    title: str
+    image_size: tuple      # [W, H, C] of its images as stored
+    nb_classes: int
+    files: tuple           # what --data-path must hold
+    help_path: str         # where to get it
+
+
+MNIST_SPEC = DatabaseSpec("mnist", "MNIST", (28, 28, 1), 10,
+                          ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+                          "the four IDX files, plain or .gz")
+CIFAR10_SPEC = DatabaseSpec("cifar10", "CIFAR-10", (32, 32, 3), 10,
+                            tuple(f"data_batch_{k}.bin" for k in range(1, 6)) + ("test_batch.bin", "batches.meta.txt"),
+                            "the extracted cifar-10-batches-bin folder of "
+                            "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz")
+DATABASES = {d.name: d for d in (MNIST_SPEC, CIFAR10_SPEC)}
+
+# CIFAR-10 per-channel mean and standard deviation of the [0, 1] training images, in the
+# database's channel order (BGR, as N2D2 stores images).
+CIFAR10_MEAN = [0.4465, 0.4822, 0.4914]
+CIFAR10_STD = [0.2616, 0.2435, 0.2470]
+
+
+def _missing_files(directory: str, files) -> list:
+    return [f for f in files if not (os.path.isfile(os.path.join(directory, f))
+                                     or os.path.isfile(os.path.join(directory, f + ".gz")))]
+
+
+def find_data(spec: DatabaseSpec, data_path: Optional[str]) -> str:
+    """The folder holding `spec`'s files (absolute), or UserError naming what is missing where.
+
+    MNIST without `data_path`: `$N2D2_DATA/mnist`, the bundled `data/mnist/`, else a download
+    (`n2d2.datasets.mnist_path`). An explicit `data_path` must hold the files.
+    """
+    if data_path:
+        data_path = os.path.abspath(os.path.expanduser(data_path))
+        if not os.path.isdir(data_path):
+            raise UserError(f"--data-path {data_path}: no such folder")
+        missing = _missing_files(data_path, spec.files)
+        if missing:
+            raise UserError(f"{spec.title} files missing in {data_path}: {', '.join(missing)} "
+                            f"(expected {spec.help_path})")
+        return data_path
+    if spec.name == "mnist":
+        from n2d2 import datasets
+
+        try:
+            return os.path.abspath(datasets.mnist_path())
+        except (OSError, RuntimeError) as e:
+            raise UserError(str(e).splitlines()[0]) from None
+    env = os.environ.get("N2D2_DATA")
+    if env:
+        for candidate in (os.path.join(env, spec.name), os.path.join(env, "cifar-10-batches-bin")):
+            if not _missing_files(candidate, spec.files):
+                return os.path.abspath(candidate)
+    raise UserError(f"{spec.title} needs --data-path (a folder with {spec.help_path}); "
+                    f"$N2D2_DATA/{spec.name} was not found either")
+
+
+def load_database(spec: DatabaseSpec, path: str, validation: float):
+    """The database of `spec` read from `path`, with a fraction `validation` of Learn moved to Validation."""
+    import n2d2
+
+    try:
+        if spec.name == "mnist":
+            return n2d2.database.MNIST(data_path=path, validation=validation)
+        db = n2d2.database.CIFAR10(validation=validation)
+        db.load(path)
+        return db
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot read {spec.title} from {path}: {str(e).splitlines()[0]}") from None
+
+
+def limit_partition(database, partition: str, nb: int):
+    """Keep the first `nb` stimuli of `partition` (Learn and Validation are already in a seeded
+    random order), moving the others to Unpartitioned, where no provider reads them.
+
+    There is no public `Database` method for this yet: it edits the id sets directly.
+    """
+    ids = database.get_partition_ids(partition)
+    if nb >= ids.size:
+        return
+    sets = database._sets
+    sets["Unpartitioned"] = np.sort(np.concatenate([sets["Unpartitioned"], ids[nb:]]))
+    sets[partition] = ids[:nb].copy()
+
+
+def apply_limits(database, limit_train: Optional[int], limit_test: Optional[int], validation: float):
+    """Trim the database to `limit_train` training stimuli (split Learn/Validation as
+    `validation`) and `limit_test` test stimuli."""
+    if limit_train is not None:
+        nb_valid = int(round(limit_train * validation))
+        limit_partition(database, "Learn", limit_train - nb_valid)
+        limit_partition(database, "Validation", nb_valid)
+    if limit_test is not None:
+        limit_partition(database, "Test", limit_test)
+
+
+def make_provider(database, spec: DatabaseSpec, input_size, batch_size: int):
+    """A DataProvider delivering `input_size` ([W, H, C]) with the data set's preprocessing:
+    MNIST rescaled when the model wants another size; CIFAR-10 normalised per channel and
+    randomly flipped (learning only)."""
+    import n2d2
+    from n2d2 import transform
+
+    provider = n2d2.provider.DataProvider(database, list(input_size), batch_size=batch_size)
+    width, height = input_size[0], input_size[1]
+    if (width, height) != tuple(spec.image_size[:2]):
+        provider.add_transformation(transform.Rescale(width=width, height=height))
+    if spec.name == "cifar10":
+        provider.add_transformation(transform.RangeAffine(first_operator="Divides", first_value=[255.0]))
+        provider.add_transformation(transform.RangeAffine(first_operator="Minus", first_value=list(CIFAR10_MEAN),
+                                                          second_operator="Divides",
+                                                          second_value=list(CIFAR10_STD)))
+        provider.add_on_the_fly_transformation(transform.Flip(random_horizontal_flip=True, apply_to="LearnOnly"))
+    return provider
+
+
+# -- models ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """A zoo model the command line can train.
+
+    `build(nb_outputs, epoch_size)` returns the Sequence (without the final Softmax);
+    `input_size` is the [W, H, C] it expects; the solver defaults are those that train it
+    (`own_solvers`: the model carries its own, e.g. LeNet.ini's, used unless overridden).
+    """
+
+    name: str
+    description: str
+    databases: tuple
+    input_size: tuple
+    build: Callable
+    learning_rate: float
+    momentum: float
+    decay: float
+    policy: str = "None"         # "None", "StepDecay" (x0.993 per epoch, LeNet.ini) or "CosineDecay"
+    clamping: str = ""
+    own_solvers: bool = False
+    aliases: tuple = field(default_factory=tuple)
+
+
+def _lenet_ini(nb_outputs, epoch_size):
+    from n2d2.models import LeNetINI
+
+    return LeNetINI(nb_outputs=nb_outputs, epoch_size=epoch_size, name="LeNet")
+
+
+def _lenet_api(nb_outputs, epoch_size):
+    from n2d2.models import LeNet
+
+    return LeNet(nb_outputs)
+
+
+def _lenet_bn(nb_outputs, epoch_size):
+    from n2d2.models import LeNetBN
+
+    return LeNetBN(nb_outputs)
+
+
+def _resnet(depth):
+    def build(nb_outputs, epoch_size):
+        from n2d2.models import ResNetCifar
+
+        return ResNetCifar(depth, nb_outputs=nb_outputs, name=f"ResNet{depth}")
+    return build
+
+
+def _mobilenet_v1(nb_outputs, epoch_size):
+    from n2d2.models import MobileNetv1
+
+    return MobileNetv1(nb_outputs=nb_outputs, alpha=1.0, with_bn=True)
+
+
+def _mobilenet_v2(nb_outputs, epoch_size):
+    from n2d2.models import MobileNetV2
+
+    return MobileNetV2(nb_outputs=nb_outputs)
+
+
+MODELS = {m.name: m for m in (
+    ModelSpec("lenet", "N2D2's models/LeNet.ini (ReLU, He fillers, conv2 connection table, dropout); "
+              "SGD lr 0.05, momentum 0.9, decay 5e-4, x0.993 per epoch, weights clamped to [-1, 1]",
+              ("mnist",), (32, 32, 1), _lenet_ini, 0.05, 0.9, 5e-4, "StepDecay", "-1.0:1.0", own_solvers=True),
+    ModelSpec("lenet5", "the Python API's models.lenet.LeNet (linear convolutions, Xavier); "
+              "SGD lr 0.01, momentum 0.9 as train_lenet.py", ("mnist",), (32, 32, 1), _lenet_api, 0.01, 0.9, 0.0),
+    ModelSpec("lenet-bn", "models.lenet.LeNetBN (LeNet with BatchNorm + ReLU); SGD lr 0.01, momentum 0.9",
+              ("mnist",), (32, 32, 1), _lenet_bn, 0.01, 0.9, 0.0),
+    ModelSpec("resnet20", "ResNet-20 for CIFAR-10 (He et al.); SGD lr 0.1, momentum 0.9, decay 1e-4, cosine",
+              ("cifar10",), (32, 32, 3), _resnet(20), 0.1, 0.9, 1e-4, "CosineDecay"),
+    ModelSpec("resnet56", "ResNet-56 for CIFAR-10; SGD lr 0.1, momentum 0.9, decay 1e-4, cosine",
+              ("cifar10",), (32, 32, 3), _resnet(56), 0.1, 0.9, 1e-4, "CosineDecay"),
+    ModelSpec("mobilenetv1", "MobileNet v1 with BatchNorm (alpha 1.0, global pooling: any 32x32 input); "
+              "SGD lr 0.05, momentum 0.9, decay 4e-5, cosine",
+              ("cifar10",), (32, 32, 3), _mobilenet_v1, 0.05, 0.9, 4e-5, "CosineDecay"),
+    ModelSpec("mobilenetv2", "MobileNet v2 (global pooling: any 32x32 input); SGD lr 0.05, momentum 0.9, "
+              "decay 4e-5, cosine", ("cifar10",), (32, 32, 3), _mobilenet_v2, 0.05, 0.9, 4e-5, "CosineDecay"),
+)}
+
+
+def model_names() -> list:
+    return sorted(MODELS)
+
+
+def check_model(model: str, database: str) -> ModelSpec:
+    """The spec of `model`, or UserError (unknown model, or one that does not fit `database`)."""
+    spec = MODELS.get(model.lower())
+    if spec is None:
+        raise UserError(f"unknown model '{model}' (known: {', '.join(model_names())})")
+    if database not in spec.databases:
+        fitting = [m for m in model_names() if database in MODELS[m].databases]
+        raise UserError(f"model '{spec.name}' does not fit database '{database}' (it trains on "
+                        f"{', '.join(spec.databases)}; models for {database}: {', '.join(fitting)})")
+    return spec
+
+
+def check_database(database: str) -> DatabaseSpec:
+    spec = DATABASES.get(database.lower())
+    if spec is None:
+        raise UserError(f"unknown database '{database}' (known: {', '.join(sorted(DATABASES))})")
+    return spec
+
+
+def make_solver(spec: ModelSpec, epoch_size: int, batch_size: int, epochs: int, learning_rate=None,
+                momentum=None, decay=None):
+    """The SGD for `spec` with the user's overrides; None when the model keeps its own solvers."""
+    from n2d2.solver import SGD
+
+    if spec.own_solvers and learning_rate is None and momentum is None and decay is None:
+        return None
+    lr = spec.learning_rate if learning_rate is None else learning_rate
+    config = dict(learning_rate=float(lr), momentum=float(spec.momentum if momentum is None else momentum),
+                  decay=float(spec.decay if decay is None else decay))
+    if spec.policy == "StepDecay":
+        config.update(learning_rate_policy="StepDecay", learning_rate_step_size=max(1, epoch_size),
+                      learning_rate_decay=0.993)
+    elif spec.policy == "CosineDecay":
+        steps = max(1, epochs * math.ceil(epoch_size / batch_size))
+        config.update(learning_rate_policy="CosineDecay", learning_rate_step_size=batch_size,
+                      max_iterations=steps)
+    if spec.clamping:
+        config["clamping"] = spec.clamping
+    return SGD(**config)
+
+
+# -- per-epoch report -----------------------------------------------------------------------------
+class EpochReport(Score):
+    """A `Score` target that prints and records one line per epoch of `DeepNetCell.fit`.
+
+    `fit` calls `new_validation_point` once per epoch, after the validation pass: the report
+    then reads the epoch's learn loss (mean of the Learn batches), learn success, validation
+    success (exact: from the Validation confusion matrix) and throughput. `epochs` holds one
+    dict per epoch.
+    """
+
+    def __init__(self, provider, nb_epochs: int, name: str = "Target", out=print, **kwargs):
+        super().__init__(provider, name=name, **kwargs)
+        self.nb_epochs = nb_epochs
+        self.epochs = []
+        self._out = out
+        self._learn = []            # losses of this epoch's Learn batches
+        self._learn_images = 0
+        self._learn_end = None
+        self._epoch_start = time.perf_counter()
+
+    def start(self):
+        """Mark the start of the first epoch (call right before `fit`)."""
+        self._epoch_start = time.perf_counter()
+
+    def __call__(self, inputs):
+        loss = super().__call__(inputs)
+        now = time.perf_counter()
+        if self.get_provider().get_partition() == "Learn":
+            self._learn.append(self.loss())
+            self._learn_images += int((self.get_provider().get_labels().to_numpy() >= 0).sum())
+            self._learn_end = now
+        return loss
+
+    def clear_success(self, partition: str = None):
+        """Also forget the confusion matrix: `DeepNetCell.fit` clears only the success rates
+        before each validation pass, which would make the validation metric (read from the
+        confusion matrix) an average over every epoch so far instead of the current one."""
+        self.clear_score(partition)
+
+    def clear_score(self, partition: str = None):
+        partition = partition or self.get_provider().get_partition()
+        super().clear_success(partition)
+        self._score(partition).confusion = None
+
+    def validation_success(self) -> float:
+        """Success over every Validation image scored since the last clear (confusion matrix)."""
+        m = self.get_confusion_matrix("Validation")
+        return float(np.trace(m)) / max(int(m.sum()), 1)
+
+    def new_validation_point(self, step: int = None, score: float = None) -> bool:
+        best = super().new_validation_point(step, score)
+        now = time.perf_counter()
+        learn_end = self._learn_end or now
+        seconds = learn_end - self._epoch_start
+        m = self.get_confusion_matrix("Validation")
+        record = {
+            "epoch": len(self.epochs) + 1,
+            "learn_loss": float(np.mean(self._learn)) if self._learn else float("nan"),
+            "learn_success": self.get_average_success(partition="Learn"),
+            "validation_success": self.validation_success(),
+            "validation_images": int(m.sum()),
+            "validation_metric": float(score) if score is not None else float("nan"),
+            "learn_images": self._learn_images,
+            "learn_seconds": seconds,
+            "images_per_second": self._learn_images / seconds if seconds > 0 else float("nan"),
+            "epoch_seconds": now - self._epoch_start,
+            "best": bool(best),
+        }
+        self.epochs.append(record)
+        self._out(f"Epoch {record['epoch']}/{self.nb_epochs}: learn loss {record['learn_loss']:.4f}, "
+                  f"learn success {100 * record['learn_success']:.2f} %, validation success "
+                  f"{100 * record['validation_success']:.2f} % ({record['validation_images']} images), "
+                  f"{record['images_per_second']:.0f} img/s, {record['epoch_seconds']:.1f} s")
+        self._learn, self._learn_images, self._learn_end = [], 0, None
+        self._epoch_start = time.perf_counter()
+        return best
+
+    def epochs_tsv(self) -> str:
+        keys = ("epoch", "learn_loss", "learn_success", "validation_success", "validation_metric",
+                "images_per_second", "epoch_seconds")
+        lines = ["\t".join(keys)]
+        for r in self.epochs:
+            lines.append("\t".join(str(r[k]) if k == "epoch" else f"{r[k]:.6g}" for k in keys))
+        return "\n".join(lines) + "\n"
+
+
+def partition_accuracy(target, partition: str = "Test") -> tuple:
+    """(success, images) over every image of `partition` scored since its last clear, exact from
+    the confusion matrix (the mean of per-batch rates would overweight a partial last batch)."""
+    m = target.get_confusion_matrix(partition)
+    total = int(m.sum())
+    return (float(np.trace(m)) / total if total else 0.0), total
