@@ -514,3 +514,24 @@ def test_imported_graph_trains_like_torch():
     assert set(solvers) == set(torch_grads)
     for name, rec in solvers.items():
         assert rel_err(rec.grad, torch_grads[name].grad.numpy()) < 1e-5, name
+
+
+def test_run_node_matches_onnxruntime():
+    import onnx
+    import onnx.helper as h
+    import onnxruntime
+
+    rng = np.random.default_rng(5)
+    node = h.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 1], pads=[1, 0, 0, 1],
+                       output_padding=[1, 0], group=2)
+    feeds = {"x": rng.standard_normal((2, 4, 3, 5)).astype(np.float32),
+             "w": rng.standard_normal((4, 3, 3, 2)).astype(np.float32),
+             "b": rng.standard_normal(6).astype(np.float32)}
+    (y,) = n2d2.onnx_backend.run_node(node, list(feeds.values()))
+    graph = h.make_graph([node], "g", [h.make_tensor_value_info(k, onnx.TensorProto.FLOAT, v.shape)
+                                       for k, v in feeds.items()], [h.make_empty_tensor_value_info("y")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    (ref,) = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds)
+    assert y.shape == ref.shape
+    assert rel_err(y, ref) < 1e-5
