@@ -415,6 +415,18 @@ def test_constant_arithmetic_folds_and_cells(tmp_path):
     assert dn["c"].has_bias() and type(dn["c"].get_activation()).__name__ == "Rectifier"
 
 
+def test_max_min_with_constants_neg_abs(tmp_path):
+    f = np.float32
+    nodes = [node("Conv", ["x", "w"], "c"), node("Max", ["c", "zero"], "r"),        # a Relu, fused
+             node("Min", ["r", "six"], "r6"),                                       # then a clipped one
+             node("Neg", ["r6"], "n"), node("Max", ["n", "m1", "m2"], "lo"),       # clip from below at -1
+             node("Abs", ["lo"], "y")]
+    inits = {"w": W(3, 2, 3, 3, scale=3.0), "zero": f(0.0), "six": f(2.0), "m1": f(-1.0), "m2": f(-3.0)}
+    dn = compare(make_model(nodes, inits, [2, 6, 6], 13), (2, 6, 6), tmp_path)
+    assert types(dn) == ["Conv", "Scaling", "ElemWise", "ElemWise", "ElemWise"]
+    assert dn["c"].get_activation().clipping == 2.0
+
+
 def test_batchnorm_and_pools(tmp_path):
     f = np.float32
     c = 4

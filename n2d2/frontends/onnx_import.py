@@ -54,9 +54,9 @@ class ONNXUnsupportedError(ONNXError):
     """A valid model that n2d2 cannot represent exactly; the message says what is supported."""
 
 
-SUPPORTED_OPS = ("Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
+SUPPORTED_OPS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
                  "ConvTranspose", "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
-                 "Identity", "LeakyRelu", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mul", "Pad", "PRelu",
+                 "Identity", "LeakyRelu", "LogSoftmax", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "PRelu",
                  "ReduceMax", "ReduceMean", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Size", "Softmax",
                  "Softplus", "Squeeze", "Sub", "Sum", "Tanh", "Transpose", "Unsqueeze", "Upsample",
                  "(and any op whose inputs are all constants)")
@@ -892,8 +892,6 @@ class _Importer:
         return self._activation(node, self._act(ins, 0), Softplus())
 
     def _op_Clip(self, node, ins, a):
-        from n2d2.activation import Rectifier, Saturation
-
         x = self._act(ins, 0)
         if self.opset < 11:
             lo, hi = float(a.get("min", -np.inf)), float(a.get("max", np.inf))
@@ -905,9 +903,23 @@ class _Importer:
                     raise self.malformed(f"Clip {what} must be a scalar, got shape {list(c.shape)}")
             lo = -np.inf if lo_c is None else _plain(float(lo_c.reshape(-1)[0]))
             hi = np.inf if hi_c is None else _plain(float(hi_c.reshape(-1)[0]))
+        return self._clip(node, x, lo, hi)
+
+    def _clip(self, node, x, lo, hi):
+        """min(max(x, lo), hi) with the cells that represent it exactly."""
+        from n2d2.activation import Rectifier, Saturation
+
+        if np.isnan(lo) or np.isnan(hi):
+            raise self.malformed(f"Clip bounds ({lo}, {hi}) are not numbers")
         if lo > hi or (lo == hi):
             raise self.unsupported(f"Clip(min={lo}, max={hi}) gives a constant; not supported")
         if lo == -np.inf and hi == np.inf:
+            return self._alias(x, node.output[0], x.shape)
+        current = x.owner.cell._config.get("activation") if self._fusable(x) else None
+        if type(current).__name__ == "Rectifier" and current.leak_slope == 0.0 and lo <= 0.0 < hi:
+            # after a fused ReLU (values >= 0) only the upper bound matters: tighten its clipping
+            clipping = min(current.clipping if current.clipping > 0 else np.inf, hi)
+            x.owner.cell.set_parameter("activation", Rectifier(clipping=0.0 if clipping == np.inf else clipping))
             return self._alias(x, node.output[0], x.shape)
         if lo == 0.0:
             return self._activation(node, x, Rectifier(clipping=0.0 if hi == np.inf else hi))
@@ -1106,8 +1118,16 @@ class _Importer:
         return self._mul_const(node, x, 1.0 / y.astype(np.float64))
 
     def _variadic(self, node, ins, operation):
-        if any(not isinstance(v, _Act) for v in ins):
-            raise self.unsupported(f"{node.op_type} mixing constants and activations is not supported")
+        consts = [v for v in ins if not isinstance(v, _Act)]
+        acts = [v for v in ins if isinstance(v, _Act)]
+        if consts and operation in ("Max", "Min") and len(acts) == 1 and all(c.size == 1 for c in consts):
+            bound = float(np.max(consts) if operation == "Max" else np.min(consts))
+            bound = _plain(bound)
+            lo, hi = (bound, np.inf) if operation == "Max" else (-np.inf, bound)
+            return self._clip(node, acts[0], lo, hi)
+        if consts:
+            raise self.unsupported(f"{node.op_type} mixing constants and activations is supported only for Max/Min "
+                                   "of one activation and scalar constants")
         if len(ins) == 1:
             return self._alias(ins[0], node.output[0], ins[0].shape)
         return self._elemwise(node, list(ins), operation)
@@ -1117,6 +1137,21 @@ class _Importer:
 
     def _op_Max(self, node, ins, a):
         return self._variadic(node, ins, "Max")
+
+    def _op_Min(self, node, ins, a):
+        if all(isinstance(v, _Act) for v in ins) and len(ins) > 1:
+            raise self.unsupported("Min of activations is not supported (n2d2's ElemWise has Max, not Min)")
+        return self._variadic(node, ins, "Min")
+
+    def _op_Neg(self, node, ins, a):
+        return self._mul_const(node, self._act(ins, 0), np.float32(-1.0))
+
+    def _op_Abs(self, node, ins, a):
+        from n2d2.cells.nn import ElemWise
+
+        x = self._act(ins, 0)
+        cell = ElemWise("AbsSum", name=self._name(node.output[0], primary=True))
+        return self._produce(cell, self._any_layout(x), x.shape)
 
     # -- shapes -----------------------------------------------------------------------------------
     def _view(self, node, x, shape):
@@ -1580,27 +1615,26 @@ class _IniEmbedding:
                 self._set(obj, snake_case(param), self.value(section, key), section, key)
             cell._config[role] = obj
         for role, (type_entry, params) in fillers.items():
-            obj = cell._config[role]
+            current = cell._config[role]
+            cls = type(current)
             if type_entry is not None:
                 kind = self.value(*type_entry)
                 if kind not in _FILLERS:
                     raise self.error(type_entry[0], type_entry[1], f"={kind!r} is not a filler "
                                      f"({', '.join(_FILLERS)})")
-                obj = getattr(filler_mod, _FILLERS[kind])()
-            kwargs = {}
+                cls = getattr(filler_mod, _FILLERS[kind])
+            kwargs = dict(current._args) if cls is type(current) else {}
             for section, key, param in params:
                 pname = snake_case(param)
-                specs = dict(getattr(obj, "_argument_specs", {}), **obj._parameters)
-                if pname not in specs:
-                    raise self.error(section, key, f"is not a parameter of {obj.get_type()}")
-                kwargs[pname] = self._convert(specs[pname], self.value(section, key), section, key)
-            if kwargs:
-                args = dict(obj._args, **{k: v for k, v in kwargs.items() if k in obj._args or
-                                          k in getattr(obj, "_argument_specs", {})})
-                obj = type(obj)(**args)
-                for k, v in kwargs.items():
-                    if k in obj._parameters:
-                        obj.set_parameter(k, v)
+                if pname not in cls._argument_specs:
+                    raise self.error(section, key, f"is not a parameter of {cls.__name__} "
+                                     f"({', '.join(cls._argument_specs)})")
+                kwargs[pname] = self._convert(cls._argument_specs[pname], self.value(section, key), section, key)
+            try:
+                obj = cls(**kwargs)
+            except (ValueError, TypeError) as e:
+                where = params[-1][:2] if params else type_entry
+                raise self.error(*where, f"gives an invalid {cls.__name__}: {e}") from None
             cell.set_parameter(role, obj)
         if fillers and not self.load_weights and hasattr(cell, "refill_weights"):
             cell.refill_weights()
