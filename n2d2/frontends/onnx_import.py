@@ -37,8 +37,6 @@ import warnings
 
 import numpy as np
 
-from n2d2.frontends import __doc__ as _package_doc  # noqa: F401  (the package must import alone)
-
 
 class ONNXError(ValueError):
     """Base of the ONNX frontend errors; the message names the file and, where one is at fault,
