@@ -140,3 +140,21 @@ def test_free_parameters_round_trip(tmp_path, capsys):
     dn[0]._weights[...] = 0
     dn.import_free_parameters(str(tmp_path))
     assert np.array_equal(dn[0]._weights, before)
+
+
+def test_solvers_and_back_propagate_set_after_tracing_are_used():
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    model = _model()
+    dn = model.to_deepnet_cell(provider)
+    dn.set_solver(SGD(learning_rate=0.0))
+    before = [c._weights.copy() for c in dn if getattr(c, "_weights", None) is not None]
+    dn.fit(1)
+    after = [c._weights for c in dn if getattr(c, "_weights", None) is not None]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+    dn.set_solver(SGD(learning_rate=0.1))
+    dn[2].back_propagate = False  # the Fc after the pooling: no gradient reaches the Conv
+    conv_before = dn[0]._weights.copy()
+    fc_before = dn[2]._weights.copy()
+    dn.fit(1)
+    assert np.array_equal(dn[0]._weights, conv_before) and not np.array_equal(dn[2]._weights, fc_before)

@@ -243,6 +243,8 @@ class DeepNetCell(Iterable):
         if tuple(x.shape()[1:]) != expected:
             raise ValueError(f"DeepNetCell '{self._name}': input shape {x.shape()} does not match the network's "
                              f"input {[x.shape()[0]] + list(expected)}")
+        if not self._inference:
+            self._sync_cells()
         deepnet = x.get_deepnet()
         data = x._data if x._data.dtype == np.float32 else x._data.astype(np.float32)
         n = int(data.shape[0])
@@ -261,6 +263,28 @@ class DeepNetCell(Iterable):
         self._input_cells = [x.cell.get_name()]
         self._batch_size = n
         return out
+
+    def _sync_cells(self):
+        """Bring the graph up to date with its cells: solvers set after tracing (set_solver,
+        `cell.solver = ...`) and back_propagate switches; the latter rebuilds the programs."""
+        changed = False
+        for node, cell in self._cell_of.items():
+            _, _, params = cell._ir_node()
+            for role, (array, solver) in params.items():
+                param = self._graph.params.get(f"{cell.get_name()}.{role}")
+                if param is None:
+                    continue
+                if param.array is not array:
+                    raise RuntimeError(f"DeepNetCell '{self._name}': the {role} array of cell '{cell.get_name()}' was "
+                                       "replaced after tracing; write into it in place instead")
+                param.solver = solver
+            propagate = cell._config.get("back_propagate", True)
+            attrs = self._graph.attrs(node)
+            if attrs.get("back_propagate", True) != propagate:
+                attrs["back_propagate"] = propagate
+                changed = True
+        if changed:
+            self._invalidate()
 
     def _zero_param_grads(self):
         pass

@@ -10,6 +10,9 @@
    then of its trainable parameters. Contributions to the same tensor are summed by `AddN`;
 4. one `Update` node per trainable parameter (the parameter's solver applied in place).
 
+A node whose attrs hold `back_propagate=False` (a cell with back_propagate off) sends no
+gradient to its inputs; its own parameters are still trained.
+
 A `Grad` node calls its forward op's `backward` with the context saved by that forward node in
 the same run; executors pass it through (see `n2d2.codegen.numpy_exec`).
 """
@@ -81,7 +84,8 @@ def build_training_graph(forward: Graph, name=None) -> TrainingGraph:
             continue
         opdef = op_registry.get(node.op, node=name)
         sources = forward.inputs_of(name)
-        input_needs = tuple(needs[src] and forward.op(src) != "Input" for src, _ in sources)
+        propagate = node.attrs.get("back_propagate", True)  # False: the cell sends no gradient back
+        input_needs = tuple(propagate and needs[src] and forward.op(src) != "Input" for src, _ in sources)
         roles = tuple(r for r in opdef.trainable if r in node.params and forward.params[node.params[r]].trainable)
         if not any(input_needs) and not roles:
             continue

@@ -49,6 +49,8 @@ def trace(deepnet, outputs=None, name=None, input_names=None) -> TraceResult:
                                                str(tensor._data.dtype))
             sources.append((node_of[key], 0))
         op, attrs, params = cell._ir_node()
+        if not cell._config.get("back_propagate", True):
+            attrs = dict(attrs, back_propagate=False)
         node = graph.unique_name(cell.get_name())
         bound = {}
         for role, (array, solver) in params.items():
