@@ -158,3 +158,14 @@ def test_solvers_and_back_propagate_set_after_tracing_are_used():
     fc_before = dn[2]._weights.copy()
     dn.fit(1)
     assert np.array_equal(dn[0]._weights, conv_before) and not np.array_equal(dn[2]._weights, fc_before)
+
+
+def test_memory_report(capsys):
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = _model(bn=True).to_deepnet_cell(provider, backend="numpy")
+    report = dn.memory_report()
+    for kind in ("inference", "training"):
+        r = report[kind]
+        assert r["lower_bound"] <= r["planned"] <= r["naive"]
+    assert report["training"]["naive"] > report["inference"]["naive"]
+    assert "naive / planned" in capsys.readouterr().out

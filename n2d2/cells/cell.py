@@ -139,11 +139,14 @@ class Block(Cell):
         """True when every quantized cell has an integer bit-width (no quantizers yet: True)."""
         return True
 
-    def to_deepnet_cell(self, provider, target=None):
-        """A compiled `DeepNetCell` of this block traced on a dummy batch of `provider.shape()`."""
+    def to_deepnet_cell(self, provider, target=None, backend=None):
+        """A compiled `DeepNetCell` of this block traced on a dummy batch of `provider.shape()`.
+
+        `backend` ("numpy" or "c") overrides the choice made from `global_variables.default_model`.
+        """
         from n2d2.cells.deepnet_cell import DeepNetCell
 
-        return DeepNetCell.from_block(self, provider, target)
+        return DeepNetCell.from_block(self, provider, target, backend=backend)
 
     # -- printing -----------------------------------------------------------------------------
     def _str_at(self, depth: int) -> str:
