@@ -439,8 +439,10 @@ def test_solver_type_in_the_layer_section(tmp_path):
 
 def test_misplaced_config_key_warns_and_is_ignored(tmp_path):
     text = SP.format(c=1) + "[d]\nInput=sp\nType=Dropout\nNbOutputs=1\nDropout=0.2\n"
-    with pytest.warns(IniWarning, match="only from a ConfigSection"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         dn = load_ini(write(tmp_path, text), backend="numpy")
+    assert any("only from a ConfigSection" in str(w.message) and w.lineno == 10 for w in caught)
     assert dn["d"].dropout == 0.5
     dn = build(tmp_path, text.replace("Dropout=0.2\n", "ConfigSection=d.cfg\n[d.cfg]\nDropout=0.2\n"))
     assert dn["d"].dropout == 0.2
@@ -488,8 +490,10 @@ def test_frame_cuda_falls_back_with_a_warning(tmp_path):
     if n2d2.global_variables.cuda_available:
         pytest.skip("CUDA is available: Frame_CUDA is used as is")
     text = "DefaultModel=Frame_CUDA\n" + SP.format(c=1) + "[d]\nInput=sp\nType=Dropout\nNbOutputs=1\n"
-    with pytest.warns(IniWarning, match="CUDA is not available, using Frame"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         dn = load_ini(write(tmp_path, text), backend="numpy")
+    assert any("CUDA is not available, using Frame" in str(w.message) and w.category is IniWarning for w in caught)
     assert dn["d"].get_model() == "Frame"
 
 
@@ -501,6 +505,35 @@ def test_target_section_keys(tmp_path):
     assert t.get_name() == "fc.Target" and t.top_n == 3 and t.target_value == 0.9 and t.default_value == -0.1
     e = error_of(tmp_path, text + "Bogus=1\n")
     assert "unknown key 'Bogus'" in str(e) and e.line == 15
+
+
+def test_cifar10_database_and_transformations(tmp_path):
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]:
+        records = np.concatenate([rng.integers(0, 10, (4, 1)), rng.integers(0, 256, (4, 3072))], axis=1)
+        records.astype(np.uint8).tofile(folder / name)
+    (folder / "batches.meta.txt").write_text("\n".join(f"class{k}" for k in range(10)) + "\n")
+    text = ("[database]\nType=CIFAR10_Database\nDataPath=cifar\nValidation=0.25\n"
+            "[sp]\nSizeX=24\nSizeY=24\nNbChannels=3\nBatchSize=4\n"
+            "[sp.Transformation-1]\nType=PadCropTransformation\nWidth=24\nHeight=24\n"
+            "[sp.OnTheFlyTransformation-2]\nType=FlipTransformation\nRandomHorizontalFlip=1\nApplyTo=LearnOnly\n"
+            "[sp.Transformation-3]\nType=RangeAffineTransformation\nFirstOperator=Minus\nFirstValue=0.5 0.4 0.3\n"
+            "[fc]\nInput=sp\nType=Fc\nNbOutputs=10\n[fc.Target]\n")
+    dn = build(tmp_path, text)
+    provider = dn.get_provider()
+    db = provider.get_database()
+    assert (db.get_nb_stimuli("Learn"), db.get_nb_stimuli("Validation"), db.get_nb_stimuli("Test")) == (15, 5, 4)
+    assert dn._ini_document.value("sp", "_EpochSize") == "15"
+    assert [t.get_type() for t in provider.get_transformations()] == ["PadCrop", "Flip", "RangeAffine"]
+    assert [t.get_type() for t in provider.get_on_the_fly_transformations()] == ["Flip"]
+    provider.set_partition("Learn")
+    assert tuple(dn(provider.read_batch(0)).shape()) == (4, 10, 1, 1)
+    e = error_of(tmp_path, text.replace("DataPath=cifar", "DataPath=nowhere"))
+    assert "DataPath 'nowhere' does not exist" in str(e) and e.line == 3 and e.section == "database"
+    e = error_of(tmp_path, text.replace("FirstOperator=Minus", "FirstOperator=Modulo"))
+    assert "invalid RangeAffineTransformation" in str(e) and e.section == "sp.Transformation-3"
 
 
 # -- the shipped MNIST models -------------------------------------------------------------------------------------
@@ -571,7 +604,7 @@ def test_mnist24_structure():
 @needs_models
 def test_lenet_ini_trains_on_a_small_budget(tmp_path):
     text = open(LENET).read().replace("BatchSize=128", "BatchSize=32")
-    dn = _load(write(tmp_path, text, "LeNet32.ini"), backend=None)
+    dn = _load(write(tmp_path, text, "LeNet32.ini"))
     n2d2.global_variables.seed = 7
     dn._run_epoch("Learn", True, nb_max=2048)
     success = dn.run_test(nb_test=512)

@@ -591,7 +591,8 @@ class NetworkBuilder:
         r, c, kind = layer.r, layer.config, layer.type
         config_keys = _LAYER_CONFIG.get(kind, {})
         roles = _SOLVER_ROLES.get(kind, ())
-        solver_prefixes = tuple(f"{p}." for p in ("Solvers",) + tuple(f"{role}Solver" for role in roles))
+        solver_prefixes = tuple(f"{p}." for p in ("Solvers",) + tuple(f"{role}Solver" for role in roles)) if roles \
+            else ()
         for key, entry, holder in r.unused():
             if key.startswith("$"):
                 continue
@@ -605,10 +606,10 @@ class NetworkBuilder:
         for key, entry, holder in c.unused():
             if key.startswith("$"):
                 continue
+            known = list(config_keys) + [p + "*" for p in solver_prefixes]
             raise IniError(f"'{key}' is not a configuration parameter of a {kind} layer (read for [{layer.name}])",
                            entry.file, holder, entry.line,
-                           "one of: " + ", ".join(list(config_keys) + [p + "*" for p in solver_prefixes]) if
-                           (config_keys or solver_prefixes) else f"no configuration keys for a {kind} layer")
+                           "one of: " + ", ".join(known) if known else f"no configuration keys for a {kind} layer")
 
     # -- targets and the DeepNetCell ----------------------------------------------------------------------------
     def _target(self, provider, order, parents):
