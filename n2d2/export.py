@@ -1,0 +1,602 @@
+"""Standalone exports of a `DeepNetCell` (N2D2's `n2d2.export`); float32 C for now.
+
+`export_c(deepnet_cell)` writes a C project that builds with `make` and runs alone: the
+network's optimised inference graph at batch 1 (BatchNorm folded into the convolutions,
+dropout removed, activations fused, connection tables baked into dense weights), one kernel
+per IR node rendered from the C backend's forward templates (`templates/c/ops/<Op>.c.j2`),
+every tensor at a planned offset of one static arena, every parameter an exact float32
+constant, the Test stimuli of the provider and a test program. Layout (`export_C_float32/`):
+
+    Makefile  README.md
+    include/network.h   dims, NETWORK_ARENA_BYTES, void network_run(const float *, float *)
+    include/weights.h   the parameter table network.c reads (internal)
+    src/network.c       kernels + static arena + network_run (no malloc)
+    src/weights.c       every parameter as a static const float array (hexadecimal literals)
+    src/main.c          test program: success rate, time per stimulus, output dumps
+    stimuli/inputs.bin  N x C x H x W float32 (little endian, CHW per stimulus)
+    stimuli/labels.bin  N int32 (-1: no label)
+    stimuli/stimuli.list  "index label database_id" per line
+
+The folder is written under a temporary name next to its destination and renamed when
+complete, so a failed export never leaves a half-written project; an existing folder is kept
+unless `overwrite=True` (then it is replaced as a whole, only once the new one is complete).
+Integer export (post-training quantization with calibration) is a later feature.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+
+import numpy as np
+
+from n2d2.error_handler import WrongInputType, WrongValue
+
+__all__ = ["available_export", "ExportError", "export_c", "export_cpp", "export_cpp_stm32", "export_tensor_rt",
+           "list_exportable_cell", "c_export_graph", "unsupported_nodes", "bake_connection_tables"]
+
+#: Export generators of N2D2's Python API; only "C" (float32) is implemented here so far.
+available_export = ["C", "CPP", "CPP_TensorRT", "CPP_STM32"]
+
+_CLIPPING_WT = ("NONE", "MSE", "KL_DIVERGENCE")
+_CLIPPING_ACT = ("NONE", "MSE", "KL_DIVERGENCE", "Quantile")
+_SCALING = ("NONE", "FLOAT_MULT", "FIXED_MULT16", "FIXED_MULT32", "SINGLE_SHIFT", "DOUBLE_SHIFT")
+_ROUNDING = ("NONE", "RINTF")
+
+# The reference keywords common to every export (section 20 of the API reference), with their
+# defaults. With nb_bits=-32 none of them changes the generated code (they drive calibration
+# and integer scaling, or N2D2's run-time logs); they are validated so that a script written
+# for N2D2 fails here where it would fail there.
+_COMMON_KW = {
+    "qat_SAT": False,
+    "export_no_unsigned": False,
+    "calibration": 0,
+    "export_no_cross_layer_equalization": False,
+    "wt_clipping_mode": "NONE",
+    "act_clipping_mode": "MSE",
+    "act_scaling_mode": "FLOAT_MULT",
+    "act_quantile_value": 0.9999,
+    "act_rescale_per_output": False,
+    "calibration_reload": False,
+    "report": 100,
+    "wt_round_mode": "NONE",
+    "b_round_mode": "NONE",
+    "c_round_mode": "NONE",
+    "find_lr": 0,
+    "log_kernels": False,
+}
+_ALIASES = {"qat_sat": "qat_SAT"}   # the export doc's spelling of the same keyword
+
+
+class ExportError(RuntimeError):
+    """The network cannot be exported as asked (the message names the node, op or file)."""
+
+
+# -- arguments -------------------------------------------------------------------------------------
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_options(kw: dict, scaling_default: str, forbidden_scaling=()) -> dict:
+    """The common keywords with defaults filled in, every value type- and range-checked."""
+    options = dict(_COMMON_KW, act_scaling_mode=scaling_default)
+    for key, value in kw.items():
+        key = _ALIASES.get(key, key)
+        if key not in options:
+            raise TypeError(f"export: unexpected keyword argument '{key}' (known: "
+                            f"{', '.join(sorted(_COMMON_KW))}, export_folder_name, export_nb_stimuli_max, "
+                            "nb_bits, overwrite)")
+        options[key] = value
+    for key in ("qat_SAT", "export_no_unsigned", "export_no_cross_layer_equalization", "act_rescale_per_output",
+                "calibration_reload", "log_kernels"):
+        if not isinstance(options[key], bool):
+            raise WrongInputType(key, type(options[key]), ["bool"])
+    for key, lowest in (("calibration", -1), ("report", 0), ("find_lr", 0)):
+        if not _is_int(options[key]):
+            raise WrongInputType(key, type(options[key]), ["int"])
+        if options[key] < lowest:
+            raise WrongValue(key, options[key], [f"an int >= {lowest}"])
+    q = options["act_quantile_value"]
+    if isinstance(q, bool) or not isinstance(q, (float, int)):
+        raise WrongInputType("act_quantile_value", type(q), ["float"])
+    if not 0.0 < q <= 1.0:
+        raise WrongValue("act_quantile_value", q, ["a float in (0, 1]"])
+    for key, allowed in (("wt_clipping_mode", _CLIPPING_WT), ("act_clipping_mode", _CLIPPING_ACT),
+                         ("act_scaling_mode", _SCALING), ("wt_round_mode", _ROUNDING),
+                         ("b_round_mode", _ROUNDING), ("c_round_mode", _ROUNDING)):
+        if not isinstance(options[key], str):
+            raise WrongInputType(key, type(options[key]), ["str"])
+        if options[key] not in allowed:
+            raise WrongValue(key, options[key], allowed)
+    if options["act_scaling_mode"] in forbidden_scaling:
+        raise WrongValue("act_scaling_mode", options["act_scaling_mode"],
+                         [m for m in _SCALING if m not in forbidden_scaling])
+    return options
+
+
+def _check_nb_bits(nb_bits) -> int:
+    if not _is_int(nb_bits):
+        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
+    nb_bits = int(nb_bits)
+    if nb_bits == 0 or not -64 <= nb_bits <= 64 or (nb_bits < 0 and nb_bits not in (-16, -32, -64)):
+        raise WrongValue("nb_bits", nb_bits, ["1..64 (integer)", "-16, -32 or -64 (float)"])
+    if nb_bits != -32:
+        kind = "integer export (post-training quantization with calibration)" if nb_bits > 0 \
+            else f"float{-nb_bits} export"
+        raise NotImplementedError(f"export: nb_bits={nb_bits}: {kind} is a later feature; only nb_bits=-32 "
+                                  "(float32) is supported now")
+    return nb_bits
+
+
+def _check_deepnet_cell(deepnet_cell):
+    from n2d2.cells.deepnet_cell import DeepNetCell
+
+    if not isinstance(deepnet_cell, DeepNetCell):
+        raise WrongInputType("deepnet_cell", type(deepnet_cell),
+                             ["DeepNetCell (a Sequence becomes one with .to_deepnet_cell(provider))"])
+
+
+def _check_provider(provider):
+    from n2d2.provider.data_provider import DataProvider
+
+    if provider is not None and not isinstance(provider, DataProvider):
+        raise WrongInputType("provider", type(provider), ["n2d2.provider.DataProvider", "None"])
+
+
+def _folder_path(export_folder_name, generator: str, nb_bits: int) -> str:
+    if export_folder_name is None:
+        export_folder_name = f"export_{generator}_{'float' if nb_bits < 0 else 'int'}{abs(nb_bits)}"
+    if not isinstance(export_folder_name, (str, os.PathLike)):
+        raise WrongInputType("export_folder_name", type(export_folder_name), ["str", "None"])
+    path = os.fspath(export_folder_name)
+    if not path or os.path.basename(os.path.normpath(path)) in ("", ".", ".."):
+        raise WrongValue("export_folder_name", path, ["a folder name"])
+    return os.path.abspath(path)
+
+
+# -- the graph ---------------------------------------------------------------------------------------
+def _has_forward(op: str) -> bool:
+    from n2d2.codegen.c_backend import _has_macro
+
+    return _has_macro(op, "forward")
+
+
+def bake_connection_tables(graph):
+    """Bake every Conv connection table into its weights (export).
+
+    Rewrite: a Conv with `mapping` (a [C, O] bool table) and groups 1 becomes the same Conv
+    without mapping whose weights are W[o, c] * mapping[c, o] (a new parameter; the original
+    array is untouched). Exact: the reference convolution multiplies its weights by the table,
+    and the kernels then need no masked copy per call. Precondition: none (other nodes and
+    grouped convolutions are left alone).
+    """
+    from n2d2.ir.passes._common import new_param_name
+
+    g = graph.copy()
+    for name in g.topological_order():
+        if g.op(name) != "Conv":
+            continue
+        attrs = g.attrs(name)
+        mapping = attrs.get("mapping")
+        if mapping is None or int(attrs.get("groups", 1)) != 1:
+            continue
+        d = g.nx.nodes[name]
+        wname = d["params"]["weights"]
+        w = np.asarray(g.params[wname].array)
+        table = np.asarray(mapping, dtype=bool)
+        if table.shape != (w.shape[1], w.shape[0]):
+            continue
+        baked = (w * table.T[:, :, None, None].astype(w.dtype)).astype(w.dtype)
+        params = dict(d["params"])
+        p = g.params[wname]
+        params["weights"] = g.add_param(new_param_name(g, f"{wname}.mapped"), np.ascontiguousarray(baked),
+                                        p.trainable, p.owner, p.role or "weights")
+        d["params"] = params
+        d["attrs"] = dict(attrs, mapping=None)
+    return g
+
+
+def c_export_graph(deepnet_cell):
+    """The graph `export_c` generates code for: the cell's forward graph at batch 1 through the
+    inference pipeline of `n2d2.ir.passes` (dropout removed, BatchNorm folded, padding and
+    activations fused; the element-wise chain fusion only once the C backend has an
+    `Epilogue` kernel), then `bake_connection_tables`."""
+    from n2d2.cells.deepnet_cell import rebatch
+    from n2d2.ir.passes.manager import PIPELINES, PassManager
+
+    graph = deepnet_cell.get_graph()
+    graph = rebatch(graph, 1)
+    pipeline = [p for p in PIPELINES["inference"] if p != "fuse_elementwise_chains" or _has_forward("Epilogue")]
+    graph = PassManager(pipeline=pipeline, mode="inference").run(graph)
+    return bake_connection_tables(graph)
+
+
+def unsupported_nodes(graph) -> list:
+    """[(node, op, reason)] of the nodes the C export has no forward kernel for."""
+    from n2d2.codegen.c_backend import _geometry
+
+    out = []
+    for node in graph.topological_order():
+        op = graph.op(node)
+        if op == "Input":
+            continue
+        if not _has_forward(op):
+            out.append((node, op, f"no C forward kernel for op {op} (n2d2/templates/c/ops/{op}.c.j2)"))
+            continue
+        types = list(graph.input_types(node)) + list(graph.output_types(node))
+        if any(t.dtype != "float32" for t in types):
+            out.append((node, op, "tensors are not all float32: " + ", ".join(str(t) for t in types)))
+            continue
+        if _geometry(graph, node, False) is None:
+            spec = graph.attrs(node).get("activation")
+            detail = f" (activation {spec[0]})" if spec else ""
+            out.append((node, op, f"the C kernel of {op} does not support these attributes{detail}: "
+                        f"{_short_attrs(graph.attrs(node))}"))
+    return out
+
+
+def _short_attrs(attrs) -> str:
+    items = []
+    for k, v in attrs.items():
+        if isinstance(v, np.ndarray):
+            v = f"array{list(v.shape)}"
+        items.append(f"{k}={v}")
+    return ", ".join(items)
+
+
+def _check_exportable(graph):
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ExportError(f"export_c: graph '{graph.name}' has {len(graph.inputs)} inputs and "
+                          f"{len(graph.outputs)} outputs; the C export handles exactly one of each")
+    bad = unsupported_nodes(graph)
+    if bad:
+        lines = "\n".join(f"  node '{n}' (op {op}): {why}" for n, op, why in bad)
+        raise ExportError(f"export_c: {len(bad)} node(s) of graph '{graph.name}' cannot be exported to C "
+                          f"(nothing was written):\n{lines}")
+    out_node, out_index = graph.outputs[0]
+    for t in (graph.output_types(graph.inputs[0])[0], graph.output_types(out_node)[out_index]):
+        if t.dtype != "float32":
+            raise ExportError(f"export_c: graph '{graph.name}': input/output {t} is not float32")
+
+
+# -- code generation ---------------------------------------------------------------------------------
+class _KernelBuilder:
+    """Node contexts for the forward templates, built by the C backend's own methods.
+
+    `CProgram` builds a context per node from the graph, its plan and a parameter table; the
+    same methods run here over this stand-in (no library is compiled), so the exported kernels
+    read exactly what the in-process C backend's kernels read.
+    """
+
+    def __init__(self, graph, order, plan):
+        self.graph = graph
+        self.training = False
+        self.order = order
+        self.plan = plan
+        self.aux_specs = {}
+        self._param_names = []
+        self._param_index = {}
+
+    def context(self, node, geometry):
+        from n2d2.codegen.c_backend import CProgram
+
+        return CProgram._forward_context(self, node, geometry)
+
+    def _buf(self, tensor):
+        from n2d2.codegen.c_backend import CProgram
+
+        return CProgram._buf(self, tensor)
+
+    def _param(self, pname):
+        from n2d2.codegen.c_backend import CProgram
+
+        return CProgram._param(self, pname)
+
+    def _aux_slot(self, key, shape, kind):
+        from n2d2.codegen.c_backend import CProgram
+
+        return CProgram._aux_slot(self, key, shape, kind)
+
+
+def _render_network(graph) -> dict:
+    """Template data of the network: kernels, plan figures, parameters, dims."""
+    from n2d2.codegen.c_backend import _SLACK_FLOATS, _geometry, _Scratch
+    from n2d2.codegen.render import cident, environment
+    from n2d2.ir import planner
+    from n2d2.ir.schedule import schedule
+
+    order = schedule(graph)
+    plan = planner.plan(graph, order=order)
+    planner.validate(graph, plan)
+    builder = _KernelBuilder(graph, order, plan)
+    env = environment()
+    kernel_template = env.get_template("export/kernel.c.j2")
+    kernels, shared, private = [], 0, 0
+    for index, node in enumerate(order):
+        op = graph.op(node)
+        if op == "Input":
+            continue
+        g = _geometry(graph, node, False)
+        ctx = builder.context(node, g)
+        if builder.aux_specs:
+            raise ExportError(f"export_c: node '{node}' (op {op}) needs auxiliary buffers in inference "
+                              f"({', '.join(builder.aux_specs)}); the C export has none")
+        layout = g.get("sf")
+        if layout:
+            shared = max(shared, int(layout["SH"]))
+            private = max(private, int(layout["T"]))
+        sig = ", ".join(str(t) for t in graph.input_types(node)) + " -> " + \
+            ", ".join(str(t) for t in graph.output_types(node))
+        body = kernel_template.render(op=op, n=ctx).rstrip("\n")
+        kernels.append({"node": node, "op": op, "signature": sig, "body": body,
+                        "fname": f"k{index}_{cident(node)}"[:60]})
+    in_name = graph.inputs[0]
+    in_type = graph.output_types(in_name)[0]
+    out_t = graph.outputs[0]
+    out_type = graph.output_types(out_t[0])[out_t[1]]
+    return {
+        "graph": graph, "graph_name": graph.name, "kernels": kernels, "plan": plan,
+        "arena_planned": plan.arena_bytes, "arena_bytes": plan.arena_bytes + 4 * _SLACK_FLOATS,
+        "scratch_shared": shared, "scratch_private": private, "scratch_slack": _SLACK_FLOATS,
+        "scratch_floats_1": _Scratch.floats({"SH": shared, "T": private}, 1) + _SLACK_FLOATS,
+        "param_names": list(builder._param_names),
+        "input": {"offset": plan.offsets[(in_name, 0)], "shape": _chw(in_type.shape), "size": in_type.size},
+        "output": {"offset": plan.offsets[out_t], "shape": _chw(out_type.shape), "size": out_type.size},
+    }
+
+
+def _chw(shape) -> tuple:
+    """(C, H, W) of a batch-1 tensor shape (missing trailing dims are 1)."""
+    s = tuple(int(v) for v in shape[1:]) + (1, 1, 1)
+    if len(shape) > 4:
+        return (int(np.prod(shape[1:-2])),) + tuple(int(v) for v in shape[-2:])
+    return s[:3]
+
+
+def _hex_literal(v: float) -> str:
+    """An exact C float literal of a float32 value (hexadecimal)."""
+    if np.isnan(v):
+        return "NAN"
+    if np.isinf(v):
+        return "INFINITY" if v > 0 else "-INFINITY"
+    h = float(v).hex()                       # '[-]0x1.8000000000000p+1'
+    mant, exp = h.split("p")
+    if "." in mant:
+        mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}p{exp}f"
+
+
+def _weights_source(graph, param_names, header_note: str) -> str:
+    from n2d2.codegen.render import cident
+
+    lines = ["/*", f" * Generated by n2d2: the {len(param_names)} parameter arrays read by src/network.c",
+             f" * ({header_note}). Values are the exact float32 values, as hexadecimal literals.", " */",
+             '#include "weights.h"', ""]
+    idents = []
+    for i, pname in enumerate(param_names):
+        a = np.ascontiguousarray(np.asarray(graph.params[pname].array, dtype=np.float32)).reshape(-1)
+        ident = f"p{i}_{cident(pname)}"[:60]
+        idents.append(ident)
+        shape = "x".join(str(s) for s in graph.params[pname].shape) or "scalar"
+        lines.append(f"/* {pname} [{shape}] */")
+        lines.append(f"static const float {ident}[{max(a.size, 1)}] __attribute__((aligned(64))) = {{")
+        values = [_hex_literal(v) for v in a.tolist()] or ["0.0f"]
+        for start in range(0, len(values), 8):
+            lines.append("    " + ", ".join(values[start:start + 8]) + ",")
+        lines.append("};")
+        lines.append("")
+    lines.append("/* The kernels take non-const pointers (the in-process backend updates parameters in place);")
+    lines.append("   the exported network only reads them. */")
+    lines.append(f"float *const n2d2_network_params[{max(len(idents), 1)}] = {{")
+    for ident in idents or ["0"]:
+        lines.append(f"    (float *){ident},")
+    lines.append("};")
+    return "\n".join(lines) + "\n"
+
+
+# -- stimuli -----------------------------------------------------------------------------------------
+def _collect_stimuli(provider, chw, nb_max: int):
+    """(inputs [N, C, H, W] float32, labels [N] int32, database ids [N]) of the provider's Test
+    partition, in order, at most `nb_max` (-1: all)."""
+    from n2d2.backend import to_host
+
+    empty = (np.zeros((0,) + tuple(chw), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64))
+    if nb_max == 0 or provider is None:
+        return empty
+    database = provider.get_database()
+    ids = np.asarray(database.get_partition_ids("Test"))
+    total = ids.size if nb_max < 0 else min(ids.size, nb_max)
+    if total == 0:
+        warnings.warn("export: the provider's Test partition is empty: no stimulus exported", stacklevel=3)
+        return empty
+    shape = tuple(provider.shape()[1:])
+    if shape != tuple(chw):
+        raise ExportError(f"export: the provider's stimuli are {list(shape)} (C, H, W) but the network's input is "
+                          f"{list(chw)}")
+    before = provider.get_partition()
+    inputs = np.empty((total,) + tuple(chw), np.float32)
+    labels = np.empty(total, np.int32)
+    pixel_labels = False
+    provider.set_partition("Test")
+    try:
+        batch = provider.get_batch_size()
+        for start in range(0, total, batch):
+            x = provider.read_batch(start)
+            count = min(batch, total - start)
+            inputs[start:start + count] = to_host(x._data)[:count]
+            lab = to_host(provider.get_labels()._data).reshape(batch, -1)[:count]
+            if lab.shape[1] != 1:
+                pixel_labels = True
+            labels[start:start + count] = lab[:, 0] if lab.shape[1] == 1 else -1
+    finally:
+        provider.set_partition(before)
+    if pixel_labels:
+        warnings.warn("export: pixel-wise labels are not exported (labels.bin holds -1)", stacklevel=3)
+    return inputs, labels, ids[:total].astype(np.int64)
+
+
+# -- writing -----------------------------------------------------------------------------------------
+def _write_project(folder: str, files: dict, overwrite: bool):
+    """Write {relative path: str | bytes} into `folder` atomically (temp folder, then rename)."""
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.tmp-", dir=parent)
+    old = None
+    try:
+        for rel, content in files.items():
+            path = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            mode = "wb" if isinstance(content, (bytes, bytearray, memoryview)) else "w"
+            with open(path, mode) as f:
+                f.write(content)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if os.path.lexists(folder):
+            if not overwrite:
+                raise FileExistsError(f"export: '{folder}' already exists (pass overwrite=True to replace it)")
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=parent)
+            os.rmdir(old)
+            os.rename(folder, old)
+        os.rename(tmp, folder)
+        tmp = None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- entry points ------------------------------------------------------------------------------------
+def export_c(deepnet_cell, provider=None, nb_bits: int = -32, export_folder_name=None,
+             export_nb_stimuli_max: int = -1, overwrite: bool = False, **kwargs) -> str:
+    """Write a standalone C project of `deepnet_cell` (float32) and return its folder.
+
+    Parameters
+    ----------
+    deepnet_cell : DeepNetCell
+        The network (a `Sequence` becomes one with `to_deepnet_cell(provider)`).
+    provider : DataProvider, optional
+        Source of the Test stimuli written to `stimuli/` (default: the cell's provider).
+    nb_bits : int
+        -32 (float32). Integer widths (8, 16, ...) need post-training quantization with
+        calibration and float64 a double build: both are later features (NotImplementedError).
+    export_folder_name : str, optional
+        Default `export_C_float32` (N2D2's `export_<GEN>_<int|float><bits>`), relative to the
+        working directory.
+    export_nb_stimuli_max : int
+        Most stimuli written to `stimuli/` (-1: the whole Test partition, 0: none).
+    overwrite : bool
+        Replace an existing folder (only once the new project is complete). Default False:
+        an existing folder raises `FileExistsError` and is left untouched.
+    **kwargs
+        N2D2's common export keywords (`calibration`, `act_scaling_mode` ["SINGLE_SHIFT"],
+        `wt_clipping_mode`, `act_clipping_mode`, `act_quantile_value`, round modes, `qat_SAT`,
+        `export_no_unsigned`, `export_no_cross_layer_equalization`, `act_rescale_per_output`,
+        `calibration_reload`, `report`, `find_lr`, `log_kernels`). They are validated as N2D2
+        does (`act_scaling_mode="FLOAT_MULT"` is refused by the C export) but change nothing
+        in a float32 export: they drive calibration and integer scaling, or N2D2's logs.
+
+    Raises
+    ------
+    ExportError
+        A node without a C forward kernel (named with its op), or a graph with several inputs
+        or outputs; raised before anything is written.
+    FileExistsError
+        The folder exists and `overwrite` is False.
+    """
+    _check_deepnet_cell(deepnet_cell)
+    _check_provider(provider)
+    nb_bits = _check_nb_bits(nb_bits)
+    _check_options(kwargs, "SINGLE_SHIFT", forbidden_scaling=("FLOAT_MULT",))
+    if not _is_int(export_nb_stimuli_max):
+        raise WrongInputType("export_nb_stimuli_max", type(export_nb_stimuli_max), ["int"])
+    if export_nb_stimuli_max < -1:
+        raise WrongValue("export_nb_stimuli_max", export_nb_stimuli_max, ["-1 (all)", "0 (none)", "a positive int"])
+    if not isinstance(overwrite, bool):
+        raise WrongInputType("overwrite", type(overwrite), ["bool"])
+    folder = _folder_path(export_folder_name, "C", nb_bits)
+    if os.path.lexists(folder) and not overwrite:
+        raise FileExistsError(f"export: '{folder}' already exists (pass overwrite=True to replace it)")
+    provider = provider if provider is not None else deepnet_cell.get_provider()
+    if provider is None and export_nb_stimuli_max != 0:
+        raise ExportError(f"export_c: DeepNetCell '{deepnet_cell.get_name()}' has no provider: pass provider= "
+                          "(the Test stimuli are exported) or export_nb_stimuli_max=0")
+    _check_provider(provider)
+
+    graph = c_export_graph(deepnet_cell)
+    _check_exportable(graph)
+    files = _generate_files(graph, deepnet_cell.get_name())
+    inputs, labels, ids = _collect_stimuli(provider, files.pop("_input_chw"), export_nb_stimuli_max)
+    files["stimuli/inputs.bin"] = inputs.astype("<f4").tobytes()
+    files["stimuli/labels.bin"] = labels.astype("<i4").tobytes()
+    files["stimuli/stimuli.list"] = "".join(f"{i} {int(lab)} {int(sid)}\n"
+                                            for i, (lab, sid) in enumerate(zip(labels, ids)))
+    _write_project(folder, files, overwrite)
+    return folder
+
+
+def _generate_files(graph, network_name: str) -> dict:
+    from n2d2.codegen.render import render
+
+    data = _render_network(graph)
+    nb_params = sum(int(np.prod(graph.params[p].shape)) for p in data["param_names"])
+    data.update(network_name=network_name, nb_params=nb_params, nb_param_arrays=len(data["param_names"]),
+                nodes=[(n, graph.op(n)) for n in graph.topological_order() if graph.op(n) != "Input"],
+                version=_version())
+    note = f"network '{network_name}', graph '{graph.name}', {nb_params} floats"
+    return {
+        "_input_chw": data["input"]["shape"],
+        "include/network.h": render("export/network.h.j2", **data),
+        "include/weights.h": render("export/weights.h.j2", **data),
+        "src/network.c": render("export/network.c.j2", **data),
+        "src/weights.c": _weights_source(graph, data["param_names"], note),
+        "src/main.c": render("export/main.c.j2", **data),
+        "Makefile": render("export/Makefile.j2", **data),
+        "README.md": render("export/README.md.j2", **data),
+    }
+
+
+def _version() -> str:
+    try:
+        import n2d2
+
+        return n2d2.__version__
+    except Exception:  # pragma: no cover
+        return "?"
+
+
+def _not_yet(name):
+    def export(deepnet_cell, provider=None, **kwargs):
+        raise NotImplementedError(f"n2d2.export.{name}: this export generator is a later feature; "
+                                  "export_c (float32) is available")
+    export.__name__ = name
+    export.__doc__ = f"N2D2's `{name}` (not implemented yet: raises NotImplementedError)."
+    return export
+
+
+export_cpp = _not_yet("export_cpp")
+export_cpp_stm32 = _not_yet("export_cpp_stm32")
+export_tensor_rt = _not_yet("export_tensor_rt")
+
+
+def list_exportable_cell(export_name: str):
+    """Print which IR ops (one per cell type) the `export_name` generator has kernels for."""
+    if not isinstance(export_name, str):
+        raise WrongInputType("export_name", type(export_name), ["str"])
+    if export_name not in available_export:
+        raise WrongValue("export_name", export_name, available_export)
+    from n2d2.ir import ops as op_registry
+
+    names = sorted(n for n in op_registry.names() if n not in ("Input", "Grad", "Update", "AddN")
+                   and not n.startswith("Onnx"))
+    rows = [(n, "Yes" if export_name == "C" and _has_forward(n) else "No") for n in names]
+    width = max(len("Cell Name"), *(len(n) for n, _ in rows))
+    lines = [f"{'Cell Name':{width}} | Available", "-" * (width + 12)]
+    lines += [f"{n:{width}} | {a}" for n, a in rows]
+    print("\n".join(lines))
