@@ -486,6 +486,15 @@ def test_build_errors_name_section_and_line(tmp_path, body, line, fragment):
     assert f"net.ini:{line}:" in str(e)
 
 
+@pytest.mark.parametrize("text,section", [
+    (SP.format(c=1) + "[c]\nInput=sp\nType=Conv\nKernelDims=1 1\nNbOutputs=$(2**40)\n", "c"),
+    (SP.format(c=1).replace("SizeX=8", "SizeX=$(2**40)") + "[d]\nInput=sp\nType=Dropout\nNbOutputs=1\n", "sp"),
+])
+def test_sizes_beyond_memory_are_ini_errors(tmp_path, text, section):
+    e = error_of(tmp_path, text)
+    assert e.section == section and ("memory" in str(e) or "allocate" in str(e))
+
+
 def test_frame_cuda_falls_back_with_a_warning(tmp_path):
     if n2d2.global_variables.cuda_available:
         pytest.skip("CUDA is available: Frame_CUDA is used as is")

@@ -253,6 +253,8 @@ class NetworkBuilder:
             return action()
         except IniError:
             raise
+        except MemoryError:
+            raise self._section_error(name, f"{what}: does not fit in memory", "smaller sizes") from None
         except (TypeError, ValueError, RuntimeError, ZeroDivisionError, OSError) as e:
             raise self._section_error(name, f"{what}: {e}") from e
 
@@ -520,43 +522,59 @@ class NetworkBuilder:
 
     # -- layers --------------------------------------------------------------------------------------------
     def _build_layers(self, provider, order, parents):
-        from n2d2.tensor import Interface, Tensor
-
-        x = Tensor(list(provider.shape()))
+        try:
+            x = self._wrap("sp", lambda: self._input_tensor(provider), "cannot allocate the input batch")
+        except MemoryError:
+            raise self._section_error("sp", f"the input batch {provider.shape()} does not fit in memory",
+                                      "smaller SizeX, SizeY, NbChannels or BatchSize") from None
         tensors, cells = {"env": x}, {}
         for node in order:
-            r = self._reader(node)
-            r.mark("Input")
-            kind = r.choice("Type", tuple(LAYER_TYPES))
-            model = self.model
-            if r.has("Model"):
-                model = self._resolve_model(r.text("Model"), r, "Model")
-            if r.has("DataType"):
-                r.choice("DataType", _DATATYPES)
-            inputs = [tensors[p] for p in parents[node]]
-            layer = _Layer(self, node, r, self._config_reader(r, node, kind), inputs, parents[node], model)
-            layer.type = kind
-            for key in _INPUT_CROP_KEYS:
-                if r.has(key) and r.int(key) != 0:
-                    raise r.error(f"{key} (input cropping) is not supported", key, f"{key}=0")
-            cell = LAYER_TYPES[kind](layer)
-            cell.test()
-            what = f"{kind} layer cannot take its input {[list(t.shape()) for t in inputs]}"
-            arg = inputs[0] if len(inputs) == 1 else self._wrap(node, lambda: Interface(inputs), what)
-            y = self._wrap(node, lambda: cell(arg), what)
-            cell.learn()
-            nb_outputs = r.int("NbOutputs", minimum=1)
-            if y.dimZ() != nb_outputs:
-                raise r.error(f"NbOutputs={nb_outputs} but this {kind} layer gives {y.dimZ()} channels", "NbOutputs",
-                              f"NbOutputs={y.dimZ()}")
-            self._check_layer_keys(layer)
-            for key, value in (("_NbChannels", layer.channels), ("_ChannelsWidth", inputs[0].dimX()),
-                               ("_ChannelsHeight", inputs[0].dimY()), ("_NbOutputs", y.dimZ()),
-                               ("_OutputsWidth", y.dimX()), ("_OutputsHeight", y.dimY())):
-                self.doc.set_generated(node, key, value)
-            tensors[node] = y
-            cells[node] = cell
+            try:
+                tensors[node], cells[node] = self._build_layer(node, parents, tensors)
+            except MemoryError:
+                raise self._section_error(node, "this layer does not fit in memory",
+                                          "smaller sizes (NbOutputs, kernel, input)") from None
         return tensors, cells
+
+    @staticmethod
+    def _input_tensor(provider):
+        from n2d2.tensor import Tensor
+
+        return Tensor(list(provider.shape()))
+
+    def _build_layer(self, node, parents, tensors):
+        from n2d2.tensor import Interface
+
+        r = self._reader(node)
+        r.mark("Input")
+        kind = r.choice("Type", tuple(LAYER_TYPES))
+        model = self.model
+        if r.has("Model"):
+            model = self._resolve_model(r.text("Model"), r, "Model")
+        if r.has("DataType"):
+            r.choice("DataType", _DATATYPES)
+        inputs = [tensors[p] for p in parents[node]]
+        layer = _Layer(self, node, r, self._config_reader(r, node, kind), inputs, parents[node], model)
+        layer.type = kind
+        for key in _INPUT_CROP_KEYS:
+            if r.has(key) and r.int(key) != 0:
+                raise r.error(f"{key} (input cropping) is not supported", key, f"{key}=0")
+        cell = LAYER_TYPES[kind](layer)
+        cell.test()
+        what = f"{kind} layer cannot take its input {[list(t.shape()) for t in inputs]}"
+        arg = inputs[0] if len(inputs) == 1 else self._wrap(node, lambda: Interface(inputs), what)
+        y = self._wrap(node, lambda: cell(arg), what)
+        cell.learn()
+        nb_outputs = r.int("NbOutputs", minimum=1)
+        if y.dimZ() != nb_outputs:
+            raise r.error(f"NbOutputs={nb_outputs} but this {kind} layer gives {y.dimZ()} channels", "NbOutputs",
+                          f"NbOutputs={y.dimZ()}")
+        self._check_layer_keys(layer)
+        for key, value in (("_NbChannels", layer.channels), ("_ChannelsWidth", inputs[0].dimX()),
+                           ("_ChannelsHeight", inputs[0].dimY()), ("_NbOutputs", y.dimZ()),
+                           ("_OutputsWidth", y.dimX()), ("_OutputsHeight", y.dimY())):
+            self.doc.set_generated(node, key, value)
+        return y, cell
 
     def _config_names(self, r, key="ConfigSection"):
         names = []
