@@ -216,6 +216,15 @@ def test_lenet_runs_clean_under_address_sanitizer(lenet):
     assert "Tested 40 stimuli" in stdout
 
 
+@needs_make
+def test_profile_build_and_cpu_clock(lenet):
+    folder = lenet["folder"]
+    _make(folder, "BIN=bin/network_test_prof", "PROFILE=1")
+    stdout = _run(folder, "bin/network_test_prof", "-q", "-c", "-n", "20", "-r", "2")
+    assert "thread CPU time" in stdout and "Kernel profile over 40 calls" in stdout
+    assert len(re.findall(r"^  \S+ \((Conv|Pool|Fc|Softmax)\) +[0-9.]+ +[0-9.]+%$", stdout, re.M)) == 8
+
+
 # -- a ResNet-style graph: residual sums, BatchNorm (folded, and one that is not) ---------------------
 @needs_make
 def test_resnet_style_graph_exports_and_matches(tmp_path):
