@@ -457,7 +457,14 @@ def _write_project(folder: str, files: dict, overwrite: bool):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=parent)
             os.rmdir(old)
             os.rename(folder, old)
-        os.rename(tmp, folder)
+            try:
+                os.rename(tmp, folder)
+            except BaseException:
+                os.rename(old, folder)   # put the previous export back
+                old = None
+                raise
+        else:
+            os.rename(tmp, folder)
         tmp = None
     finally:
         if tmp is not None:

@@ -365,6 +365,27 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_failed_overwrite_keeps_the_previous_export(tmp_path, monkeypatch):
+    import n2d2.export as export
+
+    dn = _small_dn()
+    folder = export_c(dn)
+    (tmp_path / "export_C_float32" / "mine.txt").write_text("previous")
+    real = os.rename
+
+    def rename(src, dst):
+        if ".tmp-" in os.fspath(src):
+            raise OSError("no space left")
+        return real(src, dst)
+
+    monkeypatch.setattr(export.os, "rename", rename)
+    with pytest.raises(OSError, match="no space left"):
+        export_c(dn, overwrite=True)
+    monkeypatch.undo()
+    assert (tmp_path / "export_C_float32" / "mine.txt").read_text() == "previous"
+    assert os.path.isfile(os.path.join(folder, "src", "network.c")) and _no_temporaries(tmp_path)
+
+
 def test_argument_checks(tmp_path):
     dn = _small_dn()
     with pytest.raises(NotImplementedError, match="integer export .*calibration.* later feature"):
