@@ -14,8 +14,8 @@ import pytest
 import n2d2
 from n2d2.activation import Rectifier
 from n2d2.cells import BatchNorm2d, Conv, Dropout, Fc, Pool2d, Sequence, Softmax
-from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.codegen.compiler import find_compiler
+from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.export import ExportError, bake_connection_tables, c_export_graph, export_c
 from tests.conftest import rel_err
 
