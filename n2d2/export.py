@@ -212,10 +212,15 @@ def c_export_graph(deepnet_cell):
     return bake_connection_tables(graph)
 
 
+def _geometry(graph, node):
+    """The C backend's geometry of a forward node in inference (None: no kernel for it)."""
+    from n2d2.codegen.c_backend import _geometry as geometry
+
+    return geometry(graph, node, False)
+
+
 def unsupported_nodes(graph) -> list:
     """[(node, op, reason)] of the nodes the C export has no forward kernel for."""
-    from n2d2.codegen.c_backend import _geometry
-
     out = []
     for node in graph.topological_order():
         op = graph.op(node)
@@ -228,7 +233,7 @@ def unsupported_nodes(graph) -> list:
         if any(t.dtype != "float32" for t in types):
             out.append((node, op, "tensors are not all float32: " + ", ".join(str(t) for t in types)))
             continue
-        if _geometry(graph, node, False) is None:
+        if _geometry(graph, node) is None:
             spec = graph.attrs(node).get("activation")
             detail = f" (activation {spec[0]})" if spec else ""
             out.append((node, op, f"the C kernel of {op} does not support these attributes{detail}: "
@@ -301,11 +306,12 @@ class _KernelBuilder:
 
 def _render_network(graph) -> dict:
     """Template data of the network: kernels, plan figures, parameters, dims."""
-    from n2d2.codegen.c_backend import _SLACK_FLOATS, _geometry, _Scratch
+    from n2d2.codegen import c_backend
     from n2d2.codegen.render import cident, environment
     from n2d2.ir import planner
     from n2d2.ir.schedule import schedule
 
+    slack = int(getattr(c_backend, "_SLACK_FLOATS", 64))   # floats the GEMM may read past a buffer
     order = schedule(graph)
     plan = planner.plan(graph, order=order)
     planner.validate(graph, plan)
@@ -317,12 +323,12 @@ def _render_network(graph) -> dict:
         op = graph.op(node)
         if op == "Input":
             continue
-        g = _geometry(graph, node, False)
+        g = _geometry(graph, node)
         ctx = builder.context(node, g)
         if builder.aux_specs:
             raise ExportError(f"export_c: node '{node}' (op {op}) needs auxiliary buffers in inference "
                               f"({', '.join(builder.aux_specs)}); the C export has none")
-        layout = g.get("sf")
+        layout = g.get("sf")   # scratch layout: shared floats SH, then T floats per thread
         if layout:
             shared = max(shared, int(layout["SH"]))
             private = max(private, int(layout["T"]))
@@ -337,9 +343,10 @@ def _render_network(graph) -> dict:
     out_type = graph.output_types(out_t[0])[out_t[1]]
     return {
         "graph": graph, "graph_name": graph.name, "kernels": kernels, "plan": plan,
-        "arena_planned": plan.arena_bytes, "arena_bytes": plan.arena_bytes + 4 * _SLACK_FLOATS,
-        "scratch_shared": shared, "scratch_private": private, "scratch_slack": _SLACK_FLOATS,
-        "scratch_floats_1": _Scratch.floats({"SH": shared, "T": private}, 1) + _SLACK_FLOATS,
+        "arena_planned": plan.arena_bytes, "arena_bytes": plan.arena_bytes + 4 * slack,
+        "scratch_shared": shared, "scratch_private": private, "scratch_slack": slack,
+        "scratch_floats_1": shared + private + slack,
+        "set_threads": "n2d2_set_threads" in env.loader.get_source(env, "c/runtime.c.j2")[0],
         "param_names": list(builder._param_names),
         "input": {"offset": plan.offsets[(in_name, 0)], "shape": _chw(in_type.shape), "size": in_type.size},
         "output": {"offset": plan.offsets[out_t], "shape": _chw(out_type.shape), "size": out_type.size},
