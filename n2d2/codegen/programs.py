@@ -3,12 +3,21 @@
 An inference program maps input arrays to output arrays; a training program runs its three
 phases separately (`forward`, `backward`, `update`) because the loss seed comes from the
 target in between. `select_backend()` picks the backend: an explicit name, else from
-`n2d2.global_variables.default_model` ("Frame": C when a compiler is found, else numpy).
+`n2d2.global_variables.default_model` ("Frame": C when a compiler is found, else numpy;
+"Frame_CUDA": the CUDA backend, which needs CuPy and a device).
 """
 from n2d2.codegen.numpy_exec import Session
 from n2d2.error_handler import WrongValue
 
-BACKENDS = ("numpy", "c")
+BACKENDS = ("numpy", "c", "cuda")
+
+
+def _require_cuda(why):
+    from n2d2.codegen.cuda_backend import available
+
+    if not available():
+        raise RuntimeError(f"{why} needs CuPy and a visible CUDA device; none was found (install n2d2[gpu] on a "
+                           "GPU machine, or use default_model = 'Frame' / backend 'c' or 'numpy')")
 
 
 def select_backend(name: str = None) -> str:
@@ -20,11 +29,14 @@ def select_backend(name: str = None) -> str:
 
             if not available():
                 raise RuntimeError("backend 'c' needs a C compiler (gcc or $CC); none was found")
+        if name == "cuda":
+            _require_cuda("backend 'cuda'")
         return name
     from n2d2.settings import global_variables
 
     if global_variables.default_model == "Frame_CUDA":
-        return "numpy"  # CuPy arrays through the reference ops until the CUDA backend lands
+        _require_cuda("default_model 'Frame_CUDA'")
+        return "cuda"
     from n2d2.codegen.c_backend import available
 
     return "c" if available() else "numpy"
@@ -40,9 +52,13 @@ class InferenceProgram:
             from n2d2.codegen.c_backend import CProgram
 
             self._c = CProgram(graph, [graph.topological_order()], training=False)
+        elif backend == "cuda":
+            from n2d2.codegen.cuda_backend import CudaProgram
+
+            self._c = CudaProgram(graph, [graph.topological_order()], training=False)
 
     def run(self, feeds: dict) -> list:
-        if self.backend == "c":
+        if self.backend in ("c", "cuda"):
             self._c.feed(feeds)
             self._c.run_phase(0)
             return [self._c.view(t).copy() for t in self.graph.outputs]
@@ -67,11 +83,18 @@ class TrainingProgram:
             self._c = CProgram(training_graph.graph, [training_graph.forward_nodes,
                                                       seeds + training_graph.backward_nodes,
                                                       training_graph.update_nodes], training=True)
+        elif backend == "cuda":
+            from n2d2.codegen.cuda_backend import CudaProgram
+
+            seeds = list(training_graph.grad_inputs.values())
+            self._c = CudaProgram(training_graph.graph, [training_graph.forward_nodes,
+                                                         seeds + training_graph.backward_nodes,
+                                                         training_graph.update_nodes], training=True)
 
     def forward(self, feeds: dict) -> list:
         self.batch_size = int(next(iter(feeds.values())).shape[0])
         g = self.tg.graph
-        if self.backend == "c":
+        if self.backend in ("c", "cuda"):
             self._c.feed(feeds)
             self._c.run_phase(0, self.batch_size)
             return [self._c.view(t).copy() for t in g.outputs]
@@ -83,7 +106,7 @@ class TrainingProgram:
     def backward(self, seeds: dict):
         """`seeds` maps each graph output (node, index) to d(loss)/d(output)."""
         feeds = {self.tg.grad_inputs[k]: v for k, v in seeds.items() if k in self.tg.grad_inputs}
-        if self.backend == "c":
+        if self.backend in ("c", "cuda"):
             self._c.feed(feeds)
             self._c.run_phase(1, self.batch_size)
             return
@@ -91,7 +114,7 @@ class TrainingProgram:
         self._session.run_nodes(self.tg.backward_nodes)
 
     def update(self):
-        if self.backend == "c":
+        if self.backend in ("c", "cuda"):
             self._c.run_phase(2, self.batch_size)
             return
         self._session.batch_size = self.batch_size

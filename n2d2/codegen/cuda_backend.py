@@ -1,0 +1,996 @@
+"""The CUDA backend: one CUDA source per graph, loaded by CuPy (NVRTC), run over one arena.
+
+Every node whose op has a template (`templates/cuda/ops/<Op>.cu.j2`) and whose attributes the
+templates support becomes one or more `extern "C" __global__` kernels with its shapes and
+constants baked in; the others run on the numpy reference over CuPy views of the same arena
+(the fallback). A `Grad` node runs where its forward node ran. `Update` nodes whose solver is a
+plain `SGD` (iteration_size 1) become one fused kernel each; other solvers run in Python on the
+arena's gradient views (their state stays in the solver object either way).
+
+Memory: ONE device allocation holds every planned tensor at the planner's offset, then the
+auxiliary buffers (dropout masks, saved batch statistics), the solver coefficients and a scratch
+region (split-K partial tiles, reduction partials). Parameters are reached through a device
+table of pointers, so a replaced parameter array (or a new momentum buffer) only rewrites the
+table. Kernels take (arena, table) and nothing else.
+
+Execution: each phase is a list of items, runs of kernel launches (segments) and Python nodes.
+A segment runs eagerly the first time (which also loads every kernel), and is then captured once
+as a CUDA graph (CuPy stream capture) and replayed: inputs are copied into the arena, the arena,
+the table and the parameter arrays stay in place, so the captured pointers stay valid. Graphs
+are launched on the current CuPy stream.
+
+Convolutions: CuPy 14 has no cuDNN, so convolutions are implicit GEMMs: a tiled shared-memory
+SGEMM kernel of our own (`templates/cuda/gemm.cu.j2`) whose operand loads gather the image
+patches directly (no im2col buffer, no cuBLAS: cuBLAS allocates workspace and picks algorithms at
+run time, which does not sit well with graph capture; our kernels capture trivially and their
+shapes are baked in). Weight gradients use split-K with a deterministic reduction.
+
+Dropout masks are drawn on the host generator (`global_variables.rng`) and uploaded before the
+forward phase, so the backend draws exactly the numbers the numpy executor draws.
+
+Without a GPU, `HostEmulator` runs the very same source on the CPU (g++, threads of a block as
+fibers, see `templates/cuda/emulator.h`): the tests check every kernel against the numpy
+reference that way, and `compile_check` compiles the source with nvcc (no header is included,
+so what nvcc accepts NVRTC accepts too).
+"""
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+from n2d2.codegen.c_backend import Buf, _Context, _activation, _activation_ok, _nchw
+from n2d2.codegen.render import cident, environment, render, template_exists
+from n2d2.ir import ops as op_registry
+from n2d2.ir import planner
+from n2d2.ir.types import GraphError
+
+__all__ = ["CudaProgram", "CupyDevice", "HostEmulator", "available", "compile_check", "CudaCompileError",
+           "NVRTC_OPTIONS"]
+
+THREADS = 256
+SMS = 132                 # streaming multiprocessors of an H100 / H200: how many blocks keep it busy
+NVRTC_OPTIONS = ("-std=c++17",)
+_ALIGN = 256
+_HYPER_FLOATS = 12        # solver coefficients per fused update
+_FUSED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation", "Softplus")
+
+
+class CudaCompileError(RuntimeError):
+    """nvcc, NVRTC or the emulator's g++ rejected generated code (the message holds its output)."""
+
+
+def available() -> bool:
+    """CuPy is importable and sees a CUDA device."""
+    from n2d2.backend import cuda_available
+
+    return cuda_available()
+
+
+# -- small adapters (the C backend grows the same helpers; kept here so that this module does not
+#    depend on the C backend's private functions beyond Buf, _Context and the activation specs) ----
+def _concat_channels(ins):
+    """[{C, off}] of inputs concatenated along channels (None if batch / H / W differ)."""
+    first = _nchw(ins[0])
+    out, off = [], 0
+    for s in ins:
+        s4 = _nchw(s)
+        if s4[0] != first[0] or s4[2:] != first[2:]:
+            return None
+        out.append({"C": s4[1], "off": off})
+        off += s4[1]
+    return out
+
+
+def _coef(c):
+    """A float, or a list of floats (per channel; a 1-element list is a scalar)."""
+    if isinstance(c, (list, tuple)):
+        return float(c[0]) if len(c) == 1 else [float(v) for v in c]
+    return float(c)
+
+
+def _epilogue_steps(steps):
+    """Epilogue steps as template data: per-channel coefficients become tables."""
+    out = []
+    for i, step in enumerate(steps):
+        kind = step[0]
+        if kind == "activation":
+            out.append(_Context(kind=kind, act=_activation(step[1]), id=i))
+        elif kind == "add":
+            out.append(_Context(kind=kind, k=int(step[1]), w=_coef(step[2]), s=_coef(step[3]), id=i))
+        else:
+            out.append(_Context(kind=kind, c=_coef(step[1]), id=i))
+    return out
+
+
+def _ceil(a, b):
+    return -(-int(a) // int(b))
+
+
+def _align(n, a=_ALIGN):
+    return _ceil(n, a) * a
+
+
+# -- geometry ----------------------------------------------------------------------------------------
+def _conv_geometry(graph, node, attrs, ins, outs):
+    if tuple(attrs.get("sub_sample", (1, 1))) != (1, 1):
+        return None
+    chans = _concat_channels(ins)
+    if chans is None or len(ins[0]) != 4:
+        return None
+    n, _, h, w = ins[0]
+    c = sum(ch["C"] for ch in chans)
+    _, o, ho, wo = outs[0]
+    wshape = graph.params[graph.node(node).params["weights"]].shape
+    groups = attrs.get("groups", 1)
+    mapping = attrs.get("mapping")
+    if mapping is not None and groups != 1:
+        return None
+    (sy, sx), (py, px), (dy, dx) = attrs["stride"], attrs["padding"], attrs["dilation"]
+    kh, kw = int(wshape[2]), int(wshape[3])
+    conn = None
+    if mapping is not None:
+        from n2d2.backend import to_host
+
+        conn = np.asarray(to_host(mapping), dtype=bool).astype(int).tolist()
+    cg, og = c // groups, o // groups
+    g = dict(N=n, C=c, H=h, W=w, O=o, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
+             G=groups, CG=cg, OG=og, P=ho * wo, KHW=kh * kw, KG=cg * kh * kw, inputs=chans, conn=conn)
+    g["MODE"] = "direct" if (groups > 1 and groups == c == o and conn is None) else "gemm"
+    return g
+
+
+def _pool_geometry(attrs, ins, outs):
+    if len(ins) != 1 or len(ins[0]) != 4:
+        return None
+    n, c, h, w = ins[0]
+    (kh, kw), (sy, sx), (py, px) = attrs["pool"], attrs["stride"], attrs["padding"]
+    if py < 0 or px < 0:
+        return None
+    ho, wo = outs[0][2], outs[0][3]
+    mapping = attrs.get("mapping")
+    links = rlinks = None
+    if mapping is not None:
+        from n2d2.backend import to_host
+
+        conn = np.asarray(to_host(mapping), dtype=bool)
+        links = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
+        rlinks = [[o for o in range(conn.shape[1]) if conn[c_, o]] for c_ in range(c)]
+    tiled = py == 0 and px == 0 and (sy, sx) == (kh, kw) and ho * kh == h and wo * kw == w
+    return dict(N=n, C=c, O=outs[0][1], H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px,
+                MAX=attrs["pooling"] == "Max", links=links, rlinks=rlinks, TILED=tiled,
+                NONOVER=links is None and sy >= kh and sx >= kw)
+
+
+def _geometry(graph, node, training, is_param_array):
+    """Geometry dict of a forward node for its CUDA templates, or None when it has no kernel.
+
+    The C backend's `_geometry` decides for CPU kernels (scratch layouts, thread thresholds,
+    numpy parameters); this one mirrors its decisions of what is supported, for CUDA kernels."""
+    op = graph.op(node)
+    attrs = graph.attrs(node)
+    in_types = graph.input_types(node)
+    out_types = graph.output_types(node)
+    ins = [tuple(t.shape) for t in in_types]
+    outs = [tuple(t.shape) for t in out_types]
+    if not template_exists(f"cuda/ops/{op}.cu.j2") or op == "Update":
+        return None
+    spec = attrs.get("activation")
+    if spec is not None and spec[0] not in _FUSED_ACTIVATIONS:
+        return None
+    if not _activation_ok(spec) or any(t.dtype != "float32" for t in list(in_types) + list(out_types)):
+        return None
+    if any(int(np.prod(s)) >= 2 ** 31 for s in ins + outs):
+        return None
+    for pname in graph.node(node).params.values():
+        if not is_param_array(graph.params[pname].array):
+            return None
+    if op == "Conv":
+        return _conv_geometry(graph, node, attrs, ins, outs)
+    if op == "Fc":
+        inputs, off = [], 0
+        for s in ins:
+            k = int(np.prod(s[1:]))
+            inputs.append({"K": k, "off": off})
+            off += k
+        return dict(N=ins[0][0], K=off, O=outs[0][1], inputs=inputs)
+    if op == "Pool":
+        return _pool_geometry(attrs, ins, outs)
+    if op in ("Activation", "Dropout", "Reshape", "Concat"):
+        if len(ins) > 1 and _concat_channels(ins) is None:
+            return None
+        n = ins[0][0]
+        size = int(np.prod(outs[0]))
+        inputs, off = [], 0
+        for s in ins:
+            per = int(np.prod(s[1:]))
+            inputs.append({"S": per, "off": off})
+            off += per
+        return dict(N=n, SIZE=size, PER=size // max(n, 1), inputs=inputs)
+    if op in ("ElemWise", "Epilogue", "AddN"):
+        if any(tuple(s) != tuple(ins[0]) for s in ins):
+            return None
+        if op == "Epilogue" and any(st[0] == "activation" and not (_activation_ok(st[1]) and st[1][0] in
+                                                                     _FUSED_ACTIVATIONS) for st in attrs["steps"]):
+            return None
+        n, c, h, w = _nchw(ins[0])
+        return dict(N=n, C=c, HW=h * w, SIZE=n * c * h * w)
+    if len(ins) != 1:
+        return None
+    if op == "Softmax":
+        n, c, h, w = _nchw(ins[0])
+        return dict(N=n, C=c, HW=h * w, GS=attrs.get("group_size", 0) or c)
+    if op == "BatchNorm":
+        n, c, h, w = _nchw(ins[0])
+        return dict(N=n, C=c, HW=h * w, M=n * h * w, SIZE=n * c * h * w,
+                    TRAIN=bool(training and attrs["momentum"] != 0.0))
+    if op == "Padding":
+        if len(ins[0]) != 4:
+            return None
+        n, c, h, w = ins[0]
+        return dict(N=n, C=c, H=h, W=w, HO=outs[0][2], WO=outs[0][3], T=attrs["top"], L=attrs["left"])
+    return None
+
+
+# -- launch planning --------------------------------------------------------------------------------
+def _tile(x):
+    t = 16
+    while t < x and t < 128:
+        t *= 2
+    return t
+
+
+def _kernel(macro, grid, barrier=False, **fields):
+    fields.setdefault("scratch", 0)
+    return _Context(macro=macro, grid=tuple(int(v) for v in grid), block=(THREADS, 1, 1), threads=THREADS,
+                    barrier=barrier, **fields)
+
+
+def _elementwise(macro, size, **fields):
+    return _kernel(macro, (max(1, _ceil(size, THREADS)), 1, 1), SIZE=int(size), **fields)
+
+
+def _gemm(macro, m, n, k, groups=1, split=False, a_kfast=True, b_kfast=False):
+    """Launch spec of a gemm.cu.j2 kernel (tile sizes picked so that the grid fills the GPU), plus
+    the spec of its split-K reduction when the K loop is split."""
+    bm, bn = _tile(m), _tile(n)
+
+    def blocks(bm_, bn_):
+        return _ceil(m, bm_) * _ceil(n, bn_) * groups
+
+    while blocks(bm, bn) < 2 * SMS and max(bm, bn) > 32:
+        if bm >= bn:
+            bm //= 2
+        else:
+            bn //= 2
+    bk = 16
+    splits = 1
+    if split and blocks(bm, bn) < 2 * SMS and k >= 512:
+        splits = max(1, min(_ceil(2 * SMS, blocks(bm, bn)), k // 256))
+    kchunk = _ceil(_ceil(k, splits), bk) * bk
+    splits = _ceil(k, kchunk)
+    spec = _kernel(macro, (_ceil(n, bn), _ceil(m, bm), groups * splits), barrier=True, M=m, N=n, K=k, G=groups,
+                   BM=bm, BN=bn, BK=bk, TM=bm // 16, TN=bn // 16, LA=bm * bk // THREADS, LB=bn * bk // THREADS,
+                   SPLITS=splits, KCHUNK=kchunk, A_KFAST=a_kfast, B_KFAST=b_kfast,
+                   part="((float *)(arena + N2D2_SCRATCH_OFF))")
+    if splits == 1:
+        return [spec]
+    spec.scratch = 4 * groups * splits * m * n
+    reduce = _kernel(macro.replace("_gemm", "_reduce"), (_ceil(groups * m * n, THREADS), 1, 1), M=m, N=n, G=groups,
+                     SPLITS=splits, part=spec.part)
+    return [spec, reduce]
+
+
+def _reduction_splits(c, m):
+    """Slices per channel of a per-channel reduction over m elements (enough blocks for the GPU)."""
+    return max(1, min(_ceil(2 * SMS, c), _ceil(m, 4 * THREADS)))
+
+
+def _plan_forward(op, n, g):
+    """Kernel specs of a forward node (in launch order)."""
+    if op == "Conv":
+        if g["MODE"] == "direct":
+            return [_elementwise("fwd_direct", g["N"] * g["O"] * g["P"])]
+        return _gemm("fwd_gemm", g["OG"], g["N"] * g["P"], g["KG"], g["G"], a_kfast=True, b_kfast=False)
+    if op == "Fc":
+        return _gemm("fwd_gemm", g["N"], g["O"], g["K"], a_kfast=True, b_kfast=True)
+    if op == "Pool":
+        return [_elementwise("fwd", g["N"] * g["O"] * g["HO"] * g["WO"])]
+    if op in ("Activation", "Dropout", "Reshape", "Concat"):
+        single = len(g["inputs"]) == 1
+        specs = []
+        for i, inp in enumerate(g["inputs"]):
+            if op == "Concat" and n.aliased[i]:
+                continue
+            if op in ("Activation", "Reshape", "Concat") and single and n.act is None and n.x[0].offset == n.y.offset:
+                continue
+            specs.append(_elementwise("fwd", g["N"] * inp["S"], inp=i, single=single, PER=g["PER"], **inp))
+        return specs
+    if op in ("ElemWise", "Epilogue", "AddN"):
+        return [_elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
+    if op == "Softmax":
+        return [_elementwise("fwd", g["N"] * (g["C"] // g["GS"]) * g["HW"])]
+    if op == "BatchNorm":
+        specs = []
+        if g["TRAIN"]:
+            s = _reduction_splits(g["C"], g["M"])
+            part = "((double *)(arena + N2D2_SCRATCH_OFF))"
+            specs.append(_kernel("stats", (g["C"] * s, 1, 1), barrier=True, S=s, CH=_ceil(g["M"], s), part=part,
+                                 scratch=16 * g["C"] * s))
+            specs.append(_kernel("finalize", (_ceil(g["C"], THREADS), 1, 1), S=s, part=part))
+        specs.append(_elementwise("norm", g["SIZE"], C=g["C"], HW=g["HW"]))
+        return specs
+    if op == "Padding":
+        return [_elementwise("fwd", g["N"] * g["C"] * g["HO"] * g["WO"])]
+    raise GraphError(f"no CUDA kernel plan for op {op}")
+
+
+def _plan_backward(op, n, g):
+    """Kernel specs of the Grad node of a forward node (`n.fwd` holds the forward context)."""
+    f = n.fwd
+    if op in ("Conv", "Fc"):
+        specs = []
+        if f.act is not None:
+            specs.append(_elementwise("bwd_act", n.dy.size))
+        if "biases" in n.dp:
+            if op == "Conv":
+                specs.append(_kernel("bwd_bias", (g["O"], 1, 1), barrier=True, N=g["N"], C=g["O"], P=g["P"]))
+            else:
+                specs.append(_kernel("bwd_bias", (g["O"], 1, 1), barrier=True, N=g["N"], C=g["O"], P=1))
+        if op == "Conv":
+            direct = g["MODE"] == "direct"
+            if "weights" in n.dp:
+                if direct:
+                    specs.append(_kernel("bwd_weights_direct", (g["O"] * g["KHW"], 1, 1), barrier=True))
+                else:
+                    specs += _gemm("bwd_weights_gemm", g["OG"], g["KG"], g["N"] * g["P"], g["G"], split=True,
+                                   a_kfast=True, b_kfast=True)
+            if n.need_dx:
+                if direct:
+                    specs.append(_elementwise("bwd_data_direct", g["N"] * g["C"] * g["H"] * g["W"]))
+                else:
+                    specs += _gemm("bwd_data_gemm", g["CG"], g["N"] * g["H"] * g["W"], g["OG"] * g["KHW"], g["G"],
+                                   a_kfast=True, b_kfast=False)
+        else:
+            if "weights" in n.dp:
+                specs += _gemm("bwd_weights_gemm", g["O"], g["K"], g["N"], split=True, a_kfast=False, b_kfast=False)
+            if n.need_dx:
+                specs += _gemm("bwd_data_gemm", g["N"], g["K"], g["O"], a_kfast=True, b_kfast=False)
+        return specs
+    if op == "Pool":
+        if n.dx[0] is None:
+            return []
+        if g["NONOVER"]:
+            specs = [] if g["TILED"] else [_elementwise("bwd_zero", g["N"] * g["C"] * g["H"] * g["W"])]
+            return specs + [_elementwise("bwd_windows", g["N"] * g["C"] * g["HO"] * g["WO"])]
+        return [_elementwise("bwd_gather", g["N"] * g["C"] * g["H"] * g["W"])]
+    if op in ("Activation", "Dropout", "Reshape", "Concat"):
+        return [_elementwise("bwd", g["N"] * inp["S"], inp=i, single=len(g["inputs"]) == 1, PER=g["PER"], **inp)
+                for i, inp in enumerate(g["inputs"]) if n.dx[i] is not None]
+    if op in ("ElemWise", "Epilogue"):
+        return [_elementwise("bwd", g["SIZE"], C=g["C"], HW=g["HW"])]
+    if op == "Softmax":
+        if f.a.get("with_loss"):
+            return [_elementwise("bwd_copy", n.dy.size)]
+        return [_elementwise("bwd", g["N"] * (g["C"] // g["GS"]) * g["HW"])]
+    if op == "BatchNorm":
+        s = _reduction_splits(g["C"], g["M"])
+        part = "((double *)(arena + N2D2_SCRATCH_OFF))"
+        specs = [_kernel("bwd_stats", (g["C"] * s, 1, 1), barrier=True, S=s, CH=_ceil(g["M"], s), part=part,
+                         scratch=16 * g["C"] * s),
+                 _kernel("bwd_finalize", (_ceil(g["C"], THREADS), 1, 1), S=s, part=part)]
+        if n.dx[0] is not None:
+            specs.append(_elementwise("bwd_dx", g["SIZE"], C=g["C"], HW=g["HW"]))
+        return specs
+    if op == "Padding":
+        return [_elementwise("bwd", g["N"] * g["C"] * g["H"] * g["W"])]
+    raise GraphError(f"no CUDA backward kernel plan for op {op}")
+
+
+_BACKWARD_OPS = ("Conv", "Fc", "Pool", "Activation", "Dropout", "Reshape", "Concat", "ElemWise", "Epilogue",
+                 "Softmax", "BatchNorm", "Padding")
+
+
+# -- devices -----------------------------------------------------------------------------------------
+class CupyDevice:
+    """A CUDA device through CuPy: arena and table as CuPy arrays, NVRTC modules, CUDA graphs."""
+
+    name = "cuda"
+
+    def __init__(self):
+        from n2d2.backend import require_cupy
+
+        self.cp = require_cupy()
+        self.xp = self.cp
+        self._capture_stream = None
+
+    def is_array(self, a) -> bool:
+        return isinstance(a, self.cp.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
+
+    def zeros(self, nbytes):
+        return self.cp.zeros(max(int(nbytes), 1), dtype=self.cp.uint8)
+
+    def view(self, arena, offset, shape, dtype):
+        return self.cp.ndarray(tuple(shape), dtype=dtype, memptr=arena.data + int(offset))
+
+    def pointer(self, a) -> int:
+        return int(a.data.ptr)
+
+    def table(self, pointers):
+        return self.cp.asarray(np.asarray(pointers, dtype=np.uint64))
+
+    def set_table(self, table, pointers):
+        table.set(np.asarray(pointers, dtype=np.uint64))
+
+    def load(self, source, names):
+        """{name: kernel} of the source compiled by NVRTC (CuPy caches the binary on disk, keyed by
+        the source, the options and the architecture)."""
+        try:
+            module = self.cp.RawModule(code=source, options=NVRTC_OPTIONS)
+            return {name: module.get_function(name) for name in names}
+        except self.cp.cuda.compiler.CompileException as e:
+            raise CudaCompileError(f"NVRTC rejected the generated CUDA source:\n{str(e)[-4000:]}") from None
+
+    def launch(self, fn, grid, block, arena, table, barrier=False):
+        fn(grid, block, (arena, table))
+
+    def upload(self, view, host):
+        view.set(np.ascontiguousarray(host, dtype=view.dtype))
+
+    def copy_in(self, view, value):
+        if isinstance(value, self.cp.ndarray):
+            view[...] = value
+        else:
+            self.upload(view, np.asarray(value))
+
+    def capture(self, fn):
+        """A CUDA graph of the launches `fn` makes (captured on a private stream, not executed)."""
+        if self._capture_stream is None:
+            self._capture_stream = self.cp.cuda.Stream(non_blocking=True)
+        s = self._capture_stream
+        with s:
+            s.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = s.end_capture()
+        return graph
+
+    def replay(self, graph):
+        graph.launch(stream=self.cp.cuda.get_current_stream())
+
+    def synchronize(self):
+        self.cp.cuda.get_current_stream().synchronize()
+
+
+class HostEmulator:
+    """Runs the generated CUDA source on the CPU (tests without a GPU).
+
+    The source is compiled by g++ after `templates/cuda/emulator.h` (cached on disk by a hash of
+    the text and flags); blocks run one after the other, the threads of a block as fibers that
+    switch at `__syncthreads()`. `order` ("forward", "reverse", "alternate") is the order in
+    which the threads run between two barriers. The arena has guard bands checked after every
+    launch (a kernel writing outside it is reported)."""
+
+    name = "emulator"
+    xp = np
+    _GUARD = 1 << 16
+    _ORDERS = {"forward": 0, "reverse": 1, "alternate": 2}
+
+    def __init__(self, order="alternate"):
+        self.order = self._ORDERS[order]
+        self._libs = {}
+        self._raw = None
+
+    def is_array(self, a) -> bool:
+        return isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
+
+    def zeros(self, nbytes):
+        nbytes = max(int(nbytes), 1)
+        raw = np.full(nbytes + 2 * self._GUARD + 64, 0xA5, dtype=np.uint8)
+        start = self._GUARD + (-(raw.ctypes.data + self._GUARD) % 64)
+        arena = raw[start:start + nbytes]
+        arena[...] = 0
+        self._raw, self._span = raw, (start, start + nbytes)
+        return arena
+
+    def _check_guards(self, name):
+        start, end = self._span
+        if (self._raw[:start] != 0xA5).any() or (self._raw[end:] != 0xA5).any():
+            raise RuntimeError(f"emulated kernel {name} wrote outside the arena")
+
+    def view(self, arena, offset, shape, dtype):
+        return np.ndarray(tuple(shape), dtype=dtype, buffer=arena, offset=int(offset))
+
+    def pointer(self, a) -> int:
+        return int(a.ctypes.data)
+
+    def table(self, pointers):
+        return np.asarray(pointers, dtype=np.uint64).copy()
+
+    def set_table(self, table, pointers):
+        table[...] = np.asarray(pointers, dtype=np.uint64)
+
+    def load(self, source, names):
+        lib = _build_emulator(source)
+        self._libs[id(lib)] = lib
+        fn = lib.n2d2_emu_launch
+        fn.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 6 + [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2
+        fn.restype = ctypes.c_int
+        self._launch = fn
+        return {name: (name, ctypes.cast(getattr(lib, name), ctypes.c_void_p).value) for name in names}
+
+    def launch(self, fn, grid, block, arena, table, barrier=False):
+        name, address = fn
+        status = self._launch(address, *grid, *block, arena.ctypes.data, table.ctypes.data, int(bool(barrier)),
+                              self.order)
+        if status:
+            why = {1: "out of memory", 2: "a barrier that some threads of a block did not reach",
+                   3: "a barrier in a kernel planned without barriers"}.get(status, str(status))
+            raise RuntimeError(f"emulated kernel {name}: {why}")
+        self._check_guards(name)
+
+    def upload(self, view, host):
+        view[...] = host
+
+    def copy_in(self, view, value):
+        view[...] = np.asarray(value)
+
+    def capture(self, fn):
+        return fn
+
+    def replay(self, graph):
+        graph()
+
+    def synchronize(self):
+        pass
+
+
+def _emulator_prelude() -> str:
+    env = environment()
+    return env.loader.get_source(env, "cuda/emulator.h")[0]
+
+
+def _build_emulator(source):
+    from n2d2.codegen.compiler import cache_dir
+
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise CudaCompileError("the CUDA host emulator needs a C++ compiler (g++ or $CXX)")
+    flags = ["-O1", "-std=c++17", "-shared", "-fPIC", "-fno-exceptions", "-w"]
+    text = _emulator_prelude() + "\n" + source
+    key = hashlib.sha256("\0".join([text, " ".join(flags), cxx]).encode()).hexdigest()[:24]
+    directory = cache_dir()
+    lib = os.path.join(directory, f"cuemu_{key}.so")
+    if not os.path.exists(lib):
+        fd, src = tempfile.mkstemp(dir=directory, suffix=".cpp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so")
+        os.close(fd)
+        try:
+            r = subprocess.run([cxx, *flags, src, "-o", tmp], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise CudaCompileError(f"g++ rejected the emulated CUDA source {src}:\n{r.stderr[-4000:]}")
+            os.replace(tmp, lib)
+            os.unlink(src)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return ctypes.CDLL(lib)
+
+
+def find_nvcc():
+    """The nvcc to compile-check with (`$NVCC`, else on PATH, else $CUDA_HOME/bin), or None."""
+    for candidate in (os.environ.get("NVCC"), "nvcc",
+                      os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def compile_check(source: str, arch: str = "sm_90", mode: str = "cubin") -> str:
+    """Compile `source` with nvcc as NVRTC would see it (device code only, no host headers
+    needed: `-cubin` runs the front end and ptxas; `-ptx` stops before ptxas); raise
+    `CudaCompileError` with the compiler's output on failure. Results are cached by hash.
+    Returns the path of the cached source."""
+    from n2d2.codegen.compiler import cache_dir
+
+    if re.search(r"^\s*#\s*include", source, re.M):
+        raise CudaCompileError("generated CUDA source includes a header: NVRTC would not find it")
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise CudaCompileError("nvcc not found (set $NVCC or put the CUDA toolkit's bin on PATH)")
+    flags = [f"-{mode}", "--std=c++17", f"-arch={arch}", "-w", *[o for o in NVRTC_OPTIONS if o != "-std=c++17"]]
+    key = hashlib.sha256("\0".join([source, " ".join(flags), nvcc]).encode()).hexdigest()[:24]
+    directory = cache_dir()
+    src = os.path.join(directory, f"cucheck_{key}.cu")
+    ok = src + ".ok"
+    if os.path.exists(ok):
+        return src
+    with open(src + ".tmp", "w") as f:
+        f.write(source)
+    os.replace(src + ".tmp", src)
+    r = subprocess.run([nvcc, *flags, "-o", os.devnull, src], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise CudaCompileError(f"nvcc {' '.join(flags)} failed on {src}:\n{(r.stderr + r.stdout)[-6000:]}")
+    open(ok, "w").close()
+    return src
+
+
+# -- the program -------------------------------------------------------------------------------------
+class CudaProgram:
+    """A graph compiled for the CUDA backend, for a fixed execution order split in phases.
+
+    Parameters
+    ----------
+    graph : Graph
+    phases : list of list of node names
+        Execution order, phase by phase (an inference graph: one phase).
+    training : bool
+        Forward nodes run in training mode (batch statistics, dropout).
+    name : str, optional
+    device : CupyDevice, HostEmulator or None
+        Where to run (default: the CuPy device; `HostEmulator()` runs the same source on the CPU).
+    graphs : bool
+        Capture every run of kernels as a CUDA graph after its first (eager) run, then replay it.
+    """
+
+    def __init__(self, graph, phases, training=False, name=None, device=None, graphs=True):
+        self.graph = graph
+        self.training = training
+        self.phases = [list(p) for p in phases]
+        self.device = device if device is not None else CupyDevice()
+        self.use_graphs = graphs
+        order = [n for phase in self.phases for n in phase]
+        self._phase_of = {n: i for i, phase in enumerate(self.phases) for n in phase}
+        if self.device.name == "cuda":
+            for pname, param in graph.params.items():
+                if isinstance(param.array, np.ndarray):
+                    raise GraphError(f"parameter '{pname}' is a numpy array: the CUDA backend needs the model on the "
+                                     "GPU (build the cells with default_model = 'Frame_CUDA')")
+        self.plan = planner.plan(graph, order=order, alignment=_ALIGN)
+        planner.validate(graph, self.plan)
+        self.where = {}               # node -> "cuda" | "numpy"
+        self.kernels = []             # launch specs with their rendered bodies, in render order
+        self._node_kernels = {}       # node -> [kernel spec]
+        self.aux_offset = _align(self.plan.arena_bytes)
+        self.aux_specs = {}           # key -> (shape, kind, byte offset)
+        self._aux_bytes = 0
+        self._table_names = []        # table slots: ("param", name) | ("momentum", name)
+        self._table_index = {}
+        self._updates = []            # (node, param name, hyper slot, momentum slot)
+        self._decide_and_render(order)
+        self.hyper_offset = _align(self.aux_offset + self._aux_bytes)
+        self.scratch_offset = _align(self.hyper_offset + 4 * _HYPER_FLOATS * max(1, len(self._updates)))
+        scratch = max([k.scratch for k in self.kernels] + [0])
+        self.arena_bytes = _align(self.scratch_offset + scratch + 64)
+        self.source = render("cuda/program.cu.j2", graph_name=graph.name, nodes=sorted(self._node_kernels),
+                             kernels=self.kernels, arena_bytes=self.plan.arena_bytes, aux_offset=self.aux_offset,
+                             aux_bytes=self._aux_bytes, hyper_offset=self.hyper_offset,
+                             scratch_offset=self.scratch_offset)
+        dev = self.device
+        self._functions = dev.load(self.source, [k.name for k in self.kernels]) if self.kernels else {}
+        self._arena = dev.zeros(self.arena_bytes)
+        self._views = {}
+        for t, off in self.plan.offsets.items():
+            tt = graph.output_types(t[0])[t[1]]
+            self._views[t] = dev.view(self._arena, off, tt.shape, tt.dtype)
+        self._aux = {key: dev.view(self._arena, off, shape, np.float32)
+                     for key, (shape, kind, off) in self.aux_specs.items()}
+        self._dropout = [(key, shape, self.graph.attrs(key[: -len(".mask")])["dropout"])
+                         for key, (shape, kind, _) in self.aux_specs.items() if kind == "dropout"]
+        self._hyper = dev.view(self._arena, self.hyper_offset, (max(1, len(self._updates)), _HYPER_FLOATS),
+                               np.float32)
+        self._table_arrays = None
+        self._table = dev.table([0] * max(1, len(self._table_names)))
+        self._items = self._phase_items()
+        self._graphs = {}
+        self._runs = {}
+        self.saved = {}
+
+    # -- building ---------------------------------------------------------------------------------
+    def _buf(self, tensor):
+        tt = self.graph.output_types(tensor[0])[tensor[1]]
+        return Buf(self.plan.offsets[tensor], tt.shape)
+
+    def _slot(self, kind, pname):
+        key = (kind, pname)
+        if key not in self._table_index:
+            self._table_index[key] = len(self._table_names)
+            self._table_names.append(key)
+        return self._table_index[key]
+
+    def _param(self, pname):
+        return f"params[{self._slot('param', pname)}]"
+
+    def _aux_slot(self, key, shape, kind):
+        if key not in self.aux_specs:
+            off = self.aux_offset + self._aux_bytes
+            self.aux_specs[key] = (tuple(shape), kind, off)
+            self._aux_bytes += _align(4 * int(np.prod(shape)))
+        return f"((float *)(arena + {self.aux_specs[key][2]}))"
+
+    def _forward_context(self, node, g):
+        gr = self.graph
+        d = gr.node(node)
+        ctx = _Context(
+            x=[self._buf(t) for t in gr.inputs_of(node)],
+            y=self._buf((node, 0)),
+            p=_Context({r: self._param(p) for r, p in d.params.items()}),
+            a=_Context(d.attrs), act=_activation(d.attrs.get("activation")), g=_Context(g),
+            training=self.training, aux=_Context(), name=node)
+        if d.op == "Dropout" and self.training:
+            ctx.aux["mask"] = self._aux_slot(f"{node}.mask", gr.output_types(node)[0].shape, "dropout")
+        if d.op == "BatchNorm" and g.get("TRAIN"):
+            ctx.aux["stats"] = self._aux_slot(f"{node}.stats", (2 * g["C"],), "stats")
+        if d.op == "Concat":
+            ctx["aliased"] = list(self.plan.concat_aliased.get(node, [False] * len(ctx.x)))
+        if d.op == "Epilogue":
+            ctx["steps"] = _epilogue_steps(d.attrs["steps"])
+        return ctx
+
+    def _decide_and_render(self, order):
+        gr = self.graph
+        forward_ctx = {}
+        for index, node in enumerate(order):
+            op = gr.op(node)
+            if op == "Input":
+                continue
+            if op == "Update":
+                self._decide_update(index, node)
+                continue
+            if op == "Grad":
+                fwd = gr.attrs(node)["of"]
+                fop = gr.op(fwd)
+                if self.where.get(fwd) != "cuda":
+                    self.where[node] = "numpy"
+                    continue
+                if fop not in _BACKWARD_OPS:
+                    raise GraphError(f"node '{node}': the forward node '{fwd}' ({fop}) runs as a CUDA kernel but "
+                                     "has no CUDA backward")
+                attrs = gr.attrs(node)
+                outs = [self._buf((node, k)) for k in range(len(gr.output_types(node)))]
+                dx, k = [], 0
+                for need in attrs["input_needs"]:
+                    dx.append(outs[k] if need else None)
+                    k += need
+                dp = _Context({r: outs[k + i] for i, r in enumerate(attrs["roles"])})
+                fctx = forward_ctx[fwd]
+                if fop == "BatchNorm":   # its dx needs dscale and dbias even when they are frozen
+                    for role in ("scales", "biases"):
+                        if role not in dp:
+                            dp[role] = _Context(ptr=self._aux_slot(f"{node}.d{role}", (fctx.g["C"],), "grad"),
+                                                size=fctx.g["C"])
+                ctx = _Context(fwd=fctx, dy=self._buf(gr.inputs_of(node)[0]), dx=dx, dp=dp,
+                               need_dx=any(d is not None for d in dx), name=node)
+                self._add_kernels(index, node, fop, _plan_backward(fop, ctx, fctx.g), ctx, of=fwd)
+                continue
+            g = _geometry(gr, node, self.training, self.device.is_array)
+            if g is None:
+                self.where[node] = "numpy"
+                continue
+            ctx = self._forward_context(node, g)
+            forward_ctx[node] = ctx
+            self._add_kernels(index, node, op, _plan_forward(op, ctx, g), ctx)
+
+    def _decide_update(self, index, node):
+        """A fused SGD kernel for plain SGD solvers (iteration_size 1), else the Python solver."""
+        from n2d2.solver import SGD
+
+        gr = self.graph
+        pname = gr.attrs(node)["param"]
+        param = gr.params[pname]
+        solver = param.solver
+        grad_t = gr.inputs_of(node)[0]
+        ok = (type(solver) is SGD and solver._config.get("iteration_size", 1) == 1
+              and self.device.is_array(param.array) and param.array.dtype == np.float32
+              and gr.output_types(grad_t[0])[grad_t[1]].dtype == "float32"
+              and int(np.prod(param.shape)) < 2 ** 31)
+        if not ok:
+            self.where[node] = "numpy"
+            return
+        slot = len(self._updates)
+        pw = self._slot("param", pname)
+        pm = self._slot("momentum", pname)
+        self._updates.append((node, pname, slot, pm))
+        spec = _elementwise("sgd", int(np.prod(param.shape)), slot=slot, pw=pw, pm=pm, grad=self._buf(grad_t))
+        self._add_kernels(index, node, "Update", [spec], _Context(name=node))
+
+    def _add_kernels(self, index, node, op, specs, ctx, of=None):
+        gr = self.graph
+        module = environment().get_template(f"cuda/ops/{op}.cu.j2").module
+        sig = ", ".join(str(t) for t in gr.input_types(node)) + " -> " + \
+            ", ".join(str(t) for t in gr.output_types(node))
+        base = f"k{index}_{cident(node)[:40]}"
+        for j, spec in enumerate(specs):
+            spec.name = f"{base}_{spec.macro}{j}"
+            spec.node, spec.op, spec.of, spec.signature = node, op, of, sig
+            spec.body = str(getattr(module, spec.macro)(ctx, spec)).strip("\n")
+            self.kernels.append(spec)
+        self._node_kernels[node] = specs
+        self.where[node] = "cuda"
+
+    def _phase_items(self):
+        """Per phase: [("k", [specs...]) | ("py", node)], consecutive kernel nodes in one run."""
+        plans = []
+        for phase in self.phases:
+            items = []
+            for node in phase:
+                op = self.graph.op(node)
+                if op == "Input":
+                    continue
+                if self.where.get(node) == "cuda":
+                    specs = self._node_kernels[node]
+                    if not specs:
+                        continue
+                    if items and items[-1][0] == "k":
+                        items[-1][1].extend(specs)
+                    else:
+                        items.append(("k", list(specs)))
+                else:
+                    items.append(("py", node))
+            plans.append(items)
+        return plans
+
+    # -- running ----------------------------------------------------------------------------------
+    def view(self, tensor):
+        """The arena view of a tensor (node, output index)."""
+        return self._views[tensor]
+
+    def feed(self, feeds):
+        for name, value in feeds.items():
+            self.device.copy_in(self._views[(name, 0)], value)
+
+    def _refresh_table(self):
+        arrays = []
+        for kind, pname in self._table_names:
+            param = self.graph.params[pname]
+            if kind == "param":
+                arrays.append(param.array)
+            else:
+                state = param.solver._state(param.array) if param.solver is not None else None
+                m = state.buffers.get("momentum") if state is not None else None
+                arrays.append(param.array if m is None else m)
+        cached = self._table_arrays
+        if cached is not None and all(a is b for a, b in zip(arrays, cached)):
+            return
+        for (kind, pname), a in zip(self._table_names, arrays):
+            if not (self.device.is_array(a) and a.dtype == np.float32 and a.flags.c_contiguous):
+                raise GraphError(f"parameter '{pname}' must be a contiguous float32 "
+                                 f"{'CuPy' if self.device.name == 'cuda' else 'numpy'} array for the "
+                                 f"{self.device.name} backend (got {type(a).__name__} {getattr(a, 'dtype', '')})")
+        self.device.set_table(self._table, [self.device.pointer(a) for a in arrays] or [0])
+        self._table_arrays = arrays
+
+    def _prepare_updates(self, batch_size):
+        """Solver coefficients of every fused update of this step (advances the solvers' state as
+        `SGD._apply` does) uploaded to the hyper table."""
+        if not self._updates:
+            return
+        hyper = np.zeros((len(self._updates), _HYPER_FLOATS), dtype=np.float32)
+        for node, pname, slot, _ in self._updates:
+            param = self.graph.params[pname]
+            hyper[slot] = _sgd_coefficients(param.solver, param.array, batch_size, self.device.xp)
+        self._refresh_table()   # a momentum buffer may just have been created
+        self.device.upload(self._hyper, hyper)
+
+    def run_phase(self, index, batch_size=1, record=None):
+        """Run phase `index`. With `record` (a dict), kernels run eagerly node by node and every
+        node's outputs are copied into record[node] right after it ran (for tests)."""
+        self._refresh_table()
+        if index == 0 and self._dropout:
+            from n2d2.ops.dropout import dropout_mask
+            from n2d2.settings import global_variables
+
+            for key, shape, rate in self._dropout:
+                self.device.upload(self._aux[key], dropout_mask(global_variables.rng, shape, rate))
+        if any(self.graph.op(n) == "Update" and self.where.get(n) == "cuda" for n in self.phases[index]):
+            self._prepare_updates(batch_size)
+        for k, (kind, item) in enumerate(self._items[index]):
+            if kind == "py":
+                self._run_numpy(item, batch_size)
+                if record is not None:
+                    self._record(record, item)
+            elif record is not None:
+                for spec in item:
+                    self._launch(spec)
+                    if spec is self._node_kernels[spec.node][-1]:
+                        self._record(record, spec.node)
+            else:
+                self._run_kernels(index, k, item)
+
+    def _record(self, record, node):
+        outs = self.graph.output_types(node)
+        record[node] = [self._views[(node, i)].copy() for i in range(len(outs))]
+
+    def _launch(self, spec):
+        self.device.launch(self._functions[spec.name], spec.grid, spec.block, self._arena, self._table, spec.barrier)
+
+    def _run_kernels(self, phase, k, specs):
+        key = (phase, k)
+        runs = self._runs.get(key, 0)
+        self._runs[key] = runs + 1
+        if not self.use_graphs or runs == 0:
+            for spec in specs:
+                self._launch(spec)
+            return
+        graph = self._graphs.get(key)
+        if graph is None:
+            def launches():
+                for spec in specs:
+                    self._launch(spec)
+            graph = self._graphs[key] = self.device.capture(launches)
+        self.device.replay(graph)
+
+    def _run_numpy(self, node, batch_size):
+        gr = self.graph
+        d = gr.node(node)
+        opdef = op_registry.get(d.op, node=node)
+        xs = [self._views[t] for t in gr.inputs_of(node)]
+        if d.op == "Update":
+            opdef.run_update(gr, node, xs[0], batch_size)
+            return
+        if getattr(opdef, "needs_forward_context", False):
+            fwd = d.attrs["of"]
+            if fwd not in self.saved:
+                raise GraphError(f"node '{node}': the forward node '{fwd}' has not run in this program")
+            outs = opdef.run(gr, node, xs, self.saved[fwd])
+        else:
+            params = {r: gr.params[p].array for r, p in d.params.items()}
+            outs, self.saved[node] = opdef.forward(d.attrs, xs, params, self.training)
+        for k, value in enumerate(outs):
+            view = self._views[(node, k)]
+            if value is not view:
+                view[...] = value
+
+    def synchronize(self):
+        self.device.synchronize()
+
+    def summary(self) -> str:
+        """One line per node: where it runs and its kernels with their launch shapes."""
+        lines = [f"CUDA program of '{self.graph.name}': {len(self.kernels)} kernels, arena {self.arena_bytes} bytes"]
+        for phase in self.phases:
+            for node in phase:
+                if self.graph.op(node) == "Input":
+                    continue
+                where = self.where.get(node, "numpy")
+                ks = self._node_kernels.get(node, [])
+                lines.append(f"  {node:40s} {self.graph.op(node):10s} {where:6s} " +
+                             ", ".join(f"{k.macro}{list(k.grid)}" for k in ks))
+        return "\n".join(lines)
+
+
+def _sgd_coefficients(solver, param, batch_size, xp):
+    """The 12 hyper values of one fused SGD update; advances the solver's state for `param` as
+    `SGD._apply` does (iteration count, learning-rate log, momentum buffer)."""
+    c = solver._config
+    state = solver._state(param)
+    lr = solver.learning_rate_at(state.iteration, batch_size)
+    if c["learning_rate_policy"] != "None":
+        step = state.iteration * c["iteration_size"] * batch_size // c["learning_rate_step_size"]
+        if state.last_step is not None and step != state.last_step:
+            print(f"Learning rate after {state.iteration}({state.iteration * batch_size}) iteration(s): {lr}")
+        state.last_step = step
+    state.iteration += 1
+    scale = batch_size * c["iteration_size"]
+    momentum, decay = c["momentum"], c["decay"]
+    if momentum == 0.0 and decay == 0.0:
+        mode = 0
+    else:
+        mode = 1 if c["polyak_momentum"] else 2
+        if state.buffers.get("momentum") is None:
+            state.buffers["momentum"] = xp.zeros_like(param)
+    from n2d2.solver import parse_clamping
+
+    low, high = parse_clamping(c["clamping"])
+    clamp = low is not None or high is not None
+    h = np.zeros(_HYPER_FLOATS, dtype=np.float32)
+    h[:10] = [mode, np.float32(lr / scale), np.float32(momentum), np.float32(decay * lr), np.float32(decay),
+              np.float32(lr), np.float32(scale), -np.inf if low is None else low, np.inf if high is None else high,
+              float(clamp)]
+    return h
