@@ -141,8 +141,11 @@ def gradients(graph, feeds, dys, training=True, seed=3):
         ins = graph.inputs_of(name)
         params = {role: graph.params[p].array for role, p in node.params.items()}
         dxs, pgs = op_registry.get(node.op).backward(node.attrs, saved[name], node_dys, [True] * len(ins), params)
+        if node.attrs.get("back_propagate", True) is False:   # the cell sends no gradient back
+            dxs = [None] * len(ins)
         for src, dx in zip(ins, dxs):
-            grads[src] = grads[src] + dx if src in grads else dx
+            if dx is not None:
+                grads[src] = grads[src] + dx if src in grads else dx
         for role, g in pgs.items():
             p = node.params[role]
             param_grads[p] = param_grads[p] + g if p in param_grads else g
@@ -655,6 +658,62 @@ def test_epilogue_matches_finite_differences():
         g = Graph()
         g.add_input("a", (1, 3, 2, 2))
         g.add_op("e", "Epilogue", ["a"], {"steps": (("add", 1, 1.0, 0.0),)})
+
+
+# -- back_propagate=False ---------------------------------------------------------------------------
+def test_training_passes_keep_nodes_that_stop_gradients():
+    """A node with back_propagate=False sends no gradient to its inputs: in training it is
+    neither removed nor merged (in inference it is)."""
+    b = Builder(seed=15)
+    x = b.input("x", (2, 3, 6, 6))
+    b.conv("c0", x, 3, padding=1)
+    b.op("id", "Identity", "c0", back_propagate=False)
+    b.op("pad", "Padding", "id", top=1, bot=1, left=1, right=1, back_propagate=False)
+    b.conv("c1", "pad", 3)
+    b.op("act", "Activation", "c1", activation=TANH, back_propagate=False)
+    b.conv("c2", "act", 3, padding=1)
+    b.op("sum", "ElemWise", ["c2", x], operation="Sum", weights=[1.0, 1.0], shifts=[0.0, 0.0], back_propagate=False)
+    b.act("r", "sum", RELU)
+    g = b.outputs("r")
+    kept = {"id": "Identity", "pad": "Padding", "act": "Activation", "sum": "ElemWise"}
+    for name in ("remove_identities", "fold_padding", "fuse_activation", "fuse_elementwise_chains", None):
+        out = optimize(g, mode="training") if name is None else PassManager(pipeline=[name], mode="training").run(g)
+        assert {n: out.op(n) for n in kept if n in out.nodes()} == kept, name
+        assert_equivalent(g, out, b.feeds, training=True)
+    # merging *into* a node that stops gradients is fine: relu(sum) still sends none back
+    assert out.attrs("sum")["activation"] == RELU
+    out = optimize(g)
+    assert ops_of(out) == ["Conv", "Conv", "Conv", "Epilogue", "Input"]
+    assert_equivalent(g, out, b.feeds)
+
+
+def test_training_graph_of_the_optimised_graph_gives_the_same_parameter_gradients():
+    """Through `n2d2.ir.autodiff`: the Epilogue and the fused nodes differentiate like the
+    original graph."""
+    autodiff = pytest.importorskip("n2d2.ir.autodiff")
+    from n2d2.solver import SGD
+
+    b, g = resnet_like(seed=16)
+    for p in g.params.values():
+        p.solver = SGD()
+    out = optimize(g, mode="training")
+    assert "Epilogue" in ops_of(out)
+    rng = np.random.default_rng(5)
+    seed = rng.standard_normal(g.output_types("scale")[0].shape)
+    restore = _restore(g)
+    grads = []
+    for graph in (g, out):
+        restore()
+        tg = autodiff.build_training_graph(graph)
+        session = numpy_exec.Session(tg.graph, training=True)
+        session.feed(dict(b.feeds, **{name: seed for name in tg.grad_inputs.values()}))
+        n2d2.global_variables.seed = 3
+        session.run_nodes(tg.forward_nodes + tg.backward_nodes)
+        grads.append({p: session.values[node][k] for p, (node, k) in tg.param_grads.items()})
+    restore()
+    assert set(grads[0]) == set(grads[1]) and len(grads[0]) > 10
+    for p in grads[0]:
+        assert rel_err(grads[1][p], grads[0][p]) < 1e-9, p
 
 
 # -- manager ---------------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ def _layer(draw, b, kind, name, src, values, state):
         return b.op(name, "Dropout", srcs, dropout=0.3, **extra)
     if kind == "identity":
         extra = {"activation": spec} if spec is not None else {}
+        if draw(st.integers(0, 3)) == 0:
+            extra["back_propagate"] = False   # stops gradients: kept in training
         return b.op(name, "Identity", src, **extra)
     if kind == "scaling":
         clipped = draw(st.integers(0, 3)) == 0

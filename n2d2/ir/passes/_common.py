@@ -11,6 +11,12 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def blocks_gradient(graph: Graph, name: str, mode: str) -> bool:
+    """True in training mode for a node whose attrs say `back_propagate=False` (its cell sends
+    no gradient to its inputs): removing or merging it would let gradients through."""
+    return mode == "training" and graph.attrs(name).get("back_propagate", True) is False
+
+
 def is_graph_output(graph: Graph, name: str) -> bool:
     return any(n == name for n, _ in graph.outputs)
 

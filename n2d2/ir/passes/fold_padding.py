@@ -1,6 +1,6 @@
 """Folding of explicit zero Padding nodes into the padding of the Conv / Pool they feed."""
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import check_mode, is_graph_output, is_identity_spec, is_non_negative, pair
+from n2d2.ir.passes._common import blocks_gradient, check_mode, is_graph_output, is_identity_spec, is_non_negative, pair
 
 
 def _target_ok(g: Graph, pad: str, dst: str, mode: str) -> bool:
@@ -30,7 +30,8 @@ def fold_padding(graph: Graph, mode: str = "inference") -> Graph:
     concatenates the same way. The Padding node goes when no other consumer is left.
     Precondition: pads >= 0 and symmetric (top == bot, left == right; the ops pad
     symmetrically), no fused activation on the Padding (it would apply to the zeros), the
-    consumer reads only the Padding. Exact in training for Conv and Average Pool.
+    consumer reads only the Padding; in training, the Padding does not have
+    `back_propagate=False`. Exact in training for Conv and Average Pool.
     """
     g = graph.copy()
     check_mode(mode)
@@ -39,7 +40,8 @@ def fold_padding(graph: Graph, mode: str = "inference") -> Graph:
             continue
         a = g.attrs(pad)
         top, bot, left, right = (int(a[k]) for k in ("top", "bot", "left", "right"))
-        if top != bot or left != right or top < 0 or left < 0 or not is_identity_spec(a.get("activation")):
+        if top != bot or left != right or top < 0 or left < 0 or not is_identity_spec(a.get("activation")) \
+                or blocks_gradient(g, pad, mode):
             continue
         srcs = g.inputs_of(pad)
         for dst, slot, out in g.consumers(pad):

@@ -1,11 +1,12 @@
 """Fusion of Activation nodes into the op that produces their input."""
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import bypass, is_identity_spec, is_idempotent_spec, sole_consumer
+from n2d2.ir.passes._common import (blocks_gradient, bypass, check_mode, is_identity_spec, is_idempotent_spec,
+                                    sole_consumer)
 
 PRODUCERS = ("Conv", "Fc", "Deconv", "ElemWise", "BatchNorm", "Pool")
 
 
-def fuse_activation(graph: Graph) -> Graph:
+def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
     """Move single-input Activation nodes into their producer's fused activation.
 
     Rewrite, for an Activation node A with spec f reading output 0 of node P:
@@ -17,12 +18,13 @@ def fuse_activation(graph: Graph) -> Graph:
       already applies exactly f: A is removed (f(f(z)) == f(z), same backward mask), whatever
       P is and whoever else reads it;
     - f is None or Linear without clipping: A is removed (the identity).
-    Precondition: A has one input (with several it concatenates) and reads output 0.
-    Exact in inference and training.
+    Precondition: A has one input (with several it concatenates) and reads output 0; in
+    training, A does not have `back_propagate=False`. Exact in inference and training.
     """
     g = graph.copy()
+    check_mode(mode)
     for act in g.topological_order():
-        if act not in g.nx or g.op(act) != "Activation":
+        if act not in g.nx or g.op(act) != "Activation" or blocks_gradient(g, act, mode):
             continue
         ins = g.inputs_of(act)
         if len(ins) != 1 or ins[0][1] != 0:

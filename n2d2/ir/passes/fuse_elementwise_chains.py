@@ -3,7 +3,7 @@ import numpy as np
 
 from n2d2.ir import epilogue as _epilogue  # noqa: F401  (registers the Epilogue op)
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import is_identity_spec, sole_consumer, substitute
+from n2d2.ir.passes._common import blocks_gradient, check_mode, is_identity_spec, sole_consumer, substitute
 
 ANCHORS = ("Conv", "Fc", "Deconv", "BatchNorm")
 
@@ -60,7 +60,7 @@ def _steps(g: Graph, node: str, slot: int, first_input: int):
     return None
 
 
-def fuse_elementwise_chains(graph: Graph) -> Graph:
+def fuse_elementwise_chains(graph: Graph, mode: str = "inference") -> Graph:
     """Replace the elementwise chain that follows a Conv / Fc / Deconv / BatchNorm by one
     `Epilogue` node (see `n2d2.ir.epilogue`), which a code generator can run on the producer's
     output before storing it.
@@ -78,11 +78,13 @@ def fuse_elementwise_chains(graph: Graph) -> Graph:
     takes the name of the chain's last node (its consumers and graph-output positions stay).
     So `Conv -> ElemWise(Sum, residual) -> Activation` becomes `Conv -> Epilogue(conv,
     residual)`. Precondition for each link: the value is read by that one edge only and is no
-    graph output (the last node may have any consumers). Exact in inference and training:
+    graph output (the last node may have any consumers); in training, the node does not have
+    `back_propagate=False`. Exact in inference and training:
     the Epilogue does the same arithmetic (for two-input sums, in the same order) and its
     backward gives the same data gradients.
     """
     g = graph.copy()
+    check_mode(mode)
     for anchor in g.topological_order():
         if anchor not in g.nx or g.op(anchor) not in ANCHORS:
             continue
@@ -90,7 +92,7 @@ def fuse_elementwise_chains(graph: Graph) -> Graph:
         current = anchor
         while True:
             use = sole_consumer(g, current)
-            if use is None:
+            if use is None or blocks_gradient(g, use[0], mode):
                 break
             found = _steps(g, use[0], use[1], 1 + len(residuals))
             if found is None:

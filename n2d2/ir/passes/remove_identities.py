@@ -1,6 +1,6 @@
 """Removal of pass-through nodes: Identity, and Activation nodes that compute nothing."""
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import bypass, is_identity_spec, set_op
+from n2d2.ir.passes._common import blocks_gradient, bypass, check_mode, is_identity_spec, set_op
 
 
 def drop_passthrough(graph: Graph, name: str):
@@ -23,16 +23,20 @@ def drop_passthrough(graph: Graph, name: str):
         set_op(graph, name, "Activation", {"activation": spec})
 
 
-def remove_identities(graph: Graph) -> Graph:
+def remove_identities(graph: Graph, mode: str = "inference") -> Graph:
     """Bypass Identity nodes, and Activation nodes whose spec is None or Linear without clipping.
 
     Rewrite: see `drop_passthrough` (an Identity with a fused activation becomes an Activation
-    node; with several inputs a Concat keeps the concatenation). Precondition: none; exact in
+    node; with several inputs a Concat keeps the concatenation). Precondition: in training
+    mode, the node does not have `back_propagate=False` (it stops gradients). Exact in
     inference and in training (forward and gradients).
     """
     g = graph.copy()
+    check_mode(mode)
     for name in g.topological_order():
         op = g.op(name)
+        if blocks_gradient(g, name, mode):
+            continue
         if op == "Identity" or (op == "Activation" and is_identity_spec(g.attrs(name).get("activation"))):
             drop_passthrough(g, name)
     return g
