@@ -10,11 +10,21 @@ import n2d2
 from n2d2.codegen import numpy_exec
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph, GraphError
-from n2d2.ir.passes import (PIPELINES, PassManager, dead_node_elimination, fold_batchnorm, fold_padding,
-                            fuse_activation, fuse_elementwise_chains, optimize, remove_dropout, remove_identities,
-                            shape_inference)
+from n2d2.ir.passes import (
+    PIPELINES,
+    PassManager,
+    dead_node_elimination,
+    fold_batchnorm,
+    fold_padding,
+    fuse_activation,
+    fuse_elementwise_chains,
+    optimize,
+    remove_dropout,
+    remove_identities,
+    shape_inference,
+)
 from n2d2.scaling import FloatingPointScaling
-from tests.conftest import rel_err
+from tests.conftest import rel_err, requires_cuda
 
 RELU = ("Rectifier", (("clipping", 0.0), ("leak_slope", 0.0)))
 LEAKY = ("Rectifier", (("clipping", 0.0), ("leak_slope", 0.1)))
@@ -805,3 +815,18 @@ def test_debug_mode_names_the_breaking_pass():
     with pytest.raises(GraphError, match="after pass 'breaks_shapes'.*'c1'"):
         PassManager(pipeline=["remove_identities", breaks_shapes], debug=True).run(g)
     PassManager(pipeline=["remove_identities", breaks_shapes]).run(g)   # not checked without debug
+
+
+@requires_cuda
+def test_optimised_graph_on_cupy_arrays():
+    """BN folding keeps folded parameters on the device; the Epilogue runs on CuPy."""
+    import cupy as cp
+
+    b, g = resnet_like("float32")
+    (expected,) = numpy_exec.run(optimize(g), b.feeds)
+    for p in g.params.values():
+        p.array = cp.asarray(p.array)
+    out = optimize(g)
+    assert all(isinstance(out.params[p].array, cp.ndarray) for n in out.nodes() for p in out.node(n).params.values())
+    (y,) = numpy_exec.run(out, {k: cp.asarray(v) for k, v in b.feeds.items()})
+    assert rel_err(cp.asnumpy(y), expected) < 1e-5

@@ -1,6 +1,7 @@
 """Batch-normalisation folding into the preceding Conv / Fc / Deconv (inference)."""
 import numpy as np
 
+from n2d2.backend import to_device, to_host
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 from n2d2.ir.passes._common import check_mode, is_identity_spec, new_param_name, pair, sole_consumer
@@ -62,17 +63,19 @@ def fold_batchnorm(graph: Graph, mode: str = "inference") -> Graph:
         if src is None:
             continue
         bn_d, src_d = g.nx.nodes[bn], g.nx.nodes[src]
-        p = {role: np.asarray(g.params[name].array, dtype=np.float64) for role, name in bn_d["params"].items()}
+        p = {role: to_host(g.params[name].array).astype(np.float64) for role, name in bn_d["params"].items()}
         a = p["scales"] / np.sqrt(p["variances"] + float(bn_d["attrs"]["epsilon"]))
         shift = p["biases"] - p["means"] * a
         w_param = g.params[src_d["params"]["weights"]]
-        w = np.asarray(w_param.array)
+        on_gpu = not isinstance(w_param.array, np.ndarray)   # a CuPy array stays on the device
+        w = to_host(w_param.array)
         new_w = (w.astype(np.float64) * _output_scale(src_d["op"], src_d["attrs"], w, a)).astype(w.dtype)
         b_name = src_d["params"].get("biases")
         b_param = g.params[b_name] if b_name is not None else None
-        b = np.zeros(a.shape) if b_param is None else np.asarray(b_param.array, dtype=np.float64)
-        b_dtype = w.dtype if b_param is None else np.asarray(b_param.array).dtype
-        new_b = (b * a + shift).astype(b_dtype)
+        b = np.zeros(a.shape) if b_param is None else to_host(b_param.array).astype(np.float64)
+        b_dtype = w.dtype if b_param is None else b_param.array.dtype
+        new_b = to_device((b * a + shift).astype(b_dtype), on_gpu)
+        new_w = to_device(new_w, on_gpu)
         params = dict(src_d["params"])
         params["weights"] = g.add_param(new_param_name(g, f"{src_d['params']['weights']}.bnfold"), new_w,
                                         w_param.trainable, w_param.owner, w_param.role or "weights")

@@ -1,7 +1,13 @@
 """Fusion of Activation nodes into the op that produces their input."""
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import (blocks_gradient, bypass, check_mode, is_identity_spec, is_idempotent_spec,
-                                    sole_consumer)
+from n2d2.ir.passes._common import (
+    blocks_gradient,
+    bypass,
+    check_mode,
+    is_idempotent_spec,
+    is_identity_spec,
+    sole_consumer,
+)
 
 PRODUCERS = ("Conv", "Fc", "Deconv", "ElemWise", "BatchNorm", "Pool")
 
