@@ -11,8 +11,8 @@ from tests.test_passes import LEAKY, LINEAR, LOGISTIC, RELU, SATURATION, TANH, B
 RELU6 = ("Rectifier", (("clipping", 6.0), ("leak_slope", 0.0)))
 SPECS = [None, None, None, LINEAR, RELU, RELU, LEAKY, TANH, LOGISTIC, LINEAR, SATURATION, RELU6]
 # the motifs that the passes rewrite (conv_bn, pad_pool, residual) come up more often
-KINDS = ["conv", "conv_bn", "conv_bn", "fc", "pool", "bn", "act", "pad", "pad_pool", "pad_pool", "pad_pool", "residual",
-         "residual", "sum", "dropout", "identity", "scaling"]
+KINDS = ["conv", "conv_bn", "conv_bn", "deconv_bn", "fc", "pool", "bn", "act", "pad", "pad_pool", "pad_pool",
+         "pad_pool", "residual", "residual", "sum", "dropout", "identity", "scaling"]
 
 
 def _shape(b, name):
@@ -42,6 +42,12 @@ def _layer(draw, b, kind, name, src, values, state):
             conv = b.bn(name + "_bn", conv)
         total = b.add(name + "_sum", [conv, src] if draw(st.booleans()) else [src, conv])
         return b.act(name, total, draw(st.sampled_from([RELU, LEAKY, TANH])))
+    if kind == "deconv_bn":
+        out = draw(st.integers(1, 4))
+        groups = 2 if c % 2 == 0 and out % 2 == 0 and draw(st.booleans()) else 1
+        d = b.deconv(name + "_d", src, out, k=draw(st.integers(1, 3)), stride=draw(st.integers(1, 2)),
+                     padding=draw(st.integers(0, 1)), groups=groups, bias=draw(st.booleans()))
+        return b.bn(name, d, activation=spec)
     if kind == "fc":
         return b.fc(name, src, draw(st.integers(1, 4)), bias=draw(st.booleans()), activation=spec)
     if kind in ("pool", "pad_pool"):
