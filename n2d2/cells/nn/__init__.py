@@ -1,19 +1,19 @@
 """Every layer (`n2d2.cells.nn`), re-exported by `n2d2.cells`."""
-from n2d2.cells.nn.base import NeuralNetworkCell
-from n2d2.cells.nn.fc import Fc
-from n2d2.cells.nn.pool import GlobalPool2d, Pool, Pool2d, Pooling
-from n2d2.cells.nn.batchnorm import BatchNorm2d
-from n2d2.cells.nn.dropout import Dropout
-from n2d2.cells.nn.softmax import Softmax
-from n2d2.cells.nn.elemwise import ElemWise
-from n2d2.cells.nn.padding import Padding
 from n2d2.cells.nn.activation_cell import Activation
+from n2d2.cells.nn.base import NeuralNetworkCell
+from n2d2.cells.nn.batchnorm import BatchNorm2d
+from n2d2.cells.nn.conv import Conv, ConvDepthWise, ConvPointWise
+from n2d2.cells.nn.deconv import Deconv
+from n2d2.cells.nn.dropout import Dropout
+from n2d2.cells.nn.elemwise import ElemWise
+from n2d2.cells.nn.fc import Fc
+from n2d2.cells.nn.padding import Padding
+from n2d2.cells.nn.pool import GlobalPool2d, Pool, Pool2d, Pooling
 from n2d2.cells.nn.reshape import Reshape
 from n2d2.cells.nn.resize import Resize
 from n2d2.cells.nn.scaling import Scaling
+from n2d2.cells.nn.softmax import Softmax
 from n2d2.cells.nn.transpose import Transpose
-from n2d2.cells.nn.conv import Conv, ConvDepthWise, ConvPointWise
-from n2d2.cells.nn.deconv import Deconv
 
 __all__ = ["NeuralNetworkCell", "Fc"]
 __all__ += ["Pool", "Pool2d", "GlobalPool2d", "Pooling", "BatchNorm2d", "Dropout", "Softmax", "ElemWise",
