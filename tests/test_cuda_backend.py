@@ -174,13 +174,12 @@ def run_training(graph, device, steps=2, seed=0, tol=1e-5, graphs=False, on_devi
                 fwd[t[0]] = [prog.view(t).copy()]
         prog.feed({tg.grad_inputs[k]: on_device(v) for k, v in seed_values.items()})
         prog.run_phase(1, n, record=bwd if not graphs else None)
-        if graphs:
-            for pname, (gnode, k) in tg.param_grads.items():
-                bwd.setdefault(gnode, [None] * len(tg.graph.output_types(gnode)))
-            bwd = {g: [prog.view((g, i)).copy() for i in range(len(tg.graph.output_types(g)))] for g in bwd}
+        grads = {f"{g}:{k}": [to_host(prog.view((g, k)))] for g, k in tg.param_grads.values()}
         prog.run_phase(2, n)
         compare({k: [to_host(a) for a in v] for k, v in fwd.items()}, session.values, f"forward, step {step}", tol)
         compare({k: [to_host(a) for a in v] for k, v in bwd.items()}, session.values, f"backward, step {step}", tol)
+        compare(grads, {f"{g}:{k}": [session.values[g][k]] for g, k in tr.param_grads.values()},
+                f"parameter gradients, step {step}", tol)
         params = {k: [to_host(p.array)] for k, p in graph.params.items()}
         compare(params, {k: [p.array] for k, p in ref_graph.params.items()}, f"parameters after step {step}", tol)
     return prog
@@ -290,7 +289,7 @@ def inference_program(graph, device):
 
 # -- rendering and compiling (no GPU) ------------------------------------------------------------------
 def all_sources():
-    """Training and inference sources of the zoo, LeNet and ResNet-20."""
+    """Training and inference sources of the op zoo."""
     out = {}
     for name, build in ZOO.items():
         g = build()
@@ -299,11 +298,6 @@ def all_sources():
                                                       tg.backward_nodes, tg.update_nodes], training=True,
                                            device=_RenderOnly()).source
         out[name + ".infer"] = inference_program(build(), _RenderOnly()).source
-    for name, g in (("lenet", lenet_graph(4)), ("resnet20", resnet20_graph(2))):
-        tg = build_training_graph(g)
-        out[name + ".train"] = CudaProgram(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) +
-                                                      tg.backward_nodes, tg.update_nodes], training=True,
-                                           device=_RenderOnly()).source
     return out
 
 
@@ -350,6 +344,19 @@ def test_every_source_compiles_with_nvcc():
 
 
 @requires_nvcc
+def test_bench_dry_run_renders_and_compiles_lenet_and_resnet20_training():
+    """bench/bench_cuda.py --dry-run: LeNet b128 and ResNet-20 b1024 training graphs, every node on a
+    kernel, sources compiled by nvcc (LeNet to cubin, ResNet-20 to PTX: the same front end, faster)."""
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_cuda.py"), "--dry-run"], capture_output=True,
+                       text=True, timeout=900, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = {line.split(":")[0]: line for line in r.stdout.splitlines() if line.startswith(("lenet", "resnet20"))}
+    assert set(lines) == {"lenet b128", "resnet20 b1024"}, r.stdout
+    for line in lines.values():
+        assert "'numpy_fallback_nodes': []" in line and "'nvcc_s'" in line, line
+
+
+@requires_nvcc
 def test_compile_errors_are_reported():
     with pytest.raises(cuda_backend.CudaCompileError, match="nvcc"):
         compile_check('extern "C" __global__ void broken(float *a) { a[0] = undefined_name; }')
@@ -392,3 +399,212 @@ def test_emulated_lenet_training_steps_match_numpy():
 
 def test_emulated_resnet20_training_step_matches_numpy():
     run_training(resnet20_graph(2, size=8), EMU, steps=1)
+
+
+def test_emulated_graph_replay_path_matches_numpy():
+    """The capture / replay path (after a first eager run) gives the same steps."""
+    run_training(bn_graph(), EMU, steps=3, graphs=True)
+
+
+@pytest.mark.parametrize("config", [
+    dict(learning_rate=0.1),                                                    # plain: w -= rate g
+    dict(learning_rate=0.05, momentum=0.9, polyak_momentum=False, decay=1e-3),  # velocity of raw gradients
+    dict(learning_rate=0.05, momentum=0.5, clamping="-0.2:0.25"),
+    dict(learning_rate=0.2, learning_rate_policy="StepDecay", learning_rate_decay=0.5,
+         learning_rate_step_size=2),
+    dict(learning_rate=0.05, momentum=0.9, iteration_size=2),                   # Python solver (accumulates)
+])
+def test_emulated_sgd_updates_match_the_solver(config, capsys):
+    g = fc_pool_graph()
+    for p in g.params.values():
+        if p.solver is not None:
+            p.solver = SGD(**config)
+    prog = run_training(g, EMU, steps=3)
+    fused = [n for n in prog.where if n.startswith("update:")]
+    assert fused and all(prog.where[n] == ("numpy" if config.get("iteration_size") else "cuda") for n in fused)
+
+
+def test_emulated_adam_and_unsupported_ops_run_on_the_numpy_fallback():
+    b = B("fallback", solver=lambda: n2d2.solver.Adam(learning_rate=0.01))
+    x = b.input("x", (2, 3, 6, 5))
+    h = b.conv("c0", x, 4, act=RELU)
+    t = b.op("t", "Transpose", h, perm=(1, 0, 2, 3))                            # no CUDA kernel
+    s = b.conv("c1", t, 3, act=TANH)
+    sub = b.conv("c2", s, 2, k=(2, 2), pad=(0, 0))
+    b.g.nx.nodes[sub]["attrs"]["sub_sample"] = (1, 1)
+    b.g.set_outputs([b.fc("f", sub, 4)])
+    prog = run_training(b.g, EMU, steps=2)
+    assert prog.where["t"] == prog.where["grad:t"] == "numpy"
+    assert prog.where["c1"] == prog.where["grad:c1"] == "cuda"
+    assert all(prog.where[n] == "numpy" for n in prog.where if n.startswith("update:"))
+
+
+def test_emulated_runs_are_deterministic():
+    g = bn_graph()
+    tg = build_training_graph(g)
+    prog = CudaProgram(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) + tg.backward_nodes,
+                                  tg.update_nodes], training=True, device=EMU)
+    feeds = feeds_for(g, np.random.default_rng(0))
+    outs = []
+    for _ in range(2):   # training mode: batch statistics, so the moving averages do not matter
+        prog.feed(feeds)
+        prog.run_phase(0, 3)
+        outs.append(prog.view(g.outputs[0]).copy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_the_emulator_reports_writes_outside_the_arena():
+    g = bn_graph()
+    prog = inference_program(g, HostEmulator())
+    prog.feed(feeds_for(g, np.random.default_rng(0)))
+    prog._arena[:] = 0
+    start, end = prog.device._span
+    prog.device._raw[end + 10] = 0                     # a kernel scribbled past the end
+    with pytest.raises(RuntimeError, match="outside the arena"):
+        prog.run_phase(0)
+
+
+def test_parameters_must_live_on_the_program_device():
+    g = bn_graph()
+    tg = build_training_graph(g)
+    prog = CudaProgram(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) + tg.backward_nodes,
+                                  tg.update_nodes], training=True, device=EMU)
+    param = tg.graph.params["c0.w"]
+    param.array = param.array.astype(np.float64)     # replaced after the build, wrong dtype
+    with pytest.raises(n2d2.ir.types.GraphError, match="contiguous float32"):
+        prog.run_phase(0, 3)
+
+
+@pytest.mark.skipif(n2d2.global_variables.cuda_available, reason="checks the refusal without a GPU")
+def test_cuda_backend_refuses_without_a_device():
+    from n2d2.codegen.programs import select_backend
+
+    with pytest.raises(RuntimeError, match="CUDA device"):
+        select_backend("cuda")
+    old = n2d2.global_variables.default_model
+    try:
+        n2d2.global_variables._default_model = "Frame_CUDA"
+        with pytest.raises(RuntimeError, match="Frame_CUDA"):
+            select_backend()
+    finally:
+        n2d2.global_variables._default_model = old
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        CudaProgram(bn_graph(), [["x"]])
+
+
+# -- on a GPU --------------------------------------------------------------------------------------------
+def _device_arrays():
+    import cupy as cp
+
+    return cp.asarray
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_gpu_training_steps_match_numpy(name):
+    run_training(ZOO[name](), cuda_backend.CupyDevice(), steps=2, on_device=_device_arrays())
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_gpu_inference_matches_numpy(name):
+    import cupy as cp
+
+    g = ZOO[name]()
+    ref = clone(g)
+    for p in g.params.values():
+        p.array = cp.asarray(p.array)
+    prog = inference_program(g, cuda_backend.CupyDevice())
+    feeds = feeds_for(g, np.random.default_rng(5))
+    prog.feed({k: cp.asarray(v) for k, v in feeds.items()})
+    record = {}
+    prog.run_phase(0, record=record)
+    session = Session(ref, training=False)
+    session.feed(feeds)
+    session.run_nodes(session.order)
+    compare({k: [a.get() for a in v] for k, v in record.items()}, session.values, "inference")
+
+
+@requires_cuda
+def test_gpu_lenet_training_steps_match_numpy():
+    run_training(lenet_graph(16, mapping=True), cuda_backend.CupyDevice(), steps=3, on_device=_device_arrays())
+
+
+@requires_cuda
+def test_gpu_resnet20_training_steps_match_numpy():
+    run_training(resnet20_graph(8), cuda_backend.CupyDevice(), steps=2, on_device=_device_arrays(), tol=2e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("name", ["conv", "bn"])
+def test_gpu_graph_replay_equals_eager_launches(name):
+    """Two programs on the same parameters, one eager, one replaying CUDA graphs: the same bits."""
+    import cupy as cp
+
+    outs = []
+    for graphs in (False, True):
+        g = ZOO[name]()
+        for p in g.params.values():
+            p.array = cp.asarray(p.array)
+        tg = build_training_graph(g)
+        prog = CudaProgram(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) + tg.backward_nodes,
+                                      tg.update_nodes], training=True, device=cuda_backend.CupyDevice(),
+                           graphs=graphs)
+        rng = np.random.default_rng(1)
+        seen = []
+        for step in range(4):
+            n2d2.global_variables.seed = 50 + step
+            feeds = feeds_for(g, rng)
+            prog.feed({k: cp.asarray(v) for k, v in feeds.items()})
+            prog.run_phase(0, 2)
+            seen += [prog.view(t).get() for t in tg.graph.outputs]
+            prog.feed({v: cp.asarray(rng.standard_normal(tg.graph.output_types(v)[0].shape).astype(np.float32))
+                       for v in tg.grad_inputs.values()})
+            prog.run_phase(1, 2)
+            prog.run_phase(2, 2)
+        seen += [p.array.get() for p in g.params.values()]
+        outs.append(seen)
+        if graphs:
+            assert prog._graphs, "no CUDA graph was captured"
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+@requires_cuda
+def test_gpu_deepnet_cell_trains_on_the_cuda_backend():
+    """DeepNetCell with Frame_CUDA cells picks the cuda backend; its steps match the numpy backend."""
+    import cupy as cp
+
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.models import LeNetINI
+
+    old = n2d2.global_variables.default_model
+    results = {}
+    try:
+        n2d2.global_variables.default_model = "Frame_CUDA"
+        for backend in ("cuda", "numpy"):
+            n2d2.global_variables.seed = 11
+            db = n2d2.database.Database()
+            provider = n2d2.provider.TensorPlaceholder if False else None  # noqa: F841
+            net = Sequence([LeNetINI(mapping=False, name="LeNet"), Softmax(with_loss=True)])
+            net.set_solver(SGD(learning_rate=0.05, momentum=0.9))
+            tr = traced(net, (8, 1, 32, 32))
+            from n2d2.ir.autodiff import build_training_graph as btg
+            from n2d2.codegen.programs import TrainingProgram, select_backend
+
+            if backend == "cuda":
+                assert select_backend() == "cuda"
+            prog = TrainingProgram(btg(tr), backend)
+            x = cp.asarray(np.random.default_rng(0).standard_normal((8, 1, 32, 32)).astype(np.float32))
+            seq = []
+            for step in range(2):
+                n2d2.global_variables.seed = 20 + step
+                y = prog.forward({prog.tg.graph.inputs[0]: x})[0]
+                seq.append(cp.asnumpy(y))
+                prog.backward({prog.tg.graph.outputs[0]: y - 0.1})
+                prog.update()
+            results[backend] = seq
+    finally:
+        n2d2.global_variables.default_model = old
+    for a, b in zip(results["cuda"], results["numpy"]):
+        assert rel(a, b) < 1e-5
