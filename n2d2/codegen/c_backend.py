@@ -6,8 +6,21 @@ numpy reference over the same arena views (the fallback). A `Grad` node runs whe
 node ran. Consecutive C nodes of one phase are called through one exported segment function,
 so a phase costs one ctypes call per C segment. `Update` nodes run the Python solvers on the
 arena's gradient views (the solvers' state stays in one place whichever backend runs).
+
+Memory: the arena holds every planned tensor (`n2d2.ir.planner`); kernels also get a scratch
+buffer (im2col matrices, transposed weights, per-thread partial gradients), sized for the
+largest kernel, with a private slice per thread. Both end with slack so that the GEMM may read
+a ragged last strip of a row past its end.
+
+Profiling: with `N2D2_PROFILE=1` in the environment (or `profile=True`), every kernel's wall
+time is accumulated (`N2D2_PROFILE=cpu`: the calling thread's CPU time, steadier on a loaded
+machine with one thread); `CProgram.profile()` returns it per node and `print_profile()` prints a
+table (also printed at exit).
 """
+import atexit
 import ctypes
+import os
+import time
 
 import numpy as np
 
@@ -19,6 +32,11 @@ from n2d2.ir import planner
 from n2d2.ir.types import GraphError
 
 _SUPPORTED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation", "Softplus")
+# A kernel uses the thread team only above this many multiply-adds (waking it costs
+# microseconds, which small kernels, e.g. every layer of LeNet at batch 1, cannot repay).
+PARALLEL_MIN_MACS = 1_000_000
+PARALLEL_MIN_ELEMENTS = 200_000
+_SLACK_FLOATS = 64   # readable floats after every buffer (ragged GEMM strips)
 
 
 class Buf:
@@ -31,6 +49,50 @@ class Buf:
         self.ptr = f"((float *)(arena + {self.offset}))"
 
 
+class _Context(dict):
+    """Attribute-style dict for templates (a missing key is undefined, so `is defined` works)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+class _Scratch:
+    """Scratch layout of one kernel: shared regions, then one private slice per thread.
+
+    Offsets are in floats, 64-byte aligned, each region followed by slack."""
+
+    def __init__(self):
+        self.shared = 0
+        self.private = 0
+        self.offsets = {}
+
+    @staticmethod
+    def _size(n):
+        return -(-(int(n) + _SLACK_FLOATS) // 16) * 16
+
+    def add_shared(self, name, n):
+        self.offsets[name] = self.shared
+        self.shared += self._size(n)
+
+    def add_private(self, name, n):
+        self.offsets[name] = self.private
+        self.private += self._size(n)
+
+    def layout(self):
+        return _Context(self.offsets, SH=self.shared, T=max(self.private, 16))
+
+    @staticmethod
+    def floats(layout, nthreads):
+        return layout["SH"] + nthreads * layout["T"] if layout else 0
+
+
+def _round16(n):
+    return -(-int(n) // 16) * 16
+
+
 def _activation(spec):
     if spec is None:
         return None
@@ -38,8 +100,7 @@ def _activation(spec):
     return {"name": name, **dict(params)}
 
 
-def _activation_ok(attrs):
-    spec = attrs.get("activation")
+def _activation_ok(spec):
     return spec is None or spec[0] in _SUPPORTED_ACTIVATIONS
 
 
@@ -48,72 +109,224 @@ def _nchw(shape):
     return s[:4]
 
 
+def _concat_channels(ins):
+    """[{C, off}] of inputs concatenated along channels (None if batch / H / W differ)."""
+    first = _nchw(ins[0])
+    out, off = [], 0
+    for s in ins:
+        s4 = _nchw(s)
+        if s4[0] != first[0] or s4[2:] != first[2:]:
+            return None
+        out.append({"C": s4[1], "off": off})
+        off += s4[1]
+    return out
+
+
 # -- per-op geometry and support -------------------------------------------------------------------
-def _geometry(graph, node):
-    """(supported, geometry dict) of a forward node for its C template."""
+def _dense_geometry(n, k, o, inputs, conn=None, kk=1):
+    """Geometry of y[n, o] = x[n, k] W[o, k]^T (Fc, or a convolution covering its input)."""
+    macs = n * k * o
+    g = dict(N=n, K=k, O=o, OLD=_round16(o), inputs=inputs, conn=conn, KK=kk, DOT=n <= 4,
+             PAR=macs >= PARALLEL_MIN_MACS, PARB=2 * macs >= PARALLEL_MIN_MACS)
+    sf, sb = _Scratch(), _Scratch()
+    if len(inputs) > 1:
+        sf.add_shared("XG", n * k)
+        sb.add_shared("XG", n * k)
+        sb.add_shared("DXG", n * k)
+    if g["DOT"]:
+        if conn is not None:
+            sf.add_shared("WM", o * k)
+    else:
+        sf.add_shared("WT", k * g["OLD"])
+    if conn is not None:
+        sb.add_shared("WM", o * k)
+    sb.add_private("EDGE", o * 32)
+    g["sf"], g["sb"] = sf.layout(), sb.layout()
+    return g
+
+
+def _images_per_block(n, p, kg, max_cols=1024, max_col_bytes=512 * 1024):
+    """Images per im2col block: side by side, small maps fill whole 32-wide GEMM strips. Among
+    the block sizes whose im2col matrix stays cache-sized, the one wasting the fewest columns
+    of its last strip (ties: the largest)."""
+    if p >= 256:
+        return 1
+    best, best_waste = 1, None
+    for nb in range(1, n + 1):
+        cols = nb * p
+        if cols > max_cols or 4 * kg * cols > max_col_bytes:
+            break
+        waste = (-cols % 32) / cols
+        if best_waste is None or waste <= best_waste + 1e-9:
+            best, best_waste = nb, waste
+    return best
+
+
+def _conv_geometry(graph, node, attrs, ins, outs):
+    if tuple(attrs.get("sub_sample", (1, 1))) != (1, 1):
+        return None
+    chans = _concat_channels(ins)
+    if chans is None:
+        return None
+    n, _, h, w = ins[0]
+    c = sum(ch["C"] for ch in chans)
+    _, o, ho, wo = outs[0]
+    wshape = graph.params[graph.node(node).params["weights"]].shape
+    groups = attrs.get("groups", 1)
+    mapping = attrs.get("mapping")
+    (sy, sx), (py, px), (dy, dx) = attrs["stride"], attrs["padding"], attrs["dilation"]
+    if py < 0 or px < 0 or (mapping is not None and groups != 1):
+        return None
+    kh, kw = wshape[2], wshape[3]
+    conn = None if mapping is None else np.asarray(mapping, dtype=bool).astype(int).tolist()
+    p = ho * wo
+    if p == 1 and h == kh and w == kw and py == 0 and px == 0 and groups == 1:
+        g = _dense_geometry(n, c * kh * kw, o, [{"K": ch["C"] * h * w, "off": ch["off"] * h * w} for ch in chans],
+                            conn, kh * kw)
+        g.update(MODE="fc")
+        return g
+    cg, og = c // groups, o // groups
+    kg = cg * kh * kw
+    macs = n * o * p * kg
+    nb = _images_per_block(n, p, kg)
+    nblk = -(-n // nb)
+    g = dict(N=n, C=c, H=h, W=w, O=o, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
+             G=groups, CG=cg, OG=og, P=p, KG=kg, NB=nb, NBLK=nblk, CLD=_round16(nb * p), conn=conn, inputs=chans,
+             VALID=(py == 0 and px == 0), PAR=nblk >= 2 and macs >= PARALLEL_MIN_MACS,
+             PARB=nblk >= 2 and 2 * macs >= PARALLEL_MIN_MACS)
+    sf, sb = _Scratch(), _Scratch()
+    if groups > 1 and groups == c == o:
+        g["MODE"] = "direct"
+        g["PAR"] = g["PARB"] = n >= 2 and macs >= PARALLEL_MIN_MACS
+    else:
+        g["MODE"] = "image"
+        if conn is not None:
+            sf.add_shared("WM", o * kg)
+            sb.add_shared("WM", o * kg)
+        sf.add_private("COL", kg * g["CLD"])
+        if nb > 1:
+            sf.add_private("YB", og * g["CLD"])
+        sb.add_private("COL", kg * g["CLD"])
+        sb.add_private("DZB", o * g["CLD"])
+        sb.add_private("DWP", 16 * o * kg)
+        sb.add_private("DBP", o)
+    g["sf"], g["sb"] = sf.layout(), sb.layout()
+    return g
+
+
+def _geometry(graph, node, training):
+    """Geometry dict of a forward node for its C template, or None when it has no C kernel."""
     op = graph.op(node)
     attrs = graph.attrs(node)
-    ins = [t.shape for t in graph.input_types(node)]
+    in_types = graph.input_types(node)
+    ins = [t.shape for t in in_types]
     outs = [t.shape for t in graph.output_types(node)]
-    if not _activation_ok(attrs) or any(t.dtype != "float32" for t in graph.input_types(node)):
-        return False, None
+    if not _activation_ok(attrs.get("activation")) or any(t.dtype != "float32" for t in in_types):
+        return None
+    if any(t.dtype != "float32" for t in graph.output_types(node)):
+        return None
+    for role, pname in graph.node(node).params.items():
+        a = graph.params[pname].array
+        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
+            return None
     if op == "Conv":
-        if len(ins) != 1 or tuple(attrs.get("sub_sample", (1, 1))) != (1, 1):
-            return False, None
-        n, c, h, w = ins[0]
-        _, o, ho, wo = outs[0]
-        wshape = graph.params[graph.node(node).params["weights"]].shape
-        groups = attrs.get("groups", 1)
-        mapping = attrs.get("mapping")
-        (sy, sx), (py, px), (dy, dx) = attrs["stride"], attrs["padding"], attrs["dilation"]
-        if py < 0 or px < 0:
-            return False, None
-        conn = None if mapping is None else np.asarray(mapping, dtype=bool).astype(int).tolist()
-        return True, dict(N=n, C=c, H=h, W=w, O=o, HO=ho, WO=wo, KH=wshape[2], KW=wshape[3], SY=sy, SX=sx,
-                          PY=py, PX=px, DY=dy, DX=dx, G=groups, CG=c // groups, OG=o // groups, conn=conn)
+        return _conv_geometry(graph, node, attrs, ins, outs)
     if op == "Fc":
-        if len(ins) != 1:
-            return False, None
-        k = int(np.prod(ins[0][1:]))
-        return True, dict(N=ins[0][0], K=k, O=outs[0][1])
+        n = ins[0][0]
+        inputs, off = [], 0
+        for s in ins:
+            k = int(np.prod(s[1:]))
+            inputs.append({"K": k, "off": off})
+            off += k
+        return _dense_geometry(n, off, outs[0][1], inputs)
     if op == "Pool":
-        if len(ins) != 1 or attrs.get("mapping") is not None:
-            return False, None
+        if len(ins) != 1 or len(ins[0]) != 4:
+            return None
         n, c, h, w = ins[0]
         (kh, kw), (sy, sx), (py, px) = attrs["pool"], attrs["stride"], attrs["padding"]
-        return True, dict(N=n, C=c, H=h, W=w, HO=outs[0][2], WO=outs[0][3], KH=kh, KW=kw, SY=sy, SX=sx, PY=py,
-                          PX=px, MAX=attrs["pooling"] == "Max")
-    if op in ("Activation", "Dropout", "Reshape"):
-        return len(ins) == 1, {}
+        ho, wo = outs[0][2], outs[0][3]
+        mapping = attrs.get("mapping")
+        conn = None if mapping is None else np.asarray(mapping, dtype=bool)
+        fits = py == 0 and px == 0 and (ho - 1) * sy + kh <= h and (wo - 1) * sx + kw <= w
+        # TILED: the windows tile the input exactly (each input pixel in exactly one window)
+        tiled = fits and (sy, sx) == (kh, kw) and ho * kh == h and wo * kw == w
+        g = dict(N=n, C=c, O=outs[0][1], H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px,
+                 MAX=attrs["pooling"] == "Max", FITS=fits, TILED=tiled, PAR=n * c * h * w >= PARALLEL_MIN_ELEMENTS)
+        if conn is not None:
+            g["links"] = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
+            g["conn"] = conn.astype(int).tolist()
+        else:
+            g["links"] = None
+        return g
+    if op in ("Activation", "Dropout", "Reshape", "Concat"):
+        chans = _concat_channels(ins) if len(ins) > 1 else [{"C": _nchw(ins[0])[1], "off": 0}]
+        if chans is None:
+            return None
+        n = ins[0][0]
+        size = int(np.prod(outs[0]))
+        inputs, off = [], 0
+        for s in ins:
+            per = int(np.prod(s[1:]))
+            inputs.append({"S": per, "off": off})
+            off += per
+        return dict(N=n, SIZE=size, PER=size // max(n, 1), inputs=inputs, PAR=size >= PARALLEL_MIN_ELEMENTS)
+    if len(ins) != 1 and op not in ("ElemWise", "AddN", "Epilogue"):
+        return None
     if op == "Softmax":
-        if len(ins) != 1:
-            return False, None
         n, c, h, w = _nchw(ins[0])
-        return True, dict(N=n, C=c, HW=h * w, GS=attrs.get("group_size", 0) or c)
+        return dict(N=n, C=c, HW=h * w, GS=attrs.get("group_size", 0) or c)
     if op == "BatchNorm":
-        if len(ins) != 1 or attrs["momentum"] == 0.0:
-            return False, None
         n, c, h, w = _nchw(ins[0])
-        return True, dict(N=n, C=c, HW=h * w, M=n * h * w)
-    if op == "ElemWise":
-        if attrs["operation"] != "Sum":
-            return False, None
+        train = training and attrs["momentum"] != 0.0
+        return dict(N=n, C=c, HW=h * w, M=n * h * w, TRAIN=train, PAR=n * c * h * w >= PARALLEL_MIN_ELEMENTS)
+    if op in ("ElemWise", "Epilogue", "AddN"):
         n, c, h, w = _nchw(ins[0])
-        return True, dict(N=n, C=c, HW=h * w)
-    if op == "AddN":
-        return True, {}
-    return False, None
+        if any(tuple(s) != tuple(ins[0]) for s in ins):
+            return None
+        if op == "Epilogue" and any(st[0] == "activation" and not _activation_ok(st[1]) for st in attrs["steps"]):
+            return None
+        size = n * c * h * w
+        return dict(N=n, C=c, HW=h * w, SIZE=size, PAR=size * len(ins) >= PARALLEL_MIN_ELEMENTS)
+    if op == "Padding":
+        n, c, h, w = ins[0]
+        return dict(N=n, C=c, H=h, W=w, HO=outs[0][2], WO=outs[0][3], T=attrs["top"], L=attrs["left"])
+    if op == "Transpose":
+        if len(ins[0]) != 4:
+            return None
+        from n2d2.ops import transpose as transpose_ops
 
+        axes = transpose_ops.numpy_axes(attrs["perm"])
+        shape = tuple(ins[0])
+        strides = [int(np.prod(shape[a + 1:])) for a in range(4)]
+        return dict(IN=shape, OUT=tuple(outs[0]), ISTR=[strides[a] for a in axes], SIZE=int(np.prod(shape)))
+    if op == "Resize":
+        from n2d2.ops import resize as resize_ops
 
-class _Context(dict):
-    """Attribute-style dict for templates."""
-
-    def __getattr__(self, key):
-        # AttributeError (not KeyError) so that Jinja's `is defined` sees a missing entry
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
+        n, c, h, w = ins[0]
+        ho, wo = attrs["height"], attrs["width"]
+        align = attrs.get("align_corners", True)
+        taps = []
+        for size_out, size_in in ((ho, h), (wo, w)):
+            a = resize_ops.interpolation_matrix(size_out, size_in, attrs["mode"], align)
+            rows = []
+            for r in range(size_out):
+                nz = np.nonzero(a[r])[0].tolist()
+                if len(nz) > 2:
+                    return None
+                nz = (nz + [nz[-1] if nz else 0])[:2] if nz else [0, 0]
+                wts = [float(a[r, nz[0]]), float(a[r, nz[1]]) if nz[1] != nz[0] else 0.0]
+                rows.append((nz[0], nz[1], wts[0], wts[1]))
+            taps.append(rows)
+        return dict(N=n, C=c, H=h, W=w, HO=ho, WO=wo, TH=taps[0], TW=taps[1])
+    if op == "Scaling":
+        scaling = attrs["scaling"]
+        if type(scaling).__name__ != "FloatingPointScaling":
+            return None
+        n, c, h, w = _nchw(ins[0])
+        args = scaling._args
+        return dict(N=n, C=c, HW=h * w, S=[float(v) for v in args["scaling_per_output"]],
+                    CLIP=[float(v) for v in args["clipping"]] if args["is_clipped"] else None)
+    return None
 
 
 class CProgram:
@@ -126,51 +339,89 @@ class CProgram:
         Execution order, phase by phase (an inference graph: one phase).
     training : bool
         Forward nodes run in training mode (batch statistics, dropout).
+    name : str, optional
+        Base name of the built library in the cache.
+    profile : bool, optional
+        Time every kernel (default: `N2D2_PROFILE` set to a non-empty value other than 0).
     """
 
-    def __init__(self, graph, phases, training=False, name=None):
+    def __init__(self, graph, phases, training=False, name=None, profile=None):
         self.graph = graph
         self.training = training
         self.phases = [list(p) for p in phases]
         order = [n for phase in self.phases for n in phase]
         self.plan = planner.plan(graph, order=order)
         planner.validate(graph, self.plan)
-        self.param_names = list(graph.params)
-        self.param_index = {p: i for i, p in enumerate(self.param_names)}
-        self.aux_specs = {}           # aux key -> (shape, kind)
         self.where = {}               # node -> "c" | "numpy"
         self.kernels = []
+        self.aux_specs = {}           # aux key -> (shape, kind)
+        self._param_names = []        # parameters C kernels read, in pointer-array order
+        self._param_index = {}
+        self._scratch_layouts = []
         self._decide_and_render(order)
         self._segments = self._segment()
-        source = render("c/program.c.j2", graph_name=graph.name, nodes=[k["node"] for k in self.kernels],
-                        arena_bytes=self.plan.arena_bytes, kernels=self.kernels, segments=self._segments)
-        self.source = source
+        self.source = render("c/program.c.j2", graph_name=graph.name, nodes=[k["node"] for k in self.kernels],
+                             arena_bytes=self.plan.arena_bytes, kernels=self.kernels, segments=self._segments)
         self._lib = None
         if self.kernels:
-            self._lib = compiler.load_library(compiler.build_shared_library(source, cident(name or graph.name)))
-        self._arena = _aligned_zeros(self.plan.arena_bytes)
-        self._arena_ptr = self._arena.ctypes.data_as(ctypes.c_void_p)
+            self._lib = compiler.load_library(compiler.build_shared_library(self.source, cident(name or graph.name)))
+        self.nthreads = 1
+        if self._lib is not None:
+            self.nthreads = max(1, int(self._lib.n2d2_max_threads()))
+            self._lib.n2d2_set_threads(self.nthreads)
+        slack = 4 * _SLACK_FLOATS
+        self._arena = _aligned_zeros(self.plan.arena_bytes + slack)
+        scratch_floats = max([_Scratch.floats(s, self.nthreads) for s in self._scratch_layouts] + [16])
+        self._scratch = _aligned_zeros(4 * scratch_floats + slack)
         self._aux = {key: np.zeros(shape, dtype=np.float32) for key, (shape, _) in self.aux_specs.items()}
         self._aux_keys = list(self.aux_specs)
         self._aux_ptrs = (ctypes.c_void_p * max(1, len(self._aux_keys)))(
-            *[a.ctypes.data for a in (self._aux[k] for k in self._aux_keys)])
+            *[self._aux[k].ctypes.data for k in self._aux_keys])
+        self._dropout = [(key, shape, self.graph.attrs(key[: -len(".mask")])["dropout"])
+                         for key, (shape, kind) in self.aux_specs.items() if kind == "dropout"]
         self._views = {}
         for t, off in self.plan.offsets.items():
             tt = graph.output_types(t[0])[t[1]]
             self._views[t] = np.ndarray(tt.shape, dtype=tt.dtype, buffer=self._arena, offset=off)
+        self._param_objs = [graph.params[p] for p in self._param_names]
+        self._param_arrays = None
+        self._param_ptrs = None
         self._seg_funcs = {}
         for seg in self._segments:
             f = getattr(self._lib, f"n2d2_segment_{seg['index']}")
-            f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+            f.argtypes = [ctypes.c_void_p] * 4
             f.restype = None
             self._seg_funcs[seg["index"]] = f
         self._phase_items = self._phase_plan()
         self.saved = {}
+        from_env = profile is None
+        if from_env:
+            profile = os.environ.get("N2D2_PROFILE", "")
+            profile = {"": 0, "0": 0, "cpu": 2}.get(profile, 1)
+        self._profiling = int(profile)
+        self._py_time = {}
+        if self._lib is not None:
+            self._lib.n2d2_set_profiling(self._profiling)
+            self._lib.n2d2_profile_ns.restype = ctypes.POINTER(ctypes.c_double)
+            self._lib.n2d2_profile_calls.restype = ctypes.POINTER(ctypes.c_long)
+        if self._profiling and from_env:
+            atexit.register(self.print_profile)
 
     # -- building ---------------------------------------------------------------------------------
     def _buf(self, tensor):
         tt = self.graph.output_types(tensor[0])[tensor[1]]
         return Buf(self.plan.offsets[tensor], tt.shape)
+
+    def _param(self, pname):
+        if pname not in self._param_index:
+            self._param_index[pname] = len(self._param_names)
+            self._param_names.append(pname)
+        return f"params[{self._param_index[pname]}]"
+
+    def _aux_slot(self, key, shape, kind):
+        if key not in self.aux_specs:
+            self.aux_specs[key] = (tuple(shape), kind)
+        return f"aux[{list(self.aux_specs).index(key)}]"
 
     def _forward_context(self, node, g):
         gr = self.graph
@@ -178,17 +429,17 @@ class CProgram:
         ctx = _Context(
             x=[self._buf(t) for t in gr.inputs_of(node)],
             y=self._buf((node, 0)),
-            p=_Context({r: f"params[{self.param_index[p]}]" for r, p in d.params.items()}),
-            a=_Context(d.attrs), act=_activation(d.attrs.get("activation")), g=_Context(g or {}),
-            training=self.training, aux=_Context())
+            p=_Context({r: self._param(p) for r, p in d.params.items()}),
+            a=_Context(d.attrs), act=_activation(d.attrs.get("activation")), g=_Context(g),
+            training=self.training, aux=_Context(), name=node)
         if d.op == "Dropout" and self.training:
-            key = f"{node}.mask"
-            self.aux_specs[key] = (gr.output_types(node)[0].shape, "dropout")
-            ctx.aux["mask"] = f"aux[{list(self.aux_specs).index(key)}]"
-        if d.op == "BatchNorm" and self.training:
-            key = f"{node}.stats"
-            self.aux_specs[key] = ((2 * g["C"],), "scratch")
-            ctx.aux["stats"] = f"aux[{list(self.aux_specs).index(key)}]"
+            ctx.aux["mask"] = self._aux_slot(f"{node}.mask", gr.output_types(node)[0].shape, "dropout")
+        if d.op == "BatchNorm" and g.get("TRAIN"):
+            ctx.aux["stats"] = self._aux_slot(f"{node}.stats", (2 * g["C"],), "scratch")
+        if d.op == "Concat":
+            ctx["aliased"] = list(self.plan.concat_aliased.get(node, [False] * len(ctx.x)))
+        if d.op == "Epilogue":
+            ctx["steps"] = _epilogue_steps(d.attrs["steps"])
         return ctx
 
     def _decide_and_render(self, order):
@@ -211,33 +462,37 @@ class CProgram:
                 for need in attrs["input_needs"]:
                     dx.append(outs[k] if need else None)
                     k += need
-                dp = _Context({r: outs[k + i] for i, r in enumerate(attrs["roles"])})
-                ctx = _Context(fwd=forward_ctx[fwd], dy=self._buf(gr.inputs_of(node)[0]), dx=dx, dp=dp)
                 if len(fwd_inputs) != len(dx):
                     self.where[node] = "numpy"
                     continue
+                dp = _Context({r: outs[k + i] for i, r in enumerate(attrs["roles"])})
+                ctx = _Context(fwd=forward_ctx[fwd], dy=self._buf(gr.inputs_of(node)[0]), dx=dx, dp=dp,
+                               need_dx=any(d is not None for d in dx), name=node)
                 body = env.from_string('{% import "c/ops/' + gr.op(fwd) + '.c.j2" as op %}{{ op.backward(n) }}')
                 self._add_kernel(index, node, "Grad", body.render(n=ctx))
+                fg = forward_ctx[fwd].g
+                self._scratch_layouts.append(fg.get("sb"))
                 continue
-            supported, g = _geometry(gr, node)
-            if not supported or not template_exists(f"c/ops/{op}.c.j2"):
+            g = _geometry(gr, node, self.training) if template_exists(f"c/ops/{op}.c.j2") else None
+            if g is None:
                 self.where[node] = "numpy"
                 continue
             ctx = self._forward_context(node, g)
             forward_ctx[node] = ctx
             body = env.from_string('{% import "c/ops/' + op + '.c.j2" as op %}{{ op.forward(n) }}')
             self._add_kernel(index, node, op, body.render(n=ctx))
+            self._scratch_layouts.append(g.get("sf"))
 
     def _add_kernel(self, index, node, op, body):
         gr = self.graph
         sig = ", ".join(str(t) for t in gr.input_types(node)) + " -> " + \
             ", ".join(str(t) for t in gr.output_types(node))
         self.where[node] = "c"
-        self.kernels.append({"index": index, "node": node, "op": op, "fname": f"k{index}_{cident(node)}"[:60],
-                             "signature": sig, "body": body.rstrip("\n")})
+        self.kernels.append({"index": index, "id": len(self.kernels), "node": node, "op": op,
+                             "fname": f"k{index}_{cident(node)}"[:60], "signature": sig, "body": body.rstrip("\n")})
 
     def _segment(self):
-        fname = {k["node"]: k["fname"] for k in self.kernels}
+        kernel_of = {k["node"]: k for k in self.kernels}
         segments = []
         for phase in self.phases:
             current = []
@@ -249,10 +504,10 @@ class CProgram:
                     current = []
             if current:
                 segments.append(current)
-        return [{"index": i, "nodes": s, "kernels": [fname[n] for n in s]} for i, s in enumerate(segments)]
+        return [{"index": i, "nodes": s, "kernels": [kernel_of[n] for n in s]} for i, s in enumerate(segments)]
 
     def _phase_plan(self):
-        """Per phase: the list of items to run: ('c', segment index) or ('py', node)."""
+        """Per phase: the list of items to run: ('c', segment function) or ('py', node)."""
         seg_of = {s["nodes"][0]: s["index"] for s in self._segments}
         in_seg = {n for s in self._segments for n in s["nodes"]}
         plans = []
@@ -260,7 +515,7 @@ class CProgram:
             items = []
             for node in phase:
                 if node in seg_of:
-                    items.append(("c", seg_of[node]))
+                    items.append(("c", self._seg_funcs[seg_of[node]]))
                 elif node in in_seg or self.graph.op(node) == "Input":
                     continue
                 else:
@@ -276,27 +531,37 @@ class CProgram:
         for name, value in feeds.items():
             self._views[(name, 0)][...] = value
 
-    def _params_ptrs(self):
-        arrays = [self.graph.params[p].array for p in self.param_names]
-        for p, a in zip(self.param_names, arrays):
-            if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
-                raise GraphError(f"parameter '{p}' must be a contiguous float32 numpy array for the C backend")
-        return (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+    def _call_args(self):
+        """(arena, params, aux, scratch) pointers; the parameter array is rebuilt only when a
+        parameter array was replaced (solvers and weight setters update arrays in place)."""
+        arrays = [p.array for p in self._param_objs]
+        cached = self._param_arrays
+        if cached is None or any(a is not b for a, b in zip(arrays, cached)):
+            for name, a in zip(self._param_names, arrays):
+                if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
+                    raise GraphError(f"parameter '{name}' must be a contiguous float32 numpy array for the C "
+                                     f"backend (got {type(a).__name__} {getattr(a, 'dtype', '')})")
+            self._param_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+            self._param_arrays = arrays
+            self._args = (self._arena.ctypes.data, self._param_ptrs, self._aux_ptrs, self._scratch.ctypes.data)
+        return self._args
 
     def run_phase(self, index, batch_size=1):
-        from n2d2.settings import global_variables
+        args = self._call_args()
+        if index == 0 and self._dropout:
+            from n2d2.ops.dropout import dropout_mask
+            from n2d2.settings import global_variables
 
-        params = self._params_ptrs()
-        for key, (shape, kind) in self.aux_specs.items():
-            if kind == "dropout" and index == 0:
-                node = key[: -len(".mask")]
-                rate = self.graph.attrs(node)["dropout"]
-                from n2d2.ops.dropout import dropout_mask
-
+            for key, shape, rate in self._dropout:
                 self._aux[key][...] = dropout_mask(global_variables.rng, shape, rate)
         for kind, item in self._phase_items[index]:
             if kind == "c":
-                self._seg_funcs[item](self._arena_ptr, params, self._aux_ptrs)
+                item(*args)
+            elif self._profiling:
+                t = time.perf_counter()
+                self._run_numpy(item, batch_size)
+                calls, total = self._py_time.get(item, (0, 0.0))
+                self._py_time[item] = (calls + 1, total + time.perf_counter() - t)
             else:
                 self._run_numpy(item, batch_size)
 
@@ -309,7 +574,10 @@ class CProgram:
             opdef.run_update(gr, node, xs[0], batch_size)
             return
         if getattr(opdef, "needs_forward_context", False):
-            outs = opdef.run(gr, node, xs, self.saved[d.attrs["of"]])
+            fwd = d.attrs["of"]
+            if fwd not in self.saved:
+                raise GraphError(f"node '{node}': the forward node '{fwd}' has not run in this program")
+            outs = opdef.run(gr, node, xs, self.saved[fwd])
         else:
             params = {r: gr.params[p].array for r, p in d.params.items()}
             outs, self.saved[node] = opdef.forward(d.attrs, xs, params, self.training)
@@ -317,6 +585,52 @@ class CProgram:
             view = self._views[(node, k)]
             if value is not view:
                 view[...] = value
+
+    # -- profiling --------------------------------------------------------------------------------
+    def profile(self) -> dict:
+        """{node: (calls, total microseconds, where)} since the program was built (profiling on)."""
+        out = {}
+        if self._lib is not None and self.kernels:
+            ns = self._lib.n2d2_profile_ns()
+            calls = self._lib.n2d2_profile_calls()
+            for k in self.kernels:
+                out[k["node"]] = (int(calls[k["id"]]), ns[k["id"]] / 1e3, "c")
+        for node, (calls, total) in self._py_time.items():
+            out[node] = (calls, total * 1e6, "numpy")
+        return out
+
+    def print_profile(self, file=None):
+        """Per-node time table, slowest first (needs profiling on)."""
+        prof = self.profile()
+        total = sum(t for _, t, _ in prof.values()) or 1.0
+        lines = [f"n2d2 C profile of '{self.graph.name}' ({self.nthreads} threads): node, op, where, calls, "
+                 "us/call, share"]
+        for node, (calls, t, where) in sorted(prof.items(), key=lambda kv: -kv[1][1]):
+            if calls:
+                lines.append(f"  {node:40s} {self.graph.op(node):10s} {where:6s} {calls:7d} {t / calls:10.1f} "
+                             f"{100 * t / total:5.1f}%")
+        print("\n".join(lines), file=file)
+
+
+def _epilogue_steps(steps):
+    """Epilogue steps as template data: per-channel coefficients become tables."""
+    out = []
+    for i, step in enumerate(steps):
+        kind = step[0]
+        if kind == "activation":
+            out.append(_Context(kind=kind, act=_activation(step[1]), id=i))
+        elif kind == "add":
+            out.append(_Context(kind=kind, k=int(step[1]), w=_coef(step[2]), s=_coef(step[3]), id=i))
+        else:
+            out.append(_Context(kind=kind, c=_coef(step[1]), id=i))
+    return out
+
+
+def _coef(c):
+    """A float, or a list of floats (per channel; a 1-element list is a scalar)."""
+    if isinstance(c, (list, tuple)):
+        return float(c[0]) if len(c) == 1 else [float(v) for v in c]
+    return float(c)
 
 
 def _has_macro(op, macro):
@@ -335,4 +649,4 @@ def available() -> bool:
     return compiler.find_compiler() is not None
 
 
-__all__ = ["CProgram", "available", "array_module"]
+__all__ = ["CProgram", "available", "array_module", "PARALLEL_MIN_MACS"]

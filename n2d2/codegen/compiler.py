@@ -10,7 +10,8 @@ import shutil
 import subprocess
 import tempfile
 
-DEFAULT_CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11", "-ffp-contract=fast",
+DEFAULT_CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11", "-ffp-contract=fast",
+                  "-fno-math-errno", "-fno-tree-loop-distribute-patterns", "-fno-tree-loop-if-convert",
                   "-Wall", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unused-but-set-variable")
 
 

@@ -1,0 +1,610 @@
+"""The C backend against the numpy executor (the reference ops), op by op and on whole networks.
+
+Every op with a C kernel runs in a small training graph (a trainable 1x1 convolution in front of
+each input, so that input gradients exist), forward and backward, on fresh random inputs; every
+forward output and every gradient (inputs and parameters) must match the numpy executor within
+a relative error of 1e-5 (float32). LeNet (models/LeNet.ini) and ResNet-20 train three SGD steps
+on both backends, dropout included (both draw the masks from the same generator).
+"""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import n2d2
+from n2d2.codegen import compiler
+from n2d2.codegen.numpy_exec import Session
+from n2d2.ir import epilogue  # noqa: F401  (registers the Epilogue op)
+from n2d2.ir.autodiff import build_training_graph
+from n2d2.ir.graph import Graph
+from n2d2.ir.ops import activation_spec
+from tests.conftest import rel_err
+
+c_backend = pytest.importorskip("n2d2.codegen.c_backend")
+pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
+
+ACTIVATIONS = {
+    "none": None,
+    "linear_clip": ("Linear", (("clipping", 0.7),)),
+    "relu": ("Rectifier", (("clipping", 0.0), ("leak_slope", 0.0))),
+    "leaky_clip": ("Rectifier", (("clipping", 0.9), ("leak_slope", 0.1))),
+    "tanh": ("Tanh", (("alpha", 1.5),)),
+    "logistic": ("Logistic", ()),
+    "saturation": ("Saturation", (("threshold", 0.6),)),
+    "softplus": ("Softplus", ()),
+}
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _normal(rng, shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+class Net:
+    """A small IR graph under construction: inputs, then nodes with random parameters."""
+
+    def __init__(self, seed=0, name="net"):
+        self.g = Graph(name)
+        self.rng = _rng(seed)
+        self.feeds = {}
+
+    def input(self, shape, name="input"):
+        name = self.g.add_input(self.g.unique_name(name), shape)
+        self.feeds[name] = _normal(self.rng, shape)
+        return name
+
+    def param(self, node, role, array, trainable=True):
+        from n2d2.solver import SGD
+
+        pname = f"{node}.{role}"
+        self.g.add_param(pname, np.ascontiguousarray(array, dtype=np.float32), trainable=trainable, owner=node,
+                         role=role, solver=SGD(learning_rate=0.01, momentum=0.9) if trainable else None)
+        return pname
+
+    def op(self, op, inputs, attrs=None, params=None, name=None):
+        name = self.g.unique_name(name or op.lower())
+        bound = {role: self.param(name, role, a, trainable=role not in ("means", "variances"))
+                 for role, a in (params or {}).items()}
+        self.g.add_op(name, op, inputs, attrs or {}, bound)
+        return name
+
+    def source(self, shape, name="input"):
+        """An input followed by a trainable 1x1 convolution (so that the input gradient exists)."""
+        x = self.input(shape, name)
+        c = shape[1]
+        w = _normal(self.rng, (c, c, 1, 1), 1.0 / np.sqrt(c)) + np.eye(c, dtype=np.float32)[:, :, None, None]
+        return self.op("Conv", [x], _conv_attrs(), {"weights": w}, name=f"src_{x}")
+
+    def conv(self, x, o, k=(3, 3), stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, mapping=None,
+             bias=True, activation=None):
+        xs = [x] if isinstance(x, str) else list(x)
+        c = sum(self.g.output_types(v)[0].shape[1] for v in xs)
+        params = {"weights": _normal(self.rng, (o, c // groups) + tuple(k), 1.0 / np.sqrt(c * k[0] * k[1] / groups))}
+        if bias:
+            params["biases"] = _normal(self.rng, (o,), 0.5)
+        return self.op("Conv", xs, _conv_attrs(stride, padding, dilation, groups, mapping, activation), params)
+
+    def output(self, *names):
+        self.g.set_outputs(list(names))
+        return self
+
+
+def _conv_attrs(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, mapping=None, activation=None):
+    return {"stride": tuple(stride), "padding": tuple(padding), "dilation": tuple(dilation), "sub_sample": (1, 1),
+            "groups": groups, "mapping": mapping, "activation": activation}
+
+
+# -- running both backends -------------------------------------------------------------------------
+def _seeds(tg, rng):
+    return {name: _normal(rng, tg.graph.output_types(name)[0].shape) for name in tg.grad_inputs.values()}
+
+
+def _training_outputs(net: Net, seed=3):
+    """Training graph whose outputs also list every gradient (so that no buffer is reused)."""
+    tg = build_training_graph(net.g)
+    extra = [(n, k) for n in tg.backward_nodes for k in range(len(tg.graph.output_types(n)))]
+    tg.graph.outputs = list(tg.graph.outputs) + extra
+    return tg, _seeds(tg, _rng(seed))
+
+
+def run_numpy_training(tg, feeds, seeds):
+    n2d2.global_variables.seed = 11
+    s = Session(tg.graph, training=True, order=tg.forward_nodes)
+    s.feed(feeds)
+    s.run_nodes(tg.forward_nodes)
+    s.feed(seeds)
+    s.run_nodes(tg.backward_nodes)
+    return {t: np.array(s.values[t[0]][t[1]]) for t in tg.graph.outputs}
+
+
+def run_c_training(tg, feeds, seeds, program=None):
+    n2d2.global_variables.seed = 11
+    p = program or c_backend.CProgram(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) + tg.backward_nodes,
+                                                 tg.update_nodes], training=True)
+    p.feed(feeds)
+    p.run_phase(0)
+    p.feed(seeds)
+    p.run_phase(1)
+    return {t: p.view(t).copy() for t in tg.graph.outputs}, p
+
+
+def check_training(net: Net, tol=1e-5, expect_c=None):
+    """Forward outputs and every gradient of `net`'s training graph: C vs numpy."""
+    tg, seeds = _training_outputs(net)
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    out, p = run_c_training(tg, net.feeds, seeds)
+    for node in expect_c or ():
+        assert p.where[node] == "c", f"{node} ran on {p.where[node]}"
+        assert p.where[f"grad:{node}"] == "c", f"grad:{node} ran on {p.where[f'grad:{node}']}"
+    # A C backward kernel turns its incoming gradient into d(pre-activation) in place (that
+    # tensor has no other reader); those are checked through the gradients computed from them.
+    rewritten = {tg.graph.inputs_of(n)[0] for n in tg.backward_nodes
+                 if tg.graph.op(n) == "Grad" and p.where[n] == "c"}
+    compared = 0
+    for t, value in ref.items():
+        if t in rewritten:
+            continue
+        assert np.all(np.isfinite(out[t])), f"{t} is not finite"
+        err = rel_err(out[t], value)
+        assert err < tol, f"{t}: relative error {err:.2e}"
+        compared += 1
+    assert compared >= 2
+    return p
+
+
+def check_inference(net: Net, tol=1e-5, expect_c=None):
+    from n2d2.codegen import numpy_exec
+
+    ref = numpy_exec.run(net.g, net.feeds)
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    for node in expect_c or ():
+        assert p.where[node] == "c"
+    for t, value in zip(net.g.outputs, ref):
+        assert rel_err(p.view(t), value) < tol, f"{t}: relative error {rel_err(p.view(t), value):.2e}"
+    return p
+
+
+# -- Conv --------------------------------------------------------------------------------------------
+CONV_CASES = {
+    # name: (input shape, outputs, kwargs)
+    "3x3_pad_bias_relu": ((2, 3, 9, 11), 5, dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])),
+    "5x5_valid_nobias": ((3, 2, 12, 12), 4, dict(k=(5, 5), bias=False)),
+    "stride2_pad": ((2, 3, 11, 9), 6, dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=ACTIVATIONS["tanh"])),
+    "stride_2x1_nonsquare_kernel": ((2, 2, 10, 13), 3, dict(k=(3, 5), stride=(2, 1), padding=(2, 1))),
+    "dilation": ((2, 3, 13, 12), 4, dict(k=(3, 3), dilation=(2, 3), padding=(2, 1),
+                                         activation=ACTIVATIONS["leaky_clip"])),
+    "groups": ((2, 6, 8, 8), 9, dict(k=(3, 3), groups=3, padding=(1, 1), activation=ACTIVATIONS["softplus"])),
+    "depthwise": ((3, 5, 9, 7), 5, dict(k=(3, 3), groups=5, padding=(1, 1), stride=(2, 1))),
+    "pointwise": ((2, 7, 6, 5), 10, dict(k=(1, 1), activation=ACTIVATIONS["logistic"])),
+    "batch1": ((1, 4, 10, 10), 8, dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])),
+    "fc_mode": ((4, 6, 5, 5), 12, dict(k=(5, 5), activation=ACTIVATIONS["relu"])),
+    "fc_mode_batch9_bias": ((9, 3, 4, 3), 7, dict(k=(4, 3))),
+    "many_images_per_block": ((20, 3, 6, 6), 5, dict(k=(3, 3), activation=ACTIVATIONS["saturation"])),
+    "large_parallel": ((16, 8, 20, 20), 16, dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv(case):
+    shape, o, kw = CONV_CASES[case]
+    net = Net(seed=sum(map(ord, case)))
+    y = net.conv(net.source(shape), o, **kw)
+    check_training(net.output(y), expect_c=[y])
+
+
+def test_conv_parallel_threshold_is_crossed():
+    """`large_parallel` really uses the thread team (the others stay serial)."""
+    n, c, h, w = CONV_CASES["large_parallel"][0]
+    assert n * 16 * h * w * c * 9 >= c_backend.PARALLEL_MIN_MACS
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_conv_mapping(batch):
+    net = Net(seed=5)
+    rng = _rng(1)
+    mapping = rng.random((6, 16)) < 0.6
+    mapping[:, 3] = False          # an output without input
+    y = net.conv(net.source((batch, 6, 14, 14)), 16, k=(5, 5), mapping=mapping, bias=True,
+                 activation=ACTIVATIONS["relu"])
+    check_training(net.output(y), expect_c=[y])
+
+
+def test_conv_mapping_fc_mode():
+    net = Net(seed=6)
+    mapping = _rng(2).random((4, 7)) < 0.5
+    y = net.conv(net.source((5, 4, 3, 3)), 7, k=(3, 3), mapping=mapping)
+    check_training(net.output(y), expect_c=[y])
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_conv_several_inputs(batch):
+    """Inputs concatenated along channels; the middle one needs no gradient (a raw input)."""
+    net = Net(seed=7)
+    a = net.source((batch, 2, 9, 8), "a")
+    b = net.input((batch, 3, 9, 8), "b")
+    c = net.source((batch, 1, 9, 8), "c")
+    y = net.conv([a, b, c], 4, k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])
+    check_training(net.output(y), expect_c=[y])
+    net2 = Net(seed=8)
+    a = net2.source((batch, 2, 3, 3), "a")
+    b = net2.source((batch, 3, 3, 3), "b")
+    y2 = net2.conv([a, b], 6, k=(3, 3))   # fc mode with a gathered input
+    check_training(net2.output(y2), expect_c=[y2])
+
+
+# -- Fc ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch,bias,act", [(1, True, "relu"), (3, False, "none"), (7, True, "tanh"),
+                                            (33, True, "leaky_clip"), (64, False, "relu")])
+def test_fc(batch, bias, act):
+    net = Net(seed=batch)
+    x = net.source((batch, 5, 3, 2))
+    params = {"weights": _normal(net.rng, (37, 30), 0.2)}
+    if bias:
+        params["biases"] = _normal(net.rng, (37,))
+    y = net.op("Fc", [x], {"activation": ACTIVATIONS[act]}, params)
+    check_training(net.output(y), expect_c=[y])
+
+
+def test_fc_several_inputs():
+    net = Net(seed=9)
+    a = net.source((3, 2, 2, 2), "a")
+    b = net.source((3, 5, 1, 1), "b")
+    y = net.op("Fc", [a, b], {"activation": ACTIVATIONS["relu"]},
+               {"weights": _normal(net.rng, (11, 13), 0.3), "biases": _normal(net.rng, (11,))})
+    check_training(net.output(y), expect_c=[y])
+
+
+# -- Pool --------------------------------------------------------------------------------------------
+POOL_CASES = {
+    "max_2x2": ("Max", (2, 2), (2, 2), (0, 0), (2, 3, 8, 10)),
+    "max_3x3_s2_pad": ("Max", (3, 3), (2, 2), (1, 1), (2, 2, 9, 7)),
+    "max_overlap": ("Max", (3, 2), (1, 1), (0, 0), (1, 3, 6, 7)),
+    "max_big_pad": ("Max", (2, 2), (2, 2), (2, 1), (2, 2, 5, 6)),
+    "avg_2x2": ("Average", (2, 2), (2, 2), (0, 0), (3, 2, 6, 6)),
+    "avg_3x3_pad": ("Average", (3, 3), (1, 2), (1, 1), (2, 3, 7, 8)),
+    "max_ragged": ("Max", (2, 2), (2, 2), (0, 0), (2, 2, 7, 9)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POOL_CASES))
+def test_pool(case):
+    pooling, pool, stride, pad, shape = POOL_CASES[case]
+    net = Net(seed=len(case))
+    y = net.op("Pool", [net.source(shape)], {"pooling": pooling, "pool": pool, "stride": stride, "padding": pad,
+                                              "mapping": None, "activation": ACTIVATIONS["relu"]})
+    check_training(net.output(y), expect_c=[y])
+
+
+@pytest.mark.parametrize("pooling", ["Max", "Average"])
+def test_pool_mapping(pooling):
+    net = Net(seed=12)
+    mapping = _rng(4).random((4, 6)) < 0.5
+    mapping[:, 2] = False
+    mapping[0, 0] = True
+    y = net.op("Pool", [net.source((2, 4, 6, 6))], {"pooling": pooling, "pool": (2, 2), "stride": (2, 2),
+                                                     "padding": (1, 0), "mapping": mapping})
+    check_training(net.output(y), expect_c=[y])
+
+
+# -- element-wise ops ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_activation(act):
+    if act == "none":
+        pytest.skip("identity activation: covered by Reshape")
+    net = Net(seed=13)
+    y = net.op("Activation", [net.source((2, 3, 5, 4))], {"activation": ACTIVATIONS[act]})
+    check_training(net.output(y), expect_c=[y])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_activation_several_inputs(batch):
+    net = Net(seed=14)
+    a, b = net.source((batch, 2, 3, 3), "a"), net.source((batch, 3, 3, 3), "b")
+    y = net.op("Activation", [a, b], {"activation": ACTIVATIONS["tanh"]})
+    check_training(net.output(y), expect_c=[y])
+
+
+def test_dropout_training_and_inference():
+    net = Net(seed=15)
+    y = net.op("Dropout", [net.source((4, 3, 5, 5))], {"dropout": 0.4, "activation": ACTIVATIONS["relu"]})
+    p = check_training(net.output(y), expect_c=[y])
+    mask = [a for k, a in p._aux.items() if k.endswith(".mask")][0]
+    assert 0.3 < 1 - mask.mean() < 0.5
+    check_inference(net, expect_c=[y])
+
+
+def test_reshape_and_concat():
+    for batch in (1, 3):
+        net = Net(seed=16)
+        a, b = net.source((batch, 2, 3, 4), "a"), net.source((batch, 3, 3, 4), "b")
+        cat = net.op("Concat", [a, b])
+        r = net.op("Reshape", [cat], {"shape": (5, 12, 1), "activation": ACTIVATIONS["softplus"]})
+        y = net.conv(r, 2, k=(1, 1))
+        check_training(net.output(y), expect_c=[cat, r])
+        p = check_inference(net, expect_c=[cat, r])
+        if batch == 1:
+            assert p.plan.concat_aliased[cat] == [True, True]   # the producers wrote in place
+
+
+@pytest.mark.parametrize("with_loss,group", [(True, 0), (False, 0), (False, 2)])
+def test_softmax(with_loss, group):
+    net = Net(seed=17)
+    y = net.op("Softmax", [net.source((3, 6, 2, 3))], {"with_loss": with_loss, "group_size": group})
+    check_training(net.output(y), expect_c=[y])
+
+
+@pytest.mark.parametrize("momentum,act", [(0.1, "relu"), (0.0, "none"), (0.3, "tanh")])
+def test_batchnorm(momentum, act):
+    net = Net(seed=18)
+    x = net.source((4, 3, 5, 6))
+    params = {"scales": 1 + _normal(net.rng, (3,), 0.2), "biases": _normal(net.rng, (3,)),
+              "means": _normal(net.rng, (3,), 0.1), "variances": 1 + net.rng.random(3).astype(np.float32)}
+    y = net.op("BatchNorm", [x], {"epsilon": 1e-5, "momentum": momentum, "unbiased": momentum == 0.3,
+                                  "activation": ACTIVATIONS[act]}, params)
+    net.output(y)
+    before = {k: v.array.copy() for k, v in net.g.params.items()}
+    tg, seeds = _training_outputs(net)
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    after_numpy = {k: v.array.copy() for k, v in net.g.params.items()}
+    for k, v in before.items():
+        net.g.params[k].array[...] = v
+    out, p = run_c_training(tg, net.feeds, seeds)
+    assert p.where[y] == "c" and p.where[f"grad:{y}"] == "c"
+    for t, value in ref.items():
+        assert rel_err(out[t], value) < 1e-5, t
+    for k, v in after_numpy.items():   # moving statistics
+        assert rel_err(net.g.params[k].array, v) < 1e-5, k
+    check_inference(net, expect_c=[y])
+
+
+ELEMWISE_CASES = {
+    "sum_scalar": ("Sum", [1.0, -0.5, 2.0], [0.0, 0.25, -1.0]),
+    "sum_per_channel": ("Sum", [[1.0, 2.0, -1.0, 0.5], 0.5, [1.5]], [0.0, [0.1, 0.2, 0.3, 0.4], 0.0]),
+    "abssum": ("AbsSum", [1.0, [0.5, -1.0, 2.0, 1.0], 3.0], [0.0, 0.0, 0.0]),
+    "euclidean": ("EuclideanSum", [1.0, [0.5, -1.0, 2.0, 1.0], 0.7], [0.0, 0.3, [0.0, 0.1, 0.0, 0.2]]),
+    "prod": ("Prod", [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]),
+    "max": ("Max", [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ELEMWISE_CASES))
+def test_elemwise(case):
+    op, weights, shifts = ELEMWISE_CASES[case]
+    net = Net(seed=19)
+    xs = [net.source((2, 4, 3, 5), name) for name in "abc"]
+    y = net.op("ElemWise", xs, {"operation": op, "weights": weights, "shifts": shifts,
+                                "activation": ACTIVATIONS["leaky_clip"] if op == "Sum" else None})
+    check_training(net.output(y), expect_c=[y])
+
+
+def test_elemwise_and_addn_on_a_residual():
+    """A tensor read twice gets the sum of its gradients (AddN); ElemWise on two outputs."""
+    net = Net(seed=20)
+    x = net.source((2, 3, 6, 6))
+    a = net.conv(x, 3, k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])
+    y = net.op("ElemWise", [a, x], {"operation": "Sum", "weights": [1.0, 1.0], "shifts": [0.0, 0.0],
+                                    "activation": ACTIVATIONS["relu"]})
+    p = check_training(net.output(y), expect_c=[a, y])
+    addn = [n for n in p.graph.nodes() if p.graph.op(n) == "AddN"]
+    assert addn and all(p.where[n] == "c" for n in addn)
+
+
+@pytest.mark.parametrize("top,bot,left,right", [(1, 2, 0, 3), (-1, 1, 2, -2)])
+def test_padding(top, bot, left, right):
+    net = Net(seed=21)
+    y = net.op("Padding", [net.source((2, 3, 5, 6))], {"top": top, "bot": bot, "left": left, "right": right})
+    check_training(net.output(y), expect_c=[y])
+
+
+@pytest.mark.parametrize("perm", [(1, 0, 2, 3), (2, 0, 1, 3), (0, 2, 1, 3)])
+def test_transpose(perm):
+    net = Net(seed=22)
+    y = net.op("Transpose", [net.source((2, 3, 4, 5))], {"perm": perm})
+    check_training(net.output(y), expect_c=[y])
+
+
+@pytest.mark.parametrize("mode,align,size", [("Bilinear", False, (7, 10)), ("BilinearTF", True, (9, 4)),
+                                             ("BilinearTF", False, (5, 9)), ("NearestNeighbor", False, (8, 3))])
+def test_resize(mode, align, size):
+    net = Net(seed=23)
+    y = net.op("Resize", [net.source((2, 3, 4, 6))], {"height": size[0], "width": size[1], "mode": mode,
+                                                       "align_corners": align})
+    check_training(net.output(y), expect_c=[y])
+
+
+@pytest.mark.parametrize("clipped", [False, True])
+def test_scaling_floating_point(clipped):
+    from n2d2.scaling import FloatingPointScaling
+
+    scaling = FloatingPointScaling([0.5, -1.5, 2.0], is_clipped=clipped, clipping=[0.8, 1.2, 0.3] if clipped else None)
+    net = Net(seed=24)
+    y = net.op("Scaling", [net.source((2, 3, 4, 4))], {"scaling": scaling})
+    check_training(net.output(y), expect_c=[y])
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_epilogue(batch):
+    net = Net(seed=25)
+    x0, x1, x2 = (net.source((batch, 3, 4, 5), n) for n in "abc")
+    steps = (("scale", (0.5, 2.0, -1.0)), ("bias", 0.25), ("activation", ACTIVATIONS["tanh"]),
+             ("add", 1, 1.0, 0.0), ("add", 2, (0.5, 1.0, 1.5), (0.1, 0.0, -0.1)), ("scale", 1.5),
+             ("add", 1, -0.5, 0.0), ("activation", ACTIVATIONS["relu"]))
+    y = net.op("Epilogue", [x0, x1, x2], {"steps": steps, "activation": None})
+    check_training(net.output(y), expect_c=[y])
+
+
+def test_fallback_nodes_run_on_numpy_between_c_kernels():
+    """Ops without a C kernel (Identity, fixed-point Scaling) run on the reference over the arena."""
+    from n2d2.scaling import FixedPointScaling
+
+    net = Net(seed=26)
+    a = net.conv(net.source((2, 3, 8, 8)), 4, k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])
+    i = net.op("Identity", [a])
+    s = net.op("Scaling", [i], {"scaling": FixedPointScaling(4, [3, 5, 7, 9])})
+    p = net.op("Pool", [s], {"pooling": "Max", "pool": (2, 2), "stride": (2, 2), "padding": (0, 0), "mapping": None})
+    t = net.op("Transpose", [p], {"perm": (1, 0, 2, 3)})
+    y = net.op("Fc", [t], {"activation": None}, {"weights": _normal(net.rng, (5, 64), 0.1)})
+    net.output(y)
+    prog = check_training(net, expect_c=[a, p, t, y])
+    assert prog.where[i] == "numpy" and prog.where[s] == "numpy"
+    assert prog.where[f"grad:{i}"] == "numpy" and prog.where[f"grad:{s}"] == "numpy"
+    check_inference(net)
+
+
+# -- program behaviour ------------------------------------------------------------------------------
+def _tiny_net(seed=27):
+    net = Net(seed=seed)
+    y = net.conv(net.input((1, 2, 6, 6)), 3, k=(3, 3), activation=ACTIVATIONS["relu"])
+    return net.output(y)
+
+
+def test_compile_cache_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("N2D2_CACHE", str(tmp_path / "cache"))
+    net = _tiny_net()
+    c_backend.CProgram(net.g, [net.g.topological_order()])
+    calls = []
+
+    def no_compiler(cmd, *args, **kwargs):
+        if "--version" not in cmd:
+            calls.append(cmd)
+            raise AssertionError("the compiler ran although the library was cached")
+        return subprocess.CompletedProcess(cmd, 0, stdout="gcc (cached test) 0\n", stderr="")
+
+    real_run = subprocess.run
+    monkeypatch.setattr(compiler.subprocess, "run", lambda cmd, *a, **k: real_run(cmd, *a, **k)
+                        if "--version" in cmd else no_compiler(cmd, *a, **k))
+    p = check_inference(_tiny_net())
+    assert not calls and p.where
+    libs = [f for f in os.listdir(tmp_path / "cache") if f.endswith(".so")]
+    assert len(libs) == 1
+
+
+def test_compiler_error_names_the_generated_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("N2D2_CACHE", str(tmp_path))
+    with pytest.raises(compiler.CompilerError) as info:
+        compiler.build_shared_library("this is not C;\n", name="broken")
+    message = str(info.value)
+    path = [w for w in message.split() if w.endswith(".c:") or w.endswith(".c")][0].rstrip(":")
+    assert os.path.exists(path) and path.startswith(str(tmp_path))
+    assert "broken" in path
+
+
+def test_parameter_pointers_follow_replaced_arrays():
+    net = _tiny_net()
+    p = check_inference(net)
+    pname = [k for k in net.g.params if k.endswith("weights")][0]
+    net.g.params[pname].array = net.g.params[pname].array * 2.0      # a new array, not an in-place edit
+    from n2d2.codegen import numpy_exec
+
+    ref = numpy_exec.run(net.g, net.feeds)[0]
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert rel_err(p.view(net.g.outputs[0]), ref) < 1e-5
+
+
+def test_profile_mode(capsys):
+    net = _tiny_net()
+    p = c_backend.CProgram(net.g, [net.g.topological_order()], profile=True)
+    for _ in range(3):
+        p.feed(net.feeds)
+        p.run_phase(0)
+    prof = p.profile()
+    node = net.g.outputs[0][0]
+    assert prof[node][0] == 3 and prof[node][1] > 0
+    p.print_profile()
+    assert node in capsys.readouterr().out
+
+
+# -- whole networks ---------------------------------------------------------------------------------
+def _lenet():
+    try:
+        from n2d2.models.lenet import LeNetINI
+
+        return LeNetINI()
+    except ImportError:   # models not available: the same architecture by hand
+        from n2d2.activation import Linear, Rectifier
+        from n2d2.cells import Conv, Dropout, Fc, Pool2d, Sequence
+        from n2d2.filler import He
+
+        table = np.array([[1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 1],
+                          [1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1],
+                          [1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 1, 1, 1],
+                          [0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 1, 0, 1, 1],
+                          [0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1],
+                          [0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 1, 1]], dtype=bool)
+        return Sequence([
+            Conv(1, 6, [5, 5], activation=Rectifier(), no_bias=True, weights_filler=He()),
+            Pool2d([2, 2], stride_dims=[2, 2], pooling="Max"),
+            Conv(6, 16, [5, 5], activation=Rectifier(), no_bias=True, weights_filler=He(),
+                 mapping=n2d2.Tensor.from_numpy(table)),
+            Pool2d([2, 2], stride_dims=[2, 2], pooling="Max"),
+            Conv(16, 120, [5, 5], activation=Rectifier(), no_bias=True, weights_filler=He()),
+            Fc(120, 84, activation=Rectifier(), no_bias=True, weights_filler=He()),
+            Dropout(dropout=0.5),
+            Fc(84, 10, activation=Linear(), no_bias=True)])
+
+
+def _resnet20():
+    try:
+        from n2d2.models.resnet import ResNet20
+
+        return ResNet20()
+    except ImportError:
+        pytest.skip("n2d2.models.resnet is not available")
+
+
+def _train_three_steps(build, input_shape, nb_classes, solver=None):
+    """Parameters after each of 3 SGD steps, numpy then C, from the same initial weights."""
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.ir.trace import trace
+    from n2d2.solver import SGD
+
+    rng = _rng(30)
+    x = rng.random(input_shape).astype(np.float32)
+    labels = rng.integers(0, nb_classes, input_shape[0])
+    onehot = np.eye(nb_classes, dtype=np.float32)[labels].reshape(input_shape[0], nb_classes, 1, 1)
+    results = {}
+    for backend in ("numpy", "c"):
+        n2d2.global_variables.seed = 2
+        model = Sequence([build(), Softmax(with_loss=True)])
+        if solver is not None:
+            model.set_solver(solver())
+        out = model(n2d2.Tensor(list(input_shape)))
+        graph = trace(out.get_deepnet()).graph
+        tg = build_training_graph(graph)
+        from n2d2.codegen.programs import TrainingProgram
+
+        program = TrainingProgram(tg, backend)
+        if backend == "c":
+            assert all(w == "c" for w in program._c.where.values()), \
+                {k: v for k, v in program._c.where.items() if v != "c"}
+        n2d2.global_variables.seed = 9
+        steps = []
+        for _ in range(3):
+            y = program.forward({tg.graph.inputs[0]: x})[0]
+            program.backward({graph.outputs[0]: y - onehot})
+            program.update()
+            # cells get fresh names per build: parameters are matched by their order
+            steps.append({i: (k, p.array.copy()) for i, (k, p) in enumerate(tg.graph.params.items())})
+        results[backend] = steps
+    for step, (ref, got) in enumerate(zip(results["numpy"], results["c"])):
+        for i, (name, value) in ref.items():
+            err = rel_err(got[i][1], value)
+            assert err < 1e-4, f"step {step + 1}, {name}: relative error {err:.2e}"
+    return results
+
+
+def test_lenet_training_matches_numpy():
+    _train_three_steps(_lenet, (8, 1, 32, 32), 10)
+
+
+def test_resnet20_training_matches_numpy():
+    from n2d2.solver import SGD
+
+    _train_three_steps(_resnet20, (2, 3, 32, 32), 10, solver=lambda: SGD(learning_rate=0.05, momentum=0.9))
