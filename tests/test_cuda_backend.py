@@ -584,17 +584,13 @@ def test_gpu_deepnet_cell_trains_on_the_cuda_backend():
         n2d2.global_variables.default_model = "Frame_CUDA"
         for backend in ("cuda", "numpy"):
             n2d2.global_variables.seed = 11
-            db = n2d2.database.Database()
-            provider = n2d2.provider.TensorPlaceholder if False else None  # noqa: F841
             net = Sequence([LeNetINI(mapping=False, name="LeNet"), Softmax(with_loss=True)])
             net.set_solver(SGD(learning_rate=0.05, momentum=0.9))
-            tr = traced(net, (8, 1, 32, 32))
-            from n2d2.ir.autodiff import build_training_graph as btg
             from n2d2.codegen.programs import TrainingProgram, select_backend
 
             if backend == "cuda":
                 assert select_backend() == "cuda"
-            prog = TrainingProgram(btg(tr), backend)
+            prog = TrainingProgram(build_training_graph(traced(net, (8, 1, 32, 32))), backend)
             x = cp.asarray(np.random.default_rng(0).standard_normal((8, 1, 32, 32)).astype(np.float32))
             seq = []
             for step in range(2):
@@ -608,3 +604,10 @@ def test_gpu_deepnet_cell_trains_on_the_cuda_backend():
         n2d2.global_variables.default_model = old
     for a, b in zip(results["cuda"], results["numpy"]):
         assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("tiles", [(128, 128), (64, 32), (32, 64), (16, 16)])
+def test_emulated_gemm_tile_shapes(tiles, monkeypatch):
+    """Every tile shape (float4 and scalar thread tiles, k-fast and n-fast loads) on the conv zoo."""
+    monkeypatch.setattr(cuda_backend, "FORCE_TILES", tiles)
+    run_training(conv_graph(), EMU, steps=1)

@@ -57,6 +57,7 @@ SMS = 132                 # streaming multiprocessors of an H100 / H200: how man
 NVRTC_OPTIONS = ("-std=c++17",)
 _ALIGN = 256
 _HYPER_FLOATS = 12        # solver coefficients per fused update
+FORCE_TILES = None        # (BM, BN) for every gemm (tests); None: chosen per problem
 _FUSED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation", "Softplus")
 
 
@@ -267,6 +268,8 @@ def _gemm(macro, m, n, k, groups=1, split=False, a_kfast=True, b_kfast=False):
             bm //= 2
         else:
             bn //= 2
+    if FORCE_TILES is not None:    # tests: every tile shape on small problems
+        bm, bn = FORCE_TILES
     bk = 16
     splits = 1
     if split and blocks(bm, bn) < 2 * SMS and k >= 512:

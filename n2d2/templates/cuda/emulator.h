@@ -24,6 +24,8 @@ static n2d2_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __restrict__ __restrict
 #define __launch_bounds__(n)
 #define __constant__
+#define __align__(n) __attribute__((aligned(n)))
+struct alignas(16) float4 { float x, y, z, w; };
 
 typedef void (*n2d2_kernel_fn)(unsigned char *, float *const *);
 struct n2d2_fiber { ucontext_t ctx; int state; unsigned tx, ty, tz; };
