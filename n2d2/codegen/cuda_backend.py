@@ -263,7 +263,10 @@ def _gemm(macro, m, n, k, groups=1, split=False, a_kfast=True, b_kfast=False):
     def blocks(bm_, bn_):
         return _ceil(m, bm_) * _ceil(n, bn_) * groups
 
-    while blocks(bm, bn) < 2 * SMS and max(bm, bn) > 32:
+    # A small output with a long K (weight gradients): keep big tiles (4-wide thread sub-tiles,
+    # float4 reads) and fill the GPU with K splits; otherwise smaller tiles make more blocks.
+    long_k = split and k >= 512 and blocks(bm, bn) < 2 * SMS
+    while not long_k and blocks(bm, bn) < 2 * SMS and max(bm, bn) > 32:
         if bm >= bn:
             bm //= 2
         else:
@@ -272,7 +275,7 @@ def _gemm(macro, m, n, k, groups=1, split=False, a_kfast=True, b_kfast=False):
         bm, bn = FORCE_TILES
     bk = 16
     splits = 1
-    if split and blocks(bm, bn) < 2 * SMS and k >= 512:
+    if long_k:
         splits = max(1, min(_ceil(2 * SMS, blocks(bm, bn)), k // 256))
     kchunk = _ceil(_ceil(k, splits), bk) * bk
     splits = _ceil(k, kchunk)
