@@ -12,7 +12,7 @@ One self-contained script for a lent GPU: it installs nothing and uses the repos
    cuDNN benchmark mode), timed with CUDA events after warm-up; medians of per-step times.
    Goals: >= 5x PyTorch for LeNet b128, >= 1.0x for ResNet-20 b1024.
 
-    python bench/bench_cuda.py [--steps 30] [--warmup 5] [--only lenet,resnet20] [--json out.json]
+    python bench/bench_cuda.py [--steps 30] [--warmup 5] [--only lenet,resnet20] [--profile] [--json out.json]
     python bench/bench_cuda.py --dry-run      # no GPU needed: graphs, sources, nvcc compile
 
 `--dry-run` does the CPU-side work only: builds the training graphs at the benchmark batch sizes,
@@ -45,6 +45,7 @@ def parse(argv=None):
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--only", default="lenet,resnet20")
     ap.add_argument("--no-check", action="store_true", help="skip the checks against numpy")
+    ap.add_argument("--profile", action="store_true", help="also time every node alone (slowest first)")
     ap.add_argument("--json", default=None)
     return ap.parse_args(argv)
 
@@ -298,6 +299,21 @@ def torch_step(name, batch):
     return step
 
 
+def profile(prog, batch, top=12):
+    """Per-node device time of each phase (every kernel launched alone), slowest first."""
+    out = {}
+    for index, phase in enumerate(("forward", "backward", "update")):
+        times = prog.profile_phase(index, batch)
+        total = sum(ms for ms, _ in times.values())
+        rows = sorted(times.items(), key=lambda kv: -kv[1][0])
+        out[phase] = {node: round(ms, 4) for node, (ms, _) in rows}
+        print(f"  {phase}: {total:.3f} ms in {sum(c for _, c in times.values())} launches; slowest:", flush=True)
+        for node, (ms, count) in rows[:top]:
+            print(f"    {ms:8.4f} ms {100 * ms / max(total, 1e-9):5.1f}%  {count:2d}x  {node} "
+                  f"({prog.graph.op(node)})", flush=True)
+    return out
+
+
 def machine():
     info = {"python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
@@ -342,6 +358,8 @@ def main(argv=None):
             goal = 5.0 if name == "lenet" else 1.0
             result[name] = {"batch": batch, "n2d2_ms": ours, "torch_ms": theirs, "speedup": ratio, "goal": goal,
                             "kernels": len(prog.kernels), "build_s": build}
+            if args.profile:
+                result[name]["profile"] = profile(prog, batch)
             print(f"{name} b{batch}: n2d2 {ours[0]:.3f} ms/step ({batch / ours[0] * 1e3:,.0f} img/s), "
                   f"torch eager {theirs[0]:.3f} ms/step ({batch / theirs[0] * 1e3:,.0f} img/s): "
                   f"{ratio:.2f}x (goal >= {goal}x) [{len(prog.kernels)} kernels, built in {build:.1f} s]",

@@ -8,8 +8,6 @@ the fused SGD updates. Whole LeNet and ResNet-20 training graphs render and comp
 the same comparisons on the device, LeNet / ResNet-20 training steps, CUDA-graph replay equal to
 eager launches, and DeepNetCell on the "cuda" backend.
 """
-import copy
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +17,10 @@ import numpy as np
 import pytest
 
 import n2d2
+import n2d2.ir.epilogue  # noqa: F401 (registers the Epilogue op)
 from n2d2.codegen import cuda_backend
 from n2d2.codegen.cuda_backend import CudaProgram, HostEmulator, compile_check
 from n2d2.codegen.numpy_exec import Session
-import n2d2.ir.epilogue  # noqa: F401 (registers the Epilogue op)
 from n2d2.ir.autodiff import build_training_graph
 from n2d2.ir.graph import Graph, Param
 from n2d2.ir.ops import activation_spec
@@ -440,6 +438,7 @@ def test_emulated_adam_and_unsupported_ops_run_on_the_numpy_fallback():
 
 
 def test_emulated_runs_are_deterministic():
+    other = inference_program(conv_graph(), EMU)     # a second program (library) on the same emulator
     g = bn_graph()
     tg = build_training_graph(g)
     prog = CudaProgram(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) + tg.backward_nodes,
@@ -450,6 +449,7 @@ def test_emulated_runs_are_deterministic():
         prog.feed(feeds)
         prog.run_phase(0, 3)
         outs.append(prog.view(g.outputs[0]).copy())
+        other.run_phase(0)
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
@@ -457,9 +457,8 @@ def test_the_emulator_reports_writes_outside_the_arena():
     g = bn_graph()
     prog = inference_program(g, HostEmulator())
     prog.feed(feeds_for(g, np.random.default_rng(0)))
-    prog._arena[:] = 0
-    start, end = prog.device._span
-    prog.device._raw[end + 10] = 0                     # a kernel scribbled past the end
+    raw, start, end = prog.device._guards[prog._arena.ctypes.data]
+    raw[end + 10] = 0                                  # as if a kernel scribbled past the end
     with pytest.raises(RuntimeError, match="outside the arena"):
         prog.run_phase(0)
 
@@ -611,3 +610,14 @@ def test_emulated_gemm_tile_shapes(tiles, monkeypatch):
     """Every tile shape (float4 and scalar thread tiles, k-fast and n-fast loads) on the conv zoo."""
     monkeypatch.setattr(cuda_backend, "FORCE_TILES", tiles)
     run_training(conv_graph(), EMU, steps=1)
+
+
+def test_profile_phase_times_every_node():
+    g = bn_graph()
+    tg = build_training_graph(g)
+    prog = CudaProgram(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) + tg.backward_nodes,
+                                  tg.update_nodes], training=True, device=EMU)
+    prog.feed(feeds_for(g, np.random.default_rng(0)))
+    times = prog.profile_phase(0, 3)
+    assert set(times) == {n for n in tg.forward_nodes if tg.graph.op(n) != "Input"}
+    assert times["n1"][1] == 3 and all(ms >= 0 for ms, _ in times.values())

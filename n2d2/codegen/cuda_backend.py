@@ -43,7 +43,7 @@ import tempfile
 
 import numpy as np
 
-from n2d2.codegen.c_backend import Buf, _Context, _activation, _activation_ok, _nchw
+from n2d2.codegen.c_backend import Buf, _activation, _activation_ok, _Context, _nchw
 from n2d2.codegen.render import cident, environment, render, template_exists
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
@@ -472,6 +472,15 @@ class CupyDevice:
     def synchronize(self):
         self.cp.cuda.get_current_stream().synchronize()
 
+    def time_ms(self, fn):
+        """Milliseconds that `fn`'s device work takes (CUDA events on the current stream)."""
+        start, end = self.cp.cuda.Event(), self.cp.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return self.cp.cuda.get_elapsed_time(start, end)
+
 
 class HostEmulator:
     """Runs the generated CUDA source on the CPU (tests without a GPU).
@@ -489,8 +498,8 @@ class HostEmulator:
 
     def __init__(self, order="alternate"):
         self.order = self._ORDERS[order]
-        self._libs = {}
-        self._raw = None
+        self._libs = []
+        self._guards = {}           # arena address -> (raw buffer, start, end)
 
     def is_array(self, a) -> bool:
         return isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
@@ -501,12 +510,12 @@ class HostEmulator:
         start = self._GUARD + (-(raw.ctypes.data + self._GUARD) % 64)
         arena = raw[start:start + nbytes]
         arena[...] = 0
-        self._raw, self._span = raw, (start, start + nbytes)
+        self._guards[arena.ctypes.data] = (raw, start, start + nbytes)
         return arena
 
-    def _check_guards(self, name):
-        start, end = self._span
-        if (self._raw[:start] != 0xA5).any() or (self._raw[end:] != 0xA5).any():
+    def _check_guards(self, name, arena):
+        raw, start, end = self._guards[arena.ctypes.data]
+        if (raw[:start] != 0xA5).any() or (raw[end:] != 0xA5).any():
             raise RuntimeError(f"emulated kernel {name} wrote outside the arena")
 
     def view(self, arena, offset, shape, dtype):
@@ -523,22 +532,21 @@ class HostEmulator:
 
     def load(self, source, names):
         lib = _build_emulator(source)
-        self._libs[id(lib)] = lib
-        fn = lib.n2d2_emu_launch
-        fn.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 6 + [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2
-        fn.restype = ctypes.c_int
-        self._launch = fn
-        return {name: (name, ctypes.cast(getattr(lib, name), ctypes.c_void_p).value) for name in names}
+        self._libs.append(lib)
+        launcher = lib.n2d2_emu_launch     # each library schedules its own kernels (its own fibers)
+        launcher.argtypes = [ctypes.c_void_p] + [ctypes.c_int] * 6 + [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2
+        launcher.restype = ctypes.c_int
+        return {name: (name, ctypes.cast(getattr(lib, name), ctypes.c_void_p).value, launcher) for name in names}
 
     def launch(self, fn, grid, block, arena, table, barrier=False):
-        name, address = fn
-        status = self._launch(address, *grid, *block, arena.ctypes.data, table.ctypes.data, int(bool(barrier)),
-                              self.order)
+        name, address, launcher = fn
+        status = launcher(address, *grid, *block, arena.ctypes.data, table.ctypes.data, int(bool(barrier)),
+                          self.order)
         if status:
             why = {1: "out of memory", 2: "a barrier that some threads of a block did not reach",
                    3: "a barrier in a kernel planned without barriers"}.get(status, str(status))
             raise RuntimeError(f"emulated kernel {name}: {why}")
-        self._check_guards(name)
+        self._check_guards(name, arena)
 
     def upload(self, view, host):
         view[...] = host
@@ -554,6 +562,13 @@ class HostEmulator:
 
     def synchronize(self):
         pass
+
+    def time_ms(self, fn):
+        import time
+
+        t = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - t)
 
 
 def _emulator_prelude() -> str:
@@ -956,6 +971,29 @@ class CudaProgram:
 
     def synchronize(self):
         self.device.synchronize()
+
+    def profile_phase(self, index, batch_size=1) -> dict:
+        """Run phase `index` once with every kernel launched and timed alone (no CUDA graph):
+        {node: (milliseconds, kernel launches)}; Python nodes are timed as a whole. The times
+        add launch gaps a replayed graph does not have; use them to rank the nodes."""
+        self._refresh_table()
+        if index == 0 and self._dropout:
+            from n2d2.ops.dropout import dropout_mask
+            from n2d2.settings import global_variables
+
+            for key, shape, rate in self._dropout:
+                self.device.upload(self._aux[key], dropout_mask(global_variables.rng, shape, rate))
+        if any(self.graph.op(n) == "Update" and self.where.get(n) == "cuda" for n in self.phases[index]):
+            self._prepare_updates(batch_size)
+        times = {}
+        for kind, item in self._items[index]:
+            if kind == "py":
+                times[item] = (self.device.time_ms(lambda: self._run_numpy(item, batch_size)), 0)
+                continue
+            for spec in item:
+                ms, count = times.get(spec.node, (0.0, 0))
+                times[spec.node] = (ms + self.device.time_ms(lambda: self._launch(spec)), count + 1)
+        return times
 
     def summary(self) -> str:
         """One line per node: where it runs and its kernels with their launch shapes."""
