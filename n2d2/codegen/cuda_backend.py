@@ -710,6 +710,8 @@ class CudaProgram:
         self._table_arrays = None
         self._table = dev.table([0] * max(1, len(self._table_names)))
         self._items = self._phase_items()
+        self._fused_updates = [any(self.graph.op(n) == "Update" and self.where.get(n) == "cuda" for n in phase)
+                               for phase in self.phases]
         self._graphs = {}
         self._runs = {}
         self.saved = {}
@@ -900,9 +902,9 @@ class CudaProgram:
         self._refresh_table()   # a momentum buffer may just have been created
         self.device.upload(self._hyper, hyper)
 
-    def run_phase(self, index, batch_size=1, record=None):
-        """Run phase `index`. With `record` (a dict), kernels run eagerly node by node and every
-        node's outputs are copied into record[node] right after it ran (for tests)."""
+    def _prepare_phase(self, index, batch_size):
+        """Host work before a phase: the parameter table, dropout masks (forward), solver
+        coefficients (when the phase has fused updates)."""
         self._refresh_table()
         if index == 0 and self._dropout:
             from n2d2.ops.dropout import dropout_mask
@@ -910,8 +912,13 @@ class CudaProgram:
 
             for key, shape, rate in self._dropout:
                 self.device.upload(self._aux[key], dropout_mask(global_variables.rng, shape, rate))
-        if any(self.graph.op(n) == "Update" and self.where.get(n) == "cuda" for n in self.phases[index]):
+        if self._fused_updates[index]:
             self._prepare_updates(batch_size)
+
+    def run_phase(self, index, batch_size=1, record=None):
+        """Run phase `index`. With `record` (a dict), kernels run eagerly node by node and every
+        node's outputs are copied into record[node] right after it ran (for tests)."""
+        self._prepare_phase(index, batch_size)
         for k, (kind, item) in enumerate(self._items[index]):
             if kind == "py":
                 self._run_numpy(item, batch_size)
@@ -976,15 +983,7 @@ class CudaProgram:
         """Run phase `index` once with every kernel launched and timed alone (no CUDA graph):
         {node: (milliseconds, kernel launches)}; Python nodes are timed as a whole. The times
         add launch gaps a replayed graph does not have; use them to rank the nodes."""
-        self._refresh_table()
-        if index == 0 and self._dropout:
-            from n2d2.ops.dropout import dropout_mask
-            from n2d2.settings import global_variables
-
-            for key, shape, rate in self._dropout:
-                self.device.upload(self._aux[key], dropout_mask(global_variables.rng, shape, rate))
-        if any(self.graph.op(n) == "Update" and self.where.get(n) == "cuda" for n in self.phases[index]):
-            self._prepare_updates(batch_size)
+        self._prepare_phase(index, batch_size)
         times = {}
         for kind, item in self._items[index]:
             if kind == "py":
