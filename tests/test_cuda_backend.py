@@ -482,11 +482,11 @@ def test_cuda_backend_refuses_without_a_device():
         select_backend("cuda")
     old = n2d2.global_variables.default_model
     try:
-        n2d2.global_variables._default_model = "Frame_CUDA"
+        n2d2.global_variables.default_model = "Frame_CUDA"
         with pytest.raises(RuntimeError, match="Frame_CUDA"):
             select_backend()
     finally:
-        n2d2.global_variables._default_model = old
+        n2d2.global_variables.default_model = old
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         CudaProgram(bn_graph(), [["x"]])
 
@@ -570,11 +570,13 @@ def test_gpu_graph_replay_equals_eager_launches(name):
 
 
 @requires_cuda
-def test_gpu_deepnet_cell_trains_on_the_cuda_backend():
-    """DeepNetCell with Frame_CUDA cells picks the cuda backend; its steps match the numpy backend."""
+def test_gpu_training_program_of_frame_cuda_cells_uses_the_cuda_backend():
+    """The training program DeepNetCell runs: Frame_CUDA cells select the cuda backend, whose steps
+    match the numpy backend's on the same (CuPy) parameters."""
     import cupy as cp
 
     from n2d2.cells import Sequence, Softmax
+    from n2d2.codegen.programs import TrainingProgram, select_backend
     from n2d2.models import LeNetINI
 
     old = n2d2.global_variables.default_model
@@ -585,8 +587,6 @@ def test_gpu_deepnet_cell_trains_on_the_cuda_backend():
             n2d2.global_variables.seed = 11
             net = Sequence([LeNetINI(mapping=False, name="LeNet"), Softmax(with_loss=True)])
             net.set_solver(SGD(learning_rate=0.05, momentum=0.9))
-            from n2d2.codegen.programs import TrainingProgram, select_backend
-
             if backend == "cuda":
                 assert select_backend() == "cuda"
             prog = TrainingProgram(build_training_graph(traced(net, (8, 1, 32, 32))), backend)
