@@ -101,8 +101,10 @@ def test_run_learns_validates_tests_and_logs(tmp_path, capsys):
     assert (out / "stats" / "stats.dat").is_file()
     assert (out / "weights_init" / "conv1_weights.syntxt").is_file()
     assert (out / "weights_validation" / "fc_weights.syntxt").is_file()
-    # the weights kept are the best validation's: re-importing them changes nothing
     dn = result["deepnet"]
+    matrix = dn.get_target().get_confusion_matrix("Test")
+    assert matrix.sum() == 12 and result["test"] == np.trace(matrix) / 12  # exact, not a mean of batches
+    # the weights kept are the best validation's: re-importing them changes nothing
     before = dn["fc"]._weights.copy()
     dn.import_free_parameters(str(out / "weights_validation"))
     assert np.allclose(before, dn["fc"]._weights, atol=1e-6)
@@ -174,8 +176,10 @@ def test_command_line(tmp_path, module):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isfile(LENET), reason="shared INI models not available")
 def test_lenet_ini_reaches_99_percent(tmp_path, request):
-    """Full LeNet.ini training (10 epochs of the 48000 learning stimuli, validation each epoch):
-    at least 99.0 % on the MNIST test set. Long: runs with `-m slow` (or N2D2_SLOW_TESTS=1)."""
+    """LeNet.ini trained for 10 epochs of its 48000 learning stimuli (validation each epoch, best
+    weights kept): at least 99.0 % on the MNIST test set (measured: 99.09 %, 33 min on two shared
+    cores with the numpy backend; the INI's own command, -learn 6000000, runs 125 epochs).
+    Long: runs with `-m slow` (or N2D2_SLOW_TESTS=1)."""
     if "slow" not in (request.config.getoption("markexpr") or "") and not os.environ.get("N2D2_SLOW_TESTS"):
         pytest.skip("slow end-to-end training: select it with -m slow")
     start = time.perf_counter()
