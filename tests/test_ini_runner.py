@@ -183,6 +183,7 @@ def test_lenet_ini_reaches_99_percent(tmp_path, request):
     if "slow" not in (request.config.getoption("markexpr") or "") and not os.environ.get("N2D2_SLOW_TESTS"):
         pytest.skip("slow end-to-end training: select it with -m slow")
     start = time.perf_counter()
-    result = runner.run(LENET, learn=480000, log=48000, test=True, output=str(tmp_path / "lenet"), seed=1)
+    result = runner.run(LENET, learn=480000, log=48000, test=True, output=str(tmp_path / "lenet"), seed=1,
+                        backend="numpy")
     print(f"LeNet.ini: {100 * result['test']:.2f} % in {time.perf_counter() - start:.0f} s")
     assert result["test"] >= 0.99
