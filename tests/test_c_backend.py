@@ -608,3 +608,47 @@ def test_resnet20_training_matches_numpy():
     from n2d2.solver import SGD
 
     _train_three_steps(_resnet20, (2, 3, 32, 32), 10, solver=lambda: SGD(learning_rate=0.05, momentum=0.9))
+
+
+# -- Deconv --------------------------------------------------------------------------------------------
+DECONV_CASES = {
+    "3x3_s2_pad_bias_relu": ((2, 4, 5, 6), 3, dict(k=(3, 3), stride=(2, 2), padding=(1, 1),
+                                                   activation=ACTIVATIONS["relu"])),
+    "4x4_s2_nobias": ((3, 2, 4, 4), 5, dict(k=(4, 4), stride=(2, 2), bias=False)),
+    "dilation_nonsquare": ((2, 3, 5, 4), 2, dict(k=(3, 2), stride=(1, 2), dilation=(2, 1), padding=(1, 0))),
+    "groups": ((2, 4, 4, 5), 6, dict(k=(3, 3), groups=2, padding=(1, 1), activation=ACTIVATIONS["tanh"])),
+    "batch1": ((1, 3, 6, 6), 4, dict(k=(2, 2), stride=(2, 2))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DECONV_CASES))
+def test_deconv(case):
+    from n2d2.ir import ops as op_registry
+
+    if "Deconv" not in op_registry.names():
+        pytest.skip("no Deconv op definition")
+    shape, o, kw = DECONV_CASES[case]
+    net = Net(seed=sum(map(ord, case)))
+    x = net.source(shape)
+    c, k, groups = shape[1], kw["k"], kw.get("groups", 1)
+    params = {"weights": _normal(net.rng, (c, o // groups) + k, 1.0 / np.sqrt(c * k[0] * k[1]))}
+    if kw.get("bias", True):
+        params["biases"] = _normal(net.rng, (o,), 0.5)
+    attrs = {"stride": kw.get("stride", (1, 1)), "padding": kw.get("padding", (0, 0)),
+             "dilation": kw.get("dilation", (1, 1)), "groups": groups, "mapping": None,
+             "activation": kw.get("activation")}
+    y = net.op("Deconv", [x], attrs, params)
+    check_training(net.output(y), expect_c=[y])
+
+
+def test_deconv_mapping():
+    from n2d2.ir import ops as op_registry
+
+    if "Deconv" not in op_registry.names():
+        pytest.skip("no Deconv op definition")
+    net = Net(seed=31)
+    mapping = _rng(5).random((4, 5)) < 0.5
+    params = {"weights": _normal(net.rng, (4, 5, 3, 3), 0.3), "biases": _normal(net.rng, (5,))}
+    y = net.op("Deconv", [net.source((2, 4, 5, 5))], {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1),
+                                                       "groups": 1, "mapping": mapping, "activation": None}, params)
+    check_training(net.output(y), expect_c=[y])

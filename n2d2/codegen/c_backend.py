@@ -198,6 +198,7 @@ def _conv_geometry(graph, node, attrs, ins, outs):
     if groups > 1 and groups == c == o:
         g["MODE"] = "direct"
         g["PAR"] = g["PARB"] = n >= 2 and macs >= PARALLEL_MIN_MACS
+        sb.add_private("DUMMY", h * w)
     else:
         g["MODE"] = "image"
         if conn is not None:
@@ -210,6 +211,45 @@ def _conv_geometry(graph, node, attrs, ins, outs):
         sb.add_private("DZB", o * g["CLD"])
         sb.add_private("DWP", 16 * o * kg)
         sb.add_private("DBP", o)
+        sb.add_private("DUMMY", h * w)
+    g["sf"], g["sb"] = sf.layout(), sb.layout()
+    return g
+
+
+def _deconv_geometry(graph, node, attrs, ins, outs):
+    """A transposed convolution as the convolution whose backward-data pass it is (the roles of
+    input and output swapped), in the geometry of `_conv_geometry`'s image mode."""
+    if len(ins) != 1:
+        return None
+    n, c_in, h, w = ins[0]
+    _, c_out, ho, wo = outs[0]
+    wshape = graph.params[graph.node(node).params["weights"]].shape
+    groups = attrs.get("groups", 1)
+    mapping = attrs.get("mapping")
+    (sy, sx), (py, px), (dy, dx) = attrs["stride"], attrs["padding"], attrs["dilation"]
+    if py < 0 or px < 0 or (mapping is not None and groups != 1):
+        return None
+    kh, kw = wshape[2], wshape[3]
+    conn = None if mapping is None else np.asarray(mapping, dtype=bool).T.astype(int).tolist()
+    cg, og = c_out // groups, c_in // groups
+    p = h * w
+    kg = cg * kh * kw
+    macs = n * c_in * p * kg
+    nb = _images_per_block(n, p, kg)
+    nblk = -(-n // nb)
+    g = dict(N=n, C=c_out, H=ho, W=wo, O=c_in, HO=h, WO=w, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
+             G=groups, CG=cg, OG=og, P=p, KG=kg, NB=nb, NBLK=nblk, CLD=_round16(nb * p), conn=conn,
+             inputs=[{"C": c_out, "off": 0}], VALID=(py == 0 and px == 0), MODE="image",
+             PAR=nblk >= 2 and macs >= PARALLEL_MIN_MACS, PARB=nblk >= 2 and 2 * macs >= PARALLEL_MIN_MACS)
+    sf, sb = _Scratch(), _Scratch()
+    for sc in (sf, sb):
+        if conn is not None:
+            sc.add_shared("WM", c_in * kg)
+        sc.add_private("COL", kg * g["CLD"])
+        sc.add_private("XB", c_in * g["CLD"])
+    sb.add_private("YB", og * g["CLD"])
+    sb.add_private("DWP", 16 * c_in * kg)
+    sb.add_private("DBP", c_out)
     g["sf"], g["sb"] = sf.layout(), sb.layout()
     return g
 
@@ -231,6 +271,8 @@ def _geometry(graph, node, training):
             return None
     if op == "Conv":
         return _conv_geometry(graph, node, attrs, ins, outs)
+    if op == "Deconv":
+        return _deconv_geometry(graph, node, attrs, ins, outs)
     if op == "Fc":
         n = ins[0][0]
         inputs, off = [], 0
@@ -369,6 +411,10 @@ class CProgram:
         if self._lib is not None:
             self.nthreads = max(1, int(self._lib.n2d2_max_threads()))
             self._lib.n2d2_set_threads(self.nthreads)
+        fixed = os.environ.get("N2D2_THREADS", "")
+        parallel = "#pragma omp parallel" in self.source
+        self._tuner = _ThreadTuner(self._lib, self.nthreads, len(self.phases),
+                                   int(fixed) if fixed.isdigit() else None) if parallel else None
         slack = 4 * _SLACK_FLOATS
         self._arena = _aligned_zeros(self.plan.arena_bytes + slack)
         scratch_floats = max([_Scratch.floats(s, self.nthreads) for s in self._scratch_layouts] + [16])
@@ -554,6 +600,10 @@ class CProgram:
 
             for key, shape, rate in self._dropout:
                 self._aux[key][...] = dropout_mask(global_variables.rng, shape, rate)
+        tuner = self._tuner
+        if tuner is not None:
+            threads = tuner.begin(index)
+            start = time.perf_counter()
         for kind, item in self._phase_items[index]:
             if kind == "c":
                 item(*args)
@@ -564,6 +614,8 @@ class CProgram:
                 self._py_time[item] = (calls + 1, total + time.perf_counter() - t)
             else:
                 self._run_numpy(item, batch_size)
+        if tuner is not None:
+            tuner.end(index, threads, time.perf_counter() - start)
 
     def _run_numpy(self, node, batch_size):
         gr = self.graph
@@ -610,6 +662,64 @@ class CProgram:
                 lines.append(f"  {node:40s} {self.graph.op(node):10s} {where:6s} {calls:7d} {t / calls:10.1f} "
                              f"{100 * t / total:5.1f}%")
         print("\n".join(lines), file=file)
+
+
+class _ThreadTuner:
+    """Per phase, the thread count (the whole team or one thread) that runs it faster, from
+    measured wall times.
+
+    On a machine shared with other jobs a team of busy-waiting OpenMP threads can be many times
+    slower than one thread (a preempted member holds every barrier); on an idle machine the team
+    is faster. Each phase starts with three timed calls with the team, then three with one
+    thread, keeps the faster (median of the last five calls of each), and re-times the other
+    count every 32 calls, so it follows the machine's load. `N2D2_THREADS=<n>` fixes the count.
+    """
+
+    EXPLORE_EVERY = 32
+
+    def __init__(self, lib, nmax, nphases, fixed=None):
+        from collections import deque
+
+        self.lib = lib
+        self.fixed = fixed
+        self.options = (nmax, 1) if nmax > 1 else (1,)
+        self.samples = [{n: deque(maxlen=5) for n in self.options} for _ in range(nphases)]
+        self.calls = [0] * nphases
+        self.choice = [nmax] * nphases
+        self.current = nmax
+        if fixed is not None:
+            self._set(max(1, min(fixed, nmax)))
+
+    def _set(self, n):
+        if n != self.current:
+            self.lib.n2d2_set_threads(n)
+            self.current = n
+
+    def begin(self, phase) -> int:
+        if self.fixed is not None or len(self.options) == 1:
+            return self.current
+        call = self.calls[phase]
+        self.calls[phase] = call + 1
+        team, one = self.options
+        if call < 4:
+            n = team                       # call 0: warm-up, 1-3: timed with the team
+        elif call < 7:
+            n = one
+        elif call % self.EXPLORE_EVERY == 0:
+            n = one if self.choice[phase] == team else team
+        else:
+            n = self.choice[phase]
+        self._set(n)
+        return n
+
+    def end(self, phase, n, seconds):
+        if self.fixed is not None or len(self.options) == 1 or self.calls[phase] == 1:
+            return
+        samples = self.samples[phase]
+        samples[n].append(seconds)
+        if all(samples[k] for k in self.options):
+            med = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+            self.choice[phase] = min(self.options, key=lambda k: med[k])
 
 
 def _epilogue_steps(steps):

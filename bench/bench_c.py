@@ -1,0 +1,363 @@
+"""The C backend on LeNet (models/LeNet.ini) vs PyTorch CPU eager and onnxruntime.
+
+Training: batch 128, 32x32x1, SGD (lr 0.05, momentum 0.9, weight decay 5e-4, as CPU-ANCHORS.md),
+one step = forward, loss seed (softmax - one-hot), backward, update. n2d2 runs the traced
+network on the C backend (`TrainingProgram(..., "c")`, what `DeepNetCell.fit` runs), conv2 with
+LeNet.ini's 6x16 connection table ("ini") and fully connected ("dense"); PyTorch (eager, same
+process, same architecture with a dense conv2: it has no connection tables) runs
+zero_grad + forward + cross-entropy + backward + step. PyTorch is also run in a subprocess with
+glibc's malloc thresholds fixed (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, see
+CPU-ANCHORS.md: without them torch's large activation buffers may be mmap'ed and page-faulted
+again at every step).
+Inference: batch 1 latency, n2d2's `InferenceProgram.run` (what `DeepNetCell` runs in test mode,
+graph optimised by its passes), PyTorch eager under no_grad, onnxruntime on the PyTorch model
+exported to ONNX (CPUExecutionProvider, ORT_ENABLE_ALL, inter_op 1, intra_op 2 and 1).
+
+Measurements alternate between the contenders, round after round (so that they share the
+machine's load); each round times a batch of calls; the median over rounds is reported with
+the range. Ratios: n2d2 / torch images per second (training) and n2d2 / onnxruntime latency
+(inference). `--write` replaces this benchmark's section of bench/RESULTS.md.
+
+Run from the repository root: `python bench/bench_c.py [--rounds 7] [--write]`.
+"""
+import argparse
+import datetime
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import n2d2  # noqa: E402
+
+BATCH = 128
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+SECTION = "## C backend: LeNet training b128 and inference b1 vs PyTorch and onnxruntime (bench/bench_c.py)"
+
+
+# -- contenders ------------------------------------------------------------------------------------
+def n2d2_training(mapping: bool, batch=BATCH):
+    """A step function of n2d2's C training program for LeNet.ini."""
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.codegen.programs import TrainingProgram
+    from n2d2.ir.autodiff import build_training_graph
+    from n2d2.ir.trace import trace
+    from n2d2.models.lenet import LeNetINI
+    from n2d2.solver import SGD
+
+    n2d2.global_variables.seed = 1
+    net = Sequence([LeNetINI(mapping=mapping), Softmax(with_loss=True)])
+    net.set_solver(SGD(learning_rate=0.05, momentum=0.9, decay=0.0005))
+    graph = trace(net(n2d2.Tensor([batch, 1, 32, 32])).get_deepnet()).graph
+    tg = build_training_graph(graph)
+    program = TrainingProgram(tg, "c")
+    assert all(w == "c" for w in program._c.where.values() if w), program._c.where
+    xs, onehots = _data(batch)
+    x_name, out = tg.graph.inputs[0], graph.outputs[0]
+    state = {"i": 0, "loss": None}
+
+    def step():
+        i = state["i"] = (state["i"] + 1) % len(xs)
+        y = program.forward({x_name: xs[i]})[0]
+        program.backward({out: y - onehots[i]})
+        program.update()
+        state["loss"] = y
+
+    def loss():
+        y = state["loss"].reshape(batch, -1)
+        return float(-np.mean(np.log(np.maximum(y[np.arange(batch), _labels(batch)[state["i"]]], 1e-12))))
+
+    return step, loss
+
+
+def _labels(batch):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 10, batch) for _ in range(8)]
+
+
+def _data(batch):
+    """8 fixed batches: inputs U[0, 1), labels from a fixed random teacher (learnable)."""
+    rng = np.random.default_rng(0)
+    xs = [rng.random((batch, 1, 32, 32), dtype=np.float32) for _ in range(8)]
+    labels = _labels(batch)
+    onehots = [np.eye(10, dtype=np.float32)[lab].reshape(batch, 10, 1, 1) for lab in labels]
+    return xs, onehots
+
+
+def torch_lenet():
+    import torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 6, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 120, 5, bias=False), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(120, 84, bias=False), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(84, 10, bias=False))
+
+
+def torch_training(batch=BATCH):
+    import torch
+
+    model = torch_lenet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    xs, _ = _data(batch)
+    xs = [torch.from_numpy(x) for x in xs]
+    labels = [torch.from_numpy(lab) for lab in _labels(batch)]
+    loss_fn = torch.nn.CrossEntropyLoss()
+    state = {"i": 0, "loss": None}
+
+    def step():
+        i = state["i"] = (state["i"] + 1) % len(xs)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xs[i]), labels[i])
+        loss.backward()
+        opt.step()
+        state["loss"] = loss
+
+    return step, lambda: float(state["loss"])
+
+
+def n2d2_inference():
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.cells.deepnet_cell import DeepNetCell
+    from n2d2.codegen.programs import InferenceProgram
+    from n2d2.ir.trace import trace
+    from n2d2.models.lenet import LeNetINI
+
+    n2d2.global_variables.seed = 1
+    net = Sequence([LeNetINI(), Softmax(with_loss=True)])
+    graph = DeepNetCell._optimize(trace(net(n2d2.Tensor([1, 1, 32, 32])).get_deepnet()).graph)
+    program = InferenceProgram(graph, "c")
+    x = np.random.default_rng(1).random((1, 1, 32, 32), dtype=np.float32)
+    feeds = {graph.inputs[0]: x}
+    return lambda: program.run(feeds)
+
+
+def torch_inference():
+    import torch
+
+    model = torch_lenet().eval()
+    x = torch.rand(1, 1, 32, 32)
+
+    def call():
+        with torch.no_grad():
+            model(x)
+
+    return call
+
+
+def ort_inference(threads):
+    import onnxruntime as ort
+    import torch
+
+    model = torch.nn.Sequential(torch_lenet(), torch.nn.Softmax(dim=1)).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(model, torch.rand(1, 1, 32, 32), buf, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).random((1, 1, 32, 32), dtype=np.float32)
+    return lambda: session.run(None, {"x": x})
+
+
+# -- timing ------------------------------------------------------------------------------------------
+def _time(fn, calls):
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t) / calls
+
+
+def measure(contenders, rounds, target_s):
+    """{name: [seconds per call, one per round]}, contenders interleaved round by round."""
+    calls = {}
+    for name, fn in contenders.items():
+        for _ in range(3):
+            fn()
+        t = _time(fn, 3)
+        calls[name] = max(3, int(target_s / max(t, 1e-7)))
+        for _ in range(calls[name] // 2):   # warm-up
+            fn()
+    out = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            out[name].append(_time(fn, calls[name]))
+    return out
+
+
+def _summary(times):
+    return statistics.median(times), min(times), max(times)
+
+
+def torch_malloc_subprocess(rounds, target_s):
+    """torch training measured in a child process with glibc's malloc thresholds fixed."""
+    env = dict(os.environ, **MALLOC)
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-child", "--rounds", str(rounds),
+           "--target", str(target_s)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"torch child failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# -- report ------------------------------------------------------------------------------------------
+def _machine():
+    import torch
+
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = "not installed"
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from n2d2.codegen import compiler
+
+    cc = compiler.find_compiler()
+    return {
+        "cpu": cpu, "nproc": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+        "numpy": np.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "onnxruntime": ort_version, "compiler": compiler._compiler_version(cc) if cc else "none",
+        "cflags": " ".join(compiler.DEFAULT_CFLAGS), "load": os.getloadavg(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+    }
+
+
+def _git(*args):
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def _row(label, s, unit, batch=None):
+    med, lo, hi = s
+    if unit == "img/s":
+        return f"| {label} | {batch / med:,.0f} | {batch / hi:,.0f}-{batch / lo:,.0f} | {1e3 * med:.2f} ms |"
+    return f"| {label} | {1e6 * med:.1f} us | {1e6 * lo:.1f}-{1e6 * hi:.1f} us | |"
+
+
+def report(machine, train, infer, losses, args):
+    t = {k: _summary(v) for k, v in train.items()}
+    i = {k: _summary(v) for k, v in infer.items()}
+    best_torch = min(t[k][0] for k in t if k.startswith("torch"))
+    lines = [SECTION, ""]
+    lines.append(f"Command: `python bench/bench_c.py --rounds {args.rounds} --target {args.target}` (repository root). "
+                 f"Date: {machine['date']}, commit {machine['commit']}. Machine: {machine['nproc']} vCPUs, "
+                 f"\"{machine['cpu']}\", Linux {machine['kernel']}; load average during the run "
+                 f"{machine['load'][0]:.2f} (1 min) / {machine['load'][1]:.2f} (5 min). Python {machine['python']}, "
+                 f"numpy {machine['numpy']}, torch {machine['torch']} ({machine['torch_threads']} threads), onnxruntime "
+                 f"{machine['onnxruntime']}, {machine['compiler']} (`{machine['cflags']}`), OpenMP with "
+                 f"{os.environ.get('OMP_NUM_THREADS', 'default (2)')} threads.")
+    lines.append("")
+    lines.append(f"Median over {args.rounds} interleaved rounds (range in the next column), wall clock. "
+                 "Model: N2D2's LeNet.ini (conv 5x5 x3 with ReLU, 2x2 max pools, fc 84 + ReLU + dropout 0.5, "
+                 "fc 10, softmax cross-entropy, no biases); torch has a dense conv2.")
+    lines.append("")
+    lines.append("| training, batch 128 | img/s | range | step |")
+    lines.append("|---|---:|---:|---:|")
+    names = {"n2d2_ini": "n2d2 C backend, conv2 with LeNet.ini's table",
+             "n2d2_dense": "n2d2 C backend, dense conv2",
+             "torch": "PyTorch eager (same process)",
+             "torch_malloc": "PyTorch eager, malloc thresholds fixed (subprocess)"}
+    for k in ("n2d2_ini", "n2d2_dense", "torch", "torch_malloc"):
+        if k in t:
+            lines.append(_row(names[k], t[k], "img/s", BATCH))
+    lines.append("")
+    lines.append("| inference, batch 1 | latency | range | |")
+    lines.append("|---|---:|---:|---:|")
+    inames = {"n2d2": "n2d2 C backend (`InferenceProgram.run`)", "torch": "PyTorch eager (no_grad)",
+              "ort2": "onnxruntime, 2 intra-op threads", "ort1": "onnxruntime, 1 intra-op thread"}
+    for k in ("n2d2", "ort2", "ort1", "torch"):
+        if k in i:
+            lines.append(_row(inames[k], i[k], "us"))
+    lines.append("")
+    r_train = best_torch / t["n2d2_ini"][0]
+    r_dense = best_torch / t["n2d2_dense"][0] if "n2d2_dense" in t else float("nan")
+    ort_best = min(i[k][0] for k in i if k.startswith("ort")) if any(k.startswith("ort") for k in i) else float("nan")
+    r_infer = i["n2d2"][0] / ort_best
+    lines.append(f"- Training: n2d2 (LeNet.ini) runs at **{r_train:.2f}x** the images per second of the faster "
+                 f"PyTorch figure (goal >= 1.5x: {'met' if r_train >= 1.5 else 'NOT met'}); with a dense conv2, the "
+                 f"same arithmetic as PyTorch, {r_dense:.2f}x.")
+    lines.append(f"- Inference at batch 1: n2d2's latency is **{r_infer:.2f}x** onnxruntime's best "
+                 f"(goal <= 1.0x: {'met' if r_infer <= 1.0 else 'NOT met'}).")
+    lines.append(f"- Losses after the timed steps (finite, decreasing from ln 10 = 2.30): {losses}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+    old = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    if SECTION in old:
+        start = old.index(SECTION)
+        nxt = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--target", type=float, default=0.5, help="seconds timed per contender and round")
+    ap.add_argument("--write", action="store_true", help="replace this benchmark's section of bench/RESULTS.md")
+    ap.add_argument("--no-malloc-child", action="store_true")
+    ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.torch_child:
+        step, _ = torch_training()
+        print(json.dumps(measure({"torch_malloc": step}, args.rounds, args.target)["torch_malloc"]))
+        return
+    train_steps = {}
+    losses = {}
+    step, loss = n2d2_training(mapping=True)
+    train_steps["n2d2_ini"] = step
+    losses["n2d2_ini"] = loss
+    step, loss = n2d2_training(mapping=False)
+    train_steps["n2d2_dense"] = step
+    losses["n2d2_dense"] = loss
+    step, loss = torch_training()
+    train_steps["torch"] = step
+    losses["torch"] = loss
+    train = measure(train_steps, args.rounds, args.target)
+    if not args.no_malloc_child:
+        train["torch_malloc"] = torch_malloc_subprocess(args.rounds, args.target)
+    infer_calls = {"n2d2": n2d2_inference(), "torch": torch_inference()}
+    try:
+        infer_calls["ort2"] = ort_inference(2)
+        infer_calls["ort1"] = ort_inference(1)
+    except ImportError:
+        pass
+    infer = measure(infer_calls, args.rounds, args.target / 2)
+    loss_values = {k: round(f(), 3) for k, f in losses.items()}
+    text = report(_machine(), train, infer, loss_values, args)
+    print(text)
+    if args.write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()
