@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 
 from n2d2.training import UserError
@@ -67,13 +68,17 @@ def add_train_parser(subparsers):
     from n2d2.cells.deepnet_cell import VALID_METRICS
     from n2d2.training import DATABASES, MODELS
 
-    models = "\n".join(f"  {name:<12} {MODELS[name].description} [{', '.join(MODELS[name].databases)}]"
-                       for name in sorted(MODELS))
+    models = "\n".join(textwrap.fill(f"{name} ({', '.join(MODELS[name].databases)}): {MODELS[name].description}",
+                                      width=100, initial_indent="  ", subsequent_indent="      ")
+                        for name in sorted(MODELS))
+    notes = ("On a busy machine, OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 can make training several times faster "
+             "(threads spinning against other processes).")
     p = subparsers.add_parser(
         "train", help="train a zoo model on a data set and report its test accuracy",
         description="Train a model of n2d2's zoo, validate it each epoch, keep the best weights and report "
                     "the test accuracy. Logs, plots and weights go to the output folder.",
-        epilog="models:\n" + models, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="models:\n" + models + "\n\n" + textwrap.fill(notes, width=100),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="lenet", help="model to train (default: lenet; see the list below)")
     p.add_argument("--database", default="mnist", help=f"data set: {', '.join(sorted(DATABASES))} (default: mnist)")
     p.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default: 10)")
@@ -162,8 +167,8 @@ def train_command(args) -> int:
         raise UserError(f"{db_spec.title} in {data_path} has no test image")
     provider = training.make_provider(database, db_spec, model_spec.input_size, args.batch_size)
     model = model_spec.build(db_spec.nb_classes, counts["Learn"])
-    solver = training.make_solver(model_spec, counts["Learn"], args.batch_size, args.epochs, args.learning_rate,
-                                  args.momentum, args.decay)
+    solver = training.make_solver(model_spec, counts["Learn"], args.epochs, args.learning_rate, args.momentum,
+                                  args.decay)
     if solver is not None:
         model.set_solver(solver)
     network = Sequence([model, Softmax(with_loss=True, name="softmax")], name=model.get_name())

@@ -13,9 +13,10 @@ import n2d2
 from n2d2 import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Two shared cores: OpenBLAS threads spinning against other processes make a run several
+# Two shared cores: BLAS / OpenMP threads spinning against other processes make a run several
 # times slower, so the subprocesses use one.
-ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+           PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 ACCURACY_LINE = re.compile(r"Test accuracy: (\d+\.\d\d) % \((\d+) images\)")
 
 
@@ -61,10 +62,12 @@ def test_small_budget_run_learns_and_writes_its_outputs(tmp_path):
                  "Target/ConfusionMatrix_Test_score.dat", "Target/ConfusionMatrix_Validation.dat",
                  "Target/Success_Validation.dat", "Target/Success_Validation.png", "Target/Loss_Learn.dat",
                  "Target/Loss_Learn.png", "Target/Success_Learn.png", "Target/Success_Test.dat",
-                 "weights_init/conv1_weights.syntxt", "weights_validation/fc2_weights.syntxt"):
+                 "weights/Conv_0_weights.syntxt", "weights/Fc_1_weights.syntxt",
+                 "weights/BatchNorm2d_2_variances.syntxt"):
         assert (out_dir / name).is_file(), name
-    assert sorted(os.listdir(out_dir / "weights")) == [f"{c}_weights.syntxt" for c in
-                                                      ("conv1", "conv2", "conv3", "fc1", "fc2")]
+    final = sorted(os.listdir(out_dir / "weights"))
+    assert len(final) == 5 + 3 * 4                      # 3 Conv + 2 Fc weights, 3 BatchNorm2d x 4
+    assert final == sorted(os.listdir(out_dir / "weights_init")) == sorted(os.listdir(out_dir / "weights_validation"))
     summary = json.loads((out_dir / "summary.json").read_text())
     assert abs(100 * summary["test_accuracy"] - accuracy) < 0.006 and summary["test_images"] == 1000
     assert len(summary["epochs"]) == 2 and summary["arguments"]["batch_size"] == 32
@@ -92,7 +95,7 @@ def test_same_seed_same_weights_and_accuracy(tmp_path):
         return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))}
 
     a, b, c = weights("a"), weights("b"), weights("c")
-    assert len(a) == 5 and a == b
+    assert len(a) == 17 and a == b
     assert all(a[f] != c[f] for f in a)                  # the seed does matter
     assert (tmp_path / "a" / "epochs.tsv").read_text().split("\n")[1].split("\t")[:5] == \
         (tmp_path / "b" / "epochs.tsv").read_text().split("\n")[1].split("\t")[:5]
@@ -189,7 +192,7 @@ def test_console_entry_points(tmp_path):
     rc, _, err = _run(["train", "--model", "nope"], tmp_path, timeout=60)
     assert rc == 1 and "Traceback" not in err
     assert err == "n2d2 train: error: unknown model 'nope' (known: " + ", ".join(
-        sorted(["lenet", "lenet-bn", "lenet5", "mobilenetv1", "mobilenetv2", "resnet20", "resnet56"])) + ")\n"
+        sorted(["lenet", "lenet-ini", "lenet5", "mobilenetv1", "mobilenetv2", "resnet20", "resnet56"])) + ")\n"
     rc, out, _ = _run(["train", "--help"], tmp_path, timeout=60)
     assert rc == 0 and "--limit-train N" in out and "resnet20" in out and "LeNet.ini" in out
     rc, _, err = _run([], tmp_path, timeout=60)
