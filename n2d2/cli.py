@@ -144,6 +144,21 @@ def _versions() -> dict:
 
 def train_command(args) -> int:
     """`n2d2 train`: build, fit (DeepNetCell.fit), test, log; prints `Test accuracy: ...` last."""
+    if not args.no_progress:
+        return _train(args)
+    # tqdm reads TQDM_DISABLE when it is first imported (DeepNetCell.fit imports it lazily)
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return _train(args)
+    finally:
+        if previous is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = previous
+
+
+def _train(args) -> int:
     import n2d2
     from n2d2 import training
     from n2d2.cells import Sequence, Softmax
@@ -151,8 +166,6 @@ def train_command(args) -> int:
     db_spec = training.check_database(args.database)
     model_spec = training.check_model(args.model, db_spec.name)
     args.database, args.model = db_spec.name, model_spec.name
-    if args.no_progress:
-        os.environ["TQDM_DISABLE"] = "1"   # read by tqdm when it is first imported (fit imports it lazily)
     _select_device(args.device)
     n2d2.global_variables.seed = args.seed
     data_path = training.find_data(db_spec, args.data_path)
@@ -222,7 +235,8 @@ def _write_logs(dn, target, args, output, data_path, counts, accuracy, nb_test, 
     with contextlib.redirect_stdout(io.StringIO()):
         dn.export_free_parameters("weights", verbose=False)
     atomic_write_text("epochs.tsv", target.epochs_tsv())
-    best = max(target.epochs, key=lambda r: r["validation_metric"]) if target.epochs else None
+    validated = [r for r in target.epochs if r["validation_images"]]
+    best = max(validated, key=lambda r: r["validation_metric"]) if validated else None
     summary = {
         "command": "n2d2 " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith(("n2d2", "__main__.py"))
         else None,

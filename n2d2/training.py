@@ -300,9 +300,10 @@ class EpochReport(Score):
     """A `Score` target that prints and records one line per epoch of `DeepNetCell.fit`.
 
     `fit` calls `new_validation_point` once per epoch, after the validation pass: the report
-    then reads the epoch's learn loss (mean of the Learn batches), learn success, validation
-    success (exact: from the Validation confusion matrix) and throughput. `epochs` holds one
-    dict per epoch.
+    then reads the epoch's learn loss (mean of the Learn batches), learn and validation success
+    (exact, from the epoch's confusion matrices) and throughput. Without a Validation partition
+    the epoch is reported when the next pass (Learn or Test) clears its scores. `epochs` holds
+    one dict per epoch.
     """
 
     def __init__(self, provider, nb_epochs: int, name: str = "Target", out=print, **kwargs):
@@ -310,7 +311,7 @@ class EpochReport(Score):
         self.nb_epochs = nb_epochs
         self.epochs = []
         self._out = out
-        self._learn = []            # losses of this epoch's Learn batches
+        self._learn = []            # losses of this epoch's Learn batches (reported: emptied)
         self._learn_images = 0
         self._learn_end = None
         self._epoch_start = time.perf_counter()
@@ -330,32 +331,37 @@ class EpochReport(Score):
 
     def clear_success(self, partition: str = None):
         """Also forget the confusion matrix: `DeepNetCell.fit` clears only the success rates
-        before each validation pass, which would make the validation metric (read from the
-        confusion matrix) an average over every epoch so far instead of the current one."""
+        before each pass, which would make the validation metric (read from the confusion
+        matrix) an average over every epoch so far instead of the current one."""
         self.clear_score(partition)
 
     def clear_score(self, partition: str = None):
         partition = partition or self.get_provider().get_partition()
+        if partition in ("Learn", "Test") and self._learn:
+            self._report(None, None)    # an epoch without validation has just ended
         super().clear_success(partition)
         self._score(partition).confusion = None
 
-    def validation_success(self) -> float:
-        """Success over every Validation image scored since the last clear (confusion matrix)."""
-        m = self.get_confusion_matrix("Validation")
-        return float(np.trace(m)) / max(int(m.sum()), 1)
-
     def new_validation_point(self, step: int = None, score: float = None) -> bool:
         best = super().new_validation_point(step, score)
+        self._report(score, best)
+        return best
+
+    def _accuracy(self, partition: str) -> tuple:
+        m = self.get_confusion_matrix(partition)
+        total = int(m.sum())
+        return (float(np.trace(m)) / total if total else float("nan")), total
+
+    def _report(self, score, best):
         now = time.perf_counter()
-        learn_end = self._learn_end or now
-        seconds = learn_end - self._epoch_start
-        m = self.get_confusion_matrix("Validation")
+        seconds = (self._learn_end or now) - self._epoch_start
+        valid, nb_valid = self._accuracy("Validation") if score is not None else (float("nan"), 0)
         record = {
             "epoch": len(self.epochs) + 1,
             "learn_loss": float(np.mean(self._learn)) if self._learn else float("nan"),
-            "learn_success": self.get_average_success(partition="Learn"),
-            "validation_success": self.validation_success(),
-            "validation_images": int(m.sum()),
+            "learn_success": self._accuracy("Learn")[0],
+            "validation_success": valid,
+            "validation_images": nb_valid,
             "validation_metric": float(score) if score is not None else float("nan"),
             "learn_images": self._learn_images,
             "learn_seconds": seconds,
@@ -364,13 +370,13 @@ class EpochReport(Score):
             "best": bool(best),
         }
         self.epochs.append(record)
-        self._out(f"Epoch {record['epoch']}/{self.nb_epochs}: learn loss {record['learn_loss']:.4f}, "
-                  f"learn success {100 * record['learn_success']:.2f} %, validation success "
-                  f"{100 * record['validation_success']:.2f} % ({record['validation_images']} images), "
-                  f"{record['images_per_second']:.0f} img/s, {record['epoch_seconds']:.1f} s")
+        text = (f"Epoch {record['epoch']}/{self.nb_epochs}: learn loss {record['learn_loss']:.4f}, "
+                f"learn success {100 * record['learn_success']:.2f} %, ")
+        if score is not None:
+            text += f"validation success {100 * valid:.2f} % ({nb_valid} images), "
+        self._out(text + f"{record['images_per_second']:.0f} img/s, {record['epoch_seconds']:.1f} s")
         self._learn, self._learn_images, self._learn_end = [], 0, None
         self._epoch_start = time.perf_counter()
-        return best
 
     def epochs_tsv(self) -> str:
         keys = ("epoch", "learn_loss", "learn_success", "validation_success", "validation_metric",

@@ -101,6 +101,20 @@ def test_same_seed_same_weights_and_accuracy(tmp_path):
         (tmp_path / "b" / "epochs.tsv").read_text().split("\n")[1].split("\t")[:5]
 
 
+def test_without_validation_each_epoch_is_still_reported(tmp_path):
+    rc, out, err = _run(["train", "--validation", "0", "--epochs", "2", "--limit-train", "256", "--limit-test", "128",
+                         "--batch-size", "64", "--no-progress", "--output", str(tmp_path / "run")], tmp_path)
+    assert rc == 0, err
+    assert "256 learn, 0 validation, 128 test" in out
+    epochs = [line for line in out.splitlines() if line.startswith("Epoch ")]
+    assert len(epochs) == 2 and all("validation" not in e and re.search(r"learn success \d+\.\d\d %", e)
+                                    for e in epochs)
+    assert "(no validation: --validation 0; the last epoch's weights are kept)" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_epoch"] is None and [e["learn_images"] for e in summary["epochs"]] == [256, 256]
+    assert not (tmp_path / "run" / "weights_validation").exists()
+
+
 def test_resnet20_on_cifar10_files(tmp_path):
     data = tmp_path / "cifar"
     data.mkdir()
@@ -197,3 +211,35 @@ def test_console_entry_points(tmp_path):
     assert rc == 0 and "--limit-train N" in out and "resnet20" in out and "LeNet.ini" in out
     rc, _, err = _run([], tmp_path, timeout=60)
     assert rc == 2 and "required: VERB" in err
+
+
+# -- the per-epoch report ------------------------------------------------------------------------------
+def test_epoch_report_scores_each_validation_pass_alone(capsys):
+    from n2d2.activation import Rectifier
+    from n2d2.cells import Fc, Sequence, Softmax
+    from n2d2.solver import SGD
+    from n2d2.training import EpochReport
+
+    rng = np.random.default_rng(0)
+    xs = [rng.random((1, 4, 4)).astype(np.float32) for _ in range(80)]
+    ys = [int(x[0, :2].mean() > x[0, 2:].mean()) for x in xs]
+    db = n2d2.database.Numpy()
+    db.load(xs[:48], ys[:48], partition="Learn")
+    db.load(xs[48:68], ys[48:68], partition="Validation")
+    db.load(xs[68:], ys[68:], partition="Test")
+    provider = n2d2.provider.DataProvider(db, [4, 4, 1], batch_size=16)
+    model = Sequence([Fc(16, 8, activation=Rectifier()), Fc(8, 2), Softmax(with_loss=True)])
+    model.set_solver(SGD(learning_rate=0.1, momentum=0.9))
+    lines = []
+    target = EpochReport(provider, 3, out=lines.append)
+    dn = model.to_deepnet_cell(provider, target)
+    dn.fit(3, valid_metric="Accuracy")
+    assert [r["validation_images"] for r in target.epochs] == [20, 20, 20]   # not 20, 40, 60
+    assert [r["learn_images"] for r in target.epochs] == [48, 48, 48]
+    for r, (_, score) in zip(target.epochs, target.get_validation_points()):
+        assert r["validation_metric"] == score
+    assert all(line.startswith(f"Epoch {k + 1}/3: learn loss ") and "(20 images)" in line
+               for k, line in enumerate(lines))
+    dn.run_test()
+    m = target.get_confusion_matrix("Test")
+    assert m.sum() == 12 and n2d2.training.partition_accuracy(target) == (np.trace(m) / 12, 12)
