@@ -64,6 +64,14 @@ def _seed(text: str) -> int:
 
 
 # -- train ----------------------------------------------------------------------------------------
+def _backends() -> tuple:
+    try:
+        from n2d2.codegen.programs import BACKENDS
+    except ImportError:
+        return ("numpy",)
+    return tuple(BACKENDS)
+
+
 def add_train_parser(subparsers):
     from n2d2.cells.deepnet_cell import VALID_METRICS
     from n2d2.training import DATABASES, MODELS
@@ -103,9 +111,9 @@ def add_train_parser(subparsers):
                    help="use only N training images (split by --validation)")
     p.add_argument("--limit-test", type=_positive_int, default=None, metavar="N", help="test on N images only")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (numpy) or cuda (CuPy)")
-    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "c"),
-                   help="how DeepNetCell runs the compiled network: numpy executor, generated C, or auto "
-                        "(DeepNetCell's choice; default)")
+    p.add_argument("--backend", default="auto", choices=("auto",) + _backends(),
+                   help="how DeepNetCell runs the compiled network: numpy executor, generated C or CUDA, or "
+                        "auto (DeepNetCell's choice from --device and the compilers found; default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=train_command)
     return p
@@ -132,6 +140,18 @@ def _select_device(device: str):
         global_variables.default_model = "Frame_CUDA"
     else:
         global_variables.default_model = "Frame"
+
+
+def _check_backend(backend: str):
+    """UserError now (before any file is written) when the backend cannot run here."""
+    if backend == "auto":
+        return
+    try:
+        from n2d2.codegen.programs import select_backend
+
+        select_backend(backend)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--backend {backend}: {str(e).splitlines()[0]}") from None
 
 
 def _versions() -> dict:
@@ -167,6 +187,7 @@ def _train(args) -> int:
     model_spec = training.check_model(args.model, db_spec.name)
     args.database, args.model = db_spec.name, model_spec.name
     _select_device(args.device)
+    _check_backend(args.backend)
     n2d2.global_variables.seed = args.seed
     data_path = training.find_data(db_spec, args.data_path)
     output = _output_folder(args)

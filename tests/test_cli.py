@@ -190,6 +190,13 @@ def test_cuda_without_a_gpu(capsys):
     assert n2d2.global_variables.default_model == "Frame"
 
 
+@pytest.mark.skipif(n2d2.global_variables.cuda_available, reason="a CUDA device is available here")
+def test_cuda_backend_without_a_gpu(tmp_path, capsys):
+    rc, _, err = _main(["train", "--backend", "cuda", "--output", str(tmp_path / "out")], capsys)
+    assert rc == 1 and err.startswith("n2d2 train: error: --backend cuda: ") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args", [
     [], ["fly"], ["train", "--epochs", "0"], ["train", "--epochs", "two"], ["train", "--batch-size", "-1"],
     ["train", "--validation", "1.0"], ["train", "--learning-rate", "nan"], ["train", "--device", "tpu"],
