@@ -187,7 +187,15 @@ CONV_CASES = {
     "fc_mode_batch9_bias": ((9, 3, 4, 3), 7, dict(k=(4, 3))),
     "many_images_per_block": ((20, 3, 6, 6), 5, dict(k=(3, 3), activation=ACTIVATIONS["saturation"])),
     "large_parallel": ((16, 8, 20, 20), 16, dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])),
+    # stride 1 on large maps: implicit im2col ("wide" mode)
+    "wide_valid_5x5": ((3, 1, 32, 32), 6, dict(k=(5, 5), activation=ACTIVATIONS["relu"])),
+    "wide_pad_dilation": ((2, 3, 20, 18), 4, dict(k=(3, 3), dilation=(2, 1), padding=(2, 1), bias=False)),
+    "wide_groups": ((2, 4, 17, 16), 6, dict(k=(3, 3), groups=2, padding=(1, 1), activation=ACTIVATIONS["tanh"])),
+    "wide_batch1": ((1, 2, 18, 17), 3, dict(k=(3, 2), padding=(1, 0))),
 }
+MODES = {"fc_mode": "fc", "fc_mode_batch9_bias": "fc", "depthwise": "direct", "large_parallel": "wide",
+         "wide_valid_5x5": "wide", "wide_pad_dilation": "wide", "wide_groups": "wide", "wide_batch1": "wide",
+         "3x3_pad_bias_relu": "image", "many_images_per_block": "image", "stride2_pad": "image"}
 
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
@@ -195,7 +203,9 @@ def test_conv(case):
     shape, o, kw = CONV_CASES[case]
     net = Net(seed=sum(map(ord, case)))
     y = net.conv(net.source(shape), o, **kw)
-    check_training(net.output(y), expect_c=[y])
+    p = check_training(net.output(y), expect_c=[y])
+    if case in MODES:
+        assert p.geometry[y]["MODE"] == MODES[case]
 
 
 def test_conv_parallel_threshold_is_crossed():
@@ -204,15 +214,16 @@ def test_conv_parallel_threshold_is_crossed():
     assert n * 16 * h * w * c * 9 >= c_backend.PARALLEL_MIN_MACS
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_conv_mapping(batch):
+@pytest.mark.parametrize("batch,size", [(1, 14), (3, 14), (2, 24)])
+def test_conv_mapping(batch, size):
     net = Net(seed=5)
     rng = _rng(1)
     mapping = rng.random((6, 16)) < 0.6
     mapping[:, 3] = False          # an output without input
-    y = net.conv(net.source((batch, 6, 14, 14)), 16, k=(5, 5), mapping=mapping, bias=True,
+    y = net.conv(net.source((batch, 6, size, size)), 16, k=(5, 5), mapping=mapping, bias=True,
                  activation=ACTIVATIONS["relu"])
-    check_training(net.output(y), expect_c=[y])
+    p = check_training(net.output(y), expect_c=[y])
+    assert p.geometry[y]["MODE"] == ("wide" if size == 24 else "image")
 
 
 def test_conv_mapping_fc_mode():
@@ -222,13 +233,13 @@ def test_conv_mapping_fc_mode():
     check_training(net.output(y), expect_c=[y])
 
 
-@pytest.mark.parametrize("batch", [1, 4])
-def test_conv_several_inputs(batch):
+@pytest.mark.parametrize("batch,size", [(1, 9), (4, 9), (2, 18)])
+def test_conv_several_inputs(batch, size):
     """Inputs concatenated along channels; the middle one needs no gradient (a raw input)."""
     net = Net(seed=7)
-    a = net.source((batch, 2, 9, 8), "a")
-    b = net.input((batch, 3, 9, 8), "b")
-    c = net.source((batch, 1, 9, 8), "c")
+    a = net.source((batch, 2, size, 8 + size % 9), "a")
+    b = net.input((batch, 3, size, 8 + size % 9), "b")
+    c = net.source((batch, 1, size, 8 + size % 9), "c")
     y = net.conv([a, b, c], 4, k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])
     check_training(net.output(y), expect_c=[y])
     net2 = Net(seed=8)

@@ -36,6 +36,9 @@ _SUPPORTED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation
 # microseconds, which small kernels, e.g. every layer of LeNet at batch 1, cannot repay).
 PARALLEL_MIN_MACS = 1_000_000
 PARALLEL_MIN_ELEMENTS = 200_000
+# A stride-1 convolution on a large map reads its input windows in place (no im2col) when at
+# least this share of the computed output grid is kept (WO / padded input width).
+WIDE_MIN_EFFICIENCY = 0.75
 _SLACK_FLOATS = 64   # readable floats after every buffer (ragged GEMM strips)
 
 
@@ -195,7 +198,27 @@ def _conv_geometry(graph, node, attrs, ins, outs):
              VALID=(py == 0 and px == 0), PAR=nblk >= 2 and macs >= PARALLEL_MIN_MACS,
              PARB=nblk >= 2 and 2 * macs >= PARALLEL_MIN_MACS)
     sf, sb = _Scratch(), _Scratch()
-    if groups > 1 and groups == c == o:
+    hp, wp = h + 2 * py, w + 2 * px
+    if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= WIDE_MIN_EFFICIENCY and not (groups > 1 and groups == c == o):
+        # implicit im2col: the GEMM reads shifted windows of the (padded) input planes in place
+        lw = ho * wp
+        g.update(MODE="wide", Hp=hp, Wp=wp, PS=hp * wp, LW=lw, LWD=-(-lw // 32) * 32, LWK=_round16(lw),
+                 PADDED=py > 0 or px > 0, READ_PAST=(kw - 1) * dx + 64)
+        plane_floats = cg * hp * wp + 2 * wp + 64
+        if conn is not None:
+            sf.add_shared("WM", o * kg)
+            sb.add_shared("WM", o * kg)
+        sf.add_private("CW", og * g["LWD"])
+        if g["PADDED"]:
+            sf.add_private("XP", plane_floats)
+            sb.add_private("XP", plane_floats)
+        sb.add_private("DZW", o * g["LWD"])
+        sb.add_private("COLW", kg * g["LWD"])
+        sb.add_private("DXP", plane_floats)
+        sb.add_private("DWP", 16 * o * kg)
+        sb.add_private("DBP", o)
+        sb.add_private("DUMMY", h * w)
+    elif groups > 1 and groups == c == o:
         g["MODE"] = "direct"
         g["PAR"] = g["PARB"] = n >= 2 and macs >= PARALLEL_MIN_MACS
         sb.add_private("DUMMY", h * w)
@@ -293,7 +316,8 @@ def _geometry(graph, node, training):
         # TILED: the windows tile the input exactly (each input pixel in exactly one window)
         tiled = fits and (sy, sx) == (kh, kw) and ho * kh == h and wo * kw == w
         g = dict(N=n, C=c, O=outs[0][1], H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px,
-                 MAX=attrs["pooling"] == "Max", FITS=fits, TILED=tiled, PAR=n * c * h * w >= PARALLEL_MIN_ELEMENTS)
+                 MAX=attrs["pooling"] == "Max", FITS=fits, TILED=tiled, PAR=n * c * h * w >= PARALLEL_MIN_ELEMENTS,
+                 RW=(wo - 1) * sx + kw)
         if conn is not None:
             g["links"] = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
             g["conn"] = conn.astype(int).tolist()
@@ -395,6 +419,7 @@ class CProgram:
         self.plan = planner.plan(graph, order=order)
         planner.validate(graph, self.plan)
         self.where = {}               # node -> "c" | "numpy"
+        self.geometry = {}            # node -> the geometry its C kernel was specialised for
         self.kernels = []
         self.aux_specs = {}           # aux key -> (shape, kind)
         self._param_names = []        # parameters C kernels read, in pointer-array order
@@ -415,7 +440,7 @@ class CProgram:
         parallel = "#pragma omp parallel" in self.source
         self._tuner = _ThreadTuner(self._lib, self.nthreads, len(self.phases),
                                    int(fixed) if fixed.isdigit() else None) if parallel else None
-        slack = 4 * _SLACK_FLOATS
+        slack = 4 * max([_SLACK_FLOATS] + [k.get("read_past", 0) for k in self.kernels])
         self._arena = _aligned_zeros(self.plan.arena_bytes + slack)
         scratch_floats = max([_Scratch.floats(s, self.nthreads) for s in self._scratch_layouts] + [16])
         self._scratch = _aligned_zeros(4 * scratch_floats + slack)
@@ -525,8 +550,10 @@ class CProgram:
                 continue
             ctx = self._forward_context(node, g)
             forward_ctx[node] = ctx
+            self.geometry[node] = g
             body = env.from_string('{% import "c/ops/' + op + '.c.j2" as op %}{{ op.forward(n) }}')
             self._add_kernel(index, node, op, body.render(n=ctx))
+            self.kernels[-1]["read_past"] = g.get("READ_PAST", 0)
             self._scratch_layouts.append(g.get("sf"))
 
     def _add_kernel(self, index, node, op, body):

@@ -1,11 +1,17 @@
 """Building generated C into shared libraries, cached on disk by a hash of source and flags.
 
 The cache lives in `$N2D2_CACHE` (default `~/.cache/n2d2`); an entry is written to a temp
-name and renamed, so concurrent builds never see half a library.
+name and renamed, so concurrent builds never see half a library. The key also holds the
+compiler's version and the host CPU's identity (-march=native code built on another machine
+must not be loaded here). `$N2D2_CFLAGS` adds flags after the defaults (e.g.
+`-march=x86-64-v3` to build for AVX2 only).
 """
 import ctypes
+import functools
 import hashlib
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +44,7 @@ def find_compiler():
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def _compiler_version(cc) -> str:
     try:
         return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
@@ -45,12 +52,34 @@ def _compiler_version(cc) -> str:
         return cc
 
 
-def build_shared_library(source: str, name: str = "n2d2_graph", flags=DEFAULT_CFLAGS) -> str:
+@functools.lru_cache(maxsize=None)
+def _host_id() -> str:
+    """The CPU model and feature flags (what -march=native compiles for)."""
+    lines = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    lines.append(line.strip())
+                if len(lines) >= 3:
+                    break
+    except OSError:
+        pass
+    return platform.machine() + "|" + "|".join(lines)
+
+
+def default_flags() -> tuple:
+    """DEFAULT_CFLAGS followed by the flags of `$N2D2_CFLAGS`."""
+    return DEFAULT_CFLAGS + tuple(shlex.split(os.environ.get("N2D2_CFLAGS", "")))
+
+
+def build_shared_library(source: str, name: str = "n2d2_graph", flags=None) -> str:
     """Path of a shared library built from `source` (reused from the cache when present)."""
     cc = find_compiler()
     if cc is None:
         raise CompilerError("No C compiler found (set $CC or install gcc); use the numpy backend instead")
-    key = hashlib.sha256("\0".join([source, " ".join(flags), _compiler_version(cc)]).encode()).hexdigest()[:24]
+    flags = default_flags() if flags is None else tuple(flags)
+    key = hashlib.sha256("\0".join([source, " ".join(flags), _compiler_version(cc), _host_id()]).encode()).hexdigest()[:24]
     directory = cache_dir()
     lib = os.path.join(directory, f"{name}_{key}.so")
     if os.path.exists(lib):
