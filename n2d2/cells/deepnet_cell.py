@@ -325,6 +325,7 @@ class DeepNetCell(Iterable):
         provider.set_partition(partition)
         self.learn() if learn else self.test()
         target.clear_success()
+        target.clear_score()  # the confusion matrix of this pass only (valid_metric reads it)
         nb = provider.get_database().get_nb_stimuli(partition)
         if nb_max >= 0:
             nb = min(nb, nb_max)
