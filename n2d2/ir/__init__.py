@@ -1,6 +1,6 @@
 """`n2d2.ir`: the graph compiler's middle (graph, op definitions, tracing, passes, planning).
 
-The graph needs networkx (`pip install n2d2[compiler]`); the op definitions (`n2d2.ir.ops`)
+The graph needs networkx (a dependency of the package); the op definitions (`n2d2.ir.ops`)
 and value types do not, so eager cells can run them with numpy only. `ir` never imports
 `n2d2.cells`: cells describe themselves to the tracer through `_ir_node()`.
 """
