@@ -464,6 +464,7 @@ class CProgram:
             f.restype = None
             self._seg_funcs[seg["index"]] = f
         self._phase_items = self._phase_plan()
+        self._py_nodes = {}
         self.saved = {}
         from_env = profile is None
         if from_env:
@@ -646,11 +647,16 @@ class CProgram:
 
     def _run_numpy(self, node, batch_size):
         gr = self.graph
-        d = gr.node(node)
-        opdef = op_registry.get(d.op, node=node)
-        xs = [self._views[t] for t in gr.inputs_of(node)]
+        cached = self._py_nodes.get(node)
+        if cached is None:   # node data, op definition and input views, looked up once
+            d = gr.node(node)
+            cached = self._py_nodes[node] = (d, op_registry.get(d.op, node=node),
+                                             [self._views[t] for t in gr.inputs_of(node)])
+        d, opdef, xs = cached
         if d.op == "Update":
-            opdef.run_update(gr, node, xs[0], batch_size)
+            param = gr.params[d.attrs["param"]]
+            if self._lib is None or not _sgd_in_c(self._lib, param.solver, param.array, xs[0], batch_size):
+                opdef.run_update(gr, node, xs[0], batch_size)
             return
         if getattr(opdef, "needs_forward_context", False):
             fwd = d.attrs["of"]
@@ -689,6 +695,51 @@ class CProgram:
                 lines.append(f"  {node:40s} {self.graph.op(node):10s} {where:6s} {calls:7d} {t / calls:10.1f} "
                              f"{100 * t / total:5.1f}%")
         print("\n".join(lines), file=file)
+
+
+def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
+    """Apply an `n2d2.solver.SGD` update with the compiled fused kernel (n2d2_sgd); False (and
+    nothing done) when the solver or the arrays are not of the supported kind.
+
+    The solver's state (iteration count, momentum buffer) is the solver's own, read and updated
+    here exactly as `SGD._apply` does (learning-rate policy, its log line), so that the solver
+    keeps one state whichever backend steps it; the backend tests compare both paths."""
+    from n2d2.solver import SGD, parse_clamping
+
+    if type(solver) is not SGD or not isinstance(p, np.ndarray) or p.dtype != np.float32 \
+            or not p.flags.c_contiguous or grad.dtype != np.float32 or grad.shape != p.shape \
+            or not grad.flags.c_contiguous:
+        return False
+    c = solver._config
+    if c["iteration_size"] != 1 or not c["polyak_momentum"]:
+        return False
+    state = solver._state(p)
+    lr = solver.learning_rate_at(state.iteration, batch_size)
+    if c["learning_rate_policy"] != "None":
+        step = state.iteration * c["iteration_size"] * batch_size // c["learning_rate_step_size"]
+        if state.last_step is not None and step != state.last_step:
+            print(f"Learning rate after {state.iteration}({state.iteration * batch_size}) iteration(s): {lr}")
+        state.last_step = step
+    state.iteration += 1
+    momentum, decay = c["momentum"], c["decay"]
+    m = None
+    if momentum != 0.0 or decay != 0.0:
+        m = state.buffers.get("momentum")
+        if m is None:
+            m = state.buffers["momentum"] = np.zeros_like(p)
+        if not (isinstance(m, np.ndarray) and m.dtype == np.float32 and m.flags.c_contiguous):
+            return False
+    low, high = parse_clamping(c["clamping"])
+    f = lib.n2d2_sgd
+    if f.argtypes is None:
+        f.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
+                      ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_int,
+                      ctypes.c_float]
+        f.restype = None
+    f(p.size, p.ctypes.data, grad.ctypes.data, None if m is None else m.ctypes.data,
+      float(np.float32(lr / batch_size)), float(np.float32(momentum)), float(np.float32(decay * lr)),
+      1 if decay else 0, low is not None, low or 0.0, high is not None, high or 0.0)
+    return True
 
 
 class _ThreadTuner:
