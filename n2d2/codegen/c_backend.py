@@ -438,8 +438,8 @@ class CProgram:
             self._lib.n2d2_set_threads(self.nthreads)
         fixed = os.environ.get("N2D2_THREADS", "")
         parallel = "#pragma omp parallel" in self.source
-        self._tuner = _ThreadTuner(self._lib, self.nthreads, len(self.phases),
-                                   int(fixed) if fixed.isdigit() else None) if parallel else None
+        self._tuner = _ThreadTuner(self._lib, self.nthreads, int(fixed) if fixed.isdigit() else None) \
+            if parallel else None
         slack = 4 * max([_SLACK_FLOATS] + [k.get("read_past", 0) for k in self.kernels])
         self._arena = _aligned_zeros(self.plan.arena_bytes + slack)
         scratch_floats = max([_Scratch.floats(s, self.nthreads) for s in self._scratch_layouts] + [16])
@@ -628,10 +628,8 @@ class CProgram:
 
             for key, shape, rate in self._dropout:
                 self._aux[key][...] = dropout_mask(global_variables.rng, shape, rate)
-        tuner = self._tuner
-        if tuner is not None:
-            threads = tuner.begin(index)
-            start = time.perf_counter()
+        if index == 0 and self._tuner is not None:
+            self._tuner.start_cycle()
         for kind, item in self._phase_items[index]:
             if kind == "c":
                 item(*args)
@@ -642,8 +640,6 @@ class CProgram:
                 self._py_time[item] = (calls + 1, total + time.perf_counter() - t)
             else:
                 self._run_numpy(item, batch_size)
-        if tuner is not None:
-            tuner.end(index, threads, time.perf_counter() - start)
 
     def _run_numpy(self, node, batch_size):
         gr = self.graph
@@ -743,28 +739,34 @@ def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
 
 
 class _ThreadTuner:
-    """Per phase, the thread count (the whole team or one thread) that runs it faster, from
-    measured wall times.
+    """The thread count (the whole team or one thread) that runs the program faster, from
+    measured wall times of whole cycles (from one start of phase 0 to the next: a training
+    step, or one inference call, with whatever the caller does in between).
 
     On a machine shared with other jobs a team of busy-waiting OpenMP threads can be many times
-    slower than one thread (a preempted member holds every barrier); on an idle machine the team
-    is faster. Each phase starts with three timed calls with the team, then three with one
-    thread, keeps the faster (median of the last five calls of each), and re-times the other
-    count every 32 calls, so it follows the machine's load. `N2D2_THREADS=<n>` fixes the count.
+    slower than one thread (a preempted member holds every barrier, and an idle member spinning
+    after a phase takes the core from the Python code in between); on an idle machine the team
+    is faster. The tuner runs three timed cycles with the team, then three with one thread,
+    keeps the faster (mean of the last eight cycles of each: with a busy-waiting team the cost
+    is in rare long stalls, which a median would hide), and re-times the other count now
+    and then (every 32 cycles, times how much slower it was, up to 1024), so it follows the
+    machine's load at a small cost. `N2D2_THREADS=<n>` fixes the count.
     """
 
     EXPLORE_EVERY = 32
 
-    def __init__(self, lib, nmax, nphases, fixed=None):
+    def __init__(self, lib, nmax, fixed=None):
         from collections import deque
 
         self.lib = lib
         self.fixed = fixed
         self.options = (nmax, 1) if nmax > 1 else (1,)
-        self.samples = [{n: deque(maxlen=5) for n in self.options} for _ in range(nphases)]
-        self.calls = [0] * nphases
-        self.choice = [nmax] * nphases
+        self.samples = {n: deque(maxlen=8) for n in self.options}
+        self.cycles = 0
+        self.choice = nmax
+        self.next_explore = self.EXPLORE_EVERY
         self.current = nmax
+        self.started = None      # (threads, start time) of the cycle in progress
         if fixed is not None:
             self._set(max(1, min(fixed, nmax)))
 
@@ -773,31 +775,44 @@ class _ThreadTuner:
             self.lib.n2d2_set_threads(n)
             self.current = n
 
-    def begin(self, phase) -> int:
+    def start_cycle(self):
+        """Called when phase 0 starts: closes the previous cycle, picks this one's count."""
         if self.fixed is not None or len(self.options) == 1:
-            return self.current
-        call = self.calls[phase]
-        self.calls[phase] = call + 1
-        team, one = self.options
-        if call < 4:
-            n = team                       # call 0: warm-up, 1-3: timed with the team
-        elif call < 7:
-            n = one
-        elif call % self.EXPLORE_EVERY == 0:
-            n = one if self.choice[phase] == team else team
-        else:
-            n = self.choice[phase]
-        self._set(n)
-        return n
-
-    def end(self, phase, n, seconds):
-        if self.fixed is not None or len(self.options) == 1 or self.calls[phase] == 1:
             return
-        samples = self.samples[phase]
-        samples[n].append(seconds)
-        if all(samples[k] for k in self.options):
-            med = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
-            self.choice[phase] = min(self.options, key=lambda k: med[k])
+        now = time.perf_counter()
+        if self.started is not None and self.cycles > 1:
+            n, t0 = self.started
+            self.samples[n].append(now - t0)
+            if all(self.samples[k] for k in self.options):
+                med = self._means()
+                self.choice = min(self.options, key=lambda k: med[k])
+        cycle = self.cycles
+        self.cycles += 1
+        team, one = self.options
+        if cycle < 4:
+            n = team                       # cycle 0: warm-up, 1-3: timed with the team
+        elif cycle < 7:
+            n = one
+        elif cycle >= self.next_explore:
+            n = one if self.choice == team else team
+            self.next_explore = cycle + self._interval()
+        else:
+            n = self.choice
+        self._set(n)
+        self.started = (n, now)
+
+    def _means(self):
+        """Mean cycle time of each count."""
+        return {k: sum(v) / len(v) for k, v in self.samples.items() if v}
+
+    def _interval(self):
+        """Cycles until the next re-timing: longer when the other count was much slower."""
+        med = self._means()
+        if len(med) < 2:
+            return self.EXPLORE_EVERY
+        other = [k for k in med if k != self.choice][0]
+        ratio = med[other] / max(med[self.choice], 1e-9)
+        return int(min(1024, max(self.EXPLORE_EVERY, self.EXPLORE_EVERY * ratio)))
 
 
 def _epilogue_steps(steps):
