@@ -628,8 +628,9 @@ class CProgram:
 
             for key, shape, rate in self._dropout:
                 self._aux[key][...] = dropout_mask(global_variables.rng, shape, rate)
-        if index == 0 and self._tuner is not None:
-            self._tuner.start_cycle()
+        tuner = self._tuner
+        if index == 0 and tuner is not None:
+            tuner.start_cycle()
         for kind, item in self._phase_items[index]:
             if kind == "c":
                 item(*args)
@@ -640,6 +641,8 @@ class CProgram:
                 self._py_time[item] = (calls + 1, total + time.perf_counter() - t)
             else:
                 self._run_numpy(item, batch_size)
+        if tuner is not None and index == len(self.phases) - 1:
+            tuner.end_cycle()
 
     def _run_numpy(self, node, batch_size):
         gr = self.graph
@@ -740,8 +743,8 @@ def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
 
 class _ThreadTuner:
     """The thread count (the whole team or one thread) that runs the program faster, from
-    measured wall times of whole cycles (from one start of phase 0 to the next: a training
-    step, or one inference call, with whatever the caller does in between).
+    measured wall times of whole cycles (from the start of phase 0 to the end of the last
+    phase: a training step with the Python work between its phases, or one inference call).
 
     On a machine shared with other jobs a team of busy-waiting OpenMP threads can be many times
     slower than one thread (a preempted member holds every barrier, and an idle member spinning
@@ -775,17 +778,23 @@ class _ThreadTuner:
             self.lib.n2d2_set_threads(n)
             self.current = n
 
-    def start_cycle(self):
-        """Called when phase 0 starts: closes the previous cycle, picks this one's count."""
-        if self.fixed is not None or len(self.options) == 1:
+    def end_cycle(self):
+        """Called when the last phase ends: records the cycle's time."""
+        if self.started is None:
             return
-        now = time.perf_counter()
-        if self.started is not None and self.cycles > 1:
-            n, t0 = self.started
-            self.samples[n].append(now - t0)
+        n, t0 = self.started
+        self.started = None
+        if self.cycles > 1:   # cycle 0 (first call: page faults, cold caches) is not timed
+            self.samples[n].append(time.perf_counter() - t0)
             if all(self.samples[k] for k in self.options):
                 med = self._means()
                 self.choice = min(self.options, key=lambda k: med[k])
+
+    def start_cycle(self):
+        """Called when phase 0 starts: picks this cycle's thread count."""
+        if self.fixed is not None or len(self.options) == 1:
+            return
+        now = time.perf_counter()
         cycle = self.cycles
         self.cycles += 1
         team, one = self.options
