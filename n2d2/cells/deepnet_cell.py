@@ -393,10 +393,15 @@ class DeepNetCell(Iterable):
     def run_test(self, log=1000, report=100, nb_test=-1, test_index=-1, test_id=-1, qat_sat=False,
                  log_kernels=False, wt_round_mode="NONE", b_round_mode="NONE", c_round_mode="NONE",
                  act_scaling_mode="FLOAT_MULT", log_JSON=False, log_outputs=0):
-        """Score the Test partition (`nb_test` stimuli, -1 = all); returns the average success."""
+        """Score the Test partition (`nb_test` stimuli, -1 = all); returns the success rate over
+        every scored stimulus (from the confusion matrix; the per-batch average weighs a partial
+        last batch like a full one)."""
         if self._provider is None or self._target is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': run_test() needs a provider and a target")
         success, seen, seconds = self._run_epoch("Test", False, nb_max=nb_test, desc="test", shuffle=False)
+        confusion = self._target.get_confusion_matrix("Test")
+        if confusion.sum() > 0:
+            success = float(np.trace(confusion)) / float(confusion.sum())
         print(f"Test: {seen} stimuli, success {100 * success:.2f}% ({seen / max(seconds, 1e-9):.0f} img/s)")
         self._target.log_confusion_matrix("Test")
         self._target.log_success("Test")
