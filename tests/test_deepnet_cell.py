@@ -169,3 +169,18 @@ def test_memory_report(capsys):
         assert r["lower_bound"] <= r["planned"] <= r["naive"]
     assert report["training"]["naive"] > report["inference"]["naive"]
     assert "naive / planned" in capsys.readouterr().out
+
+
+def test_dump_sources(tmp_path):
+    from n2d2.codegen.c_backend import available
+
+    if not available():
+        pytest.skip("no C compiler")
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = _model().to_deepnet_cell(provider, backend="c")
+    paths = dn.dump_sources(str(tmp_path))
+    assert len(paths) == 2
+    text = open(paths[1]).read()
+    assert "IR node 'Conv_" in text or "Conv_" in text
+    with pytest.raises(RuntimeError, match="no source"):
+        _model().to_deepnet_cell(provider, backend="numpy").dump_sources(str(tmp_path))

@@ -202,6 +202,26 @@ class DeepNetCell(Iterable):
             self._programs[key] = cls(graph, self._backend)
         return self._programs[key]
 
+    def dump_sources(self, directory: str, batch_size: int = None) -> list:
+        """Write the generated sources of the inference and training programs (C or CUDA
+        backends) to `directory`; returns the paths written. Each kernel's comment names the
+        IR node it comes from."""
+        import os
+
+        from n2d2.codegen.programs import program_source
+        from n2d2.utils import atomic_write_text
+
+        n = batch_size or self._batch_of(self._graph)
+        extension = {"c": ".c", "cuda": ".cu"}.get(self._backend)
+        if extension is None:
+            raise RuntimeError(f"DeepNetCell '{self._name}': the {self._backend} backend generates no source")
+        paths = []
+        for kind in ("inference", "training"):
+            path = os.path.join(directory, f"{self._name}_{kind}_b{n}{extension}")
+            atomic_write_text(path, program_source(self._program(kind, n)))
+            paths.append(path)
+        return paths
+
     @staticmethod
     def _batch_of(graph):
         return graph.output_types(graph.inputs[0])[0].shape[0]

@@ -42,6 +42,12 @@ def select_backend(name: str = None) -> str:
     return "c" if available() else "numpy"
 
 
+def program_source(program):
+    """The generated source (C or CUDA) behind an Inference/TrainingProgram, None on numpy."""
+    compiled = getattr(program, "_c", None)
+    return None if compiled is None else compiled.source
+
+
 class InferenceProgram:
     """`run(feeds) -> list of output arrays` for a graph."""
 
