@@ -431,7 +431,7 @@ class CProgram:
                              arena_bytes=self.plan.arena_bytes, kernels=self.kernels, segments=self._segments)
         self._lib = None
         if self.kernels:
-            self._lib = compiler.load_library(compiler.build_shared_library(self.source, cident(name or graph.name)))
+            self._lib = _load(compiler.build_shared_library(self.source, cident(name or graph.name)))
         self.nthreads = 1
         if self._lib is not None:
             self.nthreads = max(1, int(self._lib.n2d2_max_threads()))
@@ -843,6 +843,25 @@ def _coef(c):
     if isinstance(c, (list, tuple)):
         return float(c[0]) if len(c) == 1 else [float(v) for v in c]
     return float(c)
+
+
+# libgomp's idle threads busy-wait ~300,000 pause loops (milliseconds on recent x86) after each
+# parallel region by default; on a machine shared with other jobs that spinning takes cores from
+# the Python code between phases. Unless the user chose a policy, the library's OpenMP runtime
+# starts with a shorter spin (kernels inside a phase follow each other within microseconds, so
+# the team stays awake there). Set only while the first program loads libgomp, then restored,
+# so that other OpenMP runtimes in the process (PyTorch's) are not affected.
+DEFAULT_GOMP_SPINCOUNT = "10000"
+
+
+def _load(path):
+    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return compiler.load_library(path)
+    os.environ["GOMP_SPINCOUNT"] = DEFAULT_GOMP_SPINCOUNT
+    try:
+        return compiler.load_library(path)
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
 
 
 def _has_macro(op, macro):
