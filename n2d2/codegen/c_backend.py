@@ -563,7 +563,7 @@ class CProgram:
             ", ".join(str(t) for t in gr.output_types(node))
         self.where[node] = "c"
         self.kernels.append({"index": index, "id": len(self.kernels), "node": node, "op": op,
-                             "fname": f"k{index}_{cident(node)}"[:60], "signature": sig, "body": body.rstrip("\n")})
+                             "fname": f"k{index}", "signature": sig, "body": body.rstrip("\n")})
 
     def _segment(self):
         kernel_of = {k["node"]: k for k in self.kernels}

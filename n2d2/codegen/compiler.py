@@ -11,6 +11,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -79,11 +80,15 @@ def build_shared_library(source: str, name: str = "n2d2_graph", flags=None) -> s
     if cc is None:
         raise CompilerError("No C compiler found (set $CC or install gcc); use the numpy backend instead")
     flags = default_flags() if flags is None else tuple(flags)
-    key = hashlib.sha256("\0".join([source, " ".join(flags), _compiler_version(cc), _host_id()]).encode()).hexdigest()[:24]
+    # comments (node and graph names) do not change the code: the same network traced under
+    # other cell names reuses the library
+    code = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
+    key = hashlib.sha256("\0".join([code, " ".join(flags), _compiler_version(cc), _host_id()]).encode()).hexdigest()[:24]
     directory = cache_dir()
+    for entry in os.listdir(directory):
+        if entry.endswith(f"_{key}.so"):
+            return os.path.join(directory, entry)
     lib = os.path.join(directory, f"{name}_{key}.so")
-    if os.path.exists(lib):
-        return lib
     src = os.path.join(directory, f"{name}_{key}.c")
     fd, tmp_src = tempfile.mkstemp(dir=directory, suffix=".c")
     with os.fdopen(fd, "w") as f:
