@@ -21,7 +21,7 @@ machine's load); each round times a batch of calls; the median over rounds is re
 the range. Ratios: n2d2 / torch images per second (training) and n2d2 / onnxruntime latency
 (inference). `--write` replaces this benchmark's section of bench/RESULTS.md.
 
-Run from the repository root: `python bench/bench_c.py [--rounds 7] [--write]`.
+Run from the repository root: `python bench/bench_c.py [--rounds 7] [--resnet] [--write]`.
 """
 import argparse
 import datetime
@@ -78,6 +78,103 @@ def n2d2_training(mapping: bool, batch=BATCH):
         return float(-np.mean(np.log(np.maximum(y[np.arange(batch), _labels(batch)[state["i"]]], 1e-12))))
 
     return step, loss
+
+
+def n2d2_profile(steps=30, batch=BATCH):
+    """Per-kernel wall time of the LeNet.ini training step (profiling on), share of the step."""
+    from n2d2.codegen import c_backend
+
+    old = os.environ.get("N2D2_PROFILE")
+    os.environ["N2D2_PROFILE"] = "1"
+    try:
+        step, _ = n2d2_training(mapping=True, batch=batch)
+    finally:
+        if old is None:
+            del os.environ["N2D2_PROFILE"]
+        else:
+            os.environ["N2D2_PROFILE"] = old
+    import atexit
+
+    program = [o for o in _live_programs() if o._profiling][-1]
+    atexit.unregister(program.print_profile)
+    for _ in range(steps):
+        step()
+    prof = program.profile()
+    total = sum(t for _, t, _ in prof.values())
+    rows = sorted(((node, t / max(calls, 1), t / total) for node, (calls, t, _) in prof.items()), key=lambda r: -r[1])
+    return rows, program.nthreads
+
+
+def _live_programs():
+    import gc
+
+    from n2d2.codegen.c_backend import CProgram
+
+    return [o for o in gc.get_objects() if isinstance(o, CProgram)]
+
+
+def resnet_training(backend_torch, batch=BATCH):
+    """ResNet-20 (CIFAR, BatchNorm, projection shortcuts) training step: n2d2 C or torch."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, batch)
+    if backend_torch:
+        import torch
+
+        nn = torch.nn
+
+        class Block(nn.Module):
+            def __init__(self, cin, cout, stride):
+                super().__init__()
+                self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+                self.b1 = nn.BatchNorm2d(cout)
+                self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+                self.b2 = nn.BatchNorm2d(cout)
+                self.sc = nn.Sequential() if stride == 1 and cin == cout else \
+                    nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+            def forward(self, v):
+                return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(v))))) + self.sc(v))
+
+        layers, cin = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(3):
+                layers.append(Block(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step():
+            if torch.get_num_threads() != 2:
+                torch.set_num_threads(2)
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(xt), yt).backward()
+            opt.step()
+
+        return step
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.codegen.programs import TrainingProgram
+    from n2d2.ir.autodiff import build_training_graph
+    from n2d2.ir.trace import trace
+    from n2d2.models.resnet import ResNet20
+    from n2d2.solver import SGD
+
+    n2d2.global_variables.seed = 1
+    net = Sequence([ResNet20(), Softmax(with_loss=True)])
+    net.set_solver(SGD(learning_rate=0.05, momentum=0.9, decay=0.0005))
+    graph = trace(net(n2d2.Tensor([batch, 3, 32, 32])).get_deepnet()).graph
+    tg = build_training_graph(graph)
+    program = TrainingProgram(tg, "c")
+    onehot = np.eye(10, dtype=np.float32)[labels].reshape(batch, 10, 1, 1)
+
+    def step():
+        y = program.forward({tg.graph.inputs[0]: x})[0]
+        program.backward({graph.outputs[0]: y - onehot})
+        program.update()
+
+    return step
 
 
 def _labels(batch):
@@ -263,7 +360,7 @@ def _row(label, s, unit, batch=None):
     return f"| {label} | {1e6 * med:.1f} us | {1e6 * lo:.1f}-{1e6 * hi:.1f} us | |"
 
 
-def report(machine, train, infer, losses, args):
+def report(machine, train, infer, losses, args, profile=None, resnet=None):
     t = {k: _summary(v) for k, v in train.items()}
     i = {k: _summary(v) for k, v in infer.items()}
     best_torch = min(t[k][0] for k in t if k.startswith("torch"))
@@ -311,7 +408,18 @@ def report(machine, train, infer, losses, args):
                  f"same arithmetic as PyTorch, {r_dense:.2f}x.")
     lines.append(f"- Inference at batch 1: n2d2's latency is **{r_infer:.2f}x** onnxruntime's best "
                  f"(goal <= 1.0x: {'met' if r_infer <= 1.0 else 'NOT met'}).")
-    lines.append(f"- Losses after the timed steps (finite, decreasing from ln 10 = 2.30): {losses}.")
+    lines.append(f"- Losses after the timed steps (ln 10 = 2.30 at the start; n2d2 ran more steps in the same "
+                 f"time): {losses}.")
+    if resnet:
+        r = {k: _summary(v) for k, v in resnet.items()}
+        lines.append(f"- ResNet-20 (CIFAR, BatchNorm, b128, same SGD; not a goal, for scale): n2d2 C "
+                     f"{BATCH / r['n2d2'][0]:,.0f} img/s, PyTorch eager 2 threads {BATCH / r['torch'][0]:,.0f} img/s "
+                     f"(ratio {r['torch'][0] / r['n2d2'][0]:.2f}x).")
+    if profile:
+        rows, nthreads = profile
+        top = ", ".join(f"{node} {t / 1e3:.2f} ms ({100 * share:.0f} %)" for node, t, share in rows[:8])
+        lines.append(f"- Where a LeNet.ini training step goes (`N2D2_PROFILE=1`, wall time per kernel, "
+                     f"{nthreads}-thread team): {top}.")
     return "\n".join(lines) + "\n"
 
 
@@ -336,6 +444,7 @@ def main():
     ap.add_argument("--target", type=float, default=0.5, help="seconds timed per contender and round")
     ap.add_argument("--write", action="store_true", help="replace this benchmark's section of bench/RESULTS.md")
     ap.add_argument("--no-malloc-child", action="store_true")
+    ap.add_argument("--resnet", action="store_true", help="also time ResNet-20 b128 training (n2d2 vs torch)")
     ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--torch-threads", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -368,7 +477,12 @@ def main():
         pass
     infer = measure(infer_calls, args.rounds, args.target / 2)
     loss_values = {k: round(f(), 3) for k, f in losses.items()}
-    text = report(_machine(), train, infer, loss_values, args)
+    resnet = None
+    if args.resnet:
+        resnet = measure({"n2d2": resnet_training(False), "torch": resnet_training(True)},
+                         max(3, args.rounds // 2), max(1.0, args.target * 2))
+    profile = n2d2_profile()
+    text = report(_machine(), train, infer, loss_values, args, profile, resnet)
     print(text)
     if args.write:
         write_section(text)

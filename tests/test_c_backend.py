@@ -663,3 +663,17 @@ def test_deconv_mapping():
     y = net.op("Deconv", [net.source((2, 4, 5, 5))], {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1),
                                                        "groups": 1, "mapping": mapping, "activation": None}, params)
     check_training(net.output(y), expect_c=[y])
+
+
+def test_lenet_training_with_adam_matches_numpy():
+    """Solvers without a compiled update (Adam) run in Python on the arena's gradients."""
+    from n2d2.solver import Adam
+
+    _train_three_steps(_lenet, (8, 1, 32, 32), 10, solver=lambda: Adam(learning_rate=0.01))
+
+
+def test_sgd_without_momentum_and_with_clamping_matches_numpy():
+    from n2d2.solver import SGD
+
+    _train_three_steps(_lenet, (8, 1, 32, 32), 10,
+                       solver=lambda: SGD(learning_rate=0.2, clamping="-0.05:0.05"))
