@@ -73,6 +73,8 @@ def n2d2_training(mapping: bool, batch=BATCH):
         program.update()
         state["loss"] = y
 
+    step.program = program._c
+
     def loss():
         y = state["loss"].reshape(batch, -1)
         return float(-np.mean(np.log(np.maximum(y[np.arange(batch), _labels(batch)[state["i"]]], 1e-12))))
@@ -95,22 +97,15 @@ def n2d2_profile(steps=30, batch=BATCH):
             os.environ["N2D2_PROFILE"] = old
     import atexit
 
-    program = [o for o in _live_programs() if o._profiling][-1]
+    program = step.program
     atexit.unregister(program.print_profile)
     for _ in range(steps):
         step()
     prof = program.profile()
     total = sum(t for _, t, _ in prof.values())
     rows = sorted(((node, t / max(calls, 1), t / total) for node, (calls, t, _) in prof.items()), key=lambda r: -r[1])
-    return rows, program.nthreads
-
-
-def _live_programs():
-    import gc
-
-    from n2d2.codegen.c_backend import CProgram
-
-    return [o for o in gc.get_objects() if isinstance(o, CProgram)]
+    threads = program._tuner.current if program._tuner is not None else program.nthreads
+    return rows, threads
 
 
 def resnet_training(backend_torch, batch=BATCH):
@@ -365,7 +360,9 @@ def report(machine, train, infer, losses, args, profile=None, resnet=None):
     i = {k: _summary(v) for k, v in infer.items()}
     best_torch = min(t[k][0] for k in t if k.startswith("torch"))
     lines = [SECTION, ""]
-    lines.append(f"Command: `python bench/bench_c.py --rounds {args.rounds} --target {args.target}` (repository root). "
+    flags = f"--rounds {args.rounds} --target {args.target}" + (" --resnet" if args.resnet else "") + \
+        (" --no-malloc-child" if args.no_malloc_child else "")
+    lines.append(f"Command: `python bench/bench_c.py {flags}` (repository root). "
                  f"Date: {machine['date']}, commit {machine['commit']}. Machine: {machine['nproc']} vCPUs, "
                  f"\"{machine['cpu']}\", Linux {machine['kernel']}; load average during the run "
                  f"{machine['load'][0]:.2f} (1 min) / {machine['load'][1]:.2f} (5 min). Python {machine['python']}, "
@@ -419,7 +416,19 @@ def report(machine, train, infer, losses, args, profile=None, resnet=None):
         rows, nthreads = profile
         top = ", ".join(f"{node} {t / 1e3:.2f} ms ({100 * share:.0f} %)" for node, t, share in rows[:8])
         lines.append(f"- Where a LeNet.ini training step goes (`N2D2_PROFILE=1`, wall time per kernel, "
-                     f"{nthreads}-thread team): {top}.")
+                     f"{nthreads} thread(s), as the tuner chose): {top}.")
+    lines.append("- Notes: the two goals are measured against peers run in the same session on this machine "
+                 "(CPU-ANCHORS.md's figures come from another, AMD, machine: there onnxruntime took 15 us and PyTorch "
+                 "trained 22-25k img/s; here both are slower). PyTorch in the same process has glibc's default "
+                 "malloc thresholds (page faults on its large buffers every step, see CPU-ANCHORS.md), hence the "
+                 "subprocess rows; n2d2 allocates nothing per step (one planned arena, one scratch buffer). The "
+                 "machine is shared: with another job on one core, a busy-waiting 2-thread team stalls at every "
+                 "barrier (LeNet steps of 15-90 ms were seen with a fixed team), which n2d2's tuner avoids by "
+                 "switching to one thread (~6 ms/step); PyTorch has no such fallback, so its 1-thread rows are "
+                 "listed and the ratio takes PyTorch's best row. conv2's connection table is computed as dense "
+                 "masked weights (no saving from the 60/96 links). What remains slow: the max-pool backward and "
+                 "the im2col / col2im of conv2's 10x10 maps (memory traffic rather than arithmetic), and, on "
+                 "ResNet-20, BatchNorm (three passes over each activation) and the 8x8 stage.")
     return "\n".join(lines) + "\n"
 
 
