@@ -18,7 +18,6 @@ from n2d2.codegen.numpy_exec import Session
 from n2d2.ir import epilogue  # noqa: F401  (registers the Epilogue op)
 from n2d2.ir.autodiff import build_training_graph
 from n2d2.ir.graph import Graph
-from n2d2.ir.ops import activation_spec
 from tests.conftest import rel_err
 
 c_backend = pytest.importorskip("n2d2.codegen.c_backend")
@@ -132,12 +131,10 @@ def run_c_training(tg, feeds, seeds, program=None):
     return {t: p.view(t).copy() for t in tg.graph.outputs}, p
 
 
-def check_training(net: Net, tol=1e-5, expect_c=None):
-    """Forward outputs and every gradient of `net`'s training graph: C vs numpy."""
-    tg, seeds = _training_outputs(net)
-    ref = run_numpy_training(tg, net.feeds, seeds)
-    out, p = run_c_training(tg, net.feeds, seeds)
-    for node in expect_c or ():
+def compare(tg, p, ref, out, tol=1e-5, expect_c=(), related=None):
+    """Every tensor of `ref` (numpy) against `out` (C); with `related`, only the tensors of
+    those nodes and of their Grad / AddN nodes."""
+    for node in expect_c:
         assert p.where[node] == "c", f"{node} ran on {p.where[node]}"
         assert p.where[f"grad:{node}"] == "c", f"grad:{node} ran on {p.where[f'grad:{node}']}"
     # A C backward kernel turns its incoming gradient into d(pre-activation) in place (that
@@ -148,12 +145,53 @@ def check_training(net: Net, tol=1e-5, expect_c=None):
     for t, value in ref.items():
         if t in rewritten:
             continue
+        if related is not None and t[0].split(":", 1)[-1] not in related:
+            continue
         assert np.all(np.isfinite(out[t])), f"{t} is not finite"
         err = rel_err(out[t], value)
         assert err < tol, f"{t}: relative error {err:.2e}"
         compared += 1
     assert compared >= 2
+
+
+def check_training(net: Net, tol=1e-5, expect_c=None):
+    """Forward outputs and every gradient of `net`'s training graph: C vs numpy."""
+    tg, seeds = _training_outputs(net)
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    out, p = run_c_training(tg, net.feeds, seeds)
+    compare(tg, p, ref, out, tol, expect_c or ())
     return p
+
+
+class Suite:
+    """Independent cases built into one graph, so that they cost one compilation, run once on
+    both backends; each case then checks the tensors of its own nodes."""
+
+    def __init__(self, seed):
+        self.net = Net(seed=seed, name="suite")
+        self.cases = {}
+        self.outputs = []
+
+    def add(self, case, build):
+        """`build(net)` adds the case's nodes and returns the nodes that must run in C (their
+        outputs become graph outputs)."""
+        before = set(self.net.g.nodes())
+        expect = build(self.net)
+        self.cases[case] = (set(self.net.g.nodes()) - before, expect)
+        self.outputs += expect
+        return self
+
+    def run(self):
+        self.net.output(*self.outputs)
+        self.tg, seeds = _training_outputs(self.net)
+        self.ref = run_numpy_training(self.tg, self.net.feeds, seeds)
+        self.out, self.p = run_c_training(self.tg, self.net.feeds, seeds)
+        return self
+
+    def check(self, case, tol=1e-5):
+        nodes, expect = self.cases[case]
+        compare(self.tg, self.p, self.ref, self.out, tol, expect, related=nodes)
+        return self.p, expect
 
 
 def check_inference(net: Net, tol=1e-5, expect_c=None):
@@ -198,12 +236,17 @@ MODES = {"fc_mode": "fc", "fc_mode_batch9_bias": "fc", "depthwise": "direct", "l
          "3x3_pad_bias_relu": "image", "many_images_per_block": "image", "stride2_pad": "image"}
 
 
+@pytest.fixture(scope="module")
+def conv_suite():
+    suite = Suite(seed=40)
+    for case, (shape, o, kw) in CONV_CASES.items():
+        suite.add(case, lambda net, shape=shape, o=o, kw=kw: [net.conv(net.source(shape), o, **kw)])
+    return suite.run()
+
+
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_conv(case):
-    shape, o, kw = CONV_CASES[case]
-    net = Net(seed=sum(map(ord, case)))
-    y = net.conv(net.source(shape), o, **kw)
-    p = check_training(net.output(y), expect_c=[y])
+def test_conv(conv_suite, case):
+    p, (y,) = conv_suite.check(case)
     if case in MODES:
         assert p.geometry[y]["MODE"] == MODES[case]
 
@@ -250,16 +293,29 @@ def test_conv_several_inputs(batch, size):
 
 
 # -- Fc ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("batch,bias,act", [(1, True, "relu"), (3, False, "none"), (7, True, "tanh"),
-                                            (33, True, "leaky_clip"), (64, False, "relu")])
-def test_fc(batch, bias, act):
-    net = Net(seed=batch)
+FC_CASES = [(1, True, "relu"), (3, False, "none"), (7, True, "tanh"), (33, True, "leaky_clip"), (64, False, "relu")]
+
+
+def _fc_case(net, batch, bias, act):
     x = net.source((batch, 5, 3, 2))
     params = {"weights": _normal(net.rng, (37, 30), 0.2)}
     if bias:
         params["biases"] = _normal(net.rng, (37,))
-    y = net.op("Fc", [x], {"activation": ACTIVATIONS[act]}, params)
-    check_training(net.output(y), expect_c=[y])
+    return [net.op("Fc", [x], {"activation": ACTIVATIONS[act]}, params)]
+
+
+@pytest.fixture(scope="module")
+def fc_suite():
+    suite = Suite(seed=41)
+    for case in FC_CASES:
+        suite.add(case, lambda net, case=case: _fc_case(net, *case))
+    return suite.run()
+
+
+@pytest.mark.parametrize("case", FC_CASES)
+def test_fc(fc_suite, case):
+    p, (y,) = fc_suite.check(case)
+    assert p.geometry[y]["DOT"] == (case[0] <= 4)
 
 
 def test_fc_several_inputs():
@@ -283,42 +339,61 @@ POOL_CASES = {
 }
 
 
+def _pool_case(net, pooling, pool, stride, pad, shape, mapping=None):
+    return [net.op("Pool", [net.source(shape)], {"pooling": pooling, "pool": pool, "stride": stride, "padding": pad,
+                                                  "mapping": mapping, "activation": ACTIVATIONS["relu"]})]
+
+
+@pytest.fixture(scope="module")
+def pool_suite():
+    suite = Suite(seed=42)
+    for case, args in POOL_CASES.items():
+        suite.add(case, lambda net, args=args: _pool_case(net, *args))
+    for pooling in ("Max", "Average"):
+        mapping = _rng(4).random((4, 6)) < 0.5
+        mapping[:, 2] = False
+        mapping[0, 0] = True
+        suite.add(f"mapping_{pooling}", lambda net, pooling=pooling, mapping=mapping: _pool_case(
+            net, pooling, (2, 2), (2, 2), (1, 0), (2, 4, 6, 6), mapping))
+    return suite.run()
+
+
 @pytest.mark.parametrize("case", sorted(POOL_CASES))
-def test_pool(case):
-    pooling, pool, stride, pad, shape = POOL_CASES[case]
-    net = Net(seed=len(case))
-    y = net.op("Pool", [net.source(shape)], {"pooling": pooling, "pool": pool, "stride": stride, "padding": pad,
-                                              "mapping": None, "activation": ACTIVATIONS["relu"]})
-    check_training(net.output(y), expect_c=[y])
+def test_pool(pool_suite, case):
+    pool_suite.check(case)
 
 
 @pytest.mark.parametrize("pooling", ["Max", "Average"])
-def test_pool_mapping(pooling):
-    net = Net(seed=12)
-    mapping = _rng(4).random((4, 6)) < 0.5
-    mapping[:, 2] = False
-    mapping[0, 0] = True
-    y = net.op("Pool", [net.source((2, 4, 6, 6))], {"pooling": pooling, "pool": (2, 2), "stride": (2, 2),
-                                                     "padding": (1, 0), "mapping": mapping})
-    check_training(net.output(y), expect_c=[y])
+def test_pool_mapping(pool_suite, pooling):
+    pool_suite.check(f"mapping_{pooling}")
 
 
 # -- element-wise ops ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
-def test_activation(act):
-    if act == "none":
-        pytest.skip("identity activation: covered by Reshape")
-    net = Net(seed=13)
-    y = net.op("Activation", [net.source((2, 3, 5, 4))], {"activation": ACTIVATIONS[act]})
-    check_training(net.output(y), expect_c=[y])
+ACTIVATION_CASES = sorted(k for k in ACTIVATIONS if k != "none")
+
+
+@pytest.fixture(scope="module")
+def activation_suite():
+    suite = Suite(seed=43)
+    for act in ACTIVATION_CASES:
+        suite.add(act, lambda net, act=act: [net.op("Activation", [net.source((2, 3, 5, 4))],
+                                                     {"activation": ACTIVATIONS[act]})])
+    for batch in (1, 2):
+        def several(net, batch=batch):
+            a, b = net.source((batch, 2, 3, 3), "a"), net.source((batch, 3, 3, 3), "b")
+            return [net.op("Activation", [a, b], {"activation": ACTIVATIONS["tanh"]})]
+        suite.add(f"several_{batch}", several)
+    return suite.run()
+
+
+@pytest.mark.parametrize("act", ACTIVATION_CASES)
+def test_activation(activation_suite, act):
+    activation_suite.check(act)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_activation_several_inputs(batch):
-    net = Net(seed=14)
-    a, b = net.source((batch, 2, 3, 3), "a"), net.source((batch, 3, 3, 3), "b")
-    y = net.op("Activation", [a, b], {"activation": ACTIVATIONS["tanh"]})
-    check_training(net.output(y), expect_c=[y])
+def test_activation_several_inputs(activation_suite, batch):
+    activation_suite.check(f"several_{batch}")
 
 
 def test_dropout_training_and_inference():
@@ -343,11 +418,12 @@ def test_reshape_and_concat():
             assert p.plan.concat_aliased[cat] == [True, True]   # the producers wrote in place
 
 
-@pytest.mark.parametrize("with_loss,group", [(True, 0), (False, 0), (False, 2)])
-def test_softmax(with_loss, group):
-    net = Net(seed=17)
-    y = net.op("Softmax", [net.source((3, 6, 2, 3))], {"with_loss": with_loss, "group_size": group})
-    check_training(net.output(y), expect_c=[y])
+SOFTMAX_CASES = [(True, 0), (False, 0), (False, 2)]
+
+
+@pytest.mark.parametrize("with_loss,group", SOFTMAX_CASES)
+def test_softmax(misc_suite, with_loss, group):
+    misc_suite.check(("softmax", with_loss, group))
 
 
 @pytest.mark.parametrize("momentum,act", [(0.1, "relu"), (0.0, "none"), (0.3, "tanh")])
@@ -384,14 +460,23 @@ ELEMWISE_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(ELEMWISE_CASES))
-def test_elemwise(case):
-    op, weights, shifts = ELEMWISE_CASES[case]
-    net = Net(seed=19)
+def _elemwise_case(net, op, weights, shifts):
     xs = [net.source((2, 4, 3, 5), name) for name in "abc"]
-    y = net.op("ElemWise", xs, {"operation": op, "weights": weights, "shifts": shifts,
-                                "activation": ACTIVATIONS["leaky_clip"] if op == "Sum" else None})
-    check_training(net.output(y), expect_c=[y])
+    return [net.op("ElemWise", xs, {"operation": op, "weights": weights, "shifts": shifts,
+                                    "activation": ACTIVATIONS["leaky_clip"] if op == "Sum" else None})]
+
+
+@pytest.fixture(scope="module")
+def elemwise_suite():
+    suite = Suite(seed=44)
+    for case, args in ELEMWISE_CASES.items():
+        suite.add(case, lambda net, args=args: _elemwise_case(net, *args))
+    return suite.run()
+
+
+@pytest.mark.parametrize("case", sorted(ELEMWISE_CASES))
+def test_elemwise(elemwise_suite, case):
+    elemwise_suite.check(case)
 
 
 def test_elemwise_and_addn_on_a_residual():
@@ -406,37 +491,57 @@ def test_elemwise_and_addn_on_a_residual():
     assert addn and all(p.where[n] == "c" for n in addn)
 
 
-@pytest.mark.parametrize("top,bot,left,right", [(1, 2, 0, 3), (-1, 1, 2, -2)])
-def test_padding(top, bot, left, right):
-    net = Net(seed=21)
-    y = net.op("Padding", [net.source((2, 3, 5, 6))], {"top": top, "bot": bot, "left": left, "right": right})
-    check_training(net.output(y), expect_c=[y])
+PADDING_CASES = [(1, 2, 0, 3), (-1, 1, 2, -2)]
+TRANSPOSE_CASES = [(1, 0, 2, 3), (2, 0, 1, 3), (0, 2, 1, 3)]
+RESIZE_CASES = [("Bilinear", False, (7, 10)), ("BilinearTF", True, (9, 4)), ("BilinearTF", False, (5, 9)),
+                ("NearestNeighbor", False, (8, 3))]
 
 
-@pytest.mark.parametrize("perm", [(1, 0, 2, 3), (2, 0, 1, 3), (0, 2, 1, 3)])
-def test_transpose(perm):
-    net = Net(seed=22)
-    y = net.op("Transpose", [net.source((2, 3, 4, 5))], {"perm": perm})
-    check_training(net.output(y), expect_c=[y])
+@pytest.fixture(scope="module")
+def misc_suite():
+    """Softmax, Padding, Transpose, Resize and Scaling cases in one program."""
+    from n2d2.scaling import FloatingPointScaling
+
+    suite = Suite(seed=45)
+    for with_loss, group in SOFTMAX_CASES:
+        suite.add(("softmax", with_loss, group), lambda net, w=with_loss, g=group: [
+            net.op("Softmax", [net.source((3, 6, 2, 3))], {"with_loss": w, "group_size": g})])
+    for top, bot, left, right in PADDING_CASES:
+        suite.add(("padding", top, bot, left, right), lambda net, a=(top, bot, left, right): [
+            net.op("Padding", [net.source((2, 3, 5, 6))], dict(zip(("top", "bot", "left", "right"), a)))])
+    for perm in TRANSPOSE_CASES:
+        suite.add(("transpose", perm), lambda net, perm=perm: [
+            net.op("Transpose", [net.source((2, 3, 4, 5))], {"perm": perm})])
+    for mode, align, size in RESIZE_CASES:
+        suite.add(("resize", mode, align, size), lambda net, m=mode, a=align, sz=size: [
+            net.op("Resize", [net.source((2, 3, 4, 6))], {"height": sz[0], "width": sz[1], "mode": m,
+                                                           "align_corners": a})])
+    for clipped in (False, True):
+        scaling = FloatingPointScaling([0.5, -1.5, 2.0], is_clipped=clipped,
+                                       clipping=[0.8, 1.2, 0.3] if clipped else None)
+        suite.add(("scaling", clipped), lambda net, sc=scaling: [
+            net.op("Scaling", [net.source((2, 3, 4, 4))], {"scaling": sc})])
+    return suite.run()
 
 
-@pytest.mark.parametrize("mode,align,size", [("Bilinear", False, (7, 10)), ("BilinearTF", True, (9, 4)),
-                                             ("BilinearTF", False, (5, 9)), ("NearestNeighbor", False, (8, 3))])
-def test_resize(mode, align, size):
-    net = Net(seed=23)
-    y = net.op("Resize", [net.source((2, 3, 4, 6))], {"height": size[0], "width": size[1], "mode": mode,
-                                                       "align_corners": align})
-    check_training(net.output(y), expect_c=[y])
+@pytest.mark.parametrize("top,bot,left,right", PADDING_CASES)
+def test_padding(misc_suite, top, bot, left, right):
+    misc_suite.check(("padding", top, bot, left, right))
+
+
+@pytest.mark.parametrize("perm", TRANSPOSE_CASES)
+def test_transpose(misc_suite, perm):
+    misc_suite.check(("transpose", perm))
+
+
+@pytest.mark.parametrize("mode,align,size", RESIZE_CASES)
+def test_resize(misc_suite, mode, align, size):
+    misc_suite.check(("resize", mode, align, size))
 
 
 @pytest.mark.parametrize("clipped", [False, True])
-def test_scaling_floating_point(clipped):
-    from n2d2.scaling import FloatingPointScaling
-
-    scaling = FloatingPointScaling([0.5, -1.5, 2.0], is_clipped=clipped, clipping=[0.8, 1.2, 0.3] if clipped else None)
-    net = Net(seed=24)
-    y = net.op("Scaling", [net.source((2, 3, 4, 4))], {"scaling": scaling})
-    check_training(net.output(y), expect_c=[y])
+def test_scaling_floating_point(misc_suite, clipped):
+    misc_suite.check(("scaling", clipped))
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -574,7 +679,6 @@ def _train_three_steps(build, input_shape, nb_classes, solver=None):
     """Parameters after each of 3 SGD steps, numpy then C, from the same initial weights."""
     from n2d2.cells import Sequence, Softmax
     from n2d2.ir.trace import trace
-    from n2d2.solver import SGD
 
     rng = _rng(30)
     x = rng.random(input_shape).astype(np.float32)
@@ -632,37 +736,40 @@ DECONV_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(DECONV_CASES))
-def test_deconv(case):
-    from n2d2.ir import ops as op_registry
-
-    if "Deconv" not in op_registry.names():
-        pytest.skip("no Deconv op definition")
-    shape, o, kw = DECONV_CASES[case]
-    net = Net(seed=sum(map(ord, case)))
+def _deconv_case(net, shape, o, kw, mapping=None):
     x = net.source(shape)
     c, k, groups = shape[1], kw["k"], kw.get("groups", 1)
     params = {"weights": _normal(net.rng, (c, o // groups) + k, 1.0 / np.sqrt(c * k[0] * k[1]))}
     if kw.get("bias", True):
         params["biases"] = _normal(net.rng, (o,), 0.5)
     attrs = {"stride": kw.get("stride", (1, 1)), "padding": kw.get("padding", (0, 0)),
-             "dilation": kw.get("dilation", (1, 1)), "groups": groups, "mapping": None,
+             "dilation": kw.get("dilation", (1, 1)), "groups": groups, "mapping": mapping,
              "activation": kw.get("activation")}
-    y = net.op("Deconv", [x], attrs, params)
-    check_training(net.output(y), expect_c=[y])
+    return [net.op("Deconv", [x], attrs, params)]
 
 
-def test_deconv_mapping():
+@pytest.fixture(scope="module")
+def deconv_suite():
     from n2d2.ir import ops as op_registry
 
     if "Deconv" not in op_registry.names():
         pytest.skip("no Deconv op definition")
-    net = Net(seed=31)
+    suite = Suite(seed=46)
+    for case, (shape, o, kw) in DECONV_CASES.items():
+        suite.add(case, lambda net, shape=shape, o=o, kw=kw: _deconv_case(net, shape, o, kw))
     mapping = _rng(5).random((4, 5)) < 0.5
-    params = {"weights": _normal(net.rng, (4, 5, 3, 3), 0.3), "biases": _normal(net.rng, (5,))}
-    y = net.op("Deconv", [net.source((2, 4, 5, 5))], {"stride": (2, 2), "padding": (1, 1), "dilation": (1, 1),
-                                                       "groups": 1, "mapping": mapping, "activation": None}, params)
-    check_training(net.output(y), expect_c=[y])
+    suite.add("mapping", lambda net: _deconv_case(net, (2, 4, 5, 5), 5, dict(k=(3, 3), stride=(2, 2),
+                                                                              padding=(1, 1)), mapping))
+    return suite.run()
+
+
+@pytest.mark.parametrize("case", sorted(DECONV_CASES))
+def test_deconv(deconv_suite, case):
+    deconv_suite.check(case)
+
+
+def test_deconv_mapping(deconv_suite):
+    deconv_suite.check("mapping")
 
 
 def test_lenet_training_with_adam_matches_numpy():
@@ -677,3 +784,12 @@ def test_sgd_without_momentum_and_with_clamping_matches_numpy():
 
     _train_three_steps(_lenet, (8, 1, 32, 32), 10,
                        solver=lambda: SGD(learning_rate=0.2, clamping="-0.05:0.05"))
+
+
+def test_nodes_of_one_geometry_share_a_function_and_odd_names_are_safe():
+    net = Net(seed=50, name="g */ x")
+    a = net.conv(net.source((2, 3, 6, 6), "in */ a"), 3, k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])
+    b = net.conv(net.source((2, 3, 6, 6), "in */ b"), 3, k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])
+    p = check_training(net.output(a, b), expect_c=[a, b])
+    fname = {k["node"]: k["fname"] for k in p.kernels}
+    assert fname[a] == fname[b] and fname[f"grad:{a}"] == fname[f"grad:{b}"]

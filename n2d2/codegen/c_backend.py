@@ -4,8 +4,16 @@ Each node whose op has a C template (`templates/c/ops/<Op>.c.j2`) and whose attr
 template supports becomes a kernel function with its shapes baked in; the others run on the
 numpy reference over the same arena views (the fallback). A `Grad` node runs where its forward
 node ran. Consecutive C nodes of one phase are called through one exported segment function,
-so a phase costs one ctypes call per C segment. `Update` nodes run the Python solvers on the
-arena's gradient views (the solvers' state stays in one place whichever backend runs).
+so a phase costs one ctypes call per C segment. `Update` nodes update the parameters with the
+solvers' own state: `SGD` through a fused compiled pass (`_sgd_in_c`), other solvers in Python
+on the arena's gradient views.
+
+Kernels: convolutions and fully connected layers are GEMMs on a register-tiled micro-kernel
+(templates/c/runtime.c.j2, gemm.c.j2) with bias and activation fused into the tile store; how a
+convolution is lowered (one GEMM over the batch, im2col blocks of images, in-place windows for
+stride 1, direct loops for depthwise) is decided per node from its shapes (`_conv_geometry`).
+Kernels above a work threshold use the OpenMP team (`if` by construction: small ones never wake
+it); `_ThreadTuner` picks, from measured step times, the team or one thread (a shared machine).
 
 Memory: the arena holds every planned tensor (`n2d2.ir.planner`); kernels also get a scratch
 buffer (im2col matrices, transposed weights, per-thread partial gradients), sized for the
@@ -45,11 +53,25 @@ _SLACK_FLOATS = 64   # readable floats after every buffer (ragged GEMM strips)
 class Buf:
     """A tensor of the arena as the templates see it: a pointer expression, shape, size."""
 
-    def __init__(self, offset, shape):
+    def __init__(self, offset, shape, ptr=None):
         self.offset = int(offset)
         self.shape = tuple(int(s) for s in shape)
         self.size = int(np.prod(self.shape)) if self.shape else 1
-        self.ptr = f"((float *)(arena + {self.offset}))"
+        self.ptr = ptr or f"((float *)(arena + {self.offset}))"
+
+
+class _Binder:
+    """The pointers one kernel reads (arena tensors, parameters, aux buffers), named `b[i]` in
+    its body: the body then depends on shapes and attributes only, so nodes of the same
+    geometry share one compiled function, called with their own pointers."""
+
+    def __init__(self):
+        self.exprs = []
+
+    def __call__(self, expr):
+        if expr not in self.exprs:
+            self.exprs.append(expr)
+        return f"b[{self.exprs.index(expr)}]"
 
 
 class _Context(dict):
@@ -425,10 +447,12 @@ class CProgram:
         self._param_names = []        # parameters C kernels read, in pointer-array order
         self._param_index = {}
         self._scratch_layouts = []
+        self._functions = {}          # kernel body -> {"fname", "body", "nodes", ...}
         self._decide_and_render(order)
         self._segments = self._segment()
-        self.source = render("c/program.c.j2", graph_name=graph.name, nodes=[k["node"] for k in self.kernels],
-                             arena_bytes=self.plan.arena_bytes, kernels=self.kernels, segments=self._segments)
+        self.source = render("c/program.c.j2", graph_name=_comment_text(graph.name),
+                             nodes=[k["node"] for k in self.kernels], arena_bytes=self.plan.arena_bytes,
+                             kernels=self.kernels, segments=self._segments, functions=list(self._functions.values()))
         self._lib = None
         if self.kernels:
             self._lib = _load(compiler.build_shared_library(self.source, cident(name or graph.name)))
@@ -480,34 +504,35 @@ class CProgram:
             atexit.register(self.print_profile)
 
     # -- building ---------------------------------------------------------------------------------
-    def _buf(self, tensor):
+    def _buf(self, tensor, bind):
         tt = self.graph.output_types(tensor[0])[tensor[1]]
-        return Buf(self.plan.offsets[tensor], tt.shape)
+        off = self.plan.offsets[tensor]
+        return Buf(off, tt.shape, bind(f"(float *)(arena + {off})"))
 
-    def _param(self, pname):
+    def _param(self, pname, bind):
         if pname not in self._param_index:
             self._param_index[pname] = len(self._param_names)
             self._param_names.append(pname)
-        return f"params[{self._param_index[pname]}]"
+        return bind(f"params[{self._param_index[pname]}]")
 
-    def _aux_slot(self, key, shape, kind):
+    def _aux_slot(self, key, shape, kind, bind):
         if key not in self.aux_specs:
             self.aux_specs[key] = (tuple(shape), kind)
-        return f"aux[{list(self.aux_specs).index(key)}]"
+        return bind(f"aux[{list(self.aux_specs).index(key)}]")
 
-    def _forward_context(self, node, g):
+    def _forward_context(self, node, g, bind):
         gr = self.graph
         d = gr.node(node)
         ctx = _Context(
-            x=[self._buf(t) for t in gr.inputs_of(node)],
-            y=self._buf((node, 0)),
-            p=_Context({r: self._param(p) for r, p in d.params.items()}),
+            x=[self._buf(t, bind) for t in gr.inputs_of(node)],
+            y=self._buf((node, 0), bind),
+            p=_Context({r: self._param(p, bind) for r, p in d.params.items()}),
             a=_Context(d.attrs), act=_activation(d.attrs.get("activation")), g=_Context(g),
-            training=self.training, aux=_Context(), name=node)
+            training=self.training, aux=_Context())
         if d.op == "Dropout" and self.training:
-            ctx.aux["mask"] = self._aux_slot(f"{node}.mask", gr.output_types(node)[0].shape, "dropout")
+            ctx.aux["mask"] = self._aux_slot(f"{node}.mask", gr.output_types(node)[0].shape, "dropout", bind)
         if d.op == "BatchNorm" and g.get("TRAIN"):
-            ctx.aux["stats"] = self._aux_slot(f"{node}.stats", (2 * g["C"],), "scratch")
+            ctx.aux["stats"] = self._aux_slot(f"{node}.stats", (2 * g["C"],), "scratch", bind)
         if d.op == "Concat":
             ctx["aliased"] = list(self.plan.concat_aliased.get(node, [False] * len(ctx.x)))
         if d.op == "Epilogue":
@@ -517,53 +542,61 @@ class CProgram:
     def _decide_and_render(self, order):
         env = environment()
         gr = self.graph
-        forward_ctx = {}
         for index, node in enumerate(order):
             op = gr.op(node)
             if op in ("Input", "Update"):
                 continue
+            bind = _Binder()
             if op == "Grad":
                 fwd = gr.attrs(node)["of"]
                 if self.where.get(fwd) != "c" or not _has_macro(gr.op(fwd), "backward"):
                     self.where[node] = "numpy"
                     continue
                 attrs = gr.attrs(node)
-                outs = [self._buf((node, k)) for k in range(len(gr.output_types(node)))]
                 fwd_inputs = gr.inputs_of(fwd)
+                if len(fwd_inputs) != len(attrs["input_needs"]):
+                    self.where[node] = "numpy"
+                    continue
+                fctx = self._forward_context(fwd, self.geometry[fwd], bind)
+                dy = self._buf(gr.inputs_of(node)[0], bind)
+                outs = [self._buf((node, k), bind) for k in range(len(gr.output_types(node)))]
                 dx, k = [], 0
                 for need in attrs["input_needs"]:
                     dx.append(outs[k] if need else None)
                     k += need
-                if len(fwd_inputs) != len(dx):
-                    self.where[node] = "numpy"
-                    continue
                 dp = _Context({r: outs[k + i] for i, r in enumerate(attrs["roles"])})
-                ctx = _Context(fwd=forward_ctx[fwd], dy=self._buf(gr.inputs_of(node)[0]), dx=dx, dp=dp,
-                               need_dx=any(d is not None for d in dx), name=node)
+                ctx = _Context(fwd=fctx, dy=dy, dx=dx, dp=dp, need_dx=any(d is not None for d in dx))
                 body = env.from_string('{% import "c/ops/' + gr.op(fwd) + '.c.j2" as op %}{{ op.backward(n) }}')
-                self._add_kernel(index, node, "Grad", body.render(n=ctx))
-                fg = forward_ctx[fwd].g
-                self._scratch_layouts.append(fg.get("sb"))
+                self._add_kernel(index, node, "Grad", body.render(n=ctx), bind)
+                self._scratch_layouts.append(self.geometry[fwd].get("sb"))
                 continue
             g = _geometry(gr, node, self.training) if template_exists(f"c/ops/{op}.c.j2") else None
             if g is None:
                 self.where[node] = "numpy"
                 continue
-            ctx = self._forward_context(node, g)
-            forward_ctx[node] = ctx
             self.geometry[node] = g
+            ctx = self._forward_context(node, g, bind)
             body = env.from_string('{% import "c/ops/' + op + '.c.j2" as op %}{{ op.forward(n) }}')
-            self._add_kernel(index, node, op, body.render(n=ctx))
+            self._add_kernel(index, node, op, body.render(n=ctx), bind)
             self.kernels[-1]["read_past"] = g.get("READ_PAST", 0)
             self._scratch_layouts.append(g.get("sf"))
 
-    def _add_kernel(self, index, node, op, body):
+    def _add_kernel(self, index, node, op, body, bind):
+        """A node's kernel: its function (shared with the nodes whose body is the same) and the
+        pointers it is called with."""
         gr = self.graph
         sig = ", ".join(str(t) for t in gr.input_types(node)) + " -> " + \
             ", ".join(str(t) for t in gr.output_types(node))
         self.where[node] = "c"
-        self.kernels.append({"index": index, "id": len(self.kernels), "node": node, "op": op,
-                             "fname": f"k{index}", "signature": sig, "body": body.rstrip("\n")})
+        body = body.rstrip("\n")
+        function = self._functions.get(body)
+        if function is None:
+            function = self._functions[body] = {"fname": f"f{len(self._functions)}", "body": body, "nodes": [],
+                                                "op": op if op != "Grad" else "Grad of " + gr.op(gr.attrs(node)["of"]),
+                                                "signature": sig}
+        function["nodes"].append(_comment_text(node))
+        self.kernels.append({"index": index, "id": len(self.kernels), "node": node, "label": _comment_text(node),
+                             "op": op, "fname": function["fname"], "signature": sig, "binds": list(bind.exprs)})
 
     def _segment(self):
         kernel_of = {k["node"]: k for k in self.kernels}
@@ -578,7 +611,8 @@ class CProgram:
                     current = []
             if current:
                 segments.append(current)
-        return [{"index": i, "nodes": s, "kernels": [kernel_of[n] for n in s]} for i, s in enumerate(segments)]
+        return [{"index": i, "nodes": s, "labels": [kernel_of[n]["label"] for n in s],
+                 "kernels": [kernel_of[n] for n in s]} for i, s in enumerate(segments)]
 
     def _phase_plan(self):
         """Per phase: the list of items to run: ('c', segment function) or ('py', node)."""
@@ -862,6 +896,13 @@ def _load(path):
         return compiler.load_library(path)
     finally:
         del os.environ["GOMP_SPINCOUNT"]
+
+
+def _comment_text(name) -> str:
+    """A name quoted for a C comment (any text may be a node name, "*/" included)."""
+    import json
+
+    return json.dumps(str(name)).replace("*/", "*\\/")
 
 
 def _has_macro(op, macro):
