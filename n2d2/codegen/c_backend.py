@@ -504,35 +504,41 @@ class CProgram:
             atexit.register(self.print_profile)
 
     # -- building ---------------------------------------------------------------------------------
-    def _buf(self, tensor, bind):
+    # `bind` (a _Binder) names the pointers b[i]; without it (n2d2.export builds contexts with
+    # these methods) they are the direct expressions arena + offset, params[i], aux[i].
+    def _buf(self, tensor, bind=None):
         tt = self.graph.output_types(tensor[0])[tensor[1]]
         off = self.plan.offsets[tensor]
-        return Buf(off, tt.shape, bind(f"(float *)(arena + {off})"))
+        expr = f"(float *)(arena + {off})"
+        return Buf(off, tt.shape, bind(expr) if bind is not None else f"({expr})")
 
-    def _param(self, pname, bind):
+    def _param(self, pname, bind=None):
         if pname not in self._param_index:
             self._param_index[pname] = len(self._param_names)
             self._param_names.append(pname)
-        return bind(f"params[{self._param_index[pname]}]")
+        expr = f"params[{self._param_index[pname]}]"
+        return bind(expr) if bind is not None else expr
 
-    def _aux_slot(self, key, shape, kind, bind):
+    def _aux_slot(self, key, shape, kind, bind=None):
         if key not in self.aux_specs:
             self.aux_specs[key] = (tuple(shape), kind)
-        return bind(f"aux[{list(self.aux_specs).index(key)}]")
+        expr = f"aux[{list(self.aux_specs).index(key)}]"
+        return bind(expr) if bind is not None else expr
 
-    def _forward_context(self, node, g, bind):
+    def _forward_context(self, node, g, bind=None):
         gr = self.graph
         d = gr.node(node)
+        b = () if bind is None else (bind,)
         ctx = _Context(
-            x=[self._buf(t, bind) for t in gr.inputs_of(node)],
-            y=self._buf((node, 0), bind),
-            p=_Context({r: self._param(p, bind) for r, p in d.params.items()}),
+            x=[self._buf(t, *b) for t in gr.inputs_of(node)],
+            y=self._buf((node, 0), *b),
+            p=_Context({r: self._param(p, *b) for r, p in d.params.items()}),
             a=_Context(d.attrs), act=_activation(d.attrs.get("activation")), g=_Context(g),
             training=self.training, aux=_Context())
         if d.op == "Dropout" and self.training:
-            ctx.aux["mask"] = self._aux_slot(f"{node}.mask", gr.output_types(node)[0].shape, "dropout", bind)
+            ctx.aux["mask"] = self._aux_slot(f"{node}.mask", gr.output_types(node)[0].shape, "dropout", *b)
         if d.op == "BatchNorm" and g.get("TRAIN"):
-            ctx.aux["stats"] = self._aux_slot(f"{node}.stats", (2 * g["C"],), "scratch", bind)
+            ctx.aux["stats"] = self._aux_slot(f"{node}.stats", (2 * g["C"],), "scratch", *b)
         if d.op == "Concat":
             ctx["aliased"] = list(self.plan.concat_aliased.get(node, [False] * len(ctx.x)))
         if d.op == "Epilogue":
