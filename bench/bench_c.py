@@ -84,17 +84,18 @@ def n2d2_training(mapping: bool, batch=BATCH):
 
 def n2d2_profile(steps=30, batch=BATCH):
     """Per-kernel wall time of the LeNet.ini training step (profiling on), share of the step."""
-    from n2d2.codegen import c_backend
 
-    old = os.environ.get("N2D2_PROFILE")
+    saved = {k: os.environ.get(k) for k in ("N2D2_PROFILE", "N2D2_THREADS")}
     os.environ["N2D2_PROFILE"] = "1"
+    os.environ["N2D2_THREADS"] = str(os.cpu_count() or 1)   # the whole team, not the tuner's choice
     try:
         step, _ = n2d2_training(mapping=True, batch=batch)
     finally:
-        if old is None:
-            del os.environ["N2D2_PROFILE"]
-        else:
-            os.environ["N2D2_PROFILE"] = old
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
     import atexit
 
     program = step.program
@@ -401,8 +402,8 @@ def report(machine, train, infer, losses, args, profile=None, resnet=None):
     ort_best = min(i[k][0] for k in i if k.startswith("ort")) if any(k.startswith("ort") for k in i) else float("nan")
     r_infer = i["n2d2"][0] / ort_best
     lines.append(f"- Training: n2d2 (LeNet.ini) runs at **{r_train:.2f}x** the images per second of the fastest "
-                 f"PyTorch configuration (goal >= 1.5x: {'met' if r_train >= 1.5 else 'NOT met'}); with a dense conv2, the "
-                 f"same arithmetic as PyTorch, {r_dense:.2f}x.")
+                 f"PyTorch configuration (goal >= 1.5x: {'met' if r_train >= 1.5 else 'NOT met'}); with a dense "
+                 f"conv2, the same arithmetic as PyTorch, {r_dense:.2f}x.")
     lines.append(f"- Inference at batch 1: n2d2's latency is **{r_infer:.2f}x** onnxruntime's best "
                  f"(goal <= 1.0x: {'met' if r_infer <= 1.0 else 'NOT met'}).")
     lines.append(f"- Losses after the timed steps (ln 10 = 2.30 at the start; n2d2 ran more steps in the same "
@@ -416,7 +417,7 @@ def report(machine, train, infer, losses, args, profile=None, resnet=None):
         rows, nthreads = profile
         top = ", ".join(f"{node} {t / 1e3:.2f} ms ({100 * share:.0f} %)" for node, t, share in rows[:8])
         lines.append(f"- Where a LeNet.ini training step goes (`N2D2_PROFILE=1`, wall time per kernel, "
-                     f"{nthreads} thread(s), as the tuner chose): {top}.")
+                     f"{nthreads} thread(s)): {top}.")
     lines.append("- Notes: the two goals are measured against peers run in the same session on this machine "
                  "(CPU-ANCHORS.md's figures come from another, AMD, machine: there onnxruntime took 15 us and PyTorch "
                  "trained 22-25k img/s; here both are slower). PyTorch in the same process has glibc's default "
