@@ -83,7 +83,8 @@ def build_shared_library(source: str, name: str = "n2d2_graph", flags=None) -> s
     # comments (node and graph names) do not change the code: the same network traced under
     # other cell names reuses the library
     code = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
-    key = hashlib.sha256("\0".join([code, " ".join(flags), _compiler_version(cc), _host_id()]).encode()).hexdigest()[:24]
+    key = hashlib.sha256("\0".join([code, " ".join(flags), _compiler_version(cc), _host_id()]).encode())
+    key = key.hexdigest()[:24]
     directory = cache_dir()
     for entry in os.listdir(directory):
         if entry.endswith(f"_{key}.so"):
