@@ -241,21 +241,12 @@ class Transpose(OpDef):
 
 # -- element-wise ------------------------------------------------------------------------------
 @register
-class Activation(OpDef):
-    """attrs: activation (a spec; None = identity). Several inputs are concatenated."""
+class Activation(Concat):
+    """attrs: activation (a spec; None = identity). Several inputs are concatenated first: the
+    core is Concat's, the activation is applied by OpDef.forward."""
 
     name = "Activation"
-    max_inputs = None
     elementwise = True
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        return [_concat_shape(in_shapes)]
-
-    def _forward(self, attrs, xs, params, training):
-        return _concat(xs), [x.shape for x in xs]
-
-    def _backward(self, attrs, shapes, dy, needs, params):
-        return _split_channels(dy, shapes, needs), {}
 
 
 @register
