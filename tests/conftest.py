@@ -23,4 +23,18 @@ def rel_err(a, b) -> float:
     return float(np.linalg.norm(a - b) / (denom if denom > 0 else 1.0))
 
 
+def fd_grad(f, x, dy, eps=1e-6):
+    """Central differences of sum(f(x) * dy) with respect to x (x float64, changed in place and restored)."""
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        old = x[idx]
+        x[idx] = old + eps
+        up = float((f(x) * dy).sum())
+        x[idx] = old - eps
+        down = float((f(x) * dy).sum())
+        x[idx] = old
+        g[idx] = (up - down) / (2 * eps)
+    return g
+
+
 requires_cuda = pytest.mark.skipif(not n2d2.global_variables.cuda_available, reason="needs a CUDA device and CuPy")

@@ -13,21 +13,7 @@ from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.filler import Constant
 from n2d2.ops import batchnorm as ops
 from n2d2.solver import SGD, Adam
-from tests.conftest import rel_err
-
-
-def _fd_grad(f, x, dy, eps=1e-6):
-    """Central differences of sum(f(x) * dy) with respect to x (float64)."""
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        up = float((f(x) * dy).sum())
-        x[idx] = old - eps
-        down = float((f(x) * dy).sum())
-        x[idx] = old
-        g[idx] = (up - down) / (2 * eps)
-    return g
+from tests.conftest import fd_grad, rel_err
 
 
 def _run(cell, x, dy):
@@ -145,15 +131,15 @@ def test_ops_finite_differences():
     y, ctx, _, _ = ops.batchnorm_forward_train(x, scales, biases, 1e-5)
     dx, ds, db = ops.batchnorm_backward_train(dy, ctx, scales)
     assert dx.dtype == np.float64
-    assert rel_err(dx, _fd_grad(lambda a: ops.batchnorm_forward_train(a, scales, biases, 1e-5)[0], x, dy)) < 1e-6
-    assert rel_err(ds, _fd_grad(lambda s: ops.batchnorm_forward_train(x, s, biases, 1e-5)[0], scales, dy)) < 1e-6
-    assert rel_err(db, _fd_grad(lambda b: ops.batchnorm_forward_train(x, scales, b, 1e-5)[0], biases, dy)) < 1e-6
+    assert rel_err(dx, fd_grad(lambda a: ops.batchnorm_forward_train(a, scales, biases, 1e-5)[0], x, dy)) < 1e-6
+    assert rel_err(ds, fd_grad(lambda s: ops.batchnorm_forward_train(x, s, biases, 1e-5)[0], scales, dy)) < 1e-6
+    assert rel_err(db, fd_grad(lambda b: ops.batchnorm_forward_train(x, scales, b, 1e-5)[0], biases, dy)) < 1e-6
     y, ctx = ops.batchnorm_forward_infer(x, scales, biases, means, variances, 1e-5)
     dx, ds, db = ops.batchnorm_backward_infer(dy, ctx, scales)
     f = lambda a: ops.batchnorm_forward_infer(a, scales, biases, means, variances, 1e-5)[0]  # noqa: E731
-    assert rel_err(dx, _fd_grad(f, x, dy)) < 1e-6
+    assert rel_err(dx, fd_grad(f, x, dy)) < 1e-6
     f = lambda s: ops.batchnorm_forward_infer(x, s, biases, means, variances, 1e-5)[0]  # noqa: E731
-    assert rel_err(ds, _fd_grad(f, scales, dy)) < 1e-6
+    assert rel_err(ds, fd_grad(f, scales, dy)) < 1e-6
 
 
 def test_update_applies_both_solvers():

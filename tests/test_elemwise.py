@@ -9,22 +9,10 @@ from n2d2.cells import ElemWise, Fc, Layer, Sequence
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ops import elemwise as ops
 from n2d2.utils import reset_name_counters
-from tests.conftest import rel_err
+from tests.conftest import fd_grad, rel_err
 
 SHAPE = (2, 3, 4, 5)
 
-
-def _fd_grad(f, x, dy, eps=1e-6):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        up = float((f(x) * dy).sum())
-        x[idx] = old - eps
-        down = float((f(x) * dy).sum())
-        x[idx] = old
-        g[idx] = (up - down) / (2 * eps)
-    return g
 
 
 def _coefficients(mode, k, c, rng):
@@ -91,7 +79,7 @@ def test_op_finite_differences(operation):
             inputs[k] = a
             return ops.elemwise_forward(inputs, operation, weights, shifts)[0]
         assert dxs[k].dtype == np.float64
-        assert rel_err(dxs[k], _fd_grad(f, xs[k].copy(), dy)) < 1e-6
+        assert rel_err(dxs[k], fd_grad(f, xs[k].copy(), dy)) < 1e-6
 
 
 def test_max_ties_go_to_the_first_input_and_euclidean_zero_has_no_gradient():

@@ -9,28 +9,27 @@ import torch.nn.functional as F
 
 import n2d2
 from n2d2.activation import Linear, Rectifier, Tanh
-from n2d2.cells import (Activation, BatchNorm2d, Dropout, ElemWise, GlobalPool2d, Padding, Pool2d, Reshape, Resize,
-                        Scaling, Softmax, Transpose)
+from n2d2.cells import (
+    Activation,
+    BatchNorm2d,
+    Dropout,
+    ElemWise,
+    GlobalPool2d,
+    Padding,
+    Pool2d,
+    Reshape,
+    Resize,
+    Scaling,
+    Softmax,
+    Transpose,
+)
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ops import padding as pad_ops
 from n2d2.ops import resize as resize_ops
 from n2d2.ops import scaling as scaling_ops
 from n2d2.scaling import DoubleShiftScaling, FixedPointScaling, FloatingPointScaling, SingleShiftScaling
 from n2d2.utils import reset_name_counters
-from tests.conftest import rel_err, requires_cuda
-
-
-def _fd_grad(f, x, dy, eps=1e-6):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        up = float((f(x) * dy).sum())
-        x[idx] = old - eps
-        down = float((f(x) * dy).sum())
-        x[idx] = old
-        g[idx] = (up - down) / (2 * eps)
-    return g
+from tests.conftest import fd_grad, rel_err, requires_cuda
 
 
 def _run(cell, x, dy=None, seed=0):
@@ -90,7 +89,7 @@ def test_padding_matches_torch(pads):
     assert np.array_equal(y, yt) and np.array_equal(dx, dxt)
     xd = x.astype(np.float64)
     dyd = dy.astype(np.float64)
-    assert rel_err(pad_ops.pad_backward(dyd, *pads), _fd_grad(lambda a: pad_ops.pad_forward(a, *pads), xd, dyd)) < 1e-8
+    assert rel_err(pad_ops.pad_backward(dyd, *pads), fd_grad(lambda a: pad_ops.pad_forward(a, *pads), xd, dyd)) < 1e-8
 
 
 # -- Activation cell (sections 14, 22 test_activation) ----------------------------------------------
@@ -192,7 +191,7 @@ def test_resize_op_finite_differences():
         dy = rng.standard_normal((1, 2, 7, 3))
         dx = resize_ops.resize_backward(dy, a_h, a_w)
         assert dx.dtype == np.float64
-        assert rel_err(dx, _fd_grad(lambda a: resize_ops.resize_forward(a, a_h, a_w), x, dy)) < 1e-6
+        assert rel_err(dx, fd_grad(lambda a: resize_ops.resize_forward(a, a_h, a_w), x, dy)) < 1e-6
 
 
 # -- Scaling ------------------------------------------------------------------------------------
@@ -218,7 +217,7 @@ def test_floating_point_scaling_matches_torch():
     assert rel_err(y, yt) < 1e-6 and rel_err(dx, dxt) < 1e-6
     xd, dyd = x.astype(np.float64), dy.astype(np.float64)
     f = lambda a: scaling_ops.floating_point_forward(a, scales, clip)  # noqa: E731
-    assert rel_err(scaling_ops.floating_point_backward(dyd, xd, scales, clip), _fd_grad(f, xd, dyd)) < 1e-6
+    assert rel_err(scaling_ops.floating_point_backward(dyd, xd, scales, clip), fd_grad(f, xd, dyd)) < 1e-6
 
 
 def test_integer_scalings_match_integer_arithmetic():

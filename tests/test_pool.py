@@ -10,7 +10,7 @@ from n2d2.cells import GlobalPool2d, Padding, Pool, Pool2d, Pooling
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ops import pool as ops
 from n2d2.utils import reset_name_counters
-from tests.conftest import rel_err
+from tests.conftest import fd_grad, rel_err
 
 # (input NCHW, pool [X, Y], stride [X, Y], padding [X, Y])
 GEOMETRIES = [
@@ -47,19 +47,6 @@ def _run_cell(cell, x, dy):
     return y.to_numpy(), dx
 
 
-def _fd_grad(f, x, dy, eps=1e-6):
-    """Central differences of sum(f(x) * dy) with respect to x (float64)."""
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        up = float((f(x) * dy).sum())
-        x[idx] = old - eps
-        down = float((f(x) * dy).sum())
-        x[idx] = old
-        g[idx] = (up - down) / (2 * eps)
-    return g
-
 
 @pytest.mark.parametrize("pooling", ["Max", "Average"])
 @pytest.mark.parametrize("shape,pool,stride,pad", GEOMETRIES)
@@ -93,7 +80,7 @@ def test_pool_ops_finite_differences(pooling, shape, pool, stride, pad):
     else:
         dx = ops.avg_pool_backward(dy, x.shape, k, s, p)
     assert dx.dtype == np.float64
-    assert rel_err(dx, _fd_grad(f, x, dy)) < 1e-6
+    assert rel_err(dx, fd_grad(f, x, dy)) < 1e-6
 
 
 def test_max_pool_ties_go_to_the_first_maximum_like_torch():
@@ -162,7 +149,7 @@ def test_mapped_pool_ops_match_n2d2_loops_and_finite_differences(pooling):
         dx = ops.mapped_max_pool_backward(dy, x, ctx, mapping, k, s, p)
     else:
         dx = ops.mapped_avg_pool_backward(dy, x.shape, mapping, k, s, p)
-    assert rel_err(dx, _fd_grad(f, x, dy)) < 1e-6
+    assert rel_err(dx, fd_grad(f, x, dy)) < 1e-6
 
 
 def test_pool_without_mapping_pools_across_all_channels_as_n2d2():

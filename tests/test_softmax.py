@@ -9,20 +9,7 @@ from n2d2.cells import Fc, Softmax
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ops import softmax as ops
 from n2d2.utils import reset_name_counters
-from tests.conftest import rel_err
-
-
-def _fd_grad(f, x, dy, eps=1e-6):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        up = float((f(x) * dy).sum())
-        x[idx] = old - eps
-        down = float((f(x) * dy).sum())
-        x[idx] = old
-        g[idx] = (up - down) / (2 * eps)
-    return g
+from tests.conftest import fd_grad, rel_err
 
 
 def _run(cell, x, dy):
@@ -90,7 +77,7 @@ def test_op_finite_differences():
         y = ops.softmax_forward(x, group_size)
         dx = ops.softmax_backward(dy, y, group_size)
         assert dx.dtype == np.float64
-        assert rel_err(dx, _fd_grad(lambda a: ops.softmax_forward(a, group_size), x, dy)) < 1e-6
+        assert rel_err(dx, fd_grad(lambda a: ops.softmax_forward(a, group_size), x, dy)) < 1e-6
 
 
 def test_printing_and_parameters():
