@@ -168,15 +168,20 @@ class Input(OpDef):
         return list(graph.output_types(node))
 
 
-@register
-class Concat(OpDef):
-    """Channel concatenation (an Interface fed to a cell)."""
+class _ConcatenatingOp(OpDef):
+    """Base of ops that take several inputs concatenated along channels, shape unchanged."""
 
-    name = "Concat"
     max_inputs = None
 
     def _infer(self, attrs, in_shapes, param_shapes):
         return [_concat_shape(in_shapes)]
+
+
+@register
+class Concat(_ConcatenatingOp):
+    """Channel concatenation (an Interface fed to a cell)."""
+
+    name = "Concat"
 
     def _forward(self, attrs, xs, params, training):
         return _concat(xs), [x.shape for x in xs]
@@ -250,15 +255,11 @@ class Activation(Concat):
 
 
 @register
-class Dropout(OpDef):
+class Dropout(_ConcatenatingOp):
     """attrs: dropout (drop probability; kept values are not rescaled, as N2D2)."""
 
     name = "Dropout"
-    max_inputs = None
     elementwise = True
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        return [_concat_shape(in_shapes)]
 
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)
@@ -304,15 +305,11 @@ class ElemWise(OpDef):
 
 
 @register
-class Scaling(OpDef):
+class Scaling(_ConcatenatingOp):
     """attrs: scaling (an `n2d2.scaling` object: its forward/backward per output channel)."""
 
     name = "Scaling"
-    max_inputs = None
     elementwise = True
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        return [_concat_shape(in_shapes)]
 
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)
