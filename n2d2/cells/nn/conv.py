@@ -42,6 +42,25 @@ def check_dims(name, value, fill, minimum):
     return list(value)
 
 
+def check_conv_arguments(nb_inputs, nb_outputs, nb_input_cells, kernel_dims, **dims):
+    """Conv/Deconv constructor arguments, checked, in print order.
+
+    `dims` are the optional `[X, Y]` sizes in print order; None is the default ([0, 0] for
+    `padding_dims`, which may be negative, [1, 1] for the others).
+    """
+    check_int("nb_inputs", nb_inputs)
+    check_int("nb_outputs", nb_outputs)
+    check_int("nb_input_cells", nb_input_cells)
+    arguments = {"nb_inputs": nb_inputs, "nb_outputs": nb_outputs,
+                 "kernel_dims": check_dims("kernel_dims", kernel_dims, 1, 1)}
+    for name, value in dims.items():
+        if name == "padding_dims":
+            arguments[name] = check_dims(name, [0, 0] if value is None else value, 0, None)
+        else:
+            arguments[name] = check_dims(name, [1, 1] if value is None else value, 1, 1)
+    return arguments
+
+
 class ConvolutionCell(WeightedCell):
     """What Conv and Deconv share: kernel geometry, connection table, weight API, parameter files.
 
@@ -312,14 +331,18 @@ class ConvolutionCell(WeightedCell):
                 self._biases[...] = self._to_model_device(b)
 
 
-def _conv_parameters():
+def convolution_parameters(quantizer=True):
+    """The configuration parameters of Conv (Deconv: without `quantizer`), in print order."""
+    specs = solver_and_filler_specs()
+    if not quantizer:
+        del specs["quantizer"]
     return {
         "back_propagate": Spec(bool, True),
         "no_bias": Spec(bool, False),
         "outputs_remap": Spec(str, ""),
         "weights_export_flip": Spec(bool, False),
         "weights_export_format": Spec(str, "OCHW", choices=("OCHW", "HWCO")),
-        **solver_and_filler_specs(),
+        **specs,
         "mapping": Spec(Tensor, None, allow_none=True),
     }
 
@@ -348,23 +371,13 @@ class Conv(ConvolutionCell):
 
     _arguments = ("nb_inputs", "nb_outputs", "kernel_dims", "sub_sample_dims", "stride_dims", "padding_dims",
                   "dilation_dims")
-    _parameters = _conv_parameters()
+    _parameters = convolution_parameters()
 
     def __init__(self, nb_inputs, nb_outputs, kernel_dims, nb_input_cells=1, sub_sample_dims=None,
                  stride_dims=None, padding_dims=None, dilation_dims=None, mapping=None, **config):
-        check_int("nb_inputs", nb_inputs)
-        check_int("nb_outputs", nb_outputs)
-        check_int("nb_input_cells", nb_input_cells)
-        arguments = {
-            "nb_inputs": nb_inputs,
-            "nb_outputs": nb_outputs,
-            "kernel_dims": check_dims("kernel_dims", kernel_dims, 1, 1),
-            "sub_sample_dims": check_dims("sub_sample_dims", [1, 1] if sub_sample_dims is None else sub_sample_dims,
-                                          1, 1),
-            "stride_dims": check_dims("stride_dims", [1, 1] if stride_dims is None else stride_dims, 1, 1),
-            "padding_dims": check_dims("padding_dims", [0, 0] if padding_dims is None else padding_dims, 0, None),
-            "dilation_dims": check_dims("dilation_dims", [1, 1] if dilation_dims is None else dilation_dims, 1, 1),
-        }
+        arguments = check_conv_arguments(nb_inputs, nb_outputs, nb_input_cells, kernel_dims,
+                                         sub_sample_dims=sub_sample_dims, stride_dims=stride_dims,
+                                         padding_dims=padding_dims, dilation_dims=dilation_dims)
         super().__init__(arguments, mapping=mapping, **config)
 
     def _geometry(self, in_shape):

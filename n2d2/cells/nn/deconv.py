@@ -6,12 +6,9 @@ kernel that output o applies to input channel c, as for Conv. The connection tab
 API and parameter files are Conv's (`ConvolutionCell`).
 """
 
-from n2d2.cells.nn.conv import ConvolutionCell, check_dims, check_int
-from n2d2.cells.nn.weighted import solver_and_filler_specs
-from n2d2.configurable import Spec
+from n2d2.cells.nn.conv import ConvolutionCell, check_conv_arguments, convolution_parameters
 from n2d2.ops import conv as conv_ops
 from n2d2.ops import deconv as ops
-from n2d2.tensor import Tensor
 
 
 class Deconv(ConvolutionCell):
@@ -37,29 +34,12 @@ class Deconv(ConvolutionCell):
 
     _outputs_first = False
     _arguments = ("nb_inputs", "nb_outputs", "kernel_dims", "stride_dims", "padding_dims", "dilation_dims")
-    _parameters = {
-        "back_propagate": Spec(bool, True),
-        "no_bias": Spec(bool, False),
-        "outputs_remap": Spec(str, ""),
-        "weights_export_flip": Spec(bool, False),
-        "weights_export_format": Spec(str, "OCHW", choices=("OCHW", "HWCO")),
-        **{k: v for k, v in solver_and_filler_specs().items() if k != "quantizer"},
-        "mapping": Spec(Tensor, None, allow_none=True),
-    }
+    _parameters = convolution_parameters(quantizer=False)
 
     def __init__(self, nb_inputs, nb_outputs, kernel_dims, nb_input_cells=1, stride_dims=None, padding_dims=None,
                  dilation_dims=None, mapping=None, **config):
-        check_int("nb_inputs", nb_inputs)
-        check_int("nb_outputs", nb_outputs)
-        check_int("nb_input_cells", nb_input_cells)
-        arguments = {
-            "nb_inputs": nb_inputs,
-            "nb_outputs": nb_outputs,
-            "kernel_dims": check_dims("kernel_dims", kernel_dims, 1, 1),
-            "stride_dims": check_dims("stride_dims", [1, 1] if stride_dims is None else stride_dims, 1, 1),
-            "padding_dims": check_dims("padding_dims", [0, 0] if padding_dims is None else padding_dims, 0, None),
-            "dilation_dims": check_dims("dilation_dims", [1, 1] if dilation_dims is None else dilation_dims, 1, 1),
-        }
+        arguments = check_conv_arguments(nb_inputs, nb_outputs, nb_input_cells, kernel_dims, stride_dims=stride_dims,
+                                         padding_dims=padding_dims, dilation_dims=dilation_dims)
         super().__init__(arguments, mapping=mapping, **config)
 
     def _geometry(self, in_shape):
