@@ -15,6 +15,8 @@ Conversion rules:
   Resize scales/sizes/roi, Clip bounds, Dropout ratio) must be constants; when they are graph
   inputs the graph is built per distinct input value (and per input shapes), and cached.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -35,17 +37,15 @@ STATIC_SLOTS = {
 }
 
 
+@dataclass(slots=True, eq=False)
 class _Value:
     """An ONNX value during conversion: a constant array or an IR tensor (node, output)."""
 
-    __slots__ = ("name", "const", "ref", "type", "trainable")
-
-    def __init__(self, name, type_, const=None, ref=None, trainable=False):
-        self.name = name
-        self.type = type_
-        self.const = const
-        self.ref = ref
-        self.trainable = trainable
+    name: str
+    type: TensorType
+    const: object = None
+    ref: object = None
+    trainable: bool = False
 
     @property
     def is_const(self):

@@ -22,6 +22,8 @@ position is wasted. Outputs and input gradients are NCHW *views* of [C, H, W, N]
 elementwise numpy ops keep that layout, the next convolution reads it without a copy, and
 `ascontiguousarray` gives a plain NCHW array where one is needed.
 """
+from dataclasses import dataclass
+
 import numpy as np
 
 from n2d2.backend import array_module
@@ -352,6 +354,7 @@ def _check(x, weights, groups, mapping):
         raise ValueError(f"conv2d: mapping must be [C, O] = [{c}, {o}], got {list(mapping.shape)}")
 
 
+@dataclass(slots=True, eq=False)
 class ConvContext:
     """What the backward pass needs from a forward call.
 
@@ -360,17 +363,14 @@ class ConvContext:
     rebuild columns in cache-sized pieces.
     """
 
-    __slots__ = ("geom", "cols", "padded", "bands", "weights", "groups", "mapping", "has_bias")
-
-    def __init__(self, geom, cols, padded, bands, weights, groups, mapping, has_bias):
-        self.geom = geom
-        self.cols = cols
-        self.padded = padded
-        self.bands = bands
-        self.weights = weights
-        self.groups = groups
-        self.mapping = mapping
-        self.has_bias = has_bias
+    geom: object
+    cols: object
+    padded: object
+    bands: object
+    weights: object
+    groups: int
+    mapping: object
+    has_bias: bool
 
     @property
     def depthwise(self) -> bool:

@@ -14,6 +14,8 @@ pairs. Output size per dimension (N2D2 and PyTorch, no output padding):
 `(in - 1) * stride - 2 * pad + dil * (k - 1) + 1`. `mapping` [C_in, C_out] (element [c][o]
 true: output o reads input channel c) zeroes unconnected pairs (groups=1 only).
 """
+from dataclasses import dataclass
+
 from n2d2.ops import conv as _conv
 
 
@@ -22,18 +24,16 @@ def deconv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1
 
 
+@dataclass(slots=True, eq=False)
 class DeconvContext:
     """What the backward pass needs from a forward call."""
 
-    __slots__ = ("geom", "x", "weights", "groups", "mapping", "has_bias")
-
-    def __init__(self, geom, x, weights, groups, mapping, has_bias):
-        self.geom = geom
-        self.x = x
-        self.weights = weights
-        self.groups = groups
-        self.mapping = mapping
-        self.has_bias = has_bias
+    geom: object
+    x: object
+    weights: object
+    groups: int
+    mapping: object
+    has_bias: bool
 
 
 def _geometry(x, weights, stride, padding, dilation, groups, mapping):
