@@ -259,42 +259,39 @@ class _Exporter:
     def _op_Conv(self, attrs, ins):
         if tuple(attrs.get("sub_sample", (1, 1))) != (1, 1):
             raise self.error(f"sub_sample {attrs['sub_sample']} (block sums) has no ONNX equivalent")
-        x, first = self.joined(ins, True)
-        w = self.param("weights")
-        b = self.param("biases")
-        groups = int(attrs.get("groups", 1))
-        mapping = attrs.get("mapping")
-        if mapping is not None:
-            mask = np.asarray(mapping, dtype=bool).T  # [O, C]
-            if w.shape[:2] != mask.shape:
-                raise self.error(f"weights {list(w.shape)} do not match the connection table {list(mask.shape)}")
-            w = w * mask[:, :, None, None]
-            groups = 1
-        (ph, pw), (sh, sw), (dh, dw) = attrs["padding"], attrs["stride"], attrs["dilation"]
-        names = [x, self.const(f"{self.current}.weights", w)]
-        if b is not None:
-            names.append(self.const(f"{self.current}.biases", b))
-        y = self.step("Conv", names, "conv", first, kernel_shape=list(w.shape[2:]), strides=[sh, sw],
-                      pads=[ph, pw, ph, pw], dilations=[dh, dw], group=groups)
-        return y, 4, False
+        return self.convolution("Conv", "conv", attrs, ins), 4, False
 
     def _op_Deconv(self, attrs, ins):
+        return self.convolution("ConvTranspose", "deconv", attrs, ins), 4, False
+
+    def convolution(self, op_type, suffix, attrs, ins):
+        """The ONNX Conv or ConvTranspose node of an IR Conv/Deconv node. An irregular connection
+        table (attr `mapping`, [C, O]) becomes dense weights with the unconnected kernels zeroed."""
         x, first = self.joined(ins, True)
         w = self.param("weights")
         b = self.param("biases")
         groups = int(attrs.get("groups", 1))
         mapping = attrs.get("mapping")
         if mapping is not None:
-            mask = np.asarray(mapping, dtype=bool)  # [C, O]
+            mask = np.asarray(mapping, dtype=bool)  # [C, O]: ConvTranspose's weight order
+            if op_type == "Conv":
+                mask = mask.T  # [O, C]
+                if w.shape[:2] != mask.shape:
+                    raise self.error(f"weights {list(w.shape)} do not match the connection table "
+                                     f"{list(mask.shape)}")
             w = w * mask[:, :, None, None]
             groups = 1
         (ph, pw), (sh, sw), (dh, dw) = attrs["padding"], attrs["stride"], attrs["dilation"]
+        names = self.with_parameters(x, w, b)
+        return self.step(op_type, names, suffix, first, kernel_shape=list(w.shape[2:]), strides=[sh, sw],
+                         pads=[ph, pw, ph, pw], dilations=[dh, dw], group=groups)
+
+    def with_parameters(self, x, w, b):
+        """Input names [x, weights, biases] of a weighted node (no biases name when b is None)."""
         names = [x, self.const(f"{self.current}.weights", w)]
         if b is not None:
             names.append(self.const(f"{self.current}.biases", b))
-        y = self.step("ConvTranspose", names, "deconv", first, kernel_shape=list(w.shape[2:]), strides=[sh, sw],
-                      pads=[ph, pw, ph, pw], dilations=[dh, dw], group=groups)
-        return y, 4, False
+        return names
 
     def _op_Fc(self, attrs, ins):
         flat = []
@@ -303,10 +300,8 @@ class _Exporter:
         x = flat[0] if len(flat) == 1 else self.node("Concat", flat, f"{self.current}/concat", axis=1)
         w = self.param("weights")
         b = self.param("biases")
-        names = [x, self.const(f"{self.current}.weights", w)]
-        if b is not None:
-            names.append(self.const(f"{self.current}.biases", b))
-        elif self.opset < 11:
+        names = self.with_parameters(x, w, b)
+        if b is None and self.opset < 11:
             names.append(self.const(f"{self.current}.biases", np.zeros(w.shape[0], np.float32)))
         return self.primary("Gemm", names, transB=1), 2, False
 
