@@ -1077,13 +1077,17 @@ class _Importer:
             raise self.malformed(f"{node.op_type} needs 2 inputs, got {len(ins)}")
         return ins
 
-    def _op_Add(self, node, ins, a):
+    def _commutative(self, node, ins, with_const, operation):
+        """Add/Mul: a constant on either side goes to `with_const`, two activations to an ElemWise."""
         x, y = self._binary(node, ins)
         if isinstance(x, np.ndarray):
             x, y = y, x
         if isinstance(y, np.ndarray):
-            return self._add_const(node, x, y)
-        return self._elemwise(node, [x, y], "Sum")
+            return with_const(node, x, y)
+        return self._elemwise(node, [x, y], operation)
+
+    def _op_Add(self, node, ins, a):
+        return self._commutative(node, ins, self._add_const, "Sum")
 
     def _op_Sub(self, node, ins, a):
         x, y = self._binary(node, ins)
@@ -1100,12 +1104,7 @@ class _Importer:
         return self._elemwise(node, [x, y], "Sum", weights=[1.0, -1.0])
 
     def _op_Mul(self, node, ins, a):
-        x, y = self._binary(node, ins)
-        if isinstance(x, np.ndarray):
-            x, y = y, x
-        if isinstance(y, np.ndarray):
-            return self._mul_const(node, x, y)
-        return self._elemwise(node, [x, y], "Prod")
+        return self._commutative(node, ins, self._mul_const, "Prod")
 
     def _op_Div(self, node, ins, a):
         x, y = self._binary(node, ins)
