@@ -26,14 +26,20 @@ DEFAULT_OUTPUT_ROOT = "n2d2_runs"
 
 
 # -- argument types (bad values exit with status 2, as argparse does) --------------------------------
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, integer: str, in_range: str) -> int:
+    """`text` as an int >= minimum; the errors say "expected <integer>" (not an integer) or
+    "expected <in_range>" (too small)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {integer}, got '{text}'") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {in_range}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer", "a positive integer")
 
 
 def _non_negative_float(text: str) -> float:
@@ -54,13 +60,7 @@ def _fraction(text: str) -> float:
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed >= 0 (0: time based), got {value}")
-    return value
+    return _int_at_least(text, 0, "an integer seed", "a seed >= 0 (0: time based)")
 
 
 # -- train ----------------------------------------------------------------------------------------
