@@ -42,6 +42,14 @@ def _is_shift_pair(v) -> bool:
     return isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_shift(s) for s in v)
 
 
+def _clipping_arguments(is_clipped, clipping, item_check=_is_real, item_name="float"):
+    """The checked `is_clipped` and `clipping` (None: []) arguments every scaling mode ends with."""
+    clipping = [] if clipping is None else clipping
+    _check_bool("is_clipped", is_clipped)
+    _check_list("clipping", clipping, item_check, item_name)
+    return {"is_clipped": is_clipped, "clipping": list(clipping)}
+
+
 class ScalingObject(Configurable):
     """Abstract base of the scaling modes."""
 
@@ -82,12 +90,9 @@ class FloatingPointScaling(ScalingObject):
     _arguments = ("scaling_per_output", "is_clipped", "clipping")
 
     def __init__(self, scaling_per_output, is_clipped=False, clipping=None, model=None):
-        clipping = [] if clipping is None else clipping
         _check_list("scaling_per_output", scaling_per_output, _is_real, "float")
-        _check_bool("is_clipped", is_clipped)
-        _check_list("clipping", clipping, _is_real, "float")
-        super().__init__({"scaling_per_output": list(scaling_per_output), "is_clipped": is_clipped,
-                          "clipping": list(clipping)}, model)
+        super().__init__({"scaling_per_output": list(scaling_per_output),
+                          **_clipping_arguments(is_clipped, clipping)}, model)
 
     def forward(self, x):
         return ops.floating_point_forward(x, self._args["scaling_per_output"], self._clipping())
@@ -103,16 +108,13 @@ class FixedPointScaling(ScalingObject):
     _per_output_index = 1
 
     def __init__(self, nb_fractional_bits, scaling, is_clipped=False, clipping=None, model=None):
-        clipping = [] if clipping is None else clipping
         if not _is_int(nb_fractional_bits):
             raise WrongInputType("nb_fractional_bits", type(nb_fractional_bits), ["int"])
         if not 0 <= nb_fractional_bits < 63:
             raise WrongValue("nb_fractional_bits", nb_fractional_bits, ["0..62"])
         _check_list("scaling", scaling, _is_int, "int")
-        _check_bool("is_clipped", is_clipped)
-        _check_list("clipping", clipping, _is_real, "float")
         super().__init__({"nb_fractional_bits": nb_fractional_bits, "scaling": list(scaling),
-                          "is_clipped": is_clipped, "clipping": list(clipping)}, model)
+                          **_clipping_arguments(is_clipped, clipping)}, model)
 
     def forward(self, x):
         return ops.fixed_point_forward(x, self._args["scaling"], self._args["nb_fractional_bits"], self._clipping())
@@ -128,11 +130,8 @@ class SingleShiftScaling(ScalingObject):
     _arguments = ("scaling", "is_clipped", "clipping")
 
     def __init__(self, scaling, is_clipped=False, clipping=None, model=None):
-        clipping = [] if clipping is None else clipping
         _check_list("scaling", scaling, _is_shift, "int in [0, 64)")
-        _check_bool("is_clipped", is_clipped)
-        _check_list("clipping", clipping, _is_real, "float")
-        super().__init__({"scaling": list(scaling), "is_clipped": is_clipped, "clipping": list(clipping)}, model)
+        super().__init__({"scaling": list(scaling), **_clipping_arguments(is_clipped, clipping)}, model)
 
     def forward(self, x):
         return ops.single_shift_forward(x, self._args["scaling"], self._clipping())
@@ -150,12 +149,10 @@ class DoubleShiftScaling(ScalingObject):
     _arguments = ("scaling", "is_clipped", "clipping")
 
     def __init__(self, scaling, is_clipped=False, clipping=None, model=None):
-        clipping = [] if clipping is None else clipping
         _check_list("scaling", scaling, _is_shift_pair, "pair of ints in [0, 64)")
-        _check_bool("is_clipped", is_clipped)
-        _check_list("clipping", clipping, _is_shift_pair, "pair of ints in [0, 64)")
-        super().__init__({"scaling": [tuple(p) for p in scaling], "is_clipped": is_clipped,
-                          "clipping": [tuple(p) for p in clipping]}, model)
+        arguments = _clipping_arguments(is_clipped, clipping, _is_shift_pair, "pair of ints in [0, 64)")
+        arguments["clipping"] = [tuple(p) for p in arguments["clipping"]]
+        super().__init__({"scaling": [tuple(p) for p in scaling], **arguments}, model)
 
     def check_channels(self, nb_channels: int, cell_name: str):
         if self.nb_outputs() != nb_channels:
