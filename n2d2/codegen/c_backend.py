@@ -221,11 +221,17 @@ def _conv_geometry(graph, node, attrs, ins, outs):
              PARB=nblk >= 2 and 2 * macs >= PARALLEL_MIN_MACS)
     sf, sb = _Scratch(), _Scratch()
     hp, wp = h + 2 * py, w + 2 * px
-    if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= WIDE_MIN_EFFICIENCY and not (groups > 1 and groups == c == o):
+    # the input gradient of a wide convolution is the wide convolution of dz, padded by the
+    # dilated kernel extent minus the padding, with the flipped kernel (needs that padding >= 0)
+    pqy, pqx = (kh - 1) * dy - py, (kw - 1) * dx - px
+    if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= WIDE_MIN_EFFICIENCY and not (groups > 1 and groups == c == o) \
+            and pqy >= 0 and pqx >= 0:
         # implicit im2col: the GEMM reads shifted windows of the (padded) input planes in place
         lw = ho * wp
+        hq, wq = h + (kh - 1) * dy, w + (kw - 1) * dx
         g.update(MODE="wide", Hp=hp, Wp=wp, PS=hp * wp, LW=lw, LWD=-(-lw // 32) * 32, LWK=_round16(lw),
-                 PADDED=py > 0 or px > 0, READ_PAST=(kw - 1) * dx + 64)
+                 PADDED=py > 0 or px > 0, READ_PAST=(kw - 1) * dx + 64,
+                 Hq=hq, Wq=wq, PSQ=hq * wq, PQY=pqy, PQX=pqx, LWX=h * wq, LWXD=-(-(h * wq) // 32) * 32)
         plane_floats = cg * hp * wp + 2 * wp + 64
         if conn is not None:
             sf.add_shared("WM", o * kg)
@@ -234,9 +240,10 @@ def _conv_geometry(graph, node, attrs, ins, outs):
         if g["PADDED"]:
             sf.add_private("XP", plane_floats)
             sb.add_private("XP", plane_floats)
+        sb.add_shared("WF", o * kg)
         sb.add_private("DZW", o * g["LWD"])
-        sb.add_private("COLW", kg * g["LWD"])
-        sb.add_private("DXP", plane_floats)
+        sb.add_private("DZQ", og * hq * wq + 2 * wq + 64)
+        sb.add_private("CWX", cg * g["LWXD"])
         sb.add_private("DWP", 16 * o * kg)
         sb.add_private("DBP", o)
         sb.add_private("DUMMY", h * w)
@@ -245,7 +252,10 @@ def _conv_geometry(graph, node, attrs, ins, outs):
         g["PAR"] = g["PARB"] = n >= 2 and macs >= PARALLEL_MIN_MACS
         sb.add_private("DUMMY", h * w)
     else:
-        g["MODE"] = "image"
+        # padded convolutions copy their inputs into zero-padded planes first (when every
+        # window stays inside them), so that im2col / col2im run without bounds checks
+        planes = (py > 0 or px > 0) and (ho - 1) * sy + (kh - 1) * dy < hp and (wo - 1) * sx + (kw - 1) * dx < wp
+        g.update(MODE="image", PLANES=planes, Hp=hp, Wp=wp, PS=hp * wp)
         if conn is not None:
             sf.add_shared("WM", o * kg)
             sb.add_shared("WM", o * kg)
@@ -254,9 +264,14 @@ def _conv_geometry(graph, node, attrs, ins, outs):
             sf.add_private("YB", og * g["CLD"])
         sb.add_private("COL", kg * g["CLD"])
         sb.add_private("DZB", o * g["CLD"])
-        sb.add_private("DWP", 16 * o * kg)
+        sb.add_private("DZT", nb * p * o)
+        sb.add_private("DWT", o * kg)
         sb.add_private("DBP", o)
         sb.add_private("DUMMY", h * w)
+        if planes:
+            sf.add_private("XP", cg * nb * hp * wp)
+            sb.add_private("XP", cg * nb * hp * wp)
+            sb.add_private("DXP", cg * nb * hp * wp)
     g["sf"], g["sb"] = sf.layout(), sb.layout()
     return g
 
