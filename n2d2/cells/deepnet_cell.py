@@ -47,6 +47,45 @@ def rebatch(graph, batch_size: int):
     return g
 
 
+class BestWeights:
+    """Early stopping on validation scores, shared by `DeepNetCell.fit` and the INI runner.
+
+    The weights of the best score so far are kept in memory and written to
+    `weights_validation/`; `stop_valid` validations in a row without improvement stop the
+    training (0: never).
+    """
+
+    def __init__(self, deepnet, stop_valid: int):
+        self.score = None          # the best score so far
+        self._deepnet = deepnet
+        self._stop_valid = stop_valid
+        self._params = None
+        self._stale = 0
+
+    def improves(self, score) -> bool:
+        return self.score is None or score > self.score
+
+    def record(self, score) -> bool:
+        """Keep the weights when `score` is the best so far; True when training should stop."""
+        if self.improves(score):
+            self.score, self._stale = score, 0
+            self._params = self._deepnet._snapshot()
+            self._deepnet.export_free_parameters("weights_validation", verbose=False)
+            return False
+        self._stale += 1
+        if self._stop_valid and self._stale >= self._stop_valid:
+            print(f"No improvement for {self._stale} validations: stopping")
+            return True
+        return False
+
+    def restore(self) -> bool:
+        """Put the best weights back into the network; False when no score was recorded."""
+        if self._params is None:
+            return False
+        self._deepnet._restore(self._params)
+        return True
+
+
 class DeepNetCell(Iterable):
     """A compiled network; indexable by position or cell name like a Sequence."""
 
@@ -386,7 +425,7 @@ class DeepNetCell(Iterable):
         database = self._provider.get_database()
         self.export_free_parameters("weights_init", verbose=False)
         has_validation = database.get_nb_stimuli("Validation") > 0
-        best, best_params, stale = None, None, 0
+        best = BestWeights(self, stop_valid)
         for epoch in range(learn_epoch):
             self._run_epoch("Learn", True, desc=f"epoch {epoch + 1}/{learn_epoch}")
             if not has_validation:
@@ -394,21 +433,12 @@ class DeepNetCell(Iterable):
             self._run_epoch("Validation", False, desc="validation")
             score = self._target.get_average_score(valid_metric)
             self._target.new_validation_point(score=score)
-            improved = best is None or score > best
-            print(f"Validation {valid_metric}: {100 * score:.2f}%" + (" (best)" if improved else ""))
-            if improved:
-                best, stale = score, 0
-                best_params = self._snapshot()
-                self.export_free_parameters("weights_validation", verbose=False)
-            else:
-                stale += 1
-                if stop_valid and stale >= stop_valid:
-                    print(f"No improvement for {stale} validations: stopping")
-                    break
-        if best_params is not None:
-            self._restore(best_params)
+            print(f"Validation {valid_metric}: {100 * score:.2f}%" + (" (best)" if best.improves(score) else ""))
+            if best.record(score):
+                break
+        best.restore()
         self._provider.set_partition("Learn")
-        return best
+        return best.score
 
     def run_test(self, log=1000, report=100, nb_test=-1, test_index=-1, test_id=-1, qat_sat=False,
                  log_kernels=False, wt_round_mode="NONE", b_round_mode="NONE", c_round_mode="NONE",

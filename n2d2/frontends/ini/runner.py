@@ -70,6 +70,8 @@ def run(model_path: str, learn: int = 0, log: int = 10000, test: bool = False, o
 
 
 def _learn(deepnet, budget, log, valid_metric, stop_valid):
+    from n2d2.cells.deepnet_cell import BestWeights
+
     provider, target = deepnet.get_provider(), deepnet.get_target()
     database = provider.get_database()
     nb_learn = database.get_nb_stimuli("Learn")
@@ -79,7 +81,7 @@ def _learn(deepnet, budget, log, valid_metric, stop_valid):
     deepnet.export_free_parameters("weights_init", verbose=False)
     print(f"Learning {budget} stimuli ({budget / nb_learn:.2f} epochs of {nb_learn}), log every {log}"
           + (", validation on " + str(database.get_nb_stimuli("Validation")) + " stimuli" if has_validation else ""))
-    done, best, best_params, stale = 0, None, None, 0
+    done, best = 0, BestWeights(deepnet, stop_valid)
     start = time.perf_counter()
     while done < budget:
         chunk = min(log, budget - done)
@@ -102,26 +104,20 @@ def _learn(deepnet, budget, log, valid_metric, stop_valid):
         deepnet._run_epoch("Validation", False, desc="validation", shuffle=False)
         score = target.get_average_score(valid_metric, partition="Validation")
         target.new_validation_point(score=score)
-        improved = best is None or score > best
+        improved = best.improves(score)
         print(f"Validation {valid_metric}: {100 * score:.2f}%"
-              + (" (best)" if improved else f" (best {100 * best:.2f}%)"))
+              + (" (best)" if improved else f" (best {100 * best.score:.2f}%)"))
         target.log_success("Validation", partition="Validation")
+        stop = best.record(score)
         if improved:
-            best, stale = score, 0
-            best_params = deepnet._snapshot()
-            deepnet.export_free_parameters("weights_validation", verbose=False)
             target.log_confusion_matrix("Validation", partition="Validation")
-        else:
-            stale += 1
-            if stop_valid and stale >= stop_valid:
-                print(f"No improvement for {stale} validations: stopping")
-                break
-    if best_params is not None:
-        deepnet._restore(best_params)
-        print(f"Best validation {valid_metric}: {100 * best:.2f}% (weights restored from weights_validation/)")
+        if stop:
+            break
+    if best.restore():
+        print(f"Best validation {valid_metric}: {100 * best.score:.2f}% (weights restored from weights_validation/)")
     else:
         deepnet.export_free_parameters("weights", verbose=False)
-    return done, best
+    return done, best.score
 
 
 def _test(deepnet):
