@@ -59,6 +59,16 @@ def check_fraction(name, value) -> float:
     return value
 
 
+def check_partition_ratios(learn, validation, test) -> tuple:
+    """The Learn, Validation, Test fractions as floats; together they may not exceed 1."""
+    learn = check_fraction("learn", learn)
+    validation = check_fraction("validation", validation)
+    test = check_fraction("test", test)
+    if learn + validation + test > 1.0 + 1e-9:
+        raise ValueError("The total partition ratio cannot be higher than 1")
+    return learn, validation, test
+
+
 def check_partition(partition: str) -> str:
     if not isinstance(partition, str):
         raise WrongInputType("partition", type(partition), ["str"])
@@ -200,11 +210,7 @@ class Database(Configurable):
         Counts follow N2D2's rounding; with `random_partitioning` (default) the stimuli are
         drawn at random, reproducibly from `n2d2.global_variables.seed`.
         """
-        learn = check_fraction("learn", learn)
-        validation = check_fraction("validation", validation)
-        test = check_fraction("test", test)
-        if learn + validation + test > 1.0 + 1e-9:
-            raise ValueError("The total partition ratio cannot be higher than 1")
+        learn, validation, test = check_partition_ratios(learn, validation, test)
         pool = self._sets["Unpartitioned"]
         counts = partition_counts(pool.size, learn, validation, test)
         self._move_unpartitioned(dict(zip(("Learn", "Validation", "Test"), counts)))
@@ -229,11 +235,7 @@ class Database(Configurable):
 
         With `equiv_label`, every label gives the same counts, computed on the smallest label.
         """
-        learn = check_fraction("learn", learn)
-        validation = check_fraction("validation", validation)
-        test = check_fraction("test", test)
-        if learn + validation + test > 1.0 + 1e-9:
-            raise ValueError("The total partition ratio cannot be higher than 1")
+        learn, validation, test = check_partition_ratios(learn, validation, test)
         pool = self._sets["Unpartitioned"]
         labels = self._labels[pool]
         groups = [pool[labels == lab] for lab in np.unique(labels)]
