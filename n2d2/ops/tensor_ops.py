@@ -696,6 +696,16 @@ def pool_geometry(in_sizes, kernel, strides=None, pads=None, dilations=None, cei
     return tuple(out), tuple(extra)
 
 
+def _pool_window(x, kernel, strides, pads, dilations, ceil_mode):
+    """Pooling arguments of x [N, C, *S] as tuples: (kernel, strides, dilations, begin pads,
+    end pads, end pads plus what ceil mode adds, output sizes)."""
+    kernel = tuple(int(k) for k in kernel)
+    strides, begins, ends, dilations = _spatial_args(x.ndim - 2, strides, pads, dilations)
+    out, extra = pool_geometry(x.shape[2:], kernel, strides, list(begins) + list(ends), dilations, ceil_mode)
+    ends_all = tuple(e + x_ for e, x_ in zip(ends, extra))
+    return kernel, strides, dilations, begins, ends, ends_all, out
+
+
 def _lowest(dtype):
     return -np.inf if _is_float(dtype) else np.iinfo(dtype).min
 
@@ -710,10 +720,8 @@ def max_pool_forward(x, kernel, strides=None, pads=None, dilations=None, ceil_mo
     """
     xp = array_module(x)
     nd = x.ndim - 2
-    kernel = tuple(int(k) for k in kernel)
-    strides, begins, ends, dilations = _spatial_args(nd, strides, pads, dilations)
-    out, extra = pool_geometry(x.shape[2:], kernel, strides, list(begins) + list(ends), dilations, ceil_mode)
-    ends_all = tuple(e + x_ for e, x_ in zip(ends, extra))
+    kernel, strides, dilations, begins, _, ends_all, out = _pool_window(x, kernel, strides, pads, dilations,
+                                                                         ceil_mode)
     a = _pad_spatial(x, begins, ends_all, _lowest(x.dtype))
     ctx = ConvContext(x_shape=x.shape, a=a, kernel=kernel, strides=strides, dilations=dilations, begins=begins,
                       ends=ends_all, out=out)
@@ -795,11 +803,8 @@ def avg_pool_forward(x, kernel, strides=None, pads=None, dilations=None, ceil_mo
     positions only ceil-mode windows reach never count.
     """
     xp = array_module(x)
-    nd = x.ndim - 2
-    kernel = tuple(int(k) for k in kernel)
-    strides, begins, ends, dilations = _spatial_args(nd, strides, pads, dilations)
-    out, extra = pool_geometry(x.shape[2:], kernel, strides, list(begins) + list(ends), dilations, ceil_mode)
-    ends_all = tuple(e + x_ for e, x_ in zip(ends, extra))
+    kernel, strides, dilations, begins, ends, ends_all, out = _pool_window(x, kernel, strides, pads, dilations,
+                                                                           ceil_mode)
     a = _pad_spatial(x, begins, ends_all, 0)
     # the divisor: window counts of the positions that count, per output position (host)
     sizes = x.shape[2:]
