@@ -58,22 +58,41 @@ def _decode_hue(h, dtype):
     return h.astype(np.float64) * 2.0 if _is_8bit(dtype) else h.astype(np.float64)
 
 
-def bgr_to_hsv(x):
-    b, g, r = (c for c in np.moveaxis(to_unit(x).astype(np.float64), 1, 0))
+def _unit_scale(dtype) -> float:
+    """What 1.0 on the [0, 1] scale is in `dtype` (S, V, L of HSV/HLS)."""
+    return 255.0 if _is_8bit(dtype) else 1.0
+
+
+def _hue_max_min(x):
+    """Hue (degrees) and the per-pixel max and min of the [0, 1] B, G, R of x (float64)."""
+    b, g, r = np.moveaxis(to_unit(x).astype(np.float64), 1, 0)
     vmax = np.maximum(np.maximum(b, g), r)
-    delta = vmax - np.minimum(np.minimum(b, g), r)
+    vmin = np.minimum(np.minimum(b, g), r)
+    return _hue(b, g, r, vmax, vmax - vmin), vmax, vmin
+
+
+def _pack_hue(h, first, second, dtype):
+    """(N, 3, H, W) in `dtype` from the hue (degrees) and two [0, 1] channels."""
+    scale = _unit_scale(dtype)
+    return restore_dtype(np.stack([_encode_hue(h, dtype), first * scale, second * scale], axis=1), dtype)
+
+
+def _unpack_hue(x):
+    """The hue (degrees) and the two [0, 1] channels of an HSV/HLS batch (float64)."""
+    scale = _unit_scale(x.dtype)
+    return _decode_hue(x[:, 0], x.dtype), x[:, 1].astype(np.float64) / scale, x[:, 2].astype(np.float64) / scale
+
+
+def bgr_to_hsv(x):
+    h, vmax, vmin = _hue_max_min(x)
+    delta = vmax - vmin
     s = np.where(vmax > 0, delta / np.where(vmax > 0, vmax, 1), 0.0)
-    h = _hue(b, g, r, vmax, delta)
-    scale = 255.0 if _is_8bit(x.dtype) else 1.0
-    return restore_dtype(np.stack([_encode_hue(h, x.dtype), s * scale, vmax * scale], axis=1), x.dtype)
+    return _pack_hue(h, s, vmax, x.dtype)
 
 
 def hsv_to_bgr(x):
-    scale = 255.0 if _is_8bit(x.dtype) else 1.0
-    h = _decode_hue(x[:, 0], x.dtype) / 60.0
-    s = x[:, 1].astype(np.float64) / scale
-    v = x[:, 2].astype(np.float64) / scale
-    h = np.mod(h, 6.0)
+    h, s, v = _unpack_hue(x)
+    h = np.mod(h / 60.0, 6.0)
     i = np.floor(h)
     f = h - i
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
@@ -85,23 +104,17 @@ def hsv_to_bgr(x):
 
 
 def bgr_to_hls(x):
-    b, g, r = (c for c in np.moveaxis(to_unit(x).astype(np.float64), 1, 0))
-    vmax = np.maximum(np.maximum(b, g), r)
-    vmin = np.minimum(np.minimum(b, g), r)
+    h, vmax, vmin = _hue_max_min(x)
     delta = vmax - vmin
     light = (vmax + vmin) / 2.0
     denom = np.where(light < 0.5, vmax + vmin, 2.0 - vmax - vmin)
     s = np.where(delta > 0, delta / np.where(denom > 0, denom, 1), 0.0)
-    h = _hue(b, g, r, vmax, delta)
-    scale = 255.0 if _is_8bit(x.dtype) else 1.0
-    return restore_dtype(np.stack([_encode_hue(h, x.dtype), light * scale, s * scale], axis=1), x.dtype)
+    return _pack_hue(h, light, s, x.dtype)
 
 
 def hls_to_bgr(x):
-    scale = 255.0 if _is_8bit(x.dtype) else 1.0
-    h = np.mod(_decode_hue(x[:, 0], x.dtype), 360.0) / 360.0
-    light = x[:, 1].astype(np.float64) / scale
-    s = x[:, 2].astype(np.float64) / scale
+    h, light, s = _unpack_hue(x)
+    h = np.mod(h, 360.0) / 360.0
     m2 = np.where(light <= 0.5, light * (1 + s), light + s - light * s)
     m1 = 2 * light - m2
 
