@@ -145,6 +145,26 @@ def _concat(xs):
     return xs[0] if len(xs) == 1 else array_module(*xs).concatenate(xs, axis=1)
 
 
+def _mapping_like(attrs, x):
+    """The connection table attr `mapping` (host array or None) on x's device."""
+    mapping = attrs.get("mapping")
+    if mapping is None:
+        return None
+    from n2d2.backend import to_device
+
+    return to_device(mapping, array_module(x) is not np)
+
+
+def _convolution_grads(dx, dw, db, shapes, needs):
+    """(input gradients, parameter gradients) of a convolution of channel-concatenated inputs."""
+    grads = {"weights": dw}
+    if db is not None:
+        grads["biases"] = db
+    if dx is None:
+        return [None] * len(needs), grads
+    return _split_channels(dx, shapes, needs), grads
+
+
 def _check_spatial(in_shapes):
     for s in in_shapes[1:]:
         if s[0] != in_shapes[0][0] or s[2:] != in_shapes[0][2:]:
@@ -433,12 +453,8 @@ class Pool(OpDef):
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)
         pool, stride, pad = attrs["pool"], attrs["stride"], attrs["padding"]
-        mapping = attrs.get("mapping")
+        mapping = _mapping_like(attrs, x)
         shapes = [a.shape for a in xs]
-        if mapping is not None:
-            from n2d2.backend import to_device
-
-            mapping = to_device(mapping, array_module(x) is not np)
         if attrs["pooling"] == "Max":
             if mapping is None:
                 y = pool_ops.max_pool_forward(x, pool, stride, pad)
@@ -525,30 +541,17 @@ class Conv(OpDef):
                                      attrs.get("sub_sample", (1, 1)))
         return [geom.out_shape]
 
-    def _mapping(self, attrs, x):
-        mapping = attrs.get("mapping")
-        if mapping is None:
-            return None
-        from n2d2.backend import to_device
-
-        return to_device(mapping, array_module(x) is not np)
-
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)
         y, ctx = conv_ops.conv2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
                                          attrs["padding"], attrs["dilation"], attrs.get("sub_sample", (1, 1)),
-                                         attrs.get("groups", 1), self._mapping(attrs, x))
+                                         attrs.get("groups", 1), _mapping_like(attrs, x))
         return y, (ctx, [a.shape for a in xs])
 
     def _backward(self, attrs, saved, dy, needs, params):
         ctx, shapes = saved
         dx, dw, db = conv_ops.conv2d_backward(dy, ctx, need_dx=any(needs), need_dw=True)
-        grads = {"weights": dw}
-        if db is not None:
-            grads["biases"] = db
-        if dx is None:
-            return [None] * len(needs), grads
-        return _split_channels(dx, shapes, needs), grads
+        return _convolution_grads(dx, dw, db, shapes, needs)
 
 
 @register
@@ -574,25 +577,15 @@ class Deconv(OpDef):
 
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)
-        mapping = attrs.get("mapping")
-        if mapping is not None:
-            from n2d2.backend import to_device
-
-            mapping = to_device(mapping, array_module(x) is not np)
         y, ctx = deconv_ops.conv_transpose2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
                                                      attrs["padding"], attrs["dilation"], attrs.get("groups", 1),
-                                                     mapping)
+                                                     _mapping_like(attrs, x))
         return y, (ctx, [a.shape for a in xs])
 
     def _backward(self, attrs, saved, dy, needs, params):
         ctx, shapes = saved
         dx, dw, db = deconv_ops.conv_transpose2d_backward(dy, ctx, need_dx=any(needs))
-        grads = {"weights": dw}
-        if db is not None:
-            grads["biases"] = db
-        if dx is None:
-            return [None] * len(needs), grads
-        return _split_channels(dx, shapes, needs), grads
+        return _convolution_grads(dx, dw, db, shapes, needs)
 
 
 @register
