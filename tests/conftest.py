@@ -23,18 +23,39 @@ def rel_err(a, b) -> float:
     return float(np.linalg.norm(a - b) / (denom if denom > 0 else 1.0))
 
 
-def fd_grad(f, x, dy, eps=1e-6):
-    """Central differences of sum(f(x) * dy) with respect to x (x float64, changed in place and restored)."""
+def numeric_grad(loss, x, eps=1e-6):
+    """Central differences of the scalar `loss()` with respect to x (x float64, changed in place
+    and restored: `loss` reads it)."""
     g = np.zeros_like(x)
     for idx in np.ndindex(x.shape):
         old = x[idx]
         x[idx] = old + eps
-        up = float((f(x) * dy).sum())
+        up = loss()
         x[idx] = old - eps
-        down = float((f(x) * dy).sum())
+        down = loss()
         x[idx] = old
         g[idx] = (up - down) / (2 * eps)
     return g
+
+
+def fd_grad(f, x, dy, eps=1e-6):
+    """Central differences of sum(f(x) * dy) with respect to x (x float64, changed in place and restored)."""
+    return numeric_grad(lambda: float((f(x) * dy).sum()), x, eps)
+
+
+def run_weighted_cell(cell, x, dy):
+    """Forward of a weighted cell on a raw array (a list of arrays: an Interface), then its backward
+    with the input gradients forced on and the parameter gradients zeroed first.
+
+    Returns (y, dx (a list for a list), dweights, dbiases or None)."""
+    xs = x if isinstance(x, list) else [x]
+    tensors = [n2d2.Tensor.from_numpy(a) for a in xs]
+    y = cell(tensors[0] if len(tensors) == 1 else n2d2.Interface(tensors))
+    record = y.get_deepnet().records()[-1]
+    cell._zero_param_grads()
+    dxs = cell._backward(record.ctx, dy, [True] * len(xs))
+    return y.to_numpy(), dxs if isinstance(x, list) else dxs[0], cell._param_grads["weights"], \
+        cell._param_grads.get("biases")
 
 
 requires_cuda = pytest.mark.skipif(not n2d2.global_variables.cuda_available, reason="needs a CUDA device and CuPy")

@@ -19,7 +19,7 @@ from n2d2.mapping import Mapping
 from n2d2.ops import conv as ops
 from n2d2.settings import Verbosity
 from n2d2.solver import SGD
-from tests.conftest import rel_err, requires_cuda
+from tests.conftest import numeric_grad, rel_err, requires_cuda, run_weighted_cell
 
 IRREGULAR = np.array([[1, 0, 1, 1, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 1], [0, 0, 0, 1, 1]], dtype=bool)  # [C=4, O=5]
 
@@ -33,16 +33,6 @@ def _mapping(kind, c, o):
         return Mapping(nb_channels_per_group=1).create_mapping(c, o)
     assert (c, o) == IRREGULAR.shape
     return n2d2.Tensor.from_numpy(IRREGULAR)
-
-
-def _run_cell(cell, xs, dy):
-    """Forward + backward of one cell on raw arrays (input gradients forced on)."""
-    tensors = [n2d2.Tensor.from_numpy(x) for x in xs]
-    y = cell(tensors[0] if len(tensors) == 1 else n2d2.Interface(tensors))
-    record = y.get_deepnet().records()[-1]
-    cell._zero_param_grads()
-    dxs = cell._backward(record.ctx, dy, [True] * len(xs))
-    return y.to_numpy(), dxs, cell._param_grads["weights"], cell._param_grads.get("biases")
 
 
 def _torch_sub_sample(y, sy, sx):
@@ -108,7 +98,7 @@ def test_conv_cell_matches_torch(case):
     dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
     yt.backward(torch.tensor(dy))
 
-    y, (dx,), dw, db = _run_cell(cell, [x], dy)
+    y, (dx,), dw, db = run_weighted_cell(cell, [x], dy)
     assert list(y.shape) == list(yt.shape)
     assert rel_err(y, yt.detach().numpy()) < 1e-5
     assert rel_err(dx, xt.grad.numpy()) < 1e-5
@@ -124,19 +114,6 @@ def test_conv_cell_matches_torch(case):
         assert db is None and cell._biases is None
     else:
         assert rel_err(db, bt.grad.numpy()) < 1e-5
-
-
-def _numeric_grad(f, arr, eps=1e-6):
-    num = np.zeros_like(arr)
-    for idx in np.ndindex(arr.shape):
-        old = arr[idx]
-        arr[idx] = old + eps
-        up = f()
-        arr[idx] = old - eps
-        down = f()
-        arr[idx] = old
-        num[idx] = (up - down) / (2 * eps)
-    return num
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,dilation,sub,groups,table", [
@@ -161,7 +138,7 @@ def test_conv_op_finite_differences(x_shape, w_shape, stride, padding, dilation,
         return float((ops.conv2d_forward(x, w, b, stride, padding, dilation, sub, groups, table)[0] * dy).sum())
 
     for arr, grad in ((x, dx), (w, dw), (b, db)):
-        assert rel_err(grad, _numeric_grad(loss, arr)) < 1e-7
+        assert rel_err(grad, numeric_grad(loss, arr)) < 1e-7
     assert rel_err(ops.conv2d_backward_bias(dy), db) < 1e-12
 
 
@@ -273,7 +250,7 @@ def test_interface_inputs_are_concatenated_and_gradients_split():
     a = rng.standard_normal((2, 2, 6, 5)).astype(np.float32)
     b = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
     dy = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
-    y, (da, db_), _, _ = _run_cell(cell, [a, b], dy)
+    y, (da, db_), _, _ = run_weighted_cell(cell, [a, b], dy)
     xt = torch.tensor(np.concatenate([a, b], axis=1), requires_grad=True)
     yt = F.conv2d(xt, torch.tensor(cell._weights), torch.tensor(cell._biases), padding=1)
     yt.backward(torch.tensor(dy))

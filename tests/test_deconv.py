@@ -12,17 +12,9 @@ from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.mapping import Mapping
 from n2d2.ops import deconv as ops
 from n2d2.settings import Verbosity
-from tests.conftest import rel_err, requires_cuda
+from tests.conftest import numeric_grad, rel_err, requires_cuda, run_weighted_cell
 
 IRREGULAR = np.array([[1, 0, 1, 1, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 1], [0, 0, 0, 1, 1]], dtype=bool)  # [C=4, O=5]
-
-
-def _run_cell(cell, x, dy):
-    y = cell(n2d2.Tensor.from_numpy(x))
-    record = y.get_deepnet().records()[-1]
-    cell._zero_param_grads()
-    dx = cell._backward(record.ctx, dy, [True])[0]
-    return y.to_numpy(), dx, cell._param_grads["weights"], cell._param_grads.get("biases")
 
 
 # (input NCHW, nb_outputs, kernel [X, Y], stride [X, Y], padding [X, Y], dilation [X, Y], mapping, no_bias, act)
@@ -68,7 +60,7 @@ def test_deconv_cell_matches_torch(case):
     dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
     yt.backward(torch.tensor(dy))
 
-    y, dx, dw, db = _run_cell(cell, x, dy)
+    y, dx, dw, db = run_weighted_cell(cell, x, dy)
     out_h = (shape[2] - 1) * stride[1] - 2 * py + dilation[1] * (kernel[1] - 1) + 1
     out_w = (shape[3] - 1) * stride[0] - 2 * px + dilation[0] * (kernel[0] - 1) + 1
     assert list(y.shape) == [shape[0], nb_out, out_h, out_w] == list(yt.shape)
@@ -107,18 +99,8 @@ def test_deconv_op_finite_differences(x_shape, w_shape, stride, padding, dilatio
     def loss():
         return float((ops.conv_transpose2d_forward(x, w, b, stride, padding, dilation, groups, table)[0] * dy).sum())
 
-    eps = 1e-6
     for arr, grad in ((x, dx), (w, dw), (b, db)):
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            up = loss()
-            arr[idx] = old - eps
-            down = loss()
-            arr[idx] = old
-            num[idx] = (up - down) / (2 * eps)
-        assert rel_err(grad, num) < 1e-7
+        assert rel_err(grad, numeric_grad(loss, arr)) < 1e-7
 
 
 def test_output_size_formula():

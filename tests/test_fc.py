@@ -9,16 +9,7 @@ from n2d2.cells import Fc
 from n2d2.error_handler import WrongInputType
 from n2d2.filler import Constant
 from n2d2.ops import fc as ops
-from tests.conftest import rel_err
-
-
-def _run_fc(cell, x, dy):
-    """Forward + backward of one cell on raw arrays (input gradient forced on); returns y, dx, dW, db."""
-    y = cell(n2d2.Tensor.from_numpy(x))
-    record = y.get_deepnet().records()[-1]
-    cell._zero_param_grads()
-    dx = cell._backward(record.ctx, dy, [True])[0]
-    return y.to_numpy(), dx, cell._param_grads["weights"], cell._param_grads.get("biases")
+from tests.conftest import numeric_grad, rel_err, run_weighted_cell
 
 
 @pytest.mark.parametrize("shape,nb_out,act", [((3, 5, 1, 1), 4, None), ((2, 2, 3, 3), 7, Rectifier()),
@@ -29,7 +20,7 @@ def test_fc_matches_torch(shape, nb_out, act):
     cell = Fc(n, nb_out, activation=act)
     x = rng.standard_normal(shape).astype(np.float32)
     dy = rng.standard_normal((shape[0], nb_out, 1, 1)).astype(np.float32)
-    y, dx, dw, db = _run_fc(cell, x, dy)
+    y, dx, dw, db = run_weighted_cell(cell, x, dy)
 
     xt = torch.tensor(x.reshape(shape[0], -1), requires_grad=True)
     wt = torch.tensor(cell._weights.copy(), requires_grad=True)
@@ -54,21 +45,11 @@ def test_fc_op_finite_differences():
     dy = rng.standard_normal((3, 4))
     dx, dw, db = ops.fc_backward(dy, x, w)
 
-    def loss(x_, w_, b_):
-        return float((ops.fc_forward(x_, w_, b_) * dy).sum())
+    def loss():
+        return float((ops.fc_forward(x, w, b) * dy).sum())
 
-    eps = 1e-6
     for arr, grad in ((x, dx), (w, dw), (b, db)):
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            up = loss(x, w, b)
-            arr[idx] = old - eps
-            down = loss(x, w, b)
-            arr[idx] = old
-            num[idx] = (up - down) / (2 * eps)
-        assert rel_err(grad, num) < 1e-7
+        assert rel_err(grad, numeric_grad(loss, arr)) < 1e-7
 
 
 def test_fc_accepts_any_input_with_matching_size_and_rejects_others():
