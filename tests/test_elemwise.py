@@ -123,19 +123,16 @@ def test_printing_and_parameters():
         cell.operation = "Sum"
 
 
+@pytest.mark.parametrize("kwargs,error", [
+    (dict(operation=1), WrongInputType), (dict(operation="Mean"), WrongValue), (dict(mode=0), WrongInputType),
+    (dict(mode="PerPixel"), WrongValue), (dict(weights=1.0), WrongInputType), (dict(shifts=(0.0,)), WrongInputType),
+])
+def test_constructor_rejects(kwargs, error):
+    with pytest.raises(error):
+        ElemWise(**kwargs)
+
+
 def test_input_validation():
-    with pytest.raises(WrongInputType):
-        ElemWise(operation=1)
-    with pytest.raises(WrongValue):
-        ElemWise(operation="Mean")
-    with pytest.raises(WrongInputType):
-        ElemWise(mode=0)
-    with pytest.raises(WrongValue):
-        ElemWise(mode="PerPixel")
-    with pytest.raises(WrongInputType):
-        ElemWise(weights=1.0)
-    with pytest.raises(WrongInputType):
-        ElemWise(shifts=(0.0,))
     pair = lambda: n2d2.Interface([n2d2.Tensor([1, 2, 3, 3]), n2d2.Tensor([1, 2, 3, 3])])  # noqa: E731
     with pytest.raises(ValueError, match="'ew'"):
         ElemWise(mode="PerInput", weights=[1.0, 2.0, 3.0], name="ew")(pair())

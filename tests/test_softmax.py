@@ -97,13 +97,15 @@ def test_printing_and_parameters():
         cell.group_size = 5
 
 
+@pytest.mark.parametrize("kwargs,error", [
+    (dict(with_loss=1), WrongInputType), (dict(group_size=1.0), WrongInputType), (dict(group_size=-1), WrongValue),
+])
+def test_constructor_rejects(kwargs, error):
+    with pytest.raises(error):
+        Softmax(**kwargs)
+
+
 def test_input_validation():
-    with pytest.raises(WrongInputType):
-        Softmax(with_loss=1)
-    with pytest.raises(WrongInputType):
-        Softmax(group_size=1.0)
-    with pytest.raises(WrongValue):
-        Softmax(group_size=-1)
     with pytest.raises(ValueError, match="'sm'"):
         Softmax(group_size=3, name="sm")(n2d2.Tensor([1, 5, 2, 2]))
     cell = Softmax(name="sm2")

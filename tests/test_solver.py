@@ -144,17 +144,17 @@ def test_state_is_per_parameter():
     assert a[0] == b[0] == -1.0
 
 
-def test_validation():
-    with pytest.raises(WrongInputType):
-        SGD(learning_rate=1)
-    with pytest.raises(WrongInputType):
-        SGD(iteration_size=1.0)
-    with pytest.raises(WrongValue):
-        SGD(learning_rate_policy="Linear")
-    with pytest.raises(WrongInputType):
-        Adam(beta1=1)
-    with pytest.raises(TypeError):
-        Solver()
+@pytest.mark.parametrize("solver,kwargs,error", [
+    (SGD, dict(learning_rate=1), WrongInputType), (SGD, dict(iteration_size=1.0), WrongInputType),
+    (SGD, dict(learning_rate_policy="Linear"), WrongValue), (Adam, dict(beta1=1), WrongInputType),
+    (Solver, {}, TypeError),
+])
+def test_constructor_rejects(solver, kwargs, error):
+    with pytest.raises(error):
+        solver(**kwargs)
+
+
+def test_unknown_parameter():
     with pytest.raises(ValueError):
         SGD().get_parameter("foo")
 
