@@ -489,18 +489,18 @@ def _resolve_pads(auto_pad, in_sizes, kernel, strides, dilations, pads):
     return tuple(int(p) for p in (pads or [0] * (2 * nd)))
 
 
-def _spatial(attrs, nd, kernel):
+def _window(attrs, x, kernel):
+    """(spatial rank, kernel, strides, dilations) of a convolution or pooling of x, as int tuples."""
+    nd = len(x.shape) - 2
     strides = tuple(int(s) for s in attrs.get("strides", [1] * nd))
     dilations = tuple(int(d) for d in attrs.get("dilations", [1] * nd))
-    return kernel, strides, dilations
+    return nd, tuple(int(k) for k in kernel), strides, dilations
 
 
 @_handles("Conv")
 def _conv(c, node, ins, attrs):
     x, w = ins[0], ins[1]
-    nd = len(x.shape) - 2
-    kernel = tuple(int(k) for k in attrs.get("kernel_shape", w.shape[2:]))
-    _, strides, dilations = _spatial(attrs, nd, kernel)
+    _, kernel, strides, dilations = _window(attrs, x, attrs.get("kernel_shape", w.shape[2:]))
     pads = _resolve_pads(attrs.get("auto_pad", "NOTSET"), x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
     inputs = [v for v in ins if v is not None]
     return c.op("OnnxConv", inputs, {"strides": strides, "pads": pads, "dilations": dilations,
@@ -510,9 +510,7 @@ def _conv(c, node, ins, attrs):
 @_handles("ConvTranspose")
 def _conv_transpose(c, node, ins, attrs):
     x, w = ins[0], ins[1]
-    nd = len(x.shape) - 2
-    kernel = tuple(int(k) for k in attrs.get("kernel_shape", w.shape[2:]))
-    _, strides, dilations = _spatial(attrs, nd, kernel)
+    nd, kernel, strides, dilations = _window(attrs, x, attrs.get("kernel_shape", w.shape[2:]))
     out_pad = tuple(int(p) for p in attrs.get("output_padding", [0] * nd))
     auto_pad = attrs.get("auto_pad", "NOTSET")
     output_shape = attrs.get("output_shape")
@@ -535,9 +533,7 @@ def _conv_transpose(c, node, ins, attrs):
 
 
 def _pool_attrs(attrs, x):
-    nd = len(x.shape) - 2
-    kernel = tuple(int(k) for k in attrs["kernel_shape"])
-    _, strides, dilations = _spatial(attrs, nd, kernel)
+    _, kernel, strides, dilations = _window(attrs, x, attrs["kernel_shape"])
     auto_pad = attrs.get("auto_pad", "NOTSET")
     pads = _resolve_pads(auto_pad, x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
     return {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations,
