@@ -381,10 +381,7 @@ def _geometry(graph, node, training):
     if op == "BatchNorm":
         n, c, h, w = _nchw(ins[0])
         train = training and attrs["momentum"] != 0.0
-        sb = _Scratch()
-        sb.add_private("DZ", h * w)   # one plane of d(pre-activation), recomputed instead of stored
-        return dict(N=n, C=c, HW=h * w, M=n * h * w, TRAIN=train, PAR=n * c * h * w >= PARALLEL_MIN_ELEMENTS,
-                    sf=None, sb=sb.layout())
+        return dict(N=n, C=c, HW=h * w, M=n * h * w, TRAIN=train, PAR=n * c * h * w >= PARALLEL_MIN_ELEMENTS)
     if op in ("ElemWise", "Epilogue", "AddN"):
         n, c, h, w = _nchw(ins[0])
         if any(tuple(s) != tuple(ins[0]) for s in ins):
