@@ -678,6 +678,7 @@ def _resnet20():
 def _train_three_steps(build, input_shape, nb_classes, solver=None):
     """Parameters after each of 3 SGD steps, numpy then C, from the same initial weights."""
     from n2d2.cells import Sequence, Softmax
+    from n2d2.cells.deepnet_cell import training_graph
     from n2d2.ir.trace import trace
 
     rng = _rng(30)
@@ -692,7 +693,7 @@ def _train_three_steps(build, input_shape, nb_classes, solver=None):
             model.set_solver(solver())
         out = model(n2d2.Tensor(list(input_shape)))
         graph = trace(out.get_deepnet()).graph
-        tg = build_training_graph(graph)
+        tg = training_graph(graph)   # what DeepNetCell.fit runs: training passes, then autodiff
         from n2d2.codegen.programs import TrainingProgram
 
         program = TrainingProgram(tg, backend)
@@ -703,7 +704,7 @@ def _train_three_steps(build, input_shape, nb_classes, solver=None):
         steps = []
         for _ in range(3):
             y = program.forward({tg.graph.inputs[0]: x})[0]
-            program.backward({graph.outputs[0]: y - onehot})
+            program.backward({tg.graph.outputs[0]: y - onehot})
             program.update()
             # cells get fresh names per build: parameters are matched by their order
             steps.append({i: (k, p.array.copy()) for i, (k, p) in enumerate(tg.graph.params.items())})

@@ -60,6 +60,49 @@ def test_fit_equals_the_eager_loop(dropout, bn):
             assert rel_err(values, getattr(twin, key)) < 1e-4, (cell.get_name(), key)
 
 
+def _residual_model():
+    """Residual blocks (Epilogue chains in training: BN -> ElemWise Sum -> ReLU) ending in an
+    Activation cell that the training passes fuse into its Fc (the output changes name)."""
+    from n2d2.activation import Tanh
+    from n2d2.cells import Activation
+    from n2d2.models.resnet import BuildingBlock
+
+    n2d2.global_variables.seed = 3
+    model = Sequence([Conv(1, 4, [3, 3], padding_dims=[1, 1], no_bias=True), BatchNorm2d(4, activation=Rectifier()),
+                      BuildingBlock(4, 4, 1), BuildingBlock(4, 6, 2), Fc(6 * 4 * 4, 2), Activation(activation=Tanh())])
+    model.set_solver(SGD(learning_rate=0.05, momentum=0.9))
+    return model
+
+
+def test_fit_of_fused_training_graph_equals_the_eager_loop():
+    from n2d2.cells.deepnet_cell import training_graph
+
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = _residual_model().to_deepnet_cell(provider)
+    ops = {dn._graph_for("training", 16).graph.op(n) for n in dn._graph_for("training", 16).graph.nodes()}
+    assert "Epilogue" in ops and "Activation" not in ops
+    assert training_graph(dn._graph).graph.outputs != dn._graph.outputs   # the fused Activation's place
+    n2d2.global_variables.seed = 5
+    dn.fit(1)
+    fitted = [{k: getattr(c, k).copy() for k in _ARRAYS if getattr(c, k, None) is not None} for c in dn]
+
+    eager = _residual_model()
+    provider.set_partition("Learn")
+    target = n2d2.target.Score(provider)
+    n2d2.global_variables.seed = 5
+    eager.learn()
+    provider.set_batch(shuffle=True)
+    while not provider.all_batchs_provided():
+        loss = target(eager(provider.read_batch()))
+        loss.back_propagate()
+        loss.update()
+    twins = [{k: getattr(c, k) for k in _ARRAYS if getattr(c, k, None) is not None} for c in eager.get_cells().values()]
+    assert any(fitted) and len(fitted) == len(twins)
+    for arrays, twin in zip(fitted, twins):
+        for key, values in arrays.items():
+            assert rel_err(values, twin[key]) < 1e-4, key
+
+
 def test_inference_matches_eager_and_run_test(capsys):
     provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
     model = _model(bn=True)

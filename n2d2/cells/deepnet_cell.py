@@ -21,6 +21,19 @@ VALID_METRICS = ("Sensitivity", "Specificity", "Precision", "NegativePredictiveV
 # Passes that never rewrite parameter arrays: safe while weights keep changing.
 _LIVE_INFERENCE_PASSES = ("shape_inference", "remove_identities", "remove_dropout", "fold_padding",
                           "fuse_activation", "dead_node_elimination", "shape_inference")
+# The training pipeline (passes exact for the forward and its gradients, none copying
+# parameters): fused activations and Epilogue chains save passes over the activations.
+_LIVE_TRAINING_PASSES = ("shape_inference", "remove_identities", "fold_padding", "fuse_activation",
+                         "fuse_elementwise_chains", "dead_node_elimination", "shape_inference")
+
+
+def training_graph(graph):
+    """The training graph (`n2d2.ir.autodiff.TrainingGraph`) that `DeepNetCell.fit` runs for the
+    traced `graph`: the live training passes first, then autodiff."""
+    from n2d2.ir.autodiff import build_training_graph
+    from n2d2.ir.passes.manager import PassManager
+
+    return build_training_graph(PassManager(pipeline=list(_LIVE_TRAINING_PASSES), mode="training", log=None).run(graph))
 
 
 def rebatch(graph, batch_size: int):
@@ -225,9 +238,7 @@ class DeepNetCell(Iterable):
             if kind == "inference":
                 self._programs[key] = self._optimize(graph)
             else:
-                from n2d2.ir.autodiff import build_training_graph
-
-                self._programs[key] = build_training_graph(graph)
+                self._programs[key] = training_graph(graph)
         return self._programs[key]
 
     def _program(self, kind: str, batch_size: int):
@@ -267,10 +278,8 @@ class DeepNetCell(Iterable):
 
     @staticmethod
     def _optimize(graph):
-        try:
-            from n2d2.ir.passes.manager import PassManager
-        except ImportError:  # passes not available: run the graph as traced
-            return graph
+        from n2d2.ir.passes.manager import PassManager
+
         return PassManager(pipeline=list(_LIVE_INFERENCE_PASSES), mode="inference", log=None).run(graph)
 
     def memory_report(self, batch_size=None, verbose=True) -> dict:
@@ -353,7 +362,9 @@ class DeepNetCell(Iterable):
         if program is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': back-propagation through a test-mode call; "
                                "call learn() before the forward pass")
-        program.backward({self._graph.outputs[0]: dy})
+        # the training graph's output may carry another name than the traced one (a fused
+        # Activation hands its place to its producer): seed it by position
+        program.backward({program.tg.graph.outputs[0]: dy})
         self._last_program = program
         return [None]
 

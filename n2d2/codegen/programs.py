@@ -110,7 +110,12 @@ class TrainingProgram:
         return self._session.outputs()
 
     def backward(self, seeds: dict):
-        """`seeds` maps each graph output (node, index) to d(loss)/d(output)."""
+        """`seeds` maps each graph output (node, index) to d(loss)/d(output); outputs that need no
+        gradient are skipped, names that are no output are an error (not a silent no-op)."""
+        unknown = [k for k in seeds if k not in self.tg.graph.outputs]
+        if unknown:
+            raise KeyError(f"training program of '{self.tg.graph.name}': {unknown} are not outputs of the graph "
+                           f"(outputs: {self.tg.graph.outputs})")
         feeds = {self.tg.grad_inputs[k]: v for k, v in seeds.items() if k in self.tg.grad_inputs}
         if self.backend in ("c", "cuda"):
             self._c.feed(feeds)
