@@ -225,6 +225,8 @@ CONV_CASES = {
     "fc_mode_batch9_bias": ((9, 3, 4, 3), 7, dict(k=(4, 3))),
     "many_images_per_block": ((20, 3, 6, 6), 5, dict(k=(3, 3), activation=ACTIVATIONS["saturation"])),
     "large_parallel": ((16, 8, 20, 20), 16, dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])),
+    # one 16x16 image per block (P = 256, dz read in place), padded planes; 32 outputs: im2col beats wide
+    "image_one_per_block": ((2, 32, 16, 16), 32, dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])),
     # stride 1 on large maps: implicit im2col ("wide" mode)
     "wide_valid_5x5": ((3, 1, 32, 32), 6, dict(k=(5, 5), activation=ACTIVATIONS["relu"])),
     "wide_pad_dilation": ((2, 3, 20, 18), 4, dict(k=(3, 3), dilation=(2, 1), padding=(2, 1), bias=False)),
@@ -233,7 +235,8 @@ CONV_CASES = {
 }
 MODES = {"fc_mode": "fc", "fc_mode_batch9_bias": "fc", "depthwise": "direct", "large_parallel": "wide",
          "wide_valid_5x5": "wide", "wide_pad_dilation": "wide", "wide_groups": "wide", "wide_batch1": "wide",
-         "3x3_pad_bias_relu": "image", "many_images_per_block": "image", "stride2_pad": "image"}
+         "3x3_pad_bias_relu": "image", "many_images_per_block": "image", "stride2_pad": "image",
+         "image_one_per_block": "image"}
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +260,7 @@ def test_conv_parallel_threshold_is_crossed():
     assert n * 16 * h * w * c * 9 >= c_backend.PARALLEL_MIN_MACS
 
 
-@pytest.mark.parametrize("batch,size", [(1, 14), (3, 14), (2, 24)])
+@pytest.mark.parametrize("batch,size", [(1, 14), (3, 14), (2, 24), (2, 40)])
 def test_conv_mapping(batch, size):
     net = Net(seed=5)
     rng = _rng(1)
@@ -266,7 +269,8 @@ def test_conv_mapping(batch, size):
     y = net.conv(net.source((batch, 6, size, size)), 16, k=(5, 5), mapping=mapping, bias=True,
                  activation=ACTIVATIONS["relu"])
     p = check_training(net.output(y), expect_c=[y])
-    assert p.geometry[y]["MODE"] == ("wide" if size == 24 else "image")
+    # 40: the 4 wasted columns of 40 cost 1.6 GEMM rows (wide); 24: 2.7 rows (an im2col is cheaper)
+    assert p.geometry[y]["MODE"] == ("wide" if size == 40 else "image")
 
 
 def test_conv_mapping_fc_mode():
@@ -709,10 +713,17 @@ def _train_three_steps(build, input_shape, nb_classes, solver=None):
             # cells get fresh names per build: parameters are matched by their order
             steps.append({i: (k, p.array.copy()) for i, (k, p) in enumerate(tg.graph.params.items())})
         results[backend] = steps
+    # Relative 1e-4, plus an absolute 1e-5 per element (RMS): BatchNorm shifts that feed
+    # another batch-normalised layer get gradients made of cancellations (their values stay
+    # ~1e-3), and one ReLU flipped by rounding (thread count, summation order) moves them all by
+    # ~1e-5 in the next step -- seen with both backends' summation orders for some seeds. A wrong
+    # kernel moves them by the size of their gradient.
     for step, (ref, got) in enumerate(zip(results["numpy"], results["c"])):
         for i, (name, value) in ref.items():
-            err = rel_err(got[i][1], value)
-            assert err < 1e-4, f"step {step + 1}, {name}: relative error {err:.2e}"
+            diff = float(np.linalg.norm(got[i][1] - value))
+            bound = 1e-4 * float(np.linalg.norm(value)) + 1e-5 * np.sqrt(value.size)
+            assert diff <= bound, f"step {step + 1}, {name}: |difference| {diff:.2e} > {bound:.2e} " \
+                                  f"(relative error {rel_err(got[i][1], value):.2e})"
     return results
 
 

@@ -45,8 +45,16 @@ _SUPPORTED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation
 PARALLEL_MIN_MACS = 1_000_000
 PARALLEL_MIN_ELEMENTS = 200_000
 # A stride-1 convolution on a large map reads its input windows in place (no im2col) when at
-# least this share of the computed output grid is kept (WO / padded input width).
+# least this share of the computed output grid is kept (WO / padded input width), and when
+# the wasted columns cost less than an im2col would: the GEMM rows computed for nothing,
+# (1 - WO / Wp) * OG, stay under WIDE_MAX_WASTED_ROWS (im2col costs about one GEMM row per
+# output pixel), or the image's im2col matrix would outgrow L2 (WIDE_IM2COL_BYTES).
+# Measured at b128 (2 threads): 16 channels at 32x32 (waste 0.9 rows) wide 2.4 / 5.4 ms vs
+# image 2.9 / 7.0 ms (forward / backward); 32 channels at 16x16 (3.6 rows) wide 2.3 / 5.3 ms
+# vs image 2.0 / 4.2 ms; LeNet's conv1 (0.75 rows) is faster wide.
 WIDE_MIN_EFFICIENCY = 0.75
+WIDE_MAX_WASTED_ROWS = 2.0
+WIDE_IM2COL_BYTES = 1 << 20
 _SLACK_FLOATS = 64   # readable floats after every buffer (ragged GEMM strips)
 
 
@@ -224,8 +232,9 @@ def _conv_geometry(graph, node, attrs, ins, outs):
     # the input gradient of a wide convolution is the wide convolution of dz, padded by the
     # dilated kernel extent minus the padding, with the flipped kernel (needs that padding >= 0)
     pqy, pqx = (kh - 1) * dy - py, (kw - 1) * dx - px
-    if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= WIDE_MIN_EFFICIENCY and not (groups > 1 and groups == c == o) \
-            and pqy >= 0 and pqx >= 0:
+    wide_pays = (1 - wo / wp) * og <= WIDE_MAX_WASTED_ROWS or 4 * kg * p > WIDE_IM2COL_BYTES
+    if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= WIDE_MIN_EFFICIENCY and wide_pays \
+            and not (groups > 1 and groups == c == o) and pqy >= 0 and pqx >= 0:
         # implicit im2col: the GEMM reads shifted windows of the (padded) input planes in place
         lw = ho * wp
         hq, wq = h + (kh - 1) * dy, w + (kw - 1) * dx
