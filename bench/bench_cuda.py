@@ -71,10 +71,11 @@ def network(name):
 
 
 def training_graph(name, batch):
-    """The autodiff training graph of a benchmark network (traced at batch 1, then rebatched)."""
+    """The training graph of a benchmark network (traced at batch 1, then rebatched) as
+    DeepNetCell.fit builds it: live training passes, then autodiff."""
     import n2d2
     from n2d2.cells.deepnet_cell import rebatch
-    from n2d2.ir.autodiff import build_training_graph
+    from n2d2.cells.deepnet_cell import training_graph as fit_training_graph
     from n2d2.ir.trace import trace
 
     shape, _ = SIZES[name]
@@ -82,7 +83,7 @@ def training_graph(name, batch):
     net.test()
     y = net(n2d2.Tensor([1] + list(shape)))
     graph = trace(y.get_deepnet(), name=name, input_names=["input"]).graph
-    return build_training_graph(rebatch(graph, batch) if batch != 1 else graph)
+    return fit_training_graph(rebatch(graph, batch) if batch != 1 else graph)
 
 
 def phases(tg):
