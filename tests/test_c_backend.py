@@ -628,6 +628,25 @@ def test_parameter_pointers_follow_replaced_arrays():
     assert rel_err(p.view(net.g.outputs[0]), ref) < 1e-5
 
 
+def test_team_size_ignores_torch_set_num_threads(monkeypatch):
+    """torch's libgomp.so.1 is the one the generated libraries bind to once torch is imported:
+    torch.set_num_threads(1) must not shrink programs built afterwards to one thread."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("N2D2_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = Net(seed=11)
+        y = net.conv(net.source((16, 8, 20, 20)), 16, k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])
+        p = c_backend.CProgram(net.output(y).g, [net.g.topological_order()])
+        assert p.nthreads == c_backend.team_size() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert c_backend.team_size() == 3
+
+
 def test_profile_mode(capsys):
     net = _tiny_net()
     p = c_backend.CProgram(net.g, [net.g.topological_order()], profile=True)

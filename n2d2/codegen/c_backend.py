@@ -482,7 +482,7 @@ class CProgram:
             self._lib = _load(compiler.build_shared_library(self.source, cident(name or graph.name)))
         self.nthreads = 1
         if self._lib is not None:
-            self.nthreads = max(1, int(self._lib.n2d2_max_threads()))
+            self.nthreads = team_size() if self._lib.n2d2_openmp() else 1
             self._lib.n2d2_set_threads(self.nthreads)
         fixed = os.environ.get("N2D2_THREADS", "")
         parallel = "#pragma omp parallel" in self.source
@@ -803,6 +803,20 @@ def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
       float(np.float32(lr / batch_size)), float(np.float32(momentum)), float(np.float32(decay * lr)),
       1 if decay else 0, low is not None, low or 0.0, high is not None, high or 0.0)
     return True
+
+
+def team_size() -> int:
+    """Threads of a program's team: the first value of `$OMP_NUM_THREADS` when set, else the
+    CPUs this process may run on. Not omp_get_max_threads(): torch ships a libgomp.so.1 that
+    the generated libraries bind to once torch is imported, and `torch.set_num_threads(1)`
+    sets that shared setting to 1 (programs built afterwards would run on one thread)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 class _ThreadTuner:
