@@ -9,6 +9,10 @@ machine load):
                       (forward, backward, update phases) on the numpy executor, and on the C
                       backend when it is available (`--backends`);
   torch eager         the same architecture in torch.nn.functional, SGD(momentum, weight_decay).
+With `--separate R`, every contender instead runs alone in its own process, one process after
+another, R rounds: in one process the frameworks' thread pools disturb each other (OpenBLAS
+threads still spinning after the numpy contender, torch's libgomp, which n2d2's generated
+libraries share once torch is imported), which a user's training loop does not see.
 Then, in a subprocess, torch eager again with fixed glibc malloc thresholds
 (MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824), as the CPU anchors do
 (/work/shared/bench/CPU-ANCHORS.md: torch's LeNet step is bimodal without them).
@@ -25,7 +29,7 @@ process (steadier on a busy machine; use it with `--threads 1`); `--clock wall` 
 machine. Not a test.
 
     python bench/bench_training.py [--threads 1] [--clock process] [--repeats 15] [--steps 8]
-                                   [--backends numpy,c] [--profile] [--json out.json]
+                                   [--backends numpy,c] [--separate 2] [--profile] [--json out.json]
 """
 import argparse
 import json
@@ -54,7 +58,10 @@ def _parse(argv=None):
     ap.add_argument("--no-malloc-child", action="store_true", help="skip the torch+malloc subprocess")
     ap.add_argument("--profile", action="store_true", help="also cProfile the n2d2 contenders (untimed run)")
     ap.add_argument("--json", default=None, help="write the raw figures there")
-    ap.add_argument("--child", choices=("torch",), help=argparse.SUPPRESS)
+    ap.add_argument("--separate", type=int, default=0, metavar="ROUNDS",
+                    help="run every contender alone in its own process (no other framework's threads "
+                         "in it), ROUNDS rounds of one process per contender")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -249,29 +256,57 @@ def machine() -> dict:
     return info
 
 
+def _run_child(contender, env=None):
+    """{per_step_s: {contender: [...]}, cpu_share, load_avg} of `contender` timed alone in a child."""
+    argv = [sys.executable, os.path.abspath(__file__), "--child", contender, "--threads", str(ARGS.threads),
+            "--clock", ARGS.clock, "--batch", str(ARGS.batch), "--repeats", str(ARGS.repeats),
+            "--steps", str(ARGS.steps), "--backends", ARGS.backends]
+    child = subprocess.run(argv, env=env, capture_output=True, text=True)
+    line = next((ln for ln in child.stdout.splitlines() if ln.startswith("@@")), None)
+    if line is None:
+        print(child.stderr, file=sys.stderr)
+        return None
+    return json.loads(line[2:])
+
+
+def _contenders(provider, batches, only=None):
+    backends = [b for b in ARGS.backends.split(",") if b]
+    contenders = {} if only == "torch eager" else n2d2_contenders(provider, backends)
+    if only in (None, "torch eager"):
+        contenders["torch eager"] = torch_contender(batches)
+    if only is not None:
+        contenders = {k: v for k, v in contenders.items() if k == only}
+    return contenders
+
+
 def main():
     provider = mnist_provider(ARGS.batch)
     batches = torch_batches(provider)
-    if ARGS.child == "torch":
-        r = measure({"torch eager": torch_contender(batches)})
-        print("@@" + json.dumps(r))
+    if ARGS.child:
+        print("@@" + json.dumps(measure(_contenders(provider, batches, ARGS.child))))
         return
-    backends = [b for b in ARGS.backends.split(",") if b]
-    contenders = n2d2_contenders(provider, backends)
-    contenders["torch eager"] = torch_contender(batches)
-    result = measure(contenders)
-    if not ARGS.no_malloc_child:
-        env = dict(os.environ, **MALLOC_TUNED)
-        argv = [sys.executable, os.path.abspath(__file__), "--child", "torch", "--threads", str(ARGS.threads),
-                "--clock", ARGS.clock, "--batch", str(ARGS.batch), "--repeats", str(ARGS.repeats),
-                "--steps", str(ARGS.steps)]
-        child = subprocess.run(argv, env=env, capture_output=True, text=True)
-        line = next((ln for ln in child.stdout.splitlines() if ln.startswith("@@")), None)
-        if line is None:
-            print(child.stderr, file=sys.stderr)
-        else:
-            r = json.loads(line[2:])
-            result["per_step_s"]["torch eager +malloc (subprocess)"] = r["per_step_s"]["torch eager"]
+    malloc_name = "torch eager +malloc (subprocess)"
+    if ARGS.separate:
+        names = list(_contenders(provider, batches))
+        result = {"per_step_s": {}, "cpu_share": 0.0, "load_avg": [os.getloadavg()[0], None]}
+        for _ in range(ARGS.separate):
+            runs = [(name, name, None) for name in names]
+            if not ARGS.no_malloc_child:
+                runs.append((malloc_name, "torch eager", dict(os.environ, **MALLOC_TUNED)))
+            for label, name, env in runs:
+                r = _run_child(name, env)
+                if r is not None:
+                    result["per_step_s"].setdefault(label, []).extend(r["per_step_s"][name])
+                    result["cpu_share"] = max(result["cpu_share"], r["cpu_share"])
+        result["load_avg"][1] = os.getloadavg()[0]
+        contenders = {}
+    else:
+        contenders = _contenders(provider, batches)
+        result = measure(contenders)
+    if not ARGS.no_malloc_child and not ARGS.separate:
+        r = _run_child("torch eager", dict(os.environ, **MALLOC_TUNED))
+        if r is not None:
+            result["per_step_s"][malloc_name] = r["per_step_s"]["torch eager"]
             result["child_cpu_share"] = r["cpu_share"]
 
     info = machine()
@@ -281,7 +316,9 @@ def main():
     print(f"# {info.get('cpu', '?')}, {info['nproc']} cores; Python {info['python']}, numpy {info['numpy']}, "
           f"torch {info.get('torch', '-')}; commit {info.get('commit', '?')}; {info['date']}")
     print(f"# threads {ARGS.threads}, clock {ARGS.clock}, batch {ARGS.batch}, {ARGS.repeats} repeats x "
-          f"{ARGS.steps} steps; load average {result['load_avg'][0]:.1f} -> {result['load_avg'][1]:.1f}; "
+          f"{ARGS.steps} steps" + (f", each contender alone in its own process ({ARGS.separate} rounds)"
+                                   if ARGS.separate else ", contenders interleaved in one process")
+          + f"; load average {result['load_avg'][0]:.1f} -> {result['load_avg'][1]:.1f}; "
           f"CPU share of this process {100 * result['cpu_share']:.0f} %")
     print("| contender | img/s median [min-max] | ms/step | vs torch | vs torch+malloc |")
     print("|---|---:|---:|---:|---:|")
