@@ -34,12 +34,16 @@ import numpy as np
 
 from n2d2.backend import array_module
 from n2d2.codegen import compiler
+from n2d2.codegen.kernel_data import Buf, forward_context, run_reference
+from n2d2.codegen.kernel_data import Context as _Context
+from n2d2.codegen.kernel_data import activation_ok as _activation_ok
+from n2d2.codegen.kernel_data import concat_channels as _concat_channels
+from n2d2.codegen.kernel_data import nchw as _nchw
 from n2d2.codegen.render import cident, environment, render, template_exists
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
 from n2d2.ir.types import GraphError
 
-_SUPPORTED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation", "Softplus")
 # A kernel uses the thread team only above this many multiply-adds (waking it costs
 # microseconds, which small kernels, e.g. every layer of LeNet at batch 1, cannot repay).
 PARALLEL_MIN_MACS = 1_000_000
@@ -58,16 +62,6 @@ WIDE_IM2COL_BYTES = 1 << 20
 _SLACK_FLOATS = 64   # readable floats after every buffer (ragged GEMM strips)
 
 
-class Buf:
-    """A tensor of the arena as the templates see it: a pointer expression, shape, size."""
-
-    def __init__(self, offset, shape, ptr=None):
-        self.offset = int(offset)
-        self.shape = tuple(int(s) for s in shape)
-        self.size = int(np.prod(self.shape)) if self.shape else 1
-        self.ptr = ptr or f"((float *)(arena + {self.offset}))"
-
-
 class _Binder:
     """The pointers one kernel reads (arena tensors, parameters, aux buffers), named `b[i]` in
     its body: the body then depends on shapes and attributes only, so nodes of the same
@@ -80,16 +74,6 @@ class _Binder:
         if expr not in self.exprs:
             self.exprs.append(expr)
         return f"b[{self.exprs.index(expr)}]"
-
-
-class _Context(dict):
-    """Attribute-style dict for templates (a missing key is undefined, so `is defined` works)."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
 
 
 class _Scratch:
@@ -124,35 +108,6 @@ class _Scratch:
 
 def _round16(n):
     return -(-int(n) // 16) * 16
-
-
-def _activation(spec):
-    if spec is None:
-        return None
-    name, params = spec
-    return {"name": name, **dict(params)}
-
-
-def _activation_ok(spec):
-    return spec is None or spec[0] in _SUPPORTED_ACTIVATIONS
-
-
-def _nchw(shape):
-    s = tuple(shape) + (1,) * (4 - len(shape))
-    return s[:4]
-
-
-def _concat_channels(ins):
-    """[{C, off}] of inputs concatenated along channels (None if batch / H / W differ)."""
-    first = _nchw(ins[0])
-    out, off = [], 0
-    for s in ins:
-        s4 = _nchw(s)
-        if s4[0] != first[0] or s4[2:] != first[2:]:
-            return None
-        out.append({"C": s4[1], "off": off})
-        off += s4[1]
-    return out
 
 
 # -- per-op geometry and support -------------------------------------------------------------------
@@ -550,24 +505,9 @@ class CProgram:
         return bind(expr) if bind is not None else expr
 
     def _forward_context(self, node, g, bind=None):
-        gr = self.graph
-        d = gr.node(node)
         b = () if bind is None else (bind,)
-        ctx = _Context(
-            x=[self._buf(t, *b) for t in gr.inputs_of(node)],
-            y=self._buf((node, 0), *b),
-            p=_Context({r: self._param(p, *b) for r, p in d.params.items()}),
-            a=_Context(d.attrs), act=_activation(d.attrs.get("activation")), g=_Context(g),
-            training=self.training, aux=_Context())
-        if d.op == "Dropout" and self.training:
-            ctx.aux["mask"] = self._aux_slot(f"{node}.mask", gr.output_types(node)[0].shape, "dropout", *b)
-        if d.op == "BatchNorm" and g.get("TRAIN"):
-            ctx.aux["stats"] = self._aux_slot(f"{node}.stats", (2 * g["C"],), "scratch", *b)
-        if d.op == "Concat":
-            ctx["aliased"] = list(self.plan.concat_aliased.get(node, [False] * len(ctx.x)))
-        if d.op == "Epilogue":
-            ctx["steps"] = _epilogue_steps(d.attrs["steps"])
-        return ctx
+        return forward_context(self.graph, node, g, self.training, self.plan, lambda t: self._buf(t, *b),
+                               lambda p: self._param(p, *b), lambda *a: self._aux_slot(*a, *b), "scratch")
 
     def _decide_and_render(self, order):
         env = environment()
@@ -721,18 +661,7 @@ class CProgram:
             if self._lib is None or not _sgd_in_c(self._lib, param.solver, param.array, xs[0], batch_size):
                 opdef.run_update(gr, node, xs[0], batch_size)
             return
-        if getattr(opdef, "needs_forward_context", False):
-            fwd = d.attrs["of"]
-            if fwd not in self.saved:
-                raise GraphError(f"node '{node}': the forward node '{fwd}' has not run in this program")
-            outs = opdef.run(gr, node, xs, self.saved[fwd])
-        else:
-            params = {r: gr.params[p].array for r, p in d.params.items()}
-            outs, self.saved[node] = opdef.forward(d.attrs, xs, params, self.training)
-        for k, value in enumerate(outs):
-            view = self._views[(node, k)]
-            if value is not view:
-                view[...] = value
+        run_reference(gr, node, opdef, xs, self._views, self.saved, self.training)
 
     # -- profiling --------------------------------------------------------------------------------
     def profile(self) -> dict:
@@ -900,27 +829,6 @@ class _ThreadTuner:
         other = [k for k in med if k != self.choice][0]
         ratio = med[other] / max(med[self.choice], 1e-9)
         return int(min(1024, max(self.EXPLORE_EVERY, self.EXPLORE_EVERY * ratio)))
-
-
-def _epilogue_steps(steps):
-    """Epilogue steps as template data: per-channel coefficients become tables."""
-    out = []
-    for i, step in enumerate(steps):
-        kind = step[0]
-        if kind == "activation":
-            out.append(_Context(kind=kind, act=_activation(step[1]), id=i))
-        elif kind == "add":
-            out.append(_Context(kind=kind, k=int(step[1]), w=_coef(step[2]), s=_coef(step[3]), id=i))
-        else:
-            out.append(_Context(kind=kind, c=_coef(step[1]), id=i))
-    return out
-
-
-def _coef(c):
-    """A float, or a list of floats (per channel; a 1-element list is a scalar)."""
-    if isinstance(c, (list, tuple)):
-        return float(c[0]) if len(c) == 1 else [float(v) for v in c]
-    return float(c)
 
 
 # libgomp's idle threads busy-wait ~300,000 pause loops (milliseconds on recent x86) after each

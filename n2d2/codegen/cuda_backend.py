@@ -43,7 +43,11 @@ import tempfile
 
 import numpy as np
 
-from n2d2.codegen.c_backend import Buf, _activation, _activation_ok, _Context, _nchw
+from n2d2.codegen.kernel_data import Buf, forward_context, run_reference
+from n2d2.codegen.kernel_data import Context as _Context
+from n2d2.codegen.kernel_data import activation_ok as _activation_ok
+from n2d2.codegen.kernel_data import concat_channels as _concat_channels
+from n2d2.codegen.kernel_data import nchw as _nchw
 from n2d2.codegen.render import cident, environment, render, template_exists
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
@@ -58,7 +62,6 @@ NVRTC_OPTIONS = ("-std=c++17",)
 _ALIGN = 256
 _HYPER_FLOATS = 12        # solver coefficients per fused update
 FORCE_TILES = None        # (BM, BN) for every gemm (tests); None: chosen per problem
-_FUSED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation", "Softplus")
 
 
 class CudaCompileError(RuntimeError):
@@ -70,42 +73,6 @@ def available() -> bool:
     from n2d2.backend import cuda_available
 
     return cuda_available()
-
-
-# -- small adapters (the C backend grows the same helpers; kept here so that this module does not
-#    depend on the C backend's private functions beyond Buf, _Context and the activation specs) ----
-def _concat_channels(ins):
-    """[{C, off}] of inputs concatenated along channels (None if batch / H / W differ)."""
-    first = _nchw(ins[0])
-    out, off = [], 0
-    for s in ins:
-        s4 = _nchw(s)
-        if s4[0] != first[0] or s4[2:] != first[2:]:
-            return None
-        out.append({"C": s4[1], "off": off})
-        off += s4[1]
-    return out
-
-
-def _coef(c):
-    """A float, or a list of floats (per channel; a 1-element list is a scalar)."""
-    if isinstance(c, (list, tuple)):
-        return float(c[0]) if len(c) == 1 else [float(v) for v in c]
-    return float(c)
-
-
-def _epilogue_steps(steps):
-    """Epilogue steps as template data: per-channel coefficients become tables."""
-    out = []
-    for i, step in enumerate(steps):
-        kind = step[0]
-        if kind == "activation":
-            out.append(_Context(kind=kind, act=_activation(step[1]), id=i))
-        elif kind == "add":
-            out.append(_Context(kind=kind, k=int(step[1]), w=_coef(step[2]), s=_coef(step[3]), id=i))
-        else:
-            out.append(_Context(kind=kind, c=_coef(step[1]), id=i))
-    return out
 
 
 def _ceil(a, b):
@@ -181,8 +148,6 @@ def _geometry(graph, node, training, is_param_array):
     if not template_exists(f"cuda/ops/{op}.cu.j2") or op == "Update":
         return None
     spec = attrs.get("activation")
-    if spec is not None and spec[0] not in _FUSED_ACTIVATIONS:
-        return None
     if not _activation_ok(spec) or any(t.dtype != "float32" for t in list(in_types) + list(out_types)):
         return None
     if any(int(np.prod(s)) >= 2 ** 31 for s in ins + outs):
@@ -215,8 +180,7 @@ def _geometry(graph, node, training, is_param_array):
     if op in ("ElemWise", "Epilogue", "AddN"):
         if any(tuple(s) != tuple(ins[0]) for s in ins):
             return None
-        if op == "Epilogue" and any(st[0] == "activation" and not (_activation_ok(st[1]) and st[1][0] in
-                                                                     _FUSED_ACTIVATIONS) for st in attrs["steps"]):
+        if op == "Epilogue" and any(st[0] == "activation" and not _activation_ok(st[1]) for st in attrs["steps"]):
             return None
         n, c, h, w = _nchw(ins[0])
         return dict(N=n, C=c, HW=h * w, SIZE=n * c * h * w)
@@ -739,22 +703,9 @@ class CudaProgram:
         return f"((float *)(arena + {self.aux_specs[key][2]}))"
 
     def _forward_context(self, node, g):
-        gr = self.graph
-        d = gr.node(node)
-        ctx = _Context(
-            x=[self._buf(t) for t in gr.inputs_of(node)],
-            y=self._buf((node, 0)),
-            p=_Context({r: self._param(p) for r, p in d.params.items()}),
-            a=_Context(d.attrs), act=_activation(d.attrs.get("activation")), g=_Context(g),
-            training=self.training, aux=_Context(), name=node)
-        if d.op == "Dropout" and self.training:
-            ctx.aux["mask"] = self._aux_slot(f"{node}.mask", gr.output_types(node)[0].shape, "dropout")
-        if d.op == "BatchNorm" and g.get("TRAIN"):
-            ctx.aux["stats"] = self._aux_slot(f"{node}.stats", (2 * g["C"],), "stats")
-        if d.op == "Concat":
-            ctx["aliased"] = list(self.plan.concat_aliased.get(node, [False] * len(ctx.x)))
-        if d.op == "Epilogue":
-            ctx["steps"] = _epilogue_steps(d.attrs["steps"])
+        ctx = forward_context(self.graph, node, g, self.training, self.plan, self._buf, self._param,
+                              self._aux_slot, "stats")
+        ctx["name"] = node
         return ctx
 
     def _decide_and_render(self, order):
@@ -963,18 +914,7 @@ class CudaProgram:
         if d.op == "Update":
             opdef.run_update(gr, node, xs[0], batch_size)
             return
-        if getattr(opdef, "needs_forward_context", False):
-            fwd = d.attrs["of"]
-            if fwd not in self.saved:
-                raise GraphError(f"node '{node}': the forward node '{fwd}' has not run in this program")
-            outs = opdef.run(gr, node, xs, self.saved[fwd])
-        else:
-            params = {r: gr.params[p].array for r, p in d.params.items()}
-            outs, self.saved[node] = opdef.forward(d.attrs, xs, params, self.training)
-        for k, value in enumerate(outs):
-            view = self._views[(node, k)]
-            if value is not view:
-                view[...] = value
+        run_reference(gr, node, opdef, xs, self._views, self.saved, self.training)
 
     def synchronize(self):
         self.device.synchronize()
