@@ -46,7 +46,8 @@ import n2d2  # noqa: E402
 
 BATCH = 128
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
-SECTION = "## C backend: LeNet training b128, inference b1 and ResNet-20 training b128 vs PyTorch and onnxruntime (bench/bench_c.py)"
+SECTION = ("## C backend: LeNet training b128, inference b1 and ResNet-20 training b128 vs PyTorch and onnxruntime "
+           "(bench/bench_c.py)")
 
 
 # -- contenders ------------------------------------------------------------------------------------

@@ -668,7 +668,7 @@ class Score(Target):
                 if t == self._default_target:
                     name = "default"
                 else:
-                    labels = sorted(l for l, o in self._labels_map.items() if o == t)
+                    labels = sorted(lab for lab, o in self._labels_map.items() if o == t)
                     name = (label_name(labels[0]) + ("..." if len(labels) > 1 else "")) if labels else ""
             else:
                 name = label_name(t)

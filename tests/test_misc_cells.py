@@ -265,7 +265,8 @@ def test_scaling_validation():
     cell = Scaling(scaling)
     cell(n2d2.Tensor([1, 5, 4, 4]))
     assert cell.scaling is scaling
-    assert str(scaling) == "FloatingPointScaling(scaling_per_output=[1.0, 1.0, 1.0, 1.0, 1.0], is_clipped=False, clipping=[])"
+    assert str(scaling) == ("FloatingPointScaling(scaling_per_output=[1.0, 1.0, 1.0, 1.0, 1.0], is_clipped=False, "
+                            "clipping=[])")
 
 
 # -- Transpose ----------------------------------------------------------------------------------

@@ -7,10 +7,25 @@ import torch.nn.functional as F
 
 import n2d2
 from n2d2.activation import Linear, Rectifier
-from n2d2.cells import BatchNorm2d, Conv, Dropout, ElemWise, Fc, Layer, Sequence
+from n2d2.cells import BatchNorm2d, Conv, Dropout, ElemWise, Fc, Layer
 from n2d2.error_handler import WrongInputType, WrongValue
-from n2d2.models import (VGG, VGG11, LeNet, LeNetBN, LeNetINI, MobileNetv1, MobileNetV2, ResNet, ResNet18, ResNet20,
-                         ResNet50, ResNet56, ResNetCifar, count_parameters, lenet)
+from n2d2.models import (
+    VGG,
+    VGG11,
+    LeNet,
+    LeNetBN,
+    LeNetINI,
+    MobileNetv1,
+    MobileNetV2,
+    ResNet,
+    ResNet18,
+    ResNet20,
+    ResNet50,
+    ResNet56,
+    ResNetCifar,
+    count_parameters,
+    lenet,
+)
 from n2d2.utils import reset_name_counters
 from tests.conftest import rel_err
 

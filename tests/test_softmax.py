@@ -87,7 +87,8 @@ def test_printing_and_parameters():
     assert cell.group_size == 0 and cell.with_loss is True and isinstance(cell.activation, Rectifier)
     cell = Softmax(with_loss=True)
     cell(n2d2.Tensor([1, 5, 4, 4]))
-    assert str(cell) == "'Softmax_1' Softmax(Frame<float>)(with_loss=True, group_size=0 | activation=None)(['TensorPlaceholder_1'])"
+    assert str(cell) == ("'Softmax_1' Softmax(Frame<float>)(with_loss=True, group_size=0 | activation=None)"
+                         "(['TensorPlaceholder_1'])")
     fc = Fc(4, 3)
     softmax = Softmax()
     softmax(fc(n2d2.Tensor([2, 4, 1, 1])))

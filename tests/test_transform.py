@@ -8,8 +8,21 @@ from PIL import Image
 
 import n2d2
 from n2d2.error_handler import IsEmptyError, WrongInputType, WrongValue
-from n2d2.transform import (APPLY_TO, ChannelExtraction, ColorSpace, Composite, Distortion, Flip, PadCrop,
-                            RandomResizeCrop, RangeAffine, Reshape, Rescale, SliceExtraction, Transformation)
+from n2d2.transform import (
+    APPLY_TO,
+    ChannelExtraction,
+    ColorSpace,
+    Composite,
+    Distortion,
+    Flip,
+    PadCrop,
+    RandomResizeCrop,
+    RangeAffine,
+    Rescale,
+    Reshape,
+    SliceExtraction,
+    Transformation,
+)
 from tests.conftest import rel_err
 
 

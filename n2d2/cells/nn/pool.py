@@ -89,7 +89,8 @@ class Pool(LazyCell):
         if key == "mapping" and value is not None:
             shape = value.shape()
             if len(shape) != 2 or shape[0] != shape[1]:
-                raise ValueError(f"Cell '{self._name}': a Pool mapping must be a square [C, C] tensor, got shape {shape}")
+                raise ValueError(f"Cell '{self._name}': a Pool mapping must be a square [C, C] tensor, "
+                                 f"got shape {shape}")
             if self.is_built() and shape[0] != self._input_geometry[0]:
                 raise ValueError(f"Cell '{self._name}': mapping shape {shape} does not match the "
                                  f"{self._input_geometry[0]} input channels")
