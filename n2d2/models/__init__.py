@@ -18,15 +18,15 @@ from n2d2.models.mobilenet import MobileNetv1
 from n2d2.models.mobilenetv2 import MobileNetV2
 from n2d2.models.parameters import count_parameters
 from n2d2.models.resnet import (
-                                ResNet,
-                                ResNet18,
-                                ResNet20,
-                                ResNet34,
-                                ResNet50,
-                                ResNet56,
-                                ResNet101,
-                                ResNet152,
-                                ResNetCifar,
+    ResNet,
+    ResNet18,
+    ResNet20,
+    ResNet34,
+    ResNet50,
+    ResNet56,
+    ResNet101,
+    ResNet152,
+    ResNetCifar,
 )
 from n2d2.models.vgg import VGG, VGG11, VGG13, VGG16, VGG19
 
