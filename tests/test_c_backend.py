@@ -367,6 +367,25 @@ def test_pool(pool_suite, case):
     pool_suite.check(case)
 
 
+@pytest.mark.parametrize("act", ["none", "relu"])
+def test_max_pool_2x2_ties_go_to_the_first_maximum(act):
+    """The 2x2 tiled max backward (its own branch-free loop) on inputs full of ties and
+    negative windows: the gradient goes to the first maximum in row-major order, as numpy."""
+    net = Net(seed=12)
+    x = net.input((2, 3, 8, 10))
+    net.feeds[x] = np.round(net.feeds[x]).astype(np.float32)   # integers: many tied windows
+    # an identity 1x1 convolution: the pool's input is still the integers, and needs a gradient
+    x = net.op("Conv", [x], _conv_attrs(), {"weights": np.eye(3, dtype=np.float32)[:, :, None, None]})
+    y = net.op("Pool", [x], {"pooling": "Max", "pool": (2, 2), "stride": (2, 2), "padding": (0, 0),
+                             "mapping": None, "activation": ACTIVATIONS[act]})
+    z = net.op("Conv", [y], _conv_attrs(), {"weights": _normal(net.rng, (4, 3, 1, 1))})
+    tg, seeds = _training_outputs(net.output(z))
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    out, p = run_c_training(tg, net.feeds, seeds)
+    assert p.where[y] == "c" and p.geometry[y]["TILED"]
+    compare(tg, p, ref, out, 1e-6, [y])   # a tie sent elsewhere is an O(1) error
+
+
 @pytest.mark.parametrize("pooling", ["Max", "Average"])
 def test_pool_mapping(pool_suite, pooling):
     pool_suite.check(f"mapping_{pooling}")
