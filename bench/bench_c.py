@@ -122,28 +122,9 @@ def resnet_training(backend_torch, batch=BATCH, threads=2):
     labels = rng.integers(0, 10, batch)
     if backend_torch:
         import torch
+        import torch_peers
 
-        nn = torch.nn
-
-        class Block(nn.Module):
-            def __init__(self, cin, cout, stride):
-                super().__init__()
-                self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-                self.b1 = nn.BatchNorm2d(cout)
-                self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-                self.b2 = nn.BatchNorm2d(cout)
-                self.sc = nn.Sequential() if stride == 1 and cin == cout else \
-                    nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-            def forward(self, v):
-                return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(v))))) + self.sc(v))
-
-        layers, cin = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(3):
-                layers.append(Block(cin, cout, stride if i == 0 else 1))
-                cin = cout
-        model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+        model = torch_peers.resnet20()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
         loss_fn = torch.nn.CrossEntropyLoss()
@@ -196,14 +177,10 @@ def _data(batch):
 
 def torch_lenet():
     import torch
+    import torch_peers
 
     torch.manual_seed(0)
-    nn = torch.nn
-    return nn.Sequential(nn.Conv2d(1, 6, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 16, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 120, 5, bias=False), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(120, 84, bias=False), nn.ReLU(), nn.Dropout(0.5),
-                         nn.Linear(84, 10, bias=False))
+    return torch_peers.lenet()
 
 
 def torch_training(batch=BATCH, threads=None):

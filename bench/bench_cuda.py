@@ -252,41 +252,13 @@ def n2d2_step(name, batch):
 
 def torch_step(name, batch):
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
 
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    if name == "lenet":
-        model = nn.Sequential(nn.Conv2d(1, 6, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(6, 16, 5, bias=False), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(16, 120, 5, bias=False), nn.ReLU(), nn.Flatten(),
-                              nn.Linear(120, 84, bias=False), nn.ReLU(), nn.Dropout(0.5),
-                              nn.Linear(84, 10, bias=False))
-    else:
-        class Block(nn.Module):
-            def __init__(s, cin, cout, stride):
-                super().__init__()
-                s.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-                s.b1 = nn.BatchNorm2d(cout)
-                s.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-                s.b2 = nn.BatchNorm2d(cout)
-                s.sc = None if (stride == 1 and cin == cout) else nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    import torch_peers
 
-            def forward(s, x):
-                y = F.relu(s.b1(s.c1(x)))
-                y = s.b2(s.c2(y))
-                return F.relu(y + (x if s.sc is None else s.sc(x)))
-
-        layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
-        cin = 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(3):
-                layers.append(Block(cin, cout, stride if i == 0 else 1))
-                cin = cout
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
-        model = nn.Sequential(*layers)
+    model = torch_peers.lenet() if name == "lenet" else torch_peers.resnet20()
     model = model.cuda().train()
     shape, _ = SIZES[name]
     x = torch.randn(batch, *shape, device="cuda")
