@@ -269,6 +269,9 @@ def test_resnet_style_graph_exports_and_matches(tmp_path):
         expected = _cell_outputs(dn, inputs, 4)
     assert rel_err(out, expected) < 1e-5
     assert _success_rate(stdout) == pytest.approx(100.0 * np.mean(expected.argmax(1) == labels), abs=0.006)
+    if _asan_available():   # padded convolutions read zero-padded planes: no read outside them
+        _make(folder, "asan")
+        assert "Tested 8 stimuli" in _run(folder, "bin/network_test_asan", "-q", "-n", "8", "-r", "1")
 
 
 # -- rewrites ------------------------------------------------------------------------------------------
