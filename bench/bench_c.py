@@ -39,6 +39,7 @@ import sys
 import time
 
 import numpy as np
+from repo_info import git_commit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -322,16 +323,8 @@ def _machine():
         "onnxruntime": ort_version, "compiler": compiler._compiler_version(cc) if cc else "none",
         "cflags": " ".join(compiler.DEFAULT_CFLAGS), "load": os.getloadavg(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": _git("rev-parse", "--short", "HEAD"),
+        "commit": git_commit(),
     }
-
-
-def _git(*args):
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        return "?"
 
 
 def _row(label, s, unit, batch=None):

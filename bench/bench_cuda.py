@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from repo_info import git_commit
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
@@ -299,11 +301,7 @@ def machine():
             info[mod] = __import__(mod).__version__
         except Exception as e:  # noqa: BLE001 (report what is missing, keep going)
             info[mod] = f"missing ({type(e).__name__})"
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                        text=True).stdout.strip()
-    except OSError:
-        pass
+    info["commit"] = git_commit()
     return info
 
 

@@ -33,6 +33,7 @@ import tempfile
 import time
 
 import numpy as np
+from repo_info import git_commit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,14 +54,6 @@ def _cc_version() -> str:
     try:
         return subprocess.run(["cc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
-        return "?"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
         return "?"
 
 
@@ -187,7 +180,7 @@ def main():
     best = {k: min(v) for k, v in times.items()}
     c = best["C export (1 thread)"]
     print()
-    print(f"Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, commit {_commit()}")
+    print(f"Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, commit {git_commit()}")
     print(f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs, load average during the rounds "
           f"{min(load):.1f}-{max(load):.1f}")
     print(f"Python {platform.python_version()}, numpy {np.__version__}, onnxruntime {ort.__version__}, "

@@ -40,6 +40,8 @@ import subprocess
 import sys
 import time
 
+from repo_info import git_commit
+
 MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -248,11 +250,7 @@ def machine() -> dict:
         info["torch"] = torch.__version__
     except ImportError:
         pass
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                        text=True).stdout.strip()
-    except OSError:
-        pass
+    info["commit"] = git_commit()
     return info
 
 
