@@ -150,6 +150,17 @@ def _images_per_block(n, p, kg, max_cols=1024, max_col_bytes=512 * 1024):
     return best
 
 
+def _kernel_window(graph, node, attrs):
+    """(kh, kw, (sy, sx), (py, px), (dy, dx), groups, mapping) of a Conv / Deconv node, or None
+    when the C kernels do not cover it (negative padding, a connection table with groups)."""
+    groups, mapping = attrs.get("groups", 1), attrs.get("mapping")
+    (py, px) = attrs["padding"]
+    if py < 0 or px < 0 or (mapping is not None and groups != 1):
+        return None
+    wshape = graph.params[graph.node(node).params["weights"]].shape
+    return wshape[2], wshape[3], tuple(attrs["stride"]), (py, px), tuple(attrs["dilation"]), groups, mapping
+
+
 def _conv_geometry(graph, node, attrs, ins, outs):
     if tuple(attrs.get("sub_sample", (1, 1))) != (1, 1):
         return None
@@ -159,13 +170,10 @@ def _conv_geometry(graph, node, attrs, ins, outs):
     n, _, h, w = ins[0]
     c = sum(ch["C"] for ch in chans)
     _, o, ho, wo = outs[0]
-    wshape = graph.params[graph.node(node).params["weights"]].shape
-    groups = attrs.get("groups", 1)
-    mapping = attrs.get("mapping")
-    (sy, sx), (py, px), (dy, dx) = attrs["stride"], attrs["padding"], attrs["dilation"]
-    if py < 0 or px < 0 or (mapping is not None and groups != 1):
+    window = _kernel_window(graph, node, attrs)
+    if window is None:
         return None
-    kh, kw = wshape[2], wshape[3]
+    kh, kw, (sy, sx), (py, px), (dy, dx), groups, mapping = window
     conn = None if mapping is None else np.asarray(mapping, dtype=bool).astype(int).tolist()
     p = ho * wo
     if p == 1 and h == kh and w == kw and py == 0 and px == 0 and groups == 1:
@@ -247,13 +255,10 @@ def _deconv_geometry(graph, node, attrs, ins, outs):
         return None
     n, c_in, h, w = ins[0]
     _, c_out, ho, wo = outs[0]
-    wshape = graph.params[graph.node(node).params["weights"]].shape
-    groups = attrs.get("groups", 1)
-    mapping = attrs.get("mapping")
-    (sy, sx), (py, px), (dy, dx) = attrs["stride"], attrs["padding"], attrs["dilation"]
-    if py < 0 or px < 0 or (mapping is not None and groups != 1):
+    window = _kernel_window(graph, node, attrs)
+    if window is None:
         return None
-    kh, kw = wshape[2], wshape[3]
+    kh, kw, (sy, sx), (py, px), (dy, dx), groups, mapping = window
     conn = None if mapping is None else np.asarray(mapping, dtype=bool).T.astype(int).tolist()
     cg, og = c_out // groups, c_in // groups
     p = h * w
