@@ -1,6 +1,7 @@
 """The `n2d2` command line: one sub-command (verb) per task.
 
     n2d2 train --model lenet --database mnist --epochs 10
+    n2d2 export n2d2_runs/lenet-mnist-<timestamp> --output lenet_c && make -C lenet_c run
 
 Exit status: 0 on success, 2 for malformed arguments (argparse), 1 for any other user error
 (unknown model, missing data files...), reported in one line without a traceback.
@@ -130,6 +131,34 @@ def _output_folder(args) -> str:
     return path
 
 
+def _check_output_folder(path: str, option: str = "--output") -> str:
+    """UserError now, before any work, when `path` cannot become a folder (nothing is created)."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"{option} {path}: exists and is not a folder")
+    parent = path
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: {parent} is not writable")
+    return path
+
+
+def _make_output_folder(path: str, option: str = "--output") -> str:
+    """Create `path` (a folder that we can write into) or raise UserError saying why not."""
+    _check_output_folder(path, option)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".n2d2-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
 def _select_device(device: str):
     from n2d2 import global_variables
 
@@ -190,7 +219,7 @@ def _train(args) -> int:
     _check_backend(args.backend)
     n2d2.global_variables.seed = args.seed
     data_path = training.find_data(db_spec, args.data_path)
-    output = _output_folder(args)
+    output = _check_output_folder(_output_folder(args))
 
     database = training.load_database(db_spec, data_path, args.validation)
     training.apply_limits(database, args.limit_train, args.limit_test, args.validation)
@@ -207,7 +236,7 @@ def _train(args) -> int:
         model.set_solver(solver)
     network = Sequence([model, Softmax(with_loss=True, name="softmax")], name=model.get_name())
 
-    os.makedirs(output, exist_ok=True)
+    _make_output_folder(output)
     print(f"n2d2 train: model {model_spec.name}, database {db_spec.name} ({data_path}: {counts['Learn']} learn, "
           f"{counts['Validation']} validation, {counts['Test']} test), batch {args.batch_size}, "
           f"{args.epochs} epoch(s), seed {args.seed}, device {args.device}")
@@ -279,12 +308,91 @@ def add_run_parser(subparsers):
     return add(subparsers)
 
 
+# -- export (a trained run as a standalone C project) -------------------------------------------
+def add_export_parser(subparsers):
+    p = subparsers.add_parser(
+        "export", help="write the network of an `n2d2 train` run as a standalone C project",
+        description="Rebuild the network that `n2d2 train` saved in RUN_DIR (summary.json, weights/), and write "
+                    "a standalone C project (make; make run) with the run's Test stimuli.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of `n2d2 train`")
+    p.add_argument("--format", default="c", choices=("c",),
+                   help="c: float32 C project (integer formats come with quantization)")
+    p.add_argument("--output", default=None, metavar="DIR", help="project folder (default: RUN_DIR/export_C_float32)")
+    p.add_argument("--nb-stimuli", type=int, default=-1, metavar="N",
+                   help="Test stimuli written to stimuli/ (-1: all, as N2D2's export_nb_stimuli_max; 0: none)")
+    p.add_argument("--data-path", default=None, help="the data set's folder (default: the one the run used)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing project folder")
+    p.set_defaults(func=export_command)
+    return p
+
+
+def _read_run(run_dir: str) -> dict:
+    """The `summary.json` of a `n2d2 train` run folder, checked for what export needs."""
+    path = os.path.join(run_dir, "summary.json")
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{run_dir}: no summary.json (not an `n2d2 train` output folder, or the run did not "
+                        "finish)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read it ({e})") from None
+    arguments = summary.get("arguments") if isinstance(summary, dict) else None
+    if not isinstance(arguments, dict) or not all(isinstance(arguments.get(k), str) for k in ("model", "database")):
+        raise UserError(f"{path}: no model and database in 'arguments'")
+    if not os.path.isdir(os.path.join(run_dir, "weights")):
+        raise UserError(f"{run_dir}: no weights/ folder")
+    return summary
+
+
+def export_command(args) -> int:
+    """`n2d2 export`: the run's model rebuilt from summary.json, its weights/ imported, export_c."""
+    import n2d2
+    from n2d2 import training
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.export import ExportError, export_c
+
+    run_dir = os.path.abspath(os.path.expanduser(args.run_dir))
+    summary = _read_run(run_dir)
+    arguments = summary["arguments"]
+    db_spec = training.check_database(arguments["database"])
+    model_spec = training.check_model(arguments["model"], db_spec.name)
+    data_path = training.find_data(db_spec, args.data_path or summary.get("data_path"))
+    output = os.path.abspath(os.path.expanduser(args.output)) if args.output else \
+        os.path.join(run_dir, "export_C_float32")
+    if os.path.lexists(output) and not args.overwrite:
+        raise UserError(f"--output {output}: already exists (pass --overwrite to replace it)")
+    _make_output_folder(os.path.dirname(output) or ".")
+
+    database = training.load_database(db_spec, data_path, float(arguments.get("validation") or 0.0))
+    provider = training.make_provider(database, db_spec, model_spec.input_size, 1)
+    provider.set_partition("Test")
+    learn = (summary.get("partitions") or {}).get("Learn") or database.get_nb_stimuli("Learn")
+    model = model_spec.build(db_spec.nb_classes, int(learn))
+    network = Sequence([model, Softmax(with_loss=True, name="softmax")], name=model.get_name())
+    dn = network.to_deepnet_cell(provider)
+    dn.test()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            dn.import_free_parameters(os.path.join(run_dir, "weights"))
+        folder = export_c(dn, provider=provider, export_folder_name=output, export_nb_stimuli_max=args.nb_stimuli,
+                          overwrite=args.overwrite)
+    except (ExportError, n2d2.error_handler.WrongValue, ValueError, RuntimeError, OSError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    print(f"C project of {model_spec.name} ({db_spec.name}) written to {folder}")
+    print(f"Build and run it: make -C {folder} run")
+    return 0
+
+
 # -- entry point ----------------------------------------------------------------------------------
-VERBS = [add_train_parser, add_run_parser]
+VERBS = [add_train_parser, add_run_parser, add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import n2d2
+
     parser = argparse.ArgumentParser(prog="n2d2", description="n2d2: N2D2's Python API on numpy (and CuPy).")
+    parser.add_argument("--version", action="version", version=f"n2d2 {n2d2.__version__}")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for add in VERBS:
         add(subparsers)

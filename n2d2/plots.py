@@ -91,7 +91,7 @@ def success_png(path: str, success, averages, validation=None, best=None):
         ax.plot(vs, vv, "o-", color="tab:red", label="Validation")
         if best is not None:
             ax.text(0.5, 0.15, f"Best validation: {100.0 * best:.4g}%", transform=ax.transAxes, ha="center")
-    ax.set_xlabel("# steps")
+    ax.set_xlabel("# Learn steps (batches)" if validation else "# steps (batches)")
     ax.set_ylabel("Success rate")
     ax.set_ylim(0.0, 1.02)
     ax.grid(True)
@@ -100,15 +100,23 @@ def success_png(path: str, success, averages, validation=None, best=None):
     _save(fig, path)
 
 
-def loss_png(path: str, steps, losses):
-    """Training loss against the step (Learn batch) number."""
+def loss_png(path: str, steps, losses, label: str = "Learn loss", learn=None):
+    """A loss curve against the number of Learn steps (batches) done.
+
+    `learn`: the Learn (step, loss) points, drawn lightly behind a Validation or Test curve
+    so that both share the x-axis."""
     fig = _figure(8, 5)
     ax = fig.add_subplot(1, 1, 1)
+    if learn:
+        ax.plot([s for s, _ in learn], [v for _, v in learn], color="lightgray", linewidth=0.8,
+                label="Learn loss")
     if len(losses):
-        ax.plot(steps, losses, color="tab:blue", linewidth=0.8)
-    ax.set_xlabel("# steps")
+        style = "-" if learn is None else "o-"
+        ax.plot(steps, losses, style, color="tab:blue" if learn is None else "tab:red", linewidth=0.8, label=label)
+    ax.set_xlabel("# Learn steps (batches)")
     ax.set_ylabel("Loss")
     ax.grid(True)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 

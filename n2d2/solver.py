@@ -28,6 +28,19 @@ def parse_clamping(text: str):
     return (float(low) if low else None), (float(high) if high else None)
 
 
+_last_learning_rate_log = None
+
+
+def _log_learning_rate(iteration: int, batch_size: int, lr: float):
+    """Print N2D2's "Learning rate after ..." line once per change: every parameter's solver
+    state reaches the same step at the same iteration, and one line says it for all of them."""
+    global _last_learning_rate_log
+    line = f"Learning rate after {iteration}({iteration * batch_size}) iteration(s): {lr}"
+    if line != _last_learning_rate_log:
+        _last_learning_rate_log = line
+        print(line)
+
+
 class _ParameterState:
     __slots__ = ("iteration", "accumulated", "nb_accumulated", "buffers", "last_step")
 
@@ -139,16 +152,22 @@ class SGD(Solver):
         cosine = 0.5 * (1.0 + math.cos(math.pi * (step - warm_up) / span))
         return lr * max(0.0, (1.0 - c["min_decay"]) * cosine + c["min_decay"])
 
-    def _apply(self, param, grad, batch_size, state):
+    def advance(self, state, batch_size: int) -> float:
+        """The learning rate of this update of one parameter; counts the iteration and logs a
+        learning-rate change (every backend's SGD update goes through here)."""
         c = self._config
         lr = self.learning_rate_at(state.iteration, batch_size)
         if c["learning_rate_policy"] != "None":
             step = state.iteration * c["iteration_size"] * batch_size // c["learning_rate_step_size"]
             if state.last_step is not None and step != state.last_step:
-                print(f"Learning rate after {state.iteration}({state.iteration * batch_size}) "
-                      f"iteration(s): {lr}")
+                _log_learning_rate(state.iteration, batch_size, lr)
             state.last_step = step
         state.iteration += 1
+        return lr
+
+    def _apply(self, param, grad, batch_size, state):
+        c = self._config
+        lr = self.advance(state, batch_size)
         rate = param.dtype.type(lr / (batch_size * c["iteration_size"]))
         momentum, decay = c["momentum"], c["decay"]
         if momentum == 0.0 and decay == 0.0:

@@ -141,6 +141,12 @@ def compute_stats(deepnet) -> list:
     for record in deepnet.records():
         cell = record.cell
         key = id(cell)
+        inner = getattr(cell, "cell_stats", None)
+        if callable(inner):   # a DeepNetCell: its own cells, once
+            if key not in by_cell:
+                by_cell[key] = inner()
+                order.append(key)
+            continue
         if key not in by_cell:
             name = cell.get_name() if hasattr(cell, "get_name") else type(cell).__name__
             by_cell[key] = CellStats(name, type(cell).__name__, nb_parameters(cell))
@@ -150,7 +156,11 @@ def compute_stats(deepnet) -> list:
         in_shape = list(record.inputs[0]._data.shape) if record.inputs else out_shape
         stats.macs += call_macs(cell, in_shape, out_shape)
         stats.nb_outputs += int(np.prod(out_shape[1:])) if len(out_shape) > 1 else 1
-    return [by_cell[k] for k in order]
+    result = []
+    for k in order:
+        entry = by_cell[k]
+        result.extend(entry if isinstance(entry, list) else [entry])
+    return result
 
 
 def _input_size(deepnet) -> int:

@@ -216,6 +216,8 @@ class Score(Target):
         self._deepnet = None
         self._losses = []            # every call's loss, in call order
         self._learn_losses = []      # (step, loss) of Learn calls: the training curve
+        self._pass_losses = {}       # partition -> [(step, loss)] of every call (never cleared)
+        self._learn_history = []     # success of every Learn batch of the run (never cleared)
         self._nb_learn_steps = 0     # Learn batches seen (never cleared): x axis of curves
         self._last_loss = None
         self._cross_entropy = None
@@ -386,6 +388,7 @@ class Score(Target):
             deepnet.seed_gradient(inputs, grad.reshape(y.shape))
             self._nb_learn_steps += 1
             self._learn_losses.append((self._nb_learn_steps, loss))
+        self._pass_losses.setdefault(partition, []).append((self._nb_learn_steps, loss))
         self._last_loss = loss
         self._losses.append(loss)
         out = Tensor._wrap(np.array([loss], dtype=np.float32), cell=LossProducer(self, deepnet))
@@ -462,6 +465,8 @@ class Score(Target):
             nb_valid = int(valid.sum())
             if nb_valid:
                 score.success.append(int(hit.sum()) / nb_valid)
+                if partition == "Learn":
+                    self._learn_history.append(score.success[-1])
                 if hit_n is not None:
                     score.top_n_success.append(int(hit_n.sum()) / nb_valid)
         else:
@@ -483,6 +488,8 @@ class Score(Target):
             s = per_image(hit)
             if s is not None:
                 score.success.append(s)
+                if partition == "Learn":
+                    self._learn_history.append(s)
                 if hit_n is not None:
                     score.top_n_success.append(per_image(hit_n))
         pairs = targets[valid] * nb_targets + est1[valid]
@@ -569,12 +576,23 @@ class Score(Target):
     def get_average_success(self, window: int = 0, partition: str = None) -> float:
         """Mean of the per-batch success rates of the current partition (last `window` batches, 0: all).
 
+        This is upstream's number: an average *per batch*, so a partial last batch weighs as
+        much as a full one (e.g. 0.90496 where 90.60 % of the test images are right). The
+        stimulus-weighted rate, which every number n2d2 prints uses, is `get_success_rate()`.
         Raises RuntimeWarning when top_n != 1 (as upstream). `partition` overrides the
         provider's current partition.
         """
         if self._args["top_n"] != 1:
             raise RuntimeWarning("TopN != 1. You may want to use get_average_top_n_success()?")
         return self._average(self._score(partition or self._current_partition()).success, window)
+
+    def get_success_rate(self, partition: str = None) -> float:
+        """Stimulus-weighted success of `partition` (default: current) since its last clear:
+        correct / scored, from the confusion matrix (pixels for spatial outputs); 0.0 when
+        nothing was scored. n2d2 extension: upstream only has the per-batch average."""
+        m = self.get_confusion_matrix(partition)
+        total = int(m.sum())
+        return float(np.trace(m)) / total if total else 0.0
 
     def get_average_top_n_success(self, window: int = 0, partition: str = None) -> float:
         """Mean of the per-batch top-N success rates of the current partition (needs top_n > 1)."""
@@ -705,13 +723,17 @@ class Score(Target):
     def log_success(self, name: str, partition: str = None, avg_window: int = 0):
         """Write the success curve of `partition` (default: current) in the target directory.
 
-        - Learn/Test: `Success_<name>.dat` (`success running_average` per batch) and `.png`.
+        - Learn: `Success_<name>.dat` (`success running_average`, one line per Learn batch of
+          the whole run: line k is step k) and `.png`.
+        - Test: the same for the Test batches scored since the partition's last clear.
         - Validation: `Success_<name>.dat` holds the validation points (`step score`, see
           `new_validation_point`; when none were recorded, one point for the Validation batches
-          scored so far), `<name>_LearningSuccess.dat` the Learn success curve, and
-          `Success_<name>.png` both curves.
+          scored so far), `<name>_LearningSuccess.dat` the whole run's Learn success curve, and
+          `Success_<name>.png` both curves on the same axis (Learn steps).
         - top_n > 1: also `SuccessTopN_<name>.dat` (+ `.png`) for the partition.
-        - Always: `Loss_<name>.dat` (`step loss` of the Learn batches) and `Loss_<name>.png`.
+        - Always: `Loss_<name>.dat` and `Loss_<name>.png`, the partition's own loss: one `step
+          loss` line per Learn batch, or per pass (`step` = Learn steps done, mean loss of the
+          pass) for Validation and Test.
         """
         from n2d2 import plots
 
@@ -726,10 +748,14 @@ class Score(Target):
                 points = [(self._nb_learn_steps, float(np.mean(score.success)))]
                 best = points[0][1]
             atomic_write_text(path + ".dat", "".join("%d %g\n" % p for p in points))
-            learn = self._score("Learn").success
+            learn = self._learn_history
             text, avg = _data_rate_text(learn, avg_window)
             atomic_write_text(os.path.join(directory, f"{name}_LearningSuccess.dat"), text)
             plots.success_png(path + ".png", learn, avg, validation=points, best=best if points else None)
+        elif partition == "Learn":
+            text, avg = _data_rate_text(self._learn_history, avg_window)
+            atomic_write_text(path + ".dat", text)
+            plots.success_png(path + ".png", self._learn_history, avg)
         else:
             if not score.success:
                 print("Notice: no data rate recorded.")
@@ -742,8 +768,21 @@ class Score(Target):
             atomic_write_text(top_path + ".dat", text)
             plots.success_png(top_path + ".png", score.top_n_success, avg)
         loss_path = os.path.join(directory, f"Loss_{name}")
-        atomic_write_text(loss_path + ".dat", "".join("%d %g\n" % p for p in self._learn_losses))
-        plots.loss_png(loss_path + ".png", [s for s, _ in self._learn_losses], [v for _, v in self._learn_losses])
+        points = self._loss_curve(partition)
+        atomic_write_text(loss_path + ".dat", "".join("%d %g\n" % p for p in points))
+        context = self._learn_losses if partition != "Learn" else None
+        plots.loss_png(loss_path + ".png", [s for s, _ in points], [v for _, v in points],
+                       label=f"{partition} loss", learn=context)
+
+    def _loss_curve(self, partition: str) -> list:
+        """(step, loss) points of `partition`: every Learn batch, or one point per pass (the
+        mean over the pass's batches, at the number of Learn steps done) for the others."""
+        if partition == "Learn":
+            return list(self._learn_losses)
+        by_step = {}
+        for step, loss in self._pass_losses.get(partition, []):
+            by_step.setdefault(step, []).append(loss)
+        return [(step, float(np.mean(values))) for step, values in sorted(by_step.items())]
 
     def log_stats(self, dir_name: str):
         """Write the statistics of the last scored graph (`stats.log`, `stats.dat`, ...) under `dir_name`."""

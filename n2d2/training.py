@@ -348,9 +348,8 @@ class EpochReport(Score):
         return best
 
     def _accuracy(self, partition: str) -> tuple:
-        m = self.get_confusion_matrix(partition)
-        total = int(m.sum())
-        return (float(np.trace(m)) / total if total else float("nan")), total
+        total = int(self.get_confusion_matrix(partition).sum())
+        return (self.get_success_rate(partition) if total else float("nan")), total
 
     def _report(self, score, best):
         now = time.perf_counter()
@@ -390,6 +389,4 @@ class EpochReport(Score):
 def partition_accuracy(target, partition: str = "Test") -> tuple:
     """(success, images) over every image of `partition` scored since its last clear, exact from
     the confusion matrix (the mean of per-batch rates would overweight a partial last batch)."""
-    m = target.get_confusion_matrix(partition)
-    total = int(m.sum())
-    return (float(np.trace(m)) / total if total else 0.0), total
+    return target.get_success_rate(partition), int(target.get_confusion_matrix(partition).sum())

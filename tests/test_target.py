@@ -380,7 +380,7 @@ def test_log_success_validation_curve_and_loss():
     rng = np.random.default_rng(1)
     provider = ArrayProvider(np.zeros((1, 3, 1, 1), np.float32), np.zeros(1, np.int32), 3)
     target = Score(provider, name="val")
-    expected_losses = []
+    expected_losses, validation_losses = [], []
     for epoch in range(2):
         provider.set_partition("Learn")
         for _ in range(3):
@@ -390,7 +390,7 @@ def test_log_success_validation_curve_and_loss():
         provider.set_partition("Validation")
         target.clear_success()
         x, bp = _batch(_one_hot_scores([0, 1, 2], 3), [0, 1, 2 if epoch else 0], partition="Validation")
-        target(x)
+        validation_losses.append(float(target(x)[0]))
         assert target.new_validation_point()  # first point, then a better one
     assert target.get_validation_points() == [(3, pytest.approx(2 / 3)), (6, 1.0)]
     assert not target.new_validation_point(step=7, score=0.5)
@@ -399,10 +399,16 @@ def test_log_success_validation_curve_and_loss():
     learning = open("val/curve_LearningSuccess.dat").read().splitlines()
     assert len(learning) == 6 and all(len(line.split()) == 2 for line in learning)
     _assert_png("val/Success_curve.png")
+    # the Validation partition's own loss: one point per pass, at the Learn step where it ran
     losses = open("val/Loss_curve.dat").read().splitlines()
+    assert [int(line.split()[0]) for line in losses] == [3, 6]
+    np.testing.assert_allclose([float(line.split()[1]) for line in losses], validation_losses, rtol=1e-5)
+    _assert_png("val/Loss_curve.png")
+    provider.set_partition("Learn")
+    target.log_success("learn")
+    losses = open("val/Loss_learn.dat").read().splitlines()
     assert [int(line.split()[0]) for line in losses] == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([float(line.split()[1]) for line in losses], expected_losses, rtol=1e-5)
-    _assert_png("val/Loss_curve.png")
     assert len(target.get_loss()) == 8  # 6 Learn + 2 Validation batches
 
 

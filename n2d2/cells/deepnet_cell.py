@@ -412,7 +412,7 @@ class DeepNetCell(Iterable):
                 if bar is not None:
                     elapsed = max(time.perf_counter() - start, 1e-9)
                     bar.set_postfix(loss=f"{target.loss():.4f}",
-                                    success=f"{100 * target.get_average_success():.2f}%",
+                                    success=f"{100 * target.get_success_rate():.2f}%",
                                     rate=f"{seen / elapsed:.0f} img/s", refresh=False)
                     bar.update(step)
                 if seen >= nb:
@@ -420,7 +420,7 @@ class DeepNetCell(Iterable):
         finally:
             if bar is not None:
                 bar.close()
-        return target.get_average_success(), seen, time.perf_counter() - start
+        return target.get_success_rate(), seen, time.perf_counter() - start
 
     def fit(self, learn_epoch: int, log_epoch=1000, avg_window=10000, bench=False, ban_multi_device=False,
             valid_metric="Sensitivity", stop_valid=0, log_kernels=False):
@@ -455,15 +455,13 @@ class DeepNetCell(Iterable):
                  log_kernels=False, wt_round_mode="NONE", b_round_mode="NONE", c_round_mode="NONE",
                  act_scaling_mode="FLOAT_MULT", log_JSON=False, log_outputs=0):
         """Score the Test partition (`nb_test` stimuli, -1 = all); returns the success rate over
-        every scored stimulus (from the confusion matrix; the per-batch average weighs a partial
-        last batch like a full one)."""
+        every scored stimulus (`Score.get_success_rate`; upstream's `get_average_success`, a
+        per-batch average, weighs a partial last batch like a full one)."""
         if self._provider is None or self._target is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': run_test() needs a provider and a target")
         success, seen, seconds = self._run_epoch("Test", False, nb_max=nb_test, desc="test", shuffle=False)
-        confusion = self._target.get_confusion_matrix("Test")
-        if confusion.sum() > 0:
-            success = float(np.trace(confusion)) / float(confusion.sum())
-        print(f"Test: {seen} stimuli, success {100 * success:.2f}% ({seen / max(seconds, 1e-9):.0f} img/s)")
+        print(f"Test: {seen} stimuli, success {100 * success:.2f}% of the stimuli "
+              f"({seen / max(seconds, 1e-9):.0f} img/s)")
         self._target.log_confusion_matrix("Test")
         self._target.log_success("Test")
         return success
@@ -514,6 +512,28 @@ class DeepNetCell(Iterable):
         self._invalidate()
 
     # -- summary --------------------------------------------------------------------------------
+    def cell_stats(self) -> list:
+        """One `stats.CellStats` per cell of the compiled graph (per image, in graph order), so
+        that `Target.log_stats` describes the cells inside the DeepNetCell, not the DeepNetCell
+        as one cell; parameters count once per cell, MACs and outputs once per call."""
+        from n2d2 import stats
+
+        g = self._graph
+        by_cell, order = {}, []
+        for node in g.topological_order():
+            cell = self._cell_of.get(node)
+            if cell is None:
+                continue
+            out_shape = tuple(g.output_types(node)[0].shape)
+            in_shape = tuple(g.input_types(node)[0].shape) if g.inputs_of(node) else out_shape
+            if id(cell) not in by_cell:
+                by_cell[id(cell)] = stats.CellStats(cell.get_name(), type(cell).__name__, stats.nb_parameters(cell))
+                order.append(id(cell))
+            entry = by_cell[id(cell)]
+            entry.macs += stats.call_macs(cell, in_shape, out_shape)
+            entry.nb_outputs += int(np.prod(out_shape[1:])) if len(out_shape) > 1 else 1
+        return [by_cell[k] for k in order]
+
     def summary(self, verbose=False):
         """Print the layer table (shapes, parameters, MACs, connections, extras)."""
         from n2d2 import stats

@@ -711,13 +711,7 @@ def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
     if c["iteration_size"] != 1 or not c["polyak_momentum"]:
         return False
     state = solver._state(p)
-    lr = solver.learning_rate_at(state.iteration, batch_size)
-    if c["learning_rate_policy"] != "None":
-        step = state.iteration * c["iteration_size"] * batch_size // c["learning_rate_step_size"]
-        if state.last_step is not None and step != state.last_step:
-            print(f"Learning rate after {state.iteration}({state.iteration * batch_size}) iteration(s): {lr}")
-        state.last_step = step
-    state.iteration += 1
+    lr = solver.advance(state, batch_size)
     momentum, decay = c["momentum"], c["decay"]
     m = None
     if momentum != 0.0 or decay != 0.0:

@@ -953,13 +953,7 @@ def _sgd_coefficients(solver, param, batch_size, xp):
     `SGD._apply` does (iteration count, learning-rate log, momentum buffer)."""
     c = solver._config
     state = solver._state(param)
-    lr = solver.learning_rate_at(state.iteration, batch_size)
-    if c["learning_rate_policy"] != "None":
-        step = state.iteration * c["iteration_size"] * batch_size // c["learning_rate_step_size"]
-        if state.last_step is not None and step != state.last_step:
-            print(f"Learning rate after {state.iteration}({state.iteration * batch_size}) iteration(s): {lr}")
-        state.last_step = step
-    state.iteration += 1
+    lr = solver.advance(state, batch_size)
     scale = batch_size * c["iteration_size"]
     momentum, decay = c["momentum"], c["decay"]
     if momentum == 0.0 and decay == 0.0:
