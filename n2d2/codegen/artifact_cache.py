@@ -107,7 +107,10 @@ def _unsafe_parent(real: str):
     """Why a parent folder of `real` would let another user replace it (None when none does)."""
     parent = os.path.dirname(real)
     while True:
-        st = os.stat(parent)
+        try:
+            st = os.stat(parent)
+        except OSError as e:
+            return f"its parent folder {parent} cannot be examined ({e.strerror or e})"
         if st.st_uid not in (os.geteuid(), 0):
             return f"its parent folder {parent} is owned by uid {st.st_uid}"
         if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
