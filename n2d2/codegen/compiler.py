@@ -1,21 +1,21 @@
 """Building generated C into shared libraries, cached on disk by a hash of source and flags.
 
-The cache lives in `$N2D2_CACHE` (default `~/.cache/n2d2`); an entry is written to a temp
-name and renamed, so concurrent builds never see half a library. The key also holds the
+The cache lives in `$N2D2_CACHE` (default `~/.cache/n2d2`) and is kept private and verified by
+`artifact_cache` (a library is loaded only when it is ours and matches its record). The key also holds the
 compiler's version and the host CPU's identity (-march=native code built on another machine
 must not be loaded here). `$N2D2_CFLAGS` adds flags after the defaults (e.g.
 `-march=x86-64-v3` to build for AVX2 only).
 """
 import ctypes
 import functools
-import hashlib
 import os
 import platform
 import re
 import shlex
 import shutil
 import subprocess
-import tempfile
+
+from n2d2.codegen import artifact_cache
 
 # -fno-tree-loop-distribute-patterns: short copy loops stay inline vector code instead of memcpy
 # calls. Templates avoid conditional loads inside loops (`c ? a[i] : 0`): GCC 12.2 at -O3 with
@@ -32,9 +32,8 @@ class CompilerError(RuntimeError):
 
 
 def cache_dir() -> str:
-    path = os.environ.get("N2D2_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "n2d2")
-    os.makedirs(path, exist_ok=True)
-    return path
+    """The private folder compiled artefacts are cached in (see `artifact_cache.cache_dir`)."""
+    return artifact_cache.cache_dir()
 
 
 def find_compiler():
@@ -83,29 +82,12 @@ def build_shared_library(source: str, name: str = "n2d2_graph", flags=None) -> s
     # comments (node and graph names) do not change the code: the same network traced under
     # other cell names reuses the library
     code = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
-    key = hashlib.sha256("\0".join([code, " ".join(flags), _compiler_version(cc), _host_id()]).encode())
-    key = key.hexdigest()[:24]
-    directory = cache_dir()
-    for entry in os.listdir(directory):
-        if entry.endswith(f"_{key}.so"):
-            return os.path.join(directory, entry)
-    lib = os.path.join(directory, f"{name}_{key}.so")
-    src = os.path.join(directory, f"{name}_{key}.c")
-    fd, tmp_src = tempfile.mkstemp(dir=directory, suffix=".c")
-    with os.fdopen(fd, "w") as f:
-        f.write(source)
-    os.replace(tmp_src, src)
-    fd, tmp_lib = tempfile.mkstemp(dir=directory, suffix=".so")
-    os.close(fd)
+    inputs = "\0".join([code, " ".join(flags), _compiler_version(cc), _host_id()])
     try:
-        result = subprocess.run([cc, *flags, src, "-o", tmp_lib, "-lm"], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise CompilerError(f"{os.path.basename(cc)} failed on {src}:\n{result.stderr[-4000:]}")
-        os.replace(tmp_lib, lib)
-    finally:
-        if os.path.exists(tmp_lib):
-            os.unlink(tmp_lib)
-    return lib
+        return artifact_cache.cached_library(source, inputs, name, ".c",
+                                             lambda src, out: [cc, *flags, src, "-o", out, "-lm"])
+    except artifact_cache.BuildFailed as e:
+        raise CompilerError(f"{os.path.basename(cc)} failed on {e.source}:\n{e.output[-4000:]}") from None
 
 
 def load_library(path: str):

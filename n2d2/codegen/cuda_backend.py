@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 
 import numpy as np
 
@@ -541,31 +540,18 @@ def _emulator_prelude() -> str:
 
 
 def _build_emulator(source):
-    from n2d2.codegen.compiler import cache_dir
+    from n2d2.codegen import artifact_cache
 
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise CudaCompileError("the CUDA host emulator needs a C++ compiler (g++ or $CXX)")
     flags = ["-O1", "-std=c++17", "-shared", "-fPIC", "-fno-exceptions", "-w"]
     text = _emulator_prelude() + "\n" + source
-    key = hashlib.sha256("\0".join([text, " ".join(flags), cxx]).encode()).hexdigest()[:24]
-    directory = cache_dir()
-    lib = os.path.join(directory, f"cuemu_{key}.so")
-    if not os.path.exists(lib):
-        fd, src = tempfile.mkstemp(dir=directory, suffix=".cpp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".so")
-        os.close(fd)
-        try:
-            r = subprocess.run([cxx, *flags, src, "-o", tmp], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise CudaCompileError(f"g++ rejected the emulated CUDA source {src}:\n{r.stderr[-4000:]}")
-            os.replace(tmp, lib)
-            os.unlink(src)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    try:
+        lib = artifact_cache.cached_library(text, "\0".join([text, " ".join(flags), cxx]), "cuemu", ".cpp",
+                                            lambda src, out: [cxx, *flags, src, "-o", out])
+    except artifact_cache.BuildFailed as e:
+        raise CudaCompileError(f"g++ rejected the emulated CUDA source {e.source}:\n{e.output[-4000:]}") from None
     return ctypes.CDLL(lib)
 
 
