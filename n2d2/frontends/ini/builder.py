@@ -7,7 +7,8 @@ What is read (reference: N2D2 INI format, section 1):
   (`Float32` only), `InsertBatchNormAfterConv` (0 only), `$VARIABLES`;
 - `[database]`: `MNIST_IDX_Database` (data from `DataPath`, else `$N2D2_DATA/mnist` or the
   bundled copy through `n2d2.datasets.mnist_path`), `CIFAR10_Database`, `CIFAR100_Database`,
-  `DIR_Database`, with the common database parameters;
+  `DIR_Database`, `ILSVRC2012_Database`, `GTSRB_DIR_Database`, `IMDBWIKI_Database`, with the
+  common database parameters;
 - `[sp]` (size, `NbChannels`, `BatchSize`, `CompositeStimuli`) and its `[sp.Transformation*]` /
   `[sp.OnTheFlyTransformation*]` sub-sections, applied in file order;
 - every section with `Input=` is a layer: `Conv`, `Deconv`, `Pool`, `Fc`, `Softmax`, `Dropout`,
@@ -98,7 +99,8 @@ _DATABASE_PARAMETERS = {
 }
 
 # Upstream's database generators: INI type -> (n2d2.database class, default DataPath under $N2D2_DATA,
-#   whether it reads LabelPath (default: as the class's load(), inside DataPath), {INI key: (python name, default; None = required)}).
+#   whether it reads LabelPath (default: the class's own, inside DataPath),
+#   {INI key: (python name, default; None = required)}); `extract_rois` goes to load(), the rest to the class.
 _UPSTREAM_DATABASES = {
     "ILSVRC2012_Database": ("ILSVRC2012", "ILSVRC2012", True,
                             {"Learn": ("learn", None), "UseValidationForTest": ("use_validation_for_test", True),
@@ -395,10 +397,14 @@ class NetworkBuilder:
         import n2d2.database as databases
 
         cls, default_dir, reads_labels, keys = _UPSTREAM_DATABASES[kind]
-        kwargs = {name: (r.float(key, default, 0.0, 1.0) if isinstance(default, float) else r.bool(key, default))
-                  if default is not None else r.float(key, minimum=0.0, maximum=1.0)
-                  for key, (name, default) in keys.items() if name != "extract_rois"}
-        extract = r.bool("ExtractROIs", False) if "ExtractROIs" in keys else False
+        kwargs = {}
+        for key, (name, default) in keys.items():
+            if isinstance(default, bool):
+                kwargs[name] = r.bool(key, default)
+            else:  # a fraction; None: required
+                kwargs[name] = r.float(key, minimum=0.0, maximum=1.0) if default is None \
+                    else r.float(key, default, 0.0, 1.0)
+        extract = kwargs.pop("extract_rois", False)
         path = self._data_path(r, default_dir)
         labels = (self._data_path(r, None, "LabelPath") if reads_labels else None) or ""
         db = self._wrap("database", lambda: getattr(databases, cls)(**kwargs, **config),
