@@ -189,7 +189,13 @@ def test_ilsvrc2012_missing_synset_folder_or_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="synsets file not found: .*nope.txt"):
         ILSVRC2012(1.0).load(str(tmp_path), str(tmp_path / "nope.txt"))
     (tmp_path / "synsets.txt").write_text("\n".join(SYNSETS + ("n09999999",)))
-    with pytest.raises(FileNotFoundError, match="n09999999"):
+    with pytest.raises(FileNotFoundError, match="no training folder .*n09999999.* listed in .*synsets.txt"):
+        ILSVRC2012(1.0).load(str(tmp_path))
+    (tmp_path / "synsets.txt").write_text("\n".join(SYNSETS + ("../../etc",)))
+    with pytest.raises(ValueError, match=r"synsets.txt:4: file name '../../etc' is not a relative path"):
+        ILSVRC2012(1.0).load(str(tmp_path))
+    (tmp_path / "synsets.txt").write_text("\n".join(SYNSETS + (SYNSETS[0],)))
+    with pytest.raises(ValueError, match="synsets.txt:4: synset 'n01440764' is listed twice"):
         ILSVRC2012(1.0).load(str(tmp_path))
 
 
@@ -351,10 +357,19 @@ def test_imdbwiki_malformed_csv_and_unsafe_path(tmp_path):
         IMDBWIKI(crop_frame=True).load(str(tmp_path))
 
 
-def test_imdbwiki_missing_metadata_is_named(tmp_path):
+def test_imdbwiki_missing_or_foreign_metadata_is_named(tmp_path):
     (tmp_path / "wiki_crop").mkdir()
     with pytest.raises(FileNotFoundError, match="wiki_crop/wiki.mat"):
         IMDBWIKI(crop_frame=True).load(str(tmp_path))
+    from scipy.io import savemat
+
+    savemat(tmp_path / "wiki_crop" / "wiki.mat", {"other": np.zeros((2, 2))})
+    with pytest.raises(ValueError, match="wiki.mat: not an IMDB-WIKI metadata file"):
+        IMDBWIKI(crop_frame=True).load(str(tmp_path))
+    for content in (b"MATLAB 5.0 but truncated", b""):
+        (tmp_path / "wiki_crop" / "wiki.mat").write_bytes(content)
+        with pytest.raises(ValueError, match="wiki.mat: not an IMDB-WIKI metadata file"):
+            IMDBWIKI(crop_frame=True).load(str(tmp_path))
 
 
 # -- INI database types -----------------------------------------------------------------------------------

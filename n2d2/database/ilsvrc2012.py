@@ -106,7 +106,11 @@ class ILSVRC2012(Database):
         ids = [self._label_id(s) for s in synsets]
         in_memory = self._args["load_data_in_memory"]
         for synset, label in zip(synsets, ids):
-            paths = image_files(os.path.join(data_path, "train", synset))
+            folder = os.path.join(data_path, "train", synset)
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"ILSVRC2012: no training folder {folder} for synset {synset!r} "
+                                        f"listed in {synsets_file}")
+            paths = image_files(folder)
             if paths:
                 self._add_stimuli(stimuli_of(paths, in_memory), np.full(len(paths), label), names=paths)
         learn = self._args["learn"]

@@ -68,6 +68,7 @@ def read_faces_mat(path: str, set_name: str) -> list:
         raise FileNotFoundError(f"IMDB-WIKI metadata file not found: {path} (nor a {set_name}.csv)")
     try:
         from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
     except ImportError:
         raise ImportError(f"Reading {path} needs scipy (pip install scipy), or give the metadata as "
                           f"{set_name}.csv in label_path") from None
@@ -75,7 +76,7 @@ def read_faces_mat(path: str, set_name: str) -> list:
         meta = loadmat(path)[set_name][0, 0]
         columns = {k: np.ravel(meta[k]) for k in ("full_path", "name", "face_location", "dob", "photo_taken",
                                                   "gender")}
-    except (KeyError, IndexError, ValueError, TypeError, NotImplementedError, OSError) as e:
+    except (MatReadError, KeyError, IndexError, ValueError, TypeError, NotImplementedError, OSError, EOFError) as e:
         raise ValueError(f"{path}: not an IMDB-WIKI metadata file (a struct '{set_name}' with full_path, name, "
                          f"face_location, dob, photo_taken, gender): {e}") from None
     n = columns["full_path"].size
