@@ -105,14 +105,17 @@ class ILSVRC2012(Database):
             self._label_id("background")
         ids = [self._label_id(s) for s in synsets]
         in_memory = self._args["load_data_in_memory"]
+        paths, labels = [], []
         for synset, label in zip(synsets, ids):
             folder = os.path.join(data_path, "train", synset)
             if not os.path.isdir(folder):
                 raise FileNotFoundError(f"ILSVRC2012: no training folder {folder} for synset {synset!r} "
                                         f"listed in {synsets_file}")
-            paths = image_files(folder)
-            if paths:
-                self._add_stimuli(stimuli_of(paths, in_memory), np.full(len(paths), label), names=paths)
+            files = image_files(folder)
+            paths.extend(files)
+            labels.extend([label] * len(files))
+        if paths:  # one call: appending synset by synset would copy the growing list 1000 times
+            self._add_stimuli(stimuli_of(paths, in_memory), labels, names=paths)
         learn = self._args["learn"]
         self.partition_stimuli(learn, 0.0, 1.0 - learn)
         paths, labels = read_val_list(os.path.join(data_path, "val.txt"), os.path.join(data_path, "val"),

@@ -21,16 +21,18 @@ def image_files(directory: str, extensions=IMAGE_EXTENSIONS) -> list:
     """The image files directly inside `directory`, sorted by name."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Couldn't open database directory: {directory}")
-    return [os.path.join(directory, e) for e in sorted(os.listdir(directory))
-            if os.path.isfile(os.path.join(directory, e)) and os.path.splitext(e)[1][1:].lower() in extensions]
+    with os.scandir(directory) as entries:  # d_type: no stat per file (ImageNet has 1.3 M of them)
+        names = sorted(e.name for e in entries
+                       if e.name.rpartition(".")[2].lower() in extensions and e.is_file())
+    return [os.path.join(directory, n) for n in names]
 
 
 def sub_directories(directory: str) -> list:
     """The folders directly inside `directory`, sorted by name."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Couldn't open database directory: {directory}")
-    return [os.path.join(directory, e) for e in sorted(os.listdir(directory))
-            if os.path.isdir(os.path.join(directory, e))]
+    with os.scandir(directory) as entries:
+        return [os.path.join(directory, n) for n in sorted(e.name for e in entries if e.is_dir())]
 
 
 def text_lines(path: str, what: str):
