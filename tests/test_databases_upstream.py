@@ -110,10 +110,13 @@ def test_gtsrb_malformed_annotation_names_file_and_line(tmp_path, line, message)
     assert f"{csv}:3" in str(info.value)
 
 
-def test_gtsrb_missing_test_annotations_is_named(tmp_path):
+def test_gtsrb_missing_annotation_files_are_named(tmp_path):
     make_gtsrb(tmp_path, per_class=1)
     (tmp_path / "GT-final_test.csv").unlink()
     with pytest.raises(FileNotFoundError, match="GT-final_test.csv"):
+        GTSRB(0.0).load(str(tmp_path))
+    (tmp_path / "Final_Training" / "Images" / "00001" / "GT-00001.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="no annotation file \\(GT-00001.csv\\) in .*00001"):
         GTSRB(0.0).load(str(tmp_path))
 
 

@@ -91,9 +91,12 @@ class GTSRB(Database):
         for class_dir in sub_directories(train_dir):
             rows = {}
             annotation_dir = os.path.join(label_dir, os.path.basename(class_dir))
-            for csv in sorted(f for f in os.listdir(annotation_dir) if f.lower().endswith(".csv")) \
-                    if os.path.isdir(annotation_dir) else ():
-                rows.update(read_gtsrb_csv(os.path.join(annotation_dir, csv), class_dir))
+            csvs = image_files(annotation_dir, ("csv",)) if os.path.isdir(annotation_dir) else []
+            if not csvs:
+                raise FileNotFoundError(f"GTSRB: no annotation file (GT-{os.path.basename(class_dir)}.csv) "
+                                        f"in {annotation_dir}")
+            for csv in csvs:
+                rows.update(read_gtsrb_csv(csv, class_dir))
             self._add_annotated(image_files(class_dir, ("ppm",)), rows, extract_ROIs)
         validation = self._args["validation"]
         self.partition_stimuli_per_label(1.0 - validation, validation, 0.0, equiv_label=False)
