@@ -424,7 +424,8 @@ class NetworkBuilder:
             for c in candidates:
                 if os.path.exists(c):
                     return c
-            raise r.error(f"{key} '{value}' does not exist", key, "an existing file or folder")
+            raise r.error(f"{key} '{value}' does not exist", key,
+                          "an existing folder" if key == "DataPath" else "an existing file or folder")
         if default_name is None:
             return None
         root = os.environ.get("N2D2_DATA") or os.path.join(os.path.expanduser("~"), "DATABASE")
