@@ -451,6 +451,10 @@ def test_ini_upstream_database_errors_name_the_file(tmp_path):
         ini_database(tmp_path, "GTSRB_DIR_Database", tmp_path / "GTSRB", "Validation=2")
     with pytest.raises(IniError, match="Learn"):  # required, as upstream
         ini_database(tmp_path, "ILSVRC2012_Database", tmp_path, "")
+    with pytest.raises(IniError, match="LabelPath 'nope.txt' does not exist"):
+        ini_database(tmp_path, "ILSVRC2012_Database", tmp_path, "Learn=1.0\nLabelPath=nope.txt")
+    with pytest.raises(IniError, match="LabelPath"):  # upstream's GTSRB generator reads no LabelPath
+        ini_database(tmp_path, "GTSRB_DIR_Database", tmp_path / "GTSRB", f"LabelPath={tmp_path}")
     (tmp_path / "GTSRB" / "GT-final_test.csv").unlink()
     with pytest.raises(IniError, match="GT-final_test.csv") as info:
         ini_database(tmp_path, "GTSRB_DIR_Database", tmp_path / "GTSRB", "")
