@@ -7,7 +7,8 @@ What is read (reference: N2D2 INI format, section 1):
   (`Float32` only), `InsertBatchNormAfterConv` (0 only), `$VARIABLES`;
 - `[database]`: `MNIST_IDX_Database` (data from `DataPath`, else `$N2D2_DATA/mnist` or the
   bundled copy through `n2d2.datasets.mnist_path`), `CIFAR10_Database`, `CIFAR100_Database`,
-  `DIR_Database`, with the common database parameters;
+  `DIR_Database`, `ILSVRC2012_Database`, `GTSRB_DIR_Database`, `IMDBWIKI_Database`, with the
+  common database parameters;
 - `[sp]` (size, `NbChannels`, `BatchSize`, `CompositeStimuli`) and its `[sp.Transformation*]` /
   `[sp.OnTheFlyTransformation*]` sub-sections, applied in file order;
 - every section with `Input=` is a layer: `Conv`, `Deconv`, `Pool`, `Fc`, `Softmax`, `Dropout`,
@@ -95,6 +96,21 @@ _DATABASE_PARAMETERS = {
     "RandomPartitioning": ("random_partitioning", bool), "DataFileLabel": ("data_file_label", bool),
     "CompositeLabel": ("composite_label", str), "TargetDataPath": ("target_data_path", str),
     "MultiChannelMatch": ("multi_channel_match", str), "MultiChannelReplace": ("multi_channel_replace", str),
+}
+
+# Upstream's database generators: INI type -> (n2d2.database class, default DataPath under $N2D2_DATA,
+#   whether it reads LabelPath (default: the class's own, inside DataPath),
+#   {INI key: (python name, default; None = required)}); `extract_rois` goes to load(), the rest to the class.
+_UPSTREAM_DATABASES = {
+    "ILSVRC2012_Database": ("ILSVRC2012", "ILSVRC2012", True,
+                            {"Learn": ("learn", None), "UseValidationForTest": ("use_validation_for_test", True),
+                             "BackgroundClass": ("background_class", False)}),
+    "GTSRB_DIR_Database": ("GTSRB", "GTSRB", False,
+                           {"Validation": ("validation", 0.0), "ExtractROIs": ("extract_rois", False)}),
+    "IMDBWIKI_Database": ("IMDBWIKI", "IMDB-WIKI", True,
+                          {"Learn": ("learn", 1.0), "Validation": ("validation", 0.0), "WikiSet": ("wiki_set", True),
+                           "IMDBSet": ("imdb_set", False), "CropFrame": ("crop_frame", False),
+                           "UseNameAsLabel": ("use_name_as_label", False)}),
 }
 
 # Transformations: INI type -> (n2d2.transform class, [(required INI key, python name, type)],
@@ -308,7 +324,8 @@ class NetworkBuilder:
             warn("no [database] section: the network is built on an empty database", self.file)
             return databases.Database()
         r = self._reader("database")
-        kind = r.choice("Type", ("MNIST_IDX_Database", "CIFAR10_Database", "CIFAR100_Database", "DIR_Database"))
+        kind = r.choice("Type", ("MNIST_IDX_Database", "CIFAR10_Database", "CIFAR100_Database", "DIR_Database")
+                        + tuple(_UPSTREAM_DATABASES))
         config = {}
         for key, (name, kind_) in _DATABASE_PARAMETERS.items():
             if r.has(key):
@@ -341,6 +358,8 @@ class NetworkBuilder:
             path = self._data_path(r, default)
             db = self._wrap("database", make, "invalid CIFAR database parameters")
             self._wrap("database", lambda: db.load(path), f"cannot load the CIFAR database from '{path}'")
+        elif kind in _UPSTREAM_DATABASES:
+            db = self._upstream_database(r, kind, config)
         else:
             db = self._dir_database(r, config)
         self._check_unused(r, "database keys")
@@ -373,18 +392,40 @@ class NetworkBuilder:
         return self._wrap("database", lambda: databases.DIR(path, **kwargs, **config),
                           f"cannot load the DIR database from '{path}'")
 
-    def _data_path(self, r, default_name):
-        """DataPath as given (relative: to the current directory, else to the INI file's), or
-        `$N2D2_DATA/<default_name>`; None when neither applies."""
-        if r.has("DataPath"):
-            value = r.text("DataPath")
+    def _upstream_database(self, r, kind, config):
+        """GTSRB / ILSVRC2012 / IMDB-WIKI: keys and defaults of upstream's database generators."""
+        import n2d2.database as databases
+
+        cls, default_dir, reads_labels, keys = _UPSTREAM_DATABASES[kind]
+        kwargs = {}
+        for key, (name, default) in keys.items():
+            if isinstance(default, bool):
+                kwargs[name] = r.bool(key, default)
+            else:  # a fraction; None: required
+                kwargs[name] = r.float(key, minimum=0.0, maximum=1.0) if default is None \
+                    else r.float(key, default, 0.0, 1.0)
+        extract = kwargs.pop("extract_rois", False)
+        path = self._data_path(r, default_dir)
+        labels = (self._data_path(r, None, "LabelPath") if reads_labels else None) or ""
+        db = self._wrap("database", lambda: getattr(databases, cls)(**kwargs, **config),
+                        f"invalid {kind} parameters")
+        self._wrap("database", lambda: db.load(path, labels, extract),
+                   f"cannot load the {kind} from '{path}'")
+        return db
+
+    def _data_path(self, r, default_name, key="DataPath"):
+        """DataPath (or `key`) as given (relative: to the current directory, else to the INI
+        file's), or `$N2D2_DATA/<default_name>`; None when neither applies."""
+        if r.has(key):
+            value = r.text(key)
             candidates = [value]
             if not os.path.isabs(value) and self.file and not self.file.startswith("<"):
                 candidates.append(os.path.join(os.path.dirname(os.path.abspath(self.file)), value))
             for c in candidates:
                 if os.path.exists(c):
                     return c
-            raise r.error(f"DataPath '{value}' does not exist", "DataPath", "an existing folder")
+            raise r.error(f"{key} '{value}' does not exist", key,
+                          "an existing folder" if key == "DataPath" else "an existing file or folder")
         if default_name is None:
             return None
         root = os.environ.get("N2D2_DATA") or os.path.join(os.path.expanduser("~"), "DATABASE")
