@@ -120,6 +120,27 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return restore_dtype(out, x.dtype)
 
 
+def resize_nearest(labels: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Nearest-neighbour resize of a (N, C, H, W) batch (label maps), as OpenCV `INTER_NEAREST`:
+    output pixel i takes source pixel floor(i * in / out) (exact integer arithmetic)."""
+    h, w = labels.shape[2], labels.shape[3]
+    rows = np.minimum(np.arange(out_h) * h // out_h, h - 1)
+    cols = np.minimum(np.arange(out_w) * w // out_w, w - 1)
+    return np.ascontiguousarray(labels[:, :, rows[:, None], cols[None, :]])
+
+
+def sample_nearest(labels: np.ndarray, map_y: np.ndarray, map_x: np.ndarray, fill: int = -1) -> np.ndarray:
+    """`out[n, c, i, j] = labels[n, c]` at the nearest pixel of (map_y[n, i, j], map_x[n, i, j])
+    (OpenCV `remap` with `INTER_NEAREST`); `fill` where that pixel is outside the image."""
+    n, c, h, w = labels.shape
+    yi = np.rint(np.asarray(map_y, dtype=np.float64)).astype(np.int64)
+    xi = np.rint(np.asarray(map_x, dtype=np.float64)).astype(np.int64)
+    inside = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+    vals = labels[np.arange(n).reshape(n, 1, 1), :, np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]  # (N, Ho, Wo, C)
+    vals = np.where(inside[..., None], vals, np.asarray(fill, dtype=labels.dtype))
+    return np.ascontiguousarray(np.moveaxis(vals, 3, 1))
+
+
 def _interpolation_matrix(out_size: int, in_size: int, dtype) -> np.ndarray:
     i0, i1, frac = _linear_taps(out_size, in_size, dtype)
     m = np.zeros((out_size, in_size), dtype=dtype)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from n2d2.configurable import Spec
-from n2d2.transform._image import gaussian_blur, sample_bilinear
+from n2d2.transform._image import gaussian_blur, sample_bilinear, sample_nearest
 from n2d2.transform.transformation import Transformation
 
 
@@ -22,8 +22,8 @@ class Distortion(Transformation):
     rotation : float
         Maximum rotation, in degrees (an angle in [-r, r]).
     ignore_missing_data : bool
-        Kept for N2D2 compatibility (it concerns pixel-wise labels, which n2d2 does not have);
-        pixels sampled from outside the image are 0 either way.
+        Kept for N2D2 compatibility: image pixels sampled from outside the image are 0 and
+        their labels (label maps move by nearest neighbour) -1, ignored, either way.
     """
 
     _random = True
@@ -43,9 +43,9 @@ class Distortion(Transformation):
         cfg = self._config
         return cfg["elastic_scaling"] != 0.0 or cfg["scaling"] != 0.0 or cfg["rotation"] != 0.0
 
-    def _forward(self, x: np.ndarray, rng) -> np.ndarray:
+    def _forward_pair(self, x: np.ndarray, labels, rng):
         if not self.is_random():
-            return x.copy()
+            return x.copy(), None if labels is None else labels.copy()
         cfg = self._config
         n, _, h, w = x.shape
         ys, xs = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
@@ -64,4 +64,6 @@ class Distortion(Transformation):
             fields = rng.uniform(-1.0, 1.0, (2, n, h, w))
             map_x = map_x + cfg["elastic_scaling"] * gaussian_blur(fields[0], size, cfg["elastic_sigma"])
             map_y = map_y + cfg["elastic_scaling"] * gaussian_blur(fields[1], size, cfg["elastic_sigma"])
-        return sample_bilinear(x, map_y, map_x, "ConstantBorder", [0.0])
+        if labels is not None:
+            labels = sample_nearest(labels, map_y, map_x, -1)
+        return sample_bilinear(x, map_y, map_x, "ConstantBorder", [0.0]), labels

@@ -26,6 +26,8 @@ class PadCrop(Transformation):
         ``MinusOneReflectBorder`` (cb|abc|ba), ``MeanBorder`` (the image's mean colour).
     border_value : list of float
         Per-channel value for ``ConstantBorder`` (missing channels are 0).
+
+    Label maps are cropped alike and padded with -1 (ignored), whatever `border_type` says.
     """
 
     _arguments = ("width", "height")
@@ -45,8 +47,11 @@ class PadCrop(Transformation):
             return in_h + self._args["height"], in_w + self._args["width"]
         return self._args["height"], self._args["width"]
 
-    def _forward(self, x: np.ndarray, rng) -> np.ndarray:
+    def _forward_pair(self, x: np.ndarray, labels, rng):
         out_h, out_w = self.output_size(x.shape[2], x.shape[3])
         top, bottom = centre_pad_amounts(x.shape[2], out_h)
         left, right = centre_pad_amounts(x.shape[3], out_w)
-        return pad(x, top, bottom, left, right, self._config["border_type"], self._config["border_value"]).copy()
+        x = pad(x, top, bottom, left, right, self._config["border_type"], self._config["border_value"]).copy()
+        if labels is not None:  # padded label pixels are -1 (ignored) whatever the border type
+            labels = pad(labels, top, bottom, left, right, "ConstantBorder", [-1]).copy()
+        return x, labels

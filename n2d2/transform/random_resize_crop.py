@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from n2d2.configurable import Spec
-from n2d2.transform._image import sample_bilinear
+from n2d2.transform._image import sample_bilinear, sample_nearest
 from n2d2.transform.transformation import Transformation, check_size_argument
 
 
@@ -12,7 +12,8 @@ class RandomResizeCrop(Transformation):
     """Crop a region covering a fraction in [`scale_min`, `scale_max`] of the image's area,
     with an aspect ratio (width / height) drawn log-uniformly in [`ratio_min`, `ratio_max`]
     at a random position, and resize it (bilinear) to `width` x `height`. After 10 failed
-    draws the largest centred crop of an admissible ratio is used (as torchvision does)."""
+    draws the largest centred crop of an admissible ratio is used (as torchvision does).
+    Label maps get the same crop, resized by nearest neighbour."""
 
     _random = True
     _arguments = ("width", "height")
@@ -48,7 +49,7 @@ class RandomResizeCrop(Transformation):
             w, h = in_w, in_h
         return (in_h - h) // 2, (in_w - w) // 2, h, w
 
-    def _forward(self, x: np.ndarray, rng) -> np.ndarray:
+    def _forward_pair(self, x: np.ndarray, labels, rng):
         n, _, in_h, in_w = x.shape
         out_w, out_h = self._args["width"], self._args["height"]
         boxes = np.array([self._crop_box(rng, in_h, in_w) for _ in range(n)], dtype=np.float64)
@@ -57,4 +58,6 @@ class RandomResizeCrop(Transformation):
         # Half-pixel aligned resize of each crop, clamped inside it (OpenCV INTER_LINEAR).
         map_y = np.clip(y0 + (ys + 0.5) * h / out_h - 0.5, y0, y0 + h - 1)
         map_x = np.clip(x0 + (xs + 0.5) * w / out_w - 0.5, x0, x0 + w - 1)
-        return sample_bilinear(x, map_y, map_x, "ReplicateBorder")
+        if labels is not None:  # the maps stay inside the crop: no -1 needed
+            labels = sample_nearest(labels, map_y, map_x, -1)
+        return sample_bilinear(x, map_y, map_x, "ReplicateBorder"), labels

@@ -2,7 +2,7 @@
 import numpy as np
 
 from n2d2.configurable import Spec
-from n2d2.transform._image import resize_bilinear
+from n2d2.transform._image import resize_bilinear, resize_nearest
 from n2d2.transform.transformation import Transformation, check_size_argument
 
 
@@ -19,6 +19,8 @@ class Rescale(Transformation):
         to get exactly `width` x `height`.
     resize_to_fit : bool
         See `keep_aspect_ratio`.
+
+    Label maps are resized by nearest neighbour (OpenCV `INTER_NEAREST`).
     """
 
     _arguments = ("width", "height")
@@ -41,6 +43,7 @@ class Rescale(Transformation):
         ratio = min(ratio_x, ratio_y) if self._config["resize_to_fit"] else max(ratio_x, ratio_y)
         return max(1, int(round(in_h * ratio))), max(1, int(round(in_w * ratio)))
 
-    def _forward(self, x: np.ndarray, rng) -> np.ndarray:
+    def _forward_pair(self, x: np.ndarray, labels, rng):
         out_h, out_w = self.output_size(x.shape[2], x.shape[3])
-        return resize_bilinear(x, out_h, out_w)
+        labels = None if labels is None else resize_nearest(labels, out_h, out_w)
+        return resize_bilinear(x, out_h, out_w), labels

@@ -17,6 +17,12 @@ class Reshape(Transformation):
         nb_channels = check_size_argument("nb_channels", nb_channels, allow_zero=True)
         super().__init__({"nb_rows": nb_rows, "nb_cols": nb_cols, "nb_channels": nb_channels}, **config)
 
+    def _forward_pair(self, x: np.ndarray, labels, rng):
+        if labels is not None:
+            raise RuntimeError("Reshape: cannot be applied to a stimulus with a pixel-wise label map "
+                               "(its pixels would not stay pixels); use it without composite stimuli")
+        return self._forward(x, rng), None
+
     def _forward(self, x: np.ndarray, rng) -> np.ndarray:
         n, c, h, w = x.shape
         rows, cols, channels = self._args["nb_rows"], self._args["nb_cols"], self._args["nb_channels"] or c

@@ -2,7 +2,8 @@
 import numpy as np
 
 from n2d2.configurable import Spec
-from n2d2.transform._image import BORDER_TYPES, border_fill, border_index, restore_dtype, sample_bilinear
+from n2d2.transform._image import (BORDER_TYPES, border_fill, border_index, restore_dtype, sample_bilinear,
+                                   sample_nearest)
 from n2d2.transform.transformation import Transformation, check_size_argument
 
 
@@ -27,6 +28,8 @@ class SliceExtraction(Transformation):
         that is a `RuntimeError`.
     border_type, border_value :
         Filling of the outside, as for `PadCrop`.
+
+    Label maps get the same slice (nearest neighbour when rotated or scaled), -1 outside.
     """
 
     _arguments = ("width", "height")
@@ -59,7 +62,7 @@ class SliceExtraction(Transformation):
             raise RuntimeError(f"SliceExtraction: {name} must have two values (min, max), got {values}")
         return values
 
-    def _forward(self, x: np.ndarray, rng) -> np.ndarray:
+    def _forward_pair(self, x: np.ndarray, labels, rng):
         cfg = self._config
         n, c, in_h, in_w = x.shape
         if cfg["random_scaling"]:
@@ -83,7 +86,9 @@ class SliceExtraction(Transformation):
         else:
             angle = np.zeros(n)
         if not cfg["random_rotation"] and not cfg["random_scaling"]:
-            return self._cut(x, oy, ox, out_h, out_w)
+            if labels is not None:  # label pixels outside the image are -1 (ignored)
+                labels = self._cut(labels, oy, ox, out_h, out_w, "ConstantBorder", [-1])
+            return self._cut(x, oy, ox, out_h, out_w, cfg["border_type"], cfg["border_value"]), labels
         # Rotated / scaled slice: sample it (output pixel -> source, about the slice centre).
         ys, xs = np.meshgrid(np.arange(out_h, dtype=np.float64), np.arange(out_w, dtype=np.float64), indexing="ij")
         u = (xs - (out_w - 1) / 2.0) * (slice_w / out_w)[:, None, None]
@@ -91,8 +96,10 @@ class SliceExtraction(Transformation):
         cx = (ox + (slice_w - 1) / 2.0)[:, None, None]
         cy = (oy + (slice_h - 1) / 2.0)[:, None, None]
         cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-        return sample_bilinear(x, cy + sin * u + cos * v, cx + cos * u - sin * v,
-                               cfg["border_type"], cfg["border_value"])
+        map_y, map_x = cy + sin * u + cos * v, cx + cos * u - sin * v
+        if labels is not None:
+            labels = sample_nearest(labels, map_y, map_x, -1)
+        return sample_bilinear(x, map_y, map_x, cfg["border_type"], cfg["border_value"]), labels
 
     @staticmethod
     def _offsets(rng, random, fixed, size, slice_size):
@@ -101,18 +108,18 @@ class SliceExtraction(Transformation):
         room = np.maximum(size - slice_size, 0)
         return np.floor(rng.random(slice_size.shape) * (room + 1)).astype(np.int64)
 
-    def _cut(self, x, oy, ox, out_h, out_w):
+    @staticmethod
+    def _cut(x, oy, ox, out_h, out_w, border_type, border_value):
         """Integer-offset slices, gathered at once; outside pixels follow the border type."""
-        cfg = self._config
         n, c, in_h, in_w = x.shape
         rows = oy[:, None] + np.arange(out_h)  # (N, out_h)
         cols = ox[:, None] + np.arange(out_w)
         inside = ((rows[:, :, None] >= 0) & (rows[:, :, None] < in_h)
                   & (cols[:, None, :] >= 0) & (cols[:, None, :] < in_w))
-        r = border_index(rows, in_h, cfg["border_type"])
-        q = border_index(cols, in_w, cfg["border_type"])
+        r = border_index(rows, in_h, border_type)
+        q = border_index(cols, in_w, border_type)
         out = x[np.arange(n)[:, None, None], :, r[:, :, None], q[:, None, :]]  # (N, out_h, out_w, C)
-        if cfg["border_type"] in ("ConstantBorder", "MeanBorder") and not inside.all():
-            fill = restore_dtype(border_fill(x, cfg["border_type"], cfg["border_value"]), x.dtype)
+        if border_type in ("ConstantBorder", "MeanBorder") and not inside.all():
+            fill = restore_dtype(border_fill(x, border_type, border_value), x.dtype)
             out = np.where(inside[..., None], out, fill[:, None, None, :])
         return np.ascontiguousarray(np.moveaxis(out, 3, 1))

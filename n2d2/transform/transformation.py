@@ -7,6 +7,10 @@ as OpenCV does in N2D2) so that the provider can scale 8-bit data to [0, 1] at t
 
 Each transformation is applied to the partitions its `apply_to` selects; random ones draw from
 the generator they are given (the provider seeds one per read from `global_variables.rng`).
+
+Pixel-wise label maps (segmentation) go with their image through `apply_batch_with_labels`:
+a transformation that moves pixels (`_forward_pair`) moves the labels with the same random
+draw, by nearest neighbour, with label -1 where it pads; intensity transformations leave them.
 """
 import numpy as np
 
@@ -88,8 +92,33 @@ class Transformation(Configurable):
             raise ValueError(f"{self.get_type()}: a batch must be (N, C, H, W), got shape {batch.shape}")
         return self._forward(batch, rng if rng is not None else global_variables.rng)
 
+    def apply_batch_with_labels(self, batch: np.ndarray, labels: np.ndarray, rng: np.random.Generator = None):
+        """Transform a (N, C, H, W) batch and its (N, H, W) integer label maps together.
+
+        Returns (batch, labels): the labels follow every pixel move of the images (same random
+        draw, nearest neighbour, -1 where padded); intensity changes leave them as they are.
+        """
+        batch = np.asarray(batch)
+        labels = np.asarray(labels)
+        if batch.ndim != 4:
+            raise ValueError(f"{self.get_type()}: a batch must be (N, C, H, W), got shape {batch.shape}")
+        if labels.shape != (batch.shape[0],) + batch.shape[2:] or labels.dtype.kind not in "iu":
+            raise ValueError(f"{self.get_type()}: label maps must be integers of shape (N, H, W) = "
+                             f"{[batch.shape[0], batch.shape[2], batch.shape[3]]}, got {labels.dtype} "
+                             f"of shape {list(labels.shape)}")
+        x, lab = self._forward_pair(batch, labels[:, None], rng if rng is not None else global_variables.rng)
+        return x, lab[:, 0]
+
     def _forward(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        raise NotImplementedError
+        """Images only; transformations that move pixels implement `_forward_pair` instead."""
+        if type(self)._forward_pair is Transformation._forward_pair:
+            raise NotImplementedError(f"{self.get_type()} implements neither _forward nor _forward_pair")
+        return self._forward_pair(x, None, rng)[0]
+
+    def _forward_pair(self, x: np.ndarray, labels, rng: np.random.Generator):
+        """(images, labels (N, 1, H, W) or None): this default is an intensity transformation,
+        which leaves the labels unchanged."""
+        return self._forward(x, rng), labels
 
     # -- printing ---------------------------------------------------------------------------------
     def __str__(self):
@@ -153,6 +182,11 @@ class Composite(Transformation):
         for t in self._transformations:
             x = t._forward(x, rng)
         return x
+
+    def _forward_pair(self, x, labels, rng):
+        for t in self._transformations:
+            x, labels = t._forward_pair(x, labels, rng)
+        return x, labels
 
     def __str__(self):
         output = Transformation.__str__(self) + "(\n"
