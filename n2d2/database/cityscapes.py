@@ -53,8 +53,9 @@ class Cityscapes(Database):
     train goes to Learn, val to Validation, test to Test (city folders and files sorted). The
     labels are the 35 names of the label table (module docstring).
 
-    What a `DataProvider` returns: the images, with label -1 (a stimulus has no single class,
-    as in N2D2 where its labels are regions); the pixel-wise labels are read by
+    What a `DataProvider` returns: the images, with label -1 (a stimulus has no single class);
+    with `composite_stimuli=True`, the pixel-wise label maps (moved along with the images by
+    the transformations; all -1 for an image whose split has none). One map alone:
     `get_stimulus_label_map(stimulus_id)`.
 
     Parameters
@@ -124,6 +125,14 @@ class Cityscapes(Database):
             self._add_stimuli(stimuli_of(paths, self._args["load_data_in_memory"]), np.full(len(paths), -1),
                               partition, names=paths)
             self._label_map_files.extend(maps)
+
+    def has_label_maps(self) -> bool:
+        return True
+
+    def _label_map(self, stimulus_id: int, shape: tuple) -> np.ndarray:
+        if self._label_map_files[stimulus_id] is None:
+            return np.full(shape, -1, dtype=np.int32)
+        return self.get_stimulus_label_map(stimulus_id)
 
     def get_stimulus_label_map(self, stimulus_id: int) -> np.ndarray:
         """(H, W) int32 label indices of a stimulus (`ValueError` when its split has no labels)."""

@@ -344,5 +344,20 @@ class Database(Configurable):
     def _stimuli_labels(self, ids: np.ndarray) -> np.ndarray:
         return self._labels[ids]
 
+    # -- pixel-wise labels (segmentation databases) --------------------------------------------------
+    def has_label_maps(self) -> bool:
+        """True when the stimuli have pixel-wise label maps (`get_stimulus_label_map`): a
+        provider with `composite_stimuli` then delivers them as its labels."""
+        return False
+
+    def get_stimulus_label_map(self, stimulus_id: int) -> np.ndarray:
+        """(H, W) int32 label indices of a stimulus (segmentation databases only)."""
+        raise ValueError(f"{self.get_type()}: its stimuli have no pixel-wise label map (one label per stimulus)")
+
+    def _label_map(self, stimulus_id: int, shape: tuple) -> np.ndarray:
+        """The label map a provider uses for a stimulus of (H, W) `shape` (overridden where a
+        stimulus may have none: all -1 then)."""
+        return self.get_stimulus_label_map(stimulus_id)
+
     def __str__(self):
         return super().__str__()

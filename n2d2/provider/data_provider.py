@@ -9,6 +9,12 @@ the batch. Static transformations (`add_transformation`) are applied once per st
 cached; for in-memory databases the whole partition is transformed at its first read, in
 chunks (e.g. all MNIST images rescaled to 32x32 at once). `prefetch_batches` prepares the
 next batches in a background thread while the caller trains on the current one.
+
+Segmentation: with `composite_stimuli` and a database that has pixel-wise label maps
+(`Database.has_label_maps()`, e.g. Cityscapes), each stimulus travels with its (H, W) label
+map: static and on-the-fly transformations move both with the same random draw
+(`Transformation._forward_pair`), the static cache keeps both, and `get_labels()` is the batch
+of maps. Classification databases take the same path as before, with no map.
 """
 import math
 import queue
@@ -82,6 +88,34 @@ class _StaticCache:
         return self.array[s] if s >= 0 else self.items[i]
 
 
+def _transform(stimuli, maps, transformations, rng):
+    """Apply `transformations` to stimuli (an (n, C, H, W) array, vectorised, or a list of
+    (C, H, W) arrays, one at a time) and to their label maps when `maps` is not None (same
+    layout, (H, W) each), drawing from `rng`. Returns (stimuli, maps) in the input layouts."""
+    if isinstance(stimuli, np.ndarray):
+        if maps is None:
+            for t in transformations:
+                stimuli = t.apply_batch(stimuli, rng)
+            return stimuli, None
+        labels = np.asarray(maps)[:, None]
+        for t in transformations:
+            stimuli, labels = t._forward_pair(stimuli, labels, rng)
+        return stimuli, labels[:, 0]
+    out, out_maps = [], None if maps is None else []
+    for j, s in enumerate(stimuli):
+        s = s[None]
+        if maps is None:
+            for t in transformations:
+                s = t.apply_batch(s, rng)
+        else:
+            labels = maps[j][None, None]
+            for t in transformations:
+                s, labels = t._forward_pair(s, labels, rng)
+            out_maps.append(labels[0, 0])
+        out.append(s[0])
+    return out, out_maps
+
+
 class _WorkerError:
     def __init__(self, exc):
         self.exc = exc
@@ -106,7 +140,8 @@ class DataProvider(Provider):
     batch_size : int
         Stimuli per batch.
     composite_stimuli : bool
-        Pixel-wise labels: `get_labels()` is then (N, 1, H, W) (the stimulus label everywhere).
+        Pixel-wise labels: `get_labels()` is then (N, 1, H, W): the database's label maps
+        (transformed with their images) when it has some, else the stimulus label everywhere.
     name : str, optional
         Default `DataProvider_<k>`.
 
@@ -150,6 +185,7 @@ class DataProvider(Provider):
         self._otf = []        # on-the-fly transformations
         self._added = []      # both, in the order they were added (printing)
         self._caches = {p: _StaticCache() for p in PARTITIONS}
+        self._map_caches = {p: _StaticCache() for p in PARTITIONS}  # label maps (state: in _caches)
         self._lock = threading.Lock()
         seed = global_variables.seed
         self._static_rng = np.random.default_rng(seed) if seed != 0 else global_variables.rng
@@ -182,8 +218,10 @@ class DataProvider(Provider):
         return self._data
 
     def get_labels(self) -> Tensor:
-        """Int tensor of the current batch's labels, numpy shape (N, 1, 1, 1) ((N, 1, H, W)
-        with `composite_stimuli`); -1 marks an invalid slot (past the end of the partition)."""
+        """Int tensor of the current batch's labels, numpy shape (N, 1, 1, 1), or with
+        `composite_stimuli` (N, 1, H, W) (N2D2 dims [W, H, 1, N]): the pixel-wise label maps of
+        a segmentation database. -1 marks an invalid slot (past the end of the partition) or
+        an ignored pixel (padding, no label)."""
         return self._labels
 
     def get_parameter(self, key: str):
@@ -207,6 +245,10 @@ class DataProvider(Provider):
         if self._composite:
             return (self._batch_size, 1, self._height, self._width)
         return (self._batch_size, 1, 1, 1)
+
+    def _with_maps(self) -> bool:
+        """True when batches carry the database's pixel-wise label maps."""
+        return self._composite and self._database.has_label_maps()
 
     def _nb(self) -> int:
         return self._database.get_nb_stimuli(self._partition)
@@ -398,51 +440,52 @@ class DataProvider(Provider):
         if self._on_gpu:
             tensor.cuda()
         self._data = tensor
-        if self._composite:
+        if self._composite and labels.ndim == 1:
             labels = np.broadcast_to(labels.reshape(-1, 1, 1, 1), self._labels_shape()).copy()
         self._labels = Tensor._wrap(labels.reshape(self._labels_shape()))
         return tensor
 
     def _assemble(self, ids: np.ndarray, partition: str, otf_seed):
-        """(data (N, C, H, W) float32, labels (N,) int32) for the stimuli `ids` (fewer than N:
-        the remaining slots are invalid). Touches no provider state but the static cache."""
+        """(data (N, C, H, W) float32, labels (N,) int32, or (N, 1, H, W) label maps) for the
+        stimuli `ids` (fewer than N: the remaining slots are invalid). Touches no provider
+        state but the static cache."""
         b, c, h, w = self.shape()
-        labels = np.full(b, -1, dtype=np.int32)
+        with_maps = self._with_maps()
+        labels = np.full((b, 1, h, w) if with_maps else b, -1, dtype=np.int32)
         k = len(ids)
         data = np.empty((b, c, h, w), dtype=np.float32)
         data[k:] = 0.0  # invalid slots
         if k == 0:
             return data, labels
         marked = []
-        stimuli = self._static_stimuli(ids, partition, marked=marked)
         try:
-            self._finish(stimuli, ids, partition, otf_seed, data)
+            got = self._static_stimuli(ids, partition, marked=marked, maps=with_maps)
+            stimuli, maps = got if with_maps else (got, None)
+            self._finish(stimuli, ids, partition, otf_seed, data, maps, labels)
         except BaseException:
             # A failed read leaves no trace: the stimuli count as never read.
             with self._lock:
                 for raw_ids in marked:
                     self._caches[partition].state[raw_ids] = 0
             raise
-        labels[:k] = self._database._stimuli_labels(ids)
+        if not with_maps:
+            labels[:k] = self._database._stimuli_labels(ids)
         return data, labels
 
-    def _finish(self, stimuli, ids, partition, otf_seed, data):
-        """On-the-fly transformations, size check and float conversion into `data`."""
+    def _finish(self, stimuli, ids, partition, otf_seed, data, maps=None, labels=None):
+        """On-the-fly transformations, size check and float conversion into `data` (and, with
+        label `maps`, the transformed maps into `labels[:, 0]`)."""
         k = len(ids)
         otf = [t for t in self._otf if t.applies_to(partition)]
         if otf:
             rng = np.random.default_rng(otf_seed)
-            if isinstance(stimuli, np.ndarray):
-                for t in otf:
-                    stimuli = t.apply_batch(stimuli, rng)
-            else:
-                out = []
-                for s in stimuli:
-                    s = s[None]
-                    for t in otf:
-                        s = t.apply_batch(s, rng)
-                    out.append(s[0])
-                stimuli = out
+            stimuli, maps = _transform(stimuli, maps, otf, rng)
+        if maps is not None:
+            for j in range(k):
+                if maps[j].shape != stimuli[j].shape[-2:]:
+                    raise RuntimeError(f"{self._name}: the label map of stimulus {int(ids[j])} is "
+                                       f"{list(maps[j].shape)} after the transformations, its image "
+                                       f"{list(stimuli[j].shape[-2:])} ([H, W])")
         if isinstance(stimuli, np.ndarray):
             self._check_shape(stimuli.shape[1:], ids[0], partition)
             self._to_float(stimuli, out=data[:k])
@@ -450,6 +493,9 @@ class DataProvider(Provider):
             for j, s in enumerate(stimuli):
                 self._check_shape(s.shape, ids[j], partition)
                 data[j] = self._to_float(s)
+        if maps is not None:
+            for j in range(k):
+                labels[j, 0] = maps[j]
         if self._normalization is not None:
             lo, scale = self._normalization
             data[:k] -= lo
@@ -475,16 +521,20 @@ class DataProvider(Provider):
         out[...] = s
         return out
 
-    def _static_stimuli(self, ids: np.ndarray, partition: str, whole_partition: bool = False, marked: list = None):
-        """The stimuli `ids` after the static transformations (computed and cached on first read).
+    def _static_stimuli(self, ids: np.ndarray, partition: str, whole_partition: bool = False, marked: list = None,
+                        maps: bool = False):
+        """The stimuli `ids` after the static transformations (computed and cached on first read);
+        with `maps`, (stimuli, their label maps).
 
         Ids first read here with no static transformation to apply are appended to `marked`.
         """
         db = self._database
         static = [t for t in self._static if t.applies_to(partition)]
+        with_maps = self._with_maps()
         with self._lock:
-            cache = self._caches[partition]
+            cache, map_cache = self._caches[partition], self._map_caches[partition]
             cache.ensure(db.get_nb_stimuli())
+            map_cache.ensure(db.get_nb_stimuli())
             state = cache.state[ids]
             if whole_partition or (state == 0).any():
                 new = np.unique(ids[state == 0])
@@ -500,28 +550,45 @@ class DataProvider(Provider):
                     hint = db.get_partition_ids(partition).size
                     for start in range(0, new.size, _CHUNK):
                         chunk = new[start:start + _CHUNK]
-                        cache.store(chunk, self._apply_static(db._stimuli(chunk), static), hint)
+                        raw = db._stimuli(chunk)
+                        done, done_maps = _transform(raw, self._raw_maps(chunk, raw) if with_maps else None,
+                                                     static, self._static_rng)
+                        if with_maps:
+                            map_cache.store(chunk, Database._compact(done_maps), hint)
+                        cache.store(chunk, Database._compact(done), hint)
                 state = cache.state[ids]
             if state.size == 0:
-                return []
+                return ([], []) if maps else []
             if (state == 1).all():
-                return db._stimuli(ids)
+                stimuli = db._stimuli(ids)
+                return (stimuli, self._raw_maps(ids, stimuli)) if maps else stimuli
             if (state == 2).all() and cache.array is not None and (cache.slot[ids] >= 0).all():
-                return cache.array[cache.slot[ids]]
-            return [db._stimulus(int(i)) if s == 1 else cache.get(int(i)) for i, s in zip(ids, state)]
+                stimuli = cache.array[cache.slot[ids]]
+                if not maps:
+                    return stimuli
+                if map_cache.array is not None and (map_cache.slot[ids] >= 0).all():
+                    return stimuli, map_cache.array[map_cache.slot[ids]]
+                return stimuli, np.stack([map_cache.get(int(i)) for i in ids])
+            stimuli = [db._stimulus(int(i)) if s == 1 else cache.get(int(i)) for i, s in zip(ids, state)]
+            if not maps:
+                return stimuli
+            return stimuli, [self._raw_maps(ids[j:j + 1], stimuli[j:j + 1])[0] if s == 1 else map_cache.get(int(i))
+                             for j, (i, s) in enumerate(zip(ids, state))]
 
-    def _apply_static(self, stimuli, static):
-        if isinstance(stimuli, np.ndarray):
-            for t in static:
-                stimuli = t.apply_batch(stimuli, self._static_rng)
-            return stimuli
-        out = []
-        for s in stimuli:
-            s = s[None]
-            for t in static:
-                s = t.apply_batch(s, self._static_rng)
-            out.append(s[0])
-        return Database._compact(out)
+    def _raw_maps(self, ids, stimuli):
+        """The database's label maps of `ids`, checked to be integer (H, W) maps of their
+        image's size: an (n, H, W) int32 array when `stimuli` is an array, else a list."""
+        maps = []
+        for i, s in zip(ids, stimuli):
+            shape = tuple(s.shape[-2:])
+            m = np.asarray(self._database._label_map(int(i), shape))
+            if m.shape != shape or m.dtype.kind not in "iu":
+                names = getattr(self._database, "_names", None)
+                name = f" ({names[int(i)]})" if names else ""
+                raise RuntimeError(f"{self._name}: the label map of stimulus {int(i)}{name} is {m.dtype} of shape "
+                                   f"{list(m.shape)}; expected integers of its image's shape {list(shape)} ([H, W])")
+            maps.append(m.astype(np.int32, copy=False))
+        return np.stack(maps) if isinstance(stimuli, np.ndarray) else maps
 
     # -- printing ---------------------------------------------------------------------------------
     def __str__(self):
