@@ -2,6 +2,8 @@
 maps, moved by every geometric transformation exactly as its image (nearest neighbour, -1 where
 padded), on a Cityscapes fixture written by the test; a small fully convolutional network trains
 on it with Score on the numpy and C backends."""
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -67,6 +69,9 @@ def nearest_rescale(m, out_h, out_w):
 def test_rescale_flip_padcrop_move_labels_pixel_for_pixel(cityscapes, in_memory):
     db = load(cityscapes, load_data_in_memory=in_memory)
     assert db._is_uniform() == in_memory
+    if in_memory:  # images and label maps were read at load
+        shutil.rmtree(cityscapes / "gtFine")
+        shutil.rmtree(cityscapes / "leftImg8bit")
     out_w, out_h = 7, 3
     p = DataProvider(db, [out_w, out_h, 3], batch_size=2, composite_stimuli=True)
     rescale, flip = T.Rescale(5, 4), T.Flip(horizontal_flip=True)
@@ -166,8 +171,6 @@ def test_padding_is_minus_one_and_intensity_transformations_leave_labels():
 
 
 def test_split_without_labels_gives_minus_one_and_bad_map_size_is_named(cityscapes):
-    import shutil
-
     shutil.rmtree(cityscapes / "gtFine" / "test")  # as gtCoarse: the test split has no label maps
     db = load(cityscapes)
     p = DataProvider(db, [W, H, 3], batch_size=1, composite_stimuli=True)

@@ -68,7 +68,7 @@ class Cityscapes(Database):
         Must be True: the label maps already draw group regions ("cargroup") as their class
         ("car"); the group labels exist only in the polygon files, which n2d2 does not read.
     load_data_in_memory : bool
-        Read the images at `load` (else when a provider first needs them).
+        Read the images and their label maps at `load` (else when a provider needs them).
     """
 
     _arguments = ("inc_train_extra", "use_coarse", "single_instance_labels", "load_data_in_memory")
@@ -89,7 +89,7 @@ class Cityscapes(Database):
                           "single_instance_labels": single_instance_labels,
                           "load_data_in_memory": load_data_in_memory}, **config)
         self._label_names = list(CITYSCAPES_LABELS)
-        self._label_map_files = []   # per stimulus: its *_labelIds.png, or None
+        self._label_map_files = []   # per stimulus: its *_labelIds.png (uint8 map once read), or None
 
     def load(self, data_path: str, label_path: str = "", extract_ROIs: bool = False):
         """Add train (Learn), val (Validation) and test (Test) with their label map files."""
@@ -121,7 +121,10 @@ class Cityscapes(Database):
                 label_file = os.path.join(label_dir, city, stem[:-len(_IMAGE_SUFFIX)] + f"_{kind}_labelIds.png")
                 if has_labels and not os.path.isfile(label_file):
                     raise FileNotFoundError(f"Cityscapes: label map of {p} not found: {label_file}")
-                maps.append(label_file if has_labels else None)
+                if has_labels and self._args["load_data_in_memory"]:
+                    maps.append(read_label_map(label_file).astype(np.uint8))  # ids 0..33: a quarter of int32
+                else:
+                    maps.append(label_file if has_labels else None)
             self._add_stimuli(stimuli_of(paths, self._args["load_data_in_memory"]), np.full(len(paths), -1),
                               partition, names=paths)
             self._label_map_files.extend(maps)
@@ -139,6 +142,8 @@ class Cityscapes(Database):
         path = self._label_map_files[stimulus_id]
         if path is None:
             raise ValueError(f"Cityscapes: stimulus {stimulus_id} ({self._names[stimulus_id]}) has no label map")
+        if isinstance(path, np.ndarray):
+            return path.astype(np.int32)
         return read_label_map(path)
 
     def get_stimulus_name(self, stimulus_id: int) -> str:
