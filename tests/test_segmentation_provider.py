@@ -52,7 +52,9 @@ def test_provider_labels_are_the_label_maps(cityscapes):
     assert (labels.to_numpy()[3] == -1).all()  # invalid slot past the end of the partition
     np.testing.assert_allclose(x.to_numpy()[:3], np.stack(partition_images(db, "Learn")) / 255.0, rtol=1e-6)
     # Without composite_stimuli: one label per stimulus, -1 (no single class), as before.
-    plain = DataProvider(db, [W, H, 3], batch_size=2)
+    with pytest.warns(UserWarning, match="Cityscapes has pixel-wise label maps, which this provider does not "
+                                         "deliver .* pass composite_stimuli=True"):
+        plain = DataProvider(db, [W, H, 3], batch_size=2)
     plain.set_partition("Learn")
     plain.read_batch(0)
     assert plain.get_labels().to_numpy().shape == (2, 1, 1, 1) and (plain.get_labels().to_numpy() == -1).all()

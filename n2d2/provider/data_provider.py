@@ -19,6 +19,7 @@ of maps. Classification databases take the same path as before, with no map.
 import math
 import queue
 import threading
+import warnings
 
 import numpy as np
 
@@ -194,6 +195,10 @@ class DataProvider(Provider):
         self._normalization = None
         self._data = Tensor._wrap(np.zeros(self.shape(), dtype=np.float32))
         self._labels = Tensor._wrap(np.zeros(self._labels_shape(), dtype=np.int32))
+        if database.has_label_maps() and not composite_stimuli:
+            warnings.warn(f"{self._name}: {database.get_type()} has pixel-wise label maps, which this provider "
+                          f"does not deliver (every label is the stimulus label); pass composite_stimuli=True "
+                          f"to get them", UserWarning, stacklevel=2)
 
     # -- accessors --------------------------------------------------------------------------------
     def get_database(self) -> Database:
