@@ -95,7 +95,9 @@ def c_comment(text, limit: int = COMMENT_LIMIT, _also: str = "") -> str:
     for ch in str(text):
         if ch == "\\" or not (" " <= ch <= "~") or ch in _also:
             tok = _escape_char(ch)
-        elif (ch == "/" and prev in ("*", "")) or (ch == "*" and prev in ("/", "")):
+        elif ch in "*/" and prev == "":
+            tok = _escape_char(ch)                 # may follow the comment's opening `/*`
+        elif (ch == "/" and prev == "*") or (ch == "*" and prev == "/"):
             tok = "\\" + ch
         elif ch == "?" and prev == "?":
             tok = "\\?"
@@ -103,8 +105,8 @@ def c_comment(text, limit: int = COMMENT_LIMIT, _also: str = "") -> str:
             tok = ch
         tokens.append(tok)
         prev = tok[-1]
-    if tokens and tokens[-1] in ("*", "/"):
-        tokens[-1] = "\\" + tokens[-1]
+    if tokens and tokens[-1] in ("*", "/", "\\*", "\\/"):
+        tokens[-1] = _escape_char(tokens[-1][-1])   # may precede the comment's closing `*/`
     return _bounded(tokens, limit)
 
 
