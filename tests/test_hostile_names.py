@@ -245,3 +245,21 @@ def test_every_template_was_rendered_with_hostile_names(generated):
     assert files, TEMPLATES
     missing = sorted(files - generated["rendered"])
     assert not missing, f"templates not exercised by the hostile-names run (extend zoo()): {missing}"
+
+
+NAME_FIELDS = re.compile(r"\b(?:graph_name|network_name)\b|\.(?:node|nodes|of|label|labels)\b")
+SANITISED = re.compile(r"\|\s*(?:c_comment|c_string|md_code|cident|length)\b|map\(\s*[\"'](?:c_comment|c_string|md_code|cident)")
+
+
+def test_templates_print_model_names_only_through_a_sanitiser():
+    """Static half of the discipline: a `{{ }}` that prints a graph/network/node name names a
+    sanitiser filter (the run above catches what this pattern cannot see)."""
+    raw = []
+    for root, _, fs in os.walk(TEMPLATES):
+        for f in fs:
+            with open(os.path.join(root, f), encoding="utf-8") as fh:
+                for number, line in enumerate(fh, 1):
+                    for expr in re.findall(r"{{(.*?)}}", line):
+                        if NAME_FIELDS.search(expr) and not SANITISED.search(expr):
+                            raw.append(f"{os.path.relpath(os.path.join(root, f), TEMPLATES)}:{number}: {{{{{expr}}}}}")
+    assert not raw, "names printed raw:\n" + "\n".join(raw)
