@@ -248,7 +248,8 @@ def test_every_template_was_rendered_with_hostile_names(generated):
 
 
 NAME_FIELDS = re.compile(r"\b(?:graph_name|network_name)\b|\.(?:node|nodes|of|label|labels)\b")
-SANITISED = re.compile(r"\|\s*(?:c_comment|c_string|md_code|cident|length)\b|map\(\s*[\"'](?:c_comment|c_string|md_code|cident)")
+SANITISED = re.compile(r"\|\s*(?:c_comment|c_string|md_code|cident|length)\b"
+                       r"|map\(\s*[\"'](?:c_comment|c_string|md_code|cident)")
 
 
 def test_templates_print_model_names_only_through_a_sanitiser():

@@ -13,7 +13,8 @@ from n2d2.codegen.compiler import find_compiler
 from n2d2.names import _KEYWORDS, c_comment, c_identifier, c_string_literal, markdown_code
 
 HOSTILE = ["*/", "/*", "//", "\n", "\r", "\r\n", "\\", "\\\n", "??/", "??=", "?", "*", "/", '"', "'", "$(id)",
-           "`", "|", "#", "\x00", "\x1b", "\x7f", "é", "\u2028", "\ufeff", "\U0001f600", "x */ int N2D2_PWNED = 1; /* y"]
+           "`", "|", "#", "\x00", "\x1b", "\x7f", "é", "\u2028", "\ufeff", "\U0001f600",
+           "x */ int N2D2_PWNED = 1; /* y"]
 hostile_text = st.one_of(st.text(), st.lists(st.one_of(st.sampled_from(HOSTILE), st.text(max_size=3)),
                                              max_size=12).map("".join))
 PROPS = settings(max_examples=500, derandomize=True, deadline=None)
