@@ -39,10 +39,11 @@ from n2d2.codegen.kernel_data import Context as _Context
 from n2d2.codegen.kernel_data import activation_ok as _activation_ok
 from n2d2.codegen.kernel_data import concat_channels as _concat_channels
 from n2d2.codegen.kernel_data import nchw as _nchw
-from n2d2.codegen.render import cident, environment, render, template_exists
+from n2d2.codegen.render import environment, render, template_exists
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
 from n2d2.ir.types import GraphError
+from n2d2.names import c_identifier
 
 # A kernel uses the thread team only above this many multiply-adds (waking it costs
 # microseconds, which small kernels, e.g. every layer of LeNet at batch 1, cannot repay).
@@ -434,12 +435,12 @@ class CProgram:
         self._functions = {}          # kernel body -> {"fname", "body", "nodes", ...}
         self._decide_and_render(order)
         self._segments = self._segment()
-        self.source = render("c/program.c.j2", graph_name=_comment_text(graph.name),
+        self.source = render("c/program.c.j2", graph_name=graph.name,
                              nodes=[k["node"] for k in self.kernels], arena_bytes=self.plan.arena_bytes,
                              kernels=self.kernels, segments=self._segments, functions=list(self._functions.values()))
         self._lib = None
         if self.kernels:
-            self._lib = _load(compiler.build_shared_library(self.source, cident(name or graph.name)))
+            self._lib = _load(compiler.build_shared_library(self.source, c_identifier(name or graph.name, limit=48)))
         self.nthreads = 1
         if self._lib is not None:
             self.nthreads = team_size() if self._lib.n2d2_openmp() else 1
@@ -569,8 +570,8 @@ class CProgram:
             function = self._functions[body] = {"fname": f"f{len(self._functions)}", "body": body, "nodes": [],
                                                 "op": op if op != "Grad" else "Grad of " + gr.op(gr.attrs(node)["of"]),
                                                 "signature": sig}
-        function["nodes"].append(_comment_text(node))
-        self.kernels.append({"index": index, "id": len(self.kernels), "node": node, "label": _comment_text(node),
+        function["nodes"].append(node)
+        self.kernels.append({"index": index, "id": len(self.kernels), "node": node,
                              "op": op, "fname": function["fname"], "signature": sig, "binds": list(bind.exprs)})
 
     def _segment(self):
@@ -586,7 +587,7 @@ class CProgram:
                     current = []
             if current:
                 segments.append(current)
-        return [{"index": i, "nodes": s, "labels": [kernel_of[n]["label"] for n in s],
+        return [{"index": i, "nodes": s,
                  "kernels": [kernel_of[n] for n in s]} for i, s in enumerate(segments)]
 
     def _phase_plan(self):
@@ -847,13 +848,6 @@ def _load(path):
         return compiler.load_library(path)
     finally:
         del os.environ["GOMP_SPINCOUNT"]
-
-
-def _comment_text(name) -> str:
-    """A name quoted for a C comment (any text may be a node name, "*/" included)."""
-    import json
-
-    return json.dumps(str(name)).replace("*/", "*\\/")
 
 
 def _has_macro(op, macro):

@@ -47,10 +47,11 @@ from n2d2.codegen.kernel_data import Context as _Context
 from n2d2.codegen.kernel_data import activation_ok as _activation_ok
 from n2d2.codegen.kernel_data import concat_channels as _concat_channels
 from n2d2.codegen.kernel_data import nchw as _nchw
-from n2d2.codegen.render import cident, environment, render, template_exists
+from n2d2.codegen.render import environment, render, template_exists, template_source
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
 from n2d2.ir.types import GraphError
+from n2d2.names import c_identifier
 
 __all__ = ["CudaProgram", "CupyDevice", "HostEmulator", "available", "compile_check", "CudaCompileError",
            "NVRTC_OPTIONS"]
@@ -535,8 +536,7 @@ class HostEmulator:
 
 
 def _emulator_prelude() -> str:
-    env = environment()
-    return env.loader.get_source(env, "cuda/emulator.h")[0]
+    return template_source("cuda/emulator.h")
 
 
 def _build_emulator(source):
@@ -766,7 +766,7 @@ class CudaProgram:
         module = environment().get_template(f"cuda/ops/{op}.cu.j2").module
         sig = ", ".join(str(t) for t in gr.input_types(node)) + " -> " + \
             ", ".join(str(t) for t in gr.output_types(node))
-        base = f"k{index}_{cident(node)[:40]}"
+        base = c_identifier(f"k{index}_{node}", limit=44)
         for j, spec in enumerate(specs):
             spec.name = f"{base}_{spec.macro}{j}"
             spec.node, spec.op, spec.of, spec.signature = node, op, of, sig

@@ -1,13 +1,20 @@
 """The Jinja environment over the packaged templates (`n2d2/templates/`).
 
 Templates see only what the renderer hands them. Filters: `cfloat` (a float literal C reads
-back exactly), `cident` (a C identifier from any node name).
+back exactly) and, for every name that comes from a model file (graph, node, tensor, parameter,
+network names), the sanitiser of `n2d2.names`: `cident` (an identifier), `c_comment` (text inside
+a C/C++/Makefile comment), `c_string` (the contents of a C string literal), `md_code` (a
+Markdown code span). A template never prints such a name without one of them; the hostile-names
+test renders every template with names built to break out and checks it.
 """
-import re
+import contextlib
 
 import numpy as np
 
+from n2d2.names import c_comment, c_identifier, c_string_literal, markdown_code
+
 _env = None
+_recorders = []      # sets receiving the names of the templates loaded (record_renders)
 
 
 def cfloat(value) -> str:
@@ -20,10 +27,7 @@ def cfloat(value) -> str:
     return f"{v!r}f" if "e" in repr(v) or "." in repr(v) else f"{v!r}.0f"
 
 
-def cident(name: str) -> str:
-    """A valid C identifier derived from `name` (node names may hold any character)."""
-    ident = re.sub(r"[^0-9A-Za-z_]", "_", str(name))
-    return ident if ident and not ident[0].isdigit() else "n_" + ident
+cident = c_identifier      # the name templates and older callers use
 
 
 def environment():
@@ -31,11 +35,39 @@ def environment():
     if _env is None:
         import jinja2
 
-        _env = jinja2.Environment(loader=jinja2.PackageLoader("n2d2", "templates"), undefined=jinja2.StrictUndefined,
-                                  trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-        _env.filters["cfloat"] = cfloat
-        _env.filters["cident"] = cident
+        class _Recording(jinja2.Environment):
+            """Notes every template loaded (rendered, included, imported) for `record_renders`."""
+
+            def get_template(self, name, *args, **kwargs):
+                for seen in _recorders:
+                    seen.add(str(name))
+                return super().get_template(name, *args, **kwargs)
+
+        _env = _Recording(loader=jinja2.PackageLoader("n2d2", "templates"), undefined=jinja2.StrictUndefined,
+                          trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+        _env.filters.update(cfloat=cfloat, cident=c_identifier, c_comment=c_comment, c_string=c_string_literal,
+                            md_code=markdown_code)
     return _env
+
+
+def template_source(name: str) -> str:
+    """The raw text of a packaged template file (a prelude pasted as is, a feature probe)."""
+    env = environment()
+    for seen in _recorders:
+        seen.add(name)
+    return env.loader.get_source(env, name)[0]
+
+
+@contextlib.contextmanager
+def record_renders():
+    """Collect (into the yielded set) the names of the templates loaded meanwhile: lets a test
+    check that a run went through every template."""
+    seen = set()
+    _recorders.append(seen)
+    try:
+        yield seen
+    finally:
+        _recorders.remove(seen)
 
 
 def render(template: str, **context) -> str:
