@@ -20,7 +20,7 @@ class _SettingsModule(types.ModuleType):
         return getattr(_settings, name)
 
     def __setattr__(self, name, value):
-        if name.startswith("__") or name in _OWN or name == "_settings" or name == "_OWN":
+        if name.startswith("__") or name in _OWN:
             super().__setattr__(name, value)
         else:
             setattr(_settings, name, value)
