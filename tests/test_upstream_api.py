@@ -73,6 +73,9 @@ def test_transformation_cell_applies_the_transformation_to_each_sample():
     assert resized.shape() == [3, 2, 8, 10]
     with pytest.raises(WrongInputType, match="transformation"):
         n2d2.cells.Transformation([1, 0, 2, 3])  # upstream's broken `perm` signature
+    with pytest.raises(ValueError, match=r"Cell 'gray' \(Transformation\): ColorSpace cannot transform an input of "
+                                         r"shape \[3, 2, 4, 5\]"):
+        n2d2.cells.Transformation(ColorSpace("HSV"), name="gray")(n2d2.Tensor.from_numpy(x))
 
 
 @pytest.mark.parametrize("backend", ["numpy", "c"])
