@@ -47,8 +47,6 @@ def check_value(name, value, spec: Spec):
         raise WrongValue(name, value, spec.choices)
     if not _matches(value, spec.types):
         raise WrongInputType(name, type(value), [t.__name__ for t in spec.types])
-    if spec.choices is not None and value not in spec.choices:
-        raise WrongValue(name, value, spec.choices)
     return value
 
 
