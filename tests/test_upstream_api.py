@@ -57,7 +57,9 @@ def test_deepnet_cell_and_transformation_are_exported_lazily():
                   "assert n2d2.cells.DeepNetCell is DeepNetCell and n2d2.cells.Transformation is Transformation\n"
                   "assert n2d2.cells.nn.Transformation is Transformation\n"
                   "assert 'DeepNetCell' in dir(n2d2.cells)\n"
-                  "print(before)")
+                  "print(before)\n"
+                  "from n2d2.cells import *\n"
+                  "assert Transformation is n2d2.cells.nn.transformation.Transformation\n")
     assert out.strip() == "[]"
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         n2d2.cells.Nope

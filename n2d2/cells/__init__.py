@@ -10,9 +10,10 @@ from n2d2.cells.cell import Block, Cell, Iterable, Layer, Sequence
 from n2d2.cells.nn import *  # noqa: F401,F403
 from n2d2.cells.nn import __all__ as _nn_all
 
-__all__ = ["nn", "Cell", "Block", "Iterable", "Sequence", "Layer", *_nn_all]
-
 _LAZY = {"DeepNetCell": "n2d2.cells.deepnet_cell", "Transformation": "n2d2.cells.nn.transformation"}
+
+# `from n2d2.cells import *` loads the lazy names too (through __getattr__), as upstream exports them
+__all__ = ["nn", "Cell", "Block", "Iterable", "Sequence", "Layer", *_nn_all, *_LAZY]
 
 
 def __getattr__(name):
