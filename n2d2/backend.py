@@ -28,6 +28,18 @@ def cuda_available() -> bool:
     return cupy_module() is not None
 
 
+class CudaUnavailableWarning(UserWarning):
+    """A script-level CUDA setting was ignored because no CUDA device is usable here."""
+
+
+def warn_cpu_fallback(setting: str, stacklevel: int = 3):
+    """One warning naming `setting` (e.g. "default_model = 'Frame_CUDA'"): the CPU path is used."""
+    import warnings
+
+    warnings.warn(f"{setting}: CUDA is not available (CuPy with a visible device), using Frame (CPU) instead",
+                  CudaUnavailableWarning, stacklevel=stacklevel)
+
+
 def require_cupy():
     cp = cupy_module()
     if cp is None:

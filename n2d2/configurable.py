@@ -15,29 +15,45 @@ class Spec:
     """Declaration of one parameter: accepted types, default, allowed values.
 
     `default` may be a zero-argument callable (a factory) so that each object gets its own
-    instance (solvers, fillers, activations).
+    instance (solvers, fillers, activations). `parse` validates a formatted value (raising
+    WrongValue); like `choices`, it makes the parameter enum-like.
     """
 
-    __slots__ = ("types", "default", "choices", "allow_none")
+    __slots__ = ("types", "default", "choices", "allow_none", "parse")
 
-    def __init__(self, types, default=None, choices=None, allow_none=False):
+    def __init__(self, types, default=None, choices=None, allow_none=False, parse=None):
         self.types = types if isinstance(types, tuple) else (types,)
         self.default = default
         self.choices = choices
         self.allow_none = allow_none
+        self.parse = parse
 
     def make_default(self):
         return self.default() if callable(self.default) else self.default
 
 
 def check_value(name, value, spec: Spec):
-    """Raise WrongInputType / WrongValue unless `value` fits `spec` (strictly: an int is not a float)."""
+    """Raise WrongInputType / WrongValue unless `value` fits `spec` (strictly: an int is not a float).
+
+    Enum-like parameters (`choices` or `parse`) raise WrongValue for any value outside their set,
+    a non-string included, as upstream (`He(variance_norm=1)`, `SGD(clamping=1)`).
+    """
     if value is None and spec.allow_none:
         return value
+    if spec.parse is not None:
+        spec.parse(value)
+        return value
+    if spec.choices is not None and not (_matches(value, spec.types) and value in spec.choices):
+        raise WrongValue(name, value, spec.choices)
     if not _matches(value, spec.types):
         raise WrongInputType(name, type(value), [t.__name__ for t in spec.types])
-    if spec.choices is not None and value not in spec.choices:
-        raise WrongValue(name, value, spec.choices)
+    return value
+
+
+def check_choice(name, value, choices):
+    """An enum-like argument: any value outside `choices` (a non-string too) is a WrongValue."""
+    if not isinstance(value, str) or value not in choices:
+        raise WrongValue(name, value, choices)
     return value
 
 

@@ -27,11 +27,16 @@ class WrongInputType(TypeError):
 
 
 class WrongValue(ValueError):
-    """An argument has an acceptable type but a value outside the allowed set."""
+    """An argument's value is outside the allowed set (for enum-like parameters, whatever its type).
 
-    def __init__(self, input_name, input_value, expected_values):
-        expected = ", ".join(str(v) for v in expected_values)
-        super().__init__(f"Wrong value for '{input_name}': got '{input_value}', expected one of: {expected}")
+    `expected`, when given, replaces the "one of: ..." list with words (a format, a range).
+    """
+
+    def __init__(self, input_name, input_value, expected_values, expected=None):
+        if expected is None:
+            expected = "one of: " + ", ".join(str(v) for v in expected_values)
+        got = f"'{input_value}'" if isinstance(input_value, str) else f"{input_value!r} ({type(input_value).__name__})"
+        super().__init__(f"Wrong value for '{input_name}': got {got}, expected {expected}")
 
 
 class IsEmptyError(ValueError):

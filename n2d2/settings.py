@@ -1,7 +1,12 @@
 """Process-wide settings: default model (CPU/GPU), verbosity, seed, CUDA device.
 
-`n2d2.global_variables` is the single `GlobalVariables` instance. The random generator that
-fillers, dropout and data providers draw from lives here so that one seed reproduces a run.
+`n2d2.global_variables` is the single `GlobalVariables` instance (the module of that name,
+`n2d2/global_variables.py`, forwards to it). The random generator that fillers, dropout and
+data providers draw from lives here so that one seed reproduces a run.
+
+Upstream scripts hard-code GPU settings (`default_model = "Frame_CUDA"`, `cuda_device = N`,
+`set_cuda_device(N)`); without a usable CUDA device each one warns once, naming itself, and the
+CPU path is taken, as the INI runner does for `DefaultModel=Frame_CUDA`.
 """
 import os
 from enum import Enum
@@ -51,6 +56,9 @@ class GlobalVariables:
             from n2d2.error_handler import WrongValue
 
             raise WrongValue("default_model", value, _MODELS)
+        if value == "Frame_CUDA" and not backend.cuda_available():
+            backend.warn_cpu_fallback("default_model = 'Frame_CUDA'")
+            value = "Frame"
         self._default_model = value
 
     @property
@@ -114,6 +122,13 @@ class GlobalVariables:
 
     @cuda_device.setter
     def cuda_device(self, value):
+        self._set_cuda_device(value, f"cuda_device = {value!r}")
+
+    def set_cuda_device(self, device):
+        """Upstream's older spelling of `cuda_device = device`."""
+        self._set_cuda_device(device, f"set_cuda_device({device!r})")
+
+    def _set_cuda_device(self, value, setting):
         if isinstance(value, (tuple, list)):
             devices = list(value)
         elif isinstance(value, int) and not isinstance(value, bool):
@@ -124,16 +139,15 @@ class GlobalVariables:
             raise TypeError("cuda_device must be an int or a non-empty list/tuple of ints")
         cp = backend.cupy_module()
         if cp is None:
-            raise RuntimeError("Cannot set cuda_device: CUDA is not available")
+            backend.warn_cpu_fallback(setting, stacklevel=4)
+            self._cuda_device = value
+            return
         count = cp.cuda.runtime.getDeviceCount()
         for d in devices:
             if d < 0 or d >= count:
                 raise RuntimeError(f"cuda_device {d} does not exist: {count} device(s) found")
         cp.cuda.Device(devices[0]).use()
         self._cuda_device = value
-
-    def set_cuda_device(self, device):
-        raise RuntimeError("set_cuda_device is removed: use 'n2d2.global_variables.cuda_device = value'")
 
     # -- compiled features ----------------------------------------------------------------------
     @property

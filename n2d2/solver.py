@@ -20,8 +20,9 @@ _CLAMPING = re.compile(rf"^(({_NUMBER})?:({_NUMBER})?)?$")
 
 def parse_clamping(text: str):
     """'min:max', ':max', 'min:' or '' -> (min or None, max or None)."""
-    if not _CLAMPING.match(text):
-        raise WrongValue("clamping", text, ["'min:max'", "':max'", "'min:'", "''"])
+    if not isinstance(text, str) or not _CLAMPING.match(text):
+        raise WrongValue("clamping", text, [], expected='a string "MIN:MAX", ":MAX", "MIN:" or "" (no clamping), '
+                                                    'where MIN and MAX are numbers, e.g. "-1.0:1.0" or ":0.5"')
     if text == "":
         return None, None
     low, high = text.split(":")
@@ -62,10 +63,6 @@ class Solver(Configurable):
         self._states = {}
         super().__init__(**config)
 
-    def _on_parameter_change(self, key, value):
-        if key == "clamping":
-            parse_clamping(value)
-
     def copy(self):
         """An independent solver with the same configuration and no state."""
         clone = type(self)(model=self._model)
@@ -105,7 +102,7 @@ class SGD(Solver):
     """Stochastic gradient descent with momentum, weight decay and learning-rate policies."""
 
     _parameters = {
-        "clamping": Spec(str, ""),
+        "clamping": Spec(str, "", parse=parse_clamping),
         "decay": Spec(float, 0.0),
         "iteration_size": Spec(int, 1),
         "learning_rate": Spec(float, 0.01),
@@ -199,7 +196,7 @@ class Adam(Solver):
     _parameters = {
         "beta1": Spec(float, 0.9),
         "beta2": Spec(float, 0.999),
-        "clamping": Spec(str, ""),
+        "clamping": Spec(str, "", parse=parse_clamping),
         "epsilon": Spec(float, 1e-8),
         "learning_rate": Spec(float, 0.001),
     }

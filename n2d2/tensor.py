@@ -69,7 +69,8 @@ class Tensor:
     value : optional
         Fill value, of the Python type of `datatype` (`1.0` for float, `1` for int).
     cuda : bool
-        Allocate on the GPU (needs CuPy and a device).
+        Allocate on the GPU; without CuPy and a device, a warning and a host tensor (as
+        upstream scripts that hard-code it expect to run anywhere).
     datatype : str
         "float", "double", "int", "uint", "short", "long", "bool", "char", "uchar" (or aliases).
     cell : optional
@@ -89,14 +90,16 @@ class Tensor:
         shape = [int(d) for d in dims]
         if dim_format == "N2D2":
             shape = shape[::-1]
-        if value is not None:
+        if value:  # upstream type-checks truthy values only: a falsy one means "zero-filled"
             expected = _PY_TYPE.get(datatype_name, int)
             ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
             if not ok:
                 raise TypeError(f"Tensor value {value!r} is a {type(value).__name__}, "
                                 f"expected {expected.__name__} for datatype '{datatype}'")
+        if cuda and not backend.cuda_available():
+            backend.warn_cpu_fallback("Tensor(..., cuda=True)")
+            cuda = False
         if cuda:
-            backend.require_cupy()
             if datatype_name in ("bool", "char", "uchar"):
                 raise TypeError(f"CUDA tensors do not support datatype '{datatype}'")
         host = np.zeros(shape, dtype=_DTYPES[datatype_name])

@@ -482,9 +482,10 @@ def test_cuda_backend_refuses_without_a_device():
         select_backend("cuda")
     old = n2d2.global_variables.default_model
     try:
-        n2d2.global_variables.default_model = "Frame_CUDA"
-        with pytest.raises(RuntimeError, match="Frame_CUDA"):
-            select_backend()
+        # a script-level setting warns and keeps the CPU path; only an explicit backend raises
+        with pytest.warns(n2d2.backend.CudaUnavailableWarning, match="default_model = 'Frame_CUDA'"):
+            n2d2.global_variables.default_model = "Frame_CUDA"
+        assert select_backend() in ("c", "numpy")
     finally:
         n2d2.global_variables.default_model = old
     with pytest.raises(RuntimeError, match="CUDA is not available"):

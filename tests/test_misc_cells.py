@@ -323,7 +323,7 @@ def test_parameters_reach_the_cells():
 def test_bad_argument_types():
     bad = [lambda: Dropout(dropout=1), lambda: Dropout(dropout="0.5"), lambda: Padding(1.0, 0, 0, 0),
            lambda: Padding(0, 0, 0, "1"), lambda: Reshape((4, 4, 5)), lambda: Softmax(with_loss="yes"),
-           lambda: Resize(7.0, 3, "Bilinear"), lambda: Resize(7, 3, 1), lambda: Resize(7, 3, "Bilinear", 1),
+           lambda: Resize(7.0, 3, "Bilinear"), lambda: Resize(7, 3, "Bilinear", 1),
            lambda: Activation("relu"), lambda: GlobalPool2d(pooling=0), lambda: Dropout(activation=Linear),
            lambda: BatchNorm2d(5, moving_average_momentum=0)]
     for make in bad:
@@ -331,6 +331,8 @@ def test_bad_argument_types():
             make()
     with pytest.raises(WrongValue):
         Resize(7, 3, "Bicubic")
+    with pytest.raises(WrongValue):  # enum-like: any value outside the modes, a non-string too
+        Resize(7, 3, 1)
     with pytest.raises(WrongValue):
         Dropout(dropout=1.5)
 

@@ -171,11 +171,13 @@ def test_get_deepnet_wraps_raw_tensor():
     assert t.get_deepnet() is g
 
 
-def test_cuda_without_gpu_raises():
+def test_cuda_without_gpu_warns_or_raises():
     if n2d2.global_variables.cuda_available:
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError):
-        n2d2.Tensor([2], cuda=True)
+    # cuda=True is how upstream scripts spell their device: a warning and a host tensor
+    with pytest.warns(n2d2.backend.CudaUnavailableWarning, match=r"Tensor\(\.\.\., cuda=True\)"):
+        t = n2d2.Tensor([2], value=1.0, cuda=True)
+    assert not t.is_cuda and t[1] == 1.0
     with pytest.raises(RuntimeError):
         n2d2.Tensor([2]).cuda()
     with pytest.raises(WrongInputType):

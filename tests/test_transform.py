@@ -123,8 +123,14 @@ def test_argument_errors():
         PadCrop(3, 4, border_type="Nope")
     with pytest.raises(WrongValue):
         ColorSpace("XYZ")
-    with pytest.raises(WrongInputType):
+    with pytest.raises(WrongValue):  # enum-like: a non-string is a wrong value, as upstream
         ColorSpace(3)
+    with pytest.raises(WrongValue):
+        ChannelExtraction(1)
+    with pytest.raises(WrongValue):
+        RangeAffine(1, 2.0)
+    with pytest.raises(WrongValue):
+        PadCrop(3, 4, border_type=1)
     with pytest.raises(WrongValue):
         ChannelExtraction("Alpha")
     with pytest.raises(WrongValue):

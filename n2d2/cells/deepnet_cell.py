@@ -476,7 +476,14 @@ class DeepNetCell(Iterable):
 
     # -- editing --------------------------------------------------------------------------------
     def remove(self, name: str, reconnect: bool = True):
-        """Remove the cell `name`; with `reconnect`, its input feeds its consumers."""
+        """Remove the cell `name`; with `reconnect`, its input feeds its consumers.
+
+        The shapes after it are inferred again (removing `Fc(50, 10)` before a Softmax gives the
+        Softmax 50 channels); a cell whose parameters no longer fit its new input is an error, and
+        the network is left as it was.
+        """
+        from n2d2.ir.types import GraphError
+
         nodes = [n for n, c in self._cell_of.items() if c.get_name() == name]
         if not nodes:
             raise ValueError(f"DeepNetCell '{self._name}' has no cell named '{name}'")
@@ -487,15 +494,27 @@ class DeepNetCell(Iterable):
                 if len(sources) != 1:
                     raise RuntimeError(f"Cannot reconnect around '{name}': it has {len(sources)} inputs")
                 src, out = sources[0]
-                if g.output_types(src)[out].shape != g.output_types(node)[0].shape and g.consumers(node):
-                    raise RuntimeError(f"Cannot reconnect around '{name}': its input {g.output_types(src)[out]} and "
-                                       f"output {g.output_types(node)[0]} differ in shape")
                 g.replace_uses(node, src, 0, out)
             elif g.consumers(node):
                 raise RuntimeError(f"Cannot remove '{name}' without reconnecting: other cells read its output")
             g.remove_node(node)
-            del self._cell_of[node]
+        if not g.outputs:
+            raise RuntimeError(f"Cannot remove '{name}' without reconnecting: it is the network's output")
+        from n2d2.ir import ops as op_registry
+
+        for node in g.topological_order():
+            if g.op(node) == "Input":
+                continue
+            try:
+                g.nx.nodes[node]["outputs"] = op_registry.get(g.op(node), node=node).infer(g, node)
+            except GraphError as e:
+                cell = self._cell_of.get(node)
+                who = f"cell '{cell.get_name()}' ({cell.get_type()})" if cell is not None else f"node '{node}'"
+                raise RuntimeError(f"Cannot remove '{name}' from DeepNetCell '{self._name}': {who} can no longer "
+                                   f"accept its input {[tuple(t.shape) for t in g.input_types(node)]} ({e})") from None
         g.verify()
+        for node in nodes:
+            del self._cell_of[node]
         self._graph = g
         self._cells = [c for c in self._cells if c.get_name() != name]
         self._invalidate()

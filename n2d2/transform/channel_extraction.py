@@ -1,7 +1,7 @@
 """`ChannelExtraction`: keep one colour channel (BGR, HSV, YCrCb component or gray)."""
 import numpy as np
 
-from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.configurable import check_choice
 from n2d2.transform import _color
 from n2d2.transform.color_space import _to_three_channels
 from n2d2.transform.transformation import Transformation
@@ -23,10 +23,7 @@ class ChannelExtraction(Transformation):
     _arguments = ("channel",)
 
     def __init__(self, channel: str, **config):
-        if not isinstance(channel, str):
-            raise WrongInputType("channel", type(channel), ["str"])
-        if channel not in CHANNELS:
-            raise WrongValue("channel", channel, CHANNELS)
+        check_choice("channel", channel, CHANNELS)
         super().__init__({"channel": channel}, **config)
 
     def _forward(self, x: np.ndarray, rng) -> np.ndarray:

@@ -1,7 +1,7 @@
 """`ColorSpace`: colour-space conversions (images are stored BGR, as in N2D2/OpenCV)."""
 import numpy as np
 
-from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.configurable import check_choice
 from n2d2.transform import _color
 from n2d2.transform.transformation import Transformation
 
@@ -53,10 +53,7 @@ class ColorSpace(Transformation):
     _arguments = ("color_space",)
 
     def __init__(self, color_space: str, **config):
-        if not isinstance(color_space, str):
-            raise WrongInputType("color_space", type(color_space), ["str"])
-        if color_space not in COLOR_SPACES:
-            raise WrongValue("color_space", color_space, COLOR_SPACES)
+        check_choice("color_space", color_space, COLOR_SPACES)
         super().__init__({"color_space": color_space}, **config)
 
     def _forward(self, x: np.ndarray, rng) -> np.ndarray:

@@ -1,7 +1,7 @@
 """`RangeAffine`: two affine operations on pixel values (normalisation)."""
 import numpy as np
 
-from n2d2.configurable import Spec
+from n2d2.configurable import Spec, check_choice
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.transform._image import restore_dtype, work_dtype
 from n2d2.transform.transformation import Transformation
@@ -10,11 +10,7 @@ OPERATORS = ("Plus", "Minus", "Multiplies", "Divides")
 
 
 def _check_operator(name, op):
-    if not isinstance(op, str):
-        raise WrongInputType(name, type(op), ["str"])
-    if op not in OPERATORS:
-        raise WrongValue(name, op, OPERATORS)
-    return op
+    return check_choice(name, op, OPERATORS)
 
 
 def _check_values(name, value):

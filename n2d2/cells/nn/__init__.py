@@ -1,4 +1,7 @@
-"""Every layer (`n2d2.cells.nn`), re-exported by `n2d2.cells`."""
+"""Every layer (`n2d2.cells.nn`), re-exported by `n2d2.cells`.
+
+`Transformation` (the cell) is loaded on first use: it refers to `n2d2.transform`.
+"""
 from n2d2.cells.nn.activation_cell import Activation
 from n2d2.cells.nn.base import NeuralNetworkCell
 from n2d2.cells.nn.batchnorm import BatchNorm2d
@@ -19,3 +22,12 @@ __all__ = ["NeuralNetworkCell", "Fc"]
 __all__ += ["Pool", "Pool2d", "GlobalPool2d", "Pooling", "BatchNorm2d", "Dropout", "Softmax", "ElemWise",
             "Padding", "Activation", "Reshape", "Resize", "Scaling", "Transpose"]
 __all__ += ["Conv", "ConvDepthWise", "ConvPointWise", "Deconv"]
+
+
+def __getattr__(name):
+    if name == "Transformation":
+        from n2d2.cells.nn.transformation import Transformation
+
+        globals()[name] = Transformation
+        return Transformation
+    raise AttributeError(f"module 'n2d2.cells.nn' has no attribute '{name}'")

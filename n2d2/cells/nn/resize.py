@@ -1,6 +1,7 @@
 """`Resize`: spatial resizing to outputs_width x outputs_height (bilinear or nearest)."""
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
+from n2d2.configurable import check_choice
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ir.ops import activation_spec
 from n2d2.ops import resize as ops
@@ -28,10 +29,7 @@ class Resize(LazyCell):
                 raise WrongInputType(key, type(value), ["int"])
             if value < 1:
                 raise WrongValue(key, value, ["a positive int"])
-        if not isinstance(resize_mode, str):
-            raise WrongInputType("resize_mode", type(resize_mode), ["str"])
-        if resize_mode not in ops.MODES:
-            raise WrongValue("resize_mode", resize_mode, ops.MODES)
+        check_choice("resize_mode", resize_mode, ops.MODES)
         if not isinstance(align_corners, bool):
             raise WrongInputType("align_corners", type(align_corners), ["bool"])
         super().__init__({"outputs_width": outputs_width, "outputs_height": outputs_height,
