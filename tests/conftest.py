@@ -1,9 +1,18 @@
 """Shared test set-up: a fresh seed, default settings and a private working directory per test."""
+import os
+
 import numpy as np
 import pytest
 
 import n2d2
 from n2d2.settings import Verbosity
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The project's shared folder (real model files): beside the clone, as on the developers'
+# machines and in CI; N2D2_SHARED points elsewhere.
+SHARED = os.environ.get("N2D2_SHARED") or os.path.normpath(os.path.join(ROOT, "..", "shared"))
+SHARED_MODELS = os.path.join(SHARED, "models")
 
 
 @pytest.fixture(autouse=True)

@@ -139,13 +139,17 @@ def test_deepnet_cell_inside_a_sequence_trains_like_eager():
     assert rel_err(dn[0]._weights, eager[0]._weights) < 1e-5
 
 
-def test_input_must_come_from_a_provider():
+def test_input_is_a_raw_tensor_or_comes_from_a_provider():
     provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
     dn = _model().to_deepnet_cell(provider)
-    x = n2d2.Tensor([16, 1, 8, 8])
-    x.detach()
+    dn.test()
+    data = np.random.default_rng(3).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    wrapped = dn(n2d2.provider.TensorPlaceholder(n2d2.Tensor.from_numpy(data)).get_data()).to_numpy()
+    raw = dn(n2d2.Tensor.from_numpy(data)).to_numpy()          # the Cells chapter's model(Tensor(dims))
+    np.testing.assert_array_equal(raw, wrapped)
+    produced = n2d2.cells.Fc(64, 64)(n2d2.Tensor([16, 1, 8, 8]))   # the output of another cell
     with pytest.raises(ValueError, match="provider"):
-        dn(x)
+        dn(produced)
     with pytest.raises(ValueError, match="does not match"):
         dn(n2d2.provider.TensorPlaceholder(n2d2.Tensor([16, 1, 9, 9])).get_data())
 

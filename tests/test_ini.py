@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 import n2d2
 from n2d2.frontends.ini import IniError, IniWarning, load_ini, parse_string
 from n2d2.frontends.ini.parser import evaluate_expression, render_template
-from tests.conftest import rel_err
+from tests.conftest import SHARED_MODELS, rel_err
 
-MODELS = "/work/shared/models"
+MODELS = SHARED_MODELS
 LENET = os.path.join(MODELS, "LeNet.ini")
 MNIST24 = os.path.join(MODELS, "mnist24_16c4s2_24c5s2_150_10.ini")
 needs_models = pytest.mark.skipif(not os.path.isfile(LENET), reason="shared INI models not available")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from n2d2.frontends.ini import runner
+from tests.conftest import SHARED_MODELS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LENET = "/work/shared/models/LeNet.ini"
+LENET = os.path.join(SHARED_MODELS, "LeNet.ini")
 
 TINY_INI = """; two classes of 8x8 images: bright top half or bright bottom half
 DefaultModel=Frame

@@ -15,9 +15,9 @@ import n2d2  # noqa: E402
 from n2d2.cells.deepnet_cell import DeepNetCell  # noqa: E402
 from n2d2.frontends.onnx_import import ONNXError, ONNXFormatError, ONNXUnsupportedError  # noqa: E402
 from n2d2.provider import TensorPlaceholder  # noqa: E402
-from tests.conftest import rel_err  # noqa: E402
+from tests.conftest import SHARED_MODELS, rel_err  # noqa: E402
 
-LENET = "/work/shared/models/LeNet.onnx"
+LENET = os.path.join(SHARED_MODELS, "LeNet.onnx")
 if not os.path.exists(LENET):
     LENET = os.path.join(os.path.dirname(__file__), "..", "data", "models", "LeNet.onnx")
 needs_lenet = pytest.mark.skipif(not os.path.exists(LENET), reason="LeNet.onnx not available")

@@ -17,10 +17,10 @@ from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.filler import He, Normal, Xavier
 from n2d2.solver import SGD, Adam
 from n2d2.transform import ChannelExtraction, ColorSpace, Flip, PadCrop, RangeAffine, Rescale
-from tests.conftest import rel_err
+from tests.conftest import SHARED_MODELS, rel_err
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LENET = "/work/shared/models/LeNet.onnx"
+LENET = os.path.join(SHARED_MODELS, "LeNet.onnx")
 no_gpu = pytest.mark.skipif(n2d2.global_variables.cuda_available, reason="checks the CPU fallback without a GPU")
 
 
@@ -274,3 +274,20 @@ def test_lenet_onnx_remove_softmax_then_run_and_train(backend, capsys):
     model.fit(1)
     assert not np.array_equal(model["17"]._weights, before)
     assert 0.0 <= model.run_test() <= 1.0
+
+
+def test_deepnet_cell_embedded_in_a_sequence_on_a_raw_tensor():
+    """The Cells chapter: `Sequence([model, Softmax(with_loss=True)])(Tensor(DIMS))` with a
+    DeepNetCell loaded from ONNX (a raw Tensor, not a provider's)."""
+    pytest.importorskip("onnx")
+    provider = n2d2.provider.DataProvider(_database(n=32, size=28), [28, 28, 1], batch_size=4)
+    model = n2d2.cells.DeepNetCell.load_from_ONNX(provider, LENET)
+    model.remove("18")
+    model.test()
+    data = np.random.default_rng(5).random((4, 1, 28, 28)).astype(np.float32)
+    out = Sequence([model, Softmax(with_loss=True)])(n2d2.Tensor.from_numpy(data)).to_numpy()
+    assert out.shape == (4, 10, 1, 1)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    logits = model(n2d2.provider.TensorPlaceholder(n2d2.Tensor.from_numpy(data)).get_data()).to_numpy()
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(out, expected / expected.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)

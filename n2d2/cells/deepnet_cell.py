@@ -302,11 +302,13 @@ class DeepNetCell(Iterable):
 
     # -- calling ----------------------------------------------------------------------------------
     def __call__(self, x):
-        from n2d2.provider.base import Provider
+        from n2d2.provider.base import Provider, TensorPlaceholder
 
+        if isinstance(x, Tensor) and x.cell is None and x._data.dtype.kind == "f":
+            TensorPlaceholder(x)   # a raw float Tensor (the Cells chapter's `model(Tensor(dims))`)
         if not isinstance(x, Tensor) or x.cell is None or not isinstance(x.cell, Provider):
-            raise ValueError(f"DeepNetCell '{self._name}': the input must be a Tensor produced by a provider "
-                             "(read_batch / read_random_batch, or a raw Tensor wrapped by a TensorPlaceholder)")
+            raise ValueError(f"DeepNetCell '{self._name}': the input must be a raw float Tensor or one produced by a "
+                             "provider (read_batch / read_random_batch), not the output of another cell")
         expected = tuple(self._graph.output_types(self._graph.inputs[0])[0].shape[1:])
         if tuple(x.shape()[1:]) != expected:
             raise ValueError(f"DeepNetCell '{self._name}': input shape {x.shape()} does not match the network's "
