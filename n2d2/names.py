@@ -34,9 +34,9 @@ def file_stem(name: str) -> str:
 
     Safe names (see `is_safe_stem`) are returned unchanged; any other name becomes its safe
     characters (runs of others replaced by `_`, leading `.`/`-`/`_` dropped, `..` collapsed,
-    bounded length) followed by `+` and 12 hex digits of the SHA-256 of the full name, so two
-    different names never share a stem (short of a hash collision) and no stem holds a path
-    separator, `..`, NUL or control characters.
+    bounded length; `cell` when nothing is left) followed by `+` and 12 hex digits of the
+    SHA-256 of the full name, so two different names never share a stem (short of a hash
+    collision) and no stem holds a path separator, `..`, NUL or control characters.
     """
     if not isinstance(name, str):
         raise WrongInputType("name", type(name), ["str"])
@@ -45,7 +45,7 @@ def file_stem(name: str) -> str:
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LENGTH]
     readable = _UNSAFE_RUN.sub("_", name)
     readable = re.sub(r"\.{2,}", ".", readable).lstrip("._-")
-    readable = readable[:MAX_STEM_LENGTH - _HASH_LENGTH - len(MANGLE_MARK)]
+    readable = readable[:MAX_STEM_LENGTH - _HASH_LENGTH - len(MANGLE_MARK)] or "cell"
     return f"{readable}{MANGLE_MARK}{digest}"
 
 

@@ -69,7 +69,7 @@ def parse_syntxt(data: bytes, path: str, cell_name: str, expected_shape) -> np.n
     against `expected_shape` line by line, so a file never makes us allocate more than that.
     """
     expected = int(np.prod(expected_shape))
-    values = np.empty(expected, dtype=np.float64)
+    values = np.empty(expected, dtype=np.float32)
     count = 0
     for lineno, line in enumerate(data.split(b"\n"), 1):
         if not _LINE.match(line):
@@ -80,8 +80,9 @@ def parse_syntxt(data: bytes, path: str, cell_name: str, expected_shape) -> np.n
         if count + len(tokens) > expected:
             raise ParameterFileError(f"Cell '{cell_name}': {path}:{lineno} holds more than the {expected} values "
                                      f"expected (shape {list(expected_shape)})")
-        chunk = np.array(tokens, dtype=np.float64)
-        out_of_range = ~(np.abs(chunk) <= _FLOAT32_MAX)
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf here, and is refused below
+            chunk = np.array(tokens, dtype=np.float64).astype(np.float32)
+        out_of_range = ~np.isfinite(chunk)
         if out_of_range.any():
             k = int(np.argmax(out_of_range))
             col = [m.start() for m in _WORD.finditer(line)][k] + 1
@@ -92,7 +93,7 @@ def parse_syntxt(data: bytes, path: str, cell_name: str, expected_shape) -> np.n
     if count != expected:
         raise ParameterFileError(f"Cell '{cell_name}': {path} holds {count} values, expected {expected} "
                                  f"(shape {list(expected_shape)})")
-    return values.astype(np.float32).reshape(expected_shape)
+    return values.reshape(expected_shape)
 
 
 def _raise_bad_line(path, cell_name, lineno, line):
@@ -214,7 +215,7 @@ def import_set(folder: str, cells, ignore_not_exists=False):
             data = _read_bounded(path, c.get_name(), shape, ignore_not_exists)
             if data is None:
                 continue
-            print(f"Import {path}")
+            print(f"Import {os.path.join(folder, name)}")
             values[suffix] = parse_syntxt(data, path, c.get_name(), shape)
             read[name] = (c.get_name(), data)
         loaded.append((c, values))

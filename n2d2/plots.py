@@ -6,7 +6,6 @@ backend switch in the user's process) and saved to a temporary name in the desti
 directory, then renamed: a crash never leaves half a PNG behind.
 """
 import os
-import tempfile
 
 import numpy as np
 
@@ -21,17 +20,15 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str):
-    """Render `fig` to `path` atomically (temp file in the same directory, then os.replace)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Render `fig` to `path` atomically, through the project's one writer (`utils.write_inside`)."""
+    import io
+
+    from n2d2.utils import write_inside
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    path = os.path.abspath(path)
+    write_inside(os.path.dirname(path), os.path.basename(path), buffer.getvalue())
 
 
 def confusion_matrix_png(path: str, matrix, labels=None):

@@ -43,7 +43,7 @@ def confined_path(folder: str, relative: str) -> str:
     the check is made again on the resolved path (symlinks followed) of its parent folder.
     """
     if not isinstance(relative, str) or not relative or "\0" in relative:
-        raise ValueError(f"File name {relative!r} under '{folder}' is empty or not a string")
+        raise ValueError(f"File name {relative!r} in the folder '{folder}' is empty, holds NUL or is not a string")
     parts = relative.replace(os.sep, "/").split("/")
     if os.path.isabs(relative) or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"File name {relative!r} would leave the folder '{folder}' (expected a relative "
@@ -85,7 +85,7 @@ def write_inside(folder: str, relative: str, data) -> str:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
-    return path
+    return os.path.join(folder, *parts) if parts else path
 
 
 def atomic_write_text(path: str, text: str):
