@@ -19,14 +19,15 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str):
-    """Render `fig` to `path` atomically, through the project's one writer (`utils.write_inside`)."""
+def save_figure(fig, path: str):
+    """Render `fig` to `path` (format from the extension, default PNG) atomically, through the
+    project's one writer (`utils.write_inside`)."""
     import io
 
     from n2d2.utils import write_inside
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format=os.path.splitext(path)[1][1:].lower() or "png")
     path = os.path.abspath(path)
     write_inside(os.path.dirname(path), os.path.basename(path), buffer.getvalue())
 
@@ -68,7 +69,7 @@ def confusion_matrix_png(path: str, matrix, labels=None):
                   f"{int(total - correct)}, error rate: {error:.2f}%)", fontsize=8)
     ax.set_ylabel("Target (actual) class", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def success_png(path: str, success, averages, validation=None, best=None):
@@ -94,7 +95,7 @@ def success_png(path: str, success, averages, validation=None, best=None):
     ax.grid(True)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def loss_png(path: str, steps, losses):
@@ -107,7 +108,7 @@ def loss_png(path: str, steps, losses):
     ax.set_ylabel("Loss")
     ax.grid(True)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def stats_png(path: str, names, columns):
@@ -129,4 +130,4 @@ def stats_png(path: str, names, columns):
             ax.set_xticklabels(names, rotation=90, fontsize=7)
             ax.grid(True, axis="y")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
