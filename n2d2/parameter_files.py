@@ -180,7 +180,11 @@ def export_set(folder: str, cells, verbose=True):
     files = {}
     for c in cells:
         for suffix, text in c._parameter_files().items():
-            files[stems[c.get_name()] + suffix + ".syntxt"] = (c.get_name(), text.encode("ascii"))
+            name = stems[c.get_name()] + suffix + ".syntxt"
+            if name in files:
+                raise ParameterFileError(f"Cells '{files[name][0]}' and '{c.get_name()}' would both write {name} "
+                                         f"in {folder}; rename one of them")
+            files[name] = (c.get_name(), text.encode("ascii"))
     try:
         old = read_manifest(folder)
     except ParameterFileError as e:
