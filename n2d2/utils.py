@@ -61,9 +61,9 @@ def write_inside(folder: str, relative: str, data) -> str:
     """Write `data` (str or bytes) to `relative` inside `folder` atomically; return the path.
 
     The one writer of user-visible files: the name cannot leave `folder` (see `confined_path`),
-    the file is written to a temp file in the same folder and renamed over the target (a crash
-    leaves the old file or the new one, never half of one), and it gets the mode a plain
-    `open()` would give (0o666 less the umask; mkstemp alone gives 0o600).
+    the file is written to a temp file in the same folder, fsynced and renamed over the target
+    (a crash leaves the old file or the new one, never half of one), and it gets the mode a
+    plain `open()` would give (0o666 less the umask; mkstemp alone gives 0o600).
     """
     os.makedirs(folder, exist_ok=True)
     parts = relative.replace(os.sep, "/").split("/") if isinstance(relative, str) else []
@@ -80,6 +80,8 @@ def write_inside(folder: str, relative: str, data) -> str:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb" if isinstance(data, (bytes, bytearray, memoryview)) else "w") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old file, not an empty one
         os.replace(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
