@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import warnings
 
 import numpy as np
@@ -53,12 +54,21 @@ def _read_bounded(path, cell_name, expected_shape, ignore_not_exists):
             return None
         raise FileNotFoundError(f"Cell '{cell_name}': parameter file {path} does not exist")
     limit = int(np.prod(expected_shape)) * _MAX_BYTES_PER_VALUE + 4096
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
+    data = _read_regular_file(path, limit + 1, f"Cell '{cell_name}': {path}")
     if len(data) > limit:
         raise ParameterFileError(f"Cell '{cell_name}': {path} is larger than {limit} bytes, too large for "
                                  f"the {int(np.prod(expected_shape))} values expected (shape {list(expected_shape)})")
     return data
+
+
+def _read_regular_file(path, max_bytes, what):
+    """At most `max_bytes` of `path`, refusing what is not a regular file (a FIFO would block the
+    import, a device never end); opened non-blocking so that the check itself cannot hang."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ParameterFileError(f"{what} is not a regular file")
+        return f.read(max_bytes)
 
 
 def parse_syntxt(data: bytes, path: str, cell_name: str, expected_shape) -> np.ndarray:
@@ -125,8 +135,7 @@ def read_manifest(folder: str):
     if not os.path.lexists(path):
         return None
     try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_MANIFEST_BYTES + 1)
+        raw = _read_regular_file(path, _MAX_MANIFEST_BYTES + 1, path)
         if len(raw) > _MAX_MANIFEST_BYTES:
             raise ValueError(f"larger than {_MAX_MANIFEST_BYTES} bytes")
         doc = json.loads(raw.decode("utf-8"))
@@ -185,6 +194,8 @@ def export_set(folder: str, cells, verbose=True):
                 raise ParameterFileError(f"Cells '{files[name][0]}' and '{c.get_name()}' would both write {name} "
                                          f"in {folder}; rename one of them")
             files[name] = (c.get_name(), text.encode("ascii"))
+    if not files:  # cells without parameters (Pool, Softmax...) write nothing, as upstream
+        return
     try:
         old = read_manifest(folder)
     except ParameterFileError as e:

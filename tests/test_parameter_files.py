@@ -147,6 +147,32 @@ def test_ini_run_with_escaping_section_names_writes_nothing_outside(tmp_path, ca
     assert (out / "weights_init" / (file_stem("../../fc") + "_weights.syntxt")).is_file()
 
 
+def test_parameter_file_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    import threading
+
+    os.mkfifo(tmp_path / "fc_weights.syntxt")
+    errors = []
+
+    def load():
+        try:
+            Fc(2, 1, name="fc", no_bias=True).import_free_parameters(str(tmp_path))
+        except Exception as e:  # noqa: BLE001 (the assertion below says which)
+            errors.append(e)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(60)  # old code: blocked in open() until a writer came, i.e. forever
+    assert not worker.is_alive() and len(errors) == 1 and isinstance(errors[0], ParameterFileError)
+    assert "not a regular file" in str(errors[0])
+
+
+def test_cells_without_parameters_write_nothing(tmp_path):
+    from n2d2.cells import Pool2d, Softmax
+
+    Sequence([Pool2d([2, 2]), Softmax()]).export_free_parameters(str(tmp_path / "p"))
+    assert not (tmp_path / "p").exists()
+
+
 # -- manifest and torn sets ----------------------------------------------------------------------
 def test_upstream_folder_without_manifest_imports_by_plain_names(tmp_path):
     # as N2D2 writes them: %g values, one row per output, trailing spaces; no manifest
