@@ -111,7 +111,8 @@ def _raise_bad_line(path, cell_name, lineno, line):
         if not _TOKEN_ALONE.match(m.group()):
             raise ParameterFileError(
                 f"Cell '{cell_name}': {path}:{lineno}:{m.start() + 1}: {_show(m.group())} is not a number in "
-                "plain decimal notation (expected ASCII digits with an optional sign, point and exponent, e.g. -1.5e-3)")
+                "plain decimal notation (expected ASCII digits with an optional sign, point and exponent, "
+                "e.g. -1.5e-3)")
     raise ParameterFileError(f"Cell '{cell_name}': {path}:{lineno}: unexpected character (only numbers separated "
                              "by spaces or tabs are allowed)")
 
@@ -242,8 +243,8 @@ def import_set(folder: str, cells, ignore_not_exists=False):
 
 def _check_not_torn(folder, manifest, read):
     listed = manifest["files"]
-    changed = sorted(name for name, (_, data) in read.items()
-                     if name in listed and (listed[name]["bytes"] != len(data) or listed[name]["sha256"] != _sha256(data)))
+    changed = sorted(name for name, (_, data) in read.items() if name in listed
+                     and (listed[name]["bytes"] != len(data) or listed[name]["sha256"] != _sha256(data)))
     if not manifest["complete"]:
         detail = f" (changed since the last complete export: {', '.join(changed)})" if changed else ""
         raise ParameterFileError(f"Parameter set {folder} is torn: an export into it was interrupted{detail}; "

@@ -223,9 +223,12 @@ def test_export_killed_midway_is_detected(tmp_path, monkeypatch):
     _net(["fc1", "fc2"]).import_free_parameters(folder)
 
 
-@pytest.mark.parametrize("content", ["not json", '{"format": "n2d2 parameter set", "version": 1, "complete": true, '
-                                     '"files": {"../x.syntxt": {"cell": "x", "bytes": 1, "sha256": "' + "0" * 64 + '"}}}',
-                                     "[" * 100000], ids=["not-json", "escaping-name", "deep-nesting"])
+_ESCAPING_MANIFEST = ('{"format": "n2d2 parameter set", "version": 1, "complete": true, '
+                      '"files": {"../x.syntxt": {"cell": "x", "bytes": 1, "sha256": "' + "0" * 64 + '"}}}')
+
+
+@pytest.mark.parametrize("content", ["not json", _ESCAPING_MANIFEST, "[" * 100000],
+                         ids=["not-json", "escaping-name", "deep-nesting"])
 def test_malformed_manifest_is_a_clear_error(tmp_path, content):
     Fc(3, 2, name="fc").export_free_parameters(str(tmp_path), verbose=False)
     (tmp_path / MANIFEST_NAME).write_text(content)
