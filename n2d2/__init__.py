@@ -5,8 +5,8 @@
 import os
 
 from n2d2 import activation, cells, deepnet, error_handler, filler, mapping, provider, solver
-from n2d2.config_section import ConfigSection
 from n2d2 import global_variables as _global_variables_module  # noqa: F401 (`import n2d2.global_variables`)
+from n2d2.config_section import ConfigSection
 from n2d2.settings import global_variables  # the name is the settings object, as upstream
 from n2d2.tensor import Interface, Tensor
 from n2d2.utils import download, generate_name, model_logger

@@ -211,6 +211,7 @@ def _train(args) -> int:
     import n2d2
     from n2d2 import training
     from n2d2.cells import Sequence, Softmax
+    from n2d2.utils import atomic_write_text
 
     db_spec = training.check_database(args.database)
     model_spec = training.check_model(args.model, db_spec.name)
@@ -250,11 +251,9 @@ def _train(args) -> int:
             if not hasattr(dn, "set_backend"):
                 raise UserError(f"--backend {args.backend}: this DeepNetCell has no choice of backend")
             dn.set_backend(args.backend)
-        with open("model.txt", "w") as f:
-            f.write(str(model) + "\n\n")
-            with contextlib.redirect_stdout(io.StringIO()) as table:
-                dn.summary()
-            f.write(table.getvalue())
+        with contextlib.redirect_stdout(io.StringIO()) as table:
+            dn.summary()
+        atomic_write_text("model.txt", str(model) + "\n\n" + table.getvalue())
         start = time.perf_counter()
         target.start()
         dn.fit(args.epochs, valid_metric=args.valid_metric)

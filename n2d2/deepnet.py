@@ -94,5 +94,7 @@ class DeepNet:
                 ax.annotate("", xy=(0.5, -i + 0.25), xytext=(0.5, -i + 0.75), arrowprops=dict(arrowstyle="->"))
         ax.set_ylim(-len(names), 1)
         ax.axis("off")
-        fig.savefig(path)
+        from n2d2.plots import save_figure
+
+        save_figure(fig, path)
         plt.close(fig)

@@ -61,6 +61,11 @@ class UndefinedModelError(RuntimeError):
         super().__init__(f"Undefined model '{model}': expected 'Frame' or 'Frame_CUDA'")
 
 
+class ParameterFileError(ValueError):
+    """A parameter file (.syntxt) or parameter set is malformed, the wrong size, or torn (its
+    files come from different exports); the message names the file, line and what was expected."""
+
+
 def deprecated(reason=""):
     """Mark a function as deprecated: it still works and warns once per call."""
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.names import c_comment, c_identifier
+from n2d2.utils import current_umask, write_inside
 
 __all__ = ["available_export", "ExportError", "export_c", "export_cpp", "export_cpp_stm32", "export_tensor_rt",
            "list_exportable_cell", "c_export_graph", "unsupported_nodes", "bake_connection_tables"]
@@ -451,12 +452,8 @@ def _write_project(folder: str, files: dict, overwrite: bool):
     old = None
     try:
         for rel, content in files.items():
-            path = os.path.join(tmp, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            mode = "wb" if isinstance(content, (bytes, bytearray, memoryview)) else "w"
-            with open(path, mode) as f:
-                f.write(content)
-        os.chmod(tmp, 0o777 & ~_umask())
+            write_inside(tmp, rel, content)
+        os.chmod(tmp, 0o777 & ~current_umask())
         if os.path.lexists(folder):
             if not overwrite:
                 raise FileExistsError(f"export: '{folder}' already exists (pass overwrite=True to replace it)")
@@ -477,12 +474,6 @@ def _write_project(folder: str, files: dict, overwrite: bool):
             shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # -- entry points ------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ included, through the module's class below: a module-level `__setattr__` would n
 import sys
 import types
 
-from n2d2.settings import GlobalVariables, Verbosity, global_variables as _settings
+from n2d2.settings import GlobalVariables, Verbosity
+from n2d2.settings import global_variables as _settings
 
 _OWN = frozenset(("GlobalVariables", "Verbosity"))
 

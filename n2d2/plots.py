@@ -6,7 +6,6 @@ backend switch in the user's process) and saved to a temporary name in the desti
 directory, then renamed: a crash never leaves half a PNG behind.
 """
 import os
-import tempfile
 
 import numpy as np
 
@@ -20,18 +19,17 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str):
-    """Render `fig` to `path` atomically (temp file in the same directory, then os.replace)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_figure(fig, path: str):
+    """Render `fig` to `path` (format from the extension, default PNG) atomically, through the
+    project's one writer (`utils.write_inside`)."""
+    import io
+
+    from n2d2.utils import write_inside
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=os.path.splitext(path)[1][1:].lower() or "png")
+    path = os.path.abspath(path)
+    write_inside(os.path.dirname(path), os.path.basename(path), buffer.getvalue())
 
 
 def confusion_matrix_png(path: str, matrix, labels=None):
@@ -71,7 +69,7 @@ def confusion_matrix_png(path: str, matrix, labels=None):
                   f"{int(total - correct)}, error rate: {error:.2f}%)", fontsize=8)
     ax.set_ylabel("Target (actual) class", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def success_png(path: str, success, averages, validation=None, best=None):
@@ -97,7 +95,7 @@ def success_png(path: str, success, averages, validation=None, best=None):
     ax.grid(True)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def loss_png(path: str, steps, losses, label: str = "Learn loss", learn=None):
@@ -118,7 +116,7 @@ def loss_png(path: str, steps, losses, label: str = "Learn loss", learn=None):
     ax.grid(True)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def stats_png(path: str, names, columns):
@@ -140,4 +138,4 @@ def stats_png(path: str, names, columns):
             ax.set_xticklabels(names, rotation=90, fontsize=7)
             ax.grid(True, axis="y")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -249,8 +249,11 @@ class Score(Target):
         return score
 
     def _log_dir(self) -> str:
-        os.makedirs(self._name, exist_ok=True)
-        return self._name
+        """The log folder, named after the target (through file_stem: the name comes from a model file)."""
+        from n2d2.names import file_stem
+
+        os.makedirs(file_stem(self._name), exist_ok=True)
+        return file_stem(self._name)
 
     # -- labels -------------------------------------------------------------------------------
     def _label_database(self):

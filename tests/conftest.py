@@ -7,7 +7,6 @@ import pytest
 import n2d2
 from n2d2.settings import Verbosity
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The project's shared folder (real model files): beside the clone, as on the developers'
 # machines and in CI; N2D2_SHARED points elsewhere.

@@ -66,7 +66,7 @@ def test_small_budget_run_learns_and_writes_its_outputs(tmp_path):
                  "weights/BatchNorm2d_2_variances.syntxt"):
         assert (out_dir / name).is_file(), name
     final = sorted(os.listdir(out_dir / "weights"))
-    assert len(final) == 5 + 3 * 4                      # 3 Conv + 2 Fc weights, 3 BatchNorm2d x 4
+    assert len(final) == 5 + 3 * 4 + 1                  # 3 Conv + 2 Fc weights, 3 BatchNorm2d x 4, manifest
     assert final == sorted(os.listdir(out_dir / "weights_init")) == sorted(os.listdir(out_dir / "weights_validation"))
     summary = json.loads((out_dir / "summary.json").read_text())
     assert abs(100 * summary["test_accuracy"] - accuracy) < 0.006 and summary["test_images"] == 1000
@@ -95,7 +95,7 @@ def test_same_seed_same_weights_and_accuracy(tmp_path):
         return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))}
 
     a, b, c = weights("a"), weights("b"), weights("c")
-    assert len(a) == 17 and a == b
+    assert len(a) == 17 + 1 and a == b                   # 17 .syntxt files and the set's manifest
     assert all(a[f] != c[f] for f in a)                  # the seed does matter
     assert (tmp_path / "a" / "epochs.tsv").read_text().split("\n")[1].split("\t")[:5] == \
         (tmp_path / "b" / "epochs.tsv").read_text().split("\n")[1].split("\t")[:5]

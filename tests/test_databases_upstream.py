@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import n2d2
-from n2d2.database import CIFAR100, GTSRB, IMDBWIKI, ILSVRC2012, Cityscapes
+from n2d2.database import CIFAR100, GTSRB, ILSVRC2012, IMDBWIKI, Cityscapes
 from n2d2.frontends.ini import IniError, load_ini
 from n2d2.provider import DataProvider
 

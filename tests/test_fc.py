@@ -143,7 +143,7 @@ def test_free_parameters_round_trip(tmp_path, capsys):
     cell = Fc(5, 3, name="fc")
     cell.export_free_parameters(str(tmp_path / "params"))
     out = capsys.readouterr().out
-    assert f"Export to {tmp_path / 'params' / 'fc'}.syntxt" in out
+    assert f"Export to {tmp_path / 'params' / 'fc'}_weights.syntxt" in out  # the real file names (issue 10)
     lines = (tmp_path / "params" / "fc_weights.syntxt").read_text().splitlines()
     assert len(lines) == 3 and all(len(line.split()) == 5 and line.endswith(" ") for line in lines)
     other = Fc(5, 3, name="fc")

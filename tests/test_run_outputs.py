@@ -1,7 +1,6 @@
 """What a training run leaves and prints: statistics of the cells inside a DeepNetCell, a loss
 and success curve per partition over the whole run, stimulus-weighted success, one learning-rate
 line per change, `n2d2 --version`, `--output` mistakes, `n2d2 export` and the README's script."""
-import json
 import os
 import re
 import subprocess

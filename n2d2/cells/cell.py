@@ -128,12 +128,16 @@ class Block(Cell):
 
     # -- parameters on disk ---------------------------------------------------------------------
     def export_free_parameters(self, dir_name: str, verbose=True):
-        for c in self._cells:
-            c.export_free_parameters(dir_name, verbose=verbose)
+        """Write the parameters of every descendant into `dir_name` as one set (see n2d2.parameter_files)."""
+        from n2d2.parameter_files import export_set
+
+        export_set(dir_name, self._leaf_cells(), verbose=verbose)
 
     def import_free_parameters(self, dir_name: str, ignore_not_exists=False):
-        for c in self._cells:
-            c.import_free_parameters(dir_name, ignore_not_exists=ignore_not_exists)
+        """Read the set written by `export_free_parameters` (or by N2D2) back: all or nothing."""
+        from n2d2.parameter_files import import_set
+
+        import_set(dir_name, self._leaf_cells(), ignore_not_exists=ignore_not_exists)
 
     def is_integral(self) -> bool:
         """True when every quantized cell has an integer bit-width (no quantizers yet: True)."""

@@ -256,10 +256,9 @@ class DeepNetCell(Iterable):
         """Write the generated sources of the inference and training programs (C or CUDA
         backends) to `directory`; returns the paths written. Each kernel's comment names the
         IR node it comes from."""
-        import os
-
         from n2d2.codegen.programs import program_source
-        from n2d2.utils import atomic_write_text
+        from n2d2.names import file_stem
+        from n2d2.utils import write_inside
 
         n = batch_size or self._batch_of(self._graph)
         extension = {"c": ".c", "cuda": ".cu"}.get(self._backend)
@@ -267,8 +266,8 @@ class DeepNetCell(Iterable):
             raise RuntimeError(f"DeepNetCell '{self._name}': the {self._backend} backend generates no source")
         paths = []
         for kind in ("inference", "training"):
-            path = os.path.join(directory, f"{self._name}_{kind}_b{n}{extension}")
-            atomic_write_text(path, program_source(self._program(kind, n)))
+            name = f"{file_stem(self._name)}_{kind}_b{n}{extension}"
+            path = write_inside(directory, name, program_source(self._program(kind, n)))
             paths.append(path)
         return paths
 

@@ -150,7 +150,8 @@ def lookup(directory: str, key: str, inputs_sha256: str):
             record = json.loads(f.read(4096))
         name = record["library"]
         if (record.get("format") != RECORD_FORMAT or record.get("inputs_sha256") != inputs_sha256
-                or not isinstance(name, str) or not re.fullmatch(rf"[A-Za-z0-9_]{{0,{PREFIX_CHARS}}}_{key}_[0-9a-f]{{16}}\.so", name)
+                or not isinstance(name, str)
+                or not re.fullmatch(rf"[A-Za-z0-9_]{{0,{PREFIX_CHARS}}}_{key}_[0-9a-f]{{16}}\.so", name)
                 or not name.endswith(f"_{record['sha256'][:16]}.so")):
             return None
         lib = os.path.join(directory, name)

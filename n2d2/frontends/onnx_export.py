@@ -23,7 +23,6 @@ tables, fixed-point scalings, sub-sampled convolutions, ops of optimised program
 through a temporary file renamed into place.
 """
 import os
-import tempfile
 
 import numpy as np
 
@@ -484,16 +483,8 @@ def export_onnx(source, path, opset: int = 17):
     except Exception as e:
         raise RuntimeError(f"export_onnx: the exported model fails the ONNX checker (an exporter bug): "
                            f"{type(e).__name__}: {e}") from e
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".onnx")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from n2d2.utils import write_inside
+
+    path = os.path.abspath(os.fspath(path))
+    write_inside(os.path.dirname(path), os.path.basename(path), model.SerializeToString())
     return model

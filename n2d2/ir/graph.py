@@ -261,7 +261,10 @@ class Graph:
         ax.set_xlim(-2, width)
         ax.set_ylim(-1.2 * len(rows), 1)
         ax.axis("off")
-        fig.savefig(path, dpi=100)
+        from n2d2.plots import save_figure
+
+        fig.set_dpi(100)
+        save_figure(fig, path)
         plt.close(fig)
 
 

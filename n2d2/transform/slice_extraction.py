@@ -2,8 +2,14 @@
 import numpy as np
 
 from n2d2.configurable import Spec
-from n2d2.transform._image import (BORDER_TYPES, border_fill, border_index, restore_dtype, sample_bilinear,
-                                   sample_nearest)
+from n2d2.transform._image import (
+    BORDER_TYPES,
+    border_fill,
+    border_index,
+    restore_dtype,
+    sample_bilinear,
+    sample_nearest,
+)
 from n2d2.transform.transformation import Transformation, check_size_argument
 
 

@@ -9,7 +9,6 @@ returns a new output Tensor whose producer is the cell. Subclasses implement:
   parameter gradients with `_accumulate_grad`;
 - `_check_input(tensors)` for the frozen-geometry checks (called before each forward).
 """
-import os
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from n2d2.error_handler import UndefinedModelError, WrongInputType, WrongValue
 from n2d2.ir import ops as ir_ops
 from n2d2.settings import global_variables
 from n2d2.tensor import Interface, Tensor
-from n2d2.utils import atomic_write_text, generate_name
+from n2d2.utils import generate_name
 
 ACTIVATION_SPEC = Spec(ActivationFunction, None, allow_none=True)
 
@@ -242,22 +241,24 @@ class NeuralNetworkCell(Configurable):
         """suffix -> text of the parameter files this cell writes (empty: none)."""
         return {}
 
-    def _load_parameter_files(self, directory, ignore_not_exists):
-        """Read back what `_parameter_files` writes."""
+    def _parameter_shapes(self) -> dict:
+        """suffix -> shape of the values `_parameter_files` writes (what an import expects)."""
+        return {}
+
+    def _set_parameter_values(self, values: dict):
+        """Take {suffix: float32 array of `_parameter_shapes()[suffix]`} read back from files."""
 
     def export_free_parameters(self, dir_name: str, verbose=True):
         """Write this cell's parameters as N2D2 .syntxt files under `dir_name`."""
-        base = os.path.join(dir_name, self._name)
-        if verbose:
-            print(f"Export to {base}.syntxt")
-            print(f"Export to {base}_quant.syntxt")
-        for suffix, text in self._parameter_files().items():
-            atomic_write_text(f"{base}{suffix}.syntxt", text)
+        from n2d2.parameter_files import export_set
+
+        export_set(dir_name, [self], verbose=verbose)
 
     def import_free_parameters(self, dir_name: str, ignore_not_exists=False):
         """Read this cell's parameters from N2D2 .syntxt files under `dir_name`."""
-        print(f"Import {os.path.join(dir_name, self._name)}.syntxt")
-        self._load_parameter_files(dir_name, ignore_not_exists)
+        from n2d2.parameter_files import import_set
+
+        import_set(dir_name, [self], ignore_not_exists=ignore_not_exists)
 
     # -- printing -----------------------------------------------------------------------------
     def _model_key(self) -> str:
@@ -271,29 +272,6 @@ class NeuralNetworkCell(Configurable):
         return text
 
     __repr__ = __str__
-
-
-def read_parameter_file(path: str, cell_name: str, expected_shape, ignore_not_exists=False):
-    """Numbers of one .syntxt file as a float32 array of `expected_shape` (rows = lines).
-
-    Returns None when the file is missing and `ignore_not_exists`; otherwise errors name the
-    cell, the file and what was expected.
-    """
-    if not os.path.exists(path):
-        if ignore_not_exists:
-            return None
-        raise FileNotFoundError(f"Cell '{cell_name}': parameter file {path} does not exist")
-    with open(path) as f:
-        rows = [line.split() for line in f if line.strip()]
-    try:
-        values = np.array([float(v) for row in rows for v in row], dtype=np.float32)
-    except ValueError as e:
-        raise ValueError(f"Cell '{cell_name}': {path} holds a value that is not a number ({e})") from None
-    expected = int(np.prod(expected_shape))
-    if values.size != expected:
-        raise ValueError(f"Cell '{cell_name}': {path} holds {values.size} values, expected {expected} "
-                         f"(shape {list(expected_shape)})")
-    return values.reshape(expected_shape)
 
 
 def format_rows(array2d) -> str:

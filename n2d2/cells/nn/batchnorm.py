@@ -6,12 +6,11 @@ momentum * batch statistic, with the *biased* batch variance); test mode uses th
 averages. As in N2D2, `moving_average_momentum=0.0` freezes the statistics: learn mode then
 normalises with the moving averages too.
 """
-import os
 
 import numpy as np
 
 from n2d2.backend import to_host
-from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows, read_parameter_file
+from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ir.ops import activation_spec
@@ -168,10 +167,10 @@ class BatchNorm2d(NeuralNetworkCell):
     def _parameter_files(self):
         return {f"_{name}": format_rows(to_host(getattr(self, "_" + name)).reshape(-1, 1)) for name in _FILES}
 
-    def _load_parameter_files(self, directory, ignore_not_exists):
-        base = os.path.join(directory, self._name)
+    def _parameter_shapes(self):
+        return {f"_{name}": (self._args["nb_inputs"],) for name in _FILES}
+
+    def _set_parameter_values(self, values):
         for name in _FILES:
-            values = read_parameter_file(f"{base}_{name}.syntxt", self._name, (self._args["nb_inputs"],),
-                                         ignore_not_exists)
-            if values is not None:
-                getattr(self, "_" + name)[...] = self._to_model_device(values)
+            if f"_{name}" in values:
+                getattr(self, "_" + name)[...] = self._to_model_device(values[f"_{name}"])

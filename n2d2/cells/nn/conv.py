@@ -7,12 +7,11 @@ stored: a table of equal diagonal blocks (grouped, depthwise) keeps only the con
 kernels, [O, C/G, kH, kW] as PyTorch does, and runs a batched GEMM per group; any other table
 keeps dense [O, C, kH, kW] weights whose unconnected kernels stay zero (and get no gradient).
 """
-import os
 
 import numpy as np
 
 from n2d2.backend import to_host
-from n2d2.cells.nn.base import format_rows, read_parameter_file
+from n2d2.cells.nn.base import format_rows
 from n2d2.cells.nn.weighted import WeightedCell, solver_and_filler_specs
 from n2d2.configurable import Spec, format_value
 from n2d2.error_handler import WrongInputType, WrongValue
@@ -317,18 +316,19 @@ class ConvolutionCell(WeightedCell):
             files["_biases"] = format_rows(to_host(self._biases).reshape(-1, 1))
         return files
 
-    def _load_parameter_files(self, directory, ignore_not_exists):
+    def _parameter_shapes(self):
         self._check_remap()
-        base = os.path.join(directory, self._name)
-        values = read_parameter_file(base + "_weights.syntxt", self._name, (self._nb_weight_values(),),
-                                     ignore_not_exists)
-        if values is not None:
-            self._set_weights_rows(values)
+        shapes = {"_weights": (self._nb_weight_values(),)}
         if self.has_bias():
-            b = read_parameter_file(base + "_biases.syntxt", self._name, (self._args["nb_outputs"],),
-                                    ignore_not_exists)
-            if b is not None:
-                self._biases[...] = self._to_model_device(b)
+            shapes["_biases"] = (self._args["nb_outputs"],)
+        return shapes
+
+    def _set_parameter_values(self, values):
+        self._check_remap()
+        if "_weights" in values:
+            self._set_weights_rows(values["_weights"])
+        if "_biases" in values and self.has_bias():
+            self._biases[...] = self._to_model_device(values["_biases"])
 
 
 def convolution_parameters(quantizer=True):

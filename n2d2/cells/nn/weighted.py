@@ -4,11 +4,10 @@ Weights are one array (Fc: [O, C]; Conv: [O, C/groups..., kH, kW] as the subclas
 biases one [O] array, both on the cell's device. Solvers and fillers are parameters;
 `solver=` / `filler=` are write-only shortcuts that set both (solvers as copies).
 """
-import os
 
 import numpy as np
 
-from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows, read_parameter_file
+from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType
 from n2d2.filler import Filler, Normal
@@ -241,14 +240,14 @@ class WeightedCell(NeuralNetworkCell):
             files["_biases"] = format_rows(to_host(self._biases).reshape(-1, 1))
         return files
 
-    def _load_parameter_files(self, directory, ignore_not_exists):
-        base = os.path.join(directory, self._name)
-        rows = self._weights_rows()
-        w = read_parameter_file(base + "_weights.syntxt", self._name, rows.shape, ignore_not_exists)
-        if w is not None:
-            self._set_weights_rows(w)
+    def _parameter_shapes(self):
+        shapes = {"_weights": self._weights_rows().shape}
         if self.has_bias():
-            b = read_parameter_file(base + "_biases.syntxt", self._name, (self._args["nb_outputs"],),
-                                    ignore_not_exists)
-            if b is not None:
-                self._biases[...] = self._to_model_device(b)
+            shapes["_biases"] = (self._args["nb_outputs"],)
+        return shapes
+
+    def _set_parameter_values(self, values):
+        if "_weights" in values:
+            self._set_weights_rows(values["_weights"])
+        if "_biases" in values and self.has_bias():
+            self._biases[...] = self._to_model_device(values["_biases"])
