@@ -8,6 +8,7 @@ Markdown code span). A template never prints such a name without one of them; th
 test renders every template with names built to break out and checks it.
 """
 import contextlib
+import functools
 
 import numpy as np
 
@@ -39,8 +40,12 @@ def environment():
             """Notes every template loaded (rendered, included, imported) for `record_renders`."""
 
             def get_template(self, name, *args, **kwargs):
-                for seen in _recorders:
-                    seen.add(str(name))
+                if _recorders:
+                    # with the templates it imports or includes: a compiled template keeps its
+                    # imports, so the second render of a kernel loads nothing new
+                    used = _template_closure(str(name))
+                    for seen in _recorders:
+                        seen.update(used)
                 return super().get_template(name, *args, **kwargs)
 
         _env = _Recording(loader=jinja2.PackageLoader("n2d2", "templates"), undefined=jinja2.StrictUndefined,
@@ -48,6 +53,23 @@ def environment():
         _env.filters.update(cfloat=cfloat, cident=c_identifier, c_comment=c_comment, c_string=c_string_literal,
                             md_code=markdown_code)
     return _env
+
+
+@functools.lru_cache(maxsize=None)
+def _template_closure(name: str) -> frozenset:
+    """`name` and every template it imports, includes or extends, recursively (static names)."""
+    from jinja2 import meta
+
+    env = environment()
+    found, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in found:
+            continue
+        found.add(current)
+        source = env.loader.get_source(env, current)[0]
+        todo.extend(ref for ref in meta.find_referenced_templates(env.parse(source)) if ref)
+    return frozenset(found)
 
 
 def template_source(name: str) -> str:
