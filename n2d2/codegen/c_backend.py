@@ -386,7 +386,9 @@ def _geometry(graph, node, training):
                 if len(nz) > 2:
                     return None
                 nz = (nz + [nz[-1] if nz else 0])[:2] if nz else [0, 0]
-                wts = [float(a[r, nz[0]]), float(a[r, nz[1]]) if nz[1] != nz[0] else 0.0]
+                wts = [float(a[r, nz[0]]), float(a[r, nz[1]])]
+                if nz[1] == nz[0]:   # one tap: two halves (exact), not w * x + 0 * x (Inf * 0 is NaN)
+                    wts = [wts[0] / 2, wts[0] / 2]
                 rows.append((nz[0], nz[1], wts[0], wts[1]))
             taps.append(rows)
         return dict(N=n, C=c, H=h, W=w, HO=ho, WO=wo, TH=taps[0], TW=taps[1])

@@ -1,0 +1,141 @@
+"""NaN and +-Inf propagate through every compiled kernel as through the numpy reference.
+
+Fresh random inputs get a NaN, a +Inf and a -Inf at random positions; the C backend (forward
+and gradients), the exported C program and the CUDA source under the host emulator must put
+NaN / +Inf / -Inf exactly where the numpy executor does (values elsewhere are checked by the
+backends' own tests). Every op's input comes through a depthwise 1x1 convolution, which keeps
+each poisoned value at its pixel and channel and gives the input a gradient.
+"""
+import numpy as np
+import pytest
+
+import n2d2
+from n2d2.ir import epilogue  # noqa: F401  (registers the Epilogue op)
+from n2d2.ir.autodiff import build_training_graph
+from tests.test_c_backend import ACTIVATIONS, Net, _conv_attrs, _normal, _rng, _training_outputs, c_backend, \
+    run_c_training, run_numpy_training
+
+pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
+
+
+def pattern(a):
+    """0 where finite, 1 NaN, 2 +Inf, 3 -Inf."""
+    a = np.asarray(a)
+    return np.select([np.isnan(a), a == np.inf, a == -np.inf], [1, 2, 3], 0).astype(np.int8)
+
+
+def poison(rng, a, count=1):
+    """a with `count` NaN, +Inf and -Inf each at random distinct positions."""
+    a = a.copy()
+    flat = a.reshape(-1)
+    pos = rng.choice(flat.size, 3 * count, replace=False)
+    flat[pos[:count]] = np.nan
+    flat[pos[count:2 * count]] = np.inf
+    flat[pos[2 * count:]] = -np.inf
+    return a
+
+
+def assert_same_pattern(ref, out, what, skip=()):
+    """Every tensor: the same NaN / +Inf / -Inf positions; at least one holds a non-finite value."""
+    bad, poisoned = [], 0
+    for t, value in ref.items():
+        if t in skip:
+            continue
+        p, q = pattern(value), pattern(out[t])
+        assert p.shape == q.shape, (t, p.shape, q.shape)
+        poisoned += bool(p.any())
+        if not np.array_equal(p, q):
+            where = np.argwhere(p != q)[:3].tolist()
+            bad.append(f"{t}: {int((p != q).sum())} differ, e.g. at {where} (numpy {p[tuple(where[0])]} "
+                       f"vs {what} {q[tuple(where[0])]}; 1 NaN, 2 +Inf, 3 -Inf)")
+    assert not bad, f"{what} vs numpy:\n" + "\n".join(bad)
+    assert poisoned, "no tensor held a non-finite value: the test would not see a hidden one"
+
+
+class PoisonNet(Net):
+    def source(self, shape, name="input"):
+        """A poisoned input followed by a depthwise 1x1 convolution (keeps every value in place)."""
+        x = self.input(shape, name)
+        self.feeds[x] = poison(self.rng, self.feeds[x], count=max(1, self.feeds[x].size // 200))
+        c = shape[1]
+        w = 1.0 + _normal(self.rng, (c, 1, 1, 1), 0.2)
+        return self.op("Conv", [x], _conv_attrs(groups=c), {"weights": w}, name=f"src_{x}")
+
+
+def _rewritten(tg, p):
+    """Gradients a C backward kernel rewrote in place (dy -> d(pre-activation)): not comparable."""
+    return {tg.graph.inputs_of(n)[0] for n in tg.backward_nodes if tg.graph.op(n) == "Grad" and p.where[n] == "c"}
+
+
+def check_c(net, expect_c=()):
+    tg, seeds = _training_outputs(net)
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    out, p = run_c_training(tg, net.feeds, seeds)
+    for node in expect_c:
+        assert p.where[node] == "c" and p.where[f"grad:{node}"] == "c", node
+    assert_same_pattern(ref, out, "C backend", skip=_rewritten(tg, p))
+    return p
+
+
+MAPPING = np.array([[1, 0, 1, 1], [1, 1, 0, 0], [0, 1, 1, 0]], dtype=bool)   # 3 inputs -> 4 outputs
+
+
+def _pool(net, shape, pooling, pool, stride, pad, mapping=None, act="relu"):
+    return net.op("Pool", [net.source(shape)], {"pooling": pooling, "pool": pool, "stride": stride, "padding": pad,
+                                                 "mapping": mapping, "activation": ACTIVATIONS[act]})
+
+
+def _elemwise(net, op, act=None):
+    xs = [net.source((2, 3, 4, 5), name) for name in "abc"]
+    return net.op("ElemWise", xs, {"operation": op, "weights": [1.0, -0.5, 2.0], "shifts": [0.0, 0.25, 0.0],
+                                   "activation": ACTIVATIONS[act] if act else None})
+
+
+CASES = {
+    **{f"activation_{a}": (lambda net, a=a: net.op("Activation", [net.source((2, 3, 6, 5))],
+                                                    {"activation": ACTIVATIONS[a]}))
+       for a in ACTIVATIONS if a != "none"},
+    "conv_relu": lambda net: net.conv(net.source((2, 3, 9, 8)), 4, padding=(1, 1), activation=ACTIVATIONS["relu"]),
+    "conv_mapping_leaky": lambda net: net.conv(net.source((2, 3, 8, 8)), 4, k=(5, 5), mapping=MAPPING,
+                                               activation=ACTIVATIONS["leaky_clip"]),
+    "conv_wide": lambda net: net.conv(net.source((2, 1, 32, 32)), 6, k=(5, 5), activation=ACTIVATIONS["relu"]),
+    "fc_relu": lambda net: net.op("Fc", [net.source((3, 4, 3, 3))], {"activation": ACTIVATIONS["relu"]},
+                                  {"weights": _normal(net.rng, (5, 36), 0.3), "biases": _normal(net.rng, (5,))}),
+    "max_pool_2x2": lambda net: _pool(net, (2, 3, 8, 10), "Max", (2, 2), (2, 2), (0, 0)),
+    "max_pool_3x3_overlap_pad": lambda net: _pool(net, (2, 3, 7, 8), "Max", (3, 3), (1, 2), (1, 1), act="none"),
+    "max_pool_pad_beyond_window": lambda net: _pool(net, (2, 2, 5, 5), "Max", (2, 2), (2, 2), (2, 2), act="none"),
+    "max_pool_global": lambda net: _pool(net, (3, 4, 5, 5), "Max", (5, 5), (1, 1), (0, 0), act="none"),
+    "max_pool_mapping": lambda net: _pool(net, (2, 3, 6, 6), "Max", (2, 2), (2, 2), (0, 0), mapping=MAPPING),
+    "avg_pool_pad": lambda net: _pool(net, (2, 3, 7, 8), "Average", (3, 3), (1, 2), (1, 1)),
+    "softmax": lambda net: net.op("Softmax", [net.source((3, 6, 2, 3))], {"with_loss": False, "group_size": 0}),
+    "softmax_groups": lambda net: net.op("Softmax", [net.source((3, 6, 2, 3))], {"with_loss": False,
+                                                                                "group_size": 2}),
+    **{f"elemwise_{op}": (lambda net, op=op: _elemwise(net, op, "relu" if op == "Sum" else None))
+       for op in ("Sum", "AbsSum", "EuclideanSum", "Prod", "Max")},
+    "batchnorm_relu": lambda net: net.op(
+        "BatchNorm", [net.source((4, 3, 5, 6))], {"epsilon": 1e-5, "momentum": 0.1, "unbiased": False,
+                                                  "activation": ACTIVATIONS["relu"]},
+        {"scales": 1 + _normal(net.rng, (3,), 0.2), "biases": _normal(net.rng, (3,)),
+         "means": _normal(net.rng, (3,), 0.1), "variances": 1 + net.rng.random(3).astype(np.float32)}),
+    "padding": lambda net: net.op("Padding", [net.source((2, 3, 5, 6))], {"top": 1, "bot": 2, "left": 0, "right": 1}),
+    "resize": lambda net: net.op("Resize", [net.source((2, 3, 4, 6))], {"height": 7, "width": 10, "mode": "Bilinear",
+                                                                       "align_corners": False}),
+    "transpose": lambda net: net.op("Transpose", [net.source((2, 3, 4, 5))], {"perm": (2, 0, 1, 3)}),
+}
+
+
+def _scaling(net):
+    from n2d2.scaling import FloatingPointScaling
+
+    sc = FloatingPointScaling([0.5, -1.5, 2.0], is_clipped=True, clipping=[0.8, 1.2, 0.3])
+    return net.op("Scaling", [net.source((2, 3, 4, 4))], {"scaling": sc})
+
+
+CASES["scaling_clipped"] = _scaling
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_c_kernel_propagates_nan_and_inf_as_numpy(case):
+    net = PoisonNet(seed=sum(map(ord, case)))
+    y = CASES[case](net)
+    check_c(net.output(y), expect_c=[y])
