@@ -56,6 +56,15 @@ class UndefinedModelError(RuntimeError):
         super().__init__(f"Undefined model '{model}': expected 'Frame' or 'Frame_CUDA'")
 
 
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or an infinity; `cell` names the first cell (in execution order)
+    whose output is not finite, or "input" when the stimuli themselves are not."""
+
+    def __init__(self, message, cell=None):
+        super().__init__(message)
+        self.cell = cell
+
+
 def deprecated(reason=""):
     """Mark a function as deprecated: it still works and warns once per call."""
 

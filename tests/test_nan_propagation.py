@@ -139,3 +139,67 @@ def test_c_kernel_propagates_nan_and_inf_as_numpy(case):
     net = PoisonNet(seed=sum(map(ord, case)))
     y = CASES[case](net)
     check_c(net.output(y), expect_c=[y])
+
+
+# -- fit stops on a non-finite loss ------------------------------------------------------------------
+def _fit_setup(monkeypatch, tmp_path, nan_stimulus=False, validation=False, lr=0.05):
+    from tests.test_deepnet_cell import _model
+
+    monkeypatch.chdir(tmp_path)   # fit writes weights_init/ and weights_validation/ here
+    rng = np.random.default_rng(1)
+    xs = [rng.random((1, 8, 8)).astype(np.float32) for _ in range(48)]
+    if nan_stimulus:
+        xs[5][0, 3, 4] = np.nan
+    ys = [int(x[0, :4].mean() > x[0, 4:].mean()) for x in xs]
+    db = n2d2.database.Numpy()
+    db.load(xs[:32], ys[:32], partition="Learn")
+    if validation:
+        db.load(xs[32:], ys[32:], partition="Validation")
+    provider = n2d2.provider.DataProvider(db, [8, 8, 1], batch_size=8)
+    model = _model()
+    model.set_solver(n2d2.solver.SGD(learning_rate=lr, momentum=0.9))
+    return model.to_deepnet_cell(provider)
+
+
+def _fc_cells(dn):
+    from n2d2.cells import Fc
+
+    return [c for c in dn if isinstance(c, Fc)]
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_fit_stops_naming_the_first_cell_whose_output_is_not_finite(monkeypatch, tmp_path, backend):
+    from n2d2.error_handler import NonFiniteError
+
+    dn = _fit_setup(monkeypatch, tmp_path)
+    dn.set_backend(backend)
+    fc = _fc_cells(dn)[0]
+    fc._weights[3, 5] = np.nan     # the convolution and pooling before it stay finite
+    with pytest.raises(NonFiniteError, match=f"'{fc.get_name()}'") as e:
+        dn.fit(1)
+    assert e.value.cell == fc.get_name() and isinstance(e.value, FloatingPointError)
+
+
+def test_fit_stops_on_a_nan_stimulus(monkeypatch, tmp_path):
+    from n2d2.error_handler import NonFiniteError
+
+    dn = _fit_setup(monkeypatch, tmp_path, nan_stimulus=True)
+    with pytest.raises(NonFiniteError, match="input stimuli") as e:
+        dn.fit(2)
+    assert e.value.cell == "input"
+
+
+def test_fit_stops_when_a_huge_learning_rate_diverges(monkeypatch, tmp_path):
+    from n2d2.error_handler import NonFiniteError
+
+    dn = _fit_setup(monkeypatch, tmp_path, lr=1e30)
+    with pytest.raises(NonFiniteError, match="first cell whose output is not finite") as e:
+        dn.fit(3)
+    assert e.value.cell in {c.get_name() for c in dn}
+
+
+def test_fit_without_the_check_never_keeps_non_finite_weights_as_the_best(monkeypatch, tmp_path):
+    dn = _fit_setup(monkeypatch, tmp_path, validation=True)
+    _fc_cells(dn)[0]._weights[0, 0] = np.nan
+    assert dn.fit(2, check_finite=False) is None          # no validation score was kept
+    assert not (tmp_path / "weights_validation").exists()
