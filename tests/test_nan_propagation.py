@@ -203,3 +203,56 @@ def test_fit_without_the_check_never_keeps_non_finite_weights_as_the_best(monkey
     _fc_cells(dn)[0]._weights[0, 0] = np.nan
     assert dn.fit(2, check_finite=False) is None          # no validation score was kept
     assert not (tmp_path / "weights_validation").exists()
+
+
+# -- empty batches and softmax over no channel ----------------------------------------------------------
+def _conv_net(batch):
+    net = Net(seed=2)
+    x = net.input((batch, 3, 5, 5))
+    return net, x, net.output(net.conv(x, 2, padding=(1, 1)))
+
+
+def test_a_batch_of_zero_is_a_clear_value_error_on_every_backend():
+    from n2d2.cells import Conv, Fc
+    from n2d2.codegen import numpy_exec
+    from n2d2.codegen.cuda_backend import CudaProgram
+    from tests.test_cuda_backend import _RenderOnly
+
+    empty = np.zeros((0, 3, 5, 5), dtype=np.float32)
+    net, x, _ = _conv_net(2)
+    with pytest.raises(ValueError, match="input 'input' fed a batch of 0"):
+        numpy_exec.run(net.g, {x: empty})
+    with pytest.raises(ValueError, match="input 'input' fed a batch of 0"):
+        c_backend.CProgram(net.g, [net.g.topological_order()]).feed({x: empty})
+    with pytest.raises(ValueError, match="input 'input' fed a batch of 0"):
+        CudaProgram(net.g, [net.g.topological_order()], training=False, device=_RenderOnly()).feed({x: empty})
+    with pytest.raises(ValueError, match=r"node 'conv' \(Conv\): input 0 \[0, 3, 5, 5\] has a batch of 0"):
+        _conv_net(0)   # a graph built for a batch of 0 (what every backend compiles from)
+    with pytest.raises(ValueError, match=r"Cell 'c0' \(Conv\): input of shape \[0, 3, 5, 5\] has a batch of 0"):
+        Conv(3, 2, [3, 3], name="c0")(n2d2.Tensor([0, 3, 5, 5]))
+    with pytest.raises(ValueError, match="Cell 'f0' .* batch of 0"):
+        Fc(12, 2, name="f0")(n2d2.Tensor([0, 3, 2, 2]))
+
+
+def test_a_batch_of_zero_into_a_deepnet_cell_is_a_value_error():
+    from n2d2.cells import Sequence
+
+    seq = Sequence([n2d2.cells.Conv(1, 2, [3, 3]), n2d2.cells.Fc(2 * 6 * 6, 3)])
+    dn = seq.to_deepnet_cell(n2d2.provider.TensorPlaceholder(n2d2.Tensor([2, 1, 8, 8])))
+    empty = n2d2.provider.TensorPlaceholder(n2d2.Tensor.from_numpy(np.zeros((0, 1, 8, 8), dtype=np.float32)))
+    with pytest.raises(ValueError, match=r"DeepNetCell .*input of shape \[0, 1, 8, 8\] has a batch of 0"):
+        dn(empty.get_data())
+
+
+def test_softmax_over_zero_channels_is_a_value_error_not_a_zero_division():
+    from n2d2.cells import Softmax
+    from n2d2.ops.softmax import softmax_forward
+
+    with pytest.raises(ValueError, match=r"Cell 'sm' \(Softmax\): softmax over 0 channels"):
+        Softmax(name="sm")(n2d2.Tensor([2, 0, 3, 3]))
+    net = Net(seed=3)
+    x = net.input((2, 0, 3, 3))
+    with pytest.raises(ValueError, match=r"node 'softmax' \(Softmax\): softmax over 0 channels"):
+        net.op("Softmax", [x], {"with_loss": False, "group_size": 0})
+    with pytest.raises(ValueError, match="Softmax over 0 channels"):
+        softmax_forward(np.zeros((2, 0, 3, 3), dtype=np.float32))

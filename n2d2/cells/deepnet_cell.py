@@ -321,6 +321,9 @@ class DeepNetCell(Iterable):
         deepnet = x.get_deepnet()
         data = x._data if x._data.dtype == np.float32 else x._data.astype(np.float32)
         n = int(data.shape[0])
+        if n == 0:
+            raise ValueError(f"DeepNetCell '{self._name}': input of shape {list(data.shape)} has a batch of 0; "
+                             "expected at least 1")
         self._last_input = data
         if self._inference:
             program = self._program("inference", n)

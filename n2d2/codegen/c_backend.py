@@ -613,7 +613,10 @@ class CProgram:
         return self._views[tensor]
 
     def feed(self, feeds):
+        from n2d2.codegen.numpy_exec import check_feed
+
         for name, value in feeds.items():
+            check_feed(self.graph, name, value)
             self._views[(name, 0)][...] = value
 
     def _call_args(self):
