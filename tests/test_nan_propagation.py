@@ -256,3 +256,49 @@ def test_softmax_over_zero_channels_is_a_value_error_not_a_zero_division():
         net.op("Softmax", [x], {"with_loss": False, "group_size": 0})
     with pytest.raises(ValueError, match="Softmax over 0 channels"):
         softmax_forward(np.zeros((2, 0, 3, 3), dtype=np.float32))
+
+
+# -- the exported C program ----------------------------------------------------------------------------
+def test_exported_program_propagates_nan_and_inf_as_numpy(tmp_path, monkeypatch):
+    """LeNet-like layers and a residual block, exported, built and run on stimuli holding NaN,
+    +Inf and -Inf: the same non-finite outputs (and the same arg-max score) as the numpy backend."""
+    import shutil
+
+    from n2d2.activation import Rectifier
+    from n2d2.cells import BatchNorm2d, Conv, Fc, Pool2d, Sequence, Softmax
+    from n2d2.codegen.compiler import find_compiler
+    from n2d2.export import export_c
+    from n2d2.models.resnet import BuildingBlock
+    from tests.test_export import _make, _run, _stimuli, _success_rate
+
+    if shutil.which("make") is None or find_compiler() is None:
+        pytest.skip("needs make and a C compiler")
+    monkeypatch.chdir(tmp_path)
+    n2d2.global_variables.seed = 2
+    rng = np.random.default_rng(5)
+    xs = [rng.normal(size=(3, 12, 12)).astype(np.float32) for _ in range(12)]
+    for k in (1, 4, 6, 9):    # some stimuli poisoned, the others stay finite
+        xs[k] = poison(rng, xs[k])
+    xs[6][:, 5:8, 5:8] = -np.inf  # a max-pool window of -inf only
+    database = n2d2.database.Numpy()
+    database.load(xs[:4], [0, 1, 2, 3], partition="Learn")
+    database.load(xs, [i % 5 for i in range(12)], partition="Test")
+    provider = n2d2.provider.DataProvider(database, [12, 12, 3], batch_size=4)
+    model = Sequence([Conv(3, 8, kernel_dims=[3, 3], padding_dims=[1, 1]), BatchNorm2d(8, activation=Rectifier()),
+                      BuildingBlock(8, 8), Pool2d(pool_dims=[2, 2], stride_dims=[2, 2], pooling="Max"),
+                      Conv(8, 6, kernel_dims=[3, 3], activation=Rectifier()), Fc(6 * 4 * 4, 5),
+                      Softmax(with_loss=True)])
+    dn = model.to_deepnet_cell(provider)
+    dn.set_backend("numpy")
+    folder = export_c(dn, export_folder_name="nan_export")
+    _make(folder)
+    stdout = _run(folder, "bin/network_test", "-q", "-d", "12", "outputs.bin")
+    inputs, labels = _stimuli(folder, (3, 12, 12))
+    assert np.array_equal(pattern(inputs), pattern(np.stack(xs)))
+    out = np.fromfile(f"{folder}/outputs.bin", dtype="<f4").reshape(12, 5)
+    from tests.test_export import _cell_outputs
+
+    expected = _cell_outputs(dn, inputs, 4)
+    assert pattern(expected).any() and not pattern(expected[[0, 2, 3]]).any()
+    assert np.array_equal(pattern(out), pattern(expected)), (pattern(out), pattern(expected))
+    assert _success_rate(stdout) == pytest.approx(100.0 * np.mean(expected.argmax(1) == labels), abs=0.006)
