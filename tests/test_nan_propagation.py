@@ -107,6 +107,7 @@ CASES = {
     "max_pool_global": lambda net: _pool(net, (3, 4, 5, 5), "Max", (5, 5), (1, 1), (0, 0), act="none"),
     "max_pool_mapping": lambda net: _pool(net, (2, 3, 6, 6), "Max", (2, 2), (2, 2), (0, 0), mapping=MAPPING),
     "avg_pool_pad": lambda net: _pool(net, (2, 3, 7, 8), "Average", (3, 3), (1, 2), (1, 1)),
+    "avg_pool_mapping": lambda net: _pool(net, (2, 3, 6, 6), "Average", (2, 2), (1, 1), (0, 0), mapping=MAPPING),
     "softmax": lambda net: net.op("Softmax", [net.source((3, 6, 2, 3))], {"with_loss": False, "group_size": 0}),
     "softmax_groups": lambda net: net.op("Softmax", [net.source((3, 6, 2, 3))], {"with_loss": False,
                                                                                 "group_size": 2}),
@@ -140,6 +141,35 @@ def test_c_kernel_propagates_nan_and_inf_as_numpy(case):
     y = CASES[case](net)
     check_c(net.output(y), expect_c=[y])
 
+
+def _resnet_block_graph(batch):
+    from n2d2.activation import Rectifier
+    from n2d2.cells import BatchNorm2d, Conv, Fc, Pool2d, Sequence, Softmax
+    from n2d2.models.resnet import BuildingBlock
+    from tests.test_cuda_backend import traced
+
+    n2d2.global_variables.seed = 7
+    net = Sequence([Conv(3, 8, kernel_dims=[3, 3], padding_dims=[1, 1], no_bias=True),
+                    BatchNorm2d(8, activation=Rectifier()), BuildingBlock(8, 8), BuildingBlock(8, 16, stride=2),
+                    Pool2d(pool_dims=[4, 4], stride_dims=[1, 1], pooling="Average"), Fc(16, 5),
+                    Softmax(with_loss=True)])
+    return traced(net, (batch, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet_block"])
+def test_c_network_training_step_propagates_nan_and_inf_as_numpy(name):
+    """A whole training graph (LeNet with its mapped convolution; a residual network) on a
+    batch where some stimuli hold NaN / +Inf / -Inf: every activation and gradient."""
+    from tests.test_cuda_backend import lenet_graph
+
+    net = Net(seed=9)
+    net.g = lenet_graph(3) if name == "lenet" else _resnet_block_graph(3)
+    x = net.g.inputs[0]
+    feeds = net.rng.standard_normal(net.g.output_types(x)[0].shape).astype(np.float32)
+    feeds[1] = poison(net.rng, feeds[1], count=2)   # stimuli 0 and 2 stay finite
+    net.feeds = {x: feeds}
+    p = check_c(net)
+    assert all(w == "c" for w in p.where.values()), {k: w for k, w in p.where.items() if w != "c"}
 
 # -- fit stops on a non-finite loss ------------------------------------------------------------------
 def _fit_setup(monkeypatch, tmp_path, nan_stimulus=False, validation=False, lr=0.05):
@@ -302,3 +332,57 @@ def test_exported_program_propagates_nan_and_inf_as_numpy(tmp_path, monkeypatch)
     assert pattern(expected).any() and not pattern(expected[[0, 2, 3]]).any()
     assert np.array_equal(pattern(out), pattern(expected)), (pattern(out), pattern(expected))
     assert _success_rate(stdout) == pytest.approx(100.0 * np.mean(expected.argmax(1) == labels), abs=0.006)
+
+
+# -- the CUDA source under the host emulator -------------------------------------------------------------
+def _cuda_patterns(record, values, what):
+    from tests.test_cuda_backend import to_host
+
+    ref = {(node, k): to_host(v) for node, outs in record.items() if node in values
+           for k, v in enumerate(values[node]) if v is not None}
+    out = {(node, k): to_host(a) for node, outs in record.items() if node in values for k, a in enumerate(outs)}
+    assert_same_pattern(ref, {k: out[k] for k in ref}, what)
+
+
+@pytest.mark.parametrize("name", ["conv", "fc_pool", "elementwise", "lenet"])
+def test_cuda_kernels_propagate_nan_and_inf_as_numpy_under_the_emulator(name):
+    """The CUDA source (compiled by g++ for the host emulator) on poisoned inputs: inference,
+    then one training step's forward and backward, against the numpy executor."""
+    from n2d2.codegen.cuda_backend import CudaProgram
+    from n2d2.codegen.numpy_exec import Session
+    from tests.test_cuda_backend import EMU, ZOO, clone, feeds_for, inference_program, lenet_graph
+
+    build = (lambda: lenet_graph(2)) if name == "lenet" else ZOO[name]
+    rng = np.random.default_rng(8)
+    g = build()
+    feeds = {k: poison(rng, v, count=2) for k, v in feeds_for(g, rng).items()}
+    prog = inference_program(g, EMU)
+    prog.feed(feeds)
+    record = {}
+    prog.run_phase(0, record=record)
+    session = Session(g, training=False)
+    session.feed(feeds)
+    session.run_nodes(session.order)
+    _cuda_patterns(record, session.values, "CUDA inference")
+
+    g = build()
+    tg, tr = build_training_graph(g), build_training_graph(clone(g))
+    seeds = list(tg.grad_inputs.values())
+    prog = CudaProgram(tg.graph, [tg.forward_nodes, seeds + tg.backward_nodes, tg.update_nodes], training=True,
+                       device=EMU)
+    seed_values = {k: rng.standard_normal(g.output_types(k[0])[k[1]].shape).astype(np.float32)
+                   for k in tg.grad_inputs}
+    n2d2.global_variables.seed = 100
+    session = Session(tr.graph, training=True, order=tr.forward_nodes)
+    session.feed(feeds)
+    session.run_nodes(tr.forward_nodes)
+    session.feed({tr.grad_inputs[k]: v for k, v in seed_values.items()})
+    session.run_nodes(tr.backward_nodes)
+    n2d2.global_variables.seed = 100
+    fwd, bwd = {}, {}
+    prog.feed(feeds)
+    prog.run_phase(0, record=fwd)
+    prog.feed({tg.grad_inputs[k]: v for k, v in seed_values.items()})
+    prog.run_phase(1, record=bwd)
+    _cuda_patterns(fwd, session.values, "CUDA training forward")
+    _cuda_patterns(bwd, session.values, "CUDA backward")

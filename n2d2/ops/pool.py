@@ -248,7 +248,7 @@ def mapped_max_pool_backward(dy, x, ctx, mapping, pool, stride=(1, 1), pad=(0, 0
     c = x.shape[1]
     dy = dy * connected[None, :, None, None]
     chosen = winner[:, None] == xp.arange(c).reshape(1, c, 1, 1, 1)  # [N, C, O, OH, OW]
-    dyc = (chosen * dy[:, None]).sum(axis=2).astype(dy.dtype)
+    dyc = xp.where(chosen, dy[:, None], dy.dtype.type(0)).sum(axis=2).astype(dy.dtype)  # routed, not * 0
     return max_pool_backward(dyc, x, yc, pool, stride, pad)
 
 
@@ -259,16 +259,26 @@ def _average_weights(mapping, pool, dtype):
     return m / xp.where(count > 0, count, 1)
 
 
+def _mix_channels(a, wm, mapping, transpose=False):
+    """out[n, o] = sum of a[n, c] * wm[c, o] over the channels c mapped to o (or the adjoint):
+    an einsum, unless a holds NaN / Inf: then the unmapped pairs are left out, not multiplied
+    by 0 (which would spread the NaN to every output)."""
+    xp = array_module(a)
+    if transpose:
+        wm, mapping = wm.T, xp.asarray(mapping).T
+    if bool(xp.isfinite(a).all()):
+        return xp.einsum("nchw,co->nohw", a, wm)
+    m = xp.asarray(mapping, dtype=bool)[None, :, :, None, None]
+    return xp.where(m, a[:, :, None] * wm[None, :, :, None, None], a.dtype.type(0)).sum(axis=1)
+
+
 def mapped_avg_pool_forward(x, mapping, pool, stride=(1, 1), pad=(0, 0)):
     """Sum over the windows of the mapped channels / (nb mapped channels * window size)."""
-    xp = array_module(x)
     s = _window_sums(x, pool, stride, pad)
-    wm = _average_weights(mapping, pool, x.dtype)
-    return xp.einsum("nchw,co->nohw", s, wm)
+    return _mix_channels(s, _average_weights(mapping, pool, x.dtype), mapping)
 
 
 def mapped_avg_pool_backward(dy, x_shape, mapping, pool, stride=(1, 1), pad=(0, 0)):
-    xp = array_module(dy)
     wm = _average_weights(mapping, pool, dy.dtype)
-    ds = xp.einsum("nohw,co->nchw", dy, wm)
+    ds = _mix_channels(dy, wm, mapping, transpose=True)
     return _window_sums_backward(ds, x_shape, pool, stride, pad)
