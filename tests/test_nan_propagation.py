@@ -67,8 +67,12 @@ def _rewritten(tg, p):
     return {tg.graph.inputs_of(n)[0] for n in tg.backward_nodes if tg.graph.op(n) == "Grad" and p.where[n] == "c"}
 
 
-def check_c(net, expect_c=()):
+def check_c(net, expect_c=(), poison_seeds=True):
+    """C vs numpy on `net`'s training graph; the output gradients (seeds) get NaN / Inf too."""
     tg, seeds = _training_outputs(net)
+    if poison_seeds:
+        rng = _rng(31)
+        seeds = {k: poison(rng, v) if v.size >= 6 else v for k, v in seeds.items()}
     ref = run_numpy_training(tg, net.feeds, seeds)
     out, p = run_c_training(tg, net.feeds, seeds)
     for node in expect_c:
@@ -95,6 +99,8 @@ CASES = {
     **{f"activation_{a}": (lambda net, a=a: net.op("Activation", [net.source((2, 3, 6, 5))],
                                                     {"activation": ACTIVATIONS[a]}))
        for a in ACTIVATIONS if a != "none"},
+    "activation_leaky": lambda net: net.op("Activation", [net.source((2, 3, 6, 5))], {"activation": (
+        "Rectifier", (("clipping", 0.0), ("leak_slope", 0.2)))}),
     "conv_relu": lambda net: net.conv(net.source((2, 3, 9, 8)), 4, padding=(1, 1), activation=ACTIVATIONS["relu"]),
     "conv_mapping_leaky": lambda net: net.conv(net.source((2, 3, 8, 8)), 4, k=(5, 5), mapping=MAPPING,
                                                activation=ACTIVATIONS["leaky_clip"]),
