@@ -174,7 +174,7 @@ def test_c_network_training_step_propagates_nan_and_inf_as_numpy(name):
     feeds = net.rng.standard_normal(net.g.output_types(x)[0].shape).astype(np.float32)
     feeds[1] = poison(net.rng, feeds[1], count=2)   # stimuli 0 and 2 stay finite
     net.feeds = {x: feeds}
-    p = check_c(net)
+    p = check_c(net, poison_seeds=False)   # finite seeds: the gradients' NaN come from the activations
     assert all(w == "c" for w in p.where.values()), {k: w for k, w in p.where.items() if w != "c"}
 
 # -- fit stops on a non-finite loss ------------------------------------------------------------------
