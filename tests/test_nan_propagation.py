@@ -392,3 +392,39 @@ def test_cuda_kernels_propagate_nan_and_inf_as_numpy_under_the_emulator(name):
     prog.run_phase(1, record=bwd)
     _cuda_patterns(fwd, session.values, "CUDA training forward")
     _cuda_patterns(bwd, session.values, "CUDA backward")
+
+
+# -- the finding: C backend vs onnxruntime -------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_deepnet_cell_gives_nan_where_onnxruntime_does(tmp_path, backend):
+    """A NaN pixel gave NaN on numpy and onnxruntime, but a confident softmax from the C backend."""
+    pytest.importorskip("onnxruntime")
+    from n2d2.activation import Rectifier
+    from n2d2.cells import Conv, ElemWise, Fc, Pool2d, Sequence, Softmax
+    from n2d2.tensor import Interface
+    from tests.test_onnx_import import provider_for, run_cell, run_ort
+
+    class Net(Sequence):
+        def __init__(self):
+            self.c1 = Conv(1, 4, [3, 3], activation=Rectifier())
+            self.c2 = Conv(1, 4, [3, 3], activation=Rectifier())
+            self.mx = ElemWise("Max")
+            self.pool = Pool2d([2, 2], stride_dims=[2, 2], pooling="Max")
+            self.fc = Fc(4 * 3 * 3, 5)
+            self.sm = Softmax()
+            super().__init__([self.c1, self.c2, self.mx, self.pool, self.fc, self.sm])
+
+        def __call__(self, x):
+            return self.sm(self.fc(self.pool(self.mx(Interface([self.c1(x), self.c2(x)])))))
+
+    n2d2.global_variables.seed = 3
+    dn = Net().to_deepnet_cell(provider_for((1, 8, 8)))
+    dn.set_backend(backend)
+    path = str(tmp_path / "net.onnx")
+    dn.export_onnx(path)
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    x[0, 0, 2, 5] = np.nan
+    x[2, 0, 6, 1] = np.inf
+    got, expected = run_cell(dn, x), run_ort(path, x)
+    assert pattern(expected)[0].all() and not pattern(expected)[1].any()
+    assert np.array_equal(pattern(got), pattern(expected)), (pattern(got), pattern(expected))
