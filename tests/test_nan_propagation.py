@@ -350,7 +350,7 @@ def _cuda_patterns(record, values, what):
     assert_same_pattern(ref, {k: out[k] for k in ref}, what)
 
 
-@pytest.mark.parametrize("name", ["conv", "fc_pool", "elementwise", "lenet"])
+@pytest.mark.parametrize("name", ["conv", "fc_pool", "elementwise", "bn", "lenet"])
 def test_cuda_kernels_propagate_nan_and_inf_as_numpy_under_the_emulator(name):
     """The CUDA source (compiled by g++ for the host emulator) on poisoned inputs: inference,
     then one training step's forward and backward, against the numpy executor."""
