@@ -66,6 +66,15 @@ class ParameterFileError(ValueError):
     files come from different exports); the message names the file, line and what was expected."""
 
 
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or an infinity; `cell` names the first cell (in execution order)
+    whose output is not finite, or "input" when the stimuli themselves are not."""
+
+    def __init__(self, message, cell=None):
+        super().__init__(message)
+        self.cell = cell
+
+
 def deprecated(reason=""):
     """Mark a function as deprecated: it still works and warns once per call."""
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from n2d2.cells.cell import Iterable
 from n2d2.deepnet import CallRecord
-from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.error_handler import NonFiniteError, WrongInputType, WrongValue
 from n2d2.tensor import Tensor
 
 VALID_METRICS = ("Sensitivity", "Specificity", "Precision", "NegativePredictiveValue", "MissRate", "FallOut",
@@ -79,10 +79,15 @@ class BestWeights:
         return self.score is None or score > self.score
 
     def record(self, score) -> bool:
-        """Keep the weights when `score` is the best so far; True when training should stop."""
-        if self.improves(score):
+        """Keep the weights when `score` is the best so far; True when training should stop.
+        Weights holding a NaN or an infinity are never kept (nor saved), whatever their score."""
+        params = self._deepnet._snapshot() if self.improves(score) else None
+        if params is not None and not all(np.isfinite(a).all() for a in params.values()):
+            print("Validation: the weights are not finite; not kept as the best")
+            params = None
+        if params is not None:
             self.score, self._stale = score, 0
-            self._params = self._deepnet._snapshot()
+            self._params = params
             self._deepnet.export_free_parameters("weights_validation", verbose=False)
             return False
         self._stale += 1
@@ -317,6 +322,10 @@ class DeepNetCell(Iterable):
         deepnet = x.get_deepnet()
         data = x._data if x._data.dtype == np.float32 else x._data.astype(np.float32)
         n = int(data.shape[0])
+        if n == 0:
+            raise ValueError(f"DeepNetCell '{self._name}': input of shape {list(data.shape)} has a batch of 0; "
+                             "expected at least 1")
+        self._last_input = data
         if self._inference:
             program = self._program("inference", n)
             outputs = program.run({program.graph.inputs[0]: data})
@@ -390,7 +399,39 @@ class DeepNetCell(Iterable):
         except ImportError:
             return None
 
-    def _run_epoch(self, partition: str, learn: bool, nb_max: int = -1, desc=None, shuffle=True):
+    def _first_non_finite(self, data):
+        """Name of the first cell (execution order) whose output on `data` is not finite: the
+        forward re-run on the numpy reference, only after a non-finite loss (the compiled
+        programs reuse activation buffers). "input" when the stimuli are not finite."""
+        from n2d2.backend import to_host
+        from n2d2.codegen.numpy_exec import Session
+
+        if not np.isfinite(to_host(data)).all():
+            return "input"
+        tg = self._program("training", int(data.shape[0])).tg
+        session = Session(tg.graph, training=True, order=tg.forward_nodes)
+        session.feed({tg.graph.inputs[0]: data})
+        for node in tg.forward_nodes:
+            session.run_nodes([node])
+            if not all(v is None or np.isfinite(to_host(v)).all() for v in session.values[node]):
+                cell = self._cell_of.get(node)
+                return cell.get_name() if cell is not None else node
+        return None
+
+    def _check_finite_loss(self, loss: float, epoch_desc: str):
+        """One test per step; on a NaN / infinite loss, stop naming the cell that produced it."""
+        if np.isfinite(loss):
+            return
+        cell = self._first_non_finite(self._last_input)
+        where = ("the input stimuli hold NaN or infinite values" if cell == "input" else
+                 f"the first cell whose output is not finite is '{cell}'" if cell is not None else
+                 "every cell output is finite on the reference backend (the loss itself overflowed)")
+        raise NonFiniteError(f"DeepNetCell '{self._name}': the training loss is {loss} ({epoch_desc}): {where}. "
+                             "Lower the learning rate or check the data; fit(check_finite=False) trains on "
+                             "regardless.", cell=cell)
+
+    def _run_epoch(self, partition: str, learn: bool, nb_max: int = -1, desc=None, shuffle=True,
+                   check_finite=False):
         """One pass over `partition`; returns (average success, images, seconds)."""
         provider, target = self._provider, self._target
         provider.set_partition(partition)
@@ -405,6 +446,8 @@ class DeepNetCell(Iterable):
         try:
             for x in provider.prefetch_batches(shuffle=shuffle and learn):
                 loss = target(self(x))
+                if check_finite:
+                    self._check_finite_loss(target.loss(), desc or partition)
                 if learn:
                     loss.back_propagate()
                     loss.update()
@@ -424,10 +467,14 @@ class DeepNetCell(Iterable):
         return target.get_success_rate(), seen, time.perf_counter() - start
 
     def fit(self, learn_epoch: int, log_epoch=1000, avg_window=10000, bench=False, ban_multi_device=False,
-            valid_metric="Sensitivity", stop_valid=0, log_kernels=False):
+            valid_metric="Sensitivity", stop_valid=0, log_kernels=False, check_finite=True):
         """Train `learn_epoch` epochs on Learn (shuffled), validating each epoch when the
         database has a Validation partition; the best weights (by `valid_metric`) are saved to
-        `weights_validation/` and restored at the end, the initial ones to `weights_init/`."""
+        `weights_validation/` and restored at the end, the initial ones to `weights_init/`.
+
+        `check_finite` (default True): a NaN or infinite training loss stops with
+        `n2d2.error_handler.NonFiniteError` naming the first cell whose output is not finite
+        (one test of the loss per step). Non-finite weights are never kept as the best."""
         if not isinstance(learn_epoch, int) or isinstance(learn_epoch, bool):
             raise WrongInputType("learn_epoch", type(learn_epoch), ["int"])
         if valid_metric not in VALID_METRICS:
@@ -439,7 +486,7 @@ class DeepNetCell(Iterable):
         has_validation = database.get_nb_stimuli("Validation") > 0
         best = BestWeights(self, stop_valid)
         for epoch in range(learn_epoch):
-            self._run_epoch("Learn", True, desc=f"epoch {epoch + 1}/{learn_epoch}")
+            self._run_epoch("Learn", True, desc=f"epoch {epoch + 1}/{learn_epoch}", check_finite=check_finite)
             if not has_validation:
                 continue
             self._run_epoch("Validation", False, desc="validation")

@@ -387,7 +387,9 @@ def _geometry(graph, node, training):
                 if len(nz) > 2:
                     return None
                 nz = (nz + [nz[-1] if nz else 0])[:2] if nz else [0, 0]
-                wts = [float(a[r, nz[0]]), float(a[r, nz[1]]) if nz[1] != nz[0] else 0.0]
+                wts = [float(a[r, nz[0]]), float(a[r, nz[1]])]
+                if nz[1] == nz[0]:   # one tap: two halves (exact), not w * x + 0 * x (Inf * 0 is NaN)
+                    wts = [wts[0] / 2, wts[0] / 2]
                 rows.append((nz[0], nz[1], wts[0], wts[1]))
             taps.append(rows)
         return dict(N=n, C=c, H=h, W=w, HO=ho, WO=wo, TH=taps[0], TW=taps[1])
@@ -612,7 +614,10 @@ class CProgram:
         return self._views[tensor]
 
     def feed(self, feeds):
+        from n2d2.codegen.numpy_exec import check_feed
+
         for name, value in feeds.items():
+            check_feed(self.graph, name, value)
             self._views[(name, 0)][...] = value
 
     def _call_args(self):

@@ -803,7 +803,10 @@ class CudaProgram:
         return self._views[tensor]
 
     def feed(self, feeds):
+        from n2d2.codegen.numpy_exec import check_feed
+
         for name, value in feeds.items():
+            check_feed(self.graph, name, value)
             self.device.copy_in(self._views[(name, 0)], value)
 
     def _refresh_table(self):

@@ -9,6 +9,16 @@ from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import GraphError
 
 
+def check_feed(graph, name, value):
+    """A ValueError for a feed with a batch of 0 into an input declared with a batch (the
+    reference fails on empty arrays, a compiled kernel would return nothing)."""
+    declared = graph.output_types(name)[0].shape if name in graph.inputs else ()
+    shape = getattr(value, "shape", ())
+    if len(shape) and shape[0] == 0 and len(declared) and declared[0] != 0:
+        raise ValueError(f"graph '{graph.name}': input '{name}' fed a batch of 0 (shape {list(shape)}); "
+                         "expected at least 1")
+
+
 class Session:
     """Values and forward contexts of one run of a graph, phase by phase."""
 
@@ -25,6 +35,7 @@ class Session:
             if name not in self.graph.inputs:
                 raise GraphError(f"graph '{self.graph.name}': '{name}' is not an input "
                                  f"(inputs: {', '.join(self.graph.inputs)})")
+            check_feed(self.graph, name, value)
             self.values[name] = [value]
             if value.ndim:
                 self.batch_size = int(value.shape[0])

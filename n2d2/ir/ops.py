@@ -78,6 +78,10 @@ class OpDef:
 
     def infer_types(self, attrs, in_types, param_shapes, node="?"):
         self.check_arity(node, len(in_types))
+        empty = [k for k, t in enumerate(in_types) if len(t.shape) and t.shape[0] == 0]
+        if empty:   # the reference would fail on empty arrays and a kernel return nothing
+            raise GraphError(f"node '{node}' ({self.name}): input {empty[0]} {list(in_types[empty[0]].shape)} has a "
+                             "batch of 0; expected at least 1")
         try:
             shapes = self._infer(attrs, [tuple(t.shape) for t in in_types], param_shapes)
         except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -350,6 +354,8 @@ class Softmax(OpDef):
     def _infer(self, attrs, in_shapes, param_shapes):
         shape = _concat_shape(in_shapes)
         g = attrs.get("group_size", 0)
+        if shape[1] == 0:
+            raise ValueError("softmax over 0 channels; expected at least 1")
         if g and shape[1] % g:
             raise ValueError(f"group_size {g} does not divide {shape[1]} channels")
         return [shape]

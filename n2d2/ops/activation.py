@@ -33,6 +33,8 @@ def rectifier_backward(dy, z, leak_slope=0.0, clipping=0.0):
         positive &= z < clipping
     if leak_slope == 0.0:
         return dy * positive
+    if clipping <= 0:   # a NaN z takes the leak, as the kernels' `y > 0 ? 1 : leak`
+        return xp.where(positive, dy, dy * dy.dtype.type(leak_slope))
     return xp.where(positive, dy, dy * dy.dtype.type(leak_slope) * (z <= 0))
 
 

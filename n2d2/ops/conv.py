@@ -336,8 +336,8 @@ def _effective_weights(weights, groups, mapping):
         if groups != 1:
             raise ValueError("conv2d: a mapping table is only supported with groups=1 (dense weights)")
         xp = array_module(weights)
-        mask = xp.asarray(mapping).T.astype(weights.dtype)
-        weights = weights * mask[:, :, None, None]
+        mask = xp.asarray(mapping).T.astype(bool)
+        weights = xp.where(mask[:, :, None, None], weights, weights.dtype.type(0))  # a NaN weight * 0 is NaN
     return weights.reshape(groups, o // groups, -1)
 
 
@@ -605,5 +605,5 @@ def _finish_weights_grad(dw, geom, mapping):
     xp = array_module(dw)
     dw = xp.ascontiguousarray(dw).reshape((geom.nb_outputs, -1) + geom.kernel)
     if mapping is not None:
-        dw *= xp.asarray(mapping).T.astype(dw.dtype)[:, :, None, None]
+        dw = xp.where(xp.asarray(mapping).T.astype(bool)[:, :, None, None], dw, dw.dtype.type(0))  # not NaN * 0
     return dw

@@ -7,7 +7,8 @@ resolved from the PerLayer / PerInput / PerChannel coefficient mode by the cell)
 - AbsSum:       y = sum_k w_k * |x_k|                 (d|x|/dx = +1 at 0, as N2D2)
 - EuclideanSum: y = sqrt(sum_k (w_k^2 * x_k^2 + s_k^2))  (gradient 0 where y == 0)
 - Prod:         y = prod_k x_k
-- Max:          y = max_k x_k; the gradient goes to the first input holding the max.
+- Max:          y = max_k x_k (NaN if any is); the gradient goes to the first input holding the
+                max (the first NaN), the others get 0.
 """
 from n2d2.backend import array_module
 
@@ -51,7 +52,7 @@ def elemwise_forward(xs, operation: str, weights, shifts):
         y = xs[0].copy()
         arg = xp.zeros(y.shape, dtype=xp.int32)
         for k, x in enumerate(xs[1:], start=1):
-            upd = x > y
+            upd = (x > y) | (xp.isnan(x) & ~xp.isnan(y))  # the first NaN wins, as np.maximum
             y = xp.where(upd, x, y)
             arg = xp.where(upd, k, arg)
         return y, arg
@@ -85,5 +86,5 @@ def elemwise_backward(dy, xs, ctx, operation: str, weights, shifts):
         return out
     if operation == "Max":
         arg = ctx
-        return [dy * (arg == k) for k in range(len(xs))]
+        return [xp.where(arg == k, dy, dy.dtype.type(0)) for k in range(len(xs))]
     raise ValueError(f"Unknown ElemWise operation '{operation}' (expected one of {', '.join(OPERATIONS)})")

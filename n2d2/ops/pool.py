@@ -5,6 +5,8 @@ Sizes are `(kh, kw)`, `(sh, sw)`, `(ph, pw)` in numpy order (cells convert from 
 
 - Max: padded positions never win; the gradient goes to the first maximum of each window in
   row-major order (as N2D2 and PyTorch). A window lying entirely in the padding gives 0.
+  NaN propagates: a window holding a NaN gives NaN and its gradient goes to its first NaN
+  (as np.argmax and PyTorch); -inf inputs stay -inf.
 - Average: divides by the full window, padded positions counted (N2D2 calls its CPU kernel
   with count-include-padding; cuDNN `AVERAGE_COUNT_INCLUDE_PADDING`).
 - Mapping (bool [C, O], rows = input channels): output o pools over the windows of every
@@ -25,6 +27,8 @@ max-pool backward 2.3 -> 0.75 ms, forward 0.83 -> 0.20 ms, the ReLU backward aft
 1.7 -> 0.4 ms. With rows contiguous (NCHW input), the non-overlapping forward reduces
 whole rows first (`_tiles`), which reads memory in order.
 """
+import numpy as np
+
 from n2d2.backend import array_module
 
 
@@ -119,9 +123,20 @@ def max_pool_forward(x, pool, stride=(1, 1), pad=(0, 0)):
         return _reduce(xp.maximum, [rows[..., kx] for kx in range(pool[1])])
     a = _padded(x, pad, -xp.inf)
     y = _reduce(xp.maximum, list(_views(a, pool, stride, out_hw)))
-    if pad != (0, 0) and (pad[0] >= pool[0] or pad[1] >= pool[1]):
-        y[y == -xp.inf] = 0  # windows entirely in the padding
+    if pad[0] >= pool[0] or pad[1] >= pool[1]:
+        y[:, :, xp.asarray(_all_padding(x.shape, pool, stride, pad, out_hw))] = 0
     return y
+
+
+def _all_padding(x_shape, pool, stride, pad, out_hw):
+    """[OH, OW] bool: the windows lying entirely in the padding (by position, not by value)."""
+    def empty(size, k, s, p, o):
+        start = np.arange(o) * s - p
+        return (start + k <= 0) | (start >= size)
+
+    rows = empty(x_shape[2], pool[0], stride[0], pad[0], out_hw[0])
+    cols = empty(x_shape[3], pool[1], stride[1], pad[1], out_hw[1])
+    return rows[:, None] | cols[None, :]
 
 
 def max_pool_backward(dy, x, y, pool, stride=(1, 1), pad=(0, 0)):
@@ -133,7 +148,7 @@ def max_pool_backward(dy, x, y, pool, stride=(1, 1), pad=(0, 0)):
         flat = x.reshape(n, c, -1)
         idx = flat.argmax(axis=2)
         onehot = xp.arange(flat.shape[2]).reshape(1, 1, -1) == idx[:, :, None]
-        return (onehot * dy.reshape(n, c, 1)).astype(dy.dtype).reshape(x.shape)
+        return xp.where(onehot, dy.reshape(n, c, 1), dy.dtype.type(0)).astype(dy.dtype).reshape(x.shape)
     out_hw = y.shape[2:]
     a = _padded(x, pad, -xp.inf)
     overlapping = stride[0] < pool[0] or stride[1] < pool[1]
@@ -144,8 +159,13 @@ def max_pool_backward(dy, x, y, pool, stride=(1, 1), pad=(0, 0)):
     share = xp.empty_like(dy) if overlapping else None  # one window offset's part of dy
     last = pool[0] * pool[1] - 1
     free = None  # windows whose first maximum is still to be found
+    has_nan = bool(xp.isnan(y).any())  # then a NaN window's gradient goes to its first NaN
+    # dy * won routes dy to the winner; a non-finite dy must not leak to the others (inf * 0)
+    route = xp.multiply if bool(xp.isfinite(dy).all()) else (lambda d, w, out: xp.copyto(out, xp.where(w, d, 0)))
     for k, (v, dv) in enumerate(zip(_views(a, pool, stride, out_hw), _views(da, pool, stride, out_hw))):
         won = v == y
+        if has_nan:
+            won |= xp.isnan(v)
         if free is None:
             if k < last:
                 free = ~won
@@ -154,10 +174,10 @@ def max_pool_backward(dy, x, y, pool, stride=(1, 1), pad=(0, 0)):
             if k < last:
                 free ^= won  # won is a subset of free: free &= ~won
         if overlapping:
-            xp.multiply(dy, won, out=share)
+            route(dy, won, out=share)
             dv += share
         else:
-            xp.multiply(dy, won, out=dv)
+            route(dy, won, out=dv)
     return _crop(da, pad, x.shape)
 
 
@@ -228,7 +248,7 @@ def mapped_max_pool_backward(dy, x, ctx, mapping, pool, stride=(1, 1), pad=(0, 0
     c = x.shape[1]
     dy = dy * connected[None, :, None, None]
     chosen = winner[:, None] == xp.arange(c).reshape(1, c, 1, 1, 1)  # [N, C, O, OH, OW]
-    dyc = (chosen * dy[:, None]).sum(axis=2).astype(dy.dtype)
+    dyc = xp.where(chosen, dy[:, None], dy.dtype.type(0)).sum(axis=2).astype(dy.dtype)  # routed, not * 0
     return max_pool_backward(dyc, x, yc, pool, stride, pad)
 
 
@@ -239,16 +259,26 @@ def _average_weights(mapping, pool, dtype):
     return m / xp.where(count > 0, count, 1)
 
 
+def _mix_channels(a, wm, mapping, transpose=False):
+    """out[n, o] = sum of a[n, c] * wm[c, o] over the channels c mapped to o (or the adjoint):
+    an einsum, unless a holds NaN / Inf: then the unmapped pairs are left out, not multiplied
+    by 0 (which would spread the NaN to every output)."""
+    xp = array_module(a)
+    if transpose:
+        wm, mapping = wm.T, xp.asarray(mapping).T
+    if bool(xp.isfinite(a).all()):
+        return xp.einsum("nchw,co->nohw", a, wm)
+    m = xp.asarray(mapping, dtype=bool)[None, :, :, None, None]
+    return xp.where(m, a[:, :, None] * wm[None, :, :, None, None], a.dtype.type(0)).sum(axis=1)
+
+
 def mapped_avg_pool_forward(x, mapping, pool, stride=(1, 1), pad=(0, 0)):
     """Sum over the windows of the mapped channels / (nb mapped channels * window size)."""
-    xp = array_module(x)
     s = _window_sums(x, pool, stride, pad)
-    wm = _average_weights(mapping, pool, x.dtype)
-    return xp.einsum("nchw,co->nohw", s, wm)
+    return _mix_channels(s, _average_weights(mapping, pool, x.dtype), mapping)
 
 
 def mapped_avg_pool_backward(dy, x_shape, mapping, pool, stride=(1, 1), pad=(0, 0)):
-    xp = array_module(dy)
     wm = _average_weights(mapping, pool, dy.dtype)
-    ds = xp.einsum("nohw,co->nchw", dy, wm)
+    ds = _mix_channels(dy, wm, mapping, transpose=True)
     return _window_sums_backward(ds, x_shape, pool, stride, pad)

@@ -45,8 +45,38 @@ def interpolation_matrix(out_size: int, in_size: int, mode: str, align_corners: 
 
 def resize_forward(x, a_h, a_w):
     """y[n, c] = a_h @ x[n, c] @ a_w^T (a_h, a_w in the array module of x)."""
+    if not _finite(x):
+        return _taps(a_h, _taps(a_w, x).swapaxes(-1, -2)).swapaxes(-1, -2)
     return a_h.astype(x.dtype) @ (x @ a_w.astype(x.dtype).T)
 
 
 def resize_backward(dy, a_h, a_w):
+    if not _finite(dy):
+        return _taps(a_h.T, _taps(a_w.T, dy).swapaxes(-1, -2)).swapaxes(-1, -2)
     return a_h.astype(dy.dtype).T @ (dy @ a_w.astype(dy.dtype))
+
+
+def _finite(x):
+    from n2d2.backend import array_module
+
+    return bool(array_module(x).isfinite(x).all())
+
+
+def _taps(a, x):
+    """x @ a.T reading only the non-zero taps of each row of a: a NaN or Inf reaches the outputs
+    that interpolate from it and no other (the matrix product gives 0 * Inf = NaN everywhere).
+    The kernels read the same taps."""
+    from n2d2.backend import array_module
+
+    xp = array_module(x)
+    a = np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float64)
+    nz = a != 0
+    k = max(1, int(nz.sum(axis=1).max()))
+    idx = np.zeros((a.shape[0], k), dtype=np.int64)
+    valid = np.zeros((a.shape[0], k), dtype=bool)
+    for r in range(a.shape[0]):
+        cols = np.nonzero(nz[r])[0]
+        idx[r, :cols.size], valid[r, :cols.size] = cols, True
+    w = xp.asarray(np.where(valid, a[np.arange(a.shape[0])[:, None], idx], 0.0), dtype=x.dtype)
+    taken = x[..., xp.asarray(idx)] * w  # [..., R, k]
+    return xp.where(xp.asarray(valid), taken, x.dtype.type(0)).sum(axis=-1)

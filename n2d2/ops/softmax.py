@@ -5,6 +5,8 @@ from n2d2.backend import array_module
 def _grouped(a, group_size):
     """View [N, C, H, W] as [N, C / g, g, H, W] (g = C when group_size is 0)."""
     n, c, h, w = a.shape
+    if c == 0:
+        raise ValueError(f"Softmax over 0 channels (input shape {list(a.shape)}); expected at least 1")
     g = group_size or c
     if c % g:
         raise ValueError(f"Softmax group_size {group_size} does not divide the {c} channels")

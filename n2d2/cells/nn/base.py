@@ -104,6 +104,10 @@ class NeuralNetworkCell(Configurable):
         for t in tensors[1:]:
             if t.get_deepnet() is not deepnet:
                 raise ValueError(f"Cell '{self._name}': its inputs belong to different graphs")
+        for t in tensors:
+            if t._data.ndim and t._data.shape[0] == 0:
+                raise ValueError(f"Cell '{self._name}' ({self.get_type()}): input of shape {list(t._data.shape)} has "
+                                 "a batch of 0; expected at least 1")
         self._check_input(tensors)
         xs = []
         for t in tensors:

@@ -40,6 +40,9 @@ class Softmax(LazyCell):
 
     def _build(self, tensors, channels):
         g = self._args["group_size"]
+        if channels == 0:
+            raise ValueError(f"Cell '{self._name}' (Softmax): softmax over 0 channels (input shapes "
+                             f"{[t.shape() for t in tensors]}); expected at least 1")
         if g and channels % g:
             raise ValueError(f"Cell '{self._name}' (Softmax): group_size {g} does not divide the {channels} "
                              f"input channels (input shapes {[t.shape() for t in tensors]})")
