@@ -12,8 +12,17 @@ import pytest
 import n2d2
 from n2d2.ir import epilogue  # noqa: F401  (registers the Epilogue op)
 from n2d2.ir.autodiff import build_training_graph
-from tests.test_c_backend import ACTIVATIONS, Net, _conv_attrs, _normal, _rng, _training_outputs, c_backend, \
-    run_c_training, run_numpy_training
+from tests.test_c_backend import (
+    ACTIVATIONS,
+    Net,
+    _conv_attrs,
+    _normal,
+    _rng,
+    _training_outputs,
+    c_backend,
+    run_c_training,
+    run_numpy_training,
+)
 
 pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
 

@@ -88,7 +88,7 @@ def _learn(deepnet, budget, log, valid_metric, stop_valid):
         period_done = 0
         while period_done < chunk:  # a period may span the end of a pass over Learn
             success, seen, _ = deepnet._run_epoch("Learn", True, nb_max=chunk - period_done,
-                                                  desc=f"learn {done + period_done}/{budget}")
+                                                  desc=f"learn {done + period_done}/{budget}", check_finite=True)
             if seen == 0:
                 break
             period_done += seen
