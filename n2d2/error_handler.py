@@ -56,6 +56,16 @@ class UndefinedModelError(RuntimeError):
         super().__init__(f"Undefined model '{model}': expected 'Frame' or 'Frame_CUDA'")
 
 
+class ModelFileError(ValueError):
+    """A model file (ONNX, ...) is malformed or exceeds a parser limit; the message names the file
+    and what was expected. Model files may come from strangers: sizes are checked before allocation."""
+
+
+class DataFileError(ValueError):
+    """A data file (IDX, CIFAR batch, label list) is malformed, truncated, too large or a
+    decompression bomb; the message names the file and what was expected."""
+
+
 def deprecated(reason=""):
     """Mark a function as deprecated: it still works and warns once per call."""
 
