@@ -219,7 +219,9 @@ def check_node_outputs(node, arrays, opset, label):
         if t is not None and t.tensor_type.HasField("shape"):
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim]
         if dims is not None and None not in dims:
-            check_dims(dims, f"{label}: output '{name}'", 64)
+            elem = t.tensor_type.elem_type
+            bits = 64 if elem in (0, 8) else elem_bits(elem, label)  # unknown or string: 8 bytes
+            check_dims(dims, f"{label}: output '{name}'", bits)
         elif name and node.op_type in _GROWS:
             raise _error(f"{label}: the size of output '{name}' cannot be bounded before evaluating this "
                          f"{node.op_type} (shape inference gives {dims})")
