@@ -155,6 +155,9 @@ _field_edit = st.one_of(
     st.tuples(st.just("reshape_init"), st.integers(0, 3), st.lists(st.integers(0, 9), max_size=5)),
     st.tuples(st.just("init_values"), st.integers(0, 3), st.lists(_ints, min_size=1, max_size=4)),
     st.tuples(st.just("set_attr"), st.integers(0, 9), st.tuples(st.integers(0, 3), st.lists(_ints, max_size=6))),
+    # a constant whose size comes from values (folded at import): ConstantOfShape/Tile/Expand/Range
+    st.tuples(st.just("grow"), st.integers(0, 3), st.lists(st.one_of(_ints, st.integers(1 << 10, 1 << 16)),
+                                                            min_size=1, max_size=4)),
 )
 
 
@@ -166,6 +169,25 @@ def _nested_graph(depth):
         node = helper.make_node("If", ["cond"], ["b"], then_branch=g, else_branch=leaf)
         g = helper.make_graph([node], f"level{k}", [], [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
     return g
+
+
+def _add_growing_constant(g, op, values):
+    """y -> z = y + sum(op(values)): the constant is folded at import, its size set by `values`."""
+    if any(o.name == "z" for o in g.output):
+        return
+    g.initializer.append(numpy_helper.from_array(np.array(values, np.int64), "gv"))
+    if op == "ConstantOfShape":
+        g.node.append(helper.make_node(op, ["gv"], ["gc"]))
+    elif op == "Range":
+        for name, value in (("g0", 0), ("g1", values[0]), ("g2", values[1] if len(values) > 1 else 1)):
+            g.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+        g.node.append(helper.make_node(op, ["g0", "g1", "g2"], ["gc"]))
+    else:
+        g.node.append(helper.make_node(op, ["fw", "gv"], ["gc"]))
+    g.node.append(helper.make_node("ReduceSum", ["gc"], ["rs"], keepdims=0))
+    g.node.append(helper.make_node("Cast", ["rs"], ["gr"], to=TensorProto.FLOAT))
+    g.node.append(helper.make_node("Add", ["y", "gr"], ["z"]))
+    g.output[0].name = "z"
 
 
 def _mutate_fields(edits):
@@ -241,6 +263,8 @@ def _mutate_fields(edits):
             a = numpy_helper.to_array(init)
             values = np.array(v, dtype=np.int64 if a.dtype == np.int64 else np.float64).astype(a.dtype)
             init.CopyFrom(numpy_helper.from_array(values, init.name))
+        elif kind == "grow":
+            _add_growing_constant(g, ["ConstantOfShape", "Tile", "Expand", "Range"][k], v)
         elif kind == "set_attr":
             slot, values = v
             if node.attribute:
@@ -254,11 +278,19 @@ def _mutate_fields(edits):
 
 
 def _onnx_fields_target(edits):
+    from n2d2.frontends import onnx_limits
+
     try:
-        raw = _mutate_fields(edits).SerializeToString()
+        with np.errstate(all="ignore"):
+            raw = _mutate_fields(edits).SerializeToString()
     except Exception:  # protobuf refuses the edit itself (e.g. a value out of range): not a file
         return
-    _import(raw)
+    # a low cap here: a folded constant under the default 8 GiB cap would be built for real
+    cap, onnx_limits.MAX_TENSOR_BYTES = onnx_limits.MAX_TENSOR_BYTES, 64 << 20
+    try:
+        _import(raw)
+    finally:
+        onnx_limits.MAX_TENSOR_BYTES = cap
 
 
 _field_edits = st.lists(_field_edit, min_size=1, max_size=4)
