@@ -71,6 +71,23 @@ def test_gzip_bomb_huge_header_is_rejected_from_the_header(tmp_path):
     assert "limit" in errors[0]
 
 
+def test_mnist_database_rejects_a_bomb_in_its_folder(tmp_path):
+    # The case: a bomb among the four MNIST files; the database refuses it, naming it.
+    _gzip_bomb(tmp_path / "train-images-idx3-ubyte.gz", _idx_header((2, 28, 28)))
+    for name, dims in (("train-labels-idx1-ubyte", (2,)), ("t10k-images-idx3-ubyte", (1, 28, 28)),
+                       ("t10k-labels-idx1-ubyte", (1,))):
+        (tmp_path / name).write_bytes(_idx_header(dims) + bytes(int(np.prod(dims))))
+    errors = []
+
+    def load():
+        with pytest.raises(DataFileError) as info:
+            mnist.MNIST(str(tmp_path))
+        errors.append(str(info.value))
+
+    assert _peak_bytes(load) < 4 << 20
+    assert "train-images-idx3-ubyte.gz: IDX file larger than expected" in errors[0]
+
+
 def test_gzip_header_larger_than_deflate_can_hold_is_rejected_before_allocation(tmp_path):
     # 512 MiB announced (under the cap) by a 1 KB gzip file: deflate cannot expand that far.
     path = tmp_path / "labels.idx.gz"
@@ -171,7 +188,7 @@ def test_onnx_tensor_cap_is_exact(tmp_path, monkeypatch):
     ([4, -4], bytes(64), r"negative dimension in \[4, -4\]"),
     ([5], bytes(16), r"shape \[5\] needs 20 bytes of raw_data, the file holds 16"),
     ([2] * 40, b"", "rank 40, more than the limit of 32"),
-])
+], ids=["huge", "negative", "short_raw_data", "rank"])
 def test_onnx_initializer_dims_are_checked_against_the_data(tmp_path, dims, raw, message):
     t = TensorProto(name="bad", data_type=TensorProto.FLOAT, dims=dims, raw_data=raw)
     path = _save(_fc_model(extra_graph_inits=[t]), tmp_path / "dims.onnx")
