@@ -6,8 +6,10 @@ subgraphs), the IDX reader (raw and gzip) and the CIFAR reader. Hypothesis runs 
 (the same examples every run); the CI portion is a few hundred examples per target, the
 `slow` ones many more.
 """
+import atexit
 import gzip
 import os
+import shutil
 import struct
 import tempfile
 
@@ -26,6 +28,7 @@ CI = dict(max_examples=500, derandomize=True, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 SLOW = dict(CI, max_examples=20000)
 _DIR = tempfile.mkdtemp(prefix="n2d2-fuzz-")
+atexit.register(shutil.rmtree, _DIR, True)
 
 
 def _file(name, raw):
