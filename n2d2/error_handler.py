@@ -61,7 +61,12 @@ class UndefinedModelError(RuntimeError):
         super().__init__(f"Undefined model '{model}': expected 'Frame' or 'Frame_CUDA'")
 
 
-class ParameterFileError(ValueError):
+class ModelFileError(ValueError):
+    """A model file (ONNX, ...) is malformed or exceeds a parser limit; the message names the file
+    and what was expected. Model files may come from strangers: sizes are checked before allocation."""
+
+
+class ParameterFileError(ModelFileError):
     """A parameter file (.syntxt) or parameter set is malformed, the wrong size, or torn (its
     files come from different exports); the message names the file, line and what was expected."""
 
@@ -73,6 +78,11 @@ class NonFiniteError(FloatingPointError):
     def __init__(self, message, cell=None):
         super().__init__(message)
         self.cell = cell
+
+
+class DataFileError(ValueError):
+    """A data file (IDX, CIFAR batch, label list) is malformed, truncated, too large or a
+    decompression bomb; the message names the file and what was expected."""
 
 
 def deprecated(reason=""):

@@ -723,6 +723,10 @@ class N2D2Backend(Backend):
 
     @classmethod
     def prepare(cls, model, device="CPU", **kwargs):
+        from n2d2.frontends import onnx_limits
+
+        # the model may come from a file of a stranger: tensor dims vs data and size caps first
+        onnx_limits.check_model(model, f"n2d2.onnx_backend: model '{model.graph.name}'")
         super().prepare(model, device, **kwargs)
         unsupported = sorted({n.op_type for n in model.graph.node
                               if n.domain not in ("", "ai.onnx") or n.op_type not in HANDLERS})

@@ -9,21 +9,38 @@ import os
 import numpy as np
 
 from n2d2.database.database import DATABASE_PARAMETERS, Database, check_fraction
-from n2d2.error_handler import WrongInputType
+from n2d2.error_handler import DataFileError, WrongInputType
 
 _SIDE = 32
 _PIXELS = 3 * _SIDE * _SIDE
 
 
-def read_cifar_file(path: str, nb_label_bytes: int):
-    """(images (n, 3, 32, 32) uint8 BGR, label bytes (n, nb_label_bytes)) of one binary file."""
+# Limits on untrusted CIFAR files (a real batch holds 30 MB, a label list 1 KB).
+MAX_CIFAR_BYTES = 4 << 30
+MAX_LABEL_NAMES_BYTES = 1 << 20
+
+
+def _checked_size(path: str, what: str, limit: int) -> int:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"CIFAR data file not found: {path}")
-    raw = np.fromfile(path, dtype=np.uint8)
+        raise FileNotFoundError(f"CIFAR {what} file not found: {path}")
+    size = os.path.getsize(path)
+    if size > limit:
+        raise DataFileError(f"{path}: {size} bytes, more than the {limit}-byte limit of a CIFAR {what} file")
+    return size
+
+
+def read_cifar_file(path: str, nb_label_bytes: int):
+    """(images (n, 3, 32, 32) uint8 BGR, label bytes (n, nb_label_bytes)) of one binary file.
+
+    The size on disk is checked (whole records, under `MAX_CIFAR_BYTES`) before anything is read."""
+    size = _checked_size(path, "data", MAX_CIFAR_BYTES)
     record = nb_label_bytes + _PIXELS
-    if raw.size == 0 or raw.size % record:
-        raise ValueError(f"{path}: {raw.size} bytes is not a whole number of {record}-byte CIFAR records "
-                         f"({nb_label_bytes} label byte(s) + {_PIXELS} pixel bytes): truncated or not a CIFAR file")
+    if size == 0 or size % record:
+        raise DataFileError(f"{path}: {size} bytes is not a whole number of {record}-byte CIFAR records "
+                            f"({nb_label_bytes} label byte(s) + {_PIXELS} pixel bytes): truncated or not a CIFAR file")
+    raw = np.fromfile(path, dtype=np.uint8, count=size)
+    if raw.size != size:
+        raise DataFileError(f"{path}: {raw.size} bytes read, {size} expected (the file changed while read)")
     records = raw.reshape(-1, record)
     labels = records[:, :nb_label_bytes].astype(np.int32)
     rgb = records[:, nb_label_bytes:].reshape(-1, 3, _SIDE, _SIDE)
@@ -31,13 +48,17 @@ def read_cifar_file(path: str, nb_label_bytes: int):
 
 
 def read_label_names(path: str) -> list:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CIFAR label names file not found: {path}")
-    with open(path) as f:
-        names = [line.strip() for line in f]
-    names = [n for n in names if n]
+    """The non-empty lines of a UTF-8 label list (under `MAX_LABEL_NAMES_BYTES`)."""
+    _checked_size(path, "label names", MAX_LABEL_NAMES_BYTES)
+    with open(path, "rb") as f:
+        raw = f.read(MAX_LABEL_NAMES_BYTES + 1)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{path}: not UTF-8 text (byte {e.start}): expected one label name per line") from None
+    names = [n for n in (line.strip() for line in text.split("\n")) if n]
     if not names:
-        raise ValueError(f"{path}: no label name in the file")
+        raise DataFileError(f"{path}: no label name in the file")
     return names
 
 
@@ -54,7 +75,7 @@ class _CIFAR(Database):
         images, label_bytes = read_cifar_file(path, self._label_bytes)
         labels = label_bytes[:, column]
         if labels.size and labels.max() >= len(self._label_names):
-            raise ValueError(f"{path}: label {int(labels.max())} but {names_file} names only "
+            raise DataFileError(f"{path}: label {int(labels.max())} but {names_file} names only "
                              f"{len(self._label_names)} labels")
         return images, labels
 

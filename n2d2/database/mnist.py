@@ -4,6 +4,7 @@ MNIST is by Yann LeCun, Corinna Cortes and Christopher J.C. Burges (CC BY-SA 3.0
 bundled in `data/mnist/` is described, with its provenance, in `data/mnist/SOURCE.md`.
 """
 import gzip
+import io
 import os
 import zlib
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from n2d2.configurable import Spec
 from n2d2.database.database import DATABASE_PARAMETERS, Database, check_fraction
-from n2d2.error_handler import WrongInputType
+from n2d2.error_handler import DataFileError, WrongInputType
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtypes.
 _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
@@ -21,58 +22,106 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+# Limits on untrusted IDX files. The largest real IDX file (MNIST training images) holds 47 MB.
+MAX_IDX_BYTES = 4 << 30      # declared payload (dims product x item size) of one file
+MAX_GZIP_RATIO = 1100        # deflate cannot expand more than ~1032:1; a header announcing more is a lie
+_CHUNK = 1 << 20
+
+
 def _read_raw(path: str) -> bytes:
+    """The file's bytes (compressed ones for `.gz`), after checking its size on disk."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"IDX file not found: {path}")
+    size = os.path.getsize(path)
+    if size > MAX_IDX_BYTES + 4 + 4 * 255:
+        raise DataFileError(f"{path}: {size} bytes on disk, more than the {MAX_IDX_BYTES}-byte limit of an IDX file")
     with open(path, "rb") as f:
         return f.read()
 
 
-def _decompress(raw: bytes, path: str) -> bytes:
-    if path.endswith(".gz"):
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    return raw
+def _read_exact(stream, n: int, path: str, what: str, into=None):
+    """Exactly `n` bytes of `stream` (read in chunks, never more), else a DataFileError naming `what`."""
+    buf = bytearray(n) if into is None else into
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = stream.readinto(view[got:got + _CHUNK])
+        if not k:
+            raise DataFileError(f"{path}: truncated IDX file: {what} needs {n} bytes, only {got} follow")
+        got += k
+    return buf
 
 
-def parse_idx(raw: bytes, path: str = "<bytes>", expected_ndim: int = None, expected_type: int = None) -> np.ndarray:
-    """Decode an IDX buffer (magic number, big-endian dimensions, payload), checking every length."""
-    if len(raw) < 4:
-        raise ValueError(f"{path}: truncated IDX file ({len(raw)} bytes, the 4-byte magic number is incomplete)")
-    zero0, zero1, type_code, ndim = raw[0], raw[1], raw[2], raw[3]
-    magic = int.from_bytes(raw[:4], "big")
+def _parse_idx_stream(stream, path, stored_size, compressed, expected_ndim, expected_type):
+    """Header first, its sizes checked against the limits and the stored bytes, then exactly
+    the announced payload; anything after it is an error. Never inflates more than announced."""
+    head = bytes(_read_exact(stream, 4, path, "the 4-byte magic number"))
+    zero0, zero1, type_code, ndim = head
+    magic = int.from_bytes(head, "big")
     if zero0 != 0 or zero1 != 0 or type_code not in _IDX_DTYPES or ndim == 0:
-        raise ValueError(f"{path}: bad IDX magic number 0x{magic:08x} (expected 0x0000TTDD with a type TT in "
-                         f"{', '.join(f'{t:02x}' for t in _IDX_DTYPES)} and DD dimensions): not an IDX file")
+        raise DataFileError(f"{path}: bad IDX magic number 0x{magic:08x} (expected 0x0000TTDD with a type TT in "
+                            f"{', '.join(f'{t:02x}' for t in _IDX_DTYPES)} and DD dimensions): not an IDX file")
     if expected_type is not None and type_code != expected_type:
-        raise ValueError(f"{path}: IDX data type 0x{type_code:02x}, expected 0x{expected_type:02x} "
-                         f"(magic number 0x{magic:08x})")
+        raise DataFileError(f"{path}: IDX data type 0x{type_code:02x}, expected 0x{expected_type:02x} "
+                            f"(magic number 0x{magic:08x})")
     if expected_ndim is not None and ndim != expected_ndim:
-        raise ValueError(f"{path}: IDX file has {ndim} dimension(s), expected {expected_ndim} "
-                         f"(magic number 0x{magic:08x})")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, {header} expected for {ndim} dimensions)")
-    dims = tuple(int.from_bytes(raw[4 + 4 * k:8 + 4 * k], "big") for k in range(ndim))
+        raise DataFileError(f"{path}: IDX file has {ndim} dimension(s), expected {expected_ndim} "
+                            f"(magic number 0x{magic:08x})")
+    try:
+        raw_dims = bytes(_read_exact(stream, 4 * ndim, path, f"the header of {ndim} dimensions"))
+    except DataFileError:
+        raise DataFileError(f"{path}: truncated IDX header ({4 * ndim} bytes of dimensions expected for "
+                            f"{ndim} dimensions)") from None
+    dims = tuple(int.from_bytes(raw_dims[4 * k:4 * k + 4], "big") for k in range(ndim))
     dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    found = len(raw) - header
+    count = 1
+    for d in dims:
+        count *= d  # Python ints: no overflow
+    expected = count * dtype.itemsize
     shape_text = "x".join(str(d) for d in dims)
-    if found < expected:
-        raise ValueError(f"{path}: truncated IDX file: the header announces {shape_text} values "
-                         f"({expected} bytes of data), only {found} bytes follow")
-    if found > expected:
-        raise ValueError(f"{path}: IDX file larger than expected: {found - expected} bytes after the "
-                         f"{shape_text} values the header announces")
-    array = np.frombuffer(raw, dtype=dtype, count=expected // dtype.itemsize, offset=header).reshape(dims)
-    return array.astype(dtype.newbyteorder("="), copy=False)
+    if expected > MAX_IDX_BYTES:
+        raise DataFileError(f"{path}: the IDX header announces {shape_text} values ({expected} bytes), more than "
+                            f"the {MAX_IDX_BYTES}-byte limit")
+    payload_room = stored_size - 4 - 4 * ndim
+    if compressed and expected > MAX_GZIP_RATIO * stored_size + 1024:
+        raise DataFileError(f"{path}: truncated IDX file: the header announces {shape_text} values ({expected} "
+                            f"bytes of data), more than {stored_size} bytes of gzip data can hold")
+    if not compressed and payload_room < expected:
+        raise DataFileError(f"{path}: truncated IDX file: the header announces {shape_text} values "
+                            f"({expected} bytes of data), only {payload_room} bytes follow")
+    if not compressed and payload_room > expected:
+        raise DataFileError(f"{path}: IDX file larger than expected: {payload_room - expected} bytes after the "
+                            f"{shape_text} values the header announces")
+    array = np.empty(count, dtype=dtype)
+    _read_exact(stream, expected, path, f"the {shape_text} values the header announces",
+                into=array.view(np.uint8))
+    if stream.read(1):
+        raise DataFileError(f"{path}: IDX file larger than expected: data follows the {shape_text} values the "
+                            f"header announces")
+    return array.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def parse_idx(raw: bytes, path: str = "<bytes>", expected_ndim: int = None, expected_type: int = None,
+              compressed: bool = None) -> np.ndarray:
+    """Decode an IDX buffer (magic number, big-endian dimensions, payload), checking every length
+    before allocating. `compressed` (default: `path` ends with `.gz`): `raw` is gzip data."""
+    if compressed is None:
+        compressed = path.endswith(".gz")
+    source = io.BytesIO(raw)
+    if not compressed:
+        return _parse_idx_stream(source, path, len(raw), False, expected_ndim, expected_type)
+    try:
+        with gzip.GzipFile(fileobj=source, mode="rb") as stream:
+            return _parse_idx_stream(stream, path, len(raw), True, expected_ndim, expected_type)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataFileError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    except DataFileError as e:
+        raise DataFileError(f"{e} (gzip data)") from None
 
 
 def read_idx(path: str, expected_ndim: int = None, expected_type: int = None) -> np.ndarray:
     """Read an IDX file, plain or `.gz`. Errors name the file and what is wrong."""
-    return parse_idx(_decompress(_read_raw(path), path), path, expected_ndim, expected_type)
+    return parse_idx(_read_raw(path), path, expected_ndim, expected_type)
 
 
 def find_idx_file(directory: str, base: str) -> str:
@@ -111,17 +160,17 @@ def load_mnist_arrays(data_path: str, label_path: str = ""):
     parts = []
     for k in (0, 2):
         img_file, lab_file = files[k], files[k + 1]
-        images = parse_idx(_decompress(raws[k], img_file), img_file, expected_ndim=3, expected_type=0x08)
-        labels = parse_idx(_decompress(raws[k + 1], lab_file), lab_file, expected_ndim=1, expected_type=0x08)
+        images = parse_idx(raws[k], img_file, expected_ndim=3, expected_type=0x08)
+        labels = parse_idx(raws[k + 1], lab_file, expected_ndim=1, expected_type=0x08)
         if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"MNIST: {img_file} holds {images.shape[0]} images but {lab_file} "
+            raise DataFileError(f"MNIST: {img_file} holds {images.shape[0]} images but {lab_file} "
                              f"holds {labels.shape[0]} labels")
         if labels.size and labels.max() > 9:
-            raise ValueError(f"{lab_file}: label value {int(labels.max())} is not a digit 0..9")
+            raise DataFileError(f"{lab_file}: label value {int(labels.max())} is not a digit 0..9")
         parts.append((images, labels))
     (train, train_labels), (test, test_labels) = parts
     if train.shape[1:] != test.shape[1:]:
-        raise ValueError(f"MNIST: training images are {train.shape[1:]} but test images are {test.shape[1:]}")
+        raise DataFileError(f"MNIST: training images are {train.shape[1:]} but test images are {test.shape[1:]}")
     n_train, n_test = train.shape[0], test.shape[0]
     data = np.empty((n_train + n_test, 1) + train.shape[1:], dtype=np.uint8)
     data[:n_train, 0] = train

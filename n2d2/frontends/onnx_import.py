@@ -2,8 +2,8 @@
 
 Steps (N2D2's `DeepNetGenerator::ONNX_processGraph`, reference section 2.2):
 
-1. load: `onnx.load`, `onnx.checker`, strict shape inference; any failure is an
-   `ONNXFormatError` naming the file;
+1. load: `onnx.load`, the size limits of `onnx_limits` (before any tensor is read),
+   `onnx.checker`, strict shape inference; any failure is an `ONNXFormatError` naming the file;
 2. walk the nodes in order (ONNX graphs are topologically sorted), skipping those no graph
    output depends on. A node whose inputs are all constants (initializers, `Constant`, the
    `Shape` of an activation, whose size is known) is evaluated at import with numpy (the
@@ -37,8 +37,11 @@ import warnings
 
 import numpy as np
 
+from n2d2.error_handler import ModelFileError
+from n2d2.frontends import onnx_limits
 
-class ONNXError(ValueError):
+
+class ONNXError(ModelFileError):
     """Base of the ONNX frontend errors; the message names the file and, where one is at fault,
     the node (its name, op type and first output)."""
 
@@ -83,9 +86,15 @@ def load_model(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ONNX model {path}: no such file")
     try:
-        model = onnx.load(path)
-    except Exception as e:  # protobuf DecodeError, truncated file, bad external data
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, truncated file, nesting deeper than protobuf's limit
         raise ONNXFormatError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    base_dir = os.path.dirname(os.path.abspath(path))
+    onnx_limits.check_model(model, path, base_dir)  # dims vs data, caps: before any tensor is read
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, base_dir)
+    except Exception as e:
+        raise ONNXFormatError(f"{path}: external data cannot be read ({type(e).__name__}: {e})") from None
     try:
         onnx.checker.check_model(model)
     except Exception as e:
@@ -94,6 +103,7 @@ def load_model(path):
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as e:
         raise ONNXFormatError(f"{path}: ONNX shape inference fails: {_first_line(e)}") from None
+    onnx_limits.check_value_infos(inferred, path)
     return model, inferred
 
 
@@ -423,6 +433,7 @@ class _Importer:
         copy.attribute.extend(node.attribute)
         g = helper.make_graph([copy], "fold", inputs, [helper.make_tensor_value_info(o, 0, None) for o in outs])
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
+        onnx_limits.check_node_outputs(node, arrays, self.opset, self._label(node))
         try:
             results = ReferenceEvaluator(m).run(None, feeds)
         except Exception as e:

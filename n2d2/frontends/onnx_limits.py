@@ -1,0 +1,227 @@
+"""Size limits on untrusted ONNX models, checked before anything is allocated from a declared size.
+
+ONNX files come from strangers. Every tensor's declared dims are checked (non-negative, rank,
+size under a cap) against the bytes it actually holds (raw_data, typed fields, or an external
+file that must lie inside the model's folder) before numpy sees it; the graph's node count and
+subgraph nesting are capped; shapes from ONNX shape inference and the outputs of constant
+folding are capped before they are materialized. The caps sit well above real models (VGG-16
+holds a 411 MB tensor, 528 MB in all): raise them here for larger ones.
+"""
+import os
+
+MAX_TENSOR_BYTES = 8 << 30   # one tensor (initializer, constant, inferred or folded value)
+MAX_TOTAL_BYTES = 32 << 30   # all the tensors a model holds (initializers, constants, external data)
+MAX_RANK = 32
+MAX_NODES = 1_000_000        # over the main graph, its subgraphs and the model's functions
+MAX_GRAPH_DEPTH = 16         # subgraph nesting (If/Loop/Scan bodies inside bodies)
+
+# ops whose output size comes from input values: folded only when inference bounds that size
+_GROWS = frozenset(("ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot", "EyeLike",
+                    "CenterCropPad", "Col2Im", "StringSplit", "Compress", "NonZero", "Unique", "TopK"))
+
+# bits per element of the types packed below one byte
+_SUB_BYTE_BITS = {"UINT4": 4, "INT4": 4, "FLOAT4E2M1": 4, "UINT2": 2, "INT2": 2, "FLOAT6E2M3": 6, "FLOAT6E3M2": 6}
+
+
+def _error(message):
+    from n2d2.frontends.onnx_import import ONNXFormatError
+
+    return ONNXFormatError(message)
+
+
+def check_dims(dims, label, elem_bits):
+    """Number of elements and of bytes of a tensor of `dims`; raises when a dim is negative, the
+    rank or the size is over the limits (Python ints: no overflow)."""
+    dims = [int(d) for d in dims]
+    if len(dims) > MAX_RANK:
+        raise _error(f"{label}: rank {len(dims)}, more than the limit of {MAX_RANK}")
+    if any(d < 0 for d in dims):
+        raise _error(f"{label}: negative dimension in {dims}")
+    count = 1
+    for d in dims:
+        count *= d
+    nbytes = (count * elem_bits + 7) // 8
+    if nbytes > MAX_TENSOR_BYTES:
+        raise _error(f"{label}: shape {dims} is {nbytes} bytes, more than the {MAX_TENSOR_BYTES}-byte limit "
+                     "of one tensor (n2d2.frontends.onnx_limits.MAX_TENSOR_BYTES)")
+    return count, nbytes
+
+
+def elem_bits(data_type, label):
+    """Bits per element of an ONNX TensorProto data type; raises for an unknown or undefined one."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    name = TensorProto.DataType.Name(data_type) if data_type in TensorProto.DataType.values() else None
+    if name is None or name == "UNDEFINED":
+        raise _error(f"{label}: unknown tensor data type {data_type}")
+    if name in _SUB_BYTE_BITS:
+        return _SUB_BYTE_BITS[name]
+    if name == "STRING":
+        return 0  # strings are counted by their own lengths
+    return 8 * np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
+class _Walker:
+    """Walks a model's graphs, subgraphs and functions, checking every tensor before use."""
+
+    def __init__(self, label, base_dir):
+        self.label = label
+        self.base_dir = base_dir
+        self.nodes = 0
+        self.total = 0
+
+    def graph(self, graph, depth):
+        if depth > MAX_GRAPH_DEPTH:
+            raise _error(f"{self.label}: subgraphs nested more than {MAX_GRAPH_DEPTH} deep")
+        where = f"graph '{graph.name}'" if depth else "the main graph"
+        for t in graph.initializer:
+            self.tensor(t, f"initializer '{t.name}'")
+        for s in graph.sparse_initializer:
+            self.sparse(s, f"sparse initializer '{s.values.name}'")
+        self.node_list(graph.node, depth, where)
+
+    def node_list(self, nodes, depth, where):
+        self.nodes += len(nodes)
+        if self.nodes > MAX_NODES:
+            raise _error(f"{self.label}: more than {MAX_NODES} nodes (in {where} and before it)")
+        for node in nodes:
+            for a in node.attribute:
+                self.attribute(a, f"node '{node.name}' ({node.op_type}) attribute '{a.name}'", depth)
+
+    def attribute(self, a, what, depth):
+        if a.HasField("t"):
+            self.tensor(a.t, what)
+        for t in a.tensors:
+            self.tensor(t, what)
+        if a.HasField("sparse_tensor"):
+            self.sparse(a.sparse_tensor, what)
+        for s in a.sparse_tensors:
+            self.sparse(s, what)
+        if a.HasField("g"):
+            self.graph(a.g, depth + 1)
+        for g in a.graphs:
+            self.graph(g, depth + 1)
+
+    def sparse(self, s, what):
+        check_dims(s.dims, f"{self.label}: {what}", 0)
+        self.tensor(s.values, what + " values")
+        self.tensor(s.indices, what + " indices")
+
+    def tensor(self, t, what):
+        label = f"{self.label}: {what}"
+        bits = elem_bits(t.data_type, label)
+        count, nbytes = check_dims(t.dims, label, bits)
+        if t.data_location == 1:  # TensorProto.EXTERNAL
+            nbytes = self.external(t, label, nbytes)
+        elif t.HasField("raw_data"):
+            if bits == 0:
+                raise _error(f"{label}: a string tensor cannot have raw_data")
+            if len(t.raw_data) != nbytes:
+                raise _error(f"{label}: shape {list(t.dims)} needs {nbytes} bytes of raw_data, the file holds "
+                             f"{len(t.raw_data)}")
+        else:
+            self.typed(t, label, count, bits)
+        self.total += nbytes
+        if self.total > MAX_TOTAL_BYTES:
+            raise _error(f"{self.label}: the tensors hold more than the {MAX_TOTAL_BYTES}-byte limit "
+                         "(n2d2.frontends.onnx_limits.MAX_TOTAL_BYTES)")
+
+    @staticmethod
+    def typed(t, label, count, bits):
+        from onnx import helper
+
+        field = helper.tensor_dtype_to_field(t.data_type)
+        held = len(getattr(t, field))
+        if t.data_type in (14, 15):  # COMPLEX64/128: two numbers per element
+            expected = 2 * count
+        elif bits < 8:  # sub-byte types are packed in int32_data
+            expected = None
+        else:
+            expected = count
+        if expected is None:
+            if held > count:
+                raise _error(f"{label}: shape {list(t.dims)} holds at most {count} packed values, {field} has {held}")
+        elif held != expected:
+            raise _error(f"{label}: shape {list(t.dims)} needs {expected} values, {field} has {held}")
+
+    def external(self, t, label, nbytes):
+        """Checks an external-data tensor: a file inside the model's folder, holding its bytes."""
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        if self.base_dir is None:
+            raise _error(f"{label}: external data '{location}' in a model not read from a file")
+        if not location or os.path.isabs(location) or ".." in location.replace("\\", "/").split("/"):
+            raise _error(f"{label}: external data location '{location}' must be a relative path inside the "
+                         "model's folder")
+        base = os.path.realpath(self.base_dir)
+        path = os.path.realpath(os.path.join(base, location))
+        if os.path.commonpath([base, path]) != base or not os.path.isfile(path):
+            raise _error(f"{label}: external data file '{location}' is not a file inside {self.base_dir}")
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else None
+        except ValueError:
+            raise _error(f"{label}: external data offset/length {info} are not integers") from None
+        size = os.path.getsize(path)
+        if length is None:
+            length = size - offset
+        if offset < 0 or length != nbytes or offset + length > size:
+            raise _error(f"{label}: shape {list(t.dims)} needs {nbytes} bytes of external data, '{location}' "
+                         f"gives offset {offset}, length {length} in a {size}-byte file")
+        return nbytes
+
+
+def check_model(model, label, base_dir=None):
+    """Raise `ONNXFormatError` naming `label` when the model breaks a limit or a tensor's dims
+    disagree with its data. `base_dir`: the folder external data may be read from (None: none)."""
+    walker = _Walker(label, base_dir)
+    walker.graph(model.graph, 0)
+    for f in model.functions:
+        walker.node_list(f.node, 1, f"function '{f.name}'")
+
+
+def check_value_infos(inferred, label):
+    """Shapes given by ONNX shape inference (fully known ones) must be under the tensor limit."""
+    from onnx import TensorProto
+
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if not t.HasField("shape") or not all(d.HasField("dim_value") for d in t.shape.dim):
+            continue
+        bits = 32 if t.elem_type in (0, TensorProto.STRING) else elem_bits(t.elem_type, label)
+        check_dims([d.dim_value for d in t.shape.dim], f"{label}: value '{vi.name}'", bits)
+
+
+def check_node_outputs(node, arrays, opset, label):
+    """Before a node is evaluated on constants: its output shapes, inferred from the input
+    values, must be known and under the tensor limit. Returns nothing; raises ONNXFormatError."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+        types, data = {}, {}
+        for name, a in zip(node.input, arrays):
+            if name and a is not None:
+                a = np.asarray(a)
+                types[name] = helper.make_tensor_type_proto(helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                if a.size <= 1 << 16:
+                    data[name] = numpy_helper.from_array(a, name)
+        outs = onnx.shape_inference.infer_node_outputs(schema, node, types, data,
+                                                       opset_imports=[helper.make_opsetid(node.domain, opset)])
+    except Exception:
+        outs = {}  # no inference: the op's own checks decide; ops in _GROWS are refused below
+    for name in node.output:
+        t = outs.get(name)
+        dims = None
+        if t is not None and t.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.tensor_type.shape.dim]
+        if dims is not None and None not in dims:
+            elem = t.tensor_type.elem_type
+            bits = 64 if elem in (0, 8) else elem_bits(elem, label)  # unknown or string: 8 bytes
+            check_dims(dims, f"{label}: output '{name}'", bits)
+        elif name and node.op_type in _GROWS:
+            raise _error(f"{label}: the size of output '{name}' cannot be bounded before evaluating this "
+                         f"{node.op_type} (shape inference gives {dims})")
