@@ -377,6 +377,17 @@ class EpochReport(Score):
         self._learn, self._learn_images, self._learn_end = [], 0, None
         self._epoch_start = time.perf_counter()
 
+    def checkpoint_state(self) -> dict:
+        """What `DeepNetCell.fit` saves with its checkpoint: the epochs reported so far."""
+        return {"epochs": self.epochs}
+
+    def restore_checkpoint_state(self, state: dict):
+        """Continue the report of a resumed run after its saved epochs."""
+        epochs = state.get("epochs", [])
+        if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
+            raise ValueError("checkpoint: the saved epoch report is not a list of records")
+        self.epochs = [dict(r) for r in epochs]
+
     def epochs_tsv(self) -> str:
         keys = ("epoch", "learn_loss", "learn_success", "validation_success", "validation_metric",
                 "images_per_second", "epoch_seconds")

@@ -492,7 +492,10 @@ class DeepNetCell(Iterable):
         best = BestWeights(self, stop_valid, write=world.is_root)
         first_epoch = 0
         if resume is not None:
-            first_epoch = checkpoints.restore(resume, self, best)["epoch"]
+            meta = checkpoints.restore(resume, self, best)
+            first_epoch = meta["epoch"]
+            if hasattr(self._target, "restore_checkpoint_state"):
+                self._target.restore_checkpoint_state(meta.get("extra") or {})
             if world.is_root:
                 print(f"Resuming from {checkpoints.resolve(resume)} after epoch {first_epoch}")
         elif world.is_root:
@@ -504,7 +507,8 @@ class DeepNetCell(Iterable):
             for epoch in range(first_epoch, learn_epoch):
                 stop = self._fit_epoch(epoch, learn_epoch, has_validation, valid_metric, best, world.is_root)
                 if checkpoint is not None and world.is_root:
-                    checkpoints.save(checkpoint, self, epoch + 1, best)
+                    extra = self._target.checkpoint_state() if hasattr(self._target, "checkpoint_state") else None
+                    checkpoints.save(checkpoint, self, epoch + 1, best, extra)
                 if stop:
                     break
         finally:
