@@ -65,8 +65,9 @@ class _Watchdog:
     """Exits the process when a collective waits longer than `timeout` seconds: the others are
     gone or hung. One daemon thread, armed and disarmed around each collective."""
 
-    def __init__(self, rank: int, size: int, timeout: float):
+    def __init__(self, rank: int, size: int, timeout: float, diagnose=None):
         self.rank, self.size, self.timeout = rank, size, timeout
+        self._diagnose = diagnose or (lambda: "")
         self._deadline = None
         self._what = ""
         self._lock = threading.Lock()
@@ -87,8 +88,12 @@ class _Watchdog:
                 late = self._deadline is not None and time.monotonic() > self._deadline
                 what = self._what
             if late:
+                try:
+                    detail = self._diagnose()
+                except Exception as e:  # the diagnosis must not keep the process alive
+                    detail = f" (could not tell which: {e})"
                 sys.stderr.write(f"n2d2 rank {self.rank}/{self.size}: {what} got no answer from the other ranks "
-                                 f"within {self.timeout:g} s (N2D2_MPI_TIMEOUT): a rank died or hangs; exiting\n")
+                                 f"within {self.timeout:g} s (N2D2_MPI_TIMEOUT){detail}; exiting\n")
                 sys.stderr.flush()
                 os._exit(3)
 
@@ -113,15 +118,44 @@ class MPIWorld:
             timeout = float(timeout)
         except ValueError:
             raise RuntimeError(f"N2D2_MPI_TIMEOUT={timeout!r}: expected a number of seconds") from None
-        self._watchdog = _Watchdog(self.rank, self.size, timeout)
+        self._sequence = 0
+        self._announced = False     # inside allreduce_sum: arrivals are announced to rank 0
+        self._watchdog = _Watchdog(self.rank, self.size, timeout, self._missing_ranks)
+
+    def _tag(self) -> int:
+        return _ARRIVAL_TAG + self._sequence % 30000
+
+    def _missing_ranks(self) -> str:
+        """On rank 0: the ranks whose arrival at the current all-reduce was not announced."""
+        if not self.is_root or not self._announced:
+            return ": a rank died or hangs" + ("" if self.is_root else " (rank 0 names it)")
+        tag = self._tag()
+        missing = [r for r in range(1, self.size) if not self.comm.Iprobe(source=r, tag=tag)]
+        if not missing:
+            return ": every rank arrived; the all-reduce itself hangs"
+        return f": lost rank(s) {', '.join(map(str, missing))} (died or hang)"
 
     def allreduce_sum(self, array: np.ndarray, what: str = "all-reduce") -> np.ndarray:
-        """Sum `array` (contiguous numpy) over the ranks, in place; returns it."""
+        """Sum `array` (contiguous numpy) over the ranks, in place; returns it.
+
+        Each rank but 0 first announces its arrival to rank 0 (one tiny message), so that when
+        the collective times out rank 0 names the ranks that never came."""
+        self._sequence += 1
+        tag = self._tag()
+        mark = np.array([self._sequence], dtype=np.int64)
+        sent = None if self.is_root else self.comm.Isend(mark, dest=0, tag=tag)
+        self._announced = True
         self._watchdog.arm(what)
         try:
             self.comm.Allreduce(self._MPI.IN_PLACE, array, op=self._MPI.SUM)
+            if self.is_root:
+                for r in range(1, self.size):
+                    self.comm.Recv(mark, source=r, tag=tag)
+            else:
+                sent.Wait()
         finally:
             self._watchdog.disarm()
+            self._announced = False
         return array
 
     def sum_objects(self, value, what: str = "reduction"):
@@ -163,6 +197,7 @@ class MPIWorld:
             self._watchdog.disarm()
 
 
+_ARRIVAL_TAG = 7100   # message tags of the all-reduce arrival announcements (7100..37099)
 _world = None
 
 

@@ -1,0 +1,122 @@
+"""Data-parallel fit under `mpirun -np 2` (one thread per rank): 2 ranks x batch 64 train as one
+process x batch 128, the ranks stay identical, validation is reduced; a lost rank stops the
+others with its name; one process never imports mpi4py."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from n2d2 import checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "tests", "distributed_fit.py")
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", TQDM_DISABLE="1",
+           OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+for _var in ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_SIZE", "PMI_RANK"):
+    ENV.pop(_var, None)
+MPIRUN = shutil.which("mpirun")
+
+needs_mpi = pytest.mark.skipif(MPIRUN is None or subprocess.run([sys.executable, "-c", "import mpi4py"]).returncode,
+                               reason="the mpi extra (mpi4py + an MPI with mpirun) is not installed")
+
+
+def _cmd(np_, out, *args):
+    run = [sys.executable, SCRIPT, str(out), *map(str, args)]
+    return ([MPIRUN, "--oversubscribe", "-np", str(np_)] + run) if np_ else run
+
+
+def _train(tmp_path, name, np_, *args, timeout=300, env=None):
+    out = tmp_path / name
+    out.mkdir()
+    proc = subprocess.run(_cmd(np_, out, *args), cwd=out, env=env or ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc
+
+
+def _result(out, rank=0):
+    weights = dict(np.load(out / f"weights_rank{rank}.npz"))
+    return weights, json.loads((out / f"result_rank{rank}.json").read_text())
+
+
+def test_one_process_does_not_import_mpi4py(tmp_path):
+    out, _ = _train(tmp_path, "one", 0, "numpy", 128, 1)
+    assert _result(out)[1] == {**_result(out)[1], "size": 1, "mpi4py": False}
+
+
+@needs_mpi
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_two_ranks_train_as_one_process_with_the_global_batch(tmp_path, backend):
+    one, _ = _train(tmp_path, "one", 0, backend, 128, 2)
+    two, _ = _train(tmp_path, "two", 2, backend, 64, 2)
+    w1, r1 = _result(one)
+    w2, r2 = _result(two, 0)
+    w2b, r2b = _result(two, 1)
+    _, init = _train(tmp_path, "init", 0, backend, 128, 0)
+    w0 = _result(tmp_path / "init")[0]
+    assert r2["size"] == r2b["size"] == 2 and r2["mpi4py"]
+    for name in w1:
+        assert np.array_equal(w2[name], w2b[name]), name              # identical on both ranks
+        moved = np.abs(w1[name] - w0[name]).max()
+        assert moved > 1e-4, name                                      # training did something
+        assert np.abs(w2[name] - w1[name]).max() < 1e-4 * moved, name  # float summation order only
+    # validation sharded and reduced: every one of the 100 images counted once
+    assert r1["validation_confusion"] == r2["validation_confusion"] == r2b["validation_confusion"]
+    assert np.sum(r2["validation_confusion"]) == 100
+    assert r1["score"] == r2["score"]
+    assert sorted(os.listdir(two)) == sorted(os.listdir(one) + ["weights_rank1.npz", "result_rank1.json"])
+
+
+@needs_mpi
+def test_ban_multi_device_trains_in_each_process_alone(tmp_path):
+    out, proc = _train(tmp_path, "ban", 2, "numpy", 128, 1, "--ban")
+    assert "ban_multi_device=True" in proc.stderr
+    one, _ = _train(tmp_path, "one", 0, "numpy", 128, 1)
+    w, r = _result(out)
+    assert r["size"] == 1 and all(np.array_equal(w[k], v) for k, v in _result(one)[0].items())
+
+
+def _start_stalling(tmp_path, env):
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = subprocess.Popen(_cmd(2, out, "numpy", 64, 3, "--checkpoint", out / "ck.npz", "--stall-rank", 1,
+                                 "--stall-after", 6), cwd=out, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 200
+    while not (out / "stalled").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (out / "stalled").exists(), proc.communicate()[0]
+    return out, proc
+
+
+@needs_mpi
+def test_a_killed_rank_stops_the_others_and_a_different_rank_count_resumes(tmp_path):
+    out, proc = _start_stalling(tmp_path, ENV)     # rank 1 stalls at its 6th step (epoch 2 of 3)
+    os.kill(int((out / "stalled").read_text()), signal.SIGKILL)
+    start = time.monotonic()
+    text, _ = proc.communicate(timeout=90)
+    assert proc.returncode != 0 and time.monotonic() - start < 60
+    assert "rank 1" in text, text
+    meta, _ = checkpoint.load(str(out / "ck.npz"))   # intact, from the last finished epoch
+    assert meta["epoch"] == 1
+    # resume with one process (batch 128: the same global batch) to the uninterrupted result
+    resumed, _ = _train(tmp_path, "resumed", 0, "numpy", 128, 3, "--resume", out / "ck.npz")
+    straight, _ = _train(tmp_path, "straight", 0, "numpy", 128, 3)
+    w, s = _result(resumed)[0], _result(straight)[0]
+    assert all(np.abs(w[k] - s[k]).max() < 1e-6 for k in s)
+
+
+@needs_mpi
+def test_a_hung_rank_is_named_by_rank_0_within_the_timeout(tmp_path):
+    out, proc = _start_stalling(tmp_path, dict(ENV, N2D2_MPI_TIMEOUT="5"))
+    start = time.monotonic()
+    text, _ = proc.communicate(timeout=90)
+    assert proc.returncode != 0 and time.monotonic() - start < 30
+    assert "n2d2 rank 0/2: gradient all-reduce" in text and "lost rank(s) 1" in text, text
