@@ -214,6 +214,11 @@ def init(kind: str = "auto"):
     return _world
 
 
+def is_root() -> bool:
+    """False only on the ranks other than 0 of a running data-parallel world (they print nothing)."""
+    return _world is None or _world.is_root
+
+
 def current(ban_multi_device: bool = False):
     """The world to train in; with `ban_multi_device`, one process whatever the launcher said."""
     if ban_multi_device:

@@ -351,7 +351,18 @@ class EpochReport(Score):
         total = int(self.get_confusion_matrix(partition).sum())
         return (self.get_success_rate(partition) if total else float("nan")), total
 
+    def _reduce_learn(self):
+        """Under data parallelism: the Learn losses and images of every rank (collective: every
+        rank reports at the same point of `fit`)."""
+        from n2d2 import distributed
+
+        world = distributed.current()
+        if world.size > 1:
+            self._learn = world.sum_objects(list(self._learn), what="epoch report") or []
+            self._learn_images = world.sum_objects(self._learn_images, what="epoch report")
+
     def _report(self, score, best):
+        self._reduce_learn()
         now = time.perf_counter()
         seconds = (self._learn_end or now) - self._epoch_start
         valid, nb_valid = self._accuracy("Validation") if score is not None else (float("nan"), 0)

@@ -120,3 +120,20 @@ def test_a_hung_rank_is_named_by_rank_0_within_the_timeout(tmp_path):
     text, _ = proc.communicate(timeout=90)
     assert proc.returncode != 0 and time.monotonic() - start < 30
     assert "n2d2 rank 0/2: gradient all-reduce" in text and "lost rank(s) 1" in text, text
+
+
+@needs_mpi
+def test_n2d2_train_under_mpirun_rank_0_alone_prints_and_writes(tmp_path):
+    proc = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", sys.executable, "-m", "n2d2", "train", "--epochs", "2",
+                           "--limit-train", "640", "--limit-test", "128", "--batch-size", "32", "--backend", "numpy",
+                           "--no-progress", "--output", str(tmp_path / "run")], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "2 MPI ranks (global batch 64)" in out
+    assert out.count("Test accuracy:") == 1 and out.count("Epoch 1/2:") == 1
+    assert out.count("Learning rate after 9(576) iteration(s)") == 1    # 576 learn images, global batch 64
+    assert "Test: 128 stimuli" in out and "(576 img" not in out
+    assert os.listdir(tmp_path) == ["run"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_images"] == 128 and summary["epochs"][0]["learn_images"] == 576
