@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Data-parallel training throughput: `DeepNetCell.fit` on 1 process x 1 thread, 2 MPI ranks x
-1 thread (`mpirun -np 2`, batch split over the ranks) and 1 process x 2 threads, same global
+1 thread (`mpirun -np 2`, batch split over the ranks; n2d2's default on shared cores, Open
+MPI yielding while it waits, and Open MPI's busy-polling) and 1 process x 2 threads, same global
 batch, same network (LeNet of bench_training.py: dense conv2, dropout; SGD momentum), synthetic
 32x32x1 data (no file reads), C backend by default.
 
@@ -78,15 +79,16 @@ def worker(args):
 
 
 CONFIGS = {
-    "1 process x 1 thread": (0, "1"),
-    "2 MPI ranks x 1 thread": (2, "1"),
-    "1 process x 2 threads": (0, "2"),
+    "1 process x 1 thread": (0, "1", {}),
+    "2 MPI ranks x 1 thread": (2, "1", {}),
+    "2 MPI ranks x 1 thread, busy-poll": (2, "1", {"OMPI_MCA_mpi_yield_when_idle": "0"}),
+    "1 process x 2 threads": (0, "2", {}),
 }
 
 
 def run_config(name, args, tmp):
-    ranks, threads = CONFIGS[name]
-    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS="1", TQDM_DISABLE="1",
+    ranks, threads, extra = CONFIGS[name]
+    env = dict(os.environ, **extra, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS="1", TQDM_DISABLE="1",
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--epochs", str(args.epochs), "--images",

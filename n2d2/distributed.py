@@ -98,10 +98,21 @@ class _Watchdog:
                 os._exit(3)
 
 
+def _yield_when_cores_are_shared():
+    """Open MPI busy-polls while a rank waits in a collective: right on a dedicated core, but
+    when the ranks of a node fill its cores the spinning rank steals the CPU of the rank it is
+    waiting for (2 ranks on 2 shared cores ran 2.6x slower, bench/RESULTS.md). Ask it to yield
+    then, unless the user chose (`OMPI_MCA_mpi_yield_when_idle`). Read by MPI_Init: call first."""
+    local = os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    if local and local.isdigit() and int(local) >= (os.cpu_count() or 1):
+        os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+
+
 class MPIWorld:
     """`MPI.COMM_WORLD` through mpi4py, with a watchdog on every collective."""
 
     def __init__(self):
+        _yield_when_cores_are_shared()
         try:
             from mpi4py import MPI
         except ImportError as e:

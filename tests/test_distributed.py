@@ -137,3 +137,51 @@ def test_n2d2_train_under_mpirun_rank_0_alone_prints_and_writes(tmp_path):
     assert os.listdir(tmp_path) == ["run"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_images"] == 128 and summary["epochs"][0]["learn_images"] == 576
+
+
+@pytest.mark.parametrize("size,n,batch", [(2, 512, 64), (3, 100, 16), (4, 10, 4)])
+def test_shards_are_disjoint_cover_the_epoch_and_have_equal_step_counts(size, n, batch):
+    import n2d2
+
+    rng = np.random.default_rng(0)
+    db = n2d2.database.Numpy()
+    db.load([rng.random((1, 2, 2)).astype(np.float32) for _ in range(n)], list(range(n)), partition="Learn")
+    seen, steps = [], []
+    for rank in range(size):
+        n2d2.global_variables.seed = 7           # every rank draws the same order
+        provider = n2d2.provider.DataProvider(db, [2, 2, 1], batch_size=batch)
+        provider.set_partition("Learn")
+        labels = []
+        for _ in provider.prefetch_batches(shuffle=True, shard=(rank, size)):
+            got = provider.get_labels().to_numpy().reshape(-1)
+            labels.append(got[got >= 0])
+        steps.append(len(labels))
+        seen.append(np.concatenate(labels))
+    everything = np.concatenate(seen)
+    assert sorted(everything.tolist()) == list(range(n))        # disjoint, and the whole epoch
+    assert len(set(steps)) == 1 and steps[0] == -(-n // (size * batch))
+    n2d2.global_variables.seed = 7
+    provider = n2d2.provider.DataProvider(db, [2, 2, 1], batch_size=batch * size)
+    provider.set_partition("Learn")
+    batches = provider.prefetch_batches(shuffle=True)
+    next(batches)                                               # the first global batch of one process
+    whole = provider.get_labels().to_numpy().reshape(-1)
+    batches.close()
+    assert sorted(whole[whole >= 0].tolist()) == sorted(np.concatenate([s[:batch] for s in seen]).tolist())
+
+
+def test_open_mpi_yields_only_when_the_ranks_fill_the_cores(monkeypatch):
+    from n2d2 import distributed
+
+    monkeypatch.delenv("OMPI_MCA_mpi_yield_when_idle", raising=False)
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", str(os.cpu_count() + 1))
+    distributed._yield_when_cores_are_shared()
+    assert os.environ["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    monkeypatch.setenv("OMPI_MCA_mpi_yield_when_idle", "0")        # the user's choice stays
+    distributed._yield_when_cores_are_shared()
+    assert os.environ["OMPI_MCA_mpi_yield_when_idle"] == "0"
+    monkeypatch.delenv("OMPI_MCA_mpi_yield_when_idle")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "1")
+    if os.cpu_count() > 1:
+        distributed._yield_when_cores_are_shared()
+        assert "OMPI_MCA_mpi_yield_when_idle" not in os.environ
