@@ -156,7 +156,8 @@ def restore(path: str, deepnet, best=None) -> dict:
                         for name, k in names.items()}
     # everything checked: now change the network
     for name, values in staged.items():
-        graph_params[name].array[...] = values
+        target = graph_params[name].array
+        target[...] = array_module(target).asarray(values)
     for state, entry, buffers, accumulated in solver_states:
         for key in _STATE_SCALARS:
             setattr(state, key, entry.get(key))
@@ -169,6 +170,7 @@ def restore(path: str, deepnet, best=None) -> dict:
     if best is not None and meta.get("best") is not None:
         best.score = meta["best"]["score"]
         best._stale = int(meta["best"]["stale"])
-        best._params = best_weights
+        best._params = None if best_weights is None else {
+            name: array_module(graph_params[name].array).asarray(v) for name, v in best_weights.items()}
     deepnet._invalidate()
     return meta
