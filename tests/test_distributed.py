@@ -185,3 +185,21 @@ def test_open_mpi_yields_only_when_the_ranks_fill_the_cores(monkeypatch):
     if os.cpu_count() > 1:
         distributed._yield_when_cores_are_shared()
         assert "OMPI_MCA_mpi_yield_when_idle" not in os.environ
+
+
+@needs_mpi
+def test_n2d2_run_ini_under_mpirun_shards_and_reduces(tmp_path):
+    from tests.test_ini_runner import tiny_model
+
+    model = tiny_model(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    proc = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", sys.executable, "-m", "n2d2", "run", model, "-learn",
+                           "144", "-log", "72", "-test", "-seed", "3", "-backend", "numpy", "-o", str(tmp_path / "out")],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.count("Output folder:") == 1 and out.count("Validation Sensitivity:") == 2
+    assert out.count("Learn: 72 stimuli") == 1 and "Learn: 144 stimuli" in out
+    assert out.count("Test success rate:") == 1 and "(12 stimuli)" in out      # both shards counted
+    assert sorted(os.listdir(tmp_path)) == sorted(before + ["out"])
+    assert (tmp_path / "out" / "weights_validation" / "fc_weights.syntxt").is_file()
