@@ -94,7 +94,9 @@ def run_config(name, args, tmp):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--epochs", str(args.epochs), "--images",
            str(args.images), "--batch", str(args.batch), "--backend", args.backend]
     if ranks:
-        cmd = [shutil.which("mpirun"), "--oversubscribe", "-np", str(ranks)] + cmd
+        local = os.path.join(os.path.dirname(sys.executable), "mpirun")
+        cmd = [local if os.access(local, os.X_OK) else shutil.which("mpirun"), "--oversubscribe", "-np",
+               str(ranks)] + cmd
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=1200)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:

@@ -21,7 +21,9 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", TQDM_DISAB
            PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 for _var in ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_SIZE", "PMI_RANK"):
     ENV.pop(_var, None)
-MPIRUN = shutil.which("mpirun")
+# the Open MPI wheel installs mpirun next to the interpreter (a virtualenv's bin/, maybe not on PATH)
+MPIRUN = next((m for m in (os.path.join(os.path.dirname(sys.executable), "mpirun"), shutil.which("mpirun"))
+               if m and os.access(m, os.X_OK)), None)
 
 needs_mpi = pytest.mark.skipif(MPIRUN is None or subprocess.run([sys.executable, "-c", "import mpi4py"]).returncode,
                                reason="the mpi extra (mpi4py + an MPI with mpirun) is not installed")
