@@ -57,6 +57,9 @@ class LocalWorld:
     def broadcast(self, array: np.ndarray, what: str = "") -> np.ndarray:
         return array
 
+    def check_same(self, facts: dict, what: str = ""):
+        pass
+
     def broadcast_object(self, value, what: str = ""):
         return value
 
@@ -182,6 +185,21 @@ class MPIWorld:
         for v in values[1:]:
             total = total + v
         return total
+
+    def check_same(self, facts: dict, what: str = "setup"):
+        """RuntimeError on every rank when the ranks' `facts` (small JSON-able values) differ:
+        ranks that disagree on batch size, data or network would deadlock or train wrongly."""
+        self._watchdog.arm(f"{what} check")
+        try:
+            every = self.comm.allgather(facts)
+        finally:
+            self._watchdog.disarm()
+        for key in facts:
+            values = [f.get(key) for f in every]
+            if any(v != values[0] for v in values):
+                differing = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values) if v != values[0])
+                raise RuntimeError(f"data-parallel {what}: the ranks disagree on {key} (rank 0: {values[0]!r}; "
+                                   f"{differing}); every rank must run the same network on the same data")
 
     def barrier(self, what: str = "barrier"):
         self._watchdog.arm(what)

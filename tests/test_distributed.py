@@ -211,3 +211,12 @@ def test_n2d2_run_ini_under_mpirun_shards_and_reduces(tmp_path):
     assert out.count("Test success rate:") == 1 and "(12 stimuli)" in out      # both shards counted
     assert sorted(os.listdir(tmp_path)) == sorted(before + ["out"])
     assert (tmp_path / "out" / "weights_validation" / "fc_weights.syntxt").is_file()
+
+
+@needs_mpi
+def test_ranks_with_different_batch_sizes_fail_at_once_naming_the_difference(tmp_path):
+    run = [sys.executable, SCRIPT, str(tmp_path), "numpy"]
+    proc = subprocess.run([MPIRUN, "--oversubscribe", "-np", "1", *run, "64", "1", ":", "-np", "1", *run, "32", "1"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "the ranks disagree on batch size (rank 0: 64; rank 1: 32)" in proc.stderr, proc.stderr

@@ -455,9 +455,17 @@ class DeepNetCell(Iterable):
                 offset += a.size
 
     def _share_initial_state(self, world):
-        """Rank 0's parameters and generator state on every rank (they differ with seed 0)."""
+        """Check that the ranks train the same network on the same data with the same batch,
+        then put rank 0's parameters and generator state on every rank (they differ with seed 0)."""
         from n2d2.backend import array_module, to_host
         from n2d2.settings import global_variables
+
+        database = self._provider.get_database()
+        world.check_same({
+            "batch size": self._provider.get_batch_size(),
+            "partition sizes": [database.get_nb_stimuli(p) for p in ("Learn", "Validation", "Test")],
+            "parameters": sorted((name, list(p.array.shape)) for name, p in self._graph.params.items()),
+            "backend": self._backend}, what=f"training of DeepNetCell '{self._name}'")
 
         for p in self._graph.params.values():
             host = np.ascontiguousarray(to_host(p.array))
