@@ -277,9 +277,9 @@ def _train(args) -> int:
         saved = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "verb")}
         atomic_write_text(os.path.join(output, RUN_ARGUMENTS), json.dumps(saved, indent=1) + "\n")
     say(f"n2d2 train: model {model_spec.name}, database {db_spec.name} ({data_path}: {counts['Learn']} learn, "
-          f"{counts['Validation']} validation, {counts['Test']} test), batch {args.batch_size}, "
-          f"{args.epochs} epoch(s), seed {args.seed}, device {args.device}"
-          + (f", {world.size} MPI ranks (global batch {args.batch_size * world.size})" if world.size > 1 else ""))
+        f"{counts['Validation']} validation, {counts['Test']} test), batch {args.batch_size}, "
+        f"{args.epochs} epoch(s), seed {args.seed}, device {args.device}"
+        + (f", {world.size} MPI ranks (global batch {args.batch_size * world.size})" if world.size > 1 else ""))
     say(f"Output folder: {output}")
     cwd = os.getcwd()
     if world.is_root:

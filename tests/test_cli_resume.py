@@ -4,8 +4,6 @@ import os
 import signal
 import time
 
-import pytest
-
 from tests.test_cli import ACCURACY_LINE, _finish, _run, _start
 
 ARGS = ["train", "--epochs", "3", "--limit-train", "640", "--limit-test", "128", "--batch-size", "64",

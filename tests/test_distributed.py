@@ -132,10 +132,10 @@ def test_a_hung_rank_is_named_by_rank_0_within_the_timeout(tmp_path):
 
 @needs_mpi
 def test_n2d2_train_under_mpirun_rank_0_alone_prints_and_writes(tmp_path):
-    proc = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", sys.executable, "-m", "n2d2", "train", "--epochs", "2",
-                           "--limit-train", "640", "--limit-test", "128", "--batch-size", "32", "--backend", "numpy",
-                           "--no-progress", "--output", str(tmp_path / "run")], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", sys.executable, "-m", "n2d2", "train",
+                           "--epochs", "2", "--limit-train", "640", "--limit-test", "128", "--batch-size", "32",
+                           "--backend", "numpy", "--no-progress", "--output", str(tmp_path / "run")],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "2 MPI ranks (global batch 64)" in out
@@ -201,8 +201,9 @@ def test_n2d2_run_ini_under_mpirun_shards_and_reduces(tmp_path):
 
     model = tiny_model(tmp_path)
     before = sorted(os.listdir(tmp_path))
-    proc = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", sys.executable, "-m", "n2d2", "run", model, "-learn",
-                           "144", "-log", "72", "-test", "-seed", "3", "-backend", "numpy", "-o", str(tmp_path / "out")],
+    proc = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", sys.executable, "-m", "n2d2", "run", model,
+                           "-learn", "144", "-log", "72", "-test", "-seed", "3", "-backend", "numpy",
+                           "-o", str(tmp_path / "out")],
                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
