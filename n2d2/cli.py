@@ -116,6 +116,9 @@ def add_train_parser(subparsers):
                    help="how DeepNetCell runs the compiled network: numpy executor, generated C or CUDA, or "
                         "auto (DeepNetCell's choice from --device and the compilers found; default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR from its last checkpoint, with its own options "
+                        "(the other options are ignored)")
     p.set_defaults(func=train_command)
     return p
 
@@ -207,11 +210,42 @@ def train_command(args) -> int:
             os.environ["TQDM_DISABLE"] = previous
 
 
+RUN_ARGUMENTS = "arguments.json"   # the options of a run, written when it starts (for --resume)
+
+
+def _resumed_arguments(args):
+    """`args` replaced by the options saved in the run folder `args.resume` (output: that folder)."""
+    run_dir = os.path.abspath(os.path.expanduser(args.resume))
+    path = os.path.join(run_dir, RUN_ARGUMENTS)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"--resume {run_dir}: no {RUN_ARGUMENTS} (not an `n2d2 train` output folder)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"--resume {run_dir}: cannot read {RUN_ARGUMENTS} ({e})") from None
+    if not os.path.isfile(os.path.join(run_dir, "checkpoint.npz")):
+        raise UserError(f"--resume {run_dir}: no checkpoint.npz (the run ended before its first epoch)")
+    parsed = build_parser().parse_args(["train"])
+    known = vars(parsed)
+    if not isinstance(saved, dict) or any(k not in known for k in saved):
+        raise UserError(f"--resume {run_dir}: {RUN_ARGUMENTS} holds unknown options")
+    for key, value in saved.items():
+        setattr(args, key, value)
+    args.output, args.resume = run_dir, run_dir
+    return args
+
+
 def _train(args) -> int:
     import n2d2
-    from n2d2 import training
+    from n2d2 import distributed, training
     from n2d2.cells import Sequence, Softmax
     from n2d2.utils import atomic_write_text
+
+    if args.resume:
+        args = _resumed_arguments(args)
+    world = distributed.current()
+    say = print if world.is_root else (lambda *a, **k: None)
 
     db_spec = training.check_database(args.database)
     model_spec = training.check_model(args.model, db_spec.name)
@@ -237,38 +271,48 @@ def _train(args) -> int:
         model.set_solver(solver)
     network = Sequence([model, Softmax(with_loss=True, name="softmax")], name=model.get_name())
 
-    _make_output_folder(output)
-    print(f"n2d2 train: model {model_spec.name}, database {db_spec.name} ({data_path}: {counts['Learn']} learn, "
-          f"{counts['Validation']} validation, {counts['Test']} test), batch {args.batch_size}, "
-          f"{args.epochs} epoch(s), seed {args.seed}, device {args.device}")
-    print(f"Output folder: {output}")
+    if world.is_root:
+        _make_output_folder(output)
+        from n2d2.utils import atomic_write_text
+
+        saved = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "verb")}
+        atomic_write_text(os.path.join(output, RUN_ARGUMENTS), json.dumps(saved, indent=1) + "\n")
+    say(f"n2d2 train: model {model_spec.name}, database {db_spec.name} ({data_path}: {counts['Learn']} learn, "
+        f"{counts['Validation']} validation, {counts['Test']} test), batch {args.batch_size}, "
+        f"{args.epochs} epoch(s), seed {args.seed}, device {args.device}"
+        + (f", {world.size} MPI ranks (global batch {args.batch_size * world.size})" if world.size > 1 else ""))
+    say(f"Output folder: {output}")
     cwd = os.getcwd()
-    os.chdir(output)   # the target's logs and fit's weights_init/ weights_validation/ go there
+    if world.is_root:
+        os.chdir(output)   # the target's logs and fit's weights_init/ weights_validation/ go there
     try:
-        target = training.EpochReport(provider, args.epochs, name="Target")
+        target = training.EpochReport(provider, args.epochs, name="Target", out=say)
         dn = network.to_deepnet_cell(provider, target)
         if args.backend != "auto":
             if not hasattr(dn, "set_backend"):
                 raise UserError(f"--backend {args.backend}: this DeepNetCell has no choice of backend")
             dn.set_backend(args.backend)
-        with contextlib.redirect_stdout(io.StringIO()) as table:
-            dn.summary()
-        atomic_write_text("model.txt", str(model) + "\n\n" + table.getvalue())
+        if world.is_root:
+            with contextlib.redirect_stdout(io.StringIO()) as table:
+                dn.summary()
+            atomic_write_text("model.txt", str(model) + "\n\n" + table.getvalue())
         start = time.perf_counter()
         target.start()
-        dn.fit(args.epochs, valid_metric=args.valid_metric)
+        dn.fit(args.epochs, valid_metric=args.valid_metric, checkpoint="checkpoint.npz" if world.is_root else None,
+               resume=os.path.join(output, "checkpoint.npz") if args.resume else None)
         train_seconds = time.perf_counter() - start
         if counts["Validation"] == 0:
-            print("(no validation: --validation 0; the last epoch's weights are kept)")
+            say("(no validation: --validation 0; the last epoch's weights are kept)")
         start = time.perf_counter()
         dn.run_test()
         test_seconds = time.perf_counter() - start
         accuracy, nb_test = training.partition_accuracy(target, "Test")
-        _write_logs(dn, target, args, output, data_path, counts, accuracy, nb_test, train_seconds, test_seconds)
+        if world.is_root:
+            _write_logs(dn, target, args, output, data_path, counts, accuracy, nb_test, train_seconds, test_seconds)
     finally:
         os.chdir(cwd)
-    print(f"Logs, plots and weights in {output}")
-    print(f"Test accuracy: {100 * accuracy:.2f} % ({nb_test} images)")
+    say(f"Logs, plots and weights in {output}")
+    say(f"Test accuracy: {100 * accuracy:.2f} % ({nb_test} images)")
     return 0
 
 

@@ -36,6 +36,10 @@ def _log_learning_rate(iteration: int, batch_size: int, lr: float):
     """Print N2D2's "Learning rate after ..." line once per change: every parameter's solver
     state reaches the same step at the same iteration, and one line says it for all of them."""
     global _last_learning_rate_log
+    from n2d2 import distributed
+
+    if not distributed.is_root():
+        return
     line = f"Learning rate after {iteration}({iteration * batch_size}) iteration(s): {lr}"
     if line != _last_learning_rate_log:
         _last_learning_rate_log = line

@@ -35,6 +35,7 @@ import warnings
 
 import numpy as np
 
+from n2d2 import distributed
 from n2d2.backend import array_module, to_host
 from n2d2.configurable import Configurable, Spec
 from n2d2.error_handler import WrongInputType, WrongValue
@@ -380,7 +381,7 @@ class Score(Target):
         if len(shape4) != 4:
             raise RuntimeError(f"Target '{self._name}': expected an NCHW output, got shape {list(y.shape)}")
         y4 = y.reshape(shape4)
-        if self._deepnet is None:
+        if self._deepnet is None and distributed.is_root():   # the other MPI ranks write nothing
             self._log_dir()
         self._deepnet = deepnet
         if self._config["data_as_target"]:

@@ -351,7 +351,18 @@ class EpochReport(Score):
         total = int(self.get_confusion_matrix(partition).sum())
         return (self.get_success_rate(partition) if total else float("nan")), total
 
+    def _reduce_learn(self):
+        """Under data parallelism: the Learn losses and images of every rank (collective: every
+        rank reports at the same point of `fit`)."""
+        from n2d2 import distributed
+
+        world = distributed.current()
+        if world.size > 1:
+            self._learn = world.sum_objects(list(self._learn), what="epoch report") or []
+            self._learn_images = world.sum_objects(self._learn_images, what="epoch report")
+
     def _report(self, score, best):
+        self._reduce_learn()
         now = time.perf_counter()
         seconds = (self._learn_end or now) - self._epoch_start
         valid, nb_valid = self._accuracy("Validation") if score is not None else (float("nan"), 0)
@@ -376,6 +387,17 @@ class EpochReport(Score):
         self._out(text + f"{record['images_per_second']:.0f} img/s, {record['epoch_seconds']:.1f} s")
         self._learn, self._learn_images, self._learn_end = [], 0, None
         self._epoch_start = time.perf_counter()
+
+    def checkpoint_state(self) -> dict:
+        """What `DeepNetCell.fit` saves with its checkpoint: the epochs reported so far."""
+        return {"epochs": self.epochs}
+
+    def restore_checkpoint_state(self, state: dict):
+        """Continue the report of a resumed run after its saved epochs."""
+        epochs = state.get("epochs", [])
+        if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
+            raise ValueError("checkpoint: the saved epoch report is not a list of records")
+        self.epochs = [dict(r) for r in epochs]
 
     def epochs_tsv(self) -> str:
         keys = ("epoch", "learn_loss", "learn_success", "validation_success", "validation_metric",

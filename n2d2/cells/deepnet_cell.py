@@ -68,9 +68,10 @@ class BestWeights:
     training (0: never).
     """
 
-    def __init__(self, deepnet, stop_valid: int):
+    def __init__(self, deepnet, stop_valid: int, write: bool = True):
         self.score = None          # the best score so far
         self._deepnet = deepnet
+        self._write = write        # False on the data-parallel ranks that write nothing
         self._stop_valid = stop_valid
         self._params = None
         self._stale = 0
@@ -88,7 +89,8 @@ class BestWeights:
         if params is not None:
             self.score, self._stale = score, 0
             self._params = params
-            self._deepnet.export_free_parameters("weights_validation", verbose=False)
+            if self._write:
+                self._deepnet.export_free_parameters("weights_validation", verbose=False)
             return False
         self._stale += 1
         if self._stop_valid and self._stale >= self._stop_valid:
@@ -126,6 +128,7 @@ class DeepNetCell(Iterable):
         self._input_cells = []
         self._deepnet = None
         self._batch_size = 1
+        self._world = None     # the data-parallel world of the running fit (n2d2.distributed)
         from n2d2.codegen.programs import select_backend
 
         self._backend = select_backend(backend)
@@ -383,7 +386,7 @@ class DeepNetCell(Iterable):
         program = self._last_program
         if program is None:
             return
-        program.update()
+        program.update(getattr(self, "_world", None))
         self._last_program = None
         self._invalidate_inference()
 
@@ -441,17 +444,19 @@ class DeepNetCell(Iterable):
         nb = provider.get_database().get_nb_stimuli(partition)
         if nb_max >= 0:
             nb = min(nb, nb_max)
-        bar = self._progress(nb, desc or partition)
+        world = self._world_or_local()
+        bar = self._progress(nb, desc or partition) if world.is_root else None
+        shard = (world.rank, world.size) if world.size > 1 else None
         seen, start = 0, time.perf_counter()
         try:
-            for x in provider.prefetch_batches(shuffle=shuffle and learn):
+            for x in provider.prefetch_batches(shuffle=shuffle and learn, shard=shard):
                 loss = target(self(x))
                 if check_finite:
                     self._check_finite_loss(target.loss(), desc or partition)
                 if learn:
                     loss.back_propagate()
                     loss.update()
-                step = min(provider.get_batch_size(), nb - seen)
+                step = min(provider.get_batch_size() * world.size, nb - seen)
                 seen += step
                 if bar is not None:
                     elapsed = max(time.perf_counter() - start, 1e-9)
@@ -464,40 +469,124 @@ class DeepNetCell(Iterable):
         finally:
             if bar is not None:
                 bar.close()
+        if world.size > 1:
+            self._reduce_pass(world, partition, learn)
         return target.get_success_rate(), seen, time.perf_counter() - start
 
+    def _world_or_local(self):
+        from n2d2.distributed import LocalWorld
+
+        return getattr(self, "_world", None) or LocalWorld()
+
+    def _reduce_pass(self, world, partition, learn):
+        """After a sharded pass: the confusion matrix summed over the ranks (scores of the whole
+        partition); after learning, the parameters no solver updates (BatchNorm running
+        statistics, per rank during the epoch) averaged so that every rank holds the same."""
+        score = self._target._score(partition)
+        score.confusion = world.sum_objects(score.confusion, what=f"{partition} confusion-matrix reduction")
+        if not learn:
+            return
+        stats = [p.array for p in self._graph.params.values() if not p.trainable]
+        if stats:
+            from n2d2.backend import array_module, to_host
+
+            flat = np.concatenate([to_host(a).reshape(-1).astype(np.float64) for a in stats])
+            world.allreduce_sum(flat, what="running-statistics all-reduce")
+            flat /= world.size
+            offset = 0
+            for a in stats:
+                a[...] = array_module(a).asarray(flat[offset:offset + a.size].reshape(a.shape).astype(a.dtype))
+                offset += a.size
+
+    def _share_initial_state(self, world):
+        """Check that the ranks train the same network on the same data with the same batch,
+        then put rank 0's parameters and generator state on every rank (they differ with seed 0)."""
+        from n2d2.backend import array_module, to_host
+        from n2d2.settings import global_variables
+
+        database = self._provider.get_database()
+        world.check_same({
+            "batch size": self._provider.get_batch_size(),
+            "partition sizes": [database.get_nb_stimuli(p) for p in ("Learn", "Validation", "Test")],
+            "parameters": sorted((name, list(p.array.shape)) for name, p in self._graph.params.items()),
+            "backend": self._backend}, what=f"training of DeepNetCell '{self._name}'")
+
+        for p in self._graph.params.values():
+            host = np.ascontiguousarray(to_host(p.array))
+            world.broadcast(host, what="initial parameters broadcast")
+            p.array[...] = array_module(p.array).asarray(host)
+        global_variables.rng.bit_generator.state = world.broadcast_object(global_variables.rng.bit_generator.state,
+                                                                          what="generator state broadcast")
+
     def fit(self, learn_epoch: int, log_epoch=1000, avg_window=10000, bench=False, ban_multi_device=False,
-            valid_metric="Sensitivity", stop_valid=0, log_kernels=False, check_finite=True):
+            valid_metric="Sensitivity", stop_valid=0, log_kernels=False, check_finite=True, resume=None,
+            checkpoint="checkpoint.npz"):
         """Train `learn_epoch` epochs on Learn (shuffled), validating each epoch when the
         database has a Validation partition; the best weights (by `valid_metric`) are saved to
         `weights_validation/` and restored at the end, the initial ones to `weights_init/`.
 
         `check_finite` (default True): a NaN or infinite training loss stops with
         `n2d2.error_handler.NonFiniteError` naming the first cell whose output is not finite
-        (one test of the loss per step). Non-finite weights are never kept as the best."""
+        (one test of the loss per step). Non-finite weights are never kept as the best.
+
+        After each epoch the whole training state goes to `checkpoint` (None: not saved);
+        `resume` (a checkpoint or a folder holding `checkpoint.npz`) continues a run from its
+        last saved epoch to the same result as a run never interrupted. Under an MPI launcher
+        with several ranks the epoch is sharded over them (`n2d2.distributed`); rank 0 alone
+        writes files; `ban_multi_device` trains in this process alone."""
+        from n2d2 import checkpoint as checkpoints
+        from n2d2 import distributed
+
         if not isinstance(learn_epoch, int) or isinstance(learn_epoch, bool):
             raise WrongInputType("learn_epoch", type(learn_epoch), ["int"])
         if valid_metric not in VALID_METRICS:
             raise WrongValue("valid_metric", valid_metric, VALID_METRICS)
         if self._provider is None or self._target is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': fit() needs a provider and a target")
+        world = distributed.current(ban_multi_device)
         database = self._provider.get_database()
-        self.export_free_parameters("weights_init", verbose=False)
         has_validation = database.get_nb_stimuli("Validation") > 0
-        best = BestWeights(self, stop_valid)
-        for epoch in range(learn_epoch):
-            self._run_epoch("Learn", True, desc=f"epoch {epoch + 1}/{learn_epoch}", check_finite=check_finite)
-            if not has_validation:
-                continue
-            self._run_epoch("Validation", False, desc="validation")
-            score = self._target.get_average_score(valid_metric)
-            self._target.new_validation_point(score=score)
-            print(f"Validation {valid_metric}: {100 * score:.2f}%" + (" (best)" if best.improves(score) else ""))
-            if best.record(score):
-                break
+        best = BestWeights(self, stop_valid, write=world.is_root)
+        first_epoch = 0
+        if resume is not None:
+            meta = checkpoints.restore(resume, self, best)
+            first_epoch = meta["epoch"]
+            if hasattr(self._target, "restore_checkpoint_state"):
+                self._target.restore_checkpoint_state(meta.get("extra") or {})
+            if world.is_root:
+                print(f"Resuming from {checkpoints.resolve(resume)} after epoch {first_epoch}")
+        elif world.is_root:
+            self.export_free_parameters("weights_init", verbose=False)
+        self._world = world
+        try:
+            if world.size > 1:
+                self._share_initial_state(world)
+            for epoch in range(first_epoch, learn_epoch):
+                stop = self._fit_epoch(epoch, learn_epoch, has_validation, valid_metric, best, world.is_root,
+                                       check_finite)
+                if checkpoint is not None and world.is_root:
+                    extra = self._target.checkpoint_state() if hasattr(self._target, "checkpoint_state") else None
+                    checkpoints.save(checkpoint, self, epoch + 1, best, extra)
+                if stop:
+                    break
+        finally:
+            self._world = None
         best.restore()
         self._provider.set_partition("Learn")
         return best.score
+
+    def _fit_epoch(self, epoch, learn_epoch, has_validation, valid_metric, best, verbose,
+                   check_finite=True) -> bool:
+        """One epoch of `fit`: learn, then validate; True when early stopping says stop."""
+        self._run_epoch("Learn", True, desc=f"epoch {epoch + 1}/{learn_epoch}", check_finite=check_finite)
+        if not has_validation:
+            return False
+        self._run_epoch("Validation", False, desc="validation")
+        score = self._target.get_average_score(valid_metric)
+        self._target.new_validation_point(score=score)
+        if verbose:
+            print(f"Validation {valid_metric}: {100 * score:.2f}%" + (" (best)" if best.improves(score) else ""))
+        return best.record(score)
 
     def run_test(self, log=1000, report=100, nb_test=-1, test_index=-1, test_id=-1, qat_sat=False,
                  log_kernels=False, wt_round_mode="NONE", b_round_mode="NONE", c_round_mode="NONE",
@@ -507,11 +596,19 @@ class DeepNetCell(Iterable):
         per-batch average, weighs a partial last batch like a full one)."""
         if self._provider is None or self._target is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': run_test() needs a provider and a target")
-        success, seen, seconds = self._run_epoch("Test", False, nb_max=nb_test, desc="test", shuffle=False)
-        print(f"Test: {seen} stimuli, success {100 * success:.2f}% of the stimuli "
-              f"({seen / max(seconds, 1e-9):.0f} img/s)")
-        self._target.log_confusion_matrix("Test")
-        self._target.log_success("Test")
+        from n2d2 import distributed
+
+        self._world = distributed.current() if nb_test < 0 else distributed.LocalWorld()
+        try:
+            success, seen, seconds = self._run_epoch("Test", False, nb_max=nb_test, desc="test", shuffle=False)
+            is_root = self._world.is_root
+        finally:
+            self._world = None
+        if is_root:
+            print(f"Test: {seen} stimuli, success {100 * success:.2f}% of the stimuli "
+                  f"({seen / max(seconds, 1e-9):.0f} img/s)")
+            self._target.log_confusion_matrix("Test")
+            self._target.log_success("Test")
         return success
 
     def _snapshot(self):

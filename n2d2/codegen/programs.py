@@ -6,6 +6,8 @@ target in between. `select_backend()` picks the backend: an explicit name, else 
 `n2d2.global_variables.default_model` ("Frame": C when a compiler is found, else numpy;
 "Frame_CUDA": the CUDA backend, which needs CuPy and a device).
 """
+import numpy as np
+
 from n2d2.codegen.numpy_exec import Session
 from n2d2.error_handler import WrongValue
 
@@ -124,9 +126,49 @@ class TrainingProgram:
         self._session.feed(feeds)
         self._session.run_nodes(self.tg.backward_nodes)
 
-    def update(self):
+    def update(self, world=None):
+        """Apply the solvers. With a data-parallel `world` (`n2d2.distributed`), the gradients
+        are first summed over its ranks (one all-reduce of a flat buffer) and the solvers step
+        with the global batch, so every rank applies the same update."""
+        batch_size = self.batch_size
+        if world is not None and world.size > 1:
+            self._allreduce_gradients(world)
+            batch_size *= world.size
         if self.backend in ("c", "cuda"):
-            self._c.run_phase(2, self.batch_size)
+            self._c.run_phase(2, batch_size)
             return
-        self._session.batch_size = self.batch_size
+        self._session.batch_size = batch_size
         self._session.run_nodes(self.tg.update_nodes)
+
+    def _gradient_slots(self):
+        """(getter, setter) of each Update node's gradient, in update order."""
+        g = self.tg.graph
+        slots = []
+        for node in self.tg.update_nodes:
+            if g.op(node) != "Update":
+                continue
+            src, out = g.inputs_of(node)[0]
+            if self.backend in ("c", "cuda"):
+                view = self._c.view((src, out))
+                slots.append((lambda v=view: v, lambda a, v=view: v.__setitem__(Ellipsis, a)))
+            else:
+                values = self._session.values
+                slots.append((lambda s=src, o=out: values[s][o],
+                              lambda a, s=src, o=out: values.__setitem__(
+                                  s, [a if k == o else v for k, v in enumerate(values[s])])))
+        return slots
+
+    def _allreduce_gradients(self, world):
+        from n2d2.backend import array_module, to_host
+
+        slots = self._gradient_slots()
+        grads = [get() for get, _ in slots]
+        if not grads:
+            return
+        flat = np.concatenate([to_host(a).reshape(-1).astype(np.float32, copy=False) for a in grads])
+        world.allreduce_sum(flat, what=f"gradient all-reduce of '{self.tg.graph.name}'")
+        offset = 0
+        for (_, put), a in zip(slots, grads):
+            n = a.size
+            put(array_module(a).asarray(flat[offset:offset + n].reshape(a.shape)).astype(a.dtype, copy=False))
+            offset += n

@@ -371,7 +371,7 @@ class DataProvider(Provider):
             return self.read_batch((self._index - 1) * self._batch_size)
         raise StopIteration
 
-    def prefetch_batches(self, shuffle: bool = True, depth: int = 2, drop_last: bool = False):
+    def prefetch_batches(self, shuffle: bool = True, depth: int = 2, drop_last: bool = False, shard=None):
         """Iterate over one epoch of the current partition, the next batches being prepared by a
         background thread (a queue of `depth` batches) while the caller uses the current one.
 
@@ -386,15 +386,31 @@ class DataProvider(Provider):
                 loss.update()
 
         Leaving the loop early stops the thread.
+
+        `shard=(rank, size)` (data-parallel training): every process draws the same order and
+        reads slot `rank` of each global batch of `size * batch_size` stimuli, so the shards are
+        disjoint, their union is the epoch, and every rank yields the same number of batches
+        (a rank whose slot of the last global batch is empty gets a batch of invalid slots).
         """
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise WrongValue("depth", depth, ["a positive int"])
         partition = self._partition
         ids = self._database.get_partition_ids(partition)
         order = ids[global_variables.rng.permutation(ids.size)] if shuffle else ids.copy()
+        rank, size = shard if shard is not None else (0, 1)
         b = self._batch_size
-        nb = order.size // b if drop_last else -(-order.size // b)
+        stride = b * size
+        nb = order.size // stride if drop_last else -(-order.size // stride)
         seeds = [self._otf_seed(partition) for _ in range(nb)]
+        if size > 1:
+            seeds = [None if s is None else int(np.random.SeedSequence([s, rank]).generate_state(1, np.uint64)[0])
+                     for s in seeds]
+            slots = [order[min(i * stride + rank * b, (i + 1) * stride):(i * stride + (rank + 1) * b)]
+                     for i in range(nb)]
+            order = np.concatenate(slots + [order[:0]])
+            starts = np.cumsum([0] + [s.size for s in slots])
+        else:
+            starts = np.minimum(np.arange(nb + 1) * b, order.size)
         if self._database._is_uniform():
             self._static_stimuli(order[:0], partition, whole_partition=True)  # cache now, in this thread
         items = queue.Queue(maxsize=depth)
@@ -412,7 +428,7 @@ class DataProvider(Provider):
         def work():
             try:
                 for i in range(nb):
-                    if stop.is_set() or not put(self._assemble(order[i * b:(i + 1) * b], partition, seeds[i])):
+                    if stop.is_set() or not put(self._assemble(order[starts[i]:starts[i + 1]], partition, seeds[i])):
                         return
                 put(_END)
             except BaseException as e:  # handed to the consumer

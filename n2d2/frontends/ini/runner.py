@@ -49,14 +49,19 @@ def run(model_path: str, learn: int = 0, log: int = 10000, test: bool = False, o
         n2d2.global_variables.seed = seed
     model_path = os.path.abspath(model_path)
     weights = os.path.abspath(weights) if weights else None
+    from n2d2 import distributed
+
     deepnet = load_ini(model_path, backend=backend)
     name = os.path.splitext(os.path.basename(model_path))[0]
     folder = os.path.abspath(output or f"{name}.run")
-    os.makedirs(folder, exist_ok=True)
-    print(f"Output folder: {folder}")
+    is_root = distributed.current().is_root   # under mpirun, rank 0 alone writes and prints
+    if is_root:
+        os.makedirs(folder, exist_ok=True)
+        print(f"Output folder: {folder}")
     result = {"output": folder, "deepnet": deepnet, "validation": None, "test": None, "learned": 0}
     cwd = os.getcwd()
-    os.chdir(folder)
+    if is_root:
+        os.chdir(folder)
     try:
         if weights:
             deepnet.import_free_parameters(weights)
@@ -70,6 +75,19 @@ def run(model_path: str, learn: int = 0, log: int = 10000, test: bool = False, o
 
 
 def _learn(deepnet, budget, log, valid_metric, stop_valid):
+    """The learning loop; under an MPI launcher the passes are sharded as in `DeepNetCell.fit`
+    (`n2d2.distributed`: each global batch split over the ranks, gradients all-reduced)."""
+    from n2d2 import distributed
+
+    world = distributed.current()
+    deepnet._world = world
+    try:
+        return _learn_in(deepnet, budget, log, valid_metric, stop_valid, world)
+    finally:
+        deepnet._world = None
+
+
+def _learn_in(deepnet, budget, log, valid_metric, stop_valid, world):
     from n2d2.cells.deepnet_cell import BestWeights
 
     provider, target = deepnet.get_provider(), deepnet.get_target()
@@ -78,10 +96,14 @@ def _learn(deepnet, budget, log, valid_metric, stop_valid):
     if nb_learn == 0:
         raise RuntimeError("-learn: the database has no Learn stimulus")
     has_validation = database.get_nb_stimuli("Validation") > 0
-    deepnet.export_free_parameters("weights_init", verbose=False)
-    print(f"Learning {budget} stimuli ({budget / nb_learn:.2f} epochs of {nb_learn}), log every {log}"
+    say = print if world.is_root else (lambda *a, **k: None)
+    if world.is_root:
+        deepnet.export_free_parameters("weights_init", verbose=False)
+    if world.size > 1:
+        deepnet._share_initial_state(world)
+    say(f"Learning {budget} stimuli ({budget / nb_learn:.2f} epochs of {nb_learn}), log every {log}"
           + (", validation on " + str(database.get_nb_stimuli("Validation")) + " stimuli" if has_validation else ""))
-    done, best = 0, BestWeights(deepnet, stop_valid)
+    done, best = 0, BestWeights(deepnet, stop_valid, write=world.is_root)
     start = time.perf_counter()
     while done < budget:
         chunk = min(log, budget - done)
@@ -96,26 +118,28 @@ def _learn(deepnet, budget, log, valid_metric, stop_valid):
             break
         done += period_done
         elapsed = time.perf_counter() - start
-        print(f"Learn: {done} stimuli, success {100 * success:.2f}% (last pass), {done / max(elapsed, 1e-9):.0f} "
-              f"stimuli/s")
-        target.log_success("Learn", partition="Learn")
+        say(f"Learn: {done} stimuli, success {100 * success:.2f}% (last pass), {done / max(elapsed, 1e-9):.0f} "
+            f"stimuli/s")
+        if world.is_root:
+            target.log_success("Learn", partition="Learn")
         if not has_validation:
             continue
         deepnet._run_epoch("Validation", False, desc="validation", shuffle=False)
         score = target.get_average_score(valid_metric, partition="Validation")
         target.new_validation_point(score=score)
         improved = best.improves(score)
-        print(f"Validation {valid_metric}: {100 * score:.2f}%"
-              + (" (best)" if improved else f" (best {100 * best.score:.2f}%)"))
-        target.log_success("Validation", partition="Validation")
+        say(f"Validation {valid_metric}: {100 * score:.2f}%"
+            + (" (best)" if improved else f" (best {100 * best.score:.2f}%)"))
+        if world.is_root:
+            target.log_success("Validation", partition="Validation")
         stop = best.record(score)
-        if improved:
+        if improved and world.is_root:
             target.log_confusion_matrix("Validation", partition="Validation")
         if stop:
             break
     if best.restore():
-        print(f"Best validation {valid_metric}: {100 * best.score:.2f}% (weights restored from weights_validation/)")
-    else:
+        say(f"Best validation {valid_metric}: {100 * best.score:.2f}% (weights restored from weights_validation/)")
+    elif world.is_root:
         deepnet.export_free_parameters("weights", verbose=False)
     return done, best.score
 
@@ -125,8 +149,12 @@ def _test(deepnet):
     average of per-batch rates would weigh a last partial batch like a full one."""
     import numpy as np
 
+    from n2d2 import distributed
+
     target = deepnet.get_target()
     success = deepnet.run_test()
+    if not distributed.is_root():
+        return success
     target.log_stats("stats")
     matrix = target.get_confusion_matrix("Test")
     total = int(matrix.sum())
