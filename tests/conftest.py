@@ -14,6 +14,17 @@ SHARED = os.environ.get("N2D2_SHARED") or os.path.normpath(os.path.join(ROOT, ".
 SHARED_MODELS = os.path.join(SHARED, "models")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slow` (long fuzzing, end-to-end training) run with `-m slow` or
+    N2D2_SLOW_TESTS=1; the default run (CI, the README's command) skips them, saying how."""
+    if "slow" in (config.getoption("markexpr") or "") or os.environ.get("N2D2_SLOW_TESTS"):
+        return
+    skip = pytest.mark.skip(reason="slow: select it with -m slow or N2D2_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings(tmp_path, monkeypatch):
     """Every test starts with seed 1, CPU model, detailed verbosity, cwd in a temp dir."""
