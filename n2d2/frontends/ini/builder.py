@@ -306,6 +306,7 @@ class NetworkBuilder:
 
         if "database" not in self.doc:
             warn("no [database] section: the network is built on an empty database", self.file)
+            self.doc.set_generated("sp" if "sp" in self.doc else "", "_EpochSize", 0)
             return databases.Database()
         r = self._reader("database")
         kind = r.choice("Type", ("MNIST_IDX_Database", "CIFAR10_Database", "CIFAR100_Database", "DIR_Database"))
@@ -538,9 +539,12 @@ class NetworkBuilder:
 
     @staticmethod
     def _input_tensor(provider):
+        """A zero batch of ONE stimulus: the eager build only needs shapes, and every call record
+        keeps its output alive until tracing, so a full batch (256 ImageNet images) multiplied the
+        memory of loading by the batch size. `_deepnet_cell` rebatches the traced graph."""
         from n2d2.tensor import Tensor
 
-        return Tensor(list(provider.shape()))
+        return Tensor([1] + list(provider.shape())[1:])
 
     def _build_layer(self, node, parents, tensors):
         from n2d2.tensor import Interface
@@ -702,6 +706,11 @@ class NetworkBuilder:
         name = os.path.splitext(os.path.basename(self.file))[0] if self.file else None
         result = self._wrap(output, lambda: trace(graph, outputs=[tensors[output]], name=name,
                                                   input_names=["input"]), "cannot trace the network")
+        batch = int(provider.shape()[0])
+        if batch != 1:
+            from n2d2.cells.deepnet_cell import rebatch
+
+            result.graph = self._wrap(output, lambda: rebatch(result.graph, batch), "cannot set the batch size")
         if target is None:
             target = Score(provider, name="Target")
         cls = self.cls or DeepNetCell

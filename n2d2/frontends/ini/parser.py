@@ -406,7 +406,9 @@ def _include_template(doc: IniDocument, section: Section, depth: int):
     except (OSError, UnicodeDecodeError) as e:
         raise IniError(f"cannot read template '{path}' ({e})", section.file, section.name, section.line,
                        "an existing template file") from None
-    params = {k: e.value for k, e in section.entries.items()}
+    # N2D2 substitutes the parameters first: `NB_FILTERS=$(int(64 * ${ALPHA}))` reaches the
+    # template as `64`, so that `$({{NB_FILTERS}})` there is a plain expression.
+    params = {k: doc.expand(e.value, section.name, e, k) for k, e in section.entries.items()}
     params["SECTION_NAME"] = section.name
     params["SECTION_FILE_NAME"] = section.file or ""
     rendered = render_template(text, params, path)
