@@ -113,3 +113,17 @@ def test_resnet34_like_loads_below_four_times_its_parameters(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     measured = int(run.stdout.split("PARAMS")[1].split()[0])
     assert abs(measured - param_bytes) < 0.01 * param_bytes, measured
+
+
+# -- integer keys computed by the file's own arithmetic ------------------------------------------------------
+def test_fractional_iteration_count_reads_the_integer_part_with_a_warning(tmp_path):
+    """`Solvers.MaxIterations=$([sp]_EpochSize * EPOCHS / BATCH)` is fractional for most
+    databases (ILSVRC2012: 1281167 * 90 / 256); N2D2 reads the integer part."""
+    text = ("$EPOCHS=90\n$BATCH=256\n[sp]\nSizeX=4\nSizeY=4\nBatchSize=2\n[fc]\nInput=sp\nType=Fc\nNbOutputs=3\n"
+            "ConfigSection=common.config\n[common.config]\n"
+            "Solvers.MaxIterations=$(1281167 * ${EPOCHS} / ${BATCH} + [sp]_EpochSize)\n")
+    path = tmp_path / "frac.ini"
+    path.write_text(text)
+    with pytest.warns(IniWarning, match=r"Solvers.MaxIterations' = 450410\.27.*integer part 450410.*//"):
+        dn = load_ini(str(path), backend="numpy")
+    assert dn["fc"].get_parameter("weights_solver").get_parameter("max_iterations") == 450410

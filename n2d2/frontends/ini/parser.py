@@ -672,6 +672,9 @@ class Reader:
         The layer on whose behalf config sections are read (named in error messages).
     """
 
+    _current_entry = None     # the entry being converted (for warnings)
+    _current_holder = None
+
     def __init__(self, doc: IniDocument, names, user: str = None):
         self.doc = doc
         self.names = [names] if isinstance(names, str) else list(names)
@@ -737,16 +740,33 @@ class Reader:
                 raise self.error(f"missing required key '{key}'", expected=f"{key}=<{expected}>")
             return default
         value = self.text(key)
+        holder = self._holder(key)
+        self._current_entry, self._current_holder = self.doc.section(holder).entries[key], holder
         try:
             return convert(value)
         except (ValueError, TypeError, OverflowError):
             raise self.error(f"{key}={value!r} is not {expected}", key, expected) from None
 
     def int(self, key, default=_REQUIRED, minimum=None, maximum=None) -> int:
-        value = self._convert(key, default, "an integer", parse_int)
+        value = self._convert(key, default, "an integer", self._integer_part)
         if self.has(key):
             self._check_range(key, value, minimum, maximum)
         return value
+
+    def _integer_part(self, text):
+        """N2D2 reads an integer key with C++ `>>`, which stops at the '.': a file whose own
+        arithmetic is fractional (`$(_EpochSize*EPOCHS/BATCH)`) gets the integer part, with a
+        warning saying how to write it exactly."""
+        try:
+            return parse_int(text)
+        except ValueError:
+            number = parse_float(text)
+        truncated = int(number)  # toward zero, like the C++ extraction of "-2.5" -> -2
+        entry = self._current_entry
+        warn(f"'{entry.key if entry else 'value'}' = {text.strip()} is not an integer: N2D2 reads the integer "
+             f"part {truncated} (write $(... // ...) or $(int(...)) in the file to say so)",
+             entry.file if entry else self.doc.path, entry.line if entry else None, self._current_holder)
+        return truncated
 
     def float(self, key, default=_REQUIRED, minimum=None, maximum=None) -> float:
         value = self._convert(key, default, "a number", parse_float)
