@@ -510,16 +510,29 @@ class NetworkBuilder:
         return order, parents
 
     def _level(self, node, parents, levels, stack):
+        """Longest path from the input to `node` (iterative: a file may chain thousands of layers)."""
         if node in levels:
             return levels[node]
-        if node in stack:
-            cycle = " -> ".join(stack[stack.index(node):] + [node])
-            raise self._reader(node).error(f"the layers form a cycle: {cycle}", "Input", "an acyclic graph")
-        stack.append(node)
-        level = 1 + max((0 if p == "env" else self._level(p, parents, levels, stack)) for p in parents[node])
-        stack.pop()
-        levels[node] = level
-        return level
+        on_stack = {}
+        stack.append((node, iter(parents[node])))
+        on_stack[node] = 0
+        while stack:
+            current, pending = stack[-1]
+            parent = next(pending, None)
+            if parent is None:
+                stack.pop()
+                del on_stack[current]
+                levels[current] = 1 + max((0 if p == "env" else levels[p]) for p in parents[current])
+                continue
+            if parent == "env" or parent in levels:
+                continue
+            if parent in on_stack:
+                names = [n for n, _ in stack]
+                cycle = " -> ".join(names[names.index(parent):] + [parent])
+                raise self._reader(parent).error(f"the layers form a cycle: {cycle}", "Input", "an acyclic graph")
+            on_stack[parent] = len(stack)
+            stack.append((parent, iter(parents[parent])))
+        return levels[node]
 
     # -- layers --------------------------------------------------------------------------------------------
     def _build_layers(self, provider, order, parents):
