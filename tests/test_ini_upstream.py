@@ -127,3 +127,82 @@ def test_fractional_iteration_count_reads_the_integer_part_with_a_warning(tmp_pa
     with pytest.warns(IniWarning, match=r"Solvers.MaxIterations' = 450410\.27.*integer part 450410.*//"):
         dn = load_ini(str(path), backend="numpy")
     assert dn["fc"].get_parameter("weights_solver").get_parameter("max_iterations") == 450410
+
+
+# -- ONNX embedded in an INI file ----------------------------------------------------------------------------
+def _write_cntk_like_onnx(path):
+    """A small MNIST model whose nodes are named as CNTK exports name them (mnist_ONNX.ini's
+    target is `[Times418_Output_0.Target]`): Conv 5x5 -> Relu -> MaxPool -> Flatten -> Gemm."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (4, 1, 5, 5)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (4,)).astype(np.float32), "B"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (4 * 12 * 12, 10)).astype(np.float32), "F"),
+             numpy_helper.from_array(rng.normal(0, 0.1, (10,)).astype(np.float32), "C")]
+    nodes = [helper.make_node("Conv", ["Input3", "W", "B"], ["Convolution28_Output_0"], kernel_shape=[5, 5]),
+             helper.make_node("Relu", ["Convolution28_Output_0"], ["ReLU32_Output_0"]),
+             helper.make_node("MaxPool", ["ReLU32_Output_0"], ["Pooling66_Output_0"], kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("Flatten", ["Pooling66_Output_0"], ["Flat_Output_0"]),
+             helper.make_node("Gemm", ["Flat_Output_0", "F", "C"], ["Times418_Output_0"])]
+    graph = helper.make_graph(nodes, "cntk_mnist", [helper.make_tensor_value_info("Input3", TensorProto.FLOAT,
+                                                                                  [1, 1, 28, 28])],
+                              [helper.make_tensor_value_info("Times418_Output_0", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return model
+
+
+@needs_models
+def test_mnist_onnx_ini_runs_unchanged(tmp_path):
+    """Upstream's mnist_ONNX.ini (`[onnx] Type=ONNX File=model.onnx`, target on an ONNX output)
+    loads and its outputs equal onnxruntime's on the same images."""
+    import numpy as np
+    import onnxruntime
+
+    pytest.importorskip("onnx")
+    _write_cntk_like_onnx(tmp_path / "model.onnx")
+    text = _model("mnist_ONNX.ini").replace("$BATCH_SIZE=256", "$BATCH_SIZE=4")
+    (tmp_path / "mnist_ONNX.ini").write_text(text)
+    dn = quiet_load(str(tmp_path / "mnist_ONNX.ini"), backend="numpy")
+    assert [c.get_name() for c in dn] == ["Convolution28_Output_0", "Pooling66_Output_0", "Times418_Output_0"]
+    assert dn.get_target().get_name() == "Times418_Output_0.Target"
+    x = np.random.default_rng(1).random((4, 1, 28, 28)).astype(np.float32)
+    import n2d2
+    from n2d2.provider import TensorPlaceholder
+
+    dn.test()
+    t = n2d2.Tensor.from_numpy(x)
+    TensorPlaceholder(t)
+    y = np.asarray(dn(t).to_numpy()).reshape(4, 10)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    ref = np.concatenate([session.run(None, {"Input3": x[i:i + 1]})[0] for i in range(4)])
+    assert np.allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_ini_layers_fed_from_inside_an_onnx_graph(tmp_path):
+    """`Input=onnx,<ONNX value>`: the ONNX section orders, the value feeds; an INI config section
+    applies to an ONNX cell by its node name; a bad value name is an IniError at the line."""
+    pytest.importorskip("onnx")
+    _write_cntk_like_onnx(tmp_path / "model.onnx")
+    head = ("[sp]\nSizeX=28\nSizeY=28\nBatchSize=2\n[onnx]\nInput=sp\nType=ONNX\nFile=model.onnx\n"
+            "[Convolution28_Output_0]\nConfigSection=frozen\n[frozen]\nBackPropagate=0\n")
+    path = tmp_path / "mixed.ini"
+    path.write_text(head + "[fc]\nInput=onnx,Pooling66_Output_0\nType=Fc\nNbOutputs=3\n[fc.Target]\n")
+    dn = quiet_load(str(path), backend="numpy")
+    names = [c.get_name() for c in dn]   # the whole ONNX graph is in the network, as upstream's
+    assert names[:2] == ["Convolution28_Output_0", "Pooling66_Output_0"] and "fc" in names
+    assert dn["fc"].get_nb_channels() == 4 * 12 * 12 and dn["Convolution28_Output_0"].get_parameter(
+        "back_propagate") is False
+    path.write_text(head + "[fc]\nInput=onnx,NoSuchOutput\nType=Fc\nNbOutputs=3\n")
+    with pytest.raises(IniError, match="NoSuchOutput") as info:
+        quiet_load(str(path), backend="numpy")
+    assert info.value.line == 14 and info.value.section == "fc"
+    path.write_text(head.replace("model.onnx", "missing.onnx"))
+    with pytest.raises(IniError, match="missing.onnx' does not exist") as info:
+        quiet_load(str(path), backend="numpy")
+    assert info.value.line == 8
+

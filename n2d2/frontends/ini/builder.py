@@ -46,6 +46,7 @@ import os
 
 import numpy as np
 
+from n2d2.frontends.ini.onnx_section import OnnxSection, is_onnx_section
 from n2d2.frontends.ini.parser import IniDocument, IniError, Reader, parse_file, warn
 
 __all__ = ["load_ini", "NetworkBuilder", "LAYER_TYPES"]
@@ -215,6 +216,9 @@ class NetworkBuilder:
         self.requested_model = "Frame"
         self._warned_cuda = False
         self.referenced_configs = set()
+        self.onnx = {}            # Type=ONNX section name -> OnnxSection, once imported
+        self.external = set()     # Input names that are ONNX values (resolved once the graph is imported)
+        self._onnx_owners = {}    # ONNX value -> its OnnxSection, for a target on that value
 
     # -- entry point -------------------------------------------------------------------------------
     def build(self):
@@ -231,6 +235,11 @@ class NetworkBuilder:
             order, parents = self._graph()
             tensors, cells = self._build_layers(provider, order, parents)
             target_node, target = self._target(provider, order, parents)
+            if target_node in self._onnx_owners:
+                section = self._onnx_owners[target_node]
+                tensors[target_node] = self._wrap(section.name, lambda: section.tensor(target_node),
+                                                  f"cannot take the ONNX value '{target_node}'")
+                cells[target_node] = []
             output = target_node or self._default_output(order, parents)
             deepnet_cell = self._deepnet_cell(provider, target, tensors, cells, parents, output)
         finally:
@@ -487,6 +496,7 @@ class NetworkBuilder:
     def _graph(self):
         """(nodes in build order, {node: [input names]})."""
         nodes = [n for n in self.doc.order if "Input" in self.doc.section(n).entries and n not in ("sp", "database")]
+        onnx_nodes = {n for n in nodes if is_onnx_section(self.doc, n)}
         parents = {}
         for n in nodes:
             r = self._reader(n)
@@ -495,7 +505,9 @@ class NetworkBuilder:
                 raise r.error(f"Input={r.text('Input')!r} has an empty name", "Input", "Input=name[,name...]")
             names = ["env" if p in ("sp", "cenv", "env") else p for p in names]
             for p in names:
-                if p != "env" and p not in nodes:
+                if p != "env" and p not in nodes and onnx_nodes and p not in self.doc:
+                    self.external.add(p)   # an ONNX value: checked when its graph is imported
+                elif p != "env" and p not in nodes:
                     what = "a section without Input= (not a layer)" if p in self.doc else "not a section of this file"
                     raise r.error(f"Input '{p}' is {what}", "Input",
                                   "sp or the name of a layer section (one with Input=)")
@@ -522,9 +534,10 @@ class NetworkBuilder:
             if parent is None:
                 stack.pop()
                 del on_stack[current]
-                levels[current] = 1 + max((0 if p == "env" else levels[p]) for p in parents[current])
+                levels[current] = 1 + max((0 if p == "env" or p in self.external else levels[p])
+                                          for p in parents[current])
                 continue
-            if parent == "env" or parent in levels:
+            if parent == "env" or parent in levels or parent in self.external:
                 continue
             if parent in on_stack:
                 names = [n for n, _ in stack]
@@ -544,7 +557,10 @@ class NetworkBuilder:
         tensors, cells = {"env": x}, {}
         for node in order:
             try:
-                tensors[node], cells[node] = self._build_layer(node, parents, tensors)
+                if is_onnx_section(self.doc, node):
+                    tensors[node], cells[node] = self._build_onnx(node, parents, tensors)
+                else:
+                    tensors[node], cells[node] = self._build_layer(node, parents, tensors)
             except MemoryError:
                 raise self._section_error(node, "this layer does not fit in memory",
                                           "smaller sizes (NbOutputs, kernel, input)") from None
@@ -559,18 +575,53 @@ class NetworkBuilder:
 
         return Tensor([1] + list(provider.shape())[1:])
 
+    def _inputs(self, node, names, tensors, r):
+        """The tensors of a layer's Input names. With an ONNX section and ONNX values, the
+        section is listed for ordering only (upstream's `Input=onnx,Pool_3:0`)."""
+        if any(n in self.external for n in names):
+            names = [n for n in names if n not in self.onnx]
+        out = []
+        for n in names:
+            if n in tensors:
+                out.append(tensors[n])
+                continue
+            section = next((s for s in self.onnx.values() if n in s.importer.values), None)
+            if section is None:
+                raise r.error(f"Input '{n}' is no layer section and no value of an ONNX graph imported before "
+                              f"[{node}]", "Input", "a layer section, or an ONNX node output with the ONNX section "
+                                                    "listed first (Input=onnx,<output>)")
+            tensors[n] = self._wrap(node, lambda: section.tensor(n), f"cannot take the ONNX value '{n}'")
+            out.append(tensors[n])
+        return out
+
+    def _build_onnx(self, node, parents, tensors):
+        r = self._reader(node)
+        inputs = self._inputs(node, parents[node], tensors, r)
+        if len(inputs) != 1:
+            raise r.error(f"an ONNX section takes one input, got {len(parents[node])}", "Input",
+                          "Input=<sp or one layer> (the graph's data input)")
+        section = OnnxSection(self, node, r, inputs[0])
+        self._check_unused(r, "ONNX section keys")
+        self.onnx[node] = section
+        y = section.output
+        for key, value in (("_NbChannels", inputs[0].dimZ()), ("_ChannelsWidth", inputs[0].dimX()),
+                           ("_ChannelsHeight", inputs[0].dimY()), ("_NbOutputs", y.dimZ()),
+                           ("_OutputsWidth", y.dimX()), ("_OutputsHeight", y.dimY())):
+            self.doc.set_generated(node, key, value)
+        return y, section
+
     def _build_layer(self, node, parents, tensors):
         from n2d2.tensor import Interface
 
         r = self._reader(node)
         r.mark("Input")
-        kind = r.choice("Type", tuple(LAYER_TYPES))
+        kind = r.choice("Type", tuple(LAYER_TYPES) + ("ONNX",))
         model = self.model
         if r.has("Model"):
             model = self._resolve_model(r.text("Model"), r, "Model")
         if r.has("DataType"):
             r.choice("DataType", _DATATYPES)
-        inputs = [tensors[p] for p in parents[node]]
+        inputs = self._inputs(node, parents[node], tensors, r)
         layer = _Layer(self, node, r, self._config_reader(r, node, kind), inputs, parents[node], model)
         layer.type = kind
         for key in _INPUT_CROP_KEYS:
@@ -656,6 +707,8 @@ class NetworkBuilder:
                 continue
             owner = next((n for n in order if name.startswith(n + ".Target")), None)
             if owner is None:
+                owner = self._onnx_target_owner(name, parents)
+            if owner is None:
                 raise self._section_error(name, f"target section [{name}] does not belong to a layer",
                                           "[<layer>.Target] for a layer section with Input=")
             targets.append((owner, name))
@@ -677,6 +730,17 @@ class NetworkBuilder:
                      if k in values}
         target = self._wrap(name, lambda: Score(provider, name=name, **arguments, **values), "invalid target")
         return node, target
+
+    def _onnx_target_owner(self, name, parents):
+        """`[<ONNX value>.Target]`: the owner is a value of an imported graph (upstream's
+        `[Times418_Output_0.Target]`); it becomes a node fed by its ONNX section."""
+        for section in self.onnx.values():
+            for value in sorted(section.names(), key=len, reverse=True):
+                if name.startswith(value + ".Target"):
+                    self._onnx_owners[value] = section
+                    parents[value] = [section.name]
+                    return value
+        return None
 
     def _labels_mapping_path(self, r, value):
         if os.path.exists(value) or os.path.isabs(value) or not self.file or self.file.startswith("<"):
@@ -706,12 +770,19 @@ class NetworkBuilder:
             n = stack.pop()
             if n in needed or n == "env":
                 continue
+            if n not in parents:   # an ONNX value: its section brings its cells
+                stack.extend(name for name, section in self.onnx.items() if n in section.importer.values)
+                continue
             needed.add(n)
             stack.extend(parents[n])
         dropped = [n for n in cells if n not in needed]
         if dropped:
             warn(f"layers not leading to the output [{output}] are left out: {', '.join(dropped)}", self.file)
-        wanted = {id(cells[n]) for n in needed}
+        wanted = set()
+        for n in needed:
+            group = cells[n].cells if isinstance(cells[n], OnnxSection) else \
+                cells[n] if isinstance(cells[n], list) else [cells[n]]
+            wanted.update(id(c) for c in group)
         graph = DeepNet(provider)
         for record in tensors[output].get_deepnet().records():
             if id(record.cell) in wanted:
