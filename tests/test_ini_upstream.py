@@ -206,3 +206,33 @@ def test_ini_layers_fed_from_inside_an_onnx_graph(tmp_path):
         quiet_load(str(path), backend="numpy")
     assert info.value.line == 8
 
+
+
+# -- data statistics ----------------------------------------------------------------------------------------
+@needs_models
+def test_cifar10_ini_normalises_with_its_stimuli_data(tmp_path, monkeypatch):
+    """cifar-10.ini unchanged: `[sp.StimuliData-normalize]` (ApplyTo=LearnOnly) gives the mean and
+    standard deviation that its RangeAffineTransformation uses, so the Learn stimuli come out
+    with mean 0 and standard deviation 1."""
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]:
+        records = np.concatenate([rng.integers(0, 10, (4, 1)), rng.integers(0, 200, (4, 3072))], axis=1)
+        records.astype(np.uint8).tofile(folder / name)
+    (folder / "batches.meta.txt").write_text("\n".join(f"class{k}" for k in range(10)) + "\n")
+    monkeypatch.setenv("N2D2_DATA", str(tmp_path))
+    (tmp_path / "cifar-10.ini").write_text(_model("cifar-10.ini"))
+    dn = quiet_load(str(tmp_path / "cifar-10.ini"), backend="numpy")
+    doc = dn._ini_document
+    mean = float(doc.value("sp.StimuliData-normalize", "_GlobalValue.mean"))
+    std = float(doc.value("sp.StimuliData-normalize", "_GlobalValue.stdDev"))
+    assert 90 < mean < 110 and 50 < std < 65     # uniform 0..199: 99.5, 57.7 (raw 8-bit values)
+    provider = dn.get_provider()
+    provider.set_partition("Learn")
+    n = provider.get_database().get_nb_stimuli("Learn")
+    x = np.asarray(provider.read_batch(0).to_numpy())[:n]
+    assert abs(x.mean()) < 1e-5 and abs(x.std() - 1.0) < 1e-5
+    assert doc.value("common.config", "Solvers.LearningRateStepSize") == str(n * 40)

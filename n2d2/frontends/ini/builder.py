@@ -456,8 +456,8 @@ class NetworkBuilder:
                 continue
             rest = name[3:]
             if rest.startswith("StimuliData"):
-                raise self._section_error(name, "StimuliData sections (data statistics) are not supported",
-                                          "RangeAffineTransformation with explicit values")
+                self._stimuli_data(name, provider)
+                continue
             kind = next((k for k in _TRANSFORMATION_KINDS if rest.startswith(k)), None)
             if kind is None:
                 continue
@@ -478,6 +478,27 @@ class NetworkBuilder:
                 provider.add_on_the_fly_transformation(t)
             else:
                 provider.add_transformation(t)
+
+    _APPLY_TO = {"All": ("Learn", "Validation", "Test"), "LearnOnly": ("Learn",), "ValidationOnly": ("Validation",),
+                 "TestOnly": ("Test",), "NoLearn": ("Validation", "Test"), "NoValidation": ("Learn", "Test"),
+                 "NoTest": ("Learn", "Validation")}
+
+    def _stimuli_data(self, name, provider):
+        """`[sp.StimuliData-<x>]`: statistics of the stimuli (after the transformations above it in
+        the file) written as `_GlobalValue.mean` / `_GlobalValue.stdDev` for later sections."""
+        r = self._reader(name)
+        apply_to = r.choice("ApplyTo", tuple(self._APPLY_TO), "All")
+        r.mark("LogSizeRange", "LogValueRange")   # N2D2 only logs these ranges
+        self._check_unused(r, "StimuliData keys (ApplyTo, LogSizeRange, LogValueRange)")
+        mean, std, count = self._wrap(name, lambda: provider.stimuli_statistics(self._APPLY_TO[apply_to]),
+                                      "cannot compute the stimuli statistics")
+        if count == 0:
+            sec = self.doc.section(name)
+            warn(f"no stimulus in {apply_to}: _GlobalValue.mean = 0 and _GlobalValue.stdDev = 1 (identity)",
+                 sec.file, sec.line, name)
+            mean, std = 0.0, 1.0
+        self.doc.set_generated(name, "_GlobalValue.mean", repr(mean))
+        self.doc.set_generated(name, "_GlobalValue.stdDev", repr(std))
 
     # -- typed values ----------------------------------------------------------------------------------
     @staticmethod
