@@ -236,3 +236,19 @@ def test_cifar10_ini_normalises_with_its_stimuli_data(tmp_path, monkeypatch):
     x = np.asarray(provider.read_batch(0).to_numpy())[:n]
     assert abs(x.mean()) < 1e-5 and abs(x.std() - 1.0) < 1e-5
     assert doc.value("common.config", "Solvers.LearningRateStepSize") == str(n * 40)
+
+
+# -- refused by name ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, line, fragment", [
+    # N-MNIST-style spiking model: an [env] environment instead of [sp]
+    ("[database]\nType=N_MNIST_Database\n[env]\nSizeX=34\nSizeY=34\n[conv1]\nInput=env\nType=Conv\n", 3,
+     "[env] (spiking environment) is not supported"),
+    ("[sp]\nSizeX=4\nSizeY=4\n[norm]\nInput=sp\nType=Normalize\nNbOutputs=1\nNorm=L2\n", 6,
+     "Type=Normalize is not supported: N2D2's NormalizeCell"),
+])
+def test_out_of_scope_models_are_refused_by_name(tmp_path, text, line, fragment):
+    path = tmp_path / "net.ini"
+    path.write_text(text)
+    with pytest.raises(IniError) as info:
+        quiet_load(str(path), backend="numpy")
+    assert fragment in str(info.value) and info.value.line == line

@@ -173,6 +173,15 @@ _LAYER_CONFIG = {
 _SOLVER_ROLES = {"Conv": ("Weights", "Bias"), "Deconv": ("Weights", "Bias"), "Fc": ("Weights", "Bias"),
                  "BatchNorm": ("Scale", "Bias")}
 
+# Upstream layer types with no n2d2 op yet: refused by name, saying what they are
+_UNSUPPORTED_TYPES = {
+    "Normalize": "N2D2's NormalizeCell (L2 normalisation across channels) has no n2d2 op yet",
+    "LRN": "local response normalisation has no n2d2 op yet",
+    "FMP": "fractional max pooling has no n2d2 op yet",
+    "Unpool": "max unpooling has no n2d2 op yet",
+    "Threshold": "the Threshold cell has no n2d2 op yet",
+}
+
 _COMMON_LAYER_KEYS = ("Input", "Type", "Model", "DataType", "ConfigSection", "NbOutputs")
 _INPUT_CROP_KEYS = ("InputOffsetX", "InputOffsetY", "InputWidth", "InputHeight")
 
@@ -636,6 +645,9 @@ class NetworkBuilder:
 
         r = self._reader(node)
         r.mark("Input")
+        if r.has("Type") and r.text("Type") in _UNSUPPORTED_TYPES:
+            raise r.error(f"Type={r.text('Type')} is not supported: {_UNSUPPORTED_TYPES[r.text('Type')]}", "Type",
+                          "one of " + ", ".join(LAYER_TYPES) + ", ONNX")
         kind = r.choice("Type", tuple(LAYER_TYPES) + ("ONNX",))
         model = self.model
         if r.has("Model"):
