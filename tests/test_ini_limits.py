@@ -181,7 +181,7 @@ _ATOMS = st.sampled_from(["sp", "l0", "l1", "cfg", "1", "2", "3", "0", "-1", "2.
                           "$(round(1, -10**9))", "$(9**9**9)", "$(" + "-" * 3000 + "1)"])
 _GARBAGE = st.lists(_ATOMS, min_size=1, max_size=6).map("".join)
 _SMALL = st.sampled_from(["1", "2", "3", "4", "1", "2", "0", "$(1+1)", "${V}", "[l0]NbOutputs", "[sp]NbChannels",
-                          "$(${V} * 2)", "[l0]_NbOutputs"])
+                          "$(${V} * 2)", "[l0]_NbOutputs", "Pooling66_Output_0"])
 _NUMBER = st.sampled_from(["1", "2", "3", "4"])
 _VALUE = st.integers(0, 11).flatmap(lambda i: _GARBAGE if i == 0 else _SMALL if i < 4 else _NUMBER)
 _SP_VALUE = st.integers(0, 19).flatmap(lambda i: _VALUE if i == 0 else _NUMBER)
@@ -193,7 +193,7 @@ _LAYER_TYPES = st.sampled_from(["Conv", "Fc", "Pool", "Softmax", "Dropout", "Bat
 _LAYER_KEYS = st.sampled_from(["KernelDims", "KernelSize", "Stride", "Padding", "PoolDims", "Pooling", "Operation",
                                "ActivationFunction", "ConfigSection", "Mapping.Size", "Mapping.ChannelsPerGroup",
                                "Mapping(sp)", "Mapping.NbGroups", "WeightsFiller", "WeightsFiller.Value", "NoBias",
-                               "Dims", "Factor", "TopPadding", "DilationDims", "Unknown"])
+                               "Dims", "Factor", "TopPadding", "DilationDims", "Unknown", "IgnoreInputSize", "Ignore"])
 _CFG_KEYS = st.sampled_from(["Solvers.LearningRate", "Solvers.Momentum", "Solvers.MaxIterations", "NoBias",
                              "WeightsSolver.LearningRate", "Solvers", "Dropout", "K"])
 
@@ -225,6 +225,8 @@ def _ini_texts(draw):
         kind = draw(_LAYER_TYPES)
         lines += [f"[l{i}]", f"Input={','.join(inputs)}", f"Type={kind}", f"NbOutputs={draw(_VALUE)}"]
         lines += _REQUIRED_KEYS.get(kind, []) if draw(st.integers(0, 7)) else []
+        if kind == "ONNX" and draw(st.integers(0, 3)):
+            lines.append("File=model.onnx")
         lines += [f"{k}={draw(_VALUE)}" for k in draw(st.lists(_LAYER_KEYS, max_size=4, unique=True))]
     if draw(st.booleans()):
         lines += ["[cfg]"] + [f"{k}={draw(_VALUE)}" for k in draw(st.lists(_CFG_KEYS, max_size=3, unique=True))]
@@ -250,6 +252,10 @@ def _load(tmp_path, text, template):
     path = tmp_path / "fuzz.ini"
     path.write_text(text, encoding="utf-8")
     (tmp_path / "t.ini.tpl").write_text(template, encoding="utf-8")
+    if not (tmp_path / "model.onnx").exists():
+        from tests.test_ini_upstream import _write_cntk_like_onnx
+
+        _write_cntk_like_onnx(tmp_path / "model.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -535,8 +535,8 @@ class NetworkBuilder:
                 raise r.error(f"Input={r.text('Input')!r} has an empty name", "Input", "Input=name[,name...]")
             names = ["env" if p in ("sp", "cenv", "env") else p for p in names]
             for p in names:
-                if p != "env" and p not in nodes and onnx_nodes and p not in self.doc:
-                    self.external.add(p)   # an ONNX value: checked when its graph is imported
+                if p != "env" and p not in nodes and onnx_nodes:
+                    self.external.add(p)   # an ONNX value (it may have a config section): checked on import
                 elif p != "env" and p not in nodes:
                     what = "a section without Input= (not a layer)" if p in self.doc else "not a section of this file"
                     raise r.error(f"Input '{p}' is {what}", "Input",
@@ -649,6 +649,8 @@ class NetworkBuilder:
             raise r.error(f"Type={r.text('Type')} is not supported: {_UNSUPPORTED_TYPES[r.text('Type')]}", "Type",
                           "one of " + ", ".join(LAYER_TYPES) + ", ONNX")
         kind = r.choice("Type", tuple(LAYER_TYPES) + ("ONNX",))
+        if kind == "ONNX":   # readable now, not when the graph was levelled
+            raise r.error("Type=ONNX must not depend on keys generated while building", "Type", "Type=ONNX")
         model = self.model
         if r.has("Model"):
             model = self._resolve_model(r.text("Model"), r, "Model")

@@ -85,8 +85,14 @@ class OnnxSection:
 
 
 def is_onnx_section(doc, name) -> bool:
-    sec = doc.section(name)
-    return "Type" in sec.entries and sec.entries["Type"].value.strip() == "ONNX"
+    """`Type=ONNX` after substitution (False when the value cannot be read yet: the layer
+    builder reports that)."""
+    if "Type" not in doc.section(name).entries:
+        return False
+    try:
+        return doc.value(name, "Type").strip() == "ONNX"
+    except IniError:
+        return False
 
 
 def check_not_ignored(section: OnnxSection, value_name, reader):
