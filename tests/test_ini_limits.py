@@ -105,7 +105,8 @@ def test_self_including_template_is_an_ini_error(tmp_path):
 
 
 def test_self_including_template_sections_are_an_ini_error(tmp_path):
-    (tmp_path / "rec.ini.tpl").write_text("[{{SECTION_NAME}}_a@rec.ini.tpl]\nP=1\n[{{SECTION_NAME}}_b@rec.ini.tpl]\nP=1\n")
+    (tmp_path / "rec.ini.tpl").write_text("[{{SECTION_NAME}}_a@rec.ini.tpl]\nP=1\n"
+                                          "[{{SECTION_NAME}}_b@rec.ini.tpl]\nP=1\n")
     (tmp_path / "net.ini").write_text("[a@rec.ini.tpl]\nP=1\n")
     with pytest.raises(IniError, match="nested more than 16 levels"):
         parse_file(str(tmp_path / "net.ini"))
