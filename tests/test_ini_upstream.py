@@ -243,8 +243,8 @@ def test_cifar10_ini_normalises_with_its_stimuli_data(tmp_path, monkeypatch):
     # N-MNIST-style spiking model: an [env] environment instead of [sp]
     ("[database]\nType=N_MNIST_Database\n[env]\nSizeX=34\nSizeY=34\n[conv1]\nInput=env\nType=Conv\n", 3,
      "[env] (spiking environment) is not supported"),
-    ("[sp]\nSizeX=4\nSizeY=4\n[norm]\nInput=sp\nType=Normalize\nNbOutputs=1\nNorm=L2\n", 6,
-     "Type=Normalize is not supported: N2D2's NormalizeCell"),
+    ("[sp]\nSizeX=4\nSizeY=4\n[lrn]\nInput=sp\nType=LRN\nNbOutputs=1\n", 6,
+     "Type=LRN is not supported: local response normalisation"),
 ])
 def test_out_of_scope_models_are_refused_by_name(tmp_path, text, line, fragment):
     path = tmp_path / "net.ini"
@@ -252,3 +252,44 @@ def test_out_of_scope_models_are_refused_by_name(tmp_path, text, line, fragment)
     with pytest.raises(IniError) as info:
         quiet_load(str(path), backend="numpy")
     assert fragment in str(info.value) and info.value.line == line
+
+
+# -- the Normalize layer -----------------------------------------------------------------------------------
+def test_normalize_reference_forward_and_backward():
+    import numpy as np
+
+    from n2d2.ops.normalize import normalize_backward, normalize_forward
+    from tests.conftest import fd_grad
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 2, 2))
+    y, r = normalize_forward(x)
+    assert np.allclose(np.sqrt((y ** 2).sum(axis=1)), 1.0) and np.allclose(y * r, x)
+    assert np.array_equal(normalize_forward(np.zeros((1, 2, 1, 1)))[0], np.zeros((1, 2, 1, 1)))
+    dy = rng.normal(size=x.shape)
+    assert np.allclose(normalize_backward(dy, y, r), fd_grad(lambda v: normalize_forward(v)[0], x, dy), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_ini_normalize_layer(tmp_path, backend):
+    """`Type=Normalize` (`Norm=L2`) after a convolution: each output pixel has unit L2 norm over
+    channels, on every backend (the C backend runs the op's numpy reference)."""
+    import numpy as np
+
+    import n2d2
+    from n2d2.provider import TensorPlaceholder
+
+    path = tmp_path / "norm.ini"
+    path.write_text("[sp]\nSizeX=5\nSizeY=5\nNbChannels=2\nBatchSize=3\n[conv]\nInput=sp\nType=Conv\n"
+                    "KernelDims=3 3\nNbOutputs=4\n[norm]\nInput=conv\nType=Normalize\nNbOutputs=4\nNorm=L2\n")
+    dn = quiet_load(str(path), backend=backend)
+    assert [c.get_name() for c in dn] == ["conv", "norm"]
+    dn.test()
+    t = n2d2.Tensor.from_numpy(np.random.default_rng(0).normal(size=(3, 2, 5, 5)).astype(np.float32))
+    TensorPlaceholder(t)
+    y = np.asarray(dn(t).to_numpy())
+    assert y.shape == (3, 4, 3, 3) and np.allclose(np.sqrt((y ** 2).sum(axis=1)), 1.0, atol=1e-5)
+    path.write_text(path.read_text().replace("Norm=L2", "Norm=L1"))
+    with pytest.raises(IniError, match="Norm='L1'") as info:
+        quiet_load(str(path), backend="numpy")
+    assert info.value.line == 15

@@ -175,7 +175,6 @@ _SOLVER_ROLES = {"Conv": ("Weights", "Bias"), "Deconv": ("Weights", "Bias"), "Fc
 
 # Upstream layer types with no n2d2 op yet: refused by name, saying what they are
 _UNSUPPORTED_TYPES = {
-    "Normalize": "N2D2's NormalizeCell (L2 normalisation across channels) has no n2d2 op yet",
     "LRN": "local response normalisation has no n2d2 op yet",
     "FMP": "fractional max pooling has no n2d2 op yet",
     "Unpool": "max unpooling has no n2d2 op yet",
@@ -876,6 +875,7 @@ _LAYER_KEYS = {
     "Pool": ("PoolDims", "PoolSize", "PoolWidth", "PoolHeight", "Stride*", "Padding*", "Pooling"),
     "Softmax": ("WithLoss", "GroupSize"),
     "ElemWise": ("Operation", "Weights", "Shifts", "CoeffMode"),
+    "Normalize": ("Norm",),
     "Padding": ("TopPadding", "BottomPadding", "LeftPadding", "RightPadding"),
     "Resize": ("OutputWidth", "OutputHeight", "Mode"),
     "Reshape": ("Dims",),
@@ -1291,6 +1291,14 @@ def _build_elemwise(layer):
                                            name=layer.name, model=layer.model, activation=act), "ElemWise")
 
 
+def _build_normalize(layer):
+    from n2d2.cells import Normalize
+
+    norm = layer.r.choice("Norm", ("L2",), "L2")
+    act = _activation(layer)
+    return _simple(layer, lambda: Normalize(norm, name=layer.name, model=layer.model, activation=act), "Normalize")
+
+
 def _build_padding(layer):
     from n2d2.cells import Padding
 
@@ -1355,6 +1363,7 @@ LAYER_TYPES = {
     "Dropout": _build_dropout,
     "BatchNorm": _build_batchnorm,
     "ElemWise": _build_elemwise,
+    "Normalize": _build_normalize,
     "Padding": _build_padding,
     "Resize": _build_resize,
     "Reshape": _build_reshape,
