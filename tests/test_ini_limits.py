@@ -254,9 +254,12 @@ def _load(tmp_path, text, template):
     path.write_text(text, encoding="utf-8")
     (tmp_path / "t.ini.tpl").write_text(template, encoding="utf-8")
     if not (tmp_path / "model.onnx").exists():
-        from tests.test_ini_upstream import _write_cntk_like_onnx
+        try:
+            from tests.test_ini_upstream import _write_cntk_like_onnx
 
-        _write_cntk_like_onnx(tmp_path / "model.onnx")
+            _write_cntk_like_onnx(tmp_path / "model.onnx")
+        except ImportError:   # no onnx package: File=model.onnx is then a missing file (an IniError)
+            pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
