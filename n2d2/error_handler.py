@@ -85,6 +85,38 @@ class DataFileError(ValueError):
     decompression bomb; the message names the file and what was expected."""
 
 
+class IniError(ModelFileError):
+    """A malformed or unsupported N2D2 INI file (`n2d2.frontends.ini`), or one that passes the
+    parser's bounds; the message names the file, section and line.
+
+    Attributes
+    ----------
+    file, section, line : where the problem is (any may be None);
+    expected : what would have been accepted (None when not applicable).
+    """
+
+    def __init__(self, message: str, file: str = None, section: str = None, line: int = None, expected: str = None):
+        self.file = file
+        self.section = section
+        self.line = line
+        self.expected = expected
+        self.reason = message
+        where = file or "<ini>"
+        if line is not None:
+            where += f":{line}"
+        text = f"{where}: "
+        if section is not None:
+            text += f"[{section}] " if section else "(global section) "
+        text += message
+        if expected:
+            text += f"; expected {expected}"
+        super().__init__(text)
+
+
+class IniWarning(UserWarning):
+    """Something N2D2 accepts or ignores that may not be what the author meant."""
+
+
 def deprecated(reason=""):
     """Mark a function as deprecated: it still works and warns once per call."""
 

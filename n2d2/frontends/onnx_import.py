@@ -259,8 +259,10 @@ class _Importer:
         return name
 
     # -- running ------------------------------------------------------------------------------
-    def run(self):
-        """Build every cell; returns (input tensor, output tensors, input name)."""
+    def run(self, input_tensor=None):
+        """Build every cell; returns (input tensor, output tensors, input name). `input_tensor`
+        (of `provider.shape()`): the graph input is that tensor (an INI network's layer feeding an
+        `[onnx]` section) instead of a new zero batch."""
         from n2d2.tensor import Tensor
 
         onnx = _onnx()
@@ -301,7 +303,7 @@ class _Importer:
                     f"{list(in_dims)} (N, C, H, W; None = any), the provider gives {provider_shape}"
                     + ("" if len(in_dims) != 4 else "; pass ignore_input_size=True to use the provider's size"))
             self.inferred = {}  # the file's shapes no longer apply
-        x = Tensor(provider_shape)
+        x = Tensor(provider_shape) if input_tensor is None else input_tensor
         in_shape = (provider_shape[0],) + tuple(provider_shape[1:len(in_dims)])
         self.values[graph_input.name] = _Act(x, in_shape, None, view_name=graph_input.name)
         nodes = self._needed_nodes()
@@ -1496,28 +1498,29 @@ class _IniEmbedding:
       `WeightsExportFlip`. Any other key is refused (ValueError naming file, section, key).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, doc=None, section=_ONNX_SECTION):
         try:
             from n2d2.frontends.ini import parser
         except ImportError:
             raise ONNXUnsupportedError(f"{path}: INI embedding needs n2d2.frontends.ini.parser, which is not "
                                        "available") from None
         self.path = os.fspath(path)
-        self.doc = parser.parse_file(self.path)
+        self.doc = parser.parse_file(self.path) if doc is None else doc
+        self.section = section   # the `Type=ONNX` section (`[onnx]` in upstream's files)
         self.ignore, self.ignore_input_size, self.load_weights = [], False, True
-        if _ONNX_SECTION in self.doc.sections:
-            sec = self.doc.section(_ONNX_SECTION)
+        if section in self.doc.sections:
+            sec = self.doc.section(section)
             for key in sec.keys():
                 if key not in _ONNX_KEYS:
-                    raise self.error(_ONNX_SECTION, key, f"is not an ONNX import key ({', '.join(_ONNX_KEYS)})")
+                    raise self.error(section, key, f"is not an ONNX import key ({', '.join(_ONNX_KEYS)})")
             if "Ignore" in sec:
-                self.ignore = self.value(_ONNX_SECTION, "Ignore").split()
-            self.ignore_input_size = self.flag(_ONNX_SECTION, "IgnoreInputSize", False)
-            self.load_weights = self.flag(_ONNX_SECTION, "ONNX_init", True)
-            if self.flag(_ONNX_SECTION, "Transpose", False):
-                raise self.error(_ONNX_SECTION, "Transpose", "=1 is not supported (export the model NCHW)")
-            if "Type" in sec and self.value(_ONNX_SECTION, "Type") != "ONNX":
-                raise self.error(_ONNX_SECTION, "Type", "must be ONNX")
+                self.ignore = self.value(section, "Ignore").split()
+            self.ignore_input_size = self.flag(section, "IgnoreInputSize", False)
+            self.load_weights = self.flag(section, "ONNX_init", True)
+            if self.flag(section, "Transpose", False):
+                raise self.error(section, "Transpose", "=1 is not supported (export the model NCHW)")
+            if "Type" in sec and self.value(section, "Type") != "ONNX":
+                raise self.error(section, "Type", "must be ONNX")
 
     def error(self, section, key, message):
         entry = self.doc.section(section).entries.get(key) if section in self.doc.sections else None
@@ -1562,8 +1565,8 @@ class _IniEmbedding:
         for name, cell in cells.items():
             sections = []
             tdef = _TYPE_SECTIONS.get(type(cell).__name__)
-            if tdef and f"{_ONNX_SECTION}:{tdef}" in self.doc.sections:
-                sections.append(f"{_ONNX_SECTION}:{tdef}")
+            if tdef and f"{self.section}:{tdef}" in self.doc.sections:
+                sections.append(f"{self.section}:{tdef}")
             if name in self.doc.sections:
                 sections.append(name)
                 applied.add(name)

@@ -20,6 +20,7 @@ from n2d2.ops import deconv as deconv_ops
 from n2d2.ops import dropout as dropout_ops
 from n2d2.ops import elemwise as elemwise_ops
 from n2d2.ops import fc as fc_ops
+from n2d2.ops import normalize as normalize_ops
 from n2d2.ops import padding as pad_ops
 from n2d2.ops import pool as pool_ops
 from n2d2.ops import resize as resize_ops
@@ -371,6 +372,25 @@ class Softmax(OpDef):
         else:
             dx = softmax_ops.softmax_backward(dy, y, attrs.get("group_size", 0))
         return _split_channels(dx, shapes, needs), {}
+
+
+@register
+class Normalize(OpDef):
+    """L2 normalisation across channels at each pixel (N2D2's NormalizeCell); no attrs."""
+
+    name = "Normalize"
+    max_inputs = None
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        return [_concat_shape(in_shapes)]
+
+    def _forward(self, attrs, xs, params, training):
+        y, r = normalize_ops.normalize_forward(_concat(xs))
+        return y, (y, r, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        y, r, shapes = saved
+        return _split_channels(normalize_ops.normalize_backward(dy, y, r), shapes, needs), {}
 
 
 # -- spatial -----------------------------------------------------------------------------------

@@ -304,6 +304,30 @@ class DataProvider(Provider):
         print(f"Stimuli normalization: min = {lo}, max = {hi}")
         self._normalization = (lo, 1.0 / (hi - lo) if hi > lo else 1.0)
 
+    def stimuli_statistics(self, partitions) -> tuple:
+        """(mean, standard deviation, number of values) of every value of the stimuli of
+        `partitions`, after the static transformations added so far, in their own range (8-bit
+        images: 0..255, as a RangeAffineTransformation that uses them sees them; N2D2's
+        StimuliData `_GlobalValue`). Read without caching: transformations added later (the normalisation
+        these statistics are for) still apply to every stimulus."""
+        total, total_sq, count = 0.0, 0.0, 0
+        for p in partitions:
+            ids = self._database.get_partition_ids(p)
+            static = [t for t in self._static if t.applies_to(p)]
+            for start in range(0, ids.size, _CHUNK):
+                stimuli = self._database._stimuli(ids[start:start + _CHUNK])
+                if static:
+                    stimuli = self._apply_static(stimuli, static)
+                for s in (stimuli if isinstance(stimuli, list) else [stimuli]):
+                    f = np.asarray(s, dtype=np.float64)   # raw values, as a later RangeAffine sees them
+                    total += float(f.sum())
+                    total_sq += float(np.square(f).sum())
+                    count += f.size
+        if count == 0:
+            return 0.0, 0.0, 0
+        mean = total / count
+        return mean, math.sqrt(max(total_sq / count - mean * mean, 0.0)), count
+
     # -- reading ----------------------------------------------------------------------------------
     def read_random_batch(self) -> Tensor:
         """A batch of stimuli drawn at random (with replacement) from the current partition."""

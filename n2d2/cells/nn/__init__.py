@@ -10,6 +10,7 @@ from n2d2.cells.nn.deconv import Deconv
 from n2d2.cells.nn.dropout import Dropout
 from n2d2.cells.nn.elemwise import ElemWise
 from n2d2.cells.nn.fc import Fc
+from n2d2.cells.nn.normalize import Normalize
 from n2d2.cells.nn.padding import Padding
 from n2d2.cells.nn.pool import GlobalPool2d, Pool, Pool2d, Pooling
 from n2d2.cells.nn.reshape import Reshape
@@ -19,7 +20,7 @@ from n2d2.cells.nn.softmax import Softmax
 from n2d2.cells.nn.transpose import Transpose
 
 __all__ = ["NeuralNetworkCell", "Fc"]
-__all__ += ["Pool", "Pool2d", "GlobalPool2d", "Pooling", "BatchNorm2d", "Dropout", "Softmax", "ElemWise",
+__all__ += ["Pool", "Pool2d", "GlobalPool2d", "Pooling", "BatchNorm2d", "Dropout", "Softmax", "Normalize", "ElemWise",
             "Padding", "Activation", "Reshape", "Resize", "Scaling", "Transpose"]
 __all__ += ["Conv", "ConvDepthWise", "ConvPointWise", "Deconv"]
 

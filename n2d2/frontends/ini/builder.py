@@ -47,6 +47,7 @@ import os
 
 import numpy as np
 
+from n2d2.frontends.ini.onnx_section import OnnxSection, is_onnx_section
 from n2d2.frontends.ini.parser import IniDocument, IniError, Reader, parse_file, warn
 
 __all__ = ["load_ini", "NetworkBuilder", "LAYER_TYPES"]
@@ -188,6 +189,14 @@ _LAYER_CONFIG = {
 _SOLVER_ROLES = {"Conv": ("Weights", "Bias"), "Deconv": ("Weights", "Bias"), "Fc": ("Weights", "Bias"),
                  "BatchNorm": ("Scale", "Bias")}
 
+# Upstream layer types with no n2d2 op yet: refused by name, saying what they are
+_UNSUPPORTED_TYPES = {
+    "LRN": "local response normalisation has no n2d2 op yet",
+    "FMP": "fractional max pooling has no n2d2 op yet",
+    "Unpool": "max unpooling has no n2d2 op yet",
+    "Threshold": "the Threshold cell has no n2d2 op yet",
+}
+
 _COMMON_LAYER_KEYS = ("Input", "Type", "Model", "DataType", "ConfigSection", "NbOutputs")
 _INPUT_CROP_KEYS = ("InputOffsetX", "InputOffsetY", "InputWidth", "InputHeight")
 
@@ -231,6 +240,9 @@ class NetworkBuilder:
         self.requested_model = "Frame"
         self._warned_cuda = False
         self.referenced_configs = set()
+        self.onnx = {}            # Type=ONNX section name -> OnnxSection, once imported
+        self.external = set()     # Input names that are ONNX values (resolved once the graph is imported)
+        self._onnx_owners = {}    # ONNX value -> its OnnxSection, for a target on that value
 
     # -- entry point -------------------------------------------------------------------------------
     def build(self):
@@ -247,6 +259,11 @@ class NetworkBuilder:
             order, parents = self._graph()
             tensors, cells = self._build_layers(provider, order, parents)
             target_node, target = self._target(provider, order, parents)
+            if target_node in self._onnx_owners:
+                section = self._onnx_owners[target_node]
+                tensors[target_node] = self._wrap(section.name, lambda: section.tensor(target_node),
+                                                  f"cannot take the ONNX value '{target_node}'")
+                cells[target_node] = []
             output = target_node or self._default_output(order, parents)
             deepnet_cell = self._deepnet_cell(provider, target, tensors, cells, parents, output)
         finally:
@@ -322,6 +339,7 @@ class NetworkBuilder:
 
         if "database" not in self.doc:
             warn("no [database] section: the network is built on an empty database", self.file)
+            self.doc.set_generated("sp" if "sp" in self.doc else "", "_EpochSize", 0)
             return databases.Database()
         r = self._reader("database")
         kind = r.choice("Type", ("MNIST_IDX_Database", "CIFAR10_Database", "CIFAR100_Database", "DIR_Database")
@@ -487,8 +505,8 @@ class NetworkBuilder:
                 continue
             rest = name[3:]
             if rest.startswith("StimuliData"):
-                raise self._section_error(name, "StimuliData sections (data statistics) are not supported",
-                                          "RangeAffineTransformation with explicit values")
+                self._stimuli_data(name, provider)
+                continue
             kind = next((k for k in _TRANSFORMATION_KINDS if rest.startswith(k)), None)
             if kind is None:
                 continue
@@ -510,6 +528,27 @@ class NetworkBuilder:
             else:
                 provider.add_transformation(t)
 
+    _APPLY_TO = {"All": ("Learn", "Validation", "Test"), "LearnOnly": ("Learn",), "ValidationOnly": ("Validation",),
+                 "TestOnly": ("Test",), "NoLearn": ("Validation", "Test"), "NoValidation": ("Learn", "Test"),
+                 "NoTest": ("Learn", "Validation")}
+
+    def _stimuli_data(self, name, provider):
+        """`[sp.StimuliData-<x>]`: statistics of the stimuli (after the transformations above it in
+        the file) written as `_GlobalValue.mean` / `_GlobalValue.stdDev` for later sections."""
+        r = self._reader(name)
+        apply_to = r.choice("ApplyTo", tuple(self._APPLY_TO), "All")
+        r.mark("LogSizeRange", "LogValueRange")   # N2D2 only logs these ranges
+        self._check_unused(r, "StimuliData keys (ApplyTo, LogSizeRange, LogValueRange)")
+        mean, std, count = self._wrap(name, lambda: provider.stimuli_statistics(self._APPLY_TO[apply_to]),
+                                      "cannot compute the stimuli statistics")
+        if count == 0:
+            sec = self.doc.section(name)
+            warn(f"no stimulus in {apply_to}: _GlobalValue.mean = 0 and _GlobalValue.stdDev = 1 (identity)",
+                 sec.file, sec.line, name)
+            mean, std = 0.0, 1.0
+        self.doc.set_generated(name, "_GlobalValue.mean", repr(mean))
+        self.doc.set_generated(name, "_GlobalValue.stdDev", repr(std))
+
     # -- typed values ----------------------------------------------------------------------------------
     @staticmethod
     def _typed(r, key, kind):
@@ -527,6 +566,7 @@ class NetworkBuilder:
     def _graph(self):
         """(nodes in build order, {node: [input names]})."""
         nodes = [n for n in self.doc.order if "Input" in self.doc.section(n).entries and n not in ("sp", "database")]
+        onnx_nodes = {n for n in nodes if is_onnx_section(self.doc, n)}
         parents = {}
         for n in nodes:
             r = self._reader(n)
@@ -535,7 +575,9 @@ class NetworkBuilder:
                 raise r.error(f"Input={r.text('Input')!r} has an empty name", "Input", "Input=name[,name...]")
             names = ["env" if p in ("sp", "cenv", "env") else p for p in names]
             for p in names:
-                if p != "env" and p not in nodes:
+                if p != "env" and p not in nodes and onnx_nodes:
+                    self.external.add(p)   # an ONNX value (it may have a config section): checked on import
+                elif p != "env" and p not in nodes:
                     what = "a section without Input= (not a layer)" if p in self.doc else "not a section of this file"
                     raise r.error(f"Input '{p}' is {what}", "Input",
                                   "sp or the name of a layer section (one with Input=)")
@@ -550,16 +592,30 @@ class NetworkBuilder:
         return order, parents
 
     def _level(self, node, parents, levels, stack):
+        """Longest path from the input to `node` (iterative: a file may chain thousands of layers)."""
         if node in levels:
             return levels[node]
-        if node in stack:
-            cycle = " -> ".join(stack[stack.index(node):] + [node])
-            raise self._reader(node).error(f"the layers form a cycle: {cycle}", "Input", "an acyclic graph")
-        stack.append(node)
-        level = 1 + max((0 if p == "env" else self._level(p, parents, levels, stack)) for p in parents[node])
-        stack.pop()
-        levels[node] = level
-        return level
+        on_stack = {}
+        stack.append((node, iter(parents[node])))
+        on_stack[node] = 0
+        while stack:
+            current, pending = stack[-1]
+            parent = next(pending, None)
+            if parent is None:
+                stack.pop()
+                del on_stack[current]
+                levels[current] = 1 + max((0 if p == "env" or p in self.external else levels[p])
+                                          for p in parents[current])
+                continue
+            if parent == "env" or parent in levels or parent in self.external:
+                continue
+            if parent in on_stack:
+                names = [n for n, _ in stack]
+                cycle = " -> ".join(names[names.index(parent):] + [parent])
+                raise self._reader(parent).error(f"the layers form a cycle: {cycle}", "Input", "an acyclic graph")
+            on_stack[parent] = len(stack)
+            stack.append((parent, iter(parents[parent])))
+        return levels[node]
 
     # -- layers --------------------------------------------------------------------------------------------
     def _build_layers(self, provider, order, parents):
@@ -571,7 +627,10 @@ class NetworkBuilder:
         tensors, cells = {"env": x}, {}
         for node in order:
             try:
-                tensors[node], cells[node] = self._build_layer(node, parents, tensors)
+                if is_onnx_section(self.doc, node):
+                    tensors[node], cells[node] = self._build_onnx(node, parents, tensors)
+                else:
+                    tensors[node], cells[node] = self._build_layer(node, parents, tensors)
             except MemoryError:
                 raise self._section_error(node, "this layer does not fit in memory",
                                           "smaller sizes (NbOutputs, kernel, input)") from None
@@ -579,22 +638,65 @@ class NetworkBuilder:
 
     @staticmethod
     def _input_tensor(provider):
+        """A zero batch of ONE stimulus: the eager build only needs shapes, and every call record
+        keeps its output alive until tracing, so a full batch (256 ImageNet images) multiplied the
+        memory of loading by the batch size. `_deepnet_cell` rebatches the traced graph."""
         from n2d2.tensor import Tensor
 
-        return Tensor(list(provider.shape()))
+        return Tensor([1] + list(provider.shape())[1:])
+
+    def _inputs(self, node, names, tensors, r):
+        """The tensors of a layer's Input names. With an ONNX section and ONNX values, the
+        section is listed for ordering only (upstream's `Input=onnx,Pool_3:0`)."""
+        if any(n in self.external for n in names):
+            names = [n for n in names if n not in self.onnx]
+        out = []
+        for n in names:
+            if n in tensors:
+                out.append(tensors[n])
+                continue
+            section = next((s for s in self.onnx.values() if n in s.importer.values), None)
+            if section is None:
+                raise r.error(f"Input '{n}' is no layer section and no value of an ONNX graph imported before "
+                              f"[{node}]", "Input", "a layer section, or an ONNX node output with the ONNX section "
+                                                    "listed first (Input=onnx,<output>)")
+            tensors[n] = self._wrap(node, lambda: section.tensor(n), f"cannot take the ONNX value '{n}'")
+            out.append(tensors[n])
+        return out
+
+    def _build_onnx(self, node, parents, tensors):
+        r = self._reader(node)
+        inputs = self._inputs(node, parents[node], tensors, r)
+        if len(inputs) != 1:
+            raise r.error(f"an ONNX section takes one input, got {len(parents[node])}", "Input",
+                          "Input=<sp or one layer> (the graph's data input)")
+        section = OnnxSection(self, node, r, inputs[0])
+        self._check_unused(r, "ONNX section keys")
+        self.onnx[node] = section
+        y = section.output
+        for key, value in (("_NbChannels", inputs[0].dimZ()), ("_ChannelsWidth", inputs[0].dimX()),
+                           ("_ChannelsHeight", inputs[0].dimY()), ("_NbOutputs", y.dimZ()),
+                           ("_OutputsWidth", y.dimX()), ("_OutputsHeight", y.dimY())):
+            self.doc.set_generated(node, key, value)
+        return y, section
 
     def _build_layer(self, node, parents, tensors):
         from n2d2.tensor import Interface
 
         r = self._reader(node)
         r.mark("Input")
-        kind = r.choice("Type", tuple(LAYER_TYPES))
+        if r.has("Type") and r.text("Type") in _UNSUPPORTED_TYPES:
+            raise r.error(f"Type={r.text('Type')} is not supported: {_UNSUPPORTED_TYPES[r.text('Type')]}", "Type",
+                          "one of " + ", ".join(LAYER_TYPES) + ", ONNX")
+        kind = r.choice("Type", tuple(LAYER_TYPES) + ("ONNX",))
+        if kind == "ONNX":   # readable now, not when the graph was levelled
+            raise r.error("Type=ONNX must not depend on keys generated while building", "Type", "Type=ONNX")
         model = self.model
         if r.has("Model"):
             model = self._resolve_model(r.text("Model"), r, "Model")
         if r.has("DataType"):
             r.choice("DataType", _DATATYPES)
-        inputs = [tensors[p] for p in parents[node]]
+        inputs = self._inputs(node, parents[node], tensors, r)
         layer = _Layer(self, node, r, self._config_reader(r, node, kind), inputs, parents[node], model)
         layer.type = kind
         for key in _INPUT_CROP_KEYS:
@@ -680,6 +782,8 @@ class NetworkBuilder:
                 continue
             owner = next((n for n in order if name.startswith(n + ".Target")), None)
             if owner is None:
+                owner = self._onnx_target_owner(name, parents)
+            if owner is None:
                 raise self._section_error(name, f"target section [{name}] does not belong to a layer",
                                           "[<layer>.Target] for a layer section with Input=")
             targets.append((owner, name))
@@ -701,6 +805,17 @@ class NetworkBuilder:
                      if k in values}
         target = self._wrap(name, lambda: Score(provider, name=name, **arguments, **values), "invalid target")
         return node, target
+
+    def _onnx_target_owner(self, name, parents):
+        """`[<ONNX value>.Target]`: the owner is a value of an imported graph (upstream's
+        `[Times418_Output_0.Target]`); it becomes a node fed by its ONNX section."""
+        for section in self.onnx.values():
+            for value in sorted(section.names(), key=len, reverse=True):
+                if name.startswith(value + ".Target"):
+                    self._onnx_owners[value] = section
+                    parents[value] = [section.name]
+                    return value
+        return None
 
     def _labels_mapping_path(self, r, value):
         if os.path.exists(value) or os.path.isabs(value) or not self.file or self.file.startswith("<"):
@@ -730,12 +845,19 @@ class NetworkBuilder:
             n = stack.pop()
             if n in needed or n == "env":
                 continue
+            if n not in parents:   # an ONNX value: its section brings its cells
+                stack.extend(name for name, section in self.onnx.items() if n in section.importer.values)
+                continue
             needed.add(n)
             stack.extend(parents[n])
         dropped = [n for n in cells if n not in needed]
         if dropped:
             warn(f"layers not leading to the output [{output}] are left out: {', '.join(dropped)}", self.file)
-        wanted = {id(cells[n]) for n in needed}
+        wanted = set()
+        for n in needed:
+            group = cells[n].cells if isinstance(cells[n], OnnxSection) else \
+                cells[n] if isinstance(cells[n], list) else [cells[n]]
+            wanted.update(id(c) for c in group)
         graph = DeepNet(provider)
         for record in tensors[output].get_deepnet().records():
             if id(record.cell) in wanted:
@@ -743,6 +865,11 @@ class NetworkBuilder:
         name = os.path.splitext(os.path.basename(self.file))[0] if self.file else None
         result = self._wrap(output, lambda: trace(graph, outputs=[tensors[output]], name=name,
                                                   input_names=["input"]), "cannot trace the network")
+        batch = int(provider.shape()[0])
+        if batch != 1:
+            from n2d2.cells.deepnet_cell import rebatch
+
+            result.graph = self._wrap(output, lambda: rebatch(result.graph, batch), "cannot set the batch size")
         if target is None:
             target = Score(provider, name="Target")
         cls = self.cls or DeepNetCell
@@ -789,6 +916,7 @@ _LAYER_KEYS = {
     "Pool": ("PoolDims", "PoolSize", "PoolWidth", "PoolHeight", "Stride*", "Padding*", "Pooling"),
     "Softmax": ("WithLoss", "GroupSize"),
     "ElemWise": ("Operation", "Weights", "Shifts", "CoeffMode"),
+    "Normalize": ("Norm",),
     "Padding": ("TopPadding", "BottomPadding", "LeftPadding", "RightPadding"),
     "Resize": ("OutputWidth", "OutputHeight", "Mode"),
     "Reshape": ("Dims",),
@@ -1204,6 +1332,14 @@ def _build_elemwise(layer):
                                            name=layer.name, model=layer.model, activation=act), "ElemWise")
 
 
+def _build_normalize(layer):
+    from n2d2.cells import Normalize
+
+    norm = layer.r.choice("Norm", ("L2",), "L2")
+    act = _activation(layer)
+    return _simple(layer, lambda: Normalize(norm, name=layer.name, model=layer.model, activation=act), "Normalize")
+
+
 def _build_padding(layer):
     from n2d2.cells import Padding
 
@@ -1268,6 +1404,7 @@ LAYER_TYPES = {
     "Dropout": _build_dropout,
     "BatchNorm": _build_batchnorm,
     "ElemWise": _build_elemwise,
+    "Normalize": _build_normalize,
     "Padding": _build_padding,
     "Resize": _build_resize,
     "Reshape": _build_reshape,

@@ -29,7 +29,9 @@ Generated keys (`_EpochSize`, `_NbOutputs`, `_OutputsWidth`, ...) are written in
 the builder while it builds (`IniDocument.set_generated`), so references resolve in build order.
 
 Every error is an `IniError` (a `ValueError`) naming the file, the section, the line and what
-was expected.
+was expected. The work and memory of reading a file are bounded (`limits`: expansion size and
+steps, reference, template and expression depth, number sizes): a file that passes a bound gets
+an `IniError` too, never a hang, a `MemoryError` or a `RecursionError`.
 """
 import ast
 import math
@@ -38,39 +40,12 @@ import os
 import re
 import warnings
 
+from n2d2.error_handler import IniError, IniWarning
+from n2d2.frontends.ini import limits
+from n2d2.frontends.ini.limits import Budget
+
 __all__ = ["IniError", "IniWarning", "Entry", "Section", "IniDocument", "parse_file", "parse_string",
            "render_template", "evaluate_expression", "Reader"]
-
-
-class IniError(ValueError):
-    """A malformed or unsupported INI file; the message names the file, section and line.
-
-    Attributes
-    ----------
-    file, section, line : where the problem is (any may be None);
-    expected : what would have been accepted (None when not applicable).
-    """
-
-    def __init__(self, message: str, file: str = None, section: str = None, line: int = None, expected: str = None):
-        self.file = file
-        self.section = section
-        self.line = line
-        self.expected = expected
-        self.reason = message
-        where = file or "<ini>"
-        if line is not None:
-            where += f":{line}"
-        text = f"{where}: "
-        if section is not None:
-            text += f"[{section}] " if section else "(global section) "
-        text += message
-        if expected:
-            text += f"; expected {expected}"
-        super().__init__(text)
-
-
-class IniWarning(UserWarning):
-    """Something N2D2 accepts or ignores that may not be what the author meant."""
 
 
 def warn(message: str, file=None, line=None, section=None):
@@ -164,14 +139,19 @@ _SECTION_NAME = re.compile(r"^[^\[\]=]+$")
 class IniDocument:
     """A parsed INI file: ordered sections (the global one is named "") and value substitution."""
 
-    MAX_TEMPLATE_DEPTH = 16
+    MAX_TEMPLATE_DEPTH = limits.MAX_TEMPLATE_DEPTH
 
     def __init__(self, path: str = None):
         self.path = path
         self.sections = {"": Section("", path, None)}
         self.order = []             # section names in file order (global excluded)
+        self.position = {}          # section name -> index in `order`
         self.template_parents = set()
+        self.nb_entries = 0
+        self.nb_templates = 0
+        self.template_budget = Budget(limits.MAX_TEMPLATE_STEPS, limits.MAX_TEMPLATE_CHARS)
         self._expanding = []
+        self._budget = None         # work spent reading the current value
 
     # -- structure -----------------------------------------------------------------------------
     def __contains__(self, name):
@@ -189,9 +169,9 @@ class IniDocument:
 
     def prev_section_name(self, name: str) -> str:
         """Previous section in file order, skipping template parents (N2D2's `${PREV_SECTION_NAME}`)."""
-        if name not in self.order:
+        if name not in self.position:
             return ""
-        i = self.order.index(name) - 1
+        i = self.position[name] - 1
         while i >= 0 and self.order[i] in self.template_parents:
             i -= 1
         return self.order[i] if i >= 0 else ""
@@ -211,10 +191,18 @@ class IniDocument:
         return self.expand(raw, section, entry or entry_hint, key)
 
     def expand(self, text: str, section: str, entry: Entry = None, key: str = None) -> str:
+        top = self._budget is None
+        if top:
+            self._budget = Budget(limits.MAX_EXPANSION_STEPS, limits.MAX_EXPANSION_CHARS)
         token = (section, key)
         if key is not None and token in self._expanding:
             chain = " -> ".join(f"[{s}]{k}" for s, k in self._expanding[self._expanding.index(token):] + [token])
             raise IniError(f"circular reference {chain}", *self._where(section, entry), expected="an acyclic reference")
+        if len(self._expanding) >= limits.MAX_REFERENCE_DEPTH:
+            first = self._expanding[0]
+            raise IniError(f"references nested more than {limits.MAX_REFERENCE_DEPTH} levels deep (from "
+                           f"[{first[0]}]{first[1]})", *self._where(section, entry),
+                           expected=f"at most {limits.MAX_REFERENCE_DEPTH} nested ${{VAR}} / [section]Key references")
         if key is not None:
             self._expanding.append(token)
         try:
@@ -224,6 +212,18 @@ class IniDocument:
         finally:
             if key is not None:
                 self._expanding.pop()
+            if top:
+                self._budget = None
+
+    def _spend(self, produced: str, section, entry) -> str:
+        """Count one substitution that produced `produced` against the budget of this read."""
+        exceeded = self._budget.spend(1, len(produced))
+        if exceeded:
+            raise IniError(f"reading this value takes {exceeded} of substitutions (nested ${{VAR}} / [section]Key "
+                           "expansion that grows without bound)", *self._where(section, entry),
+                           expected=f"at most {limits.MAX_EXPANSION_STEPS} substitutions and "
+                                    f"{limits.MAX_EXPANSION_CHARS} characters per value")
+        return produced
 
     def _where(self, section, entry):
         if entry is not None:
@@ -247,7 +247,7 @@ class IniDocument:
                                f"such as _NbOutputs exist once that layer is built; keys: {available})",
                                *self._where(section, entry), expected=f"a key of [{name}]")
             raw, target_entry = self.raw(name, key)
-            return self.expand(raw, name, target_entry or entry, key)
+            return self._spend(self.expand(raw, name, target_entry or entry, key), section, entry)
 
         if "[" not in text:
             return text
@@ -261,7 +261,7 @@ class IniDocument:
             for sec in (section, ""):
                 if sec in self.sections and "$" + name in self.sections[sec].entries:
                     raw, e = self.raw(sec, "$" + name)
-                    return self.expand(raw, sec, e, "$" + name)
+                    return self._spend(self.expand(raw, sec, e, "$" + name), section, entry)
             if name == "SECTION_NAME":
                 return section
             if name == "PREV_SECTION_NAME":
@@ -292,15 +292,17 @@ class IniDocument:
                         break
                 k += 1
             if depth != 0:
-                raise IniError(f"unbalanced parentheses in expression {text[j:]!r}", *self._where(section, entry),
+                shown = text[j:] if len(text) - j <= 200 else text[j:j + 200] + "..."
+                raise IniError(f"unbalanced parentheses in expression {shown!r}", *self._where(section, entry),
                                expected="$( expression )")
             expression = text[j + 2:k]
             try:
                 result = evaluate_expression(expression)
-            except (ValueError, TypeError, ArithmeticError, SyntaxError, RecursionError) as e:
-                raise IniError(f"cannot evaluate $({expression}): {e}", *self._where(section, entry),
+            except (ValueError, TypeError, ArithmeticError, SyntaxError, RecursionError, MemoryError) as e:
+                shown = expression if len(expression) <= 200 else expression[:200] + "..."
+                raise IniError(f"cannot evaluate $({shown}): {e}", *self._where(section, entry),
                                expected="a Python expression of numbers") from None
-            out.append(_print_form(result))
+            out.append(self._spend(_print_form(result), section, entry))
             i = k + 1
 
 
@@ -313,14 +315,23 @@ def parse_file(path: str) -> IniDocument:
     """Parse the INI file at `path` (templates are resolved from its directory)."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8-sig", errors="strict") as f:
-            text = f.read()
+        text = read_text(path)
     except UnicodeDecodeError as e:
         raise IniError(f"not a UTF-8 text file ({e.reason} at byte {e.start})", path, expected="a text INI file") \
             from None
     except OSError as e:
         raise IniError(f"cannot read the INI file ({e.strerror or e})", path, expected="a readable file") from None
     return parse_string(text, path)
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of an INI or template file, refused (IniError) above `limits.MAX_FILE_BYTES`
+    before it is read."""
+    with open(path, encoding="utf-8-sig", errors="strict") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limits.MAX_FILE_BYTES:
+            raise IniError(f"the file has {size} bytes", path, expected=f"at most {limits.MAX_FILE_BYTES} bytes")
+        return f.read(limits.MAX_FILE_BYTES + 1)
 
 
 def parse_string(text: str, path: str = "<string>", document: IniDocument = None, _depth: int = 0) -> IniDocument:
@@ -366,7 +377,9 @@ def parse_string(text: str, path: str = "<string>", document: IniDocument = None
                                    "parents defined earlier in the file")
                 for key, entry in doc.sections[parent].entries.items():
                     section.entries[key] = Entry(key, entry.value, entry.file, entry.line, entry.origin or parent)
+            _count_entries(doc, len(section.entries), path, name, number)
             doc.sections[name] = section
+            doc.position[name] = len(doc.order)
             doc.order.append(name)
             current = section
             if template is not None:
@@ -387,8 +400,16 @@ def parse_string(text: str, path: str = "<string>", document: IniDocument = None
             warn(f"key '{key}' given twice (line {previous.line} and {number}): the last value is used",
                  path, number, current.name)
         current.entries[key] = Entry(key, value, path, number)
+        _count_entries(doc, 1, path, current.name, number)
     flush_template()
     return doc
+
+
+def _count_entries(doc, added, path, section, line):
+    doc.nb_entries += added
+    if doc.nb_entries > limits.MAX_ENTRIES:
+        raise IniError(f"the document holds more than {limits.MAX_ENTRIES} key=value entries (inherited copies "
+                       "included)", path, section, line, "a smaller file or shorter inheritance chains")
 
 
 def _expand_env(text: str) -> str:
@@ -399,74 +420,118 @@ def _include_template(doc: IniDocument, section: Section, depth: int):
     if depth >= IniDocument.MAX_TEMPLATE_DEPTH:
         raise IniError(f"templates nested more than {IniDocument.MAX_TEMPLATE_DEPTH} levels", section.file,
                        section.name, section.line, "a finite template inclusion")
+    doc.nb_templates += 1
+    if doc.nb_templates > limits.MAX_TEMPLATES:
+        raise IniError(f"more than {limits.MAX_TEMPLATES} template sections", section.file, section.name,
+                       section.line, "fewer [name@file.ini.tpl] sections")
     path = section.template
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
+        text = read_text(path)
     except (OSError, UnicodeDecodeError) as e:
         raise IniError(f"cannot read template '{path}' ({e})", section.file, section.name, section.line,
                        "an existing template file") from None
-    params = {k: e.value for k, e in section.entries.items()}
+    # N2D2 substitutes the parameters first: `NB_FILTERS=$(int(64 * ${ALPHA}))` reaches the
+    # template as `64`, so that `$({{NB_FILTERS}})` there is a plain expression.
+    params = {k: doc.expand(e.value, section.name, e, k) for k, e in section.entries.items()}
     params["SECTION_NAME"] = section.name
     params["SECTION_FILE_NAME"] = section.file or ""
-    rendered = render_template(text, params, path)
+    rendered = render_template(text, params, path, _depth=depth, _budget=doc.template_budget)
     parse_string(rendered, path, document=doc, _depth=depth + 1)
 
 
 # -- templates -------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"(\{\{.*?\}\}|\{%.*?%\})", re.S)
+def _template_tokens(text: str) -> list:
+    """`text` split into text and `{{...}}` / `{%...%}` tags, alternating (odd items are tags; a
+    tag never closed stays text), as `re.split` with lazy `.*?` patterns gives, in linear time:
+    that regex rescans the rest of the file for every unclosed `{{`."""
+    out, pending = [], []
+    i = scan = 0
+    n = len(text)
+    unclosed = {"{{": n + 1, "{%": n + 1}   # an opener from here on has no closer
+    while True:
+        j = text.find("{", scan)
+        if j < 0 or j + 1 >= n:
+            break
+        opener = text[j:j + 2]
+        if opener not in unclosed:
+            scan = j + 1
+            continue
+        k = text.find("}}" if opener == "{{" else "%}", j + 2) if j < unclosed[opener] else -1
+        if k < 0:
+            unclosed[opener] = min(unclosed[opener], j)
+            scan = j + 1
+            continue
+        pending.append(text[i:j])
+        out.append("".join(pending))
+        out.append(text[j:k + 2])
+        pending = []
+        i = scan = k + 2
+    pending.append(text[i:])
+    out.append("".join(pending))
+    return out
 
 
-def render_template(text: str, params: dict, path: str = "<template>") -> str:
+def render_template(text: str, params: dict, path: str = "<template>", _depth: int = 0, _budget: Budget = None) -> str:
     """Render an N2D2 `.ini.tpl` template with `params` (strings).
 
     Supported: `{{VAR}}`; `{% if VAR exists|not_exists %}`, `{% if VAR ==|!= VALUE %}`,
     `{% else %}`, `{% endif %}`; `{% for V in range([start,] end) %}...{% endfor %}`;
     `{% block ARR %}...{% endblock %}` over `ARR=n` items (`{{.P}}` = `ARR[i].P`, `{{#}}` = i);
     `{% set VAR %}...{% endset %}`; `{% include FILE %}` (relative to the template).
+    Bounded by `limits`: nesting, include depth, nodes rendered and characters produced.
     """
-    tokens = _TOKEN.split(text)
+    budget = _budget if _budget is not None else Budget(limits.MAX_TEMPLATE_STEPS, limits.MAX_TEMPLATE_CHARS)
+    tokens = _template_tokens(text)
     pos = [0]
+    starts = []
+    offset = 0
+    for tok in tokens:
+        starts.append(offset)
+        offset += tok.count("\n")
 
     def line_of(index):
-        return "".join(tokens[:index]).count("\n") + 1
+        return starts[index] + 1
 
-    def parse_block(ends):
+    def parse_block(ends, depth=0):
         nodes = []
         while pos[0] < len(tokens):
             tok = tokens[pos[0]]
             index = pos[0]
             pos[0] += 1
-            if tok.startswith("{%") and tok.endswith("%}"):
-                words = tok[2:-2].split()
-                if not words:
-                    raise IniError("empty {% %} tag", path, None, line_of(index), "a template statement")
-                head = words[0]
-                if head in ends:
-                    return nodes, head, words
-                if head == "if":
-                    body, end, _ = parse_block(("else", "endif"))
-                    other = []
-                    if end == "else":
-                        other, end, _ = parse_block(("endif",))
-                    if end != "endif":
-                        raise IniError("{% if %} without {% endif %}", path, None, line_of(index), "{% endif %}")
-                    nodes.append(("if", words[1:], body, other, index))
-                elif head in ("for", "block", "set"):
-                    closing = "end" + head
-                    body, end, _ = parse_block((closing,))
-                    if end != closing:
-                        raise IniError(f"{{% {head} %}} without {{% {closing} %}}", path, None, line_of(index),
-                                       f"{{% {closing} %}}")
-                    nodes.append((head, words[1:], body, None, index))
-                elif head == "include":
-                    nodes.append(("include", words[1:], None, None, index))
+            if index % 2 == 1:  # a tag
+                if tok.startswith("{%"):
+                    words = tok[2:-2].split()
+                    if not words:
+                        raise IniError("empty {% %} tag", path, None, line_of(index), "a template statement")
+                    head = words[0]
+                    if head in ends:
+                        return nodes, head, words
+                    if head in ("if", "for", "block", "set") and depth >= limits.MAX_TEMPLATE_NESTING:
+                        raise IniError(f"template statements nested more than {limits.MAX_TEMPLATE_NESTING} levels",
+                                       path, None, line_of(index), "less nesting")
+                    if head == "if":
+                        body, end, _ = parse_block(("else", "endif"), depth + 1)
+                        other = []
+                        if end == "else":
+                            other, end, _ = parse_block(("endif",), depth + 1)
+                        if end != "endif":
+                            raise IniError("{% if %} without {% endif %}", path, None, line_of(index), "{% endif %}")
+                        nodes.append(("if", words[1:], body, other, index))
+                    elif head in ("for", "block", "set"):
+                        closing = "end" + head
+                        body, end, _ = parse_block((closing,), depth + 1)
+                        if end != closing:
+                            raise IniError(f"{{% {head} %}} without {{% {closing} %}}", path, None, line_of(index),
+                                           f"{{% {closing} %}}")
+                        nodes.append((head, words[1:], body, None, index))
+                    elif head == "include":
+                        nodes.append(("include", words[1:], None, None, index))
+                    else:
+                        raise IniError(f"unknown template statement {tok[:200]!r}", path, None, line_of(index),
+                                       "if/else/endif, for/endfor, block/endblock, set/endset or include")
                 else:
-                    raise IniError(f"unknown template statement {tok!r}", path, None, line_of(index),
-                                   "if/else/endif, for/endfor, block/endblock, set/endset or include")
-            elif tok.startswith("{{") and tok.endswith("}}"):
-                nodes.append(("var", tok[2:-2].strip(), None, None, index))
-            else:
+                    nodes.append(("var", tok[2:-2].strip(), None, None, index))
+            elif tok:
                 nodes.append(("text", tok, None, None, index))
         return nodes, None, None
 
@@ -474,10 +539,19 @@ def render_template(text: str, params: dict, path: str = "<template>") -> str:
     if end is not None:
         raise IniError(f"unexpected {{% {end} %}}", path, None, None, "a matching opening statement")
 
+    def spend(index, chars=0):
+        exceeded = budget.spend(1, chars)
+        if exceeded:
+            raise IniError(f"rendering the templates takes {exceeded} (loops or includes that grow without bound)",
+                           path, None, line_of(index), f"at most {limits.MAX_TEMPLATE_STEPS} template steps and "
+                                                       f"{limits.MAX_TEMPLATE_CHARS} characters per file")
+
     def render(nodes, env, item=None):
         out = []
         for kind, arg, body, other, index in nodes:
+            spend(index)
             if kind == "text":
+                spend(index, len(arg))
                 out.append(arg)
             elif kind == "var":
                 if arg == "#" and item is not None:
@@ -487,12 +561,14 @@ def render_template(text: str, params: dict, path: str = "<template>") -> str:
                     if key not in env:
                         raise IniError(f"template item field {key} is not defined", path, None, line_of(index),
                                        f"a key {key}=...")
+                    spend(index, len(env[key]))
                     out.append(env[key])
                 elif arg in env:
+                    spend(index, len(env[arg]))
                     out.append(env[arg])
                 else:
-                    raise IniError(f"template variable {{{{{arg}}}}} is not defined", path, None, line_of(index),
-                                   f"a key {arg}=... in the including section")
+                    raise IniError(f"template variable {{{{{arg[:200]}}}}} is not defined", path, None,
+                                   line_of(index), f"a key {arg[:200]}=... in the including section")
             elif kind == "if":
                 out.append(render(body if _condition(arg, env, path, line_of(index)) else other, env, item))
             elif kind == "set":
@@ -502,31 +578,36 @@ def render_template(text: str, params: dict, path: str = "<template>") -> str:
             elif kind == "for":
                 var, values = _for_range(arg, env, path, line_of(index))
                 for v in values:
+                    spend(index)
                     env[var] = str(v)
                     out.append(render(body, env, item))
             elif kind == "block":
                 if len(arg) != 1 or arg[0] not in env:
-                    raise IniError(f"{{% block {' '.join(arg)} %}} needs a count key", path, None, line_of(index),
-                                   "ARR=n in the including section")
+                    raise IniError(f"{{% block {' '.join(arg)[:200]} %}} needs a count key", path, None,
+                                   line_of(index), "ARR=n in the including section")
                 try:
                     count = int(env[arg[0]])
                 except ValueError:
-                    raise IniError(f"block count {arg[0]}={env[arg[0]]!r} is not an integer", path, None,
+                    raise IniError(f"block count {arg[0]}={env[arg[0]][:200]!r} is not an integer", path, None,
                                    line_of(index), "an integer") from None
                 for i in range(count):
+                    spend(index)
                     out.append(render(body, env, (arg[0], i)))
             elif kind == "include":
                 if len(arg) != 1:
                     raise IniError("{% include %} takes one file name", path, None, line_of(index),
                                    "{% include FILE %}")
+                if _depth + 1 >= limits.MAX_TEMPLATE_DEPTH:
+                    raise IniError(f"templates nested more than {limits.MAX_TEMPLATE_DEPTH} levels (a template "
+                                   "including itself?)", path, None, line_of(index), "a finite template inclusion")
                 name = _expand_env(arg[0])
                 target = name if os.path.isabs(name) else os.path.join(os.path.dirname(path), name)
                 try:
-                    with open(target, encoding="utf-8-sig") as f:
-                        out.append(render_template(f.read(), env, target))
-                except OSError as e:
+                    included = read_text(target)
+                except (OSError, UnicodeDecodeError) as e:
                     raise IniError(f"cannot include '{target}' ({e})", path, None, line_of(index),
                                    "an existing file") from None
+                out.append(render_template(included, env, target, _depth + 1, budget))
         return "".join(out)
 
     return render(nodes, dict(params))
@@ -567,22 +648,31 @@ _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_}
 _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
             ast.Gt: operator.gt, ast.GtE: operator.ge}
-_FUNCTIONS = {"int": int, "float": float, "round": round, "abs": abs, "min": min, "max": max, "bool": bool,
-              "sqrt": math.sqrt, "ceil": math.ceil, "floor": math.floor, "log": math.log, "log2": math.log2,
-              "log10": math.log10, "exp": math.exp}
 _MATH = {"sqrt", "ceil", "floor", "log", "log2", "log10", "exp", "pi", "e"}
-_MAX_MAGNITUDE = 10 ** 30
+_MAX_MAGNITUDE = limits.MAX_MAGNITUDE
 
 
 def evaluate_expression(text: str):
     """Evaluate an INI `$(...)` expression safely (no names, attributes or calls beyond a few
-    numeric functions); raises ValueError for anything else."""
-    tree = ast.parse(text.strip(), mode="eval")
+    numeric functions); raises ValueError for anything else. Bounded (`limits`): the text's
+    length, the nesting of its syntax tree, integers up to 10**30 (checked before a power or a
+    `round` computes a larger one), finite floats."""
+    text = text.strip()
+    if len(text) > limits.MAX_EXPRESSION_CHARS:
+        raise ValueError(f"expression of {len(text)} characters (at most {limits.MAX_EXPRESSION_CHARS})")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (RecursionError, MemoryError):
+        raise ValueError("expression nested too deeply") from None
     return _eval(tree.body)
 
 
 def _number(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, complex):
+        raise ValueError(f"complex result {value}")
+    if not isinstance(value, (int, float)):
         return value
     if isinstance(value, int) and abs(value) > _MAX_MAGNITUDE:
         raise ValueError("integer result too large")
@@ -591,42 +681,66 @@ def _number(value):
     return value
 
 
-def _eval(node):
+def _power(left, right):
+    """left ** right, refused before computing when the result would pass the magnitude bound."""
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)) and abs(left) > 1 and right > 0:
+        if right * math.log10(abs(left)) > 30.5:
+            raise ValueError("power too large")
+    if isinstance(right, (int, float)) and abs(right) > 10 ** 6:
+        raise ValueError("power too large")
+    return left ** right
+
+
+def _round(value, ndigits=None):
+    if ndigits is not None and (not isinstance(ndigits, int) or abs(ndigits) > limits.MAX_ROUND_DIGITS):
+        raise ValueError(f"round() takes at most {limits.MAX_ROUND_DIGITS} digits, got {ndigits!r}")
+    return round(value) if ndigits is None else round(value, ndigits)
+
+
+_FUNCTIONS = {"int": int, "float": float, "round": _round, "abs": abs, "min": min, "max": max, "bool": bool,
+              "sqrt": math.sqrt, "ceil": math.ceil, "floor": math.floor, "log": math.log, "log2": math.log2,
+              "log10": math.log10, "exp": math.exp}
+
+
+def _eval(node, depth=0):
+    if depth > limits.MAX_EXPRESSION_DEPTH:
+        raise ValueError(f"expression nested more than {limits.MAX_EXPRESSION_DEPTH} levels")
+    depth += 1
     if isinstance(node, ast.Constant):
-        if isinstance(node.value, (int, float, str)) and not isinstance(node.value, complex):
-            return node.value
-        if node.value is None or isinstance(node.value, bool):
+        if isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return _number(node.value)
+        if isinstance(node.value, str) or node.value is None or isinstance(node.value, bool):
             return node.value
         raise ValueError(f"unsupported constant {node.value!r}")
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _eval(node.left), _eval(node.right)
+        left, right = _eval(node.left, depth), _eval(node.right, depth)
         if isinstance(left, str) or isinstance(right, str):
             if isinstance(node.op, ast.Add) and isinstance(left, str) and isinstance(right, str):
                 return left + right
             raise ValueError("arithmetic on strings")
-        if isinstance(node.op, ast.Pow) and (abs(right) > 256 or abs(left) > _MAX_MAGNITUDE):
-            raise ValueError("power too large")
+        if isinstance(node.op, ast.Pow):
+            return _number(_power(left, right))
         return _number(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _number(_UNARY[type(node.op)](_eval(node.operand)))
+        return _number(_UNARY[type(node.op)](_eval(node.operand, depth)))
     if isinstance(node, ast.BoolOp):
-        values = [_eval(v) for v in node.values]
+        values = [_eval(v, depth) for v in node.values]
         result = values[0]
         for v in values[1:]:
             result = (result and v) if isinstance(node.op, ast.And) else (result or v)
         return result
     if isinstance(node, ast.Compare):
-        left = _eval(node.left)
+        left = _eval(node.left, depth)
         for op, comparator in zip(node.ops, node.comparators):
             if type(op) not in _COMPARE:
                 raise ValueError("unsupported comparison")
-            right = _eval(comparator)
+            right = _eval(comparator, depth)
             if not _COMPARE[type(op)](left, right):
                 return False
             left = right
         return True
     if isinstance(node, ast.IfExp):
-        return _eval(node.body) if _eval(node.test) else _eval(node.orelse)
+        return _eval(node.body, depth) if _eval(node.test, depth) else _eval(node.orelse, depth)
     if isinstance(node, ast.Call) and not node.keywords:
         func = node.func
         name = None
@@ -636,7 +750,7 @@ def _eval(node):
             name = func.attr if func.attr in _MATH else None
         if name not in _FUNCTIONS:
             raise ValueError(f"function {ast.unparse(func)!r} is not allowed")
-        args = [_eval(a) for a in node.args]
+        args = [_eval(a, depth) for a in node.args]
         if name in ("min", "max") and not args:
             raise ValueError(f"{name}() needs arguments")
         return _number(_FUNCTIONS[name](*args))
@@ -669,6 +783,9 @@ class Reader:
     user : str, optional
         The layer on whose behalf config sections are read (named in error messages).
     """
+
+    _current_entry = None     # the entry being converted (for warnings)
+    _current_holder = None
 
     def __init__(self, doc: IniDocument, names, user: str = None):
         self.doc = doc
@@ -706,12 +823,10 @@ class Reader:
         return self._holder(key) is not None
 
     def keys(self) -> list:
-        out = []
+        out = {}
         for name in self.names:
-            for k in self.doc.section(name).entries:
-                if k not in out:
-                    out.append(k)
-        return out
+            out.update(dict.fromkeys(self.doc.section(name).entries))
+        return list(out)
 
     def mark(self, *keys):
         self.used.update(keys)
@@ -735,16 +850,33 @@ class Reader:
                 raise self.error(f"missing required key '{key}'", expected=f"{key}=<{expected}>")
             return default
         value = self.text(key)
+        holder = self._holder(key)
+        self._current_entry, self._current_holder = self.doc.section(holder).entries[key], holder
         try:
             return convert(value)
         except (ValueError, TypeError, OverflowError):
             raise self.error(f"{key}={value!r} is not {expected}", key, expected) from None
 
     def int(self, key, default=_REQUIRED, minimum=None, maximum=None) -> int:
-        value = self._convert(key, default, "an integer", parse_int)
+        value = self._convert(key, default, "an integer", self._integer_part)
         if self.has(key):
             self._check_range(key, value, minimum, maximum)
         return value
+
+    def _integer_part(self, text):
+        """N2D2 reads an integer key with C++ `>>`, which stops at the '.': a file whose own
+        arithmetic is fractional (`$(_EpochSize*EPOCHS/BATCH)`) gets the integer part, with a
+        warning saying how to write it exactly."""
+        try:
+            return parse_int(text)
+        except ValueError:
+            number = parse_float(text)
+        truncated = int(number)  # toward zero, like the C++ extraction of "-2.5" -> -2
+        entry = self._current_entry
+        warn(f"'{entry.key if entry else 'value'}' = {text.strip()} is not an integer: N2D2 reads the integer "
+             f"part {truncated} (write $(... // ...) or $(int(...)) in the file to say so)",
+             entry.file if entry else self.doc.path, entry.line if entry else None, self._current_holder)
+        return truncated
 
     def float(self, key, default=_REQUIRED, minimum=None, maximum=None) -> float:
         value = self._convert(key, default, "a number", parse_float)
