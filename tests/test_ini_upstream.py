@@ -10,11 +10,11 @@ import warnings
 import pytest
 
 from n2d2.frontends.ini import IniError, IniWarning, load_ini
+from tests.conftest import ROOT as _REPO
+from tests.conftest import SHARED_MODELS
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = next((p for p in (os.path.join(_REPO, "..", "shared", "models"), "/work/shared/models")
-               if os.path.isfile(os.path.join(p, "ResNet-18.ini"))), None)
-needs_models = pytest.mark.skipif(MODELS is None, reason="shared INI models not available")
+MODELS = SHARED_MODELS if os.path.isfile(os.path.join(SHARED_MODELS, "ResNet-18.ini")) else None
+needs_models = pytest.mark.skipif(MODELS is None, reason=f"shared INI models not found in {SHARED_MODELS}")
 
 
 def _model(name):
