@@ -28,6 +28,12 @@ class DeepNet:
         self._provider = provider
         self._records = []
         self._seeds = []
+        # n2d2.eager_compile: a step key per record, record index by output, inputs by first use
+        self._eager_keys = []
+        self._eager_index = {}
+        self._eager_inputs = {}
+        self._eager_next_key = None
+        self._eager_step = None
 
     def get_name(self) -> str:
         return self._name
@@ -36,6 +42,9 @@ class DeepNet:
         return self._provider
 
     def add(self, record: CallRecord):
+        self._eager_index[id(record.output)] = len(self._records)
+        self._eager_keys.append(self._eager_next_key)
+        self._eager_next_key = None
         self._records.append(record)
 
     def records(self):
@@ -55,6 +64,12 @@ class DeepNet:
         self._seeds.append((tensor, grad))
 
     def back_propagate(self):
+        step = self._eager_step
+        if step is not None and step.back_propagate(self._seeds):
+            return
+        self._eager_back_propagate()
+
+    def _eager_back_propagate(self):
         grads = {}
         for tensor, g in self._seeds:
             key = id(tensor)
@@ -75,6 +90,9 @@ class DeepNet:
                 grads[key] = dx if key not in grads else grads[key] + dx
 
     def update(self):
+        step = self._eager_step
+        if step is not None and step.update():
+            return
         for cell in self.get_cells():
             cell.update()
 
@@ -96,3 +114,11 @@ class DeepNet:
         ax.axis("off")
         fig.savefig(path)
         plt.close(fig)
+
+
+def compiled_replays() -> int:
+    """How many forward passes of eager loops ran as a compiled program (`n2d2.eager_compile`);
+    `n2d2.eager_compile.stats` has the other counters."""
+    from n2d2.eager_compile import stats
+
+    return stats.forward_replays
