@@ -34,6 +34,7 @@ class DeepNet:
         self._eager_inputs = {}
         self._eager_next_key = None
         self._eager_step = None
+        self._eager_trained = False
 
     def get_name(self) -> str:
         return self._name
@@ -64,6 +65,7 @@ class DeepNet:
         self._seeds.append((tensor, grad))
 
     def back_propagate(self):
+        self._eager_trained = True
         step = self._eager_step
         if step is not None and step.back_propagate(self._seeds):
             return

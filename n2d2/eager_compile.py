@@ -30,6 +30,9 @@ import numpy as np
 
 # Ops whose forward draws from `global_variables.rng` (replays restore the random state).
 _RANDOM_OPS = frozenset({"Dropout"})
+# Ops whose forward depends on learn/test mode: a step that is not back-propagated runs the
+# inference program only when these are all in test mode (other cells' mode changes nothing).
+_MODE_DEPENDENT_OPS = frozenset({"Dropout", "BatchNorm"})
 _MAX_PLANS = 8          # compiled plans kept per provider (learn and test loops, a few shapes)
 _SEEN_TO_COMPILE = 2    # a sequence compiles when it ended that many batches in a row
 
@@ -46,7 +49,7 @@ class EagerCompileStats:
     training_replays : int
         Full training steps (forward, backward, update) run compiled.
     eager_fallbacks : int
-        Steps that started on a plan and went on eagerly (a call did not match).
+        Steps that did not follow the provider's active plan (a call did not match) and ran eagerly.
     recomputes : int
         Eager replays of a compiled step to show an intermediate value that was read.
     failures : dict
@@ -140,18 +143,19 @@ def step_key(cell, tensors, deepnet):
 class Plan:
     """One compiled sequence of calls: its keys, cells, program and parameter arrays."""
 
-    def __init__(self, deepnet, keys):
+    def __init__(self, deepnet, signature):
         from n2d2.cells.deepnet_cell import DeepNetCell, training_graph
         from n2d2.codegen.programs import InferenceProgram, TrainingProgram, select_backend
         from n2d2.ir.trace import trace
 
         records = deepnet.records()
-        self.keys = keys
+        self.signature = signature
+        kind, self.keys = signature
         self.cells = [r.cell for r in records]            # strong refs: the ids in `keys` stay valid
         self.modes = [r.cell._inference for r in records]
         self.shapes = [tuple(r.output.shape()) for r in records]
-        self.training = not self.modes[0]
-        self.random = any(k[1] in _RANDOM_OPS for k in keys) and self.training
+        self.training = kind == "training"
+        self.random = self.training and any(k[1] in _RANDOM_OPS and not k[2] for k in self.keys)
         names = [f"input{i}" for i in range(len(deepnet._eager_inputs))]
         result = trace(deepnet, outputs=[records[-1].output], name="eager_step", input_names=names)
         self.input_names = list(result.graph.inputs)
@@ -199,13 +203,14 @@ def _provider_state(provider):
 
 
 def _signature(deepnet):
+    """(kind, keys) of a finished batch: "training" when it was back-propagated, else
+    "inference" (or "training" when a mode-dependent op ran in learn mode)."""
     keys = deepnet._eager_keys
     if not keys or len(keys) != len(deepnet._records) or any(k is None for k in keys):
         return None
-    modes = {k[2] for k in keys}
-    if len(modes) != 1:
-        return None
-    return tuple(keys)
+    learning = any(k[1] in _MODE_DEPENDENT_OPS and not k[2] for k in keys)
+    kind = "training" if deepnet._eager_trained or learning else "inference"
+    return (kind, tuple(keys))
 
 
 def on_step_end(provider, deepnet):
@@ -405,7 +410,10 @@ def on_call(cell, tensors, deepnet):
         provider = deepnet.get_provider()
         state = _providers.get(provider) if provider is not None else None
         plan = state.active if state is not None else None
-        if plan is None or plan.keys[0] != key:
+        if plan is None:
+            return None
+        if plan.keys[0] != key:
+            stats.eager_fallbacks += 1
             return None
         step = deepnet._eager_step = DeferredStep(deepnet, plan)
     if step.position >= len(step.plan.keys) or step.plan.keys[step.position] != key:
