@@ -44,7 +44,8 @@ class DeepNet:
 
     def add(self, record: CallRecord):
         self._eager_index[id(record.output)] = len(self._records)
-        self._eager_keys.append(self._eager_next_key)
+        pending = self._eager_next_key   # (cell, key) set by the call that records this
+        self._eager_keys.append(pending[1] if pending is not None and pending[0] is record.cell else None)
         self._eager_next_key = None
         self._records.append(record)
 

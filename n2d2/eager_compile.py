@@ -267,8 +267,8 @@ class DeferredStep:
                 self._run_compiled()
                 return
             self.to_eager()
-            return
-        self.replay()
+        elif self.state != "eager":
+            self.replay()
 
     def _run_compiled(self):
         from n2d2.settings import global_variables
@@ -329,7 +329,7 @@ class DeferredStep:
                     record.output._h = y
             self.replayed = True
             if backward:
-                self.deepnet._eager_back_propagate()
+                self._eager_gradients()
         finally:
             for cell, mode in modes:
                 cell._inference = mode
@@ -339,6 +339,21 @@ class DeferredStep:
                 array[...] = values
             if rng_now is not None:
                 global_variables.rng.bit_generator.state = rng_now
+
+    def _eager_gradients(self):
+        """The eager back-propagation of this step, for the gradients its cells show; parameter
+        gradients, and the gradients of cells back-propagated again since, are left as they were."""
+        cells = {id(c): c for c in self.plan.cells}.values()
+        saved = [(c, c._param_grads, c._diff_inputs, c._diff_outputs, c._batch_size, c._lazy_gradients)
+                 for c in cells]
+        try:
+            self.deepnet._eager_back_propagate()
+        finally:
+            for c, grads, d_in, d_out, batch, lazy in saved:
+                c._param_grads = grads
+                c._lazy_gradients = lazy
+                if lazy is not self:
+                    c._diff_inputs, c._diff_outputs, c._batch_size = d_in, d_out, batch
 
     def resolve_gradients(self):
         """A cell asked for a gradient of this compiled step: compute them all by an eager replay."""
@@ -395,7 +410,7 @@ def on_call(cell, tensors, deepnet):
 
     step = deepnet._eager_step
     key = step_key(cell, tensors, deepnet)
-    deepnet._eager_next_key = key
+    deepnet._eager_next_key = (cell, key)
     if step is not None and step.state != "pending":
         if step.state != "eager":
             step.replay()   # calls after a compiled forward: the graph goes on eagerly

@@ -152,6 +152,15 @@ class Tensor:
     def _host(self, value):
         self._h = value
 
+    def __getstate__(self):
+        """Copies and pickles carry values: a pending tensor is computed first."""
+        if self._pending is not None:
+            _ = self._host
+        state = dict(self.__dict__)
+        state.pop("_pending", None)
+        state.pop("_pending_shape", None)
+        return state
+
     @property
     def _data(self):
         """The array computations use: device array for CUDA tensors, else host."""

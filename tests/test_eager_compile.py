@@ -7,6 +7,7 @@ compares losses, success rates, confusion matrices, weights, outputs and gradien
 counters of `n2d2.eager_compile.stats` show which steps ran compiled. Tolerances are float32
 summation-order ones (the C kernels add in another order than numpy).
 """
+import copy
 import os
 import subprocess
 import sys
@@ -90,6 +91,7 @@ def _train(compiled, make=_mlp, steps=STEPS, between=None, batch=16):
                   if getattr(c, "_means", None) is not None}
     # values of the last step, read after its update (lazy on the compiled path)
     seen["fc1_out"] = cells["fc1"].get_outputs().to_numpy().copy()
+    seen["fc2_out"] = copy.copy(cells["fc2"].get_outputs()).to_numpy()   # a pending tensor copies as values
     seen["fc2_diffin"] = cells["fc2"].get_diffinputs().to_numpy().copy()
     seen["fc2_diffout"] = cells["fc2"].get_diffoutputs().to_numpy().copy()
     return seen
@@ -104,7 +106,7 @@ def _assert_same(eager, compiled):
     for name, (m, v) in eager["bn"].items():
         np.testing.assert_allclose(compiled["bn"][name][0], m, rtol=RTOL, atol=ATOL, err_msg=name)
         np.testing.assert_allclose(compiled["bn"][name][1], v, rtol=RTOL, atol=ATOL, err_msg=name)
-    for key in ("fc1_out", "fc2_diffin", "fc2_diffout"):
+    for key in ("fc1_out", "fc2_out", "fc2_diffin", "fc2_diffout"):
         np.testing.assert_allclose(compiled[key], eager[key], rtol=RTOL, atol=ATOL, err_msg=key)
 
 
