@@ -98,17 +98,20 @@ def _freeze(value):
     return ("object", type(value).__name__, id(value))
 
 
-def _solver_key(solver):
-    if solver is None:
-        return None
-    return (id(solver), type(solver).__name__, _freeze(getattr(solver, "_config", {})))
+def _same(a, b) -> bool:
+    """Key equality; keys hold numpy arrays (connection tables) that `==` cannot judge alone."""
+    try:
+        return bool(a == b)
+    except ValueError:
+        return _freeze(a) == _freeze(b)
 
 
 def step_key(cell, tensors, deepnet):
-    """The key of one cell call, or None when such a call cannot be compiled."""
+    """The key of one cell call (plain data, copied: later changes do not reach it), or None
+    when such a call cannot be compiled. Compared with `_same`, hashed through `_freeze`."""
     from n2d2.provider.base import Provider
 
-    if cell._on_gpu:
+    if cell._on_gpu or not cell._compilable():
         return None
     try:
         op, attrs, params = cell._ir_node()
@@ -122,7 +125,7 @@ def step_key(cell, tensors, deepnet):
             if not isinstance(data, np.ndarray):
                 return None
             pos = deepnet._eager_inputs.setdefault(id(t), (len(deepnet._eager_inputs), t))[0]
-            sources.append(("input", pos, data.shape, str(data.dtype)))
+            sources.append(("input", pos, data.shape, data.dtype.str))
         elif id(t) in index:
             sources.append(("call", index[id(t)]))
         else:
@@ -134,9 +137,9 @@ def step_key(cell, tensors, deepnet):
             continue
         if not isinstance(array, np.ndarray):
             return None
-        roles.append((role, id(array), array.shape, str(array.dtype), _solver_key(solver)))
-    return (id(cell), op, bool(cell._inference), bool(cell._config.get("back_propagate", True)),
-            _freeze(attrs), tuple(roles), tuple(sources))
+        roles.append((role, id(array), array.shape, array.dtype.str, id(solver),
+                      None if solver is None else solver._config.copy()))
+    return (id(cell), op, bool(cell._inference), dict(attrs), cell._config.copy(), tuple(roles), tuple(sources))
 
 
 # -- plans ----------------------------------------------------------------------------------------
@@ -151,6 +154,7 @@ class Plan:
         records = deepnet.records()
         self.signature = signature
         kind, self.keys = signature
+        self.frozen = _freeze(signature)
         self.cells = [r.cell for r in records]            # strong refs: the ids in `keys` stay valid
         self.modes = [r.cell._inference for r in records]
         self.shapes = [tuple(r.output.shape()) for r in records]
@@ -217,17 +221,23 @@ def on_step_end(provider, deepnet):
     """A provider starts a new batch: learn the sequence of calls of the batch that ends."""
     if not enabled() or deepnet is None or not deepnet._records:
         return
-    sig = _signature(deepnet)
     state = _provider_state(provider)
+    step = deepnet._eager_step
+    if (step is not None and step.state not in ("pending", "eager") and step.plan.training == deepnet._eager_trained
+            and len(deepnet._records) == len(step.plan.keys)):
+        sig, frozen = step.plan.signature, step.plan.frozen    # it followed its plan: no need to hash
+    else:
+        sig = _signature(deepnet)
+        frozen = None if sig is None else _freeze(sig)
     if sig is None:
         state.last_sig, state.count, state.active = None, 0, None
         return
-    if sig in state.plans:
-        state.active = state.plans[sig]
-        state.last_sig, state.count = sig, _SEEN_TO_COMPILE
+    if frozen in state.plans:
+        state.active = state.plans[frozen]
+        state.last_sig, state.count = frozen, _SEEN_TO_COMPILE
         return
-    state.count = state.count + 1 if sig == state.last_sig else 1
-    state.last_sig = sig
+    state.count = state.count + 1 if frozen == state.last_sig else 1
+    state.last_sig = frozen
     state.active = None
     if state.count < _SEEN_TO_COMPILE:
         return
@@ -241,7 +251,7 @@ def on_step_end(provider, deepnet):
         stats.compiles += 1
     if len(state.plans) >= _MAX_PLANS:
         state.plans.pop(next(iter(state.plans)))
-    state.plans[sig] = plan
+    state.plans[frozen] = plan
     state.active = plan
 
 
@@ -427,11 +437,11 @@ def on_call(cell, tensors, deepnet):
         plan = state.active if state is not None else None
         if plan is None:
             return None
-        if plan.keys[0] != key:
+        if not _same(plan.keys[0], key):
             stats.eager_fallbacks += 1
             return None
         step = deepnet._eager_step = DeferredStep(deepnet, plan)
-    if step.position >= len(step.plan.keys) or step.plan.keys[step.position] != key:
+    if step.position >= len(step.plan.keys) or not _same(step.plan.keys[step.position], key):
         step.to_eager()
         return None
     out = Tensor._pending_output(step.plan.shapes[step.position], cell, step)

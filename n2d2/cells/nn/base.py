@@ -144,6 +144,11 @@ class NeuralNetworkCell(Configurable):
         """
         raise NotImplementedError(f"{self.get_type()} has no IR description")
 
+    def _compilable(self) -> bool:
+        """Whether this call is exactly its IR node (`_ir_node`), so that `n2d2.eager_compile` may
+        run it compiled; cells whose `_forward` adds behaviour in some configuration say False."""
+        return True
+
     def _forward(self, xs):
         """Run the cell's op definition (`n2d2.ir.ops`) on the input arrays."""
         op, attrs, params = self._ir_node()
