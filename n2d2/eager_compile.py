@@ -75,6 +75,10 @@ class EagerCompileStats:
 
 stats = EagerCompileStats()
 
+# The backend plans compile for: None picks as DeepNetCell does (C when a compiler is found,
+# else the numpy executor; CUDA cells are not compiled here); "numpy" or "c" forces one.
+backend = None
+
 
 def enabled() -> bool:
     from n2d2.settings import global_variables
@@ -168,12 +172,11 @@ class Plan:
             (trainable if p.trainable else state)[id(p.array)] = p.array
         self.trainable = list(trainable.values())
         self.state_arrays = list(state.values())
-        backend = select_backend()
+        self.backend = select_backend(backend)
         if self.training:
-            self.program = TrainingProgram(training_graph(result.graph), backend)
+            self.program = TrainingProgram(training_graph(result.graph), self.backend)
         else:
-            self.program = InferenceProgram(DeepNetCell._optimize(result.graph), backend)
-        self.backend = backend
+            self.program = InferenceProgram(DeepNetCell._optimize(result.graph), self.backend)
         self.owner = None        # the step whose forward the program's buffers hold
 
     def forward(self, step, feeds_by_position):
