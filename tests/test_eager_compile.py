@@ -17,8 +17,8 @@ import pytest
 
 import n2d2
 from n2d2 import eager_compile
-from n2d2.activation import Rectifier
-from n2d2.cells import BatchNorm2d, Conv, Dropout, Fc, Pool2d, Sequence, Softmax
+from n2d2.activation import Rectifier, Tanh
+from n2d2.cells import BatchNorm2d, Conv, Dropout, ElemWise, Fc, Pool2d, Sequence, Softmax
 from n2d2.solver import SGD
 
 RTOL, ATOL = 2e-4, 2e-5
@@ -142,6 +142,28 @@ def test_conv_net_loop_runs_compiled_and_equals_eager(bn, dropout, backend, monk
     d = _delta(before)
     assert d["compiles"] == 1 and d["training"] == STEPS - 2 and d["fallbacks"] == 0, d
     assert not eager_compile.stats.failures
+    _assert_same(eager, compiled)
+
+
+def _branches():
+    """Two branches summed (an Interface input) and a cell called twice (shared weights)."""
+    fc1, mid = Fc(64, 20, activation=Rectifier(), name="fc1"), Fc(20, 20, activation=Tanh(), name="mid")
+    fc2, add, softmax = Fc(20, 2, name="fc2"), ElemWise(operation="Sum", name="add"), Softmax(with_loss=True)
+    for cell in (fc1, mid, fc2):
+        cell.solver = SGD(learning_rate=0.05, momentum=0.9)
+
+    def model(x):
+        h = fc1(x)
+        return softmax(fc2(add(n2d2.Interface([h, mid(mid(h))]))))
+    return {"fc1": fc1, "mid": mid, "fc2": fc2}, model
+
+
+def test_branches_and_shared_cells_equal_eager():
+    eager = _train(False, _branches)
+    before = _counts()
+    compiled = _train(True, _branches)
+    d = _delta(before)
+    assert d["compiles"] == 1 and d["training"] == STEPS - 2, d
     _assert_same(eager, compiled)
 
 
