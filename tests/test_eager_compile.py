@@ -163,7 +163,8 @@ def test_branches_and_shared_cells_equal_eager():
     before = _counts()
     compiled = _train(True, _branches)
     d = _delta(before)
-    assert d["compiles"] == 1 and d["training"] == STEPS - 2, d
+    # ElemWise sets itself up at its first call: the first batch has no key, two more compile
+    assert d["compiles"] == 1 and d["training"] == STEPS - 3, d
     _assert_same(eager, compiled)
 
 

@@ -106,13 +106,14 @@ class NeuralNetworkCell(Configurable):
         for t in tensors[1:]:
             if t.get_deepnet() is not deepnet:
                 raise ValueError(f"Cell '{self._name}': its inputs belong to different graphs")
-        self._check_input(tensors)
         if global_variables.eager_compile:
             from n2d2 import eager_compile
 
+            # a call that matches the compiled plan was checked when the plan was recorded
             pending = eager_compile.on_call(self, tensors, deepnet)
             if pending is not None:
                 return pending
+        self._check_input(tensors)
         xs = []
         for t in tensors:
             if t.is_cuda != self._on_gpu:
