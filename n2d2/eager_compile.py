@@ -450,8 +450,9 @@ def on_call(cell, tensors, deepnet):
     out = Tensor._pending_output(step.plan.shapes[step.position], cell, step)
     deepnet.add(CallRecord(cell, tensors, out, None, [id(t) in deepnet._eager_index for t in tensors]))
     step.position += 1
-    cell._deepnet = deepnet
-    cell._inputs = tensors
-    cell._output = out
-    cell._input_cells = [t.cell.get_name() for t in tensors if t.cell is not None]
+    state = cell.__dict__   # what an eager call sets (plain attributes: no Configurable routing)
+    state["_deepnet"] = deepnet
+    state["_inputs"] = tensors
+    state["_output"] = out
+    state["_input_cells"] = [t.cell.get_name() for t in tensors if t.cell is not None]
     return out
