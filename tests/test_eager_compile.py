@@ -128,7 +128,7 @@ def test_mlp_loop_runs_compiled_and_equals_eager():
     compiled = _train(True)
     d = _delta(before)
     assert d["compiles"] == 1 and d["training"] == STEPS - 2 and d["fallbacks"] == 0, d
-    assert n2d2.deepnet.compiled_replays() >= STEPS - 2
+    assert n2d2.deepnet.compiled_replays() >= STEPS - 2 and n2d2.eager_compile.stats is eager_compile.stats
     _assert_same(eager, compiled)
 
 
