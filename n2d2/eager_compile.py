@@ -3,8 +3,8 @@
 Upstream users train with the eager loop (`x = provider.read_random_batch(); x = model(x);
 x = target(x); x.back_propagate(); x.update()`). Each call is recorded on the batch's
 `DeepNet`, with a *step key* per call (the cell's identity, its IR op and attributes, its
-parameter arrays and solver settings, learn/test mode, where its inputs come from and their
-shapes). When a provider's batch ends with the same sequence of keys twice in a row, that
+config, its parameter arrays and solver settings, learn/test mode, where its inputs come from
+and their shapes). When a provider's batch ends with the same sequence of keys twice in a row, that
 sequence (a *plan*) is traced and compiled once by the pipeline `DeepNetCell` uses (trace ->
 live passes -> autodiff -> training program; an inference program in test mode), on the C
 backend when a compiler is found, else on the numpy executor. The program is bound to the
@@ -27,6 +27,9 @@ is `n2d2.global_variables.eager_compile` (env `N2D2_EAGER_COMPILE=0` turns it of
 import weakref
 
 import numpy as np
+
+from n2d2.deepnet import CallRecord
+from n2d2.tensor import Tensor
 
 # Ops whose forward draws from `global_variables.rng` (replays restore the random state).
 _RANDOM_OPS = frozenset({"Dropout"})
@@ -418,9 +421,6 @@ def _input_arrays(record):
 def on_call(cell, tensors, deepnet):
     """Hook of `NeuralNetworkCell.__call__`: a pending output when the call follows the batch's
     plan, else None (the call runs eagerly; pending calls before it are run first)."""
-    from n2d2.tensor import Tensor
-    from n2d2.deepnet import CallRecord
-
     step = deepnet._eager_step
     key = step_key(cell, tensors, deepnet)
     deepnet._eager_next_key = (cell, key)
