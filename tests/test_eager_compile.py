@@ -168,6 +168,26 @@ def test_branches_and_shared_cells_equal_eager():
     _assert_same(eager, compiled)
 
 
+def _mapped_convs():
+    """Convolutions with a connection table (the eager update masks the unconnected kernels)."""
+    table = np.array([[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1], [1, 1, 0, 1, 1, 0], [1, 0, 0, 1, 1, 1]], dtype=bool)
+    cells = [Conv(1, 4, [3, 3], activation=Rectifier(), name="conv1"),
+             Conv(4, 6, [3, 3], mapping=n2d2.Tensor.from_numpy(table), activation=Rectifier(), name="conv2"),
+             Fc(6 * 4 * 4, 12, activation=Rectifier(), name="fc1"), Fc(12, 2, name="fc2")]
+    model = Sequence(cells)
+    model.set_solver(SGD(learning_rate=0.05, momentum=0.9, decay=1e-3))
+    softmax = Softmax(with_loss=True)
+    return {c.get_name(): c for c in cells}, lambda x: softmax(model(x))
+
+
+def test_connection_table_equals_eager():
+    eager = _train(False, _mapped_convs)
+    before = _counts()
+    compiled = _train(True, _mapped_convs)
+    assert _delta(before)["training"] == STEPS - 2
+    _assert_same(eager, compiled)
+
+
 def test_intermediate_reads_during_a_step_equal_eager():
     """Reading a pending intermediate before the target runs the step eagerly from there."""
     def run(compiled):
