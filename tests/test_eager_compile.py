@@ -309,6 +309,37 @@ def test_test_mode_and_partial_batches():
     np.testing.assert_allclose(compiled[2], eager[2], rtol=RTOL, atol=ATOL)
 
 
+def test_epochs_with_a_partial_last_batch_equal_eager():
+    """`set_batch` epochs of 160 stimuli in batches of 24: the last batch of each epoch holds 16
+    (padded to the batch shape, the rest invalid), trained as the others."""
+    def run(compiled):
+        n2d2.global_variables.eager_compile = compiled
+        n2d2.global_variables.seed = 3
+        provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=24)
+        provider.set_partition("Learn")
+        cells, model = _lenet_like(bn=True, dropout=False)
+        target = n2d2.target.Score(provider)
+        losses = []
+        for _ in range(3):
+            provider.set_batch(shuffle=True)
+            while not provider.all_batchs_provided():
+                loss = target(model(provider.read_batch()))
+                loss.back_propagate()
+                loss.update()
+                losses.append(target.loss())
+        return losses, target.get_success_rate(), {k: c._weights.copy() for k, c in cells.items()
+                                                    if getattr(c, "_weights", None) is not None}
+
+    eager = run(False)
+    before = _counts()
+    compiled = run(True)
+    assert _delta(before)["training"] == 3 * 7 - 2
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=RTOL, atol=ATOL)
+    assert compiled[1] == eager[1]
+    for name, w in eager[2].items():
+        np.testing.assert_allclose(compiled[2][name], w, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
 # -- switch -----------------------------------------------------------------------------------------
 def test_off_switch():
     before = _counts()
