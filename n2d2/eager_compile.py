@@ -113,9 +113,19 @@ def _same(a, b) -> bool:
         return _freeze(a) == _freeze(b)
 
 
+def _copied(key):
+    """`key` with its dicts copied, so that later changes of the cell or solver do not reach it."""
+    if key is None:
+        return None
+    ident, op, inference, attrs, config, roles, sources = key
+    roles = tuple(r if r[1] is None or r[5] is None else r[:5] + (dict(r[5]),) for r in roles)
+    return (ident, op, inference, dict(attrs), dict(config), roles, sources)
+
+
 def step_key(cell, tensors, deepnet):
-    """The key of one cell call (plain data, copied: later changes do not reach it), or None
-    when such a call cannot be compiled. Compared with `_same`, hashed through `_freeze`."""
+    """The key of one cell call, or None when such a call cannot be compiled: plain data that
+    refers to the cell's and solvers' live config dicts (`_copied` before it is kept). Compared
+    with `_same`, hashed through `_freeze`."""
     from n2d2.provider.base import Provider
 
     if cell._on_gpu or not cell._compilable():
@@ -145,8 +155,8 @@ def step_key(cell, tensors, deepnet):
         if not isinstance(array, np.ndarray):
             return None
         roles.append((role, id(array), array.shape, array.dtype.str, id(solver),
-                      None if solver is None else solver._config.copy()))
-    return (id(cell), op, bool(cell._inference), dict(attrs), cell._config.copy(), tuple(roles), tuple(sources))
+                      None if solver is None else solver._config))
+    return (id(cell), op, bool(cell._inference), attrs, cell._config, tuple(roles), tuple(sources))
 
 
 # -- plans ----------------------------------------------------------------------------------------
@@ -423,7 +433,7 @@ def on_call(cell, tensors, deepnet):
     plan, else None (the call runs eagerly; pending calls before it are run first)."""
     step = deepnet._eager_step
     key = step_key(cell, tensors, deepnet)
-    deepnet._eager_next_key = (cell, key)
+    deepnet._eager_next_key = (cell, _copied(key)) if step is None or step.state != "pending" else None
     if step is not None and step.state != "pending":
         if step.state != "eager":
             step.replay()   # calls after a compiled forward: the graph goes on eagerly
@@ -431,6 +441,7 @@ def on_call(cell, tensors, deepnet):
     if key is None:
         if step is not None:
             step.to_eager()
+            deepnet._eager_next_key = (cell, None)
         return None
     if step is None:
         if deepnet._records:
@@ -446,7 +457,9 @@ def on_call(cell, tensors, deepnet):
         step = deepnet._eager_step = DeferredStep(deepnet, plan)
     if step.position >= len(step.plan.keys) or not _same(step.plan.keys[step.position], key):
         step.to_eager()
+        deepnet._eager_next_key = (cell, _copied(key))
         return None
+    deepnet._eager_next_key = (cell, step.plan.keys[step.position])   # equal, and already a copy
     out = Tensor._pending_output(step.plan.shapes[step.position], cell, step)
     deepnet.add(CallRecord(cell, tensors, out, None, [id(t) in deepnet._eager_index for t in tensors]))
     step.position += 1
