@@ -17,9 +17,10 @@ Every other read is lazy and exact: reading a pending intermediate (or a cell's
 `get_outputs()`, `get_diffinputs()`, `get_diffoutputs()`) replays the step eagerly on the
 weights it was computed with (saved before a compiled update) and the random state it drew
 from (dropout), leaving parameters, statistics and solver states untouched. A call that does
-not match (new shape, another cell, a replaced array, another solver or setting, the other
-mode, a partial batch) runs the pending calls eagerly and goes on eagerly; the new sequence
-compiles in its turn once seen twice in a row.
+not match (new shape or batch size, another cell, a replaced array, another solver or setting,
+the other mode) runs the pending calls eagerly and goes on eagerly; the new sequence compiles in
+its turn once seen twice in a row. (A provider's partial last batch is padded to the batch
+shape, its extra slots invalid: it follows the plan like the others.)
 
 `stats` counts compiles and compiled replays (`n2d2.deepnet.compiled_replays()`); the switch
 is `n2d2.global_variables.eager_compile` (env `N2D2_EAGER_COMPILE=0` turns it off).
