@@ -4,7 +4,9 @@
 Contenders, in one process, timed in turns (repeat r runs k steps of each, so all see the same
 machine load):
   n2d2 eager          the cells called one by one (Sequence -> Softmax -> Score target,
-                      back_propagate, update): the eager tape;
+                      back_propagate, update): the eager loop, which n2d2.eager_compile runs
+                      as the compiled training program from its third step; "compile off"
+                      the same loop with global_variables.eager_compile = False (the eager tape);
   n2d2 DeepNetCell    the same Sequence traced to the IR and run as a compiled training program
                       (forward, backward, update phases) on the numpy executor, and on the C
                       backend when it is available (`--backends`);
@@ -124,6 +126,20 @@ def n2d2_step_fn(provider, net, target):
     return step
 
 
+def _compile_off(step):
+    """`step` run with the eager loop compiler off (its own provider: plans are per provider)."""
+    import n2d2
+
+    def run():
+        previous = n2d2.global_variables.eager_compile
+        n2d2.global_variables.eager_compile = False
+        try:
+            step()
+        finally:
+            n2d2.global_variables.eager_compile = previous
+    return run
+
+
 def n2d2_contenders(provider, backends):
     import n2d2
 
@@ -131,6 +147,12 @@ def n2d2_contenders(provider, backends):
     net = n2d2_network()
     net.learn()
     out["n2d2 eager (cells)"] = n2d2_step_fn(provider, net, n2d2.target.Score(provider))
+    twin = n2d2.provider.DataProvider(provider.get_database(), [32, 32, 1], batch_size=provider.get_batch_size())
+    twin.add_transformation(n2d2.transform.Rescale(width=32, height=32))
+    twin.set_partition("Learn")
+    net_off = n2d2_network()
+    net_off.learn()
+    out["n2d2 eager (cells), compile off"] = _compile_off(n2d2_step_fn(twin, net_off, n2d2.target.Score(twin)))
     for backend in backends:
         dn = n2d2_network().to_deepnet_cell(provider)
         try:

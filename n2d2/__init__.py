@@ -18,7 +18,7 @@ __all__ = ["Tensor", "Interface", "ConfigSection", "global_variables", "error_ha
            "deepnet", "filler", "mapping", "provider", "solver", "download", "generate_name", "model_logger"]
 
 _LAZY = ("database", "datasets", "transform", "target", "models", "export", "ir", "codegen", "scaling", "quantizer",
-         "onnx_backend", "converter")
+         "onnx_backend", "converter", "eager_compile")
 
 
 def __getattr__(name):

@@ -28,6 +28,13 @@ class DeepNet:
         self._provider = provider
         self._records = []
         self._seeds = []
+        # n2d2.eager_compile: a step key per record, record index by output, inputs by first use
+        self._eager_keys = []
+        self._eager_index = {}
+        self._eager_inputs = {}
+        self._eager_next_key = None
+        self._eager_step = None
+        self._eager_trained = False
 
     def get_name(self) -> str:
         return self._name
@@ -36,6 +43,10 @@ class DeepNet:
         return self._provider
 
     def add(self, record: CallRecord):
+        self._eager_index[id(record.output)] = len(self._records)
+        pending = self._eager_next_key   # (cell, key) set by the call that records this
+        self._eager_keys.append(pending[1] if pending is not None and pending[0] is record.cell else None)
+        self._eager_next_key = None
         self._records.append(record)
 
     def records(self):
@@ -55,6 +66,13 @@ class DeepNet:
         self._seeds.append((tensor, grad))
 
     def back_propagate(self):
+        self._eager_trained = True
+        step = self._eager_step
+        if step is not None and step.back_propagate(self._seeds):
+            return
+        self._eager_back_propagate()
+
+    def _eager_back_propagate(self):
         grads = {}
         for tensor, g in self._seeds:
             key = id(tensor)
@@ -75,6 +93,9 @@ class DeepNet:
                 grads[key] = dx if key not in grads else grads[key] + dx
 
     def update(self):
+        step = self._eager_step
+        if step is not None and step.update():
+            return
         for cell in self.get_cells():
             cell.update()
 
@@ -98,3 +119,11 @@ class DeepNet:
 
         save_figure(fig, path)
         plt.close(fig)
+
+
+def compiled_replays() -> int:
+    """How many forward passes of eager loops ran as a compiled program (`n2d2.eager_compile`);
+    `n2d2.eager_compile.stats` has the other counters."""
+    from n2d2.eager_compile import stats
+
+    return stats.forward_replays

@@ -40,6 +40,7 @@ class GlobalVariables:
         self._cuda_device = 0
         self.model_cache = os.path.join(os.path.expanduser("~"), "MODELS")
         self.rng = np.random.default_rng(self._seed)
+        self._eager_compile = os.environ.get("N2D2_EAGER_COMPILE", "1") != "0"
 
     # -- model / datatype -------------------------------------------------------------------
     @property
@@ -148,6 +149,21 @@ class GlobalVariables:
                 raise RuntimeError(f"cuda_device {d} does not exist: {count} device(s) found")
         cp.cuda.Device(devices[0]).use()
         self._cuda_device = value
+
+    # -- eager loop compiler ----------------------------------------------------------------------
+    @property
+    def eager_compile(self) -> bool:
+        """Compile repeated eager training/test steps (`n2d2.eager_compile`); env N2D2_EAGER_COMPILE=0
+        starts with it off."""
+        return self._eager_compile
+
+    @eager_compile.setter
+    def eager_compile(self, value):
+        if not isinstance(value, bool):
+            from n2d2.error_handler import WrongInputType
+
+            raise WrongInputType("eager_compile", type(value), ["bool"])
+        self._eager_compile = value
 
     # -- compiled features ----------------------------------------------------------------------
     @property

@@ -126,6 +126,44 @@ class Tensor:
             t._host = None  # filled lazily by dtoh()
         return t
 
+    # -- lazy values (n2d2.eager_compile): a pending tensor gets its array when first read -------
+    _pending = None
+    _pending_shape = None
+    _h = None
+
+    @classmethod
+    def _pending_output(cls, shape, cell, step):
+        """A float tensor of `shape` whose value `step.materialise(tensor)` computes on first read."""
+        t = cls.__new__(cls)
+        t.cell = cell
+        t._leaf = False
+        t._datatype = "float"
+        t._device = None
+        t._pending = step
+        t._pending_shape = tuple(shape)
+        return t
+
+    @property
+    def _host(self):
+        h = self._h
+        if h is None and self._pending is not None:
+            self._pending.materialise(self)
+            h = self._h
+        return h
+
+    @_host.setter
+    def _host(self, value):
+        self._h = value
+
+    def __getstate__(self):
+        """Copies and pickles carry values: a pending tensor is computed first."""
+        if self._pending is not None:
+            _ = self._host
+        state = dict(self.__dict__)
+        state.pop("_pending", None)
+        state.pop("_pending_shape", None)
+        return state
+
     @property
     def _data(self):
         """The array computations use: device array for CUDA tensors, else host."""
@@ -138,13 +176,15 @@ class Tensor:
 
     # -- shape --------------------------------------------------------------------------------
     def nb_dims(self) -> int:
-        return self._data.ndim
+        return len(self.shape())
 
     def shape(self) -> list:
+        if self._h is None and self._pending is not None:
+            return list(self._pending_shape)
         return list(self._data.shape)
 
     def dims(self) -> list:
-        return list(self._data.shape)[::-1]
+        return self.shape()[::-1]
 
     def _dim(self, k):
         d = self.dims()

@@ -30,6 +30,9 @@ class Provider:
         return self._deepnet
 
     def _new_graph(self):
+        from n2d2 import eager_compile
+
+        eager_compile.on_step_end(self, self._deepnet)
         self._deepnet = DeepNet(self)
         return self._deepnet
 

@@ -33,6 +33,7 @@ class NeuralNetworkCell(Configurable):
     """
 
     _templated = True  # prints Frame<float> (False: plain Frame)
+    _lazy_gradients = None  # the compiled step (n2d2.eager_compile) whose gradients are not read yet
 
     def __init__(self, arguments=None, name=None, model=None, datatype=None, **config):
         if type(self) is NeuralNetworkCell:
@@ -108,6 +109,13 @@ class NeuralNetworkCell(Configurable):
             if t._data.ndim and t._data.shape[0] == 0:
                 raise ValueError(f"Cell '{self._name}' ({self.get_type()}): input of shape {list(t._data.shape)} has "
                                  "a batch of 0; expected at least 1")
+        if global_variables.eager_compile:
+            from n2d2 import eager_compile
+
+            # a call that matches the compiled plan was checked when the plan was recorded
+            pending = eager_compile.on_call(self, tensors, deepnet)
+            if pending is not None:
+                return pending
         self._check_input(tensors)
         xs = []
         for t in tensors:
@@ -140,6 +148,11 @@ class NeuralNetworkCell(Configurable):
         """
         raise NotImplementedError(f"{self.get_type()} has no IR description")
 
+    def _compilable(self) -> bool:
+        """Whether this call is exactly its IR node (`_ir_node`), so that `n2d2.eager_compile` may
+        run it compiled; cells whose `_forward` adds behaviour in some configuration say False."""
+        return True
+
     def _forward(self, xs):
         """Run the cell's op definition (`n2d2.ir.ops`) on the input arrays."""
         op, attrs, params = self._ir_node()
@@ -158,6 +171,7 @@ class NeuralNetworkCell(Configurable):
         return dxs
 
     def _backward_record(self, record, dy):
+        self._lazy_gradients = None
         self._diff_inputs = dy
         self._batch_size = int(dy.shape[0]) if dy.ndim else 1
         dxs = self._backward(record.ctx, dy, record.needs_input_grad)
@@ -207,12 +221,16 @@ class NeuralNetworkCell(Configurable):
 
     def get_diffinputs(self) -> Tensor:
         """Gradient received from the next cells (N2D2 sign convention)."""
+        if self._lazy_gradients is not None:
+            self._lazy_gradients.resolve_gradients()
         if self._diff_inputs is None:
             raise RuntimeError(f"Cell '{self._name}': no gradient yet (call back_propagate() first)")
         return self._as_n2d2_gradient(self._diff_inputs)
 
     def get_diffoutputs(self, index=0) -> Tensor:
         """Gradient sent to input `index` (N2D2 sign convention)."""
+        if self._lazy_gradients is not None:
+            self._lazy_gradients.resolve_gradients()
         if not self._diff_outputs or index >= len(self._diff_outputs) or self._diff_outputs[index] is None:
             raise RuntimeError(f"Cell '{self._name}': no gradient for input {index} "
                                "(back_propagate() not called, or that input does not need one)")

@@ -66,6 +66,9 @@ class Fc(WeightedCell):
             params["biases"] = (self._biases, c["bias_solver"])
         return "Fc", {"activation": activation_spec(c["activation"])}, params
 
+    def _compilable(self) -> bool:
+        return self._inference or self._config["drop_connect"] >= 1.0   # DropConnect is eager only
+
     def _forward(self, xs):
         keep = self._config["drop_connect"]
         if keep >= 1.0 or self._inference:
