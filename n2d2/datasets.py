@@ -12,11 +12,10 @@
 MNIST is by Yann LeCun, Corinna Cortes and Christopher J.C. Burges, under CC BY-SA 3.0;
 credit them when you use it. The bundled copy's provenance is in `data/mnist/SOURCE.md`.
 """
-import hashlib
 import os
 
 from n2d2.database.mnist import MNIST_FILES
-from n2d2.utils import download
+from n2d2.utils import download, file_digest
 
 # md5 of the original .gz files as the mirrors serve them.
 MNIST_MD5 = {
@@ -96,11 +95,7 @@ def download_mnist(directory: str) -> str:
 
 
 def file_md5(path: str) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def verify_md5sums(directory: str) -> dict:

@@ -99,6 +99,15 @@ def atomic_write_text(path: str, text: str):
     return write_inside(os.path.dirname(path), os.path.basename(path), text)
 
 
+def file_digest(path: str, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (read in 1 MiB blocks: sizes are not bounded here)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def download(url: str, path: str, md5: str = None):
     """Download `url` to `path` (atomically), checking its md5 when given."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -109,8 +118,7 @@ def download(url: str, path: str, md5: str = None):
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out)
         if md5 is not None:
-            with open(tmp, "rb") as f:
-                digest = hashlib.md5(f.read()).hexdigest()
+            digest = file_digest(tmp, "md5")
             if digest != md5:
                 raise RuntimeError(f"Download of {url}: md5 {digest} does not match the expected {md5}")
         os.replace(tmp, path)

@@ -29,6 +29,8 @@ import tempfile
 import time
 import warnings
 
+from n2d2.utils import file_digest
+
 RECORD_FORMAT = 1
 PREFIX_CHARS = 32
 _STALE_BUILD_S = 24 * 3600
@@ -123,11 +125,7 @@ def _unsafe_parent(real: str):
 
 # -- entries -----------------------------------------------------------------------------------------
 def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _ours(st) -> bool:

@@ -431,17 +431,22 @@ class NetworkBuilder:
                    f"cannot load the {kind} from '{path}'")
         return db
 
+    def find_file(self, value: str, exists=os.path.isfile):
+        """`value` if it exists as given (relative: to the current directory), else relative to
+        the INI file's folder; None when neither exists (N2D2's rule for file keys)."""
+        candidates = [value]
+        if not os.path.isabs(value) and self.file and not self.file.startswith("<"):
+            candidates.append(os.path.join(os.path.dirname(os.path.abspath(self.file)), value))
+        return next((c for c in candidates if exists(c)), None)
+
     def _data_path(self, r, default_name, key="DataPath"):
         """DataPath (or `key`) as given (relative: to the current directory, else to the INI
         file's), or `$N2D2_DATA/<default_name>`; None when neither applies."""
         if r.has(key):
             value = r.text(key)
-            candidates = [value]
-            if not os.path.isabs(value) and self.file and not self.file.startswith("<"):
-                candidates.append(os.path.join(os.path.dirname(os.path.abspath(self.file)), value))
-            for c in candidates:
-                if os.path.exists(c):
-                    return c
+            found = self.find_file(value, os.path.exists)
+            if found is not None:
+                return found
             raise r.error(f"{key} '{value}' does not exist", key,
                           "an existing folder" if key == "DataPath" else "an existing file or folder")
         if default_name is None:

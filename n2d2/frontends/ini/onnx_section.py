@@ -16,7 +16,6 @@ cells join the INI network's trace; `[<onnx>:Conv_def]`-style and per-node secti
 them as `load_from_ONNX(ini_file=...)` does. Later sections name ONNX values (node outputs) in
 `Input=` and targets. ONNX errors become `IniError`s naming the section and line.
 """
-import os
 
 from n2d2.frontends.ini.parser import IniError
 
@@ -65,12 +64,9 @@ class OnnxSection:
     @staticmethod
     def _file(builder, r):
         value = r.text("File", expected="the ONNX file")
-        candidates = [value]
-        if not os.path.isabs(value) and builder.file and not builder.file.startswith("<"):
-            candidates.append(os.path.join(os.path.dirname(os.path.abspath(builder.file)), value))
-        for c in candidates:
-            if os.path.isfile(c):
-                return c
+        found = builder.find_file(value)
+        if found is not None:
+            return found
         raise r.error(f"File '{value}' does not exist", "File", "an ONNX file (relative: to the current directory "
                                                                 "or to the INI file's folder)")
 
