@@ -106,8 +106,9 @@ class NeuralNetworkCell(Configurable):
             if t.get_deepnet() is not deepnet:
                 raise ValueError(f"Cell '{self._name}': its inputs belong to different graphs")
         for t in tensors:
-            if t._data.ndim and t._data.shape[0] == 0:
-                raise ValueError(f"Cell '{self._name}' ({self.get_type()}): input of shape {list(t._data.shape)} has "
+            shape = t.shape()   # not `_data`: that would compute a pending (compiled) output now
+            if shape and shape[0] == 0:
+                raise ValueError(f"Cell '{self._name}' ({self.get_type()}): input of shape {shape} has "
                                  "a batch of 0; expected at least 1")
         if global_variables.eager_compile:
             from n2d2 import eager_compile
