@@ -4,11 +4,11 @@ Each object is a configuration (printed as upstream) plus `forward(z)` / `backwa
 calls into `n2d2.ops.activation`, where the math lives once.
 """
 from n2d2.configurable import Configurable, Spec
-from n2d2.error_handler import WrongInputType
 from n2d2.ops import activation as ops
+from n2d2.quantizer import ActivationQuantizer
 from n2d2.settings import global_variables
 
-_QUANTIZER = Spec(type(None), None, allow_none=True)
+_QUANTIZER = Spec(ActivationQuantizer, None, allow_none=True)
 
 
 class ActivationFunction(Configurable):
@@ -17,16 +17,25 @@ class ActivationFunction(Configurable):
     def __init__(self, model=None, datatype=None, quantizer=None, **config):
         if type(self) is ActivationFunction:
             raise TypeError("ActivationFunction is abstract")
-        if quantizer is not None:
-            raise WrongInputType("quantizer", type(quantizer), ["None (quantizers are not supported yet)"])
         self._model = model or global_variables.default_model
         super().__init__(**config)
+        if quantizer is not None:
+            self.set_parameter("quantizer", quantizer)
 
     def has_quantizer(self) -> bool:
-        return False
+        return self._config["quantizer"] is not None
 
     def get_quantizer(self):
-        return None
+        """The activation quantizer; RuntimeError when there is none, as upstream."""
+        if self._config["quantizer"] is None:
+            raise RuntimeError("No Quantizer in activation")
+        return self._config["quantizer"]
+
+    def set_quantizer(self, quantizer):
+        """Attach a quantizer; RuntimeError when one is attached already, as upstream."""
+        if self._config["quantizer"] is not None:
+            raise RuntimeError("Quantizer already exists in activation")
+        self.set_parameter("quantizer", quantizer)
 
     def forward(self, z):
         raise NotImplementedError

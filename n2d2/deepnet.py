@@ -98,6 +98,9 @@ class DeepNet:
             return
         for cell in self.get_cells():
             cell.update()
+            update_quantizer = getattr(cell, "_update_activation_quantizer", None)
+            if update_quantizer is not None:
+                update_quantizer()
 
     def draw(self, path):
         """A simple picture of the call graph (cells as boxes, producers as arrows)."""

@@ -125,6 +125,9 @@ class Block(Cell):
     def update(self):
         for c in self._cells:
             c.update()
+            update_quantizer = getattr(c, "_update_activation_quantizer", None)
+            if update_quantizer is not None:   # activation quantizers are not parameters of the cell
+                update_quantizer()
 
     # -- parameters on disk ---------------------------------------------------------------------
     def export_free_parameters(self, dir_name: str, verbose=True):

@@ -293,6 +293,8 @@ def _geometry(graph, node, training):
     outs = [t.shape for t in graph.output_types(node)]
     if not _activation_ok(attrs.get("activation")) or any(t.dtype != "float32" for t in in_types):
         return None
+    if attrs.get("weight_quantizer") is not None:   # fake-quantized weights: the numpy reference runs it
+        return None
     if any(t.dtype != "float32" for t in graph.output_types(node)):
         return None
     for role, pname in graph.node(node).params.items():

@@ -23,6 +23,7 @@ from n2d2.ops import fc as fc_ops
 from n2d2.ops import normalize as normalize_ops
 from n2d2.ops import padding as pad_ops
 from n2d2.ops import pool as pool_ops
+from n2d2.ops import quantizer as quant_ops
 from n2d2.ops import resize as resize_ops
 from n2d2.ops import softmax as softmax_ops
 from n2d2.ops import transpose as transpose_ops
@@ -94,25 +95,102 @@ class OpDef:
         return [in_shapes[0]]
 
     def forward(self, attrs, xs, params, training=False):
+        wspec = attrs.get("weight_quantizer")
+        if wspec is not None:   # fake-quantized weights: the op computes with them
+            params, wctx = quantize_weights(self, attrs, wspec, params, training)
         z, saved = self._forward(attrs, xs, params, training)
         spec = attrs.get("activation")
-        if spec is None:
-            return [z], (saved, None)
-        return [activation_forward(spec, z)], (saved, z)
+        saved = (saved, None if spec is None else z)
+        if wspec is not None:
+            saved = _QuantizedSaved(saved, wctx, params)
+        return [z if spec is None else activation_forward(spec, z)], saved
 
     def backward(self, attrs, saved, dys, needs, params):
+        quantized = isinstance(saved, _QuantizedSaved)
+        if quantized:
+            params = saved.params
+            saved, wctx = saved.inner, saved.wctx
         core, z = saved
         dy = dys[0]
         spec = attrs.get("activation")
         if spec is not None:
             dy = activation_backward(spec, dy, z)
-        return self._backward(attrs, core, dy, needs, params)
+        dxs, grads = self._backward(attrs, core, dy, needs, params)
+        if quantized:
+            grads = weight_quantizer_backward(attrs["weight_quantizer"], grads, wctx)
+        return dxs, grads
 
     def _forward(self, attrs, xs, params, training):
         raise NotImplementedError
 
     def _backward(self, attrs, saved, dy, needs, params):
         raise NotImplementedError
+
+
+class _QuantizedSaved:
+    """Forward context of a node with fake-quantized weights (the quantized parameters kept
+    for the backward, which differentiates through them)."""
+
+    __slots__ = ("inner", "wctx", "params")
+
+    def __init__(self, inner, wctx, params):
+        self.inner, self.wctx, self.params = inner, wctx, params
+
+
+def _options(spec):
+    kind, opts = spec
+    return kind, dict(opts)
+
+
+def _sat_fan_out(op, attrs, w):
+    """SAT's N_out: outputs x kernel size (Conv [O, C/g, kH, kW], Fc [O, C], Deconv [C, O/g, kH, kW])."""
+    if op.name == "Deconv":
+        return w.size // w.shape[0] * int(attrs.get("groups", 1))
+    return w.size // w.shape[1]
+
+
+def _lsq_step(step, v, qp, training):
+    """The step size; NaN = not initialised yet (upstream's `set_opt_init_step_size`): the first
+    training forward stores 2 mean|v| / sqrt(Qp) of that tensor or batch; a forward before it
+    (tracing, inference) uses that value without storing it (1.0 when v is all zeros)."""
+    xp = array_module(step)
+    if not bool(xp.isnan(step[0])):
+        return float(step[0])
+    s = quant_ops.lsq_init_step(v, qp)
+    if not s > 0.0:
+        return 1.0
+    if training:
+        step[...] = s
+    return s
+
+
+def quantize_weights(op, attrs, spec, params, training):
+    """(params with fake-quantized weights, context of the weight quantizer's backward)."""
+    kind, o = _options(spec)
+    w = params["weights"]
+    if kind == "SAT":
+        wq, ctx = quant_ops.sat_weight_forward(w, o["range"], o["quant_mode"], o["apply_quantization"],
+                                               o["apply_scaling"], _sat_fan_out(op, attrs, w))
+    elif kind == "LSQ":
+        qn, qp = quant_ops.lsq_bounds(o["range"], signed=True)
+        wq, ctx = quant_ops.lsq_forward(w, _lsq_step(params["weight_step"], w, qp, training), qn, qp)
+    else:
+        raise GraphError(f"{op.name}: unknown weight quantizer '{kind}' (expected SAT or LSQ)")
+    return dict(params, weights=wq), ctx
+
+
+def weight_quantizer_backward(spec, grads, ctx):
+    """Map dL/d(quantized weights) to dL/d(weights) (and dL/d(step) for LSQ)."""
+    kind, o = _options(spec)
+    grads = dict(grads)
+    if kind == "SAT":
+        grads["weights"] = quant_ops.sat_weight_backward(grads["weights"], ctx)
+    else:
+        qn, qp = quant_ops.lsq_bounds(o["range"], signed=True)
+        dw, ds = quant_ops.lsq_backward(grads["weights"], ctx, qn, qp)
+        grads["weights"] = dw
+        grads["weight_step"] = array_module(dw).asarray([ds], dtype=np.float32)
+    return grads
 
 
 _REGISTRY = {}
@@ -513,8 +591,8 @@ class Fc(OpDef):
 
     name = "Fc"
     max_inputs = None
-    params = ("weights", "biases")
-    trainable = ("weights", "biases")
+    params = ("weights", "biases", "weight_step")
+    trainable = ("weights", "biases", "weight_step")
 
     def _infer(self, attrs, in_shapes, param_shapes):
         n = in_shapes[0][0]
@@ -554,8 +632,8 @@ class Conv(OpDef):
 
     name = "Conv"
     max_inputs = None
-    params = ("weights", "biases")
-    trainable = ("weights", "biases")
+    params = ("weights", "biases", "weight_step")
+    trainable = ("weights", "biases", "weight_step")
 
     def _infer(self, attrs, in_shapes, param_shapes):
         shape = _concat_shape(in_shapes)
@@ -587,8 +665,8 @@ class Deconv(OpDef):
 
     name = "Deconv"
     max_inputs = None
-    params = ("weights", "biases")
-    trainable = ("weights", "biases")
+    params = ("weights", "biases", "weight_step")
+    trainable = ("weights", "biases", "weight_step")
 
     def _infer(self, attrs, in_shapes, param_shapes):
         n, c_in, h, w = _concat_shape(in_shapes)
@@ -650,3 +728,37 @@ class BatchNorm(OpDef):
         dx, dscale, dbias = backward(dy, ctx, params["scales"])
         grads = {"scales": dscale.astype(np.float32), "biases": dbias.astype(np.float32)}
         return _split_channels(dx, shapes, needs), grads
+
+
+# -- quantization --------------------------------------------------------------------------------
+@register
+class FakeQuantize(OpDef):
+    """Activation fake-quantizer (QAT). attrs: quantizer = ("SAT", ((range, R),)) (CG-PACT, param
+    `quant_param` = [alpha]) or ("LSQ", ((range, R),)) (param = [step size], NaN until the first
+    forward initialises it). Not `elementwise`: its backward reads its input, and passes must not
+    move or fuse anything across it."""
+
+    name = "FakeQuantize"
+    params = ("quant_param",)
+    trainable = ("quant_param",)
+
+    def _forward(self, attrs, xs, params, training):
+        kind, o = _options(attrs["quantizer"])
+        x, p = xs[0], params["quant_param"]
+        if kind == "SAT":
+            y, ctx = quant_ops.sat_act_forward(x, float(p[0]), o["range"])
+        elif kind == "LSQ":
+            qn, qp = quant_ops.lsq_bounds(o["range"], signed=False)
+            y, ctx = quant_ops.lsq_forward(x, _lsq_step(p, x, qp, training), qn, qp)
+        else:
+            raise GraphError(f"FakeQuantize: unknown activation quantizer '{kind}' (expected SAT or LSQ)")
+        return y, ctx
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        kind, o = _options(attrs["quantizer"])
+        if kind == "SAT":
+            dx, dp = quant_ops.sat_act_backward(dy, saved, o["range"])
+        else:
+            qn, qp = quant_ops.lsq_bounds(o["range"], signed=False)
+            dx, dp = quant_ops.lsq_backward(dy, saved, qn, qp)
+        return [dx if needs[0] else None], {"quant_param": array_module(dx).asarray([dp], dtype=np.float32)}

@@ -65,14 +65,30 @@ def trace(deepnet, outputs=None, name=None, input_names=None) -> TraceResult:
         if traced != tuple(record.output.shape()):
             raise GraphError(f"cell '{cell.get_name()}' ({op}): the op gives {list(traced)} but the eager call "
                              f"gave {record.output.shape()}")
-        node_of[id(record.output)] = node
         cell_of[node] = cell
+        node_of[id(record.output)] = _add_activation_quantizer(graph, cell, node)
     outs = outputs if outputs is not None else [records[-1].output]
     missing = [t for t in outs if id(t) not in node_of]
     if missing:
         raise GraphError(f"{deepnet.get_name()}: an output tensor was not produced in this graph")
     graph.set_outputs([node_of[id(t)] for t in outs])
     return TraceResult(graph, cell_of, node_of)
+
+
+def _add_activation_quantizer(graph, cell, node):
+    """A FakeQuantize node after `node` when the cell's activation has a quantizer (its learned
+    scalar bound as `<cell>.activation_quantizer`, trained by the quantizer's solver); the node
+    that carries the cell's output."""
+    quantizer = getattr(cell, "activation_quantizer", lambda: None)()
+    if quantizer is None:
+        return node
+    scalar, solver = quantizer.learnable()
+    pname = f"{cell.get_name()}.activation_quantizer"
+    if pname not in graph.params:
+        graph.add_param(pname, scalar, trainable=True, owner=cell.get_name(), role="quant_param", solver=solver)
+    fq = graph.unique_name(f"{node}_quantizer")
+    graph.add_op(fq, "FakeQuantize", [(node, 0)], {"quantizer": quantizer.ir_spec()}, {"quant_param": pname})
+    return fq
 
 
 def _is_provider(obj) -> bool:

@@ -127,6 +127,7 @@ class NeuralNetworkCell(Configurable):
                 x = x.astype(np.float32)
             xs.append(x)
         y, ctx = self._forward(xs)
+        y, ctx = self._quantize_activation(y, ctx)
         out = Tensor._wrap(y, cell=self)
         from n2d2.provider.base import Provider
 
@@ -151,8 +152,35 @@ class NeuralNetworkCell(Configurable):
 
     def _compilable(self) -> bool:
         """Whether this call is exactly its IR node (`_ir_node`), so that `n2d2.eager_compile` may
-        run it compiled; cells whose `_forward` adds behaviour in some configuration say False."""
-        return True
+        run it compiled; cells whose `_forward` adds behaviour in some configuration say False.
+        Quantized cells (their learned scalars are updated by the eager path) run eagerly."""
+        has_quantizer = getattr(self, "has_quantizer", None)
+        return self.activation_quantizer() is None and not (has_quantizer is not None and has_quantizer())
+
+    # -- activation quantizer --------------------------------------------------------------------
+    def activation_quantizer(self):
+        """The quantizer of this cell's activation, or None."""
+        act = self._config.get("activation")
+        return act._config["quantizer"] if act is not None else None
+
+    def _quantize_activation(self, y, ctx):
+        """Fake-quantize the cell's output (IR op FakeQuantize, after the activation)."""
+        q = self.activation_quantizer()
+        if q is None:
+            return y, ctx
+        scalar, _ = q.learnable()
+        scalar = self._to_model_device(scalar) if self._on_gpu else scalar
+        attrs = {"quantizer": q.ir_spec()}
+        ys, saved = ir_ops.get("FakeQuantize").forward(attrs, [y], {"quant_param": scalar},
+                                                       training=not self._inference)
+        return ys[0], _ActivationQuantized(ctx, attrs, saved, scalar)
+
+    def _update_activation_quantizer(self):
+        grad = self._param_grads.get("activation_quantizer")
+        q = self.activation_quantizer()
+        if grad is not None and q is not None:
+            scalar, solver = q.learnable()
+            solver.update(scalar, backend.to_host(grad), self._batch_size)
 
     def _forward(self, xs):
         """Run the cell's op definition (`n2d2.ir.ops`) on the input arrays."""
@@ -175,7 +203,13 @@ class NeuralNetworkCell(Configurable):
         self._lazy_gradients = None
         self._diff_inputs = dy
         self._batch_size = int(dy.shape[0]) if dy.ndim else 1
-        dxs = self._backward(record.ctx, dy, record.needs_input_grad)
+        ctx = record.ctx
+        if isinstance(ctx, _ActivationQuantized):
+            (dy,), grads = ir_ops.get("FakeQuantize").backward(ctx.attrs, ctx.saved, [dy], [True],
+                                                               {"quant_param": ctx.scalar})
+            self._accumulate_grad("activation_quantizer", grads["quant_param"])
+            ctx = ctx.inner
+        dxs = self._backward(ctx, dy, record.needs_input_grad)
         self._diff_outputs = dxs
         return dxs
 
@@ -295,6 +329,15 @@ class NeuralNetworkCell(Configurable):
         return text
 
     __repr__ = __str__
+
+
+class _ActivationQuantized:
+    """Call context of a cell whose output went through its activation quantizer."""
+
+    __slots__ = ("inner", "attrs", "saved", "scalar")
+
+    def __init__(self, inner, attrs, saved, scalar):
+        self.inner, self.attrs, self.saved, self.scalar = inner, attrs, saved, scalar
 
 
 def format_rows(array2d) -> str:

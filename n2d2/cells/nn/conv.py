@@ -389,7 +389,7 @@ class Conv(ConvolutionCell):
         """Computed through the IR op "Conv" (n2d2.ir.ops), which calls n2d2.ops.conv."""
         attrs = self._attrs()
         attrs["sub_sample"] = self._hw("sub_sample_dims")
-        return "Conv", attrs, self._params()
+        return self._with_quantizer("Conv", attrs, self._params())
 
 
 class ConvDepthWise(Conv):

@@ -53,4 +53,19 @@ class Deconv(ConvolutionCell):
 
     def _ir_node(self):
         """Computed through the IR op "Deconv" (n2d2.ir.ops), which calls n2d2.ops.deconv."""
-        return "Deconv", self._attrs(), self._params()
+        return self._with_quantizer("Deconv", self._attrs(), self._params())
+
+    def set_quantizer(self, quantizer):
+        """Attach a weight quantizer (upstream's Python Deconv has no `quantizer`; its C++ cell
+        has one). Not printed, so that the cell prints as upstream."""
+        from n2d2.quantizer import CellQuantizer, check_quantizer
+
+        self._extra_quantizer = check_quantizer(quantizer, CellQuantizer, "cell")
+
+    @property
+    def quantizer(self):
+        return self._extra_quantizer
+
+    @quantizer.setter
+    def quantizer(self, value):
+        self.set_quantizer(value)

@@ -64,10 +64,11 @@ class Fc(WeightedCell):
         params = {"weights": (self._weights, c["weights_solver"])}
         if self.has_bias():
             params["biases"] = (self._biases, c["bias_solver"])
-        return "Fc", {"activation": activation_spec(c["activation"])}, params
+        return self._with_quantizer("Fc", {"activation": activation_spec(c["activation"])}, params)
 
     def _compilable(self) -> bool:
-        return self._inference or self._config["drop_connect"] >= 1.0   # DropConnect is eager only
+        # DropConnect is eager only
+        return (self._inference or self._config["drop_connect"] >= 1.0) and super()._compilable()
 
     def _forward(self, xs):
         keep = self._config["drop_connect"]

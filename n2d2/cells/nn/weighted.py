@@ -11,10 +11,11 @@ from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType
 from n2d2.filler import Filler, Normal
+from n2d2.quantizer import CellQuantizer, check_quantizer
 from n2d2.solver import SGD, Solver
 from n2d2.tensor import Tensor
 
-QUANTIZER_SPEC = Spec(type(None), None, allow_none=True)
+QUANTIZER_SPEC = Spec(CellQuantizer, None, allow_none=True)
 
 
 def _default_filler():
@@ -37,8 +38,12 @@ class WeightedCell(NeuralNetworkCell):
     """Base of cells with trainable weights and biases."""
 
     def __init__(self, arguments, solver=None, filler=None, quantizer=None, **config):
-        if quantizer is not None:
-            raise WrongInputType("quantizer", type(quantizer), ["None (quantizers are not supported yet)"])
+        check_quantizer(quantizer, CellQuantizer, "cell")
+        self._extra_quantizer = None   # cells that do not print a quantizer (Deconv) keep it here
+        if quantizer is not None and "quantizer" in self._parameters:
+            config["quantizer"] = quantizer
+        elif quantizer is not None:
+            self._extra_quantizer = quantizer
         if solver is not None and not isinstance(solver, Solver):
             raise WrongInputType("solver", type(solver), ["Solver"])
         if filler is not None and not isinstance(filler, Filler):
@@ -140,10 +145,31 @@ class WeightedCell(NeuralNetworkCell):
         self._config["weights_solver"].set_parameter(key, value)
         self._config["bias_solver"].set_parameter(key, value)
 
+    def get_quantizer(self):
+        """The weight quantizer (None without one)."""
+        if "quantizer" in self._parameters:
+            return self._config["quantizer"]
+        return self._extra_quantizer
+
     def has_quantizer(self) -> bool:
-        return False
+        return self.get_quantizer() is not None
+
+    def _with_quantizer(self, op, attrs, params):
+        """The IR node with the weight quantizer: attribute `weight_quantizer` (a plain-data spec)
+        and, for LSQ, the learned step as parameter `weight_step` trained by the quantizer's solver."""
+        q = self.get_quantizer()
+        if q is None:
+            return op, attrs, params
+        attrs = dict(attrs, weight_quantizer=q.ir_spec())
+        learned = q.learnable()
+        if learned is not None:
+            params = dict(params, weight_step=learned)
+        return op, attrs, params
 
     def update(self):
+        if "weight_step" in self._param_grads:
+            step, solver = self.get_quantizer().learnable()
+            solver.update(step, self._param_grads["weight_step"], self._batch_size)
         if "weights" in self._param_grads:
             self._config["weights_solver"].update(self._weights, self._param_grads["weights"], self._batch_size)
             self._mask_weights()

@@ -33,6 +33,8 @@ def _foldable(g: Graph, bn: str):
     attrs = g.attrs(src)
     if not is_identity_spec(attrs.get("activation")) or sole_consumer(g, src) != (bn, 0):
         return None
+    if attrs.get("weight_quantizer") is not None:
+        return None  # the quantizer normalises the weights: scaling them first would change its output
     if op == "Conv" and pair(attrs.get("sub_sample", (1, 1))) != (1, 1):
         return None  # the bias is added before sub-sampling sums blocks: a shift would be scaled
     if "weights" not in g.nx.nodes[src]["params"]:
