@@ -41,12 +41,12 @@ def sat_weight_forward(w, nb_range, mode="Default", apply_quantization=True, app
         var = float(xp.var(q, ddof=1)) if q.size > 1 else 0.0
         s = math.sqrt(n_out * var) if var > 0.0 else 1.0
         q = q / s
-    return q.astype(w.dtype), (w, m, s, sat_weight_gradient_factor(mode, nb_range))
+    return q.astype(w.dtype), (w, m, s, sat_weight_gradient_factor(mode, nb_range, apply_quantization))
 
 
-def sat_weight_gradient_factor(mode, nb_range):
+def sat_weight_gradient_factor(mode, nb_range, apply_quantization=True):
     """The constant `c` of the SAT weight backward (1 for Default, Symmetric and clamp mode)."""
-    if mode == "FullRange":
+    if mode == "FullRange" and apply_quantization:
         return 1.0 + 0.9998 / nb_range
     if mode == "Asymmetric":
         return 1.0 + 1.0 / (2 * (nb_range // 2))
