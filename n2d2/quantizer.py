@@ -11,6 +11,7 @@ NaN until the first forward initialises it (`set_opt_init_step_size=True`).
 """
 import numpy as np
 
+from n2d2.backend import to_device
 from n2d2.configurable import Configurable, Spec
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ops.quantizer import SAT_MODES
@@ -79,7 +80,8 @@ class _LearnedScalar:
         if solver is not None and not isinstance(solver, Solver):
             raise WrongInputType("solver", type(solver), ["Solver"])
         self._solver = solver if solver is not None else SGD()
-        self._scalar = np.array([value], dtype=np.float32)
+        # on the device of the quantizer's model, as the cells' parameters (CUDA programs take CuPy arrays)
+        self._scalar = to_device(np.array([value], dtype=np.float32), self._model == "Frame_CUDA")
 
     def set_solver(self, solver):
         if not isinstance(solver, Solver):
@@ -166,7 +168,7 @@ class SATAct(_LearnedScalar, ActivationQuantizer):
     def _on_parameter_change(self, key, value):
         super()._on_parameter_change(key, value)
         if key == "alpha" and hasattr(self, "_scalar"):
-            self._scalar[0] = value
+            self._scalar[...] = value
 
     def get_alpha(self) -> float:
         """The current (learned) clipping level."""
@@ -189,7 +191,7 @@ class _LSQ(_LearnedScalar):
     def _on_parameter_change(self, key, value):
         super()._on_parameter_change(key, value)
         if key == "step_size" and hasattr(self, "_scalar") and not self._config["set_opt_init_step_size"]:
-            self._scalar[0] = value
+            self._scalar[...] = value
 
     def get_step_size(self) -> float:
         """The current step size (NaN before the first forward when it is initialised then)."""

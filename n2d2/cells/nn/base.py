@@ -169,7 +169,6 @@ class NeuralNetworkCell(Configurable):
         if q is None:
             return y, ctx
         scalar, _ = q.learnable()
-        scalar = self._to_model_device(scalar) if self._on_gpu else scalar
         attrs = {"quantizer": q.ir_spec()}
         ys, saved = ir_ops.get("FakeQuantize").forward(attrs, [y], {"quant_param": scalar},
                                                        training=not self._inference)
@@ -180,7 +179,7 @@ class NeuralNetworkCell(Configurable):
         q = self.activation_quantizer()
         if grad is not None and q is not None:
             scalar, solver = q.learnable()
-            solver.update(scalar, backend.to_host(grad), self._batch_size)
+            solver.update(scalar, _like(grad, scalar), self._batch_size)
 
     def _forward(self, xs):
         """Run the cell's op definition (`n2d2.ir.ops`) on the input arrays."""
@@ -329,6 +328,11 @@ class NeuralNetworkCell(Configurable):
         return text
 
     __repr__ = __str__
+
+
+def _like(array, reference):
+    """`array` on the device of `reference` (a quantizer's scalar may live apart from the cell)."""
+    return backend.to_device(backend.to_host(array), not isinstance(reference, np.ndarray))
 
 
 class _ActivationQuantized:

@@ -7,7 +7,7 @@ biases one [O] array, both on the cell's device. Solvers and fillers are paramet
 
 import numpy as np
 
-from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows
+from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, _like, format_rows
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType
 from n2d2.filler import Filler, Normal
@@ -169,7 +169,7 @@ class WeightedCell(NeuralNetworkCell):
     def update(self):
         if "weight_step" in self._param_grads:
             step, solver = self.get_quantizer().learnable()
-            solver.update(step, self._param_grads["weight_step"], self._batch_size)
+            solver.update(step, _like(self._param_grads["weight_step"], step), self._batch_size)
         if "weights" in self._param_grads:
             self._config["weights_solver"].update(self._weights, self._param_grads["weights"], self._batch_size)
             self._mask_weights()
