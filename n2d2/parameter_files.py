@@ -189,7 +189,7 @@ def export_set(folder: str, cells, verbose=True):
     stems = file_stems([c.get_name() for c in cells])
     files = {}
     for c in cells:
-        for suffix, text in c._parameter_files().items():
+        for suffix, text in {**c._parameter_files(), **getattr(c, "_quantizer_files", dict)()}.items():
             name = stems[c.get_name()] + suffix + ".syntxt"
             if name in files:
                 raise ParameterFileError(f"Cells '{files[name][0]}' and '{c.get_name()}' would both write {name} "
@@ -225,10 +225,13 @@ def import_set(folder: str, cells, ignore_not_exists=False):
     loaded, read = [], {}
     for c in _parameter_cells(cells):
         stem, values = file_stem(c.get_name()), {}
-        for suffix, shape in c._parameter_shapes().items():
+        quantizer_scalars = getattr(c, "_quantizer_scalars", dict)()
+        shapes = {**c._parameter_shapes(), **{suffix: (1,) for suffix in quantizer_scalars}}
+        for suffix, shape in shapes.items():
             name = stem + suffix + ".syntxt"
             path = confined_path(folder, name)
-            data = _read_bounded(path, c.get_name(), shape, ignore_not_exists)
+            # a quantizer's scalar is optional: phase 2 of SAT reads phase 1's files, which have none
+            data = _read_bounded(path, c.get_name(), shape, ignore_not_exists or suffix in quantizer_scalars)
             if data is None:
                 continue
             print(f"Import {os.path.join(folder, name)}")
@@ -238,7 +241,10 @@ def import_set(folder: str, cells, ignore_not_exists=False):
     if manifest is not None:
         _check_not_torn(folder, manifest, read)
     for c, values in loaded:
+        quantizer_values = {k: values.pop(k) for k in list(values) if k in getattr(c, "_quantizer_scalars", dict)()}
         c._set_parameter_values(values)
+        if quantizer_values:
+            c._set_quantizer_values(quantizer_values)
 
 
 def _check_not_torn(folder, manifest, read):

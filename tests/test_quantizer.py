@@ -430,3 +430,26 @@ def test_passes_keep_fake_quantize_nodes_and_results():
     assert np.abs(after - y.to_numpy()).max() < 1e-6 and np.abs(before - after).max() < 1e-6
     assert any(optimized.op(n) == "BatchNorm" for n in optimized.nx)
     assert sum(optimized.op(n) == "FakeQuantize" for n in optimized.nx) == 1
+
+
+def test_quantizer_scalars_are_saved_and_read_back(tmp_path, capsys):
+    """Upstream's files: <cell>_QAct_SAT_Alpha, <cell>_QAct_LSQ_StepSize, <cell>_alphaW_LSQ; a folder
+    written without quantizers (SAT's clamp phase) still imports."""
+    def net(alpha, step):
+        return Sequence([Conv(1, 2, [3, 3], name="c1", activation=Linear(quantizer=SATAct(alpha=alpha))),
+                         BatchNorm2d(2, name="bn", activation=Linear(quantizer=LSQAct(set_opt_init_step_size=False,
+                                                                                     step_size=step))),
+                         Fc(72, 3, name="f1", quantizer=LSQCell(set_opt_init_step_size=False, step_size=step))])
+    a = net(3.25, 0.125)
+    a.export_free_parameters(str(tmp_path / "q"))
+    names = sorted(p.name for p in (tmp_path / "q").iterdir())
+    assert {"c1_QAct_SAT_Alpha.syntxt", "bn_QAct_LSQ_StepSize.syntxt", "f1_alphaW_LSQ.syntxt"} <= set(names)
+    b = net(1.0, 0.5)
+    b.import_free_parameters(str(tmp_path / "q"))
+    assert b[0].activation_quantizer().get_alpha() == 3.25
+    assert b[1].activation_quantizer().get_step_size() == 0.125 and b[2].get_quantizer().get_step_size() == 0.125
+    plain = Sequence([Conv(1, 2, [3, 3], name="c1"), BatchNorm2d(2, name="bn"), Fc(72, 3, name="f1")])
+    plain.export_free_parameters(str(tmp_path / "clamped"))
+    c = net(2.0, 0.5)
+    c.import_free_parameters(str(tmp_path / "clamped"))
+    assert np.array_equal(c[0]._weights, plain[0]._weights) and c[0].activation_quantizer().get_alpha() == 2.0

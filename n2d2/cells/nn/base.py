@@ -304,6 +304,33 @@ class NeuralNetworkCell(Configurable):
     def _set_parameter_values(self, values: dict):
         """Take {suffix: float32 array of `_parameter_shapes()[suffix]`} read back from files."""
 
+    def _quantizer_scalars(self) -> dict:
+        """suffix -> learned scalar (1-element array) of this cell's quantizers, upstream's file
+        suffixes: `_QAct_SAT_Alpha`, `_QAct_LSQ_StepSize` (activation), `_alphaW_LSQ` (weights)."""
+        out = {}
+        q = self.activation_quantizer()
+        if q is not None and q.learnable() is not None:
+            out["_QAct_SAT_Alpha" if q._kind == "SAT" else "_QAct_LSQ_StepSize"] = q.learnable()[0]
+        wq = self.get_quantizer() if hasattr(self, "get_quantizer") else None   # weighted cells
+        if wq is not None and wq.learnable() is not None:
+            out["_alphaW_LSQ"] = wq.learnable()[0]
+        return out
+
+    def _quantizer_files(self) -> dict:
+        """suffix -> text of the quantizer scalars learned so far (an LSQ step not yet initialised,
+        NaN, is not written)."""
+        out = {}
+        for suffix, scalar in self._quantizer_scalars().items():
+            value = backend.to_host(scalar)
+            if np.isfinite(value).all():
+                out[suffix] = format_rows(value.reshape(1, 1))
+        return out
+
+    def _set_quantizer_values(self, values: dict):
+        scalars = self._quantizer_scalars()
+        for suffix, value in values.items():
+            scalars[suffix][...] = _like(value.reshape(1), scalars[suffix])
+
     def export_free_parameters(self, dir_name: str, verbose=True):
         """Write this cell's parameters as N2D2 .syntxt files under `dir_name`."""
         from n2d2.parameter_files import export_set
