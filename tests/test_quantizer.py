@@ -453,3 +453,32 @@ def test_quantizer_scalars_are_saved_and_read_back(tmp_path, capsys):
     c = net(2.0, 0.5)
     c.import_free_parameters(str(tmp_path / "clamped"))
     assert np.array_equal(c[0]._weights, plain[0]._weights) and c[0].activation_quantizer().get_alpha() == 2.0
+
+
+def test_deepnet_cell_follows_quantizer_settings_changed_after_tracing():
+    """SAT's two phases on one DeepNetCell: clamp (no rounding), then `set_quantization(True)` and
+    `set_range(15)`; attaching a quantizer after tracing is refused by name."""
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    n2d2.global_variables.seed = 3
+    quantizer = SATCell(apply_quantization=False, apply_scaling=True)
+    act = SATAct(alpha=2.0, range=255)
+    model = Sequence([Conv(1, 4, [3, 3], quantizer=quantizer, activation=Linear(quantizer=act)),
+                      Fc(144, 2, name="last"), Softmax(with_loss=True)])
+    dn = model.to_deepnet_cell(provider, backend="numpy")
+    provider.set_partition("Learn")
+    x = provider.read_random_batch()
+    dn.learn()
+    dn(x)
+    quantizer.set_quantization(True)
+    quantizer.set_range(15)
+    act.set_range(3)
+    dn(x)
+    out = dn._graph_for("training", 16)
+    attrs = [out.graph.attrs(n) for n in out.graph.nx if out.graph.op(n) == "Conv"][0]
+    assert dict(attrs["weight_quantizer"][1])["apply_quantization"] is True
+    assert dict(attrs["weight_quantizer"][1])["range"] == 15
+    fq = [out.graph.attrs(n) for n in out.graph.nx if out.graph.op(n) == "FakeQuantize"][0]
+    assert fq["quantizer"] == ("SAT", (("range", 3),))
+    dn[1].quantizer = SATCell()
+    with pytest.raises(RuntimeError, match="'last'.*after tracing"):
+        dn(x)

@@ -359,6 +359,7 @@ class DeepNetCell(Iterable):
                     raise RuntimeError(f"DeepNetCell '{self._name}': the {role} array of cell '{cell.get_name()}' was "
                                        "replaced after tracing; write into it in place instead")
                 param.solver = solver
+            changed = self._sync_quantizers(node, cell) or changed
             propagate = cell._config.get("back_propagate", True)
             attrs = self._graph.attrs(node)
             if attrs.get("back_propagate", True) != propagate:
@@ -366,6 +367,27 @@ class DeepNetCell(Iterable):
                 changed = True
         if changed:
             self._invalidate()
+
+    def _sync_quantizers(self, node, cell) -> bool:
+        """Carry quantizer settings changed after tracing (`set_quantization`, `set_range`, ...) into
+        the graph; a quantizer attached or removed after tracing is refused (trace again)."""
+        graph = self._graph
+        _, now, _ = cell._ir_node()
+        attrs = graph.attrs(node)
+        fq = [n for n in graph.nx.successors(node) if graph.op(n) == "FakeQuantize"]
+        act_q = cell.activation_quantizer() if hasattr(cell, "activation_quantizer") else None
+        if (now.get("weight_quantizer") is None) != (attrs.get("weight_quantizer") is None) or \
+                (act_q is None) != (not fq):
+            raise RuntimeError(f"DeepNetCell '{self._name}': a quantizer of cell '{cell.get_name()}' was attached or "
+                               "removed after tracing; attach quantizers before building the DeepNetCell")
+        changed = False
+        if now.get("weight_quantizer") != attrs.get("weight_quantizer"):
+            attrs["weight_quantizer"] = now["weight_quantizer"]
+            changed = True
+        if act_q is not None and graph.attrs(fq[0])["quantizer"] != act_q.ir_spec():
+            graph.attrs(fq[0])["quantizer"] = act_q.ir_spec()
+            changed = True
+        return changed
 
     def _zero_param_grads(self):
         pass
