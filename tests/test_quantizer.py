@@ -482,3 +482,27 @@ def test_deepnet_cell_follows_quantizer_settings_changed_after_tracing():
     dn[1].quantizer = SATCell()
     with pytest.raises(RuntimeError, match="'last'.*after tracing"):
         dn(x)
+
+
+def test_cuda_lowering_leaves_quantized_nodes_to_the_reference():
+    """The CUDA backend's kernel choice (no device needed): a Conv with a weight quantizer and a
+    FakeQuantize node get no kernel (they run the numpy reference on the arena views); the same
+    Conv without quantizer gets one."""
+    from n2d2.codegen import c_backend, cuda_backend
+    from n2d2.ir.trace import trace
+
+    def graph(quantized):
+        conv = Conv(1, 4, [3, 3], quantizer=SATCell(range=15) if quantized else None,
+                    activation=Linear(quantizer=SATAct()) if quantized else Rectifier())
+        y = conv(n2d2.Tensor.from_numpy(_rng(8).random((2, 1, 8, 8)).astype(np.float32)))
+        return trace(y.get_deepnet(), input_names=["input"]).graph
+
+    for quantized in (True, False):
+        g = graph(quantized)
+        conv = next(n for n in g.nx if g.op(n) == "Conv")
+        found = cuda_backend._geometry(g, conv, True, lambda a: True)
+        assert (found is None) == quantized
+        assert (c_backend._geometry(g, conv, True) is None) == quantized
+        for n in g.nx:
+            if g.op(n) == "FakeQuantize":
+                assert cuda_backend._geometry(g, n, True, lambda a: True) is None
