@@ -68,9 +68,104 @@ class Quantizer(Configurable):
 class CellQuantizer(Quantizer):
     """Weight quantizer of Conv / Fc / Deconv."""
 
+    def __init__(self, **config):
+        super().__init__(**config)
+        self._cell = None       # the cell it quantizes (set when attached)
+        self._added = []        # tensors registered by add_weights / add_biases (upstream's test API)
+
+    def _attach(self, cell):
+        self._cell = cell
+
+    def add_weights(self, weights, diff_weights):
+        """Register a weight tensor (and its gradient tensor) outside a cell, as upstream's tests do."""
+        _check_tensors(weights=weights, diff_weights=diff_weights)
+        self._added.append(("weights", weights))
+
+    def add_biases(self, biases, diff_biases):
+        _check_tensors(biases=biases, diff_biases=diff_biases)
+        self._added.append(("biases", biases))
+
+    def _quantized(self, input_idx):
+        """(quantized weights as a numpy array shaped as its source, biases or None)."""
+        from n2d2.backend import to_host
+        from n2d2.ir import ops as ir_ops
+
+        if not isinstance(input_idx, int) or isinstance(input_idx, bool):
+            raise WrongInputType("input_idx", type(input_idx), ["int"])
+        added = [t for role, t in self._added if role == "weights"]
+        biases = [t for role, t in self._added if role == "biases"]
+        if added:
+            if not 0 <= input_idx < len(added):
+                raise ValueError(f"{self.get_type()}: weight tensor {input_idx} of {len(added)} registered")
+            w = added[input_idx].to_numpy()
+            dims = added[input_idx].dims()
+            n_out = w.size // dims[2] if len(dims) == 4 else w.size // w.shape[-1]
+            op = _FixedFanOut(n_out)
+            params = {"weights": w}
+            attrs = {}
+            b = biases[0].to_numpy() if biases else None
+        else:
+            if self._cell is None:
+                raise RuntimeError(f"{self.get_type()}: not attached to a cell and no weights registered")
+            if input_idx != 0:
+                raise ValueError(f"{self.get_type()}: cell '{self._cell.get_name()}' keeps its weights as one tensor "
+                                 f"(input index 0), got {input_idx}")
+            op_name, attrs, params = self._cell._ir_node()
+            op = ir_ops.get(op_name)
+            params = {role: to_host(array) for role, (array, _) in params.items() if array is not None}
+            b = params.get("biases")
+        learned = self.learnable()
+        if learned is not None:
+            params["weight_step"] = to_host(learned[0]).copy()   # a read does not initialise the step
+        quantized, _ = ir_ops.quantize_weights(op, attrs, self.ir_spec(), params, training=False)
+        return quantized["weights"], b
+
+    def get_quantized_weights(self, input_idx=0):
+        """The weights the cell computes with (fake-quantized), as a Tensor."""
+        from n2d2.tensor import Tensor
+
+        return Tensor._wrap(np.array(self._quantized(input_idx)[0], dtype=np.float32))
+
+    def get_quantized_biases(self):
+        """The biases the cell computes with: not quantized (copied), as upstream."""
+        from n2d2.tensor import Tensor
+
+        b = self._quantized(0)[1]
+        if b is None:
+            raise RuntimeError(f"{self.get_type()}: no biases (no_bias=True or none registered)")
+        return Tensor._wrap(np.array(b, dtype=np.float32))
+
+
+class _FixedFanOut:
+    """Stands for the op of registered tensors: SAT's N_out given directly."""
+
+    name = "Registered"
+
+    def __init__(self, n_out):
+        self.n_out = n_out
+
+
+def _check_tensors(**tensors):
+    from n2d2.tensor import Tensor
+
+    for name, value in tensors.items():
+        if not isinstance(value, Tensor):
+            raise WrongInputType(name, type(value), ["Tensor"])
+
 
 class ActivationQuantizer(Quantizer):
     """Quantizer of an activation's output."""
+
+    _full_precision = None   # the last input seen in training (eager cells)
+
+    def get_full_precision_activations(self):
+        """The activations before quantization of the last training call, as a Tensor."""
+        from n2d2.backend import to_host
+        from n2d2.tensor import Tensor
+
+        if self._full_precision is None:
+            raise RuntimeError(f"{self.get_type()}: no training forward yet")
+        return Tensor._wrap(np.array(to_host(self._full_precision), dtype=np.float32))
 
 
 class _LearnedScalar:

@@ -506,3 +506,32 @@ def test_cuda_lowering_leaves_quantized_nodes_to_the_reference():
         for n in g.nx:
             if g.op(n) == "FakeQuantize":
                 assert cuda_backend._geometry(g, n, True, lambda a: True) is None
+
+
+def test_get_quantized_weights_biases_and_full_precision_activations():
+    """Upstream's unit test through the API (add_weights, range 2**32, scaling on), and the same
+    methods on a cell's quantizer and on an activation quantizer."""
+    w = _rng(10).uniform(-1, 1, (10, 1, 2, 2)).astype(np.float32)    # N2D2 dims [2, 2, 1, 10]
+    b = _rng(11).uniform(-1, 1, (10,)).astype(np.float32)
+    quantizer = SATCell(apply_scaling=True, apply_quantization=True)
+    quantizer.set_range(2 ** 32)
+    quantizer.add_weights(n2d2.Tensor.from_numpy(w), n2d2.Tensor.from_numpy(np.zeros_like(w)))
+    quantizer.add_biases(n2d2.Tensor.from_numpy(b), n2d2.Tensor.from_numpy(np.zeros_like(b)))
+    u = np.tanh(w.astype(np.float64)) / np.abs(np.tanh(w)).max()
+    expected = u / np.sqrt(np.var(u, ddof=1) * 10 * 2 * 2)
+    assert np.abs(quantizer.get_quantized_weights(0).to_numpy() - expected).max() < 1e-3
+    assert np.array_equal(quantizer.get_quantized_biases().to_numpy(), b)
+    with pytest.raises(WrongInputType):
+        quantizer.add_weights(w, w)
+
+    fc = Fc(6, 3, quantizer=LSQCell(range=15, set_opt_init_step_size=False, step_size=0.02),
+            activation=Linear(quantizer=SATAct(alpha=1.0, range=15)))
+    qw = fc.get_quantizer().get_quantized_weights(0).to_numpy()
+    assert np.abs(qw - 0.02 * np.rint(np.clip(fc._weights / 0.02, -8, 7))).max() < 1e-7
+    assert np.array_equal(fc.get_quantizer().get_quantized_biases().to_numpy(), fc._biases)
+    x = _rng(12).normal(0, 1, (2, 6, 1, 1)).astype(np.float32)
+    fc.learn()
+    fc(n2d2.Tensor.from_numpy(x))
+    full = fc.get_activation().get_quantizer().get_full_precision_activations().to_numpy()
+    assert np.allclose(full.reshape(2, 3), x.reshape(2, 6) @ qw.T + fc._biases,
+                       atol=1e-5)

@@ -144,6 +144,8 @@ def _options(spec):
 
 def _sat_fan_out(op, attrs, w):
     """SAT's N_out: outputs x kernel size (Conv [O, C/g, kH, kW], Fc [O, C], Deconv [C, O/g, kH, kW])."""
+    if hasattr(op, "n_out"):   # tensors registered on a quantizer (add_weights)
+        return op.n_out
     if op.name == "Deconv":
         return w.size // w.shape[0] * int(attrs.get("groups", 1))
     return w.size // w.shape[1]

@@ -170,6 +170,8 @@ class NeuralNetworkCell(Configurable):
             return y, ctx
         scalar, _ = q.learnable()
         attrs = {"quantizer": q.ir_spec()}
+        if not self._inference:
+            q._full_precision = y
         ys, saved = ir_ops.get("FakeQuantize").forward(attrs, [y], {"quant_param": scalar},
                                                        training=not self._inference)
         return ys[0], _ActivationQuantized(ctx, attrs, saved, scalar)

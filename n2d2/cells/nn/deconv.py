@@ -61,6 +61,8 @@ class Deconv(ConvolutionCell):
         from n2d2.quantizer import CellQuantizer, check_quantizer
 
         self._extra_quantizer = check_quantizer(quantizer, CellQuantizer, "cell")
+        if quantizer is not None:
+            quantizer._attach(self)
 
     @property
     def quantizer(self):

@@ -44,6 +44,7 @@ class WeightedCell(NeuralNetworkCell):
             config["quantizer"] = quantizer
         elif quantizer is not None:
             self._extra_quantizer = quantizer
+            quantizer._attach(self)
         if solver is not None and not isinstance(solver, Solver):
             raise WrongInputType("solver", type(solver), ["Solver"])
         if filler is not None and not isinstance(filler, Filler):
@@ -240,6 +241,8 @@ class WeightedCell(NeuralNetworkCell):
         return [self.get_bias(o) for o in range(self._args["nb_outputs"])]
 
     def _on_parameter_change(self, key, value):
+        if key == "quantizer" and value is not None:
+            value._attach(self)
         if key == "no_bias":
             if value:
                 self._biases = None
