@@ -535,3 +535,16 @@ def test_get_quantized_weights_biases_and_full_precision_activations():
     full = fc.get_activation().get_quantizer().get_full_precision_activations().to_numpy()
     assert np.allclose(full.reshape(2, 3), x.reshape(2, 6) @ qw.T + fc._biases,
                        atol=1e-5)
+
+
+def test_float_export_refuses_a_quantized_graph(tmp_path):
+    """Until the integer export exists, a fake-quantized network is not exported as float silently."""
+    from n2d2.export import ExportError, unsupported_nodes
+
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=4)
+    dn = _lenet_like("SAT").to_deepnet_cell(provider, backend="numpy")
+    bad = {op for _, op, _ in unsupported_nodes(dn._graph)}
+    assert {"FakeQuantize", "Conv", "Fc"} <= bad
+    with pytest.raises(ExportError, match="FakeQuantize"):
+        n2d2.export.export_c(dn, export_folder_name=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
