@@ -479,6 +479,9 @@ def test_deepnet_cell_follows_quantizer_settings_changed_after_tracing():
     assert dict(attrs["weight_quantizer"][1])["range"] == 15
     fq = [out.graph.attrs(n) for n in out.graph.nx if out.graph.op(n) == "FakeQuantize"][0]
     assert fq["quantizer"] == ("SAT", (("range", 3),))
+    act.solver = SGD(learning_rate=0.5)
+    dn(x)
+    assert dn._graph.params[f"{dn[0].get_name()}.activation_quantizer"].solver is act.solver
     dn[1].quantizer = SATCell()
     with pytest.raises(RuntimeError, match="'last'.*after tracing"):
         dn(x)

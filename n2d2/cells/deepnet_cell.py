@@ -384,9 +384,16 @@ class DeepNetCell(Iterable):
         if now.get("weight_quantizer") != attrs.get("weight_quantizer"):
             attrs["weight_quantizer"] = now["weight_quantizer"]
             changed = True
-        if act_q is not None and graph.attrs(fq[0])["quantizer"] != act_q.ir_spec():
-            graph.attrs(fq[0])["quantizer"] = act_q.ir_spec()
-            changed = True
+        if act_q is not None:
+            param = graph.params[graph.node(fq[0]).params["quant_param"]]
+            scalar, solver = act_q.learnable()
+            if param.array is not scalar:
+                raise RuntimeError(f"DeepNetCell '{self._name}': the activation quantizer of cell "
+                                   f"'{cell.get_name()}' was replaced after tracing; trace again")
+            param.solver = solver   # `quantizer.solver = ...` after tracing
+            if graph.attrs(fq[0])["quantizer"] != act_q.ir_spec():
+                graph.attrs(fq[0])["quantizer"] = act_q.ir_spec()
+                changed = True
         return changed
 
     def _zero_param_grads(self):
