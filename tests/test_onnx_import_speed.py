@@ -106,3 +106,77 @@ def test_large_initializer_of_the_wrong_size_is_still_rejected(tmp_path):
     path, _ = _model(tmp_path, gemm_in=1000)  # Gemm weight [600, 1000] for a 1024-wide input
     with pytest.raises(ONNXFormatError, match="shape inference fails"):
         load_model(path)
+
+
+def _branchy_model(tmp_path):
+    """Conv, a per-channel Add folded into its bias after the call, BatchNorm, Relu, MaxPool, a
+    Concat of two branches, Flatten, Gemm: the importer reads shapes and rewrites cells."""
+    rng = np.random.default_rng(1)
+    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    inits = {"w1": f32(6, 3, 3, 3), "add": f32(1, 6, 1, 1), "s": f32(6), "b": f32(6), "m": f32(6),
+             "v": np.abs(f32(6)) + 0.5, "w2": f32(4, 6, 1, 1), "fw": f32(5, 10 * 4 * 4)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c1", "add"], ["a1"]),
+             helper.make_node("BatchNormalization", ["a1", "s", "b", "m", "v"], ["bn"]),
+             helper.make_node("Relu", ["bn"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "w2"], ["c2"]),
+             helper.make_node("Concat", ["p", "c2"], ["cat"], axis=1),
+             helper.make_node("Flatten", ["cat"], ["f"]),
+             helper.make_node("Gemm", ["f", "fw"], ["y"], transB=1, alpha=0.5)]
+    graph = helper.make_graph(nodes, "branchy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                              [numpy_helper.from_array(v, n) for n, v in inits.items()])
+    path = str(tmp_path / "branchy.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _describe(graph):
+    nodes = sorted((n, d["op"], repr(sorted(d["attrs"].items())), repr(graph.output_types(n)))
+                   for n, d in graph.nx.nodes(data=True))
+    edges = sorted((a, b, d["out"], d["slot"]) for a, b, d in graph.nx.edges(data=True))
+    params = sorted((k, p.array.shape, np.asarray(p.array).tobytes()) for k, p in graph.params.items())
+    return nodes, edges, params
+
+
+@pytest.mark.parametrize("which", ["branchy", "speed"])
+def test_tracing_without_a_forward_gives_the_same_graph(tmp_path, monkeypatch, which):
+    import contextlib
+
+    import n2d2.cells.nn.base as base
+    from n2d2.ops import conv as conv_ops
+
+    path = _branchy_model(tmp_path) if which == "branchy" else _model(tmp_path)[0]
+    size = [8, 8, 3] if which == "branchy" else [16, 16, 3]
+    provider = lambda: n2d2.provider.DataProvider(n2d2.database.Numpy(), size, batch_size=3)  # noqa: E731
+    calls = []
+    forward = conv_ops.conv2d_forward
+    monkeypatch.setattr(conv_ops, "conv2d_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    fast = DeepNetCell.load_from_ONNX(provider(), path, backend="numpy")
+    assert calls == []  # no numpy forward of the dummy batch while importing
+    monkeypatch.setattr(base, "deferred_values", contextlib.nullcontext)
+    eager = DeepNetCell.load_from_ONNX(provider(), path, backend="numpy")
+    assert calls  # the old way runs every cell
+    assert _describe(fast.get_graph()) == _describe(eager.get_graph())
+    x = np.random.default_rng(2).standard_normal([3] + size[::-1]).astype(np.float32)
+    outs = []
+    for dn in (fast, eager):
+        dn.test()
+        t = n2d2.Tensor.from_numpy(x)
+        n2d2.provider.TensorPlaceholder(t)
+        outs.append(dn(t).to_numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_a_deferred_output_is_computed_when_read():
+    from n2d2.cells.nn.base import deferred_values
+
+    x = n2d2.Tensor.from_numpy(np.random.default_rng(3).standard_normal((2, 3, 5, 5)).astype(np.float32))
+    n2d2.provider.TensorPlaceholder(x)
+    conv = n2d2.cells.Conv(3, 4, [3, 3], name="deferred_conv").test()
+    with deferred_values():
+        y = conv(x)
+    assert y.shape() == [2, 4, 3, 3] and y._h is None  # not computed yet
+    expected = conv(x).to_numpy()  # an eager call of the same cell
+    np.testing.assert_array_equal(y.to_numpy(), expected)

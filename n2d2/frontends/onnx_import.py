@@ -31,6 +31,7 @@ The batch size is the provider's: constant Reshape targets may name the file's b
 What cannot be represented exactly is refused with an `ONNXUnsupportedError` (a `ValueError`)
 that names the node and says what is supported; never a silent skip.
 """
+import contextlib
 import os
 import re
 import warnings
@@ -1743,14 +1744,14 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
         ignore_cells = list(ignore_cells) + ini.ignore
         ignore_input_size = ignore_input_size or ini.ignore_input_size
         load_weights = ini.load_weights
+    from n2d2.cells.nn.base import deferred_values
     from n2d2.cells.nn.weighted import weights_from_file
 
     model, inferred, arrays = load_model_arrays(path)
     importer = _Importer(model, inferred, path, provider, ignore_cells, ignore_input_size, load_weights, arrays)
-    if load_weights:
-        with weights_from_file():  # the file's values replace the fillers' draws
-            x, outputs, input_name = importer.run()
-    else:
+    # the cells are called only to be traced: no forward of the dummy batch, no filler draws for
+    # values the file gives
+    with deferred_values(), weights_from_file() if load_weights else contextlib.nullcontext():
         x, outputs, input_name = importer.run()
     cells = {c.get_name(): c for c in importer.cells}
     if ini is not None:
