@@ -1,7 +1,7 @@
 """ONNX import time of a large file: VGG-11 (torchvision's layout, ~133M parameters, ~531 MB)
 exported by torch to a temporary folder, then imported with DeepNetCell.load_from_ONNX.
 
-Usage: python bench/bench_onnx_import.py [--rounds 3] [--profile] [--keep DIR]
+Usage: python bench/bench_onnx_import.py [--rounds 3] [--batch 1] [--profile] [--keep DIR]
 Needs torch and onnx (the file is never written inside the repository)."""
 import argparse
 import cProfile
@@ -40,11 +40,11 @@ def export(path):
                       dynamic_axes={"input": {0: "N"}, "output": {0: "N"}})
 
 
-def import_once(path):
+def import_once(path, batch=1):
     import n2d2
     from n2d2.cells.deepnet_cell import DeepNetCell
 
-    provider = n2d2.provider.DataProvider(n2d2.database.Numpy(), [224, 224, 3], batch_size=1)
+    provider = n2d2.provider.DataProvider(n2d2.database.Numpy(), [224, 224, 3], batch_size=batch)
     t0 = time.perf_counter()
     dn = DeepNetCell.load_from_ONNX(provider, path, backend="numpy")
     return time.perf_counter() - t0, dn
@@ -53,6 +53,7 @@ def import_once(path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1, help="the provider's batch size")
     ap.add_argument("--profile", action="store_true", help="print the top cumulative-time entries")
     ap.add_argument("--keep", help="folder to keep (and reuse) the exported file in")
     args = ap.parse_args()
@@ -66,16 +67,16 @@ def main():
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        import_once(path)
+        import_once(path, args.batch)
         prof.disable()
         pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
     times = []
     for _ in range(args.rounds):
-        dt, dn = import_once(path)
+        dt, dn = import_once(path, args.batch)
         times.append(dt)
         del dn
     print("RESULTS")
-    print(f"file: VGG-11, {size / 1e6:.0f} MB, input 1x3x224x224")
+    print(f"file: VGG-11, {size / 1e6:.0f} MB, input {args.batch}x3x224x224")
     print(f"load_from_ONNX: best {min(times):.2f} s, median {sorted(times)[len(times) // 2]:.2f} s "
           f"over {len(times)} rounds")
     if not args.keep:
