@@ -175,7 +175,7 @@ def test_300_character_graph_name_compiles_and_leaves_only_library_and_record(tm
     session.run_nodes(net.g.topological_order())
     out = net.g.outputs[0]
     np.testing.assert_allclose(prog.view(out), session.values[out[0]][out[1]], rtol=1e-5, atol=1e-6)
-    entries = sorted(os.listdir(cache))
+    entries = sorted(e for e in os.listdir(cache) if e != "templates")  # compiled Jinja templates (render.py)
     assert len(entries) == 2 and entries[0].endswith(".json") and entries[1].endswith(".so"), entries
     assert max(len(e) for e in entries) <= 80
 
@@ -211,3 +211,30 @@ def test_concurrent_builds_of_one_key_all_load(tmp_path):
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     assert all(rc == 0 and out.strip() == "42" for out, err, rc in results), results
     assert not [e for e in os.listdir(cache) if e.startswith(".build-")]
+
+
+def test_compiled_templates_are_cached_privately_and_damaged_entries_are_recompiled(tmp_path, monkeypatch):
+    from n2d2.codegen import render
+
+    cache = _use_cache(monkeypatch, tmp_path / "cache")
+    monkeypatch.setattr(render, "_env", None)  # a new process: nothing compiled in memory
+    first = render.render("c/program.c.j2", graph_name="g", nodes=[], arena_bytes=0, kernels=[], segments=[],
+                          functions=[], parts=1)
+    folder = tmp_path / "cache" / "templates"
+    assert os.path.realpath(folder).startswith(os.path.realpath(cache))
+    entries = os.listdir(folder)
+    assert entries and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert all(stat.S_IMODE(os.stat(folder / e).st_mode) & 0o077 == 0 for e in entries)
+    compiled = []
+    monkeypatch.setattr(render, "_env", None)
+    env = render.environment()
+    original = env.compile
+    monkeypatch.setattr(env, "compile", lambda *a, **k: compiled.append(a) or original(*a, **k))
+    assert render.render("c/program.c.j2", graph_name="g", nodes=[], arena_bytes=0, kernels=[], segments=[],
+                         functions=[], parts=1) == first
+    assert compiled == []  # read from the cache, not compiled again
+    for e in entries:
+        (folder / e).write_bytes((folder / e).read_bytes()[:40] + b"damaged")
+    monkeypatch.setattr(render, "_env", None)
+    assert render.render("c/program.c.j2", graph_name="g", nodes=[], arena_bytes=0, kernels=[], segments=[],
+                         functions=[], parts=1) == first

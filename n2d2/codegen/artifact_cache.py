@@ -203,11 +203,30 @@ def _sweep_stale_builds(directory: str):
         pass
 
 
+def _run_build(command, cwd):
+    """Run one compiler command (an argument list), or stages of commands (a list of lists of
+    argument lists: each stage's commands at once, the stages in order); returns the first
+    failing process's result, else the last one's."""
+    if command and isinstance(command[0], str):
+        return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    from concurrent.futures import ThreadPoolExecutor
+
+    result = None
+    for stage in command:
+        with ThreadPoolExecutor(max_workers=len(stage)) as pool:
+            results = list(pool.map(lambda c: subprocess.run(c, capture_output=True, text=True, cwd=cwd), stage))
+        for result in results:
+            if result.returncode != 0:
+                return result
+    return result
+
+
 def cached_library(source: str, inputs: str, name: str, source_suffix: str, command) -> str:
     """Path of a verified library built from `source`, from the cache when an entry matches.
 
     `inputs` is everything the library depends on (code, flags, compiler, host): its SHA-256 keys
-    the entry. `command(src, out)` is the compiler's argument list. Raises `BuildFailed` when the
+    the entry. `command(src, out)` is the compiler's argument list, or stages of them (see
+    `_run_build`). Raises `BuildFailed` when the
     compiler fails (a copy of the source is kept in the cache) and `OSError` when the cache
     cannot be written."""
     inputs_sha256 = hashlib.sha256(inputs.encode()).hexdigest()
@@ -223,7 +242,7 @@ def cached_library(source: str, inputs: str, name: str, source_suffix: str, comm
         src = os.path.join(build, f"{prefix}{source_suffix}")
         out = os.path.join(build, f"{prefix}.so")
         _write_synced(src, source.encode())
-        result = subprocess.run(command(src, out), capture_output=True, text=True, cwd=build)
+        result = _run_build(command(src, out), build)
         if result.returncode != 0:
             failed = os.path.join(directory, f"{prefix}_{key}.failed{source_suffix}")
             os.replace(src, failed)

@@ -73,8 +73,24 @@ def default_flags() -> tuple:
     return DEFAULT_CFLAGS + tuple(shlex.split(os.environ.get("N2D2_CFLAGS", "")))
 
 
-def build_shared_library(source: str, name: str = "n2d2_graph", flags=None) -> str:
-    """Path of a shared library built from `source` (reused from the cache when present)."""
+def build_jobs() -> int:
+    """How many gcc processes a build may run at once: `$N2D2_CC_JOBS`, else the CPUs this
+    process may use (at most 4)."""
+    value = os.environ.get("N2D2_CC_JOBS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+def build_shared_library(source: str, name: str = "n2d2_graph", flags=None, parts: int = 1) -> str:
+    """Path of a shared library built from `source` (reused from the cache when present).
+
+    `parts` > 1: the source is compiled once per part with -DN2D2_PART=k, in parallel, and the
+    objects linked (see runtime.c.j2)."""
     cc = find_compiler()
     if cc is None:
         raise CompilerError("No C compiler found (set $CC or install gcc); use the numpy backend instead")
@@ -82,10 +98,18 @@ def build_shared_library(source: str, name: str = "n2d2_graph", flags=None) -> s
     # comments (node and graph names) do not change the code: the same network traced under
     # other cell names reuses the library
     code = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
-    inputs = "\0".join([code, " ".join(flags), _compiler_version(cc), _host_id()])
+    inputs = "\0".join([code, " ".join(flags), _compiler_version(cc), _host_id()] + ([f"parts={parts}"] if parts > 1
+                                                                                    else []))
+
+    def command(src, out):
+        if parts <= 1:
+            return [cc, *flags, src, "-o", out, "-lm"]
+        objs = [f"{out}.{k}.o" for k in range(parts)]
+        compile_ = [[cc, *flags, f"-DN2D2_PART={k}", "-c", src, "-o", obj] for k, obj in enumerate(objs)]
+        return [compile_, [[cc, *flags, *objs, "-o", out, "-lm"]]]
+
     try:
-        return artifact_cache.cached_library(source, inputs, name, ".c",
-                                             lambda src, out: [cc, *flags, src, "-o", out, "-lm"])
+        return artifact_cache.cached_library(source, inputs, name, ".c", command)
     except artifact_cache.BuildFailed as e:
         raise CompilerError(f"{os.path.basename(cc)} failed on {e.source}:\n{e.output[-4000:]}") from None
 

@@ -9,6 +9,7 @@ test renders every template with names built to break out and checks it.
 """
 import contextlib
 import functools
+import os
 
 import numpy as np
 
@@ -49,10 +50,39 @@ def environment():
                 return super().get_template(name, *args, **kwargs)
 
         _env = _Recording(loader=jinja2.PackageLoader("n2d2", "templates"), undefined=jinja2.StrictUndefined,
-                          trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+                          trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                          bytecode_cache=_bytecode_cache(jinja2))
         _env.filters.update(cfloat=cfloat, cident=c_identifier, c_comment=c_comment, c_string=c_string_literal,
                             md_code=markdown_code)
     return _env
+
+
+def _bytecode_cache(jinja2):
+    """Compiled templates kept in the private compile cache (`templates/` in `$N2D2_CACHE`, read
+    when used: tests move the cache): compiling the ~30 templates of a program took 0.6 s of
+    every new process. Jinja checks each entry against its template's source; a folder that
+    cannot be written only loses the saving."""
+    from n2d2.codegen import artifact_cache
+
+    class _InCompileCache(jinja2.FileSystemBytecodeCache):
+        def _get_cache_filename(self, bucket):
+            folder = os.path.join(artifact_cache.cache_dir(), "templates")
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            return os.path.join(folder, self.pattern % (bucket.key,))
+
+        def load_bytecode(self, bucket):
+            try:
+                super().load_bytecode(bucket)
+            except Exception:  # a damaged entry: compile the template again
+                bucket.reset()
+
+        def dump_bytecode(self, bucket):
+            try:
+                super().dump_bytecode(bucket)
+            except OSError:
+                pass
+
+    return _InCompileCache(directory=".")
 
 
 @functools.lru_cache(maxsize=None)

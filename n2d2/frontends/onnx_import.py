@@ -31,6 +31,7 @@ The batch size is the provider's: constant Reshape targets may name the file's b
 What cannot be represented exactly is refused with an `ONNXUnsupportedError` (a `ValueError`)
 that names the node and says what is supported; never a silent skip.
 """
+import contextlib
 import os
 import re
 import warnings
@@ -81,6 +82,13 @@ def load_model(path):
     Raises `ONNXFormatError` naming `path` when any step fails, `FileNotFoundError` when the
     file does not exist.
     """
+    model, inferred, _ = load_model_arrays(path)
+    return model, inferred
+
+
+def load_model_arrays(path):
+    """`load_model`, plus {initializer name: read-only array} for the main graph's raw-data
+    initializers: the bytes the limits check reads once, viewed without another copy."""
     onnx = _onnx()
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -90,21 +98,23 @@ def load_model(path):
     except Exception as e:  # protobuf DecodeError, truncated file, nesting deeper than protobuf's limit
         raise ONNXFormatError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     base_dir = os.path.dirname(os.path.abspath(path))
-    onnx_limits.check_model(model, path, base_dir)  # dims vs data, caps: before any tensor is read
+    raw = {}
+    onnx_limits.check_model(model, path, base_dir, raw=raw)  # dims vs data, caps: before any tensor is read
     try:
         onnx.external_data_helper.load_external_data_for_model(model, base_dir)
     except Exception as e:
         raise ONNXFormatError(f"{path}: external data cannot be read ({type(e).__name__}: {e})") from None
+    light = onnx_limits.without_large_initializers(model)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(light)
     except Exception as e:
         raise ONNXFormatError(f"{path}: the ONNX checker rejects the model: {_first_line(e)}") from None
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
     except Exception as e:
         raise ONNXFormatError(f"{path}: ONNX shape inference fails: {_first_line(e)}") from None
     onnx_limits.check_value_infos(inferred, path)
-    return model, inferred
+    return model, inferred, raw
 
 
 def _first_line(e) -> str:
@@ -159,8 +169,9 @@ class _Importer:
     """Maps the nodes of one ONNX graph to cells (see the module docstring)."""
 
     def __init__(self, model, inferred, path, provider, ignore_cells=(), ignore_input_size=False,
-                 load_weights=True):
+                 load_weights=True, arrays=None):
         self.model = model
+        self.arrays = arrays or {}  # initializer name -> array already read (load_model_arrays)
         self.graph = model.graph
         self.path = path
         self.provider = provider
@@ -271,7 +282,9 @@ class _Importer:
         init_names = set()
         for init in self.graph.initializer:
             try:
-                self.values[init.name] = numpy_helper.to_array(init)
+                self.values[init.name] = self.arrays.get(init.name)
+                if self.values[init.name] is None:
+                    self.values[init.name] = numpy_helper.to_array(init)
             except Exception as e:
                 raise ONNXFormatError(f"{self.path}: initializer '{init.name}' cannot be read "
                                       f"({type(e).__name__}: {e})") from None
@@ -699,7 +712,9 @@ class _Importer:
         if b.ndim != 2:
             raise self.malformed(f"B must be a matrix, got shape {list(b.shape)}")
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-        weights = (b if a.get("transB", 0) else b.T) * alpha
+        weights = b if a.get("transB", 0) else b.T
+        if alpha != 1.0:
+            weights = weights * alpha
         o = weights.shape[0]
         bias = None
         if c is not None and beta != 0.0:
@@ -1729,9 +1744,15 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
         ignore_cells = list(ignore_cells) + ini.ignore
         ignore_input_size = ignore_input_size or ini.ignore_input_size
         load_weights = ini.load_weights
-    model, inferred = load_model(path)
-    importer = _Importer(model, inferred, path, provider, ignore_cells, ignore_input_size, load_weights)
-    x, outputs, input_name = importer.run()
+    from n2d2.cells.nn.base import deferred_values
+    from n2d2.cells.nn.weighted import weights_from_file
+
+    model, inferred, arrays = load_model_arrays(path)
+    importer = _Importer(model, inferred, path, provider, ignore_cells, ignore_input_size, load_weights, arrays)
+    # the cells are called only to be traced: no forward of the dummy batch, no filler draws for
+    # values the file gives
+    with deferred_values(), weights_from_file() if load_weights else contextlib.nullcontext():
+        x, outputs, input_name = importer.run()
     cells = {c.get_name(): c for c in importer.cells}
     if ini is not None:
         ini.apply(cells, [o for n in model.graph.node for o in n.output if o])

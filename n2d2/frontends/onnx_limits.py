@@ -65,9 +65,10 @@ def elem_bits(data_type, label):
 class _Walker:
     """Walks a model's graphs, subgraphs and functions, checking every tensor before use."""
 
-    def __init__(self, label, base_dir):
+    def __init__(self, label, base_dir, raw=None):
         self.label = label
         self.base_dir = base_dir
+        self.raw = raw
         self.nodes = 0
         self.total = 0
 
@@ -76,7 +77,9 @@ class _Walker:
             raise _error(f"{self.label}: subgraphs nested more than {MAX_GRAPH_DEPTH} deep")
         where = f"graph '{graph.name}'" if depth else "the main graph"
         for t in graph.initializer:
-            self.tensor(t, f"initializer '{t.name}'")
+            data = self.tensor(t, f"initializer '{t.name}'")
+            if data is not None and depth == 0 and self.raw is not None:
+                self.raw[t.name] = _view(t, data)
         for s in graph.sparse_initializer:
             self.sparse(s, f"sparse initializer '{s.values.name}'")
         self.node_list(graph.node, depth, where)
@@ -109,7 +112,9 @@ class _Walker:
         self.tensor(s.indices, what + " indices")
 
     def tensor(self, t, what):
+        """Checks `t`; returns its raw_data bytes when it holds them (else None)."""
         label = f"{self.label}: {what}"
+        data = None
         bits = elem_bits(t.data_type, label)
         count, nbytes = check_dims(t.dims, label, bits)
         if t.data_location == 1:  # TensorProto.EXTERNAL
@@ -117,15 +122,17 @@ class _Walker:
         elif t.HasField("raw_data"):
             if bits == 0:
                 raise _error(f"{label}: a string tensor cannot have raw_data")
-            if len(t.raw_data) != nbytes:
+            data = t.raw_data  # a copy of the bytes (upb): read once, kept for the importer
+            if len(data) != nbytes:
                 raise _error(f"{label}: shape {list(t.dims)} needs {nbytes} bytes of raw_data, the file holds "
-                             f"{len(t.raw_data)}")
+                             f"{len(data)}")
         else:
             self.typed(t, label, count, bits)
         self.total += nbytes
         if self.total > MAX_TOTAL_BYTES:
             raise _error(f"{self.label}: the tensors hold more than the {MAX_TOTAL_BYTES}-byte limit "
                          "(n2d2.frontends.onnx_limits.MAX_TOTAL_BYTES)")
+        return data
 
     @staticmethod
     def typed(t, label, count, bits):
@@ -172,10 +179,77 @@ class _Walker:
         return nbytes
 
 
-def check_model(model, label, base_dir=None):
+def _view(t, data):
+    """The checked raw bytes of initializer `t` as a read-only array (numpy_helper.to_array's
+    values without its second copy); None for the types numpy_helper decodes specially."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    if t.data_type not in _PLAIN_TYPES:
+        return None
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<")
+    return np.frombuffer(data, dtype=dtype).reshape([int(d) for d in t.dims]).astype(dtype.newbyteorder("="),
+                                                                                      copy=False)
+
+
+# raw_data types whose bytes are the little-endian values (the others are decoded by numpy_helper)
+_PLAIN_TYPES = frozenset((1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13))  # FLOAT..UINT64, FLOAT16, DOUBLE
+
+# an initializer at least this large is given to the ONNX checker and shape inference as a typed
+# graph input instead: they would serialize and copy its bytes (twice) only to check their size,
+# which check_model has done
+LARGE_INITIALIZER_BYTES = 1 << 20
+
+
+def without_large_initializers(model):
+    """A copy of `model` for `onnx.checker` and shape inference in which each main-graph
+    initializer of at least LARGE_INITIALIZER_BYTES (float types: never a shape operand) is a
+    graph input of the same type and dims; everything else is copied as is."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+    graph = model.graph
+    large = []
+    for t in graph.initializer:
+        if t.data_type in floats:
+            count = 1
+            for d in t.dims:
+                count *= int(d)
+            if count * elem_bits(t.data_type, "") // 8 >= LARGE_INITIALIZER_BYTES:
+                large.append(t)
+    if not large:
+        return model
+    light = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _copy_field(light, field, value)
+    for field, value in graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(light.graph, field, value)
+    names = {t.name for t in large}
+    light.graph.initializer.extend(t for t in graph.initializer if t.name not in names)
+    inputs = {i.name for i in graph.input}
+    light.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in large if t.name not in inputs)
+    return light
+
+
+def _copy_field(message, field, value):
+    if field.is_repeated:
+        getattr(message, field.name).extend(value)
+    elif field.type == field.TYPE_MESSAGE:
+        getattr(message, field.name).CopyFrom(value)
+    else:
+        setattr(message, field.name, value)
+
+
+def check_model(model, label, base_dir=None, raw=None):
     """Raise `ONNXFormatError` naming `label` when the model breaks a limit or a tensor's dims
-    disagree with its data. `base_dir`: the folder external data may be read from (None: none)."""
-    walker = _Walker(label, base_dir)
+    disagree with its data. `base_dir`: the folder external data may be read from (None: none).
+    `raw`: a dict given here receives {name: read-only array} for the main graph's raw-data
+    initializers (the bytes read by the check, not copied again)."""
+    walker = _Walker(label, base_dir, raw)
     walker.graph(model.graph, 0)
     for f in model.functions:
         walker.node_list(f.node, 1, f"function '{f.name}'")

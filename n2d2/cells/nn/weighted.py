@@ -5,6 +5,9 @@ biases one [O] array, both on the cell's device. Solvers and fillers are paramet
 `solver=` / `filler=` are write-only shortcuts that set both (solvers as copies).
 """
 
+import contextlib
+import threading
+
 import numpy as np
 
 from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, _like, format_rows
@@ -16,6 +19,29 @@ from n2d2.solver import SGD, Solver
 from n2d2.tensor import Tensor
 
 QUANTIZER_SPEC = Spec(CellQuantizer, None, allow_none=True)
+
+
+_FILL = threading.local()
+
+
+@contextlib.contextmanager
+def weights_from_file():
+    """Cells built inside start with zero weights and biases instead of drawing from their
+    fillers: an importer that overwrites every value next skips the draw (VGG-11's 102M-value
+    Fc takes seconds to fill). The fillers stay configured (refill_* draws as usual) but the
+    global random stream is not advanced by the skipped draws."""
+    previous = getattr(_FILL, "skip", False)
+    _FILL.skip = True
+    try:
+        yield
+    finally:
+        _FILL.skip = previous
+
+
+def _fill(filler, shape, fan_in, fan_out):
+    if getattr(_FILL, "skip", False):
+        return np.zeros(shape, dtype=np.float32)
+    return filler.fill(shape, fan_in, fan_out)
 
 
 def _default_filler():
@@ -90,7 +116,7 @@ class WeightedCell(NeuralNetworkCell):
 
     def refill_weights(self):
         fan_in, fan_out = self._fans()
-        self._store("_weights", self._config["weights_filler"].fill(self._weights_shape(), fan_in, fan_out))
+        self._store("_weights", _fill(self._config["weights_filler"], self._weights_shape(), fan_in, fan_out))
         self._mask_weights()
 
     def refill_bias(self):
@@ -98,7 +124,7 @@ class WeightedCell(NeuralNetworkCell):
             self._biases = None
             return
         fan_in, fan_out = self._fans()
-        self._store("_biases", self._config["bias_filler"].fill((self._args["nb_outputs"],), fan_in, fan_out))
+        self._store("_biases", _fill(self._config["bias_filler"], (self._args["nb_outputs"],), fan_in, fan_out))
 
     def set_weights_filler(self, filler, refill=False):
         self.set_parameter("weights_filler", filler)

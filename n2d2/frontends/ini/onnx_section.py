@@ -17,6 +17,9 @@ them as `load_from_ONNX(ini_file=...)` does. Later sections name ONNX values (no
 `Input=` and targets. ONNX errors become `IniError`s naming the section and line.
 """
 
+import contextlib
+
+from n2d2.cells.nn.weighted import weights_from_file
 from n2d2.frontends.ini.parser import IniError
 
 ONNX_KEYS = ("Input", "Type", "File", "Ignore", "IgnoreInputSize", "Transpose", "CNTK", "ONNX_init")
@@ -44,10 +47,11 @@ class OnnxSection:
         path = self._file(builder, r)
         try:
             embedding = onnx_import._IniEmbedding(builder.file or "<ini>", doc=builder.doc, section=name)
-            model, inferred = onnx_import.load_model(path)
+            model, inferred, arrays = onnx_import.load_model_arrays(path)
             self.importer = onnx_import._Importer(model, inferred, path, _Shape(input_tensor), embedding.ignore,
-                                                  embedding.ignore_input_size, embedding.load_weights)
-            _, outputs, _ = self.importer.run(input_tensor=input_tensor)
+                                                  embedding.ignore_input_size, embedding.load_weights, arrays)
+            with weights_from_file() if embedding.load_weights else contextlib.nullcontext():
+                _, outputs, _ = self.importer.run(input_tensor=input_tensor)  # the file's values, no filler draws
             cells = {c.get_name(): c for c in self.importer.cells}
             embedding.apply(cells, [o for n in model.graph.node for o in n.output if o])
         except (onnx_import.ONNXError, FileNotFoundError) as e:
