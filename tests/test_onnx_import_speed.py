@@ -92,7 +92,8 @@ def test_checker_and_shape_inference_get_large_initializers_as_inputs(tmp_path, 
     path, _ = _model(tmp_path)
     seen = []
     checker = onnx.checker.check_model
-    monkeypatch.setattr(onnx.checker, "check_model", lambda m, *a, **k: seen.append(m.ByteSize()) or checker(m, *a, **k))
+    monkeypatch.setattr(onnx.checker, "check_model",
+                        lambda m, *a, **k: seen.append(m.ByteSize()) or checker(m, *a, **k))
     model, inferred, arrays = load_model_arrays(path)
     assert seen and max(seen) < 100_000  # the 2.4 MB Gemm weight is not serialized for the checker
     assert len(model.graph.initializer) == 4 and model.graph.initializer[2].raw_data  # the model keeps its data

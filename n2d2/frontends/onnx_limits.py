@@ -183,7 +183,7 @@ def _view(t, data):
     """The checked raw bytes of initializer `t` as a read-only array (numpy_helper.to_array's
     values without its second copy); None for the types numpy_helper decodes specially."""
     import numpy as np
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     if t.data_type not in _PLAIN_TYPES:
         return None
