@@ -1,4 +1,5 @@
 """Small helpers shared across the package: automatic names, downloads, model logging."""
+import contextlib
 import hashlib
 import os
 import shutil
@@ -97,6 +98,17 @@ def atomic_write_text(path: str, text: str):
     """
     path = os.path.abspath(path)
     return write_inside(os.path.dirname(path), os.path.basename(path), text)
+
+
+@contextlib.contextmanager
+def thread_flag(store, name: str):
+    """Set `store.<name>` (a threading.local) to True for the `with` block, then restore it."""
+    previous = getattr(store, name, False)
+    setattr(store, name, True)
+    try:
+        yield
+    finally:
+        setattr(store, name, previous)
 
 
 def file_digest(path: str, algorithm: str = "sha256") -> str:

@@ -23,7 +23,7 @@ from n2d2.error_handler import UndefinedModelError, WrongInputType, WrongValue
 from n2d2.ir import ops as ir_ops
 from n2d2.settings import global_variables
 from n2d2.tensor import Interface, Tensor
-from n2d2.utils import generate_name
+from n2d2.utils import generate_name, thread_flag
 
 ACTIVATION_SPEC = Spec(ActivationFunction, None, allow_none=True)
 
@@ -37,12 +37,8 @@ def deferred_values():
     return outputs whose shape comes from the op's shape rule and whose value is computed only
     when read: an importer that only traces the graph skips a numpy forward of the whole network
     (seconds for VGG-11 at 224x224, times the batch size)."""
-    previous = getattr(_DEFER, "on", False)
-    _DEFER.on = True
-    try:
+    with thread_flag(_DEFER, "on"):
         yield
-    finally:
-        _DEFER.on = previous
 
 
 class _DeferredValue:

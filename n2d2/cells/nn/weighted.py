@@ -17,6 +17,7 @@ from n2d2.filler import Filler, Normal
 from n2d2.quantizer import CellQuantizer, check_quantizer
 from n2d2.solver import SGD, Solver
 from n2d2.tensor import Tensor
+from n2d2.utils import thread_flag
 
 QUANTIZER_SPEC = Spec(CellQuantizer, None, allow_none=True)
 
@@ -30,12 +31,8 @@ def weights_from_file():
     fillers: an importer that overwrites every value next skips the draw (VGG-11's 102M-value
     Fc takes seconds to fill). The fillers stay configured (refill_* draws as usual) but the
     global random stream is not advanced by the skipped draws."""
-    previous = getattr(_FILL, "skip", False)
-    _FILL.skip = True
-    try:
+    with thread_flag(_FILL, "skip"):
         yield
-    finally:
-        _FILL.skip = previous
 
 
 def _fill(filler, shape, fan_in, fan_out):
