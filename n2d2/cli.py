@@ -447,7 +447,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
+    except (UserError, FloatingPointError) as e:   # FloatingPointError: training diverged (names the cell)
         print(f"n2d2 {args.verb}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -188,3 +188,21 @@ def test_lenet_ini_reaches_99_percent(tmp_path, request):
                         backend="numpy")
     print(f"LeNet.ini: {100 * result['test']:.2f} % in {time.perf_counter() - start:.0f} s")
     assert result["test"] >= 0.99
+
+
+def test_diverging_run_stops_in_one_line_naming_the_cell(tmp_path):
+    """`n2d2 run` trains with fit's non-finite check: a learning rate that blows the weights up
+    ends in one line naming the first cell whose output is not finite, not a traceback."""
+    model = tiny_model(tmp_path)
+    with open(model) as f:
+        text = f.read()
+    with open(model, "w") as f:
+        f.write(text.replace("Solvers.LearningRate=0.05", "Solvers.LearningRate=1e30"))
+    args = [sys.executable, "-m", "n2d2", "run", model, "-learn", "48", "-log", "24", "-o", str(tmp_path / "out"),
+            "-backend", "numpy"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TQDM_DISABLE="1")
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("n2d2 run: error:")]
+    assert len(lines) == 1 and "not finite" in lines[0] and "'" in lines[0], proc.stderr

@@ -151,3 +151,11 @@ def test_readme_first_script_prints_its_loss_and_accuracy(tmp_path):
     assert len([line for line in lines if re.match(r"batch \d+: loss \d+\.\d+, success", line)]) == 5
     accuracy = float(re.fullmatch(r"Test accuracy: (\d+\.\d\d) %", lines[-1]).group(1))
     assert accuracy > 80.0
+
+
+def test_diverging_training_is_one_line_naming_the_cell(tmp_path):
+    rc, out, err = _run(["train", "--epochs", "1", "--limit-train", "600", "--limit-test", "50", "--learning-rate",
+                         "1e30", "--no-progress", "--output", str(tmp_path / "run")], tmp_path)
+    assert rc == 1 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("n2d2 train: error:")]
+    assert len(lines) == 1 and "not finite" in lines[0], err

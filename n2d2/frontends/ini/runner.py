@@ -214,7 +214,8 @@ def run_command(args) -> int:
         run(args.model, learn=args.learn, log=args.log, test=args.test, output=args.output, seed=args.seed,
             weights=args.weights, valid_metric=args.valid_metric, stop_valid=args.stop_valid,
             backend=None if args.backend == "auto" else args.backend)
-    except (IniError, ValueError, RuntimeError, OSError) as e:
+    except (IniError, ValueError, RuntimeError, OSError, FloatingPointError) as e:
+        # FloatingPointError: training diverged (NonFiniteError names the cell)
         print(f"n2d2 run: error: {e}", file=sys.stderr)
         return 1
     return 0
