@@ -9,24 +9,15 @@ present and not None, is an activation spec `(name, ((key, value), ...))` applie
 op (a fused activation); `forward` returns `(outputs, saved)` and `backward` receives `saved`
 and returns `(input gradients, {param role: gradient})`.
 """
+import importlib
+
 import numpy as np
 
 from n2d2.backend import array_module
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.types import GraphError, TensorType
 from n2d2.ops import activation as act_ops
-from n2d2.ops import batchnorm as bn_ops
-from n2d2.ops import conv as conv_ops
-from n2d2.ops import deconv as deconv_ops
-from n2d2.ops import dropout as dropout_ops
-from n2d2.ops import elemwise as elemwise_ops
-from n2d2.ops import fc as fc_ops
-from n2d2.ops import normalize as normalize_ops
-from n2d2.ops import padding as pad_ops
-from n2d2.ops import pool as pool_ops
 from n2d2.ops import quantizer as quant_ops
-from n2d2.ops import resize as resize_ops
-from n2d2.ops import softmax as softmax_ops
-from n2d2.ops import transpose as transpose_ops
 
 _ACTIVATIONS = {
     "Linear": (act_ops.linear_forward, act_ops.linear_backward),
@@ -63,9 +54,57 @@ class OpDef:
     name = None
     min_inputs = 1
     max_inputs = 1
-    elementwise = False   # output shape == input 0 shape, may run in place of input 0
     params = ()           # parameter roles the op reads
     trainable = ()        # roles that receive gradients
+
+    # -- properties the passes and the planner ask (never the op's name) --------------------------
+    #: output shape == input 0 shape, may run in place of input 0 (planner)
+    elementwise = False
+    #: may take a fused activation `attrs["activation"]` (fuse_activation moves one into it)
+    carries_activation = False
+    #: an elementwise chain reading its output may become an Epilogue (fuse_elementwise_chains)
+    epilogue_anchor = False
+    #: a chain node that makes an Epilogue worth building (not a lone activation)
+    epilogue_member = False
+    #: every output value is >= 0 when every input value is (before its fused activation)
+    keeps_sign = False
+    #: "always": the identity on the channel concatenation of its inputs, then its fused
+    #: activation (remove_identities); "inference": that only in inference (remove_dropout)
+    passthrough = None
+    #: a following inference BatchNorm can fold into its weights and biases (fold_batchnorm)
+    folds_batchnorm = False
+    #: names of the op in other formats, plain data (ONNX op types, INI cell types)
+    onnx_names = ()
+    ini_names = ()
+    #: the integer (quantized) form of the op; None: none yet (the quantization work fills it)
+    quantized = None
+
+    #: the property names above, for tools and tests that walk the registry
+    PROPERTIES = ("elementwise", "carries_activation", "epilogue_anchor", "epilogue_member", "keeps_sign",
+                  "passthrough", "folds_batchnorm", "onnx_names", "ini_names", "quantized")
+
+    def preserves_sign(self, attrs) -> bool:
+        """`keeps_sign` for a node with these attributes (an op may depend on them)."""
+        return self.keeps_sign
+
+    def absorbs_padding(self, attrs):
+        """How a zero Padding before it folds into its `padding` attr: "exact", "non_negative"
+        (exact in inference when the padded input is >= 0), or None (it does not)."""
+        return None
+
+    def batchnorm_fold_ok(self, attrs) -> bool:
+        """`folds_batchnorm` for a node with these attributes."""
+        return self.folds_batchnorm
+
+    def scale_output_channels(self, attrs, weights, a):
+        """`a` (one factor per output channel) broadcast onto the weight layout ([O, ...])."""
+        return a.reshape((-1,) + (1,) * (weights.ndim - 1))
+
+    def chain_steps(self, attrs, nb_inputs, slot, first_input):
+        """How a node joins an Epilogue chain that reaches it through input `slot`: (steps,
+        input slots of its residuals, numbered from `first_input` in the steps), its own
+        fused activation excluded; None when it cannot join (see n2d2.ir.epilogue)."""
+        return None
 
     def check_arity(self, node, n):
         if n < self.min_inputs or (self.max_inputs is not None and n > self.max_inputs):
@@ -125,6 +164,42 @@ class OpDef:
 
     def _backward(self, attrs, saved, dy, needs, params):
         raise NotImplementedError
+
+    # -- lowering for the compiled backends (see n2d2.ir.lowering) --------------------------------
+    def activations(self, attrs):
+        """The activation specs a node applies (its fused activation; None entries skipped)."""
+        spec = attrs.get("activation")
+        return [] if spec is None else [spec]
+
+    def lower_c(self, graph, node, training):
+        """Geometry dict of a forward node for `templates/c/ops/<Op>.c.j2`, or an Unsupported.
+        The backend has checked dtypes (float32), activations and parameter arrays first."""
+        return Unsupported(f"no C kernel for op {self.name}: the numpy reference runs it")
+
+    def lower_cuda(self, graph, node, training):
+        """Geometry dict of a forward node for `templates/cuda/ops/<Op>.cu.j2`, or an Unsupported."""
+        return Unsupported(f"no CUDA kernel for op {self.name}: the numpy reference runs it")
+
+    def plan_cuda_forward(self, n, g, k):
+        """CUDA kernel launches of a forward node (context `n`, geometry `g`), in order, built
+        with the CUDA backend's launch helpers `k` (elementwise, kernel, gemm, ...)."""
+        raise GraphError(f"no CUDA kernel plan for op {self.name}")
+
+    def plan_cuda_backward(self, n, g, k):
+        """CUDA kernel launches of the Grad node of a forward node (`n.fwd` its forward context)."""
+        raise GraphError(f"no CUDA backward kernel plan for op {self.name}")
+
+    @property
+    def cuda_backward(self) -> bool:
+        """The op's Grad runs as CUDA kernels where its forward did."""
+        return type(self).plan_cuda_backward is not OpDef.plan_cuda_backward
+
+    #: its compiled backward writes the gradient of every trainable role (frozen ones get a buffer)
+    needs_all_param_grads = False
+
+    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind):
+        """Add the op's own entries (aux buffers, ...) to the template context `ctx` of a forward
+        node (see n2d2.codegen.kernel_data.forward_context)."""
 
 
 class _QuantizedSaved:
@@ -196,15 +271,31 @@ def weight_quantizer_backward(spec, grads, ctx):
 
 
 _REGISTRY = {}
+_LOADED = []
 
 
 def register(cls):
+    """Class decorator: make `cls` (an OpDef subclass) the definition of op `cls.name`."""
+    if cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
+        raise GraphError(f"op '{cls.name}' is defined twice ({type(_REGISTRY[cls.name]).__module__} and "
+                         f"{cls.__module__})")
     _REGISTRY[cls.name] = cls()
     return cls
 
 
+def load_all():
+    """Import every op module listed in `n2d2.ir.registry` (once). Imported by name, not at
+    module level: those modules import this one."""
+    if not _LOADED:
+        _LOADED.append(True)
+        importlib.import_module("n2d2.ir.registry")
+
+
 def get(name, node=None) -> OpDef:
     op = _REGISTRY.get(name)
+    if op is None:
+        load_all()
+        op = _REGISTRY.get(name)
     if op is None:
         where = f"node '{node}': " if node else ""
         raise GraphError(f"{where}unknown op '{name}' (known: {', '.join(sorted(_REGISTRY))})")
@@ -212,7 +303,14 @@ def get(name, node=None) -> OpDef:
 
 
 def names():
+    load_all()
     return sorted(_REGISTRY)
+
+
+def definitions():
+    """{op name: OpDef instance} of every op."""
+    load_all()
+    return dict(_REGISTRY)
 
 
 def _split_channels(dx, shapes, needs):
@@ -250,6 +348,20 @@ def _convolution_grads(dx, dw, db, shapes, needs):
     return _split_channels(dx, shapes, needs), grads
 
 
+def _coef(v):
+    """A scalar or per-channel coefficient as plain data (float or tuple of floats)."""
+    a = np.asarray(v, dtype=np.float64)
+    return float(a) if a.ndim == 0 else tuple(float(x) for x in a.reshape(-1))
+
+
+def _all_equal(v, value) -> bool:
+    return bool(np.all(np.asarray(v, dtype=np.float64) == value))
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
 def _check_spatial(in_shapes):
     for s in in_shapes[1:]:
         if s[0] != in_shapes[0][0] or s[2:] != in_shapes[0][2:]:
@@ -261,18 +373,6 @@ def _concat_shape(in_shapes):
     return (in_shapes[0][0], sum(s[1] for s in in_shapes)) + tuple(in_shapes[0][2:])
 
 
-# -- structure ---------------------------------------------------------------------------------
-@register
-class Input(OpDef):
-    """A graph input (its output type is given when the node is created)."""
-
-    name = "Input"
-    min_inputs = max_inputs = 0
-
-    def infer(self, graph, node):
-        return list(graph.output_types(node))
-
-
 class _ConcatenatingOp(OpDef):
     """Base of ops that take several inputs concatenated along channels, shape unchanged."""
 
@@ -282,485 +382,3 @@ class _ConcatenatingOp(OpDef):
         return [_concat_shape(in_shapes)]
 
 
-@register
-class Concat(_ConcatenatingOp):
-    """Channel concatenation (an Interface fed to a cell)."""
-
-    name = "Concat"
-
-    def _forward(self, attrs, xs, params, training):
-        return _concat(xs), [x.shape for x in xs]
-
-    def _backward(self, attrs, shapes, dy, needs, params):
-        return _split_channels(dy, shapes, needs), {}
-
-
-@register
-class Identity(OpDef):
-    name = "Identity"
-    elementwise = True
-
-    def _forward(self, attrs, xs, params, training):
-        return xs[0], None
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        return [dy], {}
-
-
-@register
-class Reshape(OpDef):
-    """attrs: shape (per-sample numpy shape, batch kept)."""
-
-    name = "Reshape"
-    max_inputs = None
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        in_shape = _concat_shape(in_shapes)
-        shape = tuple(attrs["shape"])
-        if int(np.prod(shape)) != int(np.prod(in_shape[1:])):
-            raise ValueError(f"cannot reshape {list(in_shape)} to per-sample {list(shape)}")
-        return [(in_shape[0],) + shape]
-
-    def _forward(self, attrs, xs, params, training):
-        x = _concat(xs)
-        return x.reshape((x.shape[0],) + tuple(attrs["shape"])), (x.shape, [a.shape for a in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        shape, shapes = saved
-        return _split_channels(dy.reshape(shape), shapes, needs), {}
-
-
-@register
-class Transpose(OpDef):
-    """attrs: perm (N2D2 axes [X, Y, Z, B])."""
-
-    name = "Transpose"
-    max_inputs = None
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        axes = transpose_ops.numpy_axes(attrs["perm"])
-        shape = _concat_shape(in_shapes)
-        return [tuple(shape[a] for a in axes)]
-
-    def _forward(self, attrs, xs, params, training):
-        return transpose_ops.transpose_forward(_concat(xs), attrs["perm"]), [a.shape for a in xs]
-
-    def _backward(self, attrs, shapes, dy, needs, params):
-        return _split_channels(transpose_ops.transpose_backward(dy, attrs["perm"]), shapes, needs), {}
-
-
-# -- element-wise ------------------------------------------------------------------------------
-@register
-class Activation(Concat):
-    """attrs: activation (a spec; None = identity). Several inputs are concatenated first: the
-    core is Concat's, the activation is applied by OpDef.forward."""
-
-    name = "Activation"
-    elementwise = True
-
-
-@register
-class Dropout(_ConcatenatingOp):
-    """attrs: dropout (drop probability; kept values are not rescaled, as N2D2)."""
-
-    name = "Dropout"
-    elementwise = True
-
-    def _forward(self, attrs, xs, params, training):
-        x = _concat(xs)
-        if not training:
-            return x, (None, [a.shape for a in xs])
-        from n2d2.backend import to_device
-        from n2d2.settings import global_variables
-
-        mask = dropout_ops.dropout_mask(global_variables.rng, x.shape, attrs["dropout"], x.dtype)
-        mask = to_device(mask, array_module(x) is not np)
-        return dropout_ops.dropout_forward(x, mask), (mask, [a.shape for a in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        mask, shapes = saved
-        dx = dy if mask is None else dropout_ops.dropout_backward(dy, mask)
-        return _split_channels(dx, shapes, needs), {}
-
-
-@register
-class ElemWise(OpDef):
-    """attrs: operation, weights, shifts (per input: scalar or per-channel list)."""
-
-    name = "ElemWise"
-    max_inputs = None
-    elementwise = True
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        for s in in_shapes[1:]:
-            if s != in_shapes[0]:
-                raise ValueError(f"ElemWise inputs must share one shape, got {list(in_shapes)}")
-        return [in_shapes[0]]
-
-    def _forward(self, attrs, xs, params, training):
-        y, ctx = elemwise_ops.elemwise_forward(xs, attrs["operation"], attrs["weights"], attrs["shifts"])
-        return y, (ctx, xs if attrs["operation"] in ("AbsSum", "EuclideanSum", "Prod", "Max") else None)
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        ctx, xs = saved
-        if xs is None:
-            xs = [None] * len(needs)
-        dxs = elemwise_ops.elemwise_backward(dy, xs, ctx, attrs["operation"], attrs["weights"], attrs["shifts"])
-        return [g if n else None for g, n in zip(dxs, needs)], {}
-
-
-@register
-class Scaling(_ConcatenatingOp):
-    """attrs: scaling (an `n2d2.scaling` object: its forward/backward per output channel)."""
-
-    name = "Scaling"
-    elementwise = True
-
-    def _forward(self, attrs, xs, params, training):
-        x = _concat(xs)
-        return attrs["scaling"].forward(x), (x, [a.shape for a in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        x, shapes = saved
-        return _split_channels(attrs["scaling"].backward(dy, x), shapes, needs), {}
-
-
-@register
-class Softmax(OpDef):
-    """attrs: group_size, with_loss (backward passes the gradient through: fused cross-entropy)."""
-
-    name = "Softmax"
-    max_inputs = None
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        shape = _concat_shape(in_shapes)
-        g = attrs.get("group_size", 0)
-        if shape[1] == 0:
-            raise ValueError("softmax over 0 channels; expected at least 1")
-        if g and shape[1] % g:
-            raise ValueError(f"group_size {g} does not divide {shape[1]} channels")
-        return [shape]
-
-    def _forward(self, attrs, xs, params, training):
-        y = softmax_ops.softmax_forward(_concat(xs), attrs.get("group_size", 0))
-        return y, (y, [a.shape for a in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        y, shapes = saved
-        if attrs.get("with_loss"):
-            dx = softmax_ops.softmax_with_loss_backward(dy)
-        else:
-            dx = softmax_ops.softmax_backward(dy, y, attrs.get("group_size", 0))
-        return _split_channels(dx, shapes, needs), {}
-
-
-@register
-class Normalize(OpDef):
-    """L2 normalisation across channels at each pixel (N2D2's NormalizeCell); no attrs."""
-
-    name = "Normalize"
-    max_inputs = None
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        return [_concat_shape(in_shapes)]
-
-    def _forward(self, attrs, xs, params, training):
-        y, r = normalize_ops.normalize_forward(_concat(xs))
-        return y, (y, r, [a.shape for a in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        y, r, shapes = saved
-        return _split_channels(normalize_ops.normalize_backward(dy, y, r), shapes, needs), {}
-
-
-# -- spatial -----------------------------------------------------------------------------------
-@register
-class Padding(OpDef):
-    """attrs: top, bot, left, right (negative crops)."""
-
-    name = "Padding"
-    max_inputs = None
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        n, c, h, w = _concat_shape(in_shapes)
-        oh, ow = pad_ops.output_hw(h, w, attrs["top"], attrs["bot"], attrs["left"], attrs["right"])
-        if oh < 1 or ow < 1:
-            raise ValueError(f"padding {attrs} leaves nothing of a {h}x{w} input")
-        return [(n, c, oh, ow)]
-
-    def _forward(self, attrs, xs, params, training):
-        a = attrs
-        return pad_ops.pad_forward(_concat(xs), a["top"], a["bot"], a["left"], a["right"]), [x.shape for x in xs]
-
-    def _backward(self, attrs, shapes, dy, needs, params):
-        a = attrs
-        return _split_channels(pad_ops.pad_backward(dy, a["top"], a["bot"], a["left"], a["right"]), shapes, needs), {}
-
-
-@register
-class Resize(OpDef):
-    """attrs: height, width, mode, align_corners."""
-
-    name = "Resize"
-    max_inputs = None
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        n, c, _, _ = _concat_shape(in_shapes)
-        return [(n, c, attrs["height"], attrs["width"])]
-
-    def __init__(self):
-        self._cache = {}
-
-    def _matrices(self, attrs, x):
-        """Interpolation matrices, built once per (sizes, mode, device)."""
-        from n2d2.backend import to_device
-
-        gpu = array_module(x) is not np
-        _, _, h, w = x.shape
-        align = attrs.get("align_corners", True)
-        key = (attrs["height"], attrs["width"], h, w, attrs["mode"], align, gpu)
-        if key not in self._cache:
-            a_h = resize_ops.interpolation_matrix(attrs["height"], h, attrs["mode"], align)
-            a_w = resize_ops.interpolation_matrix(attrs["width"], w, attrs["mode"], align)
-            self._cache[key] = (to_device(a_h, gpu), to_device(a_w, gpu))
-        return self._cache[key]
-
-    def _forward(self, attrs, xs, params, training):
-        x = _concat(xs)
-        a_h, a_w = self._matrices(attrs, x)
-        return resize_ops.resize_forward(x, a_h, a_w), (a_h, a_w, [a.shape for a in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        a_h, a_w, shapes = saved
-        return _split_channels(resize_ops.resize_backward(dy, a_h, a_w), shapes, needs), {}
-
-
-@register
-class Pool(OpDef):
-    """attrs: pooling ("Max"/"Average"), pool, stride, padding ((h, w) pairs), mapping
-    (None = per channel, else a bool [C, O] array)."""
-
-    name = "Pool"
-    max_inputs = None
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        n, c, h, w = _concat_shape(in_shapes)
-        (ph, pw), (sh, sw), (qh, qw) = attrs["pool"], attrs["stride"], attrs["padding"]
-        oh, ow = pool_ops.output_size(h, ph, sh, qh), pool_ops.output_size(w, pw, sw, qw)
-        if oh < 1 or ow < 1:
-            raise ValueError(f"pool {list(attrs['pool'])} larger than the {h}x{w} input")
-        mapping = attrs.get("mapping")
-        if mapping is not None:
-            if mapping.shape[0] != c:
-                raise ValueError(f"mapping {list(mapping.shape)} does not match {c} input channels")
-            c = mapping.shape[1]
-        return [(n, c, oh, ow)]
-
-    def _forward(self, attrs, xs, params, training):
-        x = _concat(xs)
-        pool, stride, pad = attrs["pool"], attrs["stride"], attrs["padding"]
-        mapping = _mapping_like(attrs, x)
-        shapes = [a.shape for a in xs]
-        if attrs["pooling"] == "Max":
-            if mapping is None:
-                y = pool_ops.max_pool_forward(x, pool, stride, pad)
-                return y, (x, y, None, shapes)
-            y, ctx = pool_ops.mapped_max_pool_forward(x, mapping, pool, stride, pad)
-            return y, (x, ctx, mapping, shapes)
-        if mapping is None:
-            return pool_ops.avg_pool_forward(x, pool, stride, pad), (x.shape, None, None, shapes)
-        return pool_ops.mapped_avg_pool_forward(x, mapping, pool, stride, pad), (x.shape, None, mapping, shapes)
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        first, second, mapping, shapes = saved
-        pool, stride, pad = attrs["pool"], attrs["stride"], attrs["padding"]
-        if attrs["pooling"] == "Max":
-            if mapping is None:
-                dx = pool_ops.max_pool_backward(dy, first, second, pool, stride, pad)
-            else:
-                dx = pool_ops.mapped_max_pool_backward(dy, first, second, mapping, pool, stride, pad)
-        elif mapping is None:
-            dx = pool_ops.avg_pool_backward(dy, first, pool, stride, pad)
-        else:
-            dx = pool_ops.mapped_avg_pool_backward(dy, first, mapping, pool, stride, pad)
-        return _split_channels(dx, shapes, needs), {}
-
-
-# -- with parameters -----------------------------------------------------------------------------
-@register
-class Fc(OpDef):
-    """Fully connected over C*H*W; params weights [O, C*H*W], biases [O] (optional)."""
-
-    name = "Fc"
-    max_inputs = None
-    params = ("weights", "biases", "weight_step")
-    trainable = ("weights", "biases", "weight_step")
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        n = in_shapes[0][0]
-        total = sum(int(np.prod(s[1:])) for s in in_shapes)
-        o, i = param_shapes["weights"]
-        if total != i:
-            raise ValueError(f"inputs {list(in_shapes)} have C*H*W = {total}, weights expect {i}")
-        return [(n, o, 1, 1)]
-
-    def _forward(self, attrs, xs, params, training):
-        n = xs[0].shape[0]
-        x2d = _concat([x.reshape(n, -1) for x in xs])
-        y = fc_ops.fc_forward(x2d, params["weights"], params.get("biases"))
-        return y.reshape(n, -1, 1, 1), (x2d, [x.shape for x in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        x2d, shapes = saved
-        n = dy.shape[0]
-        dx, dw, db = fc_ops.fc_backward(dy.reshape(n, -1), x2d, params["weights"], any(needs))
-        grads = {"weights": dw}
-        if params.get("biases") is not None:
-            grads["biases"] = db
-        if dx is None:
-            return [None] * len(needs), grads
-        out, offset = [], 0
-        for s, need in zip(shapes, needs):
-            size = int(np.prod(s[1:]))
-            out.append(dx[:, offset:offset + size].reshape(s) if need else None)
-            offset += size
-        return out, grads
-
-
-@register
-class Conv(OpDef):
-    """attrs: stride, padding, dilation, sub_sample ((h, w) pairs), groups, mapping (bool [C, O]
-    or None); params weights [O, C/groups, kH, kW], biases [O] (optional)."""
-
-    name = "Conv"
-    max_inputs = None
-    params = ("weights", "biases", "weight_step")
-    trainable = ("weights", "biases", "weight_step")
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        shape = _concat_shape(in_shapes)
-        o, cg, kh, kw = param_shapes["weights"]
-        if cg * attrs.get("groups", 1) != shape[1]:
-            raise ValueError(f"weights {list(param_shapes['weights'])} (groups {attrs.get('groups', 1)}) do not "
-                             f"match {shape[1]} input channels")
-        geom = conv_ops.ConvGeometry(shape, o, (kh, kw), attrs["stride"], attrs["padding"], attrs["dilation"],
-                                     attrs.get("sub_sample", (1, 1)))
-        return [geom.out_shape]
-
-    def _forward(self, attrs, xs, params, training):
-        x = _concat(xs)
-        y, ctx = conv_ops.conv2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
-                                         attrs["padding"], attrs["dilation"], attrs.get("sub_sample", (1, 1)),
-                                         attrs.get("groups", 1), _mapping_like(attrs, x))
-        return y, (ctx, [a.shape for a in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        ctx, shapes = saved
-        dx, dw, db = conv_ops.conv2d_backward(dy, ctx, need_dx=any(needs), need_dw=True)
-        return _convolution_grads(dx, dw, db, shapes, needs)
-
-
-@register
-class Deconv(OpDef):
-    """Transposed convolution. attrs: stride, padding, dilation ((h, w) pairs), groups, mapping
-    (bool [C_in, C_out] or None); params weights [C_in, C_out/groups, kH, kW], biases [C_out]."""
-
-    name = "Deconv"
-    max_inputs = None
-    params = ("weights", "biases", "weight_step")
-    trainable = ("weights", "biases", "weight_step")
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        n, c_in, h, w = _concat_shape(in_shapes)
-        ci, og, kh, kw = param_shapes["weights"]
-        if ci != c_in:
-            raise ValueError(f"weights {list(param_shapes['weights'])} do not match {c_in} input channels")
-        (sh, sw), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
-        out = (deconv_ops.deconv_output_size(h, kh, sh, ph, dh), deconv_ops.deconv_output_size(w, kw, sw, pw, dw))
-        if min(out) < 1:
-            raise ValueError(f"empty output {list(out)}")
-        return [(n, og * attrs.get("groups", 1)) + out]
-
-    def _forward(self, attrs, xs, params, training):
-        x = _concat(xs)
-        y, ctx = deconv_ops.conv_transpose2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
-                                                     attrs["padding"], attrs["dilation"], attrs.get("groups", 1),
-                                                     _mapping_like(attrs, x))
-        return y, (ctx, [a.shape for a in xs])
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        ctx, shapes = saved
-        dx, dw, db = deconv_ops.conv_transpose2d_backward(dy, ctx, need_dx=any(needs))
-        return _convolution_grads(dx, dw, db, shapes, needs)
-
-
-@register
-class BatchNorm(OpDef):
-    """attrs: epsilon, momentum, unbiased; params scales, biases (trained), means, variances
-    (moving statistics, updated in place by a training forward)."""
-
-    name = "BatchNorm"
-    max_inputs = None
-    params = ("scales", "biases", "means", "variances")
-    trainable = ("scales", "biases")
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        shape = _concat_shape(in_shapes)
-        if param_shapes["scales"][0] != shape[1]:
-            raise ValueError(f"{param_shapes['scales'][0]} scales for {shape[1]} channels")
-        return [shape]
-
-    def _forward(self, attrs, xs, params, training):
-        x = _concat(xs)
-        eps = attrs["epsilon"]
-        shapes = [a.shape for a in xs]
-        if training and attrs["momentum"] != 0.0:
-            y, ctx, mean, var = bn_ops.batchnorm_forward_train(x, params["scales"], params["biases"], eps)
-            count = x.shape[0] * x.shape[2] * x.shape[3]
-            bn_ops.update_moving_statistics(params["means"], params["variances"], mean, var, attrs["momentum"],
-                                            count, unbiased=attrs.get("unbiased", False))
-            return y, (ctx, True, shapes)
-        y, ctx = bn_ops.batchnorm_forward_infer(x, params["scales"], params["biases"], params["means"],
-                                                params["variances"], eps)
-        return y, (ctx, False, shapes)
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        ctx, train, shapes = saved
-        backward = bn_ops.batchnorm_backward_train if train else bn_ops.batchnorm_backward_infer
-        dx, dscale, dbias = backward(dy, ctx, params["scales"])
-        grads = {"scales": dscale.astype(np.float32), "biases": dbias.astype(np.float32)}
-        return _split_channels(dx, shapes, needs), grads
-
-
-# -- quantization --------------------------------------------------------------------------------
-@register
-class FakeQuantize(OpDef):
-    """Activation fake-quantizer (QAT). attrs: quantizer = ("SAT", ((range, R),)) (CG-PACT, param
-    `quant_param` = [alpha]) or ("LSQ", ((range, R),)) (param = [step size], NaN until the first
-    forward initialises it). Not `elementwise`: its backward reads its input, and passes must not
-    move or fuse anything across it."""
-
-    name = "FakeQuantize"
-    params = ("quant_param",)
-    trainable = ("quant_param",)
-
-    def _forward(self, attrs, xs, params, training):
-        kind, o = _options(attrs["quantizer"])
-        x, p = xs[0], params["quant_param"]
-        if kind == "SAT":
-            y, ctx = quant_ops.sat_act_forward(x, float(p[0]), o["range"])
-        elif kind == "LSQ":
-            qn, qp = quant_ops.lsq_bounds(o["range"], signed=False)
-            y, ctx = quant_ops.lsq_forward(x, _lsq_step(p, x, qp, training), qn, qp)
-        else:
-            raise GraphError(f"FakeQuantize: unknown activation quantizer '{kind}' (expected SAT or LSQ)")
-        return y, ctx
-
-    def _backward(self, attrs, saved, dy, needs, params):
-        kind, o = _options(attrs["quantizer"])
-        if kind == "SAT":
-            dx, dp = quant_ops.sat_act_backward(dy, saved, o["range"])
-        else:
-            qn, qp = quant_ops.lsq_bounds(o["range"], signed=False)
-            dx, dp = quant_ops.lsq_backward(dy, saved, qn, qp)
-        return [dx if needs[0] else None], {"quant_param": array_module(dx).asarray([dp], dtype=np.float32)}

@@ -3,7 +3,16 @@
 Learn mode normalises with the batch statistics (biased variance, as N2D2's BatchNormCell_Frame)
 and folds them into the moving averages; test mode normalises with the moving averages.
 """
+import numpy as np
+
 from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    OpDef,
+    _concat,
+    _concat_shape,
+    _split_channels,
+    register,
+)
 
 
 def _c(v):
@@ -70,3 +79,44 @@ def update_moving_statistics(means, variances, batch_mean, batch_var, momentum, 
     means += momentum * batch_mean.astype(means.dtype)
     variances *= 1.0 - momentum
     variances += momentum * batch_var.astype(variances.dtype)
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class BatchNorm(OpDef):
+    """attrs: epsilon, momentum, unbiased; params scales, biases (trained), means, variances
+    (moving statistics, updated in place by a training forward)."""
+
+    name = "BatchNorm"
+    max_inputs = None
+    carries_activation = True
+    epilogue_anchor = True
+    params = ("scales", "biases", "means", "variances")
+    trainable = ("scales", "biases")
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        shape = _concat_shape(in_shapes)
+        if param_shapes["scales"][0] != shape[1]:
+            raise ValueError(f"{param_shapes['scales'][0]} scales for {shape[1]} channels")
+        return [shape]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        eps = attrs["epsilon"]
+        shapes = [a.shape for a in xs]
+        if training and attrs["momentum"] != 0.0:
+            y, ctx, mean, var = batchnorm_forward_train(x, params["scales"], params["biases"], eps)
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            update_moving_statistics(params["means"], params["variances"], mean, var, attrs["momentum"],
+                                            count, unbiased=attrs.get("unbiased", False))
+            return y, (ctx, True, shapes)
+        y, ctx = batchnorm_forward_infer(x, params["scales"], params["biases"], params["means"],
+                                                params["variances"], eps)
+        return y, (ctx, False, shapes)
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        ctx, train, shapes = saved
+        backward = batchnorm_backward_train if train else batchnorm_backward_infer
+        dx, dscale, dbias = backward(dy, ctx, params["scales"])
+        grads = {"scales": dscale.astype(np.float32), "biases": dbias.astype(np.float32)}
+        return _split_channels(dx, shapes, needs), grads

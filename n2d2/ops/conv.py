@@ -27,6 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    OpDef,
+    _concat,
+    _concat_shape,
+    _convolution_grads,
+    _mapping_like,
+    register,
+)
 
 
 def _pair(value, name):
@@ -607,3 +615,47 @@ def _finish_weights_grad(dw, geom, mapping):
     if mapping is not None:
         dw = xp.where(xp.asarray(mapping).T.astype(bool)[:, :, None, None], dw, dw.dtype.type(0))  # not NaN * 0
     return dw
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Conv(OpDef):
+    """attrs: stride, padding, dilation, sub_sample ((h, w) pairs), groups, mapping (bool [C, O]
+    or None); params weights [O, C/groups, kH, kW], biases [O] (optional)."""
+
+    name = "Conv"
+    max_inputs = None
+    carries_activation = True
+    epilogue_anchor = True
+    folds_batchnorm = True
+    params = ("weights", "biases", "weight_step")
+    trainable = ("weights", "biases", "weight_step")
+
+    def absorbs_padding(self, attrs):
+        return "exact"
+
+    def batchnorm_fold_ok(self, attrs) -> bool:
+        # the bias is added before sub-sampling sums blocks: a shift would be scaled
+        return _pair(attrs.get("sub_sample", (1, 1)), "sub_sample") == (1, 1)
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        shape = _concat_shape(in_shapes)
+        o, cg, kh, kw = param_shapes["weights"]
+        if cg * attrs.get("groups", 1) != shape[1]:
+            raise ValueError(f"weights {list(param_shapes['weights'])} (groups {attrs.get('groups', 1)}) do not "
+                             f"match {shape[1]} input channels")
+        geom = ConvGeometry(shape, o, (kh, kw), attrs["stride"], attrs["padding"], attrs["dilation"],
+                                     attrs.get("sub_sample", (1, 1)))
+        return [geom.out_shape]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        y, ctx = conv2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
+                                         attrs["padding"], attrs["dilation"], attrs.get("sub_sample", (1, 1)),
+                                         attrs.get("groups", 1), _mapping_like(attrs, x))
+        return y, (ctx, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        ctx, shapes = saved
+        dx, dw, db = conv2d_backward(dy, ctx, need_dx=any(needs), need_dw=True)
+        return _convolution_grads(dx, dw, db, shapes, needs)

@@ -16,6 +16,16 @@ true: output o reads input channel c) zeroes unconnected pairs (groups=1 only).
 """
 from dataclasses import dataclass
 
+import numpy as np
+
+from n2d2.ir.ops import (
+    OpDef,
+    _concat,
+    _concat_shape,
+    _convolution_grads,
+    _mapping_like,
+    register,
+)
 from n2d2.ops import conv as _conv
 
 
@@ -107,3 +117,48 @@ def conv_transpose2d_backward_bias(dy):
     """d(loss)/d(biases) [C_out]."""
     return dy.sum(axis=(0, 2, 3))
 
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Deconv(OpDef):
+    """Transposed convolution. attrs: stride, padding, dilation ((h, w) pairs), groups, mapping
+    (bool [C_in, C_out] or None); params weights [C_in, C_out/groups, kH, kW], biases [C_out]."""
+
+    name = "Deconv"
+    max_inputs = None
+    carries_activation = True
+    epilogue_anchor = True
+    folds_batchnorm = True
+    params = ("weights", "biases", "weight_step")
+    trainable = ("weights", "biases", "weight_step")
+
+    def scale_output_channels(self, attrs, weights, a):
+        # [C_in, C_out/groups, kH, kW]; input channel c of group g feeds outputs g*opg + j
+        groups = int(attrs.get("groups", 1))
+        c_in, opg = weights.shape[:2]
+        group_of = np.arange(c_in) // (c_in // groups)
+        table = a[group_of[:, None] * opg + np.arange(opg)[None, :]]
+        return table.reshape(c_in, opg, 1, 1)
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n, c_in, h, w = _concat_shape(in_shapes)
+        ci, og, kh, kw = param_shapes["weights"]
+        if ci != c_in:
+            raise ValueError(f"weights {list(param_shapes['weights'])} do not match {c_in} input channels")
+        (sh, sw), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
+        out = (deconv_output_size(h, kh, sh, ph, dh), deconv_output_size(w, kw, sw, pw, dw))
+        if min(out) < 1:
+            raise ValueError(f"empty output {list(out)}")
+        return [(n, og * attrs.get("groups", 1)) + out]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        y, ctx = conv_transpose2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
+                                                     attrs["padding"], attrs["dilation"], attrs.get("groups", 1),
+                                                     _mapping_like(attrs, x))
+        return y, (ctx, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        ctx, shapes = saved
+        dx, dw, db = conv_transpose2d_backward(dy, ctx, need_dx=any(needs))
+        return _convolution_grads(dx, dw, db, shapes, needs)

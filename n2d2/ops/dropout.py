@@ -5,6 +5,14 @@ trained with dropout sees smaller activations in learn mode than in test mode (i
 """
 import numpy as np
 
+from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    _concat,
+    _ConcatenatingOp,
+    _split_channels,
+    register,
+)
+
 
 def dropout_mask(rng, shape, dropout: float, dtype=np.float32):
     """A host 0/1 mask of `shape` where each element is 1 with probability 1 - dropout."""
@@ -17,3 +25,30 @@ def dropout_forward(x, mask):
 
 def dropout_backward(dy, mask):
     return dy * mask
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Dropout(_ConcatenatingOp):
+    """attrs: dropout (drop probability; kept values are not rescaled, as N2D2)."""
+
+    name = "Dropout"
+    elementwise = True
+    keeps_sign = True
+    passthrough = "inference"
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        if not training:
+            return x, (None, [a.shape for a in xs])
+        from n2d2.backend import to_device
+        from n2d2.settings import global_variables
+
+        mask = dropout_mask(global_variables.rng, x.shape, attrs["dropout"], x.dtype)
+        mask = to_device(mask, array_module(x) is not np)
+        return dropout_forward(x, mask), (mask, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        mask, shapes = saved
+        dx = dy if mask is None else dropout_backward(dy, mask)
+        return _split_channels(dx, shapes, needs), {}

@@ -11,6 +11,14 @@ resolved from the PerLayer / PerInput / PerChannel coefficient mode by the cell)
                 max (the first NaN), the others get 0.
 """
 from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    OpDef,
+    _all_equal,
+    register,
+)
+from n2d2.ir.ops import (
+    _coef as _plain_coef,
+)
 
 OPERATIONS = ("Sum", "AbsSum", "EuclideanSum", "Prod", "Max")
 
@@ -88,3 +96,51 @@ def elemwise_backward(dy, xs, ctx, operation: str, weights, shifts):
         arg = ctx
         return [xp.where(arg == k, dy, dy.dtype.type(0)) for k in range(len(xs))]
     raise ValueError(f"Unknown ElemWise operation '{operation}' (expected one of {', '.join(OPERATIONS)})")
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class ElemWise(OpDef):
+    """attrs: operation, weights, shifts (per input: scalar or per-channel list)."""
+
+    name = "ElemWise"
+    max_inputs = None
+    elementwise = True
+    carries_activation = True
+    epilogue_member = True
+
+    def chain_steps(self, attrs, nb_inputs, slot, first_input):
+        """A "Sum": the chain's own weight and shift become scale / bias steps, the other inputs
+        residual `add` steps with their weights and shifts."""
+        weights, shifts = attrs.get("weights"), attrs.get("shifts")
+        if attrs.get("operation") != "Sum" or weights is None or shifts is None \
+                or len(weights) < nb_inputs or len(shifts) < nb_inputs:
+            return None
+        steps = []
+        if not _all_equal(weights[slot], 1.0):
+            steps.append(("scale", _plain_coef(weights[slot])))
+        if not _all_equal(shifts[slot], 0.0):
+            steps.append(("bias", _plain_coef(shifts[slot])))
+        residuals = []
+        for i in range(nb_inputs):
+            if i != slot:
+                steps.append(("add", first_input + len(residuals), _plain_coef(weights[i]), _plain_coef(shifts[i])))
+                residuals.append(i)
+        return steps, residuals
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        for s in in_shapes[1:]:
+            if s != in_shapes[0]:
+                raise ValueError(f"ElemWise inputs must share one shape, got {list(in_shapes)}")
+        return [in_shapes[0]]
+
+    def _forward(self, attrs, xs, params, training):
+        y, ctx = elemwise_forward(xs, attrs["operation"], attrs["weights"], attrs["shifts"])
+        return y, (ctx, xs if attrs["operation"] in ("AbsSum", "EuclideanSum", "Prod", "Max") else None)
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        ctx, xs = saved
+        if xs is None:
+            xs = [None] * len(needs)
+        dxs = elemwise_backward(dy, xs, ctx, attrs["operation"], attrs["weights"], attrs["shifts"])
+        return [g if n else None for g, n in zip(dxs, needs)], {}

@@ -1,4 +1,11 @@
 """Fully connected layer: y = x W^T + b over inputs flattened to [N, C*H*W]."""
+import numpy as np
+
+from n2d2.ir.ops import (
+    OpDef,
+    _concat,
+    register,
+)
 
 
 def fc_forward(x2d, weights, biases=None):
@@ -14,3 +21,47 @@ def fc_backward(dy, x2d, weights, need_dx=True):
     db = dy.sum(axis=0)
     dx = dy @ weights if need_dx else None
     return dx, dw, db
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Fc(OpDef):
+    """Fully connected over C*H*W; params weights [O, C*H*W], biases [O] (optional)."""
+
+    name = "Fc"
+    max_inputs = None
+    carries_activation = True
+    epilogue_anchor = True
+    folds_batchnorm = True
+    params = ("weights", "biases", "weight_step")
+    trainable = ("weights", "biases", "weight_step")
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n = in_shapes[0][0]
+        total = sum(int(np.prod(s[1:])) for s in in_shapes)
+        o, i = param_shapes["weights"]
+        if total != i:
+            raise ValueError(f"inputs {list(in_shapes)} have C*H*W = {total}, weights expect {i}")
+        return [(n, o, 1, 1)]
+
+    def _forward(self, attrs, xs, params, training):
+        n = xs[0].shape[0]
+        x2d = _concat([x.reshape(n, -1) for x in xs])
+        y = fc_forward(x2d, params["weights"], params.get("biases"))
+        return y.reshape(n, -1, 1, 1), (x2d, [x.shape for x in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        x2d, shapes = saved
+        n = dy.shape[0]
+        dx, dw, db = fc_backward(dy.reshape(n, -1), x2d, params["weights"], any(needs))
+        grads = {"weights": dw}
+        if params.get("biases") is not None:
+            grads["biases"] = db
+        if dx is None:
+            return [None] * len(needs), grads
+        out, offset = [], 0
+        for s, need in zip(shapes, needs):
+            size = int(np.prod(s[1:]))
+            out.append(dx[:, offset:offset + size].reshape(s) if need else None)
+            offset += size
+        return out, grads

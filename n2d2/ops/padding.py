@@ -4,6 +4,13 @@ The backward of pad(t, b, l, r) is pad(-t, -b, -l, -r): the gradient of the kept
 copied back and the gradient of the added border is dropped.
 """
 from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    OpDef,
+    _concat,
+    _concat_shape,
+    _split_channels,
+    register,
+)
 
 
 def output_hw(h: int, w: int, top: int, bot: int, left: int, right: int):
@@ -27,3 +34,28 @@ def pad_forward(x, top: int, bot: int, left: int, right: int):
 
 def pad_backward(dy, top: int, bot: int, left: int, right: int):
     return pad_forward(dy, -top, -bot, -left, -right)
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Padding(OpDef):
+    """attrs: top, bot, left, right (negative crops)."""
+
+    name = "Padding"
+    max_inputs = None
+    keeps_sign = True
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n, c, h, w = _concat_shape(in_shapes)
+        oh, ow = output_hw(h, w, attrs["top"], attrs["bot"], attrs["left"], attrs["right"])
+        if oh < 1 or ow < 1:
+            raise ValueError(f"padding {attrs} leaves nothing of a {h}x{w} input")
+        return [(n, c, oh, ow)]
+
+    def _forward(self, attrs, xs, params, training):
+        a = attrs
+        return pad_forward(_concat(xs), a["top"], a["bot"], a["left"], a["right"]), [x.shape for x in xs]
+
+    def _backward(self, attrs, shapes, dy, needs, params):
+        a = attrs
+        return _split_channels(pad_backward(dy, a["top"], a["bot"], a["left"], a["right"]), shapes, needs), {}

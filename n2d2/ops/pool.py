@@ -30,6 +30,14 @@ whole rows first (`_tiles`), which reads memory in order.
 import numpy as np
 
 from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    OpDef,
+    _concat,
+    _concat_shape,
+    _mapping_like,
+    _split_channels,
+    register,
+)
 
 
 def output_size(in_size: int, pool: int, stride: int, pad: int) -> int:
@@ -282,3 +290,63 @@ def mapped_avg_pool_backward(dy, x_shape, mapping, pool, stride=(1, 1), pad=(0, 
     wm = _average_weights(mapping, pool, dy.dtype)
     ds = _mix_channels(dy, wm, mapping, transpose=True)
     return _window_sums_backward(ds, x_shape, pool, stride, pad)
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Pool(OpDef):
+    """attrs: pooling ("Max"/"Average"), pool, stride, padding ((h, w) pairs), mapping
+    (None = per channel, else a bool [C, O] array)."""
+
+    name = "Pool"
+    max_inputs = None
+    carries_activation = True
+
+    def preserves_sign(self, attrs) -> bool:
+        return attrs.get("mapping") is None
+
+    def absorbs_padding(self, attrs):
+        # Average counts padded positions as zeros; Max pads with -inf (equal when input >= 0)
+        return "exact" if attrs["pooling"] == "Average" else "non_negative"
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n, c, h, w = _concat_shape(in_shapes)
+        (ph, pw), (sh, sw), (qh, qw) = attrs["pool"], attrs["stride"], attrs["padding"]
+        oh, ow = output_size(h, ph, sh, qh), output_size(w, pw, sw, qw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"pool {list(attrs['pool'])} larger than the {h}x{w} input")
+        mapping = attrs.get("mapping")
+        if mapping is not None:
+            if mapping.shape[0] != c:
+                raise ValueError(f"mapping {list(mapping.shape)} does not match {c} input channels")
+            c = mapping.shape[1]
+        return [(n, c, oh, ow)]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        pool, stride, pad = attrs["pool"], attrs["stride"], attrs["padding"]
+        mapping = _mapping_like(attrs, x)
+        shapes = [a.shape for a in xs]
+        if attrs["pooling"] == "Max":
+            if mapping is None:
+                y = max_pool_forward(x, pool, stride, pad)
+                return y, (x, y, None, shapes)
+            y, ctx = mapped_max_pool_forward(x, mapping, pool, stride, pad)
+            return y, (x, ctx, mapping, shapes)
+        if mapping is None:
+            return avg_pool_forward(x, pool, stride, pad), (x.shape, None, None, shapes)
+        return mapped_avg_pool_forward(x, mapping, pool, stride, pad), (x.shape, None, mapping, shapes)
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        first, second, mapping, shapes = saved
+        pool, stride, pad = attrs["pool"], attrs["stride"], attrs["padding"]
+        if attrs["pooling"] == "Max":
+            if mapping is None:
+                dx = max_pool_backward(dy, first, second, pool, stride, pad)
+            else:
+                dx = mapped_max_pool_backward(dy, first, second, mapping, pool, stride, pad)
+        elif mapping is None:
+            dx = avg_pool_backward(dy, first, pool, stride, pad)
+        else:
+            dx = mapped_avg_pool_backward(dy, first, mapping, pool, stride, pad)
+        return _split_channels(dx, shapes, needs), {}

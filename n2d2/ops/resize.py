@@ -13,6 +13,15 @@ Source coordinate of output index i, scale = in / out:
 """
 import numpy as np
 
+from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    OpDef,
+    _concat,
+    _concat_shape,
+    _split_channels,
+    register,
+)
+
 MODES = ("Bilinear", "BilinearTF", "NearestNeighbor")
 
 
@@ -80,3 +89,42 @@ def _taps(a, x):
     w = xp.asarray(np.where(valid, a[np.arange(a.shape[0])[:, None], idx], 0.0), dtype=x.dtype)
     taken = x[..., xp.asarray(idx)] * w  # [..., R, k]
     return xp.where(xp.asarray(valid), taken, x.dtype.type(0)).sum(axis=-1)
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Resize(OpDef):
+    """attrs: height, width, mode, align_corners."""
+
+    name = "Resize"
+    max_inputs = None
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        n, c, _, _ = _concat_shape(in_shapes)
+        return [(n, c, attrs["height"], attrs["width"])]
+
+    def __init__(self):
+        self._cache = {}
+
+    def _matrices(self, attrs, x):
+        """Interpolation matrices, built once per (sizes, mode, device)."""
+        from n2d2.backend import to_device
+
+        gpu = array_module(x) is not np
+        _, _, h, w = x.shape
+        align = attrs.get("align_corners", True)
+        key = (attrs["height"], attrs["width"], h, w, attrs["mode"], align, gpu)
+        if key not in self._cache:
+            a_h = interpolation_matrix(attrs["height"], h, attrs["mode"], align)
+            a_w = interpolation_matrix(attrs["width"], w, attrs["mode"], align)
+            self._cache[key] = (to_device(a_h, gpu), to_device(a_w, gpu))
+        return self._cache[key]
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        a_h, a_w = self._matrices(attrs, x)
+        return resize_forward(x, a_h, a_w), (a_h, a_w, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        a_h, a_w, shapes = saved
+        return _split_channels(resize_backward(dy, a_h, a_w), shapes, needs), {}

@@ -14,6 +14,13 @@ Backward: exact for floating point; the integer modes use the straight-through e
 their real factor (s / 2^f, 1 / 2^s, (1 + 2^a) / 2^b), zeroed where the input was clipped.
 """
 from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    _coef,
+    _concat,
+    _ConcatenatingOp,
+    _split_channels,
+    register,
+)
 
 
 def _c(v, like):
@@ -102,3 +109,31 @@ def double_shift_forward(x, shift_pairs):
 def double_shift_backward(dy, x, shift_pairs):
     factor = [(1.0 + 2.0 ** int(a)) / 2.0 ** int(b) for a, b in shift_pairs]
     return dy * _c(factor, dy)
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Scaling(_ConcatenatingOp):
+    """attrs: scaling (an `n2d2.scaling` object: its forward/backward per output channel)."""
+
+    name = "Scaling"
+    elementwise = True
+    epilogue_member = True
+
+    def chain_steps(self, attrs, nb_inputs, slot, first_input):
+        """An unclipped floating-point scaling: one per-channel `scale` step."""
+        scaling = attrs.get("scaling")
+        if nb_inputs != 1 or type(scaling).__name__ != "FloatingPointScaling":
+            return None
+        args = getattr(scaling, "_args", {})
+        if args.get("is_clipped") or "scaling_per_output" not in args:
+            return None
+        return [("scale", _coef(args["scaling_per_output"]))], []
+
+    def _forward(self, attrs, xs, params, training):
+        x = _concat(xs)
+        return attrs["scaling"].forward(x), (x, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        x, shapes = saved
+        return _split_channels(attrs["scaling"].backward(dy, x), shapes, needs), {}

@@ -1,5 +1,12 @@
 """Softmax over channels at each pixel, optionally over consecutive groups of channels."""
 from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    OpDef,
+    _concat,
+    _concat_shape,
+    _split_channels,
+    register,
+)
 
 
 def _grouped(a, group_size):
@@ -33,3 +40,33 @@ def softmax_backward(dy, y, group_size: int = 0):
 def softmax_with_loss_backward(dy):
     """With a fused cross-entropy target, the target already seeds y - onehot: pass it on."""
     return dy
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Softmax(OpDef):
+    """attrs: group_size, with_loss (backward passes the gradient through: fused cross-entropy)."""
+
+    name = "Softmax"
+    max_inputs = None
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        shape = _concat_shape(in_shapes)
+        g = attrs.get("group_size", 0)
+        if shape[1] == 0:
+            raise ValueError("softmax over 0 channels; expected at least 1")
+        if g and shape[1] % g:
+            raise ValueError(f"group_size {g} does not divide {shape[1]} channels")
+        return [shape]
+
+    def _forward(self, attrs, xs, params, training):
+        y = softmax_forward(_concat(xs), attrs.get("group_size", 0))
+        return y, (y, [a.shape for a in xs])
+
+    def _backward(self, attrs, saved, dy, needs, params):
+        y, shapes = saved
+        if attrs.get("with_loss"):
+            dx = softmax_with_loss_backward(dy)
+        else:
+            dx = softmax_backward(dy, y, attrs.get("group_size", 0))
+        return _split_channels(dx, shapes, needs), {}

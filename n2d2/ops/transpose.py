@@ -5,6 +5,13 @@ N2D2 axis 3 - j, so the numpy permutation is p[j] = 3 - perm[3 - j]
 (perm [1, 0, 2, 3] -> numpy (0, 1, 3, 2)). N2D2 does not permute the batch: perm[3] == 3.
 """
 from n2d2.backend import array_module
+from n2d2.ir.ops import (
+    OpDef,
+    _concat,
+    _concat_shape,
+    _split_channels,
+    register,
+)
 
 
 def numpy_axes(perm):
@@ -27,3 +34,24 @@ def transpose_forward(x, perm):
 def transpose_backward(dy, perm):
     xp = array_module(dy)
     return xp.ascontiguousarray(dy.transpose(inverse_axes(numpy_axes(perm))))
+
+
+# -- the IR op ------------------------------------------------------------
+@register
+class Transpose(OpDef):
+    """attrs: perm (N2D2 axes [X, Y, Z, B])."""
+
+    name = "Transpose"
+    max_inputs = None
+    keeps_sign = True
+
+    def _infer(self, attrs, in_shapes, param_shapes):
+        axes = numpy_axes(attrs["perm"])
+        shape = _concat_shape(in_shapes)
+        return [tuple(shape[a] for a in axes)]
+
+    def _forward(self, attrs, xs, params, training):
+        return transpose_forward(_concat(xs), attrs["perm"]), [a.shape for a in xs]
+
+    def _backward(self, attrs, shapes, dy, needs, params):
+        return _split_channels(transpose_backward(dy, attrs["perm"]), shapes, needs), {}

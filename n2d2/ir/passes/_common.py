@@ -1,4 +1,5 @@
 """Small graph-rewriting helpers shared by the passes (not a pass)."""
+from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 
 #: Options every pass may receive from the pass manager.
@@ -114,9 +115,6 @@ def _spec_keeps_sign(spec) -> bool:
     return name in ("Linear", "Rectifier", "Saturation")
 
 
-_SIGN_KEEPING_OPS = ("Identity", "Dropout", "Concat", "Padding", "Reshape", "Transpose", "Activation")
-
-
 def is_non_negative(graph: Graph, name: str, depth: int = 16) -> bool:
     """True when every value of `name`'s output is provably >= 0 (conservative: False if unsure)."""
     spec = graph.attrs(name).get("activation")
@@ -124,9 +122,7 @@ def is_non_negative(graph: Graph, name: str, depth: int = 16) -> bool:
         return True
     if depth <= 0 or not _spec_keeps_sign(spec):
         return False
-    op = graph.op(name)
-    pooled = op == "Pool" and graph.attrs(name).get("mapping") is None
-    if op in _SIGN_KEEPING_OPS or pooled:
+    if op_registry.get(graph.op(name), node=name).preserves_sign(graph.attrs(name)):
         ins = graph.inputs_of(name)
         return bool(ins) and all(is_non_negative(graph, src, depth - 1) for src, _ in ins)
     return False

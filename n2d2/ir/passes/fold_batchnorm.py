@@ -4,21 +4,12 @@ import numpy as np
 from n2d2.backend import to_device, to_host
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import check_mode, is_identity_spec, new_param_name, pair, sole_consumer
-
-FOLDABLE = ("Conv", "Fc", "Deconv")
+from n2d2.ir.passes._common import check_mode, is_identity_spec, new_param_name, sole_consumer
 
 
 def _output_scale(op: str, attrs: dict, weights: np.ndarray, a: np.ndarray) -> np.ndarray:
     """`a` (one factor per output channel) broadcast onto the weight layout of `op`."""
-    if op in ("Conv", "Fc"):   # [O, ...]
-        return a.reshape((-1,) + (1,) * (weights.ndim - 1))
-    # Deconv: [C_in, C_out/groups, kH, kW]; input channel c of group g feeds outputs g*opg + j.
-    groups = int(attrs.get("groups", 1))
-    c_in, opg = weights.shape[:2]
-    group_of = np.arange(c_in) // (c_in // groups)
-    table = a[group_of[:, None] * opg + np.arange(opg)[None, :]]
-    return table.reshape(c_in, opg, 1, 1)
+    return op_registry.get(op).scale_output_channels(attrs, weights, a)
 
 
 def _foldable(g: Graph, bn: str):
@@ -28,15 +19,15 @@ def _foldable(g: Graph, bn: str):
         return None
     src, out = ins[0]
     op = g.op(src)
-    if out != 0 or op not in FOLDABLE or op not in op_registry.names():
+    if out != 0 or not op_registry.get(op, node=src).folds_batchnorm:
         return None
     attrs = g.attrs(src)
     if not is_identity_spec(attrs.get("activation")) or sole_consumer(g, src) != (bn, 0):
         return None
     if attrs.get("weight_quantizer") is not None:
         return None  # the quantizer normalises the weights: scaling them first would change its output
-    if op == "Conv" and pair(attrs.get("sub_sample", (1, 1))) != (1, 1):
-        return None  # the bias is added before sub-sampling sums blocks: a shift would be scaled
+    if not op_registry.get(op).batchnorm_fold_ok(attrs):
+        return None  # e.g. a sub-sampling Conv: its bias is added before blocks are summed
     if "weights" not in g.nx.nodes[src]["params"]:
         return None
     return src

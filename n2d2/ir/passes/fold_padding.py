@@ -1,4 +1,5 @@
 """Folding of explicit zero Padding nodes into the padding of the Conv / Pool they feed."""
+from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 from n2d2.ir.passes._common import blocks_gradient, check_mode, is_graph_output, is_identity_spec, is_non_negative, pair
 
@@ -7,15 +8,13 @@ def _target_ok(g: Graph, pad: str, dst: str, mode: str) -> bool:
     """Whether `dst` (a consumer of `pad`) can absorb the padding exactly."""
     if g.inputs_of(dst) != [(pad, 0)]:
         return False  # several inputs: the padding would have to apply to all of them
-    op = g.op(dst)
-    if op == "Conv":
+    how = op_registry.get(g.op(dst), node=dst).absorbs_padding(g.attrs(dst))
+    if how == "exact":
         return True
-    if op != "Pool":
+    if how != "non_negative":
         return False
-    if g.attrs(dst)["pooling"] == "Average":
-        return True  # the pool counts its padded positions as zeros and divides by the window
-    # Max: padded positions are -inf in the op, zeros here. Equal forward when the input is
-    # known >= 0; gradients may differ on ties with a zero, so only in inference.
+    # e.g. Max pool: padded positions are -inf in the op, zeros here. Equal forward when the
+    # input is known >= 0; gradients may differ on ties with a zero, so only in inference.
     return mode == "inference" and all(is_non_negative(g, src) for src, _ in g.inputs_of(pad))
 
 

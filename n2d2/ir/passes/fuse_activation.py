@@ -1,4 +1,5 @@
 """Fusion of Activation nodes into the op that produces their input."""
+from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 from n2d2.ir.passes._common import (
     blocks_gradient,
@@ -9,15 +10,13 @@ from n2d2.ir.passes._common import (
     sole_consumer,
 )
 
-PRODUCERS = ("Conv", "Fc", "Deconv", "ElemWise", "BatchNorm", "Pool")
-
 
 def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
     """Move single-input Activation nodes into their producer's fused activation.
 
     Rewrite, for an Activation node A with spec f reading output 0 of node P:
-    - P is a Conv, Fc, Deconv, ElemWise, BatchNorm or Pool whose fused activation is None (or
-      Linear without clipping), A is P's only consumer and P no graph output: P gets
+    - P's op `carries_activation` (Conv, Fc, Deconv, ElemWise, BatchNorm, Pool), its fused
+      activation is None (or Linear without clipping), A is P's only consumer and P no graph output: P gets
       `activation = f`, A is removed (P computes f(op(x)) with the same saved pre-activation,
       so forward and gradients are unchanged);
     - f is idempotent (Rectifier without leak, Linear, Saturation; same parameters) and P
@@ -40,7 +39,8 @@ def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
         inner = g.attrs(src).get("activation")
         if is_identity_spec(spec) or (inner == spec and is_idempotent_spec(spec)):
             bypass(g, act)
-        elif g.op(src) in PRODUCERS and is_identity_spec(inner) and sole_consumer(g, src) == (act, 0):
+        elif op_registry.get(g.op(src), node=src).carries_activation and is_identity_spec(inner) \
+                and sole_consumer(g, src) == (act, 0):
             g.nx.nodes[src]["attrs"]["activation"] = spec
             g.replace_uses(act, src)
             g.remove_node(act)

@@ -1,63 +1,21 @@
 """Fusion of the elementwise chain after a Conv / Fc into one Epilogue node."""
-import numpy as np
-
-from n2d2.ir import epilogue as _epilogue  # noqa: F401  (registers the Epilogue op)
+from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 from n2d2.ir.passes._common import blocks_gradient, check_mode, is_identity_spec, sole_consumer, substitute
-
-ANCHORS = ("Conv", "Fc", "Deconv", "BatchNorm")
-
-
-def _coef(v):
-    """A scalar or per-channel coefficient as plain data (float or tuple of floats)."""
-    a = np.asarray(v, dtype=np.float64)
-    return float(a) if a.ndim == 0 else tuple(float(x) for x in a.reshape(-1))
-
-
-def _is(v, value) -> bool:
-    return bool(np.all(np.asarray(v, dtype=np.float64) == value))
-
-
-def _floating_point_scales(scaling):
-    """The per-channel factors of an unclipped FloatingPointScaling object, else None."""
-    if type(scaling).__name__ != "FloatingPointScaling":
-        return None
-    args = getattr(scaling, "_args", {})
-    if args.get("is_clipped") or "scaling_per_output" not in args:
-        return None
-    return _coef(args["scaling_per_output"])
 
 
 def _steps(g: Graph, node: str, slot: int, first_input: int):
     """(steps, residual inputs) that compute `node` from the chain value it reads in `slot`;
-    residuals are numbered from `first_input`. None when `node` cannot join a chain."""
-    op, attrs, ins = g.op(node), g.attrs(node), g.inputs_of(node)
+    residuals are numbered from `first_input`. None when `node` cannot join a chain (its op's
+    `chain_steps` says how it joins)."""
+    attrs, ins = g.attrs(node), g.inputs_of(node)
+    found = op_registry.get(g.op(node), node=node).chain_steps(attrs, len(ins), slot, first_input)
+    if found is None:
+        return None
+    steps, residual_slots = found
     spec = attrs.get("activation")
     tail = [] if is_identity_spec(spec) else [("activation", spec)]
-    if op == "Activation":
-        return (tail, []) if len(ins) == 1 else None
-    if op == "Scaling":
-        scales = _floating_point_scales(attrs.get("scaling"))
-        if len(ins) != 1 or scales is None:
-            return None
-        return [("scale", scales)] + tail, []
-    if op == "ElemWise":
-        weights, shifts = attrs.get("weights"), attrs.get("shifts")
-        if attrs.get("operation") != "Sum" or weights is None or shifts is None \
-                or len(weights) < len(ins) or len(shifts) < len(ins):
-            return None
-        steps = []
-        if not _is(weights[slot], 1.0):
-            steps.append(("scale", _coef(weights[slot])))
-        if not _is(shifts[slot], 0.0):
-            steps.append(("bias", _coef(shifts[slot])))
-        residuals = []
-        for i, src in enumerate(ins):
-            if i != slot:
-                steps.append(("add", first_input + len(residuals), _coef(weights[i]), _coef(shifts[i])))
-                residuals.append(src)
-        return steps + tail, residuals
-    return None
+    return list(steps) + tail, [ins[i] for i in residual_slots]
 
 
 def fuse_elementwise_chains(graph: Graph, mode: str = "inference") -> Graph:
@@ -86,7 +44,7 @@ def fuse_elementwise_chains(graph: Graph, mode: str = "inference") -> Graph:
     g = graph.copy()
     check_mode(mode)
     for anchor in g.topological_order():
-        if anchor not in g.nx or g.op(anchor) not in ANCHORS:
+        if anchor not in g.nx or not op_registry.get(g.op(anchor), node=anchor).epilogue_anchor:
             continue
         chain, steps, residuals, worth = [], [], [], False
         current = anchor
@@ -100,7 +58,7 @@ def fuse_elementwise_chains(graph: Graph, mode: str = "inference") -> Graph:
             chain.append(use[0])
             steps += found[0]
             residuals += found[1]
-            worth = worth or g.op(use[0]) in ("ElemWise", "Scaling")
+            worth = worth or op_registry.get(g.op(use[0])).epilogue_member
             current = use[0]
         if not worth:
             continue

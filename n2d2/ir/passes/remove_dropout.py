@@ -1,4 +1,5 @@
 """Removal of Dropout nodes for inference."""
+from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 from n2d2.ir.passes._common import check_mode
 from n2d2.ir.passes.remove_identities import drop_passthrough
@@ -16,6 +17,6 @@ def remove_dropout(graph: Graph, mode: str = "inference") -> Graph:
     if check_mode(mode) != "inference":
         return g
     for name in g.topological_order():
-        if g.op(name) == "Dropout":
+        if op_registry.get(g.op(name), node=name).passthrough == "inference":
             drop_passthrough(g, name)
     return g

@@ -1,4 +1,5 @@
 """Removal of pass-through nodes: Identity, and Activation nodes that compute nothing."""
+from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 from n2d2.ir.passes._common import blocks_gradient, bypass, check_mode, is_identity_spec, set_op
 
@@ -34,9 +35,11 @@ def remove_identities(graph: Graph, mode: str = "inference") -> Graph:
     g = graph.copy()
     check_mode(mode)
     for name in g.topological_order():
-        op = g.op(name)
         if blocks_gradient(g, name, mode):
             continue
-        if op == "Identity" or (op == "Activation" and is_identity_spec(g.attrs(name).get("activation"))):
+        # an always-passthrough op (Identity, Activation) is rewritten; an Activation whose spec
+        # computes something is left alone (drop_passthrough keeps it as it is)
+        if op_registry.get(g.op(name), node=name).passthrough == "always" and \
+                (g.op(name) != "Activation" or is_identity_spec(g.attrs(name).get("activation"))):
             drop_passthrough(g, name)
     return g

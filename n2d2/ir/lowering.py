@@ -1,0 +1,173 @@
+"""Shared pieces of the ops' kernel lowering (numpy only: `n2d2.ops` uses them, never `n2d2.codegen`).
+
+An op lowers a forward node for a compiled backend with `OpDef.lower_c(graph, node, training)` /
+`lower_cuda(...)`: a geometry dict (shapes and constants baked into its template
+`templates/c/ops/<Op>.c.j2`, `templates/cuda/ops/<Op>.cu.j2`), or an `Unsupported` naming why
+the node runs on the numpy reference instead. The CUDA launch plan of a node is the op's
+`plan_cuda_forward` / `plan_cuda_backward`, written with the launch helpers the CUDA backend
+passes in.
+"""
+import numpy as np
+
+# A kernel uses the thread team only above this many multiply-adds (waking it costs
+# microseconds, which small kernels, e.g. every layer of LeNet at batch 1, cannot repay).
+PARALLEL_MIN_MACS = 1_000_000
+PARALLEL_MIN_ELEMENTS = 200_000
+# A stride-1 convolution on a large map reads its input windows in place (no im2col) when at
+# least this share of the computed output grid is kept (WO / padded input width), and when
+# the wasted columns cost less than an im2col would: the GEMM rows computed for nothing,
+# (1 - WO / Wp) * OG, stay under WIDE_MAX_WASTED_ROWS (im2col costs about one GEMM row per
+# output pixel), or the image's im2col matrix would outgrow L2 (WIDE_IM2COL_BYTES).
+# Measured at b128 (2 threads): 16 channels at 32x32 (waste 0.9 rows) wide 2.4 / 5.4 ms vs
+# image 2.9 / 7.0 ms (forward / backward); 32 channels at 16x16 (3.6 rows) wide 2.3 / 5.3 ms
+# vs image 2.0 / 4.2 ms; LeNet's conv1 (0.75 rows) is faster wide.
+WIDE_MIN_EFFICIENCY = 0.75
+WIDE_MAX_WASTED_ROWS = 2.0
+WIDE_IM2COL_BYTES = 1 << 20
+SLACK_FLOATS = 64   # readable floats after every buffer (ragged GEMM strips)
+
+
+class Unsupported:
+    """A lowering's answer when the node has no kernel: `reason` says why (the backend records
+    it and runs the numpy reference). Falsy, so `if not geometry` reads naturally."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = str(reason)
+
+    def __bool__(self):
+        return False
+
+    def __repr__(self):
+        return f"Unsupported({self.reason!r})"
+
+
+class Context(dict):
+    """Attribute-style dict for templates (a missing key is undefined, so `is defined` works)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def nchw(shape):
+    """A shape padded / cut to 4 dimensions (N, C, H, W)."""
+    s = tuple(shape) + (1,) * (4 - len(shape))
+    return s[:4]
+
+
+def concat_channels(ins):
+    """[{C, off}] of inputs concatenated along channels (None if batch / H / W differ)."""
+    first = nchw(ins[0])
+    out, off = [], 0
+    for s in ins:
+        s4 = nchw(s)
+        if s4[0] != first[0] or s4[2:] != first[2:]:
+            return None
+        out.append({"C": s4[1], "off": off})
+        off += s4[1]
+    return out
+
+
+def shapes(graph, node):
+    """([input shapes], [output shapes]) of a node, as tuples."""
+    return ([tuple(t.shape) for t in graph.input_types(node)], [tuple(t.shape) for t in graph.output_types(node)])
+
+
+def flat_inputs(ins):
+    """[{S, off}] of inputs laid end to end per sample (S = C*H*W of each)."""
+    inputs, off = [], 0
+    for s in ins:
+        per = int(np.prod(s[1:]))
+        inputs.append({"S": per, "off": off})
+        off += per
+    return inputs
+
+
+def round16(n):
+    return -(-int(n) // 16) * 16
+
+
+class Scratch:
+    """Scratch layout of one C kernel: shared regions, then one private slice per thread.
+
+    Offsets are in floats, 64-byte aligned, each region followed by slack."""
+
+    def __init__(self):
+        self.shared = 0
+        self.private = 0
+        self.offsets = {}
+
+    @staticmethod
+    def _size(n):
+        return -(-(int(n) + SLACK_FLOATS) // 16) * 16
+
+    def add_shared(self, name, n):
+        self.offsets[name] = self.shared
+        self.shared += self._size(n)
+
+    def add_private(self, name, n):
+        self.offsets[name] = self.private
+        self.private += self._size(n)
+
+    def layout(self):
+        return Context(self.offsets, SH=self.shared, T=max(self.private, 16))
+
+    @staticmethod
+    def floats(layout, nthreads):
+        return layout["SH"] + nthreads * layout["T"] if layout else 0
+
+
+def dense_geometry(n, k, o, inputs, conn=None, kk=1):
+    """C geometry of y[n, o] = x[n, k] W[o, k]^T (Fc, or a convolution covering its input)."""
+    macs = n * k * o
+    g = dict(N=n, K=k, O=o, OLD=round16(o), inputs=inputs, conn=conn, KK=kk, DOT=n <= 4,
+             PAR=macs >= PARALLEL_MIN_MACS, PARB=2 * macs >= PARALLEL_MIN_MACS)
+    sf, sb = Scratch(), Scratch()
+    if len(inputs) > 1:
+        sf.add_shared("XG", n * k)
+        sb.add_shared("XG", n * k)
+        sb.add_shared("DXG", n * k)
+    if g["DOT"]:
+        if conn is not None:
+            sf.add_shared("WM", o * k)
+    else:
+        sf.add_shared("WT", k * g["OLD"])
+    if conn is not None:
+        sb.add_shared("WM", o * k)
+    sb.add_private("EDGE", o * 32)
+    g["sf"], g["sb"] = sf.layout(), sb.layout()
+    return g
+
+
+def images_per_block(n, p, kg, max_cols=1024, max_col_bytes=512 * 1024):
+    """Images per im2col block: side by side, small maps fill whole 32-wide GEMM strips. Among
+    the block sizes whose im2col matrix stays cache-sized, the one wasting the fewest columns
+    of its last strip (ties: the largest)."""
+    if p >= 256:
+        return 1
+    best, best_waste = 1, None
+    for nb in range(1, n + 1):
+        cols = nb * p
+        if cols > max_cols or 4 * kg * cols > max_col_bytes:
+            break
+        waste = (-cols % 32) / cols
+        if best_waste is None or waste <= best_waste + 1e-9:
+            best, best_waste = nb, waste
+    return best
+
+
+def kernel_window(graph, node, attrs):
+    """(kh, kw, (sy, sx), (py, px), (dy, dx), groups, mapping) of a Conv / Deconv node, or an
+    Unsupported when the C kernels do not cover it (negative padding, a connection table with groups)."""
+    groups, mapping = attrs.get("groups", 1), attrs.get("mapping")
+    (py, px) = attrs["padding"]
+    if py < 0 or px < 0:
+        return Unsupported(f"negative padding {[py, px]} (a crop)")
+    if mapping is not None and groups != 1:
+        return Unsupported(f"a connection table with {groups} groups")
+    wshape = graph.params[graph.node(node).params["weights"]].shape
+    return wshape[2], wshape[3], tuple(attrs["stride"]), (py, px), tuple(attrs["dilation"]), groups, mapping

@@ -1,0 +1,37 @@
+"""The explicit list of the modules that define ops: importing this module registers every op.
+
+`n2d2.ir.ops.get` and `names` import it (once, on first need), so an op is found whatever was
+imported before. An op module imports `n2d2.ir.ops` (the `OpDef` base and `register`) and the
+reference it marshals to; nothing here imports a backend (`n2d2.codegen`) or the onnx package.
+To add an op: define it (reference, `OpDef` subclass with `@register`, its lowering) in a
+module of `n2d2/ops/` and list that module here.
+"""
+import n2d2.ir.autodiff  # noqa: F401  (AddN, Grad, Update)
+import n2d2.ir.epilogue  # noqa: F401
+import n2d2.ir.tensor_ops  # noqa: F401  (the Onnx* ops)
+import n2d2.ir.transformation_op  # noqa: F401
+import n2d2.ops.activation_op  # noqa: F401
+import n2d2.ops.batchnorm  # noqa: F401
+import n2d2.ops.conv  # noqa: F401
+import n2d2.ops.deconv  # noqa: F401
+import n2d2.ops.dropout  # noqa: F401
+import n2d2.ops.elemwise  # noqa: F401
+import n2d2.ops.fake_quantize  # noqa: F401
+import n2d2.ops.fc  # noqa: F401
+import n2d2.ops.normalize  # noqa: F401
+import n2d2.ops.padding  # noqa: F401
+import n2d2.ops.pool  # noqa: F401
+import n2d2.ops.resize  # noqa: F401
+import n2d2.ops.scaling  # noqa: F401
+import n2d2.ops.softmax  # noqa: F401
+import n2d2.ops.structure  # noqa: F401
+import n2d2.ops.transpose  # noqa: F401
+
+#: Every module that registers ops.
+OP_MODULES = (
+    "n2d2.ir.autodiff", "n2d2.ir.epilogue", "n2d2.ir.tensor_ops", "n2d2.ir.transformation_op",
+    "n2d2.ops.activation_op", "n2d2.ops.batchnorm", "n2d2.ops.conv", "n2d2.ops.deconv", "n2d2.ops.dropout",
+    "n2d2.ops.elemwise", "n2d2.ops.fake_quantize", "n2d2.ops.fc", "n2d2.ops.normalize", "n2d2.ops.padding",
+    "n2d2.ops.pool", "n2d2.ops.resize", "n2d2.ops.scaling", "n2d2.ops.softmax", "n2d2.ops.structure",
+    "n2d2.ops.transpose",
+)

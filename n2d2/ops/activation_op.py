@@ -1,0 +1,20 @@
+"""The Activation IR op: a fused-activation-only node (the activation table is `n2d2.ir.ops`)."""
+
+from n2d2.ir.ops import (
+    register,
+)
+from n2d2.ops.structure import Concat
+
+
+@register
+class Activation(Concat):
+    """attrs: activation (a spec; None = identity). Several inputs are concatenated first: the
+    core is Concat's, the activation is applied by OpDef.forward."""
+
+    name = "Activation"
+    elementwise = True
+    keeps_sign = True
+    passthrough = "always"
+
+    def chain_steps(self, attrs, nb_inputs, slot, first_input):
+        return ([], []) if nb_inputs == 1 else None   # the pass appends its activation
