@@ -77,11 +77,18 @@ class ScalingObject(Configurable):
             raise ValueError(f"Cell '{cell_name}': {self.get_type()} has {len(self._args['clipping'])} "
                              f"clipping values for an input of {nb_channels} channels")
 
-    def forward(self, x):
+    def ir_spec(self) -> tuple:
+        """The plain-data form of this scaling (attrs["scaling"] of a Scaling node)."""
         raise NotImplementedError
 
+    def _clipping_spec(self):
+        return None if not self._args["is_clipped"] else tuple(float(v) for v in self._args["clipping"])
+
+    def forward(self, x):
+        return ops.scaling_forward(self.ir_spec(), x)
+
     def backward(self, dy, x):
-        raise NotImplementedError
+        return ops.scaling_backward(self.ir_spec(), dy, x)
 
 
 class FloatingPointScaling(ScalingObject):
@@ -94,11 +101,8 @@ class FloatingPointScaling(ScalingObject):
         super().__init__({"scaling_per_output": list(scaling_per_output),
                           **_clipping_arguments(is_clipped, clipping)}, model)
 
-    def forward(self, x):
-        return ops.floating_point_forward(x, self._args["scaling_per_output"], self._clipping())
-
-    def backward(self, dy, x):
-        return ops.floating_point_backward(dy, x, self._args["scaling_per_output"], self._clipping())
+    def ir_spec(self):
+        return ("FloatingPoint", tuple(float(v) for v in self._args["scaling_per_output"]), self._clipping_spec())
 
 
 class FixedPointScaling(ScalingObject):
@@ -116,12 +120,9 @@ class FixedPointScaling(ScalingObject):
         super().__init__({"nb_fractional_bits": nb_fractional_bits, "scaling": list(scaling),
                           **_clipping_arguments(is_clipped, clipping)}, model)
 
-    def forward(self, x):
-        return ops.fixed_point_forward(x, self._args["scaling"], self._args["nb_fractional_bits"], self._clipping())
-
-    def backward(self, dy, x):
-        return ops.fixed_point_backward(dy, x, self._args["scaling"], self._args["nb_fractional_bits"],
-                                        self._clipping())
+    def ir_spec(self):
+        return ("FixedPoint", tuple(int(v) for v in self._args["scaling"]), self._clipping_spec(),
+                int(self._args["nb_fractional_bits"]))
 
 
 class SingleShiftScaling(ScalingObject):
@@ -133,11 +134,8 @@ class SingleShiftScaling(ScalingObject):
         _check_list("scaling", scaling, _is_shift, "int in [0, 64)")
         super().__init__({"scaling": list(scaling), **_clipping_arguments(is_clipped, clipping)}, model)
 
-    def forward(self, x):
-        return ops.single_shift_forward(x, self._args["scaling"], self._clipping())
-
-    def backward(self, dy, x):
-        return ops.single_shift_backward(dy, x, self._args["scaling"], self._clipping())
+    def ir_spec(self):
+        return ("SingleShift", tuple(int(v) for v in self._args["scaling"]), self._clipping_spec())
 
 
 class DoubleShiftScaling(ScalingObject):
@@ -159,8 +157,5 @@ class DoubleShiftScaling(ScalingObject):
             raise ValueError(f"Cell '{cell_name}': DoubleShiftScaling has {self.nb_outputs()} per-output "
                              f"shift pairs for an input of {nb_channels} channels")
 
-    def forward(self, x):
-        return ops.double_shift_forward(x, self._args["scaling"])
-
-    def backward(self, dy, x):
-        return ops.double_shift_backward(dy, x, self._args["scaling"])
+    def ir_spec(self):
+        return ("DoubleShift", tuple((int(a), int(b)) for a, b in self._args["scaling"]))

@@ -11,7 +11,7 @@ on the arena's gradient views.
 Kernels: convolutions and fully connected layers are GEMMs on a register-tiled micro-kernel
 (templates/c/runtime.c.j2, gemm.c.j2) with bias and activation fused into the tile store; how a
 convolution is lowered (one GEMM over the batch, im2col blocks of images, in-place windows for
-stride 1, direct loops for depthwise) is decided per node from its shapes (`_conv_geometry`).
+stride 1, direct loops for depthwise) is decided per node from its shapes (`Conv.lower_c`).
 Kernels above a work threshold use the OpenMP team (`if` by construction: small ones never wake
 it); `_ThreadTuner` picks, from measured step times, the team or one thread (a shared machine).
 
@@ -37,30 +37,15 @@ from n2d2.codegen import compiler
 from n2d2.codegen.kernel_data import Buf, forward_context, run_reference
 from n2d2.codegen.kernel_data import Context as _Context
 from n2d2.codegen.kernel_data import activation_ok as _activation_ok
-from n2d2.codegen.kernel_data import concat_channels as _concat_channels
-from n2d2.codegen.kernel_data import nchw as _nchw
 from n2d2.codegen.render import environment, render, template_exists
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
+from n2d2.ir.lowering import PARALLEL_MIN_MACS, SLACK_FLOATS, Unsupported
+from n2d2.ir.lowering import Scratch as _Scratch
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
 
-# A kernel uses the thread team only above this many multiply-adds (waking it costs
-# microseconds, which small kernels, e.g. every layer of LeNet at batch 1, cannot repay).
-PARALLEL_MIN_MACS = 1_000_000
-PARALLEL_MIN_ELEMENTS = 200_000
-# A stride-1 convolution on a large map reads its input windows in place (no im2col) when at
-# least this share of the computed output grid is kept (WO / padded input width), and when
-# the wasted columns cost less than an im2col would: the GEMM rows computed for nothing,
-# (1 - WO / Wp) * OG, stay under WIDE_MAX_WASTED_ROWS (im2col costs about one GEMM row per
-# output pixel), or the image's im2col matrix would outgrow L2 (WIDE_IM2COL_BYTES).
-# Measured at b128 (2 threads): 16 channels at 32x32 (waste 0.9 rows) wide 2.4 / 5.4 ms vs
-# image 2.9 / 7.0 ms (forward / backward); 32 channels at 16x16 (3.6 rows) wide 2.3 / 5.3 ms
-# vs image 2.0 / 4.2 ms; LeNet's conv1 (0.75 rows) is faster wide.
-WIDE_MIN_EFFICIENCY = 0.75
-WIDE_MAX_WASTED_ROWS = 2.0
-WIDE_IM2COL_BYTES = 1 << 20
-_SLACK_FLOATS = 64   # readable floats after every buffer (ragged GEMM strips)
+_SLACK_FLOATS = SLACK_FLOATS   # readable floats after every buffer (ragged GEMM strips)
 
 
 class _Binder:
@@ -77,333 +62,34 @@ class _Binder:
         return f"b[{self.exprs.index(expr)}]"
 
 
-class _Scratch:
-    """Scratch layout of one kernel: shared regions, then one private slice per thread.
-
-    Offsets are in floats, 64-byte aligned, each region followed by slack."""
-
-    def __init__(self):
-        self.shared = 0
-        self.private = 0
-        self.offsets = {}
-
-    @staticmethod
-    def _size(n):
-        return -(-(int(n) + _SLACK_FLOATS) // 16) * 16
-
-    def add_shared(self, name, n):
-        self.offsets[name] = self.shared
-        self.shared += self._size(n)
-
-    def add_private(self, name, n):
-        self.offsets[name] = self.private
-        self.private += self._size(n)
-
-    def layout(self):
-        return _Context(self.offsets, SH=self.shared, T=max(self.private, 16))
-
-    @staticmethod
-    def floats(layout, nthreads):
-        return layout["SH"] + nthreads * layout["T"] if layout else 0
-
-
-def _round16(n):
-    return -(-int(n) // 16) * 16
-
-
-# -- per-op geometry and support -------------------------------------------------------------------
-def _dense_geometry(n, k, o, inputs, conn=None, kk=1):
-    """Geometry of y[n, o] = x[n, k] W[o, k]^T (Fc, or a convolution covering its input)."""
-    macs = n * k * o
-    g = dict(N=n, K=k, O=o, OLD=_round16(o), inputs=inputs, conn=conn, KK=kk, DOT=n <= 4,
-             PAR=macs >= PARALLEL_MIN_MACS, PARB=2 * macs >= PARALLEL_MIN_MACS)
-    sf, sb = _Scratch(), _Scratch()
-    if len(inputs) > 1:
-        sf.add_shared("XG", n * k)
-        sb.add_shared("XG", n * k)
-        sb.add_shared("DXG", n * k)
-    if g["DOT"]:
-        if conn is not None:
-            sf.add_shared("WM", o * k)
-    else:
-        sf.add_shared("WT", k * g["OLD"])
-    if conn is not None:
-        sb.add_shared("WM", o * k)
-    sb.add_private("EDGE", o * 32)
-    g["sf"], g["sb"] = sf.layout(), sb.layout()
-    return g
-
-
-def _images_per_block(n, p, kg, max_cols=1024, max_col_bytes=512 * 1024):
-    """Images per im2col block: side by side, small maps fill whole 32-wide GEMM strips. Among
-    the block sizes whose im2col matrix stays cache-sized, the one wasting the fewest columns
-    of its last strip (ties: the largest)."""
-    if p >= 256:
-        return 1
-    best, best_waste = 1, None
-    for nb in range(1, n + 1):
-        cols = nb * p
-        if cols > max_cols or 4 * kg * cols > max_col_bytes:
-            break
-        waste = (-cols % 32) / cols
-        if best_waste is None or waste <= best_waste + 1e-9:
-            best, best_waste = nb, waste
-    return best
-
-
-def _kernel_window(graph, node, attrs):
-    """(kh, kw, (sy, sx), (py, px), (dy, dx), groups, mapping) of a Conv / Deconv node, or None
-    when the C kernels do not cover it (negative padding, a connection table with groups)."""
-    groups, mapping = attrs.get("groups", 1), attrs.get("mapping")
-    (py, px) = attrs["padding"]
-    if py < 0 or px < 0 or (mapping is not None and groups != 1):
-        return None
-    wshape = graph.params[graph.node(node).params["weights"]].shape
-    return wshape[2], wshape[3], tuple(attrs["stride"]), (py, px), tuple(attrs["dilation"]), groups, mapping
-
-
-def _conv_geometry(graph, node, attrs, ins, outs):
-    if tuple(attrs.get("sub_sample", (1, 1))) != (1, 1):
-        return None
-    chans = _concat_channels(ins)
-    if chans is None:
-        return None
-    n, _, h, w = ins[0]
-    c = sum(ch["C"] for ch in chans)
-    _, o, ho, wo = outs[0]
-    window = _kernel_window(graph, node, attrs)
-    if window is None:
-        return None
-    kh, kw, (sy, sx), (py, px), (dy, dx), groups, mapping = window
-    conn = None if mapping is None else np.asarray(mapping, dtype=bool).astype(int).tolist()
-    p = ho * wo
-    if p == 1 and h == kh and w == kw and py == 0 and px == 0 and groups == 1:
-        g = _dense_geometry(n, c * kh * kw, o, [{"K": ch["C"] * h * w, "off": ch["off"] * h * w} for ch in chans],
-                            conn, kh * kw)
-        g.update(MODE="fc")
-        return g
-    cg, og = c // groups, o // groups
-    kg = cg * kh * kw
-    macs = n * o * p * kg
-    nb = _images_per_block(n, p, kg)
-    nblk = -(-n // nb)
-    g = dict(N=n, C=c, H=h, W=w, O=o, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
-             G=groups, CG=cg, OG=og, P=p, KG=kg, NB=nb, NBLK=nblk, CLD=_round16(nb * p), conn=conn, inputs=chans,
-             VALID=(py == 0 and px == 0), PAR=nblk >= 2 and macs >= PARALLEL_MIN_MACS,
-             PARB=nblk >= 2 and 2 * macs >= PARALLEL_MIN_MACS)
-    sf, sb = _Scratch(), _Scratch()
-    hp, wp = h + 2 * py, w + 2 * px
-    # the input gradient of a wide convolution is the wide convolution of dz, padded by the
-    # dilated kernel extent minus the padding, with the flipped kernel (needs that padding >= 0)
-    pqy, pqx = (kh - 1) * dy - py, (kw - 1) * dx - px
-    wide_pays = (1 - wo / wp) * og <= WIDE_MAX_WASTED_ROWS or 4 * kg * p > WIDE_IM2COL_BYTES
-    if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= WIDE_MIN_EFFICIENCY and wide_pays \
-            and not (groups > 1 and groups == c == o) and pqy >= 0 and pqx >= 0:
-        # implicit im2col: the GEMM reads shifted windows of the (padded) input planes in place
-        lw = ho * wp
-        hq, wq = h + (kh - 1) * dy, w + (kw - 1) * dx
-        g.update(MODE="wide", Hp=hp, Wp=wp, PS=hp * wp, LW=lw, LWD=-(-lw // 32) * 32, LWK=_round16(lw),
-                 PADDED=py > 0 or px > 0, READ_PAST=(kw - 1) * dx + 64,
-                 Hq=hq, Wq=wq, PSQ=hq * wq, PQY=pqy, PQX=pqx, LWX=h * wq, LWXD=-(-(h * wq) // 32) * 32)
-        plane_floats = cg * hp * wp + 2 * wp + 64
-        if conn is not None:
-            sf.add_shared("WM", o * kg)
-            sb.add_shared("WM", o * kg)
-        sf.add_private("CW", og * g["LWD"])
-        if g["PADDED"]:
-            sf.add_private("XP", plane_floats)
-            sb.add_private("XP", plane_floats)
-        sb.add_shared("WF", o * kg)
-        sb.add_private("DZW", o * g["LWD"])
-        sb.add_private("DZQ", og * hq * wq + 2 * wq + 64)
-        sb.add_private("CWX", cg * g["LWXD"])
-        sb.add_private("DWP", 16 * o * kg)
-        sb.add_private("DBP", o)
-        sb.add_private("DUMMY", h * w)
-    elif groups > 1 and groups == c == o:
-        g["MODE"] = "direct"
-        g["PAR"] = g["PARB"] = n >= 2 and macs >= PARALLEL_MIN_MACS
-        sb.add_private("DUMMY", h * w)
-    else:
-        # padded convolutions copy their inputs into zero-padded planes first (when every
-        # window stays inside them), so that im2col / col2im run without bounds checks
-        planes = (py > 0 or px > 0) and (ho - 1) * sy + (kh - 1) * dy < hp and (wo - 1) * sx + (kw - 1) * dx < wp
-        g.update(MODE="image", PLANES=planes, Hp=hp, Wp=wp, PS=hp * wp)
-        if conn is not None:
-            sf.add_shared("WM", o * kg)
-            sb.add_shared("WM", o * kg)
-        sf.add_private("COL", kg * g["CLD"])
-        if nb > 1:
-            sf.add_private("YB", og * g["CLD"])
-        sb.add_private("COL", kg * g["CLD"])
-        sb.add_private("DZB", o * g["CLD"])
-        sb.add_private("DZT", nb * p * o)
-        sb.add_private("DWT", o * kg)
-        sb.add_private("DBP", o)
-        sb.add_private("DUMMY", h * w)
-        if planes:
-            sf.add_private("XP", cg * nb * hp * wp)
-            sb.add_private("XP", cg * nb * hp * wp)
-            sb.add_private("DXP", cg * nb * hp * wp)
-    g["sf"], g["sb"] = sf.layout(), sb.layout()
-    return g
-
-
-def _deconv_geometry(graph, node, attrs, ins, outs):
-    """A transposed convolution as the convolution whose backward-data pass it is (the roles of
-    input and output swapped), in the geometry of `_conv_geometry`'s image mode."""
-    if len(ins) != 1:
-        return None
-    n, c_in, h, w = ins[0]
-    _, c_out, ho, wo = outs[0]
-    window = _kernel_window(graph, node, attrs)
-    if window is None:
-        return None
-    kh, kw, (sy, sx), (py, px), (dy, dx), groups, mapping = window
-    conn = None if mapping is None else np.asarray(mapping, dtype=bool).T.astype(int).tolist()
-    cg, og = c_out // groups, c_in // groups
-    p = h * w
-    kg = cg * kh * kw
-    macs = n * c_in * p * kg
-    nb = _images_per_block(n, p, kg)
-    nblk = -(-n // nb)
-    g = dict(N=n, C=c_out, H=ho, W=wo, O=c_in, HO=h, WO=w, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
-             G=groups, CG=cg, OG=og, P=p, KG=kg, NB=nb, NBLK=nblk, CLD=_round16(nb * p), conn=conn,
-             inputs=[{"C": c_out, "off": 0}], VALID=(py == 0 and px == 0), MODE="image",
-             PAR=nblk >= 2 and macs >= PARALLEL_MIN_MACS, PARB=nblk >= 2 and 2 * macs >= PARALLEL_MIN_MACS)
-    sf, sb = _Scratch(), _Scratch()
-    for sc in (sf, sb):
-        if conn is not None:
-            sc.add_shared("WM", c_in * kg)
-        sc.add_private("COL", kg * g["CLD"])
-        sc.add_private("XB", c_in * g["CLD"])
-    sb.add_private("YB", og * g["CLD"])
-    sb.add_private("DWP", 16 * c_in * kg)
-    sb.add_private("DBP", c_out)
-    g["sf"], g["sb"] = sf.layout(), sb.layout()
-    return g
+# -- per-op geometry and support: the op's own lowering (OpDef.lower_c) ------------------------------
+def _lower(graph, node, training):
+    """Geometry dict of a forward node for its C template, or an Unsupported saying why it has
+    no C kernel. The checks common to every op come first, then the op is asked."""
+    op = graph.op(node)
+    opdef = op_registry.get(op, node=node)
+    attrs = graph.attrs(node)
+    if not template_exists(f"c/ops/{op}.c.j2"):
+        return Unsupported(f"no C kernel for op {op} (n2d2/templates/c/ops/{op}.c.j2)")
+    bad = [spec[0] for spec in opdef.activations(attrs) if not _activation_ok(spec)]
+    if bad:
+        return Unsupported(f"activation {bad[0]} has no C implementation")
+    types = list(graph.input_types(node)) + list(graph.output_types(node))
+    if any(t.dtype != "float32" for t in types):
+        return Unsupported("tensors are not all float32: " + ", ".join(str(t) for t in types))
+    if attrs.get("weight_quantizer") is not None:
+        return Unsupported("fake-quantized weights: the numpy reference runs it")
+    for role, pname in graph.node(node).params.items():
+        a = graph.params[pname].array
+        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
+            return Unsupported(f"parameter '{role}' is not a C-contiguous float32 numpy array")
+    return opdef.lower_c(graph, node, training)
 
 
 def _geometry(graph, node, training):
     """Geometry dict of a forward node for its C template, or None when it has no C kernel."""
-    op = graph.op(node)
-    attrs = graph.attrs(node)
-    in_types = graph.input_types(node)
-    ins = [t.shape for t in in_types]
-    outs = [t.shape for t in graph.output_types(node)]
-    if not _activation_ok(attrs.get("activation")) or any(t.dtype != "float32" for t in in_types):
-        return None
-    if attrs.get("weight_quantizer") is not None:   # fake-quantized weights: the numpy reference runs it
-        return None
-    if any(t.dtype != "float32" for t in graph.output_types(node)):
-        return None
-    for role, pname in graph.node(node).params.items():
-        a = graph.params[pname].array
-        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
-            return None
-    if op == "Conv":
-        return _conv_geometry(graph, node, attrs, ins, outs)
-    if op == "Deconv":
-        return _deconv_geometry(graph, node, attrs, ins, outs)
-    if op == "Fc":
-        n = ins[0][0]
-        inputs, off = [], 0
-        for s in ins:
-            k = int(np.prod(s[1:]))
-            inputs.append({"K": k, "off": off})
-            off += k
-        return _dense_geometry(n, off, outs[0][1], inputs)
-    if op == "Pool":
-        if len(ins) != 1 or len(ins[0]) != 4:
-            return None
-        n, c, h, w = ins[0]
-        (kh, kw), (sy, sx), (py, px) = attrs["pool"], attrs["stride"], attrs["padding"]
-        ho, wo = outs[0][2], outs[0][3]
-        mapping = attrs.get("mapping")
-        conn = None if mapping is None else np.asarray(mapping, dtype=bool)
-        fits = py == 0 and px == 0 and (ho - 1) * sy + kh <= h and (wo - 1) * sx + kw <= w
-        # TILED: the windows tile the input exactly (each input pixel in exactly one window)
-        tiled = fits and (sy, sx) == (kh, kw) and ho * kh == h and wo * kw == w
-        g = dict(N=n, C=c, O=outs[0][1], H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px,
-                 MAX=attrs["pooling"] == "Max", FITS=fits, TILED=tiled, PAR=n * c * h * w >= PARALLEL_MIN_ELEMENTS,
-                 RW=(wo - 1) * sx + kw)
-        if conn is not None:
-            g["links"] = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
-            g["conn"] = conn.astype(int).tolist()
-        else:
-            g["links"] = None
-        return g
-    if op in ("Activation", "Dropout", "Reshape", "Concat"):
-        chans = _concat_channels(ins) if len(ins) > 1 else [{"C": _nchw(ins[0])[1], "off": 0}]
-        if chans is None:
-            return None
-        n = ins[0][0]
-        size = int(np.prod(outs[0]))
-        inputs, off = [], 0
-        for s in ins:
-            per = int(np.prod(s[1:]))
-            inputs.append({"S": per, "off": off})
-            off += per
-        return dict(N=n, SIZE=size, PER=size // max(n, 1), inputs=inputs, PAR=size >= PARALLEL_MIN_ELEMENTS)
-    if len(ins) != 1 and op not in ("ElemWise", "AddN", "Epilogue"):
-        return None
-    if op == "Softmax":
-        n, c, h, w = _nchw(ins[0])
-        return dict(N=n, C=c, HW=h * w, GS=attrs.get("group_size", 0) or c)
-    if op == "BatchNorm":
-        n, c, h, w = _nchw(ins[0])
-        train = training and attrs["momentum"] != 0.0
-        return dict(N=n, C=c, HW=h * w, M=n * h * w, TRAIN=train, PAR=n * c * h * w >= PARALLEL_MIN_ELEMENTS)
-    if op in ("ElemWise", "Epilogue", "AddN"):
-        n, c, h, w = _nchw(ins[0])
-        if any(tuple(s) != tuple(ins[0]) for s in ins):
-            return None
-        if op == "Epilogue" and any(st[0] == "activation" and not _activation_ok(st[1]) for st in attrs["steps"]):
-            return None
-        size = n * c * h * w
-        return dict(N=n, C=c, HW=h * w, SIZE=size, PAR=size * len(ins) >= PARALLEL_MIN_ELEMENTS)
-    if op == "Padding":
-        n, c, h, w = ins[0]
-        return dict(N=n, C=c, H=h, W=w, HO=outs[0][2], WO=outs[0][3], T=attrs["top"], L=attrs["left"])
-    if op == "Transpose":
-        if len(ins[0]) != 4:
-            return None
-        from n2d2.ops import transpose as transpose_ops
-
-        axes = transpose_ops.numpy_axes(attrs["perm"])
-        shape = tuple(ins[0])
-        strides = [int(np.prod(shape[a + 1:])) for a in range(4)]
-        return dict(IN=shape, OUT=tuple(outs[0]), ISTR=[strides[a] for a in axes], SIZE=int(np.prod(shape)))
-    if op == "Resize":
-        from n2d2.ops import resize as resize_ops
-
-        n, c, h, w = ins[0]
-        ho, wo = attrs["height"], attrs["width"]
-        align = attrs.get("align_corners", True)
-        taps = []
-        for size_out, size_in in ((ho, h), (wo, w)):
-            a = resize_ops.interpolation_matrix(size_out, size_in, attrs["mode"], align)
-            rows = []
-            for r in range(size_out):
-                nz = np.nonzero(a[r])[0].tolist()
-                if len(nz) > 2:
-                    return None
-                nz = (nz + [nz[-1] if nz else 0])[:2] if nz else [0, 0]
-                wts = [float(a[r, nz[0]]), float(a[r, nz[1]])]
-                if nz[1] == nz[0]:   # one tap: two halves (exact), not w * x + 0 * x (Inf * 0 is NaN)
-                    wts = [wts[0] / 2, wts[0] / 2]
-                rows.append((nz[0], nz[1], wts[0], wts[1]))
-            taps.append(rows)
-        return dict(N=n, C=c, H=h, W=w, HO=ho, WO=wo, TH=taps[0], TW=taps[1])
-    if op == "Scaling":
-        scaling = attrs["scaling"]
-        if type(scaling).__name__ != "FloatingPointScaling":
-            return None
-        n, c, h, w = _nchw(ins[0])
-        args = scaling._args
-        return dict(N=n, C=c, HW=h * w, S=[float(v) for v in args["scaling_per_output"]],
-                    CLIP=[float(v) for v in args["clipping"]] if args["is_clipped"] else None)
-    return None
+    g = _lower(graph, node, training)
+    return None if isinstance(g, Unsupported) else g
 
 
 class CProgram:
@@ -430,6 +116,7 @@ class CProgram:
         self.plan = planner.plan(graph, order=order)
         planner.validate(graph, self.plan)
         self.where = {}               # node -> "c" | "numpy"
+        self.fallback_reasons = {}    # forward node -> why it runs on the numpy reference
         self.geometry = {}            # node -> the geometry its C kernel was specialised for
         self.kernels = []
         self.aux_specs = {}           # aux key -> (shape, kind)
@@ -553,9 +240,10 @@ class CProgram:
                 self._add_kernel(index, node, "Grad", body.render(n=ctx), bind)
                 self._scratch_layouts.append(self.geometry[fwd].get("sb"))
                 continue
-            g = _geometry(gr, node, self.training) if template_exists(f"c/ops/{op}.c.j2") else None
-            if g is None:
+            g = _lower(gr, node, self.training)
+            if isinstance(g, Unsupported):
                 self.where[node] = "numpy"
+                self.fallback_reasons[node] = g.reason
                 continue
             self.geometry[node] = g
             ctx = self._forward_context(node, g, bind)

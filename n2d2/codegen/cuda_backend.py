@@ -45,11 +45,10 @@ import numpy as np
 from n2d2.codegen.kernel_data import Buf, forward_context, run_reference
 from n2d2.codegen.kernel_data import Context as _Context
 from n2d2.codegen.kernel_data import activation_ok as _activation_ok
-from n2d2.codegen.kernel_data import concat_channels as _concat_channels
-from n2d2.codegen.kernel_data import nchw as _nchw
 from n2d2.codegen.render import environment, render, template_exists, template_source
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
 
@@ -83,124 +82,35 @@ def _align(n, a=_ALIGN):
     return _ceil(n, a) * a
 
 
-# -- geometry ----------------------------------------------------------------------------------------
-def _conv_geometry(graph, node, attrs, ins, outs):
-    if tuple(attrs.get("sub_sample", (1, 1))) != (1, 1):
-        return None
-    chans = _concat_channels(ins)
-    if chans is None or len(ins[0]) != 4:
-        return None
-    n, _, h, w = ins[0]
-    c = sum(ch["C"] for ch in chans)
-    _, o, ho, wo = outs[0]
-    wshape = graph.params[graph.node(node).params["weights"]].shape
-    groups = attrs.get("groups", 1)
-    mapping = attrs.get("mapping")
-    if mapping is not None and groups != 1:
-        return None
-    (sy, sx), (py, px), (dy, dx) = attrs["stride"], attrs["padding"], attrs["dilation"]
-    kh, kw = int(wshape[2]), int(wshape[3])
-    conn = None
-    if mapping is not None:
-        from n2d2.backend import to_host
-
-        conn = np.asarray(to_host(mapping), dtype=bool).astype(int).tolist()
-    cg, og = c // groups, o // groups
-    g = dict(N=n, C=c, H=h, W=w, O=o, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
-             G=groups, CG=cg, OG=og, P=ho * wo, KHW=kh * kw, KG=cg * kh * kw, inputs=chans, conn=conn)
-    g["MODE"] = "direct" if (groups > 1 and groups == c == o and conn is None) else "gemm"
-    return g
-
-
-def _pool_geometry(attrs, ins, outs):
-    if len(ins) != 1 or len(ins[0]) != 4:
-        return None
-    n, c, h, w = ins[0]
-    (kh, kw), (sy, sx), (py, px) = attrs["pool"], attrs["stride"], attrs["padding"]
-    if py < 0 or px < 0:
-        return None
-    ho, wo = outs[0][2], outs[0][3]
-    mapping = attrs.get("mapping")
-    links = rlinks = None
-    if mapping is not None:
-        from n2d2.backend import to_host
-
-        conn = np.asarray(to_host(mapping), dtype=bool)
-        links = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
-        rlinks = [[o for o in range(conn.shape[1]) if conn[c_, o]] for c_ in range(c)]
-    tiled = py == 0 and px == 0 and (sy, sx) == (kh, kw) and ho * kh == h and wo * kw == w
-    return dict(N=n, C=c, O=outs[0][1], H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px,
-                MAX=attrs["pooling"] == "Max", links=links, rlinks=rlinks, TILED=tiled,
-                NONOVER=links is None and sy >= kh and sx >= kw)
+# -- geometry: the op's own lowering (OpDef.lower_cuda) -----------------------------------------------
+def _lower(graph, node, training, is_param_array):
+    """Geometry dict of a forward node for its CUDA templates, or an Unsupported saying why not.
+    The checks common to every op come first, then the op is asked."""
+    op = graph.op(node)
+    opdef = op_registry.get(op, node=node)
+    attrs = graph.attrs(node)
+    types = list(graph.input_types(node)) + list(graph.output_types(node))
+    if not template_exists(f"cuda/ops/{op}.cu.j2"):
+        return Unsupported(f"no CUDA kernel for op {op} (n2d2/templates/cuda/ops/{op}.cu.j2)")
+    bad = [spec[0] for spec in opdef.activations(attrs) if not _activation_ok(spec)]
+    if bad:
+        return Unsupported(f"activation {bad[0]} has no CUDA implementation")
+    if any(t.dtype != "float32" for t in types):
+        return Unsupported("tensors are not all float32: " + ", ".join(str(t) for t in types))
+    if attrs.get("weight_quantizer") is not None:
+        return Unsupported("fake-quantized weights: the numpy reference runs it")
+    if any(int(np.prod(t.shape)) >= 2 ** 31 for t in types):
+        return Unsupported("a tensor of 2^31 elements or more (32-bit indices)")
+    for role, pname in graph.node(node).params.items():
+        if not is_param_array(graph.params[pname].array):
+            return Unsupported(f"parameter '{role}' is not a device float32 array")
+    return opdef.lower_cuda(graph, node, training)
 
 
 def _geometry(graph, node, training, is_param_array):
-    """Geometry dict of a forward node for its CUDA templates, or None when it has no kernel.
-
-    The C backend's `_geometry` decides for CPU kernels (scratch layouts, thread thresholds,
-    numpy parameters); this one mirrors its decisions of what is supported, for CUDA kernels."""
-    op = graph.op(node)
-    attrs = graph.attrs(node)
-    in_types = graph.input_types(node)
-    out_types = graph.output_types(node)
-    ins = [tuple(t.shape) for t in in_types]
-    outs = [tuple(t.shape) for t in out_types]
-    if not template_exists(f"cuda/ops/{op}.cu.j2") or op == "Update":
-        return None
-    spec = attrs.get("activation")
-    if not _activation_ok(spec) or any(t.dtype != "float32" for t in list(in_types) + list(out_types)):
-        return None
-    if attrs.get("weight_quantizer") is not None:   # fake-quantized weights: the numpy reference runs it
-        return None
-    if any(int(np.prod(s)) >= 2 ** 31 for s in ins + outs):
-        return None
-    for pname in graph.node(node).params.values():
-        if not is_param_array(graph.params[pname].array):
-            return None
-    if op == "Conv":
-        return _conv_geometry(graph, node, attrs, ins, outs)
-    if op == "Fc":
-        inputs, off = [], 0
-        for s in ins:
-            k = int(np.prod(s[1:]))
-            inputs.append({"K": k, "off": off})
-            off += k
-        return dict(N=ins[0][0], K=off, O=outs[0][1], inputs=inputs)
-    if op == "Pool":
-        return _pool_geometry(attrs, ins, outs)
-    if op in ("Activation", "Dropout", "Reshape", "Concat"):
-        if len(ins) > 1 and _concat_channels(ins) is None:
-            return None
-        n = ins[0][0]
-        size = int(np.prod(outs[0]))
-        inputs, off = [], 0
-        for s in ins:
-            per = int(np.prod(s[1:]))
-            inputs.append({"S": per, "off": off})
-            off += per
-        return dict(N=n, SIZE=size, PER=size // max(n, 1), inputs=inputs)
-    if op in ("ElemWise", "Epilogue", "AddN"):
-        if any(tuple(s) != tuple(ins[0]) for s in ins):
-            return None
-        if op == "Epilogue" and any(st[0] == "activation" and not _activation_ok(st[1]) for st in attrs["steps"]):
-            return None
-        n, c, h, w = _nchw(ins[0])
-        return dict(N=n, C=c, HW=h * w, SIZE=n * c * h * w)
-    if len(ins) != 1:
-        return None
-    if op == "Softmax":
-        n, c, h, w = _nchw(ins[0])
-        return dict(N=n, C=c, HW=h * w, GS=attrs.get("group_size", 0) or c)
-    if op == "BatchNorm":
-        n, c, h, w = _nchw(ins[0])
-        return dict(N=n, C=c, HW=h * w, M=n * h * w, SIZE=n * c * h * w,
-                    TRAIN=bool(training and attrs["momentum"] != 0.0))
-    if op == "Padding":
-        if len(ins[0]) != 4:
-            return None
-        n, c, h, w = ins[0]
-        return dict(N=n, C=c, H=h, W=w, HO=outs[0][2], WO=outs[0][3], T=attrs["top"], L=attrs["left"])
-    return None
+    """Geometry dict of a forward node for its CUDA templates, or None when it has no kernel."""
+    g = _lower(graph, node, training, is_param_array)
+    return None if isinstance(g, Unsupported) else g
 
 
 # -- launch planning --------------------------------------------------------------------------------
@@ -262,109 +172,28 @@ def _reduction_splits(c, m):
     return max(1, min(_ceil(2 * SMS, c), _ceil(m, 4 * THREADS)))
 
 
+class _Launch:
+    """The launch helpers an op's CUDA plan is written with (OpDef.plan_cuda_forward / _backward)."""
+
+    THREADS = THREADS
+    ceil = staticmethod(_ceil)
+    kernel = staticmethod(_kernel)
+    elementwise = staticmethod(_elementwise)
+    reduction_splits = staticmethod(_reduction_splits)
+
+    @staticmethod
+    def gemm(*args, **kwargs):
+        return _gemm(*args, **kwargs)
+
+
 def _plan_forward(op, n, g):
     """Kernel specs of a forward node (in launch order)."""
-    if op == "Conv":
-        if g["MODE"] == "direct":
-            return [_elementwise("fwd_direct", g["N"] * g["O"] * g["P"])]
-        return _gemm("fwd_gemm", g["OG"], g["N"] * g["P"], g["KG"], g["G"], a_kfast=True, b_kfast=False)
-    if op == "Fc":
-        return _gemm("fwd_gemm", g["N"], g["O"], g["K"], a_kfast=True, b_kfast=True)
-    if op == "Pool":
-        return [_elementwise("fwd", g["N"] * g["O"] * g["HO"] * g["WO"])]
-    if op in ("Activation", "Dropout", "Reshape", "Concat"):
-        single = len(g["inputs"]) == 1
-        specs = []
-        for i, inp in enumerate(g["inputs"]):
-            if op == "Concat" and n.aliased[i]:
-                continue
-            if op in ("Activation", "Reshape", "Concat") and single and n.act is None and n.x[0].offset == n.y.offset:
-                continue
-            specs.append(_elementwise("fwd", g["N"] * inp["S"], inp=i, single=single, PER=g["PER"], **inp))
-        return specs
-    if op in ("ElemWise", "Epilogue", "AddN"):
-        return [_elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
-    if op == "Softmax":
-        return [_elementwise("fwd", g["N"] * (g["C"] // g["GS"]) * g["HW"])]
-    if op == "BatchNorm":
-        specs = []
-        if g["TRAIN"]:
-            s = _reduction_splits(g["C"], g["M"])
-            part = "((double *)(arena + N2D2_SCRATCH_OFF))"
-            specs.append(_kernel("stats", (g["C"] * s, 1, 1), barrier=True, S=s, CH=_ceil(g["M"], s), part=part,
-                                 scratch=16 * g["C"] * s))
-            specs.append(_kernel("finalize", (_ceil(g["C"], THREADS), 1, 1), S=s, part=part))
-        specs.append(_elementwise("norm", g["SIZE"], C=g["C"], HW=g["HW"]))
-        return specs
-    if op == "Padding":
-        return [_elementwise("fwd", g["N"] * g["C"] * g["HO"] * g["WO"])]
-    raise GraphError(f"no CUDA kernel plan for op {op}")
+    return op_registry.get(op).plan_cuda_forward(n, g, _Launch)
 
 
 def _plan_backward(op, n, g):
     """Kernel specs of the Grad node of a forward node (`n.fwd` holds the forward context)."""
-    f = n.fwd
-    if op in ("Conv", "Fc"):
-        specs = []
-        if f.act is not None:
-            specs.append(_elementwise("bwd_act", n.dy.size))
-        if "biases" in n.dp:
-            if op == "Conv":
-                specs.append(_kernel("bwd_bias", (g["O"], 1, 1), barrier=True, N=g["N"], C=g["O"], P=g["P"]))
-            else:
-                specs.append(_kernel("bwd_bias", (g["O"], 1, 1), barrier=True, N=g["N"], C=g["O"], P=1))
-        if op == "Conv":
-            direct = g["MODE"] == "direct"
-            if "weights" in n.dp:
-                if direct:
-                    specs.append(_kernel("bwd_weights_direct", (g["O"] * g["KHW"], 1, 1), barrier=True))
-                else:
-                    specs += _gemm("bwd_weights_gemm", g["OG"], g["KG"], g["N"] * g["P"], g["G"], split=True,
-                                   a_kfast=True, b_kfast=True)
-            if n.need_dx:
-                if direct:
-                    specs.append(_elementwise("bwd_data_direct", g["N"] * g["C"] * g["H"] * g["W"]))
-                else:
-                    specs += _gemm("bwd_data_gemm", g["CG"], g["N"] * g["H"] * g["W"], g["OG"] * g["KHW"], g["G"],
-                                   a_kfast=True, b_kfast=False)
-        else:
-            if "weights" in n.dp:
-                specs += _gemm("bwd_weights_gemm", g["O"], g["K"], g["N"], split=True, a_kfast=False, b_kfast=False)
-            if n.need_dx:
-                specs += _gemm("bwd_data_gemm", g["N"], g["K"], g["O"], a_kfast=True, b_kfast=False)
-        return specs
-    if op == "Pool":
-        if n.dx[0] is None:
-            return []
-        if g["NONOVER"]:
-            specs = [] if g["TILED"] else [_elementwise("bwd_zero", g["N"] * g["C"] * g["H"] * g["W"])]
-            return specs + [_elementwise("bwd_windows", g["N"] * g["C"] * g["HO"] * g["WO"])]
-        return [_elementwise("bwd_gather", g["N"] * g["C"] * g["H"] * g["W"])]
-    if op in ("Activation", "Dropout", "Reshape", "Concat"):
-        return [_elementwise("bwd", g["N"] * inp["S"], inp=i, single=len(g["inputs"]) == 1, PER=g["PER"], **inp)
-                for i, inp in enumerate(g["inputs"]) if n.dx[i] is not None]
-    if op in ("ElemWise", "Epilogue"):
-        return [_elementwise("bwd", g["SIZE"], C=g["C"], HW=g["HW"])]
-    if op == "Softmax":
-        if f.a.get("with_loss"):
-            return [_elementwise("bwd_copy", n.dy.size)]
-        return [_elementwise("bwd", g["N"] * (g["C"] // g["GS"]) * g["HW"])]
-    if op == "BatchNorm":
-        s = _reduction_splits(g["C"], g["M"])
-        part = "((double *)(arena + N2D2_SCRATCH_OFF))"
-        specs = [_kernel("bwd_stats", (g["C"] * s, 1, 1), barrier=True, S=s, CH=_ceil(g["M"], s), part=part,
-                         scratch=16 * g["C"] * s),
-                 _kernel("bwd_finalize", (_ceil(g["C"], THREADS), 1, 1), S=s, part=part)]
-        if n.dx[0] is not None:
-            specs.append(_elementwise("bwd_dx", g["SIZE"], C=g["C"], HW=g["HW"]))
-        return specs
-    if op == "Padding":
-        return [_elementwise("bwd", g["N"] * g["C"] * g["H"] * g["W"])]
-    raise GraphError(f"no CUDA backward kernel plan for op {op}")
-
-
-_BACKWARD_OPS = ("Conv", "Fc", "Pool", "Activation", "Dropout", "Reshape", "Concat", "ElemWise", "Epilogue",
-                 "Softmax", "BatchNorm", "Padding")
+    return op_registry.get(op).plan_cuda_backward(n, g, _Launch)
 
 
 # -- devices -----------------------------------------------------------------------------------------
@@ -629,6 +458,7 @@ class CudaProgram:
         self.plan = planner.plan(graph, order=order, alignment=_ALIGN)
         planner.validate(graph, self.plan)
         self.where = {}               # node -> "cuda" | "numpy"
+        self.fallback_reasons = {}    # forward node -> why it runs on the numpy reference
         self.kernels = []             # launch specs with their rendered bodies, in render order
         self._node_kernels = {}       # node -> [kernel spec]
         self.aux_offset = _align(self.plan.arena_bytes)
@@ -712,7 +542,7 @@ class CudaProgram:
                 if self.where.get(fwd) != "cuda":
                     self.where[node] = "numpy"
                     continue
-                if fop not in _BACKWARD_OPS:
+                if not op_registry.get(fop).cuda_backward:
                     raise GraphError(f"node '{node}': the forward node '{fwd}' ({fop}) runs as a CUDA kernel but "
                                      "has no CUDA backward")
                 attrs = gr.attrs(node)
@@ -723,8 +553,8 @@ class CudaProgram:
                     k += need
                 dp = _Context({r: outs[k + i] for i, r in enumerate(attrs["roles"])})
                 fctx = forward_ctx[fwd]
-                if fop == "BatchNorm":   # its dx needs dscale and dbias even when they are frozen
-                    for role in ("scales", "biases"):
+                if op_registry.get(fop).needs_all_param_grads:   # e.g. BatchNorm's dx needs dscale, dbias
+                    for role in op_registry.get(fop).trainable:
                         if role not in dp:
                             dp[role] = _Context(ptr=self._aux_slot(f"{node}.d{role}", (fctx.g["C"],), "grad"),
                                                 size=fctx.g["C"])
@@ -732,9 +562,10 @@ class CudaProgram:
                                need_dx=any(d is not None for d in dx), name=node)
                 self._add_kernels(index, node, fop, _plan_backward(fop, ctx, fctx.g), ctx, of=fwd)
                 continue
-            g = _geometry(gr, node, self.training, self.device.is_array)
-            if g is None:
+            g = _lower(gr, node, self.training, self.device.is_array)
+            if isinstance(g, Unsupported):
                 self.where[node] = "numpy"
+                self.fallback_reasons[node] = g.reason
                 continue
             ctx = self._forward_context(node, g)
             forward_ctx[node] = ctx

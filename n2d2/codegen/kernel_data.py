@@ -8,6 +8,8 @@ Where a node has no kernel, both backends run its numpy reference over the same 
 """
 import numpy as np
 
+from n2d2.ir import ops as op_registry
+from n2d2.ir.lowering import Context, concat_channels, nchw  # noqa: F401  (the backends import them from here)
 from n2d2.ir.types import GraphError
 
 # Activations the C and CUDA templates implement (c/activation.c.j2, cuda/common.cu.j2).
@@ -24,16 +26,6 @@ class Buf:
         self.ptr = ptr or f"((float *)(arena + {self.offset}))"
 
 
-class Context(dict):
-    """Attribute-style dict for templates (a missing key is undefined, so `is defined` works)."""
-
-    def __getattr__(self, key):
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-
 def activation(spec):
     """An IR activation spec (name, params) as template data ({"name", params...}), or None."""
     if spec is None:
@@ -44,46 +36,6 @@ def activation(spec):
 
 def activation_ok(spec):
     return spec is None or spec[0] in SUPPORTED_ACTIVATIONS
-
-
-def nchw(shape):
-    """A shape padded / cut to 4 dimensions (N, C, H, W)."""
-    s = tuple(shape) + (1,) * (4 - len(shape))
-    return s[:4]
-
-
-def concat_channels(ins):
-    """[{C, off}] of inputs concatenated along channels (None if batch / H / W differ)."""
-    first = nchw(ins[0])
-    out, off = [], 0
-    for s in ins:
-        s4 = nchw(s)
-        if s4[0] != first[0] or s4[2:] != first[2:]:
-            return None
-        out.append({"C": s4[1], "off": off})
-        off += s4[1]
-    return out
-
-
-def coef(c):
-    """A float, or a list of floats (per channel; a 1-element list is a scalar)."""
-    if isinstance(c, (list, tuple)):
-        return float(c[0]) if len(c) == 1 else [float(v) for v in c]
-    return float(c)
-
-
-def epilogue_steps(steps):
-    """Epilogue steps as template data: per-channel coefficients become tables."""
-    out = []
-    for i, step in enumerate(steps):
-        kind = step[0]
-        if kind == "activation":
-            out.append(Context(kind=kind, act=activation(step[1]), id=i))
-        elif kind == "add":
-            out.append(Context(kind=kind, k=int(step[1]), w=coef(step[2]), s=coef(step[3]), id=i))
-        else:
-            out.append(Context(kind=kind, c=coef(step[1]), id=i))
-    return out
 
 
 def forward_context(graph, node, g, training, plan, buf, param, aux_slot, stats_kind):
@@ -97,14 +49,8 @@ def forward_context(graph, node, g, training, plan, buf, param, aux_slot, stats_
         p=Context({r: param(p) for r, p in d.params.items()}),
         a=Context(d.attrs), act=activation(d.attrs.get("activation")), g=Context(g),
         training=training, aux=Context())
-    if d.op == "Dropout" and training:
-        ctx.aux["mask"] = aux_slot(f"{node}.mask", graph.output_types(node)[0].shape, "dropout")
-    if d.op == "BatchNorm" and g.get("TRAIN"):
-        ctx.aux["stats"] = aux_slot(f"{node}.stats", (2 * g["C"],), stats_kind)
-    if d.op == "Concat":
-        ctx["aliased"] = list(plan.concat_aliased.get(node, [False] * len(ctx.x)))
-    if d.op == "Epilogue":
-        ctx["steps"] = epilogue_steps(d.attrs["steps"])
+    op_registry.get(d.op, node=node).kernel_context(ctx, graph, node, g, training, plan, aux_slot, stats_kind,
+                                                    activation)
     return ctx
 
 

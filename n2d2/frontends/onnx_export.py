@@ -378,18 +378,18 @@ class _Exporter:
         raise self.error(f"ElemWise operation '{op}' has no ONNX export")
 
     def _op_Scaling(self, attrs, ins):
-        scaling = attrs["scaling"]
-        if type(scaling).__name__ != "FloatingPointScaling":
-            raise self.error(f"{type(scaling).__name__} (integer arithmetic) has no exact ONNX equivalent")
+        spec = attrs["scaling"]
+        if spec[0] != "FloatingPoint":
+            raise self.error(f"{spec[0]}Scaling (integer arithmetic) has no exact ONNX equivalent")
         x, first = self.joined(ins, True) if len(ins) > 1 else (ins[0][0], True)
         rank = 4 if len(ins) > 1 else ins[0][1]
-        a = scaling._args
-        if a["is_clipped"]:
+        scales, clipping = spec[1], spec[2]
+        if clipping is not None:
             x = self.step("Max", [x, self.const(f"{self.current}/zero", np.float32(0.0))], "low", first)
-            x = self.step("Min", [x, self.coefficient(a["clipping"], rank, f"{self.current}/clipping")], "high",
+            x = self.step("Min", [x, self.coefficient(list(clipping), rank, f"{self.current}/clipping")], "high",
                           False)
             first = False
-        y = self.step("Mul", [x, self.coefficient(a["scaling_per_output"], rank, f"{self.current}/scale")], "scale",
+        y = self.step("Mul", [x, self.coefficient(list(scales), rank, f"{self.current}/scale")], "scale",
                       first)
         return y, rank, False
 

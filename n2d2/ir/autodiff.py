@@ -16,6 +16,7 @@ gradient to its inputs; its own parameters are still trained.
 A `Grad` node calls its forward op's `backward` with the context saved by that forward node in
 the same run; executors pass it through (see `n2d2.codegen.numpy_exec`).
 """
+from n2d2.ir import lowering
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph, GraphError
 from n2d2.ir.types import TensorType
@@ -144,6 +145,15 @@ class AddN(op_registry.OpDef):
         for x in xs[2:]:
             total += x
         return total, None
+
+    def lower_c(self, graph, node, training):
+        return lowering.same_shape_geometry(lowering.shapes(graph, node)[0])
+
+    def lower_cuda(self, graph, node, training):
+        return lowering.same_shape_geometry(lowering.shapes(graph, node)[0], par=False)
+
+    def plan_cuda_forward(self, n, g, k):
+        return [k.elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
 
 
 @op_registry.register

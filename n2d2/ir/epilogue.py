@@ -16,6 +16,8 @@ chain of two-input sums gives identical results. Backward gives the gradient of 
 input. All inputs share input 0's shape.
 """
 from n2d2.backend import array_module
+from n2d2.ir import lowering as low
+from n2d2.ir.lowering import Context
 from n2d2.ir.ops import OpDef, activation_backward, activation_forward, register
 
 STEP_KINDS = ("scale", "bias", "add", "activation")
@@ -96,6 +98,25 @@ class Epilogue(OpDef):
         dxs[0] = dz
         return [d if need else None for d, need in zip(dxs, needs)], {}
 
+    def activations(self, attrs):
+        return [step[1] for step in attrs["steps"] if step[0] == "activation"] + super().activations(attrs)
+
+    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
+        ctx["steps"] = template_steps(graph.attrs(node)["steps"], activation)
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        return low.same_shape_geometry(low.shapes(graph, node)[0])
+
+    def lower_cuda(self, graph, node, training):
+        return low.same_shape_geometry(low.shapes(graph, node)[0], par=False)
+
+    def plan_cuda_forward(self, n, g, k):
+        return [k.elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
+
+    def plan_cuda_backward(self, n, g, k):
+        return [k.elementwise("bwd", g["SIZE"], C=g["C"], HW=g["HW"])]
+
 
 def describe(steps) -> str:
     """A short text of a step list, for dumps and logs."""
@@ -109,3 +130,25 @@ def describe(steps) -> str:
         else:
             parts.append(f"{step[0]}{step[1]}")
     return " -> ".join(parts)
+
+
+def _template_coef(c):
+    """A float, or a list of floats (per channel; a 1-element list is a scalar)."""
+    if isinstance(c, (list, tuple)):
+        return float(c[0]) if len(c) == 1 else [float(v) for v in c]
+    return float(c)
+
+
+def template_steps(steps, activation):
+    """Epilogue steps as template data (per-channel coefficients become tables); `activation`
+    turns a spec into its template data (n2d2.codegen.kernel_data.activation)."""
+    out = []
+    for i, step in enumerate(steps):
+        kind = step[0]
+        if kind == "activation":
+            out.append(Context(kind=kind, act=activation(step[1]), id=i))
+        elif kind == "add":
+            out.append(Context(kind=kind, k=int(step[1]), w=_template_coef(step[2]), s=_template_coef(step[3]), id=i))
+        else:
+            out.append(Context(kind=kind, c=_template_coef(step[1]), id=i))
+    return out

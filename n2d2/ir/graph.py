@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
+from n2d2.ir import ops as op_registry
 from n2d2.ir.types import GraphError, TensorType
 
 
@@ -66,7 +67,11 @@ class Graph:
         """Add node `name` fed by `inputs` = [(src, out_index) or src] in slot order."""
         if name in self.nx:
             raise GraphError(f"node '{name}' already exists")
-        self.nx.add_node(name, op=op, attrs=dict(attrs or {}), params=dict(params or {}),
+        attrs = dict(attrs or {})
+        opdef = op_registry.find(op)
+        if opdef is not None:   # IR attributes are plain data (e.g. a scaling object's spec)
+            attrs = opdef.plain_attrs(attrs)
+        self.nx.add_node(name, op=op, attrs=attrs, params=dict(params or {}),
                          outputs=list(outputs or []))
         for slot, src in enumerate(inputs):
             src, out = (src, 0) if isinstance(src, str) else src
@@ -78,8 +83,6 @@ class Graph:
 
     def add_op(self, name, op, inputs, attrs=None, params=None) -> str:
         """Add a node whose output types are inferred from its op's shape rule."""
-        from n2d2.ir import ops as op_registry
-
         self.add_node(name, op, inputs, attrs, params)
         try:
             self.nx.nodes[name]["outputs"] = op_registry.get(op, node=name).infer(self, name)

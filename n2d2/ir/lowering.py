@@ -171,3 +171,67 @@ def kernel_window(graph, node, attrs):
         return Unsupported(f"a connection table with {groups} groups")
     wshape = graph.params[graph.node(node).params["weights"]].shape
     return wshape[2], wshape[3], tuple(attrs["stride"]), (py, px), tuple(attrs["dilation"]), groups, mapping
+
+
+# -- geometries shared by several ops ------------------------------------------------------------------
+def copy_geometry(ins, outs, par=True):
+    """Geometry of an op that copies its inputs, laid end to end per sample, into its output
+    (Activation, Dropout, Reshape, Concat: templates with one loop per input)."""
+    if len(ins) > 1 and concat_channels(ins) is None:
+        return Unsupported(f"inputs {[list(s) for s in ins]} differ on batch or H, W")
+    n = ins[0][0]
+    size = int(np.prod(outs[0]))
+    g = dict(N=n, SIZE=size, PER=size // max(n, 1), inputs=flat_inputs(ins))
+    if par:
+        g["PAR"] = size >= PARALLEL_MIN_ELEMENTS
+    return g
+
+
+def same_shape_geometry(ins, par=True):
+    """Geometry of an elementwise op over same-shape inputs (ElemWise, Epilogue, AddN)."""
+    if any(tuple(s) != tuple(ins[0]) for s in ins):
+        return Unsupported(f"inputs of different shapes {[list(s) for s in ins]} (no broadcasting kernel)")
+    n, c, h, w = nchw(ins[0])
+    size = n * c * h * w
+    g = dict(N=n, C=c, HW=h * w, SIZE=size)
+    if par:
+        g["PAR"] = size * len(ins) >= PARALLEL_MIN_ELEMENTS
+    return g
+
+
+def one_input(ins, op):
+    """None when the node has one input, else the Unsupported saying the kernel takes one."""
+    if len(ins) != 1:
+        return Unsupported(f"{op} kernels take one input, the node has {len(ins)} (a concatenation)")
+    return None
+
+
+class CopyLowering:
+    """Lowering of the ops that copy their inputs, laid end to end per sample, to their output
+    (then apply their fused activation / mask): Activation, Dropout, Reshape, Concat. A mixin
+    placed before OpDef in the bases."""
+
+    #: no forward kernel when the single input already is the output (planned in place) and no
+    #: activation applies
+    copy_in_place = True
+
+    def lower_c(self, graph, node, training):
+        return copy_geometry(*shapes(graph, node))
+
+    def lower_cuda(self, graph, node, training):
+        return copy_geometry(*shapes(graph, node), par=False)
+
+    def plan_cuda_forward(self, n, g, k):
+        single = len(g["inputs"]) == 1
+        specs = []
+        for i, inp in enumerate(g["inputs"]):
+            if n.get("aliased") and n.aliased[i]:   # a Concat input planned inside the output
+                continue
+            if self.copy_in_place and single and n.act is None and n.x[0].offset == n.y.offset:
+                continue
+            specs.append(k.elementwise("fwd", g["N"] * inp["S"], inp=i, single=single, PER=g["PER"], **inp))
+        return specs
+
+    def plan_cuda_backward(self, n, g, k):
+        return [k.elementwise("bwd", g["N"] * inp["S"], inp=i, single=len(g["inputs"]) == 1, PER=g["PER"], **inp)
+                for i, inp in enumerate(g["inputs"]) if n.dx[i] is not None]

@@ -83,6 +83,11 @@ class OpDef:
     PROPERTIES = ("elementwise", "carries_activation", "epilogue_anchor", "epilogue_member", "keeps_sign",
                   "passthrough", "folds_batchnorm", "onnx_names", "ini_names", "quantized")
 
+    def plain_attrs(self, attrs: dict) -> dict:
+        """The node's attributes as plain data (Graph.add_node stores what this returns): an op
+        whose attributes may arrive as live objects converts them here."""
+        return attrs
+
     def preserves_sign(self, attrs) -> bool:
         """`keeps_sign` for a node with these attributes (an op may depend on them)."""
         return self.keeps_sign
@@ -197,9 +202,10 @@ class OpDef:
     #: its compiled backward writes the gradient of every trainable role (frozen ones get a buffer)
     needs_all_param_grads = False
 
-    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind):
+    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
         """Add the op's own entries (aux buffers, ...) to the template context `ctx` of a forward
-        node (see n2d2.codegen.kernel_data.forward_context)."""
+        node (see n2d2.codegen.kernel_data.forward_context, which passes `activation`, the
+        converter of an activation spec to template data)."""
 
 
 class _QuantizedSaved:
@@ -291,11 +297,17 @@ def load_all():
         importlib.import_module("n2d2.ir.registry")
 
 
-def get(name, node=None) -> OpDef:
+def find(name):
+    """The OpDef of op `name`, or None when no module defines it."""
     op = _REGISTRY.get(name)
-    if op is None:
+    if op is None and not _LOADED:
         load_all()
         op = _REGISTRY.get(name)
+    return op
+
+
+def get(name, node=None) -> OpDef:
+    op = find(name)
     if op is None:
         where = f"node '{node}': " if node else ""
         raise GraphError(f"{where}unknown op '{name}' (known: {', '.join(sorted(_REGISTRY))})")

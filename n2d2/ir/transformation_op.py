@@ -11,6 +11,8 @@ from n2d2.ops import transformation as ops
 
 @register
 class Transformation(OpDef):
+    """attrs: transformation (an n2d2.transform object); no gradient to parameters."""
+
     name = "Transformation"
 
     def _infer(self, attrs, in_shapes, param_shapes):

@@ -18,3 +18,6 @@ class Activation(Concat):
 
     def chain_steps(self, attrs, nb_inputs, slot, first_input):
         return ([], []) if nb_inputs == 1 else None   # the pass appends its activation
+
+    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
+        pass   # no aliased inputs (Concat's): it computes

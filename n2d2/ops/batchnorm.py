@@ -6,6 +6,7 @@ and folds them into the moving averages; test mode normalises with the moving av
 import numpy as np
 
 from n2d2.backend import array_module
+from n2d2.ir import lowering as low
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -120,3 +121,44 @@ class BatchNorm(OpDef):
         dx, dscale, dbias = backward(dy, ctx, params["scales"])
         grads = {"scales": dscale.astype(np.float32), "biases": dbias.astype(np.float32)}
         return _split_channels(dx, shapes, needs), grads
+
+    needs_all_param_grads = True   # its dx needs dscale and dbias even when they are frozen
+
+    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
+        if g.get("TRAIN"):   # the batch statistics, saved for the backward
+            ctx.aux["stats"] = aux_slot(f"{node}.stats", (2 * g["C"],), stats_kind)
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        ins, _ = low.shapes(graph, node)
+        n, c, h, w = low.nchw(ins[0])
+        train = training and graph.attrs(node)["momentum"] != 0.0
+        return low.one_input(ins, self.name) or \
+            dict(N=n, C=c, HW=h * w, M=n * h * w, TRAIN=train, PAR=n * c * h * w >= low.PARALLEL_MIN_ELEMENTS)
+
+    def lower_cuda(self, graph, node, training):
+        ins, _ = low.shapes(graph, node)
+        n, c, h, w = low.nchw(ins[0])
+        return low.one_input(ins, self.name) or dict(N=n, C=c, HW=h * w, M=n * h * w, SIZE=n * c * h * w,
+                                                     TRAIN=bool(training and graph.attrs(node)["momentum"] != 0.0))
+
+    def plan_cuda_forward(self, n, g, k):
+        specs = []
+        if g["TRAIN"]:
+            s = k.reduction_splits(g["C"], g["M"])
+            part = "((double *)(arena + N2D2_SCRATCH_OFF))"
+            specs.append(k.kernel("stats", (g["C"] * s, 1, 1), barrier=True, S=s, CH=k.ceil(g["M"], s), part=part,
+                                  scratch=16 * g["C"] * s))
+            specs.append(k.kernel("finalize", (k.ceil(g["C"], k.THREADS), 1, 1), S=s, part=part))
+        specs.append(k.elementwise("norm", g["SIZE"], C=g["C"], HW=g["HW"]))
+        return specs
+
+    def plan_cuda_backward(self, n, g, k):
+        s = k.reduction_splits(g["C"], g["M"])
+        part = "((double *)(arena + N2D2_SCRATCH_OFF))"
+        specs = [k.kernel("bwd_stats", (g["C"] * s, 1, 1), barrier=True, S=s, CH=k.ceil(g["M"], s), part=part,
+                          scratch=16 * g["C"] * s),
+                 k.kernel("bwd_finalize", (k.ceil(g["C"], k.THREADS), 1, 1), S=s, part=part)]
+        if n.dx[0] is not None:
+            specs.append(k.elementwise("bwd_dx", g["SIZE"], C=g["C"], HW=g["HW"]))
+        return specs

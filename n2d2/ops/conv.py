@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from n2d2.backend import array_module
+from n2d2.backend import array_module, to_host
+from n2d2.ir import lowering as low
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -659,3 +661,148 @@ class Conv(OpDef):
         ctx, shapes = saved
         dx, dw, db = conv2d_backward(dy, ctx, need_dx=any(needs), need_dw=True)
         return _convolution_grads(dx, dw, db, shapes, needs)
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        """One GEMM over the batch ("fc": the kernel covers the input), im2col blocks of images
+        ("image"), in-place windows for stride 1 ("wide"), or direct loops (depthwise, "direct")."""
+        attrs = graph.attrs(node)
+        ins, outs = low.shapes(graph, node)
+        if tuple(attrs.get("sub_sample", (1, 1))) != (1, 1):
+            return Unsupported(f"sub-sampling {list(attrs['sub_sample'])}")
+        chans = low.concat_channels(ins)
+        if chans is None:
+            return Unsupported(f"inputs {[list(s) for s in ins]} differ on batch or H, W")
+        n, _, h, w = ins[0]
+        c = sum(ch["C"] for ch in chans)
+        _, o, ho, wo = outs[0]
+        window = low.kernel_window(graph, node, attrs)
+        if isinstance(window, Unsupported):
+            return window
+        kh, kw, (sy, sx), (py, px), (dy, dx), groups, mapping = window
+        conn = None if mapping is None else np.asarray(mapping, dtype=bool).astype(int).tolist()
+        p = ho * wo
+        if p == 1 and h == kh and w == kw and py == 0 and px == 0 and groups == 1:
+            inputs = [{"K": ch["C"] * h * w, "off": ch["off"] * h * w} for ch in chans]
+            g = low.dense_geometry(n, c * kh * kw, o, inputs, conn, kh * kw)
+            g.update(MODE="fc")
+            return g
+        cg, og = c // groups, o // groups
+        kg = cg * kh * kw
+        macs = n * o * p * kg
+        nb = low.images_per_block(n, p, kg)
+        nblk = -(-n // nb)
+        g = dict(N=n, C=c, H=h, W=w, O=o, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
+                 G=groups, CG=cg, OG=og, P=p, KG=kg, NB=nb, NBLK=nblk, CLD=low.round16(nb * p), conn=conn, inputs=chans,
+                 VALID=(py == 0 and px == 0), PAR=nblk >= 2 and macs >= low.PARALLEL_MIN_MACS,
+                 PARB=nblk >= 2 and 2 * macs >= low.PARALLEL_MIN_MACS)
+        sf, sb = low.Scratch(), low.Scratch()
+        hp, wp = h + 2 * py, w + 2 * px
+        # the input gradient of a wide convolution is the wide convolution of dz, padded by the
+        # dilated kernel extent minus the padding, with the flipped kernel (needs that padding >= 0)
+        pqy, pqx = (kh - 1) * dy - py, (kw - 1) * dx - px
+        wide_pays = (1 - wo / wp) * og <= low.WIDE_MAX_WASTED_ROWS or 4 * kg * p > low.WIDE_IM2COL_BYTES
+        if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= low.WIDE_MIN_EFFICIENCY and wide_pays \
+                and not (groups > 1 and groups == c == o) and pqy >= 0 and pqx >= 0:
+            # implicit im2col: the GEMM reads shifted windows of the (padded) input planes in place
+            lw = ho * wp
+            hq, wq = h + (kh - 1) * dy, w + (kw - 1) * dx
+            g.update(MODE="wide", Hp=hp, Wp=wp, PS=hp * wp, LW=lw, LWD=-(-lw // 32) * 32, LWK=low.round16(lw),
+                     PADDED=py > 0 or px > 0, READ_PAST=(kw - 1) * dx + 64,
+                     Hq=hq, Wq=wq, PSQ=hq * wq, PQY=pqy, PQX=pqx, LWX=h * wq, LWXD=-(-(h * wq) // 32) * 32)
+            plane_floats = cg * hp * wp + 2 * wp + 64
+            if conn is not None:
+                sf.add_shared("WM", o * kg)
+                sb.add_shared("WM", o * kg)
+            sf.add_private("CW", og * g["LWD"])
+            if g["PADDED"]:
+                sf.add_private("XP", plane_floats)
+                sb.add_private("XP", plane_floats)
+            sb.add_shared("WF", o * kg)
+            sb.add_private("DZW", o * g["LWD"])
+            sb.add_private("DZQ", og * hq * wq + 2 * wq + 64)
+            sb.add_private("CWX", cg * g["LWXD"])
+            sb.add_private("DWP", 16 * o * kg)
+            sb.add_private("DBP", o)
+            sb.add_private("DUMMY", h * w)
+        elif groups > 1 and groups == c == o:
+            g["MODE"] = "direct"
+            g["PAR"] = g["PARB"] = n >= 2 and macs >= low.PARALLEL_MIN_MACS
+            sb.add_private("DUMMY", h * w)
+        else:
+            # padded convolutions copy their inputs into zero-padded planes first (when every
+            # window stays inside them), so that im2col / col2im run without bounds checks
+            planes = (py > 0 or px > 0) and (ho - 1) * sy + (kh - 1) * dy < hp and (wo - 1) * sx + (kw - 1) * dx < wp
+            g.update(MODE="image", PLANES=planes, Hp=hp, Wp=wp, PS=hp * wp)
+            if conn is not None:
+                sf.add_shared("WM", o * kg)
+                sb.add_shared("WM", o * kg)
+            sf.add_private("COL", kg * g["CLD"])
+            if nb > 1:
+                sf.add_private("YB", og * g["CLD"])
+            sb.add_private("COL", kg * g["CLD"])
+            sb.add_private("DZB", o * g["CLD"])
+            sb.add_private("DZT", nb * p * o)
+            sb.add_private("DWT", o * kg)
+            sb.add_private("DBP", o)
+            sb.add_private("DUMMY", h * w)
+            if planes:
+                sf.add_private("XP", cg * nb * hp * wp)
+                sb.add_private("XP", cg * nb * hp * wp)
+                sb.add_private("DXP", cg * nb * hp * wp)
+        g["sf"], g["sb"] = sf.layout(), sb.layout()
+        return g
+
+    def lower_cuda(self, graph, node, training):
+        """Implicit GEMM ("gemm") or direct loops for depthwise ("direct")."""
+        attrs = graph.attrs(node)
+        ins, outs = low.shapes(graph, node)
+        if tuple(attrs.get("sub_sample", (1, 1))) != (1, 1):
+            return Unsupported(f"sub-sampling {list(attrs['sub_sample'])}")
+        chans = low.concat_channels(ins)
+        if chans is None or len(ins[0]) != 4:
+            return Unsupported(f"inputs {[list(s) for s in ins]} are not NCHW sharing batch, H, W")
+        n, _, h, w = ins[0]
+        c = sum(ch["C"] for ch in chans)
+        _, o, ho, wo = outs[0]
+        wshape = graph.params[graph.node(node).params["weights"]].shape
+        groups = attrs.get("groups", 1)
+        mapping = attrs.get("mapping")
+        if mapping is not None and groups != 1:
+            return Unsupported(f"a connection table with {groups} groups")
+        (sy, sx), (py, px), (dy, dx) = attrs["stride"], attrs["padding"], attrs["dilation"]
+        kh, kw = int(wshape[2]), int(wshape[3])
+        conn = None
+        if mapping is not None:
+            conn = np.asarray(to_host(mapping), dtype=bool).astype(int).tolist()
+        cg, og = c // groups, o // groups
+        g = dict(N=n, C=c, H=h, W=w, O=o, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
+                 G=groups, CG=cg, OG=og, P=ho * wo, KHW=kh * kw, KG=cg * kh * kw, inputs=chans, conn=conn)
+        g["MODE"] = "direct" if (groups > 1 and groups == c == o and conn is None) else "gemm"
+        return g
+
+    def plan_cuda_forward(self, n, g, k):
+        if g["MODE"] == "direct":
+            return [k.elementwise("fwd_direct", g["N"] * g["O"] * g["P"])]
+        return k.gemm("fwd_gemm", g["OG"], g["N"] * g["P"], g["KG"], g["G"], a_kfast=True, b_kfast=False)
+
+    def plan_cuda_backward(self, n, g, k):
+        specs = []
+        if n.fwd.act is not None:
+            specs.append(k.elementwise("bwd_act", n.dy.size))
+        if "biases" in n.dp:
+            specs.append(k.kernel("bwd_bias", (g["O"], 1, 1), barrier=True, N=g["N"], C=g["O"], P=g["P"]))
+        direct = g["MODE"] == "direct"
+        if "weights" in n.dp:
+            if direct:
+                specs.append(k.kernel("bwd_weights_direct", (g["O"] * g["KHW"], 1, 1), barrier=True))
+            else:
+                specs += k.gemm("bwd_weights_gemm", g["OG"], g["KG"], g["N"] * g["P"], g["G"], split=True,
+                                a_kfast=True, b_kfast=True)
+        if n.need_dx:
+            if direct:
+                specs.append(k.elementwise("bwd_data_direct", g["N"] * g["C"] * g["H"] * g["W"]))
+            else:
+                specs += k.gemm("bwd_data_gemm", g["CG"], g["N"] * g["H"] * g["W"], g["OG"] * g["KHW"], g["G"],
+                                a_kfast=True, b_kfast=False)
+        return specs

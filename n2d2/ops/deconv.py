@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from n2d2.ir import lowering as low
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -162,3 +164,40 @@ class Deconv(OpDef):
         ctx, shapes = saved
         dx, dw, db = conv_transpose2d_backward(dy, ctx, need_dx=any(needs))
         return _convolution_grads(dx, dw, db, shapes, needs)
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        """The convolution whose backward-data pass it is (the roles of input and output swapped),
+        in the geometry of Conv's image mode."""
+        attrs = graph.attrs(node)
+        ins, outs = low.shapes(graph, node)
+        if len(ins) != 1:
+            return Unsupported(f"Deconv kernels take one input, the node has {len(ins)}")
+        n, c_in, h, w = ins[0]
+        _, c_out, ho, wo = outs[0]
+        window = low.kernel_window(graph, node, attrs)
+        if isinstance(window, Unsupported):
+            return window
+        kh, kw, (sy, sx), (py, px), (dy, dx), groups, mapping = window
+        conn = None if mapping is None else np.asarray(mapping, dtype=bool).T.astype(int).tolist()
+        cg, og = c_out // groups, c_in // groups
+        p = h * w
+        kg = cg * kh * kw
+        macs = n * c_in * p * kg
+        nb = low.images_per_block(n, p, kg)
+        nblk = -(-n // nb)
+        g = dict(N=n, C=c_out, H=ho, W=wo, O=c_in, HO=h, WO=w, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
+                 G=groups, CG=cg, OG=og, P=p, KG=kg, NB=nb, NBLK=nblk, CLD=low.round16(nb * p), conn=conn,
+                 inputs=[{"C": c_out, "off": 0}], VALID=(py == 0 and px == 0), MODE="image",
+                 PAR=nblk >= 2 and macs >= low.PARALLEL_MIN_MACS, PARB=nblk >= 2 and 2 * macs >= low.PARALLEL_MIN_MACS)
+        sf, sb = low.Scratch(), low.Scratch()
+        for sc in (sf, sb):
+            if conn is not None:
+                sc.add_shared("WM", c_in * kg)
+            sc.add_private("COL", kg * g["CLD"])
+            sc.add_private("XB", c_in * g["CLD"])
+        sb.add_private("YB", og * g["CLD"])
+        sb.add_private("DWP", 16 * c_in * kg)
+        sb.add_private("DBP", c_out)
+        g["sf"], g["sb"] = sf.layout(), sb.layout()
+        return g

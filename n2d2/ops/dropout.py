@@ -6,6 +6,7 @@ trained with dropout sees smaller activations in learn mode than in test mode (i
 import numpy as np
 
 from n2d2.backend import array_module
+from n2d2.ir.lowering import CopyLowering
 from n2d2.ir.ops import (
     _concat,
     _ConcatenatingOp,
@@ -29,13 +30,18 @@ def dropout_backward(dy, mask):
 
 # -- the IR op ------------------------------------------------------------
 @register
-class Dropout(_ConcatenatingOp):
+class Dropout(CopyLowering, _ConcatenatingOp):
     """attrs: dropout (drop probability; kept values are not rescaled, as N2D2)."""
 
     name = "Dropout"
     elementwise = True
     keeps_sign = True
     passthrough = "inference"
+    copy_in_place = False   # a training forward applies its mask
+
+    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
+        if training:
+            ctx.aux["mask"] = aux_slot(f"{node}.mask", graph.output_types(node)[0].shape, "dropout")
 
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)

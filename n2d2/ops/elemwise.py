@@ -11,6 +11,7 @@ resolved from the PerLayer / PerInput / PerChannel coefficient mode by the cell)
                 max (the first NaN), the others get 0.
 """
 from n2d2.backend import array_module
+from n2d2.ir import lowering as low
 from n2d2.ir.ops import (
     OpDef,
     _all_equal,
@@ -144,3 +145,16 @@ class ElemWise(OpDef):
             xs = [None] * len(needs)
         dxs = elemwise_backward(dy, xs, ctx, attrs["operation"], attrs["weights"], attrs["shifts"])
         return [g if n else None for g, n in zip(dxs, needs)], {}
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        return low.same_shape_geometry(low.shapes(graph, node)[0])
+
+    def lower_cuda(self, graph, node, training):
+        return low.same_shape_geometry(low.shapes(graph, node)[0], par=False)
+
+    def plan_cuda_forward(self, n, g, k):
+        return [k.elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
+
+    def plan_cuda_backward(self, n, g, k):
+        return [k.elementwise("bwd", g["SIZE"], C=g["C"], HW=g["HW"])]

@@ -18,6 +18,9 @@ class FakeQuantize(OpDef):
     params = ("quant_param",)
     trainable = ("quant_param",)
 
+    def _infer(self, attrs, in_shapes, param_shapes):
+        return [in_shapes[0]]   # values quantized in place: same shape
+
     def _forward(self, attrs, xs, params, training):
         kind, o = _options(attrs["quantizer"])
         x, p = xs[0], params["quant_param"]

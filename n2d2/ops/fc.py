@@ -1,6 +1,7 @@
 """Fully connected layer: y = x W^T + b over inputs flattened to [N, C*H*W]."""
 import numpy as np
 
+from n2d2.ir import lowering as low
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -65,3 +66,37 @@ class Fc(OpDef):
             out.append(dx[:, offset:offset + size].reshape(s) if need else None)
             offset += size
         return out, grads
+
+    # -- lowering --------------------------------------------------------------------------------
+    def _dense_inputs(self, ins):
+        inputs, off = [], 0
+        for s in ins:
+            k = int(np.prod(s[1:]))
+            inputs.append({"K": k, "off": off})
+            off += k
+        return inputs, off
+
+    def lower_c(self, graph, node, training):
+        ins, outs = low.shapes(graph, node)
+        inputs, k = self._dense_inputs(ins)
+        return low.dense_geometry(ins[0][0], k, outs[0][1], inputs)
+
+    def lower_cuda(self, graph, node, training):
+        ins, outs = low.shapes(graph, node)
+        inputs, k = self._dense_inputs(ins)
+        return dict(N=ins[0][0], K=k, O=outs[0][1], inputs=inputs)
+
+    def plan_cuda_forward(self, n, g, k):
+        return k.gemm("fwd_gemm", g["N"], g["O"], g["K"], a_kfast=True, b_kfast=True)
+
+    def plan_cuda_backward(self, n, g, k):
+        specs = []
+        if n.fwd.act is not None:
+            specs.append(k.elementwise("bwd_act", n.dy.size))
+        if "biases" in n.dp:
+            specs.append(k.kernel("bwd_bias", (g["O"], 1, 1), barrier=True, N=g["N"], C=g["O"], P=1))
+        if "weights" in n.dp:
+            specs += k.gemm("bwd_weights_gemm", g["O"], g["K"], g["N"], split=True, a_kfast=False, b_kfast=False)
+        if n.need_dx:
+            specs += k.gemm("bwd_data_gemm", g["N"], g["K"], g["O"], a_kfast=True, b_kfast=False)
+        return specs

@@ -4,6 +4,8 @@ The backward of pad(t, b, l, r) is pad(-t, -b, -l, -r): the gradient of the kept
 copied back and the gradient of the added border is dropped.
 """
 from n2d2.backend import array_module
+from n2d2.ir import lowering as low
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -59,3 +61,20 @@ class Padding(OpDef):
     def _backward(self, attrs, shapes, dy, needs, params):
         a = attrs
         return _split_channels(pad_backward(dy, a["top"], a["bot"], a["left"], a["right"]), shapes, needs), {}
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        attrs = graph.attrs(node)
+        ins, outs = low.shapes(graph, node)
+        if len(ins) != 1 or len(ins[0]) != 4:
+            return Unsupported(f"Padding kernels take one NCHW input, got {[list(s) for s in ins]}")
+        n, c, h, w = ins[0]
+        return dict(N=n, C=c, H=h, W=w, HO=outs[0][2], WO=outs[0][3], T=attrs["top"], L=attrs["left"])
+
+    lower_cuda = lower_c
+
+    def plan_cuda_forward(self, n, g, k):
+        return [k.elementwise("fwd", g["N"] * g["C"] * g["HO"] * g["WO"])]
+
+    def plan_cuda_backward(self, n, g, k):
+        return [k.elementwise("bwd", g["N"] * g["C"] * g["H"] * g["W"])]

@@ -29,7 +29,9 @@ whole rows first (`_tiles`), which reads memory in order.
 """
 import numpy as np
 
-from n2d2.backend import array_module
+from n2d2.backend import array_module, to_host
+from n2d2.ir import lowering as low
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -350,3 +352,59 @@ class Pool(OpDef):
         else:
             dx = mapped_avg_pool_backward(dy, first, mapping, pool, stride, pad)
         return _split_channels(dx, shapes, needs), {}
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        attrs = graph.attrs(node)
+        ins, outs = low.shapes(graph, node)
+        if len(ins) != 1 or len(ins[0]) != 4:
+            return Unsupported(f"Pool kernels take one NCHW input, got {[list(s) for s in ins]}")
+        n, c, h, w = ins[0]
+        (kh, kw), (sy, sx), (py, px) = attrs["pool"], attrs["stride"], attrs["padding"]
+        ho, wo = outs[0][2], outs[0][3]
+        mapping = attrs.get("mapping")
+        conn = None if mapping is None else np.asarray(mapping, dtype=bool)
+        fits = py == 0 and px == 0 and (ho - 1) * sy + kh <= h and (wo - 1) * sx + kw <= w
+        # TILED: the windows tile the input exactly (each input pixel in exactly one window)
+        tiled = fits and (sy, sx) == (kh, kw) and ho * kh == h and wo * kw == w
+        g = dict(N=n, C=c, O=outs[0][1], H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px,
+                 MAX=attrs["pooling"] == "Max", FITS=fits, TILED=tiled,
+                 PAR=n * c * h * w >= low.PARALLEL_MIN_ELEMENTS, RW=(wo - 1) * sx + kw)
+        if conn is not None:
+            g["links"] = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
+            g["conn"] = conn.astype(int).tolist()
+        else:
+            g["links"] = None
+        return g
+
+    def lower_cuda(self, graph, node, training):
+        attrs = graph.attrs(node)
+        ins, outs = low.shapes(graph, node)
+        if len(ins) != 1 or len(ins[0]) != 4:
+            return Unsupported(f"Pool kernels take one NCHW input, got {[list(s) for s in ins]}")
+        n, c, h, w = ins[0]
+        (kh, kw), (sy, sx), (py, px) = attrs["pool"], attrs["stride"], attrs["padding"]
+        if py < 0 or px < 0:
+            return Unsupported(f"negative padding {[py, px]}")
+        ho, wo = outs[0][2], outs[0][3]
+        mapping = attrs.get("mapping")
+        links = rlinks = None
+        if mapping is not None:
+            conn = np.asarray(to_host(mapping), dtype=bool)
+            links = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
+            rlinks = [[o for o in range(conn.shape[1]) if conn[c_, o]] for c_ in range(c)]
+        tiled = py == 0 and px == 0 and (sy, sx) == (kh, kw) and ho * kh == h and wo * kw == w
+        return dict(N=n, C=c, O=outs[0][1], H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px,
+                    MAX=attrs["pooling"] == "Max", links=links, rlinks=rlinks, TILED=tiled,
+                    NONOVER=links is None and sy >= kh and sx >= kw)
+
+    def plan_cuda_forward(self, n, g, k):
+        return [k.elementwise("fwd", g["N"] * g["O"] * g["HO"] * g["WO"])]
+
+    def plan_cuda_backward(self, n, g, k):
+        if n.dx[0] is None:
+            return []
+        if g["NONOVER"]:
+            specs = [] if g["TILED"] else [k.elementwise("bwd_zero", g["N"] * g["C"] * g["H"] * g["W"])]
+            return specs + [k.elementwise("bwd_windows", g["N"] * g["C"] * g["HO"] * g["WO"])]
+        return [k.elementwise("bwd_gather", g["N"] * g["C"] * g["H"] * g["W"])]

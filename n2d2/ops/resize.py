@@ -14,6 +14,8 @@ Source coordinate of output index i, scale = in / out:
 import numpy as np
 
 from n2d2.backend import array_module
+from n2d2.ir import lowering as low
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -128,3 +130,29 @@ class Resize(OpDef):
     def _backward(self, attrs, saved, dy, needs, params):
         a_h, a_w, shapes = saved
         return _split_channels(resize_backward(dy, a_h, a_w), shapes, needs), {}
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        """Separable interpolation with at most two taps per output row and column."""
+        attrs = graph.attrs(node)
+        ins, _ = low.shapes(graph, node)
+        if len(ins) != 1 or len(ins[0]) != 4:
+            return Unsupported(f"the Resize kernel takes one NCHW input, got {[list(s) for s in ins]}")
+        n, c, h, w = ins[0]
+        ho, wo = attrs["height"], attrs["width"]
+        align = attrs.get("align_corners", True)
+        taps = []
+        for size_out, size_in in ((ho, h), (wo, w)):
+            a = interpolation_matrix(size_out, size_in, attrs["mode"], align)
+            rows = []
+            for r in range(size_out):
+                nz = np.nonzero(a[r])[0].tolist()
+                if len(nz) > 2:
+                    return Unsupported(f"mode {attrs['mode']} reads {len(nz)} input pixels per output (kernel: 2)")
+                nz = (nz + [nz[-1] if nz else 0])[:2] if nz else [0, 0]
+                wts = [float(a[r, nz[0]]), float(a[r, nz[1]])]
+                if nz[1] == nz[0]:   # one tap: two halves (exact), not w * x + 0 * x (Inf * 0 is NaN)
+                    wts = [wts[0] / 2, wts[0] / 2]
+                rows.append((nz[0], nz[1], wts[0], wts[1]))
+            taps.append(rows)
+        return dict(N=n, C=c, H=h, W=w, HO=ho, WO=wo, TH=taps[0], TW=taps[1])

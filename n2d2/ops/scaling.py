@@ -14,6 +14,8 @@ Backward: exact for floating point; the integer modes use the straight-through e
 their real factor (s / 2^f, 1 / 2^s, (1 + 2^a) / 2^b), zeroed where the input was clipped.
 """
 from n2d2.backend import array_module
+from n2d2.ir import lowering as low
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import (
     _coef,
     _concat,
@@ -111,29 +113,74 @@ def double_shift_backward(dy, x, shift_pairs):
     return dy * _c(factor, dy)
 
 
+def scaling_forward(spec, x):
+    """Apply a plain-data scaling spec (see `Scaling`) to x."""
+    kind, values = spec[0], spec[1]
+    if kind == "FloatingPoint":
+        return floating_point_forward(x, values, spec[2])
+    if kind == "FixedPoint":
+        return fixed_point_forward(x, values, spec[3], spec[2])
+    if kind == "SingleShift":
+        return single_shift_forward(x, values, spec[2])
+    if kind == "DoubleShift":
+        return double_shift_forward(x, values)
+    raise ValueError(f"unknown scaling kind {kind!r} (expected FloatingPoint, FixedPoint, SingleShift, DoubleShift)")
+
+
+def scaling_backward(spec, dy, x):
+    kind, values = spec[0], spec[1]
+    if kind == "FloatingPoint":
+        return floating_point_backward(dy, x, values, spec[2])
+    if kind == "FixedPoint":
+        return fixed_point_backward(dy, x, values, spec[3], spec[2])
+    if kind == "SingleShift":
+        return single_shift_backward(dy, x, values, spec[2])
+    if kind == "DoubleShift":
+        return double_shift_backward(dy, x, values)
+    raise ValueError(f"unknown scaling kind {kind!r} (expected FloatingPoint, FixedPoint, SingleShift, DoubleShift)")
+
+
 # -- the IR op ------------------------------------------------------------
 @register
 class Scaling(_ConcatenatingOp):
-    """attrs: scaling (an `n2d2.scaling` object: its forward/backward per output channel)."""
+    """attrs: scaling, plain data (built by `n2d2.scaling` objects' `ir_spec()`), per output channel:
+    ("FloatingPoint", scales, clipping), ("FixedPoint", scales, clipping, nb_fractional_bits),
+    ("SingleShift", shifts, clipping) or ("DoubleShift", shift_pairs); value lists are tuples,
+    clipping is None when the scaling is not clipped."""
 
     name = "Scaling"
     elementwise = True
     epilogue_member = True
 
+    def plain_attrs(self, attrs):
+        scaling = attrs.get("scaling")
+        if hasattr(scaling, "ir_spec"):   # an n2d2.scaling object
+            attrs = dict(attrs, scaling=scaling.ir_spec())
+        return attrs
+
     def chain_steps(self, attrs, nb_inputs, slot, first_input):
         """An unclipped floating-point scaling: one per-channel `scale` step."""
-        scaling = attrs.get("scaling")
-        if nb_inputs != 1 or type(scaling).__name__ != "FloatingPointScaling":
+        spec = attrs["scaling"]
+        if nb_inputs != 1 or spec[0] != "FloatingPoint" or spec[2] is not None:
             return None
-        args = getattr(scaling, "_args", {})
-        if args.get("is_clipped") or "scaling_per_output" not in args:
-            return None
-        return [("scale", _coef(args["scaling_per_output"]))], []
+        return [("scale", _coef(spec[1]))], []
 
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)
-        return attrs["scaling"].forward(x), (x, [a.shape for a in xs])
+        return scaling_forward(attrs["scaling"], x), (x, [a.shape for a in xs])
 
     def _backward(self, attrs, saved, dy, needs, params):
         x, shapes = saved
-        return _split_channels(attrs["scaling"].backward(dy, x), shapes, needs), {}
+        return _split_channels(scaling_backward(attrs["scaling"], dy, x), shapes, needs), {}
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        """Floating-point scaling only (the integer modes have no kernel)."""
+        spec = graph.attrs(node)["scaling"]
+        ins, _ = low.shapes(graph, node)
+        if spec[0] != "FloatingPoint":
+            return Unsupported(f"{spec[0]}Scaling (integer arithmetic) has no C kernel")
+        n, c, h, w = low.nchw(ins[0])
+        return low.one_input(ins, self.name) or \
+            dict(N=n, C=c, HW=h * w, S=[float(v) for v in spec[1]],
+                 CLIP=None if spec[2] is None else [float(v) for v in spec[2]])

@@ -1,5 +1,6 @@
 """Softmax over channels at each pixel, optionally over consecutive groups of channels."""
 from n2d2.backend import array_module
+from n2d2.ir import lowering as low
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -70,3 +71,19 @@ class Softmax(OpDef):
         else:
             dx = softmax_backward(dy, y, attrs.get("group_size", 0))
         return _split_channels(dx, shapes, needs), {}
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        ins, _ = low.shapes(graph, node)
+        n, c, h, w = low.nchw(ins[0])
+        return low.one_input(ins, self.name) or dict(N=n, C=c, HW=h * w, GS=graph.attrs(node).get("group_size", 0) or c)
+
+    lower_cuda = lower_c
+
+    def plan_cuda_forward(self, n, g, k):
+        return [k.elementwise("fwd", g["N"] * (g["C"] // g["GS"]) * g["HW"])]
+
+    def plan_cuda_backward(self, n, g, k):
+        if n.fwd.a.get("with_loss"):
+            return [k.elementwise("bwd_copy", n.dy.size)]
+        return [k.elementwise("bwd", g["N"] * (g["C"] // g["GS"]) * g["HW"])]

@@ -1,6 +1,7 @@
 """Structural IR ops: graph inputs, channel concatenation, identity, reshape."""
 import numpy as np
 
+from n2d2.ir.lowering import CopyLowering
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -23,11 +24,14 @@ class Input(OpDef):
 
 
 @register
-class Concat(_ConcatenatingOp):
+class Concat(CopyLowering, _ConcatenatingOp):
     """Channel concatenation (an Interface fed to a cell)."""
 
     name = "Concat"
     keeps_sign = True
+
+    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
+        ctx["aliased"] = list(plan.concat_aliased.get(node, [False] * len(ctx.x)))
 
     def _forward(self, attrs, xs, params, training):
         return _concat(xs), [x.shape for x in xs]
@@ -38,6 +42,8 @@ class Concat(_ConcatenatingOp):
 
 @register
 class Identity(OpDef):
+    """y = x (removed by remove_identities; a fused activation makes it an Activation)."""
+
     name = "Identity"
     elementwise = True
     keeps_sign = True
@@ -51,7 +57,7 @@ class Identity(OpDef):
 
 
 @register
-class Reshape(OpDef):
+class Reshape(CopyLowering, OpDef):
     """attrs: shape (per-sample numpy shape, batch kept)."""
 
     name = "Reshape"

@@ -4,7 +4,11 @@ N2D2 defines out.dims()[i] = in.dims()[perm[i]] in its [X, Y, Z, B] order; numpy
 N2D2 axis 3 - j, so the numpy permutation is p[j] = 3 - perm[3 - j]
 (perm [1, 0, 2, 3] -> numpy (0, 1, 3, 2)). N2D2 does not permute the batch: perm[3] == 3.
 """
+import numpy as np
+
 from n2d2.backend import array_module
+from n2d2.ir import lowering as low
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import (
     OpDef,
     _concat,
@@ -55,3 +59,13 @@ class Transpose(OpDef):
 
     def _backward(self, attrs, shapes, dy, needs, params):
         return _split_channels(transpose_backward(dy, attrs["perm"]), shapes, needs), {}
+
+    # -- lowering --------------------------------------------------------------------------------
+    def lower_c(self, graph, node, training):
+        ins, outs = low.shapes(graph, node)
+        if len(ins) != 1 or len(ins[0]) != 4:
+            return Unsupported(f"the Transpose kernel takes one 4-d input, got {[list(s) for s in ins]}")
+        axes = numpy_axes(graph.attrs(node)["perm"])
+        shape = tuple(ins[0])
+        strides = [int(np.prod(shape[a + 1:])) for a in range(4)]
+        return dict(IN=shape, OUT=tuple(outs[0]), ISTR=[strides[a] for a in axes], SIZE=int(np.prod(shape)))

@@ -23,5 +23,5 @@ class Scaling(LazyCell):
         self._args["scaling"].check_channels(channels, self._name)
 
     def _ir_node(self):
-        return "Scaling", {"scaling": self._args["scaling"],
+        return "Scaling", {"scaling": self._args["scaling"].ir_spec(),
                            "activation": activation_spec(self._config["activation"])}, {}

@@ -1,0 +1,248 @@
+"""The op registry: every op is defined once (n2d2/ir/registry.py lists the modules), declares
+what passes and backends ask about, and lowers to C / CUDA or says why not; module-level
+imports of n2d2.ir, n2d2.ops and n2d2.codegen have no cycle; Scaling attributes are plain data."""
+import ast
+import inspect
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from n2d2.codegen import c_backend, numpy_exec
+from n2d2.codegen.render import template_exists
+from n2d2.ir import ops as op_registry
+from n2d2.ir.graph import Graph
+from n2d2.ir.lowering import Unsupported
+from n2d2.ir.passes import fuse_elementwise_chains
+from n2d2.ops import scaling as scaling_ops
+from n2d2.scaling import DoubleShiftScaling, FixedPointScaling, FloatingPointScaling, SingleShiftScaling
+from tests.conftest import rel_err
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OpDef = op_registry.OpDef
+#: ops whose template exists but whose node the backend handles itself (the fused SGD update)
+BACKEND_HANDLED = {"Update"}
+
+
+def _defs():
+    return op_registry.definitions()
+
+
+def _overrides(op, method):
+    return getattr(type(op), method) is not getattr(OpDef, method)
+
+
+# -- the registry ------------------------------------------------------------------------------------
+def test_every_op_is_described():
+    defs = _defs()
+    assert len(defs) > 50
+    for name, op in defs.items():
+        cls = type(op)
+        assert op.name == name
+        # Onnx* ops are documented as a family by their module and base (n2d2.ir.tensor_ops)
+        doc = cls.__dict__.get("__doc__") if not name.startswith("Onnx") else inspect.getdoc(cls)
+        assert doc and doc.strip(), f"op {name} ({cls.__module__}) has no docstring"
+        shape_rule = any(_overrides(op, m) for m in ("_infer", "infer", "infer_types")) or op.elementwise
+        assert shape_rule, f"op {name} has no shape rule"
+        for prop in OpDef.PROPERTIES:
+            value = getattr(op, prop)
+            assert value is None or isinstance(value, (bool, str, tuple)), f"{name}.{prop} = {value!r}"
+        assert op.passthrough in (None, "always", "inference")
+
+
+def test_lowering_is_declared_or_refused_with_a_reason():
+    defs = _defs()
+    for name, op in defs.items():
+        for backend, method, template in (("C", "lower_c", f"c/ops/{name}.c.j2"),
+                                          ("CUDA", "lower_cuda", f"cuda/ops/{name}.cu.j2")):
+            if _overrides(op, method):
+                assert template_exists(template), f"{name}.{method} without its template {template}"
+            else:
+                answer = getattr(op, method)(None, None, False)
+                assert isinstance(answer, Unsupported) and name in answer.reason and not answer
+                assert name in BACKEND_HANDLED or not template_exists(template), \
+                    f"template {template} exists but op {name} has no {method}"
+        if _overrides(op, "lower_cuda"):
+            assert _overrides(op, "plan_cuda_forward"), f"{name} lowers to CUDA without a launch plan"
+        else:
+            assert not op.cuda_backward
+
+
+def test_properties_replace_the_old_op_lists():
+    defs = _defs()
+
+    def having(prop):
+        return {n for n, op in defs.items() if getattr(op, prop)}
+
+    assert having("carries_activation") == {"Conv", "Fc", "Deconv", "ElemWise", "BatchNorm", "Pool"}
+    assert having("epilogue_anchor") == {"Conv", "Fc", "Deconv", "BatchNorm"}
+    assert having("keeps_sign") == {"Identity", "Dropout", "Concat", "Padding", "Reshape", "Transpose",
+                                    "Activation"}
+    assert having("folds_batchnorm") == {"Conv", "Fc", "Deconv"}
+    assert {n for n, op in defs.items() if op.cuda_backward} == {
+        "Conv", "Fc", "Pool", "Activation", "Dropout", "Reshape", "Concat", "ElemWise", "Epilogue", "Softmax",
+        "BatchNorm", "Padding"}
+    assert defs["Pool"].preserves_sign({"mapping": None}) and not defs["Pool"].preserves_sign({"mapping": 1})
+    assert not defs["Conv"].batchnorm_fold_ok({"sub_sample": (2, 1)}) and defs["Conv"].batchnorm_fold_ok({})
+
+
+@pytest.mark.parametrize("name", ["Epilogue", "OnnxAdd", "AddN", "Grad", "Update", "Conv", "Transformation"])
+def test_get_works_in_a_fresh_interpreter(name):
+    code = ("import sys\nfrom n2d2.ir import ops\nop = ops.get(%r)\nprint(type(op).__name__, 'onnx' in sys.modules)"
+            % name)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [name, "False"]   # found, and the onnx package was not needed
+
+
+def test_unknown_op_names_the_node_and_the_known_ops():
+    with pytest.raises(Exception, match=r"node 'n1': unknown op 'Nope' \(known: .*Conv"):
+        op_registry.get("Nope", node="n1")
+
+
+# -- no import cycle -----------------------------------------------------------------------------------
+def _module_name(path):
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _module_level_imports(tree, module, is_package, known):
+    """Modules imported by statements executed at import time (not inside def / class bodies)."""
+    out = set()
+
+    def visit(stmts):
+        for st in stmts:
+            if isinstance(st, ast.Import):
+                out.update(a.name for a in st.names)
+            elif isinstance(st, ast.ImportFrom):
+                base = st.module or ""
+                if st.level:
+                    pkg = module.split(".") if is_package else module.split(".")[:-1]
+                    pkg = pkg[:len(pkg) - st.level + 1]
+                    base = ".".join(pkg + ([base] if base else []))
+                out.add(base)
+                out.update(f"{base}.{a.name}" for a in st.names if f"{base}.{a.name}" in known)
+            elif isinstance(st, (ast.If, ast.Try, ast.With)):
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    for sub in getattr(st, field, []) or []:
+                        visit(sub.body if isinstance(sub, ast.ExceptHandler) else [sub])
+    visit(tree.body)
+    # importing a.b.c runs a/__init__ and a/b/__init__ too, except the packages that contain
+    # this module (they are being imported already: the usual package pattern, not a cycle)
+    for name in list(out):
+        parts = name.split(".")
+        out.update(".".join(parts[:k]) for k in range(1, len(parts)))
+    own = module.split(".")
+    ancestors = {".".join(own[:k]) for k in range(1, len(own) + (1 if is_package else 0))}
+    return {m for m in out if m in known and m != module and m not in ancestors}
+
+
+def test_no_module_level_import_cycle():
+    files = sorted((ROOT / "n2d2").rglob("*.py"))
+    known = {_module_name(p): p for p in files}
+    edges = {m: _module_level_imports(ast.parse(p.read_text()), m, p.name == "__init__.py", known)
+             for m, p in known.items()}
+    scope = ("n2d2.ir", "n2d2.ops", "n2d2.codegen")
+    state, cycles = {}, []
+
+    def dfs(m, stack):
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(edges[m]):
+            if state.get(d) == 1:
+                cycle = stack[stack.index(d):] + [d]
+                if any(c.startswith(scope) for c in cycle):
+                    cycles.append(" -> ".join(cycle))
+            elif d not in state:
+                dfs(d, stack)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(known):
+        if m not in state:
+            dfs(m, [])
+    assert not cycles, "module-level import cycles:\n" + "\n".join(cycles)
+    # and the op modules never import a backend
+    for m, deps in edges.items():
+        if m.startswith(("n2d2.ops", "n2d2.ir")):
+            assert not any(d.startswith("n2d2.codegen") for d in deps), (m, deps)
+
+
+# -- Scaling: plain-data attributes -----------------------------------------------------------------------
+SCALINGS = {
+    "float": FloatingPointScaling([0.5, -1.5, 2.0]),
+    "float_clipped": FloatingPointScaling([0.5, -1.5, 2.0], True, [0.8, 1.2, 0.3]),
+    "fixed": FixedPointScaling(4, [3, -5, 7], True, [2.0, 1.0, 3.0]),
+    "single_shift": SingleShiftScaling([1, 2, 0]),
+    "double_shift": DoubleShiftScaling([(1, 2), (0, 1), (2, 3)]),
+}
+
+
+def _scaling_graph(scaling, rng):
+    g = Graph("s")
+    g.add_input("x", (2, 3, 4, 5), "float32")
+    g.add_op("sc", "Scaling", ["x"], {"scaling": scaling, "activation": None})
+    g.set_outputs(["sc"])
+    return g, {"x": (rng.standard_normal((2, 3, 4, 5)) * 3).astype(np.float32)}
+
+
+@pytest.mark.parametrize("kind", sorted(SCALINGS))
+def test_scaling_attribute_is_plain_data_and_runs_the_reference(kind):
+    rng = np.random.default_rng(3)
+    scaling = SCALINGS[kind]
+    g, feeds = _scaling_graph(scaling, rng)
+    spec = g.attrs("sc")["scaling"]
+    assert isinstance(spec, tuple) and spec == scaling.ir_spec()
+    assert spec == eval(repr(spec))    # plain data: survives a repr round trip
+    (y,) = numpy_exec.run(g, feeds)
+    np.testing.assert_array_equal(y, scaling.forward(feeds["x"]))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(scaling_ops.scaling_backward(spec, dy, feeds["x"]), scaling.backward(dy, feeds["x"]))
+
+
+def test_scaling_c_kernel_reads_the_spec_and_integer_modes_say_why_not():
+    rng = np.random.default_rng(4)
+    for kind in ("float", "float_clipped", "fixed"):
+        g, feeds = _scaling_graph(SCALINGS[kind], rng)
+        ref = numpy_exec.run(g, feeds)[0]
+        p = c_backend.CProgram(g, [g.topological_order()])
+        p.feed(feeds)
+        p.run_phase(0)
+        assert rel_err(p.view(("sc", 0)), ref) < 1e-6
+        if kind == "fixed":
+            assert p.where["sc"] == "numpy" and "FixedPoint" in p.fallback_reasons["sc"]
+        else:
+            assert p.where["sc"] == "c" and "sc" not in p.fallback_reasons
+
+
+def test_epilogue_chain_takes_an_unclipped_floating_point_scaling_only():
+    for kind, joins in (("float", True), ("float_clipped", False), ("single_shift", False)):
+        g = Graph("e")
+        g.add_input("x", (2, 3, 4, 4), "float64")
+        g.add_param("w", np.random.default_rng(0).standard_normal((3, 3, 1, 1)))
+        g.add_op("conv", "Conv", ["x"], {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1,
+                                         "mapping": None, "activation": None}, {"weights": "w"})
+        g.add_op("sc", "Scaling", ["conv"], {"scaling": SCALINGS[kind], "activation": None})
+        g.set_outputs(["sc"])
+        out = fuse_elementwise_chains(g)
+        assert (out.op("sc") == "Epilogue") == joins
+        if joins:
+            assert out.attrs("sc")["steps"] == (("scale", (0.5, -1.5, 2.0)),)
+
+
+def test_c_fallback_reason_is_recorded_for_an_unsupported_conv():
+    rng = np.random.default_rng(5)
+    g = Graph("f")
+    g.add_input("x", (1, 2, 6, 6), "float32")
+    g.add_param("w", rng.standard_normal((3, 2, 3, 3)).astype(np.float32))
+    g.add_op("conv", "Conv", ["x"], {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1,
+                                     "mapping": None, "activation": None, "sub_sample": (2, 2)}, {"weights": "w"})
+    g.set_outputs(["conv"])
+    assert c_backend._geometry(g, "conv", False) is None
+    reason = c_backend._lower(g, "conv", False)
+    assert isinstance(reason, Unsupported) and "sub-sampling" in reason.reason
