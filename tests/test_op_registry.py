@@ -81,6 +81,8 @@ def test_properties_replace_the_old_op_lists():
     assert having("keeps_sign") == {"Identity", "Dropout", "Concat", "Padding", "Reshape", "Transpose",
                                     "Activation"}
     assert having("folds_batchnorm") == {"Conv", "Fc", "Deconv"}
+    assert having("aliases_inputs") == {"Concat"}
+    assert {n for n, op in defs.items() if op.passthrough} == {"Identity", "Activation", "Dropout"}
     assert {n for n, op in defs.items() if op.cuda_backward} == {
         "Conv", "Fc", "Pool", "Activation", "Dropout", "Reshape", "Concat", "ElemWise", "Epilogue", "Softmax",
         "BatchNorm", "Padding"}

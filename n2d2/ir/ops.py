@@ -71,6 +71,9 @@ class OpDef:
     #: "always": the identity on the channel concatenation of its inputs, then its fused
     #: activation (remove_identities); "inference": that only in inference (remove_dropout)
     passthrough = None
+    #: a batch-1 node whose inputs may be planned as channel slices of its output (it then copies
+    #: nothing; the planner's concat aliasing)
+    aliases_inputs = False
     #: a following inference BatchNorm can fold into its weights and biases (fold_batchnorm)
     folds_batchnorm = False
     #: names of the op in other formats, plain data (ONNX op types, INI cell types)
@@ -81,7 +84,7 @@ class OpDef:
 
     #: the property names above, for tools and tests that walk the registry
     PROPERTIES = ("elementwise", "carries_activation", "epilogue_anchor", "epilogue_member", "keeps_sign",
-                  "passthrough", "folds_batchnorm", "onnx_names", "ini_names", "quantized")
+                  "passthrough", "aliases_inputs", "folds_batchnorm", "onnx_names", "ini_names", "quantized")
 
     def plain_attrs(self, attrs: dict) -> dict:
         """The node's attributes as plain data (Graph.add_node stores what this returns): an op

@@ -182,7 +182,7 @@ def _concat_candidates(graph, order) -> list:
     graph_outs = set(graph.outputs)
     found = []
     for name in order:
-        if graph.op(name) != "Concat":
+        if not op_registry.get(graph.op(name), node=name).aliases_inputs:
             continue
         in_types = graph.input_types(name)
         if not in_types or any(len(t.shape) < 2 or t.shape[0] != 1 for t in in_types):
@@ -334,7 +334,7 @@ def validate(graph, plan: Plan) -> bool:
     for src, (cat, off) in plan.concat_slices.items():
         name = cat[0]
         ins = graph.inputs_of(name)
-        if graph.op(name) != "Concat" or src not in ins:
+        if not op_registry.get(graph.op(name), node=name).aliases_inputs or src not in ins:
             raise PlanError(f"concat slice {_tname(src)} in {_tname(cat)}: '{name}' is not a Concat reading it")
         slot = ins.index(src)
         in_types = graph.input_types(name)

@@ -15,6 +15,7 @@ class Activation(Concat):
     elementwise = True
     keeps_sign = True
     passthrough = "always"
+    aliases_inputs = False   # Concat's aliasing does not apply: it computes
 
     def chain_steps(self, attrs, nb_inputs, slot, first_input):
         return ([], []) if nb_inputs == 1 else None   # the pass appends its activation

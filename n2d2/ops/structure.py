@@ -29,6 +29,7 @@ class Concat(CopyLowering, _ConcatenatingOp):
 
     name = "Concat"
     keeps_sign = True
+    aliases_inputs = True
 
     def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
         ctx["aliased"] = list(plan.concat_aliased.get(node, [False] * len(ctx.x)))

@@ -37,9 +37,8 @@ def remove_identities(graph: Graph, mode: str = "inference") -> Graph:
     for name in g.topological_order():
         if blocks_gradient(g, name, mode):
             continue
-        # an always-passthrough op (Identity, Activation) is rewritten; an Activation whose spec
-        # computes something is left alone (drop_passthrough keeps it as it is)
-        if op_registry.get(g.op(name), node=name).passthrough == "always" and \
-                (g.op(name) != "Activation" or is_identity_spec(g.attrs(name).get("activation"))):
+        # an always-passthrough op (Identity, Activation); drop_passthrough leaves an Activation
+        # whose spec computes something as it is
+        if op_registry.get(g.op(name), node=name).passthrough == "always":
             drop_passthrough(g, name)
     return g
