@@ -1,7 +1,8 @@
 """`n2d2.ir`: the graph compiler's middle (graph, op definitions, tracing, passes, planning).
 
-The graph needs networkx (a dependency of the package); the op definitions (`n2d2.ir.ops`)
-and value types do not, so eager cells can run them with numpy only. `ir` never imports
+The graph needs networkx (a dependency of the package); the op base (`n2d2.ir.ops`) and value
+types do not. Every op is found through `n2d2.ir.ops.get`, which loads the op modules listed in
+`n2d2.ir.registry` on first need. `ir` never imports
 `n2d2.cells`: cells describe themselves to the tracer through `_ir_node()`.
 """
 from n2d2.ir.types import GraphError, TensorType

@@ -1,8 +1,10 @@
-"""IR op definitions: for every op type, its arity, shape rule, forward and backward.
+"""The op definition base (`OpDef`) and the registry API (`register`, `get`, `find`, `names`).
 
-The math lives in `n2d2.ops` (the reference); an `OpDef` only marshals a node's attributes,
-inputs and parameters to it. The numpy executor, autodiff and the passes read these
-definitions; the code generators will pair each op with its templates.
+Each op is defined once, in its module of `n2d2/ops/` (listed in `n2d2.ir.registry`): the
+reference math, and an `OpDef` subclass that marshals a node's attributes, inputs and
+parameters to it, declares the properties passes ask (`OpDef.PROPERTIES`) and lowers the node
+for the C and CUDA backends (`lower_c`, `lower_cuda`, `plan_cuda_*`, see n2d2.ir.lowering).
+The numpy executor, autodiff, the passes and the backends ask these definitions, never op names.
 
 Conventions: inputs and outputs are NCHW arrays (batch first); `attrs["activation"]`, when
 present and not None, is an activation spec `(name, ((key, value), ...))` applied after the
@@ -13,7 +15,7 @@ import importlib
 
 import numpy as np
 
-from n2d2.backend import array_module
+from n2d2.backend import array_module, to_device
 from n2d2.ir.lowering import Unsupported
 from n2d2.ir.types import GraphError, TensorType
 from n2d2.ops import activation as act_ops
@@ -296,8 +298,8 @@ def load_all():
     """Import every op module listed in `n2d2.ir.registry` (once). Imported by name, not at
     module level: those modules import this one."""
     if not _LOADED:
-        _LOADED.append(True)
         importlib.import_module("n2d2.ir.registry")
+        _LOADED.append(True)
 
 
 def find(name):
@@ -348,8 +350,6 @@ def _mapping_like(attrs, x):
     mapping = attrs.get("mapping")
     if mapping is None:
         return None
-    from n2d2.backend import to_device
-
     return to_device(mapping, array_module(x) is not np)
 
 
@@ -371,10 +371,6 @@ def _coef(v):
 
 def _all_equal(v, value) -> bool:
     return bool(np.all(np.asarray(v, dtype=np.float64) == value))
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
 
 
 def _check_spatial(in_shapes):

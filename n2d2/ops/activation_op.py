@@ -1,8 +1,6 @@
 """The Activation IR op: a fused-activation-only node (the activation table is `n2d2.ir.ops`)."""
 
-from n2d2.ir.ops import (
-    register,
-)
+from n2d2.ir.ops import register
 from n2d2.ops.structure import Concat
 
 

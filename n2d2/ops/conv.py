@@ -29,14 +29,7 @@ import numpy as np
 from n2d2.backend import array_module, to_host
 from n2d2.ir import lowering as low
 from n2d2.ir.lowering import Unsupported
-from n2d2.ir.ops import (
-    OpDef,
-    _concat,
-    _concat_shape,
-    _convolution_grads,
-    _mapping_like,
-    register,
-)
+from n2d2.ir.ops import OpDef, _concat, _concat_shape, _convolution_grads, _mapping_like, register
 
 
 def _pair(value, name):

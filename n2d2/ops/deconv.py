@@ -20,14 +20,7 @@ import numpy as np
 
 from n2d2.ir import lowering as low
 from n2d2.ir.lowering import Unsupported
-from n2d2.ir.ops import (
-    OpDef,
-    _concat,
-    _concat_shape,
-    _convolution_grads,
-    _mapping_like,
-    register,
-)
+from n2d2.ir.ops import OpDef, _concat, _concat_shape, _convolution_grads, _mapping_like, register
 from n2d2.ops import conv as _conv
 
 

@@ -7,12 +7,7 @@ import numpy as np
 
 from n2d2.backend import array_module
 from n2d2.ir.lowering import CopyLowering
-from n2d2.ir.ops import (
-    _concat,
-    _ConcatenatingOp,
-    _split_channels,
-    register,
-)
+from n2d2.ir.ops import _concat, _ConcatenatingOp, _split_channels, register
 
 
 def dropout_mask(rng, shape, dropout: float, dtype=np.float32):

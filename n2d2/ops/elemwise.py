@@ -12,14 +12,8 @@ resolved from the PerLayer / PerInput / PerChannel coefficient mode by the cell)
 """
 from n2d2.backend import array_module
 from n2d2.ir import lowering as low
-from n2d2.ir.ops import (
-    OpDef,
-    _all_equal,
-    register,
-)
-from n2d2.ir.ops import (
-    _coef as _plain_coef,
-)
+from n2d2.ir.ops import OpDef, _all_equal, register
+from n2d2.ir.ops import _coef as _plain_coef
 
 OPERATIONS = ("Sum", "AbsSum", "EuclideanSum", "Prod", "Max")
 

@@ -2,11 +2,7 @@
 import numpy as np
 
 from n2d2.ir import lowering as low
-from n2d2.ir.ops import (
-    OpDef,
-    _concat,
-    register,
-)
+from n2d2.ir.ops import OpDef, _concat, register
 
 
 def fc_forward(x2d, weights, biases=None):

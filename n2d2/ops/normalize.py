@@ -1,12 +1,6 @@
 """L2 normalisation across the channels of each pixel (N2D2's NormalizeCell, `Norm=L2`)."""
 from n2d2.backend import array_module
-from n2d2.ir.ops import (
-    OpDef,
-    _concat,
-    _concat_shape,
-    _split_channels,
-    register,
-)
+from n2d2.ir.ops import OpDef, _concat, _concat_shape, _split_channels, register
 
 EPSILON = 1e-12  # added to the sum of squares: an all-zero pixel stays zero instead of NaN
 

@@ -6,13 +6,7 @@ copied back and the gradient of the added border is dropped.
 from n2d2.backend import array_module
 from n2d2.ir import lowering as low
 from n2d2.ir.lowering import Unsupported
-from n2d2.ir.ops import (
-    OpDef,
-    _concat,
-    _concat_shape,
-    _split_channels,
-    register,
-)
+from n2d2.ir.ops import OpDef, _concat, _concat_shape, _split_channels, register
 
 
 def output_hw(h: int, w: int, top: int, bot: int, left: int, right: int):

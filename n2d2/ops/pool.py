@@ -32,14 +32,7 @@ import numpy as np
 from n2d2.backend import array_module, to_host
 from n2d2.ir import lowering as low
 from n2d2.ir.lowering import Unsupported
-from n2d2.ir.ops import (
-    OpDef,
-    _concat,
-    _concat_shape,
-    _mapping_like,
-    _split_channels,
-    register,
-)
+from n2d2.ir.ops import OpDef, _concat, _concat_shape, _mapping_like, _split_channels, register
 
 
 def output_size(in_size: int, pool: int, stride: int, pad: int) -> int:

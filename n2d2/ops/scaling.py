@@ -16,13 +16,7 @@ their real factor (s / 2^f, 1 / 2^s, (1 + 2^a) / 2^b), zeroed where the input wa
 from n2d2.backend import array_module
 from n2d2.ir import lowering as low
 from n2d2.ir.lowering import Unsupported
-from n2d2.ir.ops import (
-    _coef,
-    _concat,
-    _ConcatenatingOp,
-    _split_channels,
-    register,
-)
+from n2d2.ir.ops import _coef, _concat, _ConcatenatingOp, _split_channels, register
 
 
 def _c(v, like):

@@ -1,13 +1,7 @@
 """Softmax over channels at each pixel, optionally over consecutive groups of channels."""
 from n2d2.backend import array_module
 from n2d2.ir import lowering as low
-from n2d2.ir.ops import (
-    OpDef,
-    _concat,
-    _concat_shape,
-    _split_channels,
-    register,
-)
+from n2d2.ir.ops import OpDef, _concat, _concat_shape, _split_channels, register
 
 
 def _grouped(a, group_size):

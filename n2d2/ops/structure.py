@@ -2,14 +2,7 @@
 import numpy as np
 
 from n2d2.ir.lowering import CopyLowering
-from n2d2.ir.ops import (
-    OpDef,
-    _concat,
-    _concat_shape,
-    _ConcatenatingOp,
-    _split_channels,
-    register,
-)
+from n2d2.ir.ops import OpDef, _concat, _concat_shape, _ConcatenatingOp, _split_channels, register
 
 
 @register

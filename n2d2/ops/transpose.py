@@ -9,13 +9,7 @@ import numpy as np
 from n2d2.backend import array_module
 from n2d2.ir import lowering as low
 from n2d2.ir.lowering import Unsupported
-from n2d2.ir.ops import (
-    OpDef,
-    _concat,
-    _concat_shape,
-    _split_channels,
-    register,
-)
+from n2d2.ir.ops import OpDef, _concat, _concat_shape, _split_channels, register
 
 
 def numpy_axes(perm):
