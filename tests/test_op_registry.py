@@ -248,3 +248,15 @@ def test_c_fallback_reason_is_recorded_for_an_unsupported_conv():
     assert c_backend._geometry(g, "conv", False) is None
     reason = c_backend._lower(g, "conv", False)
     assert isinstance(reason, Unsupported) and "sub-sampling" in reason.reason
+
+
+def test_ini_and_onnx_names_match_the_frontends():
+    from n2d2.frontends.ini.builder import LAYER_TYPES
+    from n2d2.frontends.onnx_import import _Importer
+
+    defs = _defs()
+    ini = {n: op for op in defs.values() for n in op.ini_names}
+    assert set(ini) == set(LAYER_TYPES)   # every INI layer type is one op's, and only those
+    for op in defs.values():
+        for n in op.onnx_names:
+            assert hasattr(_Importer, f"_op_{n}"), f"{op.name}.onnx_names: the ONNX importer has no {n}"

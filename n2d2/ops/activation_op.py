@@ -10,6 +10,8 @@ class Activation(Concat):
     core is Concat's, the activation is applied by OpDef.forward."""
 
     name = "Activation"
+    onnx_names = ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Softplus", "Clip")
+    ini_names = ("Activation",)
     elementwise = True
     keeps_sign = True
     passthrough = "always"

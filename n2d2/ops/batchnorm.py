@@ -83,6 +83,8 @@ class BatchNorm(OpDef):
     (moving statistics, updated in place by a training forward)."""
 
     name = "BatchNorm"
+    onnx_names = ("BatchNormalization",)
+    ini_names = ("BatchNorm",)
     max_inputs = None
     carries_activation = True
     epilogue_anchor = True

@@ -619,6 +619,8 @@ class Conv(OpDef):
     or None); params weights [O, C/groups, kH, kW], biases [O] (optional)."""
 
     name = "Conv"
+    onnx_names = ("Conv",)
+    ini_names = ("Conv",)
     max_inputs = None
     carries_activation = True
     epilogue_anchor = True

@@ -120,6 +120,8 @@ class Deconv(OpDef):
     (bool [C_in, C_out] or None); params weights [C_in, C_out/groups, kH, kW], biases [C_out]."""
 
     name = "Deconv"
+    onnx_names = ("ConvTranspose",)
+    ini_names = ("Deconv",)
     max_inputs = None
     carries_activation = True
     epilogue_anchor = True

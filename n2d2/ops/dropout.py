@@ -29,6 +29,8 @@ class Dropout(CopyLowering, _ConcatenatingOp):
     """attrs: dropout (drop probability; kept values are not rescaled, as N2D2)."""
 
     name = "Dropout"
+    onnx_names = ("Dropout",)
+    ini_names = ("Dropout",)
     elementwise = True
     keeps_sign = True
     passthrough = "inference"

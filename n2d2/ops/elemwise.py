@@ -99,6 +99,8 @@ class ElemWise(OpDef):
     """attrs: operation, weights, shifts (per input: scalar or per-channel list)."""
 
     name = "ElemWise"
+    onnx_names = ("Add", "Sub", "Mul", "Sum", "Max")
+    ini_names = ("ElemWise",)
     max_inputs = None
     elementwise = True
     carries_activation = True

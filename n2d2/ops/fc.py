@@ -26,6 +26,8 @@ class Fc(OpDef):
     """Fully connected over C*H*W; params weights [O, C*H*W], biases [O] (optional)."""
 
     name = "Fc"
+    onnx_names = ("Gemm", "MatMul")
+    ini_names = ("Fc",)
     max_inputs = None
     carries_activation = True
     epilogue_anchor = True

@@ -23,6 +23,7 @@ class Normalize(OpDef):
     """L2 normalisation across channels at each pixel (N2D2's NormalizeCell); no attrs."""
 
     name = "Normalize"
+    ini_names = ("Normalize",)
     max_inputs = None
 
     def _infer(self, attrs, in_shapes, param_shapes):

@@ -38,6 +38,8 @@ class Padding(OpDef):
     """attrs: top, bot, left, right (negative crops)."""
 
     name = "Padding"
+    onnx_names = ("Pad",)
+    ini_names = ("Padding",)
     max_inputs = None
     keeps_sign = True
 

@@ -294,6 +294,8 @@ class Pool(OpDef):
     (None = per channel, else a bool [C, O] array)."""
 
     name = "Pool"
+    onnx_names = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+    ini_names = ("Pool",)
     max_inputs = None
     carries_activation = True
 

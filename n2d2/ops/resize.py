@@ -93,6 +93,8 @@ class Resize(OpDef):
     """attrs: height, width, mode, align_corners."""
 
     name = "Resize"
+    onnx_names = ("Resize", "Upsample")
+    ini_names = ("Resize",)
     max_inputs = None
 
     def _infer(self, attrs, in_shapes, param_shapes):

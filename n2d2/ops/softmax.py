@@ -43,6 +43,8 @@ class Softmax(OpDef):
     """attrs: group_size, with_loss (backward passes the gradient through: fused cross-entropy)."""
 
     name = "Softmax"
+    onnx_names = ("Softmax", "LogSoftmax")
+    ini_names = ("Softmax",)
     max_inputs = None
 
     def _infer(self, attrs, in_shapes, param_shapes):

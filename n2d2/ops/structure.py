@@ -21,6 +21,7 @@ class Concat(CopyLowering, _ConcatenatingOp):
     """Channel concatenation (an Interface fed to a cell)."""
 
     name = "Concat"
+    onnx_names = ("Concat",)
     keeps_sign = True
     aliases_inputs = True
 
@@ -39,6 +40,7 @@ class Identity(OpDef):
     """y = x (removed by remove_identities; a fused activation makes it an Activation)."""
 
     name = "Identity"
+    onnx_names = ("Identity",)
     elementwise = True
     keeps_sign = True
     passthrough = "always"
@@ -55,6 +57,8 @@ class Reshape(CopyLowering, OpDef):
     """attrs: shape (per-sample numpy shape, batch kept)."""
 
     name = "Reshape"
+    onnx_names = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+    ini_names = ("Reshape",)
     max_inputs = None
     keeps_sign = True
 

@@ -40,6 +40,8 @@ class Transpose(OpDef):
     """attrs: perm (N2D2 axes [X, Y, Z, B])."""
 
     name = "Transpose"
+    onnx_names = ("Transpose",)
+    ini_names = ("Transpose",)
     max_inputs = None
     keeps_sign = True
 
