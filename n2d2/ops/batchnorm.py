@@ -105,10 +105,10 @@ class BatchNorm(OpDef):
             y, ctx, mean, var = batchnorm_forward_train(x, params["scales"], params["biases"], eps)
             count = x.shape[0] * x.shape[2] * x.shape[3]
             update_moving_statistics(params["means"], params["variances"], mean, var, attrs["momentum"],
-                                            count, unbiased=attrs.get("unbiased", False))
+                                     count, unbiased=attrs.get("unbiased", False))
             return y, (ctx, True, shapes)
         y, ctx = batchnorm_forward_infer(x, params["scales"], params["biases"], params["means"],
-                                                params["variances"], eps)
+                                         params["variances"], eps)
         return y, (ctx, False, shapes)
 
     def _backward(self, attrs, saved, dy, needs, params):

@@ -642,14 +642,14 @@ class Conv(OpDef):
             raise ValueError(f"weights {list(param_shapes['weights'])} (groups {attrs.get('groups', 1)}) do not "
                              f"match {shape[1]} input channels")
         geom = ConvGeometry(shape, o, (kh, kw), attrs["stride"], attrs["padding"], attrs["dilation"],
-                                     attrs.get("sub_sample", (1, 1)))
+                            attrs.get("sub_sample", (1, 1)))
         return [geom.out_shape]
 
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)
         y, ctx = conv2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
-                                         attrs["padding"], attrs["dilation"], attrs.get("sub_sample", (1, 1)),
-                                         attrs.get("groups", 1), _mapping_like(attrs, x))
+                                attrs["padding"], attrs["dilation"], attrs.get("sub_sample", (1, 1)),
+                                attrs.get("groups", 1), _mapping_like(attrs, x))
         return y, (ctx, [a.shape for a in xs])
 
     def _backward(self, attrs, saved, dy, needs, params):

@@ -151,8 +151,8 @@ class Deconv(OpDef):
     def _forward(self, attrs, xs, params, training):
         x = _concat(xs)
         y, ctx = conv_transpose2d_forward(x, params["weights"], params.get("biases"), attrs["stride"],
-                                                     attrs["padding"], attrs["dilation"], attrs.get("groups", 1),
-                                                     _mapping_like(attrs, x))
+                                          attrs["padding"], attrs["dilation"], attrs.get("groups", 1),
+                                          _mapping_like(attrs, x))
         return y, (ctx, [a.shape for a in xs])
 
     def _backward(self, attrs, saved, dy, needs, params):
