@@ -92,11 +92,11 @@ def test_properties_replace_the_old_op_lists():
 
 @pytest.mark.parametrize("name", ["Epilogue", "OnnxAdd", "AddN", "Grad", "Update", "Conv", "Transformation"])
 def test_get_works_in_a_fresh_interpreter(name):
-    code = ("import sys\nfrom n2d2.ir import ops\nop = ops.get(%r)\nprint(type(op).__name__, 'onnx' in sys.modules)"
-            % name)
+    code = ("import sys\nfrom n2d2.ir import ops\nop = ops.get(%r)\n"
+            "print(type(op).__name__, 'onnx' in sys.modules, 'networkx' in sys.modules)" % name)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [name, "False"]   # found, and the onnx package was not needed
+    assert out.stdout.split() == [name, "False", "False"]   # found, without the onnx package nor networkx
 
 
 def test_unknown_op_names_the_node_and_the_known_ops():

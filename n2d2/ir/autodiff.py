@@ -16,7 +16,6 @@ gradient to its inputs; its own parameters are still trained.
 A `Grad` node calls its forward op's `backward` with the context saved by that forward node in
 the same run; executors pass it through (see `n2d2.codegen.numpy_exec`).
 """
-from n2d2.ir import lowering
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph, GraphError
 from n2d2.ir.types import TensorType
@@ -123,75 +122,3 @@ def build_training_graph(forward: Graph, name=None) -> TrainingGraph:
                            attrs={"param": pname}, params={"param": pname}, outputs=[])
         update_nodes.append(uname)
     return TrainingGraph(g, [n for n in fwd_order], grad_inputs, backward_nodes, update_nodes, param_grads)
-
-
-# -- op definitions of the backward graph ---------------------------------------------------------
-@op_registry.register
-class AddN(op_registry.OpDef):
-    """Sum of same-shape inputs (gradient contributions)."""
-
-    name = "AddN"
-    max_inputs = None
-    elementwise = True
-
-    def _infer(self, attrs, in_shapes, param_shapes):
-        for s in in_shapes[1:]:
-            if s != in_shapes[0]:
-                raise ValueError(f"AddN inputs must share one shape, got {list(in_shapes)}")
-        return [in_shapes[0]]
-
-    def _forward(self, attrs, xs, params, training):
-        total = xs[0] + xs[1]
-        for x in xs[2:]:
-            total += x
-        return total, None
-
-    def lower_c(self, graph, node, training):
-        return lowering.same_shape_geometry(lowering.shapes(graph, node)[0])
-
-    def lower_cuda(self, graph, node, training):
-        return lowering.same_shape_geometry(lowering.shapes(graph, node)[0], par=False)
-
-    def plan_cuda_forward(self, n, g, k):
-        return [k.elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
-
-
-@op_registry.register
-class Grad(op_registry.OpDef):
-    """Backward of the forward node `attrs['of']`; needs that node's saved context."""
-
-    name = "Grad"
-    min_inputs = 2
-    max_inputs = None
-    needs_forward_context = True
-
-    def infer(self, graph, node):
-        return list(graph.output_types(node))
-
-    def run(self, graph, node, xs, saved_of_forward):
-        """Input and parameter gradients, in the node's output order."""
-        attrs = graph.attrs(node)
-        fwd = graph.node(attrs["of"])
-        opdef = op_registry.get(fwd.op, node=attrs["of"])
-        params = {r: graph.params[p].array for r, p in fwd.params.items()}
-        dxs, grads = opdef.backward(fwd.attrs, saved_of_forward, [xs[0]], list(attrs["input_needs"]), params)
-        outs = [dx for dx, n in zip(dxs, attrs["input_needs"]) if n]
-        if any(o is None for o in outs):
-            raise GraphError(f"node '{node}': the backward of '{attrs['of']}' returned no gradient for an input "
-                             "that needs one")
-        return outs + [grads[r] for r in attrs["roles"]]
-
-
-@op_registry.register
-class Update(op_registry.OpDef):
-    """Apply the parameter's solver in place (`attrs['param']`); no output."""
-
-    name = "Update"
-
-    def infer(self, graph, node):
-        return []
-
-    def run_update(self, graph, node, grad, batch_size):
-        pname = graph.attrs(node)["param"]
-        param = graph.params[pname]
-        param.solver.update(param.array, grad, batch_size)

@@ -17,7 +17,6 @@ To add an op, write one module `n2d2/ops/<op>.py` and list it here. It holds:
   converts a live object given at node creation).
 tests/test_op_registry.py checks every op declares these.
 """
-import n2d2.ir.autodiff  # noqa: F401  (AddN, Grad, Update)
 import n2d2.ir.epilogue  # noqa: F401
 import n2d2.ir.tensor_ops  # noqa: F401  (the Onnx* ops)
 import n2d2.ir.transformation_op  # noqa: F401
@@ -29,6 +28,7 @@ import n2d2.ops.dropout  # noqa: F401
 import n2d2.ops.elemwise  # noqa: F401
 import n2d2.ops.fake_quantize  # noqa: F401
 import n2d2.ops.fc  # noqa: F401
+import n2d2.ops.gradient  # noqa: F401  (AddN, Grad, Update)
 import n2d2.ops.normalize  # noqa: F401
 import n2d2.ops.padding  # noqa: F401
 import n2d2.ops.pool  # noqa: F401
@@ -37,12 +37,3 @@ import n2d2.ops.scaling  # noqa: F401
 import n2d2.ops.softmax  # noqa: F401
 import n2d2.ops.structure  # noqa: F401
 import n2d2.ops.transpose  # noqa: F401
-
-#: Every module that registers ops.
-OP_MODULES = (
-    "n2d2.ir.autodiff", "n2d2.ir.epilogue", "n2d2.ir.tensor_ops", "n2d2.ir.transformation_op",
-    "n2d2.ops.activation_op", "n2d2.ops.batchnorm", "n2d2.ops.conv", "n2d2.ops.deconv", "n2d2.ops.dropout",
-    "n2d2.ops.elemwise", "n2d2.ops.fake_quantize", "n2d2.ops.fc", "n2d2.ops.normalize", "n2d2.ops.padding",
-    "n2d2.ops.pool", "n2d2.ops.resize", "n2d2.ops.scaling", "n2d2.ops.softmax", "n2d2.ops.structure",
-    "n2d2.ops.transpose",
-)
