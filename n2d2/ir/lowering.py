@@ -29,15 +29,12 @@ SLACK_FLOATS = 64   # readable floats after every buffer (ragged GEMM strips)
 
 class Unsupported:
     """A lowering's answer when the node has no kernel: `reason` says why (the backend records
-    it and runs the numpy reference). Falsy, so `if not geometry` reads naturally."""
+    it and runs the numpy reference). Test it with isinstance (it is truthy, like a geometry)."""
 
     __slots__ = ("reason",)
 
     def __init__(self, reason: str):
         self.reason = str(reason)
-
-    def __bool__(self):
-        return False
 
     def __repr__(self):
         return f"Unsupported({self.reason!r})"
