@@ -34,6 +34,7 @@ import numpy as np
 
 from n2d2.backend import array_module
 from n2d2.codegen import compiler
+from n2d2.codegen.backends import Backend
 from n2d2.codegen.interpreter import ArenaStore, Interpreter, check_feed
 from n2d2.codegen.kernel_data import Buf, forward_context
 from n2d2.codegen.kernel_data import Context as _Context
@@ -736,6 +737,10 @@ class CProgram:
     def view(self, tensor):
         return self._views[tensor]
 
+    def fetch(self, tensor):
+        """A copy of the tensor's arena view (the arena is reused by the next run)."""
+        return self._views[tensor].copy()
+
     def feed(self, feeds):
         for name, value in feeds.items():
             check_feed(self.graph, name, value)
@@ -1007,4 +1012,27 @@ def available() -> bool:
     return compiler.find_compiler() is not None
 
 
-__all__ = ["CLowering", "CModule", "CProgram", "available", "array_module", "lower", "PARALLEL_MIN_MACS"]
+class CBackend(Backend):
+    """The C backend: `lower` (pure) then a library built by gcc and loaded with ctypes."""
+
+    name = "c"
+    default_models = ("Frame",)
+    preference = 10
+    source_extension = ".c"
+    requirement = "a C compiler (gcc or $CC); none was found"
+
+    def available(self) -> bool:
+        return available()
+
+    def lower(self, graph, phases, training: bool = False, **options) -> CModule:
+        return lower(graph, phases, training, **options)
+
+    def load(self, module, **options) -> CProgram:
+        return CProgram(module.graph, module.phases, module.training, module=module, **options)
+
+
+BACKEND = CBackend()
+
+
+__all__ = ["BACKEND", "CBackend", "CLowering", "CModule", "CProgram", "available", "array_module", "lower",
+           "PARALLEL_MIN_MACS"]

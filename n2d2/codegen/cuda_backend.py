@@ -42,6 +42,7 @@ import subprocess
 
 import numpy as np
 
+from n2d2.codegen.backends import Backend
 from n2d2.codegen.interpreter import ArenaStore, Interpreter, check_feed
 from n2d2.codegen.kernel_data import Buf, forward_context
 from n2d2.codegen.kernel_data import Context as _Context
@@ -53,8 +54,8 @@ from n2d2.ir import planner
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
 
-__all__ = ["CudaLowering", "CudaModule", "CudaProgram", "CupyDevice", "HostEmulator", "available", "compile_check",
-           "CudaCompileError", "NVRTC_OPTIONS", "lower"]
+__all__ = ["BACKEND", "CudaBackend", "CudaLowering", "CudaModule", "CudaProgram", "CupyDevice", "HostEmulator",
+           "available", "compile_check", "CudaCompileError", "NVRTC_OPTIONS", "lower"]
 
 THREADS = 256
 SMS = 132                 # streaming multiprocessors of an H100 / H200: how many blocks keep it busy
@@ -903,6 +904,10 @@ class CudaProgram:
         """The arena view of a tensor (node, output index)."""
         return self._views[tensor]
 
+    def fetch(self, tensor):
+        """A copy of the tensor's arena view, on the device (the arena is reused by the next run)."""
+        return self._views[tensor].copy()
+
     def feed(self, feeds):
         for name, value in feeds.items():
             check_feed(self.graph, name, value)
@@ -1034,6 +1039,34 @@ class CudaProgram:
                 lines.append(f"  {node:40s} {self.graph.op(node):10s} {where:6s} " +
                              ", ".join(f"{k.macro}{list(k.grid)}" for k in ks))
         return "\n".join(lines)
+
+
+class CudaBackend(Backend):
+    """The CUDA backend: `lower` (pure) then NVRTC through CuPy, run on the device."""
+
+    name = "cuda"
+    default_models = ("Frame_CUDA",)
+    preference = 10
+    source_extension = ".cu"
+    requirement = ("CuPy and a visible CUDA device; none was found (install n2d2[gpu] on a GPU machine, or use "
+                   "default_model = 'Frame' / backend 'c' or 'numpy')")
+
+    def available(self) -> bool:
+        return available()
+
+    def lower(self, graph, phases, training: bool = False, device=None, **options) -> CudaModule:
+        """`device` (a CupyDevice or HostEmulator) decides which parameter arrays the kernels can read."""
+        return lower(graph, phases, training, None if device is None else device.is_array)
+
+    def load(self, module, **options) -> CudaProgram:
+        return CudaProgram(module.graph, module.phases, module.training, module=module, **options)
+
+    def program(self, graph, phases, training: bool = False, **options) -> CudaProgram:
+        # the device first: its array kind decides what the lowering may read
+        return CudaProgram(graph, phases, training, **options)
+
+
+BACKEND = CudaBackend()
 
 
 def _sgd_coefficients(solver, param, batch_size, xp):
