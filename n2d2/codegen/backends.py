@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["BACKEND_MODULES", "NAMES", "Backend", "availability", "get", "select"]
+__all__ = ["BACKEND_MODULES", "NAMES", "Backend", "CompiledProgram", "availability", "get", "select"]
 
 #: name -> module defining `BACKEND`, in the order they are listed to users. Imported on use, so
 #: that `import n2d2` loads no backend.
@@ -79,6 +79,37 @@ class Backend:
 
     def __repr__(self):
         return f"<n2d2 backend '{self.name}'>"
+
+
+class CompiledProgram:
+    """What the compiled programs (C, CUDA) share: the lowered module's fields as attributes,
+    every tensor as a view of one arena (`_views`), and an interpreter over those views
+    (`_fallback`) that runs the nodes without a kernel."""
+
+    MODULE_FIELDS = ("graph", "training", "phases", "plan", "where", "kernels", "aux_specs", "source")
+
+    def _adopt(self, module):
+        self.module = module
+        for field in self.MODULE_FIELDS:
+            setattr(self, field, getattr(module, field))
+
+    def view(self, tensor):
+        """The arena view of a tensor (node, output index)."""
+        return self._views[tensor]
+
+    def fetch(self, tensor):
+        """A copy of the tensor's arena view (the arena is reused by the next run)."""
+        return self._views[tensor].copy()
+
+    @property
+    def saved(self) -> dict:
+        """Forward contexts of the nodes that ran on the interpreter (for their Grad nodes)."""
+        return self._fallback.saved
+
+    def _run_numpy(self, node, batch_size):
+        """Run one node without a kernel on the interpreter, over the arena views."""
+        self._fallback.batch_size = batch_size
+        self._fallback.run_node(node)
 
 
 def get(name: str) -> Backend:

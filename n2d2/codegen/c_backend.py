@@ -34,7 +34,7 @@ import numpy as np
 
 from n2d2.backend import array_module
 from n2d2.codegen import compiler
-from n2d2.codegen.backends import Backend
+from n2d2.codegen.backends import Backend, CompiledProgram
 from n2d2.codegen.interpreter import ArenaStore, Interpreter, check_feed
 from n2d2.codegen.kernel_data import Buf, forward_context
 from n2d2.codegen.kernel_data import Context as _Context
@@ -626,7 +626,7 @@ class _Fallback(Interpreter):
             super().run_update(name, opdef, grad)
 
 
-class CProgram:
+class CProgram(CompiledProgram):
     """A graph compiled for the C backend, for a fixed execution order split in phases.
 
     Parameters
@@ -645,19 +645,13 @@ class CProgram:
         and loaded as it is.
     """
 
+    MODULE_FIELDS = CompiledProgram.MODULE_FIELDS + ("geometry",)
+
     def __init__(self, graph, phases, training=False, name=None, profile=None, module=None):
         if module is None:
             module = lower(graph, phases, training)
-        self.module = module
-        self.graph = graph = module.graph
-        self.training = module.training
-        self.phases = module.phases
-        self.plan = module.plan
-        self.where = module.where
-        self.geometry = module.geometry
-        self.kernels = module.kernels
-        self.aux_specs = module.aux_specs
-        self.source = module.source
+        self._adopt(module)
+        graph = self.graph
         self._param_names = module.param_names
         self._segments = module.segments
         self._lib = None
@@ -710,11 +704,6 @@ class CProgram:
         if self._profiling and from_env:
             atexit.register(self.print_profile)
 
-    @property
-    def saved(self) -> dict:
-        """Forward contexts of the nodes that ran on the interpreter (for their Grad nodes)."""
-        return self._fallback.saved
-
 
     def _phase_plan(self):
         """Per phase: the list of items to run: ('c', segment function) or ('py', node)."""
@@ -734,13 +723,6 @@ class CProgram:
         return plans
 
     # -- running ----------------------------------------------------------------------------------
-    def view(self, tensor):
-        return self._views[tensor]
-
-    def fetch(self, tensor):
-        """A copy of the tensor's arena view (the arena is reused by the next run)."""
-        return self._views[tensor].copy()
-
     def feed(self, feeds):
         for name, value in feeds.items():
             check_feed(self.graph, name, value)
@@ -788,12 +770,6 @@ class CProgram:
                 self._run_numpy(item, batch_size)
         if tuner is not None and index == len(self.phases) - 1:
             tuner.end_cycle()
-
-    def _run_numpy(self, node, batch_size):
-        """Run one node without a C kernel on the interpreter, over the arena views."""
-        fallback = self._fallback
-        fallback.batch_size = batch_size
-        fallback.run_node(node)
 
     # -- profiling --------------------------------------------------------------------------------
     def profile(self) -> dict:

@@ -42,7 +42,7 @@ import subprocess
 
 import numpy as np
 
-from n2d2.codegen.backends import Backend
+from n2d2.codegen.backends import Backend, CompiledProgram
 from n2d2.codegen.interpreter import ArenaStore, Interpreter, check_feed
 from n2d2.codegen.kernel_data import Buf, forward_context
 from n2d2.codegen.kernel_data import Context as _Context
@@ -803,7 +803,7 @@ def lower(graph, phases, training=False, is_param_array=None) -> CudaModule:
     return CudaLowering(graph, phases, training, is_param_array).lower()
 
 
-class CudaProgram:
+class CudaProgram(CompiledProgram):
     """A graph compiled for the CUDA backend, for a fixed execution order split in phases.
 
     Parameters
@@ -835,16 +835,8 @@ class CudaProgram:
                                      "GPU (build the cells with default_model = 'Frame_CUDA')")
         if module is None:
             module = lower(graph, phases, training, self.device.is_array)
-        self.module = module
-        self.graph = graph
-        self.training = module.training
-        self.phases = module.phases
-        self.plan = module.plan
-        self.where = module.where
-        self.kernels = module.kernels
+        self._adopt(module)
         self._node_kernels = module.node_kernels
-        self.aux_specs = module.aux_specs
-        self.source = module.source
         self._table_names = module.table_names
         self._updates = module.updates
         self.aux_offset, self.hyper_offset = module.aux_offset, module.hyper_offset
@@ -871,11 +863,6 @@ class CudaProgram:
         self._runs = {}
         self._fallback = Interpreter(graph, ArenaStore(self._views), training=self.training, keep_contexts=False)
 
-    @property
-    def saved(self) -> dict:
-        """Forward contexts of the nodes that ran on the interpreter (for their Grad nodes)."""
-        return self._fallback.saved
-
 
     def _phase_items(self):
         """Per phase: [("k", [specs...]) | ("py", node)], consecutive kernel nodes in one run."""
@@ -900,14 +887,6 @@ class CudaProgram:
         return plans
 
     # -- running ----------------------------------------------------------------------------------
-    def view(self, tensor):
-        """The arena view of a tensor (node, output index)."""
-        return self._views[tensor]
-
-    def fetch(self, tensor):
-        """A copy of the tensor's arena view, on the device (the arena is reused by the next run)."""
-        return self._views[tensor].copy()
-
     def feed(self, feeds):
         for name, value in feeds.items():
             check_feed(self.graph, name, value)
@@ -1002,12 +981,6 @@ class CudaProgram:
                     self._launch(spec)
             graph = self._graphs[key] = self.device.capture(launches)
         self.device.replay(graph)
-
-    def _run_numpy(self, node, batch_size):
-        """Run one node without a kernel on the interpreter, over the arena views."""
-        fallback = self._fallback
-        fallback.batch_size = batch_size
-        fallback.run_node(node)
 
     def synchronize(self):
         self.device.synchronize()
