@@ -304,3 +304,29 @@ def test_deepnet_cell_runs_the_live_pipelines(monkeypatch):
     DeepNetCell._optimize(graph)
     training_graph(graph)
     assert seen == [manager.PIPELINES["live_inference"], manager.PIPELINES["live_training"]]
+
+
+@needs_cc
+def test_c_backward_of_a_batchnorm_with_frozen_scales():
+    """A BatchNorm whose scales and biases are frozen still needs d(scale) and d(bias) for its
+    input gradient: the C lowering gives them scratch buffers (it failed in the template)."""
+    from tests.test_c_backend import _training_outputs, run_c_training, run_numpy_training
+
+    net = Net(seed=6)
+    x = net.source((2, 3, 5, 5))
+    rng = net.rng
+    params = {role: net.param("bnf", role, a, trainable=False) for role, a in (
+        ("scales", rng.uniform(0.5, 1.5, 3)), ("biases", _normal(rng, (3,), 0.2)),
+        ("means", np.zeros(3)), ("variances", np.ones(3)))}
+    net.g.add_op("bnf", "BatchNorm", [x], {"epsilon": 1e-5, "momentum": 0.1, "unbiased": False,
+                                           "activation": RELU}, params)
+    net.output("bnf")
+    tg, seeds = _training_outputs(net)
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    out, program = run_c_training(tg, net.feeds, seeds)
+    assert program.where["bnf"] == "c" and program.where["grad:bnf"] == "c"
+    grads = [t for t in ref if t[0].startswith("grad:")]
+    assert grads
+    for t in grads:
+        assert np.abs(ref[t]).max() > 0
+        assert np.abs(out[t] - ref[t]).max() <= 1e-4 * np.abs(ref[t]).max(), t

@@ -556,6 +556,11 @@ class CLowering:
                     dx.append(outs[k] if need else None)
                     k += need
                 dp = _Context({r: outs[k + i] for i, r in enumerate(attrs["roles"])})
+                if gr.op(fwd) == "BatchNorm":   # its dx needs dscale and dbias even when they are frozen
+                    for role in ("scales", "biases"):
+                        if role not in dp:
+                            c = self.geometry[fwd]["C"]
+                            dp[role] = Buf(0, (c,), self._aux_slot(f"{node}.d{role}", (c,), "grad", bind))
                 ctx = _Context(fwd=fctx, dy=dy, dx=dx, dp=dp, need_dx=any(d is not None for d in dx))
                 body = env.from_string('{% import "c/ops/' + gr.op(fwd) + '.c.j2" as op %}{{ op.backward(n) }}')
                 self._add_kernel(index, node, "Grad", body.render(n=ctx), bind)
