@@ -268,44 +268,6 @@ def _check_exportable(graph):
 
 
 # -- code generation ---------------------------------------------------------------------------------
-class _KernelBuilder:
-    """Node contexts for the forward templates, built by the C backend's own methods.
-
-    `CProgram` builds a context per node from the graph, its plan and a parameter table; the
-    same methods run here over this stand-in (no library is compiled), so the exported kernels
-    read exactly what the in-process C backend's kernels read.
-    """
-
-    def __init__(self, graph, order, plan):
-        self.graph = graph
-        self.training = False
-        self.order = order
-        self.plan = plan
-        self.aux_specs = {}
-        self._param_names = []
-        self._param_index = {}
-
-    def context(self, node, geometry):
-        from n2d2.codegen.c_backend import CProgram
-
-        return CProgram._forward_context(self, node, geometry)
-
-    def _buf(self, tensor):
-        from n2d2.codegen.c_backend import CProgram
-
-        return CProgram._buf(self, tensor)
-
-    def _param(self, pname):
-        from n2d2.codegen.c_backend import CProgram
-
-        return CProgram._param(self, pname)
-
-    def _aux_slot(self, key, shape, kind):
-        from n2d2.codegen.c_backend import CProgram
-
-        return CProgram._aux_slot(self, key, shape, kind)
-
-
 def _render_network(graph) -> dict:
     """Template data of the network: kernels, plan figures, parameters, dims."""
     from n2d2.codegen import c_backend
@@ -317,7 +279,9 @@ def _render_network(graph) -> dict:
     order = schedule(graph)
     plan = planner.plan(graph, order=order)
     planner.validate(graph, plan)
-    builder = _KernelBuilder(graph, order, plan)
+    # the C backend's lowering builds each node's template data (public calls, no compiler): the
+    # exported kernels read exactly what the in-process C backend's kernels read
+    builder = c_backend.CLowering(graph, [order], training=False, plan=plan)
     env = environment()
     kernel_template = env.get_template("export/kernel.c.j2")
     kernels, shared, private, fnames = [], 0, 0, set()
@@ -326,7 +290,7 @@ def _render_network(graph) -> dict:
         if op == "Input":
             continue
         g = _geometry(graph, node)
-        ctx = builder.context(node, g)
+        ctx = builder.forward_context(node, g)
         if builder.aux_specs:
             raise ExportError(f"export_c: node '{node}' (op {op}) needs auxiliary buffers in inference "
                               f"({', '.join(builder.aux_specs)}); the C export has none")
@@ -349,7 +313,7 @@ def _render_network(graph) -> dict:
         "scratch_shared": shared, "scratch_private": private, "scratch_slack": slack,
         "scratch_floats_1": shared + private + slack,
         "set_threads": "n2d2_set_threads" in template_source("c/runtime.c.j2"),
-        "param_names": list(builder._param_names),
+        "param_names": builder.param_names,
         "input": {"offset": plan.offsets[(in_name, 0)], "shape": _chw(in_type.shape), "size": in_type.size},
         "output": {"offset": plan.offsets[out_t], "shape": _chw(out_type.shape), "size": out_type.size},
     }

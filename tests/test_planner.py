@@ -369,8 +369,8 @@ def test_concat_batch1_is_a_no_op_and_batch2_copies():
     assert p.concat_slices[("i0b3", 0)] == (cat, 10 * h * w * 4)
     assert p.offsets[("i0b2", 0)] == p.offsets[("i0b2a", 0)]   # in place, inside the slice
     program = ArenaProgram(g1, p)
-    kind = {name: k for k, name, _ in program._steps}
-    step = next(s for s in program._steps if s[1] == "i0cat")
+    kind = {name: k for k, name, _ in program.steps()}
+    step = next(s for s in program.steps() if s[1] == "i0cat")
     assert kind["i0cat"] == "copy" and step[2] == []
     g2 = inception(2)
     p2 = plan(g2)

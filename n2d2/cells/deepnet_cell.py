@@ -18,22 +18,15 @@ from n2d2.tensor import Tensor
 VALID_METRICS = ("Sensitivity", "Specificity", "Precision", "NegativePredictiveValue", "MissRate", "FallOut",
                  "FalseDiscoveryRate", "FalseOmissionRate", "Accuracy", "F1Score", "Informedness", "Markedness")
 
-# Passes that never rewrite parameter arrays: safe while weights keep changing.
-_LIVE_INFERENCE_PASSES = ("shape_inference", "remove_identities", "remove_dropout", "fold_padding",
-                          "fuse_activation", "dead_node_elimination", "shape_inference")
-# The training pipeline (passes exact for the forward and its gradients, none copying
-# parameters): fused activations and Epilogue chains save passes over the activations.
-_LIVE_TRAINING_PASSES = ("shape_inference", "remove_identities", "fold_padding", "fuse_activation",
-                         "fuse_elementwise_chains", "dead_node_elimination", "shape_inference")
 
 
 def training_graph(graph):
     """The training graph (`n2d2.ir.autodiff.TrainingGraph`) that `DeepNetCell.fit` runs for the
-    traced `graph`: the live training passes first, then autodiff."""
+    traced `graph`: the live training passes first (`PIPELINES["live_training"]`), then autodiff."""
     from n2d2.ir.autodiff import build_training_graph
-    from n2d2.ir.passes.manager import PassManager
+    from n2d2.ir.passes.manager import PIPELINES, PassManager
 
-    return build_training_graph(PassManager(pipeline=list(_LIVE_TRAINING_PASSES), mode="training", log=None).run(graph))
+    return build_training_graph(PassManager(pipeline=PIPELINES["live_training"], mode="training", log=None).run(graph))
 
 
 def rebatch(graph, batch_size: int):
@@ -264,12 +257,13 @@ class DeepNetCell(Iterable):
         """Write the generated sources of the inference and training programs (C or CUDA
         backends) to `directory`; returns the paths written. Each kernel's comment names the
         IR node it comes from."""
+        from n2d2.codegen import backends
         from n2d2.codegen.programs import program_source
         from n2d2.names import file_stem
         from n2d2.utils import write_inside
 
         n = batch_size or self._batch_of(self._graph)
-        extension = {"c": ".c", "cuda": ".cu"}.get(self._backend)
+        extension = backends.get(self._backend).source_extension
         if extension is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': the {self._backend} backend generates no source")
         paths = []
@@ -285,9 +279,9 @@ class DeepNetCell(Iterable):
 
     @staticmethod
     def _optimize(graph):
-        from n2d2.ir.passes.manager import PassManager
+        from n2d2.ir.passes.manager import PIPELINES, PassManager
 
-        return PassManager(pipeline=list(_LIVE_INFERENCE_PASSES), mode="inference", log=None).run(graph)
+        return PassManager(pipeline=PIPELINES["live_inference"], mode="inference", log=None).run(graph)
 
     def memory_report(self, batch_size=None, verbose=True) -> dict:
         """Planned arena bytes vs naive (one buffer per tensor) and the lower bound, for

@@ -1,19 +1,19 @@
 """An executor that runs a graph over ONE preallocated arena, following a buffer plan.
 
-It exists to exercise plans for real, before any compiled backend relies on them: every
-tensor is a numpy view into the arena at its planned offset, each op's reference forward
-(`n2d2.ir.ops`) reads its input views, and its result is written into its planned output
-view (`view[...] = result`), so in-place outputs really overwrite their inputs and concat
-producers really write into their concat's slices (a fully aliased Concat does nothing). If
-the plan were wrong, a later op would read overwritten data and the outputs would differ
-from `numpy_exec.run`'s.
+It exists to exercise plans for real, before any compiled backend relies on them: it is the
+interpreter (`n2d2.codegen.interpreter`) over an arena store, where every tensor is a numpy
+view into the arena at its planned offset, each op's reference forward reads its input views,
+and its result is written into its planned output view (`view[...] = result`), so in-place
+outputs really overwrite their inputs and concat producers really write into their concat's
+slices (a fully aliased Concat does nothing). If the plan were wrong, a later op would read
+overwritten data and the outputs would differ from `numpy_exec.run`'s.
 
 Training graphs (`n2d2.ir.autodiff`) run too: a `Grad` node gets the context its forward
-node saved earlier in the same run (as in `numpy_exec.Session`), and an `Update` node applies
-its solver to its gradient's view. Those contexts may point into the arena; autodiff makes
-every forward input and output an input of the Grad node, so liveness keeps them intact until
-the Grad has run (and they can then no longer be overwritten in place). Contexts are dropped
-once their Grad has run, and at the end of a run.
+node saved earlier in the same run, and an `Update` node applies its solver to its gradient's
+view. Those contexts may point into the arena; autodiff makes every forward input and output
+an input of the Grad node, so liveness keeps them intact until the Grad has run (and they can
+then no longer be overwritten in place). Contexts are dropped once their Grad has run, and at
+the end of a run.
 
 numpy only (the arena is host memory).
 """
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from n2d2.ir import ops as op_registry
-from n2d2.ir.types import GraphError
+from n2d2.codegen.interpreter import ArenaStore, Interpreter
 
 __all__ = ["ArenaProgram"]
 
 
-class ArenaProgram:
+class ArenaProgram(Interpreter):
     """A graph bound to one arena and a plan; `run` may be called many times.
 
     Parameters
@@ -41,7 +40,6 @@ class ArenaProgram:
     def __init__(self, graph, plan=None, check: bool = True):
         from n2d2.ir import planner
 
-        self.graph = graph
         self.plan = planner.plan(graph) if plan is None else plan
         if check:
             planner.validate(graph, self.plan)
@@ -59,79 +57,59 @@ class ArenaProgram:
                                             f"{self.plan.arena_bytes}-byte arena")
                 flat = self.arena[off:off + tt.nbytes].view(np.dtype(tt.dtype))
                 self.views[(name, idx)] = flat.reshape(tt.shape)
-        self._grad_of = {graph.attrs(n)["of"] for n in graph.nodes() if graph.op(n) == "Grad"}
-        self._steps = [self._compile(name) for name in self.plan.order]
-
-    def _compile(self, name):
-        g = self.graph
-        node = g.node(name)
-        ins = [self.views[t] for t in g.inputs_of(name)]
-        outs = [self.views[(name, i)] for i in range(len(node.outputs))]
-        if node.op == "Input":
-            return ("input", name, outs[0])
-        flags = self.plan.concat_aliased.get(name, ())
-        if node.op == "Concat" and any(flags) and name not in self._grad_of:
-            # Producers wrote their slices already; copy only the inputs that could not alias.
-            copies, c0 = [], 0
-            for x, aliased in zip(ins, flags):
+        super().__init__(graph, ArenaStore(self.views), keep_contexts=False, release_contexts=True)
+        # Concats whose producers wrote (some of) their slices already: copy only the others
+        self._concat_copies = {}
+        for name, flags in self.plan.concat_aliased.items():
+            if graph.op(name) != "Concat" or not any(flags) or name in self.grad_of:
+                continue
+            out, copies, c0 = self.views[(name, 0)], [], 0
+            for src, aliased in zip(graph.inputs_of(name), flags):
+                x = self.views[src]
                 c1 = c0 + x.shape[1]
                 if not aliased:
-                    copies.append((x, outs[0][:, c0:c1]))
+                    copies.append((x, out[:, c0:c1]))
                 c0 = c1
-            return ("copy", name, copies)
-        opdef = op_registry.get(node.op, node=name)
-        if node.op == "Update":
-            return ("update", name, (opdef, ins))
-        if getattr(opdef, "needs_forward_context", False):
-            return ("grad", name, (opdef, node.attrs["of"], ins, outs))
-        return ("op", name, (opdef, node.attrs, node.params, ins, outs))
+            self._concat_copies[name] = copies
 
-    def _store(self, name, opdef, ys, outs):
-        if len(ys) != len(outs):
-            raise GraphError(f"node '{name}' ({opdef.name}): produced {len(ys)} outputs, "
-                             f"the graph declares {len(outs)}")
-        for i, (y, view) in enumerate(zip(ys, outs)):
-            if tuple(y.shape) != view.shape:
-                raise GraphError(f"node '{name}' ({opdef.name}): output {i} has shape {list(y.shape)}, "
-                                 f"the graph declares {list(view.shape)}")
-            view[...] = y
+    def steps(self) -> list:
+        """How each node of the plan's order runs: (kind, node, data) with kind "input",
+        "update", "grad", "op", or "copy" for a Concat whose producers wrote their slices (data:
+        the (source view, destination slice) pairs still copied; [] when fully aliased)."""
+        out = []
+        for name in self.plan.order:
+            op = self.graph.op(name)
+            if op == "Input":
+                out.append(("input", name, self.views[(name, 0)]))
+            elif name in self._concat_copies:
+                out.append(("copy", name, self._concat_copies[name]))
+            elif op == "Update":
+                out.append(("update", name, None))
+            elif op == "Grad":
+                out.append(("grad", name, self.graph.attrs(name)["of"]))
+            else:
+                out.append(("op", name, None))
+        return out
+
+    def run_forward(self, name, d, opdef, xs):
+        copies = self._concat_copies.get(name)
+        if copies is None:
+            super().run_forward(name, d, opdef, xs)
+            return
+        for src, dst in copies:
+            dst[...] = src
 
     def run(self, feeds: dict, training: bool = False) -> list:
         """Evaluate the graph on `feeds` {input name: array}; returns copies of the outputs."""
-        g = self.graph
-        batch_size = 1
-        for name, value in feeds.items():
-            if name not in g.inputs:
-                raise GraphError(f"graph '{g.name}': '{name}' is not an input (inputs: {', '.join(g.inputs)})")
-            if np.ndim(value):
-                batch_size = int(np.shape(value)[0])
-        for name in g.inputs:
-            if name not in feeds:
-                raise GraphError(f"graph '{g.name}': no value fed for input '{name}'")
-        saved = {}
-        for kind, name, data in self._steps:
-            if kind == "input":
-                x = np.asarray(feeds[name])
-                if x.shape != data.shape:
-                    raise ValueError(f"graph '{g.name}': input '{name}' has shape {list(x.shape)}, "
-                                     f"the plan expects {list(data.shape)}")
-                data[...] = x
-            elif kind == "copy":
-                for src, dst in data:
-                    dst[...] = src
-            elif kind == "update":
-                opdef, ins = data
-                opdef.run_update(g, name, ins[0], batch_size)
-            elif kind == "grad":
-                opdef, fwd, ins, outs = data
-                if fwd not in saved:
-                    raise GraphError(f"node '{name}': the forward node '{fwd}' has not run before it")
-                self._store(name, opdef, opdef.run(g, name, ins, saved.pop(fwd)), outs)
-            else:
-                opdef, attrs, pnames, ins, outs = data
-                params = {role: g.params[p].array for role, p in pnames.items()}
-                ys, ctx = opdef.forward(attrs, ins, params, training)
-                if name in self._grad_of:
-                    saved[name] = ctx
-                self._store(name, opdef, ys, outs)
-        return [self.views[t].copy() for t in g.outputs]
+        self.training = training
+        self.batch_size = 1
+        self.saved.clear()
+        self.store.pending.clear()
+        try:
+            self.feed(feeds)
+            self.require_inputs(feeds)
+            self.run_nodes(self.plan.order)
+        finally:
+            self.saved.clear()
+            self.store.pending.clear()
+        return [self.views[t].copy() for t in self.graph.outputs]

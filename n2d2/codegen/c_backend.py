@@ -34,7 +34,9 @@ import numpy as np
 
 from n2d2.backend import array_module
 from n2d2.codegen import compiler
-from n2d2.codegen.kernel_data import Buf, forward_context, run_reference
+from n2d2.codegen.backends import Backend, CompiledProgram
+from n2d2.codegen.interpreter import ArenaStore, Interpreter, check_feed
+from n2d2.codegen.kernel_data import Buf, forward_context
 from n2d2.codegen.kernel_data import Context as _Context
 from n2d2.codegen.kernel_data import activation_ok as _activation_ok
 from n2d2.codegen.render import environment, render, template_exists
@@ -92,8 +94,46 @@ def _geometry(graph, node, training):
     return None if isinstance(g, Unsupported) else g
 
 
-class CProgram:
-    """A graph compiled for the C backend, for a fixed execution order split in phases.
+class CModule:
+    """A graph lowered for the C backend (`lower`): everything needed to build and run it, and no
+    library yet. Plain data.
+
+    Attributes
+    ----------
+    graph, phases, training, plan
+        What was lowered: the graph, its execution order phase by phase, the mode, the arena plan.
+    where : {node: "c" | "numpy"}
+        Where each node runs (a "numpy" node runs on the interpreter over the arena views).
+    geometry : {node: dict}
+        The geometry each forward C kernel was specialised for.
+    kernels, functions, segments, parts
+        The kernel call sites, the kernel functions (nodes of the same geometry share one), the
+        runs of consecutive C kernels of a phase (one exported function each), the translation
+        units the source is split into.
+    source : str
+        The C translation unit.
+    aux_specs : {key: (shape, kind)}
+        Auxiliary buffers (dropout masks, saved statistics), in pointer-array order.
+    param_names : list
+        The parameters the kernels read, in pointer-array order.
+    scratch_layouts : list
+        Each kernel's scratch layout (`_Scratch.layout()`; sized per thread when loaded).
+    slack_bytes : int
+        Readable bytes the arena and scratch need after their end (ragged GEMM strips).
+    """
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+class CLowering:
+    """Lowers a graph to one C translation unit, for a fixed execution order split in phases.
+
+    Pure: it renders templates and calls no compiler (`CProgram` builds and loads the result).
+    `lower()` decides where every node runs and renders the program (a `CModule`);
+    `forward_context(node, geometry)` is the template data of one forward node, which
+    `n2d2.export` renders its kernels from, so that the exported kernels read exactly what the
+    in-process kernels read.
 
     Parameters
     ----------
@@ -102,19 +142,19 @@ class CProgram:
         Execution order, phase by phase (an inference graph: one phase).
     training : bool
         Forward nodes run in training mode (batch statistics, dropout).
-    name : str, optional
-        Base name of the built library in the cache.
-    profile : bool, optional
-        Time every kernel (default: `N2D2_PROFILE` set to a non-empty value other than 0).
+    plan : n2d2.ir.planner.Plan, optional
+        The arena plan of that order (default: planned and validated here).
     """
 
-    def __init__(self, graph, phases, training=False, name=None, profile=None):
+    def __init__(self, graph, phases, training=False, plan=None):
         self.graph = graph
         self.training = training
         self.phases = [list(p) for p in phases]
-        order = [n for phase in self.phases for n in phase]
-        self.plan = planner.plan(graph, order=order)
-        planner.validate(graph, self.plan)
+        self.order = [n for phase in self.phases for n in phase]
+        if plan is None:
+            plan = planner.plan(graph, order=self.order)
+            planner.validate(graph, plan)
+        self.plan = plan
         self.where = {}               # node -> "c" | "numpy"
         self.fallback_reasons = {}    # forward node -> why it runs on the numpy reference
         self.geometry = {}            # node -> the geometry its C kernel was specialised for
@@ -124,67 +164,35 @@ class CProgram:
         self._param_index = {}
         self._scratch_layouts = []
         self._functions = {}          # kernel body -> {"fname", "body", "nodes", ...}
-        self._decide_and_render(order)
-        self._segments = self._segment()
+        self._module = None
+
+    @property
+    def param_names(self) -> list:
+        """The parameters the contexts built so far point to, in pointer-array order."""
+        return list(self._param_names)
+
+    def lower(self) -> CModule:
+        """The lowered program (rendered once; later calls return the same module)."""
+        if self._module is not None:
+            return self._module
+        self._decide_and_render(self.order)
+        segments = self._segment()
         functions = list(self._functions.values())
         parts = split_parts(functions, len(self.kernels))
-        self.source = render("c/program.c.j2", graph_name=graph.name,
-                             nodes=[k["node"] for k in self.kernels], arena_bytes=self.plan.arena_bytes,
-                             kernels=self.kernels, segments=self._segments, functions=functions, parts=parts)
-        self._lib = None
-        if self.kernels:
-            self._lib = _load(compiler.build_shared_library(self.source, c_identifier(name or graph.name, limit=48),
-                                                            parts=parts))
-        self.nthreads = 1
-        if self._lib is not None:
-            self.nthreads = team_size() if self._lib.n2d2_openmp() else 1
-            self._lib.n2d2_set_threads(self.nthreads)
-        fixed = os.environ.get("N2D2_THREADS", "")
-        parallel = "#pragma omp parallel" in self.source
-        self._tuner = _ThreadTuner(self._lib, self.nthreads, int(fixed) if fixed.isdigit() else None) \
-            if parallel else None
-        slack = 4 * max([_SLACK_FLOATS] + [k.get("read_past", 0) for k in self.kernels])
-        self._arena = _aligned_zeros(self.plan.arena_bytes + slack)
-        scratch_floats = max([_Scratch.floats(s, self.nthreads) for s in self._scratch_layouts] + [16])
-        self._scratch = _aligned_zeros(4 * scratch_floats + slack)
-        self._aux = {key: np.zeros(shape, dtype=np.float32) for key, (shape, _) in self.aux_specs.items()}
-        self._aux_keys = list(self.aux_specs)
-        self._aux_ptrs = (ctypes.c_void_p * max(1, len(self._aux_keys)))(
-            *[self._aux[k].ctypes.data for k in self._aux_keys])
-        self._dropout = [(key, shape, self.graph.attrs(key[: -len(".mask")])["dropout"])
-                         for key, (shape, kind) in self.aux_specs.items() if kind == "dropout"]
-        self._views = {}
-        for t, off in self.plan.offsets.items():
-            tt = graph.output_types(t[0])[t[1]]
-            self._views[t] = np.ndarray(tt.shape, dtype=tt.dtype, buffer=self._arena, offset=off)
-        self._param_objs = [graph.params[p] for p in self._param_names]
-        self._param_arrays = None
-        self._param_ptrs = None
-        self._seg_funcs = {}
-        for seg in self._segments:
-            f = getattr(self._lib, f"n2d2_segment_{seg['index']}")
-            f.argtypes = [ctypes.c_void_p] * 4
-            f.restype = None
-            self._seg_funcs[seg["index"]] = f
-        self._phase_items = self._phase_plan()
-        self._py_nodes = {}
-        self.saved = {}
-        from_env = profile is None
-        if from_env:
-            profile = os.environ.get("N2D2_PROFILE", "")
-            profile = {"": 0, "0": 0, "cpu": 2}.get(profile, 1)
-        self._profiling = int(profile)
-        self._py_time = {}
-        if self._lib is not None:
-            self._lib.n2d2_set_profiling(self._profiling)
-            self._lib.n2d2_profile_ns.restype = ctypes.POINTER(ctypes.c_double)
-            self._lib.n2d2_profile_calls.restype = ctypes.POINTER(ctypes.c_long)
-        if self._profiling and from_env:
-            atexit.register(self.print_profile)
+        source = render("c/program.c.j2", graph_name=self.graph.name,
+                        nodes=[k["node"] for k in self.kernels], arena_bytes=self.plan.arena_bytes,
+                        kernels=self.kernels, segments=segments, functions=functions, parts=parts)
+        self._module = CModule(
+            graph=self.graph, phases=self.phases, training=self.training, plan=self.plan, where=self.where,
+            geometry=self.geometry, kernels=self.kernels, functions=functions, segments=segments, parts=parts,
+            source=source, aux_specs=self.aux_specs, param_names=list(self._param_names),
+            scratch_layouts=self._scratch_layouts,
+            slack_bytes=4 * max([_SLACK_FLOATS] + [k.get("read_past", 0) for k in self.kernels]))
+        return self._module
 
     # -- building ---------------------------------------------------------------------------------
-    # `bind` (a _Binder) names the pointers b[i]; without it (n2d2.export builds contexts with
-    # these methods) they are the direct expressions arena + offset, params[i], aux[i].
+    # `bind` (a _Binder) names the pointers b[i]; without it (`forward_context` as n2d2.export
+    # calls it) they are the direct expressions arena + offset, params[i], aux[i].
     def _buf(self, tensor, bind=None):
         tt = self.graph.output_types(tensor[0])[tensor[1]]
         off = self.plan.offsets[tensor]
@@ -204,7 +212,8 @@ class CProgram:
         expr = f"aux[{list(self.aux_specs).index(key)}]"
         return bind(expr) if bind is not None else expr
 
-    def _forward_context(self, node, g, bind=None):
+    def forward_context(self, node, g, bind=None):
+        """The template data of forward node `node` with geometry `g` (`kernel_data.forward_context`)."""
         b = () if bind is None else (bind,)
         return forward_context(self.graph, node, g, self.training, self.plan, lambda t: self._buf(t, *b),
                                lambda p: self._param(p, *b), lambda *a: self._aux_slot(*a, *b), "scratch")
@@ -227,7 +236,7 @@ class CProgram:
                 if len(fwd_inputs) != len(attrs["input_needs"]):
                     self.where[node] = "numpy"
                     continue
-                fctx = self._forward_context(fwd, self.geometry[fwd], bind)
+                fctx = self.forward_context(fwd, self.geometry[fwd], bind)
                 dy = self._buf(gr.inputs_of(node)[0], bind)
                 outs = [self._buf((node, k), bind) for k in range(len(gr.output_types(node)))]
                 dx, k = [], 0
@@ -235,6 +244,11 @@ class CProgram:
                     dx.append(outs[k] if need else None)
                     k += need
                 dp = _Context({r: outs[k + i] for i, r in enumerate(attrs["roles"])})
+                if gr.op(fwd) == "BatchNorm":   # its dx needs dscale and dbias even when they are frozen
+                    for role in ("scales", "biases"):
+                        if role not in dp:
+                            c = self.geometry[fwd]["C"]
+                            dp[role] = Buf(0, (c,), self._aux_slot(f"{node}.d{role}", (c,), "grad", bind))
                 ctx = _Context(fwd=fctx, dy=dy, dx=dx, dp=dp, need_dx=any(d is not None for d in dx))
                 body = env.from_string('{% import "c/ops/' + gr.op(fwd) + '.c.j2" as op %}{{ op.backward(n) }}')
                 self._add_kernel(index, node, "Grad", body.render(n=ctx), bind)
@@ -246,7 +260,7 @@ class CProgram:
                 self.fallback_reasons[node] = g.reason
                 continue
             self.geometry[node] = g
-            ctx = self._forward_context(node, g, bind)
+            ctx = self.forward_context(node, g, bind)
             body = env.from_string('{% import "c/ops/' + op + '.c.j2" as op %}{{ op.forward(n) }}')
             self._add_kernel(index, node, op, body.render(n=ctx), bind)
             self.kernels[-1]["read_past"] = g.get("READ_PAST", 0)
@@ -285,6 +299,106 @@ class CProgram:
         return [{"index": i, "nodes": s,
                  "kernels": [kernel_of[n] for n in s]} for i, s in enumerate(segments)]
 
+
+def lower(graph, phases, training=False, plan=None) -> CModule:
+    """The C lowering of `graph` for `phases` (pure: no compiler call; see `CLowering`)."""
+    return CLowering(graph, phases, training, plan).lower()
+
+
+class _Fallback(Interpreter):
+    """The interpreter over a C program's arena views, for the nodes without a C kernel; an
+    `Update` of a plain SGD solver steps through the compiled fused kernel (`_sgd_in_c`)."""
+
+    def __init__(self, program):
+        super().__init__(program.graph, ArenaStore(program._views), training=program.training,
+                         keep_contexts=False)
+        self.lib = program._lib
+
+    def run_update(self, name, opdef, grad):
+        param = self.graph.params[self.graph.attrs(name)["param"]]
+        if self.lib is None or not _sgd_in_c(self.lib, param.solver, param.array, grad, self.batch_size):
+            super().run_update(name, opdef, grad)
+
+
+class CProgram(CompiledProgram):
+    """A graph compiled for the C backend, for a fixed execution order split in phases.
+
+    Parameters
+    ----------
+    graph : Graph
+    phases : list of list of node names
+        Execution order, phase by phase (an inference graph: one phase).
+    training : bool
+        Forward nodes run in training mode (batch statistics, dropout).
+    name : str, optional
+        Base name of the built library in the cache.
+    profile : bool, optional
+        Time every kernel (default: `N2D2_PROFILE` set to a non-empty value other than 0).
+    module : CModule, optional
+        The lowering of (graph, phases, training) when already done (`lower`); it is then built
+        and loaded as it is.
+    """
+
+    MODULE_FIELDS = CompiledProgram.MODULE_FIELDS + ("geometry",)
+
+    def __init__(self, graph, phases, training=False, name=None, profile=None, module=None):
+        if module is None:
+            module = lower(graph, phases, training)
+        self._adopt(module)
+        graph = self.graph
+        self._param_names = module.param_names
+        self._segments = module.segments
+        self._lib = None
+        if self.kernels:
+            self._lib = _load(compiler.build_shared_library(self.source, c_identifier(name or graph.name, limit=48),
+                                                            parts=module.parts))
+        self.nthreads = 1
+        if self._lib is not None:
+            self.nthreads = team_size() if self._lib.n2d2_openmp() else 1
+            self._lib.n2d2_set_threads(self.nthreads)
+        fixed = os.environ.get("N2D2_THREADS", "")
+        parallel = "#pragma omp parallel" in self.source
+        self._tuner = _ThreadTuner(self._lib, self.nthreads, int(fixed) if fixed.isdigit() else None) \
+            if parallel else None
+        slack = module.slack_bytes
+        self._arena = _aligned_zeros(self.plan.arena_bytes + slack)
+        scratch_floats = max([_Scratch.floats(s, self.nthreads) for s in module.scratch_layouts] + [16])
+        self._scratch = _aligned_zeros(4 * scratch_floats + slack)
+        self._aux = {key: np.zeros(shape, dtype=np.float32) for key, (shape, _) in self.aux_specs.items()}
+        self._aux_keys = list(self.aux_specs)
+        self._aux_ptrs = (ctypes.c_void_p * max(1, len(self._aux_keys)))(
+            *[self._aux[k].ctypes.data for k in self._aux_keys])
+        self._dropout = [(key, shape, self.graph.attrs(key[: -len(".mask")])["dropout"])
+                         for key, (shape, kind) in self.aux_specs.items() if kind == "dropout"]
+        self._views = {}
+        for t, off in self.plan.offsets.items():
+            tt = graph.output_types(t[0])[t[1]]
+            self._views[t] = np.ndarray(tt.shape, dtype=tt.dtype, buffer=self._arena, offset=off)
+        self._param_objs = [graph.params[p] for p in self._param_names]
+        self._param_arrays = None
+        self._param_ptrs = None
+        self._seg_funcs = {}
+        for seg in self._segments:
+            f = getattr(self._lib, f"n2d2_segment_{seg['index']}")
+            f.argtypes = [ctypes.c_void_p] * 4
+            f.restype = None
+            self._seg_funcs[seg["index"]] = f
+        self._phase_items = self._phase_plan()
+        self._fallback = _Fallback(self)
+        from_env = profile is None
+        if from_env:
+            profile = os.environ.get("N2D2_PROFILE", "")
+            profile = {"": 0, "0": 0, "cpu": 2}.get(profile, 1)
+        self._profiling = int(profile)
+        self._py_time = {}
+        if self._lib is not None:
+            self._lib.n2d2_set_profiling(self._profiling)
+            self._lib.n2d2_profile_ns.restype = ctypes.POINTER(ctypes.c_double)
+            self._lib.n2d2_profile_calls.restype = ctypes.POINTER(ctypes.c_long)
+        if self._profiling and from_env:
+            atexit.register(self.print_profile)
+
+
     def _phase_plan(self):
         """Per phase: the list of items to run: ('c', segment function) or ('py', node)."""
         seg_of = {s["nodes"][0]: s["index"] for s in self._segments}
@@ -303,15 +417,14 @@ class CProgram:
         return plans
 
     # -- running ----------------------------------------------------------------------------------
-    def view(self, tensor):
-        return self._views[tensor]
-
     def feed(self, feeds):
-        from n2d2.codegen.numpy_exec import check_feed
-
         for name, value in feeds.items():
             check_feed(self.graph, name, value)
             self._views[(name, 0)][...] = value
+
+    def assign(self, tensor, value):
+        """Overwrite one tensor of the arena (e.g. a gradient after an all-reduce)."""
+        self._views[tensor][...] = value
 
     def _call_args(self):
         """(arena, params, aux, scratch) pointers; the parameter array is rebuilt only when a
@@ -351,21 +464,6 @@ class CProgram:
                 self._run_numpy(item, batch_size)
         if tuner is not None and index == len(self.phases) - 1:
             tuner.end_cycle()
-
-    def _run_numpy(self, node, batch_size):
-        gr = self.graph
-        cached = self._py_nodes.get(node)
-        if cached is None:   # node data, op definition and input views, looked up once
-            d = gr.node(node)
-            cached = self._py_nodes[node] = (d, op_registry.get(d.op, node=node),
-                                             [self._views[t] for t in gr.inputs_of(node)])
-        d, opdef, xs = cached
-        if d.op == "Update":
-            param = gr.params[d.attrs["param"]]
-            if self._lib is None or not _sgd_in_c(self._lib, param.solver, param.array, xs[0], batch_size):
-                opdef.run_update(gr, node, xs[0], batch_size)
-            return
-        run_reference(gr, node, opdef, xs, self._views, self.saved, self.training)
 
     # -- profiling --------------------------------------------------------------------------------
     def profile(self) -> dict:
@@ -584,4 +682,27 @@ def available() -> bool:
     return compiler.find_compiler() is not None
 
 
-__all__ = ["CProgram", "available", "array_module", "PARALLEL_MIN_MACS"]
+class CBackend(Backend):
+    """The C backend: `lower` (pure) then a library built by gcc and loaded with ctypes."""
+
+    name = "c"
+    default_models = ("Frame",)
+    preference = 10
+    source_extension = ".c"
+    requirement = "a C compiler (gcc or $CC); none was found"
+
+    def available(self) -> bool:
+        return available()
+
+    def lower(self, graph, phases, training: bool = False, **options) -> CModule:
+        return lower(graph, phases, training, **options)
+
+    def load(self, module, **options) -> CProgram:
+        return CProgram(module.graph, module.phases, module.training, module=module, **options)
+
+
+BACKEND = CBackend()
+
+
+__all__ = ["BACKEND", "CBackend", "CLowering", "CModule", "CProgram", "available", "array_module", "lower",
+           "PARALLEL_MIN_MACS"]

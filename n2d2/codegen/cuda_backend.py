@@ -42,7 +42,9 @@ import subprocess
 
 import numpy as np
 
-from n2d2.codegen.kernel_data import Buf, forward_context, run_reference
+from n2d2.codegen.backends import Backend, CompiledProgram
+from n2d2.codegen.interpreter import ArenaStore, Interpreter, check_feed
+from n2d2.codegen.kernel_data import Buf, forward_context
 from n2d2.codegen.kernel_data import Context as _Context
 from n2d2.codegen.kernel_data import activation_ok as _activation_ok
 from n2d2.codegen.render import environment, render, template_exists, template_source
@@ -52,8 +54,8 @@ from n2d2.ir.lowering import Unsupported
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
 
-__all__ = ["CudaProgram", "CupyDevice", "HostEmulator", "available", "compile_check", "CudaCompileError",
-           "NVRTC_OPTIONS"]
+__all__ = ["BACKEND", "CudaBackend", "CudaLowering", "CudaModule", "CudaProgram", "CupyDevice", "HostEmulator",
+           "available", "compile_check", "CudaCompileError", "NVRTC_OPTIONS", "lower"]
 
 THREADS = 256
 SMS = 132                 # streaming multiprocessors of an H100 / H200: how many blocks keep it busy
@@ -425,8 +427,45 @@ def compile_check(source: str, arch: str = "sm_90", mode: str = "cubin") -> str:
 
 
 # -- the program -------------------------------------------------------------------------------------
-class CudaProgram:
-    """A graph compiled for the CUDA backend, for a fixed execution order split in phases.
+def _float32_array(a) -> bool:
+    """A float32, C-contiguous array (numpy or CuPy): what the kernels can read as a parameter."""
+    return getattr(a, "dtype", None) == np.float32 and bool(getattr(getattr(a, "flags", None), "c_contiguous", False))
+
+
+class CudaModule:
+    """A graph lowered for the CUDA backend (`lower`): everything needed to load and run it, and
+    no module loaded yet. Plain data.
+
+    Attributes
+    ----------
+    graph, phases, training, plan
+        What was lowered: the graph, its execution order phase by phase, the mode, the arena plan.
+    where : {node: "cuda" | "numpy"}
+        Where each node runs (a "numpy" node runs on the interpreter over the arena views).
+    kernels : list
+        Launch specs with their rendered bodies, in render order; `node_kernels` per node.
+    source : str
+        The CUDA source (all kernels).
+    aux_specs : {key: (shape, kind, byte offset)}
+        Auxiliary buffers after the planned tensors (dropout masks, saved statistics).
+    table_names : list
+        The parameter table's slots: ("param" | "momentum", parameter name).
+    updates : list
+        Fused SGD updates: (node, parameter name, hyper slot, momentum slot).
+    aux_offset, aux_bytes, hyper_offset, scratch_offset, arena_bytes : int
+        The one device allocation: planned tensors, aux buffers, solver coefficients, scratch.
+    """
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+class CudaLowering:
+    """Lowers a graph to one CUDA source, for a fixed execution order split in phases.
+
+    Pure: it renders templates and neither compiles nor touches a device (`CudaProgram` loads
+    the result). `lower()` decides where every node runs and renders the kernels (a
+    `CudaModule`).
 
     Parameters
     ----------
@@ -435,27 +474,18 @@ class CudaProgram:
         Execution order, phase by phase (an inference graph: one phase).
     training : bool
         Forward nodes run in training mode (batch statistics, dropout).
-    name : str, optional
-    device : CupyDevice, HostEmulator or None
-        Where to run (default: the CuPy device; `HostEmulator()` runs the same source on the CPU).
-    graphs : bool
-        Capture every run of kernels as a CUDA graph after its first (eager) run, then replay it.
+    is_param_array : callable, optional
+        Whether a parameter array can be read by the kernels where they will run (the device's
+        `is_array`); default: any float32 C-contiguous array.
     """
 
-    def __init__(self, graph, phases, training=False, name=None, device=None, graphs=True):
+    def __init__(self, graph, phases, training=False, is_param_array=None):
         self.graph = graph
         self.training = training
         self.phases = [list(p) for p in phases]
-        self.device = device if device is not None else CupyDevice()
-        self.use_graphs = graphs
-        order = [n for phase in self.phases for n in phase]
-        self._phase_of = {n: i for i, phase in enumerate(self.phases) for n in phase}
-        if self.device.name == "cuda":
-            for pname, param in graph.params.items():
-                if isinstance(param.array, np.ndarray):
-                    raise GraphError(f"parameter '{pname}' is a numpy array: the CUDA backend needs the model on the "
-                                     "GPU (build the cells with default_model = 'Frame_CUDA')")
-        self.plan = planner.plan(graph, order=order, alignment=_ALIGN)
+        self.order = [n for phase in self.phases for n in phase]
+        self.is_param_array = is_param_array or _float32_array
+        self.plan = planner.plan(graph, order=self.order, alignment=_ALIGN)
         planner.validate(graph, self.plan)
         self.where = {}               # node -> "cuda" | "numpy"
         self.fallback_reasons = {}    # forward node -> why it runs on the numpy reference
@@ -467,36 +497,27 @@ class CudaProgram:
         self._table_names = []        # table slots: ("param", name) | ("momentum", name)
         self._table_index = {}
         self._updates = []            # (node, param name, hyper slot, momentum slot)
-        self._decide_and_render(order)
-        self.hyper_offset = _align(self.aux_offset + self._aux_bytes)
-        self.scratch_offset = _align(self.hyper_offset + 4 * _HYPER_FLOATS * max(1, len(self._updates)))
+        self._module = None
+
+    def lower(self) -> CudaModule:
+        """The lowered program (rendered once; later calls return the same module)."""
+        if self._module is not None:
+            return self._module
+        self._decide_and_render(self.order)
+        hyper_offset = _align(self.aux_offset + self._aux_bytes)
+        scratch_offset = _align(hyper_offset + 4 * _HYPER_FLOATS * max(1, len(self._updates)))
         scratch = max([k.scratch for k in self.kernels] + [0])
-        self.arena_bytes = _align(self.scratch_offset + scratch + 64)
-        self.source = render("cuda/program.cu.j2", graph_name=graph.name, nodes=sorted(self._node_kernels),
-                             kernels=self.kernels, arena_bytes=self.plan.arena_bytes, aux_offset=self.aux_offset,
-                             aux_bytes=self._aux_bytes, hyper_offset=self.hyper_offset,
-                             scratch_offset=self.scratch_offset)
-        dev = self.device
-        self._functions = dev.load(self.source, [k.name for k in self.kernels]) if self.kernels else {}
-        self._arena = dev.zeros(self.arena_bytes)
-        self._views = {}
-        for t, off in self.plan.offsets.items():
-            tt = graph.output_types(t[0])[t[1]]
-            self._views[t] = dev.view(self._arena, off, tt.shape, tt.dtype)
-        self._aux = {key: dev.view(self._arena, off, shape, np.float32)
-                     for key, (shape, kind, off) in self.aux_specs.items()}
-        self._dropout = [(key, shape, self.graph.attrs(key[: -len(".mask")])["dropout"])
-                         for key, (shape, kind, _) in self.aux_specs.items() if kind == "dropout"]
-        self._hyper = dev.view(self._arena, self.hyper_offset, (max(1, len(self._updates)), _HYPER_FLOATS),
-                               np.float32)
-        self._table_arrays = None
-        self._table = dev.table([0] * max(1, len(self._table_names)))
-        self._items = self._phase_items()
-        self._fused_updates = [any(self.graph.op(n) == "Update" and self.where.get(n) == "cuda" for n in phase)
-                               for phase in self.phases]
-        self._graphs = {}
-        self._runs = {}
-        self.saved = {}
+        arena_bytes = _align(scratch_offset + scratch + 64)
+        source = render("cuda/program.cu.j2", graph_name=self.graph.name, nodes=sorted(self._node_kernels),
+                        kernels=self.kernels, arena_bytes=self.plan.arena_bytes, aux_offset=self.aux_offset,
+                        aux_bytes=self._aux_bytes, hyper_offset=hyper_offset, scratch_offset=scratch_offset)
+        self._module = CudaModule(
+            graph=self.graph, phases=self.phases, training=self.training, plan=self.plan, where=self.where,
+            kernels=self.kernels, node_kernels=self._node_kernels, source=source, aux_specs=self.aux_specs,
+            table_names=self._table_names, updates=self._updates, aux_offset=self.aux_offset,
+            aux_bytes=self._aux_bytes, hyper_offset=hyper_offset, scratch_offset=scratch_offset,
+            arena_bytes=arena_bytes)
+        return self._module
 
     # -- building ---------------------------------------------------------------------------------
     def _buf(self, tensor):
@@ -562,7 +583,7 @@ class CudaProgram:
                                need_dx=any(d is not None for d in dx), name=node)
                 self._add_kernels(index, node, fop, _plan_backward(fop, ctx, fctx.g), ctx, of=fwd)
                 continue
-            g = _lower(gr, node, self.training, self.device.is_array)
+            g = _lower(gr, node, self.training, self.is_param_array)
             if isinstance(g, Unsupported):
                 self.where[node] = "numpy"
                 self.fallback_reasons[node] = g.reason
@@ -581,7 +602,7 @@ class CudaProgram:
         solver = param.solver
         grad_t = gr.inputs_of(node)[0]
         ok = (type(solver) is SGD and solver._config.get("iteration_size", 1) == 1
-              and self.device.is_array(param.array) and param.array.dtype == np.float32
+              and self.is_param_array(param.array) and param.array.dtype == np.float32
               and gr.output_types(grad_t[0])[grad_t[1]].dtype == "float32"
               and int(np.prod(param.shape)) < 2 ** 31)
         if not ok:
@@ -608,6 +629,73 @@ class CudaProgram:
         self._node_kernels[node] = specs
         self.where[node] = "cuda"
 
+
+def lower(graph, phases, training=False, is_param_array=None) -> CudaModule:
+    """The CUDA lowering of `graph` for `phases` (pure: no compiler, no device; see `CudaLowering`)."""
+    return CudaLowering(graph, phases, training, is_param_array).lower()
+
+
+class CudaProgram(CompiledProgram):
+    """A graph compiled for the CUDA backend, for a fixed execution order split in phases.
+
+    Parameters
+    ----------
+    graph : Graph
+    phases : list of list of node names
+        Execution order, phase by phase (an inference graph: one phase).
+    training : bool
+        Forward nodes run in training mode (batch statistics, dropout).
+    name : str, optional
+    device : CupyDevice, HostEmulator or None
+        Where to run (default: the CuPy device; `HostEmulator()` runs the same source on the CPU).
+    graphs : bool
+        Capture every run of kernels as a CUDA graph after its first (eager) run, then replay it.
+    module : CudaModule, optional
+        The lowering of (graph, phases, training) when already done (`lower`, with the
+        device's `is_array`); it is then loaded as it is.
+    """
+
+    def __init__(self, graph, phases, training=False, name=None, device=None, graphs=True, module=None):
+        self.device = device if device is not None else CupyDevice()
+        self.use_graphs = graphs
+        if module is not None:
+            graph = module.graph
+        if self.device.name == "cuda":
+            for pname, param in graph.params.items():
+                if isinstance(param.array, np.ndarray):
+                    raise GraphError(f"parameter '{pname}' is a numpy array: the CUDA backend needs the model on the "
+                                     "GPU (build the cells with default_model = 'Frame_CUDA')")
+        if module is None:
+            module = lower(graph, phases, training, self.device.is_array)
+        self._adopt(module)
+        self._node_kernels = module.node_kernels
+        self._table_names = module.table_names
+        self._updates = module.updates
+        self.aux_offset, self.hyper_offset = module.aux_offset, module.hyper_offset
+        self.scratch_offset, self.arena_bytes = module.scratch_offset, module.arena_bytes
+        dev = self.device
+        self._functions = dev.load(self.source, [k.name for k in self.kernels]) if self.kernels else {}
+        self._arena = dev.zeros(self.arena_bytes)
+        self._views = {}
+        for t, off in self.plan.offsets.items():
+            tt = graph.output_types(t[0])[t[1]]
+            self._views[t] = dev.view(self._arena, off, tt.shape, tt.dtype)
+        self._aux = {key: dev.view(self._arena, off, shape, np.float32)
+                     for key, (shape, kind, off) in self.aux_specs.items()}
+        self._dropout = [(key, shape, self.graph.attrs(key[: -len(".mask")])["dropout"])
+                         for key, (shape, kind, _) in self.aux_specs.items() if kind == "dropout"]
+        self._hyper = dev.view(self._arena, self.hyper_offset, (max(1, len(self._updates)), _HYPER_FLOATS),
+                               np.float32)
+        self._table_arrays = None
+        self._table = dev.table([0] * max(1, len(self._table_names)))
+        self._items = self._phase_items()
+        self._fused_updates = [any(self.graph.op(n) == "Update" and self.where.get(n) == "cuda" for n in phase)
+                               for phase in self.phases]
+        self._graphs = {}
+        self._runs = {}
+        self._fallback = Interpreter(graph, ArenaStore(self._views), training=self.training, keep_contexts=False)
+
+
     def _phase_items(self):
         """Per phase: [("k", [specs...]) | ("py", node)], consecutive kernel nodes in one run."""
         plans = []
@@ -631,16 +719,14 @@ class CudaProgram:
         return plans
 
     # -- running ----------------------------------------------------------------------------------
-    def view(self, tensor):
-        """The arena view of a tensor (node, output index)."""
-        return self._views[tensor]
-
     def feed(self, feeds):
-        from n2d2.codegen.numpy_exec import check_feed
-
         for name, value in feeds.items():
             check_feed(self.graph, name, value)
             self.device.copy_in(self._views[(name, 0)], value)
+
+    def assign(self, tensor, value):
+        """Overwrite one tensor of the arena (e.g. a gradient after an all-reduce)."""
+        self.device.copy_in(self._views[tensor], value)
 
     def _refresh_table(self):
         arrays = []
@@ -728,16 +814,6 @@ class CudaProgram:
             graph = self._graphs[key] = self.device.capture(launches)
         self.device.replay(graph)
 
-    def _run_numpy(self, node, batch_size):
-        gr = self.graph
-        d = gr.node(node)
-        opdef = op_registry.get(d.op, node=node)
-        xs = [self._views[t] for t in gr.inputs_of(node)]
-        if d.op == "Update":
-            opdef.run_update(gr, node, xs[0], batch_size)
-            return
-        run_reference(gr, node, opdef, xs, self._views, self.saved, self.training)
-
     def synchronize(self):
         self.device.synchronize()
 
@@ -768,6 +844,34 @@ class CudaProgram:
                 lines.append(f"  {node:40s} {self.graph.op(node):10s} {where:6s} " +
                              ", ".join(f"{k.macro}{list(k.grid)}" for k in ks))
         return "\n".join(lines)
+
+
+class CudaBackend(Backend):
+    """The CUDA backend: `lower` (pure) then NVRTC through CuPy, run on the device."""
+
+    name = "cuda"
+    default_models = ("Frame_CUDA",)
+    preference = 10
+    source_extension = ".cu"
+    requirement = ("CuPy and a visible CUDA device; none was found (install n2d2[gpu] on a GPU machine, or use "
+                   "default_model = 'Frame' / backend 'c' or 'numpy')")
+
+    def available(self) -> bool:
+        return available()
+
+    def lower(self, graph, phases, training: bool = False, device=None, **options) -> CudaModule:
+        """`device` (a CupyDevice or HostEmulator) decides which parameter arrays the kernels can read."""
+        return lower(graph, phases, training, None if device is None else device.is_array)
+
+    def load(self, module, **options) -> CudaProgram:
+        return CudaProgram(module.graph, module.phases, module.training, module=module, **options)
+
+    def program(self, graph, phases, training: bool = False, **options) -> CudaProgram:
+        # the device first: its array kind decides what the lowering may read
+        return CudaProgram(graph, phases, training, **options)
+
+
+BACKEND = CudaBackend()
 
 
 def _sgd_coefficients(solver, param, batch_size, xp):

@@ -1,16 +1,14 @@
-"""What the kernel templates of every compiled backend (C, CUDA) receive, and the reference
-fallback they share.
+"""What the kernel templates of every compiled backend (C, CUDA) receive.
 
 A template gets, per node, a `Context`: its input / output buffers (`Buf`), parameter pointer
 expressions, attributes, fused activation, geometry and auxiliary buffers (`forward_context`).
-Where a node has no kernel, both backends run its numpy reference over the same arena views
-(`run_reference`).
+Where a node has no kernel, both backends run it on the interpreter over the same arena views
+(`n2d2.codegen.interpreter`).
 """
 import numpy as np
 
 from n2d2.ir import ops as op_registry
 from n2d2.ir.lowering import Context, concat_channels, nchw  # noqa: F401  (the backends import them from here)
-from n2d2.ir.types import GraphError
 
 # Activations the C and CUDA templates implement (c/activation.c.j2, cuda/common.cu.j2).
 SUPPORTED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation", "Softplus")
@@ -53,21 +51,3 @@ def forward_context(graph, node, g, training, plan, buf, param, aux_slot, stats_
                                                     activation)
     return ctx
 
-
-def run_reference(graph, node, opdef, xs, views, saved, training):
-    """Run a forward or Grad node (not an Update) on its numpy reference: `xs` are its input
-    views, its outputs are written into `views[(node, k)]`; a forward node's context goes into
-    `saved` for its Grad."""
-    d = graph.node(node)
-    if getattr(opdef, "needs_forward_context", False):
-        fwd = d.attrs["of"]
-        if fwd not in saved:
-            raise GraphError(f"node '{node}': the forward node '{fwd}' has not run in this program")
-        outs = opdef.run(graph, node, xs, saved[fwd])
-    else:
-        params = {r: graph.params[p].array for r, p in d.params.items()}
-        outs, saved[node] = opdef.forward(d.attrs, xs, params, training)
-    for k, value in enumerate(outs):
-        view = views[(node, k)]
-        if value is not view:
-            view[...] = value

@@ -1,71 +1,30 @@
 """The numpy executor: runs an IR graph node by node with the reference op definitions.
 
-It is the fallback backend and the oracle the passes are tested against. `run(graph, feeds)`
-evaluates every node in topological order; `Session` keeps the values and saved contexts
-between calls so that a training graph can run its phases (forward, backward, update)
-separately. Arrays may be numpy or cupy (the op definitions are array-module generic).
+It is the fallback backend and the oracle the passes are tested against: the interpreter
+(`n2d2.codegen.interpreter`) over a dict store. `run(graph, feeds)` evaluates every node in
+topological order; `Session` keeps the values and saved contexts between calls so that a
+training graph can run its phases (forward, backward, update) separately. Arrays may be numpy
+or cupy (the op definitions are array-module generic).
 """
-from n2d2.ir import ops as op_registry
-from n2d2.ir.graph import GraphError
+from n2d2.codegen.backends import Backend
+from n2d2.codegen.interpreter import DictStore, Interpreter, check_feed
+
+__all__ = ["BACKEND", "NumpyBackend", "NumpyProgram", "Session", "check_feed", "run"]
 
 
-def check_feed(graph, name, value):
-    """A ValueError for a feed with a batch of 0 into an input declared with a batch (the
-    reference fails on empty arrays, a compiled kernel would return nothing)."""
-    declared = graph.output_types(name)[0].shape if name in graph.inputs else ()
-    shape = getattr(value, "shape", ())
-    if len(shape) and shape[0] == 0 and len(declared) and declared[0] != 0:
-        raise ValueError(f"graph '{graph.name}': input '{name}' fed a batch of 0 (shape {list(shape)}); "
-                         "expected at least 1")
+class Session(Interpreter):
+    """Values and forward contexts of one run of a graph, phase by phase.
 
-
-class Session:
-    """Values and forward contexts of one run of a graph, phase by phase."""
+    `values` is `{node: [outputs]}`, `saved` `{forward node: context}` (every forward node's),
+    `order` the node order `run(...)` follows (default: topological)."""
 
     def __init__(self, graph, training=False, order=None):
-        self.graph = graph
-        self.training = training
+        super().__init__(graph, DictStore(), training=training, keep_contexts=True)
         self.order = order or graph.topological_order()
-        self.values = {}
-        self.saved = {}
-        self.batch_size = 1
 
-    def feed(self, feeds: dict):
-        for name, value in feeds.items():
-            if name not in self.graph.inputs:
-                raise GraphError(f"graph '{self.graph.name}': '{name}' is not an input "
-                                 f"(inputs: {', '.join(self.graph.inputs)})")
-            check_feed(self.graph, name, value)
-            self.values[name] = [value]
-            if value.ndim:
-                self.batch_size = int(value.shape[0])
-
-    def run_nodes(self, names):
-        g = self.graph
-        for name in names:
-            node = g.node(name)
-            if node.op == "Input":
-                if name not in self.values:
-                    raise GraphError(f"graph '{g.name}': no value fed for input '{name}'")
-                continue
-            opdef = op_registry.get(node.op, node=name)
-            xs = [self.values[src][out] for src, out in g.inputs_of(name)]
-            if node.op == "Update":
-                opdef.run_update(g, name, xs[0], self.batch_size)
-                self.values[name] = []
-            elif getattr(opdef, "needs_forward_context", False):
-                fwd = node.attrs["of"]
-                if fwd not in self.saved:
-                    raise GraphError(f"node '{name}': the forward node '{fwd}' has not run in this session")
-                self.values[name] = opdef.run(g, name, xs, self.saved[fwd])
-            else:
-                params = {role: g.params[p].array for role, p in node.params.items()}
-                ys, ctx = opdef.forward(node.attrs, xs, params, self.training)
-                self.values[name] = ys
-                self.saved[name] = ctx
-
-    def outputs(self):
-        return [self.values[n][o] for n, o in self.graph.outputs]
+    @property
+    def values(self) -> dict:
+        return self.store.values
 
 
 def run(graph, feeds: dict, training: bool = False, keep: bool = False):
@@ -76,11 +35,90 @@ def run(graph, feeds: dict, training: bool = False, keep: bool = False):
     """
     session = Session(graph, training)
     session.feed(feeds)
-    for name in graph.inputs:
-        if name not in session.values:
-            raise GraphError(f"graph '{graph.name}': no value fed for input '{name}'")
+    session.require_inputs(feeds)
     session.run_nodes(session.order)
     outputs = session.outputs()
     if keep:
         return outputs, session.values, session.saved
     return outputs
+
+
+# -- the "numpy" backend ---------------------------------------------------------------------------
+class NumpyModule:
+    """The numpy backend's lowering: nothing to compile; every node runs on the interpreter."""
+
+    source = None
+    kernels = ()
+
+    def __init__(self, graph, phases, training):
+        self.graph = graph
+        self.phases = [list(p) for p in phases]
+        self.training = training
+        self.where = {n: "numpy" for phase in self.phases for n in phase if graph.op(n) != "Input"}
+
+
+class NumpyProgram(Session):
+    """A graph run phase by phase on the interpreter over a dict store.
+
+    Phase 0 starts afresh: the values of an earlier run are dropped, except the inputs fed since
+    (a missing input is an error, as in `run`). Inputs of later phases (gradient seeds) are read
+    when a node uses them."""
+
+    def __init__(self, module):
+        super().__init__(module.graph, training=module.training,
+                         order=[n for phase in module.phases for n in phase])
+        self.module = module
+        self.phases = module.phases
+        self.where = module.where
+        self.source = None
+        self._fed = set()
+
+    def feed(self, feeds: dict):
+        super().feed(feeds)
+        self._fed.update(feeds)
+
+    def run_phase(self, index: int, batch_size: int = None):
+        if batch_size is not None:
+            self.batch_size = batch_size
+        nodes = self.phases[index]
+        if index == 0:
+            self.store.forget(keep=self._fed)
+            self.saved.clear()
+            self._fed = set()
+        else:
+            nodes = [n for n in nodes if self.graph.op(n) != "Input"]
+        self.run_nodes(nodes)
+
+    def view(self, tensor):
+        return self.store.read(tensor)
+
+    def fetch(self, tensor):
+        """The tensor's value (a fresh array of this run: safe to keep)."""
+        return self.store.read(tensor)
+
+    def assign(self, tensor, value):
+        self.store.assign(tensor, value)
+
+    def profile(self) -> dict:
+        return {}
+
+
+class NumpyBackend(Backend):
+    """The reference: every node on its op definition (numpy or cupy arrays); always available."""
+
+    name = "numpy"
+    default_models = ("Frame",)
+    preference = 0
+    requirement = "numpy"
+
+    def available(self) -> bool:
+        return True
+
+    def lower(self, graph, phases, training: bool = False, **options) -> NumpyModule:
+        return NumpyModule(graph, phases, training)
+
+    def load(self, module, **options) -> NumpyProgram:
+        return NumpyProgram(module)
+
+
+BACKEND = NumpyBackend()

@@ -26,14 +26,27 @@ PASSES = {
     "dead_node_elimination": dead_node_elimination,
 }
 
-#: The default pipelines. Training keeps only the passes that are exact for the training
-#: forward and its gradients (no BN folding, no dropout removal).
+#: Every pipeline, defined here once. "inference" and "training" are the defaults of the modes:
+#: training keeps only the passes that are exact for the training forward and its gradients
+#: (no BN folding, no dropout removal). The "live_" pipelines are what `DeepNetCell` runs on the
+#: graph of a model whose weights keep changing (between training steps, or set by the user):
+#: none of their passes copies or rewrites a parameter array, so the program keeps reading the
+#: cells' own arrays. "live_inference" is therefore "inference" without `fold_batchnorm` (it
+#: bakes BN into new weights); it also lacks `fuse_elementwise_chains`, which is
+#: parameter-preserving (live_training runs it) but was never added to the live inference graph
+#: (adding it changes the graph DeepNetCell's inference runs: to be measured first).
+#: "live_training" is "training" (already parameter-preserving). Run one with
+#: `PassManager(pipeline=PIPELINES[name], mode=...)` (mode "inference" for "live_inference",
+#: "training" for "live_training").
 PIPELINES = {
     "inference": ("shape_inference", "remove_identities", "remove_dropout", "fold_padding", "fold_batchnorm",
                   "fuse_activation", "fuse_elementwise_chains", "dead_node_elimination", "shape_inference"),
     "training": ("shape_inference", "remove_identities", "fold_padding", "fuse_activation",
                  "fuse_elementwise_chains", "dead_node_elimination", "shape_inference"),
+    "live_inference": ("shape_inference", "remove_identities", "remove_dropout", "fold_padding",
+                       "fuse_activation", "dead_node_elimination", "shape_inference"),
 }
+PIPELINES["live_training"] = PIPELINES["training"]
 
 
 def register_pass(name: str, fn: Callable) -> Callable:
