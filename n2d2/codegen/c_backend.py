@@ -291,7 +291,7 @@ def _geometry(graph, node, training):
     in_types = graph.input_types(node)
     ins = [t.shape for t in in_types]
     outs = [t.shape for t in graph.output_types(node)]
-    if not _activation_ok(attrs.get("activation")) or any(t.dtype != "float32" for t in in_types):
+    if not _activation_ok(attrs.get("activation"), op, training) or any(t.dtype != "float32" for t in in_types):
         return None
     if attrs.get("weight_quantizer") is not None:   # fake-quantized weights: the numpy reference runs it
         return None

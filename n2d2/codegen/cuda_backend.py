@@ -148,7 +148,7 @@ def _geometry(graph, node, training, is_param_array):
     if not template_exists(f"cuda/ops/{op}.cu.j2") or op == "Update":
         return None
     spec = attrs.get("activation")
-    if not _activation_ok(spec) or any(t.dtype != "float32" for t in list(in_types) + list(out_types)):
+    if not _activation_ok(spec, op, training) or any(t.dtype != "float32" for t in list(in_types) + list(out_types)):
         return None
     if attrs.get("weight_quantizer") is not None:   # fake-quantized weights: the numpy reference runs it
         return None

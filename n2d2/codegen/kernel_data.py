@@ -9,9 +9,16 @@ Where a node has no kernel, both backends run its numpy reference over the same 
 import numpy as np
 
 from n2d2.ir.types import GraphError
+from n2d2.ops import activation as act_table
 
-# Activations the C and CUDA templates implement (c/activation.c.j2, cuda/common.cu.j2).
-SUPPORTED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation", "Softplus")
+# Activations the C and CUDA templates implement: every entry of the table (c/activation.c.j2
+# renders its C expressions).
+SUPPORTED_ACTIVATIONS = tuple(act_table.ACTIVATIONS)
+
+# Ops whose backward kernels see the pre-activation value (the Activation node reads its
+# forward input, the Epilogue recomputes its chain): the only ones that may carry, in
+# training, an activation whose derivative needs its input.
+PRE_ACTIVATION_KERNELS = ("Activation", "Epilogue")
 
 
 class Buf:
@@ -42,8 +49,14 @@ def activation(spec):
     return {"name": name, **dict(params)}
 
 
-def activation_ok(spec):
-    return spec is None or spec[0] in SUPPORTED_ACTIVATIONS
+def activation_ok(spec, op=None, training=False):
+    """True when the kernels of `op` can run activation `spec` (forward, and in training the
+    backward: a derivative that needs the input only where the kernel has it)."""
+    if spec is None:
+        return True
+    if spec[0] not in SUPPORTED_ACTIVATIONS:
+        return False
+    return not (training and op not in PRE_ACTIVATION_KERNELS and act_table.needs_input(spec))
 
 
 def nchw(shape):

@@ -28,15 +28,6 @@ from n2d2.ops import resize as resize_ops
 from n2d2.ops import softmax as softmax_ops
 from n2d2.ops import transpose as transpose_ops
 
-_ACTIVATIONS = {
-    "Linear": (act_ops.linear_forward, act_ops.linear_backward),
-    "Rectifier": (act_ops.rectifier_forward, act_ops.rectifier_backward),
-    "Tanh": (act_ops.tanh_forward, act_ops.tanh_backward),
-    "Logistic": (act_ops.logistic_forward, act_ops.logistic_backward),
-    "Saturation": (act_ops.saturation_forward, act_ops.saturation_backward),
-    "Softplus": (act_ops.softplus_forward, act_ops.softplus_backward),
-}
-
 
 def activation_spec(activation):
     """The plain-data spec of an `n2d2.activation` object (None stays None)."""
@@ -47,13 +38,13 @@ def activation_spec(activation):
 
 
 def activation_forward(spec, z):
-    name, params = spec
-    return _ACTIVATIONS[name][0](z, **dict(params))
+    """f(z) of an activation spec (n2d2.ops.activation's table)."""
+    return act_ops.forward(spec, z)
 
 
 def activation_backward(spec, dy, z):
-    name, params = spec
-    return _ACTIVATIONS[name][1](dy, z, **dict(params))
+    """dL/dz from dL/dy of an activation spec, given the pre-activation z."""
+    return act_ops.backward(spec, dy, z)
 
 
 class OpDef:

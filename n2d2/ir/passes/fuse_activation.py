@@ -6,6 +6,7 @@ from n2d2.ir.passes._common import (
     check_mode,
     is_idempotent_spec,
     is_identity_spec,
+    needs_input_spec,
     sole_consumer,
 )
 
@@ -19,7 +20,9 @@ def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
     - P is a Conv, Fc, Deconv, ElemWise, BatchNorm or Pool whose fused activation is None (or
       Linear without clipping), A is P's only consumer and P no graph output: P gets
       `activation = f`, A is removed (P computes f(op(x)) with the same saved pre-activation,
-      so forward and gradients are unchanged);
+      so forward and gradients are unchanged); in training, not when f's derivative needs
+      its input (Swish, Gelu, Mish, HardSwish): the producer's backward kernel has only f(z),
+      the standalone Activation's has z;
     - f is idempotent (Rectifier without leak, Linear, Saturation; same parameters) and P
       already applies exactly f: A is removed (f(f(z)) == f(z), same backward mask), whatever
       P is and whoever else reads it;
@@ -40,7 +43,8 @@ def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
         inner = g.attrs(src).get("activation")
         if is_identity_spec(spec) or (inner == spec and is_idempotent_spec(spec)):
             bypass(g, act)
-        elif g.op(src) in PRODUCERS and is_identity_spec(inner) and sole_consumer(g, src) == (act, 0):
+        elif g.op(src) in PRODUCERS and is_identity_spec(inner) and sole_consumer(g, src) == (act, 0) \
+                and not (mode == "training" and needs_input_spec(spec)):
             g.nx.nodes[src]["attrs"]["activation"] = spec
             g.replace_uses(act, src)
             g.remove_node(act)
