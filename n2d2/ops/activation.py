@@ -197,10 +197,10 @@ def hard_swish_forward(z):
 
 
 def hard_swish_backward(dy, z):
-    """PyTorch's convention at the kinks: 0 below -3, z/3 + 1/2 on [-3, 3], 1 above (NaN: 1)."""
+    """PyTorch's convention at the kinks: 0 up to -3, z/3 + 1/2 on (-3, 3), 1 from 3 (NaN: 1)."""
     xp = array_module(z)
     t = z.dtype.type
-    return dy * xp.where(z < -3, t(0), xp.where(z <= 3, z / t(3) + t(0.5), t(1)))
+    return dy * xp.where(z <= -3, t(0), xp.where(z < 3, z / t(3) + t(0.5), t(1)))
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -301,10 +301,8 @@ def _export_tanh(e, x, p, first):
     return e.step("Tanh", [x], "tanh", first), False
 
 
-def _export_unary(op, suffix, min_opset=1):
+def _export_unary(op, suffix):
     def export(e, x, p, first):
-        if e.opset < min_opset:
-            raise e.error(f"{op} needs ONNX opset {min_opset} or later (exporting with opset {e.opset})")
         return e.step(op, [x], suffix, first), False
     return export
 
@@ -342,6 +340,13 @@ def _export_mish(e, x, p, first):
         return e.step("Mish", [x], "mish", first), False
     sp = e.step("Softplus", [x], "softplus", first)
     return e.step("Mul", [x, e.step("Tanh", [sp], "tanh", False)], "mish", False), False
+
+
+def _export_hard_swish(e, x, p, first):
+    if e.opset >= 14:
+        return e.step("HardSwish", [x], "hardswish", first), False
+    s = e.step("HardSigmoid", [x], "hardsigmoid", first, alpha=1 / 6, beta=0.5)
+    return e.step("Mul", [x, s], "hardswish", False), False
 
 
 def _f32(value):
@@ -483,9 +488,9 @@ register(ActivationDef(
     "HardSwish", "x * relu6(x + 3) / 6.",
     hard_swish_forward, hard_swish_backward,
     c_forward=lambda v, p, f: f"(({v}) * n2d2_fmin(n2d2_fmax(({v}) + 3.0f, 0.0f), 6.0f) / 6.0f)",
-    c_derivative=lambda z, p, f: f"(({z}) < -3.0f ? 0.0f : (({z}) <= 3.0f ? ({z}) / 3.0f + 0.5f : 1.0f))",
+    c_derivative=lambda z, p, f: f"(({z}) <= -3.0f ? 0.0f : (({z}) < 3.0f ? ({z}) / 3.0f + 0.5f : 1.0f))",
     derivative_needs_input=True, keeps_sign=_yes,
-    onnx_import={"HardSwish": lambda a: {}}, onnx_export=_export_unary("HardSwish", "hardswish", min_opset=14)))
+    onnx_import={"HardSwish": lambda a: {}}, onnx_export=_export_hard_swish))
 
 
 # -- what the IR, the passes and the templates call -------------------------------------------
