@@ -817,8 +817,9 @@ class _Importer:
         o = v.owner
         if o is None or v.tensor is not o.tensor:
             return False
-        act = o.cell._config.get("activation")
-        return type(act).__name__ == "Rectifier" and act.leak_slope == 0.0
+        from n2d2.ir.ops import activation_spec
+
+        return act_table.prop(activation_spec(o.cell._config.get("activation")), "non_negative", False)
 
     def _op_MaxPool(self, node, ins, a):
         return self._pool(node, a, self._act(ins, 0), "Max")
