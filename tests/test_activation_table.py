@@ -475,3 +475,43 @@ def test_c_export_builds_and_matches(tmp_path):
     out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<f4").reshape(6, 3)
     expected = _cell_outputs(dn, np.stack(xs[2:]), 2)
     assert rel_err(out, expected) < 1e-5
+
+
+def _numpy_param_grads(graph, feeds, seed=6):
+    from n2d2.codegen.numpy_exec import Session
+
+    tg = build_training_graph(graph)
+    rng = np.random.default_rng(seed)
+    seeds = {tg.grad_inputs[k]: rng.standard_normal(graph.output_types(k[0])[k[1]].shape).astype(np.float32)
+             for k in sorted(tg.grad_inputs)}
+    s = Session(tg.graph, training=True, order=tg.forward_nodes)
+    s.feed(feeds)
+    s.run_nodes(tg.forward_nodes)
+    s.feed(seeds)
+    s.run_nodes(tg.backward_nodes)
+    out = {f"out:{n}": np.array(s.values[n][k]) for n, k in graph.outputs}
+    out.update({p: np.array(s.values[g][k]) for p, (g, k) in tg.param_grads.items()})
+    return out
+
+
+@needs_cc
+@pytest.mark.parametrize("case", ["gelu", "hard_swish"])
+def test_training_splits_a_fused_input_derivative_activation(case):
+    """A traced Conv(activation=Gelu) in training: fuse_activation moves the activation to a standalone
+    node (the Conv keeps the pre-activation as `<name>/preact`): same outputs and parameter gradients,
+    and both nodes then run in C."""
+    from tests.test_c_backend import Net, check_training
+
+    net = Net(seed=76)
+    y = net.conv(net.source((2, 3, 6, 6)), 4, padding=(1, 1), activation=TRAIN_SPECS[case])
+    net.output(y)
+    split = fuse_activation(net.g, "training")
+    assert split.op(y) == "Activation" and split.op(f"{y}/preact") == "Conv"
+    assert split.attrs(f"{y}/preact")["activation"] is None and split.outputs == net.g.outputs
+    assert fuse_activation(net.g, "inference").op(y) == "Conv"
+    before, after = _numpy_param_grads(net.g, net.feeds), _numpy_param_grads(split, net.feeds)
+    assert sorted(before) == sorted(after)
+    for k in before:
+        assert rel_err(after[k], before[k]) < 1e-6, k
+    net.g = split
+    check_training(net, expect_c=[y, f"{y}/preact"])

@@ -8,6 +8,7 @@ from n2d2.ir.passes._common import (
     is_identity_spec,
     needs_input_spec,
     sole_consumer,
+    substitute,
 )
 
 PRODUCERS = ("Conv", "Fc", "Deconv", "ElemWise", "BatchNorm", "Pool")
@@ -29,9 +30,18 @@ def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
     - f is None or Linear without clipping: A is removed (the identity).
     Precondition: A has one input (with several it concatenates) and reads output 0; in
     training, A does not have `back_propagate=False`. Exact in inference and training.
+
+    In training, first the reverse for such an input-derivative activation f already fused
+    into a one-output node P (a traced `Conv(activation=Swish())`): P's op moves to a new node
+    `<P>/preact` (same inputs, parameters and attributes, no activation) and P becomes
+    `Activation(f)` reading it; P's name, consumers and graph-output positions are kept.
     """
     g = graph.copy()
     check_mode(mode)
+    if mode == "training":
+        for name in g.topological_order():
+            if g.op(name) not in ("Activation", "Epilogue") and needs_input_spec(g.attrs(name).get("activation")):
+                split_activation(g, name)
     for act in g.topological_order():
         if act not in g.nx or g.op(act) != "Activation" or blocks_gradient(g, act, mode):
             continue
@@ -49,3 +59,16 @@ def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
             g.replace_uses(act, src)
             g.remove_node(act)
     return g
+
+
+def split_activation(g: Graph, name: str) -> str:
+    """Move node `name`'s fused activation into a standalone Activation node (see
+    `fuse_activation`, training); returns the name of the node computing the pre-activation."""
+    d = g.node(name)
+    if len(d.outputs) != 1:
+        return name
+    core = g.unique_name(f"{name}/preact")
+    attrs = dict(d.attrs, activation=None)
+    g.add_node(core, d.op, g.inputs_of(name), attrs, dict(d.params), outputs=list(d.outputs))
+    substitute(g, name, "Activation", [(core, 0)], {"activation": d.attrs["activation"]}, params={})
+    return core
