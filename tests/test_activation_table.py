@@ -515,3 +515,33 @@ def test_training_splits_a_fused_input_derivative_activation(case):
         assert rel_err(after[k], before[k]) < 1e-6, k
     net.g = split
     check_training(net, expect_c=[y, f"{y}/preact"])
+
+
+@needs_cc
+def test_deepnet_cell_fits_the_same_on_c_and_numpy():
+    """A model with fused input-derivative activations (Conv(Swish), Fc(Gelu), Fc(HardSwish)) trained
+    one epoch by DeepNetCell.fit on the C backend and on numpy: the same weights; the C training
+    program runs every node compiled."""
+    from n2d2.cells import Conv, Fc, Pool2d, Sequence, Softmax
+    from n2d2.solver import SGD
+    from tests.test_deepnet_cell import _database
+
+    def model():
+        n2d2.global_variables.seed = 3
+        m = Sequence([Conv(1, 4, [3, 3], activation=A.Swish()), Pool2d([2, 2], stride_dims=[2, 2]),
+                      Fc(36, 8, activation=A.Gelu()), Fc(8, 2, activation=A.HardSwish()), Softmax(with_loss=True)])
+        m.set_solver(SGD(learning_rate=0.05, momentum=0.9))
+        return m
+
+    fitted = {}
+    for backend in ("numpy", "c"):
+        provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+        dn = model().to_deepnet_cell(provider, backend=backend)
+        n2d2.global_variables.seed = 5
+        dn.fit(1)
+        fitted[backend] = [np.array(c._weights) for c in dn if getattr(c, "_weights", None) is not None]
+        if backend == "c":
+            where = dn._program("training", 16)._c.where
+            assert where and all(w == "c" for w in where.values()), where
+    for a, b in zip(fitted["c"], fitted["numpy"]):
+        assert rel_err(a, b) < 1e-5
