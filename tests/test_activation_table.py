@@ -294,7 +294,8 @@ def _cuda_graph():
     s = b.op("s", "ElemWise", [c1, h], operation="Sum", weights=[1.0, 0.5], shifts=[0.0, 0.1],
              activation=TRAIN_SPECS["gelu"])
     e = b.op("e", "Activation", [s], activation=TRAIN_SPECS["swish"])
-    b.g.set_outputs([e])
+    cat = b.op("cat", "Activation", [outs[0], outs[-1]], activation=TRAIN_SPECS["gelu_tanh"])   # two inputs
+    b.g.set_outputs([e, cat])
     return b.g
 
 
