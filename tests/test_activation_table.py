@@ -82,6 +82,10 @@ def test_public_api_keeps_upstream_parameters():
         A.Gelu(approximate="erf")
     with pytest.raises(TypeError):
         A.ActivationFunction()
+    with pytest.raises(ValueError, match="'Swish': unknown parameter.*alpha"):
+        table.forward(("Swish", (("alpha", 1.0),)), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="unknown activation 'Relu6'"):
+        table.get("Relu6")
 
 
 def test_pass_properties_come_from_the_table():

@@ -238,7 +238,12 @@ class ActivationDef:
 
     def resolve(self, params):
         """`params` (mapping or (key, value) pairs) completed with the defaults."""
-        return {**self.defaults(), **dict(params)}
+        given = dict(params)
+        unknown = sorted(set(given) - {k for k, _, _ in self.params})
+        if unknown:
+            raise ValueError(f"activation '{self.name}': unknown parameter(s) {unknown} (known: "
+                             f"{[k for k, _, _ in self.params]})")
+        return {**self.defaults(), **given}
 
 
 ACTIVATIONS = {}
