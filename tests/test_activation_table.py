@@ -550,3 +550,14 @@ def test_deepnet_cell_fits_the_same_on_c_and_numpy():
             assert where and all(w == "c" for w in where.values()), where
     for a, b in zip(fitted["c"], fitted["numpy"]):
         assert rel_err(a, b) < 1e-5
+
+
+@needs_cc
+@pytest.mark.parametrize("case", sorted(TRAIN_SPECS))
+def test_c_kernels_propagate_nan_and_inf_as_the_reference(case):
+    """A NaN, +Inf and -Inf in the input: the C forward and gradients put NaN / +-Inf where numpy does."""
+    from tests.test_nan_propagation import PoisonNet, check_c
+
+    net = PoisonNet(seed=sum(map(ord, case)))
+    y = net.op("Activation", [net.source((2, 3, 6, 5))], {"activation": TRAIN_SPECS[case]})
+    check_c(net.output(y), expect_c=[y])
