@@ -1,7 +1,10 @@
 """Activation functions (`n2d2.activation`), attached to cells through `activation=`.
 
 Each object is a configuration (printed as upstream) plus `forward(z)` / `backward(dy, z)`
-calls into `n2d2.ops.activation`, where the math lives once.
+calls into `n2d2.ops.activation`, where the math lives once. The classes themselves are made
+from that module's table (`ACTIVATIONS`): Linear(clipping), Rectifier(clipping, leak_slope),
+Tanh(alpha), Logistic, LogisticWithLoss, Saturation(threshold), Softplus, Swish, TanhLeCun,
+Gelu(approximate), Mish, HardSigmoid(alpha, beta), HardSwish; each also takes `quantizer`.
 """
 from n2d2.configurable import Configurable, Spec
 from n2d2.ops import activation as ops
@@ -38,79 +41,30 @@ class ActivationFunction(Configurable):
         self.set_parameter("quantizer", quantizer)
 
     def forward(self, z):
-        raise NotImplementedError
+        d = ops.get(type(self).__name__)
+        return d.forward(z, **{k: self._config[k] for k, _, _ in d.params})
 
     def backward(self, dy, z):
-        raise NotImplementedError
+        d = ops.get(type(self).__name__)
+        return d.backward(dy, z, **{k: self._config[k] for k, _, _ in d.params})
 
 
-class Linear(ActivationFunction):
-    """Identity, optionally clipped to [-clipping, clipping] (0 = no clipping)."""
-
-    _parameters = {"clipping": Spec(float, 0.0), "quantizer": _QUANTIZER}
-
-    def forward(self, z):
-        return ops.linear_forward(z, self.clipping)
-
-    def backward(self, dy, z):
-        return ops.linear_backward(dy, z, self.clipping)
+def _spec(default, choices):
+    return Spec(type(default), default, choices=choices)
 
 
-class Rectifier(ActivationFunction):
-    """ReLU with optional leak slope and upper clipping."""
-
-    _parameters = {"clipping": Spec(float, 0.0), "leak_slope": Spec(float, 0.0), "quantizer": _QUANTIZER}
-
-    def forward(self, z):
-        return ops.rectifier_forward(z, self.leak_slope, self.clipping)
-
-    def backward(self, dy, z):
-        return ops.rectifier_backward(dy, z, self.leak_slope, self.clipping)
+def _make_class(d):
+    """The user class of table entry `d` (parameters in the table's order, then `quantizer`)."""
+    params = {k: _spec(default, choices) for k, default, choices in d.params}
+    params["quantizer"] = _QUANTIZER
+    return type(d.name, (ActivationFunction,), {"__doc__": d.doc, "__module__": __name__, "__qualname__": d.name,
+                                                "_parameters": params})
 
 
-class Tanh(ActivationFunction):
-    """tanh(alpha * x)."""
+for _d in ops.ACTIVATIONS.values():
+    globals()[_d.name] = _make_class(_d)
+del _d
 
-    _parameters = {"alpha": Spec(float, 1.0), "quantizer": _QUANTIZER}
-
-    def forward(self, z):
-        return ops.tanh_forward(z, self.alpha)
-
-    def backward(self, dy, z):
-        return ops.tanh_backward(dy, z, self.alpha)
+__all__ = ["ActivationFunction"] + list(ops.ACTIVATIONS)
 
 
-class Logistic(ActivationFunction):
-    """Sigmoid 1 / (1 + exp(-x)) (N2D2 INI type Logistic)."""
-
-    _parameters = {"quantizer": _QUANTIZER}
-
-    def forward(self, z):
-        return ops.logistic_forward(z)
-
-    def backward(self, dy, z):
-        return ops.logistic_backward(dy, z)
-
-
-class Saturation(ActivationFunction):
-    """Clamp to [-threshold, threshold] (N2D2 INI type Saturation, Threshold=1.0)."""
-
-    _parameters = {"threshold": Spec(float, 1.0), "quantizer": _QUANTIZER}
-
-    def forward(self, z):
-        return ops.saturation_forward(z, self.threshold)
-
-    def backward(self, dy, z):
-        return ops.saturation_backward(dy, z, self.threshold)
-
-
-class Softplus(ActivationFunction):
-    """log(1 + exp(x))."""
-
-    _parameters = {"quantizer": _QUANTIZER}
-
-    def forward(self, z):
-        return ops.softplus_forward(z)
-
-    def backward(self, dy, z):
-        return ops.softplus_backward(dy, z)

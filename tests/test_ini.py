@@ -461,8 +461,8 @@ def test_misplaced_config_key_warns_and_is_ignored(tmp_path):
     ("[c]\nInput=sp\nType=Conv\nKernelDims=3 3\nNbOutputs=2\nConfigSection=nope\n", 12, "[nope] is not defined"),
     ("[c]\nInput=sp\nType=Conv\nKernelDims=3 3\nNbOutputs=2\nConfigSection=cfg\n[cfg]\nEpsilon=0.1\n", 14,
      "not a configuration parameter of a Conv"),
-    ("[c]\nInput=sp\nType=Conv\nKernelDims=3 3\nNbOutputs=2\nActivationFunction=Swish\n", 12,
-     "ActivationFunction='Swish'"),
+    ("[c]\nInput=sp\nType=Conv\nKernelDims=3 3\nNbOutputs=2\nActivationFunction=Relu\n", 12,
+     "ActivationFunction='Relu'"),
     ("[c]\nInput=sp\nType=Conv\nKernelDims=3 3\nNbOutputs=2\nActivationFunction=Linear\n"
      "ActivationFunction.LeakSlope=0.1\n", 13, "not a parameter of the Linear activation"),
     ("[c]\nInput=sp\nType=Conv\nKernelDims=3 3\nNbOutputs=2\nWeightsFiller=HeFiller\nWeightsFiller.StdDev=1\n",

@@ -86,7 +86,7 @@ class CompiledProgram:
     every tensor as a view of one arena (`_views`), and an interpreter over those views
     (`_fallback`) that runs the nodes without a kernel."""
 
-    MODULE_FIELDS = ("graph", "training", "phases", "plan", "where", "kernels", "aux_specs", "source")
+    MODULE_FIELDS = ("graph", "training", "phases", "plan", "where", "fallback_reasons", "kernels", "aux_specs", "source")
 
     def _adopt(self, module):
         self.module = module

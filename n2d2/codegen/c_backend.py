@@ -73,7 +73,7 @@ def _lower(graph, node, training):
     attrs = graph.attrs(node)
     if not template_exists(f"c/ops/{op}.c.j2"):
         return Unsupported(f"no C kernel for op {op} (n2d2/templates/c/ops/{op}.c.j2)")
-    bad = [spec[0] for spec in opdef.activations(attrs) if not _activation_ok(spec)]
+    bad = [spec[0] for spec in opdef.activations(attrs) if not _activation_ok(spec, op, training)]
     if bad:
         return Unsupported(f"activation {bad[0]} has no C implementation")
     types = list(graph.input_types(node)) + list(graph.output_types(node))
@@ -104,6 +104,8 @@ class CModule:
         What was lowered: the graph, its execution order phase by phase, the mode, the arena plan.
     where : {node: "c" | "numpy"}
         Where each node runs (a "numpy" node runs on the interpreter over the arena views).
+    fallback_reasons : {node: str}
+        Why each forward node without a kernel has none (the op's `Unsupported` reason).
     geometry : {node: dict}
         The geometry each forward C kernel was specialised for.
     kernels, functions, segments, parts
@@ -184,7 +186,7 @@ class CLowering:
                         kernels=self.kernels, segments=segments, functions=functions, parts=parts)
         self._module = CModule(
             graph=self.graph, phases=self.phases, training=self.training, plan=self.plan, where=self.where,
-            geometry=self.geometry, kernels=self.kernels, functions=functions, segments=segments, parts=parts,
+            fallback_reasons=self.fallback_reasons, geometry=self.geometry, kernels=self.kernels, functions=functions, segments=segments, parts=parts,
             source=source, aux_specs=self.aux_specs, param_names=list(self._param_names),
             scratch_layouts=self._scratch_layouts,
             slack_bytes=4 * max([_SLACK_FLOATS] + [k.get("read_past", 0) for k in self.kernels]))

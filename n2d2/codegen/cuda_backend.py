@@ -94,7 +94,7 @@ def _lower(graph, node, training, is_param_array):
     types = list(graph.input_types(node)) + list(graph.output_types(node))
     if not template_exists(f"cuda/ops/{op}.cu.j2"):
         return Unsupported(f"no CUDA kernel for op {op} (n2d2/templates/cuda/ops/{op}.cu.j2)")
-    bad = [spec[0] for spec in opdef.activations(attrs) if not _activation_ok(spec)]
+    bad = [spec[0] for spec in opdef.activations(attrs) if not _activation_ok(spec, op, training)]
     if bad:
         return Unsupported(f"activation {bad[0]} has no CUDA implementation")
     if any(t.dtype != "float32" for t in types):
@@ -442,6 +442,8 @@ class CudaModule:
         What was lowered: the graph, its execution order phase by phase, the mode, the arena plan.
     where : {node: "cuda" | "numpy"}
         Where each node runs (a "numpy" node runs on the interpreter over the arena views).
+    fallback_reasons : {node: str}
+        Why each forward node without a kernel has none (the op's `Unsupported` reason).
     kernels : list
         Launch specs with their rendered bodies, in render order; `node_kernels` per node.
     source : str
@@ -513,7 +515,7 @@ class CudaLowering:
                         aux_bytes=self._aux_bytes, hyper_offset=hyper_offset, scratch_offset=scratch_offset)
         self._module = CudaModule(
             graph=self.graph, phases=self.phases, training=self.training, plan=self.plan, where=self.where,
-            kernels=self.kernels, node_kernels=self._node_kernels, source=source, aux_specs=self.aux_specs,
+            fallback_reasons=self.fallback_reasons, kernels=self.kernels, node_kernels=self._node_kernels, source=source, aux_specs=self.aux_specs,
             table_names=self._table_names, updates=self._updates, aux_offset=self.aux_offset,
             aux_bytes=self._aux_bytes, hyper_offset=hyper_offset, scratch_offset=scratch_offset,
             arena_bytes=arena_bytes)

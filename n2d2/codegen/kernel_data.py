@@ -9,9 +9,11 @@ import numpy as np
 
 from n2d2.ir import ops as op_registry
 from n2d2.ir.lowering import Context, concat_channels, nchw  # noqa: F401  (the backends import them from here)
+from n2d2.ops import activation as act_table
 
-# Activations the C and CUDA templates implement (c/activation.c.j2, cuda/common.cu.j2).
-SUPPORTED_ACTIVATIONS = ("Linear", "Rectifier", "Tanh", "Logistic", "Saturation", "Softplus")
+# Activations the C and CUDA templates implement: every entry of the table (c/activation.c.j2
+# renders its C expressions).
+SUPPORTED_ACTIVATIONS = tuple(act_table.ACTIVATIONS)
 
 
 class Buf:
@@ -32,8 +34,15 @@ def activation(spec):
     return {"name": name, **dict(params)}
 
 
-def activation_ok(spec):
-    return spec is None or spec[0] in SUPPORTED_ACTIVATIONS
+def activation_ok(spec, op=None, training=False):
+    """True when the kernels of `op` can run activation `spec` (forward, and in training the
+    backward: a derivative that needs the input only where the kernel has it)."""
+    if spec is None:
+        return True
+    if spec[0] not in SUPPORTED_ACTIVATIONS:
+        return False
+    return not (training and act_table.needs_input(spec)
+                and not (op is not None and op_registry.get(op).backward_sees_input))
 
 
 def forward_context(graph, node, g, training, plan, buf, param, aux_slot, stats_kind):

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from n2d2.names import c_comment, c_identifier, c_string_literal, markdown_code
+from n2d2.ops import activation as act_table
 
 _env = None
 _recorders = []      # sets receiving the names of the templates loaded (record_renders)
@@ -54,6 +55,10 @@ def environment():
                           bytecode_cache=_bytecode_cache(jinja2))
         _env.filters.update(cfloat=cfloat, cident=c_identifier, c_comment=c_comment, c_string=c_string_literal,
                             md_code=markdown_code)
+        # the `act` / `dact` macros (c/activation.c.j2): C expressions from the activation table
+        _env.globals.update(act_c=functools.partial(act_table.c_forward, lit=cfloat),
+                            dact_c=functools.partial(act_table.c_derivative, lit=cfloat),
+                            act_needs_input=act_table.needs_input_data)
     return _env
 
 

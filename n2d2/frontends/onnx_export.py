@@ -14,8 +14,9 @@ cells of the same names (a fused activation follows as `<name>/<op>`):
   it below opset 13 when H, W > 1); Padding -> Pad (negative pads crop); Reshape, Transpose,
   Resize (sizes from the input's shape), Concat; Activation -> its activation; Dropout and
   Identity are dropped (inference);
-- activations: Rectifier -> Relu / LeakyRelu / Clip, Logistic -> Sigmoid, Tanh (alpha as a
-  Mul), Saturation and clipped Linear -> Clip, Softplus.
+- activations: each entry of n2d2.ops.activation's table says its form (Rectifier -> Relu /
+  LeakyRelu / Clip, Logistic -> Sigmoid, Tanh (alpha as a Mul), Saturation and clipped Linear
+  -> Clip, Softplus, Swish -> x * Sigmoid(x), Gelu (decomposed below opset 20), Mish, ...).
 
 The batch axis is dynamic (`N`). What ONNX cannot express exactly (cross-channel pooling
 tables, fixed-point scalings, sub-sampled convolutions, ops of optimised programs) raises
@@ -27,6 +28,7 @@ import os
 import numpy as np
 
 from n2d2.frontends.onnx_import import ONNXUnsupportedError, _onnx
+from n2d2.ops import activation as act_table
 
 MIN_OPSET = 9
 
@@ -147,33 +149,7 @@ class _Exporter:
         """Apply an activation spec (name, ((key, value), ...)) to `x`."""
         if spec is None:
             return x, first
-        name, params = spec
-        p = dict(params)
-        if name == "Linear":
-            c = p.get("clipping", 0.0)
-            return (self.clip(x, -c, c, first), False) if c > 0 else (x, first)
-        if name == "Rectifier":
-            leak, c = p.get("leak_slope", 0.0), p.get("clipping", 0.0)
-            if leak == 0.0:
-                if c > 0:
-                    return self.clip(x, 0.0, c, first), False
-                return self.step("Relu", [x], "relu", first), False
-            y = self.step("LeakyRelu", [x], "leakyrelu", first, alpha=float(leak))
-            return (self.clip(y, None, c, False) if c > 0 else y), False
-        if name == "Tanh":
-            alpha = p.get("alpha", 1.0)
-            if alpha != 1.0:
-                x = self.step("Mul", [x, self.const(f"{self.current}/alpha", np.float32(alpha))], "alpha", first)
-                first = False
-            return self.step("Tanh", [x], "tanh", first), False
-        if name == "Logistic":
-            return self.step("Sigmoid", [x], "sigmoid", first), False
-        if name == "Saturation":
-            t = p.get("threshold", 1.0)
-            return self.clip(x, -t, t, first), False
-        if name == "Softplus":
-            return self.step("Softplus", [x], "softplus", first), False
-        raise self.error(f"activation {name} has no ONNX equivalent here")
+        return act_table.onnx_export(self, x, spec, first)
 
     def coefficient(self, values, rank, base):
         """A scalar or per-channel coefficient broadcastable to a rank-`rank` NC... tensor."""

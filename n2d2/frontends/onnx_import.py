@@ -11,7 +11,8 @@ Steps (N2D2's `DeepNetGenerator::ONNX_processGraph`, reference section 2.2):
    around `Reshape` disappear this way;
 3. every other node becomes a cell named after its first output ('9', '11', ...), called at
    once on the running tensor (a zero batch of `provider.shape()`, in test mode), or no cell:
-   - Relu/LeakyRelu/Sigmoid/Tanh/Softplus/Clip/PRelu(scalar) become the activation of the
+   - the activations of n2d2.ops.activation's table (Relu, LeakyRelu, Sigmoid, Tanh, Softplus,
+     Gelu, Mish, HardSigmoid, HardSwish), Clip and PRelu(scalar) become the activation of the
      cell that produced their input when they are its only consumer (else an Activation
      cell); a general Clip(lo, hi) is two ElemWise cells around a clipped Rectifier;
    - Add/Sub of a per-channel constant after Conv/Fc/BatchNorm is folded into the bias, a
@@ -40,6 +41,7 @@ import numpy as np
 
 from n2d2.error_handler import ModelFileError
 from n2d2.frontends import onnx_limits
+from n2d2.ops import activation as act_table
 
 
 class ONNXError(ModelFileError):
@@ -58,10 +60,10 @@ class ONNXUnsupportedError(ONNXError):
 
 SUPPORTED_OPS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
                  "ConvTranspose", "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
-                 "Identity", "LeakyRelu", "LogSoftmax", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "PRelu",
-                 "ReduceMax", "ReduceMean", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Size", "Softmax",
-                 "Softplus", "Squeeze", "Sub", "Sum", "Tanh", "Transpose", "Unsqueeze", "Upsample",
-                 "(and any op whose inputs are all constants)")
+                 "Identity", "LogSoftmax", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "PRelu",
+                 "ReduceMax", "ReduceMean", "Reshape", "Resize", "Shape", "Size", "Softmax",
+                 "Squeeze", "Sub", "Sum", "Transpose", "Unsqueeze", "Upsample",
+                 *act_table.onnx_import_ops(), "(and any op whose inputs are all constants)")
 
 _RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                "Bernoulli")
@@ -815,8 +817,9 @@ class _Importer:
         o = v.owner
         if o is None or v.tensor is not o.tensor:
             return False
-        act = o.cell._config.get("activation")
-        return type(act).__name__ == "Rectifier" and act.leak_slope == 0.0
+        from n2d2.ir.ops import activation_spec
+
+        return act_table.prop(activation_spec(o.cell._config.get("activation")), "non_negative", False)
 
     def _op_MaxPool(self, node, ins, a):
         return self._pool(node, a, self._act(ins, 0), "Max")
@@ -883,15 +886,13 @@ class _Importer:
             return self._tensor(x)
         return x.materialized if x.materialized is not None else x.tensor
 
-    def _op_Relu(self, node, ins, a):
-        from n2d2.activation import Rectifier
+    def _op_table_activation(self, node, ins, a):
+        """An ONNX activation of the activation table (Relu, LeakyRelu, Sigmoid, Tanh, Softplus,
+        Gelu, Mish, HardSigmoid, HardSwish, ...: n2d2.ops.activation)."""
+        import n2d2.activation as activations
 
-        return self._activation(node, self._act(ins, 0), Rectifier())
-
-    def _op_LeakyRelu(self, node, ins, a):
-        from n2d2.activation import Rectifier
-
-        return self._activation(node, self._act(ins, 0), Rectifier(leak_slope=float(a.get("alpha", 0.01))))
+        d, params = act_table.onnx_import_params(node.op_type, a)
+        return self._activation(node, self._act(ins, 0), getattr(activations, d.name)(**params))
 
     def _op_PRelu(self, node, ins, a):
         from n2d2.activation import Rectifier
@@ -901,21 +902,6 @@ class _Importer:
             raise self.unsupported(f"PRelu with a slope of shape {list(slope.shape)}: n2d2's Rectifier has one "
                                    "leak slope")
         return self._activation(node, self._act(ins, 0), Rectifier(leak_slope=_plain(float(slope.reshape(-1)[0]))))
-
-    def _op_Sigmoid(self, node, ins, a):
-        from n2d2.activation import Logistic
-
-        return self._activation(node, self._act(ins, 0), Logistic())
-
-    def _op_Tanh(self, node, ins, a):
-        from n2d2.activation import Tanh
-
-        return self._activation(node, self._act(ins, 0), Tanh())
-
-    def _op_Softplus(self, node, ins, a):
-        from n2d2.activation import Softplus
-
-        return self._activation(node, self._act(ins, 0), Softplus())
 
     def _op_Clip(self, node, ins, a):
         x = self._act(ins, 0)
@@ -1471,10 +1457,13 @@ def _plain(value):
 
 
 def _idempotent(activation) -> bool:
-    name = type(activation).__name__
-    if name == "Rectifier":
-        return activation.leak_slope == 0.0
-    return name in ("Saturation", "Linear")
+    from n2d2.ir.ops import activation_spec
+
+    return act_table.prop(activation_spec(activation), "idempotent", True)
+
+
+for _op_type in act_table.onnx_import_ops():   # one handler per ONNX op type of the activation table
+    setattr(_Importer, f"_op_{_op_type}", _Importer._op_table_activation)
 
 
 # -- INI embedding ---------------------------------------------------------------------------------

@@ -21,15 +21,6 @@ from n2d2.ir.types import GraphError, TensorType
 from n2d2.ops import activation as act_ops
 from n2d2.ops import quantizer as quant_ops
 
-_ACTIVATIONS = {
-    "Linear": (act_ops.linear_forward, act_ops.linear_backward),
-    "Rectifier": (act_ops.rectifier_forward, act_ops.rectifier_backward),
-    "Tanh": (act_ops.tanh_forward, act_ops.tanh_backward),
-    "Logistic": (act_ops.logistic_forward, act_ops.logistic_backward),
-    "Saturation": (act_ops.saturation_forward, act_ops.saturation_backward),
-    "Softplus": (act_ops.softplus_forward, act_ops.softplus_backward),
-}
-
 
 def activation_spec(activation):
     """The plain-data spec of an `n2d2.activation` object (None stays None)."""
@@ -40,13 +31,13 @@ def activation_spec(activation):
 
 
 def activation_forward(spec, z):
-    name, params = spec
-    return _ACTIVATIONS[name][0](z, **dict(params))
+    """f(z) of an activation spec (n2d2.ops.activation's table)."""
+    return act_ops.forward(spec, z)
 
 
 def activation_backward(spec, dy, z):
-    name, params = spec
-    return _ACTIVATIONS[name][1](dy, z, **dict(params))
+    """dL/dz from dL/dy of an activation spec, given the pre-activation z."""
+    return act_ops.backward(spec, dy, z)
 
 
 class OpDef:
@@ -78,6 +69,10 @@ class OpDef:
     aliases_inputs = False
     #: a following inference BatchNorm can fold into its weights and biases (fold_batchnorm)
     folds_batchnorm = False
+    #: its backward kernels see the pre-activation value (the Activation node reads its forward
+    #: input, the Epilogue recomputes its chain): only such an op may carry, in training, an
+    #: activation whose derivative needs its input (Swish, Gelu, Mish, HardSwish)
+    backward_sees_input = False
     #: names of the op in other formats, plain data (ONNX op types, INI cell types)
     onnx_names = ()
     ini_names = ()
@@ -86,7 +81,8 @@ class OpDef:
 
     #: the property names above, for tools and tests that walk the registry
     PROPERTIES = ("elementwise", "carries_activation", "epilogue_anchor", "epilogue_member", "keeps_sign",
-                  "passthrough", "aliases_inputs", "folds_batchnorm", "onnx_names", "ini_names", "quantized")
+                  "passthrough", "aliases_inputs", "folds_batchnorm", "backward_sees_input",
+                  "onnx_names", "ini_names", "quantized")
 
     def plain_attrs(self, attrs: dict) -> dict:
         """The node's attributes as plain data (Graph.add_node stores what this returns): an op

@@ -16,6 +16,7 @@ class Activation(Concat):
     keeps_sign = True
     passthrough = "always"
     aliases_inputs = False   # Concat's aliasing does not apply: it computes
+    backward_sees_input = True
 
     def chain_steps(self, attrs, nb_inputs, slot, first_input):
         return ([], []) if nb_inputs == 1 else None   # the pass appends its activation

@@ -49,6 +49,7 @@ import numpy as np
 
 from n2d2.frontends.ini.onnx_section import OnnxSection, is_onnx_section
 from n2d2.frontends.ini.parser import IniDocument, IniError, Reader, parse_file, warn
+from n2d2.ops import activation as act_table
 
 __all__ = ["load_ini", "NetworkBuilder", "LAYER_TYPES"]
 
@@ -81,15 +82,10 @@ _FILLERS = {
                                 "Scaling": ("scaling", float, 1.0)}),
 }
 
-# Activations: INI name -> (n2d2.activation class name, {INI key: (python name, type)})
-_ACTIVATIONS = {
-    "Rectifier": ("Rectifier", {"LeakSlope": ("leak_slope", float), "Clipping": ("clipping", float)}),
-    "Linear": ("Linear", {"Clipping": ("clipping", float)}),
-    "Tanh": ("Tanh", {"Alpha": ("alpha", float)}),
-    "Logistic": ("Logistic", {}),
-    "Saturation": ("Saturation", {"Threshold": ("threshold", float)}),
-    "Softplus": ("Softplus", {}),
-}
+# Activations: INI name -> (n2d2.activation class name, {INI key: (python name, type)}), from the
+# activation table (n2d2.ops.activation)
+_ACTIVATIONS = {d.ini_name: (d.name, {k: (py, float) for k, py in d.ini_params.items()})
+                for d in act_table.ACTIVATIONS.values() if d.ini_name}
 
 # Database parameters common to every database: INI name -> (python name, type)
 _DATABASE_PARAMETERS = {

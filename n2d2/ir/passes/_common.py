@@ -1,6 +1,7 @@
 """Small graph-rewriting helpers shared by the passes (not a pass)."""
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
+from n2d2.ops import activation as act_table
 
 #: Options every pass may receive from the pass manager.
 MODES = ("inference", "training")
@@ -78,41 +79,28 @@ def pair(value):
 
 
 def is_identity_spec(spec) -> bool:
-    """True for no activation and for Linear without clipping."""
-    if spec is None:
-        return True
-    name, params = spec
-    return name == "Linear" and float(dict(params).get("clipping", 0.0)) <= 0
+    """True for no activation and for an identity one (Linear without clipping)."""
+    return act_table.prop(spec, "identity", True)
 
 
 def is_idempotent_spec(spec) -> bool:
     """f(f(z)) == f(z) with the same backward mask: plain/clipped ReLU, clipping Linear, Saturation."""
-    if spec is None:
-        return True
-    name, params = spec
-    params = dict(params)
-    if name == "Rectifier":
-        return float(params.get("leak_slope", 0.0)) == 0.0
-    return name in ("Linear", "Saturation")
+    return act_table.prop(spec, "idempotent", True)
+
+
+def needs_input_spec(spec) -> bool:
+    """True for an activation whose derivative is written from its input (Swish, Gelu, Mish,
+    HardSwish): in training it stays where its backward kernel sees that input."""
+    return act_table.needs_input(spec)
 
 
 # Specs whose output is >= 0 whatever the input, and specs that keep a non-negative input >= 0.
 def _spec_non_negative(spec) -> bool:
-    if spec is None:
-        return False
-    name, params = spec
-    if name == "Rectifier":
-        return float(dict(params).get("leak_slope", 0.0)) == 0.0
-    return name in ("Logistic", "Softplus")
+    return act_table.prop(spec, "non_negative", False)
 
 
 def _spec_keeps_sign(spec) -> bool:
-    if spec is None:
-        return True
-    name, params = spec
-    if name == "Tanh":
-        return float(dict(params).get("alpha", 1.0)) > 0
-    return name in ("Linear", "Rectifier", "Saturation")
+    return act_table.prop(spec, "keeps_sign", True)
 
 
 def is_non_negative(graph: Graph, name: str, depth: int = 16) -> bool:

@@ -7,7 +7,9 @@ from n2d2.ir.passes._common import (
     check_mode,
     is_idempotent_spec,
     is_identity_spec,
+    needs_input_spec,
     sole_consumer,
+    substitute,
 )
 
 
@@ -18,16 +20,28 @@ def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
     - P's op `carries_activation` (Conv, Fc, Deconv, ElemWise, BatchNorm, Pool), its fused
       activation is None (or Linear without clipping), A is P's only consumer and P no graph output: P gets
       `activation = f`, A is removed (P computes f(op(x)) with the same saved pre-activation,
-      so forward and gradients are unchanged);
+      so forward and gradients are unchanged); in training, not when f's derivative needs
+      its input (Swish, Gelu, Mish, HardSwish): the producer's backward kernel has only f(z),
+      the standalone Activation's has z;
     - f is idempotent (Rectifier without leak, Linear, Saturation; same parameters) and P
       already applies exactly f: A is removed (f(f(z)) == f(z), same backward mask), whatever
       P is and whoever else reads it;
     - f is None or Linear without clipping: A is removed (the identity).
     Precondition: A has one input (with several it concatenates) and reads output 0; in
     training, A does not have `back_propagate=False`. Exact in inference and training.
+
+    In training, first the reverse for such an input-derivative activation f already fused
+    into a one-output node P (a traced `Conv(activation=Swish())`): P's op moves to a new node
+    `<P>/preact` (same inputs, parameters and attributes, no activation) and P becomes
+    `Activation(f)` reading it; P's name, consumers and graph-output positions are kept.
     """
     g = graph.copy()
     check_mode(mode)
+    if mode == "training":
+        for name in g.topological_order():
+            if not op_registry.get(g.op(name), node=name).backward_sees_input \
+                    and needs_input_spec(g.attrs(name).get("activation")):
+                split_activation(g, name)
     for act in g.topological_order():
         if act not in g.nx or g.op(act) != "Activation" or blocks_gradient(g, act, mode):
             continue
@@ -40,8 +54,21 @@ def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
         if is_identity_spec(spec) or (inner == spec and is_idempotent_spec(spec)):
             bypass(g, act)
         elif op_registry.get(g.op(src), node=src).carries_activation and is_identity_spec(inner) \
-                and sole_consumer(g, src) == (act, 0):
+                and sole_consumer(g, src) == (act, 0) and not (mode == "training" and needs_input_spec(spec)):
             g.nx.nodes[src]["attrs"]["activation"] = spec
             g.replace_uses(act, src)
             g.remove_node(act)
     return g
+
+
+def split_activation(g: Graph, name: str) -> str:
+    """Move node `name`'s fused activation into a standalone Activation node (see
+    `fuse_activation`, training); returns the name of the node computing the pre-activation."""
+    d = g.node(name)
+    if len(d.outputs) != 1:
+        return name
+    core = g.unique_name(f"{name}/preact")
+    attrs = dict(d.attrs, activation=None)
+    g.add_node(core, d.op, g.inputs_of(name), attrs, dict(d.params), outputs=list(d.outputs))
+    substitute(g, name, "Activation", [(core, 0)], {"activation": d.attrs["activation"]}, params={})
+    return core
