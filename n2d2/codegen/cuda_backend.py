@@ -42,16 +42,23 @@ import subprocess
 
 import numpy as np
 
+from n2d2.backend import cuda_available, require_cupy, to_host
+from n2d2.codegen import artifact_cache
+from n2d2.codegen.compiler import cache_dir
 from n2d2.codegen.kernel_data import Buf, forward_context, run_reference
 from n2d2.codegen.kernel_data import Context as _Context
 from n2d2.codegen.kernel_data import activation_ok as _activation_ok
 from n2d2.codegen.kernel_data import concat_channels as _concat_channels
 from n2d2.codegen.kernel_data import nchw as _nchw
+from n2d2.codegen.numpy_exec import check_feed
 from n2d2.codegen.render import environment, render, template_exists, template_source
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
+from n2d2.ops.dropout import dropout_mask
+from n2d2.settings import global_variables
+from n2d2.solver import SGD, parse_clamping
 
 __all__ = ["CudaProgram", "CupyDevice", "HostEmulator", "available", "compile_check", "CudaCompileError",
            "NVRTC_OPTIONS"]
@@ -70,8 +77,6 @@ class CudaCompileError(RuntimeError):
 
 def available() -> bool:
     """CuPy is importable and sees a CUDA device."""
-    from n2d2.backend import cuda_available
-
     return cuda_available()
 
 
@@ -102,8 +107,6 @@ def _conv_geometry(graph, node, attrs, ins, outs):
     kh, kw = int(wshape[2]), int(wshape[3])
     conn = None
     if mapping is not None:
-        from n2d2.backend import to_host
-
         conn = np.asarray(to_host(mapping), dtype=bool).astype(int).tolist()
     cg, og = c // groups, o // groups
     g = dict(N=n, C=c, H=h, W=w, O=o, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px, DY=dy, DX=dx,
@@ -123,8 +126,6 @@ def _pool_geometry(attrs, ins, outs):
     mapping = attrs.get("mapping")
     links = rlinks = None
     if mapping is not None:
-        from n2d2.backend import to_host
-
         conn = np.asarray(to_host(mapping), dtype=bool)
         links = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
         rlinks = [[o for o in range(conn.shape[1]) if conn[c_, o]] for c_ in range(c)]
@@ -374,8 +375,6 @@ class CupyDevice:
     name = "cuda"
 
     def __init__(self):
-        from n2d2.backend import require_cupy
-
         self.cp = require_cupy()
         self.xp = self.cp
         self._capture_stream = None
@@ -542,8 +541,6 @@ def _emulator_prelude() -> str:
 
 
 def _build_emulator(source):
-    from n2d2.codegen import artifact_cache
-
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise CudaCompileError("the CUDA host emulator needs a C++ compiler (g++ or $CXX)")
@@ -571,8 +568,6 @@ def compile_check(source: str, arch: str = "sm_90", mode: str = "cubin") -> str:
     needed: `-cubin` runs the front end and ptxas; `-ptx` stops before ptxas); raise
     `CudaCompileError` with the compiler's output on failure. Results are cached by hash.
     Returns the path of the cached source."""
-    from n2d2.codegen.compiler import cache_dir
-
     if re.search(r"^\s*#\s*include", source, re.M):
         raise CudaCompileError("generated CUDA source includes a header: NVRTC would not find it")
     nvcc = find_nvcc()
@@ -742,8 +737,6 @@ class CudaProgram:
 
     def _decide_update(self, index, node):
         """A fused SGD kernel for plain SGD solvers (iteration_size 1), else the Python solver."""
-        from n2d2.solver import SGD
-
         gr = self.graph
         pname = gr.attrs(node)["param"]
         param = gr.params[pname]
@@ -805,8 +798,6 @@ class CudaProgram:
         return self._views[tensor]
 
     def feed(self, feeds):
-        from n2d2.codegen.numpy_exec import check_feed
-
         for name, value in feeds.items():
             check_feed(self.graph, name, value)
             self.device.copy_in(self._views[(name, 0)], value)
@@ -849,9 +840,6 @@ class CudaProgram:
         coefficients (when the phase has fused updates)."""
         self._refresh_table()
         if index == 0 and self._dropout:
-            from n2d2.ops.dropout import dropout_mask
-            from n2d2.settings import global_variables
-
             for key, shape, rate in self._dropout:
                 self.device.upload(self._aux[key], dropout_mask(global_variables.rng, shape, rate))
         if self._fused_updates[index]:
@@ -953,7 +941,6 @@ def _sgd_coefficients(solver, param, batch_size, xp):
         mode = 1 if c["polyak_momentum"] else 2
         if state.buffers.get("momentum") is None:
             state.buffers["momentum"] = xp.zeros_like(param)
-    from n2d2.solver import parse_clamping
 
     low, high = parse_clamping(c["clamping"])
     clamp = low is not None or high is not None

@@ -26,7 +26,10 @@ import os
 
 import numpy as np
 
+from n2d2.backend import to_host
 from n2d2.frontends.onnx_import import ONNXUnsupportedError, _onnx
+from n2d2.ops.transpose import numpy_axes
+from n2d2.utils import write_inside
 
 MIN_OPSET = 9
 
@@ -43,8 +46,6 @@ def _graph_of(source):
 
 
 def _host(array):
-    from n2d2.backend import to_host
-
     return np.ascontiguousarray(np.asarray(to_host(array), dtype=np.float32))
 
 
@@ -435,8 +436,6 @@ class _Exporter:
         return y, len(shape), False
 
     def _op_Transpose(self, attrs, ins):
-        from n2d2.ops.transpose import numpy_axes
-
         x, first = self.joined(ins, True)
         return self.step("Transpose", [x], "transpose", first, perm=list(numpy_axes(attrs["perm"]))), 4, False
 
@@ -483,7 +482,6 @@ def export_onnx(source, path, opset: int = 17):
     except Exception as e:
         raise RuntimeError(f"export_onnx: the exported model fails the ONNX checker (an exporter bug): "
                            f"{type(e).__name__}: {e}") from e
-    from n2d2.utils import write_inside
 
     path = os.path.abspath(os.fspath(path))
     write_inside(os.path.dirname(path), os.path.basename(path), model.SerializeToString())

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
+from n2d2.ir import ops as op_registry
 from n2d2.ir.types import GraphError, TensorType
+from n2d2.plots import save_figure
 
 
 @dataclass
@@ -78,8 +80,6 @@ class Graph:
 
     def add_op(self, name, op, inputs, attrs=None, params=None) -> str:
         """Add a node whose output types are inferred from its op's shape rule."""
-        from n2d2.ir import ops as op_registry
-
         self.add_node(name, op, inputs, attrs, params)
         try:
             self.nx.nodes[name]["outputs"] = op_registry.get(op, node=name).infer(self, name)
@@ -171,8 +171,6 @@ class Graph:
     # -- checking -----------------------------------------------------------------------------
     def verify(self):
         """Check the IR rules; raise GraphError naming the first offending node."""
-        from n2d2.ir import ops as op_registry
-
         order = self.topological_order()
         for name in order:
             d = self.nx.nodes[name]
@@ -261,7 +259,6 @@ class Graph:
         ax.set_xlim(-2, width)
         ax.set_ylim(-1.2 * len(rows), 1)
         ax.axis("off")
-        from n2d2.plots import save_figure
 
         fig.set_dpi(100)
         save_figure(fig, path)
