@@ -345,6 +345,9 @@ def _geometry(graph, node, training):
             inputs.append({"S": per, "off": off})
             off += per
         return dict(N=n, SIZE=size, PER=size // max(n, 1), inputs=inputs, PAR=size >= PARALLEL_MIN_ELEMENTS)
+    c_geometry = getattr(op_registry.get(op, node=node), "c_geometry", None)
+    if c_geometry is not None:   # an op that states its own C geometry (n2d2/ops/lrn.py)
+        return c_geometry(attrs, ins, outs)
     if len(ins) != 1 and op not in ("ElemWise", "AddN", "Epilogue"):
         return None
     if op == "Softmax":

@@ -22,12 +22,14 @@ tables, fixed-point scalings, sub-sampled convolutions, ops of optimised program
 `ONNXUnsupportedError` naming the node. The model is checked (`onnx.checker`, full) and written
 through a temporary file renamed into place.
 """
+import functools
 import os
 
 import numpy as np
 
 from n2d2.backend import to_host
 from n2d2.frontends.onnx_import import ONNXUnsupportedError, _onnx
+from n2d2.ir import ops as op_registry
 from n2d2.ops.transpose import numpy_axes
 from n2d2.utils import write_inside
 
@@ -203,6 +205,9 @@ class _Exporter:
                 continue
             self.current = n
             handler = getattr(self, f"_op_{op}", None)
+            export = getattr(op_registry.get(op, node=n), "onnx_export", None)
+            if handler is None and export is not None:   # an op that states its own export (n2d2/ops/lrn.py)
+                handler = functools.partial(export, self)
             if handler is None:
                 raise self.error("this op has no ONNX export (export the forward graph as traced, "
                                  "DeepNetCell.get_graph(), not an optimised program)")

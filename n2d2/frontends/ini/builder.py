@@ -53,6 +53,7 @@ import n2d2.filler as fillers
 import n2d2.solver as solvers
 import n2d2.transform as transforms
 from n2d2.cells import (
+    LRN,
     Activation,
     BatchNorm2d,
     Conv,
@@ -223,7 +224,6 @@ _SOLVER_ROLES = {"Conv": ("Weights", "Bias"), "Deconv": ("Weights", "Bias"), "Fc
 
 # Upstream layer types with no n2d2 op yet: refused by name, saying what they are
 _UNSUPPORTED_TYPES = {
-    "LRN": "local response normalisation has no n2d2 op yet",
     "FMP": "fractional max pooling has no n2d2 op yet",
     "Unpool": "max unpooling has no n2d2 op yet",
     "Threshold": "the Threshold cell has no n2d2 op yet",
@@ -925,6 +925,7 @@ _LAYER_KEYS = {
     "Softmax": ("WithLoss", "GroupSize"),
     "ElemWise": ("Operation", "Weights", "Shifts", "CoeffMode"),
     "Normalize": ("Norm",),
+    "LRN": ("N", "Alpha", "Beta", "K"),
     "Padding": ("TopPadding", "BottomPadding", "LeftPadding", "RightPadding"),
     "Resize": ("OutputWidth", "OutputHeight", "Mode"),
     "Reshape": ("Dims",),
@@ -1324,6 +1325,14 @@ def _build_normalize(layer):
     return _simple(layer, lambda: Normalize(norm, name=layer.name, model=layer.model, activation=act), "Normalize")
 
 
+def _build_lrn(layer):
+    r = layer.r
+    size, k = r.int("N", 5, minimum=1), r.float("K", 2.0)
+    alpha, beta = r.float("Alpha", 1e-4), r.float("Beta", 0.75)
+    act = _activation(layer)
+    return _simple(layer, lambda: LRN(size, alpha, beta, k, name=layer.name, model=layer.model, activation=act), "LRN")
+
+
 def _build_padding(layer):
     r = layer.r
     pads = [r.int(k) for k in ("TopPadding", "BottomPadding", "LeftPadding", "RightPadding")]
@@ -1376,6 +1385,7 @@ LAYER_TYPES = {
     "BatchNorm": _build_batchnorm,
     "ElemWise": _build_elemwise,
     "Normalize": _build_normalize,
+    "LRN": _build_lrn,
     "Padding": _build_padding,
     "Resize": _build_resize,
     "Reshape": _build_reshape,
