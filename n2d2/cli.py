@@ -186,7 +186,6 @@ def _check_backend(backend: str):
 def _versions() -> dict:
     import numpy
 
-
     return {"n2d2": n2d2.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
 
 
@@ -330,9 +329,6 @@ def _write_logs(dn, target, args, output, data_path, counts, accuracy, nb_test, 
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     atomic_write_text("summary.json", json.dumps(summary, indent=1, default=str) + "\n")
-
-
-# -- run (N2D2 INI files): add_run_parser is n2d2.frontends.ini.runner's -----------------------------
 
 
 # -- export (a trained run as a standalone C project) -------------------------------------------

@@ -26,7 +26,6 @@ def save_figure(fig, path: str):
     project's one writer (`utils.write_inside`)."""
     import io
 
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format=os.path.splitext(path)[1][1:].lower() or "png")
     path = os.path.abspath(path)

@@ -146,7 +146,6 @@ def _test(deepnet):
     average of per-batch rates would weigh a last partial batch like a full one."""
     import numpy as np
 
-
     target = deepnet.get_target()
     success = deepnet.run_test()
     if not distributed.is_root():
