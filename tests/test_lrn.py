@@ -278,3 +278,32 @@ def test_ini_network_runs_on_c_as_on_numpy(tmp_path):
         ys[backend] = dn(n2d2.Tensor.from_numpy(x)).to_numpy()
     assert rel_err(ys["c"], ys["numpy"]) < 1e-6
     assert rel_err(ys["numpy"], lrn_forward(x.astype(np.float64), 3, 0.5, 0.6, 1.5)[0]) < 1e-6
+
+
+# -- standalone C export ---------------------------------------------------------------------------------------
+@needs_c
+@pytest.mark.skipif(__import__("shutil").which("make") is None, reason="needs make")
+def test_standalone_c_export_builds_with_werror_and_gives_the_cell_outputs(tmp_path):
+    from n2d2.cells import Conv, Fc, Sequence, Softmax
+    from n2d2.export import export_c
+    from tests.test_export import _cell_outputs, _make, _one_openmp_thread, _run, _stimuli
+
+    n2d2.global_variables.seed = 5
+    rng = np.random.default_rng(2)
+    database = n2d2.database.Numpy()
+    xs = [rng.normal(size=(3, 6, 6)).astype(np.float32) for _ in range(8)]
+    database.load(xs[:4], [0, 1, 2, 0], partition="Learn")
+    database.load(xs[4:], [0, 1, 2, 1], partition="Test")
+    provider = n2d2.provider.DataProvider(database, [6, 6, 3], batch_size=2)
+    model = Sequence([Conv(3, 6, kernel_dims=[3, 3], padding_dims=[1, 1]), n2d2.cells.LRN(size=4, alpha=0.8, k=1.0),
+                      Fc(6 * 6 * 6, 3), Softmax(with_loss=True)])
+    dn = model.to_deepnet_cell(provider)
+    folder = export_c(dn, export_folder_name=str(tmp_path / "lrn_export"))
+    assert "(LRN)" in open(f"{folder}/src/network.c").read()
+    _make(folder)
+    assert "Tested 4 stimuli" in _run(folder, "bin/network_test", "-q", "-d", "4", "outputs.bin")
+    inputs, _ = _stimuli(folder, (3, 6, 6))
+    out = np.fromfile(f"{folder}/outputs.bin", dtype="<f4").reshape(4, 3)
+    with _one_openmp_thread():
+        expected = _cell_outputs(dn, inputs, 2)
+    assert rel_err(out, expected) < 1e-5
