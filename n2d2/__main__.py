@@ -1,10 +1,10 @@
 """`python -m n2d2` and the `n2d2` console script: see `n2d2.cli`."""
 import sys
 
+from n2d2.cli import main as cli_main
+
 
 def main() -> int:
-    from n2d2.cli import main as cli_main
-
     return cli_main()
 
 

@@ -12,6 +12,9 @@ import tempfile
 
 import numpy as np
 
+from n2d2.backend import array_module, to_host
+from n2d2.settings import global_variables
+
 FORMAT = "n2d2-checkpoint"
 VERSION = 1
 FILE_NAME = "checkpoint.npz"
@@ -49,9 +52,6 @@ def save(path: str, deepnet, epoch: int, best=None, extra: dict = None):
     `best` is the `BestWeights` of the run (score, stale count, weights); `extra` JSON-able data
     of the caller (e.g. a report).
     """
-    from n2d2.backend import to_host
-    from n2d2.settings import global_variables
-
     arrays, params, solvers = {}, {}, {}
     for k, (name, p) in enumerate(sorted(deepnet._graph.params.items())):
         arrays[f"param_{k}"] = to_host(p.array)
@@ -124,9 +124,6 @@ def _array(arrays, key, like, path, what):
 def restore(path: str, deepnet, best=None) -> dict:
     """Load the checkpoint at `path` into `deepnet` (parameters and solver states), the global
     generator and `best`; returns its meta (epoch, extra...). Nothing changes when it fails."""
-    from n2d2.backend import array_module
-    from n2d2.settings import global_variables
-
     path = resolve(path)
     meta, arrays = load(path)
     graph_params = deepnet._graph.params

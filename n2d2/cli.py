@@ -21,7 +21,15 @@ import sys
 import textwrap
 import time
 
-from n2d2.training import UserError
+import n2d2
+from n2d2 import distributed, global_variables, training
+from n2d2.cells import Sequence, Softmax
+from n2d2.cells.deepnet_cell import VALID_METRICS
+from n2d2.codegen.programs import BACKENDS, select_backend
+from n2d2.export import ExportError, export_c
+from n2d2.frontends.ini.runner import add_run_parser
+from n2d2.training import DATABASES, MODELS, UserError
+from n2d2.utils import atomic_write_text
 
 DEFAULT_OUTPUT_ROOT = "n2d2_runs"
 
@@ -66,17 +74,10 @@ def _seed(text: str) -> int:
 
 # -- train ----------------------------------------------------------------------------------------
 def _backends() -> tuple:
-    try:
-        from n2d2.codegen.programs import BACKENDS
-    except ImportError:
-        return ("numpy",)
     return tuple(BACKENDS)
 
 
 def add_train_parser(subparsers):
-    from n2d2.cells.deepnet_cell import VALID_METRICS
-    from n2d2.training import DATABASES, MODELS
-
     models = "\n".join(textwrap.fill(f"{name} ({', '.join(MODELS[name].databases)}): {MODELS[name].description}",
                                       width=100, initial_indent="  ", subsequent_indent="      ")
                         for name in sorted(MODELS))
@@ -163,8 +164,6 @@ def _make_output_folder(path: str, option: str = "--output") -> str:
 
 
 def _select_device(device: str):
-    from n2d2 import global_variables
-
     if device == "cuda":
         if not global_variables.cuda_available:
             raise UserError("--device cuda: CUDA is not available here (CuPy is not installed or no GPU was "
@@ -179,8 +178,6 @@ def _check_backend(backend: str):
     if backend == "auto":
         return
     try:
-        from n2d2.codegen.programs import select_backend
-
         select_backend(backend)
     except (RuntimeError, ValueError) as e:
         raise UserError(f"--backend {backend}: {str(e).splitlines()[0]}") from None
@@ -188,8 +185,6 @@ def _check_backend(backend: str):
 
 def _versions() -> dict:
     import numpy
-
-    import n2d2
 
     return {"n2d2": n2d2.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
 
@@ -237,11 +232,6 @@ def _resumed_arguments(args):
 
 
 def _train(args) -> int:
-    import n2d2
-    from n2d2 import distributed, training
-    from n2d2.cells import Sequence, Softmax
-    from n2d2.utils import atomic_write_text
-
     if args.resume:
         args = _resumed_arguments(args)
     world = distributed.current()
@@ -273,7 +263,6 @@ def _train(args) -> int:
 
     if world.is_root:
         _make_output_folder(output)
-        from n2d2.utils import atomic_write_text
 
         saved = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "verb")}
         atomic_write_text(os.path.join(output, RUN_ARGUMENTS), json.dumps(saved, indent=1) + "\n")
@@ -318,8 +307,6 @@ def _train(args) -> int:
 
 def _write_logs(dn, target, args, output, data_path, counts, accuracy, nb_test, train_seconds, test_seconds):
     """Curves, statistics, final weights and a summary.json in the output folder (the cwd)."""
-    from n2d2.utils import atomic_write_text
-
     if counts["Validation"]:
         target.log_success("Validation", partition="Validation")
         target.log_confusion_matrix("Validation", partition="Validation")
@@ -342,13 +329,6 @@ def _write_logs(dn, target, args, output, data_path, counts, accuracy, nb_test, 
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     atomic_write_text("summary.json", json.dumps(summary, indent=1, default=str) + "\n")
-
-
-# -- run (N2D2 INI files: n2d2.frontends.ini.runner) ----------------------------------------------
-def add_run_parser(subparsers):
-    from n2d2.frontends.ini.runner import add_run_parser as add
-
-    return add(subparsers)
 
 
 # -- export (a trained run as a standalone C project) -------------------------------------------
@@ -390,11 +370,6 @@ def _read_run(run_dir: str) -> dict:
 
 def export_command(args) -> int:
     """`n2d2 export`: the run's model rebuilt from summary.json, its weights/ imported, export_c."""
-    import n2d2
-    from n2d2 import training
-    from n2d2.cells import Sequence, Softmax
-    from n2d2.export import ExportError, export_c
-
     run_dir = os.path.abspath(os.path.expanduser(args.run_dir))
     summary = _read_run(run_dir)
     arguments = summary["arguments"]
@@ -432,8 +407,6 @@ VERBS = [add_train_parser, add_run_parser, add_export_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import n2d2
-
     parser = argparse.ArgumentParser(prog="n2d2", description="n2d2: N2D2's Python API on numpy (and CuPy).")
     parser.add_argument("--version", action="version", version=f"n2d2 {n2d2.__version__}")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)

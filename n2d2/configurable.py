@@ -9,6 +9,7 @@ from enum import Enum
 
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.settings import Verbosity, global_variables
+from n2d2.tensor import Tensor
 
 
 class Spec:
@@ -76,8 +77,6 @@ def format_value(value) -> str:
         return f"{type(value).__name__}.{value.name}"
     if value is None:
         return "None"
-    from n2d2.tensor import Tensor
-
     if isinstance(value, Tensor):
         return f"n2d2.Tensor(dims={value.dims()})"
     return str(value)

@@ -14,8 +14,10 @@ credit them when you use it. The bundled copy's provenance is in `data/mnist/SOU
 """
 import os
 
-from n2d2.database.mnist import MNIST_FILES
 from n2d2.utils import download, file_digest
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 # md5 of the original .gz files as the mirrors serve them.
 MNIST_MD5 = {

@@ -3,8 +3,15 @@
 Calling a cell records (cell, inputs, output, saved context) here; a target seeds the
 gradient of an output; `back_propagate()` walks the records backwards and `update()` applies
 every cell's solvers. The record list is also what `n2d2.ir` traces into its graph.
+
+A `Provider` produces input tensors: it is the root of the graph, and each batch it produces
+starts a fresh `DeepNet` (`n2d2.provider` holds the providers themselves).
 """
+from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.plots import save_figure
 from n2d2.utils import generate_name
+
+PARTITIONS = ("Learn", "Validation", "Test", "Unpartitioned")
 
 
 class CallRecord:
@@ -118,7 +125,6 @@ class DeepNet:
                 ax.annotate("", xy=(0.5, -i + 0.25), xytext=(0.5, -i + 0.75), arrowprops=dict(arrowstyle="->"))
         ax.set_ylim(-len(names), 1)
         ax.axis("off")
-        from n2d2.plots import save_figure
 
         save_figure(fig, path)
         plt.close(fig)
@@ -130,3 +136,44 @@ def compiled_replays() -> int:
     from n2d2.eager_compile import stats
 
     return stats.forward_replays
+
+
+class Provider:
+    """Abstract base of everything that produces input tensors."""
+
+    def __init__(self, name=None):
+        if type(self) is Provider:
+            raise TypeError("Provider is abstract: use DataProvider or TensorPlaceholder")
+        self._name = name if name is not None else generate_name(self)
+        self._deepnet = DeepNet(self)
+        self._partition = "Test"
+
+    def get_name(self) -> str:
+        return self._name
+
+    def get_deepnet(self):
+        return self._deepnet
+
+    def _new_graph(self):
+        from n2d2 import eager_compile
+
+        eager_compile.on_step_end(self, self._deepnet)
+        self._deepnet = DeepNet(self)
+        return self._deepnet
+
+    def set_partition(self, partition: str):
+        if not isinstance(partition, str):
+            raise WrongInputType("partition", type(partition), ["str"])
+        if partition not in PARTITIONS:
+            raise WrongValue("partition", partition, PARTITIONS)
+        self._partition = partition
+
+    def get_partition(self) -> str:
+        return self._partition
+
+    def get_labels(self):
+        """Labels of the current batch (an int Tensor); -1 marks an invalid slot."""
+        raise NotImplementedError(f"{type(self).__name__} has no labels")
+
+    def __str__(self):
+        return f"'{self._name}' {type(self).__name__}"

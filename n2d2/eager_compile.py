@@ -29,7 +29,12 @@ import weakref
 
 import numpy as np
 
+from n2d2.cells.deepnet_cell import DeepNetCell, training_graph
+from n2d2.codegen.programs import InferenceProgram, TrainingProgram, select_backend
 from n2d2.deepnet import CallRecord
+from n2d2.ir.trace import trace
+from n2d2.provider.base import Provider
+from n2d2.settings import global_variables
 from n2d2.tensor import Tensor
 
 # Ops whose forward draws from `global_variables.rng` (replays restore the random state).
@@ -85,8 +90,6 @@ backend = None
 
 
 def enabled() -> bool:
-    from n2d2.settings import global_variables
-
     return global_variables.eager_compile
 
 
@@ -127,8 +130,6 @@ def step_key(cell, tensors, deepnet):
     """The key of one cell call, or None when such a call cannot be compiled: plain data that
     refers to the cell's and solvers' live config dicts (`_copied` before it is kept). Compared
     with `_same`, hashed through `_freeze`."""
-    from n2d2.provider.base import Provider
-
     if cell._on_gpu or not cell._compilable():
         return None
     try:
@@ -165,10 +166,6 @@ class Plan:
     """One compiled sequence of calls: its keys, cells, program and parameter arrays."""
 
     def __init__(self, deepnet, signature):
-        from n2d2.cells.deepnet_cell import DeepNetCell, training_graph
-        from n2d2.codegen.programs import InferenceProgram, TrainingProgram, select_backend
-        from n2d2.ir.trace import trace
-
         records = deepnet.records()
         self.signature = signature
         kind, self.keys = signature
@@ -298,8 +295,6 @@ class DeferredStep:
             self.replay()
 
     def _run_compiled(self):
-        from n2d2.settings import global_variables
-
         feeds = [None] * len(self.deepnet._eager_inputs)
         for pos, t in self.deepnet._eager_inputs.values():
             data = t._data
@@ -329,8 +324,6 @@ class DeferredStep:
         """Recompute the step eagerly (forward, and backward with the target's seeds) on the
         weights and random state its compiled run used; parameters, statistics and the random
         generator are left as they are."""
-        from n2d2.settings import global_variables
-
         if self.replayed and not backward:
             return
         stats.recomputes += 1

@@ -5,7 +5,7 @@ same weights. Fan-in/out: Fc `C_in`/`C_out`; Conv `kW*kH*C_in` / `kW*kH*C_out`.
 """
 import numpy as np
 
-from n2d2.configurable import Configurable, Spec
+from n2d2.configurable import Configurable, Spec, check_value
 from n2d2.settings import global_variables
 
 _VARIANCE_NORMS = ("FanIn", "Average", "FanOut")
@@ -19,7 +19,6 @@ class Filler(Configurable):
             raise TypeError("Filler is abstract")
         for key, value in args.items():
             # Fillers' parameters are constructor arguments (printed before any '|').
-            from n2d2.configurable import check_value
 
             check_value(key, value, self._argument_specs[key])
         arguments = {k: spec.default for k, spec in self._argument_specs.items()}

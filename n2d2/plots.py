@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from n2d2.utils import write_inside
+
 
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,8 +25,6 @@ def save_figure(fig, path: str):
     """Render `fig` to `path` (format from the extension, default PNG) atomically, through the
     project's one writer (`utils.write_inside`)."""
     import io
-
-    from n2d2.utils import write_inside
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format=os.path.splitext(path)[1][1:].lower() or "png")

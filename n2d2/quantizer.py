@@ -11,12 +11,14 @@ NaN until the first forward initialises it (`set_opt_init_step_size=True`).
 """
 import numpy as np
 
-from n2d2.backend import to_device
+from n2d2.backend import to_device, to_host
 from n2d2.configurable import Configurable, Spec
 from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.ir import ops as ir_ops
 from n2d2.ops.quantizer import SAT_MODES
 from n2d2.settings import global_variables
 from n2d2.solver import SGD, Solver
+from n2d2.tensor import Tensor
 
 __all__ = ["Quantizer", "CellQuantizer", "ActivationQuantizer", "SATCell", "SATAct", "LSQCell", "LSQAct"]
 
@@ -87,9 +89,6 @@ class CellQuantizer(Quantizer):
 
     def _quantized(self, input_idx):
         """(quantized weights as a numpy array shaped as its source, biases or None)."""
-        from n2d2.backend import to_host
-        from n2d2.ir import ops as ir_ops
-
         if not isinstance(input_idx, int) or isinstance(input_idx, bool):
             raise WrongInputType("input_idx", type(input_idx), ["int"])
         added = [t for role, t in self._added if role == "weights"]
@@ -122,14 +121,10 @@ class CellQuantizer(Quantizer):
 
     def get_quantized_weights(self, input_idx=0):
         """The weights the cell computes with (fake-quantized), as a Tensor."""
-        from n2d2.tensor import Tensor
-
         return Tensor._wrap(np.array(self._quantized(input_idx)[0], dtype=np.float32))
 
     def get_quantized_biases(self):
         """The biases the cell computes with: not quantized (copied), as upstream."""
-        from n2d2.tensor import Tensor
-
         b = self._quantized(0)[1]
         if b is None:
             raise RuntimeError(f"{self.get_type()}: no biases (no_bias=True or none registered)")
@@ -146,8 +141,6 @@ class _FixedFanOut:
 
 
 def _check_tensors(**tensors):
-    from n2d2.tensor import Tensor
-
     for name, value in tensors.items():
         if not isinstance(value, Tensor):
             raise WrongInputType(name, type(value), ["Tensor"])
@@ -160,9 +153,6 @@ class ActivationQuantizer(Quantizer):
 
     def get_full_precision_activations(self):
         """The activations before quantization of the last training call, as a Tensor."""
-        from n2d2.backend import to_host
-        from n2d2.tensor import Tensor
-
         if self._full_precision is None:
             raise RuntimeError(f"{self.get_type()}: no training forward yet")
         return Tensor._wrap(np.array(to_host(self._full_precision), dtype=np.float32))

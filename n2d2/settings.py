@@ -14,6 +14,7 @@ from enum import Enum
 import numpy as np
 
 from n2d2 import backend
+from n2d2.error_handler import WrongInputType, WrongValue
 
 
 class Verbosity(Enum):
@@ -50,12 +51,8 @@ class GlobalVariables:
     @default_model.setter
     def default_model(self, value):
         if not isinstance(value, str):
-            from n2d2.error_handler import WrongInputType
-
             raise WrongInputType("default_model", type(value), ["str"])
         if value not in _MODELS:
-            from n2d2.error_handler import WrongValue
-
             raise WrongValue("default_model", value, _MODELS)
         if value == "Frame_CUDA" and not backend.cuda_available():
             backend.warn_cpu_fallback("default_model = 'Frame_CUDA'")
@@ -69,8 +66,6 @@ class GlobalVariables:
     @default_datatype.setter
     def default_datatype(self, value):
         if value != "float":
-            from n2d2.error_handler import WrongValue
-
             raise WrongValue("default_datatype", value, ["float"])
         self._default_datatype = value
 
@@ -84,8 +79,6 @@ class GlobalVariables:
         if isinstance(value, int) and not isinstance(value, bool):
             value = Verbosity(value)
         if not isinstance(value, Verbosity):
-            from n2d2.error_handler import WrongInputType
-
             raise WrongInputType("verbosity", type(value), ["Verbosity"])
         self._verbosity = value
 
@@ -98,8 +91,6 @@ class GlobalVariables:
     @seed.setter
     def seed(self, value):
         if not isinstance(value, int) or isinstance(value, bool):
-            from n2d2.error_handler import WrongInputType
-
             raise WrongInputType("seed", type(value), ["int"])
         self._seed = value
         # seed 0 means "time based" in N2D2.
@@ -160,8 +151,6 @@ class GlobalVariables:
     @eager_compile.setter
     def eager_compile(self, value):
         if not isinstance(value, bool):
-            from n2d2.error_handler import WrongInputType
-
             raise WrongInputType("eager_compile", type(value), ["bool"])
         self._eager_compile = value
 

@@ -8,6 +8,7 @@ gradient) is kept per parameter array, so sharing a solver object never mixes tw
 import math
 import re
 
+from n2d2 import distributed
 from n2d2.backend import array_module
 from n2d2.configurable import Configurable, Spec
 from n2d2.error_handler import WrongValue
@@ -36,7 +37,6 @@ def _log_learning_rate(iteration: int, batch_size: int, lr: float):
     """Print N2D2's "Learning rate after ..." line once per change: every parameter's solver
     state reaches the same step at the same iteration, and one line says it for all of them."""
     global _last_learning_rate_log
-    from n2d2 import distributed
 
     if not distributed.is_root():
         return

@@ -23,7 +23,9 @@ import os
 
 import numpy as np
 
+from n2d2 import plots
 from n2d2.backend import to_host
+from n2d2.provider.base import Provider
 from n2d2.utils import atomic_write_text
 
 BYTES_PER_VALUE = 4  # float32
@@ -165,8 +167,6 @@ def compute_stats(deepnet) -> list:
 
 def _input_size(deepnet) -> int:
     """Values per image fed to the graph by its provider (first recorded input)."""
-    from n2d2.provider.base import Provider
-
     for record in deepnet.records():
         for t in record.inputs:
             if isinstance(t.cell, Provider) or t.cell is None:
@@ -223,7 +223,6 @@ def log_stats(deepnet, dir_name: str) -> list:
     rel += [f"{s.name} {_percent(s.param_memory, tp)} {_percent(s.macs, tm)} {_percent(s.data_memory, td)}"
             for s in stats]
     atomic_write_text(os.path.join(dir_name, "stats_relative.dat"), "\n".join(rel) + "\n")
-    from n2d2 import plots
 
     plots.stats_png(os.path.join(dir_name, "stats.png"), [s.name for s in stats],
                     [("Param Memory (bytes)", [s.param_memory for s in stats]),

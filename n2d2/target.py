@@ -35,10 +35,12 @@ import warnings
 
 import numpy as np
 
-from n2d2 import distributed
+from n2d2 import distributed, plots, stats
 from n2d2.backend import array_module, to_host
 from n2d2.configurable import Configurable, Spec
 from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.names import file_stem
+from n2d2.provider.base import Provider
 from n2d2.settings import global_variables
 from n2d2.tensor import Tensor
 from n2d2.utils import atomic_write_text, generate_name
@@ -124,7 +126,6 @@ class Target(Configurable):
     def __init__(self, provider, name=None, arguments=None, **config):
         if type(self) is Target:
             raise TypeError("Target is abstract: use n2d2.target.Score")
-        from n2d2.provider.base import Provider
 
         if not isinstance(provider, Provider):
             raise WrongInputType("provider", type(provider), ["Provider"])
@@ -251,8 +252,6 @@ class Score(Target):
 
     def _log_dir(self) -> str:
         """The log folder, named after the target (through file_stem: the name comes from a model file)."""
-        from n2d2.names import file_stem
-
         os.makedirs(file_stem(self._name), exist_ok=True)
         return file_stem(self._name)
 
@@ -720,7 +719,6 @@ class Score(Target):
         score += [f"{t} {names[t]} " + " ".join(f"{metrics[key][t]:g}" for key in METRICS) for t in range(k)]
         score += ["", "AVG - " + " ".join(f"{float(np.mean(metrics[key])) if k else 0.0:g}" for key in METRICS)]
         atomic_write_text(base + "_score.dat", "\n".join(score) + "\n")
-        from n2d2 import plots
 
         plots.confusion_matrix_png(base + ".png", m, names)
 
@@ -739,8 +737,6 @@ class Score(Target):
           loss` line per Learn batch, or per pass (`step` = Learn steps done, mean loss of the
           pass) for Validation and Test.
         """
-        from n2d2 import plots
-
         partition = partition or self._current_partition()
         directory = self._log_dir()
         path = os.path.join(directory, f"Success_{name}")
@@ -792,7 +788,6 @@ class Score(Target):
         """Write the statistics of the last scored graph (`stats.log`, `stats.dat`, ...) under `dir_name`."""
         if self._deepnet is None:
             raise RuntimeError(f"Target '{self._name}': log_stats() needs at least one call of the target")
-        from n2d2 import stats
 
         return stats.log_stats(self._deepnet, dir_name)
 

@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from n2d2 import backend
+from n2d2.deepnet import Provider
 from n2d2.error_handler import WrongInputType, WrongValue
 
 # datatype name -> numpy dtype; aliases resolve to the long name.
@@ -402,8 +403,6 @@ class Tensor:
     def get_deepnet(self):
         """The graph this tensor belongs to; a raw tensor first gets a TensorPlaceholder producer."""
         if self.cell is None:
-            from n2d2.provider import TensorPlaceholder
-
             TensorPlaceholder(self)
         return self.cell.get_deepnet()
 
@@ -470,8 +469,6 @@ class Interface:
             raise ValueError("Interface: the tensors belong to different graphs")
         self._tensors = list(tensors)
         if not with_graph:
-            from n2d2.provider import MultipleOutputsProvider
-
             MultipleOutputsProvider(self._tensors)
 
     def get_tensors(self):
@@ -503,3 +500,55 @@ class Interface:
 
     def get_deepnet(self):
         return self._tensors[0].get_deepnet()
+
+
+# -- the roots of raw tensors' graphs (`n2d2.provider.TensorPlaceholder`, ...) ------------------
+class TensorPlaceholder(Provider):
+    """Streams one given float tensor (and optional int labels) as a graph input."""
+
+    def __init__(self, inputs, labels=None, name=None):
+        if not isinstance(inputs, Tensor):
+            raise WrongInputType("inputs", type(inputs), ["Tensor"])
+        if np.dtype(inputs._data.dtype).kind != "f":
+            raise TypeError(f"TensorPlaceholder: the input tensor must be float, got '{inputs.data_type()}'")
+        if labels is not None:
+            if not isinstance(labels, Tensor):
+                raise WrongInputType("labels", type(labels), ["Tensor"])
+            if np.dtype(labels._data.dtype).kind not in "iu":
+                raise TypeError("TensorPlaceholder: labels must be an int tensor")
+        super().__init__(name)
+        self._partition = "Learn"
+        self._tensor = inputs
+        self._labels = labels
+        inputs.cell = self
+
+    def get_data(self):
+        return self._tensor
+
+    def get_labels(self):
+        if self._labels is None:
+            raise RuntimeError(f"{self._name}: no labels were given to this TensorPlaceholder")
+        return self._labels
+
+    def get_batch_size(self) -> int:
+        return self._tensor.dimB()
+
+    def dims(self):
+        return self._tensor.dims()
+
+    def shape(self):
+        return self._tensor.shape()
+
+
+class MultipleOutputsProvider(Provider):
+    """The common root of several raw tensors used together (an Interface)."""
+
+    def __init__(self, tensors, name=None):
+        super().__init__(name)
+        self._partition = "Learn"
+        self._tensors = list(tensors)
+        for t in self._tensors:
+            t.cell = self
+
+    def get_data(self):
+        return list(self._tensors)

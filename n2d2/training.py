@@ -18,6 +18,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+import n2d2
+from n2d2 import datasets, distributed, transform
+from n2d2.models import LeNet, LeNetBN, LeNetINI, MobileNetv1, MobileNetV2, ResNetCifar
+from n2d2.solver import SGD
 from n2d2.target import Score
 
 
@@ -75,8 +79,6 @@ def find_data(spec: DatabaseSpec, data_path: Optional[str]) -> str:
                             f"(expected {spec.help_path})")
         return data_path
     if spec.name == "mnist":
-        from n2d2 import datasets
-
         try:
             return os.path.abspath(datasets.mnist_path())
         except (OSError, RuntimeError) as e:
@@ -92,8 +94,6 @@ def find_data(spec: DatabaseSpec, data_path: Optional[str]) -> str:
 
 def load_database(spec: DatabaseSpec, path: str, validation: float):
     """The database of `spec` read from `path`, with a fraction `validation` of Learn moved to Validation."""
-    import n2d2
-
     try:
         if spec.name == "mnist":
             return n2d2.database.MNIST(data_path=path, validation=validation)
@@ -133,9 +133,6 @@ def make_provider(database, spec: DatabaseSpec, input_size, batch_size: int):
     """A DataProvider delivering `input_size` ([W, H, C]) with the data set's preprocessing:
     MNIST rescaled when the model wants another size; CIFAR-10 normalised per channel and
     randomly flipped (learning only)."""
-    import n2d2
-    from n2d2 import transform
-
     provider = n2d2.provider.DataProvider(database, list(input_size), batch_size=batch_size)
     width, height = input_size[0], input_size[1]
     if (width, height) != tuple(spec.image_size[:2]):
@@ -183,40 +180,28 @@ FINAL_LR_RATIO = 0.04
 
 
 def _lenet_ini(nb_outputs, epoch_size):
-    from n2d2.models import LeNetINI
-
     return LeNetINI(nb_outputs=nb_outputs, epoch_size=epoch_size, name="LeNet")
 
 
 def _lenet_api(nb_outputs, epoch_size):
-    from n2d2.models import LeNet
-
     return LeNet(nb_outputs)
 
 
 def _lenet_bn(nb_outputs, epoch_size):
-    from n2d2.models import LeNetBN
-
     return LeNetBN(nb_outputs)
 
 
 def _resnet(depth):
     def build(nb_outputs, epoch_size):
-        from n2d2.models import ResNetCifar
-
         return ResNetCifar(depth, nb_outputs=nb_outputs, name=f"ResNet{depth}")
     return build
 
 
 def _mobilenet_v1(nb_outputs, epoch_size):
-    from n2d2.models import MobileNetv1
-
     return MobileNetv1(nb_outputs=nb_outputs, alpha=1.0, with_bn=True)
 
 
 def _mobilenet_v2(nb_outputs, epoch_size):
-    from n2d2.models import MobileNetV2
-
     return MobileNetV2(nb_outputs=nb_outputs)
 
 
@@ -280,8 +265,6 @@ def make_solver(spec: ModelSpec, epoch_size: int, epochs: int, learning_rate=Non
 
     The StepDecay step is `epoch_size` stimuli (N2D2 counts stimuli): one step per epoch.
     """
-    from n2d2.solver import SGD
-
     if spec.own_solvers and learning_rate is None and momentum is None and decay is None:
         return None
     lr = spec.learning_rate if learning_rate is None else learning_rate
@@ -354,8 +337,6 @@ class EpochReport(Score):
     def _reduce_learn(self):
         """Under data parallelism: the Learn losses and images of every rank (collective: every
         rank reports at the same point of `fit`)."""
-        from n2d2 import distributed
-
         world = distributed.current()
         if world.size > 1:
             self._learn = world.sum_objects(list(self._learn), what="epoch report") or []

@@ -101,6 +101,8 @@ def zoo(graph_name: str):
     outs.append(net.op("Epilogue", [x, x], {"steps": (("scale", 0.5), ("add", 1, 1.0, 0.0),
                                                       ("activation", ACTIVATIONS["relu"])), "activation": None},
                        name=H("epilogue", next(k))))
+    outs.append(net.op("LRN", [x], {"size": 4, "alpha": 0.5, "beta": 0.75, "bias": 1.0, "activation": None},
+                       name=H("lrn", next(k))))
     return net.output(*outs)
 
 

@@ -3,7 +3,10 @@
 Containers hold cells and other containers; `learn()`/`test()`, `set_solver`, parameter
 export/import and printing recurse through them.
 """
+from n2d2.cells.nn.base import NeuralNetworkCell
 from n2d2.error_handler import WrongInputType
+from n2d2.parameter_files import export_set, import_set
+from n2d2.solver import Solver
 from n2d2.tensor import Interface, Tensor
 from n2d2.utils import generate_name
 
@@ -49,8 +52,6 @@ class Block(Cell):
 
     @staticmethod
     def _check_child(cell):
-        from n2d2.cells.nn.base import NeuralNetworkCell
-
         if not isinstance(cell, (Cell, NeuralNetworkCell)):
             raise WrongInputType("cells", type(cell), ["Cell", "NeuralNetworkCell"])
 
@@ -107,8 +108,6 @@ class Block(Cell):
 
     def set_solver(self, solver):
         """Give every trainable descendant its own copies of `solver`."""
-        from n2d2.solver import Solver
-
         if not isinstance(solver, Solver):
             raise WrongInputType("solver", type(solver), ["Solver"])
         for c in self._cells:
@@ -132,14 +131,10 @@ class Block(Cell):
     # -- parameters on disk ---------------------------------------------------------------------
     def export_free_parameters(self, dir_name: str, verbose=True):
         """Write the parameters of every descendant into `dir_name` as one set (see n2d2.parameter_files)."""
-        from n2d2.parameter_files import export_set
-
         export_set(dir_name, self._leaf_cells(), verbose=verbose)
 
     def import_free_parameters(self, dir_name: str, ignore_not_exists=False):
         """Read the set written by `export_free_parameters` (or by N2D2) back: all or nothing."""
-        from n2d2.parameter_files import import_set
-
         import_set(dir_name, self._leaf_cells(), ignore_not_exists=ignore_not_exists)
 
     def is_integral(self) -> bool:

@@ -10,10 +10,29 @@ import time
 
 import numpy as np
 
+from n2d2 import checkpoint as checkpoints
+from n2d2 import distributed, stats
+from n2d2.backend import array_module, to_host
 from n2d2.cells.cell import Iterable
+from n2d2.codegen import backends
+from n2d2.codegen.numpy_exec import Session
+from n2d2.codegen.programs import InferenceProgram, TrainingProgram, program_source, select_backend
 from n2d2.deepnet import CallRecord
+from n2d2.distributed import LocalWorld
 from n2d2.error_handler import NonFiniteError, WrongInputType, WrongValue
+from n2d2.frontends.onnx_export import export_onnx
+from n2d2.ir import ops as op_registry
+from n2d2.ir import planner
+from n2d2.ir.autodiff import build_training_graph
+from n2d2.ir.passes.manager import PIPELINES, PassManager
+from n2d2.ir.trace import trace
+from n2d2.ir.types import GraphError, TensorType
+from n2d2.names import file_stem
+from n2d2.provider.base import Provider, TensorPlaceholder
+from n2d2.settings import global_variables
+from n2d2.target import Score
 from n2d2.tensor import Tensor
+from n2d2.utils import write_inside
 
 VALID_METRICS = ("Sensitivity", "Specificity", "Precision", "NegativePredictiveValue", "MissRate", "FallOut",
                  "FalseDiscoveryRate", "FalseOmissionRate", "Accuracy", "F1Score", "Informedness", "Markedness")
@@ -23,17 +42,11 @@ VALID_METRICS = ("Sensitivity", "Specificity", "Precision", "NegativePredictiveV
 def training_graph(graph):
     """The training graph (`n2d2.ir.autodiff.TrainingGraph`) that `DeepNetCell.fit` runs for the
     traced `graph`: the live training passes first (`PIPELINES["live_training"]`), then autodiff."""
-    from n2d2.ir.autodiff import build_training_graph
-    from n2d2.ir.passes.manager import PIPELINES, PassManager
-
     return build_training_graph(PassManager(pipeline=PIPELINES["live_training"], mode="training", log=None).run(graph))
 
 
 def rebatch(graph, batch_size: int):
     """A copy of `graph` whose inputs (and every shape after them) have batch `batch_size`."""
-    from n2d2.ir import ops as op_registry
-    from n2d2.ir.types import TensorType
-
     g = graph.copy()
     for name in g.inputs:
         t = g.output_types(name)[0]
@@ -122,7 +135,6 @@ class DeepNetCell(Iterable):
         self._deepnet = None
         self._batch_size = 1
         self._world = None     # the data-parallel world of the running fit (n2d2.distributed)
-        from n2d2.codegen.programs import select_backend
 
         self._backend = select_backend(backend)
 
@@ -130,8 +142,6 @@ class DeepNetCell(Iterable):
     @classmethod
     def from_block(cls, block, provider, target=None, name=None, backend=None):
         """Trace `block` on a zero batch of `provider.shape()` (all cells in test mode)."""
-        from n2d2.ir.trace import trace
-
         modes = {id(c): c._inference for c in block.get_cells().values()}
         block.test()
         try:
@@ -145,8 +155,6 @@ class DeepNetCell(Iterable):
                                f"a DeepNetCell, got {type(y).__name__}")
         result = trace(y.get_deepnet(), name=block.get_name(), input_names=["input"])
         if target is None:
-            from n2d2.target import Score
-
             target = Score(provider, name="Target")
         return cls(result, provider, target, name, backend)
 
@@ -154,7 +162,7 @@ class DeepNetCell(Iterable):
     def load_from_INI(cls, path, backend=None):
         """Build the network of an N2D2 INI file, with its database, provider and target; see
         `n2d2.frontends.ini.builder`."""
-        from n2d2.frontends.ini.builder import load_ini
+        from n2d2.frontends.ini.builder import load_ini  # the frontends build DeepNetCells: they sit above
 
         return load_ini(path, backend=backend, cls=cls)
 
@@ -163,15 +171,13 @@ class DeepNetCell(Iterable):
                        backend=None):
         """Import an ONNX model (cells named after the ONNX node outputs), fed by `provider`;
         see `n2d2.frontends.onnx_import.load_from_onnx`."""
-        from n2d2.frontends.onnx_import import load_from_onnx
+        from n2d2.frontends.onnx_import import load_from_onnx  # the frontends build DeepNetCells: they sit above
 
         return load_from_onnx(provider, model_path, ini_file=ini_file, ignore_cells=ignore_cells,
                               ignore_input_size=ignore_input_size, backend=backend, cls=cls)
 
     def export_onnx(self, path, opset=17):
         """Write the forward graph as an ONNX model (atomically); see `n2d2.frontends.onnx_export`."""
-        from n2d2.frontends.onnx_export import export_onnx
-
         return export_onnx(self, path, opset=opset)
 
     # -- accessors --------------------------------------------------------------------------------
@@ -226,8 +232,6 @@ class DeepNetCell(Iterable):
 
     def set_backend(self, backend: str):
         """Run on `backend` ("numpy" or "c") from now on."""
-        from n2d2.codegen.programs import select_backend
-
         self._backend = select_backend(backend)
         self._invalidate()
 
@@ -244,8 +248,6 @@ class DeepNetCell(Iterable):
 
     def _program(self, kind: str, batch_size: int):
         """The runnable program of `kind` at `batch_size` on this cell's backend (cached)."""
-        from n2d2.codegen.programs import InferenceProgram, TrainingProgram
-
         key = (kind, batch_size)
         if key not in self._programs:
             graph = self._graph_for(kind, batch_size)
@@ -257,11 +259,6 @@ class DeepNetCell(Iterable):
         """Write the generated sources of the inference and training programs (C or CUDA
         backends) to `directory`; returns the paths written. Each kernel's comment names the
         IR node it comes from."""
-        from n2d2.codegen import backends
-        from n2d2.codegen.programs import program_source
-        from n2d2.names import file_stem
-        from n2d2.utils import write_inside
-
         n = batch_size or self._batch_of(self._graph)
         extension = backends.get(self._backend).source_extension
         if extension is None:
@@ -279,15 +276,11 @@ class DeepNetCell(Iterable):
 
     @staticmethod
     def _optimize(graph):
-        from n2d2.ir.passes.manager import PIPELINES, PassManager
-
         return PassManager(pipeline=PIPELINES["live_inference"], mode="inference", log=None).run(graph)
 
     def memory_report(self, batch_size=None, verbose=True) -> dict:
         """Planned arena bytes vs naive (one buffer per tensor) and the lower bound, for
         inference and training at `batch_size` (default: the traced one)."""
-        from n2d2.ir import planner
-
         n = batch_size or self._batch_of(self._graph)
         report = {}
         for kind in ("inference", "training"):
@@ -303,8 +296,6 @@ class DeepNetCell(Iterable):
 
     # -- calling ----------------------------------------------------------------------------------
     def __call__(self, x):
-        from n2d2.provider.base import Provider, TensorPlaceholder
-
         if isinstance(x, Tensor) and x.cell is None and x._data.dtype.kind == "f":
             TensorPlaceholder(x)   # a raw float Tensor (the Cells chapter's `model(Tensor(dims))`)
         if not isinstance(x, Tensor) or x.cell is None or not isinstance(x.cell, Provider):
@@ -429,9 +420,6 @@ class DeepNetCell(Iterable):
         """Name of the first cell (execution order) whose output on `data` is not finite: the
         forward re-run on the numpy reference, only after a non-finite loss (the compiled
         programs reuse activation buffers). "input" when the stimuli are not finite."""
-        from n2d2.backend import to_host
-        from n2d2.codegen.numpy_exec import Session
-
         if not np.isfinite(to_host(data)).all():
             return "input"
         tg = self._program("training", int(data.shape[0])).tg
@@ -497,8 +485,6 @@ class DeepNetCell(Iterable):
         return target.get_success_rate(), seen, time.perf_counter() - start
 
     def _world_or_local(self):
-        from n2d2.distributed import LocalWorld
-
         return getattr(self, "_world", None) or LocalWorld()
 
     def _reduce_pass(self, world, partition, learn):
@@ -511,8 +497,6 @@ class DeepNetCell(Iterable):
             return
         stats = [p.array for p in self._graph.params.values() if not p.trainable]
         if stats:
-            from n2d2.backend import array_module, to_host
-
             flat = np.concatenate([to_host(a).reshape(-1).astype(np.float64) for a in stats])
             world.allreduce_sum(flat, what="running-statistics all-reduce")
             flat /= world.size
@@ -524,9 +508,6 @@ class DeepNetCell(Iterable):
     def _share_initial_state(self, world):
         """Check that the ranks train the same network on the same data with the same batch,
         then put rank 0's parameters and generator state on every rank (they differ with seed 0)."""
-        from n2d2.backend import array_module, to_host
-        from n2d2.settings import global_variables
-
         database = self._provider.get_database()
         world.check_same({
             "batch size": self._provider.get_batch_size(),
@@ -557,9 +538,6 @@ class DeepNetCell(Iterable):
         last saved epoch to the same result as a run never interrupted. Under an MPI launcher
         with several ranks the epoch is sharded over them (`n2d2.distributed`); rank 0 alone
         writes files; `ban_multi_device` trains in this process alone."""
-        from n2d2 import checkpoint as checkpoints
-        from n2d2 import distributed
-
         if not isinstance(learn_epoch, int) or isinstance(learn_epoch, bool):
             raise WrongInputType("learn_epoch", type(learn_epoch), ["int"])
         if valid_metric not in VALID_METRICS:
@@ -619,7 +597,6 @@ class DeepNetCell(Iterable):
         per-batch average, weighs a partial last batch like a full one)."""
         if self._provider is None or self._target is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': run_test() needs a provider and a target")
-        from n2d2 import distributed
 
         self._world = distributed.current() if nb_test < 0 else distributed.LocalWorld()
         try:
@@ -650,8 +627,6 @@ class DeepNetCell(Iterable):
         Softmax 50 channels); a cell whose parameters no longer fit its new input is an error, and
         the network is left as it was.
         """
-        from n2d2.ir.types import GraphError
-
         nodes = [n for n, c in self._cell_of.items() if c.get_name() == name]
         if not nodes:
             raise ValueError(f"DeepNetCell '{self._name}' has no cell named '{name}'")
@@ -668,7 +643,6 @@ class DeepNetCell(Iterable):
             g.remove_node(node)
         if not g.outputs:
             raise RuntimeError(f"Cannot remove '{name}' without reconnecting: it is the network's output")
-        from n2d2.ir import ops as op_registry
 
         for node in g.topological_order():
             if g.op(node) == "Input":
@@ -703,8 +677,6 @@ class DeepNetCell(Iterable):
         """One `stats.CellStats` per cell of the compiled graph (per image, in graph order), so
         that `Target.log_stats` describes the cells inside the DeepNetCell, not the DeepNetCell
         as one cell; parameters count once per cell, MACs and outputs once per call."""
-        from n2d2 import stats
-
         g = self._graph
         by_cell, order = {}, []
         for node in g.topological_order():
@@ -723,8 +695,6 @@ class DeepNetCell(Iterable):
 
     def summary(self, verbose=False):
         """Print the layer table (shapes, parameters, MACs, connections, extras)."""
-        from n2d2 import stats
-
         g = self._graph
         rows = [("Image1 (input)", str(tuple(g.output_types(g.inputs[0])[0].shape)), "0", "0k", "", "", "-")]
         total_params, total_macs = 0, 0

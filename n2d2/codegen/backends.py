@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import importlib
 
+from n2d2.error_handler import WrongValue
+from n2d2.settings import global_variables
+
 __all__ = ["BACKEND_MODULES", "NAMES", "Backend", "CompiledProgram", "availability", "get", "select"]
 
 #: name -> module defining `BACKEND`, in the order they are listed to users. Imported on use, so
@@ -86,7 +89,8 @@ class CompiledProgram:
     every tensor as a view of one arena (`_views`), and an interpreter over those views
     (`_fallback`) that runs the nodes without a kernel."""
 
-    MODULE_FIELDS = ("graph", "training", "phases", "plan", "where", "fallback_reasons", "kernels", "aux_specs", "source")
+    MODULE_FIELDS = ("graph", "training", "phases", "plan", "where", "fallback_reasons", "kernels", "aux_specs",
+                     "source")
 
     def _adopt(self, module):
         self.module = module
@@ -115,8 +119,6 @@ class CompiledProgram:
 def get(name: str) -> Backend:
     """The backend registered as `name` (WrongValue for an unknown name)."""
     if name not in BACKEND_MODULES:
-        from n2d2.error_handler import WrongValue
-
         raise WrongValue("backend", name, NAMES)
     module = importlib.import_module(BACKEND_MODULES[name])
     backend = getattr(module, "BACKEND", None)
@@ -138,8 +140,6 @@ def select(name: str = None) -> str:
     if name is not None:
         get(name).require(f"backend '{name}'")
         return name
-    from n2d2.settings import global_variables
-
     model = global_variables.default_model
     candidates = sorted((b for b in map(get, NAMES) if model in b.default_models), key=lambda b: -b.preference)
     if not candidates:

@@ -186,7 +186,8 @@ class CLowering:
                         kernels=self.kernels, segments=segments, functions=functions, parts=parts)
         self._module = CModule(
             graph=self.graph, phases=self.phases, training=self.training, plan=self.plan, where=self.where,
-            fallback_reasons=self.fallback_reasons, geometry=self.geometry, kernels=self.kernels, functions=functions, segments=segments, parts=parts,
+            fallback_reasons=self.fallback_reasons, geometry=self.geometry,
+            kernels=self.kernels, functions=functions, segments=segments, parts=parts,
             source=source, aux_specs=self.aux_specs, param_names=list(self._param_names),
             scratch_layouts=self._scratch_layouts,
             slack_bytes=4 * max([_SLACK_FLOATS] + [k.get("read_past", 0) for k in self.kernels]))

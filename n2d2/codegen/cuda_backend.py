@@ -42,7 +42,10 @@ import subprocess
 
 import numpy as np
 
+from n2d2.backend import cuda_available, require_cupy
+from n2d2.codegen import artifact_cache
 from n2d2.codegen.backends import Backend, CompiledProgram
+from n2d2.codegen.compiler import cache_dir
 from n2d2.codegen.interpreter import ArenaStore, Interpreter, check_feed
 from n2d2.codegen.kernel_data import Buf, forward_context
 from n2d2.codegen.kernel_data import Context as _Context
@@ -53,6 +56,9 @@ from n2d2.ir import planner
 from n2d2.ir.lowering import Unsupported
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
+from n2d2.ops.dropout import dropout_mask
+from n2d2.settings import global_variables
+from n2d2.solver import SGD, parse_clamping
 
 __all__ = ["BACKEND", "CudaBackend", "CudaLowering", "CudaModule", "CudaProgram", "CupyDevice", "HostEmulator",
            "available", "compile_check", "CudaCompileError", "NVRTC_OPTIONS", "lower"]
@@ -71,8 +77,6 @@ class CudaCompileError(RuntimeError):
 
 def available() -> bool:
     """CuPy is importable and sees a CUDA device."""
-    from n2d2.backend import cuda_available
-
     return cuda_available()
 
 
@@ -205,8 +209,6 @@ class CupyDevice:
     name = "cuda"
 
     def __init__(self):
-        from n2d2.backend import require_cupy
-
         self.cp = require_cupy()
         self.xp = self.cp
         self._capture_stream = None
@@ -373,8 +375,6 @@ def _emulator_prelude() -> str:
 
 
 def _build_emulator(source):
-    from n2d2.codegen import artifact_cache
-
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
         raise CudaCompileError("the CUDA host emulator needs a C++ compiler (g++ or $CXX)")
@@ -402,8 +402,6 @@ def compile_check(source: str, arch: str = "sm_90", mode: str = "cubin") -> str:
     needed: `-cubin` runs the front end and ptxas; `-ptx` stops before ptxas); raise
     `CudaCompileError` with the compiler's output on failure. Results are cached by hash.
     Returns the path of the cached source."""
-    from n2d2.codegen.compiler import cache_dir
-
     if re.search(r"^\s*#\s*include", source, re.M):
         raise CudaCompileError("generated CUDA source includes a header: NVRTC would not find it")
     nvcc = find_nvcc()
@@ -515,7 +513,8 @@ class CudaLowering:
                         aux_bytes=self._aux_bytes, hyper_offset=hyper_offset, scratch_offset=scratch_offset)
         self._module = CudaModule(
             graph=self.graph, phases=self.phases, training=self.training, plan=self.plan, where=self.where,
-            fallback_reasons=self.fallback_reasons, kernels=self.kernels, node_kernels=self._node_kernels, source=source, aux_specs=self.aux_specs,
+            fallback_reasons=self.fallback_reasons, kernels=self.kernels, node_kernels=self._node_kernels,
+            source=source, aux_specs=self.aux_specs,
             table_names=self._table_names, updates=self._updates, aux_offset=self.aux_offset,
             aux_bytes=self._aux_bytes, hyper_offset=hyper_offset, scratch_offset=scratch_offset,
             arena_bytes=arena_bytes)
@@ -596,8 +595,6 @@ class CudaLowering:
 
     def _decide_update(self, index, node):
         """A fused SGD kernel for plain SGD solvers (iteration_size 1), else the Python solver."""
-        from n2d2.solver import SGD
-
         gr = self.graph
         pname = gr.attrs(node)["param"]
         param = gr.params[pname]
@@ -768,9 +765,6 @@ class CudaProgram(CompiledProgram):
         coefficients (when the phase has fused updates)."""
         self._refresh_table()
         if index == 0 and self._dropout:
-            from n2d2.ops.dropout import dropout_mask
-            from n2d2.settings import global_variables
-
             for key, shape, rate in self._dropout:
                 self.device.upload(self._aux[key], dropout_mask(global_variables.rng, shape, rate))
         if self._fused_updates[index]:
@@ -890,7 +884,6 @@ def _sgd_coefficients(solver, param, batch_size, xp):
         mode = 1 if c["polyak_momentum"] else 2
         if state.buffers.get("momentum") is None:
             state.buffers["momentum"] = xp.zeros_like(param)
-    from n2d2.solver import parse_clamping
 
     low, high = parse_clamping(c["clamping"])
     clamp = low is not None or high is not None

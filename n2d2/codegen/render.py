@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from n2d2.codegen import artifact_cache
 from n2d2.names import c_comment, c_identifier, c_string_literal, markdown_code
 from n2d2.ops import activation as act_table
 
@@ -67,8 +68,6 @@ def _bytecode_cache(jinja2):
     when used: tests move the cache): compiling the ~30 templates of a program took 0.6 s of
     every new process. Jinja checks each entry against its template's source; a folder that
     cannot be written only loses the saving."""
-    from n2d2.codegen import artifact_cache
-
     class _InCompileCache(jinja2.FileSystemBytecodeCache):
         def _get_cache_filename(self, bucket):
             folder = os.path.join(artifact_cache.cache_dir(), "templates")

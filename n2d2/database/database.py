@@ -12,9 +12,10 @@ import tarfile
 import numpy as np
 
 from n2d2 import utils
-from n2d2.configurable import Configurable, Spec
+from n2d2.configurable import Configurable, Spec, format_value
+from n2d2.database.layout import read_stimulus_file
+from n2d2.deepnet import PARTITIONS
 from n2d2.error_handler import WrongInputType, WrongValue
-from n2d2.provider.base import PARTITIONS
 from n2d2.settings import global_variables
 
 # Configuration parameters every database accepts (N2D2's names).
@@ -113,8 +114,6 @@ class Database(Configurable):
         self._user_config.add(key)
 
     def _config_str(self) -> str:
-        from n2d2.configurable import format_value
-
         return ", ".join(f"{k}={format_value(self._config[k])}" for k in self._parameters if k in self._user_config)
 
     # -- download --------------------------------------------------------------------------------
@@ -337,8 +336,6 @@ class Database(Configurable):
         return self._read_file(item)
 
     def _read_file(self, path: str) -> np.ndarray:
-        from n2d2.database.dir_db import read_stimulus_file
-
         return read_stimulus_file(path)
 
     def _stimuli_labels(self, ids: np.ndarray) -> np.ndarray:

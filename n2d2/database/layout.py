@@ -1,8 +1,59 @@
 """Reading a data set in its own distribution's folder layout: sorted listings, metadata lines,
-and file names taken from metadata (untrusted) kept inside the data set's folder."""
+and file names taken from metadata (untrusted) kept inside the data set's folder; reading one
+stimulus file (image, numbers as text, .npy)."""
 import os
 
-from n2d2.database.dir_db import IMAGE_EXTENSIONS, read_stimulus_file
+import numpy as np
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "ppm", "pgm", "pbm", "pnm", "tif", "tiff", "gif", "webp")
+TEXT_EXTENSIONS = ("txt", "dat", "csv")
+ARRAY_EXTENSIONS = ("npy",)
+STIMULUS_EXTENSIONS = IMAGE_EXTENSIONS + TEXT_EXTENSIONS + ARRAY_EXTENSIONS
+
+
+def _extension(path: str) -> str:
+    return os.path.splitext(path)[1][1:].lower()
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image file as a (C, H, W) array: gray (1 channel) or BGR(A), in the file's bit depth."""
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - Pillow is a declared dependency of [train]
+        raise ImportError("Reading image files needs Pillow: pip install pillow") from e
+    with Image.open(path) as img:
+        mode = img.mode
+        if mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        elif mode in ("1", "L", "LA"):
+            img = img.convert("L")
+        elif mode in ("CMYK", "YCbCr", "HSV", "LAB"):
+            img = img.convert("RGB")
+        a = np.asarray(img)
+    if a.ndim == 2:
+        return np.ascontiguousarray(a[None])
+    if a.shape[2] in (3, 4):  # RGB(A) -> BGR(A), N2D2's (OpenCV's) order
+        a = a[:, :, [2, 1, 0] + ([3] if a.shape[2] == 4 else [])]
+    return np.ascontiguousarray(np.transpose(a, (2, 0, 1)))
+
+
+def read_stimulus_file(path: str) -> np.ndarray:
+    """Read one stimulus file (image, whitespace/comma separated numbers, or .npy) as (C, H, W)."""
+    ext = _extension(path)
+    try:
+        if ext in TEXT_EXTENSIONS:
+            with open(path) as f:
+                text = f.read().replace(",", " ")
+            rows = [[float(v) for v in line.split()] for line in text.splitlines() if line.strip()]
+            if not rows or any(len(r) != len(rows[0]) for r in rows):
+                raise ValueError("rows of different lengths, or no value")
+            return np.asarray(rows, dtype=np.float32)[None]
+        if ext in ARRAY_EXTENSIONS:
+            a = np.load(path, allow_pickle=False)
+            return a[None] if a.ndim == 2 else a
+        return read_image(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Cannot read stimulus file {path}: {e}") from None
 
 
 def member_path(root: str, name: str, where: str) -> str:

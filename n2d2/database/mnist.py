@@ -12,14 +12,13 @@ import numpy as np
 
 from n2d2.configurable import Spec
 from n2d2.database.database import DATABASE_PARAMETERS, Database, check_fraction
+from n2d2.datasets import MNIST_FILES, download_mnist  # the file names live with the download
 from n2d2.error_handler import DataFileError, WrongInputType
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtypes.
 _IDX_DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # Limits on untrusted IDX files. The largest real IDX file (MNIST training images) holds 47 MB.
@@ -260,6 +259,4 @@ class MNIST(Database):
     @classmethod
     def download(cls, path: str = None):
         """Download the four files (md5-checked) to `path` (default `$N2D2_DATA/mnist`)."""
-        from n2d2.datasets import download_mnist
-
         return download_mnist(path or cls._default_download_path("mnist"))

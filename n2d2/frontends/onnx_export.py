@@ -23,12 +23,17 @@ tables, fixed-point scalings, sub-sampled convolutions, ops of optimised program
 `ONNXUnsupportedError` naming the node. The model is checked (`onnx.checker`, full) and written
 through a temporary file renamed into place.
 """
+import functools
 import os
 
 import numpy as np
 
+from n2d2.backend import to_host
 from n2d2.frontends.onnx_import import ONNXUnsupportedError, _onnx
+from n2d2.ir import ops as op_registry
 from n2d2.ops import activation as act_table
+from n2d2.ops.transpose import numpy_axes
+from n2d2.utils import write_inside
 
 MIN_OPSET = 9
 
@@ -45,8 +50,6 @@ def _graph_of(source):
 
 
 def _host(array):
-    from n2d2.backend import to_host
-
     return np.ascontiguousarray(np.asarray(to_host(array), dtype=np.float32))
 
 
@@ -178,6 +181,9 @@ class _Exporter:
                 continue
             self.current = n
             handler = getattr(self, f"_op_{op}", None)
+            export = op_registry.get(op, node=n).onnx_export
+            if handler is None and export is not None:   # an op that states its own export (n2d2/ops/lrn.py)
+                handler = functools.partial(export, self)
             if handler is None:
                 raise self.error("this op has no ONNX export (export the forward graph as traced, "
                                  "DeepNetCell.get_graph(), not an optimised program)")
@@ -411,8 +417,6 @@ class _Exporter:
         return y, len(shape), False
 
     def _op_Transpose(self, attrs, ins):
-        from n2d2.ops.transpose import numpy_axes
-
         x, first = self.joined(ins, True)
         return self.step("Transpose", [x], "transpose", first, perm=list(numpy_axes(attrs["perm"]))), 4, False
 
@@ -459,7 +463,6 @@ def export_onnx(source, path, opset: int = 17):
     except Exception as e:
         raise RuntimeError(f"export_onnx: the exported model fails the ONNX checker (an exporter bug): "
                            f"{type(e).__name__}: {e}") from e
-    from n2d2.utils import write_inside
 
     path = os.path.abspath(os.fspath(path))
     write_inside(os.path.dirname(path), os.path.basename(path), model.SerializeToString())

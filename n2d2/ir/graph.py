@@ -13,6 +13,7 @@ import numpy as np
 
 from n2d2.ir import ops as op_registry
 from n2d2.ir.types import GraphError, TensorType
+from n2d2.plots import save_figure
 
 
 @dataclass
@@ -174,8 +175,6 @@ class Graph:
     # -- checking -----------------------------------------------------------------------------
     def verify(self):
         """Check the IR rules; raise GraphError naming the first offending node."""
-        from n2d2.ir import ops as op_registry
-
         order = self.topological_order()
         for name in order:
             d = self.nx.nodes[name]
@@ -264,7 +263,6 @@ class Graph:
         ax.set_xlim(-2, width)
         ax.set_ylim(-1.2 * len(rows), 1)
         ax.axis("off")
-        from n2d2.plots import save_figure
 
         fig.set_dpi(100)
         save_figure(fig, path)

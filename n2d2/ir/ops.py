@@ -76,6 +76,9 @@ class OpDef:
     #: names of the op in other formats, plain data (ONNX op types, INI cell types)
     onnx_names = ()
     ini_names = ()
+    #: `onnx_export(exporter, attrs, ins) -> (value, rank, still_to_name)` for an op whose ONNX
+    #: form the exporter has no `_op_<Op>` handler for (n2d2/ops/lrn.py); None: the exporter's own
+    onnx_export = None
     #: the integer (quantized) form of the op; None: none yet (the quantization work fills it)
     quantized = None
 

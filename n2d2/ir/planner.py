@@ -30,13 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from n2d2.ir import ops as op_registry
-from n2d2.ir.types import GraphError
+from n2d2.ir.schedule import PlanError, _tensors, liveness, schedule  # noqa: F401 (public here too)
 
 __all__ = ["Plan", "PlanError", "liveness", "plan", "validate", "memory_report", "format_memory_report"]
-
-
-class PlanError(GraphError):
-    """A buffer plan that is unsound for its graph; the message names the tensors involved."""
 
 
 def _tname(t) -> str:
@@ -45,38 +41,6 @@ def _tname(t) -> str:
 
 def _align_up(value: int, alignment: int) -> int:
     return -(-value // alignment) * alignment
-
-
-def _tensors(graph):
-    for name in graph.nodes():
-        for idx, ttype in enumerate(graph.output_types(name)):
-            yield (name, idx), ttype
-
-
-def liveness(graph, order) -> dict:
-    """{(node, out): (first step, last step)} for every node output, steps indexing `order`.
-
-    A tensor is live from the step of its producer to the step of its last consumer; graph
-    inputs from step 0 and graph outputs to the last step; an unused tensor only at its
-    producer's step (the op still writes it).
-    """
-    step = {n: i for i, n in enumerate(order)}
-    missing = [n for n in graph.nodes() if n not in step]
-    if missing or len(step) != len(order) or len(order) != len(graph.nodes()):
-        raise PlanError(f"order does not list every node of graph '{graph.name}' exactly once"
-                        + (f" (missing: {', '.join(missing[:5])})" if missing else ""))
-    last = len(order) - 1
-    intervals = {t: [step[t[0]], step[t[0]]] for t, _ in _tensors(graph)}
-    for src, dst, d in graph.nx.edges(data=True):
-        iv = intervals[(src, d["out"])]
-        iv[1] = max(iv[1], step[dst])
-    for name in graph.inputs:
-        for idx in range(len(graph.output_types(name))):
-            intervals[(name, idx)][0] = 0
-    for t in graph.outputs:
-        if t in intervals:
-            intervals[t][1] = last
-    return {t: (a, b) for t, (a, b) in intervals.items()}
 
 
 @dataclass
@@ -223,8 +187,6 @@ def _place(blocks, alignment) -> tuple:
 
 def plan(graph, order=None, inplace: bool = True, concat: bool = True, alignment: int = 64) -> Plan:
     """Plan every tensor of `graph` into one arena for `order` (default: `schedule(graph)`)."""
-    from n2d2.ir.schedule import schedule
-
     if not isinstance(alignment, int) or alignment < 1:
         raise ValueError(f"alignment must be a positive int, got {alignment!r}")
     if order is None:

@@ -29,6 +29,7 @@ import n2d2.ops.elemwise  # noqa: F401
 import n2d2.ops.fake_quantize  # noqa: F401
 import n2d2.ops.fc  # noqa: F401
 import n2d2.ops.gradient  # noqa: F401  (AddN, Grad, Update)
+import n2d2.ops.lrn  # noqa: F401
 import n2d2.ops.normalize  # noqa: F401
 import n2d2.ops.padding  # noqa: F401
 import n2d2.ops.pool  # noqa: F401

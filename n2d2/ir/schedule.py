@@ -18,7 +18,45 @@ from __future__ import annotations
 
 import heapq
 
-__all__ = ["schedule", "peak_live_bytes", "tensor_consumers"]
+from n2d2.ir.types import GraphError
+
+__all__ = ["schedule", "peak_live_bytes", "tensor_consumers", "liveness", "PlanError"]
+
+
+class PlanError(GraphError):
+    """A buffer plan that is unsound for its graph; the message names the tensors involved."""
+
+
+def _tensors(graph):
+    for name in graph.nodes():
+        for idx, ttype in enumerate(graph.output_types(name)):
+            yield (name, idx), ttype
+
+
+def liveness(graph, order) -> dict:
+    """{(node, out): (first step, last step)} for every node output, steps indexing `order`.
+
+    A tensor is live from the step of its producer to the step of its last consumer; graph
+    inputs from step 0 and graph outputs to the last step; an unused tensor only at its
+    producer's step (the op still writes it).
+    """
+    step = {n: i for i, n in enumerate(order)}
+    missing = [n for n in graph.nodes() if n not in step]
+    if missing or len(step) != len(order) or len(order) != len(graph.nodes()):
+        raise PlanError(f"order does not list every node of graph '{graph.name}' exactly once"
+                        + (f" (missing: {', '.join(missing[:5])})" if missing else ""))
+    last = len(order) - 1
+    intervals = {t: [step[t[0]], step[t[0]]] for t, _ in _tensors(graph)}
+    for src, dst, d in graph.nx.edges(data=True):
+        iv = intervals[(src, d["out"])]
+        iv[1] = max(iv[1], step[dst])
+    for name in graph.inputs:
+        for idx in range(len(graph.output_types(name))):
+            intervals[(name, idx)][0] = 0
+    for t in graph.outputs:
+        if t in intervals:
+            intervals[t][1] = last
+    return {t: (a, b) for t, (a, b) in intervals.items()}
 
 
 def _tensor_bytes(graph, name) -> list:
@@ -61,8 +99,6 @@ def _dependencies(graph, base) -> dict:
 
 def peak_live_bytes(graph, order) -> int:
     """The largest sum of bytes of tensors live at one step of `order` (no aliasing)."""
-    from n2d2.ir.planner import liveness
-
     intervals = liveness(graph, order)
     sizes = {t: graph.output_types(t[0])[t[1]].nbytes for t in intervals}
     delta = [0] * (len(order) + 1)

@@ -7,6 +7,7 @@ import numpy as np
 
 from n2d2.ir.ops import OpDef, register
 from n2d2.ops import transformation as ops
+from n2d2.settings import global_variables
 
 
 @register
@@ -22,8 +23,6 @@ class Transformation(OpDef):
         return [(in_shapes[0][0],) + tuple(sample.shape[1:])]
 
     def _forward(self, attrs, xs, params, training):
-        from n2d2.settings import global_variables
-
         return ops.transformation_forward(xs[0], attrs["transformation"], global_variables.rng), xs[0].shape
 
     def _backward(self, attrs, x_shape, dy, needs, params):

@@ -1,4 +1,5 @@
 """ImageNet (ILSVRC) preprocessing shared by the model zoo's ImageNet models."""
+from n2d2.transform import ColorSpace, Composite, Flip, PadCrop, RangeAffine, Rescale, SliceExtraction
 
 
 def ILSVRC_preprocessing(size: int = 224, margin: int = 32):
@@ -9,8 +10,6 @@ def ILSVRC_preprocessing(size: int = 224, margin: int = 32):
     size x size crop for every partition but Learn. On the fly: a random size x size crop and a
     random horizontal flip, Learn only.
     """
-    from n2d2.transform import ColorSpace, Composite, Flip, PadCrop, RangeAffine, Rescale, SliceExtraction
-
     static = Composite([
         Rescale(width=size + margin, height=size + margin, keep_aspect_ratio=True, resize_to_fit=False),
         PadCrop(width=size + margin, height=size + margin),

@@ -24,6 +24,7 @@ from n2d2.activation import Linear, Rectifier
 from n2d2.cells.cell import Sequence
 from n2d2.cells.nn import BatchNorm2d, Conv, Dropout, Fc, Pool2d
 from n2d2.config_section import ConfigSection
+from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.filler import He, Normal, Xavier
 from n2d2.solver import SGD
 from n2d2.tensor import Tensor
@@ -47,8 +48,6 @@ def conv2_mapping() -> Tensor:
 
 
 def _check_nb_outputs(nb_outputs):
-    from n2d2.error_handler import WrongInputType, WrongValue
-
     if not isinstance(nb_outputs, int) or isinstance(nb_outputs, bool):
         raise WrongInputType("nb_outputs", type(nb_outputs), ["int"])
     if nb_outputs < 1:
@@ -157,8 +156,6 @@ class LeNetINI(Sequence):
 
     def __init__(self, nb_outputs: int = 10, mapping: bool = True, epoch_size: int = INI_EPOCH_SIZE,
                  name: str = None):
-        from n2d2.error_handler import WrongInputType
-
         _check_nb_outputs(nb_outputs)
         if not isinstance(mapping, bool):
             raise WrongInputType("mapping", type(mapping), ["bool"])

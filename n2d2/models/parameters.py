@@ -1,4 +1,5 @@
 """Counting a model's trainable parameters (as torch's `sum(p.numel())` would)."""
+from n2d2.cells.cell import Block
 
 
 def _cell_parameters(cell) -> int:
@@ -17,7 +18,5 @@ def _cell_parameters(cell) -> int:
 def count_parameters(model) -> int:
     """Trainable values of a cell or container: weights of connected kernels, biases, BatchNorm
     scales and biases (moving statistics excluded)."""
-    from n2d2.cells.cell import Block
-
     cells = model.get_cells().values() if isinstance(model, Block) else [model]
     return sum(_cell_parameters(c) for c in cells)

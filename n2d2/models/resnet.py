@@ -28,6 +28,7 @@ from n2d2.cells.cell import Layer, Sequence
 from n2d2.cells.nn import Activation, BatchNorm2d, Conv, ElemWise, Fc, GlobalPool2d, Pool2d
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.filler import Constant, He, Normal
+from n2d2.transform import ColorSpace, Composite, PadCrop, RangeAffine, Rescale
 
 __all__ = ["ResNet", "ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152",
            "ResNetCifar", "ResNet20", "ResNet56", "BuildingBlock", "IMAGENET_BLOCKS"]
@@ -201,8 +202,6 @@ class ResNet:
     def ONNX_preprocessing(size: int = 224, margin: int = 32):
         """Composite for the ONNX-zoo ResNets: rescale to size+margin, center crop to size,
         /255, RGB, ImageNet mean/std normalisation."""
-        from n2d2.transform import ColorSpace, Composite, PadCrop, RangeAffine, Rescale
-
         return Composite([
             Rescale(width=size + margin, height=size + margin, keep_aspect_ratio=False, resize_to_fit=False),
             PadCrop(width=size, height=size),

@@ -5,9 +5,10 @@ trained with dropout sees smaller activations in learn mode than in test mode (i
 """
 import numpy as np
 
-from n2d2.backend import array_module
+from n2d2.backend import array_module, to_device
 from n2d2.ir.lowering import CopyLowering
 from n2d2.ir.ops import _concat, _ConcatenatingOp, _split_channels, register
+from n2d2.settings import global_variables
 
 
 def dropout_mask(rng, shape, dropout: float, dtype=np.float32):
@@ -44,9 +45,6 @@ class Dropout(CopyLowering, _ConcatenatingOp):
         x = _concat(xs)
         if not training:
             return x, (None, [a.shape for a in xs])
-        from n2d2.backend import to_device
-        from n2d2.settings import global_variables
-
         mask = dropout_mask(global_variables.rng, x.shape, attrs["dropout"], x.dtype)
         mask = to_device(mask, array_module(x) is not np)
         return dropout_forward(x, mask), (mask, [a.shape for a in xs])

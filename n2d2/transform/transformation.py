@@ -15,8 +15,8 @@ draw, by nearest neighbour, with label -1 where it pads; intensity transformatio
 import numpy as np
 
 from n2d2.configurable import Configurable, Spec
+from n2d2.deepnet import PARTITIONS
 from n2d2.error_handler import IsEmptyError, WrongInputType, WrongValue
-from n2d2.provider.base import PARTITIONS
 from n2d2.settings import global_variables
 
 APPLY_TO = {

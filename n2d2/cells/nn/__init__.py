@@ -10,6 +10,7 @@ from n2d2.cells.nn.deconv import Deconv
 from n2d2.cells.nn.dropout import Dropout
 from n2d2.cells.nn.elemwise import ElemWise
 from n2d2.cells.nn.fc import Fc
+from n2d2.cells.nn.lrn import LRN
 from n2d2.cells.nn.normalize import Normalize
 from n2d2.cells.nn.padding import Padding
 from n2d2.cells.nn.pool import GlobalPool2d, Pool, Pool2d, Pooling
@@ -21,7 +22,7 @@ from n2d2.cells.nn.transpose import Transpose
 
 __all__ = ["NeuralNetworkCell", "Fc"]
 __all__ += ["Pool", "Pool2d", "GlobalPool2d", "Pooling", "BatchNorm2d", "Dropout", "Softmax", "Normalize", "ElemWise",
-            "Padding", "Activation", "Reshape", "Resize", "Scaling", "Transpose"]
+            "Padding", "Activation", "Reshape", "Resize", "Scaling", "Transpose", "LRN"]
 __all__ += ["Conv", "ConvDepthWise", "ConvPointWise", "Deconv"]
 
 

@@ -21,6 +21,9 @@ from n2d2.configurable import Configurable, Spec
 from n2d2.deepnet import CallRecord
 from n2d2.error_handler import UndefinedModelError, WrongInputType, WrongValue
 from n2d2.ir import ops as ir_ops
+from n2d2.ir.types import TensorType
+from n2d2.parameter_files import export_set, import_set
+from n2d2.provider.base import Provider
 from n2d2.settings import global_variables
 from n2d2.tensor import Interface, Tensor
 from n2d2.utils import generate_name, thread_flag
@@ -168,7 +171,6 @@ class NeuralNetworkCell(Configurable):
         y, ctx = self._forward(xs)
         y, ctx = self._quantize_activation(y, ctx)
         out = Tensor._wrap(y, cell=self)
-        from n2d2.provider.base import Provider
 
         needs = [t.cell is not None and not isinstance(t.cell, Provider) for t in tensors]
         deepnet.add(CallRecord(self, tensors, out, ctx, needs))
@@ -184,7 +186,6 @@ class NeuralNetworkCell(Configurable):
         self._check_input(tensors)
         op, attrs, params = self._ir_node()
         opdef = ir_ops.get(op)
-        from n2d2.ir.types import TensorType
 
         in_types = [TensorType(tuple(t.shape()), "float32") for t in tensors]
         shapes = {role: tuple(a.shape) for role, (a, _) in params.items() if a is not None}
@@ -192,7 +193,6 @@ class NeuralNetworkCell(Configurable):
         record = CallRecord(self, tensors, None, None, [False] * len(tensors))
         out = Tensor._pending_output(out_type.shape, self, _DeferredValue(record))
         record.output = out
-        from n2d2.provider.base import Provider
 
         record.needs_input_grad = [t.cell is not None and not isinstance(t.cell, Provider) for t in tensors]
         deepnet.add(record)
@@ -398,14 +398,10 @@ class NeuralNetworkCell(Configurable):
 
     def export_free_parameters(self, dir_name: str, verbose=True):
         """Write this cell's parameters as N2D2 .syntxt files under `dir_name`."""
-        from n2d2.parameter_files import export_set
-
         export_set(dir_name, [self], verbose=verbose)
 
     def import_free_parameters(self, dir_name: str, ignore_not_exists=False):
         """Read this cell's parameters from N2D2 .syntxt files under `dir_name`."""
-        from n2d2.parameter_files import import_set
-
         import_set(dir_name, [self], ignore_not_exists=ignore_not_exists)
 
     # -- printing -----------------------------------------------------------------------------

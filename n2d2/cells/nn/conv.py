@@ -16,6 +16,7 @@ from n2d2.cells.nn.weighted import WeightedCell, solver_and_filler_specs
 from n2d2.configurable import Spec, format_value
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ir.ops import activation_spec
+from n2d2.mapping import Mapping
 from n2d2.ops import conv as ops
 from n2d2.tensor import Tensor
 
@@ -399,7 +400,6 @@ class ConvDepthWise(Conv):
         if "mapping" in config:
             raise RuntimeError("ConvDepthWise does not support custom mappings (it is one channel per group)")
         check_int("nb_channel", nb_channel)
-        from n2d2.mapping import Mapping
 
         config["mapping"] = Mapping(nb_channels_per_group=1).create_mapping(nb_channel, nb_channel)
         super().__init__(nb_channel, nb_channel, kernel_dims, **config)

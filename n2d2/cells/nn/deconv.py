@@ -9,6 +9,7 @@ API and parameter files are Conv's (`ConvolutionCell`).
 from n2d2.cells.nn.conv import ConvolutionCell, check_conv_arguments, convolution_parameters
 from n2d2.ops import conv as conv_ops
 from n2d2.ops import deconv as ops
+from n2d2.quantizer import CellQuantizer, check_quantizer
 
 
 class Deconv(ConvolutionCell):
@@ -58,8 +59,6 @@ class Deconv(ConvolutionCell):
     def set_quantizer(self, quantizer):
         """Attach a weight quantizer (upstream's Python Deconv has no `quantizer`; its C++ cell
         has one). Not printed, so that the cell prints as upstream."""
-        from n2d2.quantizer import CellQuantizer, check_quantizer
-
         self._extra_quantizer = check_quantizer(quantizer, CellQuantizer, "cell")
         if quantizer is not None:
             quantizer._attach(self)

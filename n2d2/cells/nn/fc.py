@@ -4,6 +4,7 @@ from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType
 from n2d2.ir import ops as ir_ops
 from n2d2.ir.ops import activation_spec
+from n2d2.settings import global_variables
 
 
 class Fc(WeightedCell):
@@ -75,7 +76,6 @@ class Fc(WeightedCell):
         if keep >= 1.0 or self._inference:
             return super()._forward(xs)
         # DropConnect: each weight kept with probability `drop_connect` for this batch.
-        from n2d2.settings import global_variables
 
         w = self._weights
         mask = self._to_model_device((global_variables.rng.random(w.shape) < keep).astype(w.dtype))

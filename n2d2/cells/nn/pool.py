@@ -6,6 +6,7 @@ default, the full mapping: every output channel pools over all input channels to
 """
 from enum import Enum
 
+from n2d2.backend import to_host
 from n2d2.cells.nn.base import ACTIVATION_SPEC
 from n2d2.cells.nn.lazy import LazyCell
 from n2d2.configurable import Spec, format_value
@@ -134,8 +135,6 @@ class Pool(LazyCell):
         pool, stride, pad = self._geometry()
         mapping = None
         if not self._per_channel():
-            from n2d2.backend import to_host
-
             m = self._mapping_array(self._input_geometry[0])
             mapping = None if m is None else to_host(m)
         return "Pool", {"pooling": self._args["pooling"].value, "pool": pool, "stride": stride, "padding": pad,

@@ -11,6 +11,7 @@ from n2d2.cells.nn.lazy import LazyCell
 from n2d2.error_handler import WrongInputType
 from n2d2.ir import transformation_op  # noqa: F401 (registers the Transformation op)
 from n2d2.ops import transformation as ops
+from n2d2.transform.transformation import Transformation as DataTransformation
 
 
 class Transformation(LazyCell):
@@ -25,8 +26,6 @@ class Transformation(LazyCell):
     _parameters = {}
 
     def __init__(self, transformation, **config):
-        from n2d2.transform.transformation import Transformation as DataTransformation
-
         if not isinstance(transformation, DataTransformation):
             raise WrongInputType("transformation", type(transformation), ["n2d2.transform.Transformation"])
         super().__init__({"transformation": transformation}, **config)

@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 
+from n2d2.backend import to_host
 from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, _like, format_rows
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType
@@ -211,7 +212,6 @@ class WeightedCell(NeuralNetworkCell):
 
     def get_weight(self, output_index, channel_index) -> Tensor:
         self._check_indices(output_index, channel_index)
-        from n2d2.backend import to_host
 
         view = to_host(self._weight_view(output_index, channel_index))
         return Tensor._wrap(np.array(view, dtype=np.float32).reshape(self._weight_tensor_shape()))
@@ -246,7 +246,6 @@ class WeightedCell(NeuralNetworkCell):
 
     def get_bias(self, output_index) -> Tensor:
         self._check_bias(output_index)
-        from n2d2.backend import to_host
 
         return Tensor._wrap(np.array(to_host(self._biases[output_index:output_index + 1]), dtype=np.float32))
 
@@ -275,8 +274,6 @@ class WeightedCell(NeuralNetworkCell):
     # -- free parameters ------------------------------------------------------------------------
     def _weights_rows(self):
         """The weights as N2D2 writes them: one row per output (default: all inputs flattened)."""
-        from n2d2.backend import to_host
-
         w = to_host(self._weights)
         return w.reshape(w.shape[0], -1)
 
@@ -285,8 +282,6 @@ class WeightedCell(NeuralNetworkCell):
         self._mask_weights()
 
     def _parameter_files(self):
-        from n2d2.backend import to_host
-
         files = {"_weights": format_rows(self._weights_rows())}
         if self.has_bias():
             files["_biases"] = format_rows(to_host(self._biases).reshape(-1, 1))

@@ -47,9 +47,42 @@ import os
 
 import numpy as np
 
+import n2d2.activation as activations
+import n2d2.database as databases
+import n2d2.filler as fillers
+import n2d2.solver as solvers
+import n2d2.transform as transforms
+from n2d2.cells import (
+    LRN,
+    Activation,
+    BatchNorm2d,
+    Conv,
+    Deconv,
+    Dropout,
+    ElemWise,
+    Fc,
+    Normalize,
+    Padding,
+    Pool,
+    Pool2d,
+    Reshape,
+    Resize,
+    Scaling,
+    Softmax,
+    Transpose,
+)
+from n2d2.cells.deepnet_cell import DeepNetCell, rebatch
+from n2d2.datasets import mnist_path
+from n2d2.deepnet import DeepNet
 from n2d2.frontends.ini.onnx_section import OnnxSection, is_onnx_section
 from n2d2.frontends.ini.parser import IniDocument, IniError, Reader, parse_file, warn
+from n2d2.ir.trace import trace
 from n2d2.ops import activation as act_table
+from n2d2.provider import DataProvider
+from n2d2.scaling import FloatingPointScaling
+from n2d2.settings import global_variables
+from n2d2.target import Score
+from n2d2.tensor import Interface, Tensor
 
 __all__ = ["load_ini", "NetworkBuilder", "LAYER_TYPES"]
 
@@ -187,7 +220,6 @@ _SOLVER_ROLES = {"Conv": ("Weights", "Bias"), "Deconv": ("Weights", "Bias"), "Fc
 
 # Upstream layer types with no n2d2 op yet: refused by name, saying what they are
 _UNSUPPORTED_TYPES = {
-    "LRN": "local response normalisation has no n2d2 op yet",
     "FMP": "fractional max pooling has no n2d2 op yet",
     "Unpool": "max unpooling has no n2d2 op yet",
     "Threshold": "the Threshold cell has no n2d2 op yet",
@@ -242,8 +274,6 @@ class NetworkBuilder:
 
     # -- entry point -------------------------------------------------------------------------------
     def build(self):
-        from n2d2.settings import global_variables
-
         self._check_extra_environments()
         self._global_keys()
         saved = global_variables.default_model
@@ -293,8 +323,6 @@ class NetworkBuilder:
                                "Frame or Frame_CUDA (spiking and other engine models are not available)")
         model = _MODELS[value]
         if model == "Frame_CUDA":
-            from n2d2.settings import global_variables
-
             if not global_variables.cuda_available:
                 if not self._warned_cuda:
                     entry = reader.entry(key)
@@ -331,8 +359,6 @@ class NetworkBuilder:
 
     # -- database ----------------------------------------------------------------------------------
     def _database(self):
-        import n2d2.database as databases
-
         if "database" not in self.doc:
             warn("no [database] section: the network is built on an empty database", self.file)
             self.doc.set_generated("sp" if "sp" in self.doc else "", "_EpochSize", 0)
@@ -350,8 +376,6 @@ class NetworkBuilder:
             validation = r.float("Validation", 0.0, 0.0, 1.0)
             path = self._data_path(r, None)
             if path is None:
-                from n2d2.datasets import mnist_path
-
                 path = self._wrap("database", lambda: mnist_path(), "MNIST not found")
             config.pop("load_data_in_memory", None)
             db = self._wrap("database", lambda: databases.MNIST(path, validation=validation, **config),
@@ -381,8 +405,6 @@ class NetworkBuilder:
         return db
 
     def _dir_database(self, r, config):
-        import n2d2.database as databases
-
         path = self._data_path(r, None)
         if path is None:
             raise r.error("missing required key 'DataPath'", expected="DataPath=<folder>")
@@ -408,8 +430,6 @@ class NetworkBuilder:
 
     def _upstream_database(self, r, kind, config):
         """GTSRB / ILSVRC2012 / IMDB-WIKI: keys and defaults of upstream's database generators."""
-        import n2d2.database as databases
-
         cls, default_dir, reads_labels, keys = _UPSTREAM_DATABASES[kind]
         kwargs = {}
         for key, (name, default) in keys.items():
@@ -452,8 +472,6 @@ class NetworkBuilder:
 
     # -- stimuli provider ----------------------------------------------------------------------------
     def _provider(self, database):
-        from n2d2.provider import DataProvider
-
         if "sp" not in self.doc:
             raise IniError("missing [sp] section (the stimuli provider: SizeX, SizeY, BatchSize...)", self.file,
                            expected="an [sp] section")
@@ -499,8 +517,6 @@ class NetworkBuilder:
                            entry.line, "DataSignedMapping, QuantizationLevels")
 
     def _transformations(self, provider):
-        import n2d2.transform as transforms
-
         for name in self.doc.order:
             if not name.startswith("sp."):
                 continue
@@ -642,8 +658,6 @@ class NetworkBuilder:
         """A zero batch of ONE stimulus: the eager build only needs shapes, and every call record
         keeps its output alive until tracing, so a full batch (256 ImageNet images) multiplied the
         memory of loading by the batch size. `_deepnet_cell` rebatches the traced graph."""
-        from n2d2.tensor import Tensor
-
         return Tensor([1] + list(provider.shape())[1:])
 
     def _inputs(self, node, names, tensors, r):
@@ -682,8 +696,6 @@ class NetworkBuilder:
         return y, section
 
     def _build_layer(self, node, parents, tensors):
-        from n2d2.tensor import Interface
-
         r = self._reader(node)
         r.mark("Input")
         if r.has("Type") and r.text("Type") in _UNSUPPORTED_TYPES:
@@ -775,8 +787,6 @@ class NetworkBuilder:
 
     # -- targets and the DeepNetCell ----------------------------------------------------------------------------
     def _target(self, provider, order, parents):
-        from n2d2.target import Score
-
         targets = []
         for name in self.doc.order:
             if ".Target" not in name:
@@ -836,11 +846,6 @@ class NetworkBuilder:
         return sinks[-1]
 
     def _deepnet_cell(self, provider, target, tensors, cells, parents, output):
-        from n2d2.cells.deepnet_cell import DeepNetCell
-        from n2d2.deepnet import DeepNet
-        from n2d2.ir.trace import trace
-        from n2d2.target import Score
-
         needed, stack = set(), [output]
         while stack:
             n = stack.pop()
@@ -868,8 +873,6 @@ class NetworkBuilder:
                                                   input_names=["input"]), "cannot trace the network")
         batch = int(provider.shape()[0])
         if batch != 1:
-            from n2d2.cells.deepnet_cell import rebatch
-
             result.graph = self._wrap(output, lambda: rebatch(result.graph, batch), "cannot set the batch size")
         if target is None:
             target = Score(provider, name="Target")
@@ -918,6 +921,7 @@ _LAYER_KEYS = {
     "Softmax": ("WithLoss", "GroupSize"),
     "ElemWise": ("Operation", "Weights", "Shifts", "CoeffMode"),
     "Normalize": ("Norm",),
+    "LRN": ("N", "Alpha", "Beta", "K"),
     "Padding": ("TopPadding", "BottomPadding", "LeftPadding", "RightPadding"),
     "Resize": ("OutputWidth", "OutputHeight", "Mode"),
     "Reshape": ("Dims",),
@@ -928,8 +932,6 @@ _LAYER_KEYS = {
 
 # -- pieces shared by layer builders ----------------------------------------------------------------------
 def _activation(layer, default=None):
-    import n2d2.activation as activations
-
     r = layer.r
     dotted = [k for k in r.keys() if k.startswith("ActivationFunction.")]
     if not r.has("ActivationFunction"):
@@ -954,8 +956,6 @@ def _activation(layer, default=None):
 
 
 def _filler(layer, role):
-    import n2d2.filler as fillers
-
     r = layer.r
     dotted = [k for k in r.keys() if k.startswith(role + ".")]
     if r.has(role):
@@ -979,8 +979,6 @@ def _solver(layer, role):
     """The solver of `role` ("Weights", "Bias", "Scale"): type from the layer section
     (`<role>Solver=`, else `Solvers=`, default SGD); parameters `Solvers.X` then `<role>Solver.X`
     from the config sections, then from the layer section when it names the type."""
-    import n2d2.solver as solvers
-
     r, c = layer.r, layer.config
     specific = f"{role}Solver"
     kind = "SGD"
@@ -1211,8 +1209,6 @@ def _canvas_table(layer, parent, channels, nb_outputs):
 
 
 def _tensor(table):
-    from n2d2.tensor import Tensor
-
     return Tensor.from_numpy(np.ascontiguousarray(table))
 
 
@@ -1232,8 +1228,6 @@ def _cell_kwargs(layer, kind, solvers=True, fillers=True, activation=True):
 
 
 def _build_conv(layer, deconv=False):
-    from n2d2.cells import Conv, Deconv
-
     kind = "Deconv" if deconv else "Conv"
     r = layer.r
     nb_outputs = r.int("NbOutputs", minimum=1)
@@ -1259,8 +1253,6 @@ def _build_conv(layer, deconv=False):
 
 
 def _build_fc(layer):
-    from n2d2.cells import Fc
-
     nb_outputs = layer.r.int("NbOutputs", minimum=1)
     nb_inputs = sum(t.dimZ() * t.dimY() * t.dimX() for t in layer.inputs)
     kwargs = _cell_kwargs(layer, "Fc")
@@ -1268,8 +1260,6 @@ def _build_fc(layer):
 
 
 def _build_pool(layer):
-    from n2d2.cells import Pool, Pool2d
-
     r = layer.r
     nb_outputs = r.int("NbOutputs", minimum=1)
     pool = _window(layer, "Pool")
@@ -1293,8 +1283,6 @@ def _simple(layer, make, what):
 
 
 def _build_softmax(layer):
-    from n2d2.cells import Softmax
-
     r = layer.r
     with_loss, group = r.bool("WithLoss", False), r.int("GroupSize", 0, minimum=0)
     act = _activation(layer)
@@ -1303,16 +1291,12 @@ def _build_softmax(layer):
 
 
 def _build_dropout(layer):
-    from n2d2.cells import Dropout
-
     act = _activation(layer)
     kwargs = _config_values(layer, "Dropout")
     return _simple(layer, lambda: Dropout(name=layer.name, model=layer.model, activation=act, **kwargs), "Dropout")
 
 
 def _build_batchnorm(layer):
-    from n2d2.cells import BatchNorm2d
-
     for key in ("ScalesSharing", "BiasesSharing", "MeansSharing", "VariancesSharing"):
         if layer.r.has(key):
             raise layer.r.error(f"{key} is not supported", key, f"no {key}")
@@ -1321,8 +1305,6 @@ def _build_batchnorm(layer):
 
 
 def _build_elemwise(layer):
-    from n2d2.cells import ElemWise
-
     r = layer.r
     operation = r.choice("Operation", ("Sum", "AbsSum", "EuclideanSum", "Prod", "Max"))
     mode = r.choice("CoeffMode", ("PerLayer", "PerInput", "PerChannel"), "PerInput")
@@ -1334,16 +1316,20 @@ def _build_elemwise(layer):
 
 
 def _build_normalize(layer):
-    from n2d2.cells import Normalize
-
     norm = layer.r.choice("Norm", ("L2",), "L2")
     act = _activation(layer)
     return _simple(layer, lambda: Normalize(norm, name=layer.name, model=layer.model, activation=act), "Normalize")
 
 
-def _build_padding(layer):
-    from n2d2.cells import Padding
+def _build_lrn(layer):
+    r = layer.r
+    size, k = r.int("N", 5, minimum=1), r.float("K", 2.0)
+    alpha, beta = r.float("Alpha", 1e-4), r.float("Beta", 0.75)
+    act = _activation(layer)
+    return _simple(layer, lambda: LRN(size, alpha, beta, k, name=layer.name, model=layer.model, activation=act), "LRN")
 
+
+def _build_padding(layer):
     r = layer.r
     pads = [r.int(k) for k in ("TopPadding", "BottomPadding", "LeftPadding", "RightPadding")]
     act = _activation(layer)
@@ -1351,8 +1337,6 @@ def _build_padding(layer):
 
 
 def _build_resize(layer):
-    from n2d2.cells import Resize
-
     r = layer.r
     width, height = r.int("OutputWidth", minimum=1), r.int("OutputHeight", minimum=1)
     mode = r.choice("Mode", ("Bilinear", "BilinearTF", "NearestNeighbor"))
@@ -1364,25 +1348,18 @@ def _build_resize(layer):
 
 
 def _build_reshape(layer):
-    from n2d2.cells import Reshape
-
     dims = layer.r.ints("Dims", count=(1, 2, 3, 4))
     act = _activation(layer)
     return _simple(layer, lambda: Reshape(dims, name=layer.name, model=layer.model, activation=act), "Reshape")
 
 
 def _build_transpose(layer):
-    from n2d2.cells import Transpose
-
     perm = layer.r.ints("Perm", count=(3, 4))
     act = _activation(layer)
     return _simple(layer, lambda: Transpose(perm, name=layer.name, model=layer.model, activation=act), "Transpose")
 
 
 def _build_scaling(layer):
-    from n2d2.cells import Scaling
-    from n2d2.scaling import FloatingPointScaling
-
     factor = layer.r.float("Factor")
     act = _activation(layer)
     scaling = FloatingPointScaling([factor] * layer.channels)
@@ -1390,8 +1367,6 @@ def _build_scaling(layer):
 
 
 def _build_activation(layer):
-    from n2d2.cells import Activation
-
     act = _activation(layer, default="Tanh")  # N2D2's ActivationCell defaults to Tanh
     return _simple(layer, lambda: Activation(act, name=layer.name, model=layer.model), "Activation")
 
@@ -1406,6 +1381,7 @@ LAYER_TYPES = {
     "BatchNorm": _build_batchnorm,
     "ElemWise": _build_elemwise,
     "Normalize": _build_normalize,
+    "LRN": _build_lrn,
     "Padding": _build_padding,
     "Resize": _build_resize,
     "Reshape": _build_reshape,

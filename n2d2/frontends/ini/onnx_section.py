@@ -20,6 +20,7 @@ them as `load_from_ONNX(ini_file=...)` does. Later sections name ONNX values (no
 import contextlib
 
 from n2d2.cells.nn.weighted import weights_from_file
+from n2d2.frontends import onnx_import
 from n2d2.frontends.ini.parser import IniError
 
 ONNX_KEYS = ("Input", "Type", "File", "Ignore", "IgnoreInputSize", "Transpose", "CNTK", "ONNX_init")
@@ -39,8 +40,6 @@ class OnnxSection:
     """An imported ONNX graph: its cells, its output tensor and the tensors of its values."""
 
     def __init__(self, builder, name, reader, input_tensor):
-        from n2d2.frontends import onnx_import
-
         self.name = name
         r = reader
         r.mark(*ONNX_KEYS)

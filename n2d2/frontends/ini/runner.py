@@ -17,6 +17,12 @@ import sys
 import time
 import warnings
 
+import n2d2
+from n2d2 import distributed
+from n2d2.cells.deepnet_cell import VALID_METRICS, BestWeights
+from n2d2.frontends.ini.builder import load_ini
+from n2d2.frontends.ini.parser import IniError
+
 __all__ = ["run", "main", "build_parser", "add_arguments", "add_run_parser", "run_command"]
 
 
@@ -35,10 +41,6 @@ def run(model_path: str, learn: int = 0, log: int = 10000, test: bool = False, o
 
     Returns {'output': folder, 'deepnet': DeepNetCell, 'validation': best validation score or
     None, 'test': test success or None, 'learned': stimuli learnt}."""
-    import n2d2
-    from n2d2.cells.deepnet_cell import VALID_METRICS
-    from n2d2.frontends.ini.builder import load_ini
-
     if not isinstance(learn, int) or isinstance(learn, bool) or learn < 0:
         raise n2d2.error_handler.WrongValue("learn", learn, ["a number of stimuli >= 0"])
     if not isinstance(log, int) or isinstance(log, bool) or log < 1:
@@ -49,7 +51,6 @@ def run(model_path: str, learn: int = 0, log: int = 10000, test: bool = False, o
         n2d2.global_variables.seed = seed
     model_path = os.path.abspath(model_path)
     weights = os.path.abspath(weights) if weights else None
-    from n2d2 import distributed
 
     deepnet = load_ini(model_path, backend=backend)
     name = os.path.splitext(os.path.basename(model_path))[0]
@@ -77,8 +78,6 @@ def run(model_path: str, learn: int = 0, log: int = 10000, test: bool = False, o
 def _learn(deepnet, budget, log, valid_metric, stop_valid):
     """The learning loop; under an MPI launcher the passes are sharded as in `DeepNetCell.fit`
     (`n2d2.distributed`: each global batch split over the ranks, gradients all-reduced)."""
-    from n2d2 import distributed
-
     world = distributed.current()
     deepnet._world = world
     try:
@@ -88,8 +87,6 @@ def _learn(deepnet, budget, log, valid_metric, stop_valid):
 
 
 def _learn_in(deepnet, budget, log, valid_metric, stop_valid, world):
-    from n2d2.cells.deepnet_cell import BestWeights
-
     provider, target = deepnet.get_provider(), deepnet.get_target()
     database = provider.get_database()
     nb_learn = database.get_nb_stimuli("Learn")
@@ -149,8 +146,6 @@ def _test(deepnet):
     average of per-batch rates would weigh a last partial batch like a full one."""
     import numpy as np
 
-    from n2d2 import distributed
-
     target = deepnet.get_target()
     success = deepnet.run_test()
     if not distributed.is_root():
@@ -207,8 +202,6 @@ def add_run_parser(subparsers):
 
 def run_command(args) -> int:
     """Run parsed `run` arguments; errors of the user are printed in one line (exit status 1)."""
-    from n2d2.frontends.ini.parser import IniError
-
     _one_line_warnings()
     try:
         run(args.model, learn=args.learn, log=args.log, test=args.test, output=args.output, seed=args.seed,
