@@ -172,6 +172,34 @@ class _Converter:
         return self.graph
 
 
+def convert_node(node, inputs, opset):
+    """One ONNX `node` as an IR graph (what the ONNX importer runs in its generic cells).
+
+    `inputs` holds, per input slot of the node, None (absent), an array (a constant: an
+    `OnnxConstant` node holding a parameter, trainable when float and not read as statistics)
+    or a `TensorType` (an activation: the `Input` node `x<slot>`). Values the conversion needs
+    statically (STATIC_SLOTS) must be constants. The graph's first output is the node's."""
+    graph_inputs, inits, input_types, names = [], [], {}, []
+    for k, v in enumerate(inputs):
+        if v is None:
+            names.append("")
+        elif isinstance(v, TensorType):
+            names.append(f"x{k}")
+            input_types[f"x{k}"] = (tuple(v.shape), v.dtype)
+            graph_inputs.append(helper.make_tensor_value_info(
+                f"x{k}", helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), list(v.shape)))
+        else:
+            names.append(f"c{k}")
+            inits.append(numpy_helper.from_array(np.asarray(v), f"c{k}"))
+    outs = [f"y{k}" if o else "" for k, o in enumerate(node.output)]
+    copy = helper.make_node(node.op_type, names, outs, name=node.name or node.op_type, domain=node.domain)
+    copy.attribute.extend(node.attribute)
+    graph = helper.make_graph([copy], node.name or node.op_type, graph_inputs,
+                              [helper.make_tensor_value_info(o, 0, None) for o in outs[:1]], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))])
+    return _Converter(model, input_types, {}).convert()
+
+
 def _frozen_initializers(graph):
     """Initializers read as running statistics (BatchNormalization mean and variance)."""
     frozen = set()
@@ -237,9 +265,26 @@ def _where(c, node, ins, attrs):
     return c.op("OnnxWhere", ins, {})
 
 
-@_handles("Relu", "Sigmoid", "Tanh", "Exp", "Log")
+@_handles("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Erf", "HardSwish")
 def _unary(c, node, ins, attrs):
     return c.op("Onnx" + node.op_type, ins[:1], {})
+
+
+@_handles("HardSigmoid")
+def _hard_sigmoid(c, node, ins, attrs):
+    return c.op("OnnxHardSigmoid", ins[:1], {"alpha": float(attrs.get("alpha", 0.2)),
+                                             "beta": float(attrs.get("beta", 0.5))})
+
+
+@_handles("LayerNormalization")
+def _layer_norm(c, node, ins, attrs):
+    if int(attrs.get("stash_type", 1)) != 1:
+        raise NotImplementedError(f"n2d2.onnx_backend: node '{c._node_name}' (LayerNormalization): stash_type "
+                                  f"{attrs['stash_type']} (supported: 1, float)")
+    ins = [v for v in ins if v is not None]
+    return c.op("OnnxLayerNormalization", ins, {"axis": _axis(attrs.get("axis", -1), len(ins[0].shape)),
+                                                "epsilon": float(attrs.get("epsilon", 1e-5))},
+                nb_outputs=len(node.output))
 
 
 @_handles("LeakyRelu")

@@ -167,13 +167,15 @@ class DeepNetCell(Iterable):
 
     @classmethod
     def load_from_ONNX(cls, provider, model_path, ini_file=None, ignore_cells=None, ignore_input_size=False,
-                       backend=None):
+                       backend=None, generic_ops=False):
         """Import an ONNX model (cells named after the ONNX node outputs), fed by `provider`;
-        see `n2d2.frontends.onnx_import.load_from_onnx`."""
+        `generic_ops=True`: nodes no N2D2 cell represents run as `OnnxNode` cells instead of being
+        refused. See `n2d2.frontends.onnx_import.load_from_onnx`."""
         from n2d2.frontends.onnx_import import load_from_onnx
 
         return load_from_onnx(provider, model_path, ini_file=ini_file, ignore_cells=ignore_cells,
-                              ignore_input_size=ignore_input_size, backend=backend, cls=cls)
+                              ignore_input_size=ignore_input_size, backend=backend, cls=cls,
+                              generic_ops=generic_ops)
 
     def export_onnx(self, path, opset=17):
         """Write the forward graph as an ONNX model (atomically); see `n2d2.frontends.onnx_export`."""

@@ -124,6 +124,7 @@ def _first_line(e) -> str:
 
 
 # -- values --------------------------------------------------------------------------------------
+
 def _pad4(shape):
     return tuple(shape) + (1,) * (4 - len(shape))
 
@@ -169,8 +170,9 @@ class _Importer:
     """Maps the nodes of one ONNX graph to cells (see the module docstring)."""
 
     def __init__(self, model, inferred, path, provider, ignore_cells=(), ignore_input_size=False,
-                 load_weights=True, arrays=None):
+                 load_weights=True, arrays=None, generic_ops=False):
         self.model = model
+        self.generic_ops = generic_ops  # nodes no cell represents become OnnxNode cells
         self.arrays = arrays or {}  # initializer name -> array already read (load_model_arrays)
         self.graph = model.graph
         self.path = path
@@ -397,14 +399,25 @@ class _Importer:
                     self.values[name] = value
             return
         handler = getattr(self, f"_op_{node.op_type}", None)
-        if handler is None:
+        if handler is None and not self.generic_ops:
             raise self.unsupported(f"op type '{node.op_type}' is not supported on activations (supported: "
-                                   f"{', '.join(SUPPORTED_OPS)})")
+                                   f"{', '.join(SUPPORTED_OPS)}; with generic_ops=True, any op of "
+                                   "n2d2.onnx_backend)")
         for extra in node.output[1:]:
             if extra and self.uses.get(extra, 0):
                 raise self.unsupported(f"output '{extra}' (the op's optional output {list(node.output).index(extra)}) "
                                        "is used; n2d2 imports only the first output of this op")
-        result = handler(node, ins, attrs)
+        if handler is None:
+            result = self._generic(node, ins)
+        elif self.generic_ops:
+            nb_cells = len(self.cells)
+            try:
+                result = handler(node, ins, attrs)
+            except ONNXUnsupportedError:   # what the cells cannot express runs as an OnnxNode cell
+                del self.cells[nb_cells:]
+                result = self._generic(node, ins)
+        else:
+            result = handler(node, ins, attrs)
         if result is not None:
             self.values[out] = result
         self._check_shape(out)
@@ -490,8 +503,17 @@ class _Importer:
             cell = Activation(None, name=self._name(v.view_name, own=True))
             v.materialized = self._call(cell, Interface(tensors))
             return v.materialized
-        if v.canonical():
+        if v.canonical() and v.tensor.nb_dims() == 4:
             return v.tensor
+        if self.generic_ops and (v.rank > 4 or v.tensor.nb_dims() != 4):
+            if v.rank > 4:
+                raise self.unsupported(f"a tensor of rank {v.rank} ({list(v.shape)}) reaches a cell that takes "
+                                       "tensors of rank 4 at most")
+            cell = self._onnx_cell(self._name(v.view_name, own=True), "Reshape", "OnnxReshape",
+                                   {"shape": (int(v.shape[0]),) + tuple(v.shape[1:])}, [("x", 0)], [v.shape[1:]],
+                                   {}, ("shape",))
+            v.materialized = self._call(cell, v.tensor)
+            return v.materialized
         if v.rank > 4:
             raise self.unsupported(f"a tensor of rank {v.rank} ({list(v.shape)}) reaches a cell; n2d2 cells take "
                                    "tensors of rank 4 at most")
@@ -499,6 +521,99 @@ class _Importer:
         cell = Reshape([w, h, c], name=self._name(v.view_name, own=True))
         v.materialized = self._call(cell, v.tensor)
         return v.materialized
+
+    # -- generic cells (generic_ops) ------------------------------------------------------------------
+    def _onnx_cell(self, name, op_type, op, attrs, slots, shapes, constants, batch_keys=()):
+        from n2d2.cells.nn.onnx_node import OnnxNode
+
+        return OnnxNode(op_type, op, attrs, slots, shapes, constants, batch_keys, name=name)
+
+    def _carried(self, v):
+        """The tensor holding activation `v` in its memory order (any shape of that size)."""
+        if v.parts is not None:
+            return self._tensor(v, interface_ok=False)
+        return v.materialized if v.materialized is not None else v.tensor
+
+    def _generic(self, node, ins):
+        """`node` as OnnxNode cells: its conversion by `n2d2.onnx_backend` (exact ONNX semantics,
+        one IR op in general), one cell per op; the last one is named after the node's output."""
+        from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
+        from n2d2.ir.types import TensorType
+        from n2d2.onnx_backend import convert_node
+
+        batch = None
+        spec = []
+        for v in ins:
+            if isinstance(v, _Act):
+                batch = v.shape[0] if batch is None else batch
+                spec.append(TensorType(v.shape, "float32"))
+            else:
+                spec.append(v)
+        if node.op_type in ("Reshape", "Expand") and len(spec) > 1 and isinstance(spec[1], np.ndarray) \
+                and isinstance(ins[0], _Act) and spec[1].size and spec[1][0] == self.file_batch != batch:
+            spec[1] = spec[1].copy()   # a target naming the file's batch size: the provider's
+            spec[1][0] = batch
+        try:
+            graph = convert_node(node, spec, self.opset)
+        except (NotImplementedError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise self.unsupported(f"op type '{node.op_type}' cannot run as a generic ONNX node: "
+                                   f"{_first_line(e)}") from None
+        out_ref = graph.outputs[0]
+        value_of = {}   # (IR node, output) -> tensor made so far
+        result = None
+        order = [n for n in graph.topological_order() if graph.op(n) not in ("Input", "OnnxConstant")]
+        for n in order:
+            tensors, shapes, slots, constants = [], [], [], {}
+            for slot, (src, out) in enumerate(graph.inputs_of(n)):
+                op = graph.op(src)
+                if op == "OnnxConstant":
+                    if slot >= MAX_PARAM_SLOTS:
+                        raise self.unsupported(f"constant operand {slot}: an OnnxNode cell takes constants in its "
+                                               f"first {MAX_PARAM_SLOTS} inputs")
+                    pname = graph.node(src).params["value"]
+                    constants[f"in{slot}"] = np.asarray(graph.params[pname].array)
+                    slots.append(("p", f"in{slot}"))
+                    continue
+                if op == "Input":
+                    v = ins[int(src[1:])]
+                    tensor, shape = self._carried(v), v.shape
+                elif (src, out) in value_of and out == 0:
+                    tensor, shape = value_of[(src, out)]
+                else:
+                    raise self.unsupported(f"output {out} of the IR op '{graph.op(src)}' feeds another op; "
+                                           "OnnxNode cells pass output 0 only")
+                key = next((k for k, t in enumerate(tensors) if t is tensor), None)
+                if key is None:
+                    key = len(tensors)
+                    tensors.append(tensor)
+                    shapes.append(tuple(shape[1:]))
+                slots.append(("x", key))
+            if not tensors:
+                raise self.unsupported(f"the IR op '{graph.op(n)}' of this node reads no activation")
+            out_type = graph.output_types(n)[0]
+            if out_type.dtype != "float32" or not out_type.shape or out_type.shape[0] != batch:
+                raise self.unsupported(f"its output {list(out_type.shape)} ({out_type.dtype}) is not a float32 "
+                                       f"batch of {batch} samples; n2d2 cells carry those only")
+            attrs = graph.attrs(n)
+            batch_keys = tuple(k for k in ("shape",) if k in attrs and len(attrs[k]) and attrs[k][0] == batch)
+            last = (n, 0) == tuple(out_ref)
+            name = self._node.output[0] if last else self._name(self._node.output[0])
+            if last and name not in self.used_names:
+                self.used_names.add(name)
+            cell = self._onnx_cell(name, node.op_type, graph.op(n), attrs, slots, shapes, constants, batch_keys)
+            inputs = tensors
+            if last:
+                result = self._produce(cell, inputs, out_type.shape)
+            else:
+                value_of[(n, 0)] = (self._call(cell, inputs), tuple(out_type.shape))
+        if result is None:
+            src, out = out_ref
+            if graph.op(src) != "Input":
+                raise self.unsupported("its output is not produced by an op of its conversion")
+            v = ins[int(src[1:])]
+            self._alias(v, self._node.output[0], v.shape)
+            return None
+        return result
 
     def _call(self, cell, inputs):
         cell.test()
@@ -1696,7 +1811,7 @@ class _IniEmbedding:
 
 # -- entry point ------------------------------------------------------------------------------------
 def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignore_input_size=False, name=None,
-                   target=None, backend=None, cls=None):
+                   target=None, backend=None, cls=None, generic_ops=False):
     """Import the ONNX model at `model_path` as a `DeepNetCell` fed by `provider`.
 
     Parameters
@@ -1721,6 +1836,11 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
         The DeepNetCell backend (see `n2d2.codegen.programs.select_backend`).
     cls : type, optional
         The DeepNetCell class to build (a subclass calling this).
+    generic_ops : bool
+        A node no N2D2 cell represents (a broadcasting Mul, HardSwish, LayerNormalization,
+        MaxPool in ceil mode, rank-5 reshapes...) becomes an `OnnxNode` cell running its op of
+        ONNX semantics (`n2d2.onnx_backend`) instead of being refused. Every torchvision
+        classifier imports this way.
     """
     from n2d2.cells.deepnet_cell import DeepNetCell
     from n2d2.error_handler import WrongInputType
@@ -1737,6 +1857,8 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
         raise WrongInputType("ignore_cells", type(ignore_cells), ["list of str"])
     if not isinstance(ignore_input_size, bool):
         raise WrongInputType("ignore_input_size", type(ignore_input_size), ["bool"])
+    if not isinstance(generic_ops, bool):
+        raise WrongInputType("generic_ops", type(generic_ops), ["bool"])
     path = os.fspath(model_path)
     ini = _IniEmbedding(ini_file) if ini_file is not None else None
     load_weights = True
@@ -1748,7 +1870,8 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
     from n2d2.cells.nn.weighted import weights_from_file
 
     model, inferred, arrays = load_model_arrays(path)
-    importer = _Importer(model, inferred, path, provider, ignore_cells, ignore_input_size, load_weights, arrays)
+    importer = _Importer(model, inferred, path, provider, ignore_cells, ignore_input_size, load_weights, arrays,
+                         generic_ops)
     # the cells are called only to be traced: no forward of the dummy batch, no filler draws for
     # values the file gives
     with deferred_values(), weights_from_file() if load_weights else contextlib.nullcontext():
