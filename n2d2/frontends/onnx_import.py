@@ -647,7 +647,7 @@ class _Importer:
         current node is the only use left."""
         o = v.owner
         return (o is not None and v.parts is None and v.tensor is o.tensor and o.refs == 1
-                and v.materialized is None)
+                and v.materialized is None and "activation" in o.cell._parameters)
 
     def _out_shape(self, y, rank):
         shape = tuple(y.shape())

@@ -69,7 +69,7 @@ class OnnxNode(NeuralNetworkCell):
         self._slots = tuple(typed)
         self._shapes = tuple(tuple(int(d) for d in s) for s in shapes)
         self._batch_keys = tuple(batch_keys)
-        self._constants = {r: self._to_model_device(np.ascontiguousarray(a)) for r, a in constants.items()}
+        self._constants = {r: self._to_model_device(np.array(a, order="C")) for r, a in constants.items()}
 
     def __call__(self, inputs):
         """`inputs`: a Tensor, an Interface, or a list of Tensors of any shapes (an ONNX op
