@@ -264,3 +264,47 @@ def test_generic_parameters_train_like_torch(tmp_path, backend):
         assert factor > 0 and rel_err(delta, factor * g) < 1e-3, (k, rel_err(delta, factor * g))
         factors.append(factor)
     assert max(factors) / min(factors) < 1.001
+
+
+def test_generic_ops_flag_is_checked_and_named_in_refusals(tmp_path):
+    from n2d2.error_handler import WrongInputType
+
+    model, shape = _se_block()
+    path = str(tmp_path / "se.onnx")
+    onnx.save(model, path)
+    with pytest.raises(WrongInputType, match="generic_ops"):
+        DeepNetCell.load_from_ONNX(provider_for(shape), path, generic_ops=1)
+    with pytest.raises(ONNXUnsupportedError, match="op type 'HardSigmoid' is not supported.*generic_ops=True"):
+        DeepNetCell.load_from_ONNX(provider_for(shape), path)
+
+
+def test_a_node_neither_path_takes_keeps_the_cell_importers_reason(tmp_path):
+    """Flatten over the batch axis: refused by the cells, and its generic form would not keep the
+    batch axis either; the refusal is the cell importer's."""
+    nodes = [node("Flatten", ["x"], ["y"], axis=0)]
+    path = str(tmp_path / "flat0.onnx")
+    onnx.save(make_model(nodes, {}, [3, 5, 5], 13), path)
+    with pytest.raises(ONNXUnsupportedError, match="flat0.onnx: node .*Flatten, output 'y'.*batch axis"):
+        DeepNetCell.load_from_ONNX(provider_for((3, 5, 5)), path, backend="numpy", generic_ops=True)
+
+
+def _refused_cases():
+    from tests.test_onnx_import import REFUSED
+
+    return {k: v for k, v in REFUSED.items() if k != "batch_axis"}
+
+
+@pytest.mark.parametrize("case", sorted(_refused_cases()))
+def test_every_refusal_of_the_cell_importer_imports_with_generic_ops(tmp_path, case):
+    """The nodes `test_onnx_import` shows refused (but the one leaving the batch axis) import as
+    OnnxNode cells and match onnxruntime."""
+    nodes, inits, _ = _refused_cases()[case]
+    path = str(tmp_path / f"{case}.onnx")
+    onnx.save(make_model(nodes, inits, [3, 5, 5], 13), path)
+    dn = DeepNetCell.load_from_ONNX(provider_for((3, 5, 5)), path, backend="numpy", generic_ops=True)
+    assert any(isinstance(c, OnnxNode) for c in dn)
+    x = np.random.default_rng(11).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    if case == "div_by_activation":
+        x = np.where(np.abs(x) < 0.1, 0.5, x).astype(np.float32)
+    ref = run_ort(path, x)
+    assert rel_err(run_cell(dn, x).reshape(ref.shape), ref) < 1e-5

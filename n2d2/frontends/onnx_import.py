@@ -29,7 +29,12 @@ dimensions of size 1 ([N, F] as [N, F, 1, 1]), so that the memory order is the s
 The batch size is the provider's: constant Reshape targets may name the file's batch size.
 
 What cannot be represented exactly is refused with an `ONNXUnsupportedError` (a `ValueError`)
-that names the node and says what is supported; never a silent skip.
+that names the node and says what is supported; never a silent skip. With `generic_ops=True`
+such a node (no handler, or a handler's refusal) becomes instead an `OnnxNode` cell
+(`n2d2.cells.nn.onnx_node`) running the node's conversion by `n2d2.onnx_backend` (exact ONNX
+semantics: broadcasting, any rank, ceil-mode windows, LayerNormalization...); its inputs are
+viewed in their ONNX shapes, its output is carried like any other (ranks above 4 as they are,
+until a Reshape brings them back to 4). Every torchvision classifier imports this way.
 """
 import contextlib
 import os
@@ -413,9 +418,13 @@ class _Importer:
             nb_cells = len(self.cells)
             try:
                 result = handler(node, ins, attrs)
-            except ONNXUnsupportedError:   # what the cells cannot express runs as an OnnxNode cell
-                del self.cells[nb_cells:]
-                result = self._generic(node, ins)
+            except ONNXUnsupportedError as refusal:   # what the cells cannot express: an OnnxNode cell
+                if len(self.cells) != nb_cells:
+                    raise   # the handler already called cells: they are in the graph
+                try:
+                    result = self._generic(node, ins)
+                except ONNXUnsupportedError:
+                    raise refusal from None   # the cell importer's reason is the more precise one
         else:
             result = handler(node, ins, attrs)
         if result is not None:
