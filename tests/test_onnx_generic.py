@@ -308,3 +308,19 @@ def test_every_refusal_of_the_cell_importer_imports_with_generic_ops(tmp_path, c
         x = np.where(np.abs(x) < 0.1, 0.5, x).astype(np.float32)
     ref = run_ort(path, x)
     assert rel_err(run_cell(dn, x).reshape(ref.shape), ref) < 1e-5
+
+
+def test_generic_constants_round_trip_through_parameter_files(tmp_path):
+    dn, path, shape = _load(tmp_path, "convnext_block")
+    x = np.random.default_rng(12).standard_normal((2,) + shape).astype(np.float32)
+    y = run_cell(dn, x)
+    folder = str(tmp_path / "params")
+    dn.export_free_parameters(folder, verbose=False)
+    cells = {c.get_name(): c for c in dn}
+    scale = cells["ln"].get_constants()["in1"]
+    saved = scale.copy()
+    scale[...] = 0.0
+    assert rel_err(run_cell(dn, x), y) > 1e-3
+    dn.import_free_parameters(folder)
+    assert np.array_equal(scale, saved)
+    assert rel_err(run_cell(dn, x), y) < 1e-7

@@ -10,7 +10,8 @@ trained by its `solver` when they are float.
 """
 import numpy as np
 
-from n2d2.cells.nn.base import NeuralNetworkCell
+from n2d2.backend import to_host
+from n2d2.cells.nn.base import NeuralNetworkCell, format_rows
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ir import ops as ir_ops
@@ -109,6 +110,22 @@ class OnnxNode(NeuralNetworkCell):
     def get_constants(self) -> dict:
         """role -> the constant operands (parameters) of this cell."""
         return dict(self._constants)
+
+    # -- parameter files (`<cell>_<role>.syntxt`, float constants, one row per first-axis entry) --
+    def _float_constants(self):
+        return {r: a for r, a in self._constants.items() if np.issubdtype(np.dtype(a.dtype), np.floating)}
+
+    def _parameter_files(self):
+        return {f"_{r}": format_rows(to_host(a).reshape(a.shape[0] if a.ndim else 1, -1))
+                for r, a in self._float_constants().items()}
+
+    def _parameter_shapes(self):
+        return {f"_{r}": tuple(a.shape) for r, a in self._float_constants().items()}
+
+    def _set_parameter_values(self, values):
+        for r, a in self._float_constants().items():
+            if f"_{r}" in values:
+                a[...] = self._to_model_device(values[f"_{r}"].reshape(a.shape))
 
     def update(self):
         for role, array in self._constants.items():
