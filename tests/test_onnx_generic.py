@@ -324,3 +324,35 @@ def test_generic_constants_round_trip_through_parameter_files(tmp_path):
     dn.import_free_parameters(folder)
     assert np.array_equal(scale, saved)
     assert rel_err(run_cell(dn, x), y) < 1e-7
+
+
+def test_onnx_node_cell_trains_eagerly_like_torch():
+    """An OnnxNode cell on its own (no DeepNetCell): forward, back-propagation to its input and
+    its constants, one SGD step, against torch."""
+    rng = np.random.default_rng(13)
+    scale, bias = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    cell = OnnxNode("LayerNormalization", "OnnxLayerNormalization", {"axis": 3, "epsilon": 1e-5},
+                    [("x", 0), ("p", "in1"), ("p", "in2")], [(3, 4, 5)], {"in1": scale, "in2": bias}, name="ln")
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    dy = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    t = n2d2.Tensor.from_numpy(x)
+    n2d2.provider.TensorPlaceholder(t)
+    pre = n2d2.cells.Activation(None, name="pre")   # a cell before: the gradient reaches a producer
+    cell.learn()
+    y = cell(pre(t))
+    tx = torch.tensor(x, requires_grad=True)
+    ts, tb = torch.tensor(scale, requires_grad=True), torch.tensor(bias, requires_grad=True)
+    ty = F.layer_norm(tx, (5,), ts, tb, 1e-5)
+    assert rel_err(y.to_numpy(), ty.detach().numpy()) < 1e-5
+    deepnet = y.get_deepnet()
+    deepnet.seed_gradient(y, dy)
+    deepnet.back_propagate()
+    (ty * torch.tensor(dy)).sum().backward()
+    # N2D2's sign: diff outputs are minus the gradient
+    assert rel_err(-cell.get_diffoutputs(0).to_numpy(), tx.grad.numpy()) < 1e-5
+    lr = cell.solver.learning_rate
+    deepnet.update()
+    constants = cell.get_constants()
+    assert rel_err(scale - constants["in1"], lr / 2 * ts.grad.numpy()) < 1e-4
+    assert rel_err(bias - constants["in2"], lr / 2 * tb.grad.numpy()) < 1e-4
+    assert str(cell).startswith("'ln' OnnxNode(Frame)(op_type=LayerNormalization")
