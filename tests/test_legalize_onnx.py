@@ -15,9 +15,8 @@ torch = pytest.importorskip("torch")
 from n2d2 import onnx_backend  # noqa: E402
 from n2d2.codegen import numpy_exec  # noqa: E402
 from n2d2.ir import autodiff  # noqa: E402
-from n2d2.ir import ops as op_registry  # noqa: E402
 from n2d2.ir.passes import PASSES, optimize  # noqa: E402
-from n2d2.ir.passes.legalize_onnx import RULES, legalize_onnx, rule  # noqa: E402
+from n2d2.ir.passes.legalize_onnx import RULES, known_activation, legalize_onnx, rule  # noqa: E402
 from n2d2.solver import SGD  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
 from tests.test_onnx_generic import PATTERNS  # noqa: E402
@@ -95,10 +94,11 @@ def test_what_n2d2_ops_cannot_express_stays_onnx(tmp_path, name):
     graph, in_name = _graph(model, x)
     legal = legalize_onnx(graph)
     after = _ops(legal)
-    known = op_registry._ACTIVATIONS
+    hard_sigmoid = known_activation("HardSigmoid", alpha=1 / 6, beta=0.5) is not None
+    hard_swish = known_activation("HardSwish") is not None
     expected = {
-        "se_block": {"OnnxMul": 1, "OnnxHardSigmoid": 0 if "HardSigmoid" in known else 1,
-                     "OnnxHardSwish": 0 if "HardSwish" in known else 1, "Conv": 2, "Pool": 1},
+        "se_block": {"OnnxMul": 1, "OnnxHardSigmoid": 0 if hard_sigmoid else 1,
+                     "OnnxHardSwish": 0 if hard_swish else 1, "Conv": 2, "Pool": 1},
         "channel_shuffle": {"OnnxReshape": 2, "OnnxTranspose": 1, "OnnxSlice": 2, "Concat": 1, "Activation": 1},
         "convnext_block": {"OnnxLayerNormalization": 1, "OnnxMatMul": 2, "OnnxErf": 1, "Conv": 1},
         "ceil_pool": {"OnnxMaxPool": 1, "Conv": 1, "Activation": 1},
@@ -112,6 +112,8 @@ def test_what_n2d2_ops_cannot_express_stays_onnx(tmp_path, name):
 
 
 def test_rules_are_registered_by_op_type_and_the_pass_by_name():
+    assert known_activation("Rectifier", leak_slope=0.1) == ("Rectifier", (("clipping", 0.0), ("leak_slope", 0.1)))
+    assert known_activation("NoSuchActivation") is None and known_activation("Tanh", beta=2.0) is None
     assert {"OnnxConv", "OnnxMaxPool", "OnnxRelu", "OnnxAdd", "OnnxBatchNormalization"} <= set(RULES)
     assert PASSES["legalize_onnx"] is legalize_onnx
 

@@ -66,15 +66,23 @@ def _symmetric(pads):
     return tuple(pads[:half]) == tuple(pads[half:])
 
 
-def _spec(name, **config):
-    """The activation spec of `n2d2.activation.<name>(**config)`, or None when the IR's table
-    (or `n2d2.activation`) does not have it."""
+def known_activation(name, **config):
+    """The activation spec of `n2d2.activation.<name>(**config)` when the IR can compute it (its
+    class exists, takes `config`, and the IR's activation table runs it), else None. Asked when
+    a rule runs, so activations added to the table later are used without touching the rules."""
+    import numpy as np
+
     import n2d2.activation as activations
 
     cls = getattr(activations, name, None)
-    if name not in op_registry._ACTIVATIONS or cls is None:
+    if cls is None:
         return None
-    return op_registry.activation_spec(cls(**config))
+    try:
+        spec = op_registry.activation_spec(cls(**config))
+        op_registry.activation_forward(spec, np.zeros((1, 1, 1, 1), np.float32))
+    except (KeyError, ValueError, TypeError, NotImplementedError):
+        return None
+    return spec
 
 
 # -- rules ---------------------------------------------------------------------------------------------
@@ -149,12 +157,13 @@ def _activation(graph, node, spec):
 
 @rule("OnnxRelu")
 def _relu(graph, node):
-    return _activation(graph, node, _spec("Rectifier"))
+    return _activation(graph, node, known_activation("Rectifier"))
 
 
 @rule("OnnxLeakyRelu")
 def _leaky_relu(graph, node):
-    return _activation(graph, node, _spec("Rectifier", leak_slope=float(graph.attrs(node).get("alpha", 0.01))))
+    slope = float(graph.attrs(node).get("alpha", 0.01))
+    return _activation(graph, node, known_activation("Rectifier", leak_slope=slope))
 
 
 @rule("OnnxClip")
@@ -163,29 +172,29 @@ def _clip(graph, node):
     low, high = a.get("min"), a.get("max")
     if low is None or float(low) != 0.0 or (high is not None and float(high) <= 0.0):
         return None
-    return _activation(graph, node, _spec("Rectifier", clipping=0.0 if high is None else float(high)))
+    return _activation(graph, node, known_activation("Rectifier", clipping=0.0 if high is None else float(high)))
 
 
 @rule("OnnxSigmoid")
 def _sigmoid(graph, node):
-    return _activation(graph, node, _spec("Logistic"))
+    return _activation(graph, node, known_activation("Logistic"))
 
 
 @rule("OnnxTanh")
 def _tanh(graph, node):
-    return _activation(graph, node, _spec("Tanh"))
+    return _activation(graph, node, known_activation("Tanh"))
 
 
 @rule("OnnxHardSigmoid")
 def _hard_sigmoid(graph, node):
     a = graph.attrs(node)
-    return _activation(graph, node, _spec("HardSigmoid", alpha=float(a.get("alpha", 0.2)),
+    return _activation(graph, node, known_activation("HardSigmoid", alpha=float(a.get("alpha", 0.2)),
                                           beta=float(a.get("beta", 0.5))))
 
 
 @rule("OnnxHardSwish")
 def _hard_swish(graph, node):
-    return _activation(graph, node, _spec("HardSwish"))
+    return _activation(graph, node, known_activation("HardSwish"))
 
 
 def _elemwise(graph, node, operation, weights):
