@@ -265,7 +265,7 @@ def _where(c, node, ins, attrs):
     return c.op("OnnxWhere", ins, {})
 
 
-@_handles("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Erf", "HardSwish")
+@_handles("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Erf", "HardSwish", "Mish")
 def _unary(c, node, ins, attrs):
     return c.op("Onnx" + node.op_type, ins[:1], {})
 
@@ -274,6 +274,15 @@ def _unary(c, node, ins, attrs):
 def _hard_sigmoid(c, node, ins, attrs):
     return c.op("OnnxHardSigmoid", ins[:1], {"alpha": float(attrs.get("alpha", 0.2)),
                                              "beta": float(attrs.get("beta", 0.5))})
+
+
+@_handles("Gelu")
+def _gelu(c, node, ins, attrs):
+    approximate = attrs.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"n2d2.onnx_backend: node '{c._node_name}' (Gelu): approximate '{approximate}' "
+                         "(supported: none, tanh)")
+    return c.op("OnnxGelu", ins[:1], {"approximate": approximate})
 
 
 @_handles("LayerNormalization")

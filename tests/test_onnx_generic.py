@@ -30,6 +30,9 @@ OPS = [
      lambda x: torch.clamp(0.3 * x + 0.4, 0, 1)),
     ("hard_swish", "OnnxHardSwish", {}, [(2, 3, 5)], F.hardswish),
     ("erf", "OnnxErf", {}, [(3, 7)], torch.erf),
+    ("gelu", "OnnxGelu", {"approximate": "none"}, [(3, 7)], F.gelu),
+    ("gelu_tanh", "OnnxGelu", {"approximate": "tanh"}, [(3, 7)], lambda x: F.gelu(x, approximate="tanh")),
+    ("mish", "OnnxMish", {}, [(4, 6)], F.mish),
     ("layer_norm_last", "OnnxLayerNormalization", {"axis": 3, "epsilon": 1e-5}, [(2, 3, 4, 6), (6,), (6,)],
      lambda x, s, b: F.layer_norm(x, (6,), s, b, 1e-5)),
     ("layer_norm_two_axes_no_bias", "OnnxLayerNormalization", {"axis": 1, "epsilon": 1e-3}, [(3, 4, 5), (4, 5)],
@@ -356,3 +359,17 @@ def test_onnx_node_cell_trains_eagerly_like_torch():
     assert rel_err(scale - constants["in1"], lr / 2 * ts.grad.numpy()) < 1e-4
     assert rel_err(bias - constants["in2"], lr / 2 * tb.grad.numpy()) < 1e-4
     assert str(cell).startswith("'ln' OnnxNode(Frame)(op_type=LayerNormalization")
+
+
+@pytest.mark.parametrize("op_type,attrs,opset", [("Gelu", {}, 20), ("Gelu", {"approximate": "tanh"}, 20),
+                                                 ("Mish", {}, 18), ("HardSigmoid", {"alpha": 0.3}, 17),
+                                                 ("HardSwish", {}, 17), ("Erf", {}, 17)])
+def test_zoo_activations_import_and_match_onnxruntime(tmp_path, op_type, attrs, opset):
+    nodes = [node("Conv", ["x", "w"], ["c"]), node(op_type, ["c"], ["y"], **attrs)]
+    path = str(tmp_path / f"{op_type}.onnx")
+    onnx.save(make_model(nodes, {"w": W(4, 3, 1, 1)}, [3, 4, 5], opset), path)
+    dn = DeepNetCell.load_from_ONNX(provider_for((3, 4, 5)), path, backend="numpy", generic_ops=True)
+    assert [c.get_name() for c in dn] == ["c", "y"]
+    x = np.random.default_rng(14).standard_normal((2, 3, 4, 5)).astype(np.float32) * 3
+    ref = run_ort(path, x)
+    assert rel_err(run_cell(dn, x), ref) < 1e-5

@@ -332,6 +332,32 @@ class OnnxErf(OnnxOp):
 
 
 @register
+class OnnxGelu(OnnxOp):
+    """attrs: approximate ("none" or "tanh")."""
+
+    name = "OnnxGelu"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return T.gelu_forward(xs[0], attrs.get("approximate", "none")), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [T.gelu_backward(dy, x, attrs.get("approximate", "none"))]
+
+
+@register
+class OnnxMish(OnnxOp):
+    name = "OnnxMish"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return T.mish_forward(xs[0]), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [T.mish_backward(dy, x)]
+
+
+@register
 class OnnxClip(OnnxOp):
     """attrs: min, max (None: unbounded)."""
 

@@ -221,6 +221,40 @@ def erf_backward(dy, x):
     return dy * (x.dtype.type(2.0 / math.sqrt(math.pi)) * xp.exp(-x * x))
 
 
+def gelu_forward(x, approximate="none"):
+    """x * Phi(x) (ONNX Gelu, opset 20): Phi exact (erf) or its tanh approximation."""
+    xp = array_module(x)
+    if approximate == "tanh":
+        c = x.dtype.type(math.sqrt(2.0 / math.pi))
+        return x * x.dtype.type(0.5) * (1 + xp.tanh(c * (x + x.dtype.type(0.044715) * x * x * x)))
+    return x * x.dtype.type(0.5) * (1 + _erf(x / x.dtype.type(math.sqrt(2.0))))
+
+
+def gelu_backward(dy, x, approximate="none"):
+    xp = array_module(x)
+    if approximate == "tanh":
+        c = x.dtype.type(math.sqrt(2.0 / math.pi))
+        k = x.dtype.type(0.044715)
+        t = xp.tanh(c * (x + k * x * x * x))
+        return dy * (x.dtype.type(0.5) * (1 + t) + x.dtype.type(0.5) * x * (1 - t * t) * c * (1 + 3 * k * x * x))
+    cdf = x.dtype.type(0.5) * (1 + _erf(x / x.dtype.type(math.sqrt(2.0))))
+    pdf = xp.exp(-x * x / 2) * x.dtype.type(1.0 / math.sqrt(2.0 * math.pi))
+    return dy * (cdf + x * pdf)
+
+
+def mish_forward(x):
+    """x * tanh(softplus(x)) (ONNX Mish, opset 18)."""
+    xp = array_module(x)
+    return x * xp.tanh(xp.logaddexp(x, x.dtype.type(0)))
+
+
+def mish_backward(dy, x):
+    xp = array_module(x)
+    t = xp.tanh(xp.logaddexp(x, x.dtype.type(0)))
+    sig = 1 / (1 + xp.exp(-x))
+    return dy * (t + x * (1 - t * t) * sig)
+
+
 def layer_norm_forward(x, scale, bias=None, axis=-1, epsilon=1e-5):
     """ONNX LayerNormalization: normalise over the axes from `axis` on (biased variance),
     then y = x_hat * scale + bias (scale and bias broadcast on those axes). Returns

@@ -197,6 +197,18 @@ def _hard_swish(graph, node):
     return _activation(graph, node, known_activation("HardSwish"))
 
 
+@rule("OnnxGelu")
+def _gelu(graph, node):
+    if graph.attrs(node).get("approximate", "none") != "none":
+        return None
+    return _activation(graph, node, known_activation("Gelu"))
+
+
+@rule("OnnxMish")
+def _mish(graph, node):
+    return _activation(graph, node, known_activation("Mish"))
+
+
 def _elemwise(graph, node, operation, weights):
     ins = graph.inputs_of(node)
     shapes = {tuple(graph.output_types(src)[out].shape) for src, out in ins}
