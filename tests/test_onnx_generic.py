@@ -373,3 +373,20 @@ def test_zoo_activations_import_and_match_onnxruntime(tmp_path, op_type, attrs, 
     x = np.random.default_rng(14).standard_normal((2, 3, 4, 5)).astype(np.float32) * 3
     ref = run_ort(path, x)
     assert rel_err(run_cell(dn, x), ref) < 1e-5
+
+
+def test_ini_sections_reach_generic_cells(tmp_path):
+    """`[<output>]` sections of the import INI set an OnnxNode's solver and BackPropagate."""
+    model, shape = _convnext_block()
+    path = str(tmp_path / "block.onnx")
+    onnx.save(model, path)
+    ini = tmp_path / "import.ini"
+    ini.write_text("[ln]\nSolvers.LearningRate=0.5\nBackPropagate=0\n[m1]\nWeightsSolver.LearningRate=0.5\n")
+    with pytest.raises(ONNXUnsupportedError, match=r"WeightsSolver.LearningRate.*does not apply to OnnxNode 'm1'"):
+        DeepNetCell.load_from_ONNX(provider_for(shape), path, ini_file=str(ini), generic_ops=True)
+    ini.write_text("[ln]\nSolvers.LearningRate=0.5\nBackPropagate=0\n")
+    dn = DeepNetCell.load_from_ONNX(provider_for(shape), path, ini_file=str(ini), backend="numpy", generic_ops=True)
+    ln = {c.get_name(): c for c in dn}["ln"]
+    assert ln.solver.learning_rate == 0.5 and ln.back_propagate is False
+    graph = dn.get_graph()
+    assert graph.attrs("ln")["back_propagate"] is False

@@ -1606,7 +1606,8 @@ _ONNX_SECTION = "onnx"
 _ONNX_KEYS = ("Input", "Type", "File", "Ignore", "IgnoreInputSize", "Transpose", "CNTK", "ONNX_init")
 _TYPE_SECTIONS = {"Conv": "Conv_def", "ConvDepthWise": "Conv_def", "Fc": "Fc_def", "BatchNorm2d": "BatchNorm_def",
                   "Pool": "Pool_def", "GlobalPool2d": "Pool_def", "Deconv": "Deconv_def"}
-_SOLVER_KEYS = {"Solvers": ("weights_solver", "bias_solver", "scale_solver"), "WeightsSolver": ("weights_solver",),
+_SOLVER_KEYS = {"Solvers": ("weights_solver", "bias_solver", "scale_solver", "solver"),  # solver: OnnxNode
+                "WeightsSolver": ("weights_solver",),
                 "BiasSolver": ("bias_solver",), "ScaleSolver": ("scale_solver",)}
 _FILLERS = {"ConstantFiller": "Constant", "NormalFiller": "Normal", "UniformFiller": "Uniform", "HeFiller": "He",
             "XavierFiller": "Xavier"}

@@ -44,7 +44,7 @@ class OnnxNode(NeuralNetworkCell):
 
     _templated = False
     _arguments = ("op_type",)
-    _parameters = {"solver": Spec(Solver, SGD)}
+    _parameters = {"solver": Spec(Solver, SGD), "back_propagate": Spec(bool, True)}
 
     def __init__(self, op_type, op, attrs, slots, shapes, constants=None, batch_keys=(), **config):
         if not isinstance(op_type, str):
