@@ -390,3 +390,15 @@ def test_ini_sections_reach_generic_cells(tmp_path):
     assert ln.solver.learning_rate == 0.5 and ln.back_propagate is False
     graph = dn.get_graph()
     assert graph.attrs("ln")["back_propagate"] is False
+
+
+def test_a_generic_node_that_converts_to_nothing_is_an_alias(tmp_path):
+    """Expand to the tensor's own shape: its conversion is the identity, no cell is made."""
+    nodes = [node("Conv", ["x", "w"], ["c"]), node("Expand", ["c", "one"], ["e"]), node("Relu", ["e"], ["y"])]
+    path = str(tmp_path / "expand.onnx")
+    onnx.save(make_model(nodes, {"w": W(4, 3, 1, 1), "one": np.array([1], np.int64)}, [3, 4, 5], 13), path)
+    dn = DeepNetCell.load_from_ONNX(provider_for((3, 4, 5)), path, backend="numpy", generic_ops=True)
+    assert not any(isinstance(c, OnnxNode) for c in dn)
+    x = np.random.default_rng(15).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    ref = run_ort(path, x)
+    assert rel_err(run_cell(dn, x), ref) < 1e-6

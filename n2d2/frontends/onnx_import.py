@@ -544,8 +544,8 @@ class _Importer:
         return v.materialized if v.materialized is not None else v.tensor
 
     def _generic(self, node, ins):
-        """`node` as OnnxNode cells: its conversion by `n2d2.onnx_backend` (exact ONNX semantics,
-        one IR op in general), one cell per op; the last one is named after the node's output."""
+        """`node` as an OnnxNode cell named after its output: its conversion by `n2d2.onnx_backend`
+        (exact ONNX semantics: one IR op, whose constant operands become the cell's parameters)."""
         from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
         from n2d2.ir.types import TensorType
         from n2d2.onnx_backend import convert_node
@@ -567,62 +567,40 @@ class _Importer:
         except (NotImplementedError, ValueError, KeyError, IndexError, TypeError) as e:
             raise self.unsupported(f"op type '{node.op_type}' cannot run as a generic ONNX node: "
                                    f"{_first_line(e)}") from None
-        out_ref = graph.outputs[0]
-        value_of = {}   # (IR node, output) -> tensor made so far
-        result = None
-        order = [n for n in graph.topological_order() if graph.op(n) not in ("Input", "OnnxConstant")]
-        for n in order:
-            tensors, shapes, slots, constants = [], [], [], {}
-            for slot, (src, out) in enumerate(graph.inputs_of(n)):
-                op = graph.op(src)
-                if op == "OnnxConstant":
-                    if slot >= MAX_PARAM_SLOTS:
-                        raise self.unsupported(f"constant operand {slot}: an OnnxNode cell takes constants in its "
-                                               f"first {MAX_PARAM_SLOTS} inputs")
-                    pname = graph.node(src).params["value"]
-                    constants[f"in{slot}"] = np.asarray(graph.params[pname].array)
-                    slots.append(("p", f"in{slot}"))
-                    continue
-                if op == "Input":
-                    v = ins[int(src[1:])]
-                    tensor, shape = self._carried(v), v.shape
-                elif (src, out) in value_of and out == 0:
-                    tensor, shape = value_of[(src, out)]
-                else:
-                    raise self.unsupported(f"output {out} of the IR op '{graph.op(src)}' feeds another op; "
-                                           "OnnxNode cells pass output 0 only")
-                key = next((k for k, t in enumerate(tensors) if t is tensor), None)
-                if key is None:
-                    key = len(tensors)
-                    tensors.append(tensor)
-                    shapes.append(tuple(shape[1:]))
-                slots.append(("x", key))
-            if not tensors:
-                raise self.unsupported(f"the IR op '{graph.op(n)}' of this node reads no activation")
-            out_type = graph.output_types(n)[0]
-            if out_type.dtype != "float32" or not out_type.shape or out_type.shape[0] != batch:
-                raise self.unsupported(f"its output {list(out_type.shape)} ({out_type.dtype}) is not a float32 "
-                                       f"batch of {batch} samples; n2d2 cells carry those only")
-            attrs = graph.attrs(n)
-            batch_keys = tuple(k for k in ("shape",) if k in attrs and len(attrs[k]) and attrs[k][0] == batch)
-            last = (n, 0) == tuple(out_ref)
-            name = self._node.output[0] if last else self._name(self._node.output[0])
-            if last and name not in self.used_names:
-                self.used_names.add(name)
-            cell = self._onnx_cell(name, node.op_type, graph.op(n), attrs, slots, shapes, constants, batch_keys)
-            inputs = tensors
-            if last:
-                result = self._produce(cell, inputs, out_type.shape)
-            else:
-                value_of[(n, 0)] = (self._call(cell, inputs), tuple(out_type.shape))
-        if result is None:
-            src, out = out_ref
-            if graph.op(src) != "Input":
-                raise self.unsupported("its output is not produced by an op of its conversion")
+        src, out = graph.outputs[0]
+        if graph.op(src) == "Input":   # the node is an identity (an Expand to its own shape...)
             v = ins[int(src[1:])]
             self._alias(v, self._node.output[0], v.shape)
             return None
-        return result
+        ops = [n for n in graph.nodes() if graph.op(n) not in ("Input", "OnnxConstant")]
+        if ops != [src] or out != 0:
+            raise self.unsupported(f"its conversion has {len(ops)} ops; an OnnxNode cell holds one")
+        tensors, shapes, slots, constants = [], [], [], {}
+        for slot, (arg, _) in enumerate(graph.inputs_of(src)):
+            if graph.op(arg) == "OnnxConstant":
+                if slot >= MAX_PARAM_SLOTS:
+                    raise self.unsupported(f"constant operand {slot}: an OnnxNode cell takes constants in its first "
+                                           f"{MAX_PARAM_SLOTS} inputs")
+                constants[f"in{slot}"] = np.asarray(graph.params[graph.node(arg).params["value"]].array)
+                slots.append(("p", f"in{slot}"))
+                continue
+            v = ins[int(arg[1:])]
+            tensor = self._carried(v)
+            key = next((k for k, t in enumerate(tensors) if t is tensor), None)
+            if key is None:
+                key = len(tensors)
+                tensors.append(tensor)
+                shapes.append(tuple(v.shape[1:]))
+            slots.append(("x", key))
+        out_type = graph.output_types(src)[0]
+        if out_type.dtype != "float32" or not out_type.shape or out_type.shape[0] != batch:
+            raise self.unsupported(f"its output {list(out_type.shape)} ({out_type.dtype}) is not a float32 batch "
+                                   f"of {batch} samples; n2d2 cells carry those only")
+        attrs = graph.attrs(src)
+        batch_keys = tuple(k for k in ("shape",) if k in attrs and len(attrs[k]) and attrs[k][0] == batch)
+        cell = self._onnx_cell(self._name(self._node.output[0], primary=True), node.op_type, graph.op(src), attrs,
+                               slots, shapes, constants, batch_keys)
+        return self._produce(cell, tensors, out_type.shape)
 
     def _call(self, cell, inputs):
         cell.test()
