@@ -715,7 +715,11 @@ def _upsample(c, node, ins, attrs):
 class N2D2Rep(BackendRep):
     """A prepared model: converts and caches one IR graph per input signature, runs it."""
 
-    def __init__(self, model):
+    def __init__(self, model, backend="numpy"):
+        if backend not in ("numpy", "c", "cuda"):
+            raise ValueError(f"n2d2.onnx_backend: backend '{backend}' (supported: numpy, c, cuda)")
+        self.backend = backend
+        self._programs = {}
         self.model = model
         inits = {t.name for t in model.graph.initializer}
         self.input_names = [vi.name for vi in model.graph.input if vi.name not in inits]
@@ -747,10 +751,30 @@ class N2D2Rep(BackendRep):
         self.graph = self._graphs[key]
         return self.graph
 
+    def program(self, feeds):
+        """The compiled inference program (C or CUDA backend) of these inputs: the converted graph
+        legalized (`n2d2.ir.passes.legalize_onnx`: Onnx* nodes an N2D2 op computes become that op)
+        and optimised by the inference pipeline; the N2D2 ops run their kernels, the remaining
+        Onnx* nodes their reference."""
+        from n2d2.codegen.programs import InferenceProgram, select_backend
+        from n2d2.ir.passes import optimize
+        from n2d2.ir.passes.legalize_onnx import legalize_onnx
+
+        key = self._signature(feeds)
+        if key not in self._programs:
+            graph = optimize(legalize_onnx(self.build(feeds)))
+            self._programs[key] = InferenceProgram(graph, select_backend(self.backend))
+        return self._programs[key]
+
     def run(self, inputs, **kwargs):
         feeds = _as_feeds(inputs, self.input_names)
         graph = self.build(feeds)
         dynamic = {n: a for n, a in feeds.items() if n in graph.inputs}
+        if self.backend != "numpy":
+            program = self.program(feeds)
+            dynamic = {n: a for n, a in feeds.items() if n in program.graph.inputs}
+            outs = [np.asarray(to_host(o)) for o in program.run(dynamic)]
+            return namedtupledict("Outputs", self.output_names)(*outs)
         outs = numpy_exec.run(graph, dynamic)
         outs = [np.asarray(to_host(o)) for o in outs]
         return namedtupledict("Outputs", self.output_names)(*outs)
@@ -776,7 +800,9 @@ class N2D2Backend(Backend):
     """ONNX backend API over n2d2 (CPU, numpy executor)."""
 
     @classmethod
-    def prepare(cls, model, device="CPU", **kwargs):
+    def prepare(cls, model, device="CPU", backend="numpy", **kwargs):
+        """`backend`: "numpy" (the reference executor), or "c" / "cuda" (the graph legalized into
+        N2D2 ops where exact, optimised, compiled; see `N2D2Rep.program`)."""
         from n2d2.frontends import onnx_limits
 
         # the model may come from a file of a stranger: tensor dims vs data and size caps first
@@ -790,7 +816,7 @@ class N2D2Backend(Backend):
             if not vi.type.HasField("tensor_type"):
                 raise NotImplementedError(f"n2d2.onnx_backend: '{vi.name}' is not a tensor "
                                           f"({vi.type.WhichOneof('value')})")
-        return N2D2Rep(model)
+        return N2D2Rep(model, backend)
 
     @classmethod
     def run_model(cls, model, inputs, device="CPU", **kwargs):

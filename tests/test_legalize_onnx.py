@@ -149,3 +149,62 @@ def test_every_rule_on_a_small_graph(tmp_path):
     ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
     assert rel_err(_run(legal, in_name, x), ref) < 1e-5
     assert rel_err(_run(optimize(legal), in_name, x), ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2"])
+def test_onnx_backend_runs_the_legalized_graph_compiled_in_c(exports, name):
+    """`n2d2.onnx_backend.prepare(model, backend="c")`: legalized, optimised, compiled; the Conv
+    nodes have C kernels (the Gemm stays an Onnx* node on its reference)."""
+    from n2d2.codegen.programs import program_source
+
+    path = exports[name]
+    x = np.random.default_rng(6).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    rep = onnx_backend.prepare(onnx.load(path), backend="c")
+    y = rep.run([x])[0]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    in_name = session.get_inputs()[0].name
+    ref = np.concatenate([session.run(None, {in_name: x[i:i + 1]})[0] for i in range(2)])
+    assert rel_err(y, ref) < 1e-5
+    program = rep.program({in_name: x})
+    ops = _ops(program.graph)
+    assert ops["Conv"] > 0 and "OnnxConv" not in ops and "OnnxGemm" in ops
+    assert program_source(program) is not None and "conv" in program_source(program).lower()
+    with pytest.raises(ValueError, match="backend 'tpu'"):
+        onnx_backend.prepare(onnx.load(path), backend="tpu")
+
+
+def test_shared_constants_stay_shared_parameters(tmp_path):
+    """Exporters share equal initializers (zero biases, a BatchNorm mean equal to its bias): the
+    nodes still legalize, the parameter stays one, and its gradient is the sum of its uses."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "w1", "b"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r"]),
+             node("Conv", ["r", "w2", "b"], ["c2"]),
+             node("BatchNormalization", ["c2", "s", "z", "z", "v"], ["y"])]
+    inits = {"w1": W(4, 3, 3, 3), "w2": W(4, 4, 1, 1, seed=1), "b": W(4, seed=2), "s": W(4, seed=3) + 1,
+             "z": W(4, seed=4), "v": np.abs(W(4, seed=5)) + 0.5}
+    model = make_model(nodes, inits, [3, 5, 6], 13)
+    x = np.random.default_rng(7).standard_normal((2, 3, 5, 6)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    for p in graph.params.values():
+        p.solver = SGD() if p.trainable else None
+    legal = legalize_onnx(graph)
+    assert set(_ops(legal)) == {"Input", "Conv", "Activation", "BatchNorm"}
+    path = str(tmp_path / "shared.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+    seed = np.random.default_rng(8).standard_normal(ref.shape).astype(np.float32)
+    grads = []
+    for g in (graph, legal):
+        tg = autodiff.build_training_graph(g)
+        session = numpy_exec.Session(tg.graph, training=False)
+        session.feed(dict({in_name: x}, **{name: seed for name in tg.grad_inputs.values()}))
+        session.run_nodes(tg.forward_nodes + tg.backward_nodes)
+        grads.append({p: np.asarray(session.values[node][k]) for p, (node, k) in tg.param_grads.items()})
+    assert set(grads[0]) == set(grads[1]) >= {"b", "w1", "w2", "s"}
+    for p in grads[0]:
+        assert rel_err(grads[1][p], grads[0][p]) < 1e-5, p

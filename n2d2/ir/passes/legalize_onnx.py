@@ -12,8 +12,8 @@ reference on every backend). A replacement is only made when the N2D2 op's shape
 the node's output type; its node keeps the name (the ONNX output name).
 
 Constant operands (`OnnxConstant` nodes holding a parameter) become the N2D2 op's parameters
-(role `weights`, `biases`, `scales`, `means`, `variances`) when no other node reads them; the
-`OnnxConstant` nodes left without consumers are removed. Exact in inference and training
+(role `weights`, `biases`, `scales`, `means`, `variances`; a constant several nodes read stays
+one shared parameter); the `OnnxConstant` nodes left without consumers are removed. Exact in inference and training
 (same forward, same gradients to inputs and parameters).
 
 Activations: an `Onnx<Name>` activation becomes an `Activation` node only when `n2d2.ir.ops`
@@ -42,9 +42,11 @@ def rule(*op_types):
 
 # -- reading a node ----------------------------------------------------------------------------------
 def _const(graph, ref):
-    """The parameter name behind input `ref` when it is an OnnxConstant read only there, else None."""
+    """The parameter name behind input `ref` when it is an OnnxConstant, else None. A constant
+    read by several nodes (exporters share equal initializers) stays one parameter: autodiff sums
+    its gradients."""
     src, out = ref
-    if graph.op(src) != "OnnxConstant" or len(graph.consumers(src)) != 1:
+    if graph.op(src) != "OnnxConstant":
         return None
     return graph.node(src).params["value"]
 
@@ -274,10 +276,12 @@ def legalize_node(graph: Graph, node: str) -> bool:
     old = graph.output_types(node)[0]
     if tuple(new_types[0].shape) != tuple(old.shape) or new_types[0].dtype != old.dtype:
         return False   # e.g. a ceil-mode pooling window N2D2 does not make
-    sources = [src for src, _ in graph.inputs_of(node) if graph.op(src) == "OnnxConstant"]
+    sources = sorted({src for src, _ in graph.inputs_of(node) if graph.op(src) == "OnnxConstant"})
+    sole = {graph.node(src).params["value"] for src in sources if len(graph.consumers(src)) == 1}
     substitute(graph, node, op, inputs, attrs, params, outputs=[new_types[0]])
     for role, p in params.items():   # graph copies share Param objects: replace, do not mutate
-        graph.params[p] = dataclasses.replace(graph.params[p], owner=node, role=role)
+        if p in sole:
+            graph.params[p] = dataclasses.replace(graph.params[p], owner=node, role=role)
     for src in sources:
         if not graph.consumers(src) and not any(n == src for n, _ in graph.outputs):
             graph.remove_node(src)
