@@ -116,3 +116,23 @@ def test_torchvision_classifier_matches_onnxruntime(exported, name, backend):
     assert (y.argmax(1) == ref.argmax(1)).all()
     node_outputs = {o for n in onnx.load(path, load_external_data=False).graph.node for o in n.output}
     assert set(dn.get_output_cells()) <= node_outputs   # cells keep the ONNX output names
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_torchvision_classifier_through_the_onnx_backend(exported, name, backend):
+    """`n2d2.onnx_backend` (exact ONNX semantics); on C the graph is legalized first: no Conv,
+    BatchNormalization or pooling is left to the reference."""
+    from n2d2 import onnx_backend
+
+    path = exported(name)
+    x = np.random.default_rng(2).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    rep = onnx_backend.prepare(onnx.load(path), backend=backend)
+    y = rep.run([x])[0]
+    ref = _reference(path, x)
+    assert float(np.linalg.norm(y - ref) / np.linalg.norm(ref)) < TOL
+    assert (y.argmax(1) == ref.argmax(1)).all()
+    if backend == "c":
+        graph = rep.program({rep.input_names[0]: x}).graph
+        left = {graph.op(n) for n in graph.nodes()}
+        assert not left & {"OnnxConv", "OnnxBatchNormalization", "OnnxAveragePool"}, left
