@@ -3,8 +3,12 @@
 `prepare(model)` returns a `N2D2Rep`; `rep.run(inputs)` converts the model to an IR `Graph` of
 `Onnx*` ops (`n2d2.ir.tensor_ops`) specialised to the input shapes, and evaluates it with
 `n2d2.codegen.numpy_exec.run`. This is the general path: any rank, broadcasting, asymmetric
-pads, ceil mode, auto_pad, attributes vs inputs across opsets. (The import of ONNX models into
-trainable N2D2 cells is `n2d2.frontends.onnx_import`.)
+pads, ceil mode, auto_pad, attributes vs inputs across opsets. `prepare(model, backend="c")`
+(or "cuda") legalizes the graph first (`n2d2.ir.passes.legalize_onnx`: the Onnx* nodes an N2D2
+op computes exactly become that op), optimises it and compiles it: N2D2 ops run their kernels,
+the other Onnx* nodes their reference. `convert_node` converts one node (the ONNX importer's
+generic cells). (The import of ONNX models into trainable N2D2 cells is
+`n2d2.frontends.onnx_import`.)
 
 Conversion rules:
 - graph inputs become `Input` nodes with their ONNX dtype; initializers become parameters held
