@@ -3,8 +3,12 @@
 `prepare(model)` returns a `N2D2Rep`; `rep.run(inputs)` converts the model to an IR `Graph` of
 `Onnx*` ops (`n2d2.ir.tensor_ops`) specialised to the input shapes, and evaluates it with
 `n2d2.codegen.numpy_exec.run`. This is the general path: any rank, broadcasting, asymmetric
-pads, ceil mode, auto_pad, attributes vs inputs across opsets. (The import of ONNX models into
-trainable N2D2 cells is `n2d2.frontends.onnx_import`.)
+pads, ceil mode, auto_pad, attributes vs inputs across opsets. `prepare(model, backend="c")`
+(or "cuda") legalizes the graph first (`n2d2.ir.passes.legalize_onnx`: the Onnx* nodes an N2D2
+op computes exactly become that op), optimises it and compiles it: N2D2 ops run their kernels,
+the other Onnx* nodes their reference. `convert_node` converts one node (the ONNX importer's
+generic cells). (The import of ONNX models into trainable N2D2 cells is
+`n2d2.frontends.onnx_import`.)
 
 Conversion rules:
 - graph inputs become `Input` nodes with their ONNX dtype; initializers become parameters held
@@ -172,6 +176,34 @@ class _Converter:
         return self.graph
 
 
+def convert_node(node, inputs, opset):
+    """One ONNX `node` as an IR graph (what the ONNX importer runs in its generic cells).
+
+    `inputs` holds, per input slot of the node, None (absent), an array (a constant: an
+    `OnnxConstant` node holding a parameter, trainable when float and not read as statistics)
+    or a `TensorType` (an activation: the `Input` node `x<slot>`). Values the conversion needs
+    statically (STATIC_SLOTS) must be constants. The graph's first output is the node's."""
+    graph_inputs, inits, input_types, names = [], [], {}, []
+    for k, v in enumerate(inputs):
+        if v is None:
+            names.append("")
+        elif isinstance(v, TensorType):
+            names.append(f"x{k}")
+            input_types[f"x{k}"] = (tuple(v.shape), v.dtype)
+            graph_inputs.append(helper.make_tensor_value_info(
+                f"x{k}", helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), list(v.shape)))
+        else:
+            names.append(f"c{k}")
+            inits.append(numpy_helper.from_array(np.asarray(v), f"c{k}"))
+    outs = [f"y{k}" if o else "" for k, o in enumerate(node.output)]
+    copy = helper.make_node(node.op_type, names, outs, name=node.name or node.op_type, domain=node.domain)
+    copy.attribute.extend(node.attribute)
+    graph = helper.make_graph([copy], node.name or node.op_type, graph_inputs,
+                              [helper.make_tensor_value_info(o, 0, None) for o in outs[:1]], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))])
+    return _Converter(model, input_types, {}).convert()
+
+
 def _frozen_initializers(graph):
     """Initializers read as running statistics (BatchNormalization mean and variance)."""
     frozen = set()
@@ -237,9 +269,35 @@ def _where(c, node, ins, attrs):
     return c.op("OnnxWhere", ins, {})
 
 
-@_handles("Relu", "Sigmoid", "Tanh", "Exp", "Log")
+@_handles("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Erf", "HardSwish", "Mish")
 def _unary(c, node, ins, attrs):
     return c.op("Onnx" + node.op_type, ins[:1], {})
+
+
+@_handles("HardSigmoid")
+def _hard_sigmoid(c, node, ins, attrs):
+    return c.op("OnnxHardSigmoid", ins[:1], {"alpha": float(attrs.get("alpha", 0.2)),
+                                             "beta": float(attrs.get("beta", 0.5))})
+
+
+@_handles("Gelu")
+def _gelu(c, node, ins, attrs):
+    approximate = attrs.get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"n2d2.onnx_backend: node '{c._node_name}' (Gelu): approximate '{approximate}' "
+                         "(supported: none, tanh)")
+    return c.op("OnnxGelu", ins[:1], {"approximate": approximate})
+
+
+@_handles("LayerNormalization")
+def _layer_norm(c, node, ins, attrs):
+    if int(attrs.get("stash_type", 1)) != 1:
+        raise NotImplementedError(f"n2d2.onnx_backend: node '{c._node_name}' (LayerNormalization): stash_type "
+                                  f"{attrs['stash_type']} (supported: 1, float)")
+    ins = [v for v in ins if v is not None]
+    return c.op("OnnxLayerNormalization", ins, {"axis": _axis(attrs.get("axis", -1), len(ins[0].shape)),
+                                                "epsilon": float(attrs.get("epsilon", 1e-5))},
+                nb_outputs=len(node.output))
 
 
 @_handles("LeakyRelu")
@@ -661,7 +719,11 @@ def _upsample(c, node, ins, attrs):
 class N2D2Rep(BackendRep):
     """A prepared model: converts and caches one IR graph per input signature, runs it."""
 
-    def __init__(self, model):
+    def __init__(self, model, backend="numpy"):
+        if backend not in ("numpy", "c", "cuda"):
+            raise ValueError(f"n2d2.onnx_backend: backend '{backend}' (supported: numpy, c, cuda)")
+        self.backend = backend
+        self._programs = {}
         self.model = model
         inits = {t.name for t in model.graph.initializer}
         self.input_names = [vi.name for vi in model.graph.input if vi.name not in inits]
@@ -693,10 +755,30 @@ class N2D2Rep(BackendRep):
         self.graph = self._graphs[key]
         return self.graph
 
+    def program(self, feeds):
+        """The compiled inference program (C or CUDA backend) of these inputs: the converted graph
+        legalized (`n2d2.ir.passes.legalize_onnx`: Onnx* nodes an N2D2 op computes become that op)
+        and optimised by the inference pipeline; the N2D2 ops run their kernels, the remaining
+        Onnx* nodes their reference."""
+        from n2d2.codegen.programs import InferenceProgram, select_backend
+        from n2d2.ir.passes import optimize
+        from n2d2.ir.passes.legalize_onnx import legalize_onnx
+
+        key = self._signature(feeds)
+        if key not in self._programs:
+            graph = optimize(legalize_onnx(self.build(feeds)))
+            self._programs[key] = InferenceProgram(graph, select_backend(self.backend))
+        return self._programs[key]
+
     def run(self, inputs, **kwargs):
         feeds = _as_feeds(inputs, self.input_names)
         graph = self.build(feeds)
         dynamic = {n: a for n, a in feeds.items() if n in graph.inputs}
+        if self.backend != "numpy":
+            program = self.program(feeds)
+            dynamic = {n: a for n, a in feeds.items() if n in program.graph.inputs}
+            outs = [np.asarray(to_host(o)) for o in program.run(dynamic)]
+            return namedtupledict("Outputs", self.output_names)(*outs)
         outs = numpy_exec.run(graph, dynamic)
         outs = [np.asarray(to_host(o)) for o in outs]
         return namedtupledict("Outputs", self.output_names)(*outs)
@@ -722,7 +804,9 @@ class N2D2Backend(Backend):
     """ONNX backend API over n2d2 (CPU, numpy executor)."""
 
     @classmethod
-    def prepare(cls, model, device="CPU", **kwargs):
+    def prepare(cls, model, device="CPU", backend="numpy", **kwargs):
+        """`backend`: "numpy" (the reference executor), or "c" / "cuda" (the graph legalized into
+        N2D2 ops where exact, optimised, compiled; see `N2D2Rep.program`)."""
         from n2d2.frontends import onnx_limits
 
         # the model may come from a file of a stranger: tensor dims vs data and size caps first
@@ -736,7 +820,7 @@ class N2D2Backend(Backend):
             if not vi.type.HasField("tensor_type"):
                 raise NotImplementedError(f"n2d2.onnx_backend: '{vi.name}' is not a tensor "
                                           f"({vi.type.WhichOneof('value')})")
-        return N2D2Rep(model)
+        return N2D2Rep(model, backend)
 
     @classmethod
     def run_model(cls, model, inputs, device="CPU", **kwargs):

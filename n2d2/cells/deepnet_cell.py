@@ -168,13 +168,16 @@ class DeepNetCell(Iterable):
 
     @classmethod
     def load_from_ONNX(cls, provider, model_path, ini_file=None, ignore_cells=None, ignore_input_size=False,
-                       backend=None):
+                       backend=None, generic_ops=True):
         """Import an ONNX model (cells named after the ONNX node outputs), fed by `provider`;
-        see `n2d2.frontends.onnx_import.load_from_onnx`."""
+        By default (`generic_ops=True`) nodes no N2D2 cell represents run as `OnnxNode` cells (ONNX
+        semantics, reference kernels); `generic_ops=False` refuses them instead (what the
+        standalone C export needs). See `n2d2.frontends.onnx_import.load_from_onnx`."""
         from n2d2.frontends.onnx_import import load_from_onnx  # the frontends build DeepNetCells: they sit above
 
         return load_from_onnx(provider, model_path, ini_file=ini_file, ignore_cells=ignore_cells,
-                              ignore_input_size=ignore_input_size, backend=backend, cls=cls)
+                              ignore_input_size=ignore_input_size, backend=backend, cls=cls,
+                              generic_ops=generic_ops)
 
     def export_onnx(self, path, opset=17):
         """Write the forward graph as an ONNX model (atomically); see `n2d2.frontends.onnx_export`."""

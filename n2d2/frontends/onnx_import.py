@@ -29,8 +29,13 @@ Tensors are NCHW; an ONNX tensor of rank r < 4 is held as a 4-D tensor with trai
 dimensions of size 1 ([N, F] as [N, F, 1, 1]), so that the memory order is the same.
 The batch size is the provider's: constant Reshape targets may name the file's batch size.
 
-What cannot be represented exactly is refused with an `ONNXUnsupportedError` (a `ValueError`)
-that names the node and says what is supported; never a silent skip.
+A node no cell represents exactly is, by default (`generic_ops=True`), a generic cell; with
+`generic_ops=False` it is refused with an `ONNXUnsupportedError` (a `ValueError`) that names the
+node and says what is supported; never a silent skip. With `generic_ops=True` such a node (no handler, or a handler's refusal) becomes instead an `OnnxNode` cell
+(`n2d2.cells.nn.onnx_node`) running the node's conversion by `n2d2.onnx_backend` (exact ONNX
+semantics: broadcasting, any rank, ceil-mode windows, LayerNormalization...); its inputs are
+viewed in their ONNX shapes, its output is carried like any other (ranks above 4 as they are,
+until a Reshape brings them back to 4). Every torchvision classifier imports this way.
 """
 import contextlib
 import os
@@ -126,6 +131,7 @@ def _first_line(e) -> str:
 
 
 # -- values --------------------------------------------------------------------------------------
+
 def _pad4(shape):
     return tuple(shape) + (1,) * (4 - len(shape))
 
@@ -171,8 +177,9 @@ class _Importer:
     """Maps the nodes of one ONNX graph to cells (see the module docstring)."""
 
     def __init__(self, model, inferred, path, provider, ignore_cells=(), ignore_input_size=False,
-                 load_weights=True, arrays=None):
+                 load_weights=True, arrays=None, generic_ops=False):
         self.model = model
+        self.generic_ops = generic_ops  # nodes no cell represents become OnnxNode cells
         self.arrays = arrays or {}  # initializer name -> array already read (load_model_arrays)
         self.graph = model.graph
         self.path = path
@@ -399,14 +406,29 @@ class _Importer:
                     self.values[name] = value
             return
         handler = getattr(self, f"_op_{node.op_type}", None)
-        if handler is None:
+        if handler is None and not self.generic_ops:
             raise self.unsupported(f"op type '{node.op_type}' is not supported on activations (supported: "
-                                   f"{', '.join(SUPPORTED_OPS)})")
+                                   f"{', '.join(SUPPORTED_OPS)}; with generic_ops=True, any op of "
+                                   "n2d2.onnx_backend)")
         for extra in node.output[1:]:
             if extra and self.uses.get(extra, 0):
                 raise self.unsupported(f"output '{extra}' (the op's optional output {list(node.output).index(extra)}) "
                                        "is used; n2d2 imports only the first output of this op")
-        result = handler(node, ins, attrs)
+        if handler is None:
+            result = self._generic(node, ins)
+        elif self.generic_ops:
+            nb_cells = len(self.cells)
+            try:
+                result = handler(node, ins, attrs)
+            except ONNXUnsupportedError as refusal:   # what the cells cannot express: an OnnxNode cell
+                if len(self.cells) != nb_cells:
+                    raise   # the handler already called cells: they are in the graph
+                try:
+                    result = self._generic(node, ins)
+                except ONNXUnsupportedError:
+                    raise refusal from None   # the cell importer's reason is the more precise one
+        else:
+            result = handler(node, ins, attrs)
         if result is not None:
             self.values[out] = result
         self._check_shape(out)
@@ -492,8 +514,17 @@ class _Importer:
             cell = Activation(None, name=self._name(v.view_name, own=True))
             v.materialized = self._call(cell, Interface(tensors))
             return v.materialized
-        if v.canonical():
+        if v.canonical() and v.tensor.nb_dims() == 4:
             return v.tensor
+        if self.generic_ops and (v.rank > 4 or v.tensor.nb_dims() != 4):
+            if v.rank > 4:
+                raise self.unsupported(f"a tensor of rank {v.rank} ({list(v.shape)}) reaches a cell that takes "
+                                       "tensors of rank 4 at most")
+            cell = self._onnx_cell(self._name(v.view_name, own=True), "Reshape", "OnnxReshape",
+                                   {"shape": (int(v.shape[0]),) + tuple(v.shape[1:])}, [("x", 0)], [v.shape[1:]],
+                                   {}, ("shape",))
+            v.materialized = self._call(cell, v.tensor)
+            return v.materialized
         if v.rank > 4:
             raise self.unsupported(f"a tensor of rank {v.rank} ({list(v.shape)}) reaches a cell; n2d2 cells take "
                                    "tensors of rank 4 at most")
@@ -501,6 +532,77 @@ class _Importer:
         cell = Reshape([w, h, c], name=self._name(v.view_name, own=True))
         v.materialized = self._call(cell, v.tensor)
         return v.materialized
+
+    # -- generic cells (generic_ops) ------------------------------------------------------------------
+    def _onnx_cell(self, name, op_type, op, attrs, slots, shapes, constants, batch_keys=()):
+        from n2d2.cells.nn.onnx_node import OnnxNode
+
+        return OnnxNode(op_type, op, attrs, slots, shapes, constants, batch_keys, name=name)
+
+    def _carried(self, v):
+        """The tensor holding activation `v` in its memory order (any shape of that size)."""
+        if v.parts is not None:
+            return self._tensor(v, interface_ok=False)
+        return v.materialized if v.materialized is not None else v.tensor
+
+    def _generic(self, node, ins):
+        """`node` as an OnnxNode cell named after its output: its conversion by `n2d2.onnx_backend`
+        (exact ONNX semantics: one IR op, whose constant operands become the cell's parameters)."""
+        from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
+        from n2d2.ir.types import TensorType
+        from n2d2.onnx_backend import convert_node
+
+        batch = None
+        spec = []
+        for v in ins:
+            if isinstance(v, _Act):
+                batch = v.shape[0] if batch is None else batch
+                spec.append(TensorType(v.shape, "float32"))
+            else:
+                spec.append(v)
+        if node.op_type in ("Reshape", "Expand") and len(spec) > 1 and isinstance(spec[1], np.ndarray) \
+                and isinstance(ins[0], _Act) and spec[1].size and spec[1][0] == self.file_batch != batch:
+            spec[1] = spec[1].copy()   # a target naming the file's batch size: the provider's
+            spec[1][0] = batch
+        try:
+            graph = convert_node(node, spec, self.opset)
+        except (NotImplementedError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise self.unsupported(f"op type '{node.op_type}' cannot run as a generic ONNX node: "
+                                   f"{_first_line(e)}") from None
+        src, out = graph.outputs[0]
+        if graph.op(src) == "Input":   # the node is an identity (an Expand to its own shape...)
+            v = ins[int(src[1:])]
+            self._alias(v, self._node.output[0], v.shape)
+            return None
+        ops = [n for n in graph.nodes() if graph.op(n) not in ("Input", "OnnxConstant")]
+        if ops != [src] or out != 0:
+            raise self.unsupported(f"its conversion has {len(ops)} ops; an OnnxNode cell holds one")
+        tensors, shapes, slots, constants = [], [], [], {}
+        for slot, (arg, _) in enumerate(graph.inputs_of(src)):
+            if graph.op(arg) == "OnnxConstant":
+                if slot >= MAX_PARAM_SLOTS:
+                    raise self.unsupported(f"constant operand {slot}: an OnnxNode cell takes constants in its first "
+                                           f"{MAX_PARAM_SLOTS} inputs")
+                constants[f"in{slot}"] = np.asarray(graph.params[graph.node(arg).params["value"]].array)
+                slots.append(("p", f"in{slot}"))
+                continue
+            v = ins[int(arg[1:])]
+            tensor = self._carried(v)
+            key = next((k for k, t in enumerate(tensors) if t is tensor), None)
+            if key is None:
+                key = len(tensors)
+                tensors.append(tensor)
+                shapes.append(tuple(v.shape[1:]))
+            slots.append(("x", key))
+        out_type = graph.output_types(src)[0]
+        if out_type.dtype != "float32" or not out_type.shape or out_type.shape[0] != batch:
+            raise self.unsupported(f"its output {list(out_type.shape)} ({out_type.dtype}) is not a float32 batch "
+                                   f"of {batch} samples; n2d2 cells carry those only")
+        attrs = graph.attrs(src)
+        batch_keys = tuple(k for k in ("shape",) if k in attrs and len(attrs[k]) and attrs[k][0] == batch)
+        cell = self._onnx_cell(self._name(self._node.output[0], primary=True), node.op_type, graph.op(src), attrs,
+                               slots, shapes, constants, batch_keys)
+        return self._produce(cell, tensors, out_type.shape)
 
     def _call(self, cell, inputs):
         cell.test()
@@ -534,7 +636,7 @@ class _Importer:
         current node is the only use left."""
         o = v.owner
         return (o is not None and v.parts is None and v.tensor is o.tensor and o.refs == 1
-                and v.materialized is None)
+                and v.materialized is None and "activation" in o.cell._parameters)
 
     def _out_shape(self, y, rank):
         shape = tuple(y.shape())
@@ -1471,7 +1573,8 @@ _ONNX_SECTION = "onnx"
 _ONNX_KEYS = ("Input", "Type", "File", "Ignore", "IgnoreInputSize", "Transpose", "CNTK", "ONNX_init")
 _TYPE_SECTIONS = {"Conv": "Conv_def", "ConvDepthWise": "Conv_def", "Fc": "Fc_def", "BatchNorm2d": "BatchNorm_def",
                   "Pool": "Pool_def", "GlobalPool2d": "Pool_def", "Deconv": "Deconv_def"}
-_SOLVER_KEYS = {"Solvers": ("weights_solver", "bias_solver", "scale_solver"), "WeightsSolver": ("weights_solver",),
+_SOLVER_KEYS = {"Solvers": ("weights_solver", "bias_solver", "scale_solver", "solver"),  # solver: OnnxNode
+                "WeightsSolver": ("weights_solver",),
                 "BiasSolver": ("bias_solver",), "ScaleSolver": ("scale_solver",)}
 _FILLERS = {"ConstantFiller": "Constant", "NormalFiller": "Normal", "UniformFiller": "Uniform", "HeFiller": "He",
             "XavierFiller": "Xavier"}
@@ -1685,7 +1788,7 @@ class _IniEmbedding:
 
 # -- entry point ------------------------------------------------------------------------------------
 def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignore_input_size=False, name=None,
-                   target=None, backend=None, cls=None):
+                   target=None, backend=None, cls=None, generic_ops=True):
     """Import the ONNX model at `model_path` as a `DeepNetCell` fed by `provider`.
 
     Parameters
@@ -1710,6 +1813,12 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
         The DeepNetCell backend (see `n2d2.codegen.programs.select_backend`).
     cls : type, optional
         The DeepNetCell class to build (a subclass calling this).
+    generic_ops : bool, default True
+        A node no N2D2 cell represents (a broadcasting Mul, HardSwish, LayerNormalization,
+        MaxPool in ceil mode, rank-5 reshapes...) becomes an `OnnxNode` cell running its op of
+        ONNX semantics (`n2d2.onnx_backend`) instead of being refused. Every torchvision
+        classifier imports this way. `generic_ops=False` refuses such a node with an
+        `ONNXUnsupportedError` instead (an `OnnxNode` cell has no standalone C export).
     """
     from n2d2.cells.deepnet_cell import DeepNetCell
     from n2d2.error_handler import WrongInputType
@@ -1726,6 +1835,8 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
         raise WrongInputType("ignore_cells", type(ignore_cells), ["list of str"])
     if not isinstance(ignore_input_size, bool):
         raise WrongInputType("ignore_input_size", type(ignore_input_size), ["bool"])
+    if not isinstance(generic_ops, bool):
+        raise WrongInputType("generic_ops", type(generic_ops), ["bool"])
     path = os.fspath(model_path)
     ini = _IniEmbedding(ini_file) if ini_file is not None else None
     load_weights = True
@@ -1737,7 +1848,8 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
     from n2d2.cells.nn.weighted import weights_from_file
 
     model, inferred, arrays = load_model_arrays(path)
-    importer = _Importer(model, inferred, path, provider, ignore_cells, ignore_input_size, load_weights, arrays)
+    importer = _Importer(model, inferred, path, provider, ignore_cells, ignore_input_size, load_weights, arrays,
+                         generic_ops)
     # the cells are called only to be traced: no forward of the dummy batch, no filler draws for
     # values the file gives
     with deferred_values(), weights_from_file() if load_weights else contextlib.nullcontext():

@@ -294,6 +294,70 @@ class OnnxLog(OnnxOp):
 
 
 @register
+class OnnxHardSigmoid(OnnxOp):
+    """attrs: alpha, beta."""
+
+    name = "OnnxHardSigmoid"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return T.hard_sigmoid_forward(xs[0], attrs.get("alpha", 0.2), attrs.get("beta", 0.5)), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [T.hard_sigmoid_backward(dy, x, attrs.get("alpha", 0.2), attrs.get("beta", 0.5))]
+
+
+@register
+class OnnxHardSwish(OnnxOp):
+    name = "OnnxHardSwish"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return T.hard_swish_forward(xs[0]), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [T.hard_swish_backward(dy, x)]
+
+
+@register
+class OnnxErf(OnnxOp):
+    name = "OnnxErf"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return T.erf_forward(xs[0]), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [T.erf_backward(dy, x)]
+
+
+@register
+class OnnxGelu(OnnxOp):
+    """attrs: approximate ("none" or "tanh")."""
+
+    name = "OnnxGelu"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return T.gelu_forward(xs[0], attrs.get("approximate", "none")), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [T.gelu_backward(dy, x, attrs.get("approximate", "none"))]
+
+
+@register
+class OnnxMish(OnnxOp):
+    name = "OnnxMish"
+    elementwise = True
+
+    def _forward(self, attrs, xs, training):
+        return T.mish_forward(xs[0]), xs[0]
+
+    def _backward(self, attrs, x, dy, needs):
+        return [T.mish_backward(dy, x)]
+
+
+@register
 class OnnxClip(OnnxOp):
     """attrs: min, max (None: unbounded)."""
 
@@ -398,6 +462,35 @@ class OnnxReduceMax(_Reduce):
     def _backward(self, attrs, saved, dy, needs):
         x, y = saved
         return [T.reduce_max_backward(dy, x, y, tuple(attrs["axes"]), attrs.get("keepdims", True))]
+
+
+@register
+class OnnxLayerNormalization(OnnxOp):
+    """attrs: axis (normalised), epsilon; inputs X, Scale and optionally B. Outputs Y, Mean and
+    InvStdDev (the statistics keep the normalised axes as size 1); gradients through Y."""
+
+    name = "OnnxLayerNormalization"
+    min_inputs = 2
+    max_inputs = 3
+
+    def _types(self, attrs, in_types):
+        x = tuple(in_types[0].shape)
+        axis = attrs["axis"]
+        for t in in_types[1:]:
+            np.broadcast_shapes(tuple(t.shape), x[axis:])
+        stats = x[:axis] + (1,) * (len(x) - axis)
+        return [(x, in_types[0].dtype), (stats, "float32"), (stats, "float32")]
+
+    def _forward(self, attrs, xs, training):
+        bias = xs[2] if len(xs) > 2 else None
+        y, mean, inv_std, x_hat = T.layer_norm_forward(xs[0], xs[1], bias, attrs["axis"], attrs.get("epsilon", 1e-5))
+        return [y, mean.astype("float32"), inv_std.astype("float32")], \
+            (x_hat, inv_std, xs[1], None if bias is None else bias.shape)
+
+    def _backward(self, attrs, saved, dy, needs):
+        x_hat, inv_std, scale, bias_shape = saved
+        dx, dscale, dbias = T.layer_norm_backward(dy, x_hat, inv_std, scale, attrs["axis"], bias_shape)
+        return [dx, dscale] + ([] if bias_shape is None else [dbias])
 
 
 # -- matrix products -----------------------------------------------------------------------------
@@ -837,3 +930,106 @@ class OnnxResize(OnnxOp):
     def _backward(self, attrs, saved, dy, needs):
         mats, mask = saved
         return [T.resize_backward(dy, mats, mask)]
+
+
+# -- one ONNX-semantics op inside the N2D2 tensor convention (generic cells) -------------------------
+MAX_PARAM_SLOTS = 16
+PARAM_ROLES = tuple(f"in{k}" for k in range(MAX_PARAM_SLOTS))
+
+
+def carried_shape(shape):
+    """The shape a tensor of ONNX `shape` (batch first) has among N2D2 cells: ranks below 4
+    padded with trailing 1s ([N, F] as [N, F, 1, 1]), higher ranks as they are (same memory order)."""
+    shape = tuple(int(s) for s in shape)
+    return shape + (1,) * (4 - len(shape)) if len(shape) < 4 else shape
+
+
+@register
+class OnnxNode(OnnxOp):
+    """An `Onnx*` op run on tensors held in the N2D2 convention: the op of a generic cell
+    (`n2d2.cells.nn.onnx_node.OnnxNode`) that imports an ONNX node no N2D2 cell represents.
+
+    attrs:
+    - `op`, `attrs`: the inner `Onnx*` op and its resolved attributes;
+    - `slots`: per inner input, `("x", k)` (the node's input k) or `("p", role, dtype)` (the
+      parameter `role`, one of `PARAM_ROLES`, of that dtype);
+    - `shapes`: per node input, its ONNX shape without the batch axis; each input, whatever
+      the shape it is held in (same memory order), is viewed as [batch] + that shape;
+    - `batch_keys`: inner attributes whose first element is the batch size (a Reshape target),
+      set from the running batch.
+    Output: the inner op's output 0 (which must keep the batch axis) in its carried shape."""
+
+    name = "OnnxNode"
+    min_inputs = 1
+    max_inputs = None
+    params = PARAM_ROLES
+    trainable = PARAM_ROLES
+
+    @staticmethod
+    def _inner(attrs, batch):
+        inner = dict(attrs["attrs"])
+        for key in attrs.get("batch_keys", ()):
+            inner[key] = (int(batch),) + tuple(inner[key])[1:]
+        return inner
+
+    def infer_types(self, attrs, in_types, param_shapes, node="?"):
+        self.check_arity(node, len(in_types))
+        shapes = attrs["shapes"]
+        if len(in_types) != len(shapes):
+            raise GraphError(f"node '{node}' (OnnxNode {attrs['op']}): {len(in_types)} inputs, expected {len(shapes)}")
+        batch = int(in_types[0].shape[0])
+        inner_types = []
+        for k, t in enumerate(in_types):
+            want = (int(t.shape[0]),) + tuple(shapes[k])
+            if int(np.prod(t.shape)) != int(np.prod(want)) or int(t.shape[0]) != batch:
+                raise GraphError(f"node '{node}' (OnnxNode {attrs['op']}): input {k} of shape {list(t.shape)} "
+                                 f"cannot be viewed as [N] + {list(shapes[k])} (batch {batch})")
+        for slot in attrs["slots"]:
+            if slot[0] == "x":
+                t = in_types[slot[1]]
+                inner_types.append(TensorType((int(t.shape[0]),) + tuple(shapes[slot[1]]), t.dtype))
+            else:
+                if slot[1] not in param_shapes:
+                    raise GraphError(f"node '{node}' (OnnxNode {attrs['op']}): parameter '{slot[1]}' is not bound")
+                inner_types.append(TensorType(tuple(param_shapes[slot[1]]), slot[2]))
+        from n2d2.ir import ops as registry
+
+        out = registry.get(attrs["op"], node=node).infer_types(self._inner(attrs, batch), inner_types, {}, node)[0]
+        if not out.shape or int(out.shape[0]) != batch:
+            raise GraphError(f"node '{node}' (OnnxNode {attrs['op']}): its output {list(out.shape)} does not keep "
+                             f"the batch axis ({batch})")
+        return [TensorType(carried_shape(out.shape), out.dtype)]
+
+    def forward(self, attrs, xs, params, training=False):
+        from n2d2.ir import ops as registry
+
+        batch = int(xs[0].shape[0])
+        shapes = attrs["shapes"]
+        args = [xs[s[1]].reshape((batch,) + tuple(shapes[s[1]])) if s[0] == "x" else params[s[1]]
+                for s in attrs["slots"]]
+        inner = self._inner(attrs, batch)
+        ys, saved = registry.get(attrs["op"]).forward(inner, args, {}, training)
+        y = ys[0]
+        return [y.reshape(carried_shape(y.shape))], (saved, inner, [x.shape for x in xs], y.shape)
+
+    def backward(self, attrs, saved, dys, needs, params):
+        from n2d2.ir import ops as registry
+
+        inner_saved, inner, x_shapes, y_shape = saved
+        slots = attrs["slots"]
+        inner_needs = [bool(needs[s[1]]) if s[0] == "x" else np.issubdtype(np.dtype(s[2]), np.floating)
+                       for s in slots]
+        dxs = [None] * len(x_shapes)
+        grads = {}
+        if not any(inner_needs):
+            return dxs, grads
+        ds, _ = registry.get(attrs["op"]).backward(inner, inner_saved, [dys[0].reshape(y_shape)], inner_needs, {})
+        for s, d in zip(slots, ds):
+            if d is None:
+                continue
+            if s[0] == "x":
+                d = d.reshape(x_shapes[s[1]])
+                dxs[s[1]] = d if dxs[s[1]] is None else dxs[s[1]] + d
+            else:
+                grads[s[1]] = d
+        return dxs, grads

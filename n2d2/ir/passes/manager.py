@@ -10,6 +10,7 @@ from n2d2.ir.passes.fold_batchnorm import fold_batchnorm
 from n2d2.ir.passes.fold_padding import fold_padding
 from n2d2.ir.passes.fuse_activation import fuse_activation
 from n2d2.ir.passes.fuse_elementwise_chains import fuse_elementwise_chains
+from n2d2.ir.passes.legalize_onnx import legalize_onnx
 from n2d2.ir.passes.remove_dropout import remove_dropout
 from n2d2.ir.passes.remove_identities import remove_identities
 from n2d2.ir.passes.shape_inference import shape_inference
@@ -24,6 +25,7 @@ PASSES = {
     "fuse_activation": fuse_activation,
     "fuse_elementwise_chains": fuse_elementwise_chains,
     "dead_node_elimination": dead_node_elimination,
+    "legalize_onnx": legalize_onnx,
 }
 
 #: Every pipeline, defined here once. "inference" and "training" are the defaults of the modes:

@@ -1,0 +1,299 @@
+"""Legalization of ONNX-semantics nodes: `Onnx*` ops (`n2d2.onnx_backend`'s conversion) rewritten
+into the N2D2 ops (`Conv`, `Pool`, `BatchNorm`, `Activation`, `ElemWise`, `Concat`, `Softmax`)
+where both compute exactly the same thing; the other passes (activation fusion, BatchNorm
+folding, elementwise chains...) and the C/CUDA kernels then apply to them.
+
+One small rule per `Onnx*` op type, registered with `@rule("OnnxConv")` (a rule may later live
+next to its op). A rule reads the node and returns the N2D2 replacement `(op, inputs, attrs,
+params)`, or None when the node is outside what the N2D2 op expresses (rank other than 4
+NCHW, asymmetric pads, ceil-mode windows that differ from N2D2's, broadcasting, a weight
+computed from activations...): such a node stays an `Onnx*` node, which still runs (its
+reference on every backend). A replacement is only made when the N2D2 op's shape rule gives
+the node's output type; its node keeps the name (the ONNX output name).
+
+Constant operands (`OnnxConstant` nodes holding a parameter) become the N2D2 op's parameters
+(role `weights`, `biases`, `scales`, `means`, `variances`; a constant several nodes read stays
+one shared parameter); the `OnnxConstant` nodes left without consumers are removed. Exact in inference and training
+(same forward, same gradients to inputs and parameters).
+
+Activations: an `Onnx<Name>` activation becomes an `Activation` node only when `n2d2.ir.ops`
+knows the activation `<Name>` (checked when the rule runs: `HardSigmoid`, `HardSwish`, `Gelu`
+once they are in its table) and `n2d2.activation` has its class.
+"""
+import dataclasses
+
+from n2d2.ir import ops as op_registry
+from n2d2.ir.graph import Graph
+from n2d2.ir.passes._common import check_mode, substitute
+from n2d2.ir.types import GraphError
+
+#: op type -> rule(graph, node) -> (op, inputs, attrs, params) or None
+RULES = {}
+
+
+def rule(*op_types):
+    """Register the decorated function as the legalization rule of `op_types`."""
+    def deco(fn):
+        for op_type in op_types:
+            RULES[op_type] = fn
+        return fn
+    return deco
+
+
+# -- reading a node ----------------------------------------------------------------------------------
+def _const(graph, ref):
+    """The parameter name behind input `ref` when it is an OnnxConstant, else None. A constant
+    read by several nodes (exporters share equal initializers) stays one parameter: autodiff sums
+    its gradients."""
+    src, out = ref
+    if graph.op(src) != "OnnxConstant":
+        return None
+    return graph.node(src).params["value"]
+
+
+def _activation_input(graph, ref, rank=4):
+    """True when `ref` is a float32 activation (not a constant) of rank `rank`."""
+    src, out = ref
+    t = graph.output_types(src)[out]
+    return graph.op(src) != "OnnxConstant" and len(t.shape) == rank and t.dtype == "float32"
+
+
+def _only_output_0(graph, node):
+    return all(out == 0 for _, _, out in graph.consumers(node)) and \
+        all(out == 0 for n, out in graph.outputs if n == node)
+
+
+def _symmetric(pads):
+    half = len(pads) // 2
+    return tuple(pads[:half]) == tuple(pads[half:])
+
+
+def known_activation(name, **config):
+    """The activation spec of `n2d2.activation.<name>(**config)` when the IR can compute it (its
+    class exists, takes `config`, and the IR's activation table runs it), else None. Asked when
+    a rule runs, so activations added to the table later are used without touching the rules."""
+    import numpy as np
+
+    import n2d2.activation as activations
+
+    cls = getattr(activations, name, None)
+    if cls is None:
+        return None
+    try:
+        spec = op_registry.activation_spec(cls(**config))
+        op_registry.activation_forward(spec, np.zeros((1, 1, 1, 1), np.float32))
+    except (KeyError, ValueError, TypeError, NotImplementedError):
+        return None
+    return spec
+
+
+# -- rules ---------------------------------------------------------------------------------------------
+@rule("OnnxConv")
+def _conv(graph, node):
+    ins = graph.inputs_of(node)
+    a = graph.attrs(node)
+    params = {"weights": _const(graph, ins[1])}
+    if len(ins) > 2:
+        params["biases"] = _const(graph, ins[2])
+    if not _activation_input(graph, ins[0]) or None in params.values() or not _symmetric(a["pads"]) \
+            or len(a["strides"]) != 2:
+        return None
+    attrs = {"stride": tuple(a["strides"]), "padding": tuple(a["pads"][:2]), "dilation": tuple(a["dilations"]),
+             "groups": int(a["group"]), "mapping": None, "sub_sample": (1, 1), "activation": None}
+    return "Conv", ins[:1], attrs, params
+
+
+def _pool(graph, node, pooling):
+    ins = graph.inputs_of(node)
+    a = graph.attrs(node)
+    if not _activation_input(graph, ins[0]) or len(a["kernel"]) != 2 or tuple(a["dilations"]) != (1, 1) \
+            or not _symmetric(a["pads"]) or a.get("indices") or a.get("storage_order", 0):
+        return None
+    if pooling == "Average" and any(a["pads"]) and not a.get("count_include_pad"):
+        return None   # N2D2 divides by the full window
+    attrs = {"pooling": pooling, "pool": tuple(a["kernel"]), "stride": tuple(a["strides"]),
+             "padding": tuple(a["pads"][:2]), "mapping": None, "activation": None}
+    return "Pool", ins, attrs, {}   # a ceil-mode window N2D2 lacks changes the shape: not replaced
+
+
+@rule("OnnxMaxPool")
+def _max_pool(graph, node):
+    return _pool(graph, node, "Max")
+
+
+@rule("OnnxAveragePool")
+def _average_pool(graph, node):
+    return _pool(graph, node, "Average")
+
+
+@rule("OnnxReduceMean")
+def _global_average(graph, node):
+    ins = graph.inputs_of(node)
+    a = graph.attrs(node)
+    if not _activation_input(graph, ins[0]) or tuple(a["axes"]) != (2, 3) or not a.get("keepdims", True):
+        return None
+    _, _, h, w = graph.output_types(ins[0][0])[ins[0][1]].shape
+    return "Pool", ins, {"pooling": "Average", "pool": (h, w), "stride": (1, 1), "padding": (0, 0),
+                         "mapping": None, "activation": None}, {}
+
+
+@rule("OnnxBatchNormalization")
+def _batchnorm(graph, node):
+    ins = graph.inputs_of(node)
+    a = graph.attrs(node)
+    if a.get("training_mode") or not _activation_input(graph, ins[0]):
+        return None
+    params = {role: _const(graph, ref) for role, ref in zip(("scales", "biases", "means", "variances"), ins[1:])}
+    if len(params) != 4 or None in params.values():
+        return None
+    return "BatchNorm", ins[:1], {"epsilon": float(a["epsilon"]), "momentum": round(1.0 - a["momentum"], 12),
+                                  "unbiased": False, "activation": None}, params
+
+
+def _activation(graph, node, spec):
+    ins = graph.inputs_of(node)
+    if spec is None or not _activation_input(graph, ins[0]):
+        return None
+    return "Activation", ins[:1], {"activation": spec}, {}
+
+
+@rule("OnnxRelu")
+def _relu(graph, node):
+    return _activation(graph, node, known_activation("Rectifier"))
+
+
+@rule("OnnxLeakyRelu")
+def _leaky_relu(graph, node):
+    slope = float(graph.attrs(node).get("alpha", 0.01))
+    return _activation(graph, node, known_activation("Rectifier", leak_slope=slope))
+
+
+@rule("OnnxClip")
+def _clip(graph, node):
+    a = graph.attrs(node)
+    low, high = a.get("min"), a.get("max")
+    if low is None or float(low) != 0.0 or (high is not None and float(high) <= 0.0):
+        return None
+    return _activation(graph, node, known_activation("Rectifier", clipping=0.0 if high is None else float(high)))
+
+
+@rule("OnnxSigmoid")
+def _sigmoid(graph, node):
+    return _activation(graph, node, known_activation("Logistic"))
+
+
+@rule("OnnxTanh")
+def _tanh(graph, node):
+    return _activation(graph, node, known_activation("Tanh"))
+
+
+@rule("OnnxHardSigmoid")
+def _hard_sigmoid(graph, node):
+    a = graph.attrs(node)
+    return _activation(graph, node, known_activation("HardSigmoid", alpha=float(a.get("alpha", 0.2)),
+                                          beta=float(a.get("beta", 0.5))))
+
+
+@rule("OnnxHardSwish")
+def _hard_swish(graph, node):
+    return _activation(graph, node, known_activation("HardSwish"))
+
+
+@rule("OnnxGelu")
+def _gelu(graph, node):
+    if graph.attrs(node).get("approximate", "none") != "none":
+        return None
+    return _activation(graph, node, known_activation("Gelu"))
+
+
+@rule("OnnxMish")
+def _mish(graph, node):
+    return _activation(graph, node, known_activation("Mish"))
+
+
+def _elemwise(graph, node, operation, weights):
+    ins = graph.inputs_of(node)
+    shapes = {tuple(graph.output_types(src)[out].shape) for src, out in ins}
+    if len(shapes) != 1 or not all(_activation_input(graph, ref) for ref in ins):
+        return None   # broadcasting, or a constant operand: stays an Onnx* node
+    return "ElemWise", ins, {"operation": operation, "weights": list(weights), "shifts": [0.0] * len(ins),
+                             "activation": None}, {}
+
+
+@rule("OnnxAdd")
+def _add(graph, node):
+    return _elemwise(graph, node, "Sum", [1.0, 1.0])
+
+
+@rule("OnnxSub")
+def _sub(graph, node):
+    return _elemwise(graph, node, "Sum", [1.0, -1.0])
+
+
+@rule("OnnxMul")
+def _mul(graph, node):
+    return _elemwise(graph, node, "Prod", [1.0, 1.0])
+
+
+@rule("OnnxSum")
+def _sum(graph, node):
+    return _elemwise(graph, node, "Sum", [1.0] * len(graph.inputs_of(node)))
+
+
+@rule("OnnxConcat")
+def _concat(graph, node):
+    ins = graph.inputs_of(node)
+    if graph.attrs(node)["axis"] != 1 or not all(_activation_input(graph, ref) for ref in ins):
+        return None
+    return "Concat", ins, {}, {}
+
+
+@rule("OnnxSoftmax")
+def _softmax(graph, node):
+    ins = graph.inputs_of(node)
+    if tuple(graph.attrs(node)["axes"]) != (1,) or not _activation_input(graph, ins[0]):
+        return None
+    return "Softmax", ins, {"group_size": 0, "with_loss": False, "activation": None}, {}
+
+
+# -- the pass ----------------------------------------------------------------------------------------
+def legalize_node(graph: Graph, node: str) -> bool:
+    """Apply the rule of `node`'s op in place; True when the node was replaced."""
+    fn = RULES.get(graph.op(node))
+    if fn is None or not _only_output_0(graph, node):
+        return False
+    found = fn(graph, node)
+    if found is None:
+        return False
+    op, inputs, attrs, params = found
+    opdef = op_registry.get(op, node=node)
+    in_types = [graph.output_types(src)[out] for src, out in inputs]
+    shapes = {role: graph.params[p].shape for role, p in params.items()}
+    try:
+        new_types = opdef.infer_types(attrs, in_types, shapes, node)
+    except GraphError:
+        return False
+    old = graph.output_types(node)[0]
+    if tuple(new_types[0].shape) != tuple(old.shape) or new_types[0].dtype != old.dtype:
+        return False   # e.g. a ceil-mode pooling window N2D2 does not make
+    sources = sorted({src for src, _ in graph.inputs_of(node) if graph.op(src) == "OnnxConstant"})
+    sole = {graph.node(src).params["value"] for src in sources if len(graph.consumers(src)) == 1}
+    substitute(graph, node, op, inputs, attrs, params, outputs=[new_types[0]])
+    for role, p in params.items():   # graph copies share Param objects: replace, do not mutate
+        if p in sole:
+            graph.params[p] = dataclasses.replace(graph.params[p], owner=node, role=role)
+    for src in sources:
+        if not graph.consumers(src) and not any(n == src for n, _ in graph.outputs):
+            graph.remove_node(src)
+    return True
+
+
+def legalize_onnx(graph: Graph, mode: str = "inference") -> Graph:
+    """Rewrite the `Onnx*` nodes that an N2D2 op computes exactly (see the module docstring);
+    the others are left as they are. Exact in inference and training."""
+    check_mode(mode)
+    g = graph.copy()
+    for node in g.topological_order():
+        if node in g.nx:
+            legalize_node(g, node)
+    return g

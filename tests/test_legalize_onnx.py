@@ -1,0 +1,210 @@
+"""The legalize pass (`n2d2.ir.passes.legalize_onnx`): `Onnx*` nodes of `n2d2.onnx_backend`'s
+conversion rewritten into N2D2 ops where exact. PyTorch exports (ResNet, MobileNetV2) and the
+zoo patterns: outputs against onnxruntime before and after, the N2D2 passes applying after
+it (activation fusion), parameter gradients unchanged (autodiff), names kept, and what must
+stay an `Onnx*` node (broadcasting Mul, ceil-mode pooling, NHWC LayerNorm)."""
+import collections
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from n2d2 import onnx_backend  # noqa: E402
+from n2d2.codegen import numpy_exec  # noqa: E402
+from n2d2.ir import autodiff  # noqa: E402
+from n2d2.ir.passes import PASSES, optimize  # noqa: E402
+from n2d2.ir.passes.legalize_onnx import RULES, known_activation, legalize_onnx, rule  # noqa: E402
+from n2d2.solver import SGD  # noqa: E402
+from tests.conftest import rel_err  # noqa: E402
+from tests.test_onnx_generic import PATTERNS  # noqa: E402
+from tests.test_onnx_import import MobileNetV2, ResNet18, torch_export  # noqa: E402
+
+
+def _ops(graph):
+    return collections.Counter(graph.op(n) for n in graph.nodes())
+
+
+def _graph(path_or_model, x):
+    model = onnx.load(path_or_model) if isinstance(path_or_model, str) else path_or_model
+    rep = onnx_backend.prepare(model)
+    name = rep.input_names[0]
+    return rep.build({name: x}), name
+
+
+def _run(graph, name, x):
+    return np.asarray(numpy_exec.run(graph, {name: x})[0])
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("legalize")
+    return {"resnet": torch_export(ResNet18(width=16), (3, 32, 32), str(folder / "resnet.onnx"), 13),
+            "mobilenet_v2": torch_export(MobileNetV2(), (3, 32, 32), str(folder / "mbv2.onnx"), 13, fold=False)}
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2"])
+def test_cnn_legalizes_to_n2d2_ops_and_keeps_its_outputs(exports, name):
+    path = exports[name]
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    graph, in_name = _graph(path, x)
+    legal = legalize_onnx(graph)
+    before, after = _ops(graph), _ops(legal)
+    assert after["Conv"] == before["OnnxConv"] > 0 and "OnnxConv" not in after
+    for op in ("OnnxRelu", "OnnxMaxPool", "OnnxBatchNormalization", "OnnxClip"):
+        assert op not in after, op
+    assert after["ElemWise"] == before["OnnxAdd"]
+    assert "OnnxConstant" in after   # the Gemm's operands: Gemm stays an Onnx* node
+    assert {n for n in graph.nodes() if graph.op(n) == "OnnxConv"} == \
+        {n for n in legal.nodes() if legal.op(n) == "Conv"}   # names kept
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(graph, in_name, x), ref) < 1e-5
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+    fused = optimize(legal)   # the N2D2 passes now apply: activations fuse into their producers
+    assert "Activation" not in _ops(fused) and after["Activation"] > 0
+    assert rel_err(_run(fused, in_name, x), ref) < 1e-5
+    assert graph.op(next(n for n in graph.nodes() if graph.op(n) == "OnnxConv")) == "OnnxConv"  # input untouched
+
+
+def test_parameter_gradients_are_unchanged(exports):
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    graph, in_name = _graph(exports["resnet"], x)
+    for p in graph.params.values():
+        p.solver = SGD() if p.trainable else None
+    legal = legalize_onnx(graph)
+    seed = np.random.default_rng(2).standard_normal(graph.output_types(graph.outputs[0][0])[0].shape)
+    grads = []
+    for g in (graph, legal):
+        tg = autodiff.build_training_graph(g)
+        session = numpy_exec.Session(tg.graph, training=False)
+        session.feed(dict({in_name: x}, **{name: seed.astype(np.float32) for name in tg.grad_inputs.values()}))
+        session.run_nodes(tg.forward_nodes + tg.backward_nodes)
+        grads.append({p: np.asarray(session.values[node][k]) for p, (node, k) in tg.param_grads.items()})
+    assert set(grads[0]) == set(grads[1]) and len(grads[0]) > 10
+    for p in grads[0]:
+        assert rel_err(grads[1][p], grads[0][p]) < 1e-5, p
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_what_n2d2_ops_cannot_express_stays_onnx(tmp_path, name):
+    model, shape = PATTERNS[name]()
+    x = np.random.default_rng(3).standard_normal((1,) + shape).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    after = _ops(legal)
+    hard_sigmoid = known_activation("HardSigmoid", alpha=1 / 6, beta=0.5) is not None
+    hard_swish = known_activation("HardSwish") is not None
+    expected = {
+        "se_block": {"OnnxMul": 1, "OnnxHardSigmoid": 0 if hard_sigmoid else 1,
+                     "OnnxHardSwish": 0 if hard_swish else 1, "Conv": 2, "Pool": 1},
+        "channel_shuffle": {"OnnxReshape": 2, "OnnxTranspose": 1, "OnnxSlice": 2, "Concat": 1, "Activation": 1},
+        "convnext_block": {"OnnxLayerNormalization": 1, "OnnxMatMul": 2, "OnnxErf": 1, "Conv": 1},
+        "ceil_pool": {"OnnxMaxPool": 1, "Conv": 1, "Activation": 1},
+    }[name]
+    for op, count in expected.items():
+        assert after[op] == count, (op, dict(after))
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+
+
+def test_rules_are_registered_by_op_type_and_the_pass_by_name():
+    assert known_activation("Rectifier", leak_slope=0.1) == ("Rectifier", (("clipping", 0.0), ("leak_slope", 0.1)))
+    assert known_activation("NoSuchActivation") is None and known_activation("Tanh", beta=2.0) is None
+    assert {"OnnxConv", "OnnxMaxPool", "OnnxRelu", "OnnxAdd", "OnnxBatchNormalization"} <= set(RULES)
+    assert PASSES["legalize_onnx"] is legalize_onnx
+
+    @rule("OnnxTestOnly")
+    def _never(graph, node):
+        return None
+    assert RULES.pop("OnnxTestOnly") is _never
+
+
+def test_every_rule_on_a_small_graph(tmp_path):
+    """Sub, Sum, Mul, Relu, Sigmoid, Tanh, LeakyRelu, Clip, AveragePool (pads counted), global
+    average, Concat and Softmax over channels: all become N2D2 ops, and compute the same."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), node("Relu", ["c"], ["a"]),
+             node("Sigmoid", ["c"], ["s"]), node("Sub", ["a", "s"], ["d"]), node("Tanh", ["d"], ["t"]),
+             node("LeakyRelu", ["t"], ["l"], alpha=0.2), node("Clip", ["l", "lo", "hi"], ["k"]),
+             node("AveragePool", ["k"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
+             node("Mul", ["p", "d"], ["m"]), node("Concat", ["m", "a"], ["cc"], axis=1),
+             node("Softmax", ["cc"], ["sm"], axis=1), node("Sum", ["sm", "cc", "sm"], ["su"]),
+             node("GlobalAveragePool", ["su"], ["g"]), node("Add", ["g", "g"], ["y"])]
+    inits = {"w": W(4, 3, 3, 3), "b": W(4), "lo": np.array(0.0, np.float32), "hi": np.array(0.5, np.float32)}
+    model = make_model(nodes, inits, [3, 6, 5], 13)
+    x = np.random.default_rng(4).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    assert set(_ops(legal)) == {"Input", "Conv", "Activation", "ElemWise", "Pool", "Concat", "Softmax"}, _ops(legal)
+    path = str(tmp_path / "small.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+    assert rel_err(_run(optimize(legal), in_name, x), ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2"])
+def test_onnx_backend_runs_the_legalized_graph_compiled_in_c(exports, name):
+    """`n2d2.onnx_backend.prepare(model, backend="c")`: legalized, optimised, compiled; the Conv
+    nodes have C kernels (the Gemm stays an Onnx* node on its reference)."""
+    from n2d2.codegen.programs import program_source
+
+    path = exports[name]
+    x = np.random.default_rng(6).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    rep = onnx_backend.prepare(onnx.load(path), backend="c")
+    y = rep.run([x])[0]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    in_name = session.get_inputs()[0].name
+    ref = np.concatenate([session.run(None, {in_name: x[i:i + 1]})[0] for i in range(2)])
+    assert rel_err(y, ref) < 1e-5
+    program = rep.program({in_name: x})
+    ops = _ops(program.graph)
+    assert ops["Conv"] > 0 and "OnnxConv" not in ops and "OnnxGemm" in ops
+    assert program_source(program) is not None and "conv" in program_source(program).lower()
+    with pytest.raises(ValueError, match="backend 'tpu'"):
+        onnx_backend.prepare(onnx.load(path), backend="tpu")
+
+
+def test_shared_constants_stay_shared_parameters(tmp_path):
+    """Exporters share equal initializers (zero biases, a BatchNorm mean equal to its bias): the
+    nodes still legalize, the parameter stays one, and its gradient is the sum of its uses."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "w1", "b"], ["c1"], pads=[1, 1, 1, 1]), node("Relu", ["c1"], ["r"]),
+             node("Conv", ["r", "w2", "b"], ["c2"]),
+             node("BatchNormalization", ["c2", "s", "z", "z", "v"], ["y"])]
+    inits = {"w1": W(4, 3, 3, 3), "w2": W(4, 4, 1, 1, seed=1), "b": W(4, seed=2), "s": W(4, seed=3) + 1,
+             "z": W(4, seed=4), "v": np.abs(W(4, seed=5)) + 0.5}
+    model = make_model(nodes, inits, [3, 5, 6], 13)
+    x = np.random.default_rng(7).standard_normal((2, 3, 5, 6)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    for p in graph.params.values():
+        p.solver = SGD() if p.trainable else None
+    legal = legalize_onnx(graph)
+    assert set(_ops(legal)) == {"Input", "Conv", "Activation", "BatchNorm"}
+    path = str(tmp_path / "shared.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+    seed = np.random.default_rng(8).standard_normal(ref.shape).astype(np.float32)
+    grads = []
+    for g in (graph, legal):
+        tg = autodiff.build_training_graph(g)
+        session = numpy_exec.Session(tg.graph, training=False)
+        session.feed(dict({in_name: x}, **{name: seed for name in tg.grad_inputs.values()}))
+        session.run_nodes(tg.forward_nodes + tg.backward_nodes)
+        grads.append({p: np.asarray(session.values[node][k]) for p, (node, k) in tg.param_grads.items()})
+    assert set(grads[0]) == set(grads[1]) >= {"b", "w1", "w2", "s"}
+    for p in grads[0]:
+        assert rel_err(grads[1][p], grads[0][p]) < 1e-5, p
