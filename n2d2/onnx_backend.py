@@ -330,6 +330,12 @@ def _cast_like(c, node, ins, attrs):
     return c.op("OnnxCast", ins[:1], {"dtype": ins[1].dtype})
 
 
+@_handles("LRN")
+def _lrn(c, node, ins, attrs):
+    return c.op("LRN", ins[:1], {"size": int(attrs["size"]), "alpha": float(attrs.get("alpha", 1e-4)),
+                                 "beta": float(attrs.get("beta", 0.75)), "bias": float(attrs.get("bias", 1.0))})
+
+
 @_handles("Softmax", "LogSoftmax")
 def _softmax(c, node, ins, attrs):
     ndim = len(ins[0].shape)

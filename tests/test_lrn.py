@@ -213,6 +213,33 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     assert rel_err(y, lrn_forward(x.astype(np.float64), 3, 0.5, 0.6, 1.5)[0]) < 1e-6
 
 
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_onnx_lrn_imports_as_the_cell_and_matches_onnxruntime(tmp_path, backend):
+    """ONNX LRN (bias default 1.0, not N2D2's K=2.0) through load_from_ONNX and the ONNX backend."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from n2d2 import onnx_backend
+    from tests.test_onnx_import import provider_for, run_cell
+
+    node = helper.make_node("LRN", ["x"], ["lrn1"], size=3, alpha=0.6, beta=0.7)
+    graph = helper.make_graph([node], "lrn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 4, 5])],
+                              [helper.make_tensor_value_info("lrn1", TensorProto.FLOAT, ["N", 6, 4, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = str(tmp_path / "lrn_in.onnx")
+    onnx.save(model, path)
+    x = _x((2, 6, 4, 5), seed=11, dtype=np.float32)
+    (ref,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    dn = n2d2.cells.DeepNetCell.load_from_ONNX(provider_for((6, 4, 5)), path, backend=backend, generic_ops=False)
+    cell = dn["lrn1"]
+    assert type(cell).__name__ == "LRN" and cell.k == 1.0
+    assert rel_err(run_cell(dn, x), ref) < 1e-5
+    (y,) = onnx_backend.prepare(model).run([x])
+    assert rel_err(y, ref) < 1e-5
+
+
 # -- the C kernel --------------------------------------------------------------------------------------------
 c_backend = pytest.importorskip("n2d2.codegen.c_backend")
 needs_c = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")

@@ -31,7 +31,8 @@ The batch size is the provider's: constant Reshape targets may name the file's b
 
 A node no cell represents exactly is, by default (`generic_ops=True`), a generic cell; with
 `generic_ops=False` it is refused with an `ONNXUnsupportedError` (a `ValueError`) that names the
-node and says what is supported; never a silent skip. With `generic_ops=True` such a node (no handler, or a handler's refusal) becomes instead an `OnnxNode` cell
+node and says what is supported; never a silent skip. With `generic_ops=True` such a node (no
+handler, or a handler's refusal) becomes instead an `OnnxNode` cell
 (`n2d2.cells.nn.onnx_node`) running the node's conversion by `n2d2.onnx_backend` (exact ONNX
 semantics: broadcasting, any rank, ceil-mode windows, LayerNormalization...); its inputs are
 viewed in their ONNX shapes, its output is carried like any other (ranks above 4 as they are,
@@ -65,7 +66,7 @@ class ONNXUnsupportedError(ONNXError):
 
 SUPPORTED_OPS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
                  "ConvTranspose", "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
-                 "Identity", "LogSoftmax", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "PRelu",
+                 "Identity", "LogSoftmax", "LRN", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad", "PRelu",
                  "ReduceMax", "ReduceMean", "Reshape", "Resize", "Shape", "Size", "Softmax",
                  "Squeeze", "Sub", "Sum", "Transpose", "Unsqueeze", "Upsample",
                  *act_table.onnx_import_ops(), "(and any op whose inputs are all constants)")
@@ -938,6 +939,16 @@ class _Importer:
         y = self._produce(cell, self._tensor(x), ())
         y.shape = (x.shape[0], x.shape[1]) + ((1,) * (x.rank - 2) if keepdims else ())
         return y
+
+    def _op_LRN(self, node, ins, a):
+        from n2d2.cells.nn import LRN
+
+        x = self._act(ins, 0)
+        if "size" not in a:
+            raise self.malformed("LRN without its required 'size' attribute")
+        cell = LRN(size=int(a["size"]), alpha=float(a.get("alpha", 1e-4)), beta=float(a.get("beta", 0.75)),
+                   k=float(a.get("bias", 1.0)), name=self._name(node.output[0], primary=True))
+        return self._produce(cell, self._tensor(x), x.shape)
 
     def _op_GlobalAveragePool(self, node, ins, a):
         return self._global_pool(self._act(ins, 0), "Average")

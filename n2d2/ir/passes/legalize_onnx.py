@@ -26,6 +26,7 @@ from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 from n2d2.ir.passes._common import check_mode, substitute
 from n2d2.ir.types import GraphError
+from n2d2.ops import activation as act_table
 
 #: op type -> rule(graph, node) -> (op, inputs, attrs, params) or None
 RULES = {}
@@ -69,22 +70,17 @@ def _symmetric(pads):
 
 
 def known_activation(name, **config):
-    """The activation spec of `n2d2.activation.<name>(**config)` when the IR can compute it (its
-    class exists, takes `config`, and the IR's activation table runs it), else None. Asked when
-    a rule runs, so activations added to the table later are used without touching the rules."""
-    import numpy as np
-
-    import n2d2.activation as activations
-
-    cls = getattr(activations, name, None)
-    if cls is None:
+    """The activation spec `(name, sorted params)` when the activation table
+    (`n2d2.ops.activation`) has `name` and takes `config`, else None. Asked when a rule runs, so
+    activations added to the table later are used without touching the rules."""
+    d = act_table.ACTIVATIONS.get(name)
+    if d is None:
         return None
     try:
-        spec = op_registry.activation_spec(cls(**config))
-        op_registry.activation_forward(spec, np.zeros((1, 1, 1, 1), np.float32))
-    except (KeyError, ValueError, TypeError, NotImplementedError):
+        params = d.resolve(config)
+    except ValueError:
         return None
-    return spec
+    return (name, tuple(sorted(params.items())))
 
 
 # -- rules ---------------------------------------------------------------------------------------------
