@@ -29,8 +29,12 @@ from onnx.backend.base import Backend, BackendRep, namedtupledict
 import n2d2.ir.tensor_ops  # noqa: F401  (registers the Onnx* ops)
 from n2d2.backend import to_host
 from n2d2.codegen import numpy_exec
+from n2d2.codegen.programs import InferenceProgram, select_backend
+from n2d2.frontends import onnx_limits
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
+from n2d2.ir.passes import optimize
+from n2d2.ir.passes.legalize_onnx import legalize_onnx
 from n2d2.ir.types import TensorType
 
 # input slots whose value the conversion needs (they must be constants)
@@ -766,10 +770,6 @@ class N2D2Rep(BackendRep):
         legalized (`n2d2.ir.passes.legalize_onnx`: Onnx* nodes an N2D2 op computes become that op)
         and optimised by the inference pipeline; the N2D2 ops run their kernels, the remaining
         Onnx* nodes their reference."""
-        from n2d2.codegen.programs import InferenceProgram, select_backend
-        from n2d2.ir.passes import optimize
-        from n2d2.ir.passes.legalize_onnx import legalize_onnx
-
         key = self._signature(feeds)
         if key not in self._programs:
             graph = optimize(legalize_onnx(self.build(feeds)))
@@ -813,8 +813,6 @@ class N2D2Backend(Backend):
     def prepare(cls, model, device="CPU", backend="numpy", **kwargs):
         """`backend`: "numpy" (the reference executor), or "c" / "cuda" (the graph legalized into
         N2D2 ops where exact, optimised, compiled; see `N2D2Rep.program`)."""
-        from n2d2.frontends import onnx_limits
-
         # the model may come from a file of a stranger: tensor dims vs data and size caps first
         onnx_limits.check_model(model, f"n2d2.onnx_backend: model '{model.graph.name}'")
         super().prepare(model, device, **kwargs)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from n2d2.codegen.interpreter import ArenaStore, Interpreter
+from n2d2.ir import planner
 
 __all__ = ["ArenaProgram"]
 
@@ -38,8 +39,6 @@ class ArenaProgram(Interpreter):
     """
 
     def __init__(self, graph, plan=None, check: bool = True):
-        from n2d2.ir import planner
-
         self.plan = planner.plan(graph) if plan is None else plan
         if check:
             planner.validate(graph, self.plan)

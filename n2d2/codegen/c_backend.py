@@ -46,6 +46,9 @@ from n2d2.ir.lowering import PARALLEL_MIN_MACS, SLACK_FLOATS, Unsupported
 from n2d2.ir.lowering import Scratch as _Scratch
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
+from n2d2.ops.dropout import dropout_mask
+from n2d2.settings import global_variables
+from n2d2.solver import SGD, parse_clamping
 
 _SLACK_FLOATS = SLACK_FLOATS   # readable floats after every buffer (ragged GEMM strips)
 
@@ -447,9 +450,6 @@ class CProgram(CompiledProgram):
     def run_phase(self, index, batch_size=1):
         args = self._call_args()
         if index == 0 and self._dropout:
-            from n2d2.ops.dropout import dropout_mask
-            from n2d2.settings import global_variables
-
             for key, shape, rate in self._dropout:
                 self._aux[key][...] = dropout_mask(global_variables.rng, shape, rate)
         tuner = self._tuner
@@ -501,8 +501,6 @@ def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
     The solver's state (iteration count, momentum buffer) is the solver's own, read and updated
     here exactly as `SGD._apply` does (learning-rate policy, its log line), so that the solver
     keeps one state whichever backend steps it; the backend tests compare both paths."""
-    from n2d2.solver import SGD, parse_clamping
-
     if type(solver) is not SGD or not isinstance(p, np.ndarray) or p.dtype != np.float32 \
             or not p.flags.c_contiguous or grad.dtype != np.float32 or grad.shape != p.shape \
             or not grad.flags.c_contiguous:

@@ -10,6 +10,7 @@ device).
 """
 import numpy as np
 
+from n2d2.backend import array_module, to_host
 from n2d2.codegen import backends
 
 BACKENDS = backends.NAMES
@@ -90,8 +91,6 @@ class TrainingProgram:
         return slots
 
     def _allreduce_gradients(self, world):
-        from n2d2.backend import array_module, to_host
-
         slots = self._gradient_slots()
         grads = [get() for get, _ in slots]
         if not grads:

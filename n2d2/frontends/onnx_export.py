@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from n2d2.backend import to_host
-from n2d2.frontends.onnx_import import ONNXUnsupportedError, _onnx
+from n2d2.frontends.onnx_errors import ONNXUnsupportedError, _onnx
 from n2d2.ir import ops as op_registry
 from n2d2.ops import activation as act_table
 from n2d2.ops.transpose import numpy_axes

@@ -45,24 +45,9 @@ import warnings
 
 import numpy as np
 
-from n2d2.error_handler import ModelFileError
 from n2d2.frontends import onnx_limits
+from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _onnx  # noqa: F401
 from n2d2.ops import activation as act_table
-
-
-class ONNXError(ModelFileError):
-    """Base of the ONNX frontend errors; the message names the file and, where one is at fault,
-    the node (its name, op type and first output)."""
-
-
-class ONNXFormatError(ONNXError):
-    """The file is not a valid ONNX model (unreadable, truncated, rejected by the checker or
-    by shape inference, refers to tensors that do not exist)."""
-
-
-class ONNXUnsupportedError(ONNXError):
-    """A valid model that n2d2 cannot represent exactly; the message says what is supported."""
-
 
 SUPPORTED_OPS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
                  "ConvTranspose", "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
@@ -73,14 +58,6 @@ SUPPORTED_OPS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Cli
 
 _RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                "Bernoulli")
-
-
-def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise RuntimeError("ONNX import needs the 'onnx' package (pip install n2d2[onnx])") from None
-    return onnx
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ holds a 411 MB tensor, 528 MB in all): raise them here for larger ones.
 """
 import os
 
+from n2d2.frontends.onnx_errors import ONNXFormatError
+
 MAX_TENSOR_BYTES = 8 << 30   # one tensor (initializer, constant, inferred or folded value)
 MAX_TOTAL_BYTES = 32 << 30   # all the tensors a model holds (initializers, constants, external data)
 MAX_RANK = 32
@@ -24,8 +26,6 @@ _SUB_BYTE_BITS = {"UINT4": 4, "INT4": 4, "FLOAT4E2M1": 4, "UINT2": 2, "INT2": 2,
 
 
 def _error(message):
-    from n2d2.frontends.onnx_import import ONNXFormatError
-
     return ONNXFormatError(message)
 
 

@@ -15,11 +15,13 @@ activation (`attrs["activation"]`) on these ops.
 """
 import numpy as np
 
-from n2d2.backend import array_module
+from n2d2.backend import array_module, to_device
+from n2d2.ir import ops as op_registry
 from n2d2.ir.ops import OpDef, register
 from n2d2.ir.types import GraphError, TensorType
 from n2d2.ops import activation as act_ops
 from n2d2.ops import tensor_ops as T
+from n2d2.settings import global_variables
 
 
 class OnnxOp(OpDef):
@@ -859,9 +861,6 @@ class OnnxDropout(OnnxOp):
         xp = array_module(x)
         ratio = float(attrs.get("ratio", 0.5))
         if (attrs.get("training_mode") or training) and ratio > 0:
-            from n2d2.backend import to_device
-            from n2d2.settings import global_variables
-
             keep = global_variables.rng.random(x.shape) >= ratio
             keep = to_device(keep, xp is not np)
             scale = x.dtype.type(1.0 / (1.0 - ratio))
@@ -899,8 +898,6 @@ class OnnxResize(OnnxOp):
         return [(tuple(attrs["shape"]), in_types[0].dtype)]
 
     def _matrices(self, attrs, x):
-        from n2d2.backend import to_device
-
         gpu = array_module(x) is not np
         key = (tuple(attrs["axes"]), attrs["mode"], attrs["coordinate_mode"], attrs["nearest_mode"],
                attrs["cubic_a"], attrs["exclude_outside"], attrs["antialias"], gpu)
@@ -992,29 +989,23 @@ class OnnxNode(OnnxOp):
                 if slot[1] not in param_shapes:
                     raise GraphError(f"node '{node}' (OnnxNode {attrs['op']}): parameter '{slot[1]}' is not bound")
                 inner_types.append(TensorType(tuple(param_shapes[slot[1]]), slot[2]))
-        from n2d2.ir import ops as registry
-
-        out = registry.get(attrs["op"], node=node).infer_types(self._inner(attrs, batch), inner_types, {}, node)[0]
+        out = op_registry.get(attrs["op"], node=node).infer_types(self._inner(attrs, batch), inner_types, {}, node)[0]
         if not out.shape or int(out.shape[0]) != batch:
             raise GraphError(f"node '{node}' (OnnxNode {attrs['op']}): its output {list(out.shape)} does not keep "
                              f"the batch axis ({batch})")
         return [TensorType(carried_shape(out.shape), out.dtype)]
 
     def forward(self, attrs, xs, params, training=False):
-        from n2d2.ir import ops as registry
-
         batch = int(xs[0].shape[0])
         shapes = attrs["shapes"]
         args = [xs[s[1]].reshape((batch,) + tuple(shapes[s[1]])) if s[0] == "x" else params[s[1]]
                 for s in attrs["slots"]]
         inner = self._inner(attrs, batch)
-        ys, saved = registry.get(attrs["op"]).forward(inner, args, {}, training)
+        ys, saved = op_registry.get(attrs["op"]).forward(inner, args, {}, training)
         y = ys[0]
         return [y.reshape(carried_shape(y.shape))], (saved, inner, [x.shape for x in xs], y.shape)
 
     def backward(self, attrs, saved, dys, needs, params):
-        from n2d2.ir import ops as registry
-
         inner_saved, inner, x_shapes, y_shape = saved
         slots = attrs["slots"]
         inner_needs = [bool(needs[s[1]]) if s[0] == "x" else np.issubdtype(np.dtype(s[2]), np.floating)
@@ -1023,7 +1014,7 @@ class OnnxNode(OnnxOp):
         grads = {}
         if not any(inner_needs):
             return dxs, grads
-        ds, _ = registry.get(attrs["op"]).backward(inner, inner_saved, [dys[0].reshape(y_shape)], inner_needs, {})
+        ds, _ = op_registry.get(attrs["op"]).backward(inner, inner_saved, [dys[0].reshape(y_shape)], inner_needs, {})
         for s, d in zip(slots, ds):
             if d is None:
                 continue

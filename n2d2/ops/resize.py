@@ -13,7 +13,7 @@ Source coordinate of output index i, scale = in / out:
 """
 import numpy as np
 
-from n2d2.backend import array_module
+from n2d2.backend import array_module, to_device
 from n2d2.ir import lowering as low
 from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import OpDef, _concat, _concat_shape, _split_channels, register
@@ -62,8 +62,6 @@ def resize_backward(dy, a_h, a_w):
 
 
 def _finite(x):
-    from n2d2.backend import array_module
-
     return bool(array_module(x).isfinite(x).all())
 
 
@@ -71,8 +69,6 @@ def _taps(a, x):
     """x @ a.T reading only the non-zero taps of each row of a: a NaN or Inf reaches the outputs
     that interpolate from it and no other (the matrix product gives 0 * Inf = NaN everywhere).
     The kernels read the same taps."""
-    from n2d2.backend import array_module
-
     xp = array_module(x)
     a = np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float64)
     nz = a != 0
@@ -106,8 +102,6 @@ class Resize(OpDef):
 
     def _matrices(self, attrs, x):
         """Interpolation matrices, built once per (sizes, mode, device)."""
-        from n2d2.backend import to_device
-
         gpu = array_module(x) is not np
         _, _, h, w = x.shape
         align = attrs.get("align_corners", True)
