@@ -31,8 +31,19 @@ import warnings
 
 import numpy as np
 
+import n2d2
+from n2d2.backend import to_host
+from n2d2.cells.deepnet_cell import DeepNetCell, rebatch
+from n2d2.codegen import c_backend
+from n2d2.codegen.render import environment, render, template_source
 from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.ir import ops as op_registry
+from n2d2.ir import planner
+from n2d2.ir.passes._common import new_param_name
+from n2d2.ir.passes.manager import PIPELINES, PassManager
+from n2d2.ir.schedule import schedule
 from n2d2.names import c_comment, c_identifier
+from n2d2.provider.data_provider import DataProvider
 from n2d2.utils import current_umask, write_inside
 
 __all__ = ["available_export", "ExportError", "export_c", "export_cpp", "export_cpp_stm32", "export_tensor_rt",
@@ -132,16 +143,12 @@ def _check_nb_bits(nb_bits) -> int:
 
 
 def _check_deepnet_cell(deepnet_cell):
-    from n2d2.cells.deepnet_cell import DeepNetCell
-
     if not isinstance(deepnet_cell, DeepNetCell):
         raise WrongInputType("deepnet_cell", type(deepnet_cell),
                              ["DeepNetCell (a Sequence becomes one with .to_deepnet_cell(provider))"])
 
 
 def _check_provider(provider):
-    from n2d2.provider.data_provider import DataProvider
-
     if provider is not None and not isinstance(provider, DataProvider):
         raise WrongInputType("provider", type(provider), ["n2d2.provider.DataProvider", "None"])
 
@@ -159,9 +166,7 @@ def _folder_path(export_folder_name, generator: str, nb_bits: int) -> str:
 
 # -- the graph ---------------------------------------------------------------------------------------
 def _has_forward(op: str) -> bool:
-    from n2d2.codegen.c_backend import _has_macro
-
-    return _has_macro(op, "forward")
+    return c_backend._has_macro(op, "forward")
 
 
 def bake_connection_tables(graph):
@@ -173,8 +178,6 @@ def bake_connection_tables(graph):
     and the kernels then need no masked copy per call. Precondition: none (other nodes and
     grouped convolutions are left alone).
     """
-    from n2d2.ir.passes._common import new_param_name
-
     g = graph.copy()
     for name in g.topological_order():
         if g.op(name) != "Conv":
@@ -204,9 +207,6 @@ def c_export_graph(deepnet_cell):
     inference pipeline of `n2d2.ir.passes` (dropout removed, BatchNorm folded, padding and
     activations fused; the element-wise chain fusion only once the C backend has an
     `Epilogue` kernel), then `bake_connection_tables`."""
-    from n2d2.cells.deepnet_cell import rebatch
-    from n2d2.ir.passes.manager import PIPELINES, PassManager
-
     graph = deepnet_cell.get_graph()
     graph = rebatch(graph, 1)
     pipeline = [p for p in PIPELINES["inference"] if p != "fuse_elementwise_chains" or _has_forward("Epilogue")]
@@ -216,9 +216,7 @@ def c_export_graph(deepnet_cell):
 
 def _geometry(graph, node):
     """The C backend's geometry of a forward node in inference (None: no kernel for it)."""
-    from n2d2.codegen.c_backend import _geometry as geometry
-
-    return geometry(graph, node, False)
+    return c_backend._geometry(graph, node, False)
 
 
 def unsupported_nodes(graph) -> list:
@@ -270,11 +268,6 @@ def _check_exportable(graph):
 # -- code generation ---------------------------------------------------------------------------------
 def _render_network(graph) -> dict:
     """Template data of the network: kernels, plan figures, parameters, dims."""
-    from n2d2.codegen import c_backend
-    from n2d2.codegen.render import environment, template_source
-    from n2d2.ir import planner
-    from n2d2.ir.schedule import schedule
-
     slack = int(getattr(c_backend, "_SLACK_FLOATS", 64))   # floats the GEMM may read past a buffer
     order = schedule(graph)
     plan = planner.plan(graph, order=order)
@@ -370,8 +363,6 @@ def _weights_source(graph, param_names, header_note: str) -> str:
 def _collect_stimuli(provider, chw, nb_max: int):
     """(inputs [N, C, H, W] float32, labels [N] int32, database ids [N]) of the provider's Test
     partition, in order, at most `nb_max` (-1: all)."""
-    from n2d2.backend import to_host
-
     empty = (np.zeros((0,) + tuple(chw), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int64))
     if nb_max == 0 or provider is None:
         return empty
@@ -510,8 +501,6 @@ def export_c(deepnet_cell, provider=None, nb_bits: int = -32, export_folder_name
 
 
 def _generate_files(graph, network_name: str) -> dict:
-    from n2d2.codegen.render import render
-
     data = _render_network(graph)
     nb_params = sum(int(np.prod(graph.params[p].shape)) for p in data["param_names"])
     data.update(network_name=network_name, nb_params=nb_params, nb_param_arrays=len(data["param_names"]),
@@ -532,8 +521,6 @@ def _generate_files(graph, network_name: str) -> dict:
 
 def _version() -> str:
     try:
-        import n2d2
-
         return n2d2.__version__
     except Exception:  # pragma: no cover
         return "?"
@@ -559,8 +546,6 @@ def list_exportable_cell(export_name: str):
         raise WrongInputType("export_name", type(export_name), ["str"])
     if export_name not in available_export:
         raise WrongValue("export_name", export_name, available_export)
-    from n2d2.ir import ops as op_registry
-
     names = sorted(n for n in op_registry.names() if n not in ("Input", "Grad", "Update", "AddN")
                    and not n.startswith("Onnx"))
     rows = [(n, "Yes" if export_name == "C" and _has_forward(n) else "No") for n in names]

@@ -44,29 +44,14 @@ ALLOWED_DEFERRED = {
     ("n2d2.codegen.backends", "<dynamic>"): "the backend registry imports a backend module when it is asked for "
         "(BACKEND_MODULES: C loads the compiler driver, CUDA CuPy)",
     ("n2d2.cells.deepnet_cell", "n2d2.frontends.onnx_import"): "DeepNetCell.load_from_ONNX (upstream API; loads onnx)",
+    # the INI builder imports onnx_import for its [onnx] sections (onnx_section), and INI networks must not need onnx
+    ("n2d2.frontends.onnx_import", "n2d2.onnx_backend"): "a generic OnnxNode cell converts its node with "
+        "onnx_backend, which imports onnx",
+    ("n2d2.frontends.onnx_import", "n2d2.frontends.ini.parser"): "an INI embedding parses its file; the package "
+        "n2d2.frontends.ini runs its builder, which imports onnx_import (onnx_section)",
+    ("n2d2.ir.ops", "n2d2.ir.registry"): "the registry imports every op module, each of which imports n2d2.ir.ops "
+        "(OpDef, register): load_all imports it on the first lookup",
 }
-
-# Function-level imports left in files that other parts of the same refactor (issue 12) rewrite: listed so that
-# the suite stays green until those land, each with what removes it. Keep this empty after the merge.
-PENDING_IN_OTHER_WORK = {
-    ("n2d2.frontends.onnx_limits", "n2d2.frontends.onnx_import"):
-        "ONNXFormatError (and ONNXUnsupportedError, _onnx, which onnx_export takes from onnx_import) should move "
-        "to onnx_limits or a small frontends module below onnx_import; onnx_import is being rewritten",
-}
-# Whole modules being rewritten in the same refactor: their n2d2 imports move to module level there (hoisting
-# all of them creates no cycle, except onnx_import -> deepnet_cell while onnx_export imports onnx_import: see above)
-PENDING_MODULES = {
-    "n2d2.codegen.arena_exec": "backend interface rewrite", "n2d2.codegen.programs": "backend interface rewrite",
-    "n2d2.export": "backend interface rewrite", "n2d2.codegen.c_backend": "op registry rewrite",
-    "n2d2.ir.ops": "op registry rewrite", "n2d2.ops.resize": "op registry rewrite",
-    "n2d2.ir.tensor_ops": "one ONNX path rewrite", "n2d2.onnx_backend": "one ONNX path rewrite",
-    "n2d2.frontends.onnx_import": "one ONNX path rewrite",
-}
-
-
-def _pending(src, dst):
-    return (src, dst) in PENDING_IN_OTHER_WORK or src in PENDING_MODULES
-
 
 def _module_name(path):
     rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].split(os.sep)
@@ -308,7 +293,7 @@ def test_no_import_cycles():
 
 def test_function_level_imports_are_justified():
     unlisted = [(src, dst, line) for src, dst, line in deferred_imports(collect())
-                if (src, dst) not in ALLOWED_DEFERRED and not _pending(src, dst)]
+                if (src, dst) not in ALLOWED_DEFERRED]
     msg = "\n".join(f"{src.replace('.', '/')}.py:{line} imports {dst} inside a function" for src, dst, line in unlisted)
     assert not unlisted, ("function-level imports of n2d2 modules hide dependencies from the cycle check; move them "
                           f"to module level or justify them in ALLOWED_DEFERRED:\n{msg}")
@@ -316,8 +301,7 @@ def test_function_level_imports_are_justified():
 
 def test_allow_list_has_no_stale_entries():
     present = {(src, dst) for src, dst, _ in deferred_imports(collect())}
-    stale = sorted((set(ALLOWED_DEFERRED) | set(PENDING_IN_OTHER_WORK)) - present)
-    stale += sorted(m for m in PENDING_MODULES if not any(src == m for src, _ in present))
+    stale = sorted(set(ALLOWED_DEFERRED) - present)
     assert not stale, f"ALLOWED_DEFERRED lists imports that no longer exist: {stale}"
 
 
@@ -328,7 +312,6 @@ if __name__ == "__main__":  # pragma: no cover - a report for people
         print(f"cycle ({len(comp)} modules):", " -> ".join(_a_cycle(e, comp)))
         print("   component:", " ".join(comp))
     for src, dst, line in deferred_imports(g):
-        mark = ("" if (src, dst) in ALLOWED_DEFERRED else "  <- pending (other work)"
-                if _pending(src, dst) else "  <- not allowed")
+        mark = "" if (src, dst) in ALLOWED_DEFERRED else "  <- not allowed"
         print(f"deferred: {src}:{line} -> {dst}{mark}")
     pytest  # keeps the import used for the report-only run

@@ -45,9 +45,44 @@ import warnings
 
 import numpy as np
 
+import n2d2.activation as activations
+from n2d2 import filler, solver
+from n2d2.activation import Rectifier, Saturation
+from n2d2.cells.deepnet_cell import DeepNetCell
+from n2d2.cells.nn import (
+    LRN,
+    Activation,
+    BatchNorm2d,
+    Conv,
+    ConvDepthWise,
+    Deconv,
+    ElemWise,
+    Fc,
+    GlobalPool2d,
+    Padding,
+    Pool,
+    Reshape,
+    Resize,
+    Scaling,
+    Softmax,
+    Transpose,
+)
+from n2d2.cells.nn import base as nn_base  # nn_base.deferred_values read at call time (tests swap it)
+from n2d2.cells.nn.onnx_node import OnnxNode
+from n2d2.cells.nn.weighted import weights_from_file
+from n2d2.error_handler import WrongInputType
 from n2d2.frontends import onnx_limits
 from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _onnx  # noqa: F401
+from n2d2.ir.ops import activation_spec
+from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
+from n2d2.ir.trace import trace
+from n2d2.ir.types import TensorType
+from n2d2.mapping import Mapping
 from n2d2.ops import activation as act_table
+from n2d2.provider.base import Provider
+from n2d2.scaling import FloatingPointScaling
+from n2d2.target import Score
+from n2d2.tensor import Interface, Tensor
 
 SUPPORTED_OPS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
                  "ConvTranspose", "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
@@ -261,8 +296,6 @@ class _Importer:
         """Build every cell; returns (input tensor, output tensors, input name). `input_tensor`
         (of `provider.shape()`): the graph input is that tensor (an INI network's layer feeding an
         `[onnx]` section) instead of a new zero batch."""
-        from n2d2.tensor import Tensor
-
         onnx = _onnx()
         from onnx import numpy_helper
 
@@ -480,9 +513,6 @@ class _Importer:
     def _tensor(self, v, interface_ok=True):
         """The tensor (or an Interface) holding `v` in its ONNX layout, making a Reshape or an
         Activation cell when the layout or a concatenation requires one."""
-        from n2d2.cells.nn import Activation, Reshape
-        from n2d2.tensor import Interface
-
         if v.materialized is not None:
             return v.materialized
         if v.parts is not None:
@@ -513,8 +543,6 @@ class _Importer:
 
     # -- generic cells (generic_ops) ------------------------------------------------------------------
     def _onnx_cell(self, name, op_type, op, attrs, slots, shapes, constants, batch_keys=()):
-        from n2d2.cells.nn.onnx_node import OnnxNode
-
         return OnnxNode(op_type, op, attrs, slots, shapes, constants, batch_keys, name=name)
 
     def _carried(self, v):
@@ -526,8 +554,6 @@ class _Importer:
     def _generic(self, node, ins):
         """`node` as an OnnxNode cell named after its output: its conversion by `n2d2.onnx_backend`
         (exact ONNX semantics: one IR op, whose constant operands become the cell's parameters)."""
-        from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
-        from n2d2.ir.types import TensorType
         from n2d2.onnx_backend import convert_node
 
         batch = None
@@ -660,17 +686,12 @@ class _Importer:
         return (values[0], values[1]) if len(values) == 2 else (values[0], fill)
 
     def _pad_cell(self, t, begin, end, base):
-        from n2d2.cells.nn import Padding
-
         (top, left), (bot, right) = self._hw(begin, 0), self._hw(end, 0)
         cell = Padding(int(top), int(bot), int(left), int(right), name=self._name(f"{base}_padding"))
         return self._call(cell, t)
 
     # -- convolutions -----------------------------------------------------------------------------
     def _op_Conv(self, node, ins, a):
-        from n2d2.cells.nn import Conv, ConvDepthWise
-        from n2d2.mapping import Mapping
-
         x = self._act(ins, 0)
         w = self._const(ins, 1, "weights")
         b = self._const(ins, 2, "bias", optional=True)
@@ -716,9 +737,6 @@ class _Importer:
         return y
 
     def _op_ConvTranspose(self, node, ins, a):
-        from n2d2.cells.nn import Deconv
-        from n2d2.mapping import Mapping
-
         x = self._act(ins, 0)
         w = self._const(ins, 1, "weights")
         b = self._const(ins, 2, "bias", optional=True)
@@ -769,8 +787,6 @@ class _Importer:
     # -- fully connected --------------------------------------------------------------------------
     def _fc(self, x, weights, bias):
         """An Fc cell computing x (rank 2, or a flattened view) @ weights.T + bias."""
-        from n2d2.cells.nn import Fc
-
         o, i = weights.shape
         if x.rank != 2 or x.shape[1] != i:
             raise self.unsupported(f"a fully connected op needs a [N, {i}] input, got {list(x.shape)}")
@@ -823,8 +839,6 @@ class _Importer:
 
     # -- normalisation and pooling ------------------------------------------------------------------
     def _op_BatchNormalization(self, node, ins, a):
-        from n2d2.cells.nn import BatchNorm2d
-
         x = self._act(ins, 0)
         scale, bias, mean, var = (self._const(ins, k, what) for k, what in
                                   ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")))
@@ -849,9 +863,6 @@ class _Importer:
         return self._produce(cell, self._tensor(x), x.shape)
 
     def _pool(self, node, a, x, pooling):
-        from n2d2.cells.nn import Pool
-        from n2d2.tensor import Tensor
-
         nsp = x.rank - 2
         if nsp not in (1, 2):
             raise self.unsupported(f"{nsp}-D pooling; n2d2 imports 1-D and 2-D pooling")
@@ -897,8 +908,6 @@ class _Importer:
         o = v.owner
         if o is None or v.tensor is not o.tensor:
             return False
-        from n2d2.ir.ops import activation_spec
-
         return act_table.prop(activation_spec(o.cell._config.get("activation")), "non_negative", False)
 
     def _op_MaxPool(self, node, ins, a):
@@ -908,8 +917,6 @@ class _Importer:
         return self._pool(node, a, self._act(ins, 0), "Average")
 
     def _global_pool(self, x, pooling, keepdims=True):
-        from n2d2.cells.nn import GlobalPool2d
-
         if x.rank not in (3, 4):
             raise self.unsupported(f"global pooling of a rank-{x.rank} tensor; n2d2 pools [N, C, H(, W)]")
         cell = GlobalPool2d(pooling=pooling, name=self._name(self._node.output[0], primary=True))
@@ -918,8 +925,6 @@ class _Importer:
         return y
 
     def _op_LRN(self, node, ins, a):
-        from n2d2.cells.nn import LRN
-
         x = self._act(ins, 0)
         if "size" not in a:
             raise self.malformed("LRN without its required 'size' attribute")
@@ -956,9 +961,6 @@ class _Importer:
     # -- activations ------------------------------------------------------------------------------
     def _activation(self, node, x, activation):
         """Fuse `activation` into the cell that made `x`, or make an Activation cell."""
-        from n2d2.cells.nn import Activation
-        from n2d2.ir.ops import activation_spec
-
         out = node.output[0]
         if self._fusable(x):
             current = x.owner.cell._config.get("activation")
@@ -979,14 +981,10 @@ class _Importer:
     def _op_table_activation(self, node, ins, a):
         """An ONNX activation of the activation table (Relu, LeakyRelu, Sigmoid, Tanh, Softplus,
         Gelu, Mish, HardSigmoid, HardSwish, ...: n2d2.ops.activation)."""
-        import n2d2.activation as activations
-
         d, params = act_table.onnx_import_params(node.op_type, a)
         return self._activation(node, self._act(ins, 0), getattr(activations, d.name)(**params))
 
     def _op_PRelu(self, node, ins, a):
-        from n2d2.activation import Rectifier
-
         slope = self._const(ins, 1, "slope")
         if slope.size != 1:
             raise self.unsupported(f"PRelu with a slope of shape {list(slope.shape)}: n2d2's Rectifier has one "
@@ -1009,8 +1007,6 @@ class _Importer:
 
     def _clip(self, node, x, lo, hi):
         """min(max(x, lo), hi) with the cells that represent it exactly."""
-        from n2d2.activation import Rectifier, Saturation
-
         if np.isnan(lo) or np.isnan(hi):
             raise self.malformed(f"Clip bounds ({lo}, {hi}) are not numbers")
         if lo > hi or (lo == hi):
@@ -1031,9 +1027,6 @@ class _Importer:
 
     def _general_clip(self, node, x, lo, hi):
         """clip(x, lo, hi) = relu_clip(x - lo, hi - lo) + lo; min(x, hi) = hi - relu(hi - x)."""
-        from n2d2.activation import Rectifier
-        from n2d2.cells.nn import ElemWise
-
         out = node.output[0]
         t = self._any_layout(x)
         if np.isfinite(lo):
@@ -1050,8 +1043,6 @@ class _Importer:
         return y
 
     def _op_Softmax(self, node, ins, a, log=False):
-        from n2d2.cells.nn import Softmax
-
         x = self._act(ins, 0)
         axis = int(a.get("axis", 1 if self.opset < 13 else -1))
         if not -x.rank <= axis < x.rank:
@@ -1099,8 +1090,6 @@ class _Importer:
 
     def _fold_target(self, x):
         """The cell an affine constant can be folded into, or None."""
-        from n2d2.cells.nn import BatchNorm2d, Conv, Fc
-
         if not self._fusable(x) or not x.canonical():
             return None
         cell = x.owner.cell
@@ -1112,8 +1101,6 @@ class _Importer:
 
     def _add_const(self, node, x, c, sign=1.0):
         """x + sign * c (c per channel)."""
-        from n2d2.cells.nn import BatchNorm2d, ElemWise
-
         vec = self._per_channel(c, x.shape, "the constant") * np.float32(sign)
         out = node.output[0]
         if not vec.any():
@@ -1137,9 +1124,6 @@ class _Importer:
         return self._produce(cell, t, x.shape)
 
     def _mul_const(self, node, x, c):
-        from n2d2.cells.nn import BatchNorm2d, Conv, Scaling
-        from n2d2.scaling import FloatingPointScaling
-
         vec = self._per_channel(c, x.shape, "the constant")
         out = node.output[0]
         if np.all(vec == 1.0):
@@ -1162,9 +1146,6 @@ class _Importer:
         return self._produce(cell, t, x.shape)
 
     def _elemwise(self, node, acts, operation, weights=None):
-        from n2d2.cells.nn import ElemWise
-        from n2d2.tensor import Interface
-
         shape = acts[0].shape
         for v in acts[1:]:
             if v.shape != shape:
@@ -1198,8 +1179,6 @@ class _Importer:
         if isinstance(y, np.ndarray):
             return self._add_const(node, x, y, sign=-1.0)
         if isinstance(x, np.ndarray):
-            from n2d2.cells.nn import ElemWise
-
             vec = self._per_channel(x, y.shape, "the constant")
             mode = dict(weights=[-1.0], shifts=[float(vec[0])]) if np.all(vec == vec[0]) else \
                 dict(mode="PerChannel", weights=[-1.0] * len(vec), shifts=[float(v) for v in vec])
@@ -1248,8 +1227,6 @@ class _Importer:
         return self._mul_const(node, self._act(ins, 0), np.float32(-1.0))
 
     def _op_Abs(self, node, ins, a):
-        from n2d2.cells.nn import ElemWise
-
         x = self._act(ins, 0)
         cell = ElemWise("AbsSum", name=self._name(node.output[0], primary=True))
         return self._produce(cell, self._any_layout(x), x.shape)
@@ -1369,8 +1346,6 @@ class _Importer:
         return self._view(node, x, shape)
 
     def _op_Transpose(self, node, ins, a):
-        from n2d2.cells.nn import Transpose
-
         x = self._act(ins, 0)
         perm = [int(p) for p in a.get("perm", list(range(x.rank))[::-1])]
         if sorted(perm) != list(range(x.rank)):
@@ -1444,8 +1419,6 @@ class _Importer:
                                    "[N, C, H(, W)] tensors")
         if not any(begin) and not any(end):
             return self._alias(x, node.output[0], x.shape)
-        from n2d2.cells.nn import Padding
-
         (top, left), (bot, right) = self._hw(begin[2:], 0), self._hw(end[2:], 0)
         cell = Padding(top, bot, left, right, name=self._name(node.output[0], primary=True))
         y = self._produce(cell, self._tensor(x), ())
@@ -1454,8 +1427,6 @@ class _Importer:
 
     # -- resizing ---------------------------------------------------------------------------------
     def _resize(self, node, x, scales, sizes, mode, ctm, nearest_mode="floor"):
-        from n2d2.cells.nn import Resize
-
         if x.rank != 4:
             raise self.unsupported(f"resizing a rank-{x.rank} tensor; n2d2 resizes [N, C, H, W]")
         h, w = x.shape[2:]
@@ -1547,8 +1518,6 @@ def _plain(value):
 
 
 def _idempotent(activation) -> bool:
-    from n2d2.ir.ops import activation_spec
-
     return act_table.prop(activation_spec(activation), "idempotent", True)
 
 
@@ -1654,8 +1623,6 @@ class _IniEmbedding:
 
     def apply(self, cells, node_names):
         """Configure `cells` (name -> cell); `node_names` are every ONNX node output."""
-        from n2d2 import filler, solver
-
         applied = set()
         for name, cell in cells.items():
             sections = []
@@ -1808,11 +1775,6 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
         classifier imports this way. `generic_ops=False` refuses such a node with an
         `ONNXUnsupportedError` instead (an `OnnxNode` cell has no standalone C export).
     """
-    from n2d2.cells.deepnet_cell import DeepNetCell
-    from n2d2.error_handler import WrongInputType
-    from n2d2.ir.trace import trace
-    from n2d2.provider.base import Provider
-
     if not isinstance(provider, Provider):
         raise WrongInputType("provider", type(provider), ["n2d2.provider.Provider"])
     if not isinstance(model_path, (str, os.PathLike)):
@@ -1832,15 +1794,12 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
         ignore_cells = list(ignore_cells) + ini.ignore
         ignore_input_size = ignore_input_size or ini.ignore_input_size
         load_weights = ini.load_weights
-    from n2d2.cells.nn.base import deferred_values
-    from n2d2.cells.nn.weighted import weights_from_file
-
     model, inferred, arrays = load_model_arrays(path)
     importer = _Importer(model, inferred, path, provider, ignore_cells, ignore_input_size, load_weights, arrays,
                          generic_ops)
     # the cells are called only to be traced: no forward of the dummy batch, no filler draws for
     # values the file gives
-    with deferred_values(), weights_from_file() if load_weights else contextlib.nullcontext():
+    with nn_base.deferred_values(), weights_from_file() if load_weights else contextlib.nullcontext():
         x, outputs, input_name = importer.run()
     cells = {c.get_name(): c for c in importer.cells}
     if ini is not None:
@@ -1852,7 +1811,5 @@ def load_from_onnx(provider, model_path, ini_file=None, ignore_cells=None, ignor
     except ValueError as e:
         raise ONNXUnsupportedError(f"{path}: the imported network cannot be traced: {e}") from None
     if target is None:
-        from n2d2.target import Score
-
         target = Score(provider, name="Target")
     return (cls or DeepNetCell)(result, provider=provider, target=target, name=name, backend=backend)
