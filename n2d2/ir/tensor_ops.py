@@ -1128,6 +1128,9 @@ class OnnxNode(OnnxOp):
         inner_op = registry.get(attrs["op"], node=node)
         if getattr(inner_op, "c_geometry", None) is None:
             return Unsupported(f"OnnxNode {attrs['op']}: the inner op has no C kernel")
+        xslots = [slot[1] for slot in attrs["slots"] if slot[0] == "x"]
+        if training and len(set(xslots)) < len(xslots):
+            return Unsupported(f"OnnxNode {attrs['op']}: an input read twice (its two gradients would share a buffer)")
         in_types = graph.input_types(node)
         batch = int(in_types[0].shape[0])
         bound = graph.node(node).params
