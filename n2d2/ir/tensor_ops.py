@@ -552,7 +552,12 @@ class OnnxLayerNormalization(OnnxOp):
 def _block_index(shape, full):
     """(div, mod) such that element i of a contiguous `full` block reads a tensor of `shape`
     broadcast to it at (i / div) % mod; None when its non-broadcast axes are not one run."""
-    shape = (1,) * (len(full) - len(shape)) + tuple(shape)
+    shape = tuple(shape)
+    while len(shape) > len(full) and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) > len(full):
+        return None
+    shape = (1,) * (len(full) - len(shape)) + shape
     kept = [k for k, (d, f) in enumerate(zip(shape, full)) if d != 1 or f == 1]
     kept = [k for k in kept if full[k] != 1]
     if not kept:
