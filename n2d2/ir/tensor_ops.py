@@ -56,10 +56,13 @@ class OnnxOp(OpDef):
     #: templates/c/onnx.c.j2 (an Unsupported when it does not apply); None: no C kernel
     c_geometry = None
 
+
+class _CKernel:
+    """Mixin (before OnnxOp in the bases) of the ops with a C kernel (templates/c/ops/<Op>.c.j2
+    over the shared templates/c/onnx.c.j2): `lower_c` through the op's `c_geometry`."""
+
     def lower_c(self, graph, node, training):
         """The geometry of templates/c/ops/<Op>.c.j2 (through `c_geometry`), or why none applies."""
-        if self.c_geometry is None:
-            return Unsupported(f"{self.name} has no C kernel")
         if graph.attrs(node).get("activation") is not None:
             return Unsupported(f"{self.name} kernels take no fused activation")
         ins, outs = low.shapes(graph, node)
@@ -117,7 +120,7 @@ class _Binary(OnnxOp):
 
 
 @register
-class OnnxAdd(_Binary):
+class OnnxAdd(_CKernel, _Binary):
     name = "OnnxAdd"
     opc = "+"
 
@@ -129,7 +132,7 @@ class OnnxAdd(_Binary):
 
 
 @register
-class OnnxSub(_Binary):
+class OnnxSub(_CKernel, _Binary):
     name = "OnnxSub"
     opc = "-"
 
@@ -141,7 +144,7 @@ class OnnxSub(_Binary):
 
 
 @register
-class OnnxMul(_Binary):
+class OnnxMul(_CKernel, _Binary):
     name = "OnnxMul"
     opc = "*"
 
@@ -153,7 +156,7 @@ class OnnxMul(_Binary):
 
 
 @register
-class OnnxDiv(_Binary):
+class OnnxDiv(_CKernel, _Binary):
     name = "OnnxDiv"
     opc = "/"
 
@@ -495,7 +498,7 @@ class OnnxReduceMax(_Reduce):
 
 
 @register
-class OnnxLayerNormalization(OnnxOp):
+class OnnxLayerNormalization(_CKernel, OnnxOp):
     """attrs: axis (normalised), epsilon; inputs X, Scale and optionally B. Outputs Y, Mean and
     InvStdDev (the statistics keep the normalised axes as size 1); gradients through Y."""
 
@@ -644,7 +647,7 @@ def _gather_geometry(op, in_shape, out_shape, offset, strides):
 
 
 @register
-class OnnxReshape(OnnxOp):
+class OnnxReshape(_CKernel, OnnxOp):
     """attrs: shape (the full target shape, resolved). Reshape, Flatten, Squeeze, Unsqueeze."""
 
     name = "OnnxReshape"
@@ -670,7 +673,7 @@ class OnnxReshape(OnnxOp):
 
 
 @register
-class OnnxTranspose(OnnxOp):
+class OnnxTranspose(_CKernel, OnnxOp):
     """attrs: perm."""
 
     name = "OnnxTranspose"
@@ -742,7 +745,7 @@ class OnnxGather(OnnxOp):
 
 
 @register
-class OnnxSlice(OnnxOp):
+class OnnxSlice(_CKernel, OnnxOp):
     """attrs: starts, ends, axes, steps (ONNX Slice, constants)."""
 
     name = "OnnxSlice"
