@@ -188,9 +188,10 @@ def same_shape_geometry(ins, par=True):
     """Geometry of an elementwise op over same-shape inputs (ElemWise, Epilogue, AddN)."""
     if any(tuple(s) != tuple(ins[0]) for s in ins):
         return Unsupported(f"inputs of different shapes {[list(s) for s in ins]} (no broadcasting kernel)")
-    n, c, h, w = nchw(ins[0])
-    size = n * c * h * w
-    g = dict(N=n, C=c, HW=h * w, SIZE=size)
+    n, c = nchw(ins[0])[:2]
+    hw = int(np.prod(ins[0][2:])) if len(ins[0]) > 2 else 1   # every axis after the channels (rank 5 too)
+    size = n * c * hw
+    g = dict(N=n, C=c, HW=hw, SIZE=size)
     if par:
         g["PAR"] = size * len(ins) >= PARALLEL_MIN_ELEMENTS
     return g

@@ -68,6 +68,50 @@ class _CKernel:
         ins, outs = low.shapes(graph, node)
         return self.c_geometry(graph.attrs(node), ins, outs[0])
 
+    def lower_cuda(self, graph, node, training):
+        """The C geometry, for templates/cuda/ops/<Op>.cu.j2 (cuda/onnx.cu.j2)."""
+        g = self.lower_c(graph, node, training)
+        return g if isinstance(g, Unsupported) else dict(g, PAR=False)
+
+    def plan_cuda_forward(self, n, g, k):
+        return _cuda_forward_plan(g, k)
+
+    def plan_cuda_backward(self, n, g, k):
+        return _cuda_backward_plan(g, [d is not None for d in n.dx], k)
+
+
+def _cuda_forward_plan(g, k):
+    if g["KIND"] == "layernorm":
+        return [k.elementwise("fwd", g["OUTER"], part="ln")]
+    return [k.elementwise("fwd", g["SIZE"], part="map")]
+
+
+def _cuda_backward_plan(g, needs, k):
+    """The kernels of cuda/onnx.cu.j2 that write the gradients of the inputs in `needs`."""
+    specs = []
+    if g["KIND"] == "gather":
+        if needs[0]:
+            if g["ZERO"]:
+                specs.append(k.elementwise("bwd", g["INSIZE"][0], part="zero"))
+            specs.append(k.elementwise("bwd", g["SIZE"], part="scatter"))
+    elif g["KIND"] == "binary":
+        for j in (0, 1):
+            if needs[j] and g["BCAST"][j]:
+                mine, other = g["OPS"][j]["STR"], g["OPS"][1 - j]["STR"]
+                kept = [(d, s, o, t) for d, s, o, t in zip(g["DIMS"], mine, g["OSTR"], other) if s]
+                red = [(d, o, t) for d, s, o, t in zip(g["DIMS"], mine, g["OSTR"], other) if not s]
+                specs.append(k.elementwise("bwd", g["INSIZE"][j], part="reduce", inp=j, KEPT=kept, RED=red,
+                                           R=int(np.prod([d for d, _, _ in red]))))
+        if any(n and not b for n, b in zip(needs, g["BCAST"])):
+            specs.append(k.elementwise("bwd", g["SIZE"], part="dx"))
+    else:
+        if needs[0]:
+            specs.append(k.elementwise("bwd", g["OUTER"], part="ln_dx"))
+        for j in range(1, len(needs)):
+            if needs[j]:
+                specs.append(k.elementwise("bwd", g["INSIZE"][j], part="ln_dp", inp=j))
+    return specs
+
 
 def _broadcast(in_types):
     return tuple(np.broadcast_shapes(*[tuple(t.shape) for t in in_types]))
@@ -544,12 +588,8 @@ class OnnxLayerNormalization(_CKernel, OnnxOp):
                     INSIZE=[int(np.prod(s)) for s in in_shapes],
                     PAR=outer * inner >= low.PARALLEL_MIN_ELEMENTS and outer > 1)
 
-    def lower_c(self, graph, node, training):
-        """Only Y is computed: Mean and InvStdDev must be unused."""
-        used = [k for k in (1, 2) if graph.consumers(node, k) or (node, k) in graph.outputs]
-        if used:
-            return Unsupported(f"{self.name}: the kernel computes Y only, outputs {used} (Mean, InvStdDev) are used")
-        return super().lower_c(graph, node, training)
+    #: the kernels write Mean and InvStdDev too (`ys` in their template context)
+    kernel_writes_all_outputs = True
 
 
 def _block_index(shape, full):
@@ -1156,6 +1196,18 @@ class OnnxNode(OnnxOp):
         if isinstance(g, Unsupported):
             return Unsupported(f"OnnxNode {attrs['op']}: {g.reason}")
         return dict(g, SLOTS=[tuple(slot[:2]) for slot in attrs["slots"]])
+
+    def lower_cuda(self, graph, node, training):
+        """The inner op's CUDA kernels (cuda/onnx.cu.j2) on the geometry of `lower_c`."""
+        g = self.lower_c(graph, node, training)
+        return g if isinstance(g, Unsupported) else dict(g, PAR=False)
+
+    def plan_cuda_forward(self, n, g, k):
+        return _cuda_forward_plan(g, k)
+
+    def plan_cuda_backward(self, n, g, k):
+        needs = [n.dx[s] is not None if kind == "x" else n.dp.get(s) is not None for kind, s in g["SLOTS"]]
+        return _cuda_backward_plan(g, needs, k)
 
     def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
         """`inner`: the pointer of each inner operand (a node input or a bound parameter)."""
