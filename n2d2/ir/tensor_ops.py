@@ -104,7 +104,10 @@ def _cuda_backward_plan(g, needs, k):
                                            R=int(np.prod([d for d, _, _ in red]))))
         if any(n and not b for n, b in zip(needs, g["BCAST"])):
             specs.append(k.elementwise("bwd", g["SIZE"], part="dx"))
-    else:
+    elif any(needs):
+        stats = k.elementwise("bwd", g["OUTER"], part="ln_stats")
+        stats.scratch = 8 * g["OUTER"]        # (mean, 1/std) per row, read by the next kernels
+        specs.append(stats)
         if needs[0]:
             specs.append(k.elementwise("bwd", g["OUTER"], part="ln_dx"))
         for j in range(1, len(needs)):
