@@ -103,6 +103,17 @@ def zoo(graph_name: str):
                        name=H("epilogue", next(k))))
     outs.append(net.op("LRN", [x], {"size": 4, "alpha": 0.5, "beta": 0.75, "bias": 1.0, "activation": None},
                        name=H("lrn", next(k))))
+    col = net.op("OnnxSlice", [x], {"starts": [-1], "ends": [-2], "axes": [3], "steps": [-1]}, name=H("slice", next(k)))
+    for op in ("OnnxAdd", "OnnxSub", "OnnxMul", "OnnxDiv"):     # broadcasting (templates/c/onnx.c.j2)
+        outs.append(net.op(op, [x, col], name=H(op, next(k))))
+    corner = net.op("OnnxSlice", [x], {"starts": [0, 0, 0], "ends": [1, 1, 1], "axes": [0, 1, 2]}, name=H("c", next(k)))
+    scale = net.op("OnnxReshape", [corner], {"shape": (6,)}, name=H("onnx reshape", next(k)))
+    outs.append(net.op("OnnxLayerNormalization", [x, scale, scale], {"axis": 3, "epsilon": 1e-5},
+                       name=H("ln", next(k))))
+    outs.append(net.op("OnnxTranspose", [x], {"perm": (0, 3, 2, 1)}, name=H("onnx transpose", next(k))))
+    outs.append(net.op("OnnxNode", [x], {"op": "OnnxMul", "attrs": {}, "slots": (("x", 0), ("p", "in0", "float32")),
+                                         "shapes": ((3, 6, 6),), "batch_keys": ()},
+                       {"in0": _normal(net.rng, (3, 1, 1))}, name=H("onnx node", next(k))))
     return net.output(*outs)
 
 

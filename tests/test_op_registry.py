@@ -85,7 +85,10 @@ def test_properties_replace_the_old_op_lists():
     assert {n for n, op in defs.items() if op.passthrough} == {"Identity", "Activation", "Dropout"}
     assert {n for n, op in defs.items() if op.cuda_backward} == {
         "Conv", "Fc", "Pool", "Activation", "Dropout", "Reshape", "Concat", "ElemWise", "Epilogue", "Softmax",
-        "BatchNorm", "Padding"}
+        "BatchNorm", "Padding",
+        # issue 12, onnxk: the Onnx* kernels of templates/cuda/onnx.cu.j2
+        "OnnxAdd", "OnnxSub", "OnnxMul", "OnnxDiv", "OnnxLayerNormalization", "OnnxSlice", "OnnxTranspose",
+        "OnnxReshape", "OnnxNode"}
     assert defs["Pool"].preserves_sign({"mapping": None}) and not defs["Pool"].preserves_sign({"mapping": 1})
     assert not defs["Conv"].batchnorm_fold_ok({"sub_sample": (2, 1)}) and defs["Conv"].batchnorm_fold_ok({})
 

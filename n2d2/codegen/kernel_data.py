@@ -56,7 +56,9 @@ def forward_context(graph, node, g, training, plan, buf, param, aux_slot, stats_
         p=Context({r: param(p) for r, p in d.params.items()}),
         a=Context(d.attrs), act=activation(d.attrs.get("activation")), g=Context(g),
         training=training, aux=Context())
-    op_registry.get(d.op, node=node).kernel_context(ctx, graph, node, g, training, plan, aux_slot, stats_kind,
-                                                    activation)
+    opdef = op_registry.get(d.op, node=node)
+    if getattr(opdef, "kernel_writes_all_outputs", False):   # e.g. LayerNormalization's Mean and InvStdDev
+        ctx["ys"] = [buf((node, k)) for k in range(len(d.outputs))]
+    opdef.kernel_context(ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation)
     return ctx
 

@@ -188,9 +188,10 @@ def same_shape_geometry(ins, par=True):
     """Geometry of an elementwise op over same-shape inputs (ElemWise, Epilogue, AddN)."""
     if any(tuple(s) != tuple(ins[0]) for s in ins):
         return Unsupported(f"inputs of different shapes {[list(s) for s in ins]} (no broadcasting kernel)")
-    n, c, h, w = nchw(ins[0])
-    size = n * c * h * w
-    g = dict(N=n, C=c, HW=h * w, SIZE=size)
+    n, c = nchw(ins[0])[:2]
+    hw = int(np.prod(ins[0][2:])) if len(ins[0]) > 2 else 1   # every axis after the channels (rank 5 too)
+    size = n * c * hw
+    g = dict(N=n, C=c, HW=hw, SIZE=size)
     if par:
         g["PAR"] = size * len(ins) >= PARALLEL_MIN_ELEMENTS
     return g
@@ -232,3 +233,48 @@ class CopyLowering:
     def plan_cuda_backward(self, n, g, k):
         return [k.elementwise("bwd", g["N"] * inp["S"], inp=i, single=len(g["inputs"]) == 1, PER=g["PER"], **inp)
                 for i, inp in enumerate(g["inputs"]) if n.dx[i] is not None]
+
+
+# -- strided kernels of the ONNX-semantics ops (templates/c/onnx.c.j2) ---------------------------------
+def contiguous_strides(shape):
+    """Element strides of a C-contiguous tensor of `shape`."""
+    out, acc = [], 1
+    for d in reversed(tuple(shape)):
+        out.append(acc)
+        acc *= int(d)
+    return out[::-1]
+
+
+def broadcast_strides(shape, out):
+    """Strides that read a contiguous tensor of `shape` at the index of its numpy broadcast to
+    `out` (0 along the broadcast axes)."""
+    shape = (1,) * (len(out) - len(shape)) + tuple(int(d) for d in shape)
+    return [0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out, contiguous_strides(shape))]
+
+
+def strided_geometry(out, operands, par=True):
+    """Geometry of a loop nest over the output `out` (contiguous) reading each operand
+    (offset, strides per output axis) at offset + sum(i_k * stride_k): DIMS (the loop extents
+    after dropping size-1 axes and merging the axes every operand walks contiguously), OSTR (the
+    output strides of the loops), OPS ([{OFF, STR}] per operand), SIZE, PAR."""
+    out = tuple(int(d) for d in out)
+    lists = [contiguous_strides(out)] + [list(s) for _, s in operands]
+    dims, merged = [], [[] for _ in lists]
+    for k, d in enumerate(out):
+        if d == 1:
+            continue
+        if dims and all(m[-1] == s[k] * d for m, s in zip(merged, lists)):
+            dims[-1] *= d
+            for m, s in zip(merged, lists):
+                m[-1] = s[k]
+        else:
+            dims.append(d)
+            for m, s in zip(merged, lists):
+                m.append(s[k])
+    if not dims:
+        dims, merged = [1], [[0] for _ in lists]
+    size = int(np.prod(out)) if out else 1
+    g = dict(DIMS=dims, OSTR=merged[0], OPS=[{"OFF": int(off), "STR": m} for (off, _), m in zip(operands, merged[1:])],
+             SIZE=size)
+    g["PAR"] = bool(par) and size >= PARALLEL_MIN_ELEMENTS
+    return g

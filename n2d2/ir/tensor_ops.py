@@ -16,7 +16,9 @@ activation (`attrs["activation"]`) on these ops.
 import numpy as np
 
 from n2d2.backend import array_module, to_device
+from n2d2.ir import lowering as low
 from n2d2.ir import ops as op_registry
+from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import OpDef, register
 from n2d2.ir.types import GraphError, TensorType
 from n2d2.ops import activation as act_ops
@@ -51,6 +53,69 @@ class OnnxOp(OpDef):
     def backward(self, attrs, saved, dys, needs, params):
         dxs = self._backward(attrs, saved, dys[0], needs)
         return [d if n else None for d, n in zip(dxs, needs)], {}
+
+    #: `c_geometry(attrs, in_shapes, out_shape)`: the geometry of the op's kernel in
+    #: templates/c/onnx.c.j2 (an Unsupported when it does not apply); None: no C kernel
+    c_geometry = None
+
+
+class _CKernel:
+    """Mixin (before OnnxOp in the bases) of the ops with a C kernel (templates/c/ops/<Op>.c.j2
+    over the shared templates/c/onnx.c.j2): `lower_c` through the op's `c_geometry`."""
+
+    def lower_c(self, graph, node, training):
+        """The geometry of templates/c/ops/<Op>.c.j2 (through `c_geometry`), or why none applies."""
+        if graph.attrs(node).get("activation") is not None:
+            return Unsupported(f"{self.name} kernels take no fused activation")
+        ins, outs = low.shapes(graph, node)
+        return self.c_geometry(graph.attrs(node), ins, outs[0])
+
+    def lower_cuda(self, graph, node, training):
+        """The C geometry, for templates/cuda/ops/<Op>.cu.j2 (cuda/onnx.cu.j2)."""
+        g = self.lower_c(graph, node, training)
+        return g if isinstance(g, Unsupported) else dict(g, PAR=False)
+
+    def plan_cuda_forward(self, n, g, k):
+        return _cuda_forward_plan(g, k)
+
+    def plan_cuda_backward(self, n, g, k):
+        return _cuda_backward_plan(g, [d is not None for d in n.dx], k)
+
+
+def _cuda_forward_plan(g, k):
+    if g["KIND"] == "layernorm":
+        return [k.elementwise("fwd", g["OUTER"], part="ln")]
+    return [k.elementwise("fwd", g["SIZE"], part="map")]
+
+
+def _cuda_backward_plan(g, needs, k):
+    """The kernels of cuda/onnx.cu.j2 that write the gradients of the inputs in `needs`."""
+    specs = []
+    if g["KIND"] == "gather":
+        if needs[0]:
+            if g["ZERO"]:
+                specs.append(k.elementwise("bwd", g["INSIZE"][0], part="zero"))
+            specs.append(k.elementwise("bwd", g["SIZE"], part="scatter"))
+    elif g["KIND"] == "binary":
+        for j in (0, 1):
+            if needs[j] and g["BCAST"][j]:
+                mine, other = g["OPS"][j]["STR"], g["OPS"][1 - j]["STR"]
+                kept = [(d, s, o, t) for d, s, o, t in zip(g["DIMS"], mine, g["OSTR"], other) if s]
+                red = [(d, o, t) for d, s, o, t in zip(g["DIMS"], mine, g["OSTR"], other) if not s]
+                specs.append(k.elementwise("bwd", g["INSIZE"][j], part="reduce", inp=j, KEPT=kept, RED=red,
+                                           R=int(np.prod([d for d, _, _ in red]))))
+        if any(n and not b for n, b in zip(needs, g["BCAST"])):
+            specs.append(k.elementwise("bwd", g["SIZE"], part="dx"))
+    elif any(needs):
+        stats = k.elementwise("bwd", g["OUTER"], part="ln_stats")
+        stats.scratch = 8 * g["OUTER"]        # (mean, 1/std) per row, read by the next kernels
+        specs.append(stats)
+        if needs[0]:
+            specs.append(k.elementwise("bwd", g["OUTER"], part="ln_dx"))
+        for j in range(1, len(needs)):
+            if needs[j]:
+                specs.append(k.elementwise("bwd", g["INSIZE"][j], part="ln_dp", inp=j))
+    return specs
 
 
 def _broadcast(in_types):
@@ -87,14 +152,26 @@ class OnnxConstant(OnnxOp):
 # -- element-wise binary (broadcasting) ----------------------------------------------------------
 class _Binary(OnnxOp):
     min_inputs = max_inputs = 2
+    opc = None   # the C operator of the kernel (templates/c/onnx.c.j2, KIND binary)
 
     def _types(self, attrs, in_types):
         return [(_broadcast(in_types), in_types[0].dtype)]
 
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        if self.opc is None:
+            return Unsupported(f"{self.name} has no C kernel")
+        if int(np.prod(out_shape)) == 0:
+            return Unsupported(f"{self.name}: an empty output {list(out_shape)}")
+        g = low.strided_geometry(out_shape, [(0, low.broadcast_strides(s, out_shape)) for s in in_shapes])
+        sizes = [int(np.prod(s)) for s in in_shapes]
+        g.update(KIND="binary", OPC=self.opc, INSIZE=sizes, BCAST=[n < g["SIZE"] for n in sizes])
+        return g
+
 
 @register
-class OnnxAdd(_Binary):
+class OnnxAdd(_CKernel, _Binary):
     name = "OnnxAdd"
+    opc = "+"
 
     def _forward(self, attrs, xs, training):
         return T.add_forward(*xs), (xs[0].shape, xs[1].shape)
@@ -104,8 +181,9 @@ class OnnxAdd(_Binary):
 
 
 @register
-class OnnxSub(_Binary):
+class OnnxSub(_CKernel, _Binary):
     name = "OnnxSub"
+    opc = "-"
 
     def _forward(self, attrs, xs, training):
         return T.sub_forward(*xs), (xs[0].shape, xs[1].shape)
@@ -115,8 +193,9 @@ class OnnxSub(_Binary):
 
 
 @register
-class OnnxMul(_Binary):
+class OnnxMul(_CKernel, _Binary):
     name = "OnnxMul"
+    opc = "*"
 
     def _forward(self, attrs, xs, training):
         return T.mul_forward(*xs), xs
@@ -126,8 +205,9 @@ class OnnxMul(_Binary):
 
 
 @register
-class OnnxDiv(_Binary):
+class OnnxDiv(_CKernel, _Binary):
     name = "OnnxDiv"
+    opc = "/"
 
     def _forward(self, attrs, xs, training):
         return T.div_forward(*xs), xs
@@ -467,7 +547,7 @@ class OnnxReduceMax(_Reduce):
 
 
 @register
-class OnnxLayerNormalization(OnnxOp):
+class OnnxLayerNormalization(_CKernel, OnnxOp):
     """attrs: axis (normalised), epsilon; inputs X, Scale and optionally B. Outputs Y, Mean and
     InvStdDev (the statistics keep the normalised axes as size 1); gradients through Y."""
 
@@ -493,6 +573,47 @@ class OnnxLayerNormalization(OnnxOp):
         x_hat, inv_std, scale, bias_shape = saved
         dx, dscale, dbias = T.layer_norm_backward(dy, x_hat, inv_std, scale, attrs["axis"], bias_shape)
         return [dx, dscale] + ([] if bias_shape is None else [dbias])
+
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        x = tuple(in_shapes[0])
+        axis = attrs["axis"] % len(x) if x else 0
+        outer, inner = int(np.prod(x[:axis])), int(np.prod(x[axis:]))
+        if outer * inner == 0:
+            return Unsupported(f"{self.name}: an empty input {list(x)}")
+        index = []   # (DIV, MOD): element i of the normalised block reads scale / bias at (i / DIV) % MOD
+        for role, shape in zip(("scale", "bias"), in_shapes[1:]):
+            block = _block_index(tuple(shape), x[axis:])
+            if block is None:
+                return Unsupported(f"{self.name}: a {role} of shape {list(shape)} broadcast over {list(x[axis:])} "
+                                   f"along split axes (the kernel takes one run of axes)")
+            index.append((1, 0) if block == (1, inner) else block)
+        return dict(KIND="layernorm", OUTER=outer, INNER=inner, EPS=float(attrs.get("epsilon", 1e-5)),
+                    SDIV=index[0][0], SMOD=index[0][1], BDIV=index[-1][0], BMOD=index[-1][1],
+                    HAS_BIAS=len(in_shapes) > 2,
+                    INSIZE=[int(np.prod(s)) for s in in_shapes],
+                    PAR=outer * inner >= low.PARALLEL_MIN_ELEMENTS and outer > 1)
+
+    #: the kernels write Mean and InvStdDev too (`ys` in their template context)
+    kernel_writes_all_outputs = True
+
+
+def _block_index(shape, full):
+    """(div, mod) such that element i of a contiguous `full` block reads a tensor of `shape`
+    broadcast to it at (i / div) % mod; None when its non-broadcast axes are not one run."""
+    shape = tuple(shape)
+    while len(shape) > len(full) and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) > len(full):
+        return None
+    shape = (1,) * (len(full) - len(shape)) + shape
+    kept = [k for k, (d, f) in enumerate(zip(shape, full)) if d != 1 or f == 1]
+    kept = [k for k in kept if full[k] != 1]
+    if not kept:
+        return 1, 1
+    a, b = kept[0], kept[-1] + 1
+    if any(shape[k] != full[k] for k in range(a, b)):
+        return None
+    return int(np.prod(full[b:])), int(np.prod(full[a:b]))
 
 
 # -- matrix products -----------------------------------------------------------------------------
@@ -560,8 +681,18 @@ class OnnxGemm(OnnxOp):
 
 
 # -- layout ----------------------------------------------------------------------------------------
+def _gather_geometry(op, in_shape, out_shape, offset, strides):
+    """Geometry of y[q] = x[offset + sum i_k strides_k] (templates/c/onnx.c.j2, KIND gather)."""
+    if int(np.prod(out_shape)) == 0:
+        return Unsupported(f"{op}: an empty output {list(out_shape)}")
+    g = low.strided_geometry(out_shape, [(offset, strides)])
+    size = int(np.prod(in_shape))
+    g.update(KIND="gather", INSIZE=[size], ZERO=g["SIZE"] < size)
+    return g
+
+
 @register
-class OnnxReshape(OnnxOp):
+class OnnxReshape(_CKernel, OnnxOp):
     """attrs: shape (the full target shape, resolved). Reshape, Flatten, Squeeze, Unsqueeze."""
 
     name = "OnnxReshape"
@@ -578,9 +709,16 @@ class OnnxReshape(OnnxOp):
     def _backward(self, attrs, x_shape, dy, needs):
         return [T.reshape_backward(dy, x_shape)]
 
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        read = self._c_read(attrs, tuple(in_shapes[0]), out_shape)
+        return _gather_geometry(self.name, in_shapes[0], out_shape, *read)
+
+    def _c_read(self, attrs, shape, out_shape):
+        return 0, low.contiguous_strides(out_shape)
+
 
 @register
-class OnnxTranspose(OnnxOp):
+class OnnxTranspose(_CKernel, OnnxOp):
     """attrs: perm."""
 
     name = "OnnxTranspose"
@@ -596,6 +734,14 @@ class OnnxTranspose(OnnxOp):
 
     def _backward(self, attrs, saved, dy, needs):
         return [T.transpose_backward(dy, attrs["perm"])]
+
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        read = self._c_read(attrs, tuple(in_shapes[0]), out_shape)
+        return _gather_geometry(self.name, in_shapes[0], out_shape, *read)
+
+    def _c_read(self, attrs, shape, out_shape):
+        strides = low.contiguous_strides(shape)
+        return 0, [strides[p] for p in attrs["perm"]]
 
 
 @register
@@ -644,7 +790,7 @@ class OnnxGather(OnnxOp):
 
 
 @register
-class OnnxSlice(OnnxOp):
+class OnnxSlice(_CKernel, OnnxOp):
     """attrs: starts, ends, axes, steps (ONNX Slice, constants)."""
 
     name = "OnnxSlice"
@@ -663,6 +809,18 @@ class OnnxSlice(OnnxOp):
 
     def _backward(self, attrs, saved, dy, needs):
         return [T.slice_backward(dy, *saved)]
+
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        read = self._c_read(attrs, tuple(in_shapes[0]), out_shape)
+        return _gather_geometry(self.name, in_shapes[0], out_shape, *read)
+
+    def _c_read(self, attrs, shape, out_shape):
+        strides, offset, steps = low.contiguous_strides(shape), 0, []
+        for d, (n, sl) in enumerate(zip(shape, self._index(attrs, shape))):
+            start, _, step = sl.indices(n)
+            offset += start * strides[d]
+            steps.append(step * strides[d])
+        return offset, steps
 
 
 @register
@@ -1004,6 +1162,50 @@ class OnnxNode(OnnxOp):
         ys, saved = op_registry.get(attrs["op"]).forward(inner, args, {}, training)
         y = ys[0]
         return [y.reshape(carried_shape(y.shape))], (saved, inner, [x.shape for x in xs], y.shape)
+
+    def lower_c(self, graph, node, training):
+        """The inner op's kernel (its `c_geometry` on the inner shapes, batch included) on the
+        node's inputs and parameters viewed in their ONNX shapes (same memory order)."""
+        attrs = graph.attrs(node)
+        inner_op = op_registry.get(attrs["op"], node=node)
+        if getattr(inner_op, "c_geometry", None) is None:
+            return Unsupported(f"OnnxNode {attrs['op']}: the inner op has no C kernel")
+        xslots = [slot[1] for slot in attrs["slots"] if slot[0] == "x"]
+        if training and len(set(xslots)) < len(xslots):
+            return Unsupported(f"OnnxNode {attrs['op']}: an input read twice (its two gradients would share a buffer)")
+        in_types = graph.input_types(node)
+        batch = int(in_types[0].shape[0])
+        bound = graph.node(node).params
+        inner_types = []
+        for slot in attrs["slots"]:
+            if slot[0] == "x":
+                inner_types.append(TensorType((batch,) + tuple(attrs["shapes"][slot[1]]), in_types[slot[1]].dtype))
+            else:
+                inner_types.append(TensorType(tuple(graph.params[bound[slot[1]]].shape), slot[2]))
+        inner = self._inner(attrs, batch)
+        out = inner_op.infer_types(inner, inner_types, {}, node)
+        if any(t.dtype != "float32" for t in inner_types + out[:1]):
+            return Unsupported(f"OnnxNode {attrs['op']}: tensors are not all float32")
+        g = inner_op.c_geometry(inner, [tuple(t.shape) for t in inner_types], tuple(out[0].shape))
+        if isinstance(g, Unsupported):
+            return Unsupported(f"OnnxNode {attrs['op']}: {g.reason}")
+        return dict(g, SLOTS=[tuple(slot[:2]) for slot in attrs["slots"]])
+
+    def lower_cuda(self, graph, node, training):
+        """The inner op's CUDA kernels (cuda/onnx.cu.j2) on the geometry of `lower_c`."""
+        g = self.lower_c(graph, node, training)
+        return g if isinstance(g, Unsupported) else dict(g, PAR=False)
+
+    def plan_cuda_forward(self, n, g, k):
+        return _cuda_forward_plan(g, k)
+
+    def plan_cuda_backward(self, n, g, k):
+        needs = [n.dx[s] is not None if kind == "x" else n.dp.get(s) is not None for kind, s in g["SLOTS"]]
+        return _cuda_backward_plan(g, needs, k)
+
+    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
+        """`inner`: the pointer of each inner operand (a node input or a bound parameter)."""
+        ctx["inner"] = [ctx.x[k].ptr if kind == "x" else ctx.p[k] for kind, k in g["SLOTS"]]
 
     def backward(self, attrs, saved, dys, needs, params):
         inner_saved, inner, x_shapes, y_shape = saved
