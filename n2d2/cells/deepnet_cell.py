@@ -619,6 +619,8 @@ class DeepNetCell(Iterable):
         per-batch average, weighs a partial last batch like a full one)."""
         if self._provider is None or self._target is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': run_test() needs a provider and a target")
+        if getattr(self, "_integer_network", None) is not None:   # after n2d2.quantizer.PTQ
+            return self._run_integer_test(nb_test)
         from n2d2 import distributed
 
         self._world = distributed.current() if nb_test < 0 else distributed.LocalWorld()
@@ -632,6 +634,16 @@ class DeepNetCell(Iterable):
                   f"({seen / max(seconds, 1e-9):.0f} img/s)")
             self._target.log_confusion_matrix("Test")
             self._target.log_success("Test")
+        return success
+
+    def _run_integer_test(self, nb_test):
+        """run_test() after PTQ: the integer simulation's success rate on the Test partition."""
+        from n2d2.quantization import read_stimuli
+
+        inputs, labels = read_stimuli(self._provider, "Test", nb_test)
+        success = self._integer_network.accuracy(inputs, labels)
+        print(f"Test (integer simulation, {self._integer_network.nb_bits} bits, "
+              f"{self._integer_network.act_scaling_mode}): {len(inputs)} stimuli, success {100 * success:.2f}%")
         return success
 
     def _snapshot(self):

@@ -801,3 +801,38 @@ class Conv(OpDef):
                 specs += k.gemm("bwd_data_gemm", g["CG"], g["N"] * g["H"] * g["W"], g["OG"] * g["KHW"], g["G"],
                                 a_kfast=True, b_kfast=False)
         return specs
+
+
+# -- integer form (post-training quantization, n2d2.quantization) --------------------------------------
+class _ConvInteger:
+    """Integer Conv: int8 weights x int8/uint8 inputs -> int32 accumulator (+ int32 bias),
+    requantized per output channel (n2d2.quantization.integer.quantize_weighted)."""
+
+    kernel = "Conv"
+
+    @staticmethod
+    def _channel_scale(step, weights, attrs):
+        o, cg = weights.shape[:2]
+        groups = int(attrs.get("groups", 1) or 1)
+        if attrs.get("mapping") is not None:
+            raise ValueError("a Conv with a connection table reaches the integer path unbaked")
+        og = o // groups
+        index = (np.arange(o)[:, None] // og) * cg + np.arange(cg)[None, :]
+        return step[index][:, :, None, None]
+
+    def quantize(self, q, node):
+        from n2d2.quantization.integer import quantize_weighted
+
+        if _pair(q.graph.attrs(node).get("sub_sample", (1, 1)), "sub_sample") != (1, 1):
+            from n2d2.quantization.integer import QuantizationError
+
+            raise QuantizationError(f"node '{node}' (Conv): sub_sample has no integer form")
+        return quantize_weighted(q, node, Conv(), self._channel_scale)
+
+    def forward(self, qnode, xs, nb_bits):
+        from n2d2.quantization.integer import weighted_forward
+
+        return weighted_forward(Conv(), qnode, xs, nb_bits)
+
+
+Conv.quantized = _ConvInteger()

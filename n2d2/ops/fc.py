@@ -98,3 +98,31 @@ class Fc(OpDef):
         if n.need_dx:
             specs += k.gemm("bwd_data_gemm", g["N"], g["K"], g["O"], a_kfast=True, b_kfast=False)
         return specs
+
+
+# -- integer form (post-training quantization, n2d2.quantization) --------------------------------------
+class _FcInteger:
+    """Integer Fc over the flattened (C, H, W) input: int8 weights, int32 accumulator and bias,
+    per-output requantization (n2d2.quantization.integer.quantize_weighted)."""
+
+    kernel = "Fc"
+
+    @staticmethod
+    def _channel_scale(step, weights, attrs):
+        k = weights.shape[1]
+        if k % step.size:
+            raise ValueError(f"Fc input of {k} values is not a whole number of its {step.size} channels")
+        return np.repeat(step, k // step.size)[None, :]
+
+    def quantize(self, q, node):
+        from n2d2.quantization.integer import quantize_weighted
+
+        return quantize_weighted(q, node, Fc(), self._channel_scale)
+
+    def forward(self, qnode, xs, nb_bits):
+        from n2d2.quantization.integer import weighted_forward
+
+        return weighted_forward(Fc(), qnode, xs, nb_bits)
+
+
+Fc.quantized = _FcInteger()

@@ -403,3 +403,29 @@ class Pool(OpDef):
             specs = [] if g["TILED"] else [k.elementwise("bwd_zero", g["N"] * g["C"] * g["H"] * g["W"])]
             return specs + [k.elementwise("bwd_windows", g["N"] * g["C"] * g["HO"] * g["WO"])]
         return [k.elementwise("bwd_gather", g["N"] * g["C"] * g["H"] * g["W"])]
+
+
+# -- integer form (post-training quantization, n2d2.quantization) --------------------------------------
+class _PoolInteger:
+    """Integer max pooling: the max of integers of one grid is the integer of the max, so the
+    output keeps its input's grid (Q, per-channel T). Average pooling has no integer form yet."""
+
+    kernel = "Pool"
+
+    def quantize(self, q, node):
+        from n2d2.quantization.integer import QuantizationError
+
+        attrs = q.graph.attrs(node)
+        if attrs["pooling"] != "Max" or attrs.get("mapping") is not None or attrs.get("activation") is not None \
+                or len(q.graph.inputs_of(node)) != 1:
+            raise QuantizationError(f"node '{node}' (Pool): only a single-input Max pool without mapping or fused "
+                                    f"activation has an integer form (pooling={attrs['pooling']})")
+        tin = q.input_q(node, 0)
+        return {"signed": tin.signed, "Q": tin.Q, "T": tin.T, "attrs": dict(attrs)}
+
+    def forward(self, qnode, xs, nb_bits):
+        y, _ = Pool()._forward(qnode["attrs"], [np.asarray(xs[0], dtype=np.float64)], {}, False)
+        return np.asarray(y).astype(np.int64)
+
+
+Pool.quantized = _PoolInteger()
