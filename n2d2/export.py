@@ -20,7 +20,9 @@ constant, the Test stimuli of the provider and a test program. Layout (`export_C
 The folder is written under a temporary name next to its destination and renamed when
 complete, so a failed export never leaves a half-written project; an existing folder is kept
 unless `overwrite=True` (then it is replaced as a whole, only once the new one is complete).
-Integer export (post-training quantization with calibration) is a later feature.
+Integer export: `export_c(..., nb_bits=8, calibration=N)` and `export_cpp(...)` quantize the
+network (n2d2.quantization: calibration, requantization by `act_scaling_mode`) and write the
+integer C project of n2d2/quantization/export.py (folders `export_C_int8`, `export_CPP_int8`).
 """
 from __future__ import annotations
 
@@ -480,6 +482,9 @@ def export_c(deepnet_cell, provider=None, nb_bits: int = -32, export_folder_name
     """
     _check_deepnet_cell(deepnet_cell)
     _check_provider(provider)
+    if _is_int(nb_bits) and nb_bits > 0:     # integer export: post-training quantization first
+        return _export_integer("C", deepnet_cell, provider, int(nb_bits), export_folder_name, export_nb_stimuli_max,
+                               overwrite, kwargs, "SINGLE_SHIFT", ("FLOAT_MULT",))
     nb_bits = _check_nb_bits(nb_bits)
     _check_options(kwargs, "SINGLE_SHIFT", forbidden_scaling=("FLOAT_MULT",))
     if not _is_int(export_nb_stimuli_max):
@@ -548,7 +553,77 @@ def _not_yet(name):
     return export
 
 
-export_cpp = _not_yet("export_cpp")
+def export_cpp(deepnet_cell, provider=None, optimize_buffer_memory: bool = True, nb_bits: int = 8,
+               export_folder_name=None, export_nb_stimuli_max: int = -1, overwrite: bool = False, **kwargs) -> str:
+    """Upstream's `export_cpp`, integer only: post-training quantization (`calibration` stimuli;
+    0 reuses an earlier `n2d2.quantizer.PTQ` of the cell, else RuntimeError as upstream) and the
+    integer C project of `export_c(nb_bits > 0)` in `export_CPP_int<nb_bits>/` (our C layout, not
+    upstream's C++ one: docs/compatibility.md). `act_scaling_mode` defaults to FLOAT_MULT, as
+    upstream. `optimize_buffer_memory` is accepted (the arena is always planned). Float
+    (`nb_bits < 0`) CPP export is not implemented: use `export_c`."""
+    _check_deepnet_cell(deepnet_cell)
+    _check_provider(provider)
+    if not isinstance(optimize_buffer_memory, bool):
+        raise WrongInputType("optimize_buffer_memory", type(optimize_buffer_memory), ["bool"])
+    if not _is_int(nb_bits):
+        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
+    if nb_bits <= 0:
+        raise NotImplementedError(f"export_cpp: nb_bits={nb_bits}: the float CPP export is not implemented; "
+                                  "export_c(nb_bits=-32) writes the float32 C project")
+    return _export_integer("CPP", deepnet_cell, provider, int(nb_bits), export_folder_name, export_nb_stimuli_max,
+                           overwrite, kwargs, "FLOAT_MULT", ())
+
+
+def _export_integer(generator, deepnet_cell, provider, nb_bits, export_folder_name, export_nb_stimuli_max,
+                    overwrite, kwargs, scaling_default, forbidden) -> str:
+    """PTQ (or the cell's earlier one with calibration=0), then the integer C project."""
+    from n2d2.quantization import export as int_export
+    from n2d2.quantization import quantize_network
+
+    options = _check_options(kwargs, scaling_default, forbidden_scaling=forbidden)
+    if nb_bits > 16:
+        raise WrongValue("nb_bits", nb_bits, ["1..16 (integer export)", "-32 (float32, export_c)"])
+    if options["qat_SAT"]:
+        raise NotImplementedError(f"export_{generator.lower()}: qat_sat=True (export of a SAT-fused network) is not "
+                                  "implemented; PTQ export only")
+    if not _is_int(export_nb_stimuli_max):
+        raise WrongInputType("export_nb_stimuli_max", type(export_nb_stimuli_max), ["int"])
+    if export_nb_stimuli_max < -1:
+        raise WrongValue("export_nb_stimuli_max", export_nb_stimuli_max, ["-1 (all)", "0 (none)", "a positive int"])
+    if not isinstance(overwrite, bool):
+        raise WrongInputType("overwrite", type(overwrite), ["bool"])
+    folder = _folder_path(export_folder_name, generator, nb_bits)
+    if os.path.lexists(folder) and not overwrite:
+        raise FileExistsError(f"export: '{folder}' already exists (pass overwrite=True to replace it)")
+    provider = provider if provider is not None else deepnet_cell.get_provider()
+    _check_provider(provider)
+    if options["calibration"] == 0:
+        network = getattr(deepnet_cell, "_integer_network", None)
+        if network is None or network.nb_bits != nb_bits:
+            raise RuntimeError(f"You need to calibrate the network to export it in {nb_bits} bits integer: pass "
+                               "calibration=k (k > 0 stimuli, -1 all) or run n2d2.quantizer.PTQ on it first")
+    else:
+        if provider is None:
+            raise ExportError(f"export_{generator.lower()}: DeepNetCell '{deepnet_cell.get_name()}' has no provider: "
+                              "pass provider= (calibration needs stimuli)")
+        network = quantize_network(deepnet_cell, provider, nb_bits=nb_bits, calibration=options["calibration"],
+                                   no_unsigned=options["export_no_unsigned"],
+                                   cross_layer_equalization=not options["export_no_cross_layer_equalization"],
+                                   wt_clipping_mode=options["wt_clipping_mode"],
+                                   act_clipping_mode=options["act_clipping_mode"],
+                                   act_scaling_mode=options["act_scaling_mode"],
+                                   act_rescale_per_output=options["act_rescale_per_output"])
+    files = int_export.generate_files(network, deepnet_cell.get_name(), _version(), f"export_{generator.lower()}")
+    files.pop("_arena_bytes")
+    if provider is None and export_nb_stimuli_max != 0:
+        raise ExportError(f"export_{generator.lower()}: DeepNetCell '{deepnet_cell.get_name()}' has no provider: pass "
+                          "provider= (the Test stimuli are exported) or export_nb_stimuli_max=0")
+    inputs, labels, ids = _collect_stimuli(provider, tuple(network.input["shape"]), export_nb_stimuli_max)
+    files.update(int_export.stimuli_files(network, inputs, labels, ids))
+    _write_project(folder, files, overwrite)
+    return folder
+
+
 export_cpp_stm32 = _not_yet("export_cpp_stm32")
 export_tensor_rt = _not_yet("export_tensor_rt")
 

@@ -1,0 +1,214 @@
+"""Integer C export (n2d2.export.export_c / export_cpp with nb_bits > 0): the program builds with
+warnings as errors, its int32 outputs equal the Python integer simulation bit for bit in every
+act_scaling_mode (8 and 4 bits, a residual Sum network too), its success rate is the
+simulation's, it runs clean under AddressSanitizer + UBSan; layout, parameters, refusals."""
+import os
+import re
+import shutil
+import subprocess
+import warnings
+
+import numpy as np
+import pytest
+
+import n2d2
+from n2d2.activation import Linear, Rectifier
+from n2d2.cells import Conv, ElemWise, Fc, Sequence, Softmax
+from n2d2.codegen.compiler import find_compiler
+from n2d2.export import export_c, export_cpp
+from n2d2.quantization import SCALING_MODES, quantize_network, read_stimuli
+from n2d2.quantization.export import plan_arena
+from tests.test_export import _asan_available
+
+NB = 150        # exported stimuli
+needs_make = pytest.mark.skipif(shutil.which("make") is None or find_compiler() is None,
+                                reason="needs make and a C compiler")
+
+
+def _make(folder, *args):
+    r = subprocess.run(["make", *args], cwd=folder, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"make {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
+
+
+def _run(folder, binary, *args):
+    r = subprocess.run([os.path.join(folder, binary), *args], cwd=folder, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, f"{binary} ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def _provider():
+    database = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path())
+    provider = n2d2.provider.DataProvider(database, [32, 32, 1], batch_size=50)
+    provider.add_transformation(n2d2.transform.Rescale(width=32, height=32))
+    return provider
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    from n2d2.models import LeNetINI
+
+    n2d2.global_variables.seed = 2
+    provider = _provider()
+    dn = Sequence([LeNetINI(), Softmax(with_loss=True)]).to_deepnet_cell(provider)
+    target = dn.get_target()
+    provider.set_partition("Learn")
+    dn.learn()
+    for _ in range(150):
+        loss = target(dn(provider.read_random_batch()))
+        loss.back_propagate()
+        loss.update()
+    dn.test()
+    x, y = read_stimuli(provider, "Test", NB)
+    return {"dn": dn, "provider": provider, "x": x, "y": y}
+
+
+def _export(dn, folder, mode, nb_bits=8, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode == "FLOAT_MULT":   # upstream's export_c refuses FLOAT_MULT; export_cpp's default
+            return export_cpp(dn, nb_bits=nb_bits, calibration=100, export_folder_name=folder,
+                              export_nb_stimuli_max=NB, **kw)
+        return export_c(dn, nb_bits=nb_bits, calibration=100, act_scaling_mode=mode, export_folder_name=folder,
+                        export_nb_stimuli_max=NB, **kw)
+
+
+def _check_bit_exact(dn, folder, mode, nb_bits, x, y, **kw):
+    folder = _export(dn, folder, mode, nb_bits, **kw)
+    _make(folder)
+    stdout = _run(folder, "bin/network_test", "-q", "-d", str(len(x)), "outputs.bin")
+    assert f"Tested {len(x)} stimuli" in stdout and "Process time per stimulus" in stdout
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = quantize_network(dn, nb_bits=nb_bits, calibration=100, act_scaling_mode=mode, **kw)
+    out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<i4").reshape(len(x), -1)
+    xq = net.quantize_input(x)
+    ref = net.run(xq).reshape(len(x), -1)
+    assert np.array_equal(out, ref), (mode, int(np.sum(out != ref)))
+    # the exported stimuli are the simulation's quantized inputs
+    dtype = "<i1" if net.input["signed"] else "<u1"
+    stim = np.fromfile(os.path.join(folder, "stimuli", "inputs.bin"), dtype=dtype).reshape(xq.shape)
+    assert np.array_equal(stim, xq)
+    rate = float(re.search(r"Success rate = ([0-9.]+)%", stdout).group(1))
+    assert rate == pytest.approx(100 * net.accuracy(x, y), abs=0.006)
+    return folder, net
+
+
+@needs_make
+@pytest.mark.parametrize("mode", SCALING_MODES)
+def test_lenet_int8_program_equals_the_simulation(lenet, tmp_path, mode):
+    _check_bit_exact(lenet["dn"], str(tmp_path / "e"), mode, 8, lenet["x"], lenet["y"])
+
+
+@needs_make
+@pytest.mark.parametrize("mode", ["FIXED_MULT32", "DOUBLE_SHIFT"])
+def test_lenet_int4_per_output_program_equals_the_simulation(lenet, tmp_path, mode):
+    _, net = _check_bit_exact(lenet["dn"], str(tmp_path / "e"), mode, 4, lenet["x"], lenet["y"],
+                              act_rescale_per_output=True)
+    assert max(int(np.abs(n["weights"]).max()) for n in net.nodes if "weights" in n) <= 7
+
+
+@needs_make
+def test_residual_sum_program_equals_the_simulation(lenet, tmp_path):
+    provider = lenet["provider"]
+    n2d2.global_variables.seed = 4
+    conv1 = Conv(1, 6, kernel_dims=[5, 5], stride_dims=[2, 2], activation=Rectifier())
+    conv2 = Conv(6, 6, kernel_dims=[3, 3], padding_dims=[1, 1], activation=Linear())
+    conv3 = Conv(6, 6, kernel_dims=[1, 1], activation=Linear())
+    add = ElemWise(operation="Sum", activation=Rectifier())
+    fc = Fc(6 * 14 * 14, 10, activation=Linear())
+
+    class Residual(Sequence):
+        def __call__(self, x):
+            a = conv1(x)
+            return fc(add(n2d2.Interface([conv2(a), conv3(a)])))
+
+    dn = Residual([conv1, conv2, conv3, add, fc]).to_deepnet_cell(provider)
+    for mode in ("FLOAT_MULT", "SINGLE_SHIFT"):
+        _check_bit_exact(dn, str(tmp_path / mode), mode, 8, lenet["x"], lenet["y"])
+
+
+@needs_make
+@pytest.mark.skipif(not _asan_available(), reason="the C compiler has no working AddressSanitizer")
+def test_int8_program_runs_clean_under_address_sanitizer(lenet, tmp_path):
+    folder = _export(lenet["dn"], str(tmp_path / "asan"), "DOUBLE_SHIFT")
+    _make(folder)
+    _make(folder, "asan")
+    _run(folder, "bin/network_test", "-q", "-n", "30", "-d", "30", "plain.bin")
+    stdout = _run(folder, "bin/network_test_asan", "-q", "-n", "30", "-d", "30", "asan.bin")
+    assert "Tested 30 stimuli" in stdout
+    assert np.array_equal(np.fromfile(os.path.join(folder, "plain.bin"), "<i4"),
+                          np.fromfile(os.path.join(folder, "asan.bin"), "<i4"))
+
+
+def test_layout_parameters_and_default_folders(lenet, tmp_path):
+    dn = lenet["dn"]
+    folder = export_cpp(dn, nb_bits=8, calibration=50, export_nb_stimuli_max=0)
+    assert folder == str(tmp_path / "export_CPP_int8")
+    folder_c = export_c(dn, nb_bits=8, calibration=50, export_nb_stimuli_max=3)
+    assert folder_c == str(tmp_path / "export_C_int8")
+    for rel in ("Makefile", "README.md", "include/network.h", "include/weights.h", "src/network.c", "src/main.c",
+                "stimuli/inputs.bin", "stimuli/labels.bin", "stimuli/stimuli.list"):
+        assert os.path.isfile(os.path.join(folder_c, rel)), rel
+    assert os.path.getsize(os.path.join(folder_c, "stimuli", "inputs.bin")) == 3 * 32 * 32
+    source = open(os.path.join(folder_c, "src", "network.c")).read()
+    header = open(os.path.join(folder_c, "include", "network.h")).read()
+    weights = open(os.path.join(folder_c, "include", "weights.h")).read()
+    for text in (source, weights, open(os.path.join(folder_c, "src", "main.c")).read()):
+        assert not re.search(r"\b(malloc|calloc|realloc)\s*\(", text)
+    assert "static uint8_t network_arena[NETWORK_ARENA_BYTES]" in source
+    assert re.findall(r"/\* IR node '[^']*' \((\w+)\)", source) == ["Conv", "Pool", "Conv", "Pool", "Conv", "Fc",
+                                                                      "Fc", "Softmax"]
+    assert "typedef uint8_t network_input_t;" in header and "#define NETWORK_NB_BITS 8" in header
+    # the weights are the simulation's integers, int8, and the biases int32
+    net = quantize_network(dn, nb_bits=8, calibration=50, act_scaling_mode="SINGLE_SHIFT")
+    arrays = dict(re.findall(r"static const (?:int8_t|int32_t|int64_t|double) (\w+)\[\d+\][^=]*= \{(.*?)\};",
+                             weights, re.S))
+    assert len(re.findall(r"static const int8_t n\d+_\w+_w\[", weights)) == 5
+    for i, node in enumerate(net.nodes):
+        if "weights" not in node:
+            continue
+        w = [k for k in arrays if k.startswith(f"n{i}_") and k.endswith("_w")][0]
+        values = np.array([int(v) for v in arrays[w].replace("\n", "").split(",") if v.strip()])
+        assert np.array_equal(values, node["weights"].reshape(-1)), node["name"]
+    # planned arena: smaller than every activation laid end to end
+    total = sum(int(np.prod(n["shape"])) for n in net.nodes)
+    arena = int(re.search(r"#define NETWORK_ARENA_BYTES (\d+)", header).group(1))
+    assert arena < total
+    # weights 4x smaller than float32 (int8 weights; int32 biases)
+    assert net.weight_bytes() <= sum(4 * n["weights"].size for n in net.nodes if "weights" in n) / 3.9
+
+
+def test_plan_arena_never_overlaps_live_tensors():
+    rng = np.random.default_rng(0)
+    order = [f"t{i}" for i in range(12)]
+    sizes = {t: int(rng.integers(1, 500)) for t in order}
+    last = {t: min(11, i + int(rng.integers(1, 4))) for i, t in enumerate(order)}
+    offsets, top = plan_arena(order, sizes, last)
+    for i, a in enumerate(order):
+        for j, b in enumerate(order[:i]):
+            if last[b] >= i:   # b still live when a is written
+                assert offsets[a] + sizes[a] <= offsets[b] or offsets[b] + sizes[b] <= offsets[a]
+    assert top >= max(offsets[t] + sizes[t] for t in order) and all(o % 16 == 0 for o in offsets.values())
+
+
+def test_refusals(lenet, tmp_path):
+    dn = lenet["dn"]
+    with pytest.raises(RuntimeError, match="calibrate the network to export it in 8 bits"):
+        export_c(dn, nb_bits=8)
+    with pytest.raises(n2d2.error_handler.WrongValue, match="act_scaling_mode"):
+        export_c(dn, nb_bits=8, calibration=10, act_scaling_mode="FLOAT_MULT")
+    with pytest.raises(NotImplementedError, match="qat_sat"):
+        export_cpp(dn, nb_bits=8, calibration=10, qat_sat=True)
+    with pytest.raises(NotImplementedError, match="float CPP"):
+        export_cpp(dn, nb_bits=-32)
+    assert os.listdir(tmp_path) == []
+    # calibration=0 reuses an earlier PTQ of the cell (upstream: PTQ then export)
+    from n2d2.quantizer import PTQ
+
+    try:
+        PTQ(dn, 8, nb_sitmuli=50, act_scaling_mode="FIXED_MULT16")
+        folder = export_cpp(dn, nb_bits=8, export_nb_stimuli_max=0)
+        assert "(8 bits, FIXED_MULT16)" in open(os.path.join(folder, "include", "weights.h")).read()
+    finally:
+        dn._integer_network = None
