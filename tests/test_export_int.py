@@ -212,3 +212,29 @@ def test_refusals(lenet, tmp_path):
         assert "(8 bits, FIXED_MULT16)" in open(os.path.join(folder, "include", "weights.h")).read()
     finally:
         dn._integer_network = None
+
+
+@needs_make
+def test_cli_export_nb_bits(tmp_path):
+    """`n2d2 export RUN_DIR --nb-bits 8 --calibration N`: a small lenet run (with BatchNorm, folded
+    before quantization) exported as int8; the program scores what the float run scored, +-2 pt."""
+    from tests.test_cli import ACCURACY_LINE, _run as run_cli
+
+    out_dir = tmp_path / "run"
+    rc, out, err = run_cli(["train", "--model", "lenet", "--epochs", "1", "--batch-size", "32", "--limit-train",
+                            "6000", "--limit-test", "200", "--learning-rate", "0.05", "--output", str(out_dir), "--no-progress"], tmp_path,
+                           timeout=600)
+    assert rc == 0, err
+    accuracy = float(ACCURACY_LINE.search(out).group(1))
+    rc, out, err = run_cli(["export", str(out_dir), "--nb-bits", "8"], tmp_path)
+    assert rc == 1 and "--calibration" in err and "Traceback" not in err
+    rc, out, err = run_cli(["export", str(out_dir), "--nb-bits", "8", "--calibration", "200", "--nb-stimuli", "200",
+                            "--act-scaling-mode", "DOUBLE_SHIFT"], tmp_path)
+    assert rc == 0, err
+    project = out_dir / "export_C_int8"
+    assert "8-bit integer C project" in out and str(project) in out
+    build = subprocess.run(["make", "-s", "-C", str(project), "run"], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    m = re.search(r"Success rate = (\d+\.\d+)% \((\d+) scored\)", build.stdout)
+    assert m and int(m.group(2)) == 200
+    assert accuracy > 60 and abs(float(m.group(1)) - accuracy) <= 2.0, (build.stdout, accuracy)
