@@ -218,11 +218,13 @@ def test_refusals(lenet, tmp_path):
 def test_cli_export_nb_bits(tmp_path):
     """`n2d2 export RUN_DIR --nb-bits 8 --calibration N`: a small lenet run (with BatchNorm, folded
     before quantization) exported as int8; the program scores what the float run scored, +-2 pt."""
-    from tests.test_cli import ACCURACY_LINE, _run as run_cli
+    from tests.test_cli import ACCURACY_LINE
+    from tests.test_cli import _run as run_cli
 
     out_dir = tmp_path / "run"
     rc, out, err = run_cli(["train", "--model", "lenet", "--epochs", "1", "--batch-size", "32", "--limit-train",
-                            "6000", "--limit-test", "200", "--learning-rate", "0.05", "--output", str(out_dir), "--no-progress"], tmp_path,
+                            "6000", "--limit-test", "200", "--learning-rate", "0.05", "--output", str(out_dir),
+                            "--no-progress"], tmp_path,
                            timeout=600)
     assert rc == 0, err
     accuracy = float(ACCURACY_LINE.search(out).group(1))

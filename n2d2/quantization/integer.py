@@ -207,6 +207,9 @@ def quantize_weighted(q, node, opdef, channel_scale) -> dict:
     r = M / M_effective is folded into the weights and bias of output o where r < 1, into its
     output threshold (T_out r) where r > 1."""
     attrs = q.graph.attrs(node)
+    if attrs.get("weight_quantizer") is not None:
+        raise QuantizationError(f"node '{node}' ({opdef.name}): fake-quantized weights (a QAT quantizer): "
+                                "post-training quantization takes a float network (QAT fusion is not implemented)")
     if len(q.graph.inputs_of(node)) != 1:
         raise QuantizationError(f"node '{node}' ({opdef.name}): several inputs are not supported by the integer path")
     tin = q.input_q(node, 0)
