@@ -43,22 +43,28 @@ def _weight_ctype(nb_bits: int) -> str:
     return "int8_t" if nb_bits <= 8 else "int16_t"
 
 
-def plan_arena(order, sizes, last_use):
-    """First-fit offsets (bytes, 16-aligned) of tensors produced in `order`; a tensor is live from
-    its producer to its last consumer (inclusive), so no kernel's output overlaps its inputs."""
-    live, offsets, top = [], {}, 0
-    for step, name in enumerate(order):
-        live = [t for t in live if last_use[t[0]] >= step]
-        size = -(-sizes[name] // _ALIGN) * _ALIGN
+def plan_intervals(items):
+    """First-fit offsets (bytes, 16-aligned) of buffers [(name, first step, last step, bytes)]: two
+    buffers whose step intervals meet never overlap in memory. Returns ({name: offset}, bytes)."""
+    placed, offsets, top = [], {}, 0
+    for name, first, last, nbytes in items:
+        size = -(-int(nbytes) // _ALIGN) * _ALIGN
+        busy = sorted((off, sz) for f, la, off, sz in placed if f <= last and first <= la)
         offset = 0
-        for other, off, sz in sorted(live, key=lambda t: t[1]):
+        for off, sz in busy:
             if offset + size <= off:
                 break
             offset = max(offset, off + sz)
         offsets[name] = offset
-        live.append((name, offset, size))
+        placed.append((first, last, offset, size))
         top = max(top, offset + size)
     return offsets, max(top, _ALIGN)
+
+
+def plan_arena(order, sizes, last_use):
+    """`plan_intervals` of tensors produced in `order`, live up to their last consumer (inclusive:
+    no kernel's output overlaps its inputs)."""
+    return plan_intervals([(name, step, last_use[name], sizes[name]) for step, name in enumerate(order)])
 
 
 class _Arrays:
@@ -121,6 +127,8 @@ def _node_context(net, qn, shapes, types, arrays, index):
         n["arr_b"] = arrays.add(f"{prefix}_b", "int32_t", qn["biases"], f"{qn['name']}: biases (accumulator scale)")
         _scaling_context(n, arrays, prefix, qn["scaling"], qn["name"])
         if kernel == "Conv":
+            n["col_t"] = _col_ctype(qn, nb)
+            n["acc_offset"] = _conv_acc_offset(qn, shapes, nb)
             a = qn["attrs"]
             o, cg, kh, kw = w.shape
             g = int(a.get("groups", 1) or 1)
@@ -153,6 +161,33 @@ def _node_context(net, qn, shapes, types, arrays, index):
     return n
 
 
+def _col_ctype(qn, nb_bits) -> str:
+    """im2col element type: int16 when every weight x input product fits it (|w| <= 127, input in
+    [-128, 255]: up to 8 bits), else the accumulator's type."""
+    if nb_bits <= 8:
+        return "int16_t"
+    return "int32_t" if qn.get("acc_bits", 64) == 32 else "int64_t"
+
+
+def _conv_acc_offset(qn, shapes, nb_bits) -> int:
+    _, cg, kh, kw = qn["weights"].shape
+    p = int(np.prod(shapes[qn["name"]][1:]))
+    size = {"int16_t": 2, "int32_t": 4, "int64_t": 8}[_col_ctype(qn, nb_bits)]
+    return -(-(cg * kh * kw * p * size) // _ALIGN) * _ALIGN
+
+
+def _scratch_bytes(qn, shapes, nb_bits) -> int:
+    """Scratch of a kernel (im2col columns and accumulators of a Conv, one accumulator of an Fc)."""
+    acc = 4 if qn.get("acc_bits", 64) == 32 else 8
+    if qn["kernel"] == "Conv":
+        _, cg, kh, kw = qn["weights"].shape
+        p = int(np.prod(shapes[qn["name"]][1:]))
+        return _conv_acc_offset(qn, shapes, nb_bits) + p * acc
+    if qn["kernel"] == "Fc":
+        return acc
+    return 0
+
+
 def generate_files(net, network_name: str, version: str, entry: str) -> dict:
     """{relative path: text} of the project (stimuli excepted)."""
     from n2d2.codegen.render import environment, render
@@ -172,7 +207,13 @@ def generate_files(net, network_name: str, version: str, entry: str) -> dict:
                 last_use[s] = max(last_use[s], i)
     last_use[net.output] = len(order)
     sizes = {qn["name"]: int(np.prod(shapes[qn["name"]])) * (1 if nb <= 8 else 2) for qn in net.nodes}
-    offsets, arena = plan_arena(order, sizes, last_use)
+    scratch = {qn["name"]: _scratch_bytes(qn, shapes, nb) for qn in net.nodes}
+    items = []
+    for step, name in enumerate(order):
+        items.append((name, step, last_use[name], sizes[name]))
+        if scratch[name]:
+            items.append((f"{name}#scratch", step, step, scratch[name]))
+    offsets, arena = plan_intervals(items)
 
     env = environment()
     arrays = _Arrays()
@@ -185,7 +226,8 @@ def generate_files(net, network_name: str, version: str, entry: str) -> dict:
         sig = ", ".join(f"{types[s]}[{'x'.join(map(str, shapes[s]))}]" for s in qn["inputs"]) + \
             f" -> {types[qn['name']]}[{'x'.join(map(str, shapes[qn['name']]))}]"
         kernels.append({"node": qn["name"], "op": qn["op"], "n": n, "body": body, "args": args,
-                        "offset": offsets[qn["name"]], "signature": sig,
+                        "offset": offsets[qn["name"]], "signature": sig, "scratch_bytes": scratch[qn["name"]],
+                        "scratch_offset": offsets.get(f"{qn['name']}#scratch"),
                         "fname": c_identifier(f"k{i}_{qn['name']}", fnames, limit=60)})
     out_shape = shapes[net.output]
     nb_weights = sum(int(qn["weights"].size) for qn in net.nodes if "weights" in qn)
