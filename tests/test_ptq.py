@@ -306,3 +306,25 @@ def test_residual_sum_network(lenet):
         assert agree >= 0.95, (mode, agree)
         add_node = [n for n in qn.nodes if n["op"] == "ElemWise"][0]
         assert add_node["scaling"]["mode"] == ("FLOAT_MULT" if mode == "FLOAT_MULT" else "FIXED")
+
+
+def test_plain_data_is_json_ready(lenet):
+    import json
+
+    qn = quantize_network(lenet["dn"], lenet["provider"], nb_bits=8, calibration=50, act_scaling_mode="DOUBLE_SHIFT")
+    data = json.loads(json.dumps(qn.to_dict()))
+    assert data["nb_bits"] == 8 and [n["op"] for n in data["nodes"]][-1] == "Softmax"
+    assert np.array_equal(np.array(data["nodes"][0]["weights"]), qn.nodes[0]["weights"])
+    assert data["nodes"][0]["scaling"]["mode"] == "DOUBLE_SHIFT"
+
+
+def test_qat_network_is_refused(lenet):
+    from n2d2.quantizer import SATCell
+
+    provider = lenet["provider"]
+    model = Sequence([Conv(1, 4, kernel_dims=[5, 5], activation=Rectifier(), name="satconv",
+                           quantizer=SATCell(range=15)),
+                      Fc(4 * 28 * 28, 10, activation=Linear())])
+    dn = model.to_deepnet_cell(provider)
+    with pytest.raises(QuantizationError, match="satconv.*fake-quantized"):
+        quantize_network(dn, provider, calibration=10)

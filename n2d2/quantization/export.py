@@ -127,7 +127,9 @@ def _node_context(net, qn, shapes, types, arrays, index):
         n["arr_b"] = arrays.add(f"{prefix}_b", "int32_t", qn["biases"], f"{qn['name']}: biases (accumulator scale)")
         _scaling_context(n, arrays, prefix, qn["scaling"], qn["name"])
         if kernel == "Conv":
-            n["col_t"] = _col_ctype(qn, nb)
+            n["dots"] = _conv_dots(qn, nb)
+            n["col_t"] = _col_ctype(qn, nb, n["in_t"][0])
+            n["PP"] = _conv_positions(qn, shapes, nb)
             n["acc_offset"] = _conv_acc_offset(qn, shapes, nb)
             a = qn["attrs"]
             o, cg, kh, kw = w.shape
@@ -161,18 +163,33 @@ def _node_context(net, qn, shapes, types, arrays, index):
     return n
 
 
-def _col_ctype(qn, nb_bits) -> str:
-    """im2col element type: int16 when every weight x input product fits it (|w| <= 127, input in
-    [-128, 255]: up to 8 bits), else the accumulator's type."""
+def _conv_dots(qn, nb_bits) -> bool:
+    """A Conv computed as dot products over k (K = C/G * kH * kW >= 32, 8-bit, int32 sums): the
+    im2col columns keep the input's 8-bit type; else rows of int16 products."""
+    _, cg, kh, kw = qn["weights"].shape
+    return nb_bits <= 8 and qn.get("acc_bits", 64) == 32 and cg * kh * kw >= 32
+
+
+def _col_ctype(qn, nb_bits, in_ctype="uint8_t") -> str:
+    """im2col element type: the input's in dot-product mode; int16 in row mode when every weight x
+    input product fits it (|w| <= 127, input in [-128, 255]: up to 8 bits); else the accumulator's."""
+    if _conv_dots(qn, nb_bits):
+        return in_ctype
     if nb_bits <= 8:
         return "int16_t"
     return "int32_t" if qn.get("acc_bits", 64) == 32 else "int64_t"
 
 
+def _conv_positions(qn, shapes, nb_bits) -> int:
+    """Output positions per column row: padded to a multiple of 32 in row mode (register tiles)."""
+    p = int(np.prod(shapes[qn["name"]][1:]))
+    return p if _conv_dots(qn, nb_bits) else -(-p // 32) * 32
+
+
 def _conv_acc_offset(qn, shapes, nb_bits) -> int:
     _, cg, kh, kw = qn["weights"].shape
-    p = int(np.prod(shapes[qn["name"]][1:]))
-    size = {"int16_t": 2, "int32_t": 4, "int64_t": 8}[_col_ctype(qn, nb_bits)]
+    p = _conv_positions(qn, shapes, nb_bits)
+    size = {"int16_t": 2, "int32_t": 4, "int64_t": 8}.get(_col_ctype(qn, nb_bits), 1)
     return -(-(cg * kh * kw * p * size) // _ALIGN) * _ALIGN
 
 
@@ -181,8 +198,9 @@ def _scratch_bytes(qn, shapes, nb_bits) -> int:
     acc = 4 if qn.get("acc_bits", 64) == 32 else 8
     if qn["kernel"] == "Conv":
         _, cg, kh, kw = qn["weights"].shape
-        p = int(np.prod(shapes[qn["name"]][1:]))
-        return _conv_acc_offset(qn, shapes, nb_bits) + p * acc
+        p = _conv_positions(qn, shapes, nb_bits)
+        o, g = qn["weights"].shape[0], int(qn["attrs"].get("groups", 1) or 1)
+        return _conv_acc_offset(qn, shapes, nb_bits) + p * acc * (o // g if _conv_dots(qn, nb_bits) else 1)
     if qn["kernel"] == "Fc":
         return acc
     return 0

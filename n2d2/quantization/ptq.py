@@ -380,6 +380,22 @@ class IntegerNetwork:
     def accuracy(self, x, labels) -> float:
         return float(np.mean(self.predict(x) == np.asarray(labels))) if len(x) else 0.0
 
+    def to_dict(self) -> dict:
+        """The whole description as JSON-ready plain data (arrays as nested lists)."""
+        def plain(v):
+            if isinstance(v, np.ndarray):
+                return v.tolist()
+            if isinstance(v, (np.integer, np.floating, np.bool_)):
+                return v.item()
+            if isinstance(v, dict):
+                return {str(k): plain(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            return v
+
+        return plain({"name": self.name, "nb_bits": self.nb_bits, "act_scaling_mode": self.act_scaling_mode,
+                      "input": self.input, "output": self.output, "options": self.options, "nodes": self.nodes})
+
     def weight_bytes(self) -> int:
         """Bytes of the exported parameters (n-bit weights stored in int8 for n <= 8, int32 biases)."""
         size = 0
