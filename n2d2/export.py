@@ -638,7 +638,13 @@ def list_exportable_cell(export_name: str):
 
     names = sorted(n for n in op_registry.names() if n not in ("Input", "Grad", "Update", "AddN")
                    and not n.startswith("Onnx"))
-    rows = [(n, "Yes" if export_name == "C" and _has_forward(n) else "No") for n in names]
+    def available(n):
+        integer = op_registry.get(n).quantized is not None   # the integer export (C and CPP, nb_bits > 0)
+        if export_name == "C":
+            return "Yes" if _has_forward(n) else "No"
+        return "Yes (integer)" if export_name == "CPP" and integer else "No"
+
+    rows = [(n, available(n)) for n in names]
     width = max(len("Cell Name"), *(len(n) for n, _ in rows))
     lines = [f"{'Cell Name':{width}} | Available", "-" * (width + 12)]
     lines += [f"{n:{width}} | {a}" for n, a in rows]

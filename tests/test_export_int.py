@@ -86,7 +86,7 @@ def _check_bit_exact(dn, folder, mode, nb_bits, x, y, **kw):
     ref = net.run(xq).reshape(len(x), -1)
     assert np.array_equal(out, ref), (mode, int(np.sum(out != ref)))
     # the exported stimuli are the simulation's quantized inputs
-    dtype = "<i1" if net.input["signed"] else "<u1"
+    dtype = ("<i" if net.input["signed"] else "<u") + ("1" if nb_bits <= 8 else "2")
     stim = np.fromfile(os.path.join(folder, "stimuli", "inputs.bin"), dtype=dtype).reshape(xq.shape)
     assert np.array_equal(stim, xq)
     rate = float(re.search(r"Success rate = ([0-9.]+)%", stdout).group(1))
@@ -106,6 +106,22 @@ def test_lenet_int4_per_output_program_equals_the_simulation(lenet, tmp_path, mo
     _, net = _check_bit_exact(lenet["dn"], str(tmp_path / "e"), mode, 4, lenet["x"], lenet["y"],
                               act_rescale_per_output=True)
     assert max(int(np.abs(n["weights"]).max()) for n in net.nodes if "weights" in n) <= 7
+
+
+@needs_make
+def test_lenet_int16_program_equals_the_simulation(lenet, tmp_path):
+    """16 bits: int16 weights and activations, int64 biases and accumulators."""
+    folder, net = _check_bit_exact(lenet["dn"], str(tmp_path / "e16"), "FIXED_MULT32", 16, lenet["x"], lenet["y"])
+    weights = open(os.path.join(folder, "include", "weights.h")).read()
+    assert "static const int16_t n0_" in weights and "static const int64_t n0_conv1_b" in weights
+    assert max(int(np.abs(n["weights"]).max()) for n in net.nodes if "weights" in n) > 127
+
+
+def test_list_exportable_cell_cpp(capsys):
+    n2d2.export.list_exportable_cell("CPP")
+    rows = dict(line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:])
+    assert rows["Conv".ljust(len(next(iter(rows))))].strip() == "Yes (integer)"
+    assert {k.strip(): v.strip() for k, v in rows.items()}["BatchNorm"] == "No"
 
 
 @needs_make

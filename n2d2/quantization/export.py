@@ -124,7 +124,8 @@ def _node_context(net, qn, shapes, types, arrays, index):
         n["acc_t"] = "int32_t" if qn.get("acc_bits", 64) == 32 else "int64_t"
         w = qn["weights"]
         n["arr_w"] = arrays.add(f"{prefix}_w", n["w_t"], w, f"{qn['name']}: weights {list(w.shape)}")
-        n["arr_b"] = arrays.add(f"{prefix}_b", "int32_t", qn["biases"], f"{qn['name']}: biases (accumulator scale)")
+        n["arr_b"] = arrays.add(f"{prefix}_b", "int32_t" if nb <= 8 else "int64_t", qn["biases"],
+                                f"{qn['name']}: biases (accumulator scale)")
         _scaling_context(n, arrays, prefix, qn["scaling"], qn["name"])
         if kernel == "Conv":
             n["dots"] = _conv_dots(qn, nb)

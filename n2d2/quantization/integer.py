@@ -235,8 +235,10 @@ def quantize_weighted(q, node, opdef, channel_scale) -> dict:
     fold = np.minimum(r, 1.0)
     wq = np.clip(round_away(w_eff * (sw * fold / w).reshape((-1,) + (1,) * (weights.ndim - 1))), -sw, sw)
     bq = round_away(biases * sw * fold / w) if biases is not None else np.zeros(nb_out, np.int64)
-    if bq.size and np.abs(bq).max() >= 2 ** 31:
-        raise QuantizationError(f"node '{node}': a quantized bias does not fit int32 ({int(np.abs(bq).max())})")
+    bias_bits = 32 if q.nb_bits <= 8 else 64     # N2D2's BDATA_T: int32 up to 8 bits, int64 above
+    if bq.size and np.abs(bq).max() >= 2 ** (bias_bits - 1):
+        raise QuantizationError(f"node '{node}': a quantized bias does not fit int{bias_bits} "
+                                f"({int(np.abs(bq).max())})")
     t_eff = t_out * np.maximum(r, 1.0)
     # the C kernels accumulate in int32 when no sum can overflow it (always for LeNet-sized 8-bit layers)
     in_max = 2 ** (q.nb_bits - 1) if tin.signed else 2 ** q.nb_bits - 1

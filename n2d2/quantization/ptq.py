@@ -397,11 +397,13 @@ class IntegerNetwork:
                       "input": self.input, "output": self.output, "options": self.options, "nodes": self.nodes})
 
     def weight_bytes(self) -> int:
-        """Bytes of the exported parameters (n-bit weights stored in int8 for n <= 8, int32 biases)."""
+        """Bytes of the exported weights and biases (int8 weights and int32 biases up to 8 bits, int16 and
+        int64 above)."""
         size = 0
         for qn in self.nodes:
             if "weights" in qn:
-                size += qn["weights"].size * (1 if self.nb_bits <= 8 else 2) + qn["biases"].size * 4
+                size += qn["weights"].size * (1 if self.nb_bits <= 8 else 2) + \
+                    qn["biases"].size * (4 if self.nb_bits <= 8 else 8)
         return size
 
 
