@@ -328,3 +328,18 @@ def test_qat_network_is_refused(lenet):
     dn = model.to_deepnet_cell(provider)
     with pytest.raises(QuantizationError, match="satconv.*fake-quantized"):
         quantize_network(dn, provider, calibration=10)
+
+
+def test_calibration_counts_whole_batches(lenet):
+    """calibration=1 calibrates on one batch of the provider, as upstream (lenet_onnx.py's export_cpp
+    call); -1 takes the whole partition (MNIST without Validation here: Test)."""
+    from n2d2.quantizer import PTQ
+
+    dn = lenet["dn"]
+    try:
+        net = PTQ(dn, 8, calibration=1)
+        assert net.options["calibration"] == lenet["provider"].get_batch_size() == 50
+        assert net.options["partition"] == "Test"
+        assert abs(net.accuracy(lenet["x"], lenet["y"]) - lenet["float"]) <= 0.02
+    finally:
+        dn._integer_network = None

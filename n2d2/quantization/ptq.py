@@ -419,7 +419,8 @@ def quantize_network(deepnet_cell, provider=None, nb_bits=8, calibration=-1, par
                      act_scaling_mode="FLOAT_MULT", act_rescale_per_output=False, graph=None) -> IntegerNetwork:
     """Quantize `deepnet_cell` (its float parameters are not modified) and return the
     `IntegerNetwork`. `calibration`: stimuli of `partition` (default: Validation when it has
-    stimuli, else Test) to calibrate on, -1 all of them; `provider` defaults to the cell's."""
+    stimuli, else Test) to calibrate on, rounded up to whole batches of the provider as N2D2
+    does, -1 all of them; `provider` defaults to the cell's."""
     if isinstance(nb_bits, bool) or not isinstance(nb_bits, (int, np.integer)) or not 2 <= int(nb_bits) <= 16:
         from n2d2.error_handler import WrongValue
 
@@ -434,7 +435,11 @@ def quantize_network(deepnet_cell, provider=None, nb_bits=8, calibration=-1, par
     if calibration == 0:
         raise ValueError("PTQ: calibration=0: an integer network needs calibration stimuli (-1: all, k > 0: k)")
     partition = partition or calibration_partition(provider)
-    inputs, _ = read_stimuli(provider, partition, int(calibration))
+    nb = int(calibration)
+    if nb > 0:   # whole batches, as N2D2 (calibration=1 calibrates on one batch)
+        batch = int(provider.get_batch_size())
+        nb = -(-nb // batch) * batch
+    inputs, _ = read_stimuli(provider, partition, nb)
     if len(inputs) == 0:
         raise RuntimeError("cannot calibrate a network without data, use a provider with data.")
     graph = inference_graph(deepnet_cell) if graph is None else graph.copy()
