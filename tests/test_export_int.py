@@ -259,3 +259,46 @@ def test_cli_export_nb_bits(tmp_path):
     m = re.search(r"Success rate = (\d+\.\d+)% \((\d+) scored\)", build.stdout)
     assert m and int(m.group(2)) == 200
     assert accuracy > 60 and abs(float(m.group(1)) - accuracy) <= 2.0, (build.stdout, accuracy)
+
+
+@needs_make
+def test_upstream_lenet_onnx_flow_ends_in_export_cpp(tmp_path, monkeypatch):
+    """The end of upstream's python/examples/lenet_onnx.py: an ONNX LeNet loaded with
+    DeepNetCell.load_from_ONNX, its Softmax '18' removed, then
+    `n2d2.export.export_cpp(model, nb_bits=8, calibration=1)` -> export_CPP_int8/, which builds,
+    runs and equals the simulation (FLOAT_MULT, upstream's export_cpp default)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+
+    class LeNet(torch.nn.Module):   # the layers of upstream's LeNet.onnx (section 5a of the reference)
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3)
+            self.f1, self.f2 = torch.nn.Linear(576, 128), torch.nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = torch.nn.functional.max_pool2d(torch.relu(self.c2(torch.relu(self.c1(x)))), 2)
+            return torch.softmax(self.f2(torch.relu(self.f1(torch.flatten(x, 1)))), 1)
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "LeNet.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(LeNet(), torch.zeros(1, 1, 28, 28), path, opset_version=13, dynamo=False)
+    db = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path(), validation=0.1)
+    provider = n2d2.provider.DataProvider(db, [28, 28, 1], batch_size=54)
+    provider.add_transformation(n2d2.transform.Rescale(width=28, height=28))
+    model = n2d2.cells.DeepNetCell.load_from_ONNX(provider, path)
+    model.remove("18")
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = n2d2.export.export_cpp(model, nb_bits=8, calibration=1, export_nb_stimuli_max=40)
+    assert folder == str(tmp_path / "export_CPP_int8")
+    _make(folder)
+    _run(folder, "bin/network_test", "-q", "-d", "40", "outputs.bin")
+    net = quantize_network(model, nb_bits=8, calibration=1)
+    assert net.options["calibration"] == 54 and net.options["partition"] == "Validation"
+    x, _ = read_stimuli(provider, "Test", 40)
+    out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<i4").reshape(40, -1)
+    assert np.array_equal(out, net.run(net.quantize_input(x)).reshape(40, -1))
