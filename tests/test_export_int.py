@@ -302,3 +302,51 @@ def test_upstream_lenet_onnx_flow_ends_in_export_cpp(tmp_path, monkeypatch):
     x, _ = read_stimuli(provider, "Test", 40)
     out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<i4").reshape(40, -1)
     assert np.array_equal(out, net.run(net.quantize_input(x)).reshape(40, -1))
+
+
+def _concat_onnx(tmp_path):
+    """An ONNX network whose concatenations the importer turns into multi-input Conv and Fc nodes,
+    one branch unsigned (ReLU) and one signed (Linear): each input keeps its own grid."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+
+    class Branches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(1, 3, 5, padding=2)
+            self.c = torch.nn.Conv2d(7, 6, 3)
+            self.f = torch.nn.Linear(6 * 13 * 13 + 3 * 7 * 7, 10)
+
+        def forward(self, x):
+            b = self.b(x)
+            y = torch.cat([torch.relu(self.a(x)), b], 1)
+            y = torch.nn.functional.max_pool2d(torch.relu(self.c(y)), 2)
+            z = torch.nn.functional.max_pool2d(b, 4)
+            return self.f(torch.cat([torch.flatten(y, 1), torch.flatten(z, 1)], 1))
+
+    torch.manual_seed(1)
+    path = str(tmp_path / "branches.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Branches(), torch.zeros(1, 1, 28, 28), path, opset_version=13, dynamo=False)
+    db = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path())
+    provider = n2d2.provider.DataProvider(db, [28, 28, 1], batch_size=50)
+    provider.add_transformation(n2d2.transform.Rescale(width=28, height=28))
+    return n2d2.cells.DeepNetCell.load_from_ONNX(provider, path), provider
+
+
+@needs_make
+def test_multi_input_conv_and_fc_program_equals_the_simulation(tmp_path):
+    from n2d2.quantization import inference_graph
+
+    dn, provider = _concat_onnx(tmp_path)
+    graph = inference_graph(dn)
+    multi = {graph.op(n) for n in graph.nodes() if len(graph.inputs_of(n)) > 1}
+    if multi != {"Conv", "Fc"}:
+        pytest.skip(f"the ONNX importer did not produce multi-input Conv and Fc nodes ({multi})")
+    x, y = read_stimuli(provider, "Test", NB)
+    for mode in ("FLOAT_MULT", "SINGLE_SHIFT", "FIXED_MULT16"):
+        _, net = _check_bit_exact(dn, str(tmp_path / mode), mode, 8, x, y)
+        signs = {net.nodes[[n["name"] for n in net.nodes].index(s)]["signed"]
+                 for n in net.nodes if n["op"] == "Conv" and len(n["inputs"]) > 1 for s in n["inputs"]}
+        assert signs == {True, False}

@@ -234,7 +234,7 @@ def test_integer_network_plain_data(lenet):
 def test_registry_facets():
     from n2d2.ir import ops as op_registry
 
-    for name in ("Conv", "Fc", "Pool", "ElemWise", "Activation", "Softmax"):
+    for name in ("Conv", "Fc", "Pool", "ElemWise", "Activation", "Softmax", "Concat", "Reshape"):
         facet = op_registry.get(name).quantized
         assert facet is not None and callable(facet.quantize) and callable(facet.forward) and facet.kernel
     assert op_registry.get("BatchNorm").quantized is None
@@ -343,3 +343,38 @@ def test_calibration_counts_whole_batches(lenet):
         assert abs(net.accuracy(lenet["x"], lenet["y"]) - lenet["float"]) <= 0.02
     finally:
         dn._integer_network = None
+
+
+def test_concat_and_reshape_facets():
+    """Concat keeps each input's grid (thresholds concatenated) and refuses mixed signedness;
+    Reshape repeats thresholds on a flatten and refuses other channel-mixing reshapes."""
+    from types import SimpleNamespace
+
+    from n2d2.ir import ops as op_registry
+    from n2d2.ir.graph import Graph
+    from n2d2.quantization import TensorQ
+
+    g = Graph("g")
+    g.add_input("a", (1, 2, 3, 3))
+    g.add_input("b", (1, 3, 3, 3))
+    g.add_op("cat", "Concat", [("a", 0), ("b", 0)])
+    g.add_op("flat", "Reshape", [("cat", 0)], attrs={"shape": (45, 1, 1)})
+    g.add_op("bad", "Reshape", [("cat", 0)], attrs={"shape": (9, 5, 1)})
+    grids = {"a": TensorQ(False, 255, np.array([1.0, 2.0])), "b": TensorQ(False, 255, np.array([3.0, 4.0, 5.0]))}
+    q = SimpleNamespace(graph=g, input_q=lambda node, k: grids[g.inputs_of(node)[k][0]])
+    cat = op_registry.get("Concat").quantized
+    qn = cat.quantize(q, "cat")
+    assert qn["T"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0] and not qn["signed"]
+    xa, xb = np.arange(18).reshape(1, 2, 3, 3), -np.arange(27).reshape(1, 3, 3, 3)
+    assert np.array_equal(cat.forward(qn, [xa, xb], 8), np.concatenate([xa, xb], axis=1))
+    grids["cat"] = TensorQ(False, 255, qn["T"])
+    reshape = op_registry.get("Reshape").quantized
+    flat = reshape.quantize(q, "flat")
+    assert flat["T"].tolist() == sum(([t] * 9 for t in [1.0, 2.0, 3.0, 4.0, 5.0]), [])
+    y = np.concatenate([xa, xb], axis=1)
+    assert np.array_equal(reshape.forward(flat, [y], 8), y.reshape(1, 45, 1, 1))
+    with pytest.raises(QuantizationError, match="'bad'.*only a flatten"):
+        reshape.quantize(q, "bad")
+    grids["b"] = TensorQ(True, 127, np.array([3.0, 4.0, 5.0]))
+    with pytest.raises(QuantizationError, match="'cat'.*mixes signed and unsigned"):
+        cat.quantize(q, "cat")

@@ -811,7 +811,8 @@ class _ConvInteger:
     kernel = "Conv"
 
     @staticmethod
-    def _channel_scale(step, weights, attrs):
+    def _channel_scale(steps, in_shapes, weights, attrs):
+        step = np.concatenate(steps)       # the inputs concatenated along channels
         o, cg = weights.shape[:2]
         groups = int(attrs.get("groups", 1) or 1)
         if attrs.get("mapping") is not None:

@@ -108,11 +108,10 @@ class _FcInteger:
     kernel = "Fc"
 
     @staticmethod
-    def _channel_scale(step, weights, attrs):
-        k = weights.shape[1]
-        if k % step.size:
-            raise ValueError(f"Fc input of {k} values is not a whole number of its {step.size} channels")
-        return np.repeat(step, k // step.size)[None, :]
+    def _channel_scale(steps, in_shapes, weights, attrs):
+        # each input flattened (C, H, W), the inputs concatenated: one step per input value
+        flat = [np.repeat(s, int(np.prod(shape[1:]))) for s, shape in zip(steps, in_shapes)]
+        return np.concatenate(flat)[None, :]
 
     def quantize(self, q, node):
         from n2d2.quantization.integer import quantize_weighted

@@ -127,11 +127,11 @@ def _node_context(net, qn, shapes, types, arrays, index):
         n["arr_b"] = arrays.add(f"{prefix}_b", "int32_t" if nb <= 8 else "int64_t", qn["biases"],
                                 f"{qn['name']}: biases (accumulator scale)")
         _scaling_context(n, arrays, prefix, qn["scaling"], qn["name"])
+        layout = weighted_layout(qn, shapes, nb, n["in_t"])
+        n.update(layout)
+        n["in_sizes"] = [int(np.prod(shapes[s])) for s in qn["inputs"]]
         if kernel == "Conv":
-            n["dots"] = _conv_dots(qn, nb)
-            n["col_t"] = _col_ctype(qn, nb, n["in_t"][0])
-            n["PP"] = _conv_positions(qn, shapes, nb)
-            n["acc_offset"] = _conv_acc_offset(qn, shapes, nb)
+            in_shape = (sum(shapes[s][0] for s in qn["inputs"]),) + tuple(shapes[qn["inputs"][0]][1:])
             a = qn["attrs"]
             o, cg, kh, kw = w.shape
             g = int(a.get("groups", 1) or 1)
@@ -157,53 +157,61 @@ def _node_context(net, qn, shapes, types, arrays, index):
                                     f"2^-{sc['p']}")
             n["arr_bias"] = arrays.add(f"{prefix}_bias", "int64_t", sc["bias"], f"{qn['name']}: shifts")
             n["p"] = int(sc["p"])
-    elif kernel in ("Activation", "Softmax"):
+    elif kernel in ("Activation", "Softmax", "Reshape"):
         n["size"] = int(np.prod(out_shape))
+    elif kernel == "Concat":
+        n["in_sizes"] = [int(np.prod(shapes[s])) for s in qn["inputs"]]
     else:
         raise QuantizationError(f"node '{qn['name']}' (op {qn['op']}): no integer C template for kernel {kernel}")
     return n
 
 
+_SIZE = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "int64_t": 8}
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-int(nbytes) // _ALIGN) * _ALIGN
+
+
 def _conv_dots(qn, nb_bits) -> bool:
-    """A Conv computed as dot products over k (K = C/G * kH * kW >= 32, 8-bit, int32 sums): the
-    im2col columns keep the input's 8-bit type; else rows of int16 products."""
+    """A Conv computed as dot products over k (K = C/G * kH * kW >= 32, 8-bit, int32 sums), on
+    8-bit (or staged int16) columns; else rows of int16 products in 32-position register tiles."""
     _, cg, kh, kw = qn["weights"].shape
     return nb_bits <= 8 and qn.get("acc_bits", 64) == 32 and cg * kh * kw >= 32
 
 
-def _col_ctype(qn, nb_bits, in_ctype="uint8_t") -> str:
-    """im2col element type: the input's in dot-product mode; int16 in row mode when every weight x
-    input product fits it (|w| <= 127, input in [-128, 255]: up to 8 bits); else the accumulator's."""
-    if _conv_dots(qn, nb_bits):
-        return in_ctype
-    if nb_bits <= 8:
-        return "int16_t"
-    return "int32_t" if qn.get("acc_bits", 64) == 32 else "int64_t"
-
-
-def _conv_positions(qn, shapes, nb_bits) -> int:
-    """Output positions per column row: padded to a multiple of 32 in row mode (register tiles)."""
+def weighted_layout(qn, shapes, nb_bits, in_types=None) -> dict:
+    """Scratch layout of a Conv / Fc kernel: [staging of several inputs concatenated, as int16 (int32
+    above 8 bits)] [im2col columns (Conv)] [accumulators]; element types and offsets."""
+    acc_t = "int32_t" if qn.get("acc_bits", 64) == 32 else "int64_t"
+    staged = len(qn["inputs"]) > 1
+    stage_t = "int16_t" if nb_bits <= 8 else "int32_t"
+    src_t = stage_t if staged else (in_types[0] if in_types else ("uint8_t" if nb_bits <= 8 else "uint16_t"))
+    stage_bytes = 0
+    if staged:
+        stage_bytes = sum(int(np.prod(shapes[s])) for s in qn["inputs"]) * _SIZE[stage_t]
+    out = {"staged": staged, "stage_t": stage_t, "src_t": src_t, "acc_t": acc_t, "stage_bytes": stage_bytes}
+    if qn["kernel"] == "Fc":
+        out.update(col_off=_aligned(stage_bytes), acc_off=_aligned(stage_bytes), total=_aligned(stage_bytes) + 8)
+        return out
+    o, cg, kh, kw = qn["weights"].shape
+    groups = int(qn["attrs"].get("groups", 1) or 1)
     p = int(np.prod(shapes[qn["name"]][1:]))
-    return p if _conv_dots(qn, nb_bits) else -(-p // 32) * 32
-
-
-def _conv_acc_offset(qn, shapes, nb_bits) -> int:
-    _, cg, kh, kw = qn["weights"].shape
-    p = _conv_positions(qn, shapes, nb_bits)
-    size = {"int16_t": 2, "int32_t": 4, "int64_t": 8}.get(_col_ctype(qn, nb_bits), 1)
-    return -(-(cg * kh * kw * p * size) // _ALIGN) * _ALIGN
+    dots = _conv_dots(qn, nb_bits)
+    col_t = src_t if dots else ("int16_t" if nb_bits <= 8 else acc_t)
+    pp = p if dots else -(-p // 32) * 32
+    col_off = _aligned(stage_bytes)
+    acc_off = col_off + _aligned(cg * kh * kw * pp * _SIZE[col_t])
+    total = acc_off + pp * _SIZE[acc_t] * (o // groups if dots else 1)
+    out.update(dots=dots, col_t=col_t, PP=pp, col_off=col_off, acc_off=acc_off, total=total)
+    return out
 
 
 def _scratch_bytes(qn, shapes, nb_bits) -> int:
-    """Scratch of a kernel (im2col columns and accumulators of a Conv, one accumulator of an Fc)."""
-    acc = 4 if qn.get("acc_bits", 64) == 32 else 8
-    if qn["kernel"] == "Conv":
-        _, cg, kh, kw = qn["weights"].shape
-        p = _conv_positions(qn, shapes, nb_bits)
-        o, g = qn["weights"].shape[0], int(qn["attrs"].get("groups", 1) or 1)
-        return _conv_acc_offset(qn, shapes, nb_bits) + p * acc * (o // g if _conv_dots(qn, nb_bits) else 1)
-    if qn["kernel"] == "Fc":
-        return acc
+    """Scratch of a kernel (staged inputs, im2col columns and accumulators of a Conv; staged inputs
+    and one accumulator of an Fc); 0 for the others."""
+    if qn["kernel"] in ("Conv", "Fc"):
+        return weighted_layout(qn, shapes, nb_bits)["total"]
     return 0
 
 

@@ -200,22 +200,24 @@ def output_signedness(q, node, spec):
 def quantize_weighted(q, node, opdef, channel_scale) -> dict:
     """Conv / Fc: integer weights, int32 biases, per-output requantization.
 
-    `channel_scale(s_in, weights, attrs)` broadcasts the input's per-channel step T[c]/Q onto
-    the weight layout. W_eff = W * step; w[o] = max|W_eff| of the layer (or of output o with
-    act_rescale_per_output); Wq = round(W_eff Sw / w), Bq = round(B Sw / w) (accumulator scale);
-    M[o] = w[o] Q_out / (Sw T_out) approximated in the scaling mode; the residual
-    r = M / M_effective is folded into the weights and bias of output o where r < 1, into its
-    output threshold (T_out r) where r > 1."""
+    `channel_scale(steps, in_shapes, weights, attrs)` broadcasts the inputs' per-channel steps
+    T[c]/Q (one array per input; several inputs are concatenated along channels, each keeping
+    its own grid and signedness) onto the weight layout. W_eff = W * step; w[o] = max|W_eff|
+    of the layer (or of output o with act_rescale_per_output); Wq = round(W_eff Sw / w),
+    Bq = round(B Sw / w) (accumulator scale); M[o] = w[o] Q_out / (Sw T_out), approximated in
+    the scaling mode; the residual r = M / M_effective is folded into the weights and bias of
+    output o where r < 1, into its output threshold (T_out r) where r > 1."""
     attrs = q.graph.attrs(node)
     if attrs.get("weight_quantizer") is not None:
         raise QuantizationError(f"node '{node}' ({opdef.name}): fake-quantized weights (a QAT quantizer): "
                                 "post-training quantization takes a float network (QAT fusion is not implemented)")
-    if len(q.graph.inputs_of(node)) != 1:
-        raise QuantizationError(f"node '{node}' ({opdef.name}): several inputs are not supported by the integer path")
-    tin = q.input_q(node, 0)
+    nb_in = len(q.graph.inputs_of(node))
+    tins = [q.input_q(node, k) for k in range(nb_in)]
+    in_shapes = [tuple(int(v) for v in t.shape[1:]) for t in q.graph.input_types(node)]
+    steps = [np.broadcast_to(t.T / t.Q, (s[0],)) for t, s in zip(tins, in_shapes)]
     weights = q.param(node, "weights")
     biases = q.param(node, "biases")
-    w_eff = weights * channel_scale(tin.T / tin.Q, weights, attrs)
+    w_eff = weights * channel_scale(steps, in_shapes, weights, attrs)
     sw = signed_max(q.nb_bits)
     nb_out = weights.shape[0]
     per_o = np.abs(w_eff.reshape(nb_out, -1)).max(axis=1)
@@ -241,7 +243,7 @@ def quantize_weighted(q, node, opdef, channel_scale) -> dict:
                                 f"({int(np.abs(bq).max())})")
     t_eff = t_out * np.maximum(r, 1.0)
     # the C kernels accumulate in int32 when no sum can overflow it (always for LeNet-sized 8-bit layers)
-    in_max = 2 ** (q.nb_bits - 1) if tin.signed else 2 ** q.nb_bits - 1
+    in_max = max(2 ** (q.nb_bits - 1) if t.signed else 2 ** q.nb_bits - 1 for t in tins)
     bound = int((np.abs(wq).reshape(nb_out, -1).sum(axis=1) * in_max + np.abs(bq)).max()) if nb_out else 0
     return {"weights": wq.astype(np.int64), "biases": bq.astype(np.int64), "scaling": scaling, "relu": relu,
             "signed": signed, "Q": qmax, "T": t_eff, "acc_bits": 32 if bound < 2 ** 31 else 64,
@@ -251,9 +253,9 @@ def quantize_weighted(q, node, opdef, channel_scale) -> dict:
 def weighted_forward(opdef, qnode, xs, nb_bits):
     """Accumulate in int64 (float64 BLAS on integers, exact below 2^53), ReLU before rescale
     (the export's order), requantize, saturate."""
-    x = exact_float(np.asarray(xs[0], dtype=np.int64), qnode["name"])
+    x = [exact_float(np.asarray(v, dtype=np.int64), qnode["name"]) for v in xs]
     params = {"weights": qnode["weights"].astype(np.float64), "biases": qnode["biases"].astype(np.float64)}
-    z, _ = opdef._forward(qnode["attrs"], [x], params, False)
+    z, _ = opdef._forward(qnode["attrs"], x, params, False)
     acc = np.rint(np.asarray(z)).astype(np.int64)
     if qnode["relu"]:
         acc = np.maximum(acc, 0)
