@@ -125,6 +125,22 @@ def test_list_exportable_cell_cpp(capsys):
 
 
 @needs_make
+def test_average_pool_program_equals_the_simulation(lenet, tmp_path):
+    """Average pools (padded 3x3 stride 2, then global) through the integer path and the C program."""
+    from n2d2.cells import Pool2d
+
+    n2d2.global_variables.seed = 6
+    dn = Sequence([Conv(1, 6, kernel_dims=[5, 5], activation=Rectifier()),
+                   Pool2d(pool_dims=[3, 3], stride_dims=[2, 2], padding_dims=[1, 1], pooling="Average"),
+                   Conv(6, 12, kernel_dims=[3, 3], activation=Linear()),
+                   Pool2d(pool_dims=[12, 12], stride_dims=[1, 1], pooling="Average"),
+                   Fc(12, 10, activation=Linear())]).to_deepnet_cell(lenet["provider"])
+    for mode in ("SINGLE_SHIFT", "FLOAT_MULT"):
+        _, net = _check_bit_exact(dn, str(tmp_path / mode), mode, 8, lenet["x"], lenet["y"])
+        assert [n["attrs"]["pooling"] for n in net.nodes if n["op"] == "Pool"] == ["Average", "Average"]
+
+
+@needs_make
 def test_residual_sum_program_equals_the_simulation(lenet, tmp_path):
     provider = lenet["provider"]
     n2d2.global_variables.seed = 4

@@ -269,11 +269,13 @@ def test_unsupported_node_is_named(lenet):
     dn = model.to_deepnet_cell(provider)
     with pytest.raises(QuantizationError, match="tanhconv.*Tanh"):
         quantize_network(dn, provider, calibration=10)
+    from n2d2.cells import Deconv
+
     model = Sequence([Conv(1, 4, kernel_dims=[5, 5], activation=Rectifier()),
-                      Pool2d(pool_dims=[2, 2], stride_dims=[2, 2], pooling="Average", name="avgpool"),
-                      Fc(4 * 14 * 14, 10, activation=Linear())])
+                      Deconv(4, 2, kernel_dims=[2, 2], stride_dims=[2, 2], name="upsample"),
+                      Fc(2 * 56 * 56, 10, activation=Linear())])
     dn = model.to_deepnet_cell(provider)
-    with pytest.raises(QuantizationError, match="avgpool"):
+    with pytest.raises(QuantizationError, match="'upsample' \\(op Deconv\\) has no integer form"):
         quantize_network(dn, provider, calibration=10)
 
 
@@ -378,3 +380,19 @@ def test_concat_and_reshape_facets():
     grids["b"] = TensorQ(True, 127, np.array([3.0, 4.0, 5.0]))
     with pytest.raises(QuantizationError, match="'cat'.*mixes signed and unsigned"):
         cat.quantize(q, "cat")
+
+
+def test_integer_average_pool_rounds_half_away():
+    from n2d2.ir import ops as op_registry
+
+    pool = op_registry.get("Pool").quantized
+    attrs = {"pooling": "Average", "pool": (3, 3), "stride": (2, 2), "padding": (1, 1), "mapping": None,
+             "activation": None}
+    x = np.random.default_rng(0).integers(-128, 128, size=(2, 3, 7, 6))
+    got = pool.forward({"attrs": attrs}, [x], 8)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for n, c, i, j in np.ndindex(got.shape):
+        s = int(xp[n, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].sum())
+        f = Fraction(s, 9)
+        ref = math.floor(abs(f) + Fraction(1, 2)) * (1 if s >= 0 else -1)
+        assert got[n, c, i, j] == ref

@@ -143,7 +143,8 @@ def _node_context(net, qn, shapes, types, arrays, index):
     elif kernel == "Pool":
         a = qn["attrs"]
         n.update(C=in_shape[0], H=in_shape[1], W=in_shape[2], HO=out_shape[1], WO=out_shape[2], KH=a["pool"][0],
-                 KW=a["pool"][1], SY=a["stride"][0], SX=a["stride"][1], PY=a["padding"][0], PX=a["padding"][1])
+                 KW=a["pool"][1], SY=a["stride"][0], SX=a["stride"][1], PY=a["padding"][0], PX=a["padding"][1],
+                 avg=a["pooling"] == "Average")
     elif kernel == "ElemWise":
         sc = qn["scaling"]
         c = out_shape[0]
