@@ -11,7 +11,7 @@ import pytest
 
 import n2d2
 from n2d2.activation import Linear, Rectifier
-from n2d2.cells import Conv, ElemWise, Fc, Pool2d, Sequence, Softmax
+from n2d2.cells import Conv, ElemWise, Fc, Sequence, Softmax
 from n2d2.error_handler import WrongValue
 from n2d2.quantization import (
     SCALING_MODES,
