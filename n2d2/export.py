@@ -445,7 +445,8 @@ def _write_project(folder: str, files: dict, overwrite: bool):
 # -- entry points ------------------------------------------------------------------------------------
 def export_c(deepnet_cell, provider=None, nb_bits: int = -32, export_folder_name=None,
              export_nb_stimuli_max: int = -1, overwrite: bool = False, **kwargs) -> str:
-    """Write a standalone C project of `deepnet_cell` (float32) and return its folder.
+    """Write a standalone C project of `deepnet_cell` (float32, or integer with nb_bits > 0) and
+    return its folder.
 
     Parameters
     ----------
@@ -454,8 +455,10 @@ def export_c(deepnet_cell, provider=None, nb_bits: int = -32, export_folder_name
     provider : DataProvider, optional
         Source of the Test stimuli written to `stimuli/` (default: the cell's provider).
     nb_bits : int
-        -32 (float32). Integer widths (8, 16, ...) need post-training quantization with
-        calibration and float64 a double build: both are later features (NotImplementedError).
+        -32 (float32, default). 2..16: post-training quantization (`calibration` stimuli, or the
+        cell's earlier `n2d2.quantizer.PTQ` with calibration=0) and the integer C project of
+        n2d2/quantization/export.py (folder `export_C_int<N>`, act_scaling_mode default
+        SINGLE_SHIFT, FLOAT_MULT refused as upstream). -64 / -16: NotImplementedError.
     export_folder_name : str, optional
         Default `export_C_float32` (N2D2's `export_<GEN>_<int|float><bits>`), relative to the
         working directory.
