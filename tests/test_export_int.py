@@ -78,9 +78,12 @@ def _check_bit_exact(dn, folder, mode, nb_bits, x, y, **kw):
     _make(folder)
     stdout = _run(folder, "bin/network_test", "-q", "-d", str(len(x)), "outputs.bin")
     assert f"Tested {len(x)} stimuli" in stdout and "Process time per stimulus" in stdout
+    options = dict(kw)
+    if options.pop("export_no_unsigned", False):
+        options["no_unsigned"] = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        net = quantize_network(dn, nb_bits=nb_bits, calibration=100, act_scaling_mode=mode, **kw)
+        net = quantize_network(dn, nb_bits=nb_bits, calibration=100, act_scaling_mode=mode, **options)
     out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<i4").reshape(len(x), -1)
     xq = net.quantize_input(x)
     ref = net.run(xq).reshape(len(x), -1)
@@ -106,6 +109,15 @@ def test_lenet_int4_per_output_program_equals_the_simulation(lenet, tmp_path, mo
     _, net = _check_bit_exact(lenet["dn"], str(tmp_path / "e"), mode, 4, lenet["x"], lenet["y"],
                               act_rescale_per_output=True)
     assert max(int(np.abs(n["weights"]).max()) for n in net.nodes if "weights" in n) <= 7
+
+
+@needs_make
+def test_no_unsigned_program_equals_the_simulation(lenet, tmp_path):
+    """export_no_unsigned: signed int8 input and activations everywhere (Q = 127)."""
+    folder, net = _check_bit_exact(lenet["dn"], str(tmp_path / "signed"), "DOUBLE_SHIFT", 8, lenet["x"], lenet["y"],
+                                   export_no_unsigned=True)
+    assert net.input["signed"] and all(n["signed"] and n["Q"] == 127 for n in net.nodes)
+    assert "typedef int8_t network_input_t;" in open(os.path.join(folder, "include", "network.h")).read()
 
 
 @needs_make
