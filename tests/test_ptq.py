@@ -235,9 +235,10 @@ def test_registry_facets():
     from n2d2.ir import ops as op_registry
 
     for name in ("Conv", "Fc", "Pool", "ElemWise", "Activation", "Softmax", "Concat", "Reshape"):
-        facet = op_registry.get(name).quantized
-        assert facet is not None and callable(facet.quantize) and callable(facet.forward) and facet.kernel
-    assert op_registry.get("BatchNorm").quantized is None
+        op = op_registry.get(name)
+        assert op.quantized == op.integer.kernel == name   # plain data: the C template's name
+        assert callable(op.integer.quantize) and callable(op.integer.forward)
+    assert op_registry.get("BatchNorm").quantized is None and op_registry.get("BatchNorm").integer is None
 
 
 def test_ptq_upstream_api_and_run_test(lenet, capsys):
@@ -364,13 +365,13 @@ def test_concat_and_reshape_facets():
     g.add_op("bad", "Reshape", [("cat", 0)], attrs={"shape": (9, 5, 1)})
     grids = {"a": TensorQ(False, 255, np.array([1.0, 2.0])), "b": TensorQ(False, 255, np.array([3.0, 4.0, 5.0]))}
     q = SimpleNamespace(graph=g, input_q=lambda node, k: grids[g.inputs_of(node)[k][0]])
-    cat = op_registry.get("Concat").quantized
+    cat = op_registry.get("Concat").integer
     qn = cat.quantize(q, "cat")
     assert qn["T"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0] and not qn["signed"]
     xa, xb = np.arange(18).reshape(1, 2, 3, 3), -np.arange(27).reshape(1, 3, 3, 3)
     assert np.array_equal(cat.forward(qn, [xa, xb], 8), np.concatenate([xa, xb], axis=1))
     grids["cat"] = TensorQ(False, 255, qn["T"])
-    reshape = op_registry.get("Reshape").quantized
+    reshape = op_registry.get("Reshape").integer
     flat = reshape.quantize(q, "flat")
     assert flat["T"].tolist() == sum(([t] * 9 for t in [1.0, 2.0, 3.0, 4.0, 5.0]), [])
     y = np.concatenate([xa, xb], axis=1)
@@ -385,7 +386,7 @@ def test_concat_and_reshape_facets():
 def test_integer_average_pool_rounds_half_away():
     from n2d2.ir import ops as op_registry
 
-    pool = op_registry.get("Pool").quantized
+    pool = op_registry.get("Pool").integer
     attrs = {"pooling": "Average", "pool": (3, 3), "stride": (2, 2), "padding": (1, 1), "mapping": None,
              "activation": None}
     x = np.random.default_rng(0).integers(-128, 128, size=(2, 3, 7, 6))

@@ -52,4 +52,5 @@ class _ActivationInteger:
         return np.maximum(x, 0) if qnode["relu"] else x.copy()
 
 
-Activation.quantized = _ActivationInteger()
+Activation.integer = _ActivationInteger()
+Activation.quantized = Activation.integer.kernel

@@ -836,4 +836,5 @@ class _ConvInteger:
         return weighted_forward(Conv(), qnode, xs, nb_bits)
 
 
-Conv.quantized = _ConvInteger()
+Conv.integer = _ConvInteger()
+Conv.quantized = Conv.integer.kernel

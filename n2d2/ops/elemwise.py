@@ -224,4 +224,5 @@ class _ElemWiseInteger:
         return saturate(y, nb_bits, qnode["signed"])
 
 
-ElemWise.quantized = _ElemWiseInteger()
+ElemWise.integer = _ElemWiseInteger()
+ElemWise.quantized = ElemWise.integer.kernel

@@ -124,4 +124,5 @@ class _FcInteger:
         return weighted_forward(Fc(), qnode, xs, nb_bits)
 
 
-Fc.quantized = _FcInteger()
+Fc.integer = _FcInteger()
+Fc.quantized = Fc.integer.kernel

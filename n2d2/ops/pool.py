@@ -441,4 +441,5 @@ class _PoolInteger:
         return np.sign(total) * ((2 * np.abs(total) + count) // (2 * count))
 
 
-Pool.quantized = _PoolInteger()
+Pool.integer = _PoolInteger()
+Pool.quantized = Pool.integer.kernel

@@ -135,5 +135,7 @@ class _ReshapeInteger:
         return x.reshape((x.shape[0],) + tuple(qnode["attrs"]["shape"])).copy()
 
 
-Concat.quantized = _ConcatInteger()
-Reshape.quantized = _ReshapeInteger()
+Concat.integer = _ConcatInteger()
+Concat.quantized = Concat.integer.kernel
+Reshape.integer = _ReshapeInteger()
+Reshape.quantized = Reshape.integer.kernel

@@ -161,9 +161,10 @@ def saturate(v, nb_bits: int, signed: bool):
 
 # -- the facet base --------------------------------------------------------------------------------
 class IntegerForm:
-    """The integer form of an op (`OpDef.quantized`): `quantize` turns a float inference node into
-    a plain-data integer node given its inputs' `TensorQ`s, `forward` runs that node on int64
-    arrays, `kernel` names its C template (`templates/export/int/<kernel>.c.j2`)."""
+    """The integer form of an op (`OpDef.integer`; `OpDef.quantized` is its `kernel`): `quantize`
+    turns a float inference node into a plain-data integer node given its inputs' `TensorQ`s,
+    `forward` runs that node on int64 arrays, `kernel` names its C template
+    (`templates/export/int/<kernel>.c.j2`). The op modules define theirs next to the op."""
 
     kernel = None
 

@@ -367,8 +367,8 @@ class IntegerNetwork:
 
         values = {self.input["name"]: np.asarray(xq, dtype=np.int64)}
         for qn in self.nodes:
-            facet = op_registry.get(qn["op"], qn["name"]).quantized
-            values[qn["name"]] = facet.forward(qn, [values[s] for s in qn["inputs"]], self.nb_bits)
+            op = op_registry.get(qn["op"], qn["name"])
+            values[qn["name"]] = op.integer_forward(qn, [values[s] for s in qn["inputs"]], self.nb_bits)
         return values if keep_all else values[self.output]
 
     def predict(self, x, batch=256):
@@ -468,15 +468,15 @@ def quantize_network(deepnet_cell, provider=None, nb_bits=8, calibration=-1, par
         op = graph.op(node)
         if op == "Input":
             continue
-        facet = op_registry.get(op, node).quantized
-        if facet is None:
+        opdef = op_registry.get(op, node)
+        if opdef.quantized is None:
             raise QuantizationError(f"PTQ: node '{node}' (op {op}) has no integer form (n2d2/ops: OpDef.quantized)")
-        qn = facet.quantize(ctx, node)
+        qn = opdef.quantize_integer(ctx, node)
         shape = tuple(int(v) for v in graph.output_types(node)[0].shape[1:])
         channels = shape[0] if shape else 1
         t = np.broadcast_to(np.asarray(qn["T"], dtype=np.float64).reshape(-1), (channels,)).copy()
         ctx.grids[node] = TensorQ(bool(qn["signed"]), int(qn["Q"]), t)
-        qn.update(name=node, op=op, kernel=facet.kernel, inputs=[s for s, _ in graph.inputs_of(node)],
+        qn.update(name=node, op=op, kernel=opdef.quantized, inputs=[s for s, _ in graph.inputs_of(node)],
                   shape=shape, T=t)
         nodes.append(qn)
     out_node, _ = graph.outputs[0]
