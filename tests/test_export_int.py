@@ -378,3 +378,35 @@ def test_multi_input_conv_and_fc_program_equals_the_simulation(tmp_path):
         signs = {net.nodes[[n["name"] for n in net.nodes].index(s)]["signed"]
                  for n in net.nodes if n["op"] == "Conv" and len(n["inputs"]) > 1 for s in n["inputs"]}
         assert signs == {True, False}
+
+
+@needs_make
+def test_hostile_names_stay_in_comments(tmp_path):
+    """The hostile ONNX network of tests/test_hostile_names.py exported as int8: every name
+    reaches the generated C only inside comments (and README code spans); it builds and runs."""
+    from n2d2.cells.deepnet_cell import DeepNetCell
+    from tests.test_hostile_names import MARK, TOKEN, H, _code_tokens, assert_contained, onnx_model
+
+    database = n2d2.database.Numpy()
+    rng = np.random.default_rng(1)
+    database.load([rng.random((1, 6, 6)).astype(np.float32) for _ in range(4)], [0, 1, 2, 0], partition="Test")
+    provider = n2d2.provider.DataProvider(database, [6, 6, 1], batch_size=2)
+    dn = DeepNetCell.load_from_ONNX(provider, onnx_model(str(tmp_path / "hostile.onnx")))
+    dn._name = H("network", 5)
+    folder = export_c(dn, nb_bits=8, calibration=-1, export_folder_name=str(tmp_path / "int"))
+    for rel in ("src/network.c", "include/weights.h", "include/network.h", "src/main.c"):
+        with open(os.path.join(folder, rel), encoding="ascii") as f:
+            text = f.read()
+        if rel == "src/main.c":
+            assert not TOKEN.search(_code_tokens(text, cpp=False)), rel
+        else:
+            assert_contained(text, f"int8 export: {rel}")
+    makefile = open(os.path.join(folder, "Makefile"), encoding="ascii").read().splitlines()
+    hits = [i for i, line in enumerate(makefile) if MARK in line]
+    assert hits and all(makefile[i].startswith("# ") and not makefile[i].endswith("\\") for i in hits)
+    readme = [line for line in open(os.path.join(folder, "README.md"), encoding="ascii").read().splitlines()
+              if MARK in line]
+    assert readme and all(re.fullmatch(r"# Integer export of `[^`]*` .*|- `[^`]*` \(\w+\): .*", line)
+                          for line in readme), readme
+    _make(folder)
+    _run(folder, "bin/network_test", "-q")
