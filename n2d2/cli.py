@@ -339,8 +339,22 @@ def add_export_parser(subparsers):
                     "a standalone C project (make; make run) with the run's Test stimuli.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of `n2d2 train`")
     p.add_argument("--format", default="c", choices=("c",),
-                   help="c: float32 C project (integer formats come with quantization)")
-    p.add_argument("--output", default=None, metavar="DIR", help="project folder (default: RUN_DIR/export_C_float32)")
+                   help="c: C project (float32, or integer with --nb-bits)")
+    p.add_argument("--nb-bits", type=int, default=-32, metavar="N",
+                   help="-32: float32 (default); 8, 4, ...: post-training quantization to N-bit integers "
+                        "(needs --calibration)")
+    p.add_argument("--calibration", type=int, default=0, metavar="N",
+                   help="calibration stimuli of the Validation partition (Test if empty) for --nb-bits > 0 "
+                        "(-1: all)")
+    p.add_argument("--act-scaling-mode", default="SINGLE_SHIFT",
+                   choices=("FIXED_MULT16", "FIXED_MULT32", "SINGLE_SHIFT", "DOUBLE_SHIFT"),
+                   help="requantization of the integer export (default: SINGLE_SHIFT, N2D2's C export default)")
+    p.add_argument("--act-clipping-mode", default="MSE", choices=("NONE", "MSE", "KL_DIVERGENCE"),
+                   help="activation clipping thresholds from the calibration histograms (default: MSE)")
+    p.add_argument("--per-output", action="store_true", help="weights scaled per output channel (N2D2's "
+                   "act_rescale_per_output)")
+    p.add_argument("--output", default=None, metavar="DIR",
+                   help="project folder (default: RUN_DIR/export_C_float32, RUN_DIR/export_C_int<N>)")
     p.add_argument("--nb-stimuli", type=int, default=-1, metavar="N",
                    help="Test stimuli written to stimuli/ (-1: all, as N2D2's export_nb_stimuli_max; 0: none)")
     p.add_argument("--data-path", default=None, help="the data set's folder (default: the one the run used)")
@@ -376,8 +390,16 @@ def export_command(args) -> int:
     db_spec = training.check_database(arguments["database"])
     model_spec = training.check_model(arguments["model"], db_spec.name)
     data_path = training.find_data(db_spec, args.data_path or summary.get("data_path"))
+    integer = args.nb_bits > 0
+    if integer and args.calibration == 0:
+        raise UserError(f"--nb-bits {args.nb_bits}: an integer export needs calibration stimuli: pass --calibration N "
+                        "(N > 0, or -1 for the whole partition)")
+    if args.nb_bits not in (-32,) and not 2 <= args.nb_bits <= 16:
+        raise UserError(f"--nb-bits {args.nb_bits}: expected -32 (float32) or an integer width 2..16")
+    if args.calibration < -1:
+        raise UserError(f"--calibration {args.calibration}: expected -1 (all), 0 or a positive count")
     output = os.path.abspath(os.path.expanduser(args.output)) if args.output else \
-        os.path.join(run_dir, "export_C_float32")
+        os.path.join(run_dir, f"export_C_int{args.nb_bits}" if integer else "export_C_float32")
     if os.path.lexists(output) and not args.overwrite:
         raise UserError(f"--output {output}: already exists (pass --overwrite to replace it)")
     _make_output_folder(os.path.dirname(output) or ".")
@@ -393,11 +415,15 @@ def export_command(args) -> int:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             dn.import_free_parameters(os.path.join(run_dir, "weights"))
+        quant = dict(nb_bits=args.nb_bits, calibration=args.calibration, act_scaling_mode=args.act_scaling_mode,
+                     act_clipping_mode=args.act_clipping_mode, act_rescale_per_output=args.per_output) \
+            if integer else {}
         folder = export_c(dn, provider=provider, export_folder_name=output, export_nb_stimuli_max=args.nb_stimuli,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, **quant)
     except (ExportError, n2d2.error_handler.WrongValue, ValueError, RuntimeError, OSError) as e:
         raise UserError(str(e).splitlines()[0]) from None
-    print(f"C project of {model_spec.name} ({db_spec.name}) written to {folder}")
+    kind = f"{args.nb_bits}-bit integer" if integer else "float32"
+    print(f"{kind} C project of {model_spec.name} ({db_spec.name}) written to {folder}")
     print(f"Build and run it: make -C {folder} run")
     return 0
 

@@ -20,7 +20,9 @@ constant, the Test stimuli of the provider and a test program. Layout (`export_C
 The folder is written under a temporary name next to its destination and renamed when
 complete, so a failed export never leaves a half-written project; an existing folder is kept
 unless `overwrite=True` (then it is replaced as a whole, only once the new one is complete).
-Integer export (post-training quantization with calibration) is a later feature.
+Integer export: `export_c(..., nb_bits=8, calibration=N)` and `export_cpp(...)` quantize the
+network (n2d2.quantization: calibration, requantization by `act_scaling_mode`) and write the
+integer C project of n2d2/quantization/export.py (folders `export_C_int8`, `export_CPP_int8`).
 """
 from __future__ import annotations
 
@@ -39,11 +41,13 @@ from n2d2.codegen.render import environment, render, template_source
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
-from n2d2.ir.passes._common import new_param_name
+from n2d2.ir.passes.bake_connection_tables import bake_connection_tables  # noqa: F401  (public here)
 from n2d2.ir.passes.manager import PIPELINES, PassManager
 from n2d2.ir.schedule import schedule
 from n2d2.names import c_comment, c_identifier
 from n2d2.provider.data_provider import DataProvider
+from n2d2.quantization import export as int_export
+from n2d2.quantization.ptq import quantize_network
 from n2d2.utils import current_umask, write_inside
 
 __all__ = ["available_export", "ExportError", "export_c", "export_cpp", "export_cpp_stm32", "export_tensor_rt",
@@ -167,39 +171,6 @@ def _folder_path(export_folder_name, generator: str, nb_bits: int) -> str:
 # -- the graph ---------------------------------------------------------------------------------------
 def _has_forward(op: str) -> bool:
     return c_backend._has_macro(op, "forward")
-
-
-def bake_connection_tables(graph):
-    """Bake every Conv connection table into its weights (export).
-
-    Rewrite: a Conv with `mapping` (a [C, O] bool table) and groups 1 becomes the same Conv
-    without mapping whose weights are W[o, c] * mapping[c, o] (a new parameter; the original
-    array is untouched). Exact: the reference convolution multiplies its weights by the table,
-    and the kernels then need no masked copy per call. Precondition: none (other nodes and
-    grouped convolutions are left alone).
-    """
-    g = graph.copy()
-    for name in g.topological_order():
-        if g.op(name) != "Conv":
-            continue
-        attrs = g.attrs(name)
-        mapping = attrs.get("mapping")
-        if mapping is None or int(attrs.get("groups", 1)) != 1:
-            continue
-        d = g.nx.nodes[name]
-        wname = d["params"]["weights"]
-        w = np.asarray(g.params[wname].array)
-        table = np.asarray(mapping, dtype=bool)
-        if table.shape != (w.shape[1], w.shape[0]):
-            continue
-        baked = (w * table.T[:, :, None, None].astype(w.dtype)).astype(w.dtype)
-        params = dict(d["params"])
-        p = g.params[wname]
-        params["weights"] = g.add_param(new_param_name(g, f"{wname}.mapped"), np.ascontiguousarray(baked),
-                                        p.trainable, p.owner, p.role or "weights")
-        d["params"] = params
-        d["attrs"] = dict(attrs, mapping=None)
-    return g
 
 
 def c_export_graph(deepnet_cell):
@@ -434,7 +405,8 @@ def _write_project(folder: str, files: dict, overwrite: bool):
 # -- entry points ------------------------------------------------------------------------------------
 def export_c(deepnet_cell, provider=None, nb_bits: int = -32, export_folder_name=None,
              export_nb_stimuli_max: int = -1, overwrite: bool = False, **kwargs) -> str:
-    """Write a standalone C project of `deepnet_cell` (float32) and return its folder.
+    """Write a standalone C project of `deepnet_cell` (float32, or integer with nb_bits > 0) and
+    return its folder.
 
     Parameters
     ----------
@@ -443,8 +415,10 @@ def export_c(deepnet_cell, provider=None, nb_bits: int = -32, export_folder_name
     provider : DataProvider, optional
         Source of the Test stimuli written to `stimuli/` (default: the cell's provider).
     nb_bits : int
-        -32 (float32). Integer widths (8, 16, ...) need post-training quantization with
-        calibration and float64 a double build: both are later features (NotImplementedError).
+        -32 (float32, default). 2..16: post-training quantization (`calibration` stimuli, or the
+        cell's earlier `n2d2.quantizer.PTQ` with calibration=0) and the integer C project of
+        n2d2/quantization/export.py (folder `export_C_int<N>`, act_scaling_mode default
+        SINGLE_SHIFT, FLOAT_MULT refused as upstream). -64 / -16: NotImplementedError.
     export_folder_name : str, optional
         Default `export_C_float32` (N2D2's `export_<GEN>_<int|float><bits>`), relative to the
         working directory.
@@ -471,6 +445,9 @@ def export_c(deepnet_cell, provider=None, nb_bits: int = -32, export_folder_name
     """
     _check_deepnet_cell(deepnet_cell)
     _check_provider(provider)
+    if _is_int(nb_bits) and nb_bits > 0:     # integer export: post-training quantization first
+        return _export_integer("C", deepnet_cell, provider, int(nb_bits), export_folder_name, export_nb_stimuli_max,
+                               overwrite, kwargs, "SINGLE_SHIFT", ("FLOAT_MULT",))
     nb_bits = _check_nb_bits(nb_bits)
     _check_options(kwargs, "SINGLE_SHIFT", forbidden_scaling=("FLOAT_MULT",))
     if not _is_int(export_nb_stimuli_max):
@@ -535,7 +512,75 @@ def _not_yet(name):
     return export
 
 
-export_cpp = _not_yet("export_cpp")
+def export_cpp(deepnet_cell, provider=None, optimize_buffer_memory: bool = True, nb_bits: int = 8,
+               export_folder_name=None, export_nb_stimuli_max: int = -1, overwrite: bool = False, **kwargs) -> str:
+    """Upstream's `export_cpp`, integer only: post-training quantization (`calibration` stimuli;
+    0 reuses an earlier `n2d2.quantizer.PTQ` of the cell, else RuntimeError as upstream) and the
+    integer C project of `export_c(nb_bits > 0)` in `export_CPP_int<nb_bits>/` (our C layout, not
+    upstream's C++ one: docs/compatibility.md). `act_scaling_mode` defaults to FLOAT_MULT, as
+    upstream. `optimize_buffer_memory` is accepted (the arena is always planned). Float
+    (`nb_bits < 0`) CPP export is not implemented: use `export_c`."""
+    _check_deepnet_cell(deepnet_cell)
+    _check_provider(provider)
+    if not isinstance(optimize_buffer_memory, bool):
+        raise WrongInputType("optimize_buffer_memory", type(optimize_buffer_memory), ["bool"])
+    if not _is_int(nb_bits):
+        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
+    if nb_bits <= 0:
+        raise NotImplementedError(f"export_cpp: nb_bits={nb_bits}: the float CPP export is not implemented; "
+                                  "export_c(nb_bits=-32) writes the float32 C project")
+    return _export_integer("CPP", deepnet_cell, provider, int(nb_bits), export_folder_name, export_nb_stimuli_max,
+                           overwrite, kwargs, "FLOAT_MULT", ())
+
+
+def _export_integer(generator, deepnet_cell, provider, nb_bits, export_folder_name, export_nb_stimuli_max,
+                    overwrite, kwargs, scaling_default, forbidden) -> str:
+    """PTQ (or the cell's earlier one with calibration=0), then the integer C project."""
+
+    options = _check_options(kwargs, scaling_default, forbidden_scaling=forbidden)
+    if nb_bits > 16:
+        raise WrongValue("nb_bits", nb_bits, ["1..16 (integer export)", "-32 (float32, export_c)"])
+    if options["qat_SAT"]:
+        raise NotImplementedError(f"export_{generator.lower()}: qat_sat=True (export of a SAT-fused network) is not "
+                                  "implemented; PTQ export only")
+    if not _is_int(export_nb_stimuli_max):
+        raise WrongInputType("export_nb_stimuli_max", type(export_nb_stimuli_max), ["int"])
+    if export_nb_stimuli_max < -1:
+        raise WrongValue("export_nb_stimuli_max", export_nb_stimuli_max, ["-1 (all)", "0 (none)", "a positive int"])
+    if not isinstance(overwrite, bool):
+        raise WrongInputType("overwrite", type(overwrite), ["bool"])
+    folder = _folder_path(export_folder_name, generator, nb_bits)
+    if os.path.lexists(folder) and not overwrite:
+        raise FileExistsError(f"export: '{folder}' already exists (pass overwrite=True to replace it)")
+    provider = provider if provider is not None else deepnet_cell.get_provider()
+    _check_provider(provider)
+    if options["calibration"] == 0:
+        network = getattr(deepnet_cell, "_integer_network", None)
+        if network is None or network.nb_bits != nb_bits:
+            raise RuntimeError(f"You need to calibrate the network to export it in {nb_bits} bits integer: pass "
+                               "calibration=k (k > 0 stimuli, -1 all) or run n2d2.quantizer.PTQ on it first")
+    else:
+        if provider is None:
+            raise ExportError(f"export_{generator.lower()}: DeepNetCell '{deepnet_cell.get_name()}' has no provider: "
+                              "pass provider= (calibration needs stimuli)")
+        network = quantize_network(deepnet_cell, provider, nb_bits=nb_bits, calibration=options["calibration"],
+                                   no_unsigned=options["export_no_unsigned"],
+                                   cross_layer_equalization=not options["export_no_cross_layer_equalization"],
+                                   wt_clipping_mode=options["wt_clipping_mode"],
+                                   act_clipping_mode=options["act_clipping_mode"],
+                                   act_scaling_mode=options["act_scaling_mode"],
+                                   act_rescale_per_output=options["act_rescale_per_output"])
+    files = int_export.generate_files(network, deepnet_cell.get_name(), _version(), f"export_{generator.lower()}")
+    files.pop("_arena_bytes")
+    if provider is None and export_nb_stimuli_max != 0:
+        raise ExportError(f"export_{generator.lower()}: DeepNetCell '{deepnet_cell.get_name()}' has no provider: pass "
+                          "provider= (the Test stimuli are exported) or export_nb_stimuli_max=0")
+    inputs, labels, ids = _collect_stimuli(provider, tuple(network.input["shape"]), export_nb_stimuli_max)
+    files.update(int_export.stimuli_files(network, inputs, labels, ids))
+    _write_project(folder, files, overwrite)
+    return folder
+
+
 export_cpp_stm32 = _not_yet("export_cpp_stm32")
 export_tensor_rt = _not_yet("export_tensor_rt")
 
@@ -548,7 +593,13 @@ def list_exportable_cell(export_name: str):
         raise WrongValue("export_name", export_name, available_export)
     names = sorted(n for n in op_registry.names() if n not in ("Input", "Grad", "Update", "AddN")
                    and not n.startswith("Onnx"))
-    rows = [(n, "Yes" if export_name == "C" and _has_forward(n) else "No") for n in names]
+    def available(n):
+        integer = op_registry.get(n).quantized is not None   # the integer export (C and CPP, nb_bits > 0)
+        if export_name == "C":
+            return "Yes" if _has_forward(n) else "No"
+        return "Yes (integer)" if export_name == "CPP" and integer else "No"
+
+    rows = [(n, available(n)) for n in names]
     width = max(len("Cell Name"), *(len(n) for n, _ in rows))
     lines = [f"{'Cell Name':{width}} | Available", "-" * (width + 12)]
     lines += [f"{n:{width}} | {a}" for n, a in rows]

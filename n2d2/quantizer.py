@@ -20,7 +20,7 @@ from n2d2.settings import global_variables
 from n2d2.solver import SGD, Solver
 from n2d2.tensor import Tensor
 
-__all__ = ["Quantizer", "CellQuantizer", "ActivationQuantizer", "SATCell", "SATAct", "LSQCell", "LSQAct"]
+__all__ = ["Quantizer", "CellQuantizer", "ActivationQuantizer", "SATCell", "SATAct", "LSQCell", "LSQAct", "PTQ"]
 
 
 def _range_spec():
@@ -317,3 +317,48 @@ def check_quantizer(value, kind, where):
     return value
 
 
+def PTQ(deepnet_cell, nb_bits, nb_sitmuli=-1, provider=None, no_unsigned=False, cross_layer_equalization=True,
+        wt_clipping_mode="NONE", act_clipping_mode="MSE", act_scaling_mode="FLOAT_MULT",
+        act_rescale_per_output=False, **kwargs):
+    """Post-training quantization of `deepnet_cell` (upstream's `n2d2.quantizer.PTQ`).
+
+    Calibrates over `nb_sitmuli` (sic, upstream's name; -1: all; kwarg `calibration` overrides
+    it) stimuli of the Validation partition (Test when Validation is empty), quantizes to
+    `nb_bits`-bit integers and attaches the resulting `n2d2.quantization.ptq.IntegerNetwork` to the
+    cell: `deepnet_cell.run_test()` then reports the integer simulation's accuracy, as
+    upstream's in-place PTQ does, and `deepnet_cell.is_integral()` is True. Unlike upstream the
+    float parameters are left unchanged and no file is written (docs/compatibility.md). Returns
+    the IntegerNetwork. `nb_bits < 0` (float) quantizes nothing and returns None.
+
+    Keyword aliases: `calibration` (= nb_sitmuli), `export_no_unsigned` (= no_unsigned),
+    `export_no_cross_layer_equalization` (= not cross_layer_equalization); `act_quantile_value`,
+    `calibration_reload`, `report` are accepted and ignored, as upstream's PTQ ignores them.
+    """
+
+    for key, value in kwargs.items():
+        if key == "calibration":
+            nb_sitmuli = value
+        elif key == "export_no_unsigned":
+            no_unsigned = value
+        elif key == "export_no_cross_layer_equalization":
+            cross_layer_equalization = not value
+        elif key not in ("act_quantile_value", "calibration_reload", "report"):
+            raise TypeError(f"PTQ() got an unexpected keyword argument '{key}'")
+    if isinstance(nb_bits, bool) or not isinstance(nb_bits, (int, np.integer)):
+        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
+    for name, value in (("no_unsigned", no_unsigned), ("cross_layer_equalization", cross_layer_equalization),
+                        ("act_rescale_per_output", act_rescale_per_output)):
+        if not isinstance(value, bool):
+            raise WrongInputType(name, type(value), ["bool"])
+    if isinstance(nb_sitmuli, bool) or not isinstance(nb_sitmuli, (int, np.integer)) or nb_sitmuli < -1:
+        raise WrongValue("nb_sitmuli", nb_sitmuli, ["-1 (all)", "0 (none)", "a positive int"])
+    if nb_bits < 0:
+        return None
+    from n2d2.quantization.ptq import quantize_network  # PTQ runs the compiler (see test_import_structure)
+
+    network = quantize_network(deepnet_cell, provider, nb_bits=int(nb_bits), calibration=int(nb_sitmuli),
+                               no_unsigned=no_unsigned, cross_layer_equalization=cross_layer_equalization,
+                               wt_clipping_mode=wt_clipping_mode, act_clipping_mode=act_clipping_mode,
+                               act_scaling_mode=act_scaling_mode, act_rescale_per_output=act_rescale_per_output)
+    deepnet_cell._integer_network = network
+    return network

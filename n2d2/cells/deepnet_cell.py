@@ -25,10 +25,12 @@ from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
 from n2d2.ir.autodiff import build_training_graph
 from n2d2.ir.passes.manager import PIPELINES, PassManager
+from n2d2.ir.passes.shape_inference import rebatch  # noqa: F401  (DeepNetCell's callers import it from here)
 from n2d2.ir.trace import trace
-from n2d2.ir.types import GraphError, TensorType
+from n2d2.ir.types import GraphError
 from n2d2.names import file_stem
 from n2d2.provider.base import Provider, TensorPlaceholder
+from n2d2.quantization.ptq import read_stimuli
 from n2d2.settings import global_variables
 from n2d2.target import Score
 from n2d2.tensor import Tensor
@@ -43,27 +45,6 @@ def training_graph(graph):
     """The training graph (`n2d2.ir.autodiff.TrainingGraph`) that `DeepNetCell.fit` runs for the
     traced `graph`: the live training passes first (`PIPELINES["live_training"]`), then autodiff."""
     return build_training_graph(PassManager(pipeline=PIPELINES["live_training"], mode="training", log=None).run(graph))
-
-
-def rebatch(graph, batch_size: int):
-    """A copy of `graph` whose inputs (and every shape after them) have batch `batch_size`."""
-    g = graph.copy()
-    for name in g.inputs:
-        t = g.output_types(name)[0]
-        g.nx.nodes[name]["outputs"] = [TensorType((batch_size,) + tuple(t.shape[1:]), t.dtype)]
-    for name in g.topological_order():
-        op = g.op(name)
-        if op == "Input":
-            continue
-        if op == "Grad":
-            attrs = g.attrs(name)
-            fwd_inputs = g.inputs_of(name)[1:-1]
-            outs = [g.output_types(s)[o] for (s, o), n in zip(fwd_inputs, attrs["input_needs"]) if n]
-            outs += [TensorType(g.params[g.node(attrs["of"]).params[r]].shape) for r in attrs["roles"]]
-            g.nx.nodes[name]["outputs"] = outs
-            continue
-        g.nx.nodes[name]["outputs"] = op_registry.get(op, node=name).infer(g, name)
-    return g
 
 
 class BestWeights:
@@ -600,7 +581,8 @@ class DeepNetCell(Iterable):
         per-batch average, weighs a partial last batch like a full one)."""
         if self._provider is None or self._target is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': run_test() needs a provider and a target")
-
+        if getattr(self, "_integer_network", None) is not None:   # after n2d2.quantizer.PTQ
+            return self._run_integer_test(nb_test)
         self._world = distributed.current() if nb_test < 0 else distributed.LocalWorld()
         try:
             success, seen, seconds = self._run_epoch("Test", False, nb_max=nb_test, desc="test", shuffle=False)
@@ -612,6 +594,15 @@ class DeepNetCell(Iterable):
                   f"({seen / max(seconds, 1e-9):.0f} img/s)")
             self._target.log_confusion_matrix("Test")
             self._target.log_success("Test")
+        return success
+
+    def _run_integer_test(self, nb_test):
+        """run_test() after PTQ: the integer simulation's success rate on the Test partition."""
+
+        inputs, labels = read_stimuli(self._provider, "Test", nb_test)
+        success = self._integer_network.accuracy(inputs, labels)
+        print(f"Test (integer simulation, {self._integer_network.nb_bits} bits, "
+              f"{self._integer_network.act_scaling_mode}): {len(inputs)} stimuli, success {100 * success:.2f}%")
         return success
 
     def _snapshot(self):

@@ -79,8 +79,11 @@ class OpDef:
     #: `onnx_export(exporter, attrs, ins) -> (value, rank, still_to_name)` for an op whose ONNX
     #: form the exporter has no `_op_<Op>` handler for (n2d2/ops/lrn.py); None: the exporter's own
     onnx_export = None
-    #: the integer (quantized) form of the op; None: none yet (the quantization work fills it)
+    #: the integer (quantized) form of the op: the name of its C template
+    #: (templates/export/int/<name>.c.j2), the implementation being `integer` (its `quantize` and
+    #: `forward`, see n2d2.quantization.integer.IntegerForm); None: no integer form
     quantized = None
+    integer = None
 
     #: the property names above, for tools and tests that walk the registry
     PROPERTIES = ("elementwise", "carries_activation", "epilogue_anchor", "epilogue_member", "keeps_sign",
@@ -173,6 +176,17 @@ class OpDef:
 
     def _backward(self, attrs, saved, dy, needs, params):
         raise NotImplementedError
+
+    # -- integer form (post-training quantization, n2d2.quantization) -------------------------------
+    def quantize_integer(self, q, node) -> dict:
+        """The plain-data integer node of `node` from its inputs' grids (`quantized` ops only)."""
+        if self.integer is None:
+            raise GraphError(f"node '{node}' (op {self.name}) has no integer form")
+        return self.integer.quantize(q, node)
+
+    def integer_forward(self, qnode, xs, nb_bits):
+        """The integer node's outputs (exact int64) from its integer inputs."""
+        return self.integer.forward(qnode, xs, nb_bits)
 
     # -- lowering for the compiled backends (see n2d2.ir.lowering) --------------------------------
     def activations(self, attrs):

@@ -2,6 +2,7 @@
 
 from n2d2.ir.ops import register
 from n2d2.ops.structure import Concat
+from n2d2.quantization.integer import QuantizationError
 
 
 @register
@@ -23,3 +24,33 @@ class Activation(Concat):
 
     def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
         pass   # no aliased inputs (Concat's): it computes
+
+
+# -- integer form (post-training quantization, n2d2.quantization) --------------------------------------
+class _ActivationInteger:
+    """Integer Rectifier (max(x, 0), same grid) and Linear (identity) on one input."""
+
+    kernel = "Activation"
+
+    def quantize(self, q, node):
+
+        spec = q.graph.attrs(node).get("activation")
+        name = spec[0] if spec else "Linear"
+        params = dict(spec[1]) if spec else {}
+        if len(q.graph.inputs_of(node)) != 1 or name not in ("Rectifier", "Linear") \
+                or float(params.get("leak_slope", 0.0) or 0.0) != 0.0 or float(params.get("clipping", 0.0) or 0.0):
+            raise QuantizationError(f"node '{node}' (Activation): {name} {params} on "
+                                    f"{len(q.graph.inputs_of(node))} input(s) has no integer form (supported: "
+                                    "Rectifier and Linear without clipping or leak, one input)")
+        tin = q.input_q(node, 0)
+        return {"signed": tin.signed, "Q": tin.Q, "T": tin.T, "relu": name == "Rectifier"}
+
+    def forward(self, qnode, xs, nb_bits):
+        import numpy as np
+
+        x = np.asarray(xs[0], dtype=np.int64)
+        return np.maximum(x, 0) if qnode["relu"] else x.copy()
+
+
+Activation.integer = _ActivationInteger()
+Activation.quantized = Activation.integer.kernel

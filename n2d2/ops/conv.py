@@ -30,6 +30,7 @@ from n2d2.backend import array_module, to_host
 from n2d2.ir import lowering as low
 from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import OpDef, _concat, _concat_shape, _convolution_grads, _mapping_like, register
+from n2d2.quantization.integer import QuantizationError, quantize_weighted, weighted_forward
 
 
 def _pair(value, name):
@@ -801,3 +802,37 @@ class Conv(OpDef):
                 specs += k.gemm("bwd_data_gemm", g["CG"], g["N"] * g["H"] * g["W"], g["OG"] * g["KHW"], g["G"],
                                 a_kfast=True, b_kfast=False)
         return specs
+
+
+# -- integer form (post-training quantization, n2d2.quantization) --------------------------------------
+class _ConvInteger:
+    """Integer Conv: int8 weights x int8/uint8 inputs -> int32 accumulator (+ int32 bias),
+    requantized per output channel (n2d2.quantization.integer.quantize_weighted)."""
+
+    kernel = "Conv"
+
+    @staticmethod
+    def _channel_scale(steps, in_shapes, weights, attrs):
+        step = np.concatenate(steps)       # the inputs concatenated along channels
+        o, cg = weights.shape[:2]
+        groups = int(attrs.get("groups", 1) or 1)
+        if attrs.get("mapping") is not None:
+            raise ValueError("a Conv with a connection table reaches the integer path unbaked")
+        og = o // groups
+        index = (np.arange(o)[:, None] // og) * cg + np.arange(cg)[None, :]
+        return step[index][:, :, None, None]
+
+    def quantize(self, q, node):
+
+        if _pair(q.graph.attrs(node).get("sub_sample", (1, 1)), "sub_sample") != (1, 1):
+
+            raise QuantizationError(f"node '{node}' (Conv): sub_sample has no integer form")
+        return quantize_weighted(q, node, Conv(), self._channel_scale)
+
+    def forward(self, qnode, xs, nb_bits):
+
+        return weighted_forward(Conv(), qnode, xs, nb_bits)
+
+
+Conv.integer = _ConvInteger()
+Conv.quantized = Conv.integer.kernel

@@ -14,6 +14,14 @@ from n2d2.backend import array_module
 from n2d2.ir import lowering as low
 from n2d2.ir.ops import OpDef, _all_equal, register
 from n2d2.ir.ops import _coef as _plain_coef
+from n2d2.quantization.integer import (
+    QuantizationError,
+    output_signedness,
+    round_away,
+    saturate,
+    signed_max,
+    unsigned_max,
+)
 
 OPERATIONS = ("Sum", "AbsSum", "EuclideanSum", "Prod", "Max")
 
@@ -154,3 +162,73 @@ class ElemWise(OpDef):
 
     def plan_cuda_backward(self, n, g, k):
         return [k.elementwise("bwd", g["SIZE"], C=g["C"], HW=g["HW"])]
+
+
+# -- integer form (post-training quantization, n2d2.quantization) --------------------------------------
+class _ElemWiseInteger:
+    """Integer Sum: y = sum_k w_k x_k + s_k with every input on its own grid; each input gets a
+    per-channel factor M_k = w_k (T_k / Q_k) (Q_out / T_out). FLOAT_MULT: round(bias + sum_k
+    x_k M_k) in float64 (that order); integer modes: fixed point with one shift p for all inputs,
+    (sum_k x_k m_k + b + 2^(p-1)) >> p in int64 (N2D2 rescales branches to a common scaling
+    instead; the result is the same integer sum up to rounding). Then ReLU, saturation."""
+
+    kernel = "ElemWise"
+
+    def quantize(self, q, node):
+        import numpy as np
+
+
+        attrs = q.graph.attrs(node)
+        if attrs.get("operation") != "Sum":
+            raise QuantizationError(f"node '{node}' (ElemWise): operation {attrs.get('operation')} has no integer "
+                                    "form (only Sum)")
+        nb = len(q.graph.inputs_of(node))
+        ins = [q.input_q(node, k) for k in range(nb)]
+        channels = max(t.T.size for t in ins)
+        signed, relu, clip = output_signedness(q, node, attrs.get("activation"))
+        t_out = q.threshold(node)
+        if relu and clip > 0:
+            t_out = min(t_out, clip)
+        qmax = signed_max(q.nb_bits) if signed else unsigned_max(q.nb_bits)
+        factors, bias = [], np.zeros(channels)
+        for k, t in enumerate(ins):
+            w = np.broadcast_to(np.asarray(attrs["weights"][k], dtype=np.float64).reshape(-1), (channels,))
+            s = np.broadcast_to(np.asarray(attrs["shifts"][k], dtype=np.float64).reshape(-1), (channels,))
+            factors.append(w * np.broadcast_to(t.T, (channels,)) / t.Q * qmax / t_out)
+            bias = bias + s * qmax / t_out
+        M = np.stack(factors)
+        out = {"signed": signed, "relu": relu, "Q": qmax, "T": np.full(channels, t_out), "inputs": nb}
+        if q.mode == "FLOAT_MULT":
+            out.update(scaling={"mode": "FLOAT_MULT", "M": M, "bias": bias})
+            return out
+        top = float(np.abs(np.concatenate([M.reshape(-1), bias])).max()) or 1.0
+        p = min(50, int(np.floor(np.log2((2 ** 31 - 1) / top))))
+        if p < 0:
+            raise QuantizationError(f"node '{node}' (ElemWise): scaling {top:g} does not fit FIXED_MULT32")
+        out.update(scaling={"mode": "FIXED", "p": p, "m": round_away(M * 2.0 ** p),
+                            "bias": round_away(bias * 2.0 ** p)})
+        return out
+
+    def forward(self, qnode, xs, nb_bits):
+        import numpy as np
+
+
+        sc = qnode["scaling"]
+        if sc["mode"] == "FLOAT_MULT":
+            acc = np.broadcast_to(sc["bias"].reshape(1, -1, 1, 1), xs[0].shape).astype(np.float64)
+            for x, m in zip(xs, sc["M"]):
+                acc = acc + np.asarray(x, dtype=np.int64).astype(np.float64) * m.reshape(1, -1, 1, 1)
+            y = round_away(acc)
+        else:
+            p = np.int64(sc["p"])
+            acc = np.broadcast_to(sc["bias"].reshape(1, -1, 1, 1), xs[0].shape).astype(np.int64)
+            for x, m in zip(xs, sc["m"]):
+                acc = acc + np.asarray(x, dtype=np.int64) * m.reshape(1, -1, 1, 1)
+            y = (acc + (np.int64(1) << (p - 1) if p > 0 else np.int64(0))) >> p
+        if qnode["relu"]:
+            y = np.maximum(y, 0)
+        return saturate(y, nb_bits, qnode["signed"])
+
+
+ElemWise.integer = _ElemWiseInteger()
+ElemWise.quantized = ElemWise.integer.kernel

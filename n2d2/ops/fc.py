@@ -3,6 +3,7 @@ import numpy as np
 
 from n2d2.ir import lowering as low
 from n2d2.ir.ops import OpDef, _concat, register
+from n2d2.quantization.integer import quantize_weighted, weighted_forward
 
 
 def fc_forward(x2d, weights, biases=None):
@@ -98,3 +99,29 @@ class Fc(OpDef):
         if n.need_dx:
             specs += k.gemm("bwd_data_gemm", g["N"], g["K"], g["O"], a_kfast=True, b_kfast=False)
         return specs
+
+
+# -- integer form (post-training quantization, n2d2.quantization) --------------------------------------
+class _FcInteger:
+    """Integer Fc over the flattened (C, H, W) input: int8 weights, int32 accumulator and bias,
+    per-output requantization (n2d2.quantization.integer.quantize_weighted)."""
+
+    kernel = "Fc"
+
+    @staticmethod
+    def _channel_scale(steps, in_shapes, weights, attrs):
+        # each input flattened (C, H, W), the inputs concatenated: one step per input value
+        flat = [np.repeat(s, int(np.prod(shape[1:]))) for s, shape in zip(steps, in_shapes)]
+        return np.concatenate(flat)[None, :]
+
+    def quantize(self, q, node):
+
+        return quantize_weighted(q, node, Fc(), self._channel_scale)
+
+    def forward(self, qnode, xs, nb_bits):
+
+        return weighted_forward(Fc(), qnode, xs, nb_bits)
+
+
+Fc.integer = _FcInteger()
+Fc.quantized = Fc.integer.kernel

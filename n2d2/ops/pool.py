@@ -33,6 +33,7 @@ from n2d2.backend import array_module, to_host
 from n2d2.ir import lowering as low
 from n2d2.ir.lowering import Unsupported
 from n2d2.ir.ops import OpDef, _concat, _concat_shape, _mapping_like, _split_channels, register
+from n2d2.quantization.integer import QuantizationError
 
 
 def output_size(in_size: int, pool: int, stride: int, pad: int) -> int:
@@ -403,3 +404,42 @@ class Pool(OpDef):
             specs = [] if g["TILED"] else [k.elementwise("bwd_zero", g["N"] * g["C"] * g["H"] * g["W"])]
             return specs + [k.elementwise("bwd_windows", g["N"] * g["C"] * g["HO"] * g["WO"])]
         return [k.elementwise("bwd_gather", g["N"] * g["C"] * g["H"] * g["W"])]
+
+
+# -- integer form (post-training quantization, n2d2.quantization) --------------------------------------
+class _PoolInteger:
+    """Integer pooling on its input's grid (Q, per-channel T kept). Max: the max of the integers.
+    Average: the window sum (padded positions count as zeros, as the float op) divided by the
+    window size, rounded half away from zero, in integers."""
+
+    kernel = "Pool"
+
+    def quantize(self, q, node):
+
+        attrs = q.graph.attrs(node)
+        if attrs["pooling"] not in ("Max", "Average") or attrs.get("mapping") is not None \
+                or attrs.get("activation") is not None or len(q.graph.inputs_of(node)) != 1:
+            raise QuantizationError(f"node '{node}' (Pool): only a single-input Max or Average pool without "
+                                    f"mapping or fused activation has an integer form (pooling={attrs['pooling']})")
+        tin = q.input_q(node, 0)
+        return {"signed": tin.signed, "Q": tin.Q, "T": tin.T, "attrs": dict(attrs)}
+
+    def forward(self, qnode, xs, nb_bits):
+        a = qnode["attrs"]
+        x = np.asarray(xs[0], dtype=np.int64)
+        if a["pooling"] == "Max":
+            y, _ = Pool()._forward(a, [x.astype(np.float64)], {}, False)
+            return np.asarray(y).astype(np.int64)
+        (kh, kw), (sh, sw), (ph, pw) = a["pool"], a["stride"], a["padding"]
+        oh, ow = _out_hw(x.shape, (kh, kw), (sh, sw), (ph, pw))
+        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        total = np.zeros(x.shape[:2] + (oh, ow), dtype=np.int64)
+        for i in range(kh):
+            for j in range(kw):
+                total += xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+        count = kh * kw
+        return np.sign(total) * ((2 * np.abs(total) + count) // (2 * count))
+
+
+Pool.integer = _PoolInteger()
+Pool.quantized = Pool.integer.kernel

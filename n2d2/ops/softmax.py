@@ -2,6 +2,7 @@
 from n2d2.backend import array_module
 from n2d2.ir import lowering as low
 from n2d2.ir.ops import OpDef, _concat, _concat_shape, _split_channels, register
+from n2d2.quantization.integer import QuantizationError
 
 
 def _grouped(a, group_size):
@@ -83,3 +84,28 @@ class Softmax(OpDef):
         if n.fwd.a.get("with_loss"):
             return [k.elementwise("bwd_copy", n.dy.size)]
         return [k.elementwise("bwd", g["N"] * (g["C"] // g["GS"]) * g["HW"])]
+
+
+# -- integer form (post-training quantization, n2d2.quantization) --------------------------------------
+class _SoftmaxInteger:
+    """A final Softmax: its arg-max is its input's, so the integer network outputs the input
+    integers (the export's arg-max reads them). A Softmax feeding another node has no integer form."""
+
+    kernel = "Softmax"
+
+    def quantize(self, q, node):
+
+        if q.graph.consumers(node) or len(q.graph.inputs_of(node)) != 1 or q.graph.attrs(node).get("activation"):
+            raise QuantizationError(f"node '{node}' (Softmax): only a final single-input Softmax has an integer "
+                                    "form (its arg-max)")
+        tin = q.input_q(node, 0)
+        return {"signed": tin.signed, "Q": tin.Q, "T": tin.T}
+
+    def forward(self, qnode, xs, nb_bits):
+        import numpy as np
+
+        return np.asarray(xs[0], dtype=np.int64).copy()
+
+
+Softmax.integer = _SoftmaxInteger()
+Softmax.quantized = Softmax.integer.kernel

@@ -1,6 +1,7 @@
 """Shape inference: every node's output types recomputed from its op's shape rule."""
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph, GraphError
+from n2d2.ir.types import TensorType
 
 
 def shape_inference(graph: Graph, strict: bool = True) -> Graph:
@@ -31,4 +32,25 @@ def shape_inference(graph: Graph, strict: bool = True) -> Graph:
         if out >= len(g.output_types(name)):
             raise GraphError(f"graph '{g.name}': output {out} of node '{name}' does not exist "
                              f"({len(g.output_types(name))} outputs)")
+    return g
+
+
+def rebatch(graph, batch_size: int):
+    """A copy of `graph` whose inputs (and every shape after them) have batch `batch_size`."""
+    g = graph.copy()
+    for name in g.inputs:
+        t = g.output_types(name)[0]
+        g.nx.nodes[name]["outputs"] = [TensorType((batch_size,) + tuple(t.shape[1:]), t.dtype)]
+    for name in g.topological_order():
+        op = g.op(name)
+        if op == "Input":
+            continue
+        if op == "Grad":
+            attrs = g.attrs(name)
+            fwd_inputs = g.inputs_of(name)[1:-1]
+            outs = [g.output_types(s)[o] for (s, o), n in zip(fwd_inputs, attrs["input_needs"]) if n]
+            outs += [TensorType(g.params[g.node(attrs["of"]).params[r]].shape) for r in attrs["roles"]]
+            g.nx.nodes[name]["outputs"] = outs
+            continue
+        g.nx.nodes[name]["outputs"] = op_registry.get(op, node=name).infer(g, name)
     return g
