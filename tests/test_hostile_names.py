@@ -172,6 +172,35 @@ def _run(folder, binary, *args):
     return r.stdout
 
 
+def int_network(provider):
+    """A network of hostile cell names whose int8 export renders every integer template: a standalone
+    Activation, an ElemWise Sum, a Concat, a multi-input Conv, a max Pool, a Reshape, an Fc and a Softmax."""
+    from n2d2.activation import Linear, Rectifier
+    from n2d2.cells import Activation, Conv, ElemWise, Fc, Pool2d, Reshape, Sequence, Softmax
+
+    k = iter(range(100))
+    c1 = Conv(1, 3, [3, 3], activation=Linear(), name=H("conv", next(k)))
+    act = Activation(activation=Rectifier(), name=H("act", next(k)))
+    c2 = Conv(3, 3, [1, 1], activation=Linear(), name=H("conv", next(k)))
+    add = ElemWise(operation="Sum", name=H("sum", next(k)))
+    cat = Activation(activation=Linear(), name=H("concat", next(k)))     # several inputs: a Concat
+    c3 = Conv(6, 2, [1, 1], activation=Rectifier(), name=H("conv", next(k)))
+    pool = Pool2d(pool_dims=[2, 2], stride_dims=[2, 2], pooling="Max", name=H("pool", next(k)))
+    reshape = Reshape([2 * 2 * 2, 1, 1], name=H("reshape", next(k)))
+    fc = Fc(8, 3, activation=Linear(), name=H("fc", next(k)))
+    softmax = Softmax(with_loss=True, name=H("softmax", next(k)))
+
+    class Net(Sequence):
+        def __call__(self, x):
+            a = c1(x)
+            s = add(n2d2.Interface([act(a), c2(a)]))
+            return softmax(fc(reshape(pool(c3(cat(n2d2.Interface([s, a])))))))
+
+    dn = Net([c1, act, c2, add, cat, c3, pool, reshape, fc, softmax]).to_deepnet_cell(provider)
+    dn._name = H("int network", 2)
+    return dn
+
+
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     """Everything generated from hostile names, while recording the templates used."""
@@ -206,6 +235,9 @@ def generated(tmp_path_factory):
             os.chdir(tmp)
             out["onnx export"] = export_c(dn, export_folder_name="onnx_export")
             out["ini export"] = export_c(ini_dn, export_nb_stimuli_max=0, export_folder_name="ini_export")
+            # the integer export's templates, every one (tests/test_export_int.py checks the ONNX one too)
+            out["int8 export"] = export_c(int_network(provider), nb_bits=8, calibration=-1,
+                                          export_folder_name="int8_export")
         finally:
             os.chdir(cwd)
     out["onnx graph"] = dn.get_graph()
@@ -250,6 +282,15 @@ def test_export_builds_runs_and_contains_the_names(generated, which):
     _make(folder, "BIN=bin/network_test_prof", "PROFILE=1")       # the NETWORK_PROFILE string literals
     profile = _run(folder, "bin/network_test_prof", "-q")
     assert MARK.encode() in profile and b"Kernel profile" in profile
+
+
+def test_int8_export_builds_runs_and_keeps_the_names_in_comments(generated):
+    folder = generated["int8 export"]
+    for rel in ("src/network.c", "include/network.h", "include/weights.h"):
+        with open(os.path.join(folder, rel), encoding="ascii") as f:
+            assert_contained(f.read(), f"int8 export: {rel}")
+    _make(folder)
+    assert b"Success rate" in _run(folder, "bin/network_test", "-q")
 
 
 def test_every_template_was_rendered_with_hostile_names(generated):
