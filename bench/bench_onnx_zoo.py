@@ -1,4 +1,4 @@
-"""The torchvision classifiers at 224x224 through `DeepNetCell.load_from_ONNX(generic_ops=True)`
+"""The torchvision classifiers at 224x224 through `DeepNetCell.load_from_ONNX`
 against onnxruntime: import time, inference time per batch, relative error and top-1 agreement.
 
 Each architecture (torchvision==0.28.0, installed with --no-deps; its op registrations stubbed)
@@ -6,7 +6,9 @@ gets torch's default initialisation with BatchNorm statistics away from the iden
 exported once (legacy exporter, opset 17) into --cache. For each backend (numpy, c) the model is
 imported, its first run (which compiles) is timed apart, then --repeat runs on the same batch,
 the best kept; onnxruntime (CPUExecutionProvider, default threads) runs the same batch. Nodes
-that no N2D2 cell represents run as OnnxNode cells on their numpy reference on every backend.
+that no N2D2 cell represents run as OnnxNode cells: on C kernels where the op has one
+(broadcasting elementwise ops, LayerNormalization, Slice, Transpose, Reshape), else on their
+numpy reference.
 
 Run from the repository root: `python bench/bench_onnx_zoo.py --models resnet18 squeezenet1_1`
 (see --help; every model on both backends takes minutes on a small machine).
