@@ -273,7 +273,7 @@ def _where(c, node, ins, attrs):
     return c.op("OnnxWhere", ins, {})
 
 
-@_handles("Relu", "Sigmoid", "Tanh", "Exp", "Log", "Erf", "HardSwish", "Mish")
+@_handles("Relu", "Sigmoid", "Tanh", "Softplus", "Exp", "Log", "Erf", "HardSwish", "Mish")
 def _unary(c, node, ins, attrs):
     return c.op("Onnx" + node.op_type, ins[:1], {})
 

@@ -299,57 +299,31 @@ class OnnxWhere(OnnxOp):
         return [None] + list(T.where_backward(dy, cond, a_shape, b_shape))
 
 
+# -- the activations of the table (n2d2/ops/activation.py): one op per ONNX type it imports ---------
+def _table_activation_op(onnx_type, definition, to_params):
+    """Register `Onnx<onnx_type>`: the table's `definition` with the parameters `to_params` reads
+    from the node's ONNX attributes (so an activation is declared once, in the table)."""
+
+    class TableActivation(OnnxOp):
+        elementwise = True
+
+        def _forward(self, attrs, xs, training):
+            return definition.forward(xs[0], **to_params(attrs)), xs[0]
+
+        def _backward(self, attrs, x, dy, needs):
+            return [definition.backward(dy, x, **to_params(attrs))]
+
+    TableActivation.name = TableActivation.__name__ = TableActivation.__qualname__ = f"Onnx{onnx_type}"
+    TableActivation.__doc__ = f"ONNX {onnx_type}, ONNX attributes: the activation table's {definition.name}."
+    return register(TableActivation)
+
+
+for _definition in act_ops.ACTIVATIONS.values():
+    for _onnx_type, _to_params in _definition.onnx_import.items():
+        globals()[f"Onnx{_onnx_type}"] = _table_activation_op(_onnx_type, _definition, _to_params)
+
+
 # -- element-wise unary --------------------------------------------------------------------------
-@register
-class OnnxRelu(OnnxOp):
-    name = "OnnxRelu"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        return act_ops.rectifier_forward(xs[0]), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [act_ops.rectifier_backward(dy, x)]
-
-
-@register
-class OnnxLeakyRelu(OnnxOp):
-    """attrs: alpha."""
-
-    name = "OnnxLeakyRelu"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        return act_ops.rectifier_forward(xs[0], leak_slope=attrs.get("alpha", 0.01)), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [act_ops.rectifier_backward(dy, x, leak_slope=attrs.get("alpha", 0.01))]
-
-
-@register
-class OnnxSigmoid(OnnxOp):
-    name = "OnnxSigmoid"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        return act_ops.logistic_forward(xs[0]), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [act_ops.logistic_backward(dy, x)]
-
-
-@register
-class OnnxTanh(OnnxOp):
-    name = "OnnxTanh"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        return act_ops.tanh_forward(xs[0]), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [act_ops.tanh_backward(dy, x)]
-
-
 @register
 class OnnxExp(OnnxOp):
     name = "OnnxExp"
@@ -376,32 +350,6 @@ class OnnxLog(OnnxOp):
 
 
 @register
-class OnnxHardSigmoid(OnnxOp):
-    """attrs: alpha, beta."""
-
-    name = "OnnxHardSigmoid"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        return T.hard_sigmoid_forward(xs[0], attrs.get("alpha", 0.2), attrs.get("beta", 0.5)), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [T.hard_sigmoid_backward(dy, x, attrs.get("alpha", 0.2), attrs.get("beta", 0.5))]
-
-
-@register
-class OnnxHardSwish(OnnxOp):
-    name = "OnnxHardSwish"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        return T.hard_swish_forward(xs[0]), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [T.hard_swish_backward(dy, x)]
-
-
-@register
 class OnnxErf(OnnxOp):
     name = "OnnxErf"
     elementwise = True
@@ -411,32 +359,6 @@ class OnnxErf(OnnxOp):
 
     def _backward(self, attrs, x, dy, needs):
         return [T.erf_backward(dy, x)]
-
-
-@register
-class OnnxGelu(OnnxOp):
-    """attrs: approximate ("none" or "tanh")."""
-
-    name = "OnnxGelu"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        return T.gelu_forward(xs[0], attrs.get("approximate", "none")), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [T.gelu_backward(dy, x, attrs.get("approximate", "none"))]
-
-
-@register
-class OnnxMish(OnnxOp):
-    name = "OnnxMish"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        return T.mish_forward(xs[0]), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [T.mish_backward(dy, x)]
 
 
 @register

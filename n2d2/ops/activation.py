@@ -136,7 +136,7 @@ _GELU_K = math.sqrt(2.0 / math.pi)   # tanh approximation: 0.5 z (1 + tanh(k (z 
 _GELU_C = 0.044715
 
 
-def _erf(xp, x):
+def erf(xp, x):
     """erf elementwise (scipy / cupyx when importable, else math.erf per element)."""
     if xp is not np:
         from cupyx.scipy.special import erf  # noqa: PLC0415 (optional dependency)
@@ -153,7 +153,7 @@ def gelu_forward(z, approximate="none"):
     t = z.dtype.type
     if approximate == "tanh":
         return t(0.5) * z * (1 + xp.tanh(t(_GELU_K) * (z + t(_GELU_C) * z * z * z)))
-    return t(0.5) * z * (1 + _erf(xp, z * t(1 / math.sqrt(2.0))))
+    return t(0.5) * z * (1 + erf(xp, z * t(1 / math.sqrt(2.0))))
 
 
 def gelu_backward(dy, z, approximate="none"):
@@ -162,7 +162,7 @@ def gelu_backward(dy, z, approximate="none"):
     if approximate == "tanh":
         th = xp.tanh(t(_GELU_K) * (z + t(_GELU_C) * z * z * z))
         return dy * (t(0.5) * (1 + th) + t(0.5) * z * (1 - th * th) * t(_GELU_K) * (1 + t(3 * _GELU_C) * z * z))
-    cdf = t(0.5) * (1 + _erf(xp, z * t(1 / math.sqrt(2.0))))
+    cdf = t(0.5) * (1 + erf(xp, z * t(1 / math.sqrt(2.0))))
     return dy * (cdf + z * t(1 / math.sqrt(2 * math.pi)) * xp.exp(t(-0.5) * z * z))
 
 

@@ -27,6 +27,7 @@ from n2d2.ops import conv as conv_ops
 from n2d2.ops import deconv as deconv_ops
 from n2d2.ops import pool as pool_ops
 from n2d2.ops import resize as resize_ops
+from n2d2.ops.activation import erf as act_erf
 
 
 def _is_float(dtype) -> bool:
@@ -174,85 +175,16 @@ def clip_backward(dy, x, low=None, high=None):
     return dy if mask is None else dy * mask
 
 
-def hard_sigmoid_forward(x, alpha=0.2, beta=0.5):
-    """max(0, min(1, alpha * x + beta))."""
-    xp = array_module(x)
-    return xp.clip(x * x.dtype.type(alpha) + x.dtype.type(beta), 0, 1).astype(x.dtype, copy=False)
-
-
-def hard_sigmoid_backward(dy, x, alpha=0.2, beta=0.5):
-    """alpha where 0 < alpha * x + beta < 1 (0 at the kinks, as onnxruntime and torch)."""
-    z = x * x.dtype.type(alpha) + x.dtype.type(beta)
-    return dy * ((z > 0) & (z < 1)) * dy.dtype.type(alpha)
-
-
-def hard_swish_forward(x):
-    """x * HardSigmoid(x) with alpha = 1/6, beta = 0.5 (ONNX HardSwish)."""
-    return x * hard_sigmoid_forward(x, 1.0 / 6.0, 0.5)
-
-
-def hard_swish_backward(dy, x):
-    """1 for x > 3, 0 for x < -3, x / 3 + 1/2 in between."""
-    xp = array_module(x)
-    inner = x / x.dtype.type(3.0) + x.dtype.type(0.5)
-    return dy * xp.where(x > 3, 1, xp.where(x < -3, 0, inner)).astype(dy.dtype, copy=False)
-
-
-def _erf(x):
-    xp = array_module(x)
-    if xp is not np:
-        from cupyx.scipy.special import erf
-
-        return erf(x)
-    try:
-        from scipy.special import erf
-    except ImportError:   # scipy is optional: the exact scalar erf, element by element
-        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
-    return erf(x).astype(x.dtype, copy=False)
 
 
 def erf_forward(x):
-    return _erf(x)
+    return act_erf(array_module(x), x)
 
 
 def erf_backward(dy, x):
     """d erf(x) / dx = 2 / sqrt(pi) * exp(-x^2)."""
     xp = array_module(x)
     return dy * (x.dtype.type(2.0 / math.sqrt(math.pi)) * xp.exp(-x * x))
-
-
-def gelu_forward(x, approximate="none"):
-    """x * Phi(x) (ONNX Gelu, opset 20): Phi exact (erf) or its tanh approximation."""
-    xp = array_module(x)
-    if approximate == "tanh":
-        c = x.dtype.type(math.sqrt(2.0 / math.pi))
-        return x * x.dtype.type(0.5) * (1 + xp.tanh(c * (x + x.dtype.type(0.044715) * x * x * x)))
-    return x * x.dtype.type(0.5) * (1 + _erf(x / x.dtype.type(math.sqrt(2.0))))
-
-
-def gelu_backward(dy, x, approximate="none"):
-    xp = array_module(x)
-    if approximate == "tanh":
-        c = x.dtype.type(math.sqrt(2.0 / math.pi))
-        k = x.dtype.type(0.044715)
-        t = xp.tanh(c * (x + k * x * x * x))
-        return dy * (x.dtype.type(0.5) * (1 + t) + x.dtype.type(0.5) * x * (1 - t * t) * c * (1 + 3 * k * x * x))
-    cdf = x.dtype.type(0.5) * (1 + _erf(x / x.dtype.type(math.sqrt(2.0))))
-    pdf = xp.exp(-x * x / 2) * x.dtype.type(1.0 / math.sqrt(2.0 * math.pi))
-    return dy * (cdf + x * pdf)
-
-
-def mish_forward(x):
-    """x * tanh(softplus(x)) (ONNX Mish, opset 18)."""
-    xp = array_module(x)
-    return x * xp.tanh(xp.logaddexp(x, x.dtype.type(0)))
-
-
-def mish_backward(dy, x):
-    xp = array_module(x)
-    t = xp.tanh(xp.logaddexp(x, x.dtype.type(0)))
-    sig = 1 / (1 + xp.exp(-x))
-    return dy * (t + x * (1 - t * t) * sig)
 
 
 def layer_norm_forward(x, scale, bias=None, axis=-1, epsilon=1e-5):
