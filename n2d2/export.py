@@ -534,7 +534,7 @@ def export_cpp(deepnet_cell, provider=None, optimize_buffer_memory: bool = True,
 
 
 def _export_integer(generator, deepnet_cell, provider, nb_bits, export_folder_name, export_nb_stimuli_max,
-                    overwrite, kwargs, scaling_default, forbidden) -> str:
+                    overwrite, kwargs, scaling_default, forbidden, project="host") -> str:
     """PTQ (or the cell's earlier one with calibration=0), then the integer C project."""
 
     options = _check_options(kwargs, scaling_default, forbidden_scaling=forbidden)
@@ -570,18 +570,49 @@ def _export_integer(generator, deepnet_cell, provider, nb_bits, export_folder_na
                                    act_clipping_mode=options["act_clipping_mode"],
                                    act_scaling_mode=options["act_scaling_mode"],
                                    act_rescale_per_output=options["act_rescale_per_output"])
-    files = int_export.generate_files(network, deepnet_cell.get_name(), _version(), f"export_{generator.lower()}")
+    files = int_export.generate_files(network, deepnet_cell.get_name(), _version(), f"export_{generator.lower()}",
+                                      project=project)
     files.pop("_arena_bytes")
     if provider is None and export_nb_stimuli_max != 0:
         raise ExportError(f"export_{generator.lower()}: DeepNetCell '{deepnet_cell.get_name()}' has no provider: pass "
                           "provider= (the Test stimuli are exported) or export_nb_stimuli_max=0")
     inputs, labels, ids = _collect_stimuli(provider, tuple(network.input["shape"]), export_nb_stimuli_max)
-    files.update(int_export.stimuli_files(network, inputs, labels, ids))
+    if project == "stm32":
+        files.update(int_export.stm32_stimuli_files(network, inputs, labels, ids))
+    else:
+        files.update(int_export.stimuli_files(network, inputs, labels, ids))
     _write_project(folder, files, overwrite)
     return folder
 
 
-export_cpp_stm32 = _not_yet("export_cpp_stm32")
+def export_cpp_stm32(deepnet_cell, provider=None, optimize_buffer_memory: bool = True, nb_bits: int = 8,
+                     export_folder_name=None, export_nb_stimuli_max: int = 10, overwrite: bool = False,
+                     **kwargs) -> str:
+    """Upstream's `export_cpp_stm32`, integer only: post-training quantization as `export_cpp`
+    (`calibration`, `act_scaling_mode` default FLOAT_MULT, the other common keywords), then the
+    same integer network code as a bare-metal Cortex-M project in `export_CPP_STM32_int<nb_bits>/`:
+    src/network.c + include/weights.h of the integer C export (static arena in .bss, const weights
+    in flash, no malloc, no file I/O), include/test_stimulus.h + include/test_labels.h (the first
+    `export_nb_stimuli_max` Test stimuli, quantized, as const arrays; default 10, -1 all: they sit
+    in flash), src/main.c (runs them, counts successes, printf through newlib), src/startup.c,
+    stm32.ld (STM32H7: 2 MiB flash, 512 KiB RAM) and a Makefile: `make` builds
+    bin/n2d2_stm32.elf with arm-none-eabi-gcc (Cortex-M7, hard float) and prints its size,
+    `make emulator` the same program for the host. Differences with upstream
+    (docs/compatibility.md): C kernels instead of C++ SIMD ones, Test stimuli rather than Learn
+    ones, one ELF target (`export_h7` is an alias of `all`). `optimize_buffer_memory` is accepted
+    (the arena is always planned). Float (`nb_bits < 0`) raises NotImplementedError."""
+    _check_deepnet_cell(deepnet_cell)
+    _check_provider(provider)
+    if not isinstance(optimize_buffer_memory, bool):
+        raise WrongInputType("optimize_buffer_memory", type(optimize_buffer_memory), ["bool"])
+    if not _is_int(nb_bits):
+        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
+    if nb_bits <= 0:
+        raise NotImplementedError(f"export_cpp_stm32: nb_bits={nb_bits}: the float STM32 export is not implemented; "
+                                  "pass nb_bits=8 (or 2..16)")
+    return _export_integer("CPP_STM32", deepnet_cell, provider, int(nb_bits), export_folder_name,
+                           export_nb_stimuli_max, overwrite, kwargs, "FLOAT_MULT", (), project="stm32")
+
 export_tensor_rt = _not_yet("export_tensor_rt")
 
 
@@ -597,7 +628,7 @@ def list_exportable_cell(export_name: str):
         integer = op_registry.get(n).quantized is not None   # the integer export (C and CPP, nb_bits > 0)
         if export_name == "C":
             return "Yes" if _has_forward(n) else "No"
-        return "Yes (integer)" if export_name == "CPP" and integer else "No"
+        return "Yes (integer)" if export_name in ("CPP", "CPP_STM32") and integer else "No"
 
     rows = [(n, available(n)) for n in names]
     width = max(len("Cell Name"), *(len(n) for n, _ in rows))
