@@ -17,8 +17,8 @@ __version__ = "0.1.0"
 __all__ = ["Tensor", "Interface", "ConfigSection", "global_variables", "error_handler", "activation", "cells",
            "deepnet", "filler", "mapping", "provider", "solver", "download", "generate_name", "model_logger"]
 
-_LAZY = ("application", "database", "datasets", "transform", "target", "models", "export", "ir", "codegen", "scaling", "quantizer",
-         "onnx_backend", "converter", "eager_compile")
+_LAZY = ("database", "datasets", "transform", "target", "models", "export", "ir", "codegen", "scaling", "quantizer",
+         "onnx_backend", "converter", "eager_compile", "application")
 
 
 def __getattr__(name):
