@@ -13,8 +13,10 @@ import json
 
 import numpy as np
 
+from n2d2.cells import Softmax
 from n2d2.error_handler import WrongInputType
 from n2d2.provider import DataProvider
+from n2d2.target import Score
 from n2d2.tensor import Tensor
 
 
@@ -35,9 +37,6 @@ class CrossEntropyClassifier(Application):
     """
 
     def __init__(self, provider, **target_config):
-        from n2d2.cells import Softmax
-        from n2d2.target import Score
-
         if not isinstance(provider, DataProvider):
             raise WrongInputType("provider", type(provider), ["n2d2.provider.DataProvider"])
         self._provider = provider

@@ -206,7 +206,7 @@ def generated(tmp_path_factory):
     """Everything generated from hostile names, while recording the templates used."""
     from n2d2.cells.deepnet_cell import DeepNetCell
     from n2d2.codegen.cuda_backend import compile_check, find_nvcc
-    from n2d2.export import export_c
+    from n2d2.export import export_c, export_cpp_stm32
     from n2d2.frontends.ini import IniWarning, load_ini
     from tests.test_cuda_backend import EMU, run_training
 
@@ -238,6 +238,8 @@ def generated(tmp_path_factory):
             # the integer export's templates, every one (tests/test_export_int.py checks the ONNX one too)
             out["int8 export"] = export_c(int_network(provider), nb_bits=8, calibration=-1,
                                           export_folder_name="int8_export")
+            out["stm32 export"] = export_cpp_stm32(int_network(provider), nb_bits=8, calibration=-1,
+                                                   export_folder_name="stm32_export")
         finally:
             os.chdir(cwd)
     out["onnx graph"] = dn.get_graph()
@@ -291,6 +293,19 @@ def test_int8_export_builds_runs_and_keeps_the_names_in_comments(generated):
             assert_contained(f.read(), f"int8 export: {rel}")
     _make(folder)
     assert b"Success rate" in _run(folder, "bin/network_test", "-q")
+
+
+def test_stm32_export_keeps_the_names_in_comments(generated):
+    folder = generated["stm32 export"]
+    for rel in ("src/network.c", "include/network.h"):
+        with open(os.path.join(folder, rel), encoding="ascii") as f:
+            assert_contained(f.read(), f"stm32 export: {rel}")
+    for rel in ("src/main.c", "src/startup.c"):
+        with open(os.path.join(folder, rel), encoding="ascii") as f:
+            assert not TOKEN.search(_code_tokens(f.read(), cpp=False)), rel
+    with open(os.path.join(folder, "Makefile"), encoding="ascii") as f:
+        makefile = f.read().splitlines()
+    assert all(line.startswith("# ") and not line.endswith("\\") for line in makefile if MARK in line)
 
 
 def test_every_template_was_rendered_with_hostile_names(generated):
