@@ -512,6 +512,18 @@ def _not_yet(name):
     return export
 
 
+def _check_cpp_arguments(function, deepnet_cell, provider, optimize_buffer_memory, nb_bits, float_refusal):
+    """The argument checks `export_cpp` and `export_cpp_stm32` share (integer exports only)."""
+    _check_deepnet_cell(deepnet_cell)
+    _check_provider(provider)
+    if not isinstance(optimize_buffer_memory, bool):
+        raise WrongInputType("optimize_buffer_memory", type(optimize_buffer_memory), ["bool"])
+    if not _is_int(nb_bits):
+        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
+    if nb_bits <= 0:
+        raise NotImplementedError(f"{function}: nb_bits={nb_bits}: {float_refusal}")
+
+
 def export_cpp(deepnet_cell, provider=None, optimize_buffer_memory: bool = True, nb_bits: int = 8,
                export_folder_name=None, export_nb_stimuli_max: int = -1, overwrite: bool = False, **kwargs) -> str:
     """Upstream's `export_cpp`, integer only: post-training quantization (`calibration` stimuli;
@@ -520,15 +532,8 @@ def export_cpp(deepnet_cell, provider=None, optimize_buffer_memory: bool = True,
     upstream's C++ one: docs/compatibility.md). `act_scaling_mode` defaults to FLOAT_MULT, as
     upstream. `optimize_buffer_memory` is accepted (the arena is always planned). Float
     (`nb_bits < 0`) CPP export is not implemented: use `export_c`."""
-    _check_deepnet_cell(deepnet_cell)
-    _check_provider(provider)
-    if not isinstance(optimize_buffer_memory, bool):
-        raise WrongInputType("optimize_buffer_memory", type(optimize_buffer_memory), ["bool"])
-    if not _is_int(nb_bits):
-        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
-    if nb_bits <= 0:
-        raise NotImplementedError(f"export_cpp: nb_bits={nb_bits}: the float CPP export is not implemented; "
-                                  "export_c(nb_bits=-32) writes the float32 C project")
+    _check_cpp_arguments("export_cpp", deepnet_cell, provider, optimize_buffer_memory, nb_bits,
+                         "the float CPP export is not implemented; export_c(nb_bits=-32) writes the float32 C project")
     return _export_integer("CPP", deepnet_cell, provider, int(nb_bits), export_folder_name, export_nb_stimuli_max,
                            overwrite, kwargs, "FLOAT_MULT", ())
 
@@ -601,15 +606,8 @@ def export_cpp_stm32(deepnet_cell, provider=None, optimize_buffer_memory: bool =
     (docs/compatibility.md): C kernels instead of C++ SIMD ones, Test stimuli rather than Learn
     ones, one ELF target (`export_h7` is an alias of `all`). `optimize_buffer_memory` is accepted
     (the arena is always planned). Float (`nb_bits < 0`) raises NotImplementedError."""
-    _check_deepnet_cell(deepnet_cell)
-    _check_provider(provider)
-    if not isinstance(optimize_buffer_memory, bool):
-        raise WrongInputType("optimize_buffer_memory", type(optimize_buffer_memory), ["bool"])
-    if not _is_int(nb_bits):
-        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
-    if nb_bits <= 0:
-        raise NotImplementedError(f"export_cpp_stm32: nb_bits={nb_bits}: the float STM32 export is not implemented; "
-                                  "pass nb_bits=8 (or 2..16)")
+    _check_cpp_arguments("export_cpp_stm32", deepnet_cell, provider, optimize_buffer_memory, nb_bits,
+                         "the float STM32 export is not implemented; pass nb_bits=8 (or 2..16)")
     return _export_integer("CPP_STM32", deepnet_cell, provider, int(nb_bits), export_folder_name,
                            export_nb_stimuli_max, overwrite, kwargs, "FLOAT_MULT", (), project="stm32")
 
