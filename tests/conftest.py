@@ -78,3 +78,33 @@ def run_weighted_cell(cell, x, dy):
 
 
 requires_cuda = pytest.mark.skipif(not n2d2.global_variables.cuda_available, reason="needs a CUDA device and CuPy")
+
+
+def mnist_provider(batch=50):
+    """MNIST (the shared copy) at 32x32, as the integer-export tests feed LeNet.ini."""
+    database = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path())
+    provider = n2d2.provider.DataProvider(database, [32, 32, 1], batch_size=batch)
+    provider.add_transformation(n2d2.transform.Rescale(width=32, height=32))
+    return provider
+
+
+def trained_lenet(seed, steps, nb_test):
+    """LeNet.ini + Softmax trained `steps` batches of MNIST from `seed`, and `nb_test` Test stimuli:
+    {"dn", "provider", "x", "y"} (the PTQ and integer-export tests quantize it)."""
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.models import LeNetINI
+    from n2d2.quantization.ptq import read_stimuli
+
+    n2d2.global_variables.seed = seed
+    provider = mnist_provider()
+    dn = Sequence([LeNetINI(), Softmax(with_loss=True)]).to_deepnet_cell(provider)
+    target = dn.get_target()
+    provider.set_partition("Learn")
+    dn.learn()
+    for _ in range(steps):
+        loss = target(dn(provider.read_random_batch()))
+        loss.back_propagate()
+        loss.update()
+    dn.test()
+    x, y = read_stimuli(provider, "Test", nb_test)
+    return {"dn": dn, "provider": provider, "x": x, "y": y}

@@ -13,12 +13,13 @@ import pytest
 
 import n2d2
 from n2d2.activation import Linear, Rectifier
-from n2d2.cells import Conv, ElemWise, Fc, Sequence, Softmax
+from n2d2.cells import Conv, ElemWise, Fc, Sequence
 from n2d2.codegen.compiler import find_compiler
 from n2d2.export import export_c, export_cpp
 from n2d2.quantization import SCALING_MODES
 from n2d2.quantization.export import plan_arena
 from n2d2.quantization.ptq import quantize_network, read_stimuli
+from tests.conftest import trained_lenet
 from tests.test_export import _asan_available
 
 NB = 150        # exported stimuli
@@ -38,30 +39,9 @@ def _run(folder, binary, *args):
     return r.stdout
 
 
-def _provider():
-    database = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path())
-    provider = n2d2.provider.DataProvider(database, [32, 32, 1], batch_size=50)
-    provider.add_transformation(n2d2.transform.Rescale(width=32, height=32))
-    return provider
-
-
 @pytest.fixture(scope="module")
 def lenet():
-    from n2d2.models import LeNetINI
-
-    n2d2.global_variables.seed = 2
-    provider = _provider()
-    dn = Sequence([LeNetINI(), Softmax(with_loss=True)]).to_deepnet_cell(provider)
-    target = dn.get_target()
-    provider.set_partition("Learn")
-    dn.learn()
-    for _ in range(150):
-        loss = target(dn(provider.read_random_batch()))
-        loss.back_propagate()
-        loss.update()
-    dn.test()
-    x, y = read_stimuli(provider, "Test", NB)
-    return {"dn": dn, "provider": provider, "x": x, "y": y}
+    return trained_lenet(seed=2, steps=150, nb_test=NB)
 
 
 def _export(dn, folder, mode, nb_bits=8, **kw):

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import n2d2
-from n2d2.cells import Sequence, Softmax
 from n2d2.codegen.compiler import find_compiler
 from n2d2.export import export_cpp, export_cpp_stm32, list_exportable_cell
-from n2d2.quantization.ptq import quantize_network, read_stimuli
+from n2d2.quantization.ptq import quantize_network
+from tests.conftest import trained_lenet
 
 NB = 6          # embedded stimuli
 RAM = 512 * 1024
@@ -39,23 +39,7 @@ def _make(folder, *args):
 
 @pytest.fixture(scope="module")
 def lenet():
-    from n2d2.models import LeNetINI
-
-    n2d2.global_variables.seed = 2
-    database = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path())
-    provider = n2d2.provider.DataProvider(database, [32, 32, 1], batch_size=50)
-    provider.add_transformation(n2d2.transform.Rescale(width=32, height=32))
-    dn = Sequence([LeNetINI(), Softmax(with_loss=True)]).to_deepnet_cell(provider)
-    target = dn.get_target()
-    provider.set_partition("Learn")
-    dn.learn()
-    for _ in range(60):
-        loss = target(dn(provider.read_random_batch()))
-        loss.back_propagate()
-        loss.update()
-    dn.test()
-    x, y = read_stimuli(provider, "Test", NB)
-    return {"dn": dn, "provider": provider, "x": x, "y": y}
+    return trained_lenet(seed=2, steps=60, nb_test=NB)
 
 
 def _export(dn, folder, nb_bits, **kw):

@@ -11,11 +11,12 @@ import pytest
 
 import n2d2
 from n2d2.activation import Linear, Rectifier
-from n2d2.cells import Conv, ElemWise, Fc, Sequence, Softmax
+from n2d2.cells import Conv, ElemWise, Fc, Sequence
 from n2d2.error_handler import WrongValue
 from n2d2.quantization import SCALING_MODES, QuantizationError, approximate, requantize, round_away
 from n2d2.quantization.integer import weighted_forward
-from n2d2.quantization.ptq import Histogram, float_forward, inference_graph, quantize_network, read_stimuli
+from n2d2.quantization.ptq import Histogram, float_forward, inference_graph, quantize_network
+from tests.conftest import trained_lenet
 
 MODES = SCALING_MODES
 
@@ -138,30 +139,11 @@ def test_weighted_forward_accumulates_exactly():
     assert np.array_equal(got, ref)
 
 
-def _mnist_provider(batch=50):
-    database = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path())
-    provider = n2d2.provider.DataProvider(database, [32, 32, 1], batch_size=batch)
-    provider.add_transformation(n2d2.transform.Rescale(width=32, height=32))
-    return provider
-
-
 @pytest.fixture(scope="module")
 def lenet():
     """LeNet.ini trained 300 steps on MNIST; 400 Test stimuli and the float accuracy on them."""
-    from n2d2.models import LeNetINI
-
-    n2d2.global_variables.seed = 1
-    provider = _mnist_provider()
-    dn = Sequence([LeNetINI(), Softmax(with_loss=True)]).to_deepnet_cell(provider)
-    target = dn.get_target()
-    provider.set_partition("Learn")
-    dn.learn()
-    for _ in range(300):
-        loss = target(dn(provider.read_random_batch()))
-        loss.back_propagate()
-        loss.update()
-    dn.test()
-    x, y = read_stimuli(provider, "Test", 400)
+    net = trained_lenet(seed=1, steps=300, nb_test=400)
+    dn, provider, x, y = net["dn"], net["provider"], net["x"], net["y"]
     graph = inference_graph(dn)
     out = float_forward(graph, x)[graph.outputs[0][0]]
     float_acc = float(np.mean(out.reshape(len(x), -1).argmax(1) == y))
