@@ -108,3 +108,23 @@ def trained_lenet(seed, steps, nb_test):
     dn.test()
     x, y = read_stimuli(provider, "Test", nb_test)
     return {"dn": dn, "provider": provider, "x": x, "y": y}
+
+
+def residual_network(provider):
+    """A residual block on MNIST's 32x32 (ElemWise Sum of two branches on different grids), seeded."""
+    from n2d2.activation import Linear, Rectifier
+    from n2d2.cells import Conv, ElemWise, Fc, Sequence
+
+    n2d2.global_variables.seed = 4
+    conv1 = Conv(1, 6, kernel_dims=[5, 5], stride_dims=[2, 2], activation=Rectifier())
+    conv2 = Conv(6, 6, kernel_dims=[3, 3], padding_dims=[1, 1], activation=Linear())
+    conv3 = Conv(6, 6, kernel_dims=[1, 1], activation=Linear())
+    add = ElemWise(operation="Sum", activation=Rectifier())
+    fc = Fc(6 * 14 * 14, 10, activation=Linear())
+
+    class Residual(Sequence):
+        def __call__(self, x):
+            a = conv1(x)
+            return fc(add(n2d2.Interface([conv2(a), conv3(a)])))
+
+    return Residual([conv1, conv2, conv3, add, fc]).to_deepnet_cell(provider)

@@ -13,13 +13,13 @@ import pytest
 
 import n2d2
 from n2d2.activation import Linear, Rectifier
-from n2d2.cells import Conv, ElemWise, Fc, Sequence
+from n2d2.cells import Conv, Fc, Sequence
 from n2d2.codegen.compiler import find_compiler
 from n2d2.export import export_c, export_cpp
 from n2d2.quantization import SCALING_MODES
 from n2d2.quantization.export import plan_arena
 from n2d2.quantization.ptq import quantize_network, read_stimuli
-from tests.conftest import trained_lenet
+from tests.conftest import residual_network, trained_lenet
 from tests.test_export import _asan_available
 
 NB = 150        # exported stimuli
@@ -136,19 +136,7 @@ def test_average_pool_program_equals_the_simulation(lenet, tmp_path):
 @needs_make
 def test_residual_sum_program_equals_the_simulation(lenet, tmp_path):
     provider = lenet["provider"]
-    n2d2.global_variables.seed = 4
-    conv1 = Conv(1, 6, kernel_dims=[5, 5], stride_dims=[2, 2], activation=Rectifier())
-    conv2 = Conv(6, 6, kernel_dims=[3, 3], padding_dims=[1, 1], activation=Linear())
-    conv3 = Conv(6, 6, kernel_dims=[1, 1], activation=Linear())
-    add = ElemWise(operation="Sum", activation=Rectifier())
-    fc = Fc(6 * 14 * 14, 10, activation=Linear())
-
-    class Residual(Sequence):
-        def __call__(self, x):
-            a = conv1(x)
-            return fc(add(n2d2.Interface([conv2(a), conv3(a)])))
-
-    dn = Residual([conv1, conv2, conv3, add, fc]).to_deepnet_cell(provider)
+    dn = residual_network(provider)
     for mode in ("FLOAT_MULT", "SINGLE_SHIFT"):
         _check_bit_exact(dn, str(tmp_path / mode), mode, 8, lenet["x"], lenet["y"])
 

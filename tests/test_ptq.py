@@ -11,12 +11,12 @@ import pytest
 
 import n2d2
 from n2d2.activation import Linear, Rectifier
-from n2d2.cells import Conv, ElemWise, Fc, Sequence
+from n2d2.cells import Conv, Fc, Sequence
 from n2d2.error_handler import WrongValue
 from n2d2.quantization import SCALING_MODES, QuantizationError, approximate, requantize, round_away
 from n2d2.quantization.integer import weighted_forward
 from n2d2.quantization.ptq import Histogram, float_forward, inference_graph, quantize_network
-from tests.conftest import trained_lenet
+from tests.conftest import residual_network, trained_lenet
 
 MODES = SCALING_MODES
 
@@ -255,19 +255,7 @@ def test_unsupported_node_is_named(lenet):
 def test_residual_sum_network(lenet):
     """ElemWise Sum with two branches on different grids, through every scaling mode."""
     provider = lenet["provider"]
-    n2d2.global_variables.seed = 4
-    conv1 = Conv(1, 6, kernel_dims=[5, 5], stride_dims=[2, 2], activation=Rectifier())
-    conv2 = Conv(6, 6, kernel_dims=[3, 3], padding_dims=[1, 1], activation=Linear())
-    conv3 = Conv(6, 6, kernel_dims=[1, 1], activation=Linear())
-    add = ElemWise(operation="Sum", activation=Rectifier())
-    fc = Fc(6 * 14 * 14, 10, activation=Linear())
-
-    class Residual(Sequence):
-        def __call__(self, x):
-            a = conv1(x)
-            return fc(add(n2d2.Interface([conv2(a), conv3(a)])))
-
-    dn = Residual([conv1, conv2, conv3, add, fc]).to_deepnet_cell(provider)
+    dn = residual_network(provider)
     graph = inference_graph(dn)
     assert "ElemWise" in [graph.op(n) for n in graph.nodes()]
     x = lenet["x"][:100]
