@@ -70,8 +70,13 @@ class _CKernel:
         ins, outs = low.shapes(graph, node)
         return self.c_geometry(graph.attrs(node), ins, outs[0])
 
+    #: False: the op has a C kernel but no templates/cuda/ops/<Op>.cu.j2
+    cuda_kernel = True
+
     def lower_cuda(self, graph, node, training):
         """The C geometry, for templates/cuda/ops/<Op>.cu.j2 (cuda/onnx.cu.j2)."""
+        if not self.cuda_kernel:
+            return Unsupported(f"{self.name} has no CUDA kernel (C only)")
         g = self.lower_c(graph, node, training)
         return g if isinstance(g, Unsupported) else dict(g, PAR=False)
 
@@ -350,9 +355,17 @@ class OnnxLog(OnnxOp):
 
 
 @register
-class OnnxErf(OnnxOp):
+class OnnxErf(_CKernel, OnnxOp):
     name = "OnnxErf"
     elementwise = True
+    cuda_kernel = False   # no templates/cuda/ops/OnnxErf.cu.j2 (lower_cuda says so)
+
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        size = int(np.prod(out_shape))
+        if size == 0:
+            return Unsupported(f"{self.name}: an empty output {list(out_shape)}")
+        # erff / expf cost tens of flops an element (a binary op one): the team pays off sooner
+        return dict(KIND="erf", SIZE=size, INSIZE=[size], PAR=size >= low.PARALLEL_MIN_ELEMENTS // 4)
 
     def _forward(self, attrs, xs, training):
         return T.erf_forward(xs[0]), xs[0]
@@ -540,9 +553,13 @@ def _block_index(shape, full):
 
 # -- matrix products -----------------------------------------------------------------------------
 @register
-class OnnxMatMul(OnnxOp):
+class OnnxMatMul(_CKernel, OnnxOp):
     name = "OnnxMatMul"
     min_inputs = max_inputs = 2
+    cuda_kernel = False   # no templates/cuda/ops/OnnxMatMul.cu.j2 (lower_cuda says so)
+
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        return _matmul_geometry(self.name, in_shapes, out_shape)
 
     def _types(self, attrs, in_types):
         return [(_matmul_shape(in_types[0].shape, in_types[1].shape), in_types[0].dtype)]
@@ -567,6 +584,36 @@ def _matmul_shape(a, b):
     if len(b) == 1:
         out = out[:-1]
     return out
+
+
+def _matmul_geometry(op, in_shapes, out_shape):
+    """Geometry of KIND "matmul" (templates/c/onnx.c.j2): BATCH products Y[t] = A[t] B[t] of
+    [M, K] x [K, N], contiguous; product t (row-major over the output's batch axes) reads A and
+    B at the offsets of BAX (0 strides on a broadcast axis). A batched A times a B shared
+    by every product (a weight) is one product of BATCH * M rows. ABC / BBC: the operand is
+    shared by several products (its gradient is accumulated)."""
+    a, b = tuple(in_shapes[0]), tuple(in_shapes[1])
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    m, k, n = a2[-2], a2[-1], b2[-1]
+    if m * k * n == 0 or int(np.prod(out_shape)) == 0:
+        return Unsupported(f"{op}: an empty operand {list(a)} x {list(b)}")
+    batch = tuple(np.broadcast_shapes(a2[:-2], b2[:-2]))
+    astr = low.broadcast_strides(a2[:-2], batch) if batch else []
+    bstr = low.broadcast_strides(b2[:-2], batch) if batch else []
+    astr = [int(s) * m * k for s in astr]
+    bstr = [int(s) * k * n for s in bstr]
+    size = int(np.prod(batch)) if batch else 1
+    if size > 1 and not any(bstr) and int(np.prod(a2[:-2])) == size:   # B shared, A full: fold rows
+        m, size, batch, astr, bstr = m * size, 1, (), [], []
+    nbatch_a = int(np.prod(a2[:-2])) if a2[:-2] else 1
+    nbatch_b = int(np.prod(b2[:-2])) if b2[:-2] else 1
+    bax = [(int(np.prod(batch[d + 1:])), int(batch[d]), astr[d], bstr[d]) for d in range(len(batch))
+           if batch[d] != 1]   # per batch axis (DIV, MOD, A stride, B stride): index (t / DIV) % MOD
+    return dict(KIND="matmul", M=int(m), K=int(k), N=int(n), BATCH=size, BAX=bax,
+                ABC=nbatch_a < size, BBC=nbatch_b < size,
+                INSIZE=[int(np.prod(a)), int(np.prod(b))],
+                PAR=m * n * k >= low.PARALLEL_MIN_ELEMENTS)
 
 
 @register
@@ -1115,6 +1162,9 @@ class OnnxNode(OnnxOp):
 
     def lower_cuda(self, graph, node, training):
         """The inner op's CUDA kernels (cuda/onnx.cu.j2) on the geometry of `lower_c`."""
+        attrs = graph.attrs(node)
+        if not getattr(op_registry.get(attrs["op"], node=node), "cuda_kernel", True):
+            return Unsupported(f"OnnxNode {attrs['op']}: the inner op has no CUDA kernel (C only)")
         g = self.lower_c(graph, node, training)
         return g if isinstance(g, Unsupported) else dict(g, PAR=False)
 
