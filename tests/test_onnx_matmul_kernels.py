@@ -132,3 +132,34 @@ def test_wrapped_matmul_and_erf_run_in_c_and_cuda_is_refused():
     for op in (OnnxMatMul(), OnnxErf()):
         assert "no CUDA kernel" in op.lower_cuda(net.g, mm, False).reason
     assert "no CUDA kernel" in OnnxNode().lower_cuda(net.g, mm, False).reason
+
+
+def test_convnext_block_runs_its_matmul_and_erf_in_c(tmp_path):
+    """The ConvNeXt block imported through `DeepNetCell.load_from_ONNX` on C: its MatMul (and the
+    Erf of its GELU when the importer leaves it generic) run in C, forward and backward, as the
+    reference and onnxruntime."""
+    from tests.test_c_backend import _rng, _seeds, run_c_training, run_numpy_training
+    from tests.test_onnx_generic import _load
+    from tests.test_onnx_import import run_cell, run_ort
+
+    dn, path, shape = _load(tmp_path, "convnext_block", "c")
+    x = np.random.default_rng(35).standard_normal((2,) + shape).astype(np.float32)
+    y = run_cell(dn, x)
+    ref = run_ort(path, x, per_sample=True)
+    assert rel_err(y.reshape(ref.shape), ref) < 1e-5
+    p = dn._programs[("inference", 2)]._c
+    g = p.graph
+    mm = [n for n in g.nodes() if g.op(n) == "OnnxNode" and g.attrs(n)["op"] in ("OnnxMatMul", "OnnxErf")]
+    assert sum(g.attrs(n)["op"] == "OnnxMatMul" for n in mm) == 2
+    assert all(p.where[n] == "c" for n in mm), p.fallback_reasons
+
+    tg = dn._graph_for("training", 2)
+    feeds = {n: x for n in tg.graph.inputs if n not in tg.grad_inputs.values()}
+    seeds = _seeds(tg, _rng(36))
+    ref = run_numpy_training(tg, feeds, seeds)
+    out, p = run_c_training(tg, feeds, seeds)
+    mm = [n for n in tg.forward_nodes if tg.graph.op(n) == "OnnxNode"
+          and tg.graph.attrs(n)["op"] in ("OnnxMatMul", "OnnxErf")]
+    assert len(mm) >= 2 and all(p.where[n] == "c" and p.where[f"grad:{n}"] == "c" for n in mm), p.where
+    for k in ref:
+        assert rel_err(out[k], ref[k]) < 1e-4, k
