@@ -135,9 +135,9 @@ def test_wrapped_matmul_and_erf_run_in_c_and_cuda_is_refused():
 
 
 def test_convnext_block_runs_its_matmul_and_erf_in_c(tmp_path):
-    """The ConvNeXt block imported through `DeepNetCell.load_from_ONNX` on C: its MatMul (and the
-    Erf of its GELU when the importer leaves it generic) run in C, forward and backward, as the
-    reference and onnxruntime."""
+    """The ConvNeXt block imported through `DeepNetCell.load_from_ONNX` on C: its two MatMul run
+    in C, forward and backward, as the reference and onnxruntime (its GELU is one activation);
+    through `onnx_backend.prepare(backend="c")` too."""
     from tests.test_c_backend import _rng, _seeds, run_c_training, run_numpy_training
     from tests.test_onnx_generic import _load
     from tests.test_onnx_import import run_cell, run_ort
@@ -163,3 +163,14 @@ def test_convnext_block_runs_its_matmul_and_erf_in_c(tmp_path):
     assert len(mm) >= 2 and all(p.where[n] == "c" and p.where[f"grad:{n}"] == "c" for n in mm), p.where
     for k in ref:
         assert rel_err(out[k], ref[k]) < 1e-4, k
+
+    import onnx
+
+    from n2d2 import onnx_backend
+    rep = onnx_backend.prepare(onnx.load(path), backend="c")
+    xs = np.random.default_rng(37).standard_normal((2,) + shape).astype(np.float32)
+    assert rel_err(rep.run([xs])[0].reshape(2, -1), run_ort(path, xs, per_sample=True).reshape(2, -1)) < 1e-5
+    p = rep.program({rep.input_names[0]: xs})._c
+    mm = [n for n in p.graph.nodes() if p.graph.op(n) == "OnnxMatMul"]
+    assert len(mm) == 2 and all(p.where[n] == "c" for n in mm), p.fallback_reasons
+    assert not any(p.graph.op(n) == "OnnxErf" for n in p.graph.nodes())
