@@ -129,9 +129,32 @@ def test_wrapped_matmul_and_erf_run_in_c_and_cuda_is_refused():
     p = check_training(net, tol=2e-5, expect_c=[mm, er])
     assert p.where[f"grad:{mm}"] == "c" and p.geometry[mm]["KIND"] == "matmul"
     assert p.where[f"grad:{er}"] == "c" and p.geometry[er]["KIND"] == "erf"
-    for op in (OnnxMatMul(), OnnxErf()):
-        assert "no CUDA kernel" in op.lower_cuda(net.g, mm, False).reason
+    assert "no CUDA kernel" in OnnxMatMul().lower_cuda(net.g, mm, False).reason
     assert "no CUDA kernel" in OnnxNode().lower_cuda(net.g, mm, False).reason
+    assert OnnxNode().lower_cuda(net.g, er, False)["KIND"] == "erf"
+    assert OnnxErf.cuda_kernel
+
+
+def test_cuda_erf_matches_the_reference_on_the_emulator():
+    """Erf's CUDA kernels (cuda/onnx.cu.j2, parts erf / erf_dx), alone and in an OnnxNode, run by
+    the host emulator against the numpy reference, forward and backward; compiled by nvcc where
+    there is one. The MatMul next to them falls back, saying why."""
+    from n2d2.codegen.cuda_backend import compile_check, find_nvcc
+    from tests.test_c_backend import Net
+    from tests.test_cuda_backend import EMU, run_training
+
+    net = Net(seed=39, name="cudaerf")
+    x = net.source((2, 3, 4, 5), "x")
+    er = net.op("OnnxErf", [x], {})
+    wrapped = net.op("OnnxNode", [x], {"op": "OnnxErf", "attrs": {}, "slots": (("x", 0),), "shapes": ((3, 4, 5),),
+                                       "batch_keys": ()})
+    mm = net.op("OnnxMatMul", [x, net.op("OnnxTranspose", [x], {"perm": (0, 1, 3, 2)})], {})
+    net.output(er, wrapped, mm)
+    prog = run_training(net.g, EMU, steps=1, tol=5e-5)
+    assert all(prog.where[n] == "cuda" and prog.where[f"grad:{n}"] == "cuda" for n in (er, wrapped)), prog.where
+    assert prog.where[mm] == "numpy" and "no CUDA kernel" in prog.fallback_reasons[mm]
+    if find_nvcc() is not None:
+        compile_check(prog.source)
 
 
 def test_convnext_block_runs_its_matmul_and_erf_in_c(tmp_path):

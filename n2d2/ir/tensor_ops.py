@@ -90,13 +90,18 @@ class _CKernel:
 def _cuda_forward_plan(g, k):
     if g["KIND"] == "layernorm":
         return [k.elementwise("fwd", g["OUTER"], part="ln")]
+    if g["KIND"] == "erf":
+        return [k.elementwise("fwd", g["SIZE"], part="erf")]
     return [k.elementwise("fwd", g["SIZE"], part="map")]
 
 
 def _cuda_backward_plan(g, needs, k):
     """The kernels of cuda/onnx.cu.j2 that write the gradients of the inputs in `needs`."""
     specs = []
-    if g["KIND"] == "gather":
+    if g["KIND"] == "erf":
+        if needs[0]:
+            specs.append(k.elementwise("bwd", g["SIZE"], part="erf_dx"))
+    elif g["KIND"] == "gather":
         if needs[0]:
             if g["ZERO"]:
                 specs.append(k.elementwise("bwd", g["INSIZE"][0], part="zero"))
@@ -358,7 +363,6 @@ class OnnxLog(OnnxOp):
 class OnnxErf(_CKernel, OnnxOp):
     name = "OnnxErf"
     elementwise = True
-    cuda_kernel = False   # no templates/cuda/ops/OnnxErf.cu.j2 (lower_cuda says so)
 
     def c_geometry(self, attrs, in_shapes, out_shape):
         size = int(np.prod(out_shape))
