@@ -2,7 +2,9 @@
 OnnxNode wrapper running them: forward and every gradient against the numpy reference on fresh
 random inputs (weights shared by a batch, batched activations on both sides, batch broadcasting
 both ways, 1-D operands, N and K not multiples of the SGEMM tile, the thread team), NaN / inf as
-the reference, and the stated CUDA refusal."""
+the reference; their CUDA kernels on the host emulator (and nvcc), with the stated refusal of a
+MatMul backward whose operand several batch products share; the ConvNeXt block imported, trained
+and exported with them."""
 import numpy as np
 import pytest
 
@@ -114,8 +116,8 @@ def test_nan_and_inf_as_in_the_reference():
     assert outs[1][1, 0, 1, 1] == 1.0 and outs[1][1, 2, 1, 1] == -1.0   # erf(+-inf), as the reference
 
 
-def test_wrapped_matmul_and_erf_run_in_c_and_cuda_is_refused():
-    from n2d2.ir.tensor_ops import OnnxErf, OnnxMatMul, OnnxNode
+def test_wrapped_matmul_and_erf_run_in_c_and_their_cuda_lowering():
+    from n2d2.ir.tensor_ops import OnnxMatMul, OnnxNode
     from tests.test_c_backend import Net, check_training
 
     net = Net(seed=34, name="mmnode")
@@ -129,74 +131,45 @@ def test_wrapped_matmul_and_erf_run_in_c_and_cuda_is_refused():
     p = check_training(net, tol=2e-5, expect_c=[mm, er])
     assert p.where[f"grad:{mm}"] == "c" and p.geometry[mm]["KIND"] == "matmul"
     assert p.where[f"grad:{er}"] == "c" and p.geometry[er]["KIND"] == "erf"
-    assert "no CUDA kernel" in OnnxMatMul().lower_cuda(net.g, mm, False).reason
-    assert "no CUDA kernel" in OnnxNode().lower_cuda(net.g, mm, False).reason
     assert OnnxNode().lower_cuda(net.g, er, False)["KIND"] == "erf"
-    assert OnnxErf.cuda_kernel
+    assert OnnxNode().lower_cuda(net.g, mm, True)["KIND"] == "matmul"
+    assert OnnxMatMul().cuda_refusal(dict(ABC=False, BBC=True), True)
+    assert OnnxMatMul().cuda_refusal(dict(ABC=False, BBC=True), False) is None
 
 
-def test_cuda_erf_matches_the_reference_on_the_emulator():
-    """Erf's CUDA kernels (cuda/onnx.cu.j2, parts erf / erf_dx), alone and in an OnnxNode, run by
-    the host emulator against the numpy reference, forward and backward; compiled by nvcc where
-    there is one. The MatMul next to them falls back, saying why."""
+def test_cuda_matmul_and_erf_match_the_reference_on_the_emulator():
+    """MatMul's and Erf's CUDA kernels (cuda/onnx.cu.j2, parts mm / mm_da / mm_db, erf / erf_dx),
+    alone and in an OnnxNode, run by the host emulator against the numpy reference, forward and
+    backward; compiled by nvcc where there is one. A MatMul whose operand is shared by several
+    batch products falls back in training, saying why."""
     from n2d2.codegen.cuda_backend import compile_check, find_nvcc
+    from n2d2.solver import SGD
     from tests.test_c_backend import Net
     from tests.test_cuda_backend import EMU, run_training
 
-    net = Net(seed=39, name="cudaerf")
+    net = Net(seed=39, name="cudamm")
+    rng = net.rng
     x = net.source((2, 3, 4, 5), "x")
     er = net.op("OnnxErf", [x], {})
     wrapped = net.op("OnnxNode", [x], {"op": "OnnxErf", "attrs": {}, "slots": (("x", 0),), "shapes": ((3, 4, 5),),
                                        "batch_keys": ()})
-    mm = net.op("OnnxMatMul", [x, net.op("OnnxTranspose", [x], {"perm": (0, 1, 3, 2)})], {})
-    net.output(er, wrapped, mm)
+    both = net.op("OnnxMatMul", [x, net.op("OnnxTranspose", [x], {"perm": (0, 1, 3, 2)})], {})
+    shared = net.op("OnnxMatMul", [x, _const(net, rng.standard_normal((5, 37)), "w")], {})
+    vec = net.op("OnnxMatMul", [x, _const(net, rng.standard_normal(5), "v")], {})
+    node = net.op("OnnxNode", [x], {"op": "OnnxMatMul", "attrs": {}, "slots": (("x", 0), ("p", "weights", "float32")),
+                                    "shapes": ((3, 4, 5),), "batch_keys": ()},
+                  {"weights": rng.standard_normal((5, 6)).astype(np.float32)})
+    bcast = net.op("OnnxMatMul", [x, _const(net, rng.standard_normal((3, 5, 2)), "b3")], {})
+    nodes = [er, wrapped, both, shared, vec, node]
+    net.output(*nodes, bcast)
+    for param in net.g.params.values():
+        if net.g.op(param.owner) == "OnnxConstant":
+            param.solver = SGD(learning_rate=0.0, momentum=0.0)   # as in test_onnx_kernels
     prog = run_training(net.g, EMU, steps=1, tol=5e-5)
-    assert all(prog.where[n] == "cuda" and prog.where[f"grad:{n}"] == "cuda" for n in (er, wrapped)), prog.where
-    assert prog.where[mm] == "numpy" and "no CUDA kernel" in prog.fallback_reasons[mm]
+    assert all(prog.where[n] == "cuda" and prog.where[f"grad:{n}"] == "cuda" for n in nodes), prog.where
+    assert prog.where[bcast] == "numpy" and "shared by several batch products" in prog.fallback_reasons[bcast]
     if find_nvcc() is not None:
         compile_check(prog.source)
-
-
-def test_convnext_block_runs_its_matmul_and_erf_in_c(tmp_path):
-    """The ConvNeXt block imported through `DeepNetCell.load_from_ONNX` on C: its two MatMul run
-    in C, forward and backward, as the reference and onnxruntime (its GELU is one activation);
-    through `onnx_backend.prepare(backend="c")` too."""
-    from tests.test_c_backend import _rng, _seeds, run_c_training, run_numpy_training
-    from tests.test_onnx_generic import _load
-    from tests.test_onnx_import import run_cell, run_ort
-
-    dn, path, shape = _load(tmp_path, "convnext_block", "c")
-    x = np.random.default_rng(35).standard_normal((2,) + shape).astype(np.float32)
-    y = run_cell(dn, x)
-    ref = run_ort(path, x, per_sample=True)
-    assert rel_err(y.reshape(ref.shape), ref) < 1e-5
-    p = dn._programs[("inference", 2)]._c
-    g = p.graph
-    mm = [n for n in g.nodes() if g.op(n) == "OnnxNode" and g.attrs(n)["op"] in ("OnnxMatMul", "OnnxErf")]
-    assert sum(g.attrs(n)["op"] == "OnnxMatMul" for n in mm) == 2
-    assert all(p.where[n] == "c" for n in mm), p.fallback_reasons
-
-    tg = dn._graph_for("training", 2)
-    feeds = {n: x for n in tg.graph.inputs if n not in tg.grad_inputs.values()}
-    seeds = _seeds(tg, _rng(36))
-    ref = run_numpy_training(tg, feeds, seeds)
-    out, p = run_c_training(tg, feeds, seeds)
-    mm = [n for n in tg.forward_nodes if tg.graph.op(n) == "OnnxNode"
-          and tg.graph.attrs(n)["op"] in ("OnnxMatMul", "OnnxErf")]
-    assert len(mm) >= 2 and all(p.where[n] == "c" and p.where[f"grad:{n}"] == "c" for n in mm), p.where
-    for k in ref:
-        assert rel_err(out[k], ref[k]) < 1e-4, k
-
-    import onnx
-
-    from n2d2 import onnx_backend
-    rep = onnx_backend.prepare(onnx.load(path), backend="c")
-    xs = np.random.default_rng(37).standard_normal((2,) + shape).astype(np.float32)
-    assert rel_err(rep.run([xs])[0].reshape(2, -1), run_ort(path, xs, per_sample=True).reshape(2, -1)) < 1e-5
-    p = rep.program({rep.input_names[0]: xs})._c
-    mm = [n for n in p.graph.nodes() if p.graph.op(n) == "OnnxMatMul"]
-    assert len(mm) == 2 and all(p.where[n] == "c" for n in mm), p.fallback_reasons
-    assert not any(p.graph.op(n) == "OnnxErf" for n in p.graph.nodes())
 
 
 def test_standalone_export_runs_the_convnext_block(tmp_path, monkeypatch):

@@ -70,15 +70,17 @@ class _CKernel:
         ins, outs = low.shapes(graph, node)
         return self.c_geometry(graph.attrs(node), ins, outs[0])
 
-    #: False: the op has a C kernel but no templates/cuda/ops/<Op>.cu.j2
-    cuda_kernel = True
+    def cuda_refusal(self, g, training):
+        """Why the CUDA kernels of cuda/onnx.cu.j2 do not take the C geometry `g`, or None."""
+        return None
 
     def lower_cuda(self, graph, node, training):
         """The C geometry, for templates/cuda/ops/<Op>.cu.j2 (cuda/onnx.cu.j2)."""
-        if not self.cuda_kernel:
-            return Unsupported(f"{self.name} has no CUDA kernel (C only)")
         g = self.lower_c(graph, node, training)
-        return g if isinstance(g, Unsupported) else dict(g, PAR=False)
+        if isinstance(g, Unsupported):
+            return g
+        why = self.cuda_refusal(g, training)
+        return Unsupported(f"{self.name}: {why}") if why else dict(g, PAR=False)
 
     def plan_cuda_forward(self, n, g, k):
         return _cuda_forward_plan(g, k)
@@ -92,6 +94,8 @@ def _cuda_forward_plan(g, k):
         return [k.elementwise("fwd", g["OUTER"], part="ln")]
     if g["KIND"] == "erf":
         return [k.elementwise("fwd", g["SIZE"], part="erf")]
+    if g["KIND"] == "matmul":
+        return [k.elementwise("fwd", g["BATCH"] * g["M"] * g["N"], part="mm")]
     return [k.elementwise("fwd", g["SIZE"], part="map")]
 
 
@@ -101,6 +105,11 @@ def _cuda_backward_plan(g, needs, k):
     if g["KIND"] == "erf":
         if needs[0]:
             specs.append(k.elementwise("bwd", g["SIZE"], part="erf_dx"))
+    elif g["KIND"] == "matmul":
+        if needs[0]:
+            specs.append(k.elementwise("bwd", g["BATCH"] * g["M"] * g["K"], part="mm_da"))
+        if needs[1]:
+            specs.append(k.elementwise("bwd", g["BATCH"] * g["K"] * g["N"], part="mm_db"))
     elif g["KIND"] == "gather":
         if needs[0]:
             if g["ZERO"]:
@@ -560,10 +569,15 @@ def _block_index(shape, full):
 class OnnxMatMul(_CKernel, OnnxOp):
     name = "OnnxMatMul"
     min_inputs = max_inputs = 2
-    cuda_kernel = False   # no templates/cuda/ops/OnnxMatMul.cu.j2 (lower_cuda says so)
 
     def c_geometry(self, attrs, in_shapes, out_shape):
         return _matmul_geometry(self.name, in_shapes, out_shape)
+
+    def cuda_refusal(self, g, training):
+        if training and (g["ABC"] or g["BBC"]):
+            return ("an operand shared by several batch products (its gradient sums over them): no CUDA "
+                    "backward kernel, the C one does it")
+        return None
 
     def _types(self, attrs, in_types):
         return [(_matmul_shape(in_types[0].shape, in_types[1].shape), in_types[0].dtype)]
@@ -1167,10 +1181,11 @@ class OnnxNode(OnnxOp):
     def lower_cuda(self, graph, node, training):
         """The inner op's CUDA kernels (cuda/onnx.cu.j2) on the geometry of `lower_c`."""
         attrs = graph.attrs(node)
-        if not getattr(op_registry.get(attrs["op"], node=node), "cuda_kernel", True):
-            return Unsupported(f"OnnxNode {attrs['op']}: the inner op has no CUDA kernel (C only)")
         g = self.lower_c(graph, node, training)
-        return g if isinstance(g, Unsupported) else dict(g, PAR=False)
+        if isinstance(g, Unsupported):
+            return g
+        why = op_registry.get(attrs["op"], node=node).cuda_refusal(g, training)
+        return Unsupported(f"OnnxNode {attrs['op']}: {why}") if why else dict(g, PAR=False)
 
     def plan_cuda_forward(self, n, g, k):
         return _cuda_forward_plan(g, k)
