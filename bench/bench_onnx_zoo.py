@@ -7,7 +7,7 @@ exported once (legacy exporter, opset 17) into --cache. For each backend (numpy,
 imported, its first run (which compiles) is timed apart, then --repeat runs on the same batch,
 the best kept; onnxruntime (CPUExecutionProvider, default threads) runs the same batch. Nodes
 that no N2D2 cell represents run as OnnxNode cells: on C kernels where the op has one
-(broadcasting elementwise ops, LayerNormalization, Slice, Transpose, Reshape), else on their
+(broadcasting elementwise ops, LayerNormalization, Slice, Transpose, Reshape, MatMul, Erf), else on their
 numpy reference.
 
 Run from the repository root: `python bench/bench_onnx_zoo.py --models resnet18 squeezenet1_1`

@@ -111,6 +111,9 @@ def zoo(graph_name: str):
     outs.append(net.op("OnnxLayerNormalization", [x, scale, scale], {"axis": 3, "epsilon": 1e-5},
                        name=H("ln", next(k))))
     outs.append(net.op("OnnxTranspose", [x], {"perm": (0, 3, 2, 1)}, name=H("onnx transpose", next(k))))
+    xt = net.op("OnnxTranspose", [x], {"perm": (0, 1, 3, 2)}, name=H("onnx t", next(k)))
+    outs.append(net.op("OnnxMatMul", [x, xt], name=H("onnx matmul", next(k))))
+    outs.append(net.op("OnnxErf", [x], name=H("onnx erf", next(k))))
     outs.append(net.op("OnnxNode", [x], {"op": "OnnxMul", "attrs": {}, "slots": (("x", 0), ("p", "in0", "float32")),
                                          "shapes": ((3, 6, 6),), "batch_keys": ()},
                        {"in0": _normal(net.rng, (3, 1, 1))}, name=H("onnx node", next(k))))

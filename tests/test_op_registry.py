@@ -88,7 +88,9 @@ def test_properties_replace_the_old_op_lists():
         "BatchNorm", "Padding",
         # issue 12, onnxk: the Onnx* kernels of templates/cuda/onnx.cu.j2
         "OnnxAdd", "OnnxSub", "OnnxMul", "OnnxDiv", "OnnxLayerNormalization", "OnnxSlice", "OnnxTranspose",
-        "OnnxReshape", "OnnxNode"}
+        "OnnxReshape", "OnnxNode",
+        # issue 12, matmul: MatMul and Erf
+        "OnnxMatMul", "OnnxErf"}
     assert defs["Pool"].preserves_sign({"mapping": None}) and not defs["Pool"].preserves_sign({"mapping": 1})
     assert not defs["Conv"].batchnorm_fold_ok({"sub_sample": (2, 1)}) and defs["Conv"].batchnorm_fold_ok({})
 

@@ -341,6 +341,12 @@ class _Importer:
         self.values[graph_input.name] = _Act(x, in_shape, None, view_name=graph_input.name)
         nodes = self._needed_nodes()
         self.uses = self._count_uses(nodes)
+        self._readers = {}   # tensor name -> the needed nodes reading it (the GELU pattern's look-ahead)
+        for node in nodes:
+            for name in node.input:
+                if name:
+                    self._readers.setdefault(name, []).append(node)
+        self._absorbed = set()   # ids of the nodes of a decomposed GELU already imported as one activation
         self.reserved = {o for n in self.graph.node for o in n.output} | {graph_input.name}
         self.used_names.add(graph_input.name)
         known = {o for n in self.graph.node for o in n.output if o}
@@ -349,6 +355,8 @@ class _Importer:
             raise ONNXUnsupportedError(f"{self.path}: ignore_cells names {unknown}, which are not node outputs "
                                        f"of this model")
         for node in nodes:
+            if id(node) in self._absorbed:
+                continue
             self._node = node
             try:
                 self._visit(node)
@@ -415,6 +423,8 @@ class _Importer:
             for name, value in zip(node.output, results):
                 if name:
                     self.values[name] = value
+            return
+        if node.op_type in ("Div", "Mul") and self._decomposed_gelu(node, ins):
             return
         handler = getattr(self, f"_op_{node.op_type}", None)
         if handler is None and not self.generic_ops:
@@ -971,6 +981,70 @@ class _Importer:
                 return self._alias(x, out, x.shape)
         cell = Activation(activation, name=self._name(out, primary=True))
         return self._produce(cell, self._any_layout(x), x.shape)
+
+    def _peek_const(self, name):
+        """The value of constant tensor `name` (an initializer, a value already folded, or a
+        `Constant` node later in the file), else None; nothing is recorded."""
+        v = self.values.get(name)
+        if v is not None:
+            return v if isinstance(v, np.ndarray) else None
+        onnx = _onnx()
+        for n in self.graph.node:
+            if n.op_type == "Constant" and list(n.output) == [name]:
+                attrs = {a.name: _plain(onnx.helper.get_attribute_value(a)) for a in n.attribute}
+                try:
+                    return np.asarray(self._constant(n, attrs))
+                except ONNXError:
+                    return None
+        return None
+
+    def _scalar_is(self, name, value):
+        c = self._peek_const(name)
+        return c is not None and c.size == 1 and np.issubdtype(c.dtype, np.floating) \
+            and abs(float(c.reshape(-1)[0]) - value) <= 1e-6 * abs(value)
+
+    def _sole_reader(self, name, op_type):
+        """The one needed node reading tensor `name` when it is an `op_type` with one output and
+        `name` is no graph output, else None."""
+        readers = self._readers.get(name, [])
+        if len(readers) != 1 or self.uses.get(name, 0) != 1 or readers[0].op_type != op_type \
+                or len([o for o in readers[0].output if o]) != 1 or readers[0].domain not in ("", "ai.onnx"):
+            return None
+        return readers[0]
+
+    def _decomposed_gelu(self, node, ins):
+        """x * (1 + Erf(x / sqrt 2)) * 0.5 (PyTorch's nn.GELU below opset 20: Div or Mul by
+        1/sqrt 2, Erf, Add 1, Mul by x, Mul by 0.5, operands in either order) starting at `node`:
+        imported as one Gelu activation (fused into x's producer when it can be); True when done."""
+        if len(node.input) != 2 or any(v is None for v in ins) or len(node.output) != 1 \
+                or not any(isinstance(v, _Act) for v in ins) or node.output[0] in self.ignore:
+            return False
+        k = 0 if isinstance(ins[0], _Act) else 1
+        x, c = node.input[k], node.input[1 - k]
+        if not (self._scalar_is(c, 2.0 ** 0.5) and node.op_type == "Div" and k == 0) \
+                and not (self._scalar_is(c, 2.0 ** -0.5) and node.op_type == "Mul"):
+            return False
+        chain = [node]
+        erf = self._sole_reader(node.output[0], "Erf")
+        add = erf and self._sole_reader(erf.output[0], "Add")
+        if add is None or not self._scalar_is(next((i for i in add.input if i != erf.output[0]), ""), 1.0):
+            return False
+        mul = self._sole_reader(add.output[0], "Mul")
+        if mul is None or sorted(mul.input) != sorted([x, add.output[0]]):
+            return False
+        half = self._sole_reader(mul.output[0], "Mul")
+        if half is None or not self._scalar_is(next((i for i in half.input if i != mul.output[0]), ""), 0.5):
+            return False
+        chain += [erf, add, mul, half]
+        if any(n.output[0] in self.ignore for n in chain):
+            return False
+        v = ins[k]
+        if v.owner is not None:
+            v.owner.refs -= 1   # x is read twice by the pattern, which is one consumer
+        self._absorbed.update(id(n) for n in chain[1:])
+        self.values[half.output[0]] = self._activation(half, v, activations.Gelu())
+        self._check_shape(half.output[0])
+        return True
 
     def _any_layout(self, x):
         """The tensor of `x` for an element-wise consumer (a view need not be materialized)."""

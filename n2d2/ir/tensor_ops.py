@@ -70,10 +70,17 @@ class _CKernel:
         ins, outs = low.shapes(graph, node)
         return self.c_geometry(graph.attrs(node), ins, outs[0])
 
+    def cuda_refusal(self, g, training):
+        """Why the CUDA kernels of cuda/onnx.cu.j2 do not take the C geometry `g`, or None."""
+        return None
+
     def lower_cuda(self, graph, node, training):
         """The C geometry, for templates/cuda/ops/<Op>.cu.j2 (cuda/onnx.cu.j2)."""
         g = self.lower_c(graph, node, training)
-        return g if isinstance(g, Unsupported) else dict(g, PAR=False)
+        if isinstance(g, Unsupported):
+            return g
+        why = self.cuda_refusal(g, training)
+        return Unsupported(f"{self.name}: {why}") if why else dict(g, PAR=False)
 
     def plan_cuda_forward(self, n, g, k):
         return _cuda_forward_plan(g, k)
@@ -85,13 +92,25 @@ class _CKernel:
 def _cuda_forward_plan(g, k):
     if g["KIND"] == "layernorm":
         return [k.elementwise("fwd", g["OUTER"], part="ln")]
+    if g["KIND"] == "erf":
+        return [k.elementwise("fwd", g["SIZE"], part="erf")]
+    if g["KIND"] == "matmul":
+        return [k.elementwise("fwd", g["BATCH"] * g["M"] * g["N"], part="mm")]
     return [k.elementwise("fwd", g["SIZE"], part="map")]
 
 
 def _cuda_backward_plan(g, needs, k):
     """The kernels of cuda/onnx.cu.j2 that write the gradients of the inputs in `needs`."""
     specs = []
-    if g["KIND"] == "gather":
+    if g["KIND"] == "erf":
+        if needs[0]:
+            specs.append(k.elementwise("bwd", g["SIZE"], part="erf_dx"))
+    elif g["KIND"] == "matmul":
+        if needs[0]:
+            specs.append(k.elementwise("bwd", g["BATCH"] * g["M"] * g["K"], part="mm_da"))
+        if needs[1]:
+            specs.append(k.elementwise("bwd", g["BATCH"] * g["K"] * g["N"], part="mm_db"))
+    elif g["KIND"] == "gather":
         if needs[0]:
             if g["ZERO"]:
                 specs.append(k.elementwise("bwd", g["INSIZE"][0], part="zero"))
@@ -350,9 +369,16 @@ class OnnxLog(OnnxOp):
 
 
 @register
-class OnnxErf(OnnxOp):
+class OnnxErf(_CKernel, OnnxOp):
     name = "OnnxErf"
     elementwise = True
+
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        size = int(np.prod(out_shape))
+        if size == 0:
+            return Unsupported(f"{self.name}: an empty output {list(out_shape)}")
+        # erff / expf cost tens of flops an element (a binary op one): the team pays off sooner
+        return dict(KIND="erf", SIZE=size, INSIZE=[size], PAR=size >= low.PARALLEL_MIN_ELEMENTS // 4)
 
     def _forward(self, attrs, xs, training):
         return T.erf_forward(xs[0]), xs[0]
@@ -540,9 +566,18 @@ def _block_index(shape, full):
 
 # -- matrix products -----------------------------------------------------------------------------
 @register
-class OnnxMatMul(OnnxOp):
+class OnnxMatMul(_CKernel, OnnxOp):
     name = "OnnxMatMul"
     min_inputs = max_inputs = 2
+
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        return _matmul_geometry(self.name, in_shapes, out_shape)
+
+    def cuda_refusal(self, g, training):
+        if training and (g["ABC"] or g["BBC"]):
+            return ("an operand shared by several batch products (its gradient sums over them): no CUDA "
+                    "backward kernel, the C one does it")
+        return None
 
     def _types(self, attrs, in_types):
         return [(_matmul_shape(in_types[0].shape, in_types[1].shape), in_types[0].dtype)]
@@ -567,6 +602,36 @@ def _matmul_shape(a, b):
     if len(b) == 1:
         out = out[:-1]
     return out
+
+
+def _matmul_geometry(op, in_shapes, out_shape):
+    """Geometry of KIND "matmul" (templates/c/onnx.c.j2): BATCH products Y[t] = A[t] B[t] of
+    [M, K] x [K, N], contiguous; product t (row-major over the output's batch axes) reads A and
+    B at the offsets of BAX (0 strides on a broadcast axis). A batched A times a B shared
+    by every product (a weight) is one product of BATCH * M rows. ABC / BBC: the operand is
+    shared by several products (its gradient is accumulated)."""
+    a, b = tuple(in_shapes[0]), tuple(in_shapes[1])
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    m, k, n = a2[-2], a2[-1], b2[-1]
+    if m * k * n == 0 or int(np.prod(out_shape)) == 0:
+        return Unsupported(f"{op}: an empty operand {list(a)} x {list(b)}")
+    batch = tuple(np.broadcast_shapes(a2[:-2], b2[:-2]))
+    astr = low.broadcast_strides(a2[:-2], batch) if batch else []
+    bstr = low.broadcast_strides(b2[:-2], batch) if batch else []
+    astr = [int(s) * m * k for s in astr]
+    bstr = [int(s) * k * n for s in bstr]
+    size = int(np.prod(batch)) if batch else 1
+    if size > 1 and not any(bstr) and int(np.prod(a2[:-2])) == size:   # B shared, A full: fold rows
+        m, size, batch, astr, bstr = m * size, 1, (), [], []
+    nbatch_a = int(np.prod(a2[:-2])) if a2[:-2] else 1
+    nbatch_b = int(np.prod(b2[:-2])) if b2[:-2] else 1
+    bax = [(int(np.prod(batch[d + 1:])), int(batch[d]), astr[d], bstr[d]) for d in range(len(batch))
+           if batch[d] != 1]   # per batch axis (DIV, MOD, A stride, B stride): index (t / DIV) % MOD
+    return dict(KIND="matmul", M=int(m), K=int(k), N=int(n), BATCH=size, BAX=bax,
+                ABC=nbatch_a < size, BBC=nbatch_b < size,
+                INSIZE=[int(np.prod(a)), int(np.prod(b))],
+                PAR=m * n * k >= low.PARALLEL_MIN_ELEMENTS)
 
 
 @register
@@ -1115,8 +1180,12 @@ class OnnxNode(OnnxOp):
 
     def lower_cuda(self, graph, node, training):
         """The inner op's CUDA kernels (cuda/onnx.cu.j2) on the geometry of `lower_c`."""
+        attrs = graph.attrs(node)
         g = self.lower_c(graph, node, training)
-        return g if isinstance(g, Unsupported) else dict(g, PAR=False)
+        if isinstance(g, Unsupported):
+            return g
+        why = op_registry.get(attrs["op"], node=node).cuda_refusal(g, training)
+        return Unsupported(f"OnnxNode {attrs['op']}: {why}") if why else dict(g, PAR=False)
 
     def plan_cuda_forward(self, n, g, k):
         return _cuda_forward_plan(g, k)

@@ -16,6 +16,11 @@ Constant operands (`OnnxConstant` nodes holding a parameter) become the N2D2 op'
 one shared parameter); the `OnnxConstant` nodes left without consumers are removed. Exact in inference and training
 (same forward, same gradients to inputs and parameters).
 
+The decomposed GELU that exporters emit below opset 20, x * 0.5 * (1 + Erf(x / sqrt 2))
+(`Div` or `Mul` by 1/sqrt 2, `Erf`, `Add` 1, `Mul` by x, `Mul` by 0.5, in either order, operands
+commuted), becomes one `Activation` Gelu node (`fuse_decomposed_gelu`) when its intermediate
+tensors have no other reader; the activation then fuses into its producer like any other.
+
 Activations: an `Onnx<Name>` activation becomes an `Activation` node only when `n2d2.ir.ops`
 knows the activation `<Name>` (checked when the rule runs: `HardSigmoid`, `HardSwish`, `Gelu`
 once they are in its table) and `n2d2.activation` has its class.
@@ -252,6 +257,106 @@ def _softmax(graph, node):
     return "Softmax", ins, {"group_size": 0, "with_loss": False, "activation": None}, {}
 
 
+# -- the decomposed GELU --------------------------------------------------------------------------------
+_SQRT2 = 2.0 ** 0.5
+
+
+def _scalar(graph, ref, value):
+    """True when `ref` is an OnnxConstant holding one element equal to `value` (float32 rounding)."""
+    p = _const(graph, ref)
+    if p is None:
+        return False
+    a = graph.params[p].array
+    return a.size == 1 and abs(float(a.reshape(-1)[0]) - value) <= 1e-6 * abs(value)
+
+
+def _other(graph, node, ref_test):
+    """The input of binary `node` that is not the one `ref_test` accepts (None when neither is)."""
+    ins = graph.inputs_of(node)
+    if len(ins) != 2:
+        return None
+    for k in (0, 1):
+        if ref_test(ins[k]):
+            return ins[1 - k]
+    return None
+
+
+def _private(graph, ref, op):
+    """The node behind `ref` when it is an `op` node read only there (output 0, one consumer,
+    not a graph output), else None."""
+    src, out = ref
+    if out != 0 or graph.op(src) != op or len(graph.consumers(src)) != 1 or any(n == src for n, _ in graph.outputs):
+        return None
+    return src
+
+
+def _erf_plus_one(graph, ref):
+    """(x, nodes) when `ref` is 1 + Erf(x / sqrt 2) read only there, else None."""
+    add = _private(graph, ref, "OnnxAdd")
+    if add is None:
+        return None
+    e = _other(graph, add, lambda r: _scalar(graph, r, 1.0))
+    erf = None if e is None else _private(graph, e, "OnnxErf")
+    if erf is None:
+        return None
+    (scaled,) = graph.inputs_of(erf)
+    div = _private(graph, scaled, "OnnxDiv")
+    if div is not None:
+        ins = graph.inputs_of(div)
+        x = ins[0] if _scalar(graph, ins[1], _SQRT2) else None
+    else:
+        div = _private(graph, scaled, "OnnxMul")
+        x = None if div is None else _other(graph, div, lambda r: _scalar(graph, r, 1.0 / _SQRT2))
+    return None if x is None else (x, [add, erf, div])
+
+
+def _gelu_pattern(graph, node):
+    """(x, inner nodes) when OnnxMul `node` ends a decomposed GELU of x, else None."""
+    if graph.op(node) != "OnnxMul":
+        return None
+    ins = graph.inputs_of(node)
+    if len(ins) != 2:
+        return None
+    # x * (1 + erf) then * 0.5
+    rest = _other(graph, node, lambda r: _scalar(graph, r, 0.5))
+    inner = None if rest is None else _private(graph, rest, "OnnxMul")
+    if inner is not None:
+        a, b = graph.inputs_of(inner)
+        for x, e in ((a, b), (b, a)):
+            found = _erf_plus_one(graph, e)
+            if found is not None and found[0] == x:
+                return x, [inner] + found[1]
+    # (x * 0.5) * (1 + erf)
+    for h, e in (ins, ins[::-1]):
+        half = _private(graph, h, "OnnxMul")
+        x = None if half is None else _other(graph, half, lambda r: _scalar(graph, r, 0.5))
+        found = None if x is None else _erf_plus_one(graph, e)
+        if found is not None and found[0] == x:
+            return x, [half] + found[1]
+    return None
+
+
+def fuse_decomposed_gelu(graph: Graph, node: str) -> bool:
+    """Replace the decomposed GELU ending at `node` by an `Activation` Gelu node of the same
+    name (its inner nodes and their constants left unread are removed); True when done."""
+    spec = known_activation("Gelu")
+    found = _gelu_pattern(graph, node)
+    if spec is None or found is None:
+        return False
+    x, inner = found
+    xt, yt = graph.output_types(x[0])[x[1]], graph.output_types(node)[0]
+    if not _activation_input(graph, x) or tuple(xt.shape) != tuple(yt.shape) or not _only_output_0(graph, node):
+        return False
+    consts = {src for n in [node] + inner for src, _ in graph.inputs_of(n) if graph.op(src) == "OnnxConstant"}
+    substitute(graph, node, "Activation", [x], {"activation": spec}, {}, outputs=[yt])
+    for n in inner:                           # consumers first: each is read only by the previous
+        graph.remove_node(n)
+    for src in consts:
+        if not graph.consumers(src) and not any(n == src for n, _ in graph.outputs):
+            graph.remove_node(src)
+    return True
+
+
 # -- the pass ----------------------------------------------------------------------------------------
 def legalize_node(graph: Graph, node: str) -> bool:
     """Apply the rule of `node`'s op in place; True when the node was replaced."""
@@ -289,6 +394,9 @@ def legalize_onnx(graph: Graph, mode: str = "inference") -> Graph:
     the others are left as they are. Exact in inference and training."""
     check_mode(mode)
     g = graph.copy()
+    for node in g.topological_order():   # first: a rule would take a GELU's inner x * (1 + erf)
+        if node in g.nx:
+            fuse_decomposed_gelu(g, node)
     for node in g.topological_order():
         if node in g.nx:
             legalize_node(g, node)
