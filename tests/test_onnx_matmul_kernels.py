@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import rel_err
+from tests.test_onnx_kernels import check_standalone_export
 
 c_backend = pytest.importorskip("n2d2.codegen.c_backend")
 pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
@@ -175,34 +176,4 @@ def test_cuda_matmul_and_erf_match_the_reference_on_the_emulator():
 def test_standalone_export_runs_the_convnext_block(tmp_path, monkeypatch):
     """`export_c` of the imported ConvNeXt block (its MatMul OnnxNode cells on the matmul kernel,
     its GELU one activation): built by make, run on the exported stimuli, outputs as onnxruntime's."""
-    import os
-    import shutil
-    import subprocess
-
-    import onnx
-
-    import n2d2
-    from n2d2.cells.deepnet_cell import DeepNetCell
-    from n2d2.export import export_c
-    from tests.test_onnx_generic import PATTERNS
-    from tests.test_onnx_import import run_ort
-
-    if shutil.which("make") is None:
-        pytest.skip("needs make")
-    model, shape = PATTERNS["convnext_block"]()
-    path = str(tmp_path / "convnext_block.onnx")
-    onnx.save(model, path)
-    rng = np.random.default_rng(38)
-    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(4)]
-    database = n2d2.database.Numpy()
-    database.load(xs, [0, 1, 2, 0], partition="Test")
-    provider = n2d2.provider.DataProvider(database, [shape[2], shape[1], shape[0]], batch_size=2)
-    dn = DeepNetCell.load_from_ONNX(provider, path, backend="c")
-    monkeypatch.chdir(tmp_path)
-    folder = export_c(dn, export_folder_name="export")
-    for cmd in (["make"], [os.path.join(folder, "bin/network_test"), "-q", "-d", "4", "outputs.bin"]):
-        r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=240)
-        assert r.returncode == 0, r.stdout + r.stderr
-    out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<f4").reshape(4, -1)
-    ref = run_ort(path, np.stack(xs), per_sample=True).reshape(4, -1)
-    assert rel_err(out, ref) < 1e-5
+    check_standalone_export(tmp_path, monkeypatch, "convnext_block", seed=38)
