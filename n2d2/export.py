@@ -157,6 +157,21 @@ def _check_provider(provider):
         raise WrongInputType("provider", type(provider), ["n2d2.provider.DataProvider", "None"])
 
 
+def _project_folder(export_folder_name, generator, nb_bits, export_nb_stimuli_max, overwrite):
+    """The project folder an export writes, after the checks every export shares (stimuli count,
+    overwrite flag, an existing folder kept unless `overwrite`)."""
+    if not _is_int(export_nb_stimuli_max):
+        raise WrongInputType("export_nb_stimuli_max", type(export_nb_stimuli_max), ["int"])
+    if export_nb_stimuli_max < -1:
+        raise WrongValue("export_nb_stimuli_max", export_nb_stimuli_max, ["-1 (all)", "0 (none)", "a positive int"])
+    if not isinstance(overwrite, bool):
+        raise WrongInputType("overwrite", type(overwrite), ["bool"])
+    folder = _folder_path(export_folder_name, generator, nb_bits)
+    if os.path.lexists(folder) and not overwrite:
+        raise FileExistsError(f"export: '{folder}' already exists (pass overwrite=True to replace it)")
+    return folder
+
+
 def _folder_path(export_folder_name, generator: str, nb_bits: int) -> str:
     if export_folder_name is None:
         export_folder_name = f"export_{generator}_{'float' if nb_bits < 0 else 'int'}{abs(nb_bits)}"
@@ -450,15 +465,7 @@ def export_c(deepnet_cell, provider=None, nb_bits: int = -32, export_folder_name
                                overwrite, kwargs, "SINGLE_SHIFT", ("FLOAT_MULT",))
     nb_bits = _check_nb_bits(nb_bits)
     _check_options(kwargs, "SINGLE_SHIFT", forbidden_scaling=("FLOAT_MULT",))
-    if not _is_int(export_nb_stimuli_max):
-        raise WrongInputType("export_nb_stimuli_max", type(export_nb_stimuli_max), ["int"])
-    if export_nb_stimuli_max < -1:
-        raise WrongValue("export_nb_stimuli_max", export_nb_stimuli_max, ["-1 (all)", "0 (none)", "a positive int"])
-    if not isinstance(overwrite, bool):
-        raise WrongInputType("overwrite", type(overwrite), ["bool"])
-    folder = _folder_path(export_folder_name, "C", nb_bits)
-    if os.path.lexists(folder) and not overwrite:
-        raise FileExistsError(f"export: '{folder}' already exists (pass overwrite=True to replace it)")
+    folder = _project_folder(export_folder_name, "C", nb_bits, export_nb_stimuli_max, overwrite)
     provider = provider if provider is not None else deepnet_cell.get_provider()
     if provider is None and export_nb_stimuli_max != 0:
         raise ExportError(f"export_c: DeepNetCell '{deepnet_cell.get_name()}' has no provider: pass provider= "
@@ -548,15 +555,7 @@ def _export_integer(generator, deepnet_cell, provider, nb_bits, export_folder_na
     if options["qat_SAT"]:
         raise NotImplementedError(f"export_{generator.lower()}: qat_sat=True (export of a SAT-fused network) is not "
                                   "implemented; PTQ export only")
-    if not _is_int(export_nb_stimuli_max):
-        raise WrongInputType("export_nb_stimuli_max", type(export_nb_stimuli_max), ["int"])
-    if export_nb_stimuli_max < -1:
-        raise WrongValue("export_nb_stimuli_max", export_nb_stimuli_max, ["-1 (all)", "0 (none)", "a positive int"])
-    if not isinstance(overwrite, bool):
-        raise WrongInputType("overwrite", type(overwrite), ["bool"])
-    folder = _folder_path(export_folder_name, generator, nb_bits)
-    if os.path.lexists(folder) and not overwrite:
-        raise FileExistsError(f"export: '{folder}' already exists (pass overwrite=True to replace it)")
+    folder = _project_folder(export_folder_name, generator, nb_bits, export_nb_stimuli_max, overwrite)
     provider = provider if provider is not None else deepnet_cell.get_provider()
     _check_provider(provider)
     if options["calibration"] == 0:

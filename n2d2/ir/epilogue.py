@@ -35,7 +35,7 @@ def _is_unit(c, value) -> bool:
 
 
 @register
-class Epilogue(OpDef):
+class Epilogue(low.SameShapeLowering, OpDef):
     """attrs: steps (see the module docstring). Inputs: the value, then the residuals."""
 
     name = "Epilogue"
@@ -105,18 +105,6 @@ class Epilogue(OpDef):
     def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
         ctx["steps"] = template_steps(graph.attrs(node)["steps"], activation)
 
-    # -- lowering --------------------------------------------------------------------------------
-    def lower_c(self, graph, node, training):
-        return low.same_shape_geometry(low.shapes(graph, node)[0])
-
-    def lower_cuda(self, graph, node, training):
-        return low.same_shape_geometry(low.shapes(graph, node)[0], par=False)
-
-    def plan_cuda_forward(self, n, g, k):
-        return [k.elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
-
-    def plan_cuda_backward(self, n, g, k):
-        return [k.elementwise("bwd", g["SIZE"], C=g["C"], HW=g["HW"])]
 
 
 def describe(steps) -> str:

@@ -278,3 +278,21 @@ def strided_geometry(out, operands, par=True):
              SIZE=size)
     g["PAR"] = bool(par) and size >= PARALLEL_MIN_ELEMENTS
     return g
+
+
+class SameShapeLowering:
+    """Lowering of the ops whose inputs and output share one shape, computed element by element
+    (ElemWise, AddN, Epilogue): one geometry, one elementwise launch per direction. A mixin placed
+    before OpDef in the bases."""
+
+    def lower_c(self, graph, node, training):
+        return same_shape_geometry(shapes(graph, node)[0])
+
+    def lower_cuda(self, graph, node, training):
+        return same_shape_geometry(shapes(graph, node)[0], par=False)
+
+    def plan_cuda_forward(self, n, g, k):
+        return [k.elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
+
+    def plan_cuda_backward(self, n, g, k):
+        return [k.elementwise("bwd", g["SIZE"], C=g["C"], HW=g["HW"])]

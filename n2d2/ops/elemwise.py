@@ -103,7 +103,7 @@ def elemwise_backward(dy, xs, ctx, operation: str, weights, shifts):
 
 # -- the IR op ------------------------------------------------------------
 @register
-class ElemWise(OpDef):
+class ElemWise(low.SameShapeLowering, OpDef):
     """attrs: operation, weights, shifts (per input: scalar or per-channel list)."""
 
     name = "ElemWise"
@@ -150,18 +150,6 @@ class ElemWise(OpDef):
         dxs = elemwise_backward(dy, xs, ctx, attrs["operation"], attrs["weights"], attrs["shifts"])
         return [g if n else None for g, n in zip(dxs, needs)], {}
 
-    # -- lowering --------------------------------------------------------------------------------
-    def lower_c(self, graph, node, training):
-        return low.same_shape_geometry(low.shapes(graph, node)[0])
-
-    def lower_cuda(self, graph, node, training):
-        return low.same_shape_geometry(low.shapes(graph, node)[0], par=False)
-
-    def plan_cuda_forward(self, n, g, k):
-        return [k.elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
-
-    def plan_cuda_backward(self, n, g, k):
-        return [k.elementwise("bwd", g["SIZE"], C=g["C"], HW=g["HW"])]
 
 
 # -- integer form (post-training quantization, n2d2.quantization) --------------------------------------

@@ -7,12 +7,13 @@ from n2d2.ir.types import GraphError
 
 
 @register
-class AddN(OpDef):
+class AddN(low.SameShapeLowering, OpDef):
     """Sum of same-shape inputs (gradient contributions)."""
 
     name = "AddN"
     max_inputs = None
     elementwise = True
+    plan_cuda_backward = OpDef.plan_cuda_backward   # autodiff never differentiates an AddN
 
     def _infer(self, attrs, in_shapes, param_shapes):
         for s in in_shapes[1:]:
@@ -25,15 +26,6 @@ class AddN(OpDef):
         for x in xs[2:]:
             total += x
         return total, None
-
-    def lower_c(self, graph, node, training):
-        return low.same_shape_geometry(low.shapes(graph, node)[0])
-
-    def lower_cuda(self, graph, node, training):
-        return low.same_shape_geometry(low.shapes(graph, node)[0], par=False)
-
-    def plan_cuda_forward(self, n, g, k):
-        return [k.elementwise("fwd", g["SIZE"], C=g["C"], HW=g["HW"])]
 
 
 @register
