@@ -50,6 +50,7 @@ import numpy as np
 import n2d2.activation as activations
 import n2d2.database as databases
 import n2d2.filler as fillers
+import n2d2.quantizer as quantizers
 import n2d2.solver as solvers
 import n2d2.transform as transforms
 from n2d2.cells import (
@@ -119,6 +120,22 @@ _FILLERS = {
 # activation table (n2d2.ops.activation)
 _ACTIVATIONS = {d.ini_name: (d.name, {k: (py, float) for k, py in d.ini_params.items()})
                 for d in act_table.ACTIVATIONS.values() if d.ini_name}
+
+# QAT quantizers (reference 4.6): (role, INI type) -> (n2d2.quantizer class, {sub-key: (python name, type)}).
+# `Mode` is the docs' spelling of the code's `QuantMode`, `StepOptInitStepSize` the docs' spelling of
+# `SetOptInitStepSize`: both are read (one of the two per section).
+_QRANGE = {"Range": ("range", int)}
+_QMODE = {"QuantMode": ("quant_mode", str), "Mode": ("quant_mode", str)}
+_QLSQ = {"StepSize": ("step_size", float), "SetOptInitStepSize": ("set_opt_init_step_size", bool),
+         "StepOptInitStepSize": ("set_opt_init_step_size", bool)}
+_QUANTIZERS = {
+    ("QWeight", "SAT"): ("SATCell", {**_QRANGE, **_QMODE, "ApplyQuantization": ("apply_quantization", bool),
+                                     "ApplyScaling": ("apply_scaling", bool)}),
+    ("QWeight", "LSQ"): ("LSQCell", {**_QRANGE, **_QMODE, **_QLSQ}),
+    ("QAct", "SAT"): ("SATAct", {**_QRANGE, "Alpha": ("alpha", float)}),
+    ("QAct", "LSQ"): ("LSQAct", {**_QRANGE, **_QLSQ}),
+}
+_QUANTIZER_WHAT = {"QWeight": "weight", "QAct": "activation"}
 
 # Database parameters common to every database: INI name -> (python name, type)
 _DATABASE_PARAMETERS = {
@@ -902,9 +919,9 @@ def _known_layer_keys(kind):
     keys = list(_COMMON_LAYER_KEYS) + list(_LAYER_KEYS.get(kind, ()))
     if kind in ("Conv", "Deconv", "Fc", "Pool", "BatchNorm", "ElemWise", "Padding", "Resize", "Reshape", "Transpose",
                 "Scaling", "Softmax", "Dropout", "Activation"):
-        keys += ["ActivationFunction", "ActivationFunction.*"]
+        keys += ["ActivationFunction", "ActivationFunction.*", "QAct(.*)", "QActSolver(.*)"]
     if kind in ("Conv", "Deconv", "Fc"):
-        keys += ["WeightsFiller(.*)", "BiasFiller(.*)"]
+        keys += ["WeightsFiller(.*)", "BiasFiller(.*)", "QWeight(.*)", "QWeightSolver(.*)"]
     if kind in ("Conv", "Deconv", "Pool"):
         keys += ["Mapping.*", "Mapping(<input>)"]
     if kind in _SOLVER_ROLES:
@@ -939,7 +956,8 @@ def _activation(layer, default=None):
             raise r.error(f"'{dotted[0]}' without an ActivationFunction key", dotted[0],
                           "ActivationFunction=<type> before its parameters")
         if default is None:
-            return None
+            quantizer = _quantizer(layer, "QAct")   # QAct without an activation: Linear + quantizer
+            return None if quantizer is None else activations.Linear(quantizer=quantizer)
         name = default
     else:
         name = r.choice("ActivationFunction", tuple(_ACTIVATIONS))
@@ -952,6 +970,9 @@ def _activation(layer, default=None):
                           ", ".join(f"ActivationFunction.{p}" for p in params) or f"no parameters for {name}")
         py, kind = params[short]
         kwargs[py] = r.float(key) if kind is float else r.text(key)
+    quantizer = _quantizer(layer, "QAct")
+    if quantizer is not None:
+        kwargs["quantizer"] = quantizer
     return getattr(activations, cls_name)(**kwargs)
 
 
@@ -986,13 +1007,18 @@ def _solver(layer, role):
         for key in ("Solvers", specific):
             if source.has(key):
                 kind = source.choice(key, _SOLVER_TYPES)
-    table = _SGD_KEYS if kind == "SGD" else _ADAM_KEYS
     sources = [c]
     if r.has("Solvers") or r.has(specific):
         sources.append(r)
+    return _make_solver(layer, role, kind, sources, ("Solvers.", specific + "."))
+
+
+def _make_solver(layer, role, kind, sources, prefixes):
+    """A `kind` solver whose parameters are the keys `<prefix>X` of `sources` (later ones win)."""
+    table = _SGD_KEYS if kind == "SGD" else _ADAM_KEYS
     kwargs = {}
     for source in sources:
-        for prefix in ("Solvers.", specific + "."):
+        for prefix in prefixes:
             for key in source.keys():
                 if not key.startswith(prefix):
                     continue
@@ -1001,14 +1027,7 @@ def _solver(layer, role):
                     raise source.error(f"'{key}' is not a parameter of the {kind} solver", key,
                                        ", ".join(prefix + k for k in table))
                 py, type_ = table[short]
-                if type_ is int:
-                    value = source.int(key)
-                elif type_ is float:
-                    value = source.float(key)
-                elif type_ is bool:
-                    value = source.bool(key)
-                else:
-                    value = source.text(key)
+                value = NetworkBuilder._typed(source, key, type_)
                 if py == "learning_rate_step_size" and value < 1:
                     raise source.error(f"{key}={value} must be at least 1 (an empty Learn partition gives "
                                        f"[sp]_EpochSize=0)", key, "a positive number of stimuli")
@@ -1018,6 +1037,83 @@ def _solver(layer, role):
                 kwargs[py] = value
     # keys of the other roles are read by their own call; mark the ones of absent roles as seen
     return layer.builder._wrap(layer.name, lambda: getattr(solvers, kind)(**kwargs), f"invalid {role} solver")
+
+
+def _quantizer(layer, role):
+    """The QAT quantizer of `role` (reference 4.6), or None without a `<role>=` type key:
+    `QWeight=SAT|LSQ` (Conv, Deconv, Fc) or `QAct=SAT|LSQ` (any layer with an activation), its
+    `<role>.X` parameters and its solver (`<role>Solver=SGD|Adam` or `<role>.Solver=`, parameters
+    `<role>Solver.X`), read from the config sections then the layer section (which wins), as
+    `n2d2.quantizer.SATCell(...)` etc. would be built. A sub-key the quantizer does not have, or
+    parameters without the type key, are errors naming the section and line."""
+    r, c = layer.r, layer.config
+    what = _QUANTIZER_WHAT[role]
+    sources = (c, r)
+    solver_role = f"{role}Solver"
+    dotted = [(s, k) for s in sources for k in s.keys() if k.startswith(role + ".")]
+    solver_keys = [(s, k) for s in sources for k in s.keys() if k == solver_role or k.startswith(solver_role + ".")]
+    typed = [s for s in sources if s.has(role)]
+    if not typed:
+        if dotted or solver_keys:
+            source, key = (dotted or solver_keys)[0]
+            raise source.error(f"'{key}' without a {role} key (no {what} quantizer)", key,
+                               f"{role}=SAT or {role}=LSQ before its parameters")
+        return None
+    kind = typed[-1].choice(role, ("SAT", "LSQ"))
+    for source in typed[:-1]:
+        source.mark(role)
+    cls_name, params = _QUANTIZERS[(role, kind)]
+    kwargs = {}
+    for source in sources:
+        spelled = {}
+        for key in source.keys():
+            if not key.startswith(role + ".") or key == f"{role}.Solver":
+                continue
+            short = key[len(role) + 1:]
+            if short not in params:
+                raise source.error(f"'{key}' is not a parameter of the {kind} {what} quantizer ({cls_name})", key,
+                                   ", ".join(f"{role}.{p}" for p in params) + f", {role}.Solver, {solver_role}.*")
+            py, type_ = params[short]
+            if py in spelled:
+                raise source.error(f"'{key}' and '{role}.{spelled[py]}' set the same parameter", key,
+                                   f"one of {role}.{spelled[py]}, {key}")
+            spelled[py] = short
+            kwargs[py] = NetworkBuilder._typed(source, key, type_)
+    solver = _quantizer_solver(layer, role, kind, sources)
+    if solver is not None:
+        kwargs["solver"] = solver
+    return layer.builder._wrap(layer.name, lambda: getattr(quantizers, cls_name)(model=layer.model, **kwargs),
+                               f"invalid {role}={kind}")
+
+
+def _quantizer_solver(layer, role, kind, sources):
+    """The solver of a quantizer's learned scalar (`<role>Solver=` / `<role>.Solver=` type key and
+    `<role>Solver.X` parameters), None when no key names one (the quantizer's default, SGD)."""
+    solver_role = f"{role}Solver"
+    type_keys = [(s, k) for s in sources for k in (solver_role, f"{role}.Solver") if s.has(k)]
+    params = [(s, k) for s in sources for k in s.keys() if k.startswith(solver_role + ".")]
+    if not type_keys and not params:
+        return None
+    if not type_keys:
+        source, key = params[0]
+        raise source.error(f"'{key}' without a {solver_role} key", key, f"{solver_role}=SGD or Adam before its "
+                           "parameters")
+    if len({k for _, k in type_keys}) > 1:
+        source, key = type_keys[-1]
+        raise source.error(f"{solver_role} and {role}.Solver both name the solver", key, f"one of {solver_role}, "
+                           f"{role}.Solver")
+    source, key = type_keys[-1]
+    solver_kind = source.choice(key, _SOLVER_TYPES)
+    for s, k in type_keys[:-1]:
+        s.mark(k)
+    if role == "QWeight" and kind == "SAT":    # SATCell learns nothing: N2D2 keeps the solver unused
+        for s, k in type_keys + params:
+            s.mark(k)
+        entry = source.entry(key)
+        warn(f"'{key}': the SAT weight quantizer has no learned parameter, its solver is ignored", entry.file,
+             entry.line, layer.name)
+        return None
+    return _make_solver(layer, solver_role, solver_kind, sources, (solver_role + ".",))
 
 
 def _config_values(layer, kind):
@@ -1223,6 +1319,10 @@ def _cell_kwargs(layer, kind, solvers=True, fillers=True, activation=True):
     if solvers:
         for role in _SOLVER_ROLES[kind]:
             kwargs[f"{role.lower()}_solver"] = _solver(layer, role)
+    if kind in ("Conv", "Deconv", "Fc"):
+        quantizer = _quantizer(layer, "QWeight")
+        if quantizer is not None:
+            kwargs["quantizer"] = quantizer
     kwargs.update(_config_values(layer, kind))
     return kwargs
 
