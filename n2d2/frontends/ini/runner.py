@@ -6,7 +6,13 @@
   the best weights are restored at the end;
 - `-test` scores the Test partition and prints the success rate;
 - logs and plots (the target's confusion matrices, success curves, statistics) go to an output
-  folder (`-o`, default `<model name>.run/` in the current directory), printed at the start.
+  folder (`-o`, default `<model name>.run/` in the current directory), printed at the start;
+- `-export C|CPP|CPP_STM32|ONNX` with N2D2's export options (`-nbbits`, `-calib`, `-db-export`,
+  `-act-*`, `-no-unsigned`, `-no-cle`, `-qat-sat`, `-export-parameters`: `run_export`) writes
+  `export_<TYPE>_<int|float><bits>/` in the output folder, after learning and testing, with the
+  weights of `-w DIR` (`-w /dev/null`: the initial ones), else the ones just learnt, else (as
+  N2D2) `weights_validation/` (a database with a Validation partition) or `weights/` of the
+  output folder.
 
 The training loop is `DeepNetCell`'s (one pass over a partition at a time); this module only
 splits the stimuli budget into log periods.
@@ -22,6 +28,7 @@ from n2d2 import distributed
 from n2d2.cells.deepnet_cell import VALID_METRICS, BestWeights
 from n2d2.frontends.ini.builder import load_ini
 from n2d2.frontends.ini.parser import IniError
+from n2d2.frontends.ini.run_export import add_export_arguments, export_network, export_options
 
 __all__ = ["run", "main", "build_parser", "add_arguments", "add_run_parser", "run_command"]
 
@@ -35,12 +42,16 @@ def _one_line_warnings():
 
 def run(model_path: str, learn: int = 0, log: int = 10000, test: bool = False, output: str = None,
         seed: int = None, weights: str = None, valid_metric: str = "Sensitivity", stop_valid: int = 0,
-        backend: str = None) -> dict:
+        backend: str = None, export: dict = None) -> dict:
     """Load the INI network `model_path`, train on `learn` stimuli (validating every `log`),
-    optionally test. `backend`: "numpy", "c", or None for DeepNetCell's choice.
+    optionally test, optionally export. `backend`: "numpy", "c", or None for DeepNetCell's
+    choice. `weights`: a parameter folder to import first (`os.devnull`: keep the initial
+    parameters). `export`: keyword arguments of `run_export.export_network` (`export_type`,
+    `nb_bits`, `calibration`, ...), checked before anything is loaded.
 
     Returns {'output': folder, 'deepnet': DeepNetCell, 'validation': best validation score or
-    None, 'test': test success or None, 'learned': stimuli learnt}."""
+    None, 'test': test success or None, 'learned': stimuli learnt, 'export': the project folder
+    or None}."""
     if not isinstance(learn, int) or isinstance(learn, bool) or learn < 0:
         raise n2d2.error_handler.WrongValue("learn", learn, ["a number of stimuli >= 0"])
     if not isinstance(log, int) or isinstance(log, bool) or log < 1:
@@ -50,29 +61,61 @@ def run(model_path: str, learn: int = 0, log: int = 10000, test: bool = False, o
     if seed is not None:
         n2d2.global_variables.seed = seed
     model_path = os.path.abspath(model_path)
-    weights = os.path.abspath(weights) if weights else None
-
-    deepnet = load_ini(model_path, backend=backend)
+    if weights and weights != os.devnull:
+        weights = os.path.abspath(weights)
     name = os.path.splitext(os.path.basename(model_path))[0]
     folder = os.path.abspath(output or f"{name}.run")
+    if export is not None:
+        export_network(None, folder=folder, check_only=True, **export)
+
+    deepnet = load_ini(model_path, backend=backend)
     is_root = distributed.current().is_root   # under mpirun, rank 0 alone writes and prints
     if is_root:
         os.makedirs(folder, exist_ok=True)
         print(f"Output folder: {folder}")
-    result = {"output": folder, "deepnet": deepnet, "validation": None, "test": None, "learned": 0}
+    result = {"output": folder, "deepnet": deepnet, "validation": None, "test": None, "learned": 0, "export": None}
     cwd = os.getcwd()
     if is_root:
         os.chdir(folder)
     try:
-        if weights:
+        if weights == os.devnull:
+            pass    # N2D2's `-w /dev/null`: no parameter file, the fillers' values
+        elif weights:
             deepnet.import_free_parameters(weights)
+        elif export is not None and learn == 0:
+            _import_saved_weights(deepnet, folder)
         if learn > 0:
             result["learned"], result["validation"] = _learn(deepnet, learn, log, valid_metric, stop_valid)
         if test:
             result["test"] = _test(deepnet)
+        if export is not None and is_root:
+            result["export"] = _export(deepnet, folder, export)
     finally:
         os.chdir(cwd)
     return result
+
+
+def _import_saved_weights(deepnet, folder):
+    """N2D2's export without -w: the run's `weights_validation/` when the database has a Validation
+    partition, else its `weights/`."""
+    database = deepnet.get_provider().get_database()
+    name = "weights_validation" if database.get_nb_stimuli("Validation") > 0 else "weights"
+    path = os.path.join(folder, name)
+    if not os.path.isdir(path):
+        raise RuntimeError(f"-export: no {name}/ in {folder} to export (N2D2 exports the weights of a training run): "
+                           "train first with -learn, or pass -w DIR (-w /dev/null exports the initial weights)")
+    deepnet.import_free_parameters(path)
+
+
+def _export(deepnet, folder, export):
+    path = export_network(deepnet, folder=folder, **export)
+    kind, bits = export["export_type"], export.get("nb_bits", 8)
+    print(f"{kind} export ({f'{bits}-bit integer' if bits > 0 else f'float{-bits}'}) written to {path}")
+    if kind in ("C", "CPP"):
+        print(f"Build and run it: make -C {path} run")
+    elif kind == "CPP_STM32":
+        print(f"Build it: make -C {path} (arm-none-eabi-gcc), or make -C {path} emulator for this machine")
+    return path
 
 
 def _learn(deepnet, budget, log, valid_metric, stop_valid):
@@ -171,7 +214,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="test on the Test partition and print the success rate")
     parser.add_argument("-seed", "--seed", type=int, default=None, help="random seed (fillers, dropout, reading order)")
     parser.add_argument("-w", dest="weights", default=None, metavar="DIR",
-                        help="import the parameters of DIR before learning/testing")
+                        help="import the parameters of DIR before learning/testing/exporting (/dev/null: keep the "
+                             "initial ones)")
     parser.add_argument("-valid-metric", "--valid-metric", dest="valid_metric", default="Sensitivity",
                         help="validation metric (Sensitivity, Accuracy, F1Score, ...; default: Sensitivity)")
     parser.add_argument("-stop-valid", "--stop-valid", dest="stop_valid", type=int, default=0, metavar="K",
@@ -181,6 +225,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("-backend", "--backend", default="auto", choices=("auto", "numpy", "c"),
                         help="how the compiled network runs: numpy executor, generated C, or auto (DeepNetCell's "
                              "choice; default)")
+    add_export_arguments(parser)
     return parser
 
 
@@ -206,7 +251,7 @@ def run_command(args) -> int:
     try:
         run(args.model, learn=args.learn, log=args.log, test=args.test, output=args.output, seed=args.seed,
             weights=args.weights, valid_metric=args.valid_metric, stop_valid=args.stop_valid,
-            backend=None if args.backend == "auto" else args.backend)
+            backend=None if args.backend == "auto" else args.backend, export=export_options(args))
     except (IniError, ValueError, RuntimeError, OSError, FloatingPointError) as e:
         # FloatingPointError: training diverged (NonFiniteError names the cell)
         print(f"n2d2 run: error: {e}", file=sys.stderr)
