@@ -20,6 +20,9 @@ What is read (reference: N2D2 INI format, section 1):
 - `Mapping.NbGroups|ChannelsPerGroup`, `Mapping(<input>)=` tables, and the `Mapping.Size/Stride/
   Offset/NbIterations` (and per-input `Mapping(<input>).*`) canvas keys;
 - one `[<layer>.Target*]` section (a `Score` target; `TargetScore` is the only type).
+- QAT quantizers (reference 4.6): `QWeight=SAT|LSQ` on Conv/Deconv/Fc and `QAct=SAT|LSQ` on any
+  layer with an activation, their `QWeight.*`/`QAct.*` parameters and `QWeightSolver`/`QActSolver`
+  solvers, built as `n2d2.quantizer` objects (`_quantizer`).
 
 Checks: an unknown layer type, a key no reader uses (typo, unsupported feature) in a layer,
 `[sp]`, `[database]`, transformation, target or global section, or a config key the layer type
