@@ -141,6 +141,20 @@ def test_command_line_export_c_int8_with_upstream_spellings(trained, tmp_path):
     assert stimuli.size == NB * 28 * 28 and stimuli.min() >= -127   # signed inputs (-no-unsigned)
 
 
+@needs_make
+def test_stm32_export_from_the_command_line_runs_on_the_emulator(trained, tmp_path):
+    result = runner.run(trained["model"], output=str(tmp_path / "o"), weights=str(trained["out"] / "weights"),
+                        backend="numpy", export=dict(export_type="CPP_STM32", calibration=16,
+                                                     export_nb_stimuli_max=4, act_scaling_mode="Single-shift"))
+    folder = tmp_path / "o" / "export_CPP_STM32_int8"
+    assert result["export"] == str(folder)
+    assert (folder / "stm32.ld").is_file() and (folder / "include" / "test_stimulus.h").is_file()
+    r = subprocess.run(["make", "-s", "-C", str(folder), "emulator"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run = subprocess.run([str(folder / "bin" / "n2d2_stm32_emulator")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.count("Predicted class:") == 4, run.stdout
+
+
 def test_float_onnx_export_equals_the_network(trained):
     ort = pytest.importorskip("onnxruntime")
     result = runner.run(trained["model"], output=str(trained["out"]), backend="numpy",
