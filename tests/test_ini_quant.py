@@ -253,3 +253,29 @@ def test_qact_without_activation_function_is_a_linear_activation(tmp_path):
     act = dn["bn1"].activation
     assert type(act) is Linear and type(act.get_quantizer()) is SATAct
     assert act.get_quantizer().get_alpha() == 6.0
+
+
+def test_n2d2_run_trains_the_ini_quantizers(tmp_path, monkeypatch):
+    """`n2d2 run -learn` on an INI network with QWeight/QAct: SATAct's alpha is learnt by its QActSolver
+    and saved in upstream's file next to the weights."""
+    from n2d2.frontends.ini import runner
+    from tests.test_ini_runner import tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    model = tiny_model(tmp_path, validation=0.0)
+    with open(model) as f:
+        text = f.read()
+    keys = ("QWeight=SAT\nQWeight.Range=15\nQAct=SAT\nQAct.Alpha=3.0\nQAct.Range=15\nQActSolver=SGD\n"
+            "QActSolver.LearningRate=0.05\n")
+    with open(model, "w") as f:
+        f.write(text.replace("WeightsFiller=HeFiller\n", "WeightsFiller=HeFiller\n" + keys))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = runner.run(model, learn=96, log=96, test=True, output=str(tmp_path / "o"), seed=3, backend="numpy")
+    dn = result["deepnet"]
+    assert type(dn["conv1"].quantizer) is SATCell and dn["conv1"].quantizer.get_range() == 15
+    alpha = dn["conv1"].activation.get_quantizer().get_alpha()
+    assert alpha != 3.0 and abs(alpha - 3.0) < 0.5
+    saved = np.loadtxt(tmp_path / "o" / "weights" / "conv1_QAct_SAT_Alpha.syntxt")
+    assert float(saved) == pytest.approx(alpha, rel=1e-6)
+    assert result["test"] > 0.8
