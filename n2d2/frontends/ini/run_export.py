@@ -232,7 +232,8 @@ def add_export_arguments(parser):
     g.add_argument("-no-cle", "--no-cle", dest="no_cle", action="store_true",
                    help="no cross-layer equalization before quantization")
     g.add_argument("-qat-sat", "--qat-sat", dest="qat_sat", action="store_true",
-                   help="export a SAT-trained network (fused quantizers)")
+                   help="export a SAT-trained network: passed as qat_sat=True to the export function, which "
+                        "refuses it while n2d2 has no QAT fusion")
     g.add_argument("-export-parameters", "--export-parameters", dest="export_parameters", default=None,
                    metavar="FILE", help="N2D2's export parameter file (checked; memory keys change nothing: one "
                                         "planned arena)")
