@@ -206,35 +206,33 @@ def _error(tmp_path, old, new):
     return str(info.value)
 
 
-def test_unknown_quantizer_sub_keys_are_errors_naming_section_and_line(tmp_path):
+def test_unknown_quantizer_sub_key_names_section_and_line(tmp_path):
     text = QAT_INI.replace("QWeight.Mode=Symmetric", "QWeight.Alpha=2.0")
     line = text.splitlines().index("QWeight.Alpha=2.0") + 1
     msg = _error(tmp_path, "QWeight.Mode=Symmetric", "QWeight.Alpha=2.0")
     assert f":{line}: [conv2] 'QWeight.Alpha' is not a parameter of the SAT weight quantizer (SATCell)" in msg
-    assert "QWeight.ApplyScaling" in msg
-    msg = _error(tmp_path, "QAct.StepSize=0.25", "QAct.Alpha=0.25")
-    assert "[fc1] 'QAct.Alpha' is not a parameter of the LSQ activation quantizer (LSQAct)" in msg
+    assert "QWeight.ApplyScaling" in msg   # the expected keys
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("QAct.StepSize=0.25", "QAct.Alpha=0.25", "[fc1] 'QAct.Alpha' is not a parameter of the LSQ activation quantizer"),
     # parameters without the type key
-    msg = _error(tmp_path, "QAct=LSQ\n", "")
-    assert "[fc1] 'QAct.Range' without a QAct key" in msg
-    msg = _error(tmp_path, "QWeight=LSQ\n", "")
-    assert "'QWeight.Range' without a QWeight key" in msg
-    # the documented QuantMode "Integer" is invalid, as upstream's code
-    msg = _error(tmp_path, "QWeight.Mode=Symmetric", "QWeight.Mode=Integer")
-    assert "[conv2]" in msg and "Integer" in msg
+    ("QAct=LSQ\n", "", "[fc1] 'QAct.Range' without a QAct key"),
+    ("QWeight=LSQ\n", "", "'QWeight.Range' without a QWeight key"),
+    # the documented QuantMode "Integer" is invalid, as in upstream's code
+    ("QWeight.Mode=Symmetric", "QWeight.Mode=Integer", "Integer"),
     # one parameter, two spellings
-    msg = _error(tmp_path, "QWeight.Mode=Symmetric", "QWeight.Mode=Symmetric\nQWeight.QuantMode=Default")
-    assert "set the same parameter" in msg
+    ("QWeight.Mode=Symmetric", "QWeight.Mode=Symmetric\nQWeight.QuantMode=Default", "set the same parameter"),
     # a type other than SAT / LSQ; a weight quantizer on a layer without weights
-    msg = _error(tmp_path, "QAct=LSQ", "QAct=PACT")
-    assert "QAct='PACT' is not a valid value" in msg
-    msg = _error(tmp_path, "Pooling=Max\n", "Pooling=Max\nQWeight=SAT\n")
-    assert "unknown key 'QWeight' for a Pool layer" in msg
+    ("QAct=LSQ", "QAct=PACT", "QAct='PACT' is not a valid value"),
+    ("Pooling=Max\n", "Pooling=Max\nQWeight=SAT\n", "unknown key 'QWeight' for a Pool layer"),
     # solver keys
-    msg = _error(tmp_path, "QWeightSolver=SGD\n", "")
-    assert "'QWeightSolver.LearningRate' without a QWeightSolver key" in msg
-    msg = _error(tmp_path, "QWeightSolver.Momentum=0.9", "QWeightSolver.Beta1=0.9")
-    assert "'QWeightSolver.Beta1' is not a parameter of the SGD solver" in msg
+    ("QWeightSolver=SGD\n", "", "'QWeightSolver.LearningRate' without a QWeightSolver key"),
+    ("QWeightSolver.Momentum=0.9", "QWeightSolver.Beta1=0.9", "'QWeightSolver.Beta1' is not a parameter of the SGD"),
+    ("QAct.Solver=Adam", "QAct.Solver=Adam\nQActSolver=SGD", "QActSolver and QAct.Solver both name the solver"),
+])
+def test_quantizer_key_errors(tmp_path, old, new, expected):
+    assert expected in _error(tmp_path, old, new)
 
 
 def test_sat_weight_solver_is_ignored_with_a_warning(tmp_path):
