@@ -28,9 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-import numpy as np  # noqa: E402
-
 import bench_cuda  # noqa: E402  (bench/: the benchmark networks, CUDA-event timing)
+import numpy as np  # noqa: E402
 
 # one epoch of LeNet (with BatchNorm): two backends that only round differently stay within this many
 # percentage points of test accuracy (seed 1: 98.6-98.9 % after one epoch)

@@ -425,3 +425,14 @@ def test_cuda_kernels_propagate_nan_and_inf_as_the_reference():
     assert (y[0, 2:6, 1, 0] == 1).all() and y[1, :, 0, 1].any() and not y[0, :, 0, :].any()
     finite = pattern(ref["l"]) == 0
     assert rel_err(out["l"][finite], ref["l"][finite]) < 1e-5
+
+
+@pytest.mark.skipif(not n2d2.global_variables.cuda_available, reason="needs CuPy and a CUDA device")
+def test_gpu_kernels_match_the_reference():
+    import cupy as cp
+
+    from n2d2.codegen.cuda_backend import CupyDevice
+    from tests.test_cuda_backend import run_training
+
+    prog = run_training(_cuda_lrn_graph(), CupyDevice(), steps=2, on_device=cp.asarray)
+    assert all(prog.where[n] == prog.where[f"grad:{n}"] == "cuda" for n in ("l1", "l2", "l3", "l4"))
