@@ -334,3 +334,105 @@ def test_standalone_c_export_builds_with_werror_and_gives_the_cell_outputs(tmp_p
     with _one_openmp_thread():
         expected = _cell_outputs(dn, inputs, 2)
     assert rel_err(out, expected) < 1e-5
+
+
+# -- the CUDA kernels (host emulator; nvcc where there is one) ------------------------------------------------
+def _cuda_lrn_graph():
+    """LRN nodes of several sizes (even: an asymmetric window; 9 > C: a window wider than the channels), with
+    and without a fused activation, on rank 4 and rank 2 (after an Fc); one concatenating LRN (two inputs)."""
+    from tests.test_cuda_backend import LEAKY, SIGM, TANH, B
+
+    b = B("lrn_cuda", seed=3)
+    x = b.input("x", (2, 3, 5, 4))
+    h = b.conv("c0", x, 6)
+    l1 = b.op("l1", "LRN", h, size=5, alpha=0.9, beta=0.75, bias=1.1, activation=None)
+    l2 = b.op("l2", "LRN", l1, size=4, alpha=1.3, beta=0.6, bias=0.8, activation=TANH)
+    l3 = b.op("l3", "LRN", b.conv("c1", l2, 5), size=9, alpha=2.0, beta=1.2, bias=1.5, activation=SIGM)
+    f = b.fc("f", l3, 40)
+    l4 = b.op("l4", "LRN", f, size=3, alpha=0.5, beta=0.75, bias=2.0, activation=LEAKY)
+    cat = b.op("cat", "LRN", [l1, l3], size=3, alpha=0.7, beta=0.75, bias=1.0, activation=None)
+    b.g.set_outputs([l4, cat])
+    return b.g
+
+
+def test_cuda_kernels_match_the_reference_on_the_emulator():
+    from n2d2.codegen.cuda_backend import compile_check, find_nvcc
+    from tests.test_cuda_backend import EMU, run_training
+
+    prog = run_training(_cuda_lrn_graph(), EMU, steps=2)
+    for node in ("l1", "l2", "l3", "l4"):
+        assert prog.where[node] == prog.where[f"grad:{node}"] == "cuda", node
+        assert [k.macro for k in prog._node_kernels[f"grad:{node}"]] == ["bwd_t", "bwd_dx"]
+    assert prog.where["cat"] == "numpy" and "one input" in prog.fallback_reasons["cat"]
+    if find_nvcc() is not None:
+        compile_check(prog.source)
+
+
+def test_cuda_inference_matches_the_reference_on_the_emulator():
+    from n2d2.codegen.numpy_exec import Session
+    from tests.test_cuda_backend import EMU, compare, feeds_for, inference_program
+
+    g = _cuda_lrn_graph()
+    prog = inference_program(g, EMU)
+    assert all(prog.where[n] == "cuda" for n in ("l1", "l2", "l3", "l4"))
+    feeds = feeds_for(g, np.random.default_rng(7))
+    prog.feed(feeds)
+    record = {}
+    prog.run_phase(0, record=record)
+    session = Session(g, training=False)
+    session.feed(feeds)
+    session.run_nodes(session.order)
+    compare(record, session.values, "inference")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_cuda_kernels_propagate_nan_and_inf_as_the_reference():
+    """A NaN, a +Inf and a -Inf in the input: the same non-finite positions as the numpy executor in the
+    forward and the backward (NaN only in the windows that hold it)."""
+    from n2d2.codegen.cuda_backend import CudaProgram
+    from n2d2.codegen.numpy_exec import Session
+    from n2d2.ir.autodiff import build_training_graph
+    from tests.test_cuda_backend import EMU, B, clone
+    from tests.test_nan_propagation import assert_same_pattern, pattern
+
+    b = B("lrn_nan", seed=4)
+    x = b.input("x", (2, 9, 3, 2))
+    h = b.conv("c0", x, 9, k=(1, 1), pad=(0, 0), groups=9, bias=False)   # keeps each value at its place
+    b.g.set_outputs([b.op("l", "LRN", h, size=4, alpha=0.5, beta=0.75, bias=1.0, activation=None)])
+    rng = np.random.default_rng(5)
+    xv = rng.standard_normal((2, 9, 3, 2)).astype(np.float32)
+    xv[0, 4, 1, 0], xv[1, 2, 0, 1], xv[1, 7, 2, 0] = np.nan, np.inf, -np.inf
+    dyv = rng.standard_normal((2, 9, 3, 2)).astype(np.float32)
+    tg, tr = build_training_graph(b.g), build_training_graph(clone(b.g))
+    (seed_key,) = tg.grad_inputs
+    prog = CudaProgram(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) + tg.backward_nodes,
+                                  tg.update_nodes], training=True, device=EMU)
+    assert prog.where["l"] == prog.where["grad:l"] == "cuda"
+    session = Session(tr.graph, training=True, order=tr.forward_nodes)
+    session.feed({"x": xv})
+    session.run_nodes(tr.forward_nodes)
+    session.feed({tr.grad_inputs[seed_key]: dyv})
+    session.run_nodes(tr.backward_nodes)
+    fwd, bwd = {}, {}
+    prog.feed({"x": xv})
+    prog.run_phase(0, record=fwd)
+    prog.feed({tg.grad_inputs[seed_key]: dyv})
+    prog.run_phase(1, record=bwd)
+    ref = {n: session.values[n][0] for n in ("l", "grad:l")}
+    out = {"l": fwd["l"][0], "grad:l": bwd["grad:l"][0]}
+    assert_same_pattern(ref, out, "CUDA (emulated)")
+    y = pattern(out["l"])
+    assert (y[0, 2:6, 1, 0] == 1).all() and y[1, :, 0, 1].any() and not y[0, :, 0, :].any()
+    finite = pattern(ref["l"]) == 0
+    assert rel_err(out["l"][finite], ref["l"][finite]) < 1e-5
+
+
+@pytest.mark.skipif(not n2d2.global_variables.cuda_available, reason="needs CuPy and a CUDA device")
+def test_gpu_kernels_match_the_reference():
+    import cupy as cp
+
+    from n2d2.codegen.cuda_backend import CupyDevice
+    from tests.test_cuda_backend import run_training
+
+    prog = run_training(_cuda_lrn_graph(), CupyDevice(), steps=2, on_device=cp.asarray)
+    assert all(prog.where[n] == prog.where[f"grad:{n}"] == "cuda" for n in ("l1", "l2", "l3", "l4"))

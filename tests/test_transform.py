@@ -415,3 +415,101 @@ def test_composite_applies_in_order_and_apply_keeps_layout():
     assert Rescale(4, 4).apply(x[0]).shape == (4, 4)  # 2-D in, 2-D out
     with pytest.raises(ValueError):
         Rescale(2, 2).apply(np.zeros(5))
+
+
+# -- plain-data form (the IR Transformation node's attribute) ---------------------------------------------
+def _zoo():
+    """One of every transformation, with non-default arguments and configuration."""
+    return [Rescale(10, 7, keep_aspect_ratio=True, resize_to_fit=False), PadCrop(9, 11, border_type="ConstantBorder",
+            border_value=[0.5, 0.25, 1.0]), Flip(horizontal_flip=True, random_vertical_flip=True),
+            Distortion(elastic_gaussian_size=5, elastic_sigma=2.0, elastic_scaling=3, rotation=10.0),
+            ColorSpace("HSV"), RangeAffine("Minus", [0.1, 0.2, 0.3], "Divides", [2.0], truncate=False),
+            ChannelExtraction("Blue"), Reshape(4, 3 * 8 * 8 // 4 // 3, 3, apply_to="LearnOnly"),
+            SliceExtraction(5, 4, random_offset_x=True, offset_y=1, random_rotation_range=[0.0, 90.0]),
+            RandomResizeCrop(6, 6, scale_min=0.5, ratio_max=1.5),
+            Composite([Flip(vertical_flip=True), Rescale(6, 5)], apply_to="NoTest")]
+
+
+@pytest.mark.parametrize("t", _zoo(), ids=lambda t: t.get_type())
+def test_ir_spec_is_json_and_rebuilds_the_same_transformation(t):
+    import json
+
+    from n2d2.transform import from_ir_spec
+
+    spec = t.ir_spec()
+    assert json.loads(json.dumps(spec)) == list(spec) and spec[0] == t.get_type()
+    back = from_ir_spec(json.loads(json.dumps(spec)))
+    assert type(back) is type(t) and str(back) == str(t) and back.ir_spec() == spec
+    assert back.get_apply_set() == t.get_apply_set()
+    x = _images((2, 3, 8, 8), seed=4)
+    np.testing.assert_array_equal(back.apply_batch(x, np.random.default_rng(3)),
+                                  t.apply_batch(x, np.random.default_rng(3)))
+
+
+def test_from_ir_spec_errors_name_the_type_and_the_parameter():
+    from n2d2.transform import from_ir_spec
+
+    with pytest.raises(ValueError, match="unknown transformation type 'Nope'"):
+        from_ir_spec(("Nope", {}))
+    with pytest.raises(ValueError, match=r"\(type name, \{parameter: value\}\)"):
+        from_ir_spec(Flip())
+    with pytest.raises(ValueError, match="Rescale: unknown parameter 'depth'"):
+        from_ir_spec(("Rescale", {"width": 3, "height": 4, "depth": 2}))
+    with pytest.raises(WrongValue):
+        from_ir_spec(("Rescale", {"width": -3, "height": 4}))      # the constructor's own checks
+    spec = RangeAffine("Minus", (0.5, np.float32(0.25)), "Plus", (np.int64(1),)).ir_spec()
+    assert spec[1]["first_value"] == [0.5, 0.25] and spec[1]["second_value"] == [1]   # tuples, numpy scalars
+    assert type(spec[1]["second_value"][0]) is int
+
+    class Opaque(Transformation):
+        def __init__(self, thing):
+            super().__init__({"thing": thing})
+
+        def _forward(self, x, rng):
+            return x
+
+    with pytest.raises(TypeError, match=r"Opaque parameter 'thing': object .* is not plain data"):
+        Opaque(object()).ir_spec()
+    spec = Opaque([1, 2]).ir_spec()
+    assert spec == (f"{__name__}.test_from_ir_spec_errors_name_the_type_and_the_parameter.<locals>.Opaque",
+                    {"thing": [1, 2], "apply_to": "All"})
+    with pytest.raises(TypeError, match="overrides from_ir_params"):
+        from_ir_spec(spec)                                          # its constructor takes no apply_to
+    x = n2d2.Tensor.from_numpy(_images((1, 1, 4, 4)))
+    with pytest.raises(ValueError, match=r"Cell 'op' \(Transformation\): Opaque has no plain-data form"):
+        n2d2.cells.Transformation(Opaque(1), name="op")(x)
+
+
+@pytest.mark.parametrize("t", [Composite([Flip(random_horizontal_flip=True, random_vertical_flip=True),
+                                          SliceExtraction(6, 5, random_offset_x=True, random_offset_y=True)]),
+                               Rescale(5, 9), RangeAffine("Multiplies", [2.0, -1.0, 0.5])],
+                         ids=["random", "rescale", "range_affine"])
+def test_transformation_node_attrs_are_plain_and_its_output_unchanged(t):
+    """The traced graph's Transformation node holds the spec (JSON round trip), and the cell, the numpy
+    executor on that graph and the transformation itself give the same output (same random draws)."""
+    import json
+
+    from n2d2.codegen import numpy_exec
+    from n2d2.ir.trace import trace
+
+    x = _images((3, 3, 8, 8), seed=6)
+    n2d2.global_variables.seed = 21
+    expected = np.concatenate([t.apply_batch(x[i:i + 1], n2d2.global_variables.rng) for i in range(3)])
+    cell = n2d2.cells.Transformation(t, name="tr")
+    n2d2.global_variables.seed = 21
+    y = cell(n2d2.Tensor.from_numpy(x))
+    np.testing.assert_array_equal(y.to_numpy(), expected)
+    graph = trace(y.get_deepnet(), name="g", input_names=["x"]).graph
+    (node,) = [n for n in graph.nodes() if graph.op(n) == "Transformation"]
+    attrs = graph.attrs(node)
+    assert json.loads(json.dumps(attrs)) == json.loads(json.dumps({"transformation": t.ir_spec()}))
+    assert isinstance(attrs["transformation"], tuple) and not any(
+        isinstance(v, Transformation) for v in attrs.values())
+    n2d2.global_variables.seed = 21
+    (out,) = numpy_exec.run(graph, {"x": x})
+    np.testing.assert_array_equal(out, expected)
+    g2 = n2d2.ir.graph.Graph("live")                               # a live object given to the graph: converted
+    g2.add_input("x", x.shape)
+    g2.add_op("t", "Transformation", [("x", 0)], {"transformation": t})
+    assert g2.attrs("t")["transformation"] == t.ir_spec()
+    assert g2.output_types("t")[0].shape == expected.shape

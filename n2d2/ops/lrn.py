@@ -10,7 +10,7 @@ sizes only (for an even size it reaches one channel further down than up).
 This module is the whole op: the reference (any array module, any float dtype) and its IR
 definition (`n2d2.ir.ops` registry: shape rule, forward, backward, the C kernel's geometry, the
 ONNX export). The user cell is `n2d2.cells.LRN` (INI `Type=LRN`), the C kernel
-`templates/c/ops/LRN.c.j2`; CUDA runs the reference (no CUDA kernel yet).
+`templates/c/ops/LRN.c.j2`, the CUDA kernels `templates/cuda/ops/LRN.cu.j2`.
 """
 from n2d2.backend import array_module
 from n2d2.ir import lowering as low
@@ -106,14 +106,11 @@ class LRN(OpDef):
         y, s = lrn_forward(x, **self._attrs(attrs))
         return y, (x, s, [a.shape[1] for a in xs])
 
-    def lower_c(self, graph, node, training):
-        """The geometry of templates/c/ops/LRN.c.j2 (one input), or why the C kernel does not apply
-        (several inputs, more than C_MAX_CHANNELS channels): the reference runs the node then."""
+    def _geometry(self, graph, node):
+        """The constants both kernels bake in (one input of rank >= 2), or an Unsupported."""
         in_shapes, _ = low.shapes(graph, node)
         if len(in_shapes) != 1 or len(in_shapes[0]) < 2:
-            return Unsupported("LRN's C kernel takes one input of rank >= 2")
-        if in_shapes[0][1] > C_MAX_CHANNELS:
-            return Unsupported(f"LRN's C kernel takes at most {C_MAX_CHANNELS} channels")
+            return Unsupported("LRN's kernels take one input of rank >= 2 (several inputs: a concatenation)")
         a = self._attrs(graph.attrs(node))
         size, alpha, beta = a["size"], float(a["alpha"]), float(a["beta"])
         n, c = in_shapes[0][0], in_shapes[0][1]
@@ -121,8 +118,33 @@ class LRN(OpDef):
         for d in in_shapes[0][2:]:
             hw *= d
         below, above = window(size)
-        return dict(N=n, C=c, HW=hw, LO=below, HI=above, BIAS=float(a["bias"]), AN=alpha / size, NB=-beta,
-                    NB1=-beta - 1.0, D=2.0 * alpha * beta / size, PAR=n * c * hw >= C_PARALLEL_MIN_ELEMENTS)
+        return dict(N=n, C=c, HW=hw, SIZE=n * c * hw, LO=below, HI=above, BIAS=float(a["bias"]), AN=alpha / size,
+                    NB=-beta, NB1=-beta - 1.0, D=2.0 * alpha * beta / size)
+
+    def lower_c(self, graph, node, training):
+        """The geometry of templates/c/ops/LRN.c.j2 (one input), or why the C kernel does not apply
+        (several inputs, more than C_MAX_CHANNELS channels): the reference runs the node then."""
+        g = self._geometry(graph, node)
+        if isinstance(g, Unsupported):
+            return g
+        if g["C"] > C_MAX_CHANNELS:
+            return Unsupported(f"LRN's C kernel takes at most {C_MAX_CHANNELS} channels")
+        return dict(g, PAR=g["SIZE"] >= C_PARALLEL_MIN_ELEMENTS)
+
+    def lower_cuda(self, graph, node, training):
+        """The geometry of templates/cuda/ops/LRN.cu.j2 (one thread per element, any number of
+        channels), or why not (several inputs)."""
+        return self._geometry(graph, node)
+
+    def plan_cuda_forward(self, n, g, k):
+        return [k.elementwise("fwd", g["SIZE"])]
+
+    def plan_cuda_backward(self, n, g, k):
+        """t = dz x s^(-beta-1) into the scratch, then dx from the transposed windows of t."""
+        if n.dx[0] is None:
+            return []
+        part = "((float *)(arena + N2D2_SCRATCH_OFF))"
+        return [k.elementwise(macro, g["SIZE"], part=part, scratch=4 * g["SIZE"]) for macro in ("bwd_t", "bwd_dx")]
 
     def onnx_export(self, exporter, attrs, ins):
         """ONNX `LRN` (opset 1 on): (output name, rank, whether the node is still to be named)."""

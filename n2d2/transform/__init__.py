@@ -4,6 +4,7 @@ Images are numpy arrays, channels first ((C, H, W), or (N, C, H, W) batches), co
 channels in BGR order as N2D2 stores them. `provider.add_transformation(t)` applies `t` once
 per stimulus (cached); `provider.add_on_the_fly_transformation(t)` at every read. Each
 transformation can also be used alone: `t.apply(image)` or `t.apply_batch(batch)`.
+`t.ir_spec()` is its plain-data form (what a graph stores), `from_ir_spec(spec)` builds it back.
 """
 from n2d2.transform.channel_extraction import ChannelExtraction
 from n2d2.transform.color_space import ColorSpace
@@ -15,7 +16,8 @@ from n2d2.transform.range_affine import RangeAffine
 from n2d2.transform.rescale import Rescale
 from n2d2.transform.reshape import Reshape
 from n2d2.transform.slice_extraction import SliceExtraction
-from n2d2.transform.transformation import APPLY_TO, Composite, Transformation
+from n2d2.transform.transformation import APPLY_TO, Composite, Transformation, from_ir_spec
 
 __all__ = ["Transformation", "Composite", "Rescale", "PadCrop", "Flip", "Distortion", "ColorSpace",
-           "RangeAffine", "ChannelExtraction", "Reshape", "SliceExtraction", "RandomResizeCrop", "APPLY_TO"]
+           "RangeAffine", "ChannelExtraction", "Reshape", "SliceExtraction", "RandomResizeCrop", "APPLY_TO",
+           "from_ir_spec"]

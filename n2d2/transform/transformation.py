@@ -11,7 +11,13 @@ the generator they are given (the provider seeds one per read from `global_varia
 Pixel-wise label maps (segmentation) go with their image through `apply_batch_with_labels`:
 a transformation that moves pixels (`_forward_pair`) moves the labels with the same random
 draw, by nearest neighbour, with label -1 where it pads; intensity transformations leave them.
+
+Plain-data form (what an IR `Transformation` node stores): `t.ir_spec()` is (type name,
+{parameter: value}), JSON-serialisable (constructor arguments, configuration, `apply_to`;
+a Composite's members as their own specs); `from_ir_spec(spec)` builds the transformation back.
 """
+import numbers
+
 import numpy as np
 
 from n2d2.configurable import Configurable, Spec
@@ -51,6 +57,19 @@ class Transformation(Configurable):
     """
 
     _random = False  # True when the result depends on random draws
+    _registry = {}   # ir_spec type name -> class (every subclass, see __init_subclass__)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Transformation._registry[cls.ir_type_name()] = cls
+
+    @classmethod
+    def ir_type_name(cls) -> str:
+        """The type name of `ir_spec`: the class name for n2d2's transformations, the module and
+        qualified name for others (a user's subclass)."""
+        if cls.__module__.startswith("n2d2.transform."):
+            return cls.__name__
+        return f"{cls.__module__}.{cls.__qualname__}"
 
     def __init__(self, arguments: dict = None, apply_to: str = "All", **config):
         if type(self) is Transformation:
@@ -78,6 +97,26 @@ class Transformation(Configurable):
 
     def is_random(self) -> bool:
         return bool(self._random)
+
+    # -- plain-data form --------------------------------------------------------------------------
+    def ir_params(self) -> dict:
+        """{name: plain value}: the constructor arguments, the configuration and `apply_to`."""
+        params = {}
+        for key, value in list(self._args.items()) + list(self._config.items()):
+            params[key] = _plain(value, f"{self.get_type()} parameter '{key}'")
+        params["apply_to"] = self._apply_to
+        return params
+
+    @classmethod
+    def from_ir_params(cls, params: dict):
+        """The transformation of `ir_params()`: the constructor called with them (a subclass whose
+        constructor takes other arguments overrides this)."""
+        return cls(**params)
+
+    def ir_spec(self) -> tuple:
+        """The plain-data form (type name, {parameter: value}), JSON-serialisable; `from_ir_spec`
+        builds the transformation back."""
+        return (type(self).ir_type_name(), self.ir_params())
 
     # -- application ----------------------------------------------------------------------------
     def apply(self, stimulus: np.ndarray, rng: np.random.Generator = None) -> np.ndarray:
@@ -130,6 +169,38 @@ class Transformation(Configurable):
     __repr__ = __str__
 
 
+def _plain(value, where):
+    """`value` as plain data (None, bool, int, float, str; lists and str-keyed dicts of them)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, where) for k, v in value.items()}
+    raise TypeError(f"{where}: {type(value).__name__} {value!r} is not plain data (numbers, strings, lists): "
+                    "the transformation cannot be stored in a graph")
+
+
+def from_ir_spec(spec):
+    """The transformation of a plain-data spec (`Transformation.ir_spec()`): (type name, params)."""
+    if not isinstance(spec, (tuple, list)) or len(spec) != 2 or not isinstance(spec[0], str) \
+            or not isinstance(spec[1], dict):
+        raise ValueError(f"a transformation spec is (type name, {{parameter: value}}), got {spec!r}")
+    name, params = spec
+    cls = Transformation._registry.get(name)
+    if cls is None:
+        raise ValueError(f"unknown transformation type '{name}' (known: {', '.join(sorted(Transformation._registry))})")
+    try:
+        return cls.from_ir_params(dict(params))
+    except TypeError as e:
+        raise TypeError(f"transformation '{name}' cannot be built from {params!r}: {e} (a subclass whose "
+                        "constructor takes other arguments overrides from_ir_params)") from None
+
+
 def _coerce(value, spec: Spec):
     """int -> float for float parameters, and lists of numbers -> lists of floats."""
     if float in spec.types and isinstance(value, int) and not isinstance(value, bool):
@@ -177,6 +248,17 @@ class Composite(Transformation):
 
     def is_random(self) -> bool:
         return any(t.is_random() for t in self._transformations)
+
+    def ir_params(self) -> dict:
+        return dict(super().ir_params(), transformations=[list(t.ir_spec()) for t in self._transformations])
+
+    @classmethod
+    def from_ir_params(cls, params):
+        params = dict(params)
+        members = params.pop("transformations", None)
+        if not isinstance(members, list):
+            raise ValueError(f"a Composite spec lists its members under 'transformations', got {members!r}")
+        return cls([from_ir_spec(m) for m in members], **params)
 
     def _forward(self, x, rng):
         for t in self._transformations:
