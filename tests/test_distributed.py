@@ -53,14 +53,19 @@ def test_one_process_does_not_import_mpi4py(tmp_path):
     assert _result(out)[1] == {**_result(out)[1], "size": 1, "mpi4py": False}
 
 
+BN = ("--batchnorm", "--sync-batchnorm")
+
+
 @needs_mpi
-@pytest.mark.parametrize("backend,ranks", [("numpy", 2), ("c", 2), ("c", 3)])
-def test_ranks_train_as_one_process_with_the_global_batch(tmp_path, backend, ranks):
+@pytest.mark.parametrize("backend,ranks,extra", [("numpy", 2, ()), ("c", 2, ()), ("c", 3, ()), ("numpy", 2, BN),
+                                                 ("c", 2, BN + ("--bucket-bytes", 600))])
+def test_ranks_train_as_one_process_with_the_global_batch(tmp_path, backend, ranks, extra):
     """ranks x batch 64 = 1 process x batch 64*ranks (with 3 ranks the last global batch of the
-    1024 learn images leaves rank 2 an empty slot: a batch of invalid slots)."""
-    one, _ = _train(tmp_path, "one", 0, backend, 64 * ranks, 4)
-    many, _ = _train(tmp_path, "many", ranks, backend, 64, 4)
-    _train(tmp_path, "init", 0, backend, 64 * ranks, 0)
+    1024 learn images leaves rank 2 an empty slot: a batch of invalid slots); with BatchNorm when
+    it is synchronised (its running statistics included), and with several gradient buckets."""
+    one, _ = _train(tmp_path, "one", 0, backend, 64 * ranks, 4, *extra)
+    many, _ = _train(tmp_path, "many", ranks, backend, 64, 4, *extra)
+    _train(tmp_path, "init", 0, backend, 64 * ranks, 0, *extra)
     w0 = _result(tmp_path / "init")[0]
     r1 = _result(one)[1]
     results = [_result(many, r)[1] for r in range(ranks)]
@@ -68,6 +73,7 @@ def test_ranks_train_as_one_process_with_the_global_batch(tmp_path, backend, ran
     for kind in ("last", "weights"):      # after the 4 epochs; the best epoch's (restored by fit)
         w1 = dict(np.load(one / f"{kind}_rank0.npz"))
         wr = [dict(np.load(many / f"{kind}_rank{r}.npz")) for r in range(ranks)]
+        assert len(w1) == (9 if extra else 6)
         for name in w1:
             assert all(np.array_equal(wr[0][name], w[name]) for w in wr[1:]), name   # identical on every rank
             moved = np.abs(w1[name] - w0[name]).max()
@@ -80,6 +86,21 @@ def test_ranks_train_as_one_process_with_the_global_batch(tmp_path, backend, ran
                                                                  for kind, ext in (("weights", "npz"),
                                                                                    ("last", "npz"),
                                                                                    ("result", "json"))])
+
+
+@needs_mpi
+def test_per_rank_batchnorm_differs_and_buckets_equal_one_flat_all_reduce(tmp_path):
+    """Without synchronisation, 2 x 64 with BatchNorm is not 1 x 128 (what the test above would
+    catch); bucketed all-reduces (several buckets, started during the backward) give bit for
+    bit the weights of one flat all-reduce after the backward."""
+    one, _ = _train(tmp_path, "one", 0, "numpy", 128, 1, "--batchnorm")
+    local, _ = _train(tmp_path, "local", 2, "numpy", 64, 1, "--batchnorm")
+    w1, wl = _result(one)[0], _result(local)[0]
+    assert max(np.abs(w1[k] - wl[k]).max() for k in w1) > 1e-2
+    flat, _ = _train(tmp_path, "flat", 2, "numpy", 64, 1, "--bucket-bytes", 0)
+    buckets, _ = _train(tmp_path, "buckets", 2, "numpy", 64, 1, "--bucket-bytes", 100)
+    wf, wb = _result(flat)[0], _result(buckets)[0]
+    assert all(np.array_equal(wf[k], wb[k]) for k in wf)
 
 
 @needs_mpi
