@@ -404,11 +404,15 @@ class NCCLWorld:
         return stream
 
     def _wait(self, stream, what):
-        self.mpi._watchdog.arm(what)
+        watchdog = getattr(self.mpi, "_watchdog", None)   # an MPIWorld's; none for one process
+        if watchdog is None:
+            stream.synchronize()
+            return
+        watchdog.arm(what)
         try:
             stream.synchronize()
         finally:
-            self.mpi._watchdog.disarm()
+            watchdog.disarm()
 
     def allreduce_sum(self, array, what: str = "all-reduce"):
         """Sum over the ranks in place: a device array with NCCL, a numpy array with MPI."""
