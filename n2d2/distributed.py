@@ -279,7 +279,7 @@ class MPIWorld:
 
 _ARRIVAL_TAG = 7100   # message tags of the all-reduce arrival announcements (7100..37099)
 _world = None
-_sync_world = None    # the world synchronised BatchNorm reduces over while a program runs
+_sync = threading.local()   # .world: what synchronised BatchNorm reduces over while a program runs
 _nccl_worlds = {}     # id(MPI world) -> its NCCLWorld (one communicator per process)
 
 #: Gradient bucket size of the bucketed all-reduce, in bytes. PyTorch DDP's default is 25 MB
@@ -320,19 +320,20 @@ def current(ban_multi_device: bool = False):
 # -- synchronised BatchNorm ----------------------------------------------------------------------------
 @contextlib.contextmanager
 def synchronising(world):
-    """While the block runs, `sync_group()` is `world` (None: no synchronisation): what the
-    synchronised BatchNorm nodes of a training program reduce their statistics over."""
-    global _sync_world
-    previous, _sync_world = _sync_world, world
+    """While the block runs (in this thread), `sync_group()` is `world` (None: no
+    synchronisation): what the synchronised BatchNorm nodes of a training program reduce their
+    statistics over."""
+    previous = getattr(_sync, "world", None)
+    _sync.world = world
     try:
         yield
     finally:
-        _sync_world = previous
+        _sync.world = previous
 
 
 def sync_group():
-    """The world of the training program running now, when it synchronises BatchNorm; else None."""
-    return _sync_world
+    """The world of the training program running now in this thread (None: no synchronisation)."""
+    return getattr(_sync, "world", None)
 
 
 # -- gradient buckets ----------------------------------------------------------------------------------

@@ -378,6 +378,50 @@ def test_synchronised_batchnorm_runs_on_the_reference_between_c_kernels():
         assert sum(w == "c" for w in module.where.values()) >= 6
 
 
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_a_residual_network_with_synchronised_batchnorm_on_two_ranks_computes_the_global_batch(backend):
+    """Conv-BN-ReLU, then a ResNet building block with a projection shortcut (4 BatchNorms, one
+    feeding the residual sum), on 2 ranks (threads) x 4 images with small gradient buckets: the
+    outputs and the all-reduced gradients are those of 1 x 8 (the C program runs everything but
+    the BatchNorms compiled)."""
+    import n2d2
+    from n2d2.cells import Fc, Sequence, Softmax
+    from n2d2.codegen.programs import TrainingProgram, gradient_tensors
+    from n2d2.models.resnet import BuildingBlock, _bn, _conv
+
+    n2d2.global_variables.seed = 4
+    rng = np.random.default_rng(1)
+    db = n2d2.database.Numpy()
+    db.load([rng.random((2, 6, 6)).astype(np.float32) for _ in range(8)], [k % 3 for k in range(8)],
+            partition="Learn")
+    provider = n2d2.provider.DataProvider(db, [6, 6, 2], batch_size=8)
+    model = Sequence([_conv(2, 4, 3, 1), _bn(4, True), BuildingBlock(4, 8, 2), Fc(8 * 3 * 3, 3),
+                      Softmax(with_loss=True)])
+    dn = model.to_deepnet_cell(provider, n2d2.target.Score(provider))
+    x = rng.random((8, 2, 6, 6)).astype(np.float32)
+    seed = rng.normal(size=(8, 3)).astype(np.float32)
+    tg = dn._graph_for("training", 8)
+    whole = TrainingProgram(tg, backend)
+    out = whole.forward({tg.graph.inputs[0]: x})[0]
+    whole.backward({tg.graph.outputs[0]: seed.reshape(out.shape)})
+    expected = [np.array(whole._c.view(t)) for t in gradient_tensors(tg)]
+    synchronised = dn._graph_for("training", 4, True)
+
+    def rank(world):
+        part = slice(4 * world.rank, 4 * world.rank + 4)
+        program = TrainingProgram(synchronised, backend, world, bucket_bytes=200)
+        y = program.forward({synchronised.graph.inputs[0]: x[part]})[0]
+        program.backward({synchronised.graph.outputs[0]: seed[part].reshape(y.shape)})
+        program._finish_reduction()
+        where = {program._c.where[n] for n in synchronised.graph.nodes() if synchronised.graph.op(n) == "BatchNorm"}
+        return y, [np.array(program._c.view(t)) for t in gradient_tensors(synchronised)], where
+    ranks = on_ranks(2, rank)
+    assert np.abs(np.concatenate([r[0] for r in ranks]) - out).max() < 1e-6
+    assert all(r[2] == {"numpy"} for r in ranks)
+    for k, e in enumerate(expected):
+        assert all(np.abs(r[1][k] - e).max() <= 1e-5 * np.abs(e).max() for r in ranks), k
+
+
 def test_gradient_buckets_follow_the_backward_and_cut_it_where_they_are_final():
     from n2d2 import distributed
     from n2d2.codegen.programs import bucketed_backward, gradient_tensors
