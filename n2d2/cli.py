@@ -271,7 +271,8 @@ def _train(args) -> int:
     say(f"n2d2 train: model {model_spec.name}, database {db_spec.name} ({data_path}: {counts['Learn']} learn, "
         f"{counts['Validation']} validation, {counts['Test']} test), batch {args.batch_size}, "
         f"{args.epochs} epoch(s), seed {args.seed}, device {args.device}"
-        + (f", {world.size} MPI ranks (global batch {args.batch_size * world.size})" if world.size > 1 else ""))
+        + (f", {world.size} MPI ranks (global batch {args.batch_size * world.size}"
+           + (", synchronised BatchNorm)" if args.sync_batchnorm else ")") if world.size > 1 else ""))
     say(f"Output folder: {output}")
     cwd = os.getcwd()
     if world.is_root:

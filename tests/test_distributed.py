@@ -168,6 +168,20 @@ def test_n2d2_train_under_mpirun_rank_0_alone_prints_and_writes(tmp_path):
     assert summary["test_images"] == 128 and summary["epochs"][0]["learn_images"] == 576
 
 
+@needs_mpi
+def test_n2d2_train_with_sync_batchnorm_under_mpirun(tmp_path):
+    """`n2d2 train --sync-batchnorm` (LeNet with 3 BatchNorms, dropout) on the C backend trains
+    and tests on 2 ranks; the option is reported and saved with the run's options (--resume)."""
+    proc = subprocess.run([MPIRUN, "--oversubscribe", "-np", "2", sys.executable, "-m", "n2d2", "train",
+                           "--epochs", "1", "--limit-train", "320", "--limit-test", "64", "--batch-size", "32",
+                           "--backend", "c", "--no-progress", "--sync-batchnorm", "--output", str(tmp_path / "run")],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 MPI ranks (global batch 64, synchronised BatchNorm)" in proc.stdout
+    assert json.loads((tmp_path / "run" / "arguments.json").read_text())["sync_batchnorm"] is True
+    assert proc.stdout.count("Test accuracy:") == 1
+
+
 @pytest.mark.parametrize("size,n,batch", [(2, 512, 64), (3, 100, 16), (4, 10, 4)])
 def test_shards_are_disjoint_cover_the_epoch_and_have_equal_step_counts(size, n, batch):
     import n2d2
