@@ -577,3 +577,12 @@ def test_nccl_world_joins_rank_0s_communicator_and_sums_device_arrays_on_the_str
     assert host.calls[-1] == ("allreduce_sum", "float64")
     with pytest.raises(TypeError, match="float32 or float64"):
         world.allreduce_sum(SimpleNamespace(dtype=np.dtype(np.int32), size=1, data=SimpleNamespace(ptr=0)))
+
+
+@needs_mpi
+def test_ranks_that_disagree_on_synchronised_batchnorm_fail_at_once(tmp_path):
+    run = [sys.executable, SCRIPT, str(tmp_path), "numpy", "64", "1", "--batchnorm"]
+    proc = subprocess.run([MPIRUN, "--oversubscribe", "-np", "1", *run, "--sync-batchnorm", ":", "-np", "1", *run],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "the ranks disagree on synchronised BatchNorm (rank 0: True; rank 1: False)" in proc.stderr, proc.stderr

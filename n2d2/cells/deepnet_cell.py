@@ -511,7 +511,9 @@ class DeepNetCell(Iterable):
             "batch size": self._provider.get_batch_size(),
             "partition sizes": [database.get_nb_stimuli(p) for p in ("Learn", "Validation", "Test")],
             "parameters": sorted((name, list(p.array.shape)) for name, p in self._graph.params.items()),
-            "backend": self._backend}, what=f"training of DeepNetCell '{self._name}'")
+            "backend": self._backend,
+            "synchronised BatchNorm": self._sync_batchnorm,   # the collectives of a step must match
+            "gradient bucket bytes": self._bucket_bytes}, what=f"training of DeepNetCell '{self._name}'")
 
         for p in self._graph.params.values():
             host = np.ascontiguousarray(to_host(p.array))
