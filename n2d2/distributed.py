@@ -7,9 +7,12 @@ wraps `MPI.COMM_WORLD`.
 
 The rule (see docs/distributed.md): every rank reads a disjoint shard of each global batch of
 `N x batch_size` stimuli; the parameter gradients (sums over the local batch) are summed over
-the ranks in one all-reduce of a flat buffer per step, and each solver then steps with the
-global batch size, so N ranks with batch b train exactly as one process with batch N*b and the
-same learning rate. A rank that stops answering for `N2D2_MPI_TIMEOUT` seconds (default 60)
+the ranks in buckets whose non-blocking all-reduces start during the backward pass
+(`n2d2.codegen.programs.TrainingProgram`), and each solver then steps with the global batch
+size, so N ranks with batch b train exactly as one process with batch N*b and the same
+learning rate. BatchNorm statistics are per rank unless synchronised (`synchronising`,
+`n2d2.ops.batchnorm`); with the cuda backend, `for_backend` puts NCCL under the gradients.
+A rank that stops answering for `N2D2_MPI_TIMEOUT` seconds (default 60)
 makes the waiting ranks exit with an error; a rank that dies is reported by mpirun.
 """
 import contextlib
