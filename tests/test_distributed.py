@@ -392,12 +392,12 @@ def test_synchronised_batchnorm_runs_on_the_reference_between_c_kernels():
         assert sum(w == "c" for w in module.where.values()) >= 6
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("backend", ["numpy", "c", "cuda"])
 def test_a_residual_network_with_synchronised_batchnorm_on_two_ranks_computes_the_global_batch(backend):
     """Conv-BN-ReLU, then a ResNet building block with a projection shortcut (4 BatchNorms, one
     feeding the residual sum), on 2 ranks (threads) x 4 images with small gradient buckets: the
-    outputs and the all-reduced gradients are those of 1 x 8 (the C program runs everything but
-    the BatchNorms compiled)."""
+    outputs and the all-reduced gradients are those of 1 x 8 (the C and CUDA programs run
+    everything but the BatchNorms compiled; CUDA on the host emulator)."""
     import n2d2
     from n2d2.cells import Fc, Sequence, Softmax
     from n2d2.codegen.programs import TrainingProgram, gradient_tensors
@@ -415,7 +415,22 @@ def test_a_residual_network_with_synchronised_batchnorm_on_two_ranks_computes_th
     x = rng.random((8, 2, 6, 6)).astype(np.float32)
     seed = rng.normal(size=(8, 3)).astype(np.float32)
     tg = dn._graph_for("training", 8)
-    whole = TrainingProgram(tg, backend)
+    options = {}
+    if backend == "cuda":
+        import threading
+
+        from n2d2.codegen.cuda_backend import HostEmulator
+
+        class OneLaunchAtATime(HostEmulator):
+            """The emulator's kernels keep their state in the library's globals: the two ranks
+            (threads of one process) launch in turn (a launch never waits for the other rank)."""
+            lock = threading.Lock()
+
+            def launch(self, *args, **kwargs):
+                with self.lock:
+                    return super().launch(*args, **kwargs)
+        options = {"device": OneLaunchAtATime()}
+    whole = TrainingProgram(tg, "numpy" if backend == "cuda" else backend)
     out = whole.forward({tg.graph.inputs[0]: x})[0]
     whole.backward({tg.graph.outputs[0]: seed.reshape(out.shape)})
     expected = [np.array(whole._c.view(t)) for t in gradient_tensors(tg)]
@@ -423,7 +438,8 @@ def test_a_residual_network_with_synchronised_batchnorm_on_two_ranks_computes_th
 
     def rank(world):
         part = slice(4 * world.rank, 4 * world.rank + 4)
-        program = TrainingProgram(synchronised, backend, world, bucket_bytes=200)
+        world.device_arrays = backend == "cuda"      # buckets packed "on the device", as with NCCL
+        program = TrainingProgram(synchronised, backend, world, bucket_bytes=200, **options)
         y = program.forward({synchronised.graph.inputs[0]: x[part]})[0]
         program.backward({synchronised.graph.outputs[0]: seed[part].reshape(y.shape)})
         program._finish_reduction()

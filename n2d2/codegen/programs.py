@@ -84,9 +84,10 @@ class TrainingProgram:
     gradients (`bucket_bytes`, default `distributed.DEFAULT_BUCKET_BYTES`) becomes final, and
     each bucket's non-blocking all-reduce starts right after its segment, while the rest of the
     backward runs; `update` waits for them, then the solvers step with the global batch. The
-    forward and backward run with `world` as the group of the synchronised BatchNorm nodes."""
+    forward and backward run with `world` as the group of the synchronised BatchNorm nodes.
+    `options` go to the backend's `program` (e.g. `device=` of the CUDA backend)."""
 
-    def __init__(self, training_graph, backend: str, world=None, bucket_bytes: int = None):
+    def __init__(self, training_graph, backend: str, world=None, bucket_bytes: int = None, **options):
         self.tg = training_graph
         self.backend = backend
         self.batch_size = 1
@@ -103,7 +104,7 @@ class TrainingProgram:
         self._update_phase = len(phases) - 1
         self._in_flight = []     # (gradient tensors, flat buffer) of the started reductions
         self._what = f"gradient all-reduce of '{training_graph.graph.name}'"
-        self._c = backends.get(backend).program(training_graph.graph, phases, training=True)
+        self._c = backends.get(backend).program(training_graph.graph, phases, training=True, **options)
 
     @property
     def buckets(self) -> list:
