@@ -8,11 +8,16 @@ batch, same network (LeNet of bench_training.py: dense conv2, dropout; SGD momen
 Each configuration runs in its own processes, configurations interleaved for R rounds (so they
 see the same machine load); per run: one warm-up epoch (compilation, caches), then E timed
 epochs; img/s = images / median epoch wall time. The MPI runs also report the gradient bytes
-and the time spent in the gradient all-reduce per step (rank 0), the inputs of the step-time
-model of docs/distributed.md. Not a test.
+and, per step (rank 0), the time `update` waits for the gradient all-reduces (the part of the
+communication the backward pass did not hide) and the number of buckets: the inputs of the
+step-time model of docs/distributed.md. The 2-rank runs use the default bucket size (1 MiB:
+LeNet's 246 KB of gradients are one bucket, started when the last gradient is final) and
+64 KiB buckets (3 buckets started during the backward). `--model lenet-bn` trains LeNetBN
+(a BatchNorm after each convolution) instead, where "sync BatchNorm" configurations normalise
+with the global batch (`fit(sync_batchnorm=True)`). Not a test.
 
     python bench/bench_mpi.py [--rounds 3] [--epochs 3] [--images 4096] [--batch 128] [--backend c]
-                              [--json out.json]
+                              [--model lenet|lenet-bn] [--only NAME,NAME] [--json out.json]
 """
 import argparse
 import json
@@ -36,63 +41,78 @@ def worker(args):
     import n2d2
     from n2d2 import distributed
     from n2d2.cells import Sequence, Softmax
-    from n2d2.models import LeNetINI
+    from n2d2.models import LeNetBN, LeNetINI
     from n2d2.solver import SGD
 
     world = distributed.current()
+    bucket_bytes = None if args.bucket_bytes < 0 else args.bucket_bytes
     n2d2.global_variables.seed = 1
     rng = np.random.default_rng(0)
     db = n2d2.database.Numpy()
     xs = [rng.random((1, 32, 32)).astype(np.float32) for _ in range(args.images)]
     db.load(xs, [int(k) for k in rng.integers(0, 10, args.images)], partition="Learn")
     provider = n2d2.provider.DataProvider(db, [32, 32, 1], batch_size=args.batch // world.size)
-    model = LeNetINI(mapping=False, name="LeNet")
+    model = LeNetBN(name="LeNet") if args.model == "lenet-bn" else LeNetINI(mapping=False, name="LeNet")
     model.set_solver(SGD(learning_rate=0.01, momentum=0.9, decay=5e-4))
     dn = Sequence([model, Softmax(with_loss=True)]).to_deepnet_cell(provider, n2d2.target.Score(provider))
     dn.set_backend(args.backend)
-    reduce_time = [0.0, 0]
-    reduce = world.allreduce_sum
+    waits = {"seconds": 0.0, "steps": 0, "buckets": 0, "bytes": 0}
+    start_reduction, wait_all = world.iallreduce_sum, world.wait_all
 
-    def timed(array, what=""):
-        t = time.perf_counter()
-        out = reduce(array, what)
+    def counted(array, what=""):
         if "gradient" in what:
-            reduce_time[0] += time.perf_counter() - t
-            reduce_time[1] += 1
-            reduce_time.append(array.nbytes)
+            waits["buckets"] += 1
+            waits["bytes"] += array.nbytes
+        return start_reduction(array, what)
+
+    def timed(what=""):
+        t = time.perf_counter()
+        out = wait_all(what)
+        if "gradient" in what:
+            waits["seconds"] += time.perf_counter() - t
+            waits["steps"] += 1
         return out
-    world.allreduce_sum = timed
+    world.iallreduce_sum, world.wait_all = counted, timed
     epochs = []
     for k in range(args.epochs + 1):
         if k == 1:
-            reduce_time[:] = [0.0, 0]
+            waits.update(seconds=0.0, steps=0, buckets=0, bytes=0)
         start = time.perf_counter()
-        dn.fit(1, checkpoint=None)
+        dn.fit(1, checkpoint=None, bucket_bytes=bucket_bytes, sync_batchnorm=args.sync_batchnorm)
         epochs.append(time.perf_counter() - start)
     if world.is_root:
-        grad_bytes = reduce_time[2] if len(reduce_time) > 2 else 0
+        steps = max(1, waits["steps"])
         print("RESULT " + json.dumps({
             "ranks": world.size, "epoch_seconds": epochs[1:],
             "img_per_s": args.images / statistics.median(epochs[1:]),
-            "allreduce_ms_per_step": 1e3 * reduce_time[0] / reduce_time[1] if reduce_time[1] else 0.0,
-            "gradient_bytes": grad_bytes}), flush=True)
+            "allreduce_wait_ms_per_step": 1e3 * waits["seconds"] / steps,
+            "buckets_per_step": waits["buckets"] / steps,
+            "gradient_bytes": waits["bytes"] // steps}), flush=True)
 
 
+#: name: (ranks (0: no mpirun), OMP_NUM_THREADS, extra environment, bucket bytes (-1: the default),
+#: synchronised BatchNorm)
 CONFIGS = {
-    "1 process x 1 thread": (0, "1", {}),
-    "2 MPI ranks x 1 thread": (2, "1", {}),
-    "2 MPI ranks x 1 thread, busy-poll": (2, "1", {"OMPI_MCA_mpi_yield_when_idle": "0"}),
-    "1 process x 2 threads": (0, "2", {}),
+    "1 process x 1 thread": (0, "1", {}, -1, False),
+    "2 MPI ranks x 1 thread": (2, "1", {}, -1, False),
+    "2 MPI ranks x 1 thread, 64 KiB buckets": (2, "1", {}, 64 << 10, False),
+    "2 MPI ranks x 1 thread, sync BatchNorm": (2, "1", {}, -1, True),
+    "2 MPI ranks x 1 thread, busy-poll": (2, "1", {"OMPI_MCA_mpi_yield_when_idle": "0"}, -1, False),
+    "1 process x 2 threads": (0, "2", {}, -1, False),
 }
+DEFAULT_CONFIGS = {"lenet": [name for name in CONFIGS if "BatchNorm" not in name],
+                   "lenet-bn": ["1 process x 1 thread", "2 MPI ranks x 1 thread",
+                                "2 MPI ranks x 1 thread, sync BatchNorm", "1 process x 2 threads"]}
 
 
 def run_config(name, args, tmp):
-    ranks, threads, extra = CONFIGS[name]
+    ranks, threads, extra, bucket_bytes, sync = CONFIGS[name]
     env = dict(os.environ, **extra, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS="1", TQDM_DISABLE="1",
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--epochs", str(args.epochs), "--images",
-           str(args.images), "--batch", str(args.batch), "--backend", args.backend]
+           str(args.images), "--batch", str(args.batch), "--backend", args.backend, "--bucket-bytes",
+           str(bucket_bytes), "--model", args.model] + (["--sync-batchnorm"] if sync else [])
     if ranks:
         local = os.path.join(os.path.dirname(sys.executable), "mpirun")
         cmd = [local if os.access(local, os.X_OK) else shutil.which("mpirun"), "--oversubscribe", "-np",
@@ -138,27 +158,37 @@ def main():
     p.add_argument("--batch", type=int, default=128, help="global batch (split over the ranks)")
     p.add_argument("--backend", default="c")
     p.add_argument("--json", default=None)
+    p.add_argument("--only", default=None, help="comma-separated configuration names (default: all)")
+    p.add_argument("--model", default="lenet", choices=("lenet", "lenet-bn"))
+    p.add_argument("--bucket-bytes", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument("--sync-batchnorm", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    configs = DEFAULT_CONFIGS[args.model] if not args.only else [c.strip() for c in args.only.split(",")]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        p.error(f"--only: unknown configuration(s) {unknown}; known: {list(CONFIGS)}")
     print(f"machine: {machine()}; {versions()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    results = {name: [] for name in CONFIGS}
+    results = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for name in CONFIGS:
+            for name in configs:
                 results[name].append(run_config(name, args, tmp))
                 print(f"round {r + 1} {name}: {results[name][-1]['img_per_s']:.0f} img/s", flush=True)
-    base = statistics.median(x["img_per_s"] for x in results["1 process x 1 thread"])
-    print(f"\nLeNet, global batch {args.batch}, {args.images} images/epoch, backend {args.backend}, "
+    base = statistics.median(x["img_per_s"] for x in results[configs[0]])
+    model = "LeNetBN" if args.model == "lenet-bn" else "LeNet"
+    print(f"\n{model}, global batch {args.batch}, {args.images} images/epoch, backend {args.backend}, "
           f"{args.rounds} rounds x {args.epochs} epochs\n")
-    print("| configuration | img/s median [min-max] | vs 1x1 | all-reduce ms/step | gradient bytes |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"| configuration | img/s median [min-max] | vs {configs[0]} | update waits for the all-reduce, "
+          "ms/step | buckets/step | gradient bytes |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, runs in results.items():
         rates = [x["img_per_s"] for x in runs]
-        ar = statistics.median(x["allreduce_ms_per_step"] for x in runs)
-        gb = runs[0]["gradient_bytes"]
+        wait = statistics.median(x["allreduce_wait_ms_per_step"] for x in runs)
         print(f"| {name} | {statistics.median(rates):,.0f} [{min(rates):,.0f}-{max(rates):,.0f}] | "
-              f"{statistics.median(rates) / base:.2f}x | {ar:.3f} | {gb:,} |")
+              f"{statistics.median(rates) / base:.2f}x | {wait:.3f} | {runs[0]['buckets_per_step']:.0f} | "
+              f"{runs[0]['gradient_bytes']:,} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "machine": machine(), "versions": versions(), "results": results}, f,

@@ -117,6 +117,8 @@ def add_train_parser(subparsers):
                    help="how DeepNetCell runs the compiled network: numpy executor, generated C or CUDA, or "
                         "auto (DeepNetCell's choice from --device and the compilers found; default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="under mpirun: BatchNorm statistics of the global batch (all ranks), not of each rank's")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the interrupted run in RUN_DIR from its last checkpoint, with its own options "
                         "(the other options are ignored)")
@@ -269,7 +271,8 @@ def _train(args) -> int:
     say(f"n2d2 train: model {model_spec.name}, database {db_spec.name} ({data_path}: {counts['Learn']} learn, "
         f"{counts['Validation']} validation, {counts['Test']} test), batch {args.batch_size}, "
         f"{args.epochs} epoch(s), seed {args.seed}, device {args.device}"
-        + (f", {world.size} MPI ranks (global batch {args.batch_size * world.size})" if world.size > 1 else ""))
+        + (f", {world.size} MPI ranks (global batch {args.batch_size * world.size}"
+           + (", synchronised BatchNorm)" if args.sync_batchnorm else ")") if world.size > 1 else ""))
     say(f"Output folder: {output}")
     cwd = os.getcwd()
     if world.is_root:
@@ -288,7 +291,8 @@ def _train(args) -> int:
         start = time.perf_counter()
         target.start()
         dn.fit(args.epochs, valid_metric=args.valid_metric, checkpoint="checkpoint.npz" if world.is_root else None,
-               resume=os.path.join(output, "checkpoint.npz") if args.resume else None)
+               resume=os.path.join(output, "checkpoint.npz") if args.resume else None,
+               sync_batchnorm=args.sync_batchnorm)
         train_seconds = time.perf_counter() - start
         if counts["Validation"] == 0:
             say("(no validation: --validation 0; the last epoch's weights are kept)")

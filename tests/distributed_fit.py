@@ -3,6 +3,7 @@
 
     python tests/distributed_fit.py OUT_DIR BACKEND BATCH EPOCHS [--resume CKPT] [--checkpoint CKPT]
                                     [--stall-rank R --stall-after K] (rank R sleeps after K steps)
+                                    [--batchnorm] [--sync-batchnorm] [--bucket-bytes B]
 """
 import argparse
 import json
@@ -16,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import n2d2  # noqa: E402
 from n2d2.activation import Rectifier  # noqa: E402
-from n2d2.cells import Conv, Fc, Pool2d, Sequence, Softmax  # noqa: E402
+from n2d2.cells import BatchNorm2d, Conv, Fc, Pool2d, Sequence, Softmax  # noqa: E402
 from n2d2.solver import SGD  # noqa: E402
 
 
@@ -42,12 +43,18 @@ def main():
     p.add_argument("--stall-rank", type=int, default=-1)
     p.add_argument("--stall-after", type=int, default=2)
     p.add_argument("--ban", action="store_true")
+    p.add_argument("--batchnorm", action="store_true", help="a BatchNorm after the convolution")
+    p.add_argument("--sync-batchnorm", action="store_true")
+    p.add_argument("--bucket-bytes", type=int, default=None)
     args = p.parse_args()
     n2d2.global_variables.seed = 3
     provider = n2d2.provider.DataProvider(database(), [8, 8, 1], batch_size=args.batch)
-    model = Sequence([Conv(1, 4, [3, 3], activation=Rectifier()), Pool2d([2, 2], stride_dims=[2, 2]),
-                      Fc(36, 8, activation=Rectifier()), Fc(8, 2), Softmax(with_loss=True)])
-    model.set_solver(SGD(learning_rate=0.3, momentum=0.9, decay=1e-3))
+    first = [Conv(1, 4, [3, 3], activation=Rectifier())]
+    if args.batchnorm:
+        first = [Conv(1, 4, [3, 3], no_bias=True), BatchNorm2d(4, activation=Rectifier())]   # BN cancels a bias
+    model = Sequence(first + [Pool2d([2, 2], stride_dims=[2, 2]), Fc(36, 8, activation=Rectifier()), Fc(8, 2),
+                              Softmax(with_loss=True)])
+    model.set_solver(SGD(learning_rate=0.1 if args.batchnorm else 0.3, momentum=0.9, decay=1e-3))
     target = n2d2.target.Score(provider)
     dn = model.to_deepnet_cell(provider, target)
     dn.set_backend(args.backend)
@@ -74,7 +81,8 @@ def main():
         last.update(dn._snapshot())
         return stop
     dn._fit_epoch = recording_fit_epoch
-    score = dn.fit(args.epochs, resume=args.resume, checkpoint=args.checkpoint, ban_multi_device=args.ban)
+    score = dn.fit(args.epochs, resume=args.resume, checkpoint=args.checkpoint, ban_multi_device=args.ban,
+                   sync_batchnorm=args.sync_batchnorm, bucket_bytes=args.bucket_bytes)
     weights = {name.replace(".", "__"): p.array for name, p in dn._graph.params.items()}
     np.savez(os.path.join(args.out, f"weights_rank{world.rank}.npz"), **weights)
     np.savez(os.path.join(args.out, f"last_rank{world.rank}.npz"),

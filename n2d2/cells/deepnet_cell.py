@@ -116,6 +116,8 @@ class DeepNetCell(Iterable):
         self._deepnet = None
         self._batch_size = 1
         self._world = None     # the data-parallel world of the running fit (n2d2.distributed)
+        self._sync_batchnorm = False   # fit(sync_batchnorm=...): BatchNorm statistics over every rank
+        self._bucket_bytes = None      # fit(bucket_bytes=...): gradient bucket size (None: the default)
 
         self._backend = select_backend(backend)
 
@@ -219,24 +221,36 @@ class DeepNetCell(Iterable):
         self._backend = select_backend(backend)
         self._invalidate()
 
-    def _graph_for(self, kind: str, batch_size: int):
-        """The IR graph of `kind` ("inference" or "training") at `batch_size` (cached)."""
-        key = (kind + ".graph", batch_size)
+    def _graph_for(self, kind: str, batch_size: int, synchronised: bool = False):
+        """The IR graph of `kind` ("inference" or "training") at `batch_size` (cached); with
+        `synchronised`, the training BatchNorm nodes normalise with the statistics of every rank
+        (`n2d2.ops.batchnorm`)."""
+        key = (kind + ".graph", batch_size, synchronised)
         if key not in self._programs:
             graph = self._graph if self._batch_of(self._graph) == batch_size else rebatch(self._graph, batch_size)
             if kind == "inference":
                 self._programs[key] = self._optimize(graph)
             else:
+                if synchronised:
+                    graph = graph.copy()
+                    for node in graph.nodes():
+                        if graph.op(node) == "BatchNorm":
+                            graph.attrs(node)["synchronised"] = True
                 self._programs[key] = training_graph(graph)
         return self._programs[key]
 
     def _program(self, kind: str, batch_size: int):
-        """The runnable program of `kind` at `batch_size` on this cell's backend (cached)."""
-        key = (kind, batch_size)
+        """The runnable program of `kind` at `batch_size` on this cell's backend (cached). During
+        a data-parallel fit the training program reduces its gradients over the world's ranks."""
+        world = self._world if kind == "training" and self._world is not None and self._world.size > 1 else None
+        key = (kind, batch_size) if world is None else (kind, batch_size, id(world), self._sync_batchnorm,
+                                                         self._bucket_bytes)
         if key not in self._programs:
-            graph = self._graph_for(kind, batch_size)
-            cls = InferenceProgram if kind == "inference" else TrainingProgram
-            self._programs[key] = cls(graph, self._backend)
+            if kind == "inference":
+                self._programs[key] = InferenceProgram(self._graph_for(kind, batch_size), self._backend)
+            else:
+                graph = self._graph_for(kind, batch_size, world is not None and self._sync_batchnorm)
+                self._programs[key] = TrainingProgram(graph, self._backend, world, self._bucket_bytes)
         return self._programs[key]
 
     def dump_sources(self, directory: str, batch_size: int = None) -> list:
@@ -497,7 +511,9 @@ class DeepNetCell(Iterable):
             "batch size": self._provider.get_batch_size(),
             "partition sizes": [database.get_nb_stimuli(p) for p in ("Learn", "Validation", "Test")],
             "parameters": sorted((name, list(p.array.shape)) for name, p in self._graph.params.items()),
-            "backend": self._backend}, what=f"training of DeepNetCell '{self._name}'")
+            "backend": self._backend,
+            "synchronised BatchNorm": self._sync_batchnorm,   # the collectives of a step must match
+            "gradient bucket bytes": self._bucket_bytes}, what=f"training of DeepNetCell '{self._name}'")
 
         for p in self._graph.params.values():
             host = np.ascontiguousarray(to_host(p.array))
@@ -508,7 +524,7 @@ class DeepNetCell(Iterable):
 
     def fit(self, learn_epoch: int, log_epoch=1000, avg_window=10000, bench=False, ban_multi_device=False,
             valid_metric="Sensitivity", stop_valid=0, log_kernels=False, check_finite=True, resume=None,
-            checkpoint="checkpoint.npz"):
+            checkpoint="checkpoint.npz", sync_batchnorm=False, bucket_bytes=None):
         """Train `learn_epoch` epochs on Learn (shuffled), validating each epoch when the
         database has a Validation partition; the best weights (by `valid_metric`) are saved to
         `weights_validation/` and restored at the end, the initial ones to `weights_init/`.
@@ -521,14 +537,23 @@ class DeepNetCell(Iterable):
         `resume` (a checkpoint or a folder holding `checkpoint.npz`) continues a run from its
         last saved epoch to the same result as a run never interrupted. Under an MPI launcher
         with several ranks the epoch is sharded over them (`n2d2.distributed`); rank 0 alone
-        writes files; `ban_multi_device` trains in this process alone."""
+        writes files; `ban_multi_device` trains in this process alone. There, `sync_batchnorm`
+        normalises each BatchNorm with the statistics of the global batch (all ranks; default:
+        each rank its own batch), and the gradients are all-reduced in buckets of `bucket_bytes`
+        (default `n2d2.distributed.DEFAULT_BUCKET_BYTES`; 0: one bucket) started during the
+        backward pass; with the cuda backend through NCCL when CuPy has it (`N2D2_COLLECTIVES`)."""
         if not isinstance(learn_epoch, int) or isinstance(learn_epoch, bool):
             raise WrongInputType("learn_epoch", type(learn_epoch), ["int"])
+        if not isinstance(sync_batchnorm, bool):
+            raise WrongInputType("sync_batchnorm", type(sync_batchnorm), ["bool"])
+        if bucket_bytes is not None and (isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int)
+                                         or bucket_bytes < 0):
+            raise WrongValue("bucket_bytes", bucket_bytes, ["None", "a number of bytes >= 0"])
         if valid_metric not in VALID_METRICS:
             raise WrongValue("valid_metric", valid_metric, VALID_METRICS)
         if self._provider is None or self._target is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': fit() needs a provider and a target")
-        world = distributed.current(ban_multi_device)
+        world = distributed.for_backend(distributed.current(ban_multi_device), self._backend)
         database = self._provider.get_database()
         has_validation = database.get_nb_stimuli("Validation") > 0
         best = BestWeights(self, stop_valid, write=world.is_root)
@@ -543,6 +568,7 @@ class DeepNetCell(Iterable):
         elif world.is_root:
             self.export_free_parameters("weights_init", verbose=False)
         self._world = world
+        self._sync_batchnorm, self._bucket_bytes = sync_batchnorm, bucket_bytes
         try:
             if world.size > 1:
                 self._share_initial_state(world)
@@ -556,6 +582,7 @@ class DeepNetCell(Iterable):
                     break
         finally:
             self._world = None
+            self._sync_batchnorm, self._bucket_bytes = False, None
         best.restore()
         self._provider.set_partition("Learn")
         return best.score

@@ -10,6 +10,7 @@ device).
 """
 import numpy as np
 
+from n2d2 import distributed
 from n2d2.backend import array_module, to_host
 from n2d2.codegen import backends
 
@@ -40,21 +41,82 @@ class InferenceProgram:
         return [self._c.fetch(t) for t in self.graph.outputs]
 
 
-class TrainingProgram:
-    """The three phases of a training graph (`n2d2.ir.autodiff.TrainingGraph`)."""
+def gradient_tensors(training_graph) -> list:
+    """The gradient tensor each `Update` node of a training graph reads, in update order."""
+    g = training_graph.graph
+    return [g.inputs_of(node)[0] for node in training_graph.update_nodes if g.op(node) == "Update"]
 
-    def __init__(self, training_graph, backend: str):
+
+def bucketed_backward(training_graph, backward: list, bucket_bytes: int):
+    """Split the backward phase (`backward`, node names in order) where gradient buckets become
+    final: returns (segments, starts), `starts[k]` the buckets (lists of gradient tensors) whose
+    last gradient the segment `segments[k]` computes. Gradients join buckets in the order they
+    become final (the reverse of the layers, as the backward runs), `bucket_bytes` at most each
+    (`n2d2.distributed.plan_buckets`)."""
+    g = training_graph.graph
+    position = {n: k for k, n in enumerate(backward)}
+    tensors = gradient_tensors(training_graph)
+    ready = [position.get(t[0], 0) + 1 for t in tensors]    # the segment ends after the producer
+    order = sorted(range(len(tensors)), key=lambda k: ready[k])
+    nbytes = []
+    for k in order:
+        t = g.output_types(tensors[k][0])[tensors[k][1]]
+        nbytes.append(int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize)
+    groups = distributed.plan_buckets(nbytes, bucket_bytes)
+    buckets = [[tensors[order[i]] for i in group] for group in groups]
+    ends = [max(ready[order[i]] for i in group) for group in groups]
+    segments, starts, begin = [], [], 0
+    for end in sorted(set(ends)):
+        segments.append(backward[begin:end])
+        starts.append([b for b, e in zip(buckets, ends) if e == end])
+        begin = end
+    if begin < len(backward) or not segments:
+        segments.append(backward[begin:])
+        starts.append([])
+    return segments, starts
+
+
+class TrainingProgram:
+    """The three phases of a training graph (`n2d2.ir.autodiff.TrainingGraph`).
+
+    With a data-parallel `world` of several ranks (`n2d2.distributed`), the program reduces its
+    gradients over the ranks: the backward phase runs in segments, cut where a bucket of
+    gradients (`bucket_bytes`, default `distributed.DEFAULT_BUCKET_BYTES`) becomes final, and
+    each bucket's non-blocking all-reduce starts right after its segment, while the rest of the
+    backward runs; `update` waits for them, then the solvers step with the global batch. The
+    forward and backward run with `world` as the group of the synchronised BatchNorm nodes.
+    `options` go to the backend's `program` (e.g. `device=` of the CUDA backend)."""
+
+    def __init__(self, training_graph, backend: str, world=None, bucket_bytes: int = None, **options):
         self.tg = training_graph
         self.backend = backend
         self.batch_size = 1
+        self.world = world if world is not None and world.size > 1 else None
         seeds = list(training_graph.grad_inputs.values())
-        phases = [training_graph.forward_nodes, seeds + training_graph.backward_nodes, training_graph.update_nodes]
-        self._c = backends.get(backend).program(training_graph.graph, phases, training=True)
+        backward = seeds + training_graph.backward_nodes
+        if self.world is None:
+            segments, self._starts = [backward], [[]]
+        else:
+            cap = distributed.DEFAULT_BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+            segments, self._starts = bucketed_backward(training_graph, backward, cap)
+        phases = [training_graph.forward_nodes] + segments + [training_graph.update_nodes]
+        self._backward_phases = list(range(1, 1 + len(segments)))
+        self._update_phase = len(phases) - 1
+        self._in_flight = []     # (gradient tensors, flat buffer) of the started reductions
+        self._what = f"gradient all-reduce of '{training_graph.graph.name}'"
+        self._c = backends.get(backend).program(training_graph.graph, phases, training=True, **options)
+
+    @property
+    def buckets(self) -> list:
+        """The gradient buckets, in the order their reductions start (lists of tensors)."""
+        return [b for starts in self._starts for b in starts]
 
     def forward(self, feeds: dict) -> list:
+        self._finish_reduction()   # a backward without its update: keep the ranks' collectives in step
         self.batch_size = int(next(iter(feeds.values())).shape[0])
         self._c.feed(feeds)
-        self._c.run_phase(0, self.batch_size)
+        with distributed.synchronising(self.world):
+            self._c.run_phase(0, self.batch_size)
         return [self._c.fetch(t) for t in self.tg.graph.outputs]
 
     def backward(self, seeds: dict):
@@ -66,39 +128,53 @@ class TrainingProgram:
                            f"(outputs: {self.tg.graph.outputs})")
         feeds = {self.tg.grad_inputs[k]: v for k, v in seeds.items() if k in self.tg.grad_inputs}
         self._c.feed(feeds)
-        self._c.run_phase(1, self.batch_size)
+        with distributed.synchronising(self.world):
+            for phase, starts in zip(self._backward_phases, self._starts):
+                self._c.run_phase(phase, self.batch_size)
+                for bucket in starts:
+                    self._start_reduction(self.world, bucket)
+                if self._in_flight:
+                    self.world.progress()
 
     def update(self, world=None):
-        """Apply the solvers. With a data-parallel `world` (`n2d2.distributed`), the gradients
-        are first summed over its ranks (one all-reduce of a flat buffer) and the solvers step
-        with the global batch, so every rank applies the same update."""
+        """Apply the solvers. With a data-parallel world (the program's, else `world`), the
+        gradients are first summed over its ranks (the program's buckets, started during the
+        backward; else one all-reduce of a flat buffer now) and the solvers step with the global
+        batch size, so every rank applies the same update."""
         batch_size = self.batch_size
-        if world is not None and world.size > 1:
-            self._allreduce_gradients(world)
+        if self.world is not None:
+            self._finish_reduction()
+            batch_size *= self.world.size
+        elif world is not None and world.size > 1:
+            tensors = gradient_tensors(self.tg)
+            if tensors:
+                self._start_reduction(world, tensors)
+                self._finish_reduction(world)
             batch_size *= world.size
-        self._c.run_phase(2, batch_size)
+        self._c.run_phase(self._update_phase, batch_size)
 
-    def _gradient_slots(self):
-        """(getter, setter) of each Update node's gradient, in update order."""
-        g = self.tg.graph
-        program = self._c
-        slots = []
-        for node in self.tg.update_nodes:
-            if g.op(node) != "Update":
-                continue
-            t = g.inputs_of(node)[0]
-            slots.append((lambda t=t: program.view(t), lambda a, t=t: program.assign(t, a)))
-        return slots
+    def _start_reduction(self, world, tensors):
+        """Pack the gradients `tensors` into one float32 buffer and start its all-reduce."""
+        grads = [self._c.view(t) for t in tensors]
+        if getattr(world, "device_arrays", False):
+            xp = array_module(grads[0])
+            flat = xp.concatenate([a.reshape(-1).astype(np.float32, copy=False) for a in grads])
+        else:
+            flat = np.concatenate([to_host(a).reshape(-1).astype(np.float32, copy=False) for a in grads])
+        world.iallreduce_sum(flat, what=self._what)
+        self._in_flight.append((tensors, flat))
 
-    def _allreduce_gradients(self, world):
-        slots = self._gradient_slots()
-        grads = [get() for get, _ in slots]
-        if not grads:
+    def _finish_reduction(self, world=None):
+        """Wait for the started all-reduces and put the sums back in place of the gradients."""
+        if not self._in_flight:
             return
-        flat = np.concatenate([to_host(a).reshape(-1).astype(np.float32, copy=False) for a in grads])
-        world.allreduce_sum(flat, what=f"gradient all-reduce of '{self.tg.graph.name}'")
-        offset = 0
-        for (_, put), a in zip(slots, grads):
-            n = a.size
-            put(array_module(a).asarray(flat[offset:offset + n].reshape(a.shape)).astype(a.dtype, copy=False))
-            offset += n
+        (world or self.world).wait_all(what=self._what)
+        in_flight, self._in_flight = self._in_flight, []
+        for tensors, flat in in_flight:
+            offset = 0
+            for t in tensors:
+                a = self._c.view(t)
+                n = a.size
+                self._c.assign(t, array_module(a).asarray(flat[offset:offset + n].reshape(a.shape))
+                               .astype(a.dtype, copy=False))
+                offset += n

@@ -2,10 +2,19 @@
 
 Learn mode normalises with the batch statistics (biased variance, as N2D2's BatchNormCell_Frame)
 and folds them into the moving averages; test mode normalises with the moving averages.
+
+Synchronised (attribute `synchronised`, set on the training graph by `DeepNetCell.fit(...,
+sync_batchnorm=True)` under data parallelism): the statistics are those of the global batch,
+all ranks together. The forward sums the per-channel sums of x and x^2 and the element count
+over the ranks of `n2d2.distributed.sync_group()` (one all-reduce of 2C+1 float64), the
+backward the per-channel sums of dy and dy*xhat (one of 2C); the parameter gradients stay local
+(the gradient all-reduce sums them). Such a node runs on the reference in every backend (the
+compiled kernels around it run as before): it needs the collective between two kernels.
 """
 import numpy as np
 
-from n2d2.backend import array_module
+from n2d2 import distributed
+from n2d2.backend import array_module, to_host
 from n2d2.ir import lowering as low
 from n2d2.ir.ops import OpDef, _concat, _concat_shape, _split_channels, register
 
@@ -41,6 +50,51 @@ def batchnorm_backward_train(dy, ctx, scales):
     m = dy.shape[0] * dy.shape[2] * dy.shape[3]
     k = scales.astype(dy.dtype) * inv_std / dy.dtype.type(m)
     dx = _c(k) * (dy * dy.dtype.type(m) - _c(dbias) - xhat * _c(dscale))
+    return dx, dscale, dbias
+
+
+_AXES = (0, 2, 3)
+
+
+def _sum_over_ranks(group, values, what):
+    """Sum float64 per-channel vectors over the ranks of `group` (host numpy)."""
+    buf = np.ascontiguousarray(to_host(values), dtype=np.float64)
+    return group.allreduce_sum(buf, what=what)
+
+
+def batchnorm_forward_train_sync(x, scales, biases, epsilon, group, what="BatchNorm"):
+    """batchnorm_forward_train with the statistics of the global batch (every rank of `group`);
+    returns (y, ctx, mean_B, var_B, count_B)."""
+    xp = array_module(x)
+    c = x.shape[1]
+    x64 = x.astype(np.float64)
+    local = xp.concatenate([x64.sum(axis=_AXES), (x64 * x64).sum(axis=_AXES),
+                            xp.asarray([x.shape[0] * x.shape[2] * x.shape[3]], dtype=np.float64)])
+    sums = _sum_over_ranks(group, local, f"{what} statistics all-reduce")
+    count = float(sums[2 * c])
+    mean64 = sums[:c] / count
+    var64 = np.maximum(sums[c:2 * c] / count - mean64 * mean64, 0.0)
+    mean, var = xp.asarray(mean64.astype(x.dtype)), xp.asarray(var64.astype(x.dtype))
+    inv_std = 1 / xp.sqrt(var + x.dtype.type(epsilon))
+    xhat = (x - _c(mean)) * _c(inv_std)
+    y = xhat * _c(scales.astype(x.dtype)) + _c(biases.astype(x.dtype))
+    return y, (xhat, inv_std), mean, var, count
+
+
+def batchnorm_backward_train_sync(dy, ctx, scales, group, count, what="BatchNorm"):
+    """(dx, dscales, dbiases) of batchnorm_forward_train_sync: dx from the sums of dy and dy*xhat
+    over the global batch; dscales and dbiases of this rank's batch (summed with the gradients)."""
+    xp = array_module(dy)
+    xhat, inv_std = ctx
+    c = dy.shape[1]
+    dbias = dy.sum(axis=_AXES)
+    dscale = (dy * xhat).sum(axis=_AXES)
+    sums = _sum_over_ranks(group, xp.concatenate([dbias.astype(np.float64), dscale.astype(np.float64)]),
+                           f"{what} backward all-reduce")
+    dbias_all, dscale_all = (xp.asarray(sums[:c].astype(dy.dtype)), xp.asarray(sums[c:].astype(dy.dtype)))
+    m = dy.dtype.type(count)
+    k = scales.astype(dy.dtype) * inv_std / m
+    dx = _c(k) * (dy * m - _c(dbias_all) - xhat * _c(dscale_all))
     return dx, dscale, dbias
 
 
@@ -102,19 +156,29 @@ class BatchNorm(OpDef):
         eps = attrs["epsilon"]
         shapes = [a.shape for a in xs]
         if training and attrs["momentum"] != 0.0:
-            y, ctx, mean, var = batchnorm_forward_train(x, params["scales"], params["biases"], eps)
-            count = x.shape[0] * x.shape[2] * x.shape[3]
+            group = distributed.sync_group() if attrs.get("synchronised") else None
+            if group is not None and group.size > 1:
+                y, ctx, mean, var, count = batchnorm_forward_train_sync(x, params["scales"], params["biases"], eps,
+                                                                        group)
+                mode = (group, count)
+            else:
+                y, ctx, mean, var = batchnorm_forward_train(x, params["scales"], params["biases"], eps)
+                count = x.shape[0] * x.shape[2] * x.shape[3]
+                mode = True
             update_moving_statistics(params["means"], params["variances"], mean, var, attrs["momentum"],
                                      count, unbiased=attrs.get("unbiased", False))
-            return y, (ctx, True, shapes)
+            return y, (ctx, mode, shapes)
         y, ctx = batchnorm_forward_infer(x, params["scales"], params["biases"], params["means"],
                                          params["variances"], eps)
         return y, (ctx, False, shapes)
 
     def _backward(self, attrs, saved, dy, needs, params):
         ctx, train, shapes = saved
-        backward = batchnorm_backward_train if train else batchnorm_backward_infer
-        dx, dscale, dbias = backward(dy, ctx, params["scales"])
+        if isinstance(train, tuple):   # synchronised: (group, global count)
+            dx, dscale, dbias = batchnorm_backward_train_sync(dy, ctx, params["scales"], *train)
+        else:
+            backward = batchnorm_backward_train if train else batchnorm_backward_infer
+            dx, dscale, dbias = backward(dy, ctx, params["scales"])
         grads = {"scales": dscale.astype(np.float32), "biases": dbias.astype(np.float32)}
         return _split_channels(dx, shapes, needs), grads
 
@@ -125,7 +189,12 @@ class BatchNorm(OpDef):
             ctx.aux["stats"] = aux_slot(f"{node}.stats", (2 * g["C"],), stats_kind)
 
     # -- lowering --------------------------------------------------------------------------------
+    SYNCHRONISED = ("synchronised BatchNorm: the statistics are all-reduced over the ranks between kernels; "
+                    "the reference runs it")
+
     def lower_c(self, graph, node, training):
+        if training and graph.attrs(node).get("synchronised"):
+            return low.Unsupported(self.SYNCHRONISED)
         ins, _ = low.shapes(graph, node)
         n, c, h, w = low.nchw(ins[0])
         train = training and graph.attrs(node)["momentum"] != 0.0
@@ -133,6 +202,8 @@ class BatchNorm(OpDef):
             dict(N=n, C=c, HW=h * w, M=n * h * w, TRAIN=train, PAR=n * c * h * w >= low.PARALLEL_MIN_ELEMENTS)
 
     def lower_cuda(self, graph, node, training):
+        if training and graph.attrs(node).get("synchronised"):
+            return low.Unsupported(self.SYNCHRONISED)
         ins, _ = low.shapes(graph, node)
         n, c, h, w = low.nchw(ins[0])
         return low.one_input(ins, self.name) or dict(N=n, C=c, HW=h * w, M=n * h * w, SIZE=n * c * h * w,
