@@ -85,6 +85,7 @@ class _Builder:
         tp = onnx.TensorProto
         self.types = {(True, 8): tp.INT8, (False, 8): tp.UINT8, (True, 4): tp.INT4, (False, 4): tp.UINT4}
         self.zero_points = {}
+        self.scale_names = {}     # integer tensor -> its scale initializer (shared by its Q and DQs)
         self.reserved = {qn["name"] for qn in network.nodes} | {network.input["name"]}
 
     # -- building blocks ----------------------------------------------------------------------
@@ -145,15 +146,22 @@ class _Builder:
     def scale(self, base, value):
         return self.const(base, np.float32(value))
 
+    def tensor_scale(self, name, value):
+        """The scale initializer of integer tensor `name` (made once)."""
+        if name not in self.scale_names:
+            self.scale_names[name] = self.scale(f"{name}.scale", value)
+        return self.scale_names[name]
+
     def dequantize(self, v: _Value):
-        return self.node("DequantizeLinear", [v.name, self.scale(f"{v.name}.scale", v.scale),
-                                              self.zero_point(v.signed)], f"{v.name}/dq")
+        return self.node("DequantizeLinear", [v.name, self.tensor_scale(v.name, v.scale), self.zero_point(v.signed)],
+                         f"{v.name}/dq")
 
     def quantize(self, x, scale, signed, rank, name=None):
         """QuantizeLinear of float `x` into the node's integer tensor (named after the IR node)."""
         base = name if name is not None else self.current
-        out = self.node("QuantizeLinear", [x, self.scale(f"{base}.scale", scale), self.zero_point(signed)], base,
-                        own=name is None)
+        s = self.scale(f"{base}.scale", scale)
+        out = self.node("QuantizeLinear", [x, s, self.zero_point(signed)], base, own=name is None)
+        self.scale_names[out] = s
         return _Value(out, rank, float(scale), signed)
 
     def alias(self, v: _Value, signed=None):
@@ -373,7 +381,9 @@ class _Builder:
                     else np.float32(coef[0])
                 x = self.node("Mul", [x, self.const(f"{self.current}/factor{k}", c)], f"{self.current}/mul{k}")
             terms.append(x)
-        y = terms[0] if len(terms) == 1 else self.node("Sum", terms, f"{self.current}/sum")
+        # two inputs: Add, which onnxruntime fuses with its QDQ pairs into QLinearAdd
+        y = terms[0] if len(terms) == 1 else self.node("Add" if len(terms) == 2 else "Sum", terms,
+                                                        f"{self.current}/sum")
         shift = bias.reshape(-1) * s_y
         if np.any(shift != 0.0):
             c = shift.astype(np.float32).reshape((1, -1) + (1,) * (rank - 2)) if shift.size > 1 \
