@@ -64,7 +64,7 @@ def prepare(args, work):
     import n2d2
     from n2d2.cli import load_run
     from n2d2.quantization.onnx_qdq import qdq_model
-    from n2d2.quantization.ptq import calibration_partition, inference_graph, quantize_network, read_stimuli
+    from n2d2.quantization.ptq import calibration_partition, quantize_network, read_stimuli
 
     run = args.run
     if run is None:
@@ -100,9 +100,11 @@ def prepare(args, work):
     info["sim_accuracy"] = float(np.mean(sim == y))
     shift = quantize_network(dn, provider, nb_bits=8, calibration=args.calibration, act_scaling_mode="SINGLE_SHIFT")
     info["sim_shift_accuracy"] = float(np.mean(shift.predict(x) == y))
-    graph = inference_graph(dn)
-    info["float_weight_bytes"] = 4 * sum(int(np.prod(p.shape)) for p in graph.params.values())
-    info["int8_weight_bytes"] = int(network.weight_bytes())
+    # the parameters of the exported layers: float32 words against int8 weights + int32 biases
+    weights = sum(int(qn["weights"].size) for qn in network.nodes if "weights" in qn)
+    biases = sum(int(qn["biases"].size) for qn in network.nodes if "weights" in qn)
+    info.update(float_weight_bytes=4 * (weights + biases), int8_weight_bytes=int(network.weight_bytes()),
+                weights=weights, biases=biases)
     info["prepare_s"] = time.perf_counter() - t
     with open(os.path.join(work, "info.json"), "w") as f:
         json.dump(info, f)
@@ -376,8 +378,9 @@ def main():
     if torch_row:
         print(f"PyTorch float32 rebuild of the same graph: {100 * torch_row['float_accuracy']:.2f} % "
               f"(C float32 export: {100 * results['c_float'][0].get('accuracy', float('nan')):.2f} %)")
-    print(f"Weights: float32 {info['float_weight_bytes']} bytes, int8 (int8 weights + int32 biases) "
-          f"{info['int8_weight_bytes']} bytes: {info['float_weight_bytes'] / info['int8_weight_bytes']:.2f}x smaller; "
+    print(f"Parameters ({info['weights']} weights, {info['biases']} biases): float32 {info['float_weight_bytes']} "
+          f"bytes, int8 weights + int32 biases {info['int8_weight_bytes']} bytes: "
+          f"{info['float_weight_bytes'] / info['int8_weight_bytes']:.2f}x smaller (weights alone 4x); "
           "ONNX files: " + ", ".join(f"{p} {results[p][0]['file_bytes']} B" for p in PEERS
                                      if results[p] and "file_bytes" in results[p][0]))
     best = {p: min(r["latency_1"] for r in results[p] if "latency_1" in r) for p in PEERS
