@@ -217,3 +217,39 @@ def test_unsupported_widths_are_refused(lenet):
     network = quantize_network(lenet["dn"], lenet["provider"], nb_bits=6, calibration=50)
     with pytest.raises(QuantizationError, match="6 bits; a QDQ model holds 4 or 8-bit"):
         qdq_model(network)
+
+
+def test_cli_export_format_onnx(tmp_path):
+    """`n2d2 export RUN_DIR --format onnx --nb-bits 8 --calibration N` writes the QDQ model of the
+    run (float32 without --nb-bits); onnxruntime scores it like the integer simulation."""
+    from tests.test_cli import _run as run_cli
+
+    out_dir = tmp_path / "run"
+    rc, out, err = run_cli(["train", "--model", "lenet", "--epochs", "1", "--batch-size", "32", "--limit-train",
+                            "1000", "--limit-test", "100", "--learning-rate", "0.05", "--output", str(out_dir),
+                            "--no-progress"], tmp_path, timeout=600)
+    assert rc == 0, err
+    rc, out, err = run_cli(["export", str(out_dir), "--format", "onnx", "--nb-bits", "6", "--calibration", "50"],
+                           tmp_path)
+    assert rc == 1 and "--nb-bits 6" in err and "Traceback" not in err
+    rc, out, err = run_cli(["export", str(out_dir), "--act-scaling-mode", "FLOAT_MULT", "--nb-bits", "8",
+                            "--calibration", "50"], tmp_path)
+    assert rc == 1 and "FLOAT_MULT" in err and "Traceback" not in err
+    rc, out, err = run_cli(["export", str(out_dir), "--format", "onnx", "--nb-bits", "8", "--calibration", "100",
+                            "--per-output"], tmp_path)
+    assert rc == 0, err
+    path = out_dir / "export_ONNX_int8.onnx"
+    assert "8-bit integer ONNX model (QDQ)" in out and str(path) in out
+    rc, out, err = run_cli(["export", str(out_dir), "--format", "onnx"], tmp_path)
+    assert rc == 0 and (out_dir / "export_ONNX_float32.onnx").exists(), err
+
+    from n2d2.cli import load_run
+
+    dn, provider, _, _ = load_run(str(out_dir))
+    network = quantize_network(dn, provider, nb_bits=8, calibration=100, act_rescale_per_output=True)
+    x, _ = read_stimuli(provider, "Test", 100)
+    model = onnx.load(str(path))
+    assert {n.op_type for n in model.graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"}
+    session = _session(model)
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert np.mean(out.reshape(len(x), -1).argmax(axis=1) == network.predict(x)) >= 0.99
