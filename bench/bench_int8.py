@@ -43,6 +43,7 @@ import tempfile
 import time
 
 import numpy as np
+from bench_export import _cpu_model, ort_sessions
 from repo_info import git_commit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,17 +138,6 @@ def _time_calls(call, stimuli, passes):
     return best
 
 
-def _ort_session(path, threads):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 class _Reader:
     """quantize_static's calibration data: the calibration stimuli one at a time."""
 
@@ -170,13 +160,13 @@ def _ort_peer(work, kind, passes, latency_stimuli, accuracy):
 
         pre = os.path.join(work, "float_pre.onnx")
         quant_pre_process(os.path.join(work, "float.onnx"), pre)
-        name = _ort_session(pre, 1).get_inputs()[0].name
+        name = ort_sessions(pre, 1).get_inputs()[0].name
         quantize_static(pre, path, _Reader(name, np.load(os.path.join(work, "calib.npy"))),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     out["file_bytes"] = os.path.getsize(path)
     x = np.load(os.path.join(work, "x.npy"))
-    session = _ort_session(path, 1)
+    session = ort_sessions(path, 1)
     name = session.get_inputs()[0].name
     if accuracy:
         y = np.load(os.path.join(work, "y.npy"))
@@ -189,7 +179,7 @@ def _ort_peer(work, kind, passes, latency_stimuli, accuracy):
             out["disagreements"] = int(np.sum(pred != sim))
     stimuli = [np.ascontiguousarray(s[None]) for s in x[:latency_stimuli]]
     for threads in (1, 2):
-        session = _ort_session(path, threads)
+        session = ort_sessions(path, threads)
 
         def call(s, session=session):
             return session.run(None, {name: s})
@@ -303,16 +293,6 @@ def call_peer(args, peer, accuracy):
 
 
 # -- report ---------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default=None, help="an `n2d2 train --model lenet` output folder (default: train one)")

@@ -42,6 +42,8 @@ import dataclasses
 
 import numpy as np
 
+from n2d2.frontends.onnx_errors import _onnx
+from n2d2.frontends.onnx_export import OnnxWriter
 from n2d2.quantization.integer import QuantizationError
 
 #: The integer widths a QDQ model can hold exactly (int8 / uint8, and int4 / uint4 from opset 21).
@@ -60,20 +62,12 @@ class _Value:
     signed: bool
 
 
-def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise RuntimeError("ONNX QDQ export needs the 'onnx' package (pip install n2d2[onnx])") from None
-    return onnx
-
-
 def effective_factor(scaling: dict) -> np.ndarray:
     """The per-output factor a weighted node's requantization applies (`approximate`'s effective)."""
     return np.asarray(scaling["effective"], dtype=np.float64).reshape(-1)
 
 
-class _Builder:
+class _Builder(OnnxWriter):
     def __init__(self, network, opset):
         onnx = _onnx()
         self.onnx = onnx
@@ -92,23 +86,6 @@ class _Builder:
     def error(self, message):
         where = f"node '{self.current}'" if self.current is not None else f"network '{self.net.name}'"
         return QuantizationError(f"export_onnx (QDQ): {where}: {message}")
-
-    def unique(self, base, own=False):
-        """A fresh tensor name from `base`; the IR node names are kept for the nodes' own integer
-        tensors (`own`)."""
-        name, k = str(base), 1
-        while name in self.names or (not own and name in self.reserved):
-            name = f"{base}_{k}"
-            k += 1
-        self.names.add(name)
-        return name
-
-    def const(self, base, array, dtype=np.float32):
-        from onnx import numpy_helper
-
-        name = self.unique(base)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(array, dtype=dtype)), name))
-        return name
 
     def int_const(self, base, values, signed, dims=None):
         """An integer initializer of the activation / weight type (int8, uint8, int4, uint4)."""
