@@ -126,15 +126,22 @@ def _c_peer(folder, passes, latency_stimuli, accuracy):
     return out
 
 
-def _time_calls(call, stimuli, passes):
-    best = float("inf")
+def _time_calls(call, stimuli, passes, budget_s=30.0):
+    """Best pass's mean microseconds per call; a pass stops early (its mean over the calls made) and
+    no further pass starts once `budget_s` seconds are spent (a contender starved on a busy machine)."""
+    best, start = float("inf"), time.perf_counter()
     for _ in range(passes):
-        total = 0
+        total = done = 0
         for s in stimuli:
             t0 = time.perf_counter_ns()
             call(s)
             total += time.perf_counter_ns() - t0
-        best = min(best, total / 1e3 / len(stimuli))
+            done += 1
+            if time.perf_counter() - start > budget_s:
+                break
+        best = min(best, total / 1e3 / done)
+        if time.perf_counter() - start > budget_s:
+            break
     return best
 
 
@@ -184,7 +191,7 @@ def _ort_peer(work, kind, passes, latency_stimuli, accuracy):
         def call(s, session=session):
             return session.run(None, {name: s})
 
-        _time_calls(call, stimuli[:100], 1)   # warm-up
+        _time_calls(call, stimuli[:100], 1, budget_s=5)   # warm-up
         out[f"latency_{threads}"] = _time_calls(call, stimuli, passes)
     return out
 
@@ -266,7 +273,7 @@ def _torch_peer(work, passes, latency_stimuli, accuracy):
         stimuli = [x[s:s + 1].clone() for s in range(min(latency_stimuli, len(x)))]
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            _time_calls(qmodel, stimuli[:100], 1)
+            _time_calls(qmodel, stimuli[:100], 1, budget_s=5)
             out[f"latency_{threads}"] = _time_calls(qmodel, stimuli, passes)
     return out
 
@@ -303,6 +310,7 @@ def main():
     parser.add_argument("--passes", type=int, default=5, help="timed passes per process (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true", help="reuse the exports of an earlier run in --work")
     parser.add_argument("--peer", choices=PEERS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--accuracy", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -311,7 +319,10 @@ def main():
 
     args.work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="bench_int8_"))
     os.makedirs(args.work, exist_ok=True)
-    info = prepare(args, args.work)
+    if args.reuse and os.path.exists(os.path.join(args.work, "info.json")):
+        info = json.load(open(os.path.join(args.work, "info.json")))
+    else:
+        info = prepare(args, args.work)
     print(f"prepared in {info['prepare_s']:.0f} s ({args.work}); integer simulation (FLOAT_MULT, per channel): "
           f"{100 * info['sim_accuracy']:.2f} %, (SINGLE_SHIFT, per layer): {100 * info['sim_shift_accuracy']:.2f} %")
     results = {p: [] for p in PEERS}
