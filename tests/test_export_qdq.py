@@ -249,3 +249,27 @@ def test_cli_export_format_onnx(tmp_path):
     x, _ = read_stimuli(mnist_provider(), "Test", 20)
     out = session.run(None, {session.get_inputs()[0].name: x})[0]
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_every_integer_kernel_with_hostile_names(bits):
+    """The hostile-names zoo of the integer export (Activation, ElemWise Sum, Concat, multi-input
+    Conv, Max Pool, Reshape, Fc, Softmax; names with quotes, newlines, comment terminators,
+    unicode): a checked model whose integers onnxruntime computes as the simulation."""
+    from tests.test_hostile_names import int_network
+
+    database = n2d2.database.Numpy()
+    rng = np.random.default_rng(5)
+    database.load([rng.random((1, 6, 6)).astype(np.float32) for _ in range(16)], [0, 1, 2, 0] * 4,
+                  partition="Test")
+    provider = n2d2.provider.DataProvider(database, [6, 6, 1], batch_size=4)
+    dn = int_network(provider)
+    network = quantize_network(dn, provider, nb_bits=bits, calibration=-1, act_rescale_per_output=True)
+    kernels = {qn["kernel"] for qn in network.nodes}
+    assert kernels >= {"Activation", "ElemWise", "Concat", "Conv", "Pool", "Reshape", "Fc", "Softmax"}
+    out, got, ref = _run(network, _random_inputs(network, 30, seed=11))
+    equal, worst = _agreement(got, ref)
+    assert equal >= 0.995 and worst <= 1, (equal, worst)
+    model = qdq_model(network, integer_outputs=True)
+    names = {o.name for o in model.graph.output}
+    assert all(qn["name"] in names for qn in network.nodes)     # each node's integers under its own name
