@@ -34,7 +34,8 @@ rounding (half to even against half away from zero). See docs/compatibility.md.
 
 `qdq_model(network, opset=None, integer_outputs=False)` returns the `onnx.ModelProto`
 (checked by `onnx.checker`, full check); `integer_outputs=True` also lists every node's integer
-tensor (named after the IR node) as a graph output, to compare them with `IntegerNetwork.run`.
+tensor (named after the IR node; at 4 bits its int8 widening, `<node>/widened`) as a graph output, to compare
+them with `IntegerNetwork.run`.
 """
 from __future__ import annotations
 
@@ -208,7 +209,7 @@ class _Builder(OnnxWriter):
             for qn in net.nodes:   # 4-bit tensors widened to 8 bits (onnxruntime's Python API returns no int4)
                 v = values[qn["name"]]
                 name = v.name if self.bits == 8 else \
-                    self.node("Cast", [v.name], f"{v.name}/int8", to=self.types[(v.signed, 8)])
+                    self.node("Cast", [v.name], f"{v.name}/widened", to=self.types[(v.signed, 8)])
                 outputs.append(helper.make_tensor_value_info(name, self.types[(v.signed, 8)], dims(qn["name"], v.rank)))
         graph = helper.make_graph(self.nodes, net.name or "n2d2", inputs, outputs, self.inits)
         opsets = [helper.make_opsetid("", self.opset)]
