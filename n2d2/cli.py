@@ -26,7 +26,7 @@ from n2d2 import distributed, global_variables, training
 from n2d2.cells import Sequence, Softmax
 from n2d2.cells.deepnet_cell import VALID_METRICS
 from n2d2.codegen.programs import BACKENDS, select_backend
-from n2d2.export import ExportError, export_c
+from n2d2.export import ExportError, export_c, export_onnx
 from n2d2.frontends.ini.runner import add_run_parser
 from n2d2.training import DATABASES, MODELS, UserError
 from n2d2.utils import atomic_write_text
@@ -342,23 +342,26 @@ def add_export_parser(subparsers):
         description="Rebuild the network that `n2d2 train` saved in RUN_DIR (summary.json, weights/), and write "
                     "a standalone C project (make; make run) with the run's Test stimuli.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of `n2d2 train`")
-    p.add_argument("--format", default="c", choices=("c",),
-                   help="c: C project (float32, or integer with --nb-bits)")
+    p.add_argument("--format", default="c", choices=("c", "onnx"),
+                   help="c: C project (float32, or integer with --nb-bits); onnx: ONNX model (float32, or QDQ with "
+                        "--nb-bits 8 or 4)")
     p.add_argument("--nb-bits", type=int, default=-32, metavar="N",
                    help="-32: float32 (default); 8, 4, ...: post-training quantization to N-bit integers "
                         "(needs --calibration)")
     p.add_argument("--calibration", type=int, default=0, metavar="N",
                    help="calibration stimuli of the Validation partition (Test if empty) for --nb-bits > 0 "
                         "(-1: all)")
-    p.add_argument("--act-scaling-mode", default="SINGLE_SHIFT",
-                   choices=("FIXED_MULT16", "FIXED_MULT32", "SINGLE_SHIFT", "DOUBLE_SHIFT"),
-                   help="requantization of the integer export (default: SINGLE_SHIFT, N2D2's C export default)")
+    p.add_argument("--act-scaling-mode", default=None,
+                   choices=("FLOAT_MULT", "FIXED_MULT16", "FIXED_MULT32", "SINGLE_SHIFT", "DOUBLE_SHIFT"),
+                   help="requantization of the integer export (default: SINGLE_SHIFT for c, N2D2's C export "
+                        "default; FLOAT_MULT for onnx, QuantizeLinear's own)")
     p.add_argument("--act-clipping-mode", default="MSE", choices=("NONE", "MSE", "KL_DIVERGENCE"),
                    help="activation clipping thresholds from the calibration histograms (default: MSE)")
     p.add_argument("--per-output", action="store_true", help="weights scaled per output channel (N2D2's "
                    "act_rescale_per_output)")
     p.add_argument("--output", default=None, metavar="DIR",
-                   help="project folder (default: RUN_DIR/export_C_float32, RUN_DIR/export_C_int<N>)")
+                   help="project folder (default: RUN_DIR/export_C_float32, RUN_DIR/export_C_int<N>; "
+                        "RUN_DIR/export_ONNX_int<N>.onnx with --format onnx)")
     p.add_argument("--nb-stimuli", type=int, default=-1, metavar="N",
                    help="Test stimuli written to stimuli/ (-1: all, as N2D2's export_nb_stimuli_max; 0: none)")
     p.add_argument("--data-path", default=None, help="the data set's folder (default: the one the run used)")
@@ -386,28 +389,15 @@ def _read_run(run_dir: str) -> dict:
     return summary
 
 
-def export_command(args) -> int:
-    """`n2d2 export`: the run's model rebuilt from summary.json, its weights/ imported, export_c."""
-    run_dir = os.path.abspath(os.path.expanduser(args.run_dir))
+def load_run(run_dir: str, data_path=None):
+    """(DeepNetCell with the run's weights, its Test provider at batch 1, model spec, database spec)
+    of an `n2d2 train` output folder: the model rebuilt from summary.json, weights/ imported."""
+    run_dir = os.path.abspath(os.path.expanduser(run_dir))
     summary = _read_run(run_dir)
     arguments = summary["arguments"]
     db_spec = training.check_database(arguments["database"])
     model_spec = training.check_model(arguments["model"], db_spec.name)
-    data_path = training.find_data(db_spec, args.data_path or summary.get("data_path"))
-    integer = args.nb_bits > 0
-    if integer and args.calibration == 0:
-        raise UserError(f"--nb-bits {args.nb_bits}: an integer export needs calibration stimuli: pass --calibration N "
-                        "(N > 0, or -1 for the whole partition)")
-    if args.nb_bits not in (-32,) and not 2 <= args.nb_bits <= 16:
-        raise UserError(f"--nb-bits {args.nb_bits}: expected -32 (float32) or an integer width 2..16")
-    if args.calibration < -1:
-        raise UserError(f"--calibration {args.calibration}: expected -1 (all), 0 or a positive count")
-    output = os.path.abspath(os.path.expanduser(args.output)) if args.output else \
-        os.path.join(run_dir, f"export_C_int{args.nb_bits}" if integer else "export_C_float32")
-    if os.path.lexists(output) and not args.overwrite:
-        raise UserError(f"--output {output}: already exists (pass --overwrite to replace it)")
-    _make_output_folder(os.path.dirname(output) or ".")
-
+    data_path = training.find_data(db_spec, data_path or summary.get("data_path"))
     database = training.load_database(db_spec, data_path, float(arguments.get("validation") or 0.0))
     provider = training.make_provider(database, db_spec, model_spec.input_size, 1)
     provider.set_partition("Test")
@@ -416,17 +406,56 @@ def export_command(args) -> int:
     network = Sequence([model, Softmax(with_loss=True, name="softmax")], name=model.get_name())
     dn = network.to_deepnet_cell(provider)
     dn.test()
+    with contextlib.redirect_stdout(io.StringIO()):
+        dn.import_free_parameters(os.path.join(run_dir, "weights"))
+    return dn, provider, model_spec, db_spec
+
+
+def export_command(args) -> int:
+    """`n2d2 export`: the run's model rebuilt from summary.json, its weights/ imported, export_c
+    (or export_onnx with --format onnx)."""
+    run_dir = os.path.abspath(os.path.expanduser(args.run_dir))
+    _read_run(run_dir)
+    integer = args.nb_bits > 0
+    onnx_format = args.format == "onnx"
+    if integer and args.calibration == 0:
+        raise UserError(f"--nb-bits {args.nb_bits}: an integer export needs calibration stimuli: pass --calibration N "
+                        "(N > 0, or -1 for the whole partition)")
+    if args.nb_bits not in (-32,) and not 2 <= args.nb_bits <= 16:
+        raise UserError(f"--nb-bits {args.nb_bits}: expected -32 (float32) or an integer width 2..16")
+    if onnx_format and args.nb_bits not in (-32, 4, 8):
+        raise UserError(f"--format onnx --nb-bits {args.nb_bits}: expected -32 (float32), 8 or 4 (QDQ)")
+    if args.calibration < -1:
+        raise UserError(f"--calibration {args.calibration}: expected -1 (all), 0 or a positive count")
+    scaling = args.act_scaling_mode or ("FLOAT_MULT" if onnx_format else "SINGLE_SHIFT")
+    if scaling == "FLOAT_MULT" and not onnx_format:
+        raise UserError("--act-scaling-mode FLOAT_MULT: the C export takes integer scaling modes only "
+                        "(FIXED_MULT16/32, SINGLE_SHIFT, DOUBLE_SHIFT)")
+    name = f"export_{'ONNX' if onnx_format else 'C'}_{'int' if integer else 'float'}{abs(args.nb_bits)}"
+    output = os.path.abspath(os.path.expanduser(args.output)) if args.output else \
+        os.path.join(run_dir, name + (".onnx" if onnx_format else ""))
+    if os.path.lexists(output) and not args.overwrite:
+        raise UserError(f"--output {output}: already exists (pass --overwrite to replace it)")
+    _make_output_folder(os.path.dirname(output) or ".")
+
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            dn.import_free_parameters(os.path.join(run_dir, "weights"))
-        quant = dict(nb_bits=args.nb_bits, calibration=args.calibration, act_scaling_mode=args.act_scaling_mode,
+        dn, provider, model_spec, db_spec = load_run(run_dir, args.data_path)
+        quant = dict(calibration=args.calibration, act_scaling_mode=scaling,
                      act_clipping_mode=args.act_clipping_mode, act_rescale_per_output=args.per_output) \
             if integer else {}
-        folder = export_c(dn, provider=provider, export_folder_name=output, export_nb_stimuli_max=args.nb_stimuli,
-                          overwrite=args.overwrite, **quant)
+        if onnx_format:
+            folder = export_onnx(dn, provider=provider, nb_bits=args.nb_bits, export_file_name=output,
+                                 overwrite=args.overwrite, **quant)
+        else:
+            folder = export_c(dn, provider=provider, nb_bits=args.nb_bits, export_folder_name=output,
+                              export_nb_stimuli_max=args.nb_stimuli, overwrite=args.overwrite, **quant)
     except (ExportError, n2d2.error_handler.WrongValue, ValueError, RuntimeError, OSError) as e:
         raise UserError(str(e).splitlines()[0]) from None
     kind = f"{args.nb_bits}-bit integer" if integer else "float32"
+    if onnx_format:
+        print(f"{kind} ONNX model{' (QDQ)' if integer else ''} of {model_spec.name} ({db_spec.name}) written to "
+              f"{folder}")
+        return 0
     print(f"{kind} C project of {model_spec.name} ({db_spec.name}) written to {folder}")
     print(f"Build and run it: make -C {folder} run")
     return 0

@@ -23,6 +23,8 @@ unless `overwrite=True` (then it is replaced as a whole, only once the new one i
 Integer export: `export_c(..., nb_bits=8, calibration=N)` and `export_cpp(...)` quantize the
 network (n2d2.quantization: calibration, requantization by `act_scaling_mode`) and write the
 integer C project of n2d2/quantization/export.py (folders `export_C_int8`, `export_CPP_int8`).
+`export_onnx(..., nb_bits=8, calibration=N)` writes the same integer network as an ONNX QDQ model
+(n2d2/quantization/onnx_qdq.py) that onnxruntime runs.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from n2d2.cells.deepnet_cell import DeepNetCell, rebatch
 from n2d2.codegen import c_backend
 from n2d2.codegen.render import environment, render, template_source
 from n2d2.error_handler import WrongInputType, WrongValue
+from n2d2.frontends.onnx_export import export_onnx as float_onnx
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
 from n2d2.ir.passes.bake_connection_tables import bake_connection_tables  # noqa: F401  (public here)
@@ -47,10 +50,12 @@ from n2d2.ir.schedule import schedule
 from n2d2.names import c_comment, c_identifier
 from n2d2.provider.data_provider import DataProvider
 from n2d2.quantization import export as int_export
+from n2d2.quantization.onnx_qdq import qdq_model
 from n2d2.quantization.ptq import quantize_network
 from n2d2.utils import current_umask, write_inside
 
-__all__ = ["available_export", "ExportError", "export_c", "export_cpp", "export_cpp_stm32", "export_tensor_rt",
+__all__ = ["available_export", "ExportError", "export_c", "export_cpp", "export_cpp_stm32", "export_onnx",
+           "export_tensor_rt",
            "list_exportable_cell", "c_export_graph", "unsupported_nodes", "bake_connection_tables"]
 
 #: Export generators of N2D2's Python API; only "C" (float32) is implemented here so far.
@@ -545,35 +550,45 @@ def export_cpp(deepnet_cell, provider=None, optimize_buffer_memory: bool = True,
                            overwrite, kwargs, "FLOAT_MULT", ())
 
 
-def _export_integer(generator, deepnet_cell, provider, nb_bits, export_folder_name, export_nb_stimuli_max,
-                    overwrite, kwargs, scaling_default, forbidden, project="host") -> str:
-    """PTQ (or the cell's earlier one with calibration=0), then the integer C project."""
-
-    options = _check_options(kwargs, scaling_default, forbidden_scaling=forbidden)
+def _check_integer(function, nb_bits, options):
     if nb_bits > 16:
         raise WrongValue("nb_bits", nb_bits, ["1..16 (integer export)", "-32 (float32, export_c)"])
     if options["qat_SAT"]:
-        raise NotImplementedError(f"export_{generator.lower()}: qat_sat=True (export of a SAT-fused network) is not "
+        raise NotImplementedError(f"{function}: qat_sat=True (export of a SAT-fused network) is not "
                                   "implemented; PTQ export only")
-    folder = _project_folder(export_folder_name, generator, nb_bits, export_nb_stimuli_max, overwrite)
-    provider = provider if provider is not None else deepnet_cell.get_provider()
-    _check_provider(provider)
+
+
+def _integer_network(function, deepnet_cell, provider, nb_bits, options):
+    """The IntegerNetwork an integer export writes: PTQ with the export's keywords, or the cell's
+    earlier `n2d2.quantizer.PTQ` with calibration=0 (RuntimeError, as upstream, when none)."""
     if options["calibration"] == 0:
         network = getattr(deepnet_cell, "_integer_network", None)
         if network is None or network.nb_bits != nb_bits:
             raise RuntimeError(f"You need to calibrate the network to export it in {nb_bits} bits integer: pass "
                                "calibration=k (k > 0 stimuli, -1 all) or run n2d2.quantizer.PTQ on it first")
-    else:
-        if provider is None:
-            raise ExportError(f"export_{generator.lower()}: DeepNetCell '{deepnet_cell.get_name()}' has no provider: "
-                              "pass provider= (calibration needs stimuli)")
-        network = quantize_network(deepnet_cell, provider, nb_bits=nb_bits, calibration=options["calibration"],
-                                   no_unsigned=options["export_no_unsigned"],
-                                   cross_layer_equalization=not options["export_no_cross_layer_equalization"],
-                                   wt_clipping_mode=options["wt_clipping_mode"],
-                                   act_clipping_mode=options["act_clipping_mode"],
-                                   act_scaling_mode=options["act_scaling_mode"],
-                                   act_rescale_per_output=options["act_rescale_per_output"])
+        return network
+    if provider is None:
+        raise ExportError(f"{function}: DeepNetCell '{deepnet_cell.get_name()}' has no provider: "
+                          "pass provider= (calibration needs stimuli)")
+    return quantize_network(deepnet_cell, provider, nb_bits=nb_bits, calibration=options["calibration"],
+                            no_unsigned=options["export_no_unsigned"],
+                            cross_layer_equalization=not options["export_no_cross_layer_equalization"],
+                            wt_clipping_mode=options["wt_clipping_mode"],
+                            act_clipping_mode=options["act_clipping_mode"],
+                            act_scaling_mode=options["act_scaling_mode"],
+                            act_rescale_per_output=options["act_rescale_per_output"])
+
+
+def _export_integer(generator, deepnet_cell, provider, nb_bits, export_folder_name, export_nb_stimuli_max,
+                    overwrite, kwargs, scaling_default, forbidden, project="host") -> str:
+    """PTQ (or the cell's earlier one with calibration=0), then the integer C project."""
+
+    options = _check_options(kwargs, scaling_default, forbidden_scaling=forbidden)
+    _check_integer(f"export_{generator.lower()}", nb_bits, options)
+    folder = _project_folder(export_folder_name, generator, nb_bits, export_nb_stimuli_max, overwrite)
+    provider = provider if provider is not None else deepnet_cell.get_provider()
+    _check_provider(provider)
+    network = _integer_network(f"export_{generator.lower()}", deepnet_cell, provider, nb_bits, options)
     files = int_export.generate_files(network, deepnet_cell.get_name(), _version(), f"export_{generator.lower()}",
                                       project=project)
     files.pop("_arena_bytes")
@@ -609,6 +624,53 @@ def export_cpp_stm32(deepnet_cell, provider=None, optimize_buffer_memory: bool =
                          "the float STM32 export is not implemented; pass nb_bits=8 (or 2..16)")
     return _export_integer("CPP_STM32", deepnet_cell, provider, int(nb_bits), export_folder_name,
                            export_nb_stimuli_max, overwrite, kwargs, "FLOAT_MULT", (), project="stm32")
+
+def export_onnx(deepnet_cell, provider=None, nb_bits: int = 8, export_file_name=None, overwrite: bool = False,
+                opset=None, **kwargs) -> str:
+    """Write `deepnet_cell` as an ONNX model and return the file's path (no upstream Python
+    equivalent: N2D2's ONNX export is C++-CLI only; docs/compatibility.md).
+
+    nb_bits 8 (default) or 4: post-training quantization with N2D2's common export keywords
+    (`calibration` stimuli, 0: the cell's earlier `n2d2.quantizer.PTQ`; `act_scaling_mode`
+    default FLOAT_MULT, `act_clipping_mode`, `wt_clipping_mode`, `export_no_unsigned`,
+    `act_rescale_per_output`, ...), then the QDQ model of n2d2/quantization/onnx_qdq.py:
+    QuantizeLinear / DequantizeLinear around Conv / Gemm with int8 weights (per output channel
+    where the scales differ), int32 biases at the accumulator's scale, int8 / uint8 activations
+    (int4 / uint4 and opset 21 at 4 bits), zero points 0; onnxruntime runs it and computes the
+    simulation's integers up to QuantizeLinear's half-to-even rounding. nb_bits -32: the float
+    model of `DeepNetCell.export_onnx` (the keywords are validated and change nothing).
+
+    `export_file_name`: default `export_ONNX_int8.onnx` (`export_ONNX_float32.onnx`) in the
+    working directory; an existing file raises FileExistsError unless `overwrite`. `opset`:
+    default 17 (21 at 4 bits). The model passes `onnx.checker` (full check) before it is written.
+    """
+    _check_deepnet_cell(deepnet_cell)
+    _check_provider(provider)
+    if not _is_int(nb_bits):
+        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
+    nb_bits = int(nb_bits)
+    if nb_bits not in (-32, 4, 8):
+        raise WrongValue("nb_bits", nb_bits, ["8 or 4 (QDQ: int8/uint8, int4/uint4)", "-32 (float32)"])
+    options = _check_options(kwargs, "FLOAT_MULT")
+    if not isinstance(overwrite, bool):
+        raise WrongInputType("overwrite", type(overwrite), ["bool"])
+    if export_file_name is None:
+        export_file_name = f"export_ONNX_{'float' if nb_bits < 0 else 'int'}{abs(nb_bits)}.onnx"
+    if not isinstance(export_file_name, (str, os.PathLike)) or not os.fspath(export_file_name):
+        raise WrongInputType("export_file_name", type(export_file_name), ["str (a file name)", "None"])
+    path = os.path.abspath(os.fspath(export_file_name))
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"export_onnx: '{path}' already exists (pass overwrite=True to replace it)")
+    if nb_bits < 0:
+        float_onnx(deepnet_cell, path, opset=17 if opset is None else opset)
+        return path
+    _check_integer("export_onnx", nb_bits, options)
+    provider = provider if provider is not None else deepnet_cell.get_provider()
+    network = _integer_network("export_onnx", deepnet_cell, provider, nb_bits, options)
+    model = qdq_model(network, opset=opset)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_inside(os.path.dirname(path), os.path.basename(path), model.SerializeToString())
+    return path
 
 export_tensor_rt = _not_yet("export_tensor_rt")
 

@@ -53,7 +53,31 @@ def _host(array):
     return np.ascontiguousarray(np.asarray(to_host(array), dtype=np.float32))
 
 
-class _Exporter:
+class OnnxWriter:
+    """Fresh tensor names and initializers of a model being built (`self.names`: the names taken,
+    `self.reserved`: names kept for their owners, `self.inits`: the initializers); shared with the
+    QDQ export (n2d2.quantization.onnx_qdq)."""
+
+    reserved = frozenset()
+
+    def unique(self, base, own=False):
+        """A fresh name from `base`; a reserved name only for its owner (`own`)."""
+        name, k = str(base), 1
+        while name in self.names or (not own and name in self.reserved):
+            name = f"{base}_{k}"
+            k += 1
+        self.names.add(name)
+        return name
+
+    def const(self, base, array, dtype=np.float32):
+        from onnx import numpy_helper
+
+        name = self.unique(base)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(array, dtype=dtype)), name))
+        return name
+
+
+class _Exporter(OnnxWriter):
     def __init__(self, graph, opset):
         self.g = graph
         self.opset = opset
@@ -69,21 +93,6 @@ class _Exporter:
         n = self.current
         where = f"node '{n}' ({self.g.op(n)})" if n is not None else f"graph '{self.g.name}'"
         return ONNXUnsupportedError(f"export_onnx: {where}: {message}")
-
-    def unique(self, base):
-        name, k = base, 1
-        while name in self.names:
-            name = f"{base}_{k}"
-            k += 1
-        self.names.add(name)
-        return name
-
-    def const(self, base, array, dtype=np.float32):
-        from onnx import numpy_helper
-
-        name = self.unique(base)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(array, dtype=dtype)), name))
-        return name
 
     def node(self, op, inputs, base, **attrs):
         from onnx import helper
