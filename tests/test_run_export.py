@@ -171,6 +171,25 @@ def test_float_onnx_export_equals_the_network(trained):
     np.testing.assert_allclose(ours.reshape(ref.shape), ref, rtol=1e-4, atol=1e-5)
 
 
+def test_integer_onnx_export_is_a_qdq_model_onnxruntime_runs(trained):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    result = runner.run(trained["model"], output=str(trained["out"]), backend="numpy",
+                        export=dict(export_type="ONNX", nb_bits=8, calibration=32))
+    path = trained["out"] / "export_ONNX_int8" / "model.onnx"
+    assert result["export"] == str(path.parent) and path.is_file()
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    dn = result["deepnet"]
+    x, _ = read_stimuli(dn.get_provider(), "Test", 32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ours = session.run(None, {session.get_inputs()[0].name: x})[0].reshape(len(x), -1)
+    dn.test()
+    from n2d2.tensor import Tensor
+    ref = dn(Tensor.from_numpy(x)).to_numpy().reshape(len(x), -1)
+    assert np.mean(ours.argmax(1) == ref.argmax(1)) >= 0.9
+
+
 def test_export_without_weights_and_dev_null(trained, tmp_path, capsys):
     # no -learn, no -w, no weights/ in the output folder: N2D2 needs trained weights
     assert runner.main([trained["model"], "-export", "C", "-nbbits", "-32", "-o", str(tmp_path / "o")]) == 1
@@ -189,7 +208,7 @@ def test_export_without_weights_and_dev_null(trained, tmp_path, capsys):
     (["-export", "DNeuro_V3"], "DNeuro"),
     (["-export", "SC_Spike"], "spiking"),
     (["-export", "TFLite"], "unknown export type"),
-    (["-export", "ONNX"], "-export ONNX -nbbits 8: the integer ONNX export is not available"),
+    (["-export", "ONNX", "-nbbits", "16"], "-export ONNX -nbbits 16: expected 8 or 4 (QDQ model) or -32"),
     (["-export", "CPP", "-nbbits", "-32"], "the float CPP export is not implemented"),
     (["-export", "C", "-act-rescaling-mode", "Floating-point"], "the C export has no float requantization"),
     (["-export", "CPP", "-act-clipping-mode", "Quantile"], "quantile clipping is not implemented"),

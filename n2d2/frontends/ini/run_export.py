@@ -7,7 +7,7 @@ mapped onto n2d2's export functions.
 |---|---|
 | `-export C` | `n2d2.export.export_c` (float32 with `-nbbits -32`, else integer) |
 | `-export CPP` / `CPP_STM32` | `export_cpp` / `export_cpp_stm32` (integer) |
-| `-export ONNX` | `DeepNetCell.export_onnx` (float32, `-nbbits -32`) |
+| `-export ONNX` | float32 `DeepNetCell.export_onnx` (`-nbbits -32`); QDQ `export_onnx` (`-nbbits 8`, `4`) |
 | `-nbbits` [8] | `nb_bits` |
 | `-calib` [0] | `calibration` (-1 all, 0 none: an integer export then fails as upstream's) |
 | `-db-export` [-1] | `export_nb_stimuli_max` |
@@ -23,7 +23,7 @@ it exists, as N2D2 writes over it). Export types N2D2 has and n2d2 does not are 
 """
 import os
 
-from n2d2.export import export_c, export_cpp, export_cpp_stm32
+from n2d2.export import export_c, export_cpp, export_cpp_stm32, export_onnx
 from n2d2.frontends.ini.parser import Reader, parse_file, warn
 
 __all__ = ["EXPORT_TYPES", "REFUSED_EXPORT_TYPES", "SCALING_MODES", "CLIPPING_MODES", "export_network",
@@ -171,11 +171,8 @@ def export_network(deepnet, export_type: str, folder: str = ".", nb_bits: int = 
     if scaling is not None:
         options["act_scaling_mode"] = scaling
     if export_type == "ONNX":
-        if nb_bits > 0:
-            raise ValueError(f"-export ONNX -nbbits {nb_bits}: the integer ONNX export is not available from "
-                             "`n2d2 run`; -nbbits -32 writes the float32 ONNX model")
-        if nb_bits != -32:
-            raise ValueError(f"-export ONNX -nbbits {nb_bits}: only -32 (float32) is supported")
+        if nb_bits not in (-32, 4, 8):
+            raise ValueError(f"-export ONNX -nbbits {nb_bits}: expected 8 or 4 (QDQ model) or -32 (float32)")
         if qat_sat:
             raise ValueError("-export ONNX -qat-sat: the export of SAT-fused networks is not implemented")
     elif export_type != "C" and nb_bits < 0:
@@ -189,7 +186,12 @@ def export_network(deepnet, export_type: str, folder: str = ".", nb_bits: int = 
         return path
     common = dict(export_folder_name=path, export_nb_stimuli_max=export_nb_stimuli_max, overwrite=True)
     if export_type == "ONNX":
-        deepnet.export_onnx(os.path.join(path, "model.onnx"))
+        if nb_bits < 0:
+            deepnet.export_onnx(os.path.join(path, "model.onnx"))
+        else:
+            options.setdefault("act_scaling_mode", "FLOAT_MULT")
+            export_onnx(deepnet, nb_bits=nb_bits, export_file_name=os.path.join(path, "model.onnx"),
+                        overwrite=True, **options)
         return path
     if export_type == "C":
         if nb_bits < 0:
