@@ -74,6 +74,7 @@ from n2d2.error_handler import WrongInputType
 from n2d2.frontends import onnx_limits
 from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _onnx  # noqa: F401
 from n2d2.ir.ops import activation_spec
+from n2d2.ir.passes.legalize_onnx import gelu_pattern
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
 from n2d2.ir.trace import trace
 from n2d2.ir.types import TensorType
@@ -183,6 +184,50 @@ class _Act:
 
     def canonical(self) -> bool:
         return self.parts is None and tuple(self.tensor.shape()) == _pad4(self.shape)
+
+
+class _OnnxView:
+    """The needed nodes of an ONNX graph as `legalize_onnx.gelu_pattern` reads a graph: a node is
+    named by its first output; a constant is an initializer or a `Constant` node."""
+
+    def __init__(self, importer, nodes):
+        self.importer = importer
+        self.producer = {o: n for n in nodes for o in n.output if o}
+        self.reads = {}
+        for n in nodes:
+            for name in n.input:
+                if name:
+                    self.reads[name] = self.reads.get(name, 0) + 1
+        self.closed = {o.name for o in importer.graph.output} | importer.ignore
+
+    def op(self, name):
+        node = self.producer.get(name)
+        if node is None:
+            return "OnnxConstant" if isinstance(self.importer.values.get(name), np.ndarray) else "Input"
+        if node.domain not in ("", "ai.onnx"):
+            return f"{node.domain}.{node.op_type}"
+        return "OnnxConstant" if node.op_type == "Constant" else f"Onnx{node.op_type}"
+
+    def inputs_of(self, name):
+        return [(n, 0 if n not in self.producer or self.producer[n].output[0] == n else 1)
+                for n in self.producer[name].input if n]
+
+    def scalar(self, ref):
+        v, node = self.importer.values.get(ref[0]), self.producer.get(ref[0])
+        if v is None and node is not None and node.op_type == "Constant":
+            attrs = {a.name: _plain(_onnx().helper.get_attribute_value(a)) for a in node.attribute}
+            try:
+                v = self.importer._constant(node, attrs)
+            except ONNXError:
+                return None
+        if not isinstance(v, np.ndarray) or v.size != 1 or not np.issubdtype(v.dtype, np.floating):
+            return None
+        return float(v.reshape(-1)[0])
+
+    def read_once(self, name):
+        node = self.producer.get(name)
+        return node is not None and len([o for o in node.output if o]) == 1 and self.reads.get(name, 0) == 1 \
+            and name not in self.closed
 
 
 # -- the importer ----------------------------------------------------------------------------------
@@ -341,12 +386,6 @@ class _Importer:
         self.values[graph_input.name] = _Act(x, in_shape, None, view_name=graph_input.name)
         nodes = self._needed_nodes()
         self.uses = self._count_uses(nodes)
-        self._readers = {}   # tensor name -> the needed nodes reading it (the GELU pattern's look-ahead)
-        for node in nodes:
-            for name in node.input:
-                if name:
-                    self._readers.setdefault(name, []).append(node)
-        self._absorbed = set()   # ids of the nodes of a decomposed GELU already imported as one activation
         self.reserved = {o for n in self.graph.node for o in n.output} | {graph_input.name}
         self.used_names.add(graph_input.name)
         known = {o for n in self.graph.node for o in n.output if o}
@@ -354,9 +393,8 @@ class _Importer:
         if unknown:
             raise ONNXUnsupportedError(f"{self.path}: ignore_cells names {unknown}, which are not node outputs "
                                        f"of this model")
+        self._find_gelus(nodes)
         for node in nodes:
-            if id(node) in self._absorbed:
-                continue
             self._node = node
             try:
                 self._visit(node)
@@ -379,6 +417,10 @@ class _Importer:
     def _visit(self, node):
         if node.domain not in ("", "ai.onnx"):
             raise self.unsupported(f"custom domain '{node.domain}' (supported: the default ONNX domain)")
+        first = node.output[0] if len(node.output) else ""
+        final = self._gelu_inner.get(first, first)
+        if final in self._gelus and self._gelu(node, final):
+            return
         ins = []
         for name in node.input:
             if not name:
@@ -423,8 +465,6 @@ class _Importer:
             for name, value in zip(node.output, results):
                 if name:
                     self.values[name] = value
-            return
-        if node.op_type in ("Div", "Mul") and self._decomposed_gelu(node, ins):
             return
         handler = getattr(self, f"_op_{node.op_type}", None)
         if handler is None and not self.generic_ops:
@@ -982,68 +1022,41 @@ class _Importer:
         cell = Activation(activation, name=self._name(out, primary=True))
         return self._produce(cell, self._any_layout(x), x.shape)
 
-    def _peek_const(self, name):
-        """The value of constant tensor `name` (an initializer, a value already folded, or a
-        `Constant` node later in the file), else None; nothing is recorded."""
-        v = self.values.get(name)
-        if v is not None:
-            return v if isinstance(v, np.ndarray) else None
-        onnx = _onnx()
-        for n in self.graph.node:
-            if n.op_type == "Constant" and list(n.output) == [name]:
-                attrs = {a.name: _plain(onnx.helper.get_attribute_value(a)) for a in n.attribute}
-                try:
-                    return np.asarray(self._constant(n, attrs))
-                except ONNXError:
-                    return None
-        return None
+    def _find_gelus(self, nodes):
+        """Record the decomposed GELUs among `nodes` (x * 0.5 * (1 + Erf(x / sqrt 2)), as PyTorch
+        exports nn.GELU below opset 20), found by the legalize pass's own pattern
+        (`legalize_onnx.gelu_pattern`) on a view of the ONNX graph: each is imported as one Gelu
+        activation (see `_gelu`)."""
+        view = _OnnxView(self, nodes)
+        self._gelus, self._gelu_inner = {}, {}   # last output -> (x, inner outputs, reads of x); inner -> last
+        for node in nodes:
+            out = node.output[0] if len(node.output) == 1 else ""
+            found = gelu_pattern(view, out) if out and out not in self.ignore else None
+            if found is None or any(n in self._gelu_inner or n in self._gelus for n in found[1] + [out]):
+                continue
+            (x, _), inner = found
+            reads = sum(list(view.producer[n].input).count(x) for n in inner + [out])
+            self._gelus[out] = (x, inner, reads)
+            self._gelu_inner.update((n, out) for n in inner)
 
-    def _scalar_is(self, name, value):
-        c = self._peek_const(name)
-        return c is not None and c.size == 1 and np.issubdtype(c.dtype, np.floating) \
-            and abs(float(c.reshape(-1)[0]) - value) <= 1e-6 * abs(value)
-
-    def _sole_reader(self, name, op_type):
-        """The one needed node reading tensor `name` when it is an `op_type` with one output and
-        `name` is no graph output, else None."""
-        readers = self._readers.get(name, [])
-        if len(readers) != 1 or self.uses.get(name, 0) != 1 or readers[0].op_type != op_type \
-                or len([o for o in readers[0].output if o]) != 1 or readers[0].domain not in ("", "ai.onnx"):
-            return None
-        return readers[0]
-
-    def _decomposed_gelu(self, node, ins):
-        """x * (1 + Erf(x / sqrt 2)) * 0.5 (PyTorch's nn.GELU below opset 20: Div or Mul by
-        1/sqrt 2, Erf, Add 1, Mul by x, Mul by 0.5, operands in either order) starting at `node`:
-        imported as one Gelu activation (fused into x's producer when it can be); True when done."""
-        if len(node.input) != 2 or any(v is None for v in ins) or len(node.output) != 1 \
-                or not any(isinstance(v, _Act) for v in ins) or node.output[0] in self.ignore:
+    def _gelu(self, node, final):
+        """`node` belongs to the decomposed GELU ending at `final`: True when it is imported as part
+        of one Gelu activation (an inner node makes nothing, the last one the activation, fused
+        into x's producer when it can be); False when x is a constant (the pattern is dropped, its
+        nodes are evaluated one by one)."""
+        x, inner, reads = self._gelus[final]
+        v = self.values.get(x)
+        if not isinstance(v, _Act):
+            del self._gelus[final]
+            for n in inner:
+                del self._gelu_inner[n]
             return False
-        k = 0 if isinstance(ins[0], _Act) else 1
-        x, c = node.input[k], node.input[1 - k]
-        if not (self._scalar_is(c, 2.0 ** 0.5) and node.op_type == "Div" and k == 0) \
-                and not (self._scalar_is(c, 2.0 ** -0.5) and node.op_type == "Mul"):
-            return False
-        chain = [node]
-        erf = self._sole_reader(node.output[0], "Erf")
-        add = erf and self._sole_reader(erf.output[0], "Add")
-        if add is None or not self._scalar_is(next((i for i in add.input if i != erf.output[0]), ""), 1.0):
-            return False
-        mul = self._sole_reader(add.output[0], "Mul")
-        if mul is None or sorted(mul.input) != sorted([x, add.output[0]]):
-            return False
-        half = self._sole_reader(mul.output[0], "Mul")
-        if half is None or not self._scalar_is(next((i for i in half.input if i != mul.output[0]), ""), 0.5):
-            return False
-        chain += [erf, add, mul, half]
-        if any(n.output[0] in self.ignore for n in chain):
-            return False
-        v = ins[k]
+        if node.output[0] != final:
+            return True
         if v.owner is not None:
-            v.owner.refs -= 1   # x is read twice by the pattern, which is one consumer
-        self._absorbed.update(id(n) for n in chain[1:])
-        self.values[half.output[0]] = self._activation(half, v, activations.Gelu())
-        self._check_shape(half.output[0])
+            v.owner.refs -= reads - 1   # x is read several times by the pattern, which is one consumer
+        self.values[final] = self._activation(node, v, activations.Gelu())
+        self._check_shape(final)
         return True
 
     def _any_layout(self, x):
