@@ -74,6 +74,7 @@ from n2d2.error_handler import WrongInputType
 from n2d2.frontends import onnx_limits
 from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _onnx  # noqa: F401
 from n2d2.ir.ops import activation_spec
+from n2d2.ir.passes.fuse_activation import fusion
 from n2d2.ir.passes.legalize_onnx import gelu_pattern
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
 from n2d2.ir.trace import trace
@@ -1012,12 +1013,12 @@ class _Importer:
     def _activation(self, node, x, activation):
         """Fuse `activation` into the cell that made `x`, or make an Activation cell."""
         out = node.output[0]
-        if self._fusable(x):
-            current = x.owner.cell._config.get("activation")
-            if current is None:
+        if self._fusable(x):   # fuse_activation's rule, on the cell that made x
+            action = fusion(activation_spec(activation), activation_spec(x.owner.cell._config.get("activation")),
+                            True, True)
+            if action == "fuse":
                 x.owner.cell.set_parameter("activation", activation)
-                return self._alias(x, out, x.shape)
-            if activation_spec(current) == activation_spec(activation) and _idempotent(activation):
+            if action is not None:
                 return self._alias(x, out, x.shape)
         cell = Activation(activation, name=self._name(out, primary=True))
         return self._produce(cell, self._any_layout(x), x.shape)
@@ -1602,10 +1603,6 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-def _idempotent(activation) -> bool:
-    return act_table.prop(activation_spec(activation), "idempotent", True)
 
 
 for _op_type in act_table.onnx_import_ops():   # one handler per ONNX op type of the activation table

@@ -23,9 +23,10 @@ tensors have no other reader; the activation then fuses into its producer like a
 pattern (`gelu_pattern`) reads the graph through a view: `DeepNetCell.load_from_ONNX` matches
 the same one on the ONNX graph.
 
-Activations: an `Onnx<Name>` activation becomes an `Activation` node only when `n2d2.ir.ops`
-knows the activation `<Name>` (checked when the rule runs: `HardSigmoid`, `HardSwish`, `Gelu`
-once they are in its table) and `n2d2.activation` has its class.
+Activations: an `Onnx<T>` activation of the activation table (`n2d2.ops.activation`, whose
+`onnx_import` reads its parameters from the ONNX attributes) becomes an `Activation` node of that
+table entry (`_table_activation`, one rule for all of them); `Clip` has its own rule (a clipped
+ReLU).
 """
 import dataclasses
 
@@ -160,17 +161,6 @@ def _activation(graph, node, spec):
     return "Activation", ins[:1], {"activation": spec}, {}
 
 
-@rule("OnnxRelu")
-def _relu(graph, node):
-    return _activation(graph, node, known_activation("Rectifier"))
-
-
-@rule("OnnxLeakyRelu")
-def _leaky_relu(graph, node):
-    slope = float(graph.attrs(node).get("alpha", 0.01))
-    return _activation(graph, node, known_activation("Rectifier", leak_slope=slope))
-
-
 @rule("OnnxClip")
 def _clip(graph, node):
     a = graph.attrs(node)
@@ -180,38 +170,13 @@ def _clip(graph, node):
     return _activation(graph, node, known_activation("Rectifier", clipping=0.0 if high is None else float(high)))
 
 
-@rule("OnnxSigmoid")
-def _sigmoid(graph, node):
-    return _activation(graph, node, known_activation("Logistic"))
-
-
-@rule("OnnxTanh")
-def _tanh(graph, node):
-    return _activation(graph, node, known_activation("Tanh"))
-
-
-@rule("OnnxHardSigmoid")
-def _hard_sigmoid(graph, node):
-    a = graph.attrs(node)
-    return _activation(graph, node, known_activation("HardSigmoid", alpha=float(a.get("alpha", 0.2)),
-                                          beta=float(a.get("beta", 0.5))))
-
-
-@rule("OnnxHardSwish")
-def _hard_swish(graph, node):
-    return _activation(graph, node, known_activation("HardSwish"))
-
-
-@rule("OnnxGelu")
-def _gelu(graph, node):
-    if graph.attrs(node).get("approximate", "none") != "none":
-        return None
-    return _activation(graph, node, known_activation("Gelu"))
-
-
-@rule("OnnxMish")
-def _mish(graph, node):
-    return _activation(graph, node, known_activation("Mish"))
+@rule(*(f"Onnx{op_type}" for op_type in act_table.onnx_import_ops()))
+def _table_activation(graph, node):
+    """An `Onnx<T>` activation of the table (`n2d2.ops.activation`: Relu, LeakyRelu, Sigmoid,
+    Tanh, Softplus, Gelu, Mish, HardSigmoid, HardSwish...): the table's activation, with the
+    parameters its `onnx_import` reads from the node's attributes; one rule for all of them."""
+    d, params = act_table.onnx_import_params(graph.op(node)[len("Onnx"):], graph.attrs(node))
+    return _activation(graph, node, known_activation(d.name, **params))
 
 
 def _elemwise(graph, node, operation, weights):
