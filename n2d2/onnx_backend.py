@@ -35,6 +35,7 @@ from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 from n2d2.ir.passes import optimize
 from n2d2.ir.passes.legalize_onnx import legalize_onnx
+from n2d2.ir.tensor_ops import constant_value, resolve_pads
 from n2d2.ir.types import TensorType
 
 # input slots whose value the conversion needs (they must be constants)
@@ -500,19 +501,10 @@ def _constant_of_shape(c, node, ins, attrs):
 
 @_handles("Constant")
 def _constant(c, node, ins, attrs):
-    if "value" in attrs:
-        a = attrs["value"]
-    elif "value_float" in attrs:
-        a = np.array(attrs["value_float"], dtype=np.float32)
-    elif "value_floats" in attrs:
-        a = np.array(attrs["value_floats"], dtype=np.float32)
-    elif "value_int" in attrs:
-        a = np.array(attrs["value_int"], dtype=np.int64)
-    elif "value_ints" in attrs:
-        a = np.array(attrs["value_ints"], dtype=np.int64)
-    else:
+    a = constant_value(attrs)
+    if a is None:
         raise NotImplementedError(f"n2d2.onnx_backend: Constant '{node.name}' with {sorted(attrs)}")
-    return [_const(node.output[0], np.asarray(a))]
+    return [_const(node.output[0], a)]
 
 
 @_handles("Pad")
@@ -538,25 +530,6 @@ def _pad(c, node, ins, attrs):
 
 
 # -- convolution and pooling ---------------------------------------------------------------------------
-def _resolve_pads(auto_pad, in_sizes, kernel, strides, dilations, pads):
-    """Explicit ONNX-ordered pads from auto_pad (SAME_*: output = ceil(in / stride))."""
-    nd = len(in_sizes)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for s, k, st, d in zip(in_sizes, kernel, strides, dilations):
-            out = -(-s // st)
-            total = max(0, (out - 1) * st + (k - 1) * d + 1 - s)
-            small, large = total // 2, total - total // 2
-            begins.append(small if auto_pad == "SAME_UPPER" else large)
-            ends.append(large if auto_pad == "SAME_UPPER" else small)
-        return tuple(begins + ends)
-    if auto_pad == "VALID":
-        return (0,) * (2 * nd)
-    if auto_pad not in ("NOTSET", ""):
-        raise ValueError(f"unknown auto_pad '{auto_pad}'")
-    return tuple(int(p) for p in (pads or [0] * (2 * nd)))
-
-
 def _window(attrs, x, kernel):
     """(spatial rank, kernel, strides, dilations) of a convolution or pooling of x, as int tuples."""
     nd = len(x.shape) - 2
@@ -569,7 +542,7 @@ def _window(attrs, x, kernel):
 def _conv(c, node, ins, attrs):
     x, w = ins[0], ins[1]
     _, kernel, strides, dilations = _window(attrs, x, attrs.get("kernel_shape", w.shape[2:]))
-    pads = _resolve_pads(attrs.get("auto_pad", "NOTSET"), x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
+    pads = resolve_pads(attrs.get("auto_pad", "NOTSET"), x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
     inputs = [v for v in ins if v is not None]
     return c.op("OnnxConv", inputs, {"strides": strides, "pads": pads, "dilations": dilations,
                                      "group": int(attrs.get("group", 1))})
@@ -603,7 +576,7 @@ def _conv_transpose(c, node, ins, attrs):
 def _pool_attrs(attrs, x):
     _, kernel, strides, dilations = _window(attrs, x, attrs["kernel_shape"])
     auto_pad = attrs.get("auto_pad", "NOTSET")
-    pads = _resolve_pads(auto_pad, x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
+    pads = resolve_pads(auto_pad, x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
     return {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations,
             "ceil_mode": bool(attrs.get("ceil_mode", 0))}
 

@@ -76,7 +76,7 @@ from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupport
 from n2d2.ir.ops import activation_spec
 from n2d2.ir.passes.fuse_activation import fusion
 from n2d2.ir.passes.legalize_onnx import gelu_pattern
-from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
+from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS, constant_value, resolve_pads
 from n2d2.ir.trace import trace
 from n2d2.ir.types import TensorType
 from n2d2.mapping import Mapping
@@ -510,15 +510,12 @@ class _Importer:
         from onnx import numpy_helper
 
         if "value" in attrs:
-            return numpy_helper.to_array(attrs["value"])
-        for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
-            if key in attrs:
-                return np.array(attrs[key], dtype=dtype)
-        for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
-            if key in attrs:
-                return np.array(list(attrs[key]), dtype=dtype)
-        raise self.unsupported(f"Constant attributes {sorted(attrs)} are not supported (value, value_float(s), "
-                               "value_int(s))")
+            attrs = dict(attrs, value=numpy_helper.to_array(attrs["value"]))
+        value = constant_value(attrs)
+        if value is None:
+            raise self.unsupported(f"Constant attributes {sorted(attrs)} are not supported (value, value_float(s), "
+                                   "value_int(s))")
+        return value
 
     def _fold(self, node, arrays):
         """Evaluate a node whose inputs are all known (onnx.reference, numpy)."""
@@ -707,28 +704,19 @@ class _Importer:
         return [int(v) for v in value]
 
     def _pads(self, a, in_spatial, kernel, strides, dilations):
-        """(begin, end) pads per spatial axis from `pads` or `auto_pad`."""
+        """(begin, end) pads per spatial axis from `pads` or `auto_pad` (`resolve_pads`)."""
         nsp = len(in_spatial)
         auto = a.get("auto_pad", "NOTSET")
-        if auto in ("NOTSET", ""):
-            pads = [int(p) for p in a.get("pads", [0] * (2 * nsp))]
-            if len(pads) != 2 * nsp:
-                raise self.malformed(f"pads={pads} must have {2 * nsp} values")
-            if any(p < 0 for p in pads):
-                raise self.unsupported(f"negative pads {pads} are not supported")
-            return pads[:nsp], pads[nsp:]
-        if auto == "VALID":
-            return [0] * nsp, [0] * nsp
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            begin, end = [], []
-            for i, k, s, d in zip(in_spatial, kernel, strides, dilations):
-                out = -(-i // s)
-                total = max(0, (out - 1) * s + (k - 1) * d + 1 - i)
-                small = total // 2
-                begin.append(small if auto == "SAME_UPPER" else total - small)
-                end.append(total - begin[-1])
-            return begin, end
-        raise self.malformed(f"auto_pad={auto!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+        pads = [int(p) for p in a.get("pads", [0] * (2 * nsp))]
+        if auto in ("NOTSET", "") and len(pads) != 2 * nsp:
+            raise self.malformed(f"pads={pads} must have {2 * nsp} values")
+        try:
+            pads = list(resolve_pads(auto, in_spatial, kernel, strides, dilations, pads))
+        except ValueError:
+            raise self.malformed(f"auto_pad={auto!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER") from None
+        if any(p < 0 for p in pads):
+            raise self.unsupported(f"negative pads {pads} are not supported")
+        return pads[:nsp], pads[nsp:]
 
     @staticmethod
     def _hw(values, fill):
