@@ -72,7 +72,7 @@ from n2d2.cells.nn.onnx_node import OnnxNode
 from n2d2.cells.nn.weighted import weights_from_file
 from n2d2.error_handler import WrongInputType
 from n2d2.frontends import onnx_limits
-from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _onnx  # noqa: F401
+from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _first_line, _onnx  # noqa: F401
 from n2d2.ir.ops import activation_spec
 from n2d2.ir.passes.fuse_activation import fusion
 from n2d2.ir.passes.legalize_onnx import gelu_pattern
@@ -92,10 +92,6 @@ SUPPORTED_OPS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Cli
                  "ReduceMax", "ReduceMean", "Reshape", "Resize", "Shape", "Size", "Softmax",
                  "Squeeze", "Sub", "Sum", "Transpose", "Unsqueeze", "Upsample",
                  *act_table.onnx_import_ops(), "(and any op whose inputs are all constants)")
-
-_RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-               "Bernoulli")
-
 
 # -- loading -------------------------------------------------------------------------------------
 def load_model(path):
@@ -137,12 +133,6 @@ def load_model_arrays(path):
         raise ONNXFormatError(f"{path}: ONNX shape inference fails: {_first_line(e)}") from None
     onnx_limits.check_value_infos(inferred, path)
     return model, inferred, raw
-
-
-def _first_line(e) -> str:
-    text = str(e).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return f"{type(e).__name__}: " + (" ".join(lines[:3]) if lines else "(no message)")
 
 
 # -- values --------------------------------------------------------------------------------------
@@ -443,7 +433,7 @@ class _Importer:
                                        "reconnect its consumers to")
             self._alias(acts[0], out, acts[0].shape)
             return
-        if node.op_type in _RANDOM_OPS:
+        if node.op_type in onnx_limits.RANDOM_OPS:
             raise self.unsupported("random ops are not supported")
         if node.op_type == "Constant":
             self.values[out] = self._constant(node, attrs)
@@ -462,7 +452,7 @@ class _Importer:
         if all(v is None or isinstance(v, np.ndarray) for v in ins):
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 raise self.unsupported("control flow (subgraph attributes) is not supported")
-            results = self._fold(node, ins)
+            results = onnx_limits.evaluate_constant_node(node, ins, self.opset, self._label(node))
             for name, value in zip(node.output, results):
                 if name:
                     self.values[name] = value
@@ -516,28 +506,6 @@ class _Importer:
             raise self.unsupported(f"Constant attributes {sorted(attrs)} are not supported (value, value_float(s), "
                                    "value_int(s))")
         return value
-
-    def _fold(self, node, arrays):
-        """Evaluate a node whose inputs are all known (onnx.reference, numpy)."""
-        from onnx import helper
-        from onnx.reference import ReferenceEvaluator
-
-        names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
-        feeds = {nm: a for nm, a in zip(names, arrays) if nm}
-        inputs = [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(a.dtype), None)
-                  for nm, a in feeds.items()]
-        outs = [f"o{k}" for k in range(len(node.output))]
-        copy = helper.make_node(node.op_type, names, outs, domain=node.domain)
-        copy.attribute.extend(node.attribute)
-        g = helper.make_graph([copy], "fold", inputs, [helper.make_tensor_value_info(o, 0, None) for o in outs])
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
-        onnx_limits.check_node_outputs(node, arrays, self.opset, self._label(node))
-        try:
-            results = ReferenceEvaluator(m).run(None, feeds)
-        except Exception as e:
-            raise self.malformed(f"cannot evaluate this constant expression ({type(e).__name__}: "
-                                 f"{_first_line(e)})") from None
-        return [np.asarray(r) for r in results]
 
     # -- input helpers ----------------------------------------------------------------------------
     def _act(self, ins, k, what="input"):
