@@ -7,14 +7,18 @@ Steps (N2D2's `DeepNetGenerator::ONNX_processGraph`, reference section 2.2):
 2. walk the nodes in order (ONNX graphs are topologically sorted), skipping those no graph
    output depends on. A node whose inputs are all constants (initializers, `Constant`, the
    `Shape` of an activation, whose size is known) is evaluated at import with numpy (the
-   `onnx.reference` evaluator): the Shape/Gather/Unsqueeze/Concat/Cast chains exporters emit
+   `onnx.reference` evaluator, `onnx_limits.evaluate_constant_node`, as `n2d2.onnx_backend`
+   does for ops it has no rule for): the Shape/Gather/Unsqueeze/Concat/Cast chains exporters emit
    around `Reshape` disappear this way;
 3. every other node becomes a cell named after its first output ('9', '11', ...), called at
    once on the running tensor (a zero batch of `provider.shape()`, in test mode), or no cell:
    - the activations of n2d2.ops.activation's table (Relu, LeakyRelu, Sigmoid, Tanh, Softplus,
      Gelu, Mish, HardSigmoid, HardSwish), Clip and PRelu(scalar) become the activation of the
      cell that produced their input when they are its only consumer (else an Activation
-     cell); a general Clip(lo, hi) is two ElemWise cells around a clipped Rectifier;
+     cell), by the rule of the `fuse_activation` pass (`fuse_activation.fusion`); a general
+     Clip(lo, hi) is two ElemWise cells around a clipped Rectifier; the decomposed GELU
+     (x * 0.5 * (1 + Erf(x / sqrt 2))) is one Gelu activation, found by the legalize pass's
+     pattern (`legalize_onnx.gelu_pattern`, on a view of the ONNX graph);
    - Add/Sub of a per-channel constant after Conv/Fc/BatchNorm is folded into the bias, a
      Mul/Div by one into the weights (else an ElemWise shift or a Scaling cell);
    - Flatten/Reshape/Squeeze/Unsqueeze only relabel the shape: the tensor is kept, and a
