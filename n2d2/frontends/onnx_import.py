@@ -51,7 +51,7 @@ import numpy as np
 
 import n2d2.activation as activations
 from n2d2 import filler, solver
-from n2d2.activation import Rectifier, Saturation
+from n2d2.activation import Rectifier
 from n2d2.cells.deepnet_cell import DeepNetCell
 from n2d2.cells.nn import (
     LRN,
@@ -1067,10 +1067,9 @@ class _Importer:
             clipping = min(current.clipping if current.clipping > 0 else np.inf, hi)
             x.owner.cell.set_parameter("activation", Rectifier(clipping=0.0 if clipping == np.inf else clipping))
             return self._alias(x, node.output[0], x.shape)
-        if lo == 0.0:
-            return self._activation(node, x, Rectifier(clipping=0.0 if hi == np.inf else hi))
-        if np.isfinite(hi) and lo == -hi:
-            return self._activation(node, x, Saturation(threshold=hi))
+        found = act_table.clip_activation(lo, hi)
+        if found is not None:
+            return self._activation(node, x, getattr(activations, found[0])(**found[1]))
         return self._general_clip(node, x, lo, hi)
 
     def _general_clip(self, node, x, lo, hi):

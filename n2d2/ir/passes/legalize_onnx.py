@@ -25,8 +25,8 @@ the same one on the ONNX graph.
 
 Activations: an `Onnx<T>` activation of the activation table (`n2d2.ops.activation`, whose
 `onnx_import` reads its parameters from the ONNX attributes) becomes an `Activation` node of that
-table entry (`_table_activation`, one rule for all of them); `Clip` has its own rule (a clipped
-ReLU).
+table entry (`_table_activation`, one rule for all of them); `Clip` becomes the activation
+`n2d2.ops.activation.clip_activation` gives (a clipped ReLU, a Saturation), as in the importer.
 """
 import dataclasses
 
@@ -164,10 +164,10 @@ def _activation(graph, node, spec):
 @rule("OnnxClip")
 def _clip(graph, node):
     a = graph.attrs(node)
-    low, high = a.get("min"), a.get("max")
-    if low is None or float(low) != 0.0 or (high is not None and float(high) <= 0.0):
-        return None
-    return _activation(graph, node, known_activation("Rectifier", clipping=0.0 if high is None else float(high)))
+    low = float("-inf") if a.get("min") is None else float(a["min"])
+    high = float("inf") if a.get("max") is None else float(a["max"])
+    found = act_table.clip_activation(low, high)
+    return None if found is None else _activation(graph, node, known_activation(found[0], **found[1]))
 
 
 @rule(*(f"Onnx{op_type}" for op_type in act_table.onnx_import_ops()))
