@@ -35,6 +35,7 @@ from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
 from n2d2.ir.passes import optimize
 from n2d2.ir.passes.legalize_onnx import legalize_onnx
+from n2d2.ir.tensor_ops import constant_value, resolve_pads
 from n2d2.ir.types import TensorType
 
 # input slots whose value the conversion needs (they must be constants)
@@ -151,18 +152,34 @@ class _Converter:
         types = self.graph.output_types(name)
         return [_Value(name, t, ref=(name, i)) for i, t in enumerate(types)][:max(nb_outputs, 1)]
 
+    @staticmethod
+    def _foldable(node, ins):
+        """True for a node of an op without a rule whose inputs are all non-trainable constants
+        (a shape computation), neither random nor holding a subgraph."""
+        return any(v is not None for v in ins) and all(v is None or (v.is_const and not v.trainable) for v in ins) \
+            and node.op_type not in onnx_limits.RANDOM_OPS \
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+    def _fold(self, c, node, ins, attrs):
+        """The values of such a node, evaluated as the ONNX importer folds constants."""
+        arrays = onnx_limits.evaluate_constant_node(node, [None if v is None else v.const for v in ins], self.opset,
+                                                    f"n2d2.onnx_backend: node '{self._node_name}' ({node.op_type})")
+        return [_const(f"{self._node_name}:{i}", a) for i, a in enumerate(arrays)]
+
     # -- conversion ---------------------------------------------------------------------------
     def convert(self):
         for index, node in enumerate(self.model.graph.node):
             handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-            if handler is None:
-                raise NotImplementedError(f"n2d2.onnx_backend: op '{node.domain + '.' if node.domain else ''}"
-                                          f"{node.op_type}' (node '{node.name}') is not supported")
             self._node_name = node.name or f"{node.op_type}_{index}"
-            ins = [self.values[n] if n else None for n in node.input]
             for i, n in enumerate(node.input):
                 if n and n not in self.values:
                     raise ValueError(f"node '{self._node_name}': input '{n}' is not defined before it")
+            ins = [self.values[n] if n else None for n in node.input]
+            if handler is None and self._foldable(node, ins):
+                handler = self._fold
+            if handler is None:
+                raise NotImplementedError(f"n2d2.onnx_backend: op '{node.domain + '.' if node.domain else ''}"
+                                          f"{node.op_type}' (node '{node.name}') is not supported")
             for slot in STATIC_SLOTS.get(node.op_type, ()):
                 if slot < len(ins) and ins[slot] is not None and not ins[slot].is_const:
                     raise NotImplementedError(f"n2d2.onnx_backend: node '{self._node_name}' ({node.op_type}): "
@@ -500,19 +517,10 @@ def _constant_of_shape(c, node, ins, attrs):
 
 @_handles("Constant")
 def _constant(c, node, ins, attrs):
-    if "value" in attrs:
-        a = attrs["value"]
-    elif "value_float" in attrs:
-        a = np.array(attrs["value_float"], dtype=np.float32)
-    elif "value_floats" in attrs:
-        a = np.array(attrs["value_floats"], dtype=np.float32)
-    elif "value_int" in attrs:
-        a = np.array(attrs["value_int"], dtype=np.int64)
-    elif "value_ints" in attrs:
-        a = np.array(attrs["value_ints"], dtype=np.int64)
-    else:
+    a = constant_value(attrs)
+    if a is None:
         raise NotImplementedError(f"n2d2.onnx_backend: Constant '{node.name}' with {sorted(attrs)}")
-    return [_const(node.output[0], np.asarray(a))]
+    return [_const(node.output[0], a)]
 
 
 @_handles("Pad")
@@ -538,25 +546,6 @@ def _pad(c, node, ins, attrs):
 
 
 # -- convolution and pooling ---------------------------------------------------------------------------
-def _resolve_pads(auto_pad, in_sizes, kernel, strides, dilations, pads):
-    """Explicit ONNX-ordered pads from auto_pad (SAME_*: output = ceil(in / stride))."""
-    nd = len(in_sizes)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for s, k, st, d in zip(in_sizes, kernel, strides, dilations):
-            out = -(-s // st)
-            total = max(0, (out - 1) * st + (k - 1) * d + 1 - s)
-            small, large = total // 2, total - total // 2
-            begins.append(small if auto_pad == "SAME_UPPER" else large)
-            ends.append(large if auto_pad == "SAME_UPPER" else small)
-        return tuple(begins + ends)
-    if auto_pad == "VALID":
-        return (0,) * (2 * nd)
-    if auto_pad not in ("NOTSET", ""):
-        raise ValueError(f"unknown auto_pad '{auto_pad}'")
-    return tuple(int(p) for p in (pads or [0] * (2 * nd)))
-
-
 def _window(attrs, x, kernel):
     """(spatial rank, kernel, strides, dilations) of a convolution or pooling of x, as int tuples."""
     nd = len(x.shape) - 2
@@ -569,7 +558,7 @@ def _window(attrs, x, kernel):
 def _conv(c, node, ins, attrs):
     x, w = ins[0], ins[1]
     _, kernel, strides, dilations = _window(attrs, x, attrs.get("kernel_shape", w.shape[2:]))
-    pads = _resolve_pads(attrs.get("auto_pad", "NOTSET"), x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
+    pads = resolve_pads(attrs.get("auto_pad", "NOTSET"), x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
     inputs = [v for v in ins if v is not None]
     return c.op("OnnxConv", inputs, {"strides": strides, "pads": pads, "dilations": dilations,
                                      "group": int(attrs.get("group", 1))})
@@ -603,7 +592,7 @@ def _conv_transpose(c, node, ins, attrs):
 def _pool_attrs(attrs, x):
     _, kernel, strides, dilations = _window(attrs, x, attrs["kernel_shape"])
     auto_pad = attrs.get("auto_pad", "NOTSET")
-    pads = _resolve_pads(auto_pad, x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
+    pads = resolve_pads(auto_pad, x.shape[2:], kernel, strides, dilations, attrs.get("pads"))
     return {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations,
             "ceil_mode": bool(attrs.get("ceil_mode", 0))}
 
@@ -806,6 +795,22 @@ def _as_feeds(inputs, names):
     return feeds
 
 
+def _unsupported_ops(graph):
+    """The op types of the nodes of `graph` that are neither converted (no rule) nor folded (an
+    op without a rule is evaluated when its inputs are all constants: initializers, `Constant`,
+    `Shape`, or values computed from those)."""
+    static, unsupported = {t.name for t in graph.initializer}, set()
+    for n in graph.node:
+        known = n.domain in ("", "ai.onnx")
+        ins = [i for i in n.input if i]
+        folded = known and bool(ins) and all(i in static for i in ins) and n.op_type not in onnx_limits.RANDOM_OPS
+        if not known or (n.op_type not in HANDLERS and not folded):
+            unsupported.add(n.op_type)
+        if folded or (known and n.op_type in ("Constant", "Shape")):
+            static.update(o for o in n.output if o)
+    return sorted(unsupported)
+
+
 class N2D2Backend(Backend):
     """ONNX backend API over n2d2 (CPU, numpy executor)."""
 
@@ -816,8 +821,7 @@ class N2D2Backend(Backend):
         # the model may come from a file of a stranger: tensor dims vs data and size caps first
         onnx_limits.check_model(model, f"n2d2.onnx_backend: model '{model.graph.name}'")
         super().prepare(model, device, **kwargs)
-        unsupported = sorted({n.op_type for n in model.graph.node
-                              if n.domain not in ("", "ai.onnx") or n.op_type not in HANDLERS})
+        unsupported = _unsupported_ops(model.graph)
         if unsupported:
             raise NotImplementedError(f"n2d2.onnx_backend: unsupported ops {unsupported}")
         for vi in list(model.graph.input) + list(model.graph.output):

@@ -117,3 +117,29 @@ def test_variants_and_refusals(tmp_path, variant, fused):
     ops = _ops(legal)
     assert (ops["Activation"] == 1 and "OnnxErf" not in ops) if fused else ops["OnnxErf"] == 1, ops
     assert rel_err(np.asarray(numpy_exec.run(legal, {name: x})[0]), ref) < 1e-5
+
+
+@pytest.mark.parametrize("variant,fused", [("torch", True), ("half_first", True), ("mul_inv", True),
+                                           ("wrong_half", False), ("shared", False)])
+def test_load_from_onnx_matches_the_same_pattern(tmp_path, variant, fused):
+    """`load_from_ONNX` finds the decomposed GELU with the legalize pass's own pattern
+    (`gelu_pattern` on a view of the ONNX graph): every variant the pass fuses is one Gelu
+    activation (fused into the Conv), the refusals keep their Erf (an OnnxNode cell)."""
+    from n2d2.cells.deepnet_cell import DeepNetCell
+    from n2d2.cells.nn.onnx_node import OnnxNode
+    from tests.test_onnx_import import provider_for, run_cell
+
+    path = str(tmp_path / f"{variant}.onnx")
+    onnx.save(_pattern(variant), path)
+    x = np.random.default_rng(44).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    ref, _ = _ort(path, x)
+    dn = DeepNetCell.load_from_ONNX(provider_for((3, 5, 4), 2), path)
+    cells = list(dn)
+    erf = [c for c in cells if isinstance(c, OnnxNode) and c.get_name() == "e"]
+    gelu = [c.get_name() for c in cells if type(c._config.get("activation")).__name__ == "Gelu"]
+    if fused:
+        assert gelu == ["c"] and not erf, [(c.get_name(), c.get_type()) for c in cells]
+        assert [c.get_name() for c in cells] == ["c", "y"]
+    else:
+        assert erf and not gelu
+    assert rel_err(run_cell(dn, x).reshape(ref.shape), ref) < 1e-5

@@ -210,3 +210,39 @@ def test_shared_constants_stay_shared_parameters(tmp_path):
     assert set(grads[0]) == set(grads[1]) >= {"b", "w1", "w2", "s"}
     for p in grads[0]:
         assert rel_err(grads[1][p], grads[0][p]) < 1e-5, p
+
+
+def test_every_activation_of_the_table_legalizes(tmp_path):
+    """One rule for the activations of the table (`n2d2.ops.activation`'s `onnx_import`):
+    Softplus, Mish, HardSigmoid (its alpha, beta), HardSwish, Gelu in both approximations,
+    LeakyRelu, and a symmetric Clip (`clip_activation`: Saturation) become Activation nodes of
+    the table's specs, and compute what onnxruntime does."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), node("Softplus", ["c"], ["a"]),
+             node("Mish", ["a"], ["m"]), node("HardSigmoid", ["m"], ["h"], alpha=0.3, beta=0.4),
+             node("HardSwish", ["c"], ["s"]), node("Gelu", ["s"], ["g"], approximate="tanh"),
+             node("Gelu", ["g"], ["e"]), node("LeakyRelu", ["e"], ["l"], alpha=0.1),
+             node("Clip", ["l", "lo", "hi"], ["k"]), node("Add", ["h", "k"], ["y"])]
+    for n in nodes:
+        n.name = n.output[0]
+    inits = {"w": W(4, 3, 3, 3), "b": W(4), "lo": np.array(-0.5, np.float32), "hi": np.array(0.5, np.float32)}
+    model = make_model(nodes, inits, [3, 6, 5], 20)
+    x = (np.random.default_rng(5).standard_normal((2, 3, 6, 5)) * 2).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    assert set(_ops(legal)) == {"Input", "Conv", "Activation", "ElemWise"}, _ops(legal)
+    specs = {n: legal.attrs(n)["activation"] for n in legal.nodes() if legal.op(n) == "Activation"}
+    assert specs["h"] == known_activation("HardSigmoid", alpha=0.3, beta=0.4)
+    assert specs["g"] == known_activation("Gelu", approximate="tanh") != specs["e"] == known_activation("Gelu")
+    assert specs["l"] == known_activation("Rectifier", leak_slope=0.1)
+    assert specs["k"] == known_activation("Saturation", threshold=0.5)   # Clip(-t, t), as the importer makes it
+    assert {specs[n][0] for n in ("a", "m", "s")} == {"Softplus", "Mish", "HardSwish"}
+    path = str(tmp_path / "table.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+    assert rel_err(_run(optimize(legal), in_name, x), ref) < 1e-5

@@ -535,3 +535,40 @@ def test_run_node_matches_onnxruntime():
         None, feeds)
     assert y.shape == ref.shape
     assert rel_err(y, ref) < 1e-5
+
+
+def test_constant_expressions_of_ops_without_a_rule_are_folded_as_the_importer_folds(tmp_path):
+    """A shape computation through ops `n2d2.onnx_backend` has no rule for (ReduceProd, Sqrt of a
+    Constant node; a float initializer stays a trainable parameter) is evaluated by the
+    importer's constant folding (`onnx_limits.evaluate_constant_node`); the same op on an
+    activation is still refused. Against onnxruntime, and load_from_ONNX agrees."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    import n2d2
+    from n2d2.cells.deepnet_cell import DeepNetCell
+    from tests.test_onnx_import import make_model, provider_for, run_cell
+
+    node = helper.make_node
+    nodes = [node("Shape", ["x"], ["s"]), node("Slice", ["s", "one", "four"], ["chw"]),
+             node("ReduceProd", ["chw"], ["f"], keepdims=1), node("Concat", ["neg", "f"], ["t"], axis=0),
+             node("Reshape", ["x", "t"], ["r"]),
+             node("Constant", [], ["k"], value=helper.make_tensor("k", TensorProto.FLOAT, [], [2.25])),
+             node("Sqrt", ["k"], ["sk"]), node("Mul", ["r", "sk"], ["m"]),
+             node("Gemm", ["m", "w"], ["y"], transB=1)]
+    rng = np.random.default_rng(8)
+    inits = {"one": np.array([1], np.int64), "four": np.array([4], np.int64), "neg": np.array([-1], np.int64),
+             "w": rng.standard_normal((5, 60)).astype(np.float32)}
+    model = make_model(nodes, inits, [3, 4, 5], 13)
+    path = str(tmp_path / "fold.onnx")
+    onnx.save(model, path)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert rel_err(n2d2.onnx_backend.prepare(model).run([x])[0], ref) < 1e-5
+    dn = DeepNetCell.load_from_ONNX(provider_for((3, 4, 5), 2), path, generic_ops=False)
+    assert rel_err(run_cell(dn, x).reshape(ref.shape), ref) < 1e-5
+    on_activation = helper.make_model(helper.make_graph(
+        [node("Sqrt", ["x"], ["y"])], "act", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])]), opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(NotImplementedError, match="'Sqrt'"):
+        n2d2.onnx_backend.prepare(on_activation).run([x[0, 0, :2, :3]])

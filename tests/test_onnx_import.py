@@ -731,3 +731,26 @@ def test_mutated_models_fail_only_with_documented_errors(tmp_path):
             assert path.name in str(e), f"{choice}: {type(e).__name__} without the file name: {e}"
 
     check()
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_auto_pad_is_resolved_as_onnx_backend_does(tmp_path, auto_pad):
+    """Conv and MaxPool with `auto_pad` (odd totals: asymmetric pads, a Padding cell) resolve their
+    pads with the same function on both ONNX paths (`tensor_ops.resolve_pads`): load_from_ONNX and
+    `n2d2.onnx_backend` against onnxruntime."""
+    from n2d2 import onnx_backend
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[4, 3], strides=[2, 2],
+                              auto_pad=auto_pad),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 3], strides=[1, 2], auto_pad=auto_pad)]
+    model = make_model(nodes, {"w": W(4, 3, 4, 3), "b": W(4)}, [3, 9, 8], 13)
+    path = str(tmp_path / f"{auto_pad}.onnx")
+    onnx.save(model, path)
+    x = np.random.default_rng(7).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    ref = run_ort(path, x)
+    dn = DeepNetCell.load_from_ONNX(provider_for((3, 9, 8), 2), path, generic_ops=False)
+    names = [c.get_name() for c in dn]
+    assert ("c_padding" in names) == (auto_pad != "VALID") and ("y_padding" in names) == (auto_pad != "VALID"), names
+    assert rel_err(run_cell(dn, x).reshape(ref.shape), ref) < TOL
+    assert rel_err(onnx_backend.prepare(model).run([x])[0], ref) < TOL

@@ -28,3 +28,10 @@ def _onnx():
     except ImportError:
         raise RuntimeError("ONNX import needs the 'onnx' package (pip install n2d2[onnx])") from None
     return onnx
+
+
+def _first_line(e) -> str:
+    """An exception as one short line for an error message (its type, its first lines)."""
+    text = str(e).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return f"{type(e).__name__}: " + (" ".join(lines[:3]) if lines else "(no message)")

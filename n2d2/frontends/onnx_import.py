@@ -7,14 +7,18 @@ Steps (N2D2's `DeepNetGenerator::ONNX_processGraph`, reference section 2.2):
 2. walk the nodes in order (ONNX graphs are topologically sorted), skipping those no graph
    output depends on. A node whose inputs are all constants (initializers, `Constant`, the
    `Shape` of an activation, whose size is known) is evaluated at import with numpy (the
-   `onnx.reference` evaluator): the Shape/Gather/Unsqueeze/Concat/Cast chains exporters emit
+   `onnx.reference` evaluator, `onnx_limits.evaluate_constant_node`, as `n2d2.onnx_backend`
+   does for ops it has no rule for): the Shape/Gather/Unsqueeze/Concat/Cast chains exporters emit
    around `Reshape` disappear this way;
 3. every other node becomes a cell named after its first output ('9', '11', ...), called at
    once on the running tensor (a zero batch of `provider.shape()`, in test mode), or no cell:
    - the activations of n2d2.ops.activation's table (Relu, LeakyRelu, Sigmoid, Tanh, Softplus,
      Gelu, Mish, HardSigmoid, HardSwish), Clip and PRelu(scalar) become the activation of the
      cell that produced their input when they are its only consumer (else an Activation
-     cell); a general Clip(lo, hi) is two ElemWise cells around a clipped Rectifier;
+     cell), by the rule of the `fuse_activation` pass (`fuse_activation.fusion`); a general
+     Clip(lo, hi) is two ElemWise cells around a clipped Rectifier; the decomposed GELU
+     (x * 0.5 * (1 + Erf(x / sqrt 2))) is one Gelu activation, found by the legalize pass's
+     pattern (`legalize_onnx.gelu_pattern`, on a view of the ONNX graph);
    - Add/Sub of a per-channel constant after Conv/Fc/BatchNorm is folded into the bias, a
      Mul/Div by one into the weights (else an ElemWise shift or a Scaling cell);
    - Flatten/Reshape/Squeeze/Unsqueeze only relabel the shape: the tensor is kept, and a
@@ -47,7 +51,7 @@ import numpy as np
 
 import n2d2.activation as activations
 from n2d2 import filler, solver
-from n2d2.activation import Rectifier, Saturation
+from n2d2.activation import Rectifier
 from n2d2.cells.deepnet_cell import DeepNetCell
 from n2d2.cells.nn import (
     LRN,
@@ -72,9 +76,11 @@ from n2d2.cells.nn.onnx_node import OnnxNode
 from n2d2.cells.nn.weighted import weights_from_file
 from n2d2.error_handler import WrongInputType
 from n2d2.frontends import onnx_limits
-from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _onnx  # noqa: F401
+from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _first_line, _onnx  # noqa: F401
 from n2d2.ir.ops import activation_spec
-from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
+from n2d2.ir.passes.fuse_activation import fusion
+from n2d2.ir.passes.legalize_onnx import gelu_pattern
+from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS, constant_value, resolve_pads
 from n2d2.ir.trace import trace
 from n2d2.ir.types import TensorType
 from n2d2.mapping import Mapping
@@ -90,10 +96,6 @@ SUPPORTED_OPS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Cli
                  "ReduceMax", "ReduceMean", "Reshape", "Resize", "Shape", "Size", "Softmax",
                  "Squeeze", "Sub", "Sum", "Transpose", "Unsqueeze", "Upsample",
                  *act_table.onnx_import_ops(), "(and any op whose inputs are all constants)")
-
-_RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-               "Bernoulli")
-
 
 # -- loading -------------------------------------------------------------------------------------
 def load_model(path):
@@ -137,12 +139,6 @@ def load_model_arrays(path):
     return model, inferred, raw
 
 
-def _first_line(e) -> str:
-    text = str(e).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return f"{type(e).__name__}: " + (" ".join(lines[:3]) if lines else "(no message)")
-
-
 # -- values --------------------------------------------------------------------------------------
 
 def _pad4(shape):
@@ -183,6 +179,50 @@ class _Act:
 
     def canonical(self) -> bool:
         return self.parts is None and tuple(self.tensor.shape()) == _pad4(self.shape)
+
+
+class _OnnxView:
+    """The needed nodes of an ONNX graph as `legalize_onnx.gelu_pattern` reads a graph: a node is
+    named by its first output; a constant is an initializer or a `Constant` node."""
+
+    def __init__(self, importer, nodes):
+        self.importer = importer
+        self.producer = {o: n for n in nodes for o in n.output if o}
+        self.reads = {}
+        for n in nodes:
+            for name in n.input:
+                if name:
+                    self.reads[name] = self.reads.get(name, 0) + 1
+        self.closed = {o.name for o in importer.graph.output} | importer.ignore
+
+    def op(self, name):
+        node = self.producer.get(name)
+        if node is None:
+            return "OnnxConstant" if isinstance(self.importer.values.get(name), np.ndarray) else "Input"
+        if node.domain not in ("", "ai.onnx"):
+            return f"{node.domain}.{node.op_type}"
+        return "OnnxConstant" if node.op_type == "Constant" else f"Onnx{node.op_type}"
+
+    def inputs_of(self, name):
+        return [(n, 0 if n not in self.producer or self.producer[n].output[0] == n else 1)
+                for n in self.producer[name].input if n]
+
+    def scalar(self, ref):
+        v, node = self.importer.values.get(ref[0]), self.producer.get(ref[0])
+        if v is None and node is not None and node.op_type == "Constant":
+            attrs = {a.name: _plain(_onnx().helper.get_attribute_value(a)) for a in node.attribute}
+            try:
+                v = self.importer._constant(node, attrs)
+            except ONNXError:
+                return None
+        if not isinstance(v, np.ndarray) or v.size != 1 or not np.issubdtype(v.dtype, np.floating):
+            return None
+        return float(v.reshape(-1)[0])
+
+    def read_once(self, name):
+        node = self.producer.get(name)
+        return node is not None and len([o for o in node.output if o]) == 1 and self.reads.get(name, 0) == 1 \
+            and name not in self.closed
 
 
 # -- the importer ----------------------------------------------------------------------------------
@@ -341,12 +381,6 @@ class _Importer:
         self.values[graph_input.name] = _Act(x, in_shape, None, view_name=graph_input.name)
         nodes = self._needed_nodes()
         self.uses = self._count_uses(nodes)
-        self._readers = {}   # tensor name -> the needed nodes reading it (the GELU pattern's look-ahead)
-        for node in nodes:
-            for name in node.input:
-                if name:
-                    self._readers.setdefault(name, []).append(node)
-        self._absorbed = set()   # ids of the nodes of a decomposed GELU already imported as one activation
         self.reserved = {o for n in self.graph.node for o in n.output} | {graph_input.name}
         self.used_names.add(graph_input.name)
         known = {o for n in self.graph.node for o in n.output if o}
@@ -354,9 +388,8 @@ class _Importer:
         if unknown:
             raise ONNXUnsupportedError(f"{self.path}: ignore_cells names {unknown}, which are not node outputs "
                                        f"of this model")
+        self._find_gelus(nodes)
         for node in nodes:
-            if id(node) in self._absorbed:
-                continue
             self._node = node
             try:
                 self._visit(node)
@@ -379,6 +412,10 @@ class _Importer:
     def _visit(self, node):
         if node.domain not in ("", "ai.onnx"):
             raise self.unsupported(f"custom domain '{node.domain}' (supported: the default ONNX domain)")
+        first = node.output[0] if len(node.output) else ""
+        final = self._gelu_inner.get(first, first)
+        if final in self._gelus and self._gelu(node, final):
+            return
         ins = []
         for name in node.input:
             if not name:
@@ -400,7 +437,7 @@ class _Importer:
                                        "reconnect its consumers to")
             self._alias(acts[0], out, acts[0].shape)
             return
-        if node.op_type in _RANDOM_OPS:
+        if node.op_type in onnx_limits.RANDOM_OPS:
             raise self.unsupported("random ops are not supported")
         if node.op_type == "Constant":
             self.values[out] = self._constant(node, attrs)
@@ -419,12 +456,10 @@ class _Importer:
         if all(v is None or isinstance(v, np.ndarray) for v in ins):
             if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
                 raise self.unsupported("control flow (subgraph attributes) is not supported")
-            results = self._fold(node, ins)
+            results = onnx_limits.evaluate_constant_node(node, ins, self.opset, self._label(node))
             for name, value in zip(node.output, results):
                 if name:
                     self.values[name] = value
-            return
-        if node.op_type in ("Div", "Mul") and self._decomposed_gelu(node, ins):
             return
         handler = getattr(self, f"_op_{node.op_type}", None)
         if handler is None and not self.generic_ops:
@@ -469,37 +504,12 @@ class _Importer:
         from onnx import numpy_helper
 
         if "value" in attrs:
-            return numpy_helper.to_array(attrs["value"])
-        for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
-            if key in attrs:
-                return np.array(attrs[key], dtype=dtype)
-        for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
-            if key in attrs:
-                return np.array(list(attrs[key]), dtype=dtype)
-        raise self.unsupported(f"Constant attributes {sorted(attrs)} are not supported (value, value_float(s), "
-                               "value_int(s))")
-
-    def _fold(self, node, arrays):
-        """Evaluate a node whose inputs are all known (onnx.reference, numpy)."""
-        from onnx import helper
-        from onnx.reference import ReferenceEvaluator
-
-        names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
-        feeds = {nm: a for nm, a in zip(names, arrays) if nm}
-        inputs = [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(a.dtype), None)
-                  for nm, a in feeds.items()]
-        outs = [f"o{k}" for k in range(len(node.output))]
-        copy = helper.make_node(node.op_type, names, outs, domain=node.domain)
-        copy.attribute.extend(node.attribute)
-        g = helper.make_graph([copy], "fold", inputs, [helper.make_tensor_value_info(o, 0, None) for o in outs])
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
-        onnx_limits.check_node_outputs(node, arrays, self.opset, self._label(node))
-        try:
-            results = ReferenceEvaluator(m).run(None, feeds)
-        except Exception as e:
-            raise self.malformed(f"cannot evaluate this constant expression ({type(e).__name__}: "
-                                 f"{_first_line(e)})") from None
-        return [np.asarray(r) for r in results]
+            attrs = dict(attrs, value=numpy_helper.to_array(attrs["value"]))
+        value = constant_value(attrs)
+        if value is None:
+            raise self.unsupported(f"Constant attributes {sorted(attrs)} are not supported (value, value_float(s), "
+                                   "value_int(s))")
+        return value
 
     # -- input helpers ----------------------------------------------------------------------------
     def _act(self, ins, k, what="input"):
@@ -666,28 +676,19 @@ class _Importer:
         return [int(v) for v in value]
 
     def _pads(self, a, in_spatial, kernel, strides, dilations):
-        """(begin, end) pads per spatial axis from `pads` or `auto_pad`."""
+        """(begin, end) pads per spatial axis from `pads` or `auto_pad` (`resolve_pads`)."""
         nsp = len(in_spatial)
         auto = a.get("auto_pad", "NOTSET")
-        if auto in ("NOTSET", ""):
-            pads = [int(p) for p in a.get("pads", [0] * (2 * nsp))]
-            if len(pads) != 2 * nsp:
-                raise self.malformed(f"pads={pads} must have {2 * nsp} values")
-            if any(p < 0 for p in pads):
-                raise self.unsupported(f"negative pads {pads} are not supported")
-            return pads[:nsp], pads[nsp:]
-        if auto == "VALID":
-            return [0] * nsp, [0] * nsp
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            begin, end = [], []
-            for i, k, s, d in zip(in_spatial, kernel, strides, dilations):
-                out = -(-i // s)
-                total = max(0, (out - 1) * s + (k - 1) * d + 1 - i)
-                small = total // 2
-                begin.append(small if auto == "SAME_UPPER" else total - small)
-                end.append(total - begin[-1])
-            return begin, end
-        raise self.malformed(f"auto_pad={auto!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+        pads = [int(p) for p in a.get("pads", [0] * (2 * nsp))]
+        if auto in ("NOTSET", "") and len(pads) != 2 * nsp:
+            raise self.malformed(f"pads={pads} must have {2 * nsp} values")
+        try:
+            pads = list(resolve_pads(auto, in_spatial, kernel, strides, dilations, pads))
+        except ValueError:
+            raise self.malformed(f"auto_pad={auto!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER") from None
+        if any(p < 0 for p in pads):
+            raise self.unsupported(f"negative pads {pads} are not supported")
+        return pads[:nsp], pads[nsp:]
 
     @staticmethod
     def _hw(values, fill):
@@ -972,78 +973,51 @@ class _Importer:
     def _activation(self, node, x, activation):
         """Fuse `activation` into the cell that made `x`, or make an Activation cell."""
         out = node.output[0]
-        if self._fusable(x):
-            current = x.owner.cell._config.get("activation")
-            if current is None:
+        if self._fusable(x):   # fuse_activation's rule, on the cell that made x
+            action = fusion(activation_spec(activation), activation_spec(x.owner.cell._config.get("activation")),
+                            True, True)
+            if action == "fuse":
                 x.owner.cell.set_parameter("activation", activation)
-                return self._alias(x, out, x.shape)
-            if activation_spec(current) == activation_spec(activation) and _idempotent(activation):
+            if action is not None:
                 return self._alias(x, out, x.shape)
         cell = Activation(activation, name=self._name(out, primary=True))
         return self._produce(cell, self._any_layout(x), x.shape)
 
-    def _peek_const(self, name):
-        """The value of constant tensor `name` (an initializer, a value already folded, or a
-        `Constant` node later in the file), else None; nothing is recorded."""
-        v = self.values.get(name)
-        if v is not None:
-            return v if isinstance(v, np.ndarray) else None
-        onnx = _onnx()
-        for n in self.graph.node:
-            if n.op_type == "Constant" and list(n.output) == [name]:
-                attrs = {a.name: _plain(onnx.helper.get_attribute_value(a)) for a in n.attribute}
-                try:
-                    return np.asarray(self._constant(n, attrs))
-                except ONNXError:
-                    return None
-        return None
+    def _find_gelus(self, nodes):
+        """Record the decomposed GELUs among `nodes` (x * 0.5 * (1 + Erf(x / sqrt 2)), as PyTorch
+        exports nn.GELU below opset 20), found by the legalize pass's own pattern
+        (`legalize_onnx.gelu_pattern`) on a view of the ONNX graph: each is imported as one Gelu
+        activation (see `_gelu`)."""
+        view = _OnnxView(self, nodes)
+        self._gelus, self._gelu_inner = {}, {}   # last output -> (x, inner outputs, reads of x); inner -> last
+        for node in nodes:
+            out = node.output[0] if len(node.output) == 1 else ""
+            found = gelu_pattern(view, out) if out and out not in self.ignore else None
+            if found is None or any(n in self._gelu_inner or n in self._gelus for n in found[1] + [out]):
+                continue
+            (x, _), inner = found
+            reads = sum(list(view.producer[n].input).count(x) for n in inner + [out])
+            self._gelus[out] = (x, inner, reads)
+            self._gelu_inner.update((n, out) for n in inner)
 
-    def _scalar_is(self, name, value):
-        c = self._peek_const(name)
-        return c is not None and c.size == 1 and np.issubdtype(c.dtype, np.floating) \
-            and abs(float(c.reshape(-1)[0]) - value) <= 1e-6 * abs(value)
-
-    def _sole_reader(self, name, op_type):
-        """The one needed node reading tensor `name` when it is an `op_type` with one output and
-        `name` is no graph output, else None."""
-        readers = self._readers.get(name, [])
-        if len(readers) != 1 or self.uses.get(name, 0) != 1 or readers[0].op_type != op_type \
-                or len([o for o in readers[0].output if o]) != 1 or readers[0].domain not in ("", "ai.onnx"):
-            return None
-        return readers[0]
-
-    def _decomposed_gelu(self, node, ins):
-        """x * (1 + Erf(x / sqrt 2)) * 0.5 (PyTorch's nn.GELU below opset 20: Div or Mul by
-        1/sqrt 2, Erf, Add 1, Mul by x, Mul by 0.5, operands in either order) starting at `node`:
-        imported as one Gelu activation (fused into x's producer when it can be); True when done."""
-        if len(node.input) != 2 or any(v is None for v in ins) or len(node.output) != 1 \
-                or not any(isinstance(v, _Act) for v in ins) or node.output[0] in self.ignore:
+    def _gelu(self, node, final):
+        """`node` belongs to the decomposed GELU ending at `final`: True when it is imported as part
+        of one Gelu activation (an inner node makes nothing, the last one the activation, fused
+        into x's producer when it can be); False when x is a constant (the pattern is dropped, its
+        nodes are evaluated one by one)."""
+        x, inner, reads = self._gelus[final]
+        v = self.values.get(x)
+        if not isinstance(v, _Act):
+            del self._gelus[final]
+            for n in inner:
+                del self._gelu_inner[n]
             return False
-        k = 0 if isinstance(ins[0], _Act) else 1
-        x, c = node.input[k], node.input[1 - k]
-        if not (self._scalar_is(c, 2.0 ** 0.5) and node.op_type == "Div" and k == 0) \
-                and not (self._scalar_is(c, 2.0 ** -0.5) and node.op_type == "Mul"):
-            return False
-        chain = [node]
-        erf = self._sole_reader(node.output[0], "Erf")
-        add = erf and self._sole_reader(erf.output[0], "Add")
-        if add is None or not self._scalar_is(next((i for i in add.input if i != erf.output[0]), ""), 1.0):
-            return False
-        mul = self._sole_reader(add.output[0], "Mul")
-        if mul is None or sorted(mul.input) != sorted([x, add.output[0]]):
-            return False
-        half = self._sole_reader(mul.output[0], "Mul")
-        if half is None or not self._scalar_is(next((i for i in half.input if i != mul.output[0]), ""), 0.5):
-            return False
-        chain += [erf, add, mul, half]
-        if any(n.output[0] in self.ignore for n in chain):
-            return False
-        v = ins[k]
+        if node.output[0] != final:
+            return True
         if v.owner is not None:
-            v.owner.refs -= 1   # x is read twice by the pattern, which is one consumer
-        self._absorbed.update(id(n) for n in chain[1:])
-        self.values[half.output[0]] = self._activation(half, v, activations.Gelu())
-        self._check_shape(half.output[0])
+            v.owner.refs -= reads - 1   # x is read several times by the pattern, which is one consumer
+        self.values[final] = self._activation(node, v, activations.Gelu())
+        self._check_shape(final)
         return True
 
     def _any_layout(self, x):
@@ -1093,10 +1067,9 @@ class _Importer:
             clipping = min(current.clipping if current.clipping > 0 else np.inf, hi)
             x.owner.cell.set_parameter("activation", Rectifier(clipping=0.0 if clipping == np.inf else clipping))
             return self._alias(x, node.output[0], x.shape)
-        if lo == 0.0:
-            return self._activation(node, x, Rectifier(clipping=0.0 if hi == np.inf else hi))
-        if np.isfinite(hi) and lo == -hi:
-            return self._activation(node, x, Saturation(threshold=hi))
+        found = act_table.clip_activation(lo, hi)
+        if found is not None:
+            return self._activation(node, x, getattr(activations, found[0])(**found[1]))
         return self._general_clip(node, x, lo, hi)
 
     def _general_clip(self, node, x, lo, hi):
@@ -1589,10 +1562,6 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-def _idempotent(activation) -> bool:
-    return act_table.prop(activation_spec(activation), "idempotent", True)
 
 
 for _op_type in act_table.onnx_import_ops():   # one handler per ONNX op type of the activation table

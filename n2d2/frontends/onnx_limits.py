@@ -9,7 +9,7 @@ holds a 411 MB tensor, 528 MB in all): raise them here for larger ones.
 """
 import os
 
-from n2d2.frontends.onnx_errors import ONNXFormatError
+from n2d2.frontends.onnx_errors import ONNXFormatError, _first_line
 
 MAX_TENSOR_BYTES = 8 << 30   # one tensor (initializer, constant, inferred or folded value)
 MAX_TOTAL_BYTES = 32 << 30   # all the tensors a model holds (initializers, constants, external data)
@@ -22,6 +22,9 @@ _GROWS = frozenset(("ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Ups
                     "CenterCropPad", "Col2Im", "StringSplit", "Compress", "NonZero", "Unique", "TopK"))
 
 # bits per element of the types packed below one byte
+#: ops whose value is drawn at random: never evaluated at import, whatever their inputs
+RANDOM_OPS = frozenset(("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                        "Bernoulli"))
 _SUB_BYTE_BITS = {"UINT4": 4, "INT4": 4, "FLOAT4E2M1": 4, "UINT2": 2, "INT2": 2, "FLOAT6E2M3": 6, "FLOAT6E3M2": 6}
 
 
@@ -299,3 +302,30 @@ def check_node_outputs(node, arrays, opset, label):
         elif name and node.op_type in _GROWS:
             raise _error(f"{label}: the size of output '{name}' cannot be bounded before evaluating this "
                          f"{node.op_type} (shape inference gives {dims})")
+
+
+def evaluate_constant_node(node, arrays, opset, label):
+    """The outputs (numpy arrays) of ONNX `node` on the constant inputs `arrays` (one per input
+    slot, None where absent), evaluated by `onnx.reference` after `check_node_outputs`;
+    ONNXFormatError naming `label` when it cannot be. The constant folding of both ONNX paths
+    (the importer, and `n2d2.onnx_backend` for ops that have no conversion rule)."""
+    import numpy as np
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
+    feeds = {nm: a for nm, a in zip(names, arrays) if nm}
+    inputs = [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(a.dtype), None)
+              for nm, a in feeds.items()]
+    outs = [f"o{k}" for k in range(len(node.output))]
+    copy = helper.make_node(node.op_type, names, outs, domain=node.domain)
+    copy.attribute.extend(node.attribute)
+    g = helper.make_graph([copy], "fold", inputs, [helper.make_tensor_value_info(o, 0, None) for o in outs])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    check_node_outputs(node, arrays, opset, label)
+    try:
+        results = ReferenceEvaluator(m).run(None, feeds)
+    except Exception as e:
+        raise _error(f"{label}: cannot evaluate this constant expression ({type(e).__name__}: "
+                     f"{_first_line(e)})") from None
+    return [np.asarray(r) for r in results]

@@ -1074,6 +1074,41 @@ class OnnxResize(OnnxOp):
         return [T.resize_backward(dy, mats, mask)]
 
 
+# -- ONNX attributes read by both ONNX paths -------------------------------------------------------
+def resolve_pads(auto_pad, in_sizes, kernel, strides, dilations, pads):
+    """Explicit ONNX-ordered pads (all begins, then all ends) of a convolution or pooling from its
+    `auto_pad` (SAME_*: output = ceil(in / stride)) or its `pads`; ValueError for an unknown
+    auto_pad. (`n2d2.onnx_backend` and the ONNX importer.)"""
+    nd = len(in_sizes)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for s, k, st, d in zip(in_sizes, kernel, strides, dilations):
+            out = -(-s // st)
+            total = max(0, (out - 1) * st + (k - 1) * d + 1 - s)
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto_pad == "SAME_UPPER" else large)
+            ends.append(large if auto_pad == "SAME_UPPER" else small)
+        return tuple(begins + ends)
+    if auto_pad == "VALID":
+        return (0,) * (2 * nd)
+    if auto_pad not in ("NOTSET", ""):
+        raise ValueError(f"unknown auto_pad '{auto_pad}'")
+    return tuple(int(p) for p in (pads or [0] * (2 * nd)))
+
+
+def constant_value(attrs):
+    """The array of an ONNX `Constant` node from its attributes (`value` already an array), or
+    None for those n2d2 does not read (value_string(s), sparse_value). (`n2d2.onnx_backend` and
+    the ONNX importer.)"""
+    if "value" in attrs:
+        return np.asarray(attrs["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    return None
+
+
 # -- one ONNX-semantics op inside the N2D2 tensor convention (generic cells) -------------------------
 MAX_PARAM_SLOTS = 16
 PARAM_ROLES = tuple(f"in{k}" for k in range(MAX_PARAM_SLOTS))

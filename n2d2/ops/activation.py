@@ -548,6 +548,17 @@ def onnx_import_params(op_type, attrs):
     raise ValueError(f"ONNX op type '{op_type}' is no activation of the table")
 
 
+def clip_activation(low, high):
+    """(name, parameters) of the activation that computes Clip(low, high) exactly, else None:
+    min 0 is a ReLU clipped at `high` (not clipped when `high` is inf), finite symmetric bounds a
+    Saturation. (The legalize pass and the ONNX importer.)"""
+    if low == 0.0 and high > 0.0:
+        return "Rectifier", {"clipping": 0.0 if high == math.inf else float(high)}
+    if -low == high < math.inf and high > 0.0:
+        return "Saturation", {"threshold": float(high)}
+    return None
+
+
 def onnx_export(exporter, x, spec, first):
     """Apply activation `spec` to ONNX value `x` through `exporter` (step, clip, const, error,
     opset, current): (output value, first) as `onnx_export` of each entry."""

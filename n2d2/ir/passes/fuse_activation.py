@@ -50,15 +50,28 @@ def fuse_activation(graph: Graph, mode: str = "inference") -> Graph:
             continue
         src = ins[0][0]
         spec = g.attrs(act).get("activation")
-        inner = g.attrs(src).get("activation")
-        if is_identity_spec(spec) or (inner == spec and is_idempotent_spec(spec)):
+        action = fusion(spec, g.attrs(src).get("activation"), op_registry.get(g.op(src), node=src).carries_activation,
+                        sole_consumer(g, src) == (act, 0), mode)
+        if action == "drop":
             bypass(g, act)
-        elif op_registry.get(g.op(src), node=src).carries_activation and is_identity_spec(inner) \
-                and sole_consumer(g, src) == (act, 0) and not (mode == "training" and needs_input_spec(spec)):
+        elif action == "fuse":
             g.nx.nodes[src]["attrs"]["activation"] = spec
             g.replace_uses(act, src)
             g.remove_node(act)
     return g
+
+
+def fusion(spec, inner, carries: bool, sole: bool, mode: str = "inference"):
+    """The rule of `fuse_activation` for an activation `spec` applied to the output of a producer
+    whose fused activation is `inner` (`carries`: the producer can hold one; `sole`: the
+    activation is its only reader): "drop" (the activation is the identity, or an idempotent
+    one the producer already applies), "fuse" (it becomes the producer's), or None (it stays).
+    Also the rule of the ONNX importer's cells (`n2d2.frontends.onnx_import`)."""
+    if is_identity_spec(spec) or (inner == spec and is_idempotent_spec(spec)):
+        return "drop"
+    if carries and is_identity_spec(inner) and sole and not (mode == "training" and needs_input_spec(spec)):
+        return "fuse"
+    return None
 
 
 def split_activation(g: Graph, name: str) -> str:

@@ -19,17 +19,20 @@ one shared parameter); the `OnnxConstant` nodes left without consumers are remov
 The decomposed GELU that exporters emit below opset 20, x * 0.5 * (1 + Erf(x / sqrt 2))
 (`Div` or `Mul` by 1/sqrt 2, `Erf`, `Add` 1, `Mul` by x, `Mul` by 0.5, in either order, operands
 commuted), becomes one `Activation` Gelu node (`fuse_decomposed_gelu`) when its intermediate
-tensors have no other reader; the activation then fuses into its producer like any other.
+tensors have no other reader; the activation then fuses into its producer like any other. The
+pattern (`gelu_pattern`) reads the graph through a view: `DeepNetCell.load_from_ONNX` matches
+the same one on the ONNX graph.
 
-Activations: an `Onnx<Name>` activation becomes an `Activation` node only when `n2d2.ir.ops`
-knows the activation `<Name>` (checked when the rule runs: `HardSigmoid`, `HardSwish`, `Gelu`
-once they are in its table) and `n2d2.activation` has its class.
+Activations: an `Onnx<T>` activation of the activation table (`n2d2.ops.activation`, whose
+`onnx_import` reads its parameters from the ONNX attributes) becomes an `Activation` node of that
+table entry (`_table_activation`, one rule for all of them); `Clip` becomes the activation
+`n2d2.ops.activation.clip_activation` gives (a clipped ReLU, a Saturation), as in the importer.
 """
 import dataclasses
 
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import check_mode, substitute
+from n2d2.ir.passes._common import check_mode, sole_consumer, substitute
 from n2d2.ir.types import GraphError
 from n2d2.ops import activation as act_table
 
@@ -158,58 +161,22 @@ def _activation(graph, node, spec):
     return "Activation", ins[:1], {"activation": spec}, {}
 
 
-@rule("OnnxRelu")
-def _relu(graph, node):
-    return _activation(graph, node, known_activation("Rectifier"))
-
-
-@rule("OnnxLeakyRelu")
-def _leaky_relu(graph, node):
-    slope = float(graph.attrs(node).get("alpha", 0.01))
-    return _activation(graph, node, known_activation("Rectifier", leak_slope=slope))
-
-
 @rule("OnnxClip")
 def _clip(graph, node):
     a = graph.attrs(node)
-    low, high = a.get("min"), a.get("max")
-    if low is None or float(low) != 0.0 or (high is not None and float(high) <= 0.0):
-        return None
-    return _activation(graph, node, known_activation("Rectifier", clipping=0.0 if high is None else float(high)))
+    low = float("-inf") if a.get("min") is None else float(a["min"])
+    high = float("inf") if a.get("max") is None else float(a["max"])
+    found = act_table.clip_activation(low, high)
+    return None if found is None else _activation(graph, node, known_activation(found[0], **found[1]))
 
 
-@rule("OnnxSigmoid")
-def _sigmoid(graph, node):
-    return _activation(graph, node, known_activation("Logistic"))
-
-
-@rule("OnnxTanh")
-def _tanh(graph, node):
-    return _activation(graph, node, known_activation("Tanh"))
-
-
-@rule("OnnxHardSigmoid")
-def _hard_sigmoid(graph, node):
-    a = graph.attrs(node)
-    return _activation(graph, node, known_activation("HardSigmoid", alpha=float(a.get("alpha", 0.2)),
-                                          beta=float(a.get("beta", 0.5))))
-
-
-@rule("OnnxHardSwish")
-def _hard_swish(graph, node):
-    return _activation(graph, node, known_activation("HardSwish"))
-
-
-@rule("OnnxGelu")
-def _gelu(graph, node):
-    if graph.attrs(node).get("approximate", "none") != "none":
-        return None
-    return _activation(graph, node, known_activation("Gelu"))
-
-
-@rule("OnnxMish")
-def _mish(graph, node):
-    return _activation(graph, node, known_activation("Mish"))
+@rule(*(f"Onnx{op_type}" for op_type in act_table.onnx_import_ops()))
+def _table_activation(graph, node):
+    """An `Onnx<T>` activation of the table (`n2d2.ops.activation`: Relu, LeakyRelu, Sigmoid,
+    Tanh, Softplus, Gelu, Mish, HardSigmoid, HardSwish...): the table's activation, with the
+    parameters its `onnx_import` reads from the node's attributes; one rule for all of them."""
+    d, params = act_table.onnx_import_params(graph.op(node)[len("Onnx"):], graph.attrs(node))
+    return _activation(graph, node, known_activation(d.name, **params))
 
 
 def _elemwise(graph, node, operation, weights):
@@ -258,21 +225,39 @@ def _softmax(graph, node):
 
 
 # -- the decomposed GELU --------------------------------------------------------------------------------
+# The pattern reads its graph through a view, so that the ONNX importer matches the same pattern on
+# an ONNX graph (`n2d2.frontends.onnx_import`): `op(name)` (op type, "OnnxMul", "OnnxConstant"...),
+# `inputs_of(name)` ([(src, out)]), `scalar(ref)` (the float of a one-element constant, else None),
+# `read_once(name)` (output 0 of `name` is read by one edge and is no graph output).
 _SQRT2 = 2.0 ** 0.5
 
 
-def _scalar(graph, ref, value):
-    """True when `ref` is an OnnxConstant holding one element equal to `value` (float32 rounding)."""
-    p = _const(graph, ref)
-    if p is None:
-        return False
-    a = graph.params[p].array
-    return a.size == 1 and abs(float(a.reshape(-1)[0]) - value) <= 1e-6 * abs(value)
+class IRView:
+    """An IR graph as `gelu_pattern` reads it."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.op = graph.op
+        self.inputs_of = graph.inputs_of
+
+    def scalar(self, ref):
+        p = _const(self.graph, ref)
+        a = None if p is None else self.graph.params[p].array
+        return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
+
+    def read_once(self, name):
+        return sole_consumer(self.graph, name) is not None
 
 
-def _other(graph, node, ref_test):
+def _scalar(view, ref, value):
+    """True when `ref` is a one-element constant equal to `value` (float32 rounding)."""
+    v = view.scalar(ref)
+    return v is not None and abs(v - value) <= 1e-6 * abs(value)
+
+
+def _other(view, node, ref_test):
     """The input of binary `node` that is not the one `ref_test` accepts (None when neither is)."""
-    ins = graph.inputs_of(node)
+    ins = view.inputs_of(node)
     if len(ins) != 2:
         return None
     for k in (0, 1):
@@ -281,56 +266,57 @@ def _other(graph, node, ref_test):
     return None
 
 
-def _private(graph, ref, op):
+def _private(view, ref, op):
     """The node behind `ref` when it is an `op` node read only there (output 0, one consumer,
     not a graph output), else None."""
     src, out = ref
-    if out != 0 or graph.op(src) != op or len(graph.consumers(src)) != 1 or any(n == src for n, _ in graph.outputs):
+    if out != 0 or view.op(src) != op or not view.read_once(src):
         return None
     return src
 
 
-def _erf_plus_one(graph, ref):
+def _erf_plus_one(view, ref):
     """(x, nodes) when `ref` is 1 + Erf(x / sqrt 2) read only there, else None."""
-    add = _private(graph, ref, "OnnxAdd")
+    add = _private(view, ref, "OnnxAdd")
     if add is None:
         return None
-    e = _other(graph, add, lambda r: _scalar(graph, r, 1.0))
-    erf = None if e is None else _private(graph, e, "OnnxErf")
-    if erf is None:
+    e = _other(view, add, lambda r: _scalar(view, r, 1.0))
+    erf = None if e is None else _private(view, e, "OnnxErf")
+    if erf is None or len(view.inputs_of(erf)) != 1:
         return None
-    (scaled,) = graph.inputs_of(erf)
-    div = _private(graph, scaled, "OnnxDiv")
+    (scaled,) = view.inputs_of(erf)
+    div = _private(view, scaled, "OnnxDiv")
     if div is not None:
-        ins = graph.inputs_of(div)
-        x = ins[0] if _scalar(graph, ins[1], _SQRT2) else None
+        ins = view.inputs_of(div)
+        x = ins[0] if len(ins) == 2 and _scalar(view, ins[1], _SQRT2) else None
     else:
-        div = _private(graph, scaled, "OnnxMul")
-        x = None if div is None else _other(graph, div, lambda r: _scalar(graph, r, 1.0 / _SQRT2))
+        div = _private(view, scaled, "OnnxMul")
+        x = None if div is None else _other(view, div, lambda r: _scalar(view, r, 1.0 / _SQRT2))
     return None if x is None else (x, [add, erf, div])
 
 
-def _gelu_pattern(graph, node):
-    """(x, inner nodes) when OnnxMul `node` ends a decomposed GELU of x, else None."""
-    if graph.op(node) != "OnnxMul":
+def gelu_pattern(view, node):
+    """(x, inner nodes) when the OnnxMul `node` ends a decomposed GELU of x (read through `view`:
+    an `IRView`, or the ONNX importer's view of an ONNX graph), else None."""
+    if view.op(node) != "OnnxMul":
         return None
-    ins = graph.inputs_of(node)
+    ins = view.inputs_of(node)
     if len(ins) != 2:
         return None
     # x * (1 + erf) then * 0.5
-    rest = _other(graph, node, lambda r: _scalar(graph, r, 0.5))
-    inner = None if rest is None else _private(graph, rest, "OnnxMul")
-    if inner is not None:
-        a, b = graph.inputs_of(inner)
+    rest = _other(view, node, lambda r: _scalar(view, r, 0.5))
+    inner = None if rest is None else _private(view, rest, "OnnxMul")
+    if inner is not None and len(view.inputs_of(inner)) == 2:
+        a, b = view.inputs_of(inner)
         for x, e in ((a, b), (b, a)):
-            found = _erf_plus_one(graph, e)
+            found = _erf_plus_one(view, e)
             if found is not None and found[0] == x:
                 return x, [inner] + found[1]
     # (x * 0.5) * (1 + erf)
     for h, e in (ins, ins[::-1]):
-        half = _private(graph, h, "OnnxMul")
-        x = None if half is None else _other(graph, half, lambda r: _scalar(graph, r, 0.5))
-        found = None if x is None else _erf_plus_one(graph, e)
+        half = _private(view, h, "OnnxMul")
+        x = None if half is None else _other(view, half, lambda r: _scalar(view, r, 0.5))
+        found = None if x is None else _erf_plus_one(view, e)
         if found is not None and found[0] == x:
             return x, [half] + found[1]
     return None
@@ -340,7 +326,7 @@ def fuse_decomposed_gelu(graph: Graph, node: str) -> bool:
     """Replace the decomposed GELU ending at `node` by an `Activation` Gelu node of the same
     name (its inner nodes and their constants left unread are removed); True when done."""
     spec = known_activation("Gelu")
-    found = _gelu_pattern(graph, node)
+    found = gelu_pattern(IRView(graph), node)
     if spec is None or found is None:
         return False
     x, inner = found
