@@ -90,8 +90,9 @@ def main():
             for label, t in this.items():
                 times[label].append(t)
                 ratios[label].append(t / this[binaries[0][0]])
+    now = datetime.datetime.now(datetime.timezone.utc)
     print(f"LeNet batch 1, {args.stimuli} MNIST stimuli, {args.rounds} rounds x {args.passes} passes, "
-          f"{args.clock} clock, integer mode {args.mode}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+          f"{args.clock} clock, integer mode {args.mode}; {now:%Y-%m-%d %H:%M} UTC")
     print(f"{'contender':55s} {'best us':>8s} {'median us':>10s} {'ratio (best round)':>19s} {'median ratio':>13s}")
     for label, _, _ in binaries:
         print(f"{label:55s} {min(times[label]):8.2f} {statistics.median(times[label]):10.2f} "

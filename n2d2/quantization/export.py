@@ -81,7 +81,8 @@ class _Arrays:
         ident = c_identifier(base, self.taken, limit=60)
         self.values += values.size
         self.lines.append(f"/* {c_comment(comment, limit=300)} */")
-        self.lines.append(f"static const {ctype} {ident}[{max(values.size, 1) + slack}] __attribute__((aligned(16))) = {{")
+        size = max(values.size, 1) + slack
+        self.lines.append(f"static const {ctype} {ident}[{size}] __attribute__((aligned(16))) = {{")
         if ctype == "double":
             items = [float(v).hex() for v in values.tolist()]
         else:
