@@ -8,7 +8,7 @@ as listed) and its test program timed on the same exported MNIST test stimuli:
 `bin/network_test -q -r PASSES` times every `network_run` call and prints the best pass's mean time
 per stimulus. A round runs every contender once, interleaved, so that they share the machine's
 load; the best round is reported along with the median, and the ratio to the float32 export of the
-same round. `--clock cpu` (default) times with the thread's CPU time (`-c`): on a machine shared
+same round (the first contender's). `--clock cpu` (default) times with the thread's CPU time (`-c`): on a machine shared
 with other jobs, time spent waiting for a core is left out; `--clock wall` uses CLOCK_MONOTONIC.
 
 Run from the repository root: `python bench/bench_int8_kernels.py` (see --help).
@@ -32,6 +32,7 @@ CONTENDERS = [("float32 C export (-march=native)", "f32", "-march=native"),
               ("int8 avx512vnni (-march=native)", "i8", "-march=native"),
               ("int8 avxvnni (-march=x86-64-v3 -mavxvnni)", "i8", "-march=x86-64-v3 -mavxvnni"),
               ("int8 avx2 (-march=x86-64-v3)", "i8", "-march=x86-64-v3"),
+              ("float32 C export (-march=x86-64-v3)", "f32", "-march=x86-64-v3"),
               ("int8 portable C (-march=native -DN2D2_INT_PORTABLE)", "i8", "-march=native -DN2D2_INT_PORTABLE"),
               ("int4 avx512vnni (-march=native)", "i4", "-march=native")]
 
