@@ -94,7 +94,7 @@ def _node(rng, name, op, inputs, in_shapes, in_signed, nb, mode, out, signed, re
 
 def _network(nb, mode, signed_input, seed=0):
     rng = np.random.default_rng(seed)
-    inp = {"name": "input", "shape": (2, 13, 11), "signed": signed_input, "Q": 127 if signed_input else 255,
+    inp = {"name": "input", "shape": (2, 13, 37), "signed": signed_input, "Q": 127 if signed_input else 255,
            "range": 1.0}
     shapes, signs, nodes = {"input": inp["shape"]}, {"input": signed_input}, []
 
@@ -104,18 +104,28 @@ def _network(nb, mode, signed_input, seed=0):
         shapes[name], signs[name] = node["shape"], signed
         nodes.append(node)
 
-    # lanes, rows of 11 (< 16) positions, padding
+    # lanes, rows of 37 positions (two full vectors and a partial one), padding
     add("a", "Conv", ["input"], 8, False, True, kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1))
     # lanes, a 5x3 kernel (K = 30: a partial last group of 4 taps), signed output
     add("b", "Conv", ["input"], 4, True, False, kernel=(5, 3), stride=(1, 1), padding=(2, 1), dilation=(1, 1))
     # two inputs (unsigned, signed), 3 groups, stride 2, dilation 2: lanes on the strided im2col
     add("c", "Conv", ["a", "b"], 6, False, True, kernel=(3, 3), stride=(2, 2), padding=(2, 2), dilation=(2, 2),
         groups=3)
-    # 4 positions: dot products
-    add("d", "Conv", ["c"], 10, True, False, kernel=(4, 4), stride=(2, 2), padding=(0, 0), dilation=(1, 1))
-    # two inputs (signed 40, unsigned 252): K = 292
-    add("e", "Fc", ["d", "c"], 7, True, False)
-    add("f", "Fc", ["e"], 5, False, True)                      # K = 7
+    # 6 positions: dot products
+    add("d", "Conv", ["c"], 10, True, False, kernel=(4, 8), stride=(2, 4), padding=(0, 0), dilation=(1, 1))
+    # 2x2 max pools of an unsigned and a signed tensor (18 outputs a row: vector steps and a scalar rest)
+    for name, src in (("pa", "a"), ("pb", "b")):
+        c, h, w = shapes[src]
+        shapes[name], signs[name] = (c, h // 2, w // 2), signs[src]
+        nodes.append({"signed": signs[src], "Q": nodes[-1]["Q"], "T": np.ones(c), "name": name, "op": "Pool",
+                      "kernel": "Pool", "inputs": [src], "shape": shapes[name],
+                      "attrs": {"pooling": "Max", "pool": (2, 2), "stride": (2, 2), "padding": (0, 0), "mapping": None,
+                                "activation": None}})
+    # lanes on rows of 13 (< 16) positions, a 3x25 kernel
+    add("k", "Conv", ["input"], 3, False, True, kernel=(3, 25), stride=(1, 1), padding=(0, 0), dilation=(1, 1))
+    # three inputs (signed 60, unsigned 798, signed 432): K = 1290
+    add("e", "Fc", ["d", "c", "pb"], 7, True, False)
+    add("f", "Fc", ["e", "pa", "k"], 5, False, True)           # K = 7 + 864 + 429
     add("g", "Fc", ["f"], 3, True, False)
     return IntegerNetwork("kernels", nb, mode, inp, nodes, "g", {})
 
@@ -186,12 +196,13 @@ def test_kernels_are_used_and_int4_weights_are_packed(tmp_path):
     w8 = generate_files(net8, "kernels", "test", "export_c")["include/weights.h"]
     w4 = generate_files(net4, "kernels", "test", "export_c")["include/weights.h"]
     source = generate_files(net8, "kernels", "test", "export_c")["src/network.c"]
-    assert source.count("n2d2_gemm_lanes(col") == 3 and source.count("n2d2_dot_rows(") >= 5
-    for node in net4.nodes:
+    assert source.count("n2d2_gemm_lanes(col") == 4 and source.count("n2d2_dot_rows(") >= 5
+    assert source.count("_mm_max_epu8(a, b)") == 2
+    for node in (n for n in net4.nodes if "weights" in n):
         o, k = node["weights"].shape[0], node["weights"][0].size
         m = re.search(r"static const uint8_t n\d+_%s_w\[(\d+)\]" % node["name"], w4)
-        assert m and int(m.group(1)) == o * (k + k % 2) // 2, node["name"]
-    for node in net8.nodes:
+        assert m and int(m.group(1)) == o * (k + k % 2) // 2 + 16, node["name"]
+    for node in (n for n in net8.nodes if "weights" in n):
         m = re.search(r"static const int8_t n\d+_%s_w\[(\d+)\]" % node["name"], w8)
         assert m and int(m.group(1)) == node["weights"].size + 4, node["name"]
 

@@ -241,7 +241,7 @@ def _fast_layout(qn, shapes, nb_bits) -> dict:
 
 
 def _fast_parameters(n, arrays, prefix, qn, layout, in_types, shapes):
-    """Weights ([O][K] int8 with 4 bytes of slack, or two 4-bit values per byte in rows of WS) and int32
+    """Weights ([O][K] int8 with 4 bytes of slack, or two 4-bit values per byte in rows of WS with 16) and int32
     biases of a Conv / Fc on the int8 kernels: -128 x the weights over the signed inputs' taps folded
     into the biases (the kernels read those inputs offset by 128), modulo 2^32."""
     w = np.asarray(qn["weights"], dtype=np.int64)
@@ -267,7 +267,7 @@ def _fast_parameters(n, arrays, prefix, qn, layout, in_types, shapes):
         rows[:, :flat.shape[1]] = flat
         nib = (rows & 15).reshape(o, -1, 2)
         n["arr_w"] = arrays.add(f"{prefix}_w", "uint8_t", nib[:, :, 0] | (nib[:, :, 1] << 4),
-                                f"{what}, 4-bit, two per byte (low nibble first), rows of {layout['WS']}")
+                                f"{what}, 4-bit, two per byte (low nibble first), rows of {layout['WS']}", slack=16)
     else:
         n["arr_w"] = arrays.add(f"{prefix}_w", "int8_t", flat, what, slack=4)
     note = "; -128 x the weights of the signed inputs (kernels read them + 128), mod 2^32" if any(signed) else ""
