@@ -51,9 +51,10 @@ def build(folder: str, nb_stimuli: int, mode: str) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for key, nb in (("i8", 8), ("i4", 4)):
-            out[key] = n2d2.export.export_c(dn, nb_bits=nb, calibration=100, act_scaling_mode=mode,
-                                            export_folder_name=os.path.join(folder, key),
-                                            export_nb_stimuli_max=nb_stimuli)
+            # export_c refuses FLOAT_MULT (as upstream); export_cpp writes the same project
+            export = n2d2.export.export_cpp if mode == "FLOAT_MULT" else n2d2.export.export_c
+            out[key] = export(dn, nb_bits=nb, calibration=100, act_scaling_mode=mode,
+                              export_folder_name=os.path.join(folder, key), export_nb_stimuli_max=nb_stimuli)
     return out
 
 
