@@ -56,7 +56,7 @@ def _out_hw(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _node(rng, name, op, inputs, in_shapes, in_signed, nb, mode, out, signed, relu, **conv):
+def _node(rng, name, op, inputs, in_shapes, in_signed, nb, mode, out, signed, relu, scales=None, **conv):
     """A Conv / Fc integer node with random weights (extremes included), biases and per-channel scales
     that put the outputs around the n-bit range (some saturate)."""
     wmin, wmax = (-128, 127) if nb == 8 else (-8, 7)
@@ -82,6 +82,8 @@ def _node(rng, name, op, inputs, in_shapes, in_signed, nb, mode, out, signed, re
     biases = rng.integers(-int(spread), int(spread) + 1, size=out)
     qmax = signed_max(nb) if signed else unsigned_max(nb)
     M = rng.uniform(0.5, 4.0, size=out) * qmax / (3 * spread)
+    for channel, value in (scales or {}).items():
+        M[channel] = value
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scaling = approximate(M, mode, name)
@@ -111,8 +113,10 @@ def _network(nb, mode, signed_input, seed=0):
     # two inputs (unsigned, signed), 3 groups, stride 2, dilation 2: lanes on the strided im2col
     add("c", "Conv", ["a", "b"], 6, False, True, kernel=(3, 3), stride=(2, 2), padding=(2, 2), dilation=(2, 2),
         groups=3)
-    # 6 positions: dot products
-    add("d", "Conv", ["c"], 10, True, False, kernel=(4, 8), stride=(2, 4), padding=(0, 0), dilation=(1, 1))
+    # 6 positions: dot products; channels 0 and 1 with the shifts the int32 forms leave to int64
+    # (DOUBLE_SHIFT 2^-1 + 2^-2: s2 - s1 = 1; a shift past 31)
+    add("d", "Conv", ["c"], 10, True, False, kernel=(4, 8), stride=(2, 4), padding=(0, 0), dilation=(1, 1),
+        scales={0: 0.75, 1: 1.5 * 2.0 ** -33})
     # 2x2 max pools of an unsigned and a signed tensor (18 outputs a row: vector steps and a scalar rest)
     for name, src in (("pa", "a"), ("pb", "b")):
         c, h, w = shapes[src]
