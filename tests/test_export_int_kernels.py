@@ -108,8 +108,10 @@ def _network(nb, mode, signed_input, seed=0):
 
     # lanes, rows of 37 positions (two full vectors and a partial one), padding
     add("a", "Conv", ["input"], 8, False, True, kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1))
-    # lanes, a 5x3 kernel (K = 30: a partial last group of 4 taps), signed output
-    add("b", "Conv", ["input"], 4, True, False, kernel=(5, 3), stride=(1, 1), padding=(2, 1), dilation=(1, 1))
+    # lanes, a 5x3 kernel (K = 30: a partial last group of 4 taps), signed output; channel 0 scaled by
+    # 2^-9: exact halves (ties, both signs) under FLOAT_MULT
+    add("b", "Conv", ["input"], 4, True, False, kernel=(5, 3), stride=(1, 1), padding=(2, 1), dilation=(1, 1),
+        scales={0: 2.0 ** -9})
     # two inputs (unsigned, signed), 3 groups, stride 2, dilation 2: lanes on the strided im2col
     add("c", "Conv", ["a", "b"], 6, False, True, kernel=(3, 3), stride=(2, 2), padding=(2, 2), dilation=(2, 2),
         groups=3)
