@@ -221,3 +221,26 @@ def test_kernels_are_used_and_int4_weights_are_packed(tmp_path):
     b = re.search(r"static const int32_t n0_a_b\[\d+\][^{]*\{(.*?)\};", w8, re.S).group(1)
     values = np.array([int(v) for v in b.replace("\n", "").split(",") if v.strip()])
     assert np.array_equal(values, a["biases"] - 128 * a["weights"].reshape(len(values), -1).sum(axis=1))
+
+
+@pytest.mark.parametrize("archflags,path,needs", [PATHS[0], PATHS[2]], ids=["avx512vnni", "avx2"])
+def test_kernels_run_clean_under_address_sanitizer(tmp_path, archflags, path, needs):
+    """The vector kernels' reads and writes past a row (im2col, pools, unpacking) stay inside their
+    buffers: `make asan` (ASan + UBSan, the same ARCHFLAGS) on a signed 8-bit and a 4-bit network."""
+    from tests.test_export import _asan_available
+
+    if not _runnable(needs) or not _asan_available():
+        pytest.skip(f"needs a CPU with the {path} path and a working AddressSanitizer")
+    for nb, mode in ((8, "FLOAT_MULT"), (4, "DOUBLE_SHIFT")):
+        net = _network(nb, mode, True, seed=5)
+        xq = _inputs(net, np.random.default_rng(5))
+        folder = str(tmp_path / f"{nb}")
+        _write(net, folder, xq)
+        r = subprocess.run(["make", "-s", "asan", f"ARCHFLAGS={archflags}"], cwd=folder, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run(["./bin/network_test_asan", "-q", "-d", str(len(xq)), "out.bin"], cwd=folder,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and f"Integer kernels: {path}" in r.stdout, r.stderr
+        out = np.fromfile(os.path.join(folder, "out.bin"), dtype="<i4").reshape(len(xq), -1)
+        assert np.array_equal(out, net.run(xq).reshape(len(xq), -1))
