@@ -74,12 +74,15 @@ class _Arrays:
     def __init__(self):
         self.lines, self.taken, self.values = [], set(), 0
 
-    def add(self, base, ctype, values, comment) -> str:
+    def add(self, base, ctype, values, comment, slack: int = 0) -> str:
+        """One array of `values`; `slack` zero elements after them (declared size only: the kernels'
+        vector loads may read that far)."""
         values = np.asarray(values).reshape(-1)
         ident = c_identifier(base, self.taken, limit=60)
         self.values += values.size
         self.lines.append(f"/* {c_comment(comment, limit=300)} */")
-        self.lines.append(f"static const {ctype} {ident}[{max(values.size, 1)}] __attribute__((aligned(16))) = {{")
+        size = max(values.size, 1) + slack
+        self.lines.append(f"static const {ctype} {ident}[{size}] __attribute__((aligned(16))) = {{")
         if ctype == "double":
             items = [float(v).hex() for v in values.tolist()]
         else:
@@ -124,13 +127,17 @@ def _node_context(net, qn, shapes, types, arrays, index):
         n["w_t"] = _weight_ctype(nb)
         n["acc_t"] = "int32_t" if qn.get("acc_bits", 64) == 32 else "int64_t"
         w = qn["weights"]
-        n["arr_w"] = arrays.add(f"{prefix}_w", n["w_t"], w, f"{qn['name']}: weights {list(w.shape)}")
-        n["arr_b"] = arrays.add(f"{prefix}_b", "int32_t" if nb <= 8 else "int64_t", qn["biases"],
-                                f"{qn['name']}: biases (accumulator scale)")
-        _scaling_context(n, arrays, prefix, qn["scaling"], qn["name"])
         layout = weighted_layout(qn, shapes, nb, n["in_t"])
+        if layout["fast"]:
+            _fast_parameters(n, arrays, prefix, qn, layout, n["in_t"], shapes)
+        else:
+            n["arr_w"] = arrays.add(f"{prefix}_w", n["w_t"], w, f"{qn['name']}: weights {list(w.shape)}")
+            n["arr_b"] = arrays.add(f"{prefix}_b", "int32_t" if nb <= 8 else "int64_t", qn["biases"],
+                                    f"{qn['name']}: biases (accumulator scale)")
+        _scaling_context(n, arrays, prefix, qn["scaling"], qn["name"])
         n.update(layout)
         n["in_sizes"] = [int(np.prod(shapes[s])) for s in qn["inputs"]]
+        n["in_channels"] = [int(shapes[s][0]) for s in qn["inputs"]]
         if kernel == "Conv":
             in_shape = (sum(shapes[s][0] for s in qn["inputs"]),) + tuple(shapes[qn["inputs"][0]][1:])
             a = qn["attrs"]
@@ -182,9 +189,100 @@ def _conv_dots(qn, nb_bits) -> bool:
     return nb_bits <= 8 and qn.get("acc_bits", 64) == 32 and cg * kh * kw >= 32
 
 
+def _fast(qn, nb_bits) -> bool:
+    """A Conv / Fc on the int8 kernels of templates/export/int/kernels.c.j2: up to 8 bits, int32 sums."""
+    return nb_bits <= 8 and qn.get("acc_bits", 64) == 32
+
+
+def _fast_layout(qn, shapes, nb_bits) -> dict:
+    """Scratch of a Conv / Fc on the int8 kernels: [inputs as one unsigned byte image, zero padded
+    (Conv) or one vector (Fc; unused for one unsigned input), + 64] [im2col columns (Conv)]
+    [int32 accumulators] [4-bit weights unpacked to int8, + 64]."""
+    o = qn["weights"].shape[0]
+    k = int(np.prod(qn["weights"].shape[1:]))
+    ws = k + (k & 1) if nb_bits <= 4 else k
+    out = {"fast": True, "packed": nb_bits <= 4, "K": k, "WS": ws}
+    if qn["kernel"] == "Fc":
+        # one unsigned input is read in place; else the vector is staged (room kept either way)
+        direct = len(qn["inputs"]) == 1 and qn.get("_signed_inputs", [True])[0] is False
+        x_bytes = _aligned(k + 64)
+        acc_off = x_bytes
+        wu_off = acc_off + _aligned(4 * o)
+        out.update(direct=direct, acc_off=acc_off, wu_off=wu_off,
+                   total=wu_off + (_aligned(o * ws + 64) if nb_bits <= 4 else 0))
+        return out
+    _, cg, kh, kw = qn["weights"].shape
+    a = qn["attrs"]
+    groups = int(a.get("groups", 1) or 1)
+    c = cg * groups
+    ho, wo = shapes[qn["name"]][1], shapes[qn["name"]][2]
+    (sy, sx), (py, px), (dy, dx) = a["stride"], a["padding"], a["dilation"]
+    src = shapes.get(qn["inputs"][0])
+    if src is not None and len(src) == 3:
+        h, w = src[1], src[2]
+    else:   # the smallest input the output implies (sizing only)
+        h, w = (ho - 1) * sy + dy * (kh - 1) + 1 - 2 * py, (wo - 1) * sx + dx * (kw - 1) + 1 - 2 * px
+    hp, wp = h + 2 * py, w + 2 * px
+    p = ho * wo
+    lanes = p >= 16
+    if lanes:
+        pp = -(-p // 16) * 16
+        ppc = -(-max(pp, (ho - 1) * wo + -(-wo // 16) * 16) // 16) * 16
+        col_bytes = (-(-k // 4)) * ppc * 4
+    else:
+        pp = ppc = p
+        col_bytes = p * k
+    col_off = _aligned(c * hp * wp + 64)
+    acc_off = col_off + _aligned(col_bytes + 64)
+    wu_off = acc_off + _aligned(4 * (o // groups) * pp)
+    out.update(lanes=lanes, H=h, W=w, Hp=hp, Wp=wp, PP=pp, PPC=ppc, ACCS=pp, col_off=col_off, acc_off=acc_off,
+               wu_off=wu_off, total=wu_off + (_aligned(o * ws + 64) if nb_bits <= 4 else 0))
+    return out
+
+
+def _fast_parameters(n, arrays, prefix, qn, layout, in_types, shapes):
+    """Weights ([O][K] int8 with 4 bytes of slack, or two 4-bit values per byte in rows of WS with 16) and int32
+    biases of a Conv / Fc on the int8 kernels: -128 x the weights over the signed inputs' taps folded
+    into the biases (the kernels read those inputs offset by 128), modulo 2^32."""
+    w = np.asarray(qn["weights"], dtype=np.int64)
+    o = w.shape[0]
+    signed = [t.startswith("int") for t in in_types]
+    if qn["kernel"] == "Conv":
+        g = int(qn["attrs"].get("groups", 1) or 1)
+        cg = w.shape[1]
+        chans = np.concatenate([np.full(shapes[s][0], sg) for s, sg in zip(qn["inputs"], signed)])
+        # input channel of (o, cg): group(o) * CG + cg
+        grp = np.arange(o) // (o // g)
+        mask = chans[grp[:, None] * cg + np.arange(cg)[None, :]]
+        wsum = (w.sum(axis=(2, 3)) * mask).sum(axis=1)
+    else:
+        mask = np.concatenate([np.full(int(np.prod(shapes[s])), sg) for s, sg in zip(qn["inputs"], signed)])
+        wsum = (w * mask[None, :]).sum(axis=1)
+    b = np.asarray(qn["biases"], dtype=np.int64) - 128 * wsum
+    b = (b + 2 ** 31) % 2 ** 32 - 2 ** 31
+    flat = w.reshape(o, -1)
+    what = f"{qn['name']}: weights {list(w.shape)}"
+    if layout["packed"]:
+        rows = np.zeros((o, layout["WS"]), np.int64)
+        rows[:, :flat.shape[1]] = flat
+        nib = (rows & 15).reshape(o, -1, 2)
+        n["arr_w"] = arrays.add(f"{prefix}_w", "uint8_t", nib[:, :, 0] | (nib[:, :, 1] << 4),
+                                f"{what}, 4-bit, two per byte (low nibble first), rows of {layout['WS']}", slack=16)
+    else:
+        n["arr_w"] = arrays.add(f"{prefix}_w", "int8_t", flat, what, slack=4)
+    note = "; -128 x the weights of the signed inputs (kernels read them + 128), mod 2^32" if any(signed) else ""
+    n["arr_b"] = arrays.add(f"{prefix}_b", "int32_t", b, f"{qn['name']}: biases (accumulator scale){note}")
+    n["xors"] = ["0x80" if sg else "0" for sg in signed]
+
+
 def weighted_layout(qn, shapes, nb_bits, in_types=None) -> dict:
-    """Scratch layout of a Conv / Fc kernel: [staging of several inputs concatenated, as int16 (int32
-    above 8 bits)] [im2col columns (Conv)] [accumulators]; element types and offsets."""
+    """Scratch layout of a Conv / Fc kernel: the int8 kernels' (`_fast_layout`), or [staging of several
+    inputs concatenated, as int16 (int32 above 8 bits)] [im2col columns (Conv)] [accumulators];
+    element types and offsets."""
+    if _fast(qn, nb_bits):
+        if in_types is not None:
+            qn = dict(qn, _signed_inputs=[t.startswith("int") for t in in_types])
+        return _fast_layout(qn, shapes, nb_bits)
     acc_t = "int32_t" if qn.get("acc_bits", 64) == 32 else "int64_t"
     staged = len(qn["inputs"]) > 1
     stage_t = "int16_t" if nb_bits <= 8 else "int32_t"
@@ -192,7 +290,8 @@ def weighted_layout(qn, shapes, nb_bits, in_types=None) -> dict:
     stage_bytes = 0
     if staged:
         stage_bytes = sum(int(np.prod(shapes[s])) for s in qn["inputs"]) * _SIZE[stage_t]
-    out = {"staged": staged, "stage_t": stage_t, "src_t": src_t, "acc_t": acc_t, "stage_bytes": stage_bytes}
+    out = {"fast": False, "staged": staged, "stage_t": stage_t, "src_t": src_t, "acc_t": acc_t,
+           "stage_bytes": stage_bytes}
     if qn["kernel"] == "Fc":
         out.update(col_off=_aligned(stage_bytes), acc_off=_aligned(stage_bytes), total=_aligned(stage_bytes) + 8)
         return out
@@ -277,7 +376,8 @@ def generate_files(net, network_name: str, version: str, entry: str, project: st
                 out_offset=offsets[net.output], arena_bytes=arena, kernels=kernels,
                 calibration=net.options.get("calibration"), partition=net.options.get("partition"),
                 act_clipping=net.options.get("act_clipping_mode"), per_output=net.options.get("act_rescale_per_output"),
-                nb_weights=nb_weights, weight_bytes=arrays_bytes(net), float_bytes=4 * (nb_weights + nb_biases))
+                nb_weights=nb_weights, weight_bytes=arrays_bytes(net, kernels),
+                float_bytes=4 * (nb_weights + nb_biases), fast_kernels=any(k["n"].get("fast") for k in kernels))
     header = ["/*", f" * Generated by n2d2 {version}: the integer parameters of '{c_comment(network_name)}' "
               f"({nb} bits, {net.act_scaling_mode}),", " * read by src/network.c only.", " */",
               "#ifndef N2D2_INT_WEIGHTS_H", "#define N2D2_INT_WEIGHTS_H", "", "#include <stdint.h>", ""]
@@ -301,9 +401,15 @@ def generate_files(net, network_name: str, version: str, entry: str, project: st
     return files
 
 
-def arrays_bytes(net) -> int:
-    """Bytes of the exported weights and biases (n-bit weights in int8 up to 8 bits, int32 biases)."""
-    return net.weight_bytes()
+def arrays_bytes(net, kernels=()) -> int:
+    """Bytes of the exported weights and biases (n-bit weights in int8 up to 8 bits, int32 biases); the
+    4-bit weights of the int8 kernels (`kernels`: generate_files' contexts) packed two per byte."""
+    size = net.weight_bytes()
+    for k in kernels:
+        n = k["n"]
+        if n.get("packed"):
+            size -= n["O"] * n["K"] - n["O"] * n["WS"] // 2
+    return size
 
 
 def stimuli_files(net, inputs, labels, ids) -> dict:
