@@ -3,23 +3,15 @@ relative error 1e-5, gradients included), with the geometry flags asserted so th
 really runs: image-mode convolutions whose weight gradient is a product of dot products along
 the pixels (DWNT, at most 16 outputs per group) and whose col2im keeps each input plane in
 vector registers (C2I, planes up to 16 wide: stride, dilation, padding, groups, concatenated
-inputs, batches that leave a ragged last block); 2x2 max pooling whose training forward saves
-the winning position for the backward (ARGMAX), on ties and NaN / Inf."""
+inputs, batches that leave a ragged last block)."""
 import numpy as np
 import pytest
 
 from tests.test_c_backend import (
     ACTIVATIONS,
-    Net,
     Suite,
-    _conv_attrs,
-    _training_outputs,
     c_backend,
-    compare,
-    run_c_training,
-    run_numpy_training,
 )
-from tests.test_nan_propagation import PoisonNet, check_c
 
 pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
 
@@ -67,40 +59,3 @@ def test_image_conv_concatenated_inputs(conv_suite):
     p, (y,) = conv_suite.check("two_inputs")
     g = p.geometry[y]
     assert g["MODE"] == "image" and g["DWNT"] and g["C2I"] is not None and len(g["inputs"]) == 2
-
-
-def _max_pool(net, x, act):
-    return net.op("Pool", [x], {"pooling": "Max", "pool": (2, 2), "stride": (2, 2), "padding": (0, 0),
-                                "mapping": None, "activation": ACTIVATIONS[act]})
-
-
-@pytest.mark.parametrize("act", ["none", "relu"])
-def test_max_pool_argmax_on_ties(act):
-    """Integer inputs (many tied windows, negative ones): the saved position is the first
-    maximum in row-major order, as numpy's; odd batch and channel counts."""
-    net = Net(seed=21)
-    x = net.input((3, 5, 6, 14))
-    net.feeds[x] = np.round(net.feeds[x] * 1.5).astype(np.float32)
-    x = net.op("Conv", [x], _conv_attrs(), {"weights": np.eye(5, dtype=np.float32)[:, :, None, None]})
-    y = _max_pool(net, x, act)
-    z = net.op("Conv", [y], _conv_attrs(), {"weights": np.random.default_rng(2).standard_normal(
-        (4, 5, 1, 1)).astype(np.float32)})
-    tg, seeds = _training_outputs(net.output(z))
-    ref = run_numpy_training(tg, net.feeds, seeds)
-    out, p = run_c_training(tg, net.feeds, seeds)
-    assert p.where[y] == "c" and p.where[f"grad:{y}"] == "c" and p.geometry[y]["ARGMAX"]
-    compare(tg, p, ref, out, 1e-6, [y])
-
-
-def test_max_pool_argmax_propagates_nan_and_inf_as_numpy():
-    net = PoisonNet(seed=9)
-    y = _max_pool(net, net.source((3, 3, 10, 8)), "relu")
-    p = check_c(net.output(y), expect_c=[y])
-    assert p.geometry[y]["ARGMAX"]
-
-
-def test_max_pool_inference_saves_no_argmax():
-    net = Net(seed=4)
-    y = _max_pool(net, net.input((2, 3, 8, 8)), "none")
-    p = c_backend.CProgram(net.output(y).g, [net.g.topological_order()])
-    assert not p.geometry[y]["ARGMAX"] and not p.aux_specs

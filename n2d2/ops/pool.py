@@ -371,15 +371,7 @@ class Pool(OpDef):
             g["conn"] = conn.astype(int).tolist()
         else:
             g["links"] = None
-        # ARGMAX: a training forward of 2x2 max windows tiling the input saves which of the four
-        # positions won (an int32 per output, in aux): the backward then reads neither the input
-        # nor the output again
-        g["ARGMAX"] = bool(training and g["MAX"] and tiled and (kh, kw) == (2, 2) and conn is None)
         return g
-
-    def kernel_context(self, ctx, graph, node, g, training, plan, aux_slot, stats_kind, activation):
-        if g.get("ARGMAX"):   # an int32 per output, in a float32 aux buffer
-            ctx.aux["argmax"] = aux_slot(f"{node}.argmax", (g["N"] * g["C"] * g["HO"] * g["WO"],), stats_kind)
 
     def lower_cuda(self, graph, node, training):
         attrs = graph.attrs(node)
