@@ -16,6 +16,12 @@ Inference: batch 1 latency, n2d2's `InferenceProgram.run` (what `DeepNetCell` ru
 graph optimised by its passes), PyTorch eager under no_grad, onnxruntime on the PyTorch model
 exported to ONNX (CPUExecutionProvider, ORT_ENABLE_ALL, inter_op 1, intra_op 2 and 1).
 
+torch.compile: the same PyTorch LeNet training step with the model under `torch.compile`
+(inductor, default mode), 2 threads and 1 thread, each in a subprocess (its compile workers and caches stay out of
+this process); its first call (trace + compile + one step) is timed beside n2d2's (building the
+C training program + one step; n2d2's compile cache as found: warm when the program was built
+before, see bench_compile.py for cold figures). `--no-torch-compile` skips it.
+
 ResNet-20 (`--resnet`): CIFAR ResNet-20 (BatchNorm, projection shortcuts), batch 128, N(0, 1)
 inputs, the same SGD; n2d2's C training program vs PyTorch eager (2 threads, 1 thread, and 2
 threads with malloc thresholds fixed in a subprocess); goal >= 1.0x PyTorch's best.
@@ -184,10 +190,12 @@ def torch_lenet():
     return torch_peers.lenet()
 
 
-def torch_training(batch=BATCH, threads=None):
+def torch_training(batch=BATCH, threads=None, compiled=False):
     import torch
 
     model = torch_lenet()
+    if compiled:
+        model = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     xs, _ = _data(batch)
     xs = [torch.from_numpy(x) for x in xs]
@@ -285,6 +293,16 @@ def _summary(times):
     return statistics.median(times), min(times), max(times)
 
 
+def torch_compile_subprocess(rounds, target_s, threads=2):
+    """torch.compile'd LeNet training in a child process: {"first_s": first call, "times": [...]}."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-child", "lenet_compile", "--rounds", str(rounds),
+           "--target", str(target_s), "--torch-threads", str(threads)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"torch.compile child failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def torch_malloc_subprocess(rounds, target_s, threads, model="lenet"):
     """torch training (LeNet or ResNet-20) measured in a child process with glibc's malloc
     thresholds fixed."""
@@ -334,13 +352,14 @@ def _row(label, s, unit, batch=None):
     return f"| {label} | {1e6 * med:.1f} us | {1e6 * lo:.1f}-{1e6 * hi:.1f} us | |"
 
 
-def report(machine, train, infer, losses, args, profile=None, resnet=None):
+def report(machine, train, infer, losses, args, profile=None, resnet=None, first_calls=None):
     t = {k: _summary(v) for k, v in train.items()}
     i = {k: _summary(v) for k, v in infer.items()}
-    best_torch = min(t[k][0] for k in t if k.startswith("torch"))
+    best_torch = min(t[k][0] for k in t if k.startswith("torch") and not k.startswith("torch_compile"))
     lines = [SECTION, ""]
     flags = f"--rounds {args.rounds} --target {args.target}" + (" --resnet" if args.resnet else "") + \
-        (" --no-malloc-child" if args.no_malloc_child else "")
+        (" --no-malloc-child" if args.no_malloc_child else "") + \
+        (" --no-torch-compile" if args.no_torch_compile else "")
     lines.append(f"Command: `python bench/bench_c.py {flags}` (repository root). "
                  f"Date: {machine['date']}, commit {machine['commit']}. Machine: {machine['nproc']} vCPUs, "
                  f"\"{machine['cpu']}\", Linux {machine['kernel']}; load average during the run "
@@ -361,8 +380,11 @@ def report(machine, train, infer, losses, args, profile=None, resnet=None):
              "torch": "PyTorch eager, 2 threads (same process)",
              "torch1": "PyTorch eager, 1 thread (same process)",
              "torch_malloc": "PyTorch eager, 2 threads, malloc thresholds fixed (subprocess)",
-             "torch1_malloc": "PyTorch eager, 1 thread, malloc thresholds fixed (subprocess)"}
-    for k in ("n2d2_ini", "n2d2_dense", "torch", "torch1", "torch_malloc", "torch1_malloc"):
+             "torch1_malloc": "PyTorch eager, 1 thread, malloc thresholds fixed (subprocess)",
+             "torch_compile": "PyTorch torch.compile (inductor), 2 threads (subprocess)",
+             "torch_compile1": "PyTorch torch.compile (inductor), 1 thread (subprocess)"}
+    for k in ("n2d2_ini", "n2d2_dense", "torch", "torch1", "torch_malloc", "torch1_malloc", "torch_compile",
+              "torch_compile1"):
         if k in t:
             lines.append(_row(names[k], t[k], "img/s", BATCH))
     lines.append("")
@@ -382,6 +404,15 @@ def report(machine, train, infer, losses, args, profile=None, resnet=None):
     lines.append(f"- Training: n2d2 (LeNet.ini) runs at **{r_train:.2f}x** the images per second of the fastest "
                  f"PyTorch configuration (goal >= 1.5x: {'met' if r_train >= 1.5 else 'NOT met'}); with a dense "
                  f"conv2, the same arithmetic as PyTorch, {r_dense:.2f}x.")
+    if "torch_compile" in t:
+        r_compile = min(t[k][0] for k in ("torch_compile", "torch_compile1") if k in t) / t["n2d2_ini"][0]
+        first = first_calls or {}
+        lines.append(f"- torch.compile (inductor): n2d2 (LeNet.ini) trains at **{r_compile:.2f}x** its images per "
+                     f"second (its best thread count; goal >= 4x: {'met' if r_compile >= 4 else 'NOT met'}); "
+                     f"first call (trace, compile, one step; inductor's own cache as found) "
+                     f"{first.get('torch_compile', float('nan')):.1f} s against n2d2's "
+                     f"{first.get('n2d2_ini', float('nan')):.2f} s (build of the C training program with the compile "
+                     f"cache as found, plus one step).")
     lines.append(f"- Inference at batch 1: n2d2's latency is **{r_infer:.2f}x** onnxruntime's best "
                  f"(goal <= 1.0x: {'met' if r_infer <= 1.0 else 'NOT met'}).")
     lines.append(f"- Losses after the timed steps (ln 10 = 2.30 at the start; n2d2 ran more steps in the same "
@@ -440,9 +471,18 @@ def main():
     ap.add_argument("--write", action="store_true", help="replace this benchmark's section of bench/RESULTS.md")
     ap.add_argument("--no-malloc-child", action="store_true")
     ap.add_argument("--resnet", action="store_true", help="also time ResNet-20 b128 training (n2d2 vs torch)")
-    ap.add_argument("--torch-child", choices=("lenet", "resnet"), help=argparse.SUPPRESS)
+    ap.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile (inductor) row")
+    ap.add_argument("--torch-child", choices=("lenet", "resnet", "lenet_compile"), help=argparse.SUPPRESS)
     ap.add_argument("--torch-threads", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.torch_child == "lenet_compile":
+        step, _ = torch_training(threads=args.torch_threads, compiled=True)
+        t = time.perf_counter()
+        step()
+        first = time.perf_counter() - t
+        times = measure({"torch_compile": step}, args.rounds, args.target)["torch_compile"]
+        print(json.dumps({"first_s": first, "times": times}))
+        return
     if args.torch_child:
         if args.torch_child == "lenet":
             step, _ = torch_training(threads=args.torch_threads)
@@ -452,7 +492,11 @@ def main():
         return
     train_steps = {}
     losses = {}
+    first_calls = {}
+    t0 = time.perf_counter()
     step, loss = n2d2_training(mapping=True)
+    step()
+    first_calls["n2d2_ini"] = time.perf_counter() - t0
     train_steps["n2d2_ini"] = step
     losses["n2d2_ini"] = loss
     step, loss = n2d2_training(mapping=False)
@@ -467,6 +511,11 @@ def main():
         for threads in (2, 1):
             key = "torch_malloc" if threads == 2 else "torch1_malloc"
             train[key] = torch_malloc_subprocess(args.rounds, args.target, threads)
+    if not args.no_torch_compile:
+        child = torch_compile_subprocess(args.rounds, args.target)
+        train["torch_compile"] = child["times"]
+        first_calls["torch_compile"] = child["first_s"]
+        train["torch_compile1"] = torch_compile_subprocess(args.rounds, args.target, threads=1)["times"]
     infer_calls = {"n2d2": n2d2_inference(), "torch": torch_inference(2), "torch1": torch_inference(1)}
     try:
         infer_calls["ort2"] = ort_inference(2)
@@ -483,7 +532,7 @@ def main():
         if not args.no_malloc_child:
             resnet["torch_malloc"] = torch_malloc_subprocess(r_rounds, r_target, 2, model="resnet")
     profile = n2d2_profile()
-    text = report(_machine(), train, infer, loss_values, args, profile, resnet)
+    text = report(_machine(), train, infer, loss_values, args, profile, resnet, first_calls)
     print(text)
     if args.write:
         write_section(text)

@@ -34,6 +34,17 @@ def activation(spec):
     return {"name": name, **dict(params)}
 
 
+def fused_activation(spec):
+    """A node's fused activation as template data, or None when it is the identity (an unclipped
+    Linear): the kernels then skip it, in particular the backward's pass multiplying the
+    incoming gradient by a derivative of 1."""
+    p = activation(spec)
+    if p is not None and act_table.c_forward(p, "v", str) in ("v", "(v)") \
+            and act_table.c_derivative(p, "y", None, str) == "1.0f":
+        return None
+    return p
+
+
 def activation_ok(spec, op=None, training=False):
     """True when the kernels of `op` can run activation `spec` (forward, and in training the
     backward: a derivative that needs the input only where the kernel has it)."""
@@ -54,7 +65,7 @@ def forward_context(graph, node, g, training, plan, buf, param, aux_slot, stats_
         x=[buf(t) for t in graph.inputs_of(node)],
         y=buf((node, 0)),
         p=Context({r: param(p) for r, p in d.params.items()}),
-        a=Context(d.attrs), act=activation(d.attrs.get("activation")), g=Context(g),
+        a=Context(d.attrs), act=fused_activation(d.attrs.get("activation")), g=Context(g),
         training=training, aux=Context())
     opdef = op_registry.get(d.op, node=node)
     if getattr(opdef, "kernel_writes_all_outputs", False):   # e.g. LayerNormalization's Mean and InvStdDev

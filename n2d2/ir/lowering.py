@@ -24,6 +24,9 @@ PARALLEL_MIN_ELEMENTS = 200_000
 WIDE_MIN_EFFICIENCY = 0.75
 WIDE_MAX_WASTED_ROWS = 2.0
 WIDE_IM2COL_BYTES = 1 << 20
+# image-mode convolutions with at most this many outputs per group compute their weight gradient
+# as dot products along the pixels (see Conv.c.j2, DWNT)
+DWNT_MAX_OUTPUTS = 16
 SLACK_FLOATS = 64   # readable floats after every buffer (ragged GEMM strips)
 
 

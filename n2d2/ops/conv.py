@@ -729,7 +729,16 @@ class Conv(OpDef):
             # padded convolutions copy their inputs into zero-padded planes first (when every
             # window stays inside them), so that im2col / col2im run without bounds checks
             planes = (py > 0 or px > 0) and (ho - 1) * sy + (kh - 1) * dy < hp and (wo - 1) * sx + (kw - 1) * dx < wp
-            g.update(MODE="image", PLANES=planes, Hp=hp, Wp=wp, PS=hp * wp)
+            # DWNT: the weight gradient as dot products along the block's pixels, dz[OG, CLD]
+            # col[KG, CLD]^T (n2d2_gemm_nt, wide partial sums), when OG would fill less than one
+            # 32-wide strip of the transposed product col dz^T (whose tiles then run half empty)
+            dwnt = og <= low.DWNT_MAX_OUTPUTS
+            g.update(MODE="image", PLANES=planes, Hp=hp, Wp=wp, PS=hp * wp, DWNT=dwnt, C2I=None)
+            if (planes or g["VALID"]) and wp <= 16 and wo <= 16:
+                # col2im in vector registers (Conv.c.j2, col2im_regs): lane j of the padded input
+                # row takes output column ox = (j - kx*DX) / SX of kernel column kx (16: a zero)
+                g["C2I"] = [[(j - kx * dx) // sx if j >= kx * dx and (j - kx * dx) % sx == 0
+                             and (j - kx * dx) // sx < wo else 16 for j in range(16)] for kx in range(kw)]
             if conn is not None:
                 sf.add_shared("WM", o * kg)
                 sb.add_shared("WM", o * kg)
@@ -738,8 +747,11 @@ class Conv(OpDef):
                 sf.add_private("YB", og * g["CLD"])
             sb.add_private("COL", kg * g["CLD"])
             sb.add_private("DZB", o * g["CLD"])
-            sb.add_private("DZT", nb * p * o)
-            sb.add_private("DWT", o * kg)
+            if dwnt:
+                sb.add_private("DWP", 16 * o * kg)
+            else:
+                sb.add_private("DZT", nb * p * o)
+                sb.add_private("DWT", o * kg)
             sb.add_private("DBP", o)
             sb.add_private("DUMMY", h * w)
             if planes:

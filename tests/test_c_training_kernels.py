@@ -1,0 +1,61 @@
+"""The training kernels' fast paths on the C backend against the numpy reference (float32,
+relative error 1e-5, gradients included), with the geometry flags asserted so that each path
+really runs: image-mode convolutions whose weight gradient is a product of dot products along
+the pixels (DWNT, at most 16 outputs per group) and whose col2im keeps each input plane in
+vector registers (C2I, planes up to 16 wide: stride, dilation, padding, groups, concatenated
+inputs, batches that leave a ragged last block)."""
+import numpy as np
+import pytest
+
+from tests.test_c_backend import (
+    ACTIVATIONS,
+    Suite,
+    c_backend,
+)
+
+pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
+
+LENET_TABLE = np.random.default_rng(3).random((6, 16)) < 0.6
+LENET_TABLE[:, 5] = False   # an output without input
+
+# name: (input shape, outputs, conv kwargs, expected DWNT, expected C2I)
+CONV_CASES = {
+    # LeNet's conv2 shape on an odd batch and map: 13x13 -> 9x9, blocks of images with padded columns
+    "table_5x5_valid": ((5, 6, 13, 13), 16, dict(k=(5, 5), mapping=LENET_TABLE, activation=ACTIVATIONS["relu"]),
+                        True, True),
+    # stride and dilation on padded planes (Wp = 16): the register col2im's lane tables
+    "stride2_dilation_pad": ((3, 4, 11, 12), 6, dict(k=(3, 3), stride=(2, 2), dilation=(1, 2), padding=(1, 2),
+                                                    activation=ACTIVATIONS["tanh"]), True, True),
+    # more than 16 outputs: the transposed weight-gradient GEMM, still the register col2im
+    "outputs_20": ((3, 5, 9, 9), 20, dict(k=(3, 3), padding=(1, 1), bias=False), False, True),
+    "groups": ((2, 6, 10, 10), 8, dict(k=(3, 3), groups=2, padding=(1, 1), activation=ACTIVATIONS["relu"]),
+               True, True),
+    # a plane wider than 16: the plain col2im
+    "wide_plane": ((2, 3, 18, 18), 5, dict(k=(3, 3), stride=(2, 2), padding=(1, 1)), True, False),
+}
+
+
+@pytest.fixture(scope="module")
+def conv_suite():
+    suite = Suite(seed=15)
+    for case, (shape, o, kw, _, _) in CONV_CASES.items():
+        suite.add(case, lambda net, shape=shape, o=o, kw=kw: [net.conv(net.source(shape), o, **kw)])
+    suite.add("two_inputs", lambda net: [net.conv([net.source((3, 2, 12, 12), "a"), net.source((3, 3, 12, 12), "b")],
+                                                  7, k=(5, 5), activation=ACTIVATIONS["relu"])])
+    return suite.run()
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_image_conv_training_paths(conv_suite, case):
+    p, (y,) = conv_suite.check(case)
+    g = p.geometry[y]
+    _, _, _, dwnt, c2i = CONV_CASES[case]
+    assert g["MODE"] == "image"
+    assert g["DWNT"] == dwnt
+    assert (g["C2I"] is not None) == c2i
+
+
+def test_image_conv_concatenated_inputs(conv_suite):
+    p, (y,) = conv_suite.check("two_inputs")
+    g = p.geometry[y]
+    assert g["MODE"] == "image" and g["DWNT"] and g["C2I"] is not None and len(g["inputs"]) == 2
