@@ -393,14 +393,15 @@ def test_deepnet_cell_fit_equals_the_eager_loop(kind, bn, backend):
     for key, value in expected.items():
         assert not np.array_equal(value, start[key]) or key.endswith("_biases"), key
         assert rel_err(fitted[key], value) < 1e-4, key
-    if backend == "c":   # the quantized nodes really ran on the numpy reference, the others in C
+    if backend == "c":   # every node ran compiled, the quantizers and their gradients included
         program = dn._program("training", 16)
         where = program._c.where
         graph = program.tg.graph
         quantized = [n for n in graph.nx if graph.op(n) == "FakeQuantize"
                      or graph.attrs(n).get("weight_quantizer") is not None]
-        assert quantized and all(where[n] == "numpy" for n in quantized)
-        assert any(w == "c" for w in where.values())
+        assert quantized and all(where[n] == "c" for n in quantized)
+        assert program._c.fallback_reasons == {}
+        assert all(w == "c" for n, w in where.items() if graph.op(n) not in ("Input", "Update"))
 
 
 def test_passes_keep_fake_quantize_nodes_and_results():
