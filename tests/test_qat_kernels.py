@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 import n2d2
-from tests.test_c_backend import Suite, _conv_attrs, _normal, _training_outputs, c_backend, compare, \
-    run_c_training, run_numpy_training
+from tests.test_c_backend import (
+    Suite,
+    _conv_attrs,
+    _normal,
+    _training_outputs,
+    c_backend,
+    compare,
+    run_c_training,
+    run_numpy_training,
+)
 
 pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
 
@@ -133,3 +141,48 @@ def test_inference_program_runs_the_quantizers_in_c():
     p = check_inference(net, tol=2e-5, expect_c=(x, y, z))
     assert not p.fallback_reasons
     n2d2.global_variables.seed = 0
+
+
+# -- CUDA: the same kernels on the host emulator, and compiled by nvcc ---------------------------------
+def _cuda_qat_graph():
+    from tests.test_c_backend import Net
+
+    net = Net(seed=81, name="qat_cuda")
+    x = _weighted(net, "Conv", _sat_spec(15, "Default", scaling=True))
+    y = _fake_quantize(net, x, "SAT", 15, 1.4)
+    z = _weighted(net, "Conv", _sat_spec(255, "Asymmetric"), x=y)
+    u = _fake_quantize(net, z, "LSQ", 15, np.nan)                # initialised by the first step
+    v = _weighted(net, "Conv", _sat_spec(15, "FullRange", quantize=False), x=u)   # (no CUDA Deconv)
+    w = _weighted(net, "Fc", ("LSQ", (("range", 15),)), x=v)
+    net.g.params[net.g.node(w).params["weight_step"]].array[...] = np.nan
+    net.output(w)
+    return net.g
+
+
+def test_cuda_kernels_on_the_host_emulator_equal_the_reference():
+    """Two training steps (forward, every gradient, SGD updates of the weights and of the learned
+    scalars) of a graph with every kind of quantizer: the emulated CUDA program equals numpy."""
+    from tests.test_cuda_backend import EMU, run_training
+
+    g = _cuda_qat_graph()
+    prog = run_training(g, EMU, steps=2, tol=2e-5)
+    assert not prog.fallback_reasons
+    quantized = [n for n in prog.graph.nx if prog.graph.op(n) == "FakeQuantize"
+                 or prog.graph.attrs(n).get("weight_quantizer") is not None]
+    assert len(quantized) == 6 and all(prog.where[n] == "cuda" for n in quantized)
+    assert all(prog.where[f"grad:{n}"] == "cuda" for n in quantized)
+
+
+def test_cuda_qat_source_compiles_with_nvcc():
+    from tests.test_cuda_backend import HAVE_NVCC, _RenderOnly
+
+    if not HAVE_NVCC:
+        pytest.skip("needs nvcc")
+    from n2d2.codegen.cuda_backend import CudaProgram, compile_check
+    from n2d2.ir.autodiff import build_training_graph
+
+    tg = build_training_graph(_cuda_qat_graph())
+    prog = CudaProgram(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) + tg.backward_nodes,
+                                  tg.update_nodes], training=True, device=_RenderOnly())
+    assert "sat_max_part" in prog.source and "lsq_init" in prog.source and "bwd_final" in prog.source
+    compile_check(prog.source)

@@ -488,10 +488,10 @@ def test_deepnet_cell_follows_quantizer_settings_changed_after_tracing():
         dn(x)
 
 
-def test_cuda_lowering_leaves_quantized_nodes_to_the_reference():
-    """The CUDA backend's kernel choice (no device needed): a Conv with a weight quantizer and a
-    FakeQuantize node get no kernel (they run the numpy reference on the arena views); the same
-    Conv without quantizer gets one."""
+def test_cuda_and_c_lowerings_give_quantized_nodes_kernels():
+    """The CUDA and C backends' kernel choice (no device needed): a Conv with a weight quantizer
+    and a FakeQuantize node get kernels (the quantizers' own: templates/*/ops/FakeQuantize), as
+    the same Conv without quantizer does."""
     from n2d2.codegen import c_backend, cuda_backend
     from n2d2.ir.trace import trace
 
@@ -504,12 +504,12 @@ def test_cuda_lowering_leaves_quantized_nodes_to_the_reference():
     for quantized in (True, False):
         g = graph(quantized)
         conv = next(n for n in g.nx if g.op(n) == "Conv")
-        found = cuda_backend._geometry(g, conv, True, lambda a: True)
-        assert (found is None) == quantized
-        assert (c_backend._geometry(g, conv, True) is None) == quantized
+        assert cuda_backend._geometry(g, conv, True, lambda a: True) is not None
+        assert c_backend._geometry(g, conv, True) is not None
         for n in g.nx:
             if g.op(n) == "FakeQuantize":
-                assert cuda_backend._geometry(g, n, True, lambda a: True) is None
+                assert cuda_backend._geometry(g, n, True, lambda a: True)["KIND"] == "SAT"
+                assert c_backend._geometry(g, n, True)["KIND"] == "SAT"
 
 
 def test_get_quantized_weights_biases_and_full_precision_activations():

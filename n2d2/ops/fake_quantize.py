@@ -63,6 +63,14 @@ class FakeQuantize(OpDef):
     def lower_cuda(self, graph, node, training):
         return self._lower(graph, node, training)
 
+    def plan_cuda_forward(self, n, g, k):
+        return plan_quantizer_forward(g, n.x[0].ptr, n.y.ptr, n.p.quant_param, n.aux.save, k)
+
+    def plan_cuda_backward(self, n, g, k):
+        dp = n.dp["quant_param"].ptr if "quant_param" in n.dp else None
+        return plan_quantizer_backward(g, n.fwd.x[0].ptr, n.dy.ptr, n.dx[0].ptr if n.dx[0] is not None else None,
+                                       dp, n.fwd.aux.save, k, scale=g.get("G", 1.0))
+
 
 def quantizer_geometry(spec, size, signed, training, where, n_out=1):
     """Geometry of a fake-quantizer over `size` values (an activation, or a weight tensor when
@@ -114,7 +122,8 @@ def weight_quantizer_geometry(graph, node, training):
         return None
     opdef = ir_ops.get(d.op, node=node)
     w = graph.params[d.params["weights"]].array
-    g = quantizer_geometry(spec, w.size, True, training, f"node '{node}' ({d.op})", ir_ops._sat_fan_out(opdef, d.attrs, w))
+    g = quantizer_geometry(spec, w.size, True, training, f"node '{node}' ({d.op})",
+                           ir_ops._sat_fan_out(opdef, d.attrs, w))
     if isinstance(g, Unsupported) or g["KIND"] != "LSQ" or not training:
         return g
     step = d.params.get("weight_step")
@@ -123,3 +132,67 @@ def weight_quantizer_geometry(graph, node, training):
     if graph.params[step].trainable and not graph.params[d.params["weights"]].trainable:
         return Unsupported(f"node '{node}' ({d.op}): LSQ step trained with frozen weights (no weight gradient kernel)")
     return g
+
+
+# -- CUDA launch plans (templates/cuda/ops/FakeQuantize.cu.j2; k: the backend's launch helpers) --------
+CUDA_TEMPLATE = "cuda/ops/FakeQuantize.cu.j2"
+_PART = "((double *)(arena + N2D2_SCRATCH_OFF))"
+
+
+def _cuda(spec):
+    spec["template"] = CUDA_TEMPLATE   # the weight quantizer's kernels run inside a Conv / Fc / Deconv plan
+    return spec
+
+
+def _reduction(k, macro, size, doubles=1, **fields):
+    """A kernel whose S blocks each reduce a slice of `size` values into `doubles` partials."""
+    s = k.reduction_splits(1, size)
+    return _cuda(k.kernel(macro, (s, 1, 1), barrier=True, S=s, CH=k.ceil(size, s), SIZE=size, part=_PART,
+                          scratch=8 * doubles * s, **fields))
+
+
+def _single(k, macro, reduction, **fields):
+    """The one-thread kernel that finishes `reduction` (adds its partials in order)."""
+    return _cuda(k.kernel(macro, (1, 1, 1), S=reduction.S, SIZE=reduction.SIZE, part=_PART, **fields))
+
+
+def plan_quantizer_forward(q, x, y, p, save, k):
+    """Kernels of a fake-quantizer forward (geometry q): `y` = quantized `x`; `p` the learned scalar
+    (SAT activation alpha, LSQ step; None for SAT weights), `save` the doubles for the backward."""
+    size = q["SIZE"]
+    if q["KIND"] == "LSQ":
+        part = _reduction(k, "lsq_init_part", size, q=q, X=x, P=p)
+        return [part, _single(k, "lsq_init", part, q=q, P=p, SAVE=save),
+                _cuda(k.elementwise("lsq_fwd", size, q=q, X=x, Y=y, SAVE=save))]
+    if not q["SIGNED"]:
+        return [_cuda(k.elementwise("sat_fwd", size, q=q, X=x, Y=y, P=p, SAVE=save))]
+    part = _reduction(k, "sat_max_part", size, q=q, X=x)
+    specs = [part, _single(k, "sat_max", part, q=q, SAVE=save)]
+    if q["SCALING"] and size > 1:
+        var = _reduction(k, "sat_var_part", size, doubles=2, q=q, X=x, SAVE=save)
+        specs += [var, _single(k, "sat_scale", var, q=q, SAVE=save)]
+    return specs + [_cuda(k.elementwise("sat_apply", size, q=q, X=x, Y=y, SAVE=save))]
+
+
+def plan_quantizer_backward(q, x, dy, dx, dp, save, k, scale=1.0):
+    """Kernels of a fake-quantizer backward: `dx` (may be `dy`: in place; None: not needed) and
+    `dp` = `scale` * sum dy * dy_hat/dscalar (None: not needed)."""
+    if q["KIND"] == "SAT" and q["SIGNED"]:
+        return [_cuda(k.elementwise("sat_bwd", q["SIZE"], q=q, X=x, DX=dx, SAVE=save))]
+    part = _reduction(k, "bwd_part", q["SIZE"], q=q, X=x, DY=dy, DX=dx, DP=dp, SAVE=save)
+    return [part] + ([_single(k, "bwd_final", part, q=q, DP=dp, SCALE=float(scale))] if dp else [])
+
+
+def plan_weight_forward(wq, k):
+    """Kernels computing the quantized weights of a node (its context's `wq`) before its forward."""
+    return plan_quantizer_forward(wq.g, wq.w, wq.wq, wq.get("step"), wq.save, k)
+
+
+def plan_weight_backward(wq, dp, k):
+    """Kernels mapping dL/dw_hat (written in dp.weights by the node's backward) to dL/dw in place,
+    and LSQ's step gradient (dp.weight_step)."""
+    if "weights" not in dp:
+        return []
+    step = dp["weight_step"].ptr if "weight_step" in dp else None
+    return plan_quantizer_backward(wq.g, wq.w, dp["weights"].ptr, dp["weights"].ptr, step, wq.save, k,
+                                   scale=wq.g.get("G", 1.0))
