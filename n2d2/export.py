@@ -216,6 +216,10 @@ def unsupported_nodes(graph) -> list:
         if not _has_forward(op):
             out.append((node, op, f"no C forward kernel for op {op} (n2d2/templates/c/ops/{op}.c.j2)"))
             continue
+        if op == "FakeQuantize" or graph.attrs(node).get("weight_quantizer") is not None:
+            out.append((node, op, "a QAT fake-quantizer: the float export does not carry them; export the "
+                        "integer network from the learned ranges (nb_bits=8, qat_sat=True)"))
+            continue
         types = list(graph.input_types(node)) + list(graph.output_types(node))
         if any(t.dtype != "float32" for t in types):
             out.append((node, op, "tensors are not all float32: " + ", ".join(str(t) for t in types)))
