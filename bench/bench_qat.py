@@ -16,16 +16,25 @@ SGD with momentum and a learning rate decaying per epoch to 4 % (upstream: lr 0.
 no decay over 100 epochs); `--upstream-solver` uses upstream's plain SGD(0.05). fit keeps the
 best-validation weights of each phase, as upstream's scripts (they validate every epoch).
 
+After training, `--fuse` quantizes the QAT network to 8-bit integers from its learned ranges
+(n2d2.quantizer.fuse_qat, no calibration) and reports the integer simulation's accuracy;
+`--export DIR` also writes the integer C program (export_c(nb_bits=8, qat_sat=True)), builds and
+runs it on the 10,000 Test images and compares its outputs with the simulation bit for bit.
+
     python bench/bench_qat.py [--seeds 1 2] [--clamp-epochs 8] [--quant-epochs 8] [--backend c]
+                              [--fuse [--scaling FIXED_MULT32] [--export DIR]]
 """
 import argparse
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
+import numpy as np
 from repo_info import git_commit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,7 +44,9 @@ import n2d2  # noqa: E402
 from n2d2 import training  # noqa: E402
 from n2d2.activation import Linear, Rectifier  # noqa: E402
 from n2d2.cells import BatchNorm2d, Conv, Dropout, Fc, Pool2d, Sequence, Softmax  # noqa: E402
-from n2d2.quantizer import SATAct, SATCell  # noqa: E402
+from n2d2.export import export_c  # noqa: E402
+from n2d2.quantization.ptq import read_stimuli  # noqa: E402
+from n2d2.quantizer import SATAct, SATCell, fuse_qat  # noqa: E402
 from n2d2.solver import SGD  # noqa: E402
 
 
@@ -104,6 +115,30 @@ def _phase(args, provider, quantize, epochs, weights_in, weights_out, workdir):
     return 100.0 * accuracy, nb, seconds, dn
 
 
+def _integer_export(args, dn, provider, seed):
+    """fuse_qat (learned ranges, no calibration): the integer simulation's Test accuracy, and with
+    --export the exported C program (built, run on every Test stimulus, compared bit for bit)."""
+    x, y = read_stimuli(provider, "Test", -1)
+    net = fuse_qat(dn, provider, args.scaling)
+    out = {"simulation": 100.0 * net.accuracy(x, y)}
+    print(f"seed {seed}: fuse_qat ({args.scaling}, 8-bit integers, no calibration): integer simulation "
+          f"{out['simulation']:.2f} % on {len(x)} Test images")
+    if args.export:
+        folder = export_c(dn, nb_bits=8, qat_sat=True, act_scaling_mode=args.scaling, overwrite=True,
+                          export_folder_name=os.path.join(args.export, f"seed{seed}"), export_nb_stimuli_max=-1)
+        subprocess.run(["make", "-s"], cwd=folder, check=True, capture_output=True)
+        run = subprocess.run([os.path.join(folder, "bin", "network_test"), "-q", "-d", str(len(x)), "outputs.bin"],
+                             cwd=folder, check=True, capture_output=True, text=True)
+        got = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<i4").reshape(len(x), -1)
+        ref = net.run(net.quantize_input(x)).reshape(len(x), -1)
+        rate = re.search(r"Success rate = ([0-9.]+)%", run.stdout).group(1)
+        exact = bool(np.array_equal(got, ref))
+        out["program"] = f"{rate} %, {'bit-exact' if exact else 'DIFFERS'}"
+        print(f"seed {seed}: exported int8 C program ({folder}): success rate {rate} %, outputs "
+              f"{'equal the simulation bit for bit' if exact else 'DIFFER from the simulation'}")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
@@ -115,6 +150,10 @@ def main(argv=None):
     ap.add_argument("--backend", default="c", choices=("c", "numpy", "cuda"))
     ap.add_argument("--data", default=os.environ.get("N2D2_MNIST", "/work/shared/data/mnist"))
     ap.add_argument("--limit", type=int, default=0, help="learn / test images (0: all; smoke runs)")
+    ap.add_argument("--fuse", action="store_true", help="fuse_qat after training: the int8 simulation's accuracy")
+    ap.add_argument("--scaling", default="FIXED_MULT32", help="act_scaling_mode of the fused network")
+    ap.add_argument("--export", default=None, help="with --fuse: export the int8 C program under this folder, "
+                    "build, run and compare it with the simulation")
     args = ap.parse_args(argv)
     print(f"bench_qat: commit {git_commit()}, {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
@@ -133,13 +172,15 @@ def main(argv=None):
             clamped = os.path.join(work, "weights_clamped")
             acc1, _, t1, _ = _phase(args, provider, False, args.clamp_epochs, None, clamped, work)
             print(f"seed {seed}: clamp phase test accuracy {acc1:.2f} % ({t1:.0f} s)")
-            acc2, nb, t2, _ = _phase(args, provider, True, args.quant_epochs, clamped, None, work)
+            acc2, nb, t2, dn = _phase(args, provider, True, args.quant_epochs, clamped, None, work)
             print(f"seed {seed}: 4-bit SAT (W4A4, first/last weights 8-bit) test accuracy {acc2:.2f} % on {nb} "
                   f"images ({t2:.0f} s)")
-        results.append((seed, acc1, acc2, t1 + t2))
-    print("\nseed | clamp phase | 4-bit SAT | training time")
-    for seed, a1, a2, t in results:
-        print(f"{seed} | {a1:.2f} % | {a2:.2f} % | {t:.0f} s")
+            integer = _integer_export(args, dn, provider, seed) if args.fuse else {}
+        results.append((seed, acc1, acc2, t1 + t2, integer))
+    print("\nseed | clamp phase | 4-bit SAT (QAT model) | fused int8 simulation | exported program | training time")
+    for seed, a1, a2, t, integer in results:
+        print(f"{seed} | {a1:.2f} % | {a2:.2f} % | {integer.get('simulation', float('nan')):.2f} % | "
+              f"{integer.get('program', 'not run')} | {t:.0f} s")
     mean = statistics.mean(r[2] for r in results)
     print(f"mean 4-bit SAT test accuracy over {len(results)} seeds: {mean:.2f} % (target >= 99.2 %)")
     return 0

@@ -48,7 +48,7 @@ from n2d2.names import c_comment, c_identifier
 from n2d2.provider.data_provider import DataProvider
 from n2d2.quantization import export as int_export
 from n2d2.quantization.ptq import quantize_network
-from n2d2.quantization.qat import fuse_qat
+from n2d2.quantization.qat import UNLEARNED_STIMULI, fuse_qat
 from n2d2.utils import current_umask, write_inside
 
 __all__ = ["available_export", "ExportError", "export_c", "export_cpp", "export_cpp_stm32", "export_tensor_rt",
@@ -557,11 +557,16 @@ def _export_integer(generator, deepnet_cell, provider, nb_bits, export_folder_na
     options = _check_options(kwargs, scaling_default, forbidden_scaling=forbidden)
     if nb_bits > 16:
         raise WrongValue("nb_bits", nb_bits, ["1..16 (integer export)", "-32 (float32, export_c)"])
+    network = None
+    if options["qat_SAT"]:   # a QAT-trained network: its learned ranges (n2d2.quantization.qat)
+        network = fuse_qat(deepnet_cell, provider if provider is not None else deepnet_cell.get_provider(),
+                           act_scaling_mode=options["act_scaling_mode"], nb_bits=nb_bits,
+                           calibration=options["calibration"] or UNLEARNED_STIMULI)
     folder = _project_folder(export_folder_name, generator, nb_bits, export_nb_stimuli_max, overwrite)
     provider = provider if provider is not None else deepnet_cell.get_provider()
     _check_provider(provider)
-    if options["qat_SAT"]:   # a QAT-trained network: its learned ranges, no calibration (n2d2.quantization.qat)
-        network = fuse_qat(deepnet_cell, provider, act_scaling_mode=options["act_scaling_mode"], nb_bits=nb_bits)
+    if network is not None:
+        pass
     elif options["calibration"] == 0:
         network = getattr(deepnet_cell, "_integer_network", None)
         if network is None or network.nb_bits != nb_bits:

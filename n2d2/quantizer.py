@@ -366,11 +366,13 @@ def PTQ(deepnet_cell, nb_bits, nb_sitmuli=-1, provider=None, no_unsigned=False, 
 
 
 def fuse_qat(deep_net, provider=None, act_scaling_mode="FLOAT_MULT", w_mode="NONE", b_mode="NONE", c_mode="NONE",
-             nb_bits=8, input_range=1.0):
+             nb_bits=8, input_range=1.0, calibration=256):
     """Upstream's `n2d2.quantizer.fuse_qat` for a network trained with SAT / LSQ quantizers: its
-    `nb_bits` integer network from the learned ranges (no calibration; reference section 3.11,
-    n2d2.quantization.qat), attached to the DeepNetCell (`run_test()` then reports the integer
-    simulation, `export_c / export_cpp(nb_bits, calibration=0)` export it) and returned.
+    `nb_bits` integer network from the learned ranges (reference section 3.11,
+    n2d2.quantization.qat: the layers QAT left float, e.g. the classifier, are measured on
+    `calibration` stimuli of `provider`; the quantized activations are not), attached to the
+    DeepNetCell (`run_test()` then reports the integer simulation, `export_c / export_cpp(nb_bits,
+    calibration=0)` export it) and returned.
 
     `deep_net`: the DeepNetCell (upstream passes `x.get_deepnet()`; our cells' DeepNet is a
     trace, not the compiled network: pass the DeepNetCell). The cell's float parameters and its
@@ -386,4 +388,4 @@ def fuse_qat(deep_net, provider=None, act_scaling_mode="FLOAT_MULT", w_mode="NON
         raise WrongInputType("nb_bits", type(nb_bits), ["int"])
     from n2d2.quantization.qat import fuse_qat as fuse  # runs the compiler's passes (see test_import_structure)
 
-    return fuse(deep_net, provider, act_scaling_mode, w_mode, b_mode, c_mode, int(nb_bits), input_range)
+    return fuse(deep_net, provider, act_scaling_mode, w_mode, b_mode, c_mode, int(nb_bits), input_range, calibration)
