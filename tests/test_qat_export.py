@@ -60,6 +60,20 @@ def test_fused_network_uses_the_learned_ranges(sat):
     assert any(dn.get_graph().attrs(n).get("weight_quantizer") for n in dn.get_graph().nx)
 
 
+def test_run_test_qat_sat_reports_the_fused_integer_network(sat):
+    """Upstream's `-test -qat-sat`: run_test(qat_sat=True) fuses (when not done yet) and scores
+    the integer simulation."""
+    dn = sat["dn"]
+    dn._integer_network = None
+    try:
+        rate = dn.run_test(qat_sat=True, act_scaling_mode="SINGLE_SHIFT")
+        net = dn._integer_network
+        assert net is not None and net.act_scaling_mode == "SINGLE_SHIFT"
+        assert rate == pytest.approx(net.accuracy(sat["x"], sat["y"]))
+    finally:
+        dn._integer_network = None
+
+
 def test_lsq_network_fuses_and_agrees(lsq):
     net = fuse_qat(lsq["dn"], lsq["provider"], "NONE", "RINTF", "RINTF", "RINTF")
     assert net.act_scaling_mode == "FLOAT_MULT"
