@@ -17,7 +17,8 @@ no decay over 100 epochs); `--upstream-solver` uses upstream's plain SGD(0.05). 
 best-validation weights of each phase, as upstream's scripts (they validate every epoch).
 
 After training, `--fuse` quantizes the QAT network to 8-bit integers from its learned ranges
-(n2d2.quantizer.fuse_qat, no calibration) and reports the integer simulation's accuracy;
+(n2d2.quantizer.fuse_qat; fc1 and fc2, which QAT leaves float, are measured on 256 Validation
+stimuli) and reports the integer simulation's accuracy;
 `--export DIR` also writes the integer C program (export_c(nb_bits=8, qat_sat=True)), builds and
 runs it on the 10,000 Test images and compares its outputs with the simulation bit for bit.
 
@@ -116,13 +117,14 @@ def _phase(args, provider, quantize, epochs, weights_in, weights_out, workdir):
 
 
 def _integer_export(args, dn, provider, seed):
-    """fuse_qat (learned ranges, no calibration): the integer simulation's Test accuracy, and with
+    """fuse_qat (the learned ranges; the layers QAT left float measured on 256 Validation stimuli):
+    the integer simulation's Test accuracy, and with
     --export the exported C program (built, run on every Test stimulus, compared bit for bit)."""
     x, y = read_stimuli(provider, "Test", -1)
     net = fuse_qat(dn, provider, args.scaling)
     out = {"simulation": 100.0 * net.accuracy(x, y)}
-    print(f"seed {seed}: fuse_qat ({args.scaling}, 8-bit integers, no calibration): integer simulation "
-          f"{out['simulation']:.2f} % on {len(x)} Test images")
+    print(f"seed {seed}: fuse_qat ({args.scaling}, 8-bit integers, learned ranges; fc1 / fc2 measured on "
+          f"{net.options['unlearned_ranges']}): integer simulation {out['simulation']:.2f} % on {len(x)} Test images")
     if args.export:
         folder = export_c(dn, nb_bits=8, qat_sat=True, act_scaling_mode=args.scaling, overwrite=True,
                           export_folder_name=os.path.join(args.export, f"seed{seed}"), export_nb_stimuli_max=-1)
