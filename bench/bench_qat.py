@@ -22,7 +22,7 @@ stimuli) and reports the integer simulation's accuracy;
 `--export DIR` also writes the integer C program (export_c(nb_bits=8, qat_sat=True)), builds and
 runs it on the 10,000 Test images and compares its outputs with the simulation bit for bit.
 
-    python bench/bench_qat.py [--seeds 1 2] [--clamp-epochs 8] [--quant-epochs 8] [--backend c]
+    python bench/bench_qat.py [--seeds 1 2] [--clamp-epochs 12] [--quant-epochs 60] [--backend c]
                               [--fuse [--scaling FIXED_MULT32] [--export DIR]]
 """
 import argparse
@@ -144,8 +144,8 @@ def _integer_export(args, dn, provider, seed):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--clamp-epochs", type=int, default=8)
-    ap.add_argument("--quant-epochs", type=int, default=8)
+    ap.add_argument("--clamp-epochs", type=int, default=12)
+    ap.add_argument("--quant-epochs", type=int, default=60)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--upstream-solver", action="store_true", help="plain SGD(0.05) as upstream")
