@@ -158,6 +158,11 @@ def step_key(cell, tensors, deepnet):
             return None
         roles.append((role, id(array), array.shape, array.dtype.str, id(solver),
                       None if solver is None else solver._config))
+    quantizer = cell.activation_quantizer() if hasattr(cell, "activation_quantizer") else None
+    if quantizer is not None:   # the FakeQuantize node the trace adds after the cell: its spec and learned scalar
+        scalar, solver = quantizer.learnable()
+        attrs = dict(attrs, activation_quantizer=quantizer.ir_spec())
+        roles.append(("activation_quantizer", id(scalar), scalar.shape, scalar.dtype.str, id(solver), solver._config))
     return (id(cell), op, bool(cell._inference), attrs, cell._config, tuple(roles), tuple(sources))
 
 

@@ -52,6 +52,7 @@ from n2d2.provider.data_provider import DataProvider
 from n2d2.quantization import export as int_export
 from n2d2.quantization.onnx_qdq import qdq_model
 from n2d2.quantization.ptq import quantize_network
+from n2d2.quantization.qat import UNLEARNED_STIMULI, fuse_qat
 from n2d2.utils import current_umask, write_inside
 
 __all__ = ["available_export", "ExportError", "export_c", "export_cpp", "export_cpp_stm32", "export_onnx",
@@ -219,6 +220,10 @@ def unsupported_nodes(graph) -> list:
             continue
         if not _has_forward(op):
             out.append((node, op, f"no C forward kernel for op {op} (n2d2/templates/c/ops/{op}.c.j2)"))
+            continue
+        if op == "FakeQuantize" or graph.attrs(node).get("weight_quantizer") is not None:
+            out.append((node, op, "a QAT fake-quantizer: the float export does not carry them; export the "
+                        "integer network from the learned ranges (nb_bits=8, qat_sat=True)"))
             continue
         types = list(graph.input_types(node)) + list(graph.output_types(node))
         if any(t.dtype != "float32" for t in types):
@@ -553,14 +558,15 @@ def export_cpp(deepnet_cell, provider=None, optimize_buffer_memory: bool = True,
 def _check_integer(function, nb_bits, options):
     if nb_bits > 16:
         raise WrongValue("nb_bits", nb_bits, ["1..16 (integer export)", "-32 (float32, export_c)"])
-    if options["qat_SAT"]:
-        raise NotImplementedError(f"{function}: qat_sat=True (export of a SAT-fused network) is not "
-                                  "implemented; PTQ export only")
 
 
 def _integer_network(function, deepnet_cell, provider, nb_bits, options):
-    """The IntegerNetwork an integer export writes: PTQ with the export's keywords, or the cell's
-    earlier `n2d2.quantizer.PTQ` with calibration=0 (RuntimeError, as upstream, when none)."""
+    """The IntegerNetwork an integer export writes: with qat_sat=True the QAT-trained network's
+    learned ranges (n2d2.quantization.qat.fuse_qat); else PTQ with the export's keywords, or the
+    cell's earlier `n2d2.quantizer.PTQ` with calibration=0 (RuntimeError, as upstream, when none)."""
+    if options["qat_SAT"]:
+        return fuse_qat(deepnet_cell, provider, act_scaling_mode=options["act_scaling_mode"], nb_bits=nb_bits,
+                        calibration=options["calibration"] or UNLEARNED_STIMULI)
     if options["calibration"] == 0:
         network = getattr(deepnet_cell, "_integer_network", None)
         if network is None or network.nb_bits != nb_bits:

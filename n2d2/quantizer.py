@@ -20,7 +20,8 @@ from n2d2.settings import global_variables
 from n2d2.solver import SGD, Solver
 from n2d2.tensor import Tensor
 
-__all__ = ["Quantizer", "CellQuantizer", "ActivationQuantizer", "SATCell", "SATAct", "LSQCell", "LSQAct", "PTQ"]
+__all__ = ["Quantizer", "CellQuantizer", "ActivationQuantizer", "SATCell", "SATAct", "LSQCell", "LSQAct", "PTQ",
+           "fuse_qat"]
 
 
 def _range_spec():
@@ -362,3 +363,29 @@ def PTQ(deepnet_cell, nb_bits, nb_sitmuli=-1, provider=None, no_unsigned=False, 
                                act_scaling_mode=act_scaling_mode, act_rescale_per_output=act_rescale_per_output)
     deepnet_cell._integer_network = network
     return network
+
+
+def fuse_qat(deep_net, provider=None, act_scaling_mode="FLOAT_MULT", w_mode="NONE", b_mode="NONE", c_mode="NONE",
+             nb_bits=8, input_range=1.0, calibration=256):
+    """Upstream's `n2d2.quantizer.fuse_qat` for a network trained with SAT / LSQ quantizers: its
+    `nb_bits` integer network from the learned ranges (reference section 3.11,
+    n2d2.quantization.qat: the layers QAT left float, e.g. the classifier, are measured on
+    `calibration` stimuli of `provider`; the quantized activations are not), attached to the
+    DeepNetCell (`run_test()` then reports the integer simulation, `export_c / export_cpp(nb_bits,
+    calibration=0)` export it) and returned.
+
+    `deep_net`: the DeepNetCell (upstream passes `x.get_deepnet()`; our cells' DeepNet is a
+    trace, not the compiled network: pass the DeepNetCell). The cell's float parameters and its
+    quantizers are left unchanged (upstream modifies the graph in place: docs/compatibility.md).
+    `act_scaling_mode`: NONE (= FLOAT_MULT), FLOAT_MULT, FIXED_MULT16/32, SINGLE_SHIFT,
+    DOUBLE_SHIFT; `w_mode` / `b_mode` / `c_mode`: NONE or RINTF (no effect: the integer program
+    is integer in every mode); an unknown string raises KeyError, as upstream."""
+    for name, value in (("act_scaling_mode", act_scaling_mode), ("w_mode", w_mode), ("b_mode", b_mode),
+                        ("c_mode", c_mode)):
+        if not isinstance(value, str):
+            raise WrongInputType(name, type(value), ["str"])
+    if isinstance(nb_bits, bool) or not isinstance(nb_bits, (int, np.integer)):
+        raise WrongInputType("nb_bits", type(nb_bits), ["int"])
+    from n2d2.quantization.qat import fuse_qat as fuse  # runs the compiler's passes (see test_import_structure)
+
+    return fuse(deep_net, provider, act_scaling_mode, w_mode, b_mode, c_mode, int(nb_bits), input_range, calibration)

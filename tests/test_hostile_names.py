@@ -117,6 +117,13 @@ def zoo(graph_name: str):
     outs.append(net.op("OnnxNode", [x], {"op": "OnnxMul", "attrs": {}, "slots": (("x", 0), ("p", "in0", "float32")),
                                          "shapes": ((3, 6, 6),), "batch_keys": ()},
                        {"in0": _normal(net.rng, (3, 1, 1))}, name=H("onnx node", next(k))))
+    # QAT: a Conv with fake-quantized weights (SAT, scaled) and an LSQ activation quantizer
+    sat = ("SAT", (("apply_quantization", True), ("apply_scaling", True), ("quant_mode", "Default"), ("range", 15)))
+    qconv = net.op("Conv", [x], {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "sub_sample": (1, 1),
+                                 "groups": 1, "mapping": None, "activation": None, "weight_quantizer": sat},
+                   {"weights": _normal(net.rng, (2, 3, 3, 3), 0.3)}, name=H("qat conv", next(k)))
+    outs.append(net.op("FakeQuantize", [qconv], {"quantizer": ("LSQ", (("range", 15),))},
+                       {"quant_param": np.array([0.2], dtype=np.float32)}, name=H("fake quantize", next(k))))
     return net.output(*outs)
 
 

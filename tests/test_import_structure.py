@@ -43,6 +43,8 @@ ALLOWED_DEFERRED = {
     ("n2d2.cells.deepnet_cell", "n2d2.frontends.ini.builder"): "DeepNetCell.load_from_INI (upstream API)",
     ("n2d2.quantizer", "n2d2.quantization.ptq"): "quantizer.PTQ runs the compiler (passes, networkx); every cell "
         "imports n2d2.quantizer, and `import n2d2` must not load the compiler",
+    ("n2d2.quantizer", "n2d2.quantization.qat"): "quantizer.fuse_qat runs the compiler's passes, as PTQ (same "
+        "reason)",
     ("n2d2.codegen.backends", "<dynamic>"): "the backend registry imports a backend module when it is asked for "
         "(BACKEND_MODULES: C loads the compiler driver, CUDA CuPy)",
     ("n2d2.cells.deepnet_cell", "n2d2.frontends.onnx_import"): "DeepNetCell.load_from_ONNX (upstream API; loads onnx)",

@@ -92,7 +92,9 @@ def test_properties_replace_the_old_op_lists():
         # issue 12, matmul: MatMul and Erf
         "OnnxMatMul", "OnnxErf",
         # issue 12, cudaloose: LRN (templates/cuda/ops/LRN.cu.j2)
-        "LRN"}
+        "LRN",
+        # issue 13, qat: the fake-quantizers (templates/cuda/ops/FakeQuantize.cu.j2)
+        "FakeQuantize"}
     assert defs["Pool"].preserves_sign({"mapping": None}) and not defs["Pool"].preserves_sign({"mapping": 1})
     assert not defs["Conv"].batchnorm_fold_ok({"sub_sample": (2, 1)}) and defs["Conv"].batchnorm_fold_ok({})
 

@@ -393,14 +393,15 @@ def test_deepnet_cell_fit_equals_the_eager_loop(kind, bn, backend):
     for key, value in expected.items():
         assert not np.array_equal(value, start[key]) or key.endswith("_biases"), key
         assert rel_err(fitted[key], value) < 1e-4, key
-    if backend == "c":   # the quantized nodes really ran on the numpy reference, the others in C
+    if backend == "c":   # every node ran compiled, the quantizers and their gradients included
         program = dn._program("training", 16)
         where = program._c.where
         graph = program.tg.graph
         quantized = [n for n in graph.nx if graph.op(n) == "FakeQuantize"
                      or graph.attrs(n).get("weight_quantizer") is not None]
-        assert quantized and all(where[n] == "numpy" for n in quantized)
-        assert any(w == "c" for w in where.values())
+        assert quantized and all(where[n] == "c" for n in quantized)
+        assert program._c.fallback_reasons == {}
+        assert all(w == "c" for n, w in where.items() if graph.op(n) not in ("Input", "Update"))
 
 
 def test_passes_keep_fake_quantize_nodes_and_results():
@@ -487,10 +488,10 @@ def test_deepnet_cell_follows_quantizer_settings_changed_after_tracing():
         dn(x)
 
 
-def test_cuda_lowering_leaves_quantized_nodes_to_the_reference():
-    """The CUDA backend's kernel choice (no device needed): a Conv with a weight quantizer and a
-    FakeQuantize node get no kernel (they run the numpy reference on the arena views); the same
-    Conv without quantizer gets one."""
+def test_cuda_and_c_lowerings_give_quantized_nodes_kernels():
+    """The CUDA and C backends' kernel choice (no device needed): a Conv with a weight quantizer
+    and a FakeQuantize node get kernels (the quantizers' own: templates/*/ops/FakeQuantize), as
+    the same Conv without quantizer does."""
     from n2d2.codegen import c_backend, cuda_backend
     from n2d2.ir.trace import trace
 
@@ -503,12 +504,12 @@ def test_cuda_lowering_leaves_quantized_nodes_to_the_reference():
     for quantized in (True, False):
         g = graph(quantized)
         conv = next(n for n in g.nx if g.op(n) == "Conv")
-        found = cuda_backend._geometry(g, conv, True, lambda a: True)
-        assert (found is None) == quantized
-        assert (c_backend._geometry(g, conv, True) is None) == quantized
+        assert cuda_backend._geometry(g, conv, True, lambda a: True) is not None
+        assert c_backend._geometry(g, conv, True) is not None
         for n in g.nx:
             if g.op(n) == "FakeQuantize":
-                assert cuda_backend._geometry(g, n, True, lambda a: True) is None
+                assert cuda_backend._geometry(g, n, True, lambda a: True)["KIND"] == "SAT"
+                assert c_backend._geometry(g, n, True)["KIND"] == "SAT"
 
 
 def test_get_quantized_weights_biases_and_full_precision_activations():
@@ -553,24 +554,26 @@ def test_float_export_refuses_a_quantized_graph(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_eager_compile_leaves_quantized_cells_eager_and_equal():
-    """`global_variables.eager_compile`: a quantized cell's call is not compiled (its learned
-    scalars are the eager path's), and the loop equals the plain eager loop."""
+@pytest.mark.parametrize("kind,bn", [("LSQ", False), ("SAT", True)])
+def test_eager_compile_runs_quantized_cells_compiled_and_equal(kind, bn):
+    """`global_variables.eager_compile`: the eager loop of a quantized network is replayed as its
+    compiled training program (the quantizers' kernels, their learned scalars stepped by their
+    own solvers), and equals the plain eager loop."""
     from n2d2 import eager_compile
 
     results = []
     for compiled in (False, True):
         provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
-        model = _lenet_like("LSQ")
+        model = _lenet_like(kind, bn)
         old = n2d2.global_variables.eager_compile
         n2d2.global_variables.eager_compile = compiled
         try:
-            assert not model[0]._compilable() and model[1]._compilable()
+            assert model[0]._compilable() and model[1]._compilable()
             before = eager_compile.stats.training_replays
             _eager_epoch(model, provider)
-            assert eager_compile.stats.training_replays == before
+            assert (eager_compile.stats.training_replays > before) == compiled
         finally:
             n2d2.global_variables.eager_compile = old
         results.append(_learned(model))
     for key, value in results[0].items():
-        assert rel_err(results[1][key], value) < 1e-6, key
+        assert rel_err(results[1][key], value) < 1e-4, key

@@ -31,6 +31,7 @@ from n2d2.ir.types import GraphError
 from n2d2.names import file_stem
 from n2d2.provider.base import Provider, TensorPlaceholder
 from n2d2.quantization.ptq import read_stimuli
+from n2d2.quantization.qat import fuse_qat
 from n2d2.settings import global_variables
 from n2d2.target import Score
 from n2d2.tensor import Tensor
@@ -608,7 +609,9 @@ class DeepNetCell(Iterable):
         per-batch average, weighs a partial last batch like a full one)."""
         if self._provider is None or self._target is None:
             raise RuntimeError(f"DeepNetCell '{self._name}': run_test() needs a provider and a target")
-        if getattr(self, "_integer_network", None) is not None:   # after n2d2.quantizer.PTQ
+        if qat_sat and getattr(self, "_integer_network", None) is None:   # upstream's -test -qat-sat
+            fuse_qat(self, self._provider, act_scaling_mode, wt_round_mode, b_round_mode, c_round_mode)
+        if getattr(self, "_integer_network", None) is not None:   # after n2d2.quantizer.PTQ / fuse_qat
             return self._run_integer_test(nb_test)
         self._world = distributed.current() if nb_test < 0 else distributed.LocalWorld()
         try:

@@ -47,6 +47,7 @@ from n2d2.ir.lowering import Scratch as _Scratch
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
 from n2d2.ops.dropout import dropout_mask
+from n2d2.ops.fake_quantize import weight_quantizer_geometry
 from n2d2.settings import global_variables
 from n2d2.solver import SGD, parse_clamping
 
@@ -82,8 +83,9 @@ def _lower(graph, node, training):
     types = list(graph.input_types(node)) + list(graph.output_types(node))
     if any(t.dtype != "float32" for t in types):
         return Unsupported("tensors are not all float32: " + ", ".join(str(t) for t in types))
-    if attrs.get("weight_quantizer") is not None:
-        return Unsupported("fake-quantized weights: the numpy reference runs it")
+    wq = weight_quantizer_geometry(graph, node, training)
+    if isinstance(wq, Unsupported):
+        return wq
     for role, pname in graph.node(node).params.items():
         a = graph.params[pname].array
         if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
@@ -257,7 +259,10 @@ class CLowering:
                             dp[role] = Buf(0, (c,), self._aux_slot(f"{node}.d{role}", (c,), "grad", bind))
                 ctx = _Context(fwd=fctx, dy=dy, dx=dx, dp=dp, need_dx=any(d is not None for d in dx))
                 body = env.from_string('{% import "c/ops/' + gr.op(fwd) + '.c.j2" as op %}{{ op.backward(n) }}')
-                self._add_kernel(index, node, "Grad", body.render(n=ctx), bind)
+                body = body.render(n=ctx)
+                if "wq" in fctx:   # fake-quantized weights: dL/dw_hat -> dL/dw after the op's backward
+                    body += str(env.get_template("c/ops/FakeQuantize.c.j2").module.weight_backward(fctx.wq, dp))
+                self._add_kernel(index, node, "Grad", body, bind)
                 self._scratch_layouts.append(self.geometry[fwd].get("sb"))
                 continue
             g = _lower(gr, node, self.training)
@@ -268,7 +273,10 @@ class CLowering:
             self.geometry[node] = g
             ctx = self.forward_context(node, g, bind)
             body = env.from_string('{% import "c/ops/' + op + '.c.j2" as op %}{{ op.forward(n) }}')
-            self._add_kernel(index, node, op, body.render(n=ctx), bind)
+            body = body.render(n=ctx)
+            if "wq" in ctx:   # fake-quantized weights: the quantized copy first, which the op's kernel reads
+                body = str(env.get_template("c/ops/FakeQuantize.c.j2").module.weight_forward(ctx.wq)) + body
+            self._add_kernel(index, node, op, body, bind)
             self.kernels[-1]["read_past"] = g.get("READ_PAST", 0)
             self._scratch_layouts.append(g.get("sf"))
 

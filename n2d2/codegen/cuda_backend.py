@@ -57,6 +57,7 @@ from n2d2.ir.lowering import Unsupported
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
 from n2d2.ops.dropout import dropout_mask
+from n2d2.ops.fake_quantize import plan_weight_backward, plan_weight_forward, weight_quantizer_geometry
 from n2d2.settings import global_variables
 from n2d2.solver import SGD, parse_clamping
 
@@ -103,8 +104,9 @@ def _lower(graph, node, training, is_param_array):
         return Unsupported(f"activation {bad[0]} has no CUDA implementation")
     if any(t.dtype != "float32" for t in types):
         return Unsupported("tensors are not all float32: " + ", ".join(str(t) for t in types))
-    if attrs.get("weight_quantizer") is not None:
-        return Unsupported("fake-quantized weights: the numpy reference runs it")
+    wq = weight_quantizer_geometry(graph, node, training)
+    if isinstance(wq, Unsupported):
+        return wq
     if any(int(np.prod(t.shape)) >= 2 ** 31 for t in types):
         return Unsupported("a tensor of 2^31 elements or more (32-bit indices)")
     for role, pname in graph.node(node).params.items():
@@ -582,7 +584,10 @@ class CudaLowering:
                                                 size=fctx.g["C"])
                 ctx = _Context(fwd=fctx, dy=self._buf(gr.inputs_of(node)[0]), dx=dx, dp=dp,
                                need_dx=any(d is not None for d in dx), name=node)
-                self._add_kernels(index, node, fop, _plan_backward(fop, ctx, fctx.g), ctx, of=fwd)
+                specs = _plan_backward(fop, ctx, fctx.g)
+                if "wq" in fctx:   # fake-quantized weights: dL/dw_hat -> dL/dw after the op's kernels
+                    specs += plan_weight_backward(fctx.wq, dp, _Launch)
+                self._add_kernels(index, node, fop, specs, ctx, of=fwd)
                 continue
             g = _lower(gr, node, self.training, self.is_param_array)
             if isinstance(g, Unsupported):
@@ -591,7 +596,10 @@ class CudaLowering:
                 continue
             ctx = self._forward_context(node, g)
             forward_ctx[node] = ctx
-            self._add_kernels(index, node, op, _plan_forward(op, ctx, g), ctx)
+            specs = _plan_forward(op, ctx, g)
+            if "wq" in ctx:   # fake-quantized weights: the quantized copy first, which the op's kernels read
+                specs = plan_weight_forward(ctx.wq, _Launch) + specs
+            self._add_kernels(index, node, op, specs, ctx)
 
     def _decide_update(self, index, node):
         """A fused SGD kernel for plain SGD solvers (iteration_size 1), else the Python solver."""
@@ -623,7 +631,8 @@ class CudaLowering:
         for j, spec in enumerate(specs):
             spec.name = f"{base}_{spec.macro}{j}"
             spec.node, spec.op, spec.of, spec.signature = node, op, of, sig
-            spec.body = str(getattr(module, spec.macro)(ctx, spec)).strip("\n")
+            own = module if spec.get("template") is None else environment().get_template(spec.template).module
+            spec.body = str(getattr(own, spec.macro)(ctx, spec)).strip("\n")
             self.kernels.append(spec)
         self._node_kernels[node] = specs
         self.where[node] = "cuda"

@@ -10,6 +10,7 @@ import numpy as np
 from n2d2.ir import ops as op_registry
 from n2d2.ir.lowering import Context, concat_channels, nchw  # noqa: F401  (the backends import them from here)
 from n2d2.ops import activation as act_table
+from n2d2.ops.fake_quantize import weight_quantizer_context
 
 # Activations the C and CUDA templates implement: every entry of the table (c/activation.c.j2
 # renders its C expressions).
@@ -67,6 +68,10 @@ def forward_context(graph, node, g, training, plan, buf, param, aux_slot, stats_
         p=Context({r: param(p) for r, p in d.params.items()}),
         a=Context(d.attrs), act=fused_activation(d.attrs.get("activation")), g=Context(g),
         training=training, aux=Context())
+    wq = weight_quantizer_context(graph, node, training, param, aux_slot, stats_kind)
+    if wq is not None:   # fake-quantized weights: the op's kernels read the quantized copy
+        ctx["wq"] = wq
+        ctx.p["weights"] = wq.wq
     opdef = op_registry.get(d.op, node=node)
     if getattr(opdef, "kernel_writes_all_outputs", False):   # e.g. LayerNormalization's Mean and InvStdDev
         ctx["ys"] = [buf((node, k)) for k in range(len(d.outputs))]

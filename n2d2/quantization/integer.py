@@ -211,7 +211,8 @@ def quantize_weighted(q, node, opdef, channel_scale) -> dict:
     attrs = q.graph.attrs(node)
     if attrs.get("weight_quantizer") is not None:
         raise QuantizationError(f"node '{node}' ({opdef.name}): fake-quantized weights (a QAT quantizer): "
-                                "post-training quantization takes a float network (QAT fusion is not implemented)")
+                                "post-training quantization takes a float network; a QAT-trained one is quantized "
+                                "from its learned ranges by n2d2.quantizer.fuse_qat (export: qat_sat=True)")
     nb_in = len(q.graph.inputs_of(node))
     tins = [q.input_q(node, k) for k in range(nb_in)]
     in_shapes = [tuple(int(v) for v in t.shape[1:]) for t in q.graph.input_types(node)]

@@ -413,11 +413,14 @@ def _check_mode(name, value, allowed):
 
 def quantize_network(deepnet_cell, provider=None, nb_bits=8, calibration=-1, partition=None, no_unsigned=False,
                      cross_layer_equalization=True, wt_clipping_mode="NONE", act_clipping_mode="MSE",
-                     act_scaling_mode="FLOAT_MULT", act_rescale_per_output=False, graph=None) -> IntegerNetwork:
+                     act_scaling_mode="FLOAT_MULT", act_rescale_per_output=False, graph=None,
+                     ranges=None) -> IntegerNetwork:
     """Quantize `deepnet_cell` (its float parameters are not modified) and return the
     `IntegerNetwork`. `calibration`: stimuli of `partition` (default: Validation when it has
     stimuli, else Test) to calibrate on, rounded up to whole batches of the provider as N2D2
-    does, -1 all of them; `provider` defaults to the cell's."""
+    does, -1 all of them; `provider` defaults to the cell's. `ranges` (with `graph`): the
+    calibration's result given instead, {"input": (min, max), "thresholds": {node: T}} (QAT
+    fusion, n2d2.quantization.qat: no stimuli are read)."""
     if isinstance(nb_bits, bool) or not isinstance(nb_bits, (int, np.integer)) or not 2 <= int(nb_bits) <= 16:
 
         raise WrongValue("nb_bits", nb_bits, ["an integer width 2..16 (8, 4, ...)"])
@@ -425,6 +428,9 @@ def quantize_network(deepnet_cell, provider=None, nb_bits=8, calibration=-1, par
     _check_mode("act_scaling_mode", act_scaling_mode, SCALING_MODES)
     _check_mode("act_clipping_mode", act_clipping_mode, CLIPPING_MODES)
     _check_mode("wt_clipping_mode", wt_clipping_mode, CLIPPING_MODES)
+    if ranges is not None:
+        return _integer_network(deepnet_cell.get_name(), graph.copy(), ranges, nb_bits, no_unsigned, act_scaling_mode,
+                                act_rescale_per_output, dict(calibration=0, ranges="given"))
     provider = provider if provider is not None else deepnet_cell.get_provider()
     if provider is None:
         raise RuntimeError(f"PTQ: DeepNetCell '{deepnet_cell.get_name()}' has no provider: pass provider=")
@@ -448,7 +454,20 @@ def quantize_network(deepnet_cell, provider=None, nb_bits=8, calibration=-1, par
     t0 = time.perf_counter()
     calib = calibrate(graph, inputs, act_clipping_mode, nb_bits)
     seconds = time.perf_counter() - t0
+    options = dict(calibration=len(inputs), partition=partition, no_unsigned=no_unsigned,
+                   cross_layer_equalization=cross_layer_equalization, wt_clipping_mode=wt_clipping_mode,
+                   act_clipping_mode=act_clipping_mode, act_rescale_per_output=act_rescale_per_output,
+                   calibration_seconds=seconds)
+    return _integer_network(deepnet_cell.get_name(), graph, calib, nb_bits, no_unsigned, act_scaling_mode,
+                            act_rescale_per_output, options)
 
+
+def _integer_network(name, graph, calib, nb_bits, no_unsigned, act_scaling_mode, act_rescale_per_output,
+                     options) -> IntegerNetwork:
+    """The IntegerNetwork of an inference `graph` from its ranges `calib` (`calibrate`'s result)."""
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise QuantizationError(f"PTQ: graph '{graph.name}' has {len(graph.inputs)} inputs and "
+                                f"{len(graph.outputs)} outputs; exactly one of each is supported")
     in_name = graph.inputs[0]
     in_lo, in_hi = calib["input"]
     signed_in = not (in_lo >= 0 and not no_unsigned)
@@ -475,11 +494,7 @@ def quantize_network(deepnet_cell, provider=None, nb_bits=8, calibration=-1, par
                   shape=shape, T=t)
         nodes.append(qn)
     out_node, _ = graph.outputs[0]
-    options = dict(calibration=len(inputs), partition=partition, no_unsigned=no_unsigned,
-                   cross_layer_equalization=cross_layer_equalization, wt_clipping_mode=wt_clipping_mode,
-                   act_clipping_mode=act_clipping_mode, act_rescale_per_output=act_rescale_per_output,
-                   calibration_seconds=seconds)
-    return IntegerNetwork(deepnet_cell.get_name(), nb_bits, act_scaling_mode,
+    return IntegerNetwork(name, nb_bits, act_scaling_mode,
                           {"name": in_name, "shape": in_shape, "signed": signed_in, "Q": q_in, "range": rin},
                           nodes, out_node, options)
 

@@ -150,7 +150,8 @@ class NeuralNetworkCell(Configurable):
             if shape and shape[0] == 0:
                 raise ValueError(f"Cell '{self._name}' ({self.get_type()}): input of shape {shape} has "
                                  "a batch of 0; expected at least 1")
-        if getattr(_DEFER, "on", False) and self._inference and not self._on_gpu and self._compilable():
+        if getattr(_DEFER, "on", False) and self._inference and not self._on_gpu and self._compilable() \
+                and self.activation_quantizer() is None:   # a deferred value is the op alone
             return self._deferred_call(tensors, deepnet)
         if global_variables.eager_compile:
             from n2d2 import eager_compile
@@ -216,9 +217,10 @@ class NeuralNetworkCell(Configurable):
     def _compilable(self) -> bool:
         """Whether this call is exactly its IR node (`_ir_node`), so that `n2d2.eager_compile` may
         run it compiled; cells whose `_forward` adds behaviour in some configuration say False.
-        Quantized cells (their learned scalars are updated by the eager path) run eagerly."""
-        has_quantizer = getattr(self, "has_quantizer", None)
-        return self.activation_quantizer() is None and not (has_quantizer is not None and has_quantizer())
+        Quantized cells compile too: their IR is the node with its weight quantizer and the
+        FakeQuantize node the trace adds after it, whose learned scalars the program's update
+        phase steps with the quantizers' solvers (`eager_compile.step_key` keys them)."""
+        return True
 
     # -- activation quantizer --------------------------------------------------------------------
     def activation_quantizer(self):
