@@ -64,8 +64,9 @@ def test_a_failing_step_is_recorded_and_the_run_goes_on(tmp_path):
                PYTHON=str(py))
     r = subprocess.run([BASH, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=120)
     summary = (out / "summary.txt").read_text()
-    assert r.returncode == 2, summary                       # install and pytest_full failed
+    assert r.returncode == 3, summary                       # install, nccl and pytest_full failed
     assert "install      FAILED rc 7" in summary and "pytest_full  FAILED rc 7" in summary
+    assert "nccl         FAILED rc 7" in summary                 # bench/nccl_check.py, byte-compiled in dry mode
     env["GPU_CHECK_BUDGET"] = "5"
     r = subprocess.run([BASH, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "SKIPPED (budget of 5s spent)" in (out / "summary.txt").read_text()

@@ -277,3 +277,34 @@ def test_n2d2_run_trains_the_ini_quantizers(tmp_path, monkeypatch):
     saved = np.loadtxt(tmp_path / "o" / "weights" / "conv1_QAct_SAT_Alpha.syntxt")
     assert float(saved) == pytest.approx(alpha, rel=1e-6)
     assert result["test"] > 0.8
+
+
+def test_n2d2_run_exports_the_ini_qat_network_with_qat_sat(tmp_path, monkeypatch):
+    """`n2d2 run -learn N -export CPP -qat-sat`: the INI SAT network's learned ranges give the integer
+    project (n2d2.quantizer.fuse_qat), which builds and runs; its success rate equals the fused
+    network's simulation on the same stimuli."""
+    from n2d2.frontends.ini import runner
+    from n2d2.quantization.ptq import read_stimuli
+    from n2d2.quantization.qat import fuse_qat
+    from tests.test_ini_runner import tiny_model
+    from tests.test_run_export import _make_run
+
+    monkeypatch.chdir(tmp_path)
+    model = tiny_model(tmp_path, validation=0.0)
+    with open(model) as f:
+        text = f.read()
+    keys = "QWeight=SAT\nQWeight.Range=255\nQAct=SAT\nQAct.Alpha=4.0\nQAct.Range=255\n"
+    with open(model, "w") as f:
+        f.write(text.replace("WeightsFiller=HeFiller\n", "WeightsFiller=HeFiller\n" + keys))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = runner.run(model, learn=96, log=96, output=str(tmp_path / "o"), seed=3, backend="numpy",
+                            export=dict(export_type="CPP", nb_bits=8, qat_sat=True, calibration=16,
+                                        export_nb_stimuli_max=20))
+        network = fuse_qat(result["deepnet"], result["deepnet"].get_provider(), act_scaling_mode="FLOAT_MULT",
+                           nb_bits=8, calibration=16)
+    folder = tmp_path / "o" / "export_CPP_int8"
+    assert result["export"] == str(folder)
+    rate, scored = _make_run(folder)
+    x, y = read_stimuli(result["deepnet"].get_provider(), "Test", 20)
+    assert scored == 20 and rate == pytest.approx(100 * network.accuracy(x, y), abs=0.006)

@@ -204,7 +204,7 @@ def test_export_without_weights_and_dev_null(trained, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["-export", "CPP_TensorRT"], REFUSED_EXPORT_TYPES["CPP_TensorRT"]),
     (["-export", "C_HLS"], "-export C_HLS: the Vivado HLS export is not implemented"),
-    (["-export", "CPP_Quantization"], "the QAT export (SAT-fused networks, -qat-sat) is not implemented"),
+    (["-export", "CPP_Quantization"], "-export CPP -qat-sat exports a SAT-trained network"),
     (["-export", "DNeuro_V3"], "DNeuro"),
     (["-export", "SC_Spike"], "spiking"),
     (["-export", "TFLite"], "unknown export type"),

@@ -53,6 +53,18 @@ def _learned_clip(graph, node) -> float:
     raise QuantizationError(f"node '{node}': unknown activation quantizer '{kind}' (expected SAT or LSQ)")
 
 
+def _absorbs_clip(graph, src, quantizer) -> bool:
+    """`src` ((node, output)) carries a plain Rectifier or Linear activation and feeds only `quantizer`: the clip
+    [0, c] after it is then the activation itself (clip(relu(x)) = clip(x), c > 0)."""
+    name, _ = src
+    spec = graph.node(name).attrs.get("activation")
+    if (not spec or spec[0] not in ("Rectifier", "Linear") or len(graph.output_types(name)) != 1
+            or {dst for dst, _, _ in graph.consumers(name)} != {quantizer} or any(o[0] == name for o in graph.outputs)):
+        return False
+    options = dict(spec[1])
+    return not float(options.get("clipping", 0.0) or 0.0) and not float(options.get("leak_slope", 0.0) or 0.0)
+
+
 def fuse_quantizers(graph):
     """A copy of `graph` with the weight quantizers applied to the weights and the FakeQuantize
     nodes replaced by their clipping Rectifier (see the module docstring)."""
@@ -74,6 +86,12 @@ def fuse_quantizers(graph):
         if d.op == "FakeQuantize":
             clip = _learned_clip(g, node)
             src = g.inputs_of(node)[0]
+            if _absorbs_clip(g, src, node):   # Rectifier(quantizer=SATAct): one clipping Rectifier
+                spec = ("Rectifier", (("clipping", clip), ("leak_slope", 0.0)))
+                g.nx.nodes[src[0]]["attrs"] = dict(g.node(src[0]).attrs, activation=spec)
+                g.replace_uses(node, src[0], new_out=src[1])
+                g.remove_node(node)
+                continue
             act = g.add_op(g.unique_name(f"{node}_clip"), "Activation", [src],
                            {"activation": ("Rectifier", (("clipping", clip), ("leak_slope", 0.0)))})
             g.replace_uses(node, act)

@@ -39,8 +39,9 @@ REFUSED_EXPORT_TYPES = {
     "CPP_OpenCL": "the OpenCL export is not implemented",
     "C_HLS": "the Vivado HLS export is not implemented",
     "SC_Spike": "spiking exports are not implemented (n2d2 has no spiking models)",
-    "CPP_Quantization": "the QAT export (SAT-fused networks, -qat-sat) is not implemented: -export CPP -calib N "
-                        "exports by post-training quantization",
+    "CPP_Quantization": "upstream's C++ export of networks in QAT form is not implemented: -export CPP -qat-sat "
+                        "exports a SAT-trained network as integers, -export CPP -calib N by post-training "
+                        "quantization",
     "DNeuro": "the DNeuro (FPGA RTL) export is not implemented",
     "DNeuro_V2": "the DNeuro (FPGA RTL) export is not implemented",
 }
@@ -173,8 +174,6 @@ def export_network(deepnet, export_type: str, folder: str = ".", nb_bits: int = 
     if export_type == "ONNX":
         if nb_bits not in (-32, 4, 8):
             raise ValueError(f"-export ONNX -nbbits {nb_bits}: expected 8 or 4 (QDQ model) or -32 (float32)")
-        if qat_sat:
-            raise ValueError("-export ONNX -qat-sat: the export of SAT-fused networks is not implemented")
     elif export_type != "C" and nb_bits < 0:
         raise ValueError(f"-export {export_type} -nbbits {nb_bits}: the float {export_type} export is not "
                          "implemented; -export C -nbbits -32 writes the float32 C project")
@@ -234,8 +233,8 @@ def add_export_arguments(parser):
     g.add_argument("-no-cle", "--no-cle", dest="no_cle", action="store_true",
                    help="no cross-layer equalization before quantization")
     g.add_argument("-qat-sat", "--qat-sat", dest="qat_sat", action="store_true",
-                   help="export a SAT-trained network: passed as qat_sat=True to the export function, which "
-                        "refuses it while n2d2 has no QAT fusion")
+                   help="export a SAT-trained network from its learned ranges (n2d2.quantizer.fuse_qat; the "
+                        "layers without a quantizer are calibrated on -calib stimuli, 256 by default)")
     g.add_argument("-export-parameters", "--export-parameters", dest="export_parameters", default=None,
                    metavar="FILE", help="N2D2's export parameter file (checked; memory keys change nothing: one "
                                         "planned arena)")
