@@ -722,8 +722,12 @@ class Conv(OpDef):
             sb.add_private("DBP", o)
             sb.add_private("DUMMY", h * w)
         elif groups > 1 and groups == c == o:
-            g["MODE"] = "direct"
-            g["PAR"] = g["PARB"] = n >= 2 and macs >= low.PARALLEL_MIN_MACS
+            # forward: one (image, channel) plane at a time into a zero-padded private copy (stride 2:
+            # its even and odd columns apart, WE + WOD = Wp), so one image still feeds the team
+            g.update(MODE="direct", Hp=hp, Wp=wp, WE=(wp + 1) // 2, WOD=wp // 2,
+                     PAR=n * o >= 2 and 4 * macs >= low.PARALLEL_MIN_MACS,   # a MAC per load: cheap
+                     PARB=n >= 2 and macs >= low.PARALLEL_MIN_MACS)
+            sf.add_private("XP", hp * wp)
             sb.add_private("DUMMY", h * w)
         else:
             # padded convolutions copy their inputs into zero-padded planes first (when every

@@ -1,0 +1,113 @@
+"""C inference kernels of the bigger networks (issue 15) against the numpy reference.
+
+Depthwise convolutions (direct mode: a padded private plane per (image, channel), stride 2 on
+even / odd half planes), and convolutions of a single image split across the thread team
+(wide and image modes): odd sizes, strides 1, 2 and 3, dilation, 5x5 kernels, the ReLU6
+epilogue, batch 1 (the team shares one image) and more; element by element on fresh random
+inputs, in an inference program and in a training program (same forward kernels, gradients
+too), and NaN / Inf where the reference puts them.
+"""
+import numpy as np
+import pytest
+
+from n2d2.codegen import numpy_exec
+from tests.test_c_backend import ACTIVATIONS, Net, Suite, c_backend
+from tests.test_nan_propagation import assert_same_pattern, poison
+
+pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
+
+RELU6 = ("Rectifier", (("clipping", 6.0), ("leak_slope", 0.0)))
+
+DEPTHWISE = {
+    # name: (input shape, kwargs)
+    "s1_pad1_relu6_b1": ((1, 8, 13, 11), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    "s2_pad1_relu6_b1_odd": ((1, 8, 13, 11), dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
+    "s2_pad1_even": ((2, 6, 14, 12), dict(k=(3, 3), stride=(2, 2), padding=(1, 1))),
+    "s2_valid": ((2, 6, 12, 9), dict(k=(3, 3), stride=(2, 2), activation=ACTIVATIONS["tanh"])),
+    "5x5_s2_pad2": ((1, 5, 15, 14), dict(k=(5, 5), stride=(2, 2), padding=(2, 2), activation=ACTIVATIONS["relu"])),
+    "5x5_s1_pad2_nobias": ((1, 3, 9, 10), dict(k=(5, 5), padding=(2, 2), bias=False)),
+    "s3_pad1": ((1, 4, 11, 10), dict(k=(3, 3), stride=(3, 3), padding=(1, 1))),
+    "s2x1_pad_1x2": ((3, 5, 9, 7), dict(k=(3, 3), stride=(2, 1), padding=(1, 2))),
+    "s1x2_pad_2x1": ((1, 5, 9, 8), dict(k=(3, 3), stride=(1, 2), padding=(2, 1))),
+    "dilation2_s1": ((1, 4, 12, 12), dict(k=(3, 3), dilation=(2, 2), padding=(2, 2), activation=RELU6)),
+    "dilation2_s2": ((1, 4, 13, 12), dict(k=(3, 3), dilation=(2, 2), stride=(2, 2), padding=(1, 1))),
+    # past the parallel threshold with one image: the team shares its channels
+    "large_b1_parallel": ((1, 64, 47, 45), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    "large_s2_b1_parallel": ((1, 96, 57, 55), dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
+}
+
+
+def _depthwise(net, shape, kw):
+    return [net.conv(net.source(shape), shape[1], groups=shape[1], **kw)]
+
+
+def assert_close(out, ref, what, tol=2e-5):
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    assert out.shape == ref.shape, (what, out.shape, ref.shape)
+    scale = max(1.0, float(np.abs(ref).max()))
+    err = np.abs(out - ref)
+    assert err.max() <= tol * scale, f"{what}: max error {err.max():.2e} at {np.unravel_index(err.argmax(), err.shape)}"
+
+
+@pytest.fixture(scope="module")
+def depthwise_training():
+    suite = Suite(seed=50)
+    for case, (shape, kw) in DEPTHWISE.items():
+        suite.add(case, lambda net, shape=shape, kw=kw: _depthwise(net, shape, kw))
+    return suite.run()
+
+
+@pytest.mark.parametrize("case", sorted(DEPTHWISE))
+def test_depthwise_training(depthwise_training, case):
+    p, (y,) = depthwise_training.check(case)
+    assert p.geometry[y]["MODE"] == "direct"
+
+
+def _inference(cases, build, seed):
+    """One inference graph of every case: the C program and the numpy reference."""
+    net = Net(seed=seed)
+    ys = {case: build(net, *args)[0] for case, args in cases.items()}
+    net.output(*ys.values())
+    ys = {case: net.g.outputs[i] for i, case in enumerate(ys)}
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    return net, ys, ref, p
+
+
+@pytest.fixture(scope="module")
+def depthwise_inference():
+    return _inference(DEPTHWISE, _depthwise, seed=51)
+
+
+@pytest.mark.parametrize("case", sorted(DEPTHWISE))
+def test_depthwise_inference(depthwise_inference, case):
+    net, ys, ref, p = depthwise_inference
+    y = ys[case]
+    assert p.where[y[0]] == "c" and p.geometry[y[0]]["MODE"] == "direct"
+    assert_close(p.view(y), ref[y], case)
+    if case.startswith("large"):
+        assert p.geometry[y[0]]["PAR"]
+
+
+def test_depthwise_nan_inf_as_the_reference():
+    """A NaN / Inf input stays where the reference puts it; a NaN weight poisons its channel,
+    padding included (the reference multiplies the padding zeros)."""
+    rng = np.random.default_rng(52)
+    net = Net(seed=52)
+    x = net.input((1, 6, 11, 9))
+    y1 = net.conv(x, 6, groups=6, stride=(2, 2), padding=(1, 1), activation=RELU6)
+    y2 = net.conv(x, 6, groups=6, padding=(1, 1))
+    net.output(y1, y2)
+    y2 = net.g.outputs[1]
+    net.feeds[x] = poison(rng, net.feeds[x], count=2)
+    w = net.g.params[f"{y2[0]}.weights"].array
+    w[3, 0, 0, 0] = np.nan
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    out = {t: p.view(t).copy() for t in net.g.outputs}
+    assert np.isnan(ref[y2][0, 3]).all()
+    assert_same_pattern(ref, out, "C depthwise")
