@@ -37,6 +37,30 @@ DEPTHWISE = {
 }
 
 
+SPLIT = {
+    # name: (input shape, outputs, kwargs, mode): fewer images than SPLIT_MAX_IMAGES
+    "wide_3x3_b1_ragged": ((1, 5, 23, 21), 6, dict(k=(3, 3), padding=(1, 1), activation=RELU6), "wide"),
+    "wide_dilation_b2": ((2, 3, 20, 18), 4, dict(k=(3, 3), dilation=(2, 1), padding=(2, 1), bias=False), "wide"),
+    "wide_groups_b3": ((3, 4, 17, 16), 6, dict(k=(3, 3), groups=2, padding=(1, 1),
+                                               activation=ACTIVATIONS["tanh"]), "wide"),
+    "wide_1x1_b1_parallel": ((1, 24, 34, 33), 40, dict(k=(1, 1), activation=RELU6), "wide"),
+    "wide_1x1_rows_outer": ((1, 32, 4, 4), 64, dict(k=(1, 1)), "wide"),
+    "image_stem_7x7_s2": ((1, 3, 45, 43), 16, dict(k=(7, 7), stride=(2, 2), padding=(3, 3),
+                                                  activation=ACTIVATIONS["relu"]), "image"),
+    "image_1x1_s2_valid": ((1, 16, 13, 15), 24, dict(k=(1, 1), stride=(2, 2)), "image"),
+    "image_5x5_valid_b1": ((1, 3, 12, 12), 4, dict(k=(5, 5), bias=False), "image"),
+    "image_groups_s2_b1": ((1, 6, 15, 13), 9, dict(k=(3, 3), groups=3, stride=(2, 2), padding=(1, 1)), "image"),
+    # K = 2304: blocks of 96 pixels, 3 of them (the last ragged), and the weights larger than a
+    # block (tiles rows first)
+    "image_blocks_rows_outer": ((1, 256, 29, 29), 112, dict(k=(3, 3), stride=(2, 2), padding=(1, 1),
+                                                           activation=RELU6), "image"),
+}
+
+
+def _split(net, shape, o, kw, mode):
+    return [net.conv(net.source(shape), o, **kw)]
+
+
 def _depthwise(net, shape, kw):
     return [net.conv(net.source(shape), shape[1], groups=shape[1], **kw)]
 
@@ -111,3 +135,37 @@ def test_depthwise_nan_inf_as_the_reference():
     out = {t: p.view(t).copy() for t in net.g.outputs}
     assert np.isnan(ref[y2][0, 3]).all()
     assert_same_pattern(ref, out, "C depthwise")
+
+
+@pytest.fixture(scope="module")
+def split_training():
+    suite = Suite(seed=53)
+    for case, args in SPLIT.items():
+        suite.add(case, lambda net, args=args: _split(net, *args))
+    return suite.run()
+
+
+@pytest.fixture(scope="module")
+def split_inference():
+    return _inference(SPLIT, _split, seed=54)
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT))
+def test_split_training(split_training, case):
+    p, (y,) = split_training.check(case)
+    assert p.geometry[y]["MODE"] == SPLIT[case][3] and p.geometry[y]["SPLIT"]
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT))
+def test_split_inference(split_inference, case):
+    net, ys, ref, p = split_inference
+    y = ys[case]
+    g = p.geometry[y[0]]
+    assert p.where[y[0]] == "c" and g["MODE"] == SPLIT[case][3] and g["SPLIT"]
+    assert_close(p.view(y), ref[y], case)
+    if case == "image_blocks_rows_outer":
+        assert g["PB"] < g["P"] and g["P"] % g["PB"] and g["ROWS_OUTER"] and g["PAR"]
+    if case == "wide_1x1_rows_outer":
+        assert g["ROWS_OUTER"]
+    if case == "wide_1x1_b1_parallel":
+        assert g["PAR"]

@@ -613,6 +613,12 @@ def _finish_weights_grad(dw, geom, mapping):
     return dw
 
 
+# Below this many images a C convolution shares each image between the threads of the team
+# (batch-1 inference) instead of giving them whole images.
+SPLIT_MAX_IMAGES = 4
+SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (image mode)
+
+
 # -- the IR op ------------------------------------------------------------
 @register
 class Conv(OpDef):
@@ -707,12 +713,18 @@ class Conv(OpDef):
                      PADDED=py > 0 or px > 0, READ_PAST=(kw - 1) * dx + 64,
                      Hq=hq, Wq=wq, PSQ=hq * wq, PQY=pqy, PQX=pqx, LWX=h * wq, LWXD=-(-(h * wq) // 32) * 32)
             plane_floats = cg * hp * wp + 2 * wp + 64
+            # few images: the team shares each one (tiles split between the threads)
+            g.update(SPLIT=n < SPLIT_MAX_IMAGES, ROWS_OUTER=og > lw)
+            if g["SPLIT"]:
+                g["PAR"] = macs >= low.PARALLEL_MIN_MACS
             if conn is not None:
                 sf.add_shared("WM", o * kg)
                 sb.add_shared("WM", o * kg)
-            sf.add_private("CW", og * g["LWD"])
             if g["PADDED"]:
-                sf.add_private("XP", plane_floats)
+                if g["SPLIT"]:
+                    sf.add_shared("XPS", plane_floats)
+                else:
+                    sf.add_private("XP", plane_floats)
                 sb.add_private("XP", plane_floats)
             sb.add_shared("WF", o * kg)
             sb.add_private("DZW", o * g["LWD"])
@@ -734,6 +746,16 @@ class Conv(OpDef):
             # window stays inside them), so that im2col / col2im run without bounds checks
             planes = (py > 0 or px > 0) and (ho - 1) * sy + (kh - 1) * dy < hp and (wo - 1) * sx + (kw - 1) * dx < wp
             g.update(MODE="image", PLANES=planes, Hp=hp, Wp=wp, PS=hp * wp)
+            # few images: the team shares each one, im2col by blocks of PB pixels (a cache-sized
+            # shared matrix) then the GEMM tiles; needs windows without bounds (padded planes or
+            # no padding)
+            g["SPLIT"] = nb == 1 and n < SPLIT_MAX_IMAGES and (planes or g["VALID"])
+            if g["SPLIT"]:
+                pb = min(p, max(32, (SPLIT_COL_BYTES // (4 * kg)) // 32 * 32))
+                g.update(PB=pb, PBL=low.round16(pb), ROWS_OUTER=og > pb, PAR=macs >= low.PARALLEL_MIN_MACS)
+                sf.add_shared("COLS", kg * g["PBL"])
+                if planes:
+                    sf.add_shared("XPS", cg * hp * wp)
             if conn is not None:
                 sf.add_shared("WM", o * kg)
                 sb.add_shared("WM", o * kg)
