@@ -5,13 +5,23 @@ even / odd half planes), and convolutions of a single image split across the thr
 (wide and image modes): odd sizes, strides 1, 2 and 3, dilation, 5x5 kernels, the ReLU6
 epilogue, batch 1 (the team shares one image) and more; element by element on fresh random
 inputs, in an inference program and in a training program (same forward kernels, gradients
-too), and NaN / Inf where the reference puts them.
+too), and NaN / Inf where the reference puts them. BatchNorm of several inputs concatenated
+along channels (DenseNet), forward and backward.
 """
 import numpy as np
 import pytest
 
 from n2d2.codegen import numpy_exec
-from tests.test_c_backend import ACTIVATIONS, Net, Suite, c_backend
+from tests.test_c_backend import (
+    ACTIVATIONS,
+    Net,
+    Suite,
+    _normal,
+    _training_outputs,
+    c_backend,
+    run_c_training,
+    run_numpy_training,
+)
 from tests.test_nan_propagation import assert_same_pattern, poison
 
 pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
@@ -169,3 +179,40 @@ def test_split_inference(split_inference, case):
         assert g["ROWS_OUTER"]
     if case == "wide_1x1_b1_parallel":
         assert g["PAR"]
+
+
+@pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])
+def test_batchnorm_of_concatenated_inputs(momentum, act, batch):
+    """DenseNet's BatchNorm after a Concat: several inputs, concatenated along channels, on C
+    (forward in training and inference, moving statistics, gradients of the inputs that
+    need one: the middle input is a raw input without gradient)."""
+    net = Net(seed=55)
+    a = net.source((batch, 3, 5, 7), "a")
+    b = net.input((batch, 2, 5, 7), "b")
+    c = net.source((batch, 4, 5, 7), "c")
+    ch = 9
+    params = {"scales": 1 + _normal(net.rng, (ch,), 0.2), "biases": _normal(net.rng, (ch,)),
+              "means": _normal(net.rng, (ch,), 0.1), "variances": 1 + net.rng.random(ch).astype(np.float32)}
+    y = net.op("BatchNorm", [a, b, c], {"epsilon": 1e-5, "momentum": momentum, "unbiased": momentum == 0.3,
+                                        "activation": ACTIVATIONS[act]}, params)
+    net.output(y)
+    before = {k: v.array.copy() for k, v in net.g.params.items()}
+    tg, seeds = _training_outputs(net)
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    after_numpy = {k: v.array.copy() for k, v in net.g.params.items()}
+    for k, v in before.items():
+        net.g.params[k].array[...] = v
+    out, p = run_c_training(tg, net.feeds, seeds)
+    assert p.where[y] == "c" and p.where[f"grad:{y}"] == "c"
+    for t, value in ref.items():
+        assert_close(out[t], value, str(t), tol=1e-5)
+    for k, v in after_numpy.items():   # moving statistics
+        assert_close(net.g.params[k].array, v, k, tol=1e-5)
+    for k, v in before.items():
+        net.g.params[k].array[...] = v
+    ref = numpy_exec.run(net.g, net.feeds)[0]
+    q = c_backend.CProgram(net.g, [net.g.topological_order()])
+    q.feed(net.feeds)
+    q.run_phase(0)
+    assert q.where[y] == "c"
+    assert_close(q.view(net.g.outputs[0]), ref, "inference")
