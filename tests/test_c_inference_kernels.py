@@ -6,7 +6,7 @@ even / odd half planes), and convolutions of a single image split across the thr
 epilogue, batch 1 (the team shares one image) and more; element by element on fresh random
 inputs, in an inference program and in a training program (same forward kernels, gradients
 too), and NaN / Inf where the reference puts them. BatchNorm of several inputs concatenated
-along channels (DenseNet), forward and backward.
+along channels (DenseNet), forward and backward; padded max pooling (ResNet's stem).
 """
 import numpy as np
 import pytest
@@ -216,3 +216,55 @@ def test_batchnorm_of_concatenated_inputs(momentum, act, batch):
     q.run_phase(0)
     assert q.where[y] == "c"
     assert_close(q.view(net.g.outputs[0]), ref, "inference")
+
+
+MAXPOOL = {
+    # name: (input shape, pool, stride, padding, activation): padded max pooling (PADROW)
+    "resnet_3x3_s2_p1_b1": ((1, 8, 23, 21), (3, 3), (2, 2), (1, 1), None),
+    "3x3_s1_p1_relu": ((2, 3, 9, 10), (3, 3), (1, 1), (1, 1), ACTIVATIONS["relu"]),
+    "2x2_s2_p1_odd": ((1, 4, 7, 9), (2, 2), (2, 2), (1, 1), None),
+    "5x3_s2x1_p2x1": ((2, 3, 11, 8), (5, 3), (2, 1), (2, 1), None),
+    "3x3_s2_p1_parallel": ((1, 64, 60, 58), (3, 3), (2, 2), (1, 1), None),
+}
+
+
+def _maxpool(net, shape, pool, stride, pad, act):
+    return [net.op("Pool", [net.source(shape)], {"pooling": "Max", "pool": pool, "stride": stride, "padding": pad,
+                                                 "mapping": None, "activation": act})]
+
+
+@pytest.fixture(scope="module")
+def maxpool_training():
+    suite = Suite(seed=56)
+    for case, args in MAXPOOL.items():
+        suite.add(case, lambda net, args=args: _maxpool(net, *args))
+    return suite.run()
+
+
+@pytest.mark.parametrize("case", sorted(MAXPOOL))
+def test_padded_max_pool_training(maxpool_training, case):
+    p, (y,) = maxpool_training.check(case)
+    assert p.geometry[y]["PADROW"]
+
+
+@pytest.mark.parametrize("case", sorted(MAXPOOL))
+def test_padded_max_pool_inference(case):
+    net, ys, ref, p = _inference({case: MAXPOOL[case]}, _maxpool, seed=57)
+    y = ys[case]
+    assert p.where[y[0]] == "c" and p.geometry[y[0]]["PADROW"]
+    assert_close(p.view(y), ref[y], case)
+
+
+def test_padded_max_pool_nan_inf_as_the_reference():
+    rng = np.random.default_rng(58)
+    net = Net(seed=58)
+    x = net.input((1, 5, 13, 11))
+    net.output(net.op("Pool", [x], {"pooling": "Max", "pool": (3, 3), "stride": (2, 2), "padding": (1, 1),
+                                    "mapping": None}))
+    net.feeds[x] = poison(rng, net.feeds[x], count=3)
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert p.geometry[net.g.outputs[0][0]]["PADROW"]
+    assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C max pool")
