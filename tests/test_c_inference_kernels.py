@@ -1,9 +1,10 @@
 """C inference kernels of the bigger networks (issue 15) against the numpy reference.
 
 Depthwise convolutions (direct mode: a padded private plane per (image, channel), stride 2 on
-even / odd half planes), and convolutions of a single image split across the thread team
-(wide and image modes): odd sizes, strides 1, 2 and 3, dilation, 5x5 kernels, the ReLU6
-epilogue, batch 1 (the team shares one image) and more; element by element on fresh random
+even / odd half planes), convolutions of a single image split across the thread team (wide
+and image modes), large im2col matrices by pixel blocks: odd sizes, strides 1, 2 and 3,
+dilation, 5x5 kernels, the ReLU6 epilogue, batch 1 (the team shares one image) and more;
+element by element on fresh random
 inputs, in an inference program and in a training program (same forward kernels, gradients
 too), and NaN / Inf where the reference puts them. BatchNorm of several inputs concatenated
 along channels (DenseNet), forward and backward; padded max pooling (ResNet's stem).
@@ -268,3 +269,34 @@ def test_padded_max_pool_nan_inf_as_the_reference():
     p.run_phase(0)
     assert p.geometry[net.g.outputs[0][0]]["PADROW"]
     assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C max pool")
+
+
+BLOCKED = {
+    # 4 images or more, one per block, an im2col matrix larger than SPLIT_COL_BYTES: pixel blocks
+    # on private buffers (the threads take whole images)
+    "stem_7x7_s2_b4": ((4, 3, 95, 93), 8, dict(k=(7, 7), stride=(2, 2), padding=(3, 3), activation=RELU6)),
+    "3x3_s2_valid_b5": ((5, 64, 49, 47), 6, dict(k=(3, 3), stride=(2, 2))),
+}
+
+
+def _blocked(net, shape, o, kw):
+    return [net.conv(net.source(shape), o, **kw)]
+
+
+@pytest.mark.parametrize("case", sorted(BLOCKED))
+def test_blocked_image_mode(case):
+    net, ys, ref, p = _inference({case: BLOCKED[case]}, _blocked, seed=59)
+    y = ys[case]
+    g = p.geometry[y[0]]
+    assert g["MODE"] == "image" and g["BLOCKED"] and not g["SPLIT"] and g["PB"] < g["P"]
+    assert_close(p.view(y), ref[y], case)
+
+
+def test_blocked_image_mode_training():
+    suite = Suite(seed=60)
+    for case, args in BLOCKED.items():
+        suite.add(case, lambda net, args=args: _blocked(net, *args))
+    suite.run()
+    for case in BLOCKED:
+        p, (y,) = suite.check(case)
+        assert p.geometry[y]["BLOCKED"]

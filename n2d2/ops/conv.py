@@ -749,17 +749,25 @@ class Conv(OpDef):
             # few images: the team shares each one, im2col by blocks of PB pixels (a cache-sized
             # shared matrix) then the GEMM tiles; needs windows without bounds (padded planes or
             # no padding)
-            g["SPLIT"] = nb == 1 and n < SPLIT_MAX_IMAGES and (planes or g["VALID"])
-            if g["SPLIT"]:
+            # (BLOCKED: more images, each one's im2col matrix larger than cache: the same by blocks,
+            # on private buffers, the threads taking whole images)
+            blockwise = nb == 1 and (planes or g["VALID"])
+            g["SPLIT"] = blockwise and n < SPLIT_MAX_IMAGES
+            g["BLOCKED"] = blockwise and not g["SPLIT"] and 4 * kg * g["CLD"] > SPLIT_COL_BYTES
+            if g["SPLIT"] or g["BLOCKED"]:
                 pb = min(p, max(32, (SPLIT_COL_BYTES // (4 * kg)) // 32 * 32))
-                g.update(PB=pb, PBL=low.round16(pb), ROWS_OUTER=og > pb, PAR=macs >= low.PARALLEL_MIN_MACS)
-                sf.add_shared("COLS", kg * g["PBL"])
+                g.update(PB=pb, PBL=low.round16(pb), ROWS_OUTER=og > pb)
+                add = sf.add_shared if g["SPLIT"] else sf.add_private
+                add("COLS", kg * g["PBL"])
                 if planes:
-                    sf.add_shared("XPS", cg * hp * wp)
+                    add("XPS", cg * hp * wp)
+                if g["SPLIT"]:
+                    g["PAR"] = macs >= low.PARALLEL_MIN_MACS
             if conn is not None:
                 sf.add_shared("WM", o * kg)
                 sb.add_shared("WM", o * kg)
-            sf.add_private("COL", kg * g["CLD"])
+            if not (g["SPLIT"] or g["BLOCKED"]):
+                sf.add_private("COL", kg * g["CLD"])
             if nb > 1:
                 sf.add_private("YB", og * g["CLD"])
             sb.add_private("COL", kg * g["CLD"])
@@ -769,7 +777,8 @@ class Conv(OpDef):
             sb.add_private("DBP", o)
             sb.add_private("DUMMY", h * w)
             if planes:
-                sf.add_private("XP", cg * nb * hp * wp)
+                if not (g["SPLIT"] or g["BLOCKED"]):
+                    sf.add_private("XP", cg * nb * hp * wp)
                 sb.add_private("XP", cg * nb * hp * wp)
                 sb.add_private("DXP", cg * nb * hp * wp)
         g["sf"], g["sb"] = sf.layout(), sb.layout()
