@@ -13,7 +13,8 @@ process of its own (this script re-run with --peer), on the same random batch:
   compile   torch.compile (inductor, default mode): the first call (compiling) apart, then
             the best of --repeat.
 The n2d2 runner also reports the nodes that fell back to numpy, and with --profile its
-slowest C kernels (N2D2_PROFILE, wall time).
+slowest C kernels (N2D2_PROFILE, wall time). --before DIR adds a column: the same n2d2 runner
+on another checkout (e.g. `git worktree add /tmp/before <commit>`), in the same moment.
 
 Run from the repository root, e.g. `python bench/bench_onnx_zoo.py --models resnet18 mobilenet_v2
 --batches 1 16` (see --help; every model with every peer takes many minutes on a small machine).
@@ -33,6 +34,8 @@ from repo_info import git_commit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# a runner of --before measures another checkout's n2d2 (its path in N2D2_BENCH_TREE)
+sys.path.insert(0, os.environ.get("N2D2_BENCH_TREE") or ROOT)
 
 from tests.test_onnx_torchvision import ARCHITECTURES, IMPORT_ERROR, MODELS, _randomised  # noqa: E402
 
@@ -62,13 +65,16 @@ def batch_input(batch, size):
     return np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
 
 
+CLOCK = time.perf_counter   # time.process_time with --cpu-time
+
+
 def best(fn, repeat):
     times = []
     out = None
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = CLOCK()
         out = fn()
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return min(times), out
 
 
@@ -114,7 +120,7 @@ def run_ort(args, x):
     import onnxruntime as ort
 
     best_ms, y, which = None, None, None
-    for threads in (1, 2):
+    for threads in (1,) if args.threads == 1 else (1, 2):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -130,6 +136,8 @@ def run_ort(args, x):
 def run_torch(args, x, compiled):
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = build(args.model)
     xt = torch.from_numpy(x)
     if compiled:
@@ -143,6 +151,9 @@ def run_torch(args, x, compiled):
 
 
 def peer_main(args):
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
     x = batch_input(args.batch, args.size)
     if args.peer == "n2d2":
         result, y = run_n2d2(args, x)
@@ -157,7 +168,7 @@ def peer_main(args):
 def spawn(args, peer, model, batch, path, out, env):
     cmd = [sys.executable, os.path.abspath(__file__), "--peer", peer, "--model", model, "--batch", str(batch),
            "--path", path, "--out", out, "--size", str(args.size), "--repeat", str(args.repeat),
-           "--profile", str(args.profile)]
+           "--profile", str(args.profile), "--threads", str(args.threads)] + (["--cpu-time"] if args.cpu_time else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -175,6 +186,13 @@ def main():
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--profile", type=int, default=0, help="print the N slowest C kernels of each model")
     parser.add_argument("--warm-cache", action="store_true", help="n2d2 compiles into its usual cache")
+    parser.add_argument("--before", help="another checkout of n2d2 to measure beside this one")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="1: every runner on one thread (n2d2 N2D2_THREADS=1, onnxruntime 1 intra-op thread, "
+                             "torch.set_num_threads(1)); 0: their defaults (onnxruntime: best of 1 and 2)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process's CPU time instead of wall time (steadier on a busy machine "
+                             "with --threads 1)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per runner process")
     parser.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "n2d2_onnx_zoo"))
     # one runner (internal)
@@ -190,17 +208,21 @@ def main():
         return peer_main(args)
 
     os.makedirs(args.cache, exist_ok=True)
-    print(f"# bench_onnx_zoo: {args.size}x{args.size}, best of {args.repeat}; commit {git_commit()}; "
+    print(f"# bench_onnx_zoo: {args.size}x{args.size}, best of {args.repeat}, "
+          f"{'CPU' if args.cpu_time else 'wall'} time, threads {args.threads or 'default'}; commit {git_commit()}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average "
           f"{os.getloadavg()[0]:.1f} at start")
-    print("| model | batch | n2d2 C ms | onnxruntime ms (threads) | n2d2 / ort | PyTorch eager ms | "
+    before = f"before ({args.before}) ms | before / ort | " if args.before else ""
+    print(f"| model | batch | n2d2 C ms | onnxruntime ms (threads) | n2d2 / ort | {before}PyTorch eager ms | "
           "torch.compile ms | n2d2 first call s | torch.compile first call s | rel. error vs ort | same top-1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.before else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for batch in args.batches:
                 path = export(name, args.cache, args.size, batch)
                 env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                if args.threads:
+                    env.update(N2D2_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
                 if args.profile:
                     env["N2D2_PROFILE"] = "1"
                     env.pop("N2D2_PROFILE_AT_EXIT", None)
@@ -209,6 +231,12 @@ def main():
                     n2d2_env["N2D2_CACHE"] = tempfile.mkdtemp(dir=tmp)
                 ours, y = spawn(args, "n2d2", name, batch, path, os.path.join(tmp, "n2d2.npy"), n2d2_env)
                 peers = {}
+                if args.before:
+                    before_env = dict(n2d2_env, N2D2_BENCH_TREE=os.path.abspath(args.before))
+                    if not args.warm_cache:
+                        before_env["N2D2_CACHE"] = tempfile.mkdtemp(dir=tmp)
+                    peers["before"] = spawn(args, "n2d2", name, batch, path, os.path.join(tmp, "before.npy"),
+                                            before_env)
                 for peer in ["ort"] + [p for p in args.peers if p != "ort"]:
                     peers[peer] = spawn(args, peer, name, batch, path, os.path.join(tmp, f"{peer}.npy"), env)
                 ref = peers["ort"][1]
@@ -221,6 +249,10 @@ def main():
                     return "error" if "error" in result else f"{result['ms']:.1f}"
                 ort = peers["ort"][0]
                 ratio = f"{ours['ms'] / ort['ms']:.2f}x" if "error" not in ours and "error" not in ort else "?"
+                if args.before:
+                    old = peers["before"][0]
+                    ratio += f" | {ms(old)} | " + (f"{old['ms'] / ort['ms']:.2f}x" if "error" not in old
+                                                   and "error" not in ort else "?")
                 compiled = peers.get("compile", ({"error": "not run"}, None))[0]
                 eager = peers.get("torch", ({"error": "not run"}, None))[0]
                 print(f"| {name} | {batch} | {ms(ours)} | {ms(ort)} ({ort.get('threads', '?')}) | {ratio} | "
