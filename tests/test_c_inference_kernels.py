@@ -56,6 +56,8 @@ SPLIT = {
                                                activation=ACTIVATIONS["tanh"]), "wide"),
     "wide_1x1_b1_parallel": ((1, 24, 34, 33), 40, dict(k=(1, 1), activation=RELU6), "wide"),
     "wide_1x1_rows_outer": ((1, 32, 4, 4), 64, dict(k=(1, 1)), "wide"),
+    # a 7x7 map: two strips of the 9-wide grid, through the grid buffer (CWB)
+    "wide_small_map_groups": ((1, 16, 7, 7), 16, dict(k=(3, 3), groups=2, padding=(1, 1), activation=RELU6), "wide"),
     "image_stem_7x7_s2": ((1, 3, 45, 43), 16, dict(k=(7, 7), stride=(2, 2), padding=(3, 3),
                                                   activation=ACTIVATIONS["relu"]), "image"),
     "image_1x1_s2_valid": ((1, 16, 13, 15), 24, dict(k=(1, 1), stride=(2, 2)), "image"),
@@ -180,6 +182,7 @@ def test_split_inference(split_inference, case):
         assert g["ROWS_OUTER"]
     if case == "wide_1x1_b1_parallel":
         assert g["PAR"]
+    assert g["MODE"] != "wide" or g["CWB"] == (case == "wide_small_map_groups")
 
 
 @pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])
@@ -300,3 +303,26 @@ def test_blocked_image_mode_training():
     for case in BLOCKED:
         p, (y,) = suite.check(case)
         assert p.geometry[y]["BLOCKED"]
+
+
+MANY_GROUPS = {
+    # batch 1, 4+ groups: the threads take (image, group) pairs (no SPLIT, no barrier per group)
+    "wide_5_groups_b1": ((1, 40, 20, 20), 40, dict(k=(3, 3), groups=5, padding=(1, 1), activation=RELU6), "wide"),
+    "wide_4_groups_7x7": ((1, 32, 7, 7), 32, dict(k=(3, 3), groups=4, padding=(1, 1)), "wide"),
+    "image_6_groups_s2_b1": ((1, 48, 15, 15), 48, dict(k=(3, 3), groups=6, stride=(2, 2), padding=(1, 1)), "image"),
+}
+
+
+def test_many_groups_batch1():
+    net, ys, ref, p = _inference(MANY_GROUPS, _split, seed=61)
+    for case, y in ys.items():
+        g = p.geometry[y[0]]
+        assert g["MODE"] == MANY_GROUPS[case][3] and not g["SPLIT"], case
+        assert_close(p.view(y), ref[y], case)
+    assert p.geometry[ys["wide_5_groups_b1"][0]]["PAR"]
+    suite = Suite(seed=62)
+    for case, args in MANY_GROUPS.items():
+        suite.add(case, lambda net, args=args: _split(net, *args))
+    suite.run()
+    for case in MANY_GROUPS:
+        suite.check(case)

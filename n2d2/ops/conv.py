@@ -616,6 +616,7 @@ def _finish_weights_grad(dw, geom, mapping):
 # Below this many images a C convolution shares each image between the threads of the team
 # (batch-1 inference) instead of giving them whole images.
 SPLIT_MAX_IMAGES = 4
+SPLIT_MAX_GROUPS = 4        # (and groups: a barrier per group costs more than it gives)
 SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (image mode)
 
 
@@ -714,9 +715,14 @@ class Conv(OpDef):
                      Hq=hq, Wq=wq, PSQ=hq * wq, PQY=pqy, PQX=pqx, LWX=h * wq, LWXD=-(-(h * wq) // 32) * 32)
             plane_floats = cg * hp * wp + 2 * wp + 64
             # few images: the team shares each one (tiles split between the threads)
-            g.update(SPLIT=n < SPLIT_MAX_IMAGES, ROWS_OUTER=og > lw)
-            if g["SPLIT"]:
-                g["PAR"] = macs >= low.PARALLEL_MIN_MACS
+            # CWB: a grid of at most two 32-wide strips with junk columns (small maps, e.g. RegNet's
+            # 7x7 groups) goes through a grid buffer and a fixed-bounds copy, not tile by tile
+            # (many groups: the threads take (image, group) pairs instead, without a barrier per group)
+            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, ROWS_OUTER=og > lw,
+                     CWB=wp != wo and lw <= 64)
+            g["PAR"] = (n * groups >= 2 or g["SPLIT"]) and macs >= low.PARALLEL_MIN_MACS
+            if g["CWB"]:
+                (sf.add_shared if g["SPLIT"] else sf.add_private)("CW", og * g["LWD"])
             if conn is not None:
                 sf.add_shared("WM", o * kg)
                 sb.add_shared("WM", o * kg)
@@ -752,7 +758,7 @@ class Conv(OpDef):
             # (BLOCKED: more images, each one's im2col matrix larger than cache: the same by blocks,
             # on private buffers, the threads taking whole images)
             blockwise = nb == 1 and (planes or g["VALID"])
-            g["SPLIT"] = blockwise and n < SPLIT_MAX_IMAGES
+            g["SPLIT"] = blockwise and n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS
             g["BLOCKED"] = blockwise and not g["SPLIT"] and 4 * kg * g["CLD"] > SPLIT_COL_BYTES
             if g["SPLIT"] or g["BLOCKED"]:
                 pb = min(p, max(32, (SPLIT_COL_BYTES // (4 * kg)) // 32 * 32))
