@@ -196,10 +196,14 @@ class BatchNorm(OpDef):
         if training and graph.attrs(node).get("synchronised"):
             return low.Unsupported(self.SYNCHRONISED)
         ins, _ = low.shapes(graph, node)
-        n, c, h, w = low.nchw(ins[0])
+        chans = low.concat_channels(ins)   # several inputs: concatenated along channels
+        if chans is None:
+            return low.Unsupported(f"inputs {[list(s) for s in ins]} differ on batch or H, W")
+        n, _, h, w = low.nchw(ins[0])
+        c = sum(ch["C"] for ch in chans)
         train = training and graph.attrs(node)["momentum"] != 0.0
-        return low.one_input(ins, self.name) or \
-            dict(N=n, C=c, HW=h * w, M=n * h * w, TRAIN=train, PAR=n * c * h * w >= low.PARALLEL_MIN_ELEMENTS)
+        return dict(N=n, C=c, HW=h * w, M=n * h * w, TRAIN=train, inputs=chans,
+                    PAR=n * c * h * w >= low.PARALLEL_MIN_ELEMENTS)
 
     def lower_cuda(self, graph, node, training):
         if training and graph.attrs(node).get("synchronised"):

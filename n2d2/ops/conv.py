@@ -613,6 +613,13 @@ def _finish_weights_grad(dw, geom, mapping):
     return dw
 
 
+# Below this many images a C convolution shares each image between the threads of the team
+# (batch-1 inference) instead of giving them whole images.
+SPLIT_MAX_IMAGES = 4
+SPLIT_MAX_GROUPS = 4        # (and groups: a barrier per group costs more than it gives)
+SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (image mode)
+
+
 # -- the IR op ------------------------------------------------------------
 @register
 class Conv(OpDef):
@@ -707,12 +714,23 @@ class Conv(OpDef):
                      PADDED=py > 0 or px > 0, READ_PAST=(kw - 1) * dx + 64,
                      Hq=hq, Wq=wq, PSQ=hq * wq, PQY=pqy, PQX=pqx, LWX=h * wq, LWXD=-(-(h * wq) // 32) * 32)
             plane_floats = cg * hp * wp + 2 * wp + 64
+            # few images: the team shares each one (tiles split between the threads)
+            # CWB: a grid of at most two 32-wide strips with junk columns (small maps, e.g. RegNet's
+            # 7x7 groups) goes through a grid buffer and a fixed-bounds copy, not tile by tile
+            # (many groups: the threads take (image, group) pairs instead, without a barrier per group)
+            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, ROWS_OUTER=og > lw,
+                     CWB=wp != wo and lw <= 64)
+            g["PAR"] = (n * groups >= 2 or g["SPLIT"]) and macs >= low.PARALLEL_MIN_MACS
+            if g["CWB"]:
+                (sf.add_shared if g["SPLIT"] else sf.add_private)("CW", og * g["LWD"])
             if conn is not None:
                 sf.add_shared("WM", o * kg)
                 sb.add_shared("WM", o * kg)
-            sf.add_private("CW", og * g["LWD"])
             if g["PADDED"]:
-                sf.add_private("XP", plane_floats)
+                if g["SPLIT"]:
+                    sf.add_shared("XPS", plane_floats)
+                else:
+                    sf.add_private("XP", plane_floats)
                 sb.add_private("XP", plane_floats)
             sb.add_shared("WF", o * kg)
             sb.add_private("DZW", o * g["LWD"])
@@ -722,8 +740,12 @@ class Conv(OpDef):
             sb.add_private("DBP", o)
             sb.add_private("DUMMY", h * w)
         elif groups > 1 and groups == c == o:
-            g["MODE"] = "direct"
-            g["PAR"] = g["PARB"] = n >= 2 and macs >= low.PARALLEL_MIN_MACS
+            # forward: one (image, channel) plane at a time into a zero-padded private copy (stride 2:
+            # its even and odd columns apart, WE + WOD = Wp), so one image still feeds the team
+            g.update(MODE="direct", Hp=hp, Wp=wp, WE=(wp + 1) // 2, WOD=wp // 2,
+                     PAR=n * o >= 2 and 4 * macs >= low.PARALLEL_MIN_MACS,   # a MAC per load: cheap
+                     PARB=n >= 2 and macs >= low.PARALLEL_MIN_MACS)
+            sf.add_private("XP", hp * wp)
             sb.add_private("DUMMY", h * w)
         else:
             # padded convolutions copy their inputs into zero-padded planes first (when every
@@ -739,10 +761,28 @@ class Conv(OpDef):
                 # row takes output column ox = (j - kx*DX) / SX of kernel column kx (16: a zero)
                 g["C2I"] = [[(j - kx * dx) // sx if j >= kx * dx and (j - kx * dx) % sx == 0
                              and (j - kx * dx) // sx < wo else 16 for j in range(16)] for kx in range(kw)]
+            # few images: the team shares each one, im2col by blocks of PB pixels (a cache-sized
+            # shared matrix) then the GEMM tiles; needs windows without bounds (padded planes or
+            # no padding)
+            # (BLOCKED: more images, each one's im2col matrix larger than cache: the same by blocks,
+            # on private buffers, the threads taking whole images)
+            blockwise = nb == 1 and (planes or g["VALID"])
+            g["SPLIT"] = blockwise and n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS
+            g["BLOCKED"] = blockwise and not g["SPLIT"] and 4 * kg * g["CLD"] > SPLIT_COL_BYTES
+            if g["SPLIT"] or g["BLOCKED"]:
+                pb = min(p, max(32, (SPLIT_COL_BYTES // (4 * kg)) // 32 * 32))
+                g.update(PB=pb, PBL=low.round16(pb), ROWS_OUTER=og > pb)
+                add = sf.add_shared if g["SPLIT"] else sf.add_private
+                add("COLS", kg * g["PBL"])
+                if planes:
+                    add("XPS", cg * hp * wp)
+                if g["SPLIT"]:
+                    g["PAR"] = macs >= low.PARALLEL_MIN_MACS
             if conn is not None:
                 sf.add_shared("WM", o * kg)
                 sb.add_shared("WM", o * kg)
-            sf.add_private("COL", kg * g["CLD"])
+            if not (g["SPLIT"] or g["BLOCKED"]):
+                sf.add_private("COL", kg * g["CLD"])
             if nb > 1:
                 sf.add_private("YB", og * g["CLD"])
             sb.add_private("COL", kg * g["CLD"])
@@ -755,7 +795,8 @@ class Conv(OpDef):
             sb.add_private("DBP", o)
             sb.add_private("DUMMY", h * w)
             if planes:
-                sf.add_private("XP", cg * nb * hp * wp)
+                if not (g["SPLIT"] or g["BLOCKED"]):
+                    sf.add_private("XP", cg * nb * hp * wp)
                 sb.add_private("XP", cg * nb * hp * wp)
                 sb.add_private("DXP", cg * nb * hp * wp)
         g["sf"], g["sb"] = sf.layout(), sb.layout()

@@ -366,6 +366,11 @@ class Pool(OpDef):
         g = dict(N=n, C=c, O=outs[0][1], H=h, W=w, HO=ho, WO=wo, KH=kh, KW=kw, SY=sy, SX=sx, PY=py, PX=px,
                  MAX=attrs["pooling"] == "Max", FITS=fits, TILED=tiled,
                  PAR=n * c * h * w >= low.PARALLEL_MIN_ELEMENTS, RW=(wo - 1) * sx + kw)
+        # PADROW: max pooling with padding where every window holds an image pixel (separable
+        # over padded rows); JE = the end of the image columns in such a row
+        g.update(PADROW=not fits and g["MAX"] and conn is None and 0 <= py < kh and 0 <= px < kw
+                 and (ho - 1) * sy - py < h and (wo - 1) * sx - px < w,
+                 JE=min(g["RW"], px + w))
         if conn is not None:
             g["links"] = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
             g["conn"] = conn.astype(int).tolist()

@@ -1,0 +1,328 @@
+"""C inference kernels of the bigger networks (issue 15) against the numpy reference.
+
+Depthwise convolutions (direct mode: a padded private plane per (image, channel), stride 2 on
+even / odd half planes), convolutions of a single image split across the thread team (wide
+and image modes), large im2col matrices by pixel blocks: odd sizes, strides 1, 2 and 3,
+dilation, 5x5 kernels, the ReLU6 epilogue, batch 1 (the team shares one image) and more;
+element by element on fresh random
+inputs, in an inference program and in a training program (same forward kernels, gradients
+too), and NaN / Inf where the reference puts them. BatchNorm of several inputs concatenated
+along channels (DenseNet), forward and backward; padded max pooling (ResNet's stem).
+"""
+import numpy as np
+import pytest
+
+from n2d2.codegen import numpy_exec
+from tests.test_c_backend import (
+    ACTIVATIONS,
+    Net,
+    Suite,
+    _normal,
+    _training_outputs,
+    c_backend,
+    run_c_training,
+    run_numpy_training,
+)
+from tests.test_nan_propagation import assert_same_pattern, poison
+
+pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
+
+RELU6 = ("Rectifier", (("clipping", 6.0), ("leak_slope", 0.0)))
+
+DEPTHWISE = {
+    # name: (input shape, kwargs)
+    "s1_pad1_relu6_b1": ((1, 8, 13, 11), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    "s2_pad1_relu6_b1_odd": ((1, 8, 13, 11), dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
+    "s2_pad1_even": ((2, 6, 14, 12), dict(k=(3, 3), stride=(2, 2), padding=(1, 1))),
+    "s2_valid": ((2, 6, 12, 9), dict(k=(3, 3), stride=(2, 2), activation=ACTIVATIONS["tanh"])),
+    "5x5_s2_pad2": ((1, 5, 15, 14), dict(k=(5, 5), stride=(2, 2), padding=(2, 2), activation=ACTIVATIONS["relu"])),
+    "5x5_s1_pad2_nobias": ((1, 3, 9, 10), dict(k=(5, 5), padding=(2, 2), bias=False)),
+    "s3_pad1": ((1, 4, 11, 10), dict(k=(3, 3), stride=(3, 3), padding=(1, 1))),
+    "s2x1_pad_1x2": ((3, 5, 9, 7), dict(k=(3, 3), stride=(2, 1), padding=(1, 2))),
+    "s1x2_pad_2x1": ((1, 5, 9, 8), dict(k=(3, 3), stride=(1, 2), padding=(2, 1))),
+    "dilation2_s1": ((1, 4, 12, 12), dict(k=(3, 3), dilation=(2, 2), padding=(2, 2), activation=RELU6)),
+    "dilation2_s2": ((1, 4, 13, 12), dict(k=(3, 3), dilation=(2, 2), stride=(2, 2), padding=(1, 1))),
+    # past the parallel threshold with one image: the team shares its channels
+    "large_b1_parallel": ((1, 64, 47, 45), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    "large_s2_b1_parallel": ((1, 96, 57, 55), dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
+}
+
+
+SPLIT = {
+    # name: (input shape, outputs, kwargs, mode): fewer images than SPLIT_MAX_IMAGES
+    "wide_3x3_b1_ragged": ((1, 5, 23, 21), 6, dict(k=(3, 3), padding=(1, 1), activation=RELU6), "wide"),
+    "wide_dilation_b2": ((2, 3, 20, 18), 4, dict(k=(3, 3), dilation=(2, 1), padding=(2, 1), bias=False), "wide"),
+    "wide_groups_b3": ((3, 4, 17, 16), 6, dict(k=(3, 3), groups=2, padding=(1, 1),
+                                               activation=ACTIVATIONS["tanh"]), "wide"),
+    "wide_1x1_b1_parallel": ((1, 24, 34, 33), 40, dict(k=(1, 1), activation=RELU6), "wide"),
+    "wide_1x1_rows_outer": ((1, 32, 4, 4), 64, dict(k=(1, 1)), "wide"),
+    # a 7x7 map: two strips of the 9-wide grid, through the grid buffer (CWB)
+    "wide_small_map_groups": ((1, 16, 7, 7), 16, dict(k=(3, 3), groups=2, padding=(1, 1), activation=RELU6), "wide"),
+    "image_stem_7x7_s2": ((1, 3, 45, 43), 16, dict(k=(7, 7), stride=(2, 2), padding=(3, 3),
+                                                  activation=ACTIVATIONS["relu"]), "image"),
+    "image_1x1_s2_valid": ((1, 16, 13, 15), 24, dict(k=(1, 1), stride=(2, 2)), "image"),
+    "image_5x5_valid_b1": ((1, 3, 12, 12), 4, dict(k=(5, 5), bias=False), "image"),
+    "image_groups_s2_b1": ((1, 6, 15, 13), 9, dict(k=(3, 3), groups=3, stride=(2, 2), padding=(1, 1)), "image"),
+    # K = 2304: blocks of 96 pixels, 3 of them (the last ragged), and the weights larger than a
+    # block (tiles rows first)
+    "image_blocks_rows_outer": ((1, 256, 29, 29), 112, dict(k=(3, 3), stride=(2, 2), padding=(1, 1),
+                                                           activation=RELU6), "image"),
+}
+
+
+def _split(net, shape, o, kw, mode):
+    return [net.conv(net.source(shape), o, **kw)]
+
+
+def _depthwise(net, shape, kw):
+    return [net.conv(net.source(shape), shape[1], groups=shape[1], **kw)]
+
+
+def assert_close(out, ref, what, tol=2e-5):
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    assert out.shape == ref.shape, (what, out.shape, ref.shape)
+    scale = max(1.0, float(np.abs(ref).max()))
+    err = np.abs(out - ref)
+    assert err.max() <= tol * scale, f"{what}: max error {err.max():.2e} at {np.unravel_index(err.argmax(), err.shape)}"
+
+
+@pytest.fixture(scope="module")
+def depthwise_training():
+    suite = Suite(seed=50)
+    for case, (shape, kw) in DEPTHWISE.items():
+        suite.add(case, lambda net, shape=shape, kw=kw: _depthwise(net, shape, kw))
+    return suite.run()
+
+
+@pytest.mark.parametrize("case", sorted(DEPTHWISE))
+def test_depthwise_training(depthwise_training, case):
+    p, (y,) = depthwise_training.check(case)
+    assert p.geometry[y]["MODE"] == "direct"
+
+
+def _inference(cases, build, seed):
+    """One inference graph of every case: the C program and the numpy reference."""
+    net = Net(seed=seed)
+    ys = {case: build(net, *args)[0] for case, args in cases.items()}
+    net.output(*ys.values())
+    ys = {case: net.g.outputs[i] for i, case in enumerate(ys)}
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    return net, ys, ref, p
+
+
+@pytest.fixture(scope="module")
+def depthwise_inference():
+    return _inference(DEPTHWISE, _depthwise, seed=51)
+
+
+@pytest.mark.parametrize("case", sorted(DEPTHWISE))
+def test_depthwise_inference(depthwise_inference, case):
+    net, ys, ref, p = depthwise_inference
+    y = ys[case]
+    assert p.where[y[0]] == "c" and p.geometry[y[0]]["MODE"] == "direct"
+    assert_close(p.view(y), ref[y], case)
+    if case.startswith("large"):
+        assert p.geometry[y[0]]["PAR"]
+
+
+def test_depthwise_nan_inf_as_the_reference():
+    """A NaN / Inf input stays where the reference puts it; a NaN weight poisons its channel,
+    padding included (the reference multiplies the padding zeros)."""
+    rng = np.random.default_rng(52)
+    net = Net(seed=52)
+    x = net.input((1, 6, 11, 9))
+    y1 = net.conv(x, 6, groups=6, stride=(2, 2), padding=(1, 1), activation=RELU6)
+    y2 = net.conv(x, 6, groups=6, padding=(1, 1))
+    net.output(y1, y2)
+    y2 = net.g.outputs[1]
+    net.feeds[x] = poison(rng, net.feeds[x], count=2)
+    w = net.g.params[f"{y2[0]}.weights"].array
+    w[3, 0, 0, 0] = np.nan
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    out = {t: p.view(t).copy() for t in net.g.outputs}
+    assert np.isnan(ref[y2][0, 3]).all()
+    assert_same_pattern(ref, out, "C depthwise")
+
+
+@pytest.fixture(scope="module")
+def split_training():
+    suite = Suite(seed=53)
+    for case, args in SPLIT.items():
+        suite.add(case, lambda net, args=args: _split(net, *args))
+    return suite.run()
+
+
+@pytest.fixture(scope="module")
+def split_inference():
+    return _inference(SPLIT, _split, seed=54)
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT))
+def test_split_training(split_training, case):
+    p, (y,) = split_training.check(case)
+    assert p.geometry[y]["MODE"] == SPLIT[case][3] and p.geometry[y]["SPLIT"]
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT))
+def test_split_inference(split_inference, case):
+    net, ys, ref, p = split_inference
+    y = ys[case]
+    g = p.geometry[y[0]]
+    assert p.where[y[0]] == "c" and g["MODE"] == SPLIT[case][3] and g["SPLIT"]
+    assert_close(p.view(y), ref[y], case)
+    if case == "image_blocks_rows_outer":
+        assert g["PB"] < g["P"] and g["P"] % g["PB"] and g["ROWS_OUTER"] and g["PAR"]
+    if case == "wide_1x1_rows_outer":
+        assert g["ROWS_OUTER"]
+    if case == "wide_1x1_b1_parallel":
+        assert g["PAR"]
+    assert g["MODE"] != "wide" or g["CWB"] == (case == "wide_small_map_groups")
+
+
+@pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])
+def test_batchnorm_of_concatenated_inputs(momentum, act, batch):
+    """DenseNet's BatchNorm after a Concat: several inputs, concatenated along channels, on C
+    (forward in training and inference, moving statistics, gradients of the inputs that
+    need one: the middle input is a raw input without gradient)."""
+    net = Net(seed=55)
+    a = net.source((batch, 3, 5, 7), "a")
+    b = net.input((batch, 2, 5, 7), "b")
+    c = net.source((batch, 4, 5, 7), "c")
+    ch = 9
+    params = {"scales": 1 + _normal(net.rng, (ch,), 0.2), "biases": _normal(net.rng, (ch,)),
+              "means": _normal(net.rng, (ch,), 0.1), "variances": 1 + net.rng.random(ch).astype(np.float32)}
+    y = net.op("BatchNorm", [a, b, c], {"epsilon": 1e-5, "momentum": momentum, "unbiased": momentum == 0.3,
+                                        "activation": ACTIVATIONS[act]}, params)
+    net.output(y)
+    before = {k: v.array.copy() for k, v in net.g.params.items()}
+    tg, seeds = _training_outputs(net)
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    after_numpy = {k: v.array.copy() for k, v in net.g.params.items()}
+    for k, v in before.items():
+        net.g.params[k].array[...] = v
+    out, p = run_c_training(tg, net.feeds, seeds)
+    assert p.where[y] == "c" and p.where[f"grad:{y}"] == "c"
+    for t, value in ref.items():
+        assert_close(out[t], value, str(t), tol=1e-5)
+    for k, v in after_numpy.items():   # moving statistics
+        assert_close(net.g.params[k].array, v, k, tol=1e-5)
+    for k, v in before.items():
+        net.g.params[k].array[...] = v
+    ref = numpy_exec.run(net.g, net.feeds)[0]
+    q = c_backend.CProgram(net.g, [net.g.topological_order()])
+    q.feed(net.feeds)
+    q.run_phase(0)
+    assert q.where[y] == "c"
+    assert_close(q.view(net.g.outputs[0]), ref, "inference")
+
+
+MAXPOOL = {
+    # name: (input shape, pool, stride, padding, activation): padded max pooling (PADROW)
+    "resnet_3x3_s2_p1_b1": ((1, 8, 23, 21), (3, 3), (2, 2), (1, 1), None),
+    "3x3_s1_p1_relu": ((2, 3, 9, 10), (3, 3), (1, 1), (1, 1), ACTIVATIONS["relu"]),
+    "2x2_s2_p1_odd": ((1, 4, 7, 9), (2, 2), (2, 2), (1, 1), None),
+    "5x3_s2x1_p2x1": ((2, 3, 11, 8), (5, 3), (2, 1), (2, 1), None),
+    "3x3_s2_p1_parallel": ((1, 64, 60, 58), (3, 3), (2, 2), (1, 1), None),
+}
+
+
+def _maxpool(net, shape, pool, stride, pad, act):
+    return [net.op("Pool", [net.source(shape)], {"pooling": "Max", "pool": pool, "stride": stride, "padding": pad,
+                                                 "mapping": None, "activation": act})]
+
+
+@pytest.fixture(scope="module")
+def maxpool_training():
+    suite = Suite(seed=56)
+    for case, args in MAXPOOL.items():
+        suite.add(case, lambda net, args=args: _maxpool(net, *args))
+    return suite.run()
+
+
+@pytest.mark.parametrize("case", sorted(MAXPOOL))
+def test_padded_max_pool_training(maxpool_training, case):
+    p, (y,) = maxpool_training.check(case)
+    assert p.geometry[y]["PADROW"]
+
+
+@pytest.mark.parametrize("case", sorted(MAXPOOL))
+def test_padded_max_pool_inference(case):
+    net, ys, ref, p = _inference({case: MAXPOOL[case]}, _maxpool, seed=57)
+    y = ys[case]
+    assert p.where[y[0]] == "c" and p.geometry[y[0]]["PADROW"]
+    assert_close(p.view(y), ref[y], case)
+
+
+def test_padded_max_pool_nan_inf_as_the_reference():
+    rng = np.random.default_rng(58)
+    net = Net(seed=58)
+    x = net.input((1, 5, 13, 11))
+    net.output(net.op("Pool", [x], {"pooling": "Max", "pool": (3, 3), "stride": (2, 2), "padding": (1, 1),
+                                    "mapping": None}))
+    net.feeds[x] = poison(rng, net.feeds[x], count=3)
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert p.geometry[net.g.outputs[0][0]]["PADROW"]
+    assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C max pool")
+
+
+BLOCKED = {
+    # 4 images or more, one per block, an im2col matrix larger than SPLIT_COL_BYTES: pixel blocks
+    # on private buffers (the threads take whole images)
+    "stem_7x7_s2_b4": ((4, 3, 95, 93), 8, dict(k=(7, 7), stride=(2, 2), padding=(3, 3), activation=RELU6)),
+    "3x3_s2_valid_b5": ((5, 64, 49, 47), 6, dict(k=(3, 3), stride=(2, 2))),
+}
+
+
+def _blocked(net, shape, o, kw):
+    return [net.conv(net.source(shape), o, **kw)]
+
+
+@pytest.mark.parametrize("case", sorted(BLOCKED))
+def test_blocked_image_mode(case):
+    net, ys, ref, p = _inference({case: BLOCKED[case]}, _blocked, seed=59)
+    y = ys[case]
+    g = p.geometry[y[0]]
+    assert g["MODE"] == "image" and g["BLOCKED"] and not g["SPLIT"] and g["PB"] < g["P"]
+    assert_close(p.view(y), ref[y], case)
+
+
+def test_blocked_image_mode_training():
+    suite = Suite(seed=60)
+    for case, args in BLOCKED.items():
+        suite.add(case, lambda net, args=args: _blocked(net, *args))
+    suite.run()
+    for case in BLOCKED:
+        p, (y,) = suite.check(case)
+        assert p.geometry[y]["BLOCKED"]
+
+
+MANY_GROUPS = {
+    # batch 1, 4+ groups: the threads take (image, group) pairs (no SPLIT, no barrier per group)
+    "wide_5_groups_b1": ((1, 40, 20, 20), 40, dict(k=(3, 3), groups=5, padding=(1, 1), activation=RELU6), "wide"),
+    "wide_4_groups_7x7": ((1, 32, 7, 7), 32, dict(k=(3, 3), groups=4, padding=(1, 1)), "wide"),
+    "image_6_groups_s2_b1": ((1, 48, 15, 15), 48, dict(k=(3, 3), groups=6, stride=(2, 2), padding=(1, 1)), "image"),
+}
+
+
+def test_many_groups_batch1():
+    net, ys, ref, p = _inference(MANY_GROUPS, _split, seed=61)
+    for case, y in ys.items():
+        g = p.geometry[y[0]]
+        assert g["MODE"] == MANY_GROUPS[case][3] and not g["SPLIT"], case
+        assert_close(p.view(y), ref[y], case)
+    assert p.geometry[ys["wide_5_groups_b1"][0]]["PAR"]
+    suite = Suite(seed=62)
+    for case, args in MANY_GROUPS.items():
+        suite.add(case, lambda net, args=args: _split(net, *args))
+    suite.run()
+    for case in MANY_GROUPS:
+        suite.check(case)
