@@ -113,7 +113,7 @@ def run_n2d2(args, x):
 
 def _programs(dn):
     """The compiled inference programs of a DeepNetCell (its program cache)."""
-    return [program._c for (kind, _), program in dn._programs.items() if kind == "inference"]
+    return [program._c for key, program in dn._programs.items() if key[0] == "inference"]
 
 
 def run_ort(args, x):
