@@ -223,13 +223,13 @@ def test_numpy_program_runs_phases_afresh():
 
 
 # -- the C program's fallback is the interpreter -------------------------------------------------------
-def _quantized_graph():
-    from n2d2.cells import Conv, Fc, Sequence
+def _graph_with_a_fallback_node():
+    """Conv -> Normalize -> Fc: Normalize has no C kernel (it runs on its reference)."""
+    from n2d2.cells import Conv, Fc, Normalize, Sequence
     from n2d2.ir.trace import trace
-    from n2d2.quantizer import SATCell
 
     n2d2.global_variables.seed = 5
-    model = Sequence([Conv(2, 3, [3, 3], quantizer=SATCell(range=15, apply_scaling=True)), Fc(3 * 4 * 4, 4)])
+    model = Sequence([Conv(2, 3, [3, 3]), Normalize(), Fc(3 * 4 * 4, 4)])
     model.test()
     y = model(n2d2.Tensor([2, 2, 6, 6]))
     return trace(y.get_deepnet(), input_names=["input"]).graph
@@ -237,11 +237,11 @@ def _quantized_graph():
 
 @needs_cc
 def test_c_fallback_node_runs_through_the_interpreter(monkeypatch):
-    g = _quantized_graph()
-    quantized = [n for n in g.nodes() if g.attrs(n).get("weight_quantizer") is not None]
-    assert len(quantized) == 1
+    g = _graph_with_a_fallback_node()
+    fallback = [n for n in g.nodes() if g.op(n) == "Normalize"]
+    assert len(fallback) == 1
     program = c_backend.CProgram(g, [g.topological_order()])
-    assert program.where[quantized[0]] == "numpy" and "c" in program.where.values()
+    assert program.where[fallback[0]] == "numpy" and "c" in program.where.values()
     ran = []
     original = Interpreter.run_forward
 
@@ -253,7 +253,7 @@ def test_c_fallback_node_runs_through_the_interpreter(monkeypatch):
     x = _normal(_rng(2), (2, 2, 6, 6))
     program.feed({"input": x})
     program.run_phase(0)
-    assert ran == quantized
+    assert ran == fallback
     ref = numpy_exec.run(g, {"input": x})[0]
     got = program.fetch(g.outputs[0])
     assert np.abs(ref).max() > 0
