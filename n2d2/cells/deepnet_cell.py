@@ -117,6 +117,7 @@ class DeepNetCell(Iterable):
         self._deepnet = None
         self._batch_size = 1
         self._world = None     # the data-parallel world of the running fit (n2d2.distributed)
+        self._synced = False   # True during a fit pass: the cells were synchronised at its start
         self._sync_batchnorm = False   # fit(sync_batchnorm=...): BatchNorm statistics over every rank
         self._bucket_bytes = None      # fit(bucket_bytes=...): gradient bucket size (None: the default)
 
@@ -304,7 +305,7 @@ class DeepNetCell(Iterable):
         if tuple(x.shape()[1:]) != expected:
             raise ValueError(f"DeepNetCell '{self._name}': input shape {x.shape()} does not match the network's "
                              f"input {[x.shape()[0]] + list(expected)}")
-        if not self._inference:
+        if not self._inference and not self._synced:
             self._sync_cells()
         deepnet = x.get_deepnet()
         data = x._data if x._data.dtype == np.float32 else x._data.astype(np.float32)
@@ -458,6 +459,9 @@ class DeepNetCell(Iterable):
         bar = self._progress(nb, desc or partition) if world.is_root else None
         shard = (world.rank, world.size) if world.size > 1 else None
         seen, start = 0, time.perf_counter()
+        if learn:   # nothing but the loop below runs until the pass ends: synchronise once, not per batch
+            self._sync_cells()
+        self._synced = learn
         try:
             for x in provider.prefetch_batches(shuffle=shuffle and learn, shard=shard):
                 loss = target(self(x))
@@ -477,6 +481,7 @@ class DeepNetCell(Iterable):
                 if seen >= nb:
                     break
         finally:
+            self._synced = False
             if bar is not None:
                 bar.close()
         if world.size > 1:
@@ -640,8 +645,7 @@ class DeepNetCell(Iterable):
 
     def _restore(self, snapshot):
         for name, values in snapshot.items():
-            self._graph.params[name].array[...] = values
-        self._invalidate()
+            self._graph.params[name].array[...] = values   # in place: the programs read them live
 
     # -- editing --------------------------------------------------------------------------------
     def remove(self, name: str, reconnect: bool = True):

@@ -1,0 +1,88 @@
+"""DeepNetCell.fit's per-batch work: cells synchronised once per pass, best weights restored in
+place under the live programs (no rebuild), parameter files written as before."""
+import numpy as np
+import pytest
+
+import n2d2
+from n2d2.codegen import c_backend
+from n2d2.solver import SGD
+from tests.conftest import rel_err
+from tests.test_deepnet_cell import _database, _model
+
+BACKENDS = ["numpy", pytest.param("c", marks=pytest.mark.skipif(not c_backend.available(),
+                                                                reason="needs a C compiler"))]
+
+
+def _validated_database():
+    db = _database()
+    db.load([np.random.default_rng(7).random((1, 8, 8)).astype(np.float32) for _ in range(16)], [0, 1] * 8,
+            partition="Validation")
+    return db
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_restored_weights_reach_the_programs_built_before(backend):
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = _model().to_deepnet_cell(provider)
+    dn.set_backend(backend)
+    provider.set_partition("Test")
+    x = provider.read_batch(0)
+    dn.test()
+    before = dn(x).to_numpy().copy()
+    program = dn._program("inference", 16)
+    snapshot = dn._snapshot()
+    for cell in dn:
+        if getattr(cell, "_weights", None) is not None:
+            cell._weights *= 0.5
+    halved = dn(x).to_numpy().copy()
+    assert rel_err(halved, before) > 1e-3
+    dn._restore(snapshot)
+    assert dn._program("inference", 16) is program   # restored in place: nothing rebuilt
+    assert np.array_equal(dn(x).to_numpy(), before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_with_validation_leaves_programs_that_read_the_kept_weights(backend):
+    provider = n2d2.provider.DataProvider(_validated_database(), [8, 8, 1], batch_size=16)
+    dn = _model().to_deepnet_cell(provider)
+    dn.set_backend(backend)
+    dn.fit(3, checkpoint=None)
+    provider.set_partition("Test")
+    x = provider.read_batch(0)
+    dn.test()
+    compiled = dn(x).to_numpy().copy()
+    dn.set_backend("numpy")      # a fresh program over the same (restored) arrays
+    assert rel_err(compiled, dn(x).to_numpy()) < 1e-5
+
+
+def test_settings_changed_after_fit_reach_the_next_steps():
+    """fit synchronises the cells with the graph once per pass; outside fit every call does."""
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = _model().to_deepnet_cell(provider)
+    dn.fit(1, checkpoint=None)
+    assert not dn._synced
+    dn.set_solver(SGD(learning_rate=0.0))
+    weights = [c._weights.copy() for c in dn if getattr(c, "_weights", None) is not None]
+    target = n2d2.target.Score(provider)
+    provider.set_partition("Learn")
+    dn.learn()
+    for i in range(2):
+        loss = target(dn(provider.read_batch(16 * i)))
+        loss.back_propagate()
+        loss.update()
+    assert all(np.array_equal(a, c._weights) for a, c in zip(weights, [c for c in dn if getattr(c, "_weights", None)
+                                                                        is not None]))
+
+
+def test_a_failing_pass_does_not_leave_the_cells_unsynchronised():
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+    dn = _model().to_deepnet_cell(provider)
+
+    class Broken(n2d2.target.Score):
+        def __call__(self, inputs):
+            raise RuntimeError("target failed")
+
+    dn._target = Broken(provider)
+    with pytest.raises(RuntimeError, match="target failed"):
+        dn.fit(1, checkpoint=None)
+    assert not dn._synced
