@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from n2d2.cells import BatchNorm2d, Conv, Fc, Sequence
+from n2d2.cells.nn.base import format_rows
 from n2d2.error_handler import ParameterFileError
 from n2d2.names import MAX_STEM_LENGTH, file_stem, file_stems
 from n2d2.parameter_files import MANIFEST_NAME, parse_syntxt
@@ -304,3 +305,19 @@ def test_fuzz_syntxt_parser_raises_only_library_errors(data, shape):
 @given(_FUZZ_BYTES, st.sampled_from([(0,), (1,), (5,), (2, 3)]))
 def test_fuzz_syntxt_parser_raises_only_library_errors_long(data, shape):
     _parse_only_raises_library_errors(data, shape)
+
+
+@pytest.mark.parametrize("array", [
+    np.random.default_rng(0).standard_normal((12, 75)).astype(np.float32),
+    np.array([[np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 3.4028235e38, 1.0 / 3.0]], dtype=np.float32),
+    np.random.default_rng(1).standard_normal((7, 1)),
+    np.arange(12, dtype=np.int64).reshape(3, 4),
+    np.random.default_rng(2).standard_normal((5, 3, 2)).astype(np.float32)])
+def test_format_rows_writes_each_value_as_9_significant_digits(array):
+    """One line per row, every value `%.9g` followed by a space; float32 (and integer) values read
+    back exactly (float64 ones to 9 digits)."""
+    rows = np.asarray(array).reshape(len(array), -1)
+    assert format_rows(array) == "".join("".join("%.9g " % v for v in row) + "\n" for row in rows)
+    back = np.array([[float(v) for v in line.split()] for line in format_rows(array).splitlines()])
+    exact = array.dtype != np.float64
+    assert np.allclose(back.astype(array.dtype), rows, rtol=0 if exact else 1e-8, atol=0, equal_nan=True)

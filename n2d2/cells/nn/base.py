@@ -436,4 +436,6 @@ class _ActivationQuantized:
 
 def format_rows(array2d) -> str:
     """One line per row, each value followed by a space (float32 round-trips exactly)."""
-    return "".join("".join("%.9g " % v for v in row) + "\n" for row in np.asarray(array2d).reshape(len(array2d), -1))
+    rows = np.asarray(array2d).reshape(len(array2d), -1)
+    line = "%.9g " * rows.shape[1] + "\n"    # one % per row, on Python floats (numpy scalars format slowly)
+    return "".join(line % tuple(row) for row in rows.tolist())
