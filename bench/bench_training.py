@@ -15,6 +15,13 @@ With `--separate R`, every contender instead runs alone in its own process, one 
 another, R rounds: in one process the frameworks' thread pools disturb each other (OpenBLAS
 threads still spinning after the numpy contender, torch's libgomp, which n2d2's generated
 libraries share once torch is imported), which a user's training loop does not see.
+With `--fit E`, the whole `DeepNetCell.fit` loop instead: "n2d2 fit (c)" times `fit(1)` (shuffled
+Learn epoch through the prefetching provider, Score target, non-finite check, validation pass,
+weights_init/weights_validation files; checkpoint off) after one warm-up epoch (compile), E
+epochs; "torch fit loop" the same epoch in PyTorch over the same tensors (the provider's Learn
+and Validation partitions, preloaded): a shuffled pass of batches `x[idx]`, cross-entropy,
+SGD step, accuracy count, then the validation pass under no_grad. Each alone in its own process
+(`--separate` rounds, at least 1); img/s = (Learn + Validation images) / epoch time.
 Then, in a subprocess, torch eager again with fixed glibc malloc thresholds
 (MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824), as the CPU anchors do
 (/work/shared/bench/CPU-ANCHORS.md: torch's LeNet step is bimodal without them).
@@ -32,6 +39,7 @@ machine. Not a test.
 
     python bench/bench_training.py [--threads 1] [--clock process] [--repeats 15] [--steps 8]
                                    [--backends numpy,c] [--separate 2] [--profile] [--json out.json]
+    python bench/bench_training.py --fit 3 [--separate 2] [--threads 1] [--clock process]
 """
 import argparse
 import json
@@ -65,6 +73,8 @@ def _parse(argv=None):
     ap.add_argument("--separate", type=int, default=0, metavar="ROUNDS",
                     help="run every contender alone in its own process (no other framework's threads "
                          "in it), ROUNDS rounds of one process per contender")
+    ap.add_argument("--fit", type=int, default=0, metavar="EPOCHS",
+                    help="time whole DeepNetCell.fit epochs (C backend) against a PyTorch epoch loop instead")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -199,15 +209,130 @@ def torch_contender(batches):
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=DECAY)
     state = {"i": 0}
+    nb = len(batches)
 
     def step():
-        x, y = batches[state["i"] % NB_BATCHES]
+        x, y = batches[state["i"] % nb]
         state["i"] += 1
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    step.model, step.opt = model, opt
     return step
+
+
+# -- whole fit loops (--fit) ------------------------------------------------------------------------
+def partition_tensors(provider, partition):
+    """(x float32 (N, 1, 32, 32), y int64 (N,)) of a whole partition, as the provider delivers it."""
+    provider.set_partition(partition)
+    xs, ys = [], []
+    for x in provider.prefetch_batches(shuffle=False):
+        y = provider.get_labels().to_numpy().reshape(-1)
+        xs.append(x.to_numpy()[y >= 0].copy())
+        ys.append(y[y >= 0].astype(np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def n2d2_fit_epoch(provider):
+    import tempfile
+
+    import n2d2
+
+    os.environ["TQDM_DISABLE"] = "1"
+    os.chdir(tempfile.mkdtemp(prefix="bench_fit_"))   # fit writes weights_init/, weights_validation/
+    dn = n2d2_network().to_deepnet_cell(provider, n2d2.target.Score(provider))
+    dn.set_backend("c")
+
+    def epoch():
+        with open(os.devnull, "w") as sink:
+            stdout, sys.stdout = sys.stdout, sink
+            try:
+                dn.fit(1, checkpoint=None)
+            finally:
+                sys.stdout = stdout
+    return epoch
+
+
+def torch_fit_epoch(provider):
+    import torch
+    import torch.nn.functional as F
+
+    learn, valid = (tuple(torch.from_numpy(a) for a in partition_tensors(provider, p)) for p in ("Learn", "Validation"))
+    step = torch_contender([learn])     # the model and optimizer of the step contender
+    model, opt = step.model, step.opt
+    b = ARGS.batch
+
+    def epoch():
+        model.train()
+        order = torch.randperm(len(learn[0]))
+        hits = 0
+        for i in range(0, len(order), b):
+            idx = order[i:i + b]
+            x, y = learn[0][idx], learn[1][idx]
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            hits += int((out.argmax(1) == y).sum())
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(valid[0]), b):
+                hits += int((model(valid[0][i:i + b]).argmax(1) == valid[1][i:i + b]).sum())
+    return epoch
+
+
+FIT_CONTENDERS = {"n2d2 fit (c)": n2d2_fit_epoch, "torch fit loop": torch_fit_epoch}
+
+
+def measure_fit(name, provider):
+    """Seconds of each of ARGS.fit epochs of contender `name`, after one warm-up epoch."""
+    epoch = FIT_CONTENDERS[name](provider)
+    epoch()
+    times = []
+    load0 = os.getloadavg()[0]
+    for _ in range(ARGS.fit):
+        t = CLOCK()
+        epoch()
+        times.append(CLOCK() - t)
+    db = provider.get_database()
+    images = db.get_nb_stimuli("Learn") + db.get_nb_stimuli("Validation")
+    return {"per_epoch_s": times, "images": images, "load_avg": [load0, os.getloadavg()[0]]}
+
+
+def main_fit():
+    results = {}
+    for _ in range(max(1, ARGS.separate)):
+        for name in FIT_CONTENDERS:
+            argv = [sys.executable, os.path.abspath(__file__), "--child", name, "--fit", str(ARGS.fit),
+                    "--threads", str(ARGS.threads), "--clock", ARGS.clock, "--batch", str(ARGS.batch)]
+            child = subprocess.run(argv, capture_output=True, text=True)
+            line = next((ln for ln in child.stdout.splitlines() if ln.startswith("@@")), None)
+            if line is None:
+                sys.exit(f"{name} failed:\n{child.stderr}")
+            r = json.loads(line[2:])
+            entry = results.setdefault(name, {"per_epoch_s": [], "images": r["images"], "load": []})
+            entry["per_epoch_s"] += r["per_epoch_s"]
+            entry["load"] += r["load_avg"]
+    info = machine()
+    print(f"# {info.get('cpu', '?')}, {info['nproc']} cores; Python {info['python']}, numpy {info['numpy']}, "
+          f"torch {info.get('torch', '-')}; commit {info.get('commit', '?')}; {info['date']}")
+    print(f"# whole fit epochs: threads {ARGS.threads}, clock {ARGS.clock}, batch {ARGS.batch}, {ARGS.fit} epochs "
+          f"per process after one warm-up, {max(1, ARGS.separate)} round(s), each contender alone in its process")
+    ref = None
+    print("| contender | img/s median [min-max] | s/epoch | vs torch fit loop | load average |")
+    print("|---|---:|---:|---:|---:|")
+    for name in reversed(FIT_CONTENDERS):
+        e = results[name]
+        med = e["images"] / statistics.median(e["per_epoch_s"])
+        ref = ref or med
+        lo, hi = e["images"] / max(e["per_epoch_s"]), e["images"] / min(e["per_epoch_s"])
+        print(f"| {name} | {med:,.0f} [{lo:,.0f}-{hi:,.0f}] | {statistics.median(e['per_epoch_s']):.2f} | "
+              f"{med / ref:.2f}x | {min(e['load']):.1f}-{max(e['load']):.1f} |")
+    if ARGS.json:
+        with open(ARGS.json, "w") as f:
+            json.dump({"machine": info, "args": vars(ARGS), **results}, f, indent=1)
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -301,6 +426,12 @@ def _contenders(provider, batches, only=None):
 
 def main():
     provider = mnist_provider(ARGS.batch)
+    if ARGS.fit:
+        if ARGS.child:
+            print("@@" + json.dumps(measure_fit(ARGS.child, provider)))
+        else:
+            main_fit()
+        return
     batches = torch_batches(provider)
     if ARGS.child:
         print("@@" + json.dumps(measure(_contenders(provider, batches, ARGS.child))))
