@@ -457,6 +457,10 @@ class DeepNetCell(Iterable):
             nb = min(nb, nb_max)
         world = self._world_or_local()
         bar = self._progress(nb, desc or partition) if world.is_root else None
+        if bar is not None and bar.disable:    # TQDM_DISABLE: no figures to format each batch
+            bar.close()
+            bar = None
+        shown = -1.0    # when the postfix was last set: at most every tqdm refresh interval
         shard = (world.rank, world.size) if world.size > 1 else None
         seen, start = 0, time.perf_counter()
         if learn:   # nothing but the loop below runs until the pass ends: synchronise once, not per batch
@@ -473,10 +477,12 @@ class DeepNetCell(Iterable):
                 step = min(provider.get_batch_size() * world.size, nb - seen)
                 seen += step
                 if bar is not None:
-                    elapsed = max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(loss=f"{target.loss():.4f}",
-                                    success=f"{100 * target.get_success_rate():.2f}%",
-                                    rate=f"{seen / elapsed:.0f} img/s", refresh=False)
+                    now = time.perf_counter()
+                    if now - shown >= bar.mininterval or seen >= nb:
+                        shown = now
+                        bar.set_postfix(loss=f"{target.loss():.4f}",
+                                        success=f"{100 * target.get_success_rate():.2f}%",
+                                        rate=f"{seen / max(now - start, 1e-9):.0f} img/s", refresh=False)
                     bar.update(step)
                 if seen >= nb:
                     break
