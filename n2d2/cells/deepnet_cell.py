@@ -541,6 +541,9 @@ class DeepNetCell(Iterable):
         database has a Validation partition; the best weights (by `valid_metric`) are saved to
         `weights_validation/` and restored at the end, the initial ones to `weights_init/`.
 
+        Solvers and `back_propagate` switches set on the cells are read at the start of each
+        pass, not at each batch.
+
         `check_finite` (default True): a NaN or infinite training loss stops with
         `n2d2.error_handler.NonFiniteError` naming the first cell whose output is not finite
         (one test of the loss per step). Non-finite weights are never kept as the best.
