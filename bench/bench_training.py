@@ -15,13 +15,14 @@ With `--separate R`, every contender instead runs alone in its own process, one 
 another, R rounds: in one process the frameworks' thread pools disturb each other (OpenBLAS
 threads still spinning after the numpy contender, torch's libgomp, which n2d2's generated
 libraries share once torch is imported), which a user's training loop does not see.
-With `--fit E`, the whole `DeepNetCell.fit` loop instead: "n2d2 fit (c)" times `fit(1)` (shuffled
-Learn epoch through the prefetching provider, Score target, non-finite check, validation pass,
-weights_init/weights_validation files; checkpoint off) after one warm-up epoch (compile), E
-epochs; "torch fit loop" the same epoch in PyTorch over the same tensors (the provider's Learn
-and Validation partitions, preloaded): a shuffled pass of batches `x[idx]`, cross-entropy,
-SGD step, accuracy count, then the validation pass under no_grad. Each alone in its own process
-(`--separate` rounds, at least 1); img/s = (Learn + Validation images) / epoch time.
+With `--fit E`, the whole `DeepNetCell.fit` loop instead: "n2d2 fit (c)" times one `fit(E)` (per
+epoch: a shuffled Learn pass through the prefetching provider, Score target, non-finite check,
+validation pass, best weights kept and written; checkpoint off) after a warm-up `fit(1)`
+(compile); "torch fit loop" E such epochs in PyTorch over the same tensors (the provider's
+Learn and Validation partitions, preloaded): a shuffled pass of batches `x[idx]`,
+cross-entropy, SGD step, accuracy count, then the validation pass under no_grad, after a
+warm-up epoch. Each alone in its own process
+(`--separate` rounds, at least 1); img/s = E * (Learn + Validation images) / time of the E epochs.
 Then, in a subprocess, torch eager again with fixed glibc malloc thresholds
 (MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824), as the CPU anchors do
 (/work/shared/bench/CPU-ANCHORS.md: torch's LeNet step is bimodal without them).
@@ -244,14 +245,14 @@ def n2d2_fit_epoch(provider):
     dn = n2d2_network().to_deepnet_cell(provider, n2d2.target.Score(provider))
     dn.set_backend("c")
 
-    def epoch():
+    def epochs(n):
         with open(os.devnull, "w") as sink:
             stdout, sys.stdout = sys.stdout, sink
             try:
-                dn.fit(1, checkpoint=None)
+                dn.fit(n, checkpoint=None)
             finally:
                 sys.stdout = stdout
-    return epoch
+    return epochs
 
 
 def torch_fit_epoch(provider):
@@ -280,22 +281,20 @@ def torch_fit_epoch(provider):
         with torch.no_grad():
             for i in range(0, len(valid[0]), b):
                 hits += int((model(valid[0][i:i + b]).argmax(1) == valid[1][i:i + b]).sum())
-    return epoch
+    return lambda n: [epoch() for _ in range(n)]
 
 
 FIT_CONTENDERS = {"n2d2 fit (c)": n2d2_fit_epoch, "torch fit loop": torch_fit_epoch}
 
 
 def measure_fit(name, provider):
-    """Seconds of each of ARGS.fit epochs of contender `name`, after one warm-up epoch."""
-    epoch = FIT_CONTENDERS[name](provider)
-    epoch()
-    times = []
+    """Seconds per epoch of contender `name`: ARGS.fit epochs in one call, after a warm-up epoch."""
+    epochs = FIT_CONTENDERS[name](provider)
+    epochs(1)
     load0 = os.getloadavg()[0]
-    for _ in range(ARGS.fit):
-        t = CLOCK()
-        epoch()
-        times.append(CLOCK() - t)
+    t = CLOCK()
+    epochs(ARGS.fit)
+    times = [(CLOCK() - t) / ARGS.fit]
     db = provider.get_database()
     images = db.get_nb_stimuli("Learn") + db.get_nb_stimuli("Validation")
     return {"per_epoch_s": times, "images": images, "load_avg": [load0, os.getloadavg()[0]]}
@@ -319,7 +318,8 @@ def main_fit():
     print(f"# {info.get('cpu', '?')}, {info['nproc']} cores; Python {info['python']}, numpy {info['numpy']}, "
           f"torch {info.get('torch', '-')}; commit {info.get('commit', '?')}; {info['date']}")
     print(f"# whole fit epochs: threads {ARGS.threads}, clock {ARGS.clock}, batch {ARGS.batch}, {ARGS.fit} epochs "
-          f"per process after one warm-up, {max(1, ARGS.separate)} round(s), each contender alone in its process")
+          f"in one call per process after one warm-up epoch, {max(1, ARGS.separate)} round(s), each contender "
+          "alone in its process")
     ref = None
     print("| contender | img/s median [min-max] | s/epoch | vs torch fit loop | load average |")
     print("|---|---:|---:|---:|---:|")
