@@ -282,11 +282,21 @@ def _c_rectifier(v, p, f):
     return f"n2d2_fmin({core}, {f(p['clipping'])})" if p["clipping"] > 0 else core
 
 
+def _c_keep(cond, value):
+    """`cond ? value : 0.0f` as a bit mask (n2d2_keep): a derivative written as a select,
+    multiplied into a gradient, is rewritten by gcc into a branch on the data (`dz *= c ? 1 : 0`
+    becomes `if (!c) dz *= 0`), which stops vectorisation; AVX-512's masked stores hid it, AVX2
+    ran LeNet's ReLU backward scalar with a mispredicted branch per element. Conditions use `&`,
+    not `&&`, for the same reason."""
+    return f"n2d2_keep({cond}, {value})"
+
+
 def _c_drectifier(y, p, f):
-    pos = f"({y}) > 0.0f" + (f" && ({y}) < {f(p['clipping'])}" if p["clipping"] > 0 else "")
-    other = f(p["leak_slope"]) if p["leak_slope"] else "0.0f"
-    mask = f" * (({y}) <= 0.0f)" if p["leak_slope"] and p["clipping"] > 0 else ""
-    return f"(({pos}) ? 1.0f : {other}{mask})"
+    pos = f"(({y}) > 0.0f)" + (f" & (({y}) < {f(p['clipping'])})" if p["clipping"] > 0 else "")
+    if not p["leak_slope"]:
+        return _c_keep(pos, "1.0f")
+    neg = f"(({y}) <= 0.0f)" if p["clipping"] > 0 else f"!({pos})"
+    return f"({_c_keep(pos, '1.0f')} + {_c_keep(neg, f(p['leak_slope']))})"
 
 
 def _export_rectifier(e, x, p, first):
@@ -363,7 +373,7 @@ register(ActivationDef(
     "Linear", "Identity, optionally clipped to [-clipping, clipping] (0 = no clipping).",
     linear_forward, linear_backward,
     c_forward=lambda v, p, f: _c_clamp(v, f"-{f(p['clipping'])}", f(p["clipping"])) if p["clipping"] > 0 else f"({v})",
-    c_derivative=lambda y, p, f: f"(fabsf({y}) < {f(p['clipping'])} ? 1.0f : 0.0f)" if p["clipping"] > 0 else "1.0f",
+    c_derivative=lambda y, p, f: _c_keep(f"fabsf({y}) < {f(p['clipping'])}", "1.0f") if p["clipping"] > 0 else "1.0f",
     params=(("clipping", 0.0, None),),
     idempotent=_yes, keeps_sign=_yes, identity=lambda p: p["clipping"] <= 0,
     onnx_export=lambda e, x, p, first: (e.clip(x, -p["clipping"], p["clipping"], first), False)
@@ -412,7 +422,7 @@ register(ActivationDef(
     "Saturation", "Clamp to [-threshold, threshold] (N2D2 INI type Saturation, Threshold=1.0).",
     saturation_forward, saturation_backward,
     c_forward=lambda v, p, f: _c_clamp(v, f"-{f(p['threshold'])}", f(p["threshold"])),
-    c_derivative=lambda y, p, f: f"(fabsf({y}) < {f(p['threshold'])} ? 1.0f : 0.0f)",
+    c_derivative=lambda y, p, f: _c_keep(f"fabsf({y}) < {f(p['threshold'])}", "1.0f"),
     params=(("threshold", 1.0, None),),
     idempotent=_yes, keeps_sign=_yes,
     onnx_export=lambda e, x, p, first: (e.clip(x, -p["threshold"], p["threshold"], first), False),
@@ -482,7 +492,7 @@ register(ActivationDef(
     "HardSigmoid", "max(0, min(1, alpha x + beta)) (ONNX defaults alpha=0.2, beta=0.5; PyTorch's is alpha=1/6).",
     hard_sigmoid_forward, hard_sigmoid_backward,
     c_forward=lambda v, p, f: f"n2d2_fmax(n2d2_fmin({f(p['alpha'])} * ({v}) + {f(p['beta'])}, 1.0f), 0.0f)",
-    c_derivative=lambda y, p, f: f"(({y}) > 0.0f && ({y}) < 1.0f ? {f(p['alpha'])} : 0.0f)",
+    c_derivative=lambda y, p, f: _c_keep(f"(({y}) > 0.0f) & (({y}) < 1.0f)", f(p["alpha"])),
     params=(("alpha", 0.2, None), ("beta", 0.5, None)),
     non_negative=_yes, keeps_sign=_yes,
     onnx_import={"HardSigmoid": lambda a: {"alpha": _f32(a.get("alpha", 0.2)), "beta": _f32(a.get("beta", 0.5))}},
