@@ -55,7 +55,8 @@ SPLIT = {
     "wide_groups_b3": ((3, 4, 17, 16), 6, dict(k=(3, 3), groups=2, padding=(1, 1),
                                                activation=ACTIVATIONS["tanh"]), "wide"),
     "wide_1x1_b1_parallel": ((1, 24, 34, 33), 40, dict(k=(1, 1), activation=RELU6), "wide"),
-    "wide_1x1_rows_outer": ((1, 32, 4, 4), 64, dict(k=(1, 1)), "wide"),
+    # more output channels than grid pixels: one strip's panel read by many tiles
+    "wide_1x1_many_outputs": ((1, 32, 4, 4), 64, dict(k=(1, 1)), "wide"),
     # a 7x7 map: two strips of the 9-wide grid, through the grid buffer (CWB)
     "wide_small_map_groups": ((1, 16, 7, 7), 16, dict(k=(3, 3), groups=2, padding=(1, 1), activation=RELU6), "wide"),
     "image_stem_7x7_s2": ((1, 3, 45, 43), 16, dict(k=(7, 7), stride=(2, 2), padding=(3, 3),
@@ -178,8 +179,8 @@ def test_split_inference(split_inference, case):
     assert_close(p.view(y), ref[y], case)
     if case == "image_blocks_rows_outer":
         assert g["PB"] < g["P"] and g["P"] % g["PB"] and g["ROWS_OUTER"] and g["PAR"]
-    if case == "wide_1x1_rows_outer":
-        assert g["ROWS_OUTER"]
+    if case == "wide_1x1_many_outputs":
+        assert g["OG"] > g["LW"]
     if case == "wide_1x1_b1_parallel":
         assert g["PAR"]
     assert g["MODE"] != "wide" or g["CWB"] == (case == "wide_small_map_groups")

@@ -718,9 +718,9 @@ class Conv(OpDef):
             # CWB: a grid of at most two 32-wide strips with junk columns (small maps, e.g. RegNet's
             # 7x7 groups) goes through a grid buffer and a fixed-bounds copy, not tile by tile
             # (many groups: the threads take (image, group) pairs instead, without a barrier per group)
-            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, ROWS_OUTER=og > lw,
-                     CWB=wp != wo and lw <= 64)
+            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and lw <= 64)
             g["PAR"] = (n * groups >= 2 or g["SPLIT"]) and macs >= low.PARALLEL_MIN_MACS
+            sf.add_private("PNL", kg * 32)   # one strip of the implicit im2col, [KG][NR], NR <= 32
             if g["CWB"]:
                 (sf.add_shared if g["SPLIT"] else sf.add_private)("CW", og * g["LWD"])
             if conn is not None:
