@@ -617,6 +617,7 @@ def _finish_weights_grad(dw, geom, mapping):
 # (batch-1 inference) instead of giving them whole images.
 SPLIT_MAX_IMAGES = 4
 SPLIT_MAX_GROUPS = 4        # (and groups: a barrier per group costs more than it gives)
+IM2COL_KC = 256             # the GEMM depth of one pass over a blocked im2col matrix (image mode)
 SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (image mode)
 
 
@@ -771,7 +772,9 @@ class Conv(OpDef):
             g["BLOCKED"] = blockwise and not g["SPLIT"] and 4 * kg * g["CLD"] > SPLIT_COL_BYTES
             if g["SPLIT"] or g["BLOCKED"]:
                 pb = min(p, max(32, (SPLIT_COL_BYTES // (4 * kg)) // 32 * 32))
-                g.update(PB=pb, PBL=low.round16(pb), ROWS_OUTER=og > pb)
+                # the block's matrix in [KG][NR] panels (PBL: a whole number of them, NR <= 32), K
+                # in chunks of KC when one panel would not stay in L1
+                g.update(PB=pb, PBL=-(-pb // 32) * 32, ROWS_OUTER=og > pb, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)
                 add = sf.add_shared if g["SPLIT"] else sf.add_private
                 add("COLS", kg * g["PBL"])
                 if planes:
