@@ -719,9 +719,14 @@ class Conv(OpDef):
             # CWB: a grid of at most two 32-wide strips with junk columns (small maps, e.g. RegNet's
             # 7x7 groups) goes through a grid buffer and a fixed-bounds copy, not tile by tile
             # (many groups: the threads take (image, group) pairs instead, without a barrier per group)
-            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and lw <= 64)
+            # SMALL: a grid of at most 64 pixels is packed whole, then one tiled GEMM (K in passes of KC)
+            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and lw <= 64,
+                     SMALL=lw <= 64, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)
             g["PAR"] = (n * groups >= 2 or g["SPLIT"]) and macs >= low.PARALLEL_MIN_MACS
-            sf.add_private("PNL", kg * 32)   # one strip of the implicit im2col, [KG][NR], NR <= 32
+            if g["SMALL"]:   # the whole implicit im2col in [KG][NR] panels, NR <= 32
+                (sf.add_shared if g["SPLIT"] else sf.add_private)("PNLS", kg * -(-lw // 32) * 32)
+            else:            # one strip of it
+                sf.add_private("PNL", kg * 32)
             if g["CWB"]:
                 (sf.add_shared if g["SPLIT"] else sf.add_private)("CW", og * g["LWD"])
             if conn is not None:
