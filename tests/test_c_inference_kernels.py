@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from n2d2.codegen import numpy_exec
+from n2d2.codegen.render import cfloat
+from n2d2.ops.activation import c_clamp
 from tests.test_c_backend import (
     ACTIVATIONS,
     Net,
@@ -327,3 +329,14 @@ def test_many_groups_batch1():
     suite.run()
     for case in MANY_GROUPS:
         suite.check(case)
+
+
+def test_only_clamp_activations_are_fused_into_the_gemm_stores():
+    """act_clamp: the (lo, hi) of `v < lo ? lo : v` then `v > hi ? hi : v` that the micro-kernel
+    applies (NaN kept, as the reference), or None for the activations it cannot express."""
+    assert c_clamp(None, cfloat) == ("-INFINITY", "INFINITY")
+    relu, leaky_clip = ({"name": "Rectifier", **dict(ACTIVATIONS[a][1])} for a in ("relu", "leaky_clip"))
+    assert c_clamp(relu, cfloat) == (cfloat(0.0), "INFINITY")
+    assert c_clamp(dict(relu, clipping=6.0), cfloat) == (cfloat(0.0), cfloat(6.0))
+    assert c_clamp(leaky_clip, cfloat) is None
+    assert c_clamp({"name": "Tanh", "alpha": 1.5}, cfloat) is None
