@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from n2d2.codegen import numpy_exec
+from n2d2.codegen.render import cfloat
+from n2d2.ops.activation import c_clamp
 from tests.test_c_backend import (
     ACTIVATIONS,
     Net,
@@ -55,7 +57,8 @@ SPLIT = {
     "wide_groups_b3": ((3, 4, 17, 16), 6, dict(k=(3, 3), groups=2, padding=(1, 1),
                                                activation=ACTIVATIONS["tanh"]), "wide"),
     "wide_1x1_b1_parallel": ((1, 24, 34, 33), 40, dict(k=(1, 1), activation=RELU6), "wide"),
-    "wide_1x1_rows_outer": ((1, 32, 4, 4), 64, dict(k=(1, 1)), "wide"),
+    # more output channels than grid pixels: one strip's panel read by many tiles
+    "wide_1x1_many_outputs": ((1, 32, 4, 4), 64, dict(k=(1, 1)), "wide"),
     # a 7x7 map: two strips of the 9-wide grid, through the grid buffer (CWB)
     "wide_small_map_groups": ((1, 16, 7, 7), 16, dict(k=(3, 3), groups=2, padding=(1, 1), activation=RELU6), "wide"),
     "image_stem_7x7_s2": ((1, 3, 45, 43), 16, dict(k=(7, 7), stride=(2, 2), padding=(3, 3),
@@ -178,8 +181,8 @@ def test_split_inference(split_inference, case):
     assert_close(p.view(y), ref[y], case)
     if case == "image_blocks_rows_outer":
         assert g["PB"] < g["P"] and g["P"] % g["PB"] and g["ROWS_OUTER"] and g["PAR"]
-    if case == "wide_1x1_rows_outer":
-        assert g["ROWS_OUTER"]
+    if case == "wide_1x1_many_outputs":
+        assert g["OG"] > g["LW"]
     if case == "wide_1x1_b1_parallel":
         assert g["PAR"]
     assert g["MODE"] != "wide" or g["CWB"] == (case == "wide_small_map_groups")
@@ -326,3 +329,14 @@ def test_many_groups_batch1():
     suite.run()
     for case in MANY_GROUPS:
         suite.check(case)
+
+
+def test_only_clamp_activations_are_fused_into_the_gemm_stores():
+    """act_clamp: the (lo, hi) of `v < lo ? lo : v` then `v > hi ? hi : v` that the micro-kernel
+    applies (NaN kept, as the reference), or None for the activations it cannot express."""
+    assert c_clamp(None, cfloat) == ("-INFINITY", "INFINITY")
+    relu, leaky_clip = ({"name": "Rectifier", **dict(ACTIVATIONS[a][1])} for a in ("relu", "leaky_clip"))
+    assert c_clamp(relu, cfloat) == (cfloat(0.0), "INFINITY")
+    assert c_clamp(dict(relu, clipping=6.0), cfloat) == (cfloat(0.0), cfloat(6.0))
+    assert c_clamp(leaky_clip, cfloat) is None
+    assert c_clamp({"name": "Tanh", "alpha": 1.5}, cfloat) is None

@@ -104,6 +104,7 @@ def _elemwise(net, op, act=None):
                                    "activation": ACTIVATIONS[act] if act else None})
 
 
+RELU_CLIP = ("Rectifier", (("clipping", 0.5), ("leak_slope", 0.0)))
 CASES = {
     **{f"activation_{a}": (lambda net, a=a: net.op("Activation", [net.source((2, 3, 6, 5))],
                                                     {"activation": ACTIVATIONS[a]}))
@@ -114,6 +115,13 @@ CASES = {
     "conv_mapping_leaky": lambda net: net.conv(net.source((2, 3, 8, 8)), 4, k=(5, 5), mapping=MAPPING,
                                                activation=ACTIVATIONS["leaky_clip"]),
     "conv_wide": lambda net: net.conv(net.source((2, 1, 32, 32)), 6, k=(5, 5), activation=ACTIVATIONS["relu"]),
+    # batch 1: the epilogue (bias, ReLU / clipped ReLU) fused into the GEMM micro-kernel's stores
+    "conv_1x1_full_strips_relu_clip": lambda net: net.conv(net.source((1, 8, 12, 12)), 12, k=(1, 1),
+                                                           activation=RELU_CLIP),
+    "conv_1x1_small_grid_relu_clip": lambda net: net.conv(net.source((1, 16, 7, 7)), 20, k=(1, 1),
+                                                          activation=RELU_CLIP),
+    "conv_image_s2_relu": lambda net: net.conv(net.source((1, 3, 20, 20)), 8, padding=(1, 1), stride=(2, 2),
+                                               activation=ACTIVATIONS["relu"]),
     "fc_relu": lambda net: net.op("Fc", [net.source((3, 4, 3, 3))], {"activation": ACTIVATIONS["relu"]},
                                   {"weights": _normal(net.rng, (5, 36), 0.3), "biases": _normal(net.rng, (5,))}),
     "max_pool_2x2": lambda net: _pool(net, (2, 3, 8, 10), "Max", (2, 2), (2, 2), (0, 0)),

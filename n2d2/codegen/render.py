@@ -59,6 +59,7 @@ def environment():
         # the `act` / `dact` macros (c/activation.c.j2): C expressions from the activation table
         _env.globals.update(act_c=functools.partial(act_table.c_forward, lit=cfloat),
                             dact_c=functools.partial(act_table.c_derivative, lit=cfloat),
+                            act_clamp=functools.partial(act_table.c_clamp, lit=cfloat),
                             act_needs_input=act_table.needs_input_data)
     return _env
 

@@ -591,6 +591,18 @@ def c_forward(p, v, lit):
     return d.c_forward(v, params, lit)
 
 
+def c_clamp(p, lit):
+    """(lo, hi) C literals when activation `p` (template data or None) is a clamp of its input,
+    `v < lo ? lo : v` then `v > hi ? hi : v` (none, ReLU, clipped ReLU: kernels may fuse it into
+    their stores), else None."""
+    if p is None:
+        return "-INFINITY", "INFINITY"
+    d, params = _template_params(p)
+    if d.name != "Rectifier" or params["leak_slope"]:
+        return None
+    return lit(0.0), lit(params["clipping"]) if params["clipping"] > 0 else "INFINITY"
+
+
 def c_derivative(p, y, z, lit):
     """The C expression of f' from the output expression y (or the input expression z when the
     derivative needs it; a kernel that has no z for such an activation is an error)."""

@@ -617,6 +617,7 @@ def _finish_weights_grad(dw, geom, mapping):
 # (batch-1 inference) instead of giving them whole images.
 SPLIT_MAX_IMAGES = 4
 SPLIT_MAX_GROUPS = 4        # (and groups: a barrier per group costs more than it gives)
+IM2COL_KC = 256             # the GEMM depth of one pass over a blocked im2col matrix (image mode)
 SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (image mode)
 
 
@@ -718,9 +719,14 @@ class Conv(OpDef):
             # CWB: a grid of at most two 32-wide strips with junk columns (small maps, e.g. RegNet's
             # 7x7 groups) goes through a grid buffer and a fixed-bounds copy, not tile by tile
             # (many groups: the threads take (image, group) pairs instead, without a barrier per group)
-            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, ROWS_OUTER=og > lw,
-                     CWB=wp != wo and lw <= 64)
+            # SMALL: a grid of at most 64 pixels is packed whole, then one tiled GEMM (K in passes of KC)
+            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and lw <= 64,
+                     SMALL=lw <= 64, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)
             g["PAR"] = (n * groups >= 2 or g["SPLIT"]) and macs >= low.PARALLEL_MIN_MACS
+            if g["SMALL"]:   # the whole implicit im2col in [KG][NR] panels, NR <= 32
+                (sf.add_shared if g["SPLIT"] else sf.add_private)("PNLS", kg * -(-lw // 32) * 32)
+            else:            # one strip of it
+                sf.add_private("PNL", kg * 32)
             if g["CWB"]:
                 (sf.add_shared if g["SPLIT"] else sf.add_private)("CW", og * g["LWD"])
             if conn is not None:
@@ -771,7 +777,9 @@ class Conv(OpDef):
             g["BLOCKED"] = blockwise and not g["SPLIT"] and 4 * kg * g["CLD"] > SPLIT_COL_BYTES
             if g["SPLIT"] or g["BLOCKED"]:
                 pb = min(p, max(32, (SPLIT_COL_BYTES // (4 * kg)) // 32 * 32))
-                g.update(PB=pb, PBL=low.round16(pb), ROWS_OUTER=og > pb)
+                # the block's matrix in [KG][NR] panels (PBL: a whole number of them, NR <= 32), K
+                # in chunks of KC when one panel would not stay in L1
+                g.update(PB=pb, PBL=-(-pb // 32) * 32, ROWS_OUTER=og > pb, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)
                 add = sf.add_shared if g["SPLIT"] else sf.add_private
                 add("COLS", kg * g["PBL"])
                 if planes:
