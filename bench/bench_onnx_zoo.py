@@ -37,10 +37,14 @@ sys.path.insert(0, ROOT)
 # a runner of --before measures another checkout's n2d2 (its path in N2D2_BENCH_TREE)
 sys.path.insert(0, os.environ.get("N2D2_BENCH_TREE") or ROOT)
 
-from tests.test_onnx_torchvision import ARCHITECTURES, IMPORT_ERROR, MODELS, _randomised  # noqa: E402
-
-# issue 15's larger networks, beside the test's architectures
-MODEL_BUILDERS = dict(ARCHITECTURES, resnet50=lambda m: m.resnet50(), mnasnet1_0=lambda m: m.mnasnet1_0())
+# A runner (--peer) never imports the test module, which imports torch: torch's libgomp, loaded first,
+# would be the OpenMP runtime n2d2's kernels bind to, with torch's spin settings instead of n2d2's
+# GOMP_SPINCOUNT (a busy-waiting team that burnt 2-3x the CPU of one thread under load).
+RUNNER = "--peer" in sys.argv
+if not RUNNER:
+    from tests.test_onnx_torchvision import ARCHITECTURES, IMPORT_ERROR, MODELS, _randomised  # noqa: E402
+    # issue 15's larger networks, beside the test's architectures
+    MODEL_BUILDERS = dict(ARCHITECTURES, resnet50=lambda m: m.resnet50(), mnasnet1_0=lambda m: m.mnasnet1_0())
 PEERS = ("ort", "torch", "compile")
 
 
@@ -179,7 +183,8 @@ def spawn(args, peer, model, batch, path, out, env):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"], choices=sorted(MODEL_BUILDERS))
+    parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"],
+                        choices=None if RUNNER else sorted(MODEL_BUILDERS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1])
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     parser.add_argument("--size", type=int, default=224)
@@ -202,10 +207,10 @@ def main():
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if MODELS is None:
-        sys.exit(f"torchvision is not importable ({IMPORT_ERROR}): pip install --no-deps torchvision==0.28.0")
     if args.peer:
         return peer_main(args)
+    if MODELS is None:
+        sys.exit(f"torchvision is not importable ({IMPORT_ERROR}): pip install --no-deps torchvision==0.28.0")
 
     os.makedirs(args.cache, exist_ok=True)
     print(f"# bench_onnx_zoo: {args.size}x{args.size}, best of {args.repeat}, "
@@ -246,7 +251,9 @@ def main():
                     top1 = str(bool((y.argmax(1) == ref.argmax(1)).all()))
 
                 def ms(result):
-                    return "error" if "error" in result else f"{result['ms']:.1f}"
+                    if "error" in result:
+                        return "-" if result["error"] == "not run" else "error"
+                    return f"{result['ms']:.1f}"
                 ort = peers["ort"][0]
                 ratio = f"{ours['ms'] / ort['ms']:.2f}x" if "error" not in ours and "error" not in ort else "?"
                 if args.before:
