@@ -25,6 +25,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cwd(tmp_path_factory):
+    """The whole session runs in a temp dir: module- and session-scoped fixtures (set up before
+    `_fresh_settings`) would otherwise leave upstream's default log folders (`Target/`, `Score_0/`,
+    `weights_init/`) in the folder pytest was started from."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings(tmp_path, monkeypatch):
     """Every test starts with seed 1, CPU model, detailed verbosity, cwd in a temp dir."""

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -175,7 +176,8 @@ def test_300_character_graph_name_compiles_and_leaves_only_library_and_record(tm
     session.run_nodes(net.g.topological_order())
     out = net.g.outputs[0]
     np.testing.assert_allclose(prog.view(out), session.values[out[0]][out[1]], rtol=1e-5, atol=1e-6)
-    entries = sorted(e for e in os.listdir(cache) if e != "templates")  # compiled Jinja templates (render.py)
+    # besides compiled Jinja templates (render.py) and build locks (one empty file per key)
+    entries = sorted(e for e in os.listdir(cache) if e not in ("templates", ".locks"))
     assert len(entries) == 2 and entries[0].endswith(".json") and entries[1].endswith(".so"), entries
     assert max(len(e) for e in entries) <= 80
 
@@ -184,7 +186,7 @@ def test_compiler_failure_leaves_no_temporary_file(tmp_path, monkeypatch):
     cache = _use_cache(monkeypatch, tmp_path / "cache")
     with pytest.raises(compiler.CompilerError, match="broken"):
         compiler.build_shared_library("this is not C;\n", name="broken" + "x" * 300)
-    entries = os.listdir(cache)
+    entries = [e for e in os.listdir(cache) if e != ".locks"]  # build locks stay (one empty file per key)
     assert len(entries) == 1 and entries[0].endswith(".failed.c") and len(entries[0]) <= 80, entries
 
 
@@ -238,3 +240,86 @@ def test_compiled_templates_are_cached_privately_and_damaged_entries_are_recompi
     monkeypatch.setattr(render, "_env", None)
     assert render.render("c/program.c.j2", graph_name="g", nodes=[], arena_bytes=0, kernels=[], segments=[],
                          functions=[], parts=1) == first
+
+
+def _counting_compiler(folder):
+    """A C compiler that logs every build (an `-o` in its arguments) to `folder/builds`, then runs gcc."""
+    log = os.path.join(folder, "builds")
+    cc = os.path.join(folder, "cc")
+    with open(cc, "w") as f:
+        f.write(f'#!/bin/sh\ncase " $* " in *" -o "*) echo "$$" >> "{log}";; esac\n'
+                f'exec "{compiler.find_compiler()}" "$@"\n')
+    os.chmod(cc, 0o755)
+    return cc, log
+
+
+def test_racing_processes_and_threads_build_each_entry_once_and_never_see_a_partial_library(tmp_path):
+    """4 processes x 2 threads start at the same instant on one fresh cache: all build the same new
+    program and each process one of its own, while a reader loads every library that appears.
+    Every entry is compiled once (the others wait on its lock and load it), every load answers."""
+    cache = str(tmp_path / "cache")
+    cc, log = _counting_compiler(str(tmp_path))
+    tables = "".join(f"float n2d2_table_{i}[4096] = {{{i}}};\n" for i in range(16))  # ~256 KB: a slow write
+    shared = "int n2d2_answer(void) { return 42; }\n" + tables
+    start = time.time() + 8  # after every interpreter has started
+    builder = textwrap.dedent(f"""\
+        import ctypes, sys, threading, time
+        from n2d2.codegen import compiler
+        own = {shared!r}.replace("42", sys.argv[1])
+        answers = []
+        def build(source):
+            answers.append(ctypes.CDLL(compiler.build_shared_library(source)).n2d2_answer())
+        threads = [threading.Thread(target=build, args=(s,)) for s in ({shared!r}, {shared!r}, own)]
+        while time.time() < {start}:
+            time.sleep(0.001)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(sorted(answers))
+        """)
+    reader = textwrap.dedent(f"""\
+        import ctypes, os, time
+        loaded = set()
+        while time.time() < {start} + 240 and len(loaded) < 5:
+            for name in os.listdir({cache!r}) if os.path.isdir({cache!r}) else []:
+                if name.endswith(".so") and name not in loaded:
+                    ctypes.CDLL(os.path.join({cache!r}, name)).n2d2_answer()  # a partial file fails here
+                    loaded.add(name)
+        print(len(loaded))
+        """)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), N2D2_CACHE=cache, CC=cc,
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", builder, str(43 + k)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for k in range(4)]
+    procs.append(subprocess.Popen([sys.executable, "-c", reader], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env))
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    assert all(rc == 0 for _, _, rc in results), results
+    assert [out.strip() for out, _, _ in results] == [f"[42, 42, {43 + k}]" for k in range(4)] + ["5"], results
+    with open(log) as f:
+        assert len(f.read().split()) == 5, "an entry was compiled more than once"
+    assert len([e for e in os.listdir(cache) if e.endswith(".so")]) == 5
+    assert not [e for e in os.listdir(cache) if e.startswith(".build-")]
+
+
+def test_racing_cuda_compile_checks_of_one_source_all_pass(tmp_path, monkeypatch):
+    """`compile_check` writes the source it checks into the cache: 8 threads checking the same
+    sources at once each write under a name of their own (a shared temporary name made one
+    thread's rename fail with FileNotFoundError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from n2d2.codegen import cuda_backend
+
+    _use_cache(monkeypatch, tmp_path / "cache")
+    nvcc = tmp_path / "nvcc"
+    nvcc.write_text("#!/bin/sh\nexit 0\n")  # accepts everything: this is about the files, not the compiler
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("NVCC", str(nvcc))
+    sources = [f'extern "C" __global__ void k{i}(float *a) {{ a[0] = {i}; }}\n' * 200 for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(cuda_backend.compile_check, [s for s in sources for _ in range(8)]))
+    for source, path in zip(sources, paths[::8]):
+        with open(path) as f:
+            assert f.read() == source
+    assert not [e for e in os.listdir(tmp_path / "cache") if e.endswith(".tmp") or e.startswith(".tmp")]

@@ -11,13 +11,21 @@ trusted only when nobody but us can write to it, and an entry only when it is ex
   is loaded only when both files are ours, not writable by others, and the library matches the
   record; anything else is rebuilt (never loaded);
 * a build runs in a private temporary folder inside the cache (source written there, compiler run
-  there), the library is fsynced and renamed in; the temporary folder goes on every path.
+  there), the library is fsynced and renamed in; the temporary folder goes on every path;
+* nothing in the cache is deleted or rewritten in place (a library another process has loaded
+  stays as it is: a rebuild renames a new file over the name), so that readers never see a
+  partial file;
+* a build holds a lock (`flock` on `.locks/<key>`, one per key, never deleted): processes and
+  threads that want the same entry meanwhile wait for it and load it instead of compiling it
+  again; where locks are unsupported they build it too, which is still correct.
 
 Libraries are named `<prefix>_<key>_<content hash>.so` (prefix at most 32 characters), so that two
 processes building the same key at once each install a complete file and the record that wins
 names a library that matches it.
 """
 import atexit
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -221,21 +229,8 @@ def _run_build(command, cwd):
     return result
 
 
-def cached_library(source: str, inputs: str, name: str, source_suffix: str, command) -> str:
-    """Path of a verified library built from `source`, from the cache when an entry matches.
-
-    `inputs` is everything the library depends on (code, flags, compiler, host): its SHA-256 keys
-    the entry. `command(src, out)` is the compiler's argument list, or stages of them (see
-    `_run_build`). Raises `BuildFailed` when the
-    compiler fails (a copy of the source is kept in the cache) and `OSError` when the cache
-    cannot be written."""
-    inputs_sha256 = hashlib.sha256(inputs.encode()).hexdigest()
-    key = inputs_sha256[:24]
-    directory = cache_dir()
-    lib = lookup(directory, key, inputs_sha256)
-    if lib is not None:
-        return lib
-    prefix = prefix_of(name)
+def _build(directory, key, inputs_sha256, source, prefix, source_suffix, command):
+    """Compile `source` in a private temporary folder, then rename the library and its record in."""
     _sweep_stale_builds(directory)
     build = tempfile.mkdtemp(prefix=".build-", dir=directory)
     try:
@@ -261,6 +256,43 @@ def cached_library(source: str, inputs: str, name: str, source_suffix: str, comm
         _fsync_dir(directory)
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _build_lock(directory: str, key: str):
+    """Hold the build lock of `key` (see the module docstring); yields without one where the lock
+    file cannot be opened or locked."""
+    fd = None
+    with contextlib.suppress(OSError):
+        folder = os.path.join(directory, ".locks")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(folder, key), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # per open file: threads of one process wait too
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def cached_library(source: str, inputs: str, name: str, source_suffix: str, command) -> str:
+    """Path of a verified library built from `source`, from the cache when an entry matches.
+
+    `inputs` is everything the library depends on (code, flags, compiler, host): its SHA-256 keys
+    the entry. `command(src, out)` is the compiler's argument list, or stages of them (see
+    `_run_build`). Raises `BuildFailed` when the
+    compiler fails (a copy of the source is kept in the cache) and `OSError` when the cache
+    cannot be written."""
+    inputs_sha256 = hashlib.sha256(inputs.encode()).hexdigest()
+    key = inputs_sha256[:24]
+    directory = cache_dir()
+    lib = lookup(directory, key, inputs_sha256)
+    if lib is not None:
+        return lib
+    with _build_lock(directory, key):
+        lib = lookup(directory, key, inputs_sha256)  # built meanwhile by the lock's previous holder
+        if lib is None:
+            _build(directory, key, inputs_sha256, source, prefix_of(name), source_suffix, command)
     lib = lookup(directory, key, inputs_sha256)
     if lib is None:
         raise OSError(f"the library just built for {name!r} does not verify in the cache {directory}")

@@ -60,6 +60,7 @@ from n2d2.ops.dropout import dropout_mask
 from n2d2.ops.fake_quantize import plan_weight_backward, plan_weight_forward, weight_quantizer_geometry
 from n2d2.settings import global_variables
 from n2d2.solver import SGD, parse_clamping
+from n2d2.utils import atomic_write_text
 
 __all__ = ["BACKEND", "CudaBackend", "CudaLowering", "CudaModule", "CudaProgram", "CupyDevice", "HostEmulator",
            "available", "compile_check", "CudaCompileError", "NVRTC_OPTIONS", "lower"]
@@ -416,13 +417,11 @@ def compile_check(source: str, arch: str = "sm_90", mode: str = "cubin") -> str:
     ok = src + ".ok"
     if os.path.exists(ok):
         return src
-    with open(src + ".tmp", "w") as f:
-        f.write(source)
-    os.replace(src + ".tmp", src)
+    atomic_write_text(src, source)  # a unique temporary name: other processes may check the same source now
     r = subprocess.run([nvcc, *flags, "-o", os.devnull, src], capture_output=True, text=True)
     if r.returncode != 0:
         raise CudaCompileError(f"nvcc {' '.join(flags)} failed on {src}:\n{(r.stderr + r.stdout)[-6000:]}")
-    open(ok, "w").close()
+    atomic_write_text(ok, "")
     return src
 
 
