@@ -279,20 +279,6 @@ class NeuralNetworkCell(Configurable):
         self._diff_outputs = dxs
         return dxs
 
-    # -- activation helpers ---------------------------------------------------------------------
-    def _activate(self, z):
-        """Apply the cell's activation; returns (y, what backward needs)."""
-        act = self._config.get("activation")
-        if act is None:
-            return z, None
-        return act.forward(z), z
-
-    def _deactivate(self, dy, saved):
-        act = self._config.get("activation")
-        if act is None or saved is None:
-            return dy
-        return act.backward(dy, saved)
-
     # -- parameter gradients and update ----------------------------------------------------------
     def _zero_param_grads(self):
         self._param_grads = {}
