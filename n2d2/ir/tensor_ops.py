@@ -620,18 +620,21 @@ class OnnxGemm(OnnxOp):
 
 
 # -- layout ----------------------------------------------------------------------------------------
-def _gather_geometry(op, in_shape, out_shape, offset, strides):
-    """Geometry of y[q] = x[offset + sum i_k strides_k] (templates/c/onnx.c.j2, KIND gather)."""
-    if int(np.prod(out_shape)) == 0:
-        return Unsupported(f"{op}: an empty output {list(out_shape)}")
-    g = low.strided_geometry(out_shape, [(offset, strides)])
-    size = int(np.prod(in_shape))
-    g.update(KIND="gather", INSIZE=[size], ZERO=g["SIZE"] < size)
-    return g
+class _GatherKernel(_CKernel, OnnxOp):
+    """An op whose C kernel reads y[q] = x[offset + sum i_k strides_k] (templates/c/onnx.c.j2,
+    KIND gather), (offset, strides) from `_c_read(attrs, in_shape, out_shape)`."""
+
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        if int(np.prod(out_shape)) == 0:
+            return Unsupported(f"{self.name}: an empty output {list(out_shape)}")
+        g = low.strided_geometry(out_shape, [self._c_read(attrs, tuple(in_shapes[0]), out_shape)])
+        size = int(np.prod(in_shapes[0]))
+        g.update(KIND="gather", INSIZE=[size], ZERO=g["SIZE"] < size)
+        return g
 
 
 @register
-class OnnxReshape(_CKernel, OnnxOp):
+class OnnxReshape(_GatherKernel):
     """attrs: shape (the full target shape, resolved). Reshape, Flatten, Squeeze, Unsqueeze."""
 
     name = "OnnxReshape"
@@ -648,16 +651,12 @@ class OnnxReshape(_CKernel, OnnxOp):
     def _backward(self, attrs, x_shape, dy, needs):
         return [T.reshape_backward(dy, x_shape)]
 
-    def c_geometry(self, attrs, in_shapes, out_shape):
-        read = self._c_read(attrs, tuple(in_shapes[0]), out_shape)
-        return _gather_geometry(self.name, in_shapes[0], out_shape, *read)
-
     def _c_read(self, attrs, shape, out_shape):
         return 0, low.contiguous_strides(out_shape)
 
 
 @register
-class OnnxTranspose(_CKernel, OnnxOp):
+class OnnxTranspose(_GatherKernel):
     """attrs: perm."""
 
     name = "OnnxTranspose"
@@ -673,10 +672,6 @@ class OnnxTranspose(_CKernel, OnnxOp):
 
     def _backward(self, attrs, saved, dy, needs):
         return [T.transpose_backward(dy, attrs["perm"])]
-
-    def c_geometry(self, attrs, in_shapes, out_shape):
-        read = self._c_read(attrs, tuple(in_shapes[0]), out_shape)
-        return _gather_geometry(self.name, in_shapes[0], out_shape, *read)
 
     def _c_read(self, attrs, shape, out_shape):
         strides = low.contiguous_strides(shape)
@@ -729,7 +724,7 @@ class OnnxGather(OnnxOp):
 
 
 @register
-class OnnxSlice(_CKernel, OnnxOp):
+class OnnxSlice(_GatherKernel):
     """attrs: starts, ends, axes, steps (ONNX Slice, constants)."""
 
     name = "OnnxSlice"
@@ -748,10 +743,6 @@ class OnnxSlice(_CKernel, OnnxOp):
 
     def _backward(self, attrs, saved, dy, needs):
         return [T.slice_backward(dy, *saved)]
-
-    def c_geometry(self, attrs, in_shapes, out_shape):
-        read = self._c_read(attrs, tuple(in_shapes[0]), out_shape)
-        return _gather_geometry(self.name, in_shapes[0], out_shape, *read)
 
     def _c_read(self, attrs, shape, out_shape):
         strides, offset, steps = low.contiguous_strides(shape), 0, []
