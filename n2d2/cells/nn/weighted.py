@@ -220,6 +220,13 @@ class WeightedCell(SolverPair, NeuralNetworkCell):
     def has_bias(self) -> bool:
         return not self._config.get("no_bias")
 
+    def _params(self):
+        """The IR parameters {role: (array, solver)}: weights, and biases unless no_bias."""
+        params = {"weights": (self._weights, self._config["weights_solver"])}
+        if self.has_bias():
+            params["biases"] = (self._biases, self._config["bias_solver"])
+        return params
+
     def _check_bias(self, output_index):
         if not self.has_bias():
             raise RuntimeError(f"Cell '{self._name}' has no bias (no_bias=True)")
