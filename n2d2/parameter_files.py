@@ -37,16 +37,6 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-]*\.syntxt\Z")
 
 
 # -- one .syntxt file --------------------------------------------------------------------------------
-def read_parameter_file(path: str, cell_name: str, expected_shape, ignore_not_exists=False):
-    """Numbers of one .syntxt file as a float32 array of `expected_shape` (rows = lines).
-
-    Returns None when the file is missing and `ignore_not_exists`; otherwise errors
-    (`ParameterFileError`, FileNotFoundError) name the cell, the file, the line and what was expected.
-    """
-    data = _read_bounded(path, cell_name, expected_shape, ignore_not_exists)
-    return None if data is None else parse_syntxt(data, path, cell_name, expected_shape)
-
-
 def _read_bounded(path, cell_name, expected_shape, ignore_not_exists):
     """The bytes of `path`, refusing a file larger than `expected_shape` values can take."""
     if not os.path.exists(path):

@@ -65,9 +65,6 @@ class ScalingObject(Configurable):
 
     _per_output_index = 0
 
-    def _clipping(self):
-        return self._args["clipping"] if self._args["is_clipped"] else None
-
     def check_channels(self, nb_channels: int, cell_name: str):
         """Raise ValueError unless the per-output lists have one entry per channel."""
         if self.nb_outputs() != nb_channels:

@@ -90,6 +90,57 @@ def run_weighted_cell(cell, x, dy):
 requires_cuda = pytest.mark.skipif(not n2d2.global_variables.cuda_available, reason="needs a CUDA device and CuPy")
 
 
+def small_cnn_ini(database, size, batch, conv, classes):
+    """INI text of a small network on `size`x`size` images: conv1 (4 maps, ReLU; `conv`: its
+    KernelDims and Stride lines), 2x2 max pool, fc (`classes` outputs), softmax with loss; SGD.
+    `database`: the lines of the [database] section (the INI runner and `-export` tests)."""
+    return f"""DefaultModel=Frame
+[database]
+{database}
+
+[sp]
+SizeX={size}
+SizeY={size}
+BatchSize={batch}
+
+[conv1]
+Input=sp
+Type=Conv
+{conv}
+NbOutputs=4
+ActivationFunction=Rectifier
+WeightsFiller=HeFiller
+ConfigSection=common.config
+
+[pool1]
+Input=conv1
+Type=Pool
+PoolDims=2 2
+Stride=2
+NbOutputs=[conv1]NbOutputs
+Pooling=Max
+Mapping.Size=1
+
+[fc]
+Input=pool1
+Type=Fc
+NbOutputs={classes}
+ConfigSection=common.config
+
+[softmax]
+Input=fc
+Type=Softmax
+NbOutputs=[fc]NbOutputs
+WithLoss=1
+
+[softmax.Target]
+
+[common.config]
+Solvers.LearningRate=0.05
+Solvers.Momentum=0.9
+"""
+
+
 def mnist_provider(batch=50):
     """MNIST (the shared copy) at 32x32, as the integer-export tests feed LeNet.ini."""
     database = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path())

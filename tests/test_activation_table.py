@@ -305,8 +305,7 @@ def _cuda_graph():
 
 def test_cuda_emulated_training_and_inference_match_reference():
     from n2d2.codegen.cuda_backend import CudaProgram
-    from n2d2.codegen.numpy_exec import Session
-    from tests.test_cuda_backend import EMU, _RenderOnly, compare, feeds_for, run_training
+    from tests.test_cuda_backend import EMU, _RenderOnly, compare, feeds_for, inference_outputs, run_training
 
     g = fuse_elementwise_chains(_cuda_graph(), "training")
     assert g.op("e") == "Epilogue"
@@ -320,13 +319,7 @@ def test_cuda_emulated_training_and_inference_match_reference():
     prog = CudaProgram(inf, [inf.topological_order()], training=False, device=EMU)
     assert prog.where["c1"] == "cuda"
     feeds = feeds_for(inf, np.random.default_rng(4))
-    prog.feed(feeds)
-    record = {}
-    prog.run_phase(0, record=record)
-    session = Session(inf, training=False)
-    session.feed(feeds)
-    session.run_nodes(session.order)
-    compare(record, session.values, "inference")
+    compare(*inference_outputs(prog, inf, feeds), "inference")
 
 
 def test_cuda_nvcc_compiles_every_activation():

@@ -19,11 +19,8 @@ from tests.test_c_backend import (
     ACTIVATIONS,
     Net,
     Suite,
-    _normal,
-    _training_outputs,
     c_backend,
-    run_c_training,
-    run_numpy_training,
+    check_batchnorm_training,
 )
 from tests.test_nan_propagation import assert_same_pattern, poison
 
@@ -197,24 +194,8 @@ def test_batchnorm_of_concatenated_inputs(momentum, act, batch):
     a = net.source((batch, 3, 5, 7), "a")
     b = net.input((batch, 2, 5, 7), "b")
     c = net.source((batch, 4, 5, 7), "c")
-    ch = 9
-    params = {"scales": 1 + _normal(net.rng, (ch,), 0.2), "biases": _normal(net.rng, (ch,)),
-              "means": _normal(net.rng, (ch,), 0.1), "variances": 1 + net.rng.random(ch).astype(np.float32)}
-    y = net.op("BatchNorm", [a, b, c], {"epsilon": 1e-5, "momentum": momentum, "unbiased": momentum == 0.3,
-                                        "activation": ACTIVATIONS[act]}, params)
-    net.output(y)
-    before = {k: v.array.copy() for k, v in net.g.params.items()}
-    tg, seeds = _training_outputs(net)
-    ref = run_numpy_training(tg, net.feeds, seeds)
-    after_numpy = {k: v.array.copy() for k, v in net.g.params.items()}
-    for k, v in before.items():
-        net.g.params[k].array[...] = v
-    out, p = run_c_training(tg, net.feeds, seeds)
-    assert p.where[y] == "c" and p.where[f"grad:{y}"] == "c"
-    for t, value in ref.items():
-        assert_close(out[t], value, str(t), tol=1e-5)
-    for k, v in after_numpy.items():   # moving statistics
-        assert_close(net.g.params[k].array, v, k, tol=1e-5)
+    y, before = check_batchnorm_training(net, [a, b, c], momentum, act,
+                                         lambda out, ref, what: assert_close(out, ref, what, tol=1e-5))
     for k, v in before.items():
         net.g.params[k].array[...] = v
     ref = numpy_exec.run(net.g, net.feeds)[0]

@@ -112,6 +112,17 @@ def feeds_for(graph, rng):
             for name in graph.inputs}
 
 
+def inference_outputs(prog, graph, feeds):
+    """What the inference program `prog` of `graph` records on `feeds`, and the numpy executor's values."""
+    prog.feed(feeds)
+    record = {}
+    prog.run_phase(0, record=record)
+    session = Session(graph, training=False)
+    session.feed(feeds)
+    session.run_nodes(session.order)
+    return record, session.values
+
+
 def rel(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     nb = np.linalg.norm(b)
@@ -382,13 +393,7 @@ def test_emulated_inference_matches_numpy(name):
     g = ZOO[name]()
     prog = inference_program(g, EMU)
     feeds = feeds_for(g, np.random.default_rng(5))
-    prog.feed(feeds)
-    record = {}
-    prog.run_phase(0, record=record)
-    session = Session(g, training=False)
-    session.feed(feeds)
-    session.run_nodes(session.order)
-    compare(record, session.values, "inference")
+    compare(*inference_outputs(prog, g, feeds), "inference")
 
 
 def test_emulated_lenet_training_steps_match_numpy():

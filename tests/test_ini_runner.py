@@ -9,61 +9,13 @@ import numpy as np
 import pytest
 
 from n2d2.frontends.ini import runner
-from tests.conftest import SHARED_MODELS
+from tests.conftest import SHARED_MODELS, small_cnn_ini
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET = os.path.join(SHARED_MODELS, "LeNet.ini")
 
-TINY_INI = """; two classes of 8x8 images: bright top half or bright bottom half
-DefaultModel=Frame
-[database]
-Type=DIR_Database
-DataPath=data
-Learn=0.6
-Validation={validation}
-LoadInMemory=1
-
-[sp]
-SizeX=8
-SizeY=8
-BatchSize=8
-
-[conv1]
-Input=sp
-Type=Conv
-KernelDims=3 3
-NbOutputs=4
-ActivationFunction=Rectifier
-WeightsFiller=HeFiller
-ConfigSection=common.config
-
-[pool1]
-Input=conv1
-Type=Pool
-PoolDims=2 2
-Stride=2
-NbOutputs=[conv1]NbOutputs
-Pooling=Max
-Mapping.Size=1
-
-[fc]
-Input=pool1
-Type=Fc
-NbOutputs=2
-ConfigSection=common.config
-
-[softmax]
-Input=fc
-Type=Softmax
-NbOutputs=[fc]NbOutputs
-WithLoss=1
-
-[softmax.Target]
-
-[common.config]
-Solvers.LearningRate=0.05
-Solvers.Momentum=0.9
-"""
+# two classes of 8x8 images: bright top half or bright bottom half
+TINY_DATABASE = "Type=DIR_Database\nDataPath=data\nLearn=0.6\nValidation={validation}\nLoadInMemory=1"
 
 
 def tiny_model(tmp_path, validation=0.2, per_class=30):
@@ -79,7 +31,8 @@ def tiny_model(tmp_path, validation=0.2, per_class=30):
             img[rows] += 150
             Image.fromarray(img.astype(np.uint8), mode="L").save(folder / f"{k}.png")
     path = tmp_path / "tiny.ini"
-    path.write_text(TINY_INI.format(validation=validation))
+    path.write_text(small_cnn_ini(TINY_DATABASE.format(validation=validation), size=8, batch=8, conv="KernelDims=3 3",
+                                  classes=2))
     return str(path)
 
 

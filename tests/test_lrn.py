@@ -369,20 +369,13 @@ def test_cuda_kernels_match_the_reference_on_the_emulator():
 
 
 def test_cuda_inference_matches_the_reference_on_the_emulator():
-    from n2d2.codegen.numpy_exec import Session
-    from tests.test_cuda_backend import EMU, compare, feeds_for, inference_program
+    from tests.test_cuda_backend import EMU, compare, feeds_for, inference_outputs, inference_program
 
     g = _cuda_lrn_graph()
     prog = inference_program(g, EMU)
     assert all(prog.where[n] == "cuda" for n in ("l1", "l2", "l3", "l4"))
     feeds = feeds_for(g, np.random.default_rng(7))
-    prog.feed(feeds)
-    record = {}
-    prog.run_phase(0, record=record)
-    session = Session(g, training=False)
-    session.feed(feeds)
-    session.run_nodes(session.order)
-    compare(record, session.values, "inference")
+    compare(*inference_outputs(prog, g, feeds), "inference")
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")

@@ -373,20 +373,14 @@ def test_cuda_kernels_propagate_nan_and_inf_as_numpy_under_the_emulator(name):
     then one training step's forward and backward, against the numpy executor."""
     from n2d2.codegen.cuda_backend import CudaProgram
     from n2d2.codegen.numpy_exec import Session
-    from tests.test_cuda_backend import EMU, ZOO, clone, feeds_for, inference_program, lenet_graph
+    from tests.test_cuda_backend import EMU, ZOO, clone, feeds_for, inference_outputs, inference_program, lenet_graph
 
     build = (lambda: lenet_graph(2)) if name == "lenet" else ZOO[name]
     rng = np.random.default_rng(8)
     g = build()
     feeds = {k: poison(rng, v, count=2) for k, v in feeds_for(g, rng).items()}
     prog = inference_program(g, EMU)
-    prog.feed(feeds)
-    record = {}
-    prog.run_phase(0, record=record)
-    session = Session(g, training=False)
-    session.feed(feeds)
-    session.run_nodes(session.order)
-    _cuda_patterns(record, session.values, "CUDA inference")
+    _cuda_patterns(*inference_outputs(prog, g, feeds), "CUDA inference")
 
     g = build()
     tg, tr = build_training_graph(g), build_training_graph(clone(g))

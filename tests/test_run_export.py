@@ -20,6 +20,7 @@ from n2d2.frontends.ini.run_export import (
     read_export_parameters,
 )
 from n2d2.quantization.ptq import quantize_network, read_stimuli
+from tests.conftest import small_cnn_ini
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB = 40        # exported Test stimuli
@@ -27,53 +28,8 @@ CALIB = 32     # calibration stimuli (two batches)
 needs_make = pytest.mark.skipif(shutil.which("make") is None or find_compiler() is None,
                                 reason="needs make and a C compiler")
 
-MNIST_INI = """DefaultModel=Frame
-[database]
-Type=MNIST_IDX_Database
-Validation=0.0
-
-[sp]
-SizeX=28
-SizeY=28
-BatchSize=16
-
-[conv1]
-Input=sp
-Type=Conv
-KernelDims=5 5
-Stride=2
-NbOutputs=4
-ActivationFunction=Rectifier
-WeightsFiller=HeFiller
-ConfigSection=common.config
-
-[pool1]
-Input=conv1
-Type=Pool
-PoolDims=2 2
-Stride=2
-NbOutputs=[conv1]NbOutputs
-Pooling=Max
-Mapping.Size=1
-
-[fc1]
-Input=pool1
-Type=Fc
-NbOutputs=10
-ConfigSection=common.config
-
-[softmax]
-Input=fc1
-Type=Softmax
-NbOutputs=[fc1]NbOutputs
-WithLoss=1
-
-[softmax.Target]
-
-[common.config]
-Solvers.LearningRate=0.05
-Solvers.Momentum=0.9
-"""
+MNIST_INI = small_cnn_ini("Type=MNIST_IDX_Database\nValidation=0.0", size=28, batch=16,
+                          conv="KernelDims=5 5\nStride=2", classes=10)
 
 
 @pytest.fixture(scope="module")

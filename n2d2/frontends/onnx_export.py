@@ -225,11 +225,7 @@ class _Exporter(OnnxWriter):
         x, first = self.joined(ins, True)
         return x, 4, first
 
-    def _op_Dropout(self, attrs, ins):
-        if len(ins) == 1:
-            return ins[0][0], ins[0][1], True
-        x, first = self.joined(ins, True)
-        return x, 4, first
+    _op_Dropout = _op_Identity   # exported for inference
 
     def _op_Activation(self, attrs, ins):
         if len(ins) == 1:

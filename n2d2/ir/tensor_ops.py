@@ -187,84 +187,60 @@ class _Binary(OnnxOp):
         return g
 
 
-@register
-class OnnxAdd(_CKernel, _Binary):
-    name = "OnnxAdd"
-    opc = "+"
+class _Arithmetic(_CKernel, _Binary):
+    """Add, Sub, Mul, Div: `reference`, the (forward, backward) of `n2d2.ops.tensor_ops`; the
+    backward reads the operands (`reads_operands`) or only their shapes."""
+
+    reads_operands = False
 
     def _forward(self, attrs, xs, training):
-        return T.add_forward(*xs), (xs[0].shape, xs[1].shape)
+        return self.reference[0](*xs), (xs if self.reads_operands else (xs[0].shape, xs[1].shape))
 
     def _backward(self, attrs, saved, dy, needs):
-        return list(T.add_backward(dy, *saved))
+        return list(self.reference[1](dy, *saved))
 
 
 @register
-class OnnxSub(_CKernel, _Binary):
-    name = "OnnxSub"
-    opc = "-"
-
-    def _forward(self, attrs, xs, training):
-        return T.sub_forward(*xs), (xs[0].shape, xs[1].shape)
-
-    def _backward(self, attrs, saved, dy, needs):
-        return list(T.sub_backward(dy, *saved))
+class OnnxAdd(_Arithmetic):
+    name, opc, reference = "OnnxAdd", "+", (T.add_forward, T.add_backward)
 
 
 @register
-class OnnxMul(_CKernel, _Binary):
-    name = "OnnxMul"
-    opc = "*"
-
-    def _forward(self, attrs, xs, training):
-        return T.mul_forward(*xs), xs
-
-    def _backward(self, attrs, saved, dy, needs):
-        return list(T.mul_backward(dy, *saved))
+class OnnxSub(_Arithmetic):
+    name, opc, reference = "OnnxSub", "-", (T.sub_forward, T.sub_backward)
 
 
 @register
-class OnnxDiv(_CKernel, _Binary):
-    name = "OnnxDiv"
-    opc = "/"
-
-    def _forward(self, attrs, xs, training):
-        return T.div_forward(*xs), xs
-
-    def _backward(self, attrs, saved, dy, needs):
-        return list(T.div_backward(dy, *saved))
+class OnnxMul(_Arithmetic):
+    name, opc, reference, reads_operands = "OnnxMul", "*", (T.mul_forward, T.mul_backward), True
 
 
 @register
-class OnnxLess(_Binary):
-    """Boolean output; no gradient."""
+class OnnxDiv(_Arithmetic):
+    name, opc, reference, reads_operands = "OnnxDiv", "/", (T.div_forward, T.div_backward), True
 
-    name = "OnnxLess"
+
+class _Comparison(_Binary):
+    """Boolean output of `reference` (`n2d2.ops.tensor_ops`); no gradient."""
 
     def _types(self, attrs, in_types):
         return [(_broadcast(in_types), "bool")]
 
     def _forward(self, attrs, xs, training):
-        return T.less_forward(*xs), None
+        return self.reference(*xs), None
 
     def _backward(self, attrs, saved, dy, needs):
-        raise GraphError("OnnxLess has no gradient")
+        raise GraphError(f"{self.name} has no gradient")
 
 
 @register
-class OnnxEqual(_Binary):
-    """Boolean output; no gradient."""
+class OnnxLess(_Comparison):
+    name, reference = "OnnxLess", staticmethod(T.less_forward)
 
-    name = "OnnxEqual"
 
-    def _types(self, attrs, in_types):
-        return [(_broadcast(in_types), "bool")]
-
-    def _forward(self, attrs, xs, training):
-        return T.equal_forward(*xs), None
-
-    def _backward(self, attrs, saved, dy, needs):
-        raise GraphError("OnnxEqual has no gradient")
+@register
+class OnnxEqual(_Comparison):
+    name, reference = "OnnxEqual", staticmethod(T.equal_forward)
 
 
 @register
@@ -342,36 +318,39 @@ for _definition in act_ops.ACTIVATIONS.values():
         globals()[f"Onnx{_onnx_type}"] = _table_activation_op(_onnx_type, _definition, _to_params)
 
 
+# -- one input, one reference pair ---------------------------------------------------------------
+class _Unary(OnnxOp):
+    """y = forward(x, *args), dx = backward(dy, saved, *args): `reference` is the (forward,
+    backward) of `n2d2.ops.tensor_ops`, `args(attrs)` the attributes both take, `saves` what the
+    backward reads: "x", "y" or "shape" (x's)."""
+
+    saves = "x"
+
+    def args(self, attrs):
+        return ()
+
+    def _forward(self, attrs, xs, training):
+        y = self.reference[0](xs[0], *self.args(attrs))
+        return y, {"x": xs[0], "y": y, "shape": xs[0].shape}[self.saves]
+
+    def _backward(self, attrs, saved, dy, needs):
+        return [self.reference[1](dy, saved, *self.args(attrs))]
+
+
 # -- element-wise unary --------------------------------------------------------------------------
 @register
-class OnnxExp(OnnxOp):
-    name = "OnnxExp"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        y = T.exp_forward(xs[0])
-        return y, y
-
-    def _backward(self, attrs, y, dy, needs):
-        return [T.exp_backward(dy, y)]
+class OnnxExp(_Unary):
+    name, elementwise, reference, saves = "OnnxExp", True, (T.exp_forward, T.exp_backward), "y"
 
 
 @register
-class OnnxLog(OnnxOp):
-    name = "OnnxLog"
-    elementwise = True
-
-    def _forward(self, attrs, xs, training):
-        return T.log_forward(xs[0]), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [T.log_backward(dy, x)]
+class OnnxLog(_Unary):
+    name, elementwise, reference = "OnnxLog", True, (T.log_forward, T.log_backward)
 
 
 @register
-class OnnxErf(_CKernel, OnnxOp):
-    name = "OnnxErf"
-    elementwise = True
+class OnnxErf(_CKernel, _Unary):
+    name, elementwise, reference = "OnnxErf", True, (T.erf_forward, T.erf_backward)
 
     def c_geometry(self, attrs, in_shapes, out_shape):
         size = int(np.prod(out_shape))
@@ -380,25 +359,15 @@ class OnnxErf(_CKernel, OnnxOp):
         # erff / expf cost tens of flops an element (a binary op one): the team pays off sooner
         return dict(KIND="erf", SIZE=size, INSIZE=[size], PAR=size >= low.PARALLEL_MIN_ELEMENTS // 4)
 
-    def _forward(self, attrs, xs, training):
-        return T.erf_forward(xs[0]), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [T.erf_backward(dy, x)]
-
 
 @register
-class OnnxClip(OnnxOp):
+class OnnxClip(_Unary):
     """attrs: min, max (None: unbounded)."""
 
-    name = "OnnxClip"
-    elementwise = True
+    name, elementwise, reference = "OnnxClip", True, (T.clip_forward, T.clip_backward)
 
-    def _forward(self, attrs, xs, training):
-        return T.clip_forward(xs[0], attrs.get("min"), attrs.get("max")), xs[0]
-
-    def _backward(self, attrs, x, dy, needs):
-        return [T.clip_backward(dy, x, attrs.get("min"), attrs.get("max"))]
+    def args(self, attrs):
+        return attrs.get("min"), attrs.get("max")
 
 
 @register
@@ -419,36 +388,32 @@ class OnnxCast(OnnxOp):
 
 
 # -- softmax and reductions ----------------------------------------------------------------------
-@register
-class OnnxSoftmax(OnnxOp):
+class _Softmax(_Unary):
     """attrs: axes (normalised tuple)."""
 
-    name = "OnnxSoftmax"
+    saves = "y"
 
-    def _forward(self, attrs, xs, training):
-        y = T.softmax_forward(xs[0], tuple(attrs["axes"]))
-        return y, y
-
-    def _backward(self, attrs, y, dy, needs):
-        return [T.softmax_backward(dy, y, tuple(attrs["axes"]))]
+    def args(self, attrs):
+        return (tuple(attrs["axes"]),)
 
 
 @register
-class OnnxLogSoftmax(OnnxOp):
-    """attrs: axes (normalised tuple)."""
-
-    name = "OnnxLogSoftmax"
-
-    def _forward(self, attrs, xs, training):
-        y = T.log_softmax_forward(xs[0], tuple(attrs["axes"]))
-        return y, y
-
-    def _backward(self, attrs, y, dy, needs):
-        return [T.log_softmax_backward(dy, y, tuple(attrs["axes"]))]
+class OnnxSoftmax(_Softmax):
+    name, reference = "OnnxSoftmax", (T.softmax_forward, T.softmax_backward)
 
 
-class _Reduce(OnnxOp):
+@register
+class OnnxLogSoftmax(_Softmax):
+    name, reference = "OnnxLogSoftmax", (T.log_softmax_forward, T.log_softmax_backward)
+
+
+class _Reduce(_Unary):
     """attrs: axes (normalised tuple), keepdims (bool)."""
+
+    saves = "shape"
+
+    def args(self, attrs):
+        return tuple(attrs["axes"]), attrs.get("keepdims", True)
 
     def _types(self, attrs, in_types):
         shape, axes = in_types[0].shape, tuple(attrs["axes"])
@@ -461,24 +426,12 @@ class _Reduce(OnnxOp):
 
 @register
 class OnnxReduceSum(_Reduce):
-    name = "OnnxReduceSum"
-
-    def _forward(self, attrs, xs, training):
-        return T.reduce_sum_forward(xs[0], tuple(attrs["axes"]), attrs.get("keepdims", True)), xs[0].shape
-
-    def _backward(self, attrs, x_shape, dy, needs):
-        return [T.reduce_sum_backward(dy, x_shape, tuple(attrs["axes"]), attrs.get("keepdims", True))]
+    name, reference = "OnnxReduceSum", (T.reduce_sum_forward, T.reduce_sum_backward)
 
 
 @register
 class OnnxReduceMean(_Reduce):
-    name = "OnnxReduceMean"
-
-    def _forward(self, attrs, xs, training):
-        return T.reduce_mean_forward(xs[0], tuple(attrs["axes"]), attrs.get("keepdims", True)), xs[0].shape
-
-    def _backward(self, attrs, x_shape, dy, needs):
-        return [T.reduce_mean_backward(dy, x_shape, tuple(attrs["axes"]), attrs.get("keepdims", True))]
+    name, reference = "OnnxReduceMean", (T.reduce_mean_forward, T.reduce_mean_backward)
 
 
 @register
@@ -486,12 +439,11 @@ class OnnxReduceMax(_Reduce):
     name = "OnnxReduceMax"
 
     def _forward(self, attrs, xs, training):
-        y = T.reduce_max_forward(xs[0], tuple(attrs["axes"]), attrs.get("keepdims", True))
+        y = T.reduce_max_forward(xs[0], *self.args(attrs))
         return y, (xs[0], y)
 
     def _backward(self, attrs, saved, dy, needs):
-        x, y = saved
-        return [T.reduce_max_backward(dy, x, y, tuple(attrs["axes"]), attrs.get("keepdims", True))]
+        return [T.reduce_max_backward(dy, *saved, *self.args(attrs))]
 
 
 @register
@@ -668,18 +620,21 @@ class OnnxGemm(OnnxOp):
 
 
 # -- layout ----------------------------------------------------------------------------------------
-def _gather_geometry(op, in_shape, out_shape, offset, strides):
-    """Geometry of y[q] = x[offset + sum i_k strides_k] (templates/c/onnx.c.j2, KIND gather)."""
-    if int(np.prod(out_shape)) == 0:
-        return Unsupported(f"{op}: an empty output {list(out_shape)}")
-    g = low.strided_geometry(out_shape, [(offset, strides)])
-    size = int(np.prod(in_shape))
-    g.update(KIND="gather", INSIZE=[size], ZERO=g["SIZE"] < size)
-    return g
+class _GatherKernel(_CKernel, OnnxOp):
+    """An op whose C kernel reads y[q] = x[offset + sum i_k strides_k] (templates/c/onnx.c.j2,
+    KIND gather), (offset, strides) from `_c_read(attrs, in_shape, out_shape)`."""
+
+    def c_geometry(self, attrs, in_shapes, out_shape):
+        if int(np.prod(out_shape)) == 0:
+            return Unsupported(f"{self.name}: an empty output {list(out_shape)}")
+        g = low.strided_geometry(out_shape, [self._c_read(attrs, tuple(in_shapes[0]), out_shape)])
+        size = int(np.prod(in_shapes[0]))
+        g.update(KIND="gather", INSIZE=[size], ZERO=g["SIZE"] < size)
+        return g
 
 
 @register
-class OnnxReshape(_CKernel, OnnxOp):
+class OnnxReshape(_GatherKernel):
     """attrs: shape (the full target shape, resolved). Reshape, Flatten, Squeeze, Unsqueeze."""
 
     name = "OnnxReshape"
@@ -696,16 +651,12 @@ class OnnxReshape(_CKernel, OnnxOp):
     def _backward(self, attrs, x_shape, dy, needs):
         return [T.reshape_backward(dy, x_shape)]
 
-    def c_geometry(self, attrs, in_shapes, out_shape):
-        read = self._c_read(attrs, tuple(in_shapes[0]), out_shape)
-        return _gather_geometry(self.name, in_shapes[0], out_shape, *read)
-
     def _c_read(self, attrs, shape, out_shape):
         return 0, low.contiguous_strides(out_shape)
 
 
 @register
-class OnnxTranspose(_CKernel, OnnxOp):
+class OnnxTranspose(_GatherKernel):
     """attrs: perm."""
 
     name = "OnnxTranspose"
@@ -721,10 +672,6 @@ class OnnxTranspose(_CKernel, OnnxOp):
 
     def _backward(self, attrs, saved, dy, needs):
         return [T.transpose_backward(dy, attrs["perm"])]
-
-    def c_geometry(self, attrs, in_shapes, out_shape):
-        read = self._c_read(attrs, tuple(in_shapes[0]), out_shape)
-        return _gather_geometry(self.name, in_shapes[0], out_shape, *read)
 
     def _c_read(self, attrs, shape, out_shape):
         strides = low.contiguous_strides(shape)
@@ -777,7 +724,7 @@ class OnnxGather(OnnxOp):
 
 
 @register
-class OnnxSlice(_CKernel, OnnxOp):
+class OnnxSlice(_GatherKernel):
     """attrs: starts, ends, axes, steps (ONNX Slice, constants)."""
 
     name = "OnnxSlice"
@@ -796,10 +743,6 @@ class OnnxSlice(_CKernel, OnnxOp):
 
     def _backward(self, attrs, saved, dy, needs):
         return [T.slice_backward(dy, *saved)]
-
-    def c_geometry(self, attrs, in_shapes, out_shape):
-        read = self._c_read(attrs, tuple(in_shapes[0]), out_shape)
-        return _gather_geometry(self.name, in_shapes[0], out_shape, *read)
 
     def _c_read(self, attrs, shape, out_shape):
         strides, offset, steps = low.contiguous_strides(shape), 0, []

@@ -537,11 +537,6 @@ def conv2d_backward_data(dy, weights, geom: ConvGeometry, groups=1, mapping=None
     return _backward_data(_to_positions(dy, geom), weights, geom, groups, mapping)
 
 
-def conv2d_backward_weights(dy, cols, geom: ConvGeometry, groups=1, mapping=None):
-    """d(loss)/d(weights) [O, C/groups, kH, kW] from d(loss)/d(y) and the forward's im2col."""
-    return _backward_weights(_to_positions(dy, geom), cols, geom, groups, mapping)
-
-
 def conv2d_backward_bias(dy):
     """d(loss)/d(biases) [O]: the output gradient summed over batch and positions."""
     return dy.sum(axis=(0, 2, 3))

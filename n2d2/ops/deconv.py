@@ -108,11 +108,6 @@ def conv_transpose2d_backward(dy, ctx: DeconvContext, need_dx=True, need_dw=True
     return dx, dw, db
 
 
-def conv_transpose2d_backward_bias(dy):
-    """d(loss)/d(biases) [C_out]."""
-    return dy.sum(axis=(0, 2, 3))
-
-
 # -- the IR op ------------------------------------------------------------
 @register
 class Deconv(OpDef):

@@ -183,15 +183,6 @@ def sample_bilinear(x: np.ndarray, map_y: np.ndarray, map_x: np.ndarray, border_
     return restore_dtype(np.moveaxis(out, 3, 1), x.dtype)
 
 
-def affine_maps(n: int, out_h: int, out_w: int, matrices: np.ndarray):
-    """Sampling maps for per-image 2x3 matrices taking output (x, y, 1) to source (x, y)."""
-    ys, xs = np.meshgrid(np.arange(out_h, dtype=np.float64), np.arange(out_w, dtype=np.float64), indexing="ij")
-    m = np.asarray(matrices, dtype=np.float64).reshape(n, 2, 3)
-    map_x = m[:, 0, 0, None, None] * xs + m[:, 0, 1, None, None] * ys + m[:, 0, 2, None, None]
-    map_y = m[:, 1, 0, None, None] * xs + m[:, 1, 1, None, None] * ys + m[:, 1, 2, None, None]
-    return map_y, map_x
-
-
 # -- filtering ------------------------------------------------------------------------------------
 def gaussian_kernel(ksize: int, sigma: float) -> np.ndarray:
     """OpenCV's getGaussianKernel (sigma <= 0 derives it from the size)."""

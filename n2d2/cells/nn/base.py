@@ -25,6 +25,7 @@ from n2d2.ir.types import TensorType
 from n2d2.parameter_files import export_set, import_set
 from n2d2.provider.base import Provider
 from n2d2.settings import global_variables
+from n2d2.solver import Solver
 from n2d2.tensor import Interface, Tensor
 from n2d2.utils import generate_name, thread_flag
 
@@ -279,20 +280,6 @@ class NeuralNetworkCell(Configurable):
         self._diff_outputs = dxs
         return dxs
 
-    # -- activation helpers ---------------------------------------------------------------------
-    def _activate(self, z):
-        """Apply the cell's activation; returns (y, what backward needs)."""
-        act = self._config.get("activation")
-        if act is None:
-            return z, None
-        return act.forward(z), z
-
-    def _deactivate(self, dy, saved):
-        act = self._config.get("activation")
-        if act is None or saved is None:
-            return dy
-        return act.backward(dy, saved)
-
     # -- parameter gradients and update ----------------------------------------------------------
     def _zero_param_grads(self):
         self._param_grads = {}
@@ -439,3 +426,29 @@ def format_rows(array2d) -> str:
     rows = np.asarray(array2d).reshape(len(array2d), -1)
     line = "%.9g " * rows.shape[1] + "\n"    # one % per row, on Python floats (numpy scalars format slowly)
     return "".join(line % tuple(row) for row in rows.tolist())
+
+
+class SolverPair:
+    """Mixin of the cells with two solvers, the config keys `_solver_keys`: `set_solver`,
+    `set_solver_parameter` and the write-only `solver` act on both."""
+
+    _solver_keys = ()
+
+    def set_solver(self, solver):
+        """Independent copies of `solver`, one per key of `_solver_keys`."""
+        if not isinstance(solver, Solver):
+            raise WrongInputType("solver", type(solver), ["Solver"])
+        for key in self._solver_keys:
+            self._config[key] = solver.copy()
+
+    @property
+    def solver(self):
+        raise AttributeError(f"'solver' is write-only: read {' or '.join(self._solver_keys)}")
+
+    @solver.setter
+    def solver(self, value):
+        self.set_solver(value)
+
+    def set_solver_parameter(self, key, value):
+        for solver_key in self._solver_keys:
+            self._config[solver_key].set_parameter(key, value)

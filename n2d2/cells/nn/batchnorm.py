@@ -10,7 +10,7 @@ normalises with the moving averages too.
 import numpy as np
 
 from n2d2.backend import to_host
-from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, format_rows
+from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, SolverPair, format_rows
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.ir.ops import activation_spec
@@ -20,7 +20,7 @@ from n2d2.tensor import Tensor
 _FILES = ("scales", "biases", "means", "variances")
 
 
-class BatchNorm2d(NeuralNetworkCell):
+class BatchNorm2d(SolverPair, NeuralNetworkCell):
     """Batch normalisation over N, H, W for each of `nb_inputs` channels.
 
     Parameters
@@ -40,6 +40,7 @@ class BatchNorm2d(NeuralNetworkCell):
         "scale_solver": Spec(Solver, SGD),
         "bias_solver": Spec(Solver, SGD),
     }
+    _solver_keys = ("scale_solver", "bias_solver")
 
     # Set to True to fold the unbiased batch variance (cuDNN / PyTorch convention).
     unbiased_moving_variance = False
@@ -99,26 +100,7 @@ class BatchNorm2d(NeuralNetworkCell):
         if "biases" in self._param_grads:
             self._config["bias_solver"].update(self._biases, self._param_grads["biases"], self._batch_size)
 
-    # -- solvers and fillers ----------------------------------------------------------------------
-    def set_solver(self, solver):
-        """Independent copies of `solver` for the scales and the biases."""
-        if not isinstance(solver, Solver):
-            raise WrongInputType("solver", type(solver), ["Solver"])
-        self._config["scale_solver"] = solver.copy()
-        self._config["bias_solver"] = solver.copy()
-
-    @property
-    def solver(self):
-        raise AttributeError("'solver' is write-only: read scale_solver or bias_solver")
-
-    @solver.setter
-    def solver(self, value):
-        self.set_solver(value)
-
-    def set_solver_parameter(self, key, value):
-        self._config["scale_solver"].set_parameter(key, value)
-        self._config["bias_solver"].set_parameter(key, value)
-
+    # -- fillers ----------------------------------------------------------------------------------
     def set_filler(self, filler, refill=False):
         raise ValueError(f"Cell '{self._name}': BatchNorm2d has no filler (scales start at 1, biases at 0)")
 

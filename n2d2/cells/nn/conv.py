@@ -255,13 +255,6 @@ class ConvolutionCell(WeightedCell):
             "activation": activation_spec(self._config["activation"]),
         }
 
-    def _params(self):
-        c = self._config
-        params = {"weights": (self._weights, c["weights_solver"])}
-        if self.has_bias():
-            params["biases"] = (self._biases, c["bias_solver"])
-        return params
-
     # -- free parameters ------------------------------------------------------------------------
     def _check_remap(self):
         if self._config["outputs_remap"]:

@@ -61,11 +61,7 @@ class Fc(WeightedCell):
             raise NotImplementedError(f"Cell '{self._name}': Fc normalize=True is not supported")
 
     def _ir_node(self):
-        c = self._config
-        params = {"weights": (self._weights, c["weights_solver"])}
-        if self.has_bias():
-            params["biases"] = (self._biases, c["bias_solver"])
-        return self._with_quantizer("Fc", {"activation": activation_spec(c["activation"])}, params)
+        return self._with_quantizer("Fc", {"activation": activation_spec(self._config["activation"])}, self._params())
 
     def _compilable(self) -> bool:
         # DropConnect is eager only

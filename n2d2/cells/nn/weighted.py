@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from n2d2.backend import to_host
-from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, _like, format_rows
+from n2d2.cells.nn.base import ACTIVATION_SPEC, NeuralNetworkCell, SolverPair, _like, format_rows
 from n2d2.configurable import Spec
 from n2d2.error_handler import WrongInputType
 from n2d2.filler import Filler, Normal
@@ -58,8 +58,10 @@ def solver_and_filler_specs():
     }
 
 
-class WeightedCell(NeuralNetworkCell):
+class WeightedCell(SolverPair, NeuralNetworkCell):
     """Base of cells with trainable weights and biases."""
+
+    _solver_keys = ("weights_solver", "bias_solver")
 
     def __init__(self, arguments, solver=None, filler=None, quantizer=None, **config):
         check_quantizer(quantizer, CellQuantizer, "cell")
@@ -151,25 +153,6 @@ class WeightedCell(NeuralNetworkCell):
     def filler(self, value):
         self.set_filler(value)
 
-    # -- solvers --------------------------------------------------------------------------------
-    def set_solver(self, solver):
-        if not isinstance(solver, Solver):
-            raise WrongInputType("solver", type(solver), ["Solver"])
-        self._config["weights_solver"] = solver.copy()
-        self._config["bias_solver"] = solver.copy()
-
-    @property
-    def solver(self):
-        raise AttributeError("'solver' is write-only: read weights_solver or bias_solver")
-
-    @solver.setter
-    def solver(self, value):
-        self.set_solver(value)
-
-    def set_solver_parameter(self, key, value):
-        self._config["weights_solver"].set_parameter(key, value)
-        self._config["bias_solver"].set_parameter(key, value)
-
     def get_quantizer(self):
         """The weight quantizer (None without one)."""
         if "quantizer" in self._parameters:
@@ -236,6 +219,13 @@ class WeightedCell(NeuralNetworkCell):
 
     def has_bias(self) -> bool:
         return not self._config.get("no_bias")
+
+    def _params(self):
+        """The IR parameters {role: (array, solver)}: weights, and biases unless no_bias."""
+        params = {"weights": (self._weights, self._config["weights_solver"])}
+        if self.has_bias():
+            params["biases"] = (self._biases, self._config["bias_solver"])
+        return params
 
     def _check_bias(self, output_index):
         if not self.has_bias():

@@ -94,11 +94,4 @@ def is_onnx_section(doc, name) -> bool:
         return False
 
 
-def check_not_ignored(section: OnnxSection, value_name, reader):
-    if value_name not in section.importer.values:
-        raise reader.error(f"Input '{value_name}' is not a value of the ONNX graph of [{section.name}]", "Input",
-                           "a node output name of the ONNX model, or a layer section")
-    return value_name
-
-
 __all__ = ["OnnxSection", "is_onnx_section", "ONNX_KEYS", "IniError"]
