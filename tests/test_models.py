@@ -344,18 +344,25 @@ def test_resnet20_forward_matches_torch():
     assert rel_err(y, reference(torch.from_numpy(x).double()).detach().numpy()) < 1e-4
 
 
-def test_resnet20_backward_and_update():
+def test_resnet20_backward_and_update(monkeypatch):
     model = ResNet20()
     reference = TorchResNet((3, 3, 3), (16, 32, 64), False, True, 10)
     cells, modules = _copy_resnet_to_torch(model, reference, np.random.default_rng(5))
     reference = reference.double().train()
-    x = _input((2, 3, 32, 32), seed=6)
+    # float32 vs float64 through 19 ReLUs: an input within float32 noise of 0 (here up to ~1e-5) takes
+    # either side and flips one gradient mask entry, off by ~1e-3 relative in the shallower gradients
+    # whatever the accuracy of the ops (input seed 6 had one at 8.5e-7). Seed 19's closest is 3.1e-5.
+    x = _input((2, 3, 32, 32), seed=19)
     g = _input((2, 10, 1, 1), seed=7)
     y = model(n2d2.Tensor.from_numpy(x))
     net = y.get_deepnet()
     net.seed_gradient(y, g)
     net.back_propagate()
+    relu_inputs = []
+    monkeypatch.setattr(F, "relu", lambda t: relu_inputs.append(t.detach()) or torch.relu(t))
     out = reference(torch.from_numpy(x).double())
+    margin = min(float(t.abs().min()) for t in relu_inputs)
+    assert len(relu_inputs) == 19 and margin > 2e-5, f"ill-conditioned data: a ReLU input at {margin:.1e}"
     out.backward(torch.from_numpy(g.reshape(2, 10)).double())
     checked = 0
     for cell, module in zip(cells, modules):
