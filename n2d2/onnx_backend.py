@@ -104,7 +104,7 @@ def _opset(model) -> int:
 class _Converter:
     """Builds the IR graph of one ONNX graph for given input types and static input values."""
 
-    def __init__(self, model, input_types, static_values):
+    def __init__(self, model, input_types, static_values, arrays=None):
         self.model = model
         self.opset = _opset(model)
         self.graph = Graph(model.graph.name or "onnx")
@@ -112,8 +112,10 @@ class _Converter:
         self._materialised = {}
         inits = {t.name for t in model.graph.initializer}
         frozen = _frozen_initializers(model.graph)
+        arrays = arrays or {}   # initializer name -> array already read (the ONNX importer's)
         for t in model.graph.initializer:
-            a = numpy_helper.to_array(t)
+            a = arrays.get(t.name)
+            a = numpy_helper.to_array(t) if a is None else a
             trainable = np.issubdtype(a.dtype, np.floating) and t.name not in frozen
             self.values[t.name] = _const(t.name, a, trainable)
         for vi in model.graph.input:

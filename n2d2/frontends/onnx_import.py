@@ -75,14 +75,14 @@ from n2d2.cells.nn import base as nn_base  # nn_base.deferred_values read at cal
 from n2d2.cells.nn.onnx_node import OnnxNode
 from n2d2.cells.nn.weighted import weights_from_file
 from n2d2.error_handler import WrongInputType
-from n2d2.frontends import onnx_limits
+from n2d2.frontends import graph_cells, onnx_limits
 from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _first_line, _onnx  # noqa: F401
 from n2d2.ir.ops import activation_spec
-from n2d2.ir.passes.fuse_activation import fusion
-from n2d2.ir.passes.legalize_onnx import gelu_pattern
+from n2d2.ir.passes.fuse_activation import fuse_activation, fusion
+from n2d2.ir.passes.legalize_onnx import gelu_pattern, legalize_onnx
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS, constant_value, resolve_pads
 from n2d2.ir.trace import trace
-from n2d2.ir.types import TensorType
+from n2d2.ir.types import GraphError, TensorType
 from n2d2.mapping import Mapping
 from n2d2.ops import activation as act_table
 from n2d2.provider.base import Provider
@@ -388,6 +388,9 @@ class _Importer:
         if unknown:
             raise ONNXUnsupportedError(f"{self.path}: ignore_cells names {unknown}, which are not node outputs "
                                        f"of this model")
+        outputs = self._through_the_ir(x, graph_input.name, in_shape)
+        if outputs is not None:
+            return x, outputs, graph_input.name
         self._find_gelus(nodes)
         for node in nodes:
             self._node = node
@@ -408,6 +411,35 @@ class _Importer:
                                            "networks whose outputs depend on the input")
             outputs.append(self._tensor(v, interface_ok=False))
         return x, outputs, graph_input.name
+
+    def _through_the_ir(self, x, input_name, in_shape):
+        """The one ONNX path: the model converted to `Onnx*` IR (`n2d2.onnx_backend`, nodes named
+        by their ONNX outputs), `ignore_cells` bypassed, legalized into N2D2 ops
+        (`legalize_onnx`), activations fused (`fuse_activation`) and built as cells
+        (`graph_cells.CellBuilder`) called on `x`; returns the output tensors. None (the node by
+        node importer below runs) while the graph keeps ops this path does not build yet
+        (`graph_cells.SUPPORTED`, views, Concat) or the conversion refuses the model."""
+        from n2d2.onnx_backend import _Converter
+
+        try:
+            graph = _Converter(self.model, {input_name: (in_shape, "float32")}, {}, self.arrays).convert()
+        except (NotImplementedError, ValueError, KeyError, IndexError, TypeError, GraphError):
+            return None
+        order = graph.nodes()   # the file's order
+        for name in self.ignore:
+            acts = [r for r in graph.inputs_of(name) if graph.op(r[0]) != "OnnxConstant"] if name in graph.nx else []
+            if not acts:
+                return None
+            graph.replace_uses(name, *acts[0])
+            graph.remove_node(name)
+        graph = fuse_activation(legalize_onnx(graph))
+        if len(in_shape) != 4 or any(graph.op(n) not in graph_cells.SUPPORTED + ("Input", "Concat", "OnnxConstant")
+                                     and not graph_cells.is_alias(graph, n) for n in graph.nodes()):
+            return None
+        builder = graph_cells.CellBuilder(graph, order=order, load_weights=self.load_weights)
+        outputs = builder.build(x)
+        self.cells = builder.cells
+        return outputs
 
     def _visit(self, node):
         if node.domain not in ("", "ai.onnx"):
