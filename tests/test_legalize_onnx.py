@@ -326,3 +326,40 @@ def test_rules_state_why_a_node_stays_onnx():
     assert reasons["y"] == "no N2D2 op computes 'Erf'"
     assert legalize_node(graph, "c") is None and graph.op("c") == "Conv"
     assert {graph.op(n) for n in reasons} == {"OnnxMul", "OnnxMaxPool", "OnnxGemm", "OnnxSoftmax", "OnnxErf"}
+
+
+@pytest.mark.parametrize("pads,output_padding,crop", [([1, 1, 1, 1], [0, 0], False), ([0, 1, 2, 1], [0, 0], True),
+                                                       ([1, 0, 2, 2], [1, 1], True)])
+def test_conv_transpose_and_transpose(tmp_path, pads, output_padding, crop):
+    """ConvTranspose: a Deconv (grouped here), its asymmetric pads (less output_padding) cropped
+    after it by `<node>_padding`; a Transpose keeping the batch first the N2D2 Transpose, one
+    moving only size-1 axes a view. Outputs and parameter gradients as before."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("ConvTranspose", ["x", "w", "b"], ["d"], strides=[2, 2], pads=pads, group=2,
+                  output_padding=output_padding),
+             node("Relu", ["d"], ["r"]), node("Transpose", ["r"], ["t"], perm=[0, 1, 3, 2]),
+             node("GlobalAveragePool", ["t"], ["g"]), node("Transpose", ["g"], ["v"], perm=[0, 2, 1, 3]),
+             node("Flatten", ["v"], ["y"])]
+    inits = {"w": W(4, 3, 3, 3), "b": W(6)}
+    model = make_model(nodes, inits, [4, 5, 6], 13)
+    x = np.random.default_rng(12).standard_normal((2, 4, 5, 6)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    ops = {n: legal.op(n) for n in legal.nodes() if legal.op(n) != "Input"}
+    assert ops == dict({"d": "Deconv", "r": "Activation", "t": "Transpose", "g": "Pool", "v": "OnnxReshape",
+                        "y": "OnnxReshape"}, **({"d_padding": "Padding"} if crop else {}))
+    assert legal.attrs("t")["perm"] == (1, 0, 2, 3)
+    path = str(tmp_path / "deconv.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+    assert rel_err(_run(optimize(legal), in_name, x), ref) < 1e-5
+    seed = np.random.default_rng(13).standard_normal(ref.shape).astype(np.float32)
+    before, after = _grads(graph, in_name, x, seed), _grads(legal, in_name, x, seed)
+    assert set(before) == set(after) == {"w", "b"}
+    for p in before:
+        assert rel_err(after[p], before[p]) < 1e-5, p

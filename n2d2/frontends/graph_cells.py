@@ -30,6 +30,7 @@ from n2d2.cells.nn import (
     Padding,
     Pool,
     Softmax,
+    Transpose,
 )
 from n2d2.cells.nn.onnx_node import OnnxNode
 from n2d2.ir.passes.legalize_onnx import is_view
@@ -38,7 +39,8 @@ from n2d2.mapping import Mapping
 from n2d2.tensor import Interface, Tensor
 
 #: ops that become N2D2 cells (the others are OnnxNode cells, or no cell: Input, views, Concat)
-SUPPORTED = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "ElemWise", "Softmax", "Padding", "LRN")
+SUPPORTED = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "ElemWise", "Softmax", "Padding", "LRN",
+             "Transpose")
 _INTERFACE_OPS = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "Padding", "LRN", "Softmax")
 
 
@@ -251,6 +253,9 @@ class CellBuilder:
     def _cell_Padding(self, node, a):
         return Padding(int(a["top"]), int(a["bot"]), int(a["left"]), int(a["right"]),
                        activation=activation(a["activation"]), name=node)
+
+    def _cell_Transpose(self, node, a):
+        return Transpose(list(a["perm"]), activation=activation(a["activation"]), name=node)
 
     def _cell_LRN(self, node, a):
         return LRN(size=int(a["size"]), alpha=float(a["alpha"]), beta=float(a["beta"]), k=float(a["bias"]), name=node)

@@ -64,8 +64,10 @@ class Rewrite:
     """What a rule makes of its node: an N2D2 op node of the same name over `inputs` with `attrs`
     and `params` ({role: parameter name}); `pad` (top, bot, left, right), when given, is a
     `Padding` node `<node>_padding` put before it (asymmetric pads, as the ONNX importer does);
-    the matrices of the roles in `transposed` (read by this node only) are stored transposed, which
-    trains the same (elementwise solvers, the gradient transposed with them).
+    `crop`, a `Padding` node `<node>_padding` cropping its output (a ConvTranspose's asymmetric
+    pads), which then carries the ONNX output; the matrices of the roles in `transposed` (read
+    by this node only) are stored transposed, which trains the same (elementwise solvers, the
+    gradient transposed with them).
     A rule that cannot rewrite its node returns instead a `str`: the reason, which
     `DeepNetCell.load_from_ONNX(generic_ops=False)` gives in its refusal."""
 
@@ -74,6 +76,7 @@ class Rewrite:
     attrs: dict
     params: dict = dataclasses.field(default_factory=dict)
     pad: tuple = None
+    crop: tuple = None       # (top, bot, left, right) removed after it: a Padding `<node>_padding` of minus these
     transposed: tuple = ()   # roles whose matrix the op reads transposed: stored so once rewritten
 
 
@@ -332,6 +335,43 @@ def _pad(graph, node):
         "Padding", ins[:1], {"top": pads[2], "bot": pads[6], "left": pads[3], "right": pads[7], "activation": None})
 
 
+@rule("OnnxConvTranspose")
+def _deconv(graph, node):
+    """A 2-D ConvTranspose with constant weights: a Deconv; asymmetric pads (less the end's
+    output_padding) are cropped after it by a `<node>_padding` Padding, as the importer did."""
+    ins = graph.inputs_of(node)
+    a = graph.attrs(node)
+    params = {"weights": _const(graph, ins[1])}
+    if len(ins) > 2:
+        params["biases"] = _const(graph, ins[2])
+    if len(a["strides"]) != 2:
+        return f"a {len(a['strides'])}-D transposed convolution; n2d2's Deconv is 2-D"
+    if None in params.values():
+        return "its weights or bias are computed from activations; n2d2 needs constants"
+    begin, end = list(a["pads"][:2]), [e - p for e, p in zip(a["pads"][2:], a["output_padding"])]
+    if min(end) < 0:
+        return f"output_padding {list(a['output_padding'])} larger than the end pads {list(a['pads'][2:])}"
+    crop = None if begin == end else (begin[0], end[0], begin[1], end[1])
+    attrs = {"stride": tuple(a["strides"]), "padding": (0, 0) if crop else tuple(begin),
+             "dilation": tuple(a["dilations"]), "groups": int(a["group"]), "mapping": None, "activation": None}
+    return _not_activation(graph, ins[0]) or Rewrite("Deconv", ins[:1], attrs, params, crop=crop)
+
+
+@rule("OnnxTranspose")
+def _transpose(graph, node):
+    """A Transpose of an NCHW tensor keeping the batch first: the N2D2 Transpose (perm in N2D2's
+    [X, Y, Z, B] axes); one that moves only axes of size 1 a view (`OnnxReshape`)."""
+    x = graph.inputs_of(node)[0]
+    perm, shape = list(graph.attrs(node)["perm"]), _type(graph, x).shape
+    if perm[0] != 0:
+        return f"Transpose with perm {perm} moves the batch axis"
+    moved = [p for p in perm if shape[p] != 1]
+    if moved == sorted(moved):
+        return Rewrite("OnnxReshape", [x], {"shape": tuple(shape[p] for p in perm)})
+    why = _not_activation(graph, x)
+    return why or Rewrite("Transpose", [x], {"perm": tuple(3 - perm[3 - i] for i in range(4)), "activation": None})
+
+
 def _fc(graph, node, x, weights, bias):
     """An Fc node over activation `x` (rank >= 2: Fc flattens C*H*W in memory order), with the
     parameters `weights` ([O, I] in that order) and `bias`."""
@@ -536,18 +576,20 @@ def legalize_node(graph: Graph, node: str):
         return found
     opdef = op_registry.get(found.op, node=node)
     in_types = [_type(graph, ref) for ref in found.inputs]
-    pad = None if found.pad is None else dict(zip(("top", "bot", "left", "right"), found.pad), activation=None)
+    pad, crop = (None if p is None else dict(zip(("top", "bot", "left", "right"), p), activation=None)
+                 for p in (found.pad, None if found.crop is None else tuple(-v for v in found.crop)))
     shapes = {role: graph.params[p].shape[::-1 if role in found.transposed else 1]
               for role, p in found.params.items()}
     try:
         if pad is not None:
             in_types = op_registry.get("Padding").infer_types(pad, in_types, {}, node)
         new = opdef.infer_types(found.attrs, in_types, shapes, node)[0]
+        final = new if crop is None else op_registry.get("Padding").infer_types(crop, [new], {}, node)[0]
     except GraphError as e:
         return f"the {found.op} op refuses it: {e}"
     old = graph.output_types(node)[0]
-    if not _view(old, new):   # e.g. a ceil-mode pooling window N2D2 does not make
-        return f"the {found.op} op gives a {list(new.shape)} output where ONNX gives {list(old.shape)}"
+    if not _view(old, final):   # e.g. a ceil-mode pooling window N2D2 does not make
+        return f"the {found.op} op gives a {list(final.shape)} output where ONNX gives {list(old.shape)}"
     inputs = found.inputs
     if pad is not None:
         inputs = [(graph.add_op(graph.unique_name(f"{node}_padding"), "Padding", inputs, pad), 0)]
@@ -556,11 +598,15 @@ def legalize_node(graph: Graph, node: str):
     sole = {graph.node(src).params["value"] for src in sources
             if graph.op(src) == "OnnxConstant" and len(graph.consumers(src)) == 1}
     substitute(graph, node, found.op, inputs, found.attrs, found.params, outputs=[new])
-    if tuple(new.shape) != tuple(old.shape):   # the ONNX shape, as a view of the N2D2 op's output
-        view = graph.unique_name(f"{node}_view")
-        graph.add_node(view, "OnnxReshape", [], {"shape": tuple(old.shape)}, outputs=[old])
-        graph.replace_uses(node, view)
-        graph.nx.add_edge(node, view, out=0, slot=0)
+    last = node
+    for name, op, attrs, t in ((f"{node}_padding", "Padding", crop, final),   # the crop, then the ONNX shape
+                               (f"{node}_view", "OnnxReshape", {"shape": tuple(old.shape)}, old)):
+        if attrs is not None and (op == "Padding" or tuple(final.shape) != tuple(old.shape)):
+            after = graph.unique_name(name)
+            graph.add_node(after, op, [], attrs, outputs=[t])
+            graph.replace_uses(last, after)
+            graph.nx.add_edge(last, after, out=0, slot=0)
+            last = after
     for role, p in found.params.items():   # graph copies share Param objects: replace, do not mutate
         if p in sole:
             graph.params[p] = dataclasses.replace(graph.params[p], owner=node, role=role)
