@@ -363,3 +363,29 @@ def test_conv_transpose_and_transpose(tmp_path, pads, output_padding, crop):
     assert set(before) == set(after) == {"w", "b"}
     for p in before:
         assert rel_err(after[p], before[p]) < 1e-5, p
+
+
+@pytest.mark.parametrize("mode,ctm,legal_op", [
+    ("nearest", "asymmetric", "Resize"), ("linear", "half_pixel", "Resize"), ("linear", "align_corners", "Resize"),
+    ("linear", "asymmetric", "Resize"), ("cubic", "half_pixel", "OnnxResize")])
+def test_resize(tmp_path, mode, ctm, legal_op):
+    """Resize of H and W by the ratio of the sizes: N2D2's Resize in the modes it interpolates
+    (cubic stays an OnnxResize, with its reason); the same outputs as onnxruntime."""
+    from onnx import helper
+
+    from tests.test_onnx_import import make_model
+
+    attrs = dict(mode=mode, coordinate_transformation_mode=ctm, **({"nearest_mode": "floor"} if mode == "nearest"
+                                                                    else {}))
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Resize", ["r", "", "scales"], ["y"], **attrs)]
+    model = make_model(nodes, {"scales": np.array([1, 1, 2, 3], np.float32)}, [3, 4, 5], 13)
+    x = np.random.default_rng(14).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    assert legal.op("y") == legal_op
+    if legal_op == "OnnxResize":
+        assert "cubic Resize" in legalize_node(legal, "y")
+    path = str(tmp_path / "resize.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5

@@ -14,7 +14,9 @@ Fc's [N, O, 1, 1] for a Gemm's [N, O]): the ONNX shape is then an `OnnxReshape` 
 `<node>_view` after it. The replacement keeps the node's name (the ONNX output name).
 
 Rules beyond one-to-one: Gemm (transB=1) and MatMul by a constant matrix become an Fc (MatMul's
-matrix, read only there, stored transposed); ReduceMean/ReduceMax over the spatial axes a global
+matrix, read only there, stored transposed); ConvTranspose a Deconv (asymmetric pads cropped
+after it by a Padding `<node>_padding`); Transpose keeping the batch first an N2D2 Transpose;
+Resize of H and W in the modes N2D2 interpolates a Resize; ReduceMean/ReduceMax over the spatial axes a global
 Pool; a zero Pad of H and W a Padding; asymmetric pads of a Conv or a pooling a `Padding` node
 `<node>_padding` before it (for a MaxPool only when its input is non-negative).
 
@@ -370,6 +372,36 @@ def _transpose(graph, node):
         return Rewrite("OnnxReshape", [x], {"shape": tuple(shape[p] for p in perm)})
     why = _not_activation(graph, x)
     return why or Rewrite("Transpose", [x], {"perm": tuple(3 - perm[3 - i] for i in range(4)), "activation": None})
+
+
+#: ONNX (mode, coordinate_transformation_mode) -> N2D2 Resize (mode, align_corners)
+_RESIZE_MODES = {("nearest", "asymmetric"): ("NearestNeighbor", True),
+                 ("linear", "half_pixel"): ("Bilinear", True), ("linear", "pytorch_half_pixel"): ("Bilinear", True),
+                 ("linear", "align_corners"): ("BilinearTF", True), ("linear", "asymmetric"): ("BilinearTF", False)}
+
+
+@rule("OnnxResize")
+def _resize(graph, node):
+    """A Resize of H and W of an NCHW tensor by the ratio of the sizes, in a mode N2D2's Resize
+    computes (`_RESIZE_MODES`; nearest with nearest_mode floor: PyTorch's 'nearest')."""
+    x = graph.inputs_of(node)[0]
+    a = graph.attrs(node)
+    found = _RESIZE_MODES.get((a["mode"], a["coordinate_mode"]))
+    if a["antialias"] or a["exclude_outside"]:
+        return "Resize with antialias or exclude_outside is not supported"
+    if any(spec is not None for spec in a["axes"][:2]) or len(a["axes"]) != 4:
+        return f"Resize to {list(a['shape'])}: n2d2 resizes the H and W axes of NCHW tensors"
+    if any(spec is not None and abs(spec[0] / spec[1] - spec[2]) > 1e-6 for spec in a["axes"]):
+        return "Resize scales that are not the ratio of the sizes: n2d2 interpolates with the ratio of the sizes"
+    if found is None or (a["mode"] == "nearest" and a["nearest_mode"] != "floor"):
+        return (f"{a['mode']} Resize with coordinate_transformation_mode={a['coordinate_mode']}, nearest_mode="
+                f"{a['nearest_mode']}: n2d2 supports nearest (asymmetric, floor) and linear (half_pixel, "
+                "pytorch_half_pixel, align_corners, asymmetric)")
+    if found[0] == "Bilinear" and a["coordinate_mode"] == "half_pixel" and min(a["shape"][2:]) == 1:
+        return "half_pixel linear Resize to a size of 1 is not supported"
+    return _not_activation(graph, x) or Rewrite("Resize", [x], {
+        "height": int(a["shape"][2]), "width": int(a["shape"][3]), "mode": found[0], "align_corners": found[1],
+        "activation": None})
 
 
 def _fc(graph, node, x, weights, bias):
