@@ -16,7 +16,14 @@ from n2d2 import onnx_backend  # noqa: E402
 from n2d2.codegen import numpy_exec  # noqa: E402
 from n2d2.ir import autodiff  # noqa: E402
 from n2d2.ir.passes import PASSES, optimize  # noqa: E402
-from n2d2.ir.passes.legalize_onnx import RULES, known_activation, legalize_node, legalize_onnx, rule  # noqa: E402
+from n2d2.ir.passes.legalize_onnx import (  # noqa: E402
+    RULES,
+    fold_constant_operands,
+    known_activation,
+    legalize_node,
+    legalize_onnx,
+    rule,
+)
 from n2d2.solver import SGD  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
 from tests.test_onnx_generic import PATTERNS  # noqa: E402
@@ -389,3 +396,47 @@ def test_resize(tmp_path, mode, ctm, legal_op):
     onnx.save(model, path)
     ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
     assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+
+
+def test_constant_operands_fold_into_producers_or_become_elemwise_and_scaling(tmp_path):
+    """The importer's arithmetic by constants (`fold_constant_operands`): into the producer's
+    bias and weights (Conv without bias, Fc of a Gemm through its view, BatchNorm), else an
+    ElemWise shift (scalar, per channel, c - x) or a Scaling; not into a producer whose
+    parameter another node shares; adding 0 removed. Same outputs as onnxruntime."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    f, node = np.float32, helper.make_node
+    nodes = [node("Conv", ["x", "w"], ["c"]), node("Add", ["c", "bias"], ["c1"]), node("Mul", ["scale", "c1"], ["c2"]),
+             node("Div", ["c2", "two"], ["c3"]), node("Relu", ["c3"], ["r"]), node("Mul", ["r", "chan"], ["s"]),
+             node("Add", ["s", "one"], ["e"]), node("Sub", ["e", "chan4"], ["e2"]), node("Sub", ["one", "e2"], ["e3"]),
+             node("Add", ["e3", "zero"], ["e4"]),
+             node("Conv", ["e4", "w2", "b2"], ["k1"]), node("Conv", ["e4", "w3", "b2"], ["k2"]),
+             node("Add", ["k1", "one"], ["k3"]), node("Add", ["k3", "k2"], ["k4"]),
+             node("BatchNormalization", ["k4", "s4", "b4", "m4", "v4"], ["bn"]), node("Mul", ["bn", "chan4"], ["bm"]),
+             node("GlobalAveragePool", ["bm"], ["g"]), node("Flatten", ["g"], ["fl"]),
+             node("Gemm", ["fl", "fw", "fb"], ["z"], transB=1), node("Sub", ["z", "zb"], ["y"])]
+    inits = {"w": W(3, 4, 3, 3), "bias": W(1, 3, 1, 1), "scale": W(3, 1, 1), "two": f(2.0),
+             "chan": W(1, 3, 1, 1, seed=5), "one": f(1.0), "chan4": W(3, 1, 1, seed=7), "zero": f(0.0),
+             "w2": W(3, 3, 1, 1, seed=8), "w3": W(3, 3, 1, 1, seed=9), "b2": W(3, seed=10), "s4": W(3, seed=11) + 1,
+             "b4": W(3, seed=12), "m4": W(3, seed=13), "v4": np.abs(W(3, seed=14)) + 0.5, "fw": W(5, 3, seed=15),
+             "fb": W(5, seed=16), "zb": W(5, seed=17)}
+    model = make_model(nodes, inits, [4, 6, 6], 13)
+    x = np.random.default_rng(15).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    folded = fold_constant_operands(legalize_onnx(graph))
+    ops = {n: folded.op(n) for n in folded.nodes() if folded.op(n) != "Input"}
+    assert ops == {"c": "Conv", "r": "Activation", "s": "Scaling", "e": "ElemWise", "e2": "ElemWise",
+                   "e3": "ElemWise", "k1": "Conv", "k2": "Conv", "k3": "ElemWise", "k4": "ElemWise",
+                   "bn": "BatchNorm", "g": "Pool", "fl": "OnnxReshape", "z": "Fc",
+                   "z_view": "OnnxReshape"}, ops   # k3: k1 shares its bias with k2
+    assert folded.attrs("e2")["shifts"] == [[-float(v) for v in inits["chan4"].reshape(-1)]]
+    assert folded.attrs("e3")["weights"] == [-1.0] and folded.attrs("e3")["shifts"] == [1.0]
+    assert set(folded.node("c").params) == {"weights", "biases"}
+    path = str(tmp_path / "consts.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(folded, in_name, x), ref) < 1e-5
+    assert rel_err(_run(optimize(folded), in_name, x), ref) < 1e-5
+    assert rel_err(_run(graph, in_name, x), ref) < 1e-5 and graph.params["w"] is not folded.params["w"]

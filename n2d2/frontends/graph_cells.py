@@ -1,17 +1,19 @@
-"""Cells from an IR graph: one cell per node, called in order on a tensor, so that the trace of
-the calls gives the graph back (the last step of `DeepNetCell.load_from_ONNX`: ONNX ->
-`n2d2.onnx_backend`'s `Onnx*` IR -> `legalize_onnx` -> `fuse_activation` -> these cells).
+"""Cells from an IR graph: one cell per node, called in order on a tensor, so that the trace of the
+calls gives the graph back (the last step of `DeepNetCell.load_from_ONNX`: ONNX ->
+`n2d2.onnx_backend`'s `Onnx*` IR -> `legalize_onnx` -> `fold_constant_operands` ->
+`fuse_activation` -> these cells).
 
 A node of an N2D2 op becomes the cell that traces to it, named after the node (the ONNX output
-name): Conv (ConvDepthWise when one channel per group, a group Mapping otherwise), Deconv,
-Pool (GlobalPool2d when the window is the whole input), Fc, BatchNorm2d, Activation, ElemWise,
-Softmax, Padding, LRN, Transpose, Resize; parameters are copied from the graph (not drawn by fillers when the caller
-runs in `weights_from_file`). Cells hold tensors in N2D2's 4-D layout: a node whose output is a
-view of its input in the same memory order (an `OnnxReshape` [N, O, 1, 1] -> [N, O]) makes no
-cell, and a channel `Concat` hands an Interface of its inputs to its consumers (an Activation
-cell when an output or an op without Interface input reads it). Any other node (an `Onnx*` op
-no N2D2 op computes) is an `OnnxNode` cell running that op, its constant operands its
-parameters. `SUPPORTED` lists the ops that make N2D2 cells.
+name): Conv (ConvDepthWise when one channel per group, a group Mapping otherwise), Deconv, Pool
+(GlobalPool2d when the window is the whole input), Fc, BatchNorm2d, Activation, ElemWise,
+Softmax, Padding, LRN, Transpose, Resize, Scaling (floating-point); parameters are copied from
+the graph (not drawn by fillers when the caller runs in `weights_from_file`). Cells hold tensors
+in N2D2's 4-D layout: a node whose output is a view of its input in the same memory order (an
+`OnnxReshape` [N, O, 1, 1] -> [N, O]) makes no cell, and a channel `Concat` hands an Interface
+of its inputs to its consumers (an Activation cell when an output or an op without Interface
+input reads it). Any other node (an `Onnx*` op no N2D2 op computes) is an `OnnxNode` cell
+running that op, its constant operands its parameters. `SUPPORTED` lists the ops that make N2D2
+cells.
 """
 import networkx as nx
 import numpy as np
@@ -30,6 +32,7 @@ from n2d2.cells.nn import (
     Padding,
     Pool,
     Resize,
+    Scaling,
     Softmax,
     Transpose,
 )
@@ -37,11 +40,12 @@ from n2d2.cells.nn.onnx_node import OnnxNode
 from n2d2.ir.passes.legalize_onnx import is_view
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
 from n2d2.mapping import Mapping
+from n2d2.scaling import FloatingPointScaling
 from n2d2.tensor import Interface, Tensor
 
 #: ops that become N2D2 cells (the others are OnnxNode cells, or no cell: Input, views, Concat)
 SUPPORTED = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "ElemWise", "Softmax", "Padding", "LRN",
-             "Transpose", "Resize")
+             "Transpose", "Resize", "Scaling")
 _INTERFACE_OPS = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "Padding", "LRN", "Softmax")
 
 
@@ -243,8 +247,13 @@ class CellBuilder:
 
     def _cell_ElemWise(self, node, a):
         n = len(self.graph.inputs_of(node))
-        kwargs = {} if list(a["weights"]) == [1.0] * n and not any(a["shifts"]) else \
-            dict(mode="PerInput", weights=list(a["weights"]), shifts=list(a["shifts"]))
+        if any(isinstance(v, (list, tuple)) for v in list(a["weights"]) + list(a["shifts"])):   # per channel
+            flat = {k: [float(v) for c in a[k] for v in c] for k in ("weights", "shifts")}
+            kwargs = dict(mode="PerChannel", **flat)
+        elif list(a["weights"]) == [1.0] * n and not any(a["shifts"]):
+            kwargs = {}
+        else:
+            kwargs = dict(mode="PerInput", weights=list(a["weights"]), shifts=list(a["shifts"]))
         return ElemWise(a["operation"], activation=activation(a["activation"]), name=node, **kwargs)
 
     def _cell_Softmax(self, node, a):
@@ -254,6 +263,13 @@ class CellBuilder:
     def _cell_Padding(self, node, a):
         return Padding(int(a["top"]), int(a["bot"]), int(a["left"]), int(a["right"]),
                        activation=activation(a["activation"]), name=node)
+
+    def _cell_Scaling(self, node, a):
+        kind, scales, clipping = a["scaling"][:3]
+        if kind != "FloatingPoint" or clipping is not None:
+            raise ValueError(f"node '{node}': a {kind} scaling (clipping {clipping}); the builder makes "
+                             "unclipped floating-point Scaling cells")
+        return Scaling(FloatingPointScaling([float(v) for v in scales]), name=node)
 
     def _cell_Transpose(self, node, a):
         return Transpose(list(a["perm"]), activation=activation(a["activation"]), name=node)

@@ -79,7 +79,7 @@ from n2d2.frontends import graph_cells, onnx_limits
 from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _first_line, _onnx  # noqa: F401
 from n2d2.ir.ops import activation_spec
 from n2d2.ir.passes.fuse_activation import fuse_activation, fusion
-from n2d2.ir.passes.legalize_onnx import gelu_pattern, legalize_onnx
+from n2d2.ir.passes.legalize_onnx import fold_constant_operands, gelu_pattern, legalize_onnx
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS, constant_value, resolve_pads
 from n2d2.ir.trace import trace
 from n2d2.ir.types import GraphError, TensorType
@@ -415,7 +415,7 @@ class _Importer:
     def _through_the_ir(self, x, input_name, in_shape):
         """The one ONNX path: the model converted to `Onnx*` IR (`n2d2.onnx_backend`, nodes named
         by their ONNX outputs), `ignore_cells` bypassed, legalized into N2D2 ops
-        (`legalize_onnx`), activations fused (`fuse_activation`) and built as cells
+        (`legalize_onnx`, then `fold_constant_operands`), activations fused (`fuse_activation`) and built as cells
         (`graph_cells.CellBuilder`) called on `x`; returns the output tensors. None (the node by
         node importer below runs) while the graph keeps ops this path does not build yet
         (`graph_cells.SUPPORTED`, views, Concat) or the conversion refuses the model."""
@@ -432,7 +432,7 @@ class _Importer:
                 return None
             graph.replace_uses(name, *acts[0])
             graph.remove_node(name)
-        graph = fuse_activation(legalize_onnx(graph))
+        graph = fuse_activation(fold_constant_operands(legalize_onnx(graph)))
         if len(in_shape) != 4 or any(graph.op(n) not in graph_cells.SUPPORTED + ("Input", "Concat", "OnnxConstant")
                                      and not graph_cells.is_alias(graph, n) for n in graph.nodes()):
             return None

@@ -43,7 +43,7 @@ import numpy as np
 
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import check_mode, is_non_negative, sole_consumer, substitute
+from n2d2.ir.passes._common import check_mode, is_non_negative, new_param_name, sole_consumer, substitute
 from n2d2.ir.types import GraphError
 from n2d2.ops import activation as act_table
 
@@ -648,6 +648,103 @@ def legalize_node(graph: Graph, node: str):
         if not graph.consumers(src) and not any(n == src for n, _ in graph.outputs):
             graph.remove_node(src)
     return None
+
+
+# -- constant operands (the ONNX importer's) ---------------------------------------------------------------
+def _per_channel(graph, ref, shape):
+    """The constant `ref` as one float per channel of an activation of `shape` (a scalar
+    repeated), or None when it varies along another axis or broadcasts `shape`."""
+    c = np.asarray(graph.params[_const(graph, ref)].array, dtype=np.float64)
+    try:
+        if np.broadcast_shapes(tuple(shape), c.shape) != tuple(shape):
+            return None
+    except ValueError:
+        return None
+    c = c.reshape((1,) * (len(shape) - c.ndim) + c.shape)
+    if any(n != 1 for ax, n in enumerate(c.shape) if ax != 1):
+        return None
+    return np.broadcast_to(c.reshape(-1), (shape[1],)).astype(np.float32)
+
+
+def _fold_into_producer(graph, x, operation, vec):
+    """Fold `x + vec` ("Sum") or `x * vec` ("Prod") into the Conv, Fc or BatchNorm that makes
+    `x` (no fused activation, read only here, parameters its own): new bias / weight arrays.
+    True when done."""
+    src = x[0]
+    if graph.op(src) not in ("Conv", "Fc", "BatchNorm") or graph.attrs(src).get("activation") is not None \
+            or len(graph.consumers(src)) != 1 or any(n == src for n, _ in graph.outputs):
+        return False
+    params = dict(graph.node(src).params)
+    if any(p in graph.node(n).params.values() for p in params.values() for n in graph.nodes() if n != src):
+        return False
+    roles = ("biases",) if operation == "Sum" else ("scales", "biases") if graph.op(src) == "BatchNorm" else \
+        ("weights", "biases")
+    if "biases" not in params and operation == "Sum":
+        params["biases"] = new_param_name(graph, f"{src}_biases")
+        graph.add_param(params["biases"], np.zeros(vec.shape, np.float32), owner=src, role="biases")
+    for role in (r for r in roles if r in params):
+        a = np.asarray(graph.params[params[role]].array, dtype=np.float32)
+        a = a + vec if operation == "Sum" else a * vec.reshape((-1,) + (1,) * (a.ndim - 1))
+        graph.params[params[role]] = dataclasses.replace(graph.params[params[role]], array=a)
+    graph.nx.nodes[src]["params"] = params
+    return True
+
+
+def fold_constant_operands(graph: Graph) -> Graph:
+    """The ONNX importer's arithmetic by constants, on a legalized graph: Add, Sub, Mul, Div of an
+    NCHW activation by a scalar or per-channel constant is folded into the Conv, Fc or BatchNorm
+    that makes the activation (its bias, or its weights and bias), else becomes an ElemWise
+    (shift, `c - x`) or a floating-point Scaling node of the same name; adding 0 or multiplying
+    by 1 is removed. The constants become attributes or are folded into copies of the
+    producer's parameters, as N2D2's importer does: exact in inference, the constants are no
+    longer trained."""
+    g = graph.copy()
+    for node in g.topological_order():
+        op = g.op(node) if node in g.nx else None
+        if op not in ("OnnxAdd", "OnnxSub", "OnnxMul", "OnnxDiv") or not _only_output_0(g, node):
+            continue
+        ins = g.inputs_of(node)
+        consts = [k for k, ref in enumerate(ins) if _const(g, ref) is not None]
+        if len(ins) != 2 or len(consts) != 1 or (op == "OnnxDiv" and consts != [1]):
+            continue
+        x = ins[1 - consts[0]]
+        inner = _through_view(g, x)
+        if _not_activation(g, inner) or tuple(_type(g, x).shape) != tuple(g.output_types(node)[0].shape):
+            continue
+        vec = _per_channel(g, ins[consts[0]], _type(g, x).shape)   # broadcast as ONNX does
+        if vec is None or (op == "OnnxDiv" and not vec.all()):
+            continue
+        if op == "OnnxDiv":
+            vec = (1.0 / vec.astype(np.float64)).astype(np.float32)
+        elif op == "OnnxSub" and consts == [1]:   # x - c
+            vec = -vec
+        operation = "Sum" if op in ("OnnxAdd", "OnnxSub") else "Prod"
+        const_src = ins[consts[0]][0]
+        negated = op == "OnnxSub" and consts == [0]   # c - x
+        identity = not vec.any() if operation == "Sum" else (vec == 1.0).all()
+        if not negated and (identity or _fold_into_producer(g, inner, operation, vec)):
+            g.replace_uses(node, *x)
+            g.remove_node(node)
+        else:
+            if operation == "Prod":
+                new_op, attrs = "Scaling", {"scaling": ("FloatingPoint", tuple(float(v) for v in vec), None)}
+            else:
+                w = -1.0 if negated else 1.0
+                uniform = bool((vec == vec[0]).all())
+                shifts = [float(vec[0])] if uniform else [[float(v) for v in vec]]
+                weights = [w] if uniform else [[w] * len(vec)]
+                new_op, attrs = "ElemWise", {"operation": "Sum", "weights": weights, "shifts": shifts,
+                                             "activation": None}
+            out = op_registry.get(new_op, node=node).infer_types(attrs, [_type(g, inner)], {}, node)[0]
+            substitute(g, node, new_op, [inner], attrs, {}, outputs=[out])
+            if tuple(out.shape) != tuple(_type(g, x).shape):
+                view = g.unique_name(f"{node}_view")
+                g.add_node(view, "OnnxReshape", [], {"shape": tuple(_type(g, x).shape)}, outputs=[_type(g, x)])
+                g.replace_uses(node, view)
+                g.nx.add_edge(node, view, out=0, slot=0)
+        if not g.consumers(const_src) and not any(n == const_src for n, _ in g.outputs):
+            g.remove_node(const_src)
+    return g
 
 
 def legalize_onnx(graph: Graph, mode: str = "inference") -> Graph:
