@@ -4,7 +4,14 @@ Steps (N2D2's `DeepNetGenerator::ONNX_processGraph`, reference section 2.2):
 
 1. load: `onnx.load`, the size limits of `onnx_limits` (before any tensor is read),
    `onnx.checker`, strict shape inference; any failure is an `ONNXFormatError` naming the file;
-2. walk the nodes in order (ONNX graphs are topologically sorted), skipping those no graph
+2. the one ONNX path, for every model it builds (`_Importer._through_the_ir`): the model is
+   converted to `Onnx*` IR by `n2d2.onnx_backend` (nodes named by their ONNX outputs, in file
+   order), `ignore_cells` bypassed, legalized into N2D2 ops (`legalize_onnx`, whose rules say
+   why a node stays `Onnx*`), its constant operands folded (`fold_constant_operands`),
+   activations fused (`fuse_activation`), and built as cells, one per node
+   (`graph_cells.CellBuilder`). While the legalized graph keeps an `Onnx*` node other than a
+   view, the node-by-node importer below builds the model instead (steps 2'-3);
+2'. walk the nodes in order (ONNX graphs are topologically sorted), skipping those no graph
    output depends on. A node whose inputs are all constants (initializers, `Constant`, the
    `Shape` of an activation, whose size is known) is evaluated at import with numpy (the
    `onnx.reference` evaluator, `onnx_limits.evaluate_constant_node`, as `n2d2.onnx_backend`
