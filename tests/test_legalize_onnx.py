@@ -267,7 +267,7 @@ def _grads(graph, in_name, x, seed):
 
 
 def test_fc_global_pools_pads_and_asymmetric_windows(tmp_path):
-    """Gemm (transB=1) and MatMul by a constant become Fc nodes (MatMul's matrix stored
+    """Gemm (transB=0 here) and MatMul by a constant become Fc nodes (their [I, O] matrix stored
     transposed, its gradient with it) whose rank-2 ONNX output is an `OnnxReshape` view
     `<node>_view`; ReduceMax over (2, 3) a global Max Pool; a zero Pad a Padding; asymmetric pads
     of a Conv, an AveragePool and a MaxPool of a non-negative input a Padding node
@@ -281,10 +281,10 @@ def test_fc_global_pools_pads_and_asymmetric_windows(tmp_path):
              node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], pads=[1, 0, 0, 1]),
              node("Pad", ["m", "pads"], ["p"]),
              node("AveragePool", ["p"], ["a"], kernel_shape=[3, 3], pads=[0, 0, 1, 1], count_include_pad=1),
-             node("ReduceMax", ["a"], ["g"], axes=[2, 3], keepdims=0), node("Gemm", ["g", "fw", "fb"], ["f"], transB=1),
+             node("ReduceMax", ["a"], ["g"], axes=[2, 3], keepdims=0), node("Gemm", ["g", "fw", "fb"], ["f"]),
              node("Flatten", ["a"], ["fl"]), node("MatMul", ["fl", "mw"], ["mm"]), node("Add", ["f", "mm"], ["y"])]
     inits = {"w": W(4, 3, 3, 3), "b": W(4), "pads": np.array([0, 0, 1, 2, 0, 0, 2, 0], np.int64),
-             "fw": W(5, 4, seed=1), "fb": W(5, seed=2), "mw": W(4 * 7 * 5, 5, seed=3)}
+             "fw": W(4, 5, seed=1), "fb": W(5, seed=2), "mw": W(4 * 7 * 5, 5, seed=3)}
     model = make_model(nodes, inits, [3, 6, 5], 13)
     x = np.random.default_rng(9).standard_normal((2, 3, 6, 5)).astype(np.float32)
     graph, in_name = _graph(model, x)
@@ -305,7 +305,7 @@ def test_fc_global_pools_pads_and_asymmetric_windows(tmp_path):
     before, after = _grads(graph, in_name, x, seed), _grads(legal, in_name, x, seed)
     assert set(before) == set(after) == set(inits) - {"pads"}
     for p in before:
-        assert rel_err(after[p].T if p == "mw" else after[p], before[p]) < 1e-5, p
+        assert rel_err(after[p].T if p in ("mw", "fw") else after[p], before[p]) < 1e-5, p
 
 
 def test_rules_state_why_a_node_stays_onnx():
@@ -319,7 +319,7 @@ def test_rules_state_why_a_node_stays_onnx():
     nodes = [node("Conv", ["x", "w"], ["c"]), node("Mul", ["c", "k"], ["bm"]),
              node("MaxPool", ["bm"], ["cp"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
              node("MaxPool", ["cp"], ["ap"], kernel_shape=[2, 2], pads=[1, 0, 0, 1]),
-             node("Flatten", ["ap"], ["fl"]), node("Gemm", ["fl", "gw"], ["g"]),
+             node("Flatten", ["ap"], ["fl"]), node("Gemm", ["fl", "gw"], ["g"], alpha=0.5),
              node("Softmax", ["g"], ["sm"], axis=0), node("Erf", ["sm"], ["y"])]
     inits = {"w": W(4, 3, 3, 3), "k": W(1, 1, 1, 3), "gw": W(24, 5, seed=1)}
     model = make_model(nodes, inits, [3, 7, 5], 13)
@@ -329,7 +329,7 @@ def test_rules_state_why_a_node_stays_onnx():
     assert "broadcasting" in reasons["bm"] and "[2, 4, 5, 3]" in reasons["bm"]
     assert "gives a [2, 4, 2, 1] output where ONNX gives [2, 4, 3, 2]" in reasons["cp"]
     assert "asymmetric pads on an input that may be negative" in reasons["ap"]
-    assert "transB=0" in reasons["g"] and "Softmax over axes [0]" in reasons["sm"]
+    assert "alpha=0.5" in reasons["g"] and "Softmax over axes [0]" in reasons["sm"]
     assert reasons["y"] == "no N2D2 op computes 'Erf'"
     assert legalize_node(graph, "c") is None and graph.op("c") == "Conv"
     assert {graph.op(n) for n in reasons} == {"OnnxMul", "OnnxMaxPool", "OnnxGemm", "OnnxSoftmax", "OnnxErf"}

@@ -13,8 +13,8 @@ the N2D2 op's shape rule gives the node's output, or a view of it in the same me
 Fc's [N, O, 1, 1] for a Gemm's [N, O]): the ONNX shape is then an `OnnxReshape` node
 `<node>_view` after it. The replacement keeps the node's name (the ONNX output name).
 
-Rules beyond one-to-one: Gemm (transB=1) and MatMul by a constant matrix become an Fc (MatMul's
-matrix, read only there, stored transposed); ConvTranspose a Deconv (asymmetric pads cropped
+Rules beyond one-to-one: Gemm and MatMul by a constant matrix become an Fc (a [I, O] matrix, read
+only there, stored transposed); ConvTranspose a Deconv (asymmetric pads cropped
 after it by a Padding `<node>_padding`); Transpose keeping the batch first an N2D2 Transpose;
 Resize of H and W in the modes N2D2 interpolates a Resize; ReduceMean/ReduceMax over the spatial axes a global
 Pool; a zero Pad of H and W a Padding; asymmetric pads of a Conv or a pooling a `Padding` node
@@ -424,18 +424,23 @@ def _private_param(graph, ref):
 
 @rule("OnnxGemm")
 def _gemm(graph, node):
-    """x @ B^T + C with constant B ([O, I], transB=1) and C ([O]): an Fc (its output a view)."""
+    """x @ B^T + C (transB=1; with transB=0 a B read only here, stored transposed) with constant
+    B and C ([O]): an Fc (its output a view)."""
     ins = graph.inputs_of(node)
     a = graph.attrs(node)
     consts = [_const(graph, ref) for ref in ins[1:]]
-    if a["trans_a"] or not a["trans_b"] or a["alpha"] != 1.0 or (len(ins) > 2 and a["beta"] != 1.0):
-        return (f"Gemm transA={int(a['trans_a'])}, transB={int(a['trans_b'])}, alpha={a['alpha']}, "
-                f"beta={a['beta']}; n2d2's Fc reads the weights [O, I] as they are (transB=1, alpha=beta=1)")
+    if a["trans_a"] or a["alpha"] != 1.0 or (len(ins) > 2 and a["beta"] != 1.0):
+        return (f"Gemm transA={int(a['trans_a'])}, alpha={a['alpha']}, beta={a['beta']}; n2d2's Fc reads its "
+                "weights as they are (transA=0, alpha=beta=1)")
     if None in consts:
         return "Gemm of two activations; n2d2 maps a Gemm by constant weights to an Fc cell"
-    if len(ins) > 2 and _type(graph, ins[2]).shape != (_type(graph, ins[1]).shape[0],):
+    if not a["trans_b"] and _private_param(graph, ins[1]) is None:
+        return "Gemm transB=0 by a matrix other nodes read too; n2d2's Fc would store it transposed"
+    o = _type(graph, ins[1]).shape[0 if a["trans_b"] else 1]
+    if len(ins) > 2 and _type(graph, ins[2]).shape != (o,):
         return f"Gemm bias C of shape {list(_type(graph, ins[2]).shape)}; an Fc bias has one value per output"
-    return _fc(graph, node, ins[0], consts[0], consts[1] if len(consts) > 1 else None)
+    found = _fc(graph, node, ins[0], consts[0], consts[1] if len(consts) > 1 else None)
+    return found if isinstance(found, str) or a["trans_b"] else dataclasses.replace(found, transposed=("weights",))
 
 
 @rule("OnnxMatMul")
