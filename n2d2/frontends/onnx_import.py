@@ -395,7 +395,8 @@ class _Importer:
         if unknown:
             raise ONNXUnsupportedError(f"{self.path}: ignore_cells names {unknown}, which are not node outputs "
                                        f"of this model")
-        outputs = self._through_the_ir(x, graph_input.name, in_shape)
+        # an INI network's [onnx] section (input_tensor given) reads `values` of inner ONNX names: node by node
+        outputs = self._through_the_ir(x, graph_input.name, in_shape) if input_tensor is None else None
         if outputs is not None:
             return x, outputs, graph_input.name
         self._find_gelus(nodes)
