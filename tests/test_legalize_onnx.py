@@ -269,9 +269,10 @@ def _grads(graph, in_name, x, seed):
 def test_fc_global_pools_pads_and_asymmetric_windows(tmp_path):
     """Gemm (transB=0 here) and MatMul by a constant become Fc nodes (their [I, O] matrix stored
     transposed, its gradient with it) whose rank-2 ONNX output is an `OnnxReshape` view
-    `<node>_view`; ReduceMax over (2, 3) a global Max Pool; a zero Pad a Padding; asymmetric pads
-    of a Conv, an AveragePool and a MaxPool of a non-negative input a Padding node
-    `<node>_padding` first. Outputs and parameter gradients as before, against onnxruntime."""
+    `<node>_view` (the Add of two such views an ElemWise of the Fc outputs, then a view);
+    ReduceMax over (2, 3) a global Max Pool; a zero Pad a Padding; asymmetric pads of a Conv,
+    an AveragePool and a MaxPool of a non-negative input a Padding node `<node>_padding` first.
+    Outputs and parameter gradients as before, against onnxruntime."""
     from onnx import helper
 
     from tests.test_onnx_import import W, make_model
@@ -292,8 +293,8 @@ def test_fc_global_pools_pads_and_asymmetric_windows(tmp_path):
     ops = {n: legal.op(n) for n in legal.nodes()}
     assert {n: o for n, o in ops.items() if o != "Input"} == {
         "c_padding": "Padding", "c": "Conv", "r": "Activation", "m_padding": "Padding", "m": "Pool", "p": "Padding",
-        "a_padding": "Padding", "a": "Pool", "g": "Pool", "g_view": "OnnxReshape", "f": "Fc", "f_view": "OnnxReshape",
-        "fl": "OnnxReshape", "mm": "Fc", "mm_view": "OnnxReshape", "y": "OnnxAdd"}, ops   # Add: rank 2
+        "a_padding": "Padding", "a": "Pool", "g": "Pool", "g_view": "OnnxReshape", "f": "Fc", "fl": "OnnxReshape",
+        "mm": "Fc", "y": "ElemWise", "y_view": "OnnxReshape"}, ops   # the Add of two views: on the Fc outputs
     assert legal.params["mw"].shape == (5, 140) and graph.params["mw"].shape == (140, 5)   # the input untouched
     path = str(tmp_path / "fc.onnx")
     onnx.save(model, path)

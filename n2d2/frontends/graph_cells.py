@@ -49,10 +49,13 @@ SUPPORTED = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "ElemWis
 _INTERFACE_OPS = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "Padding", "LRN", "Softmax")
 
 
-def _flat(t):
-    """True when tensor type `t` has no spatial extent (an Fc reads the parts of a concatenation
-    in the order of their concatenation)."""
-    return int(np.prod(t.shape[2:])) == 1
+class _Parts(list):
+    """The tensors a channel Concat node `name` hands on (an Interface, or an Activation cell
+    named after it when a consumer needs one tensor)."""
+
+    def __init__(self, tensors, name):
+        super().__init__(tensors)
+        self.name = name
 
 
 def is_alias(graph, node) -> bool:
@@ -96,13 +99,19 @@ class CellBuilder:
     # -- values --------------------------------------------------------------------------------
     def _value(self, ref, interface_ok):
         v = self.values[ref]
-        if not isinstance(v, list):
+        if not isinstance(v, _Parts):
             return v
         if interface_ok:
             return Interface(v)
-        t = self._call(Activation(None, name=ref[0]), Interface(v))   # the Concat materialized
-        self.values[ref] = t
+        t = self._call(Activation(None, name=v.name), Interface(v))   # the Concat materialized
+        for key, value in self.values.items():   # and its views
+            if value is v:
+                self.values[key] = t
         return t
+
+    def _parts(self, ref):
+        v = self.values[ref]
+        return v if isinstance(v, _Parts) else [v]
 
     def _call(self, cell, inputs):
         cell.test()
@@ -145,17 +154,19 @@ class CellBuilder:
                 continue
             ins = [r for r in g.inputs_of(node) if g.op(r[0]) != "OnnxConstant"]
             if op == "Concat":
-                parts = []
+                parts = _Parts([], node)
                 for r in ins:
                     v = self.values[r]
-                    parts += v if isinstance(v, list) else [v]
+                    parts += v if isinstance(v, _Parts) else [v]
                 self.values[(node, 0)] = parts
             elif is_alias(g, node):
                 self.values[(node, 0)] = self.values[ins[0]]
             elif op in SUPPORTED:
                 cell = getattr(self, f"_cell_{op}")(node, g.attrs(node))
                 self._set_params(cell, node)
-                ok = op in _INTERFACE_OPS and (op != "Fc" or all(_flat(t) for t in g.input_types(node)))
+                # an Fc flattens each part of an Interface: concatenate first unless they are [N, C, 1, 1]
+                ok = op in _INTERFACE_OPS and (op != "Fc" or all(int(np.prod(t.shape()[2:])) == 1
+                                                                 for t in self._parts(ins[0])))
                 inputs = self._value(ins[0], ok) if len(ins) == 1 else Interface([self._value(r, False) for r in ins])
                 self.values[(node, 0)] = self._call(cell, inputs)
             else:

@@ -442,12 +442,24 @@ class _Importer:
             graph.remove_node(name)
         graph = fuse_activation(fold_constant_operands(legalize_onnx(graph)))
         if len(in_shape) != 4 or any(graph.op(n) not in graph_cells.SUPPORTED + ("Input", "Concat", "OnnxConstant")
-                                     and not graph_cells.is_alias(graph, n) for n in graph.nodes()):
+                                     and not graph_cells.is_alias(graph, n) and not self._generic_leftover(graph, n)
+                                     for n in graph.nodes()):
             return None
         builder = graph_cells.CellBuilder(graph, order=order, load_weights=self.load_weights)
         outputs = builder.build(x)
         self.cells = builder.cells
         return outputs
+
+    def _generic_leftover(self, graph, node):
+        """True when `node`, an `Onnx*` node legalize left, is one the node-by-node importer also
+        makes an OnnxNode cell of (`generic_ops`): an op it has no handler for, a binary
+        arithmetic op of two activations (broadcasting), a pooling or MatMul it refuses too."""
+        op = graph.op(node)
+        if not self.generic_ops or not op.startswith("Onnx"):
+            return False
+        if op in ("OnnxAdd", "OnnxSub", "OnnxMul", "OnnxMatMul"):
+            return not any(graph.op(src) == "OnnxConstant" for src, _ in graph.inputs_of(node))
+        return op in ("OnnxMaxPool", "OnnxAveragePool") or not hasattr(self, f"_op_{op[len('Onnx'):]}")
 
     def _visit(self, node):
         if node.domain not in ("", "ai.onnx"):

@@ -276,6 +276,9 @@ def _table_activation(graph, node):
 def _elemwise(graph, node, operation, weights):
     ins = graph.inputs_of(node)
     shapes = [list(_type(graph, ref).shape) for ref in ins]
+    inner = [_through_view(graph, ref) for ref in ins]   # [N, O] views of [N, O, 1, 1] (Fc outputs...)
+    if len({tuple(_type(graph, ref).shape) for ref in inner}) == 1:
+        ins = inner
     if any(s != shapes[0] for s in shapes):
         return (f"{graph.op(node)[4:]} of activations of shapes {shapes}: n2d2's ElemWise needs equal shapes "
                 "(no broadcasting)")
