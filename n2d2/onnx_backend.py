@@ -11,6 +11,8 @@ generic cells). (The import of ONNX models into trainable N2D2 cells is
 `n2d2.frontends.onnx_import`.)
 
 Conversion rules:
+- the IR node of an ONNX node is named after its first output (the name the ONNX importer gives
+  its cell: '9', '18'...) and the nodes are added in file order;
 - graph inputs become `Input` nodes with their ONNX dtype; initializers become parameters held
   by `OnnxConstant` nodes (float ones trainable, except where an op reads them as statistics);
 - values known at conversion time are folded: `Constant` nodes, `Shape` of a static shape, and
@@ -102,7 +104,7 @@ def _opset(model) -> int:
 class _Converter:
     """Builds the IR graph of one ONNX graph for given input types and static input values."""
 
-    def __init__(self, model, input_types, static_values):
+    def __init__(self, model, input_types, static_values, arrays=None):
         self.model = model
         self.opset = _opset(model)
         self.graph = Graph(model.graph.name or "onnx")
@@ -110,8 +112,10 @@ class _Converter:
         self._materialised = {}
         inits = {t.name for t in model.graph.initializer}
         frozen = _frozen_initializers(model.graph)
+        arrays = arrays or {}   # initializer name -> array already read (the ONNX importer's)
         for t in model.graph.initializer:
-            a = numpy_helper.to_array(t)
+            a = arrays.get(t.name)
+            a = numpy_helper.to_array(t) if a is None else a
             trainable = np.issubdtype(a.dtype, np.floating) and t.name not in frozen
             self.values[t.name] = _const(t.name, a, trainable)
         for vi in model.graph.input:
@@ -163,17 +167,18 @@ class _Converter:
     def _fold(self, c, node, ins, attrs):
         """The values of such a node, evaluated as the ONNX importer folds constants."""
         arrays = onnx_limits.evaluate_constant_node(node, [None if v is None else v.const for v in ins], self.opset,
-                                                    f"n2d2.onnx_backend: node '{self._node_name}' ({node.op_type})")
+                                                    f"n2d2.onnx_backend: node '{self._node_label}' ({node.op_type})")
         return [_const(f"{self._node_name}:{i}", a) for i, a in enumerate(arrays)]
 
     # -- conversion ---------------------------------------------------------------------------
     def convert(self):
         for index, node in enumerate(self.model.graph.node):
             handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-            self._node_name = node.name or f"{node.op_type}_{index}"
+            self._node_label = node.name or f"{node.op_type}_{index}"   # in messages
+            self._node_name = next((o for o in node.output if o), self._node_label)   # the IR node's name
             for i, n in enumerate(node.input):
                 if n and n not in self.values:
-                    raise ValueError(f"node '{self._node_name}': input '{n}' is not defined before it")
+                    raise ValueError(f"node '{self._node_label}': input '{n}' is not defined before it")
             ins = [self.values[n] if n else None for n in node.input]
             if handler is None and self._foldable(node, ins):
                 handler = self._fold
@@ -182,7 +187,7 @@ class _Converter:
                                           f"{node.op_type}' (node '{node.name}') is not supported")
             for slot in STATIC_SLOTS.get(node.op_type, ()):
                 if slot < len(ins) and ins[slot] is not None and not ins[slot].is_const:
-                    raise NotImplementedError(f"n2d2.onnx_backend: node '{self._node_name}' ({node.op_type}): "
+                    raise NotImplementedError(f"n2d2.onnx_backend: node '{self._node_label}' ({node.op_type}): "
                                               f"input {slot} '{node.input[slot]}' must be a constant")
             outs = handler(self, node, ins, _attributes(node))
             for name, v in zip(node.output, outs):
@@ -305,7 +310,7 @@ def _hard_sigmoid(c, node, ins, attrs):
 def _gelu(c, node, ins, attrs):
     approximate = attrs.get("approximate", "none")
     if approximate not in ("none", "tanh"):
-        raise ValueError(f"n2d2.onnx_backend: node '{c._node_name}' (Gelu): approximate '{approximate}' "
+        raise ValueError(f"n2d2.onnx_backend: node '{c._node_label}' (Gelu): approximate '{approximate}' "
                          "(supported: none, tanh)")
     return c.op("OnnxGelu", ins[:1], {"approximate": approximate})
 
@@ -313,7 +318,7 @@ def _gelu(c, node, ins, attrs):
 @_handles("LayerNormalization")
 def _layer_norm(c, node, ins, attrs):
     if int(attrs.get("stash_type", 1)) != 1:
-        raise NotImplementedError(f"n2d2.onnx_backend: node '{c._node_name}' (LayerNormalization): stash_type "
+        raise NotImplementedError(f"n2d2.onnx_backend: node '{c._node_label}' (LayerNormalization): stash_type "
                                   f"{attrs['stash_type']} (supported: 1, float)")
     ins = [v for v in ins if v is not None]
     return c.op("OnnxLayerNormalization", ins, {"axis": _axis(attrs.get("axis", -1), len(ins[0].shape)),

@@ -16,7 +16,14 @@ from n2d2 import onnx_backend  # noqa: E402
 from n2d2.codegen import numpy_exec  # noqa: E402
 from n2d2.ir import autodiff  # noqa: E402
 from n2d2.ir.passes import PASSES, optimize  # noqa: E402
-from n2d2.ir.passes.legalize_onnx import RULES, known_activation, legalize_onnx, rule  # noqa: E402
+from n2d2.ir.passes.legalize_onnx import (  # noqa: E402
+    RULES,
+    fold_constant_operands,
+    known_activation,
+    legalize_node,
+    legalize_onnx,
+    rule,
+)
 from n2d2.solver import SGD  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
 from tests.test_onnx_generic import PATTERNS  # noqa: E402
@@ -56,7 +63,7 @@ def test_cnn_legalizes_to_n2d2_ops_and_keeps_its_outputs(exports, name):
     for op in ("OnnxRelu", "OnnxMaxPool", "OnnxBatchNormalization", "OnnxClip"):
         assert op not in after, op
     assert after["ElemWise"] == before["OnnxAdd"]
-    assert "OnnxConstant" in after   # the Gemm's operands: Gemm stays an Onnx* node
+    assert after["Fc"] == before["OnnxGemm"] == 1 and "OnnxConstant" not in after   # Gemm: an Fc
     assert {n for n in graph.nodes() if graph.op(n) == "OnnxConv"} == \
         {n for n in legal.nodes() if legal.op(n) == "Conv"}   # names kept
     ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
@@ -156,7 +163,7 @@ def test_every_rule_on_a_small_graph(tmp_path):
 @pytest.mark.parametrize("name", ["resnet", "mobilenet_v2"])
 def test_onnx_backend_runs_the_legalized_graph_compiled_in_c(exports, name):
     """`n2d2.onnx_backend.prepare(model, backend="c")`: legalized, optimised, compiled; the Conv
-    nodes have C kernels (the Gemm stays an Onnx* node on its reference)."""
+    nodes have C kernels, the Gemm is an Fc."""
     from n2d2.codegen.programs import program_source
 
     path = exports[name]
@@ -169,7 +176,7 @@ def test_onnx_backend_runs_the_legalized_graph_compiled_in_c(exports, name):
     assert rel_err(y, ref) < 1e-5
     program = rep.program({in_name: x})
     ops = _ops(program.graph)
-    assert ops["Conv"] > 0 and "OnnxConv" not in ops and "OnnxGemm" in ops
+    assert ops["Conv"] > 0 and "OnnxConv" not in ops and ops["Fc"] == 1 and "OnnxGemm" not in ops
     assert program_source(program) is not None and "conv" in program_source(program).lower()
     with pytest.raises(ValueError, match="backend 'tpu'"):
         onnx_backend.prepare(onnx.load(path), backend="tpu")
@@ -246,3 +253,191 @@ def test_every_activation_of_the_table_legalizes(tmp_path):
     ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
     assert rel_err(_run(legal, in_name, x), ref) < 1e-5
     assert rel_err(_run(optimize(legal), in_name, x), ref) < 1e-5
+
+
+def _grads(graph, in_name, x, seed):
+    """{parameter: gradient} of the graph's parameters for the output gradient `seed`."""
+    for p in graph.params.values():
+        p.solver = SGD() if p.trainable else None
+    tg = autodiff.build_training_graph(graph)
+    session = numpy_exec.Session(tg.graph, training=False)
+    session.feed(dict({in_name: x}, **{name: seed for name in tg.grad_inputs.values()}))
+    session.run_nodes(tg.forward_nodes + tg.backward_nodes)
+    return {p: np.asarray(session.values[node][k]) for p, (node, k) in tg.param_grads.items()}
+
+
+def test_fc_global_pools_pads_and_asymmetric_windows(tmp_path):
+    """Gemm (transB=0 here) and MatMul by a constant become Fc nodes (their [I, O] matrix stored
+    transposed, its gradient with it) whose rank-2 ONNX output is an `OnnxReshape` view
+    `<node>_view` (the Add of two such views an ElemWise of the Fc outputs, then a view);
+    ReduceMax over (2, 3) a global Max Pool; a zero Pad a Padding; asymmetric pads of a Conv,
+    an AveragePool and a MaxPool of a non-negative input a Padding node `<node>_padding` first.
+    Outputs and parameter gradients as before, against onnxruntime."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "w", "b"], ["c"], pads=[0, 1, 1, 0]), node("Relu", ["c"], ["r"]),
+             node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], pads=[1, 0, 0, 1]),
+             node("Pad", ["m", "pads"], ["p"]),
+             node("AveragePool", ["p"], ["a"], kernel_shape=[3, 3], pads=[0, 0, 1, 1], count_include_pad=1),
+             node("ReduceMax", ["a"], ["g"], axes=[2, 3], keepdims=0), node("Gemm", ["g", "fw", "fb"], ["f"]),
+             node("Flatten", ["a"], ["fl"]), node("MatMul", ["fl", "mw"], ["mm"]), node("Add", ["f", "mm"], ["y"])]
+    inits = {"w": W(4, 3, 3, 3), "b": W(4), "pads": np.array([0, 0, 1, 2, 0, 0, 2, 0], np.int64),
+             "fw": W(4, 5, seed=1), "fb": W(5, seed=2), "mw": W(4 * 7 * 5, 5, seed=3)}
+    model = make_model(nodes, inits, [3, 6, 5], 13)
+    x = np.random.default_rng(9).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    ops = {n: legal.op(n) for n in legal.nodes()}
+    assert {n: o for n, o in ops.items() if o != "Input"} == {
+        "c_padding": "Padding", "c": "Conv", "r": "Activation", "m_padding": "Padding", "m": "Pool", "p": "Padding",
+        "a_padding": "Padding", "a": "Pool", "g": "Pool", "g_view": "OnnxReshape", "f": "Fc", "fl": "OnnxReshape",
+        "mm": "Fc", "y": "ElemWise", "y_view": "OnnxReshape"}, ops   # the Add of two views: on the Fc outputs
+    assert legal.params["mw"].shape == (5, 140) and graph.params["mw"].shape == (140, 5)   # the input untouched
+    path = str(tmp_path / "fc.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(graph, in_name, x), ref) < 1e-5
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+    assert rel_err(_run(optimize(legal), in_name, x), ref) < 1e-5
+    seed = np.random.default_rng(10).standard_normal(ref.shape).astype(np.float32)
+    before, after = _grads(graph, in_name, x, seed), _grads(legal, in_name, x, seed)
+    assert set(before) == set(after) == set(inits) - {"pads"}
+    for p in before:
+        assert rel_err(after[p].T if p in ("mw", "fw") else after[p], before[p]) < 1e-5, p
+
+
+def test_rules_state_why_a_node_stays_onnx():
+    """A node no N2D2 op computes stays an `Onnx*` node and `legalize_node` says why (the reason
+    `load_from_ONNX(generic_ops=False)` refuses it with)."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "w"], ["c"]), node("Mul", ["c", "k"], ["bm"]),
+             node("MaxPool", ["bm"], ["cp"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+             node("MaxPool", ["cp"], ["ap"], kernel_shape=[2, 2], pads=[1, 0, 0, 1]),
+             node("Flatten", ["ap"], ["fl"]), node("Gemm", ["fl", "gw"], ["g"], alpha=0.5),
+             node("Softmax", ["g"], ["sm"], axis=0), node("Erf", ["sm"], ["y"])]
+    inits = {"w": W(4, 3, 3, 3), "k": W(1, 1, 1, 3), "gw": W(24, 5, seed=1)}
+    model = make_model(nodes, inits, [3, 7, 5], 13)
+    x = np.random.default_rng(11).standard_normal((2, 3, 7, 5)).astype(np.float32)
+    graph, _ = _graph(model, x)
+    reasons = {n: legalize_node(graph, n) for n in ("bm", "cp", "ap", "g", "sm", "y")}
+    assert "broadcasting" in reasons["bm"] and "[2, 4, 5, 3]" in reasons["bm"]
+    assert "gives a [2, 4, 2, 1] output where ONNX gives [2, 4, 3, 2]" in reasons["cp"]
+    assert "asymmetric pads on an input that may be negative" in reasons["ap"]
+    assert "alpha=0.5" in reasons["g"] and "Softmax over axes [0]" in reasons["sm"]
+    assert reasons["y"] == "no N2D2 op computes 'Erf'"
+    assert legalize_node(graph, "c") is None and graph.op("c") == "Conv"
+    assert {graph.op(n) for n in reasons} == {"OnnxMul", "OnnxMaxPool", "OnnxGemm", "OnnxSoftmax", "OnnxErf"}
+
+
+@pytest.mark.parametrize("pads,output_padding,crop", [([1, 1, 1, 1], [0, 0], False), ([0, 1, 2, 1], [0, 0], True),
+                                                       ([1, 0, 2, 2], [1, 1], True)])
+def test_conv_transpose_and_transpose(tmp_path, pads, output_padding, crop):
+    """ConvTranspose: a Deconv (grouped here), its asymmetric pads (less output_padding) cropped
+    after it by `<node>_padding`; a Transpose keeping the batch first the N2D2 Transpose, one
+    moving only size-1 axes a view. Outputs and parameter gradients as before."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("ConvTranspose", ["x", "w", "b"], ["d"], strides=[2, 2], pads=pads, group=2,
+                  output_padding=output_padding),
+             node("Relu", ["d"], ["r"]), node("Transpose", ["r"], ["t"], perm=[0, 1, 3, 2]),
+             node("GlobalAveragePool", ["t"], ["g"]), node("Transpose", ["g"], ["v"], perm=[0, 2, 1, 3]),
+             node("Flatten", ["v"], ["y"])]
+    inits = {"w": W(4, 3, 3, 3), "b": W(6)}
+    model = make_model(nodes, inits, [4, 5, 6], 13)
+    x = np.random.default_rng(12).standard_normal((2, 4, 5, 6)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    ops = {n: legal.op(n) for n in legal.nodes() if legal.op(n) != "Input"}
+    assert ops == dict({"d": "Deconv", "r": "Activation", "t": "Transpose", "g": "Pool", "v": "OnnxReshape",
+                        "y": "OnnxReshape"}, **({"d_padding": "Padding"} if crop else {}))
+    assert legal.attrs("t")["perm"] == (1, 0, 2, 3)
+    path = str(tmp_path / "deconv.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+    assert rel_err(_run(optimize(legal), in_name, x), ref) < 1e-5
+    seed = np.random.default_rng(13).standard_normal(ref.shape).astype(np.float32)
+    before, after = _grads(graph, in_name, x, seed), _grads(legal, in_name, x, seed)
+    assert set(before) == set(after) == {"w", "b"}
+    for p in before:
+        assert rel_err(after[p], before[p]) < 1e-5, p
+
+
+@pytest.mark.parametrize("mode,ctm,legal_op", [
+    ("nearest", "asymmetric", "Resize"), ("linear", "half_pixel", "Resize"), ("linear", "align_corners", "Resize"),
+    ("linear", "asymmetric", "Resize"), ("cubic", "half_pixel", "OnnxResize")])
+def test_resize(tmp_path, mode, ctm, legal_op):
+    """Resize of H and W by the ratio of the sizes: N2D2's Resize in the modes it interpolates
+    (cubic stays an OnnxResize, with its reason); the same outputs as onnxruntime."""
+    from onnx import helper
+
+    from tests.test_onnx_import import make_model
+
+    attrs = dict(mode=mode, coordinate_transformation_mode=ctm, **({"nearest_mode": "floor"} if mode == "nearest"
+                                                                    else {}))
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Resize", ["r", "", "scales"], ["y"], **attrs)]
+    model = make_model(nodes, {"scales": np.array([1, 1, 2, 3], np.float32)}, [3, 4, 5], 13)
+    x = np.random.default_rng(14).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    assert legal.op("y") == legal_op
+    if legal_op == "OnnxResize":
+        assert "cubic Resize" in legalize_node(legal, "y")
+    path = str(tmp_path / "resize.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(legal, in_name, x), ref) < 1e-5
+
+
+def test_constant_operands_fold_into_producers_or_become_elemwise_and_scaling(tmp_path):
+    """The importer's arithmetic by constants (`fold_constant_operands`): into the producer's
+    bias and weights (Conv without bias, Fc of a Gemm through its view, BatchNorm), else an
+    ElemWise shift (scalar, per channel, c - x) or a Scaling; not into a producer whose
+    parameter another node shares; adding 0 removed. Same outputs as onnxruntime."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    f, node = np.float32, helper.make_node
+    nodes = [node("Conv", ["x", "w"], ["c"]), node("Add", ["c", "bias"], ["c1"]), node("Mul", ["scale", "c1"], ["c2"]),
+             node("Div", ["c2", "two"], ["c3"]), node("Relu", ["c3"], ["r"]), node("Mul", ["r", "chan"], ["s"]),
+             node("Add", ["s", "one"], ["e"]), node("Sub", ["e", "chan4"], ["e2"]), node("Sub", ["one", "e2"], ["e3"]),
+             node("Add", ["e3", "zero"], ["e4"]),
+             node("Conv", ["e4", "w2", "b2"], ["k1"]), node("Conv", ["e4", "w3", "b2"], ["k2"]),
+             node("Add", ["k1", "one"], ["k3"]), node("Add", ["k3", "k2"], ["k4"]),
+             node("BatchNormalization", ["k4", "s4", "b4", "m4", "v4"], ["bn"]), node("Mul", ["bn", "chan4"], ["bm"]),
+             node("GlobalAveragePool", ["bm"], ["g"]), node("Flatten", ["g"], ["fl"]),
+             node("Gemm", ["fl", "fw", "fb"], ["z"], transB=1), node("Sub", ["z", "zb"], ["y"])]
+    inits = {"w": W(3, 4, 3, 3), "bias": W(1, 3, 1, 1), "scale": W(3, 1, 1), "two": f(2.0),
+             "chan": W(1, 3, 1, 1, seed=5), "one": f(1.0), "chan4": W(3, 1, 1, seed=7), "zero": f(0.0),
+             "w2": W(3, 3, 1, 1, seed=8), "w3": W(3, 3, 1, 1, seed=9), "b2": W(3, seed=10), "s4": W(3, seed=11) + 1,
+             "b4": W(3, seed=12), "m4": W(3, seed=13), "v4": np.abs(W(3, seed=14)) + 0.5, "fw": W(5, 3, seed=15),
+             "fb": W(5, seed=16), "zb": W(5, seed=17)}
+    model = make_model(nodes, inits, [4, 6, 6], 13)
+    x = np.random.default_rng(15).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    folded = fold_constant_operands(legalize_onnx(graph))
+    ops = {n: folded.op(n) for n in folded.nodes() if folded.op(n) != "Input"}
+    assert ops == {"c": "Conv", "r": "Activation", "s": "Scaling", "e": "ElemWise", "e2": "ElemWise",
+                   "e3": "ElemWise", "k1": "Conv", "k2": "Conv", "k3": "ElemWise", "k4": "ElemWise",
+                   "bn": "BatchNorm", "g": "Pool", "fl": "OnnxReshape", "z": "Fc",
+                   "z_view": "OnnxReshape"}, ops   # k3: k1 shares its bias with k2
+    assert folded.attrs("e2")["shifts"] == [[-float(v) for v in inits["chan4"].reshape(-1)]]
+    assert folded.attrs("e3")["weights"] == [-1.0] and folded.attrs("e3")["shifts"] == [1.0]
+    assert set(folded.node("c").params) == {"weights", "biases"}
+    path = str(tmp_path / "consts.onnx")
+    onnx.save(model, path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})[0]
+    assert rel_err(_run(folded, in_name, x), ref) < 1e-5
+    assert rel_err(_run(optimize(folded), in_name, x), ref) < 1e-5
+    assert rel_err(_run(graph, in_name, x), ref) < 1e-5 and graph.params["w"] is not folded.params["w"]

@@ -17,6 +17,7 @@ Gradients: every op of `n2d2.ops.tensor_ops`, through its IR op definition
 (`n2d2.ir.tensor_ops`), against PyTorch CPU (float32, ||a-b||/||b|| < 1e-5, forward and every
 input gradient) and against central finite differences in float64.
 """
+import os
 import re
 import warnings
 
@@ -572,3 +573,15 @@ def test_constant_expressions_of_ops_without_a_rule_are_folded_as_the_importer_f
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])]), opset_imports=[helper.make_opsetid("", 13)])
     with pytest.raises(NotImplementedError, match="'Sqrt'"):
         n2d2.onnx_backend.prepare(on_activation).run([x[0, 0, :2, :3]])
+
+
+def test_ir_nodes_are_named_by_onnx_output_in_file_order():
+    """The IR node of an ONNX node carries its first output's name ('9', ..., '18' in LeNet, the
+    names the ONNX importer gives its cells), and the nodes follow the file's order."""
+    from tests.conftest import SHARED_MODELS
+
+    model = onnx.load(os.path.join(SHARED_MODELS, "LeNet.onnx"))
+    graph = n2d2.onnx_backend.prepare(model).build({"input.1": np.ones((2, 1, 28, 28), np.float32)})
+    ops = [n for n in graph.nodes() if graph.op(n) not in ("Input", "OnnxConstant")]
+    assert ops == [o for n in model.graph.node for o in n.output] == [str(k) for k in range(9, 19)]
+    assert [graph.op(n) for n in ops[:3]] == ["OnnxConv", "OnnxRelu", "OnnxConv"]

@@ -4,7 +4,14 @@ Steps (N2D2's `DeepNetGenerator::ONNX_processGraph`, reference section 2.2):
 
 1. load: `onnx.load`, the size limits of `onnx_limits` (before any tensor is read),
    `onnx.checker`, strict shape inference; any failure is an `ONNXFormatError` naming the file;
-2. walk the nodes in order (ONNX graphs are topologically sorted), skipping those no graph
+2. the one ONNX path, for every model it builds (`_Importer._through_the_ir`): the model is
+   converted to `Onnx*` IR by `n2d2.onnx_backend` (nodes named by their ONNX outputs, in file
+   order), `ignore_cells` bypassed, legalized into N2D2 ops (`legalize_onnx`, whose rules say
+   why a node stays `Onnx*`), its constant operands folded (`fold_constant_operands`),
+   activations fused (`fuse_activation`), and built as cells, one per node
+   (`graph_cells.CellBuilder`). While the legalized graph keeps an `Onnx*` node other than a
+   view, the node-by-node importer below builds the model instead (steps 2'-3);
+2'. walk the nodes in order (ONNX graphs are topologically sorted), skipping those no graph
    output depends on. A node whose inputs are all constants (initializers, `Constant`, the
    `Shape` of an activation, whose size is known) is evaluated at import with numpy (the
    `onnx.reference` evaluator, `onnx_limits.evaluate_constant_node`, as `n2d2.onnx_backend`
@@ -75,14 +82,14 @@ from n2d2.cells.nn import base as nn_base  # nn_base.deferred_values read at cal
 from n2d2.cells.nn.onnx_node import OnnxNode
 from n2d2.cells.nn.weighted import weights_from_file
 from n2d2.error_handler import WrongInputType
-from n2d2.frontends import onnx_limits
+from n2d2.frontends import graph_cells, onnx_limits
 from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _first_line, _onnx  # noqa: F401
 from n2d2.ir.ops import activation_spec
-from n2d2.ir.passes.fuse_activation import fusion
-from n2d2.ir.passes.legalize_onnx import gelu_pattern
+from n2d2.ir.passes.fuse_activation import fuse_activation, fusion
+from n2d2.ir.passes.legalize_onnx import fold_constant_operands, gelu_pattern, legalize_onnx
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS, constant_value, resolve_pads
 from n2d2.ir.trace import trace
-from n2d2.ir.types import TensorType
+from n2d2.ir.types import GraphError, TensorType
 from n2d2.mapping import Mapping
 from n2d2.ops import activation as act_table
 from n2d2.provider.base import Provider
@@ -388,6 +395,10 @@ class _Importer:
         if unknown:
             raise ONNXUnsupportedError(f"{self.path}: ignore_cells names {unknown}, which are not node outputs "
                                        f"of this model")
+        # an INI network's [onnx] section (input_tensor given) reads `values` of inner ONNX names: node by node
+        outputs = self._through_the_ir(x, graph_input.name, in_shape) if input_tensor is None else None
+        if outputs is not None:
+            return x, outputs, graph_input.name
         self._find_gelus(nodes)
         for node in nodes:
             self._node = node
@@ -408,6 +419,47 @@ class _Importer:
                                            "networks whose outputs depend on the input")
             outputs.append(self._tensor(v, interface_ok=False))
         return x, outputs, graph_input.name
+
+    def _through_the_ir(self, x, input_name, in_shape):
+        """The one ONNX path: the model converted to `Onnx*` IR (`n2d2.onnx_backend`, nodes named
+        by their ONNX outputs), `ignore_cells` bypassed, legalized into N2D2 ops
+        (`legalize_onnx`, then `fold_constant_operands`), activations fused (`fuse_activation`) and built as cells
+        (`graph_cells.CellBuilder`) called on `x`; returns the output tensors. None (the node by
+        node importer below runs) while the graph keeps ops this path does not build yet
+        (`graph_cells.SUPPORTED`, views, Concat) or the conversion refuses the model."""
+        from n2d2.onnx_backend import _Converter
+
+        try:
+            graph = _Converter(self.model, {input_name: (in_shape, "float32")}, {}, self.arrays).convert()
+        except (NotImplementedError, ValueError, KeyError, IndexError, TypeError, GraphError):
+            return None
+        order = graph.nodes()   # the file's order
+        for name in self.ignore:
+            acts = [r for r in graph.inputs_of(name) if graph.op(r[0]) != "OnnxConstant"] if name in graph.nx else []
+            if not acts:
+                return None
+            graph.replace_uses(name, *acts[0])
+            graph.remove_node(name)
+        graph = fuse_activation(fold_constant_operands(legalize_onnx(graph)))
+        if len(in_shape) != 4 or any(graph.op(n) not in graph_cells.SUPPORTED + ("Input", "Concat", "OnnxConstant")
+                                     and not graph_cells.is_alias(graph, n) and not self._generic_leftover(graph, n)
+                                     for n in graph.nodes()):
+            return None
+        builder = graph_cells.CellBuilder(graph, order=order, load_weights=self.load_weights)
+        outputs = builder.build(x)
+        self.cells = builder.cells
+        return outputs
+
+    def _generic_leftover(self, graph, node):
+        """True when `node`, an `Onnx*` node legalize left, is one the node-by-node importer also
+        makes an OnnxNode cell of (`generic_ops`): an op it has no handler for, a binary
+        arithmetic op of two activations (broadcasting), a pooling or MatMul it refuses too."""
+        op = graph.op(node)
+        if not self.generic_ops or not op.startswith("Onnx"):
+            return False
+        if op in ("OnnxAdd", "OnnxSub", "OnnxMul", "OnnxMatMul"):
+            return not any(graph.op(src) == "OnnxConstant" for src, _ in graph.inputs_of(node))
+        return op in ("OnnxMaxPool", "OnnxAveragePool") or not hasattr(self, f"_op_{op[len('Onnx'):]}")
 
     def _visit(self, node):
         if node.domain not in ("", "ai.onnx"):

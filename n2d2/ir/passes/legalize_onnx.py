@@ -4,12 +4,21 @@ where both compute exactly the same thing; the other passes (activation fusion, 
 folding, elementwise chains...) and the C/CUDA kernels then apply to them.
 
 One small rule per `Onnx*` op type, registered with `@rule("OnnxConv")` (a rule may later live
-next to its op). A rule reads the node and returns the N2D2 replacement `(op, inputs, attrs,
-params)`, or None when the node is outside what the N2D2 op expresses (rank other than 4
-NCHW, asymmetric pads, ceil-mode windows that differ from N2D2's, broadcasting, a weight
-computed from activations...): such a node stays an `Onnx*` node, which still runs (its
-reference on every backend). A replacement is only made when the N2D2 op's shape rule gives
-the node's output type; its node keeps the name (the ONNX output name).
+next to its op). A rule reads the node and returns a `Rewrite` (the N2D2 op, its inputs, attrs
+and params), or a `str`: the reason the node is outside what the N2D2 op expresses (rank other
+than 4 NCHW, broadcasting, a weight computed from activations...), which `legalize_node` returns
+and `DeepNetCell.load_from_ONNX(generic_ops=False)` refuses the node with. Such a node stays an
+`Onnx*` node, which still runs (its reference on every backend). A replacement is only made when
+the N2D2 op's shape rule gives the node's output, or a view of it in the same memory order (an
+Fc's [N, O, 1, 1] for a Gemm's [N, O]): the ONNX shape is then an `OnnxReshape` node
+`<node>_view` after it. The replacement keeps the node's name (the ONNX output name).
+
+Rules beyond one-to-one: Gemm and MatMul by a constant matrix become an Fc (a [I, O] matrix, read
+only there, stored transposed); ConvTranspose a Deconv (asymmetric pads cropped
+after it by a Padding `<node>_padding`); Transpose keeping the batch first an N2D2 Transpose;
+Resize of H and W in the modes N2D2 interpolates a Resize; ReduceMean/ReduceMax over the spatial axes a global
+Pool; a zero Pad of H and W a Padding; asymmetric pads of a Conv or a pooling a `Padding` node
+`<node>_padding` before it (for a MaxPool only when its input is non-negative).
 
 Constant operands (`OnnxConstant` nodes holding a parameter) become the N2D2 op's parameters
 (role `weights`, `biases`, `scales`, `means`, `variances`; a constant several nodes read stays
@@ -30,13 +39,15 @@ table entry (`_table_activation`, one rule for all of them); `Clip` becomes the 
 """
 import dataclasses
 
+import numpy as np
+
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import check_mode, sole_consumer, substitute
+from n2d2.ir.passes._common import check_mode, is_non_negative, new_param_name, sole_consumer, substitute
 from n2d2.ir.types import GraphError
 from n2d2.ops import activation as act_table
 
-#: op type -> rule(graph, node) -> (op, inputs, attrs, params) or None
+#: op type -> rule(graph, node) -> Rewrite, or the reason (str) the node stays as it is
 RULES = {}
 
 
@@ -50,6 +61,27 @@ def rule(*op_types):
 
 
 # -- reading a node ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Rewrite:
+    """What a rule makes of its node: an N2D2 op node of the same name over `inputs` with `attrs`
+    and `params` ({role: parameter name}); `pad` (top, bot, left, right), when given, is a
+    `Padding` node `<node>_padding` put before it (asymmetric pads, as the ONNX importer does);
+    `crop`, a `Padding` node `<node>_padding` cropping its output (a ConvTranspose's asymmetric
+    pads), which then carries the ONNX output; the matrices of the roles in `transposed` (read
+    by this node only) are stored transposed, which trains the same (elementwise solvers, the
+    gradient transposed with them).
+    A rule that cannot rewrite its node returns instead a `str`: the reason, which
+    `DeepNetCell.load_from_ONNX(generic_ops=False)` gives in its refusal."""
+
+    op: str
+    inputs: list
+    attrs: dict
+    params: dict = dataclasses.field(default_factory=dict)
+    pad: tuple = None
+    crop: tuple = None       # (top, bot, left, right) removed after it: a Padding `<node>_padding` of minus these
+    transposed: tuple = ()   # roles whose matrix the op reads transposed: stored so once rewritten
+
+
 def _const(graph, ref):
     """The parameter name behind input `ref` when it is an OnnxConstant, else None. A constant
     read by several nodes (exporters share equal initializers) stays one parameter: autodiff sums
@@ -60,11 +92,25 @@ def _const(graph, ref):
     return graph.node(src).params["value"]
 
 
+def _type(graph, ref):
+    return graph.output_types(ref[0])[ref[1]]
+
+
+def _not_activation(graph, ref, rank=4):
+    """Why `ref` is not a float32 activation of rank `rank` (not a constant), or None when it is."""
+    t = _type(graph, ref)
+    if graph.op(ref[0]) == "OnnxConstant":
+        return f"input '{ref[0]}' is a constant where n2d2 needs an activation"
+    if t.dtype != "float32":
+        return f"input '{ref[0]}' is {t.dtype}; n2d2 cells compute float32"
+    if rank is not None and len(t.shape) != rank:
+        return f"input '{ref[0]}' of shape {list(t.shape)} has rank {len(t.shape)}; the n2d2 op takes rank {rank}"
+    return None
+
+
 def _activation_input(graph, ref, rank=4):
     """True when `ref` is a float32 activation (not a constant) of rank `rank`."""
-    src, out = ref
-    t = graph.output_types(src)[out]
-    return graph.op(src) != "OnnxConstant" and len(t.shape) == rank and t.dtype == "float32"
+    return _not_activation(graph, ref, rank) is None
 
 
 def _only_output_0(graph, node):
@@ -75,6 +121,13 @@ def _only_output_0(graph, node):
 def _symmetric(pads):
     half = len(pads) // 2
     return tuple(pads[:half]) == tuple(pads[half:])
+
+
+def _padding(pads):
+    """(N2D2 symmetric padding, asymmetric `Rewrite.pad` or None) of ONNX 2-D pads."""
+    if _symmetric(pads):
+        return tuple(pads[:2]), None
+    return (0, 0), (pads[0], pads[2], pads[1], pads[3])
 
 
 def known_activation(name, **config):
@@ -99,25 +152,36 @@ def _conv(graph, node):
     params = {"weights": _const(graph, ins[1])}
     if len(ins) > 2:
         params["biases"] = _const(graph, ins[2])
-    if not _activation_input(graph, ins[0]) or None in params.values() or not _symmetric(a["pads"]) \
-            or len(a["strides"]) != 2:
-        return None
-    attrs = {"stride": tuple(a["strides"]), "padding": tuple(a["pads"][:2]), "dilation": tuple(a["dilations"]),
+    if len(a["strides"]) != 2:
+        return f"a {len(a['strides'])}-D convolution; n2d2 convolutions are 2-D"
+    if None in params.values():
+        return "its weights or bias are computed from activations; n2d2 needs constants"
+    padding, pad = _padding(a["pads"])
+    attrs = {"stride": tuple(a["strides"]), "padding": padding, "dilation": tuple(a["dilations"]),
              "groups": int(a["group"]), "mapping": None, "sub_sample": (1, 1), "activation": None}
-    return "Conv", ins[:1], attrs, params
+    return _not_activation(graph, ins[0]) or Rewrite("Conv", ins[:1], attrs, params, pad)
 
 
 def _pool(graph, node, pooling):
     ins = graph.inputs_of(node)
     a = graph.attrs(node)
-    if not _activation_input(graph, ins[0]) or len(a["kernel"]) != 2 or tuple(a["dilations"]) != (1, 1) \
-            or not _symmetric(a["pads"]) or a.get("indices") or a.get("storage_order", 0):
-        return None
+    if len(a["kernel"]) != 2:
+        return f"{len(a['kernel'])}-D pooling; n2d2 pools 2-D windows"
+    if tuple(a["dilations"]) != (1, 1):
+        return f"pooling dilations {list(a['dilations'])} are not supported"
+    if a.get("indices") or a.get("storage_order", 0):
+        return "MaxPool indices output is not supported"
     if pooling == "Average" and any(a["pads"]) and not a.get("count_include_pad"):
-        return None   # N2D2 divides by the full window
+        return ("AveragePool with count_include_pad=0 and padding: n2d2's average pooling divides by the full "
+                "window (count_include_pad=1)")
+    padding, pad = _padding(a["pads"])
+    if pad is not None and pooling == "Max" and not is_non_negative(graph, ins[0][0]):
+        return ("MaxPool with asymmetric pads on an input that may be negative: a zero Padding would change "
+                "the result")
     attrs = {"pooling": pooling, "pool": tuple(a["kernel"]), "stride": tuple(a["strides"]),
-             "padding": tuple(a["pads"][:2]), "mapping": None, "activation": None}
-    return "Pool", ins, attrs, {}   # a ceil-mode window N2D2 lacks changes the shape: not replaced
+             "padding": padding, "mapping": None, "activation": None}
+    # a ceil-mode window N2D2 lacks changes the shape: refused by legalize_node's shape check
+    return _not_activation(graph, ins[0]) or Rewrite("Pool", ins, attrs, {}, pad)
 
 
 @rule("OnnxMaxPool")
@@ -130,35 +194,64 @@ def _average_pool(graph, node):
     return _pool(graph, node, "Average")
 
 
-@rule("OnnxReduceMean")
-def _global_average(graph, node):
+def _global_pool(graph, node, pooling):
+    """A reduction over the spatial axes (GlobalAveragePool, GlobalMaxPool, ReduceMean/Max over
+    (2, 3)): a Pool whose window is the input; without keepdims, a rank-2 view of its output."""
     ins = graph.inputs_of(node)
     a = graph.attrs(node)
-    if not _activation_input(graph, ins[0]) or tuple(a["axes"]) != (2, 3) or not a.get("keepdims", True):
-        return None
-    _, _, h, w = graph.output_types(ins[0][0])[ins[0][1]].shape
-    return "Pool", ins, {"pooling": "Average", "pool": (h, w), "stride": (1, 1), "padding": (0, 0),
-                         "mapping": None, "activation": None}, {}
+    if tuple(a["axes"]) != (2, 3):
+        return (f"{graph.op(node)[4:]} over axes {list(a['axes'])}; n2d2 supports the spatial axes (2, 3) "
+                "(global pooling)")
+    why = _not_activation(graph, ins[0])
+    if why:
+        return why
+    _, _, h, w = _type(graph, ins[0]).shape
+    return Rewrite("Pool", ins, {"pooling": pooling, "pool": (h, w), "stride": (1, 1), "padding": (0, 0),
+                                 "mapping": None, "activation": None})
+
+
+@rule("OnnxReduceMean")
+def _global_average(graph, node):
+    return _global_pool(graph, node, "Average")
+
+
+@rule("OnnxReduceMax")
+def _global_max(graph, node):
+    return _global_pool(graph, node, "Max")
 
 
 @rule("OnnxBatchNormalization")
 def _batchnorm(graph, node):
     ins = graph.inputs_of(node)
     a = graph.attrs(node)
-    if a.get("training_mode") or not _activation_input(graph, ins[0]):
-        return None
+    if a.get("training_mode"):
+        return "BatchNormalization with training_mode=1 is not supported (export in eval mode)"
     params = {role: _const(graph, ref) for role, ref in zip(("scales", "biases", "means", "variances"), ins[1:])}
     if len(params) != 4 or None in params.values():
-        return None
-    return "BatchNorm", ins[:1], {"epsilon": float(a["epsilon"]), "momentum": round(1.0 - a["momentum"], 12),
-                                  "unbiased": False, "activation": None}, params
+        return "its scale, bias, mean or variance is computed from activations; n2d2 needs constants"
+    return _not_activation(graph, ins[0]) or Rewrite(
+        "BatchNorm", ins[:1], {"epsilon": float(a["epsilon"]), "momentum": round(1.0 - a["momentum"], 12),
+                               "unbiased": False, "activation": None}, params)
 
 
-def _activation(graph, node, spec):
-    ins = graph.inputs_of(node)
-    if spec is None or not _activation_input(graph, ins[0]):
-        return None
-    return "Activation", ins[:1], {"activation": spec}, {}
+def _through_view(graph, ref):
+    """The 4-D tensor that `ref` views with its channels on axis 1 ([N, C, 1, 1] for [N, C]) when
+    `ref` is such a view, else `ref`: a channel-wise op (activation, Softmax over axis 1) computes
+    the same on either, and reading the 4-D one lets it fuse into the op that made it (the Fc of a
+    Gemm, whose ONNX output is a view)."""
+    src = ref[0]
+    if ref[1] != 0 or not is_view(graph, src):
+        return ref
+    (inner,) = graph.inputs_of(src)
+    old, new = _type(graph, ref).shape, _type(graph, inner).shape
+    return inner if len(new) == 4 and len(old) >= 2 and old[1] == new[1] else ref
+
+
+def _activation(graph, node, spec, what):
+    x = _through_view(graph, graph.inputs_of(node)[0])
+    if spec is None:
+        return f"{what} is not an activation of n2d2's table (n2d2.ops.activation)"
+    return _not_activation(graph, x) or Rewrite("Activation", [x], {"activation": spec})
 
 
 @rule("OnnxClip")
@@ -167,7 +260,8 @@ def _clip(graph, node):
     low = float("-inf") if a.get("min") is None else float(a["min"])
     high = float("inf") if a.get("max") is None else float(a["max"])
     found = act_table.clip_activation(low, high)
-    return None if found is None else _activation(graph, node, known_activation(found[0], **found[1]))
+    spec = None if found is None else known_activation(found[0], **found[1])
+    return _activation(graph, node, spec, f"Clip({low}, {high})")
 
 
 @rule(*(f"Onnx{op_type}" for op_type in act_table.onnx_import_ops()))
@@ -176,16 +270,21 @@ def _table_activation(graph, node):
     Tanh, Softplus, Gelu, Mish, HardSigmoid, HardSwish...): the table's activation, with the
     parameters its `onnx_import` reads from the node's attributes; one rule for all of them."""
     d, params = act_table.onnx_import_params(graph.op(node)[len("Onnx"):], graph.attrs(node))
-    return _activation(graph, node, known_activation(d.name, **params))
+    return _activation(graph, node, known_activation(d.name, **params), f"{d.name}{params}")
 
 
 def _elemwise(graph, node, operation, weights):
     ins = graph.inputs_of(node)
-    shapes = {tuple(graph.output_types(src)[out].shape) for src, out in ins}
-    if len(shapes) != 1 or not all(_activation_input(graph, ref) for ref in ins):
-        return None   # broadcasting, or a constant operand: stays an Onnx* node
-    return "ElemWise", ins, {"operation": operation, "weights": list(weights), "shifts": [0.0] * len(ins),
-                             "activation": None}, {}
+    shapes = [list(_type(graph, ref).shape) for ref in ins]
+    inner = [_through_view(graph, ref) for ref in ins]   # [N, O] views of [N, O, 1, 1] (Fc outputs...)
+    if len({tuple(_type(graph, ref).shape) for ref in inner}) == 1:
+        ins = inner
+    if any(s != shapes[0] for s in shapes):
+        return (f"{graph.op(node)[4:]} of activations of shapes {shapes}: n2d2's ElemWise needs equal shapes "
+                "(no broadcasting)")
+    why = next((w for w in (_not_activation(graph, ref) for ref in ins) if w), None)
+    return why or Rewrite("ElemWise", ins, {"operation": operation, "weights": list(weights),
+                                            "shifts": [0.0] * len(ins), "activation": None})
 
 
 @rule("OnnxAdd")
@@ -211,17 +310,163 @@ def _sum(graph, node):
 @rule("OnnxConcat")
 def _concat(graph, node):
     ins = graph.inputs_of(node)
-    if graph.attrs(node)["axis"] != 1 or not all(_activation_input(graph, ref) for ref in ins):
-        return None
-    return "Concat", ins, {}, {}
+    if graph.attrs(node)["axis"] != 1:
+        return f"Concat over axis {graph.attrs(node)['axis']}; n2d2 concatenates channels (axis 1)"
+    why = next((w for w in (_not_activation(graph, ref) for ref in ins) if w), None)
+    return why or Rewrite("Concat", ins, {})
 
 
 @rule("OnnxSoftmax")
 def _softmax(graph, node):
+    x = _through_view(graph, graph.inputs_of(node)[0])
+    if tuple(graph.attrs(node)["axes"]) != (1,):
+        return (f"Softmax over axes {list(graph.attrs(node)['axes'])}; n2d2's Softmax normalises the channel "
+                "axis (1)")
+    return _not_activation(graph, x) or Rewrite("Softmax", [x], {"group_size": 0, "with_loss": False,
+                                                                     "activation": None})
+
+
+@rule("OnnxPad")
+def _pad(graph, node):
+    """Zero pads of the spatial axes of an NCHW tensor: a Padding node (negative pads crop)."""
     ins = graph.inputs_of(node)
-    if tuple(graph.attrs(node)["axes"]) != (1,) or not _activation_input(graph, ins[0]):
-        return None
-    return "Softmax", ins, {"group_size": 0, "with_loss": False, "activation": None}, {}
+    a = graph.attrs(node)
+    pads = list(a["pads"])
+    if a["mode"] != "constant" or a["value"] != 0:
+        return f"Pad mode '{a['mode']}' with value {a['value']}; n2d2 pads with zeros"
+    if len(pads) != 8 or any(pads[k] for k in (0, 1, 4, 5)):
+        return f"pads {pads} of a rank-{len(pads) // 2} tensor; n2d2 pads the H and W axes of NCHW tensors"
+    return _not_activation(graph, ins[0]) or Rewrite(
+        "Padding", ins[:1], {"top": pads[2], "bot": pads[6], "left": pads[3], "right": pads[7], "activation": None})
+
+
+@rule("OnnxConvTranspose")
+def _deconv(graph, node):
+    """A 2-D ConvTranspose with constant weights: a Deconv; asymmetric pads (less the end's
+    output_padding) are cropped after it by a `<node>_padding` Padding, as the importer did."""
+    ins = graph.inputs_of(node)
+    a = graph.attrs(node)
+    params = {"weights": _const(graph, ins[1])}
+    if len(ins) > 2:
+        params["biases"] = _const(graph, ins[2])
+    if len(a["strides"]) != 2:
+        return f"a {len(a['strides'])}-D transposed convolution; n2d2's Deconv is 2-D"
+    if None in params.values():
+        return "its weights or bias are computed from activations; n2d2 needs constants"
+    begin, end = list(a["pads"][:2]), [e - p for e, p in zip(a["pads"][2:], a["output_padding"])]
+    if min(end) < 0:
+        return f"output_padding {list(a['output_padding'])} larger than the end pads {list(a['pads'][2:])}"
+    crop = None if begin == end else (begin[0], end[0], begin[1], end[1])
+    attrs = {"stride": tuple(a["strides"]), "padding": (0, 0) if crop else tuple(begin),
+             "dilation": tuple(a["dilations"]), "groups": int(a["group"]), "mapping": None, "activation": None}
+    return _not_activation(graph, ins[0]) or Rewrite("Deconv", ins[:1], attrs, params, crop=crop)
+
+
+@rule("OnnxTranspose")
+def _transpose(graph, node):
+    """A Transpose of an NCHW tensor keeping the batch first: the N2D2 Transpose (perm in N2D2's
+    [X, Y, Z, B] axes); one that moves only axes of size 1 a view (`OnnxReshape`)."""
+    x = graph.inputs_of(node)[0]
+    perm, shape = list(graph.attrs(node)["perm"]), _type(graph, x).shape
+    if perm[0] != 0:
+        return f"Transpose with perm {perm} moves the batch axis"
+    moved = [p for p in perm if shape[p] != 1]
+    if moved == sorted(moved):
+        return Rewrite("OnnxReshape", [x], {"shape": tuple(shape[p] for p in perm)})
+    why = _not_activation(graph, x)
+    return why or Rewrite("Transpose", [x], {"perm": tuple(3 - perm[3 - i] for i in range(4)), "activation": None})
+
+
+#: ONNX (mode, coordinate_transformation_mode) -> N2D2 Resize (mode, align_corners)
+_RESIZE_MODES = {("nearest", "asymmetric"): ("NearestNeighbor", True),
+                 ("linear", "half_pixel"): ("Bilinear", True), ("linear", "pytorch_half_pixel"): ("Bilinear", True),
+                 ("linear", "align_corners"): ("BilinearTF", True), ("linear", "asymmetric"): ("BilinearTF", False)}
+
+
+@rule("OnnxResize")
+def _resize(graph, node):
+    """A Resize of H and W of an NCHW tensor by the ratio of the sizes, in a mode N2D2's Resize
+    computes (`_RESIZE_MODES`; nearest with nearest_mode floor: PyTorch's 'nearest')."""
+    x = graph.inputs_of(node)[0]
+    a = graph.attrs(node)
+    found = _RESIZE_MODES.get((a["mode"], a["coordinate_mode"]))
+    if a["antialias"] or a["exclude_outside"]:
+        return "Resize with antialias or exclude_outside is not supported"
+    if any(spec is not None for spec in a["axes"][:2]) or len(a["axes"]) != 4:
+        return f"Resize to {list(a['shape'])}: n2d2 resizes the H and W axes of NCHW tensors"
+    if any(spec is not None and abs(spec[0] / spec[1] - spec[2]) > 1e-6 for spec in a["axes"]):
+        return "Resize scales that are not the ratio of the sizes: n2d2 interpolates with the ratio of the sizes"
+    if found is None or (a["mode"] == "nearest" and a["nearest_mode"] != "floor"):
+        return (f"{a['mode']} Resize with coordinate_transformation_mode={a['coordinate_mode']}, nearest_mode="
+                f"{a['nearest_mode']}: n2d2 supports nearest (asymmetric, floor) and linear (half_pixel, "
+                "pytorch_half_pixel, align_corners, asymmetric)")
+    if found[0] == "Bilinear" and a["coordinate_mode"] == "half_pixel" and min(a["shape"][2:]) == 1:
+        return "half_pixel linear Resize to a size of 1 is not supported"
+    return _not_activation(graph, x) or Rewrite("Resize", [x], {
+        "height": int(a["shape"][2]), "width": int(a["shape"][3]), "mode": found[0], "align_corners": found[1],
+        "activation": None})
+
+
+def _fc(graph, node, x, weights, bias):
+    """An Fc node over activation `x` (rank >= 2: Fc flattens C*H*W in memory order), with the
+    parameters `weights` ([O, I] in that order) and `bias`."""
+    t = _type(graph, x)
+    why = _not_activation(graph, x, rank=None)
+    if why or len(t.shape) < 2:
+        return why or f"input '{x[0]}' of shape {list(t.shape)}; a fully connected op reads [N, ...]"
+    params = {"weights": weights} if bias is None else {"weights": weights, "biases": bias}
+    return Rewrite("Fc", [x], {"activation": None}, params)
+
+
+def _private_param(graph, ref):
+    """The parameter behind constant `ref` when this is its only reader, else None."""
+    p = _const(graph, ref)
+    readers = [n for n in graph.nodes() if p in graph.node(n).params.values()]
+    return p if p is not None and readers == [ref[0]] and len(graph.consumers(ref[0])) == 1 else None
+
+
+@rule("OnnxGemm")
+def _gemm(graph, node):
+    """x @ B^T + C (transB=1; with transB=0 a B read only here, stored transposed) with constant
+    B and C ([O]): an Fc (its output a view)."""
+    ins = graph.inputs_of(node)
+    a = graph.attrs(node)
+    consts = [_const(graph, ref) for ref in ins[1:]]
+    if a["trans_a"] or a["alpha"] != 1.0 or (len(ins) > 2 and a["beta"] != 1.0):
+        return (f"Gemm transA={int(a['trans_a'])}, alpha={a['alpha']}, beta={a['beta']}; n2d2's Fc reads its "
+                "weights as they are (transA=0, alpha=beta=1)")
+    if None in consts:
+        return "Gemm of two activations; n2d2 maps a Gemm by constant weights to an Fc cell"
+    if not a["trans_b"] and _private_param(graph, ins[1]) is None:
+        return "Gemm transB=0 by a matrix other nodes read too; n2d2's Fc would store it transposed"
+    o = _type(graph, ins[1]).shape[0 if a["trans_b"] else 1]
+    if len(ins) > 2 and _type(graph, ins[2]).shape != (o,):
+        return f"Gemm bias C of shape {list(_type(graph, ins[2]).shape)}; an Fc bias has one value per output"
+    found = _fc(graph, node, ins[0], consts[0], consts[1] if len(consts) > 1 else None)
+    return found if isinstance(found, str) or a["trans_b"] else dataclasses.replace(found, transposed=("weights",))
+
+
+@rule("OnnxMatMul")
+def _matmul(graph, node):
+    """x @ W with a constant matrix W [I, O] read only here, over [N, I] (or [N, 1.., I]): an Fc
+    whose weights are W stored transposed."""
+    ins = graph.inputs_of(node)
+    w = _const(graph, ins[1])
+    shape = _type(graph, ins[0]).shape
+    if w is None:
+        return "MatMul of two activations; n2d2 maps MatMul by a constant matrix to an Fc cell"
+    if len(graph.params[w].shape) != 2:
+        return f"MatMul by a constant of shape {list(graph.params[w].shape)}; n2d2 supports a matrix"
+    if len(shape) < 2 or int(np.prod(shape[1:-1])) != 1:
+        return (f"MatMul over the last axis of a {list(shape)} input is not a fully connected layer; n2d2 "
+                "supports [N, F] inputs")
+    why = _not_activation(graph, ins[0], rank=None)
+    if why:
+        return why
+    if _private_param(graph, ins[1]) is None:
+        return "MatMul by a matrix other nodes read too; n2d2's Fc would store it transposed"
+    found = _fc(graph, node, ins[0], w, None)
+    return found if isinstance(found, str) else dataclasses.replace(found, transposed=("weights",))
 
 
 # -- the decomposed GELU --------------------------------------------------------------------------------
@@ -344,35 +589,170 @@ def fuse_decomposed_gelu(graph: Graph, node: str) -> bool:
 
 
 # -- the pass ----------------------------------------------------------------------------------------
-def legalize_node(graph: Graph, node: str) -> bool:
-    """Apply the rule of `node`'s op in place; True when the node was replaced."""
+def _view(old, new):
+    """True when a tensor of type `new` holds one of type `old` in the same memory order (same
+    dtype and size, equal once axes of size 1 are dropped): [N, O, 1, 1] for [N, O]."""
+    return old.dtype == new.dtype and [d for d in old.shape if d != 1] == [d for d in new.shape if d != 1] \
+        and int(np.prod(old.shape)) == int(np.prod(new.shape))
+
+
+def is_view(graph: Graph, node: str) -> bool:
+    """True when `node` is an `OnnxReshape` whose output is its input in the same memory order
+    relabelled (`_view`): the `<node>_view` nodes this pass adds, a Flatten, an Unsqueeze..."""
+    return graph.op(node) == "OnnxReshape" and _view(graph.input_types(node)[0], graph.output_types(node)[0])
+
+
+def legalize_node(graph: Graph, node: str):
+    """Apply the rule of `node`'s op in place. None when the node was replaced, else the reason
+    it stays an `Onnx*` node (a str)."""
     fn = RULES.get(graph.op(node))
-    if fn is None or not _only_output_0(graph, node):
-        return False
+    if fn is None:
+        return f"no N2D2 op computes '{graph.op(node)[4:]}'" if graph.op(node).startswith("Onnx") else \
+            f"'{graph.op(node)}' is not an ONNX op"
+    if not _only_output_0(graph, node):
+        return "an optional output of the op is used; n2d2 computes only the first one"
     found = fn(graph, node)
-    if found is None:
-        return False
-    op, inputs, attrs, params = found
-    opdef = op_registry.get(op, node=node)
-    in_types = [graph.output_types(src)[out] for src, out in inputs]
-    shapes = {role: graph.params[p].shape for role, p in params.items()}
+    if isinstance(found, str):
+        return found
+    opdef = op_registry.get(found.op, node=node)
+    in_types = [_type(graph, ref) for ref in found.inputs]
+    pad, crop = (None if p is None else dict(zip(("top", "bot", "left", "right"), p), activation=None)
+                 for p in (found.pad, None if found.crop is None else tuple(-v for v in found.crop)))
+    shapes = {role: graph.params[p].shape[::-1 if role in found.transposed else 1]
+              for role, p in found.params.items()}
     try:
-        new_types = opdef.infer_types(attrs, in_types, shapes, node)
-    except GraphError:
-        return False
+        if pad is not None:
+            in_types = op_registry.get("Padding").infer_types(pad, in_types, {}, node)
+        new = opdef.infer_types(found.attrs, in_types, shapes, node)[0]
+        final = new if crop is None else op_registry.get("Padding").infer_types(crop, [new], {}, node)[0]
+    except GraphError as e:
+        return f"the {found.op} op refuses it: {e}"
     old = graph.output_types(node)[0]
-    if tuple(new_types[0].shape) != tuple(old.shape) or new_types[0].dtype != old.dtype:
-        return False   # e.g. a ceil-mode pooling window N2D2 does not make
-    sources = sorted({src for src, _ in graph.inputs_of(node) if graph.op(src) == "OnnxConstant"})
-    sole = {graph.node(src).params["value"] for src in sources if len(graph.consumers(src)) == 1}
-    substitute(graph, node, op, inputs, attrs, params, outputs=[new_types[0]])
-    for role, p in params.items():   # graph copies share Param objects: replace, do not mutate
+    if not _view(old, final):   # e.g. a ceil-mode pooling window N2D2 does not make
+        return f"the {found.op} op gives a {list(final.shape)} output where ONNX gives {list(old.shape)}"
+    inputs = found.inputs
+    if pad is not None:
+        inputs = [(graph.add_op(graph.unique_name(f"{node}_padding"), "Padding", inputs, pad), 0)]
+    sources = sorted({src for src, _ in graph.inputs_of(node) if graph.op(src) == "OnnxConstant"
+                      or (is_view(graph, src) and src not in {s for s, _ in inputs})})
+    sole = {graph.node(src).params["value"] for src in sources
+            if graph.op(src) == "OnnxConstant" and len(graph.consumers(src)) == 1}
+    substitute(graph, node, found.op, inputs, found.attrs, found.params, outputs=[new])
+    last = node
+    for name, op, attrs, t in ((f"{node}_padding", "Padding", crop, final),   # the crop, then the ONNX shape
+                               (f"{node}_view", "OnnxReshape", {"shape": tuple(old.shape)}, old)):
+        if attrs is not None and (op == "Padding" or tuple(final.shape) != tuple(old.shape)):
+            after = graph.unique_name(name)
+            graph.add_node(after, op, [], attrs, outputs=[t])
+            graph.replace_uses(last, after)
+            graph.nx.add_edge(last, after, out=0, slot=0)
+            last = after
+    for role, p in found.params.items():   # graph copies share Param objects: replace, do not mutate
         if p in sole:
             graph.params[p] = dataclasses.replace(graph.params[p], owner=node, role=role)
+        if role in found.transposed:
+            graph.params[p] = dataclasses.replace(graph.params[p], array=graph.params[p].array.T.copy())
     for src in sources:
         if not graph.consumers(src) and not any(n == src for n, _ in graph.outputs):
             graph.remove_node(src)
+    return None
+
+
+# -- constant operands (the ONNX importer's) ---------------------------------------------------------------
+def _per_channel(graph, ref, shape):
+    """The constant `ref` as one float per channel of an activation of `shape` (a scalar
+    repeated), or None when it varies along another axis or broadcasts `shape`."""
+    c = np.asarray(graph.params[_const(graph, ref)].array, dtype=np.float64)
+    try:
+        if np.broadcast_shapes(tuple(shape), c.shape) != tuple(shape):
+            return None
+    except ValueError:
+        return None
+    c = c.reshape((1,) * (len(shape) - c.ndim) + c.shape)
+    if any(n != 1 for ax, n in enumerate(c.shape) if ax != 1):
+        return None
+    return np.broadcast_to(c.reshape(-1), (shape[1],)).astype(np.float32)
+
+
+def _fold_into_producer(graph, x, operation, vec):
+    """Fold `x + vec` ("Sum") or `x * vec` ("Prod") into the Conv, Fc or BatchNorm that makes
+    `x` (no fused activation, read only here, parameters its own): new bias / weight arrays.
+    True when done."""
+    src = x[0]
+    if graph.op(src) not in ("Conv", "Fc", "BatchNorm") or graph.attrs(src).get("activation") is not None \
+            or len(graph.consumers(src)) != 1 or any(n == src for n, _ in graph.outputs):
+        return False
+    params = dict(graph.node(src).params)
+    if any(p in graph.node(n).params.values() for p in params.values() for n in graph.nodes() if n != src):
+        return False
+    roles = ("biases",) if operation == "Sum" else ("scales", "biases") if graph.op(src) == "BatchNorm" else \
+        ("weights", "biases")
+    if "biases" not in params and operation == "Sum":
+        params["biases"] = new_param_name(graph, f"{src}_biases")
+        graph.add_param(params["biases"], np.zeros(vec.shape, np.float32), owner=src, role="biases")
+    for role in (r for r in roles if r in params):
+        a = np.asarray(graph.params[params[role]].array, dtype=np.float32)
+        a = a + vec if operation == "Sum" else a * vec.reshape((-1,) + (1,) * (a.ndim - 1))
+        graph.params[params[role]] = dataclasses.replace(graph.params[params[role]], array=a)
+    graph.nx.nodes[src]["params"] = params
     return True
+
+
+def fold_constant_operands(graph: Graph) -> Graph:
+    """The ONNX importer's arithmetic by constants, on a legalized graph: Add, Sub, Mul, Div of an
+    NCHW activation by a scalar or per-channel constant is folded into the Conv, Fc or BatchNorm
+    that makes the activation (its bias, or its weights and bias), else becomes an ElemWise
+    (shift, `c - x`) or a floating-point Scaling node of the same name; adding 0 or multiplying
+    by 1 is removed. The constants become attributes or are folded into copies of the
+    producer's parameters, as N2D2's importer does: exact in inference, the constants are no
+    longer trained."""
+    g = graph.copy()
+    for node in g.topological_order():
+        op = g.op(node) if node in g.nx else None
+        if op not in ("OnnxAdd", "OnnxSub", "OnnxMul", "OnnxDiv") or not _only_output_0(g, node):
+            continue
+        ins = g.inputs_of(node)
+        consts = [k for k, ref in enumerate(ins) if _const(g, ref) is not None]
+        if len(ins) != 2 or len(consts) != 1 or (op == "OnnxDiv" and consts != [1]):
+            continue
+        x = ins[1 - consts[0]]
+        inner = _through_view(g, x)
+        if _not_activation(g, inner) or tuple(_type(g, x).shape) != tuple(g.output_types(node)[0].shape):
+            continue
+        vec = _per_channel(g, ins[consts[0]], _type(g, x).shape)   # broadcast as ONNX does
+        if vec is None or (op == "OnnxDiv" and not vec.all()):
+            continue
+        if op == "OnnxDiv":
+            vec = (1.0 / vec.astype(np.float64)).astype(np.float32)
+        elif op == "OnnxSub" and consts == [1]:   # x - c
+            vec = -vec
+        operation = "Sum" if op in ("OnnxAdd", "OnnxSub") else "Prod"
+        const_src = ins[consts[0]][0]
+        negated = op == "OnnxSub" and consts == [0]   # c - x
+        identity = not vec.any() if operation == "Sum" else (vec == 1.0).all()
+        if not negated and (identity or _fold_into_producer(g, inner, operation, vec)):
+            g.replace_uses(node, *x)
+            g.remove_node(node)
+        else:
+            if operation == "Prod":
+                new_op, attrs = "Scaling", {"scaling": ("FloatingPoint", tuple(float(v) for v in vec), None)}
+            else:
+                w = -1.0 if negated else 1.0
+                uniform = bool((vec == vec[0]).all())
+                shifts = [float(vec[0])] if uniform else [[float(v) for v in vec]]
+                weights = [w] if uniform else [[w] * len(vec)]
+                new_op, attrs = "ElemWise", {"operation": "Sum", "weights": weights, "shifts": shifts,
+                                             "activation": None}
+            out = op_registry.get(new_op, node=node).infer_types(attrs, [_type(g, inner)], {}, node)[0]
+            substitute(g, node, new_op, [inner], attrs, {}, outputs=[out])
+            if tuple(out.shape) != tuple(_type(g, x).shape):
+                view = g.unique_name(f"{node}_view")
+                g.add_node(view, "OnnxReshape", [], {"shape": tuple(_type(g, x).shape)}, outputs=[_type(g, x)])
+                g.replace_uses(node, view)
+                g.nx.add_edge(node, view, out=0, slot=0)
+        if not g.consumers(const_src) and not any(n == const_src for n, _ in g.outputs):
+            g.remove_node(const_src)
+    return g
 
 
 def legalize_onnx(graph: Graph, mode: str = "inference") -> Graph:
