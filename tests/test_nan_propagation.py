@@ -14,8 +14,10 @@ from n2d2.ir import epilogue  # noqa: F401  (registers the Epilogue op)
 from n2d2.ir.autodiff import build_training_graph
 from tests.test_c_backend import (
     ACTIVATIONS,
+    DECONV_CASES,
     Net,
     _conv_attrs,
+    _deconv_case,
     _normal,
     _rng,
     _training_outputs,
@@ -171,7 +173,8 @@ def test_c_kernel_propagates_nan_and_inf_as_numpy(case):
 
 # The wide convolution's weight gradient runs its GEMM over the grid's junk columns and a tail
 # padded to 16 pixels, where dz is 0 and x is whatever follows the row or plane (0 * Inf = NaN
-# there): one seed can keep every Inf away from those reads, so each shape runs several.
+# there): one seed can keep every Inf away from those reads, so each shape runs several (Deconv's
+# weight gradient too).
 CONV_SHAPES = {
     "wide_1x1_tail": lambda net: net.conv(net.source((1, 16, 7, 7)), 20, k=(1, 1), activation=RELU_CLIP),
     "wide_padded_junk_columns": lambda net: net.conv(net.source((1, 8, 10, 10)), 12, padding=(1, 1)),
@@ -183,6 +186,8 @@ CONV_SHAPES = {
                                                8, padding=(1, 1)),
     "image_b2": lambda net: net.conv(net.source((2, 8, 9, 9)), 12, padding=(1, 1)),
     "image_s2_b1": lambda net: net.conv(net.source((1, 8, 11, 11)), 16, padding=(1, 1), stride=(2, 2)),
+    **{f"deconv_{case}": (lambda net, case=case: _deconv_case(net, *DECONV_CASES[case])[0])
+       for case in ("3x3_s2_pad_bias_relu", "batch1")},
 }
 
 
