@@ -14,8 +14,10 @@ from n2d2.ir import epilogue  # noqa: F401  (registers the Epilogue op)
 from n2d2.ir.autodiff import build_training_graph
 from tests.test_c_backend import (
     ACTIVATIONS,
+    DECONV_CASES,
     Net,
     _conv_attrs,
+    _deconv_case,
     _normal,
     _rng,
     _training_outputs,
@@ -76,8 +78,9 @@ def _rewritten(tg, p):
     return {tg.graph.inputs_of(n)[0] for n in tg.backward_nodes if tg.graph.op(n) == "Grad" and p.where[n] == "c"}
 
 
-def check_c(net, expect_c=(), poison_seeds=True):
-    """C vs numpy on `net`'s training graph; the output gradients (seeds) get NaN / Inf too."""
+def check_c(net, expect_c=(), poison_seeds=True, close=()):
+    """C vs numpy on `net`'s training graph; the output gradients (seeds) get NaN / Inf too. The
+    tensors in `close` must also hold the same finite values."""
     tg, seeds = _training_outputs(net)
     if poison_seeds:
         rng = _rng(31)
@@ -87,6 +90,10 @@ def check_c(net, expect_c=(), poison_seeds=True):
     for node in expect_c:
         assert p.where[node] == "c" and p.where[f"grad:{node}"] == "c", node
     assert_same_pattern(ref, out, "C backend", skip=_rewritten(tg, p))
+    for t in close:
+        assert np.array_equal(pattern(out[t]), pattern(ref[t])), t
+        finite = pattern(ref[t]) == 0
+        np.testing.assert_allclose(out[t][finite], ref[t][finite], rtol=1e-4, atol=1e-4, err_msg=str(t))
     return p
 
 
@@ -163,6 +170,75 @@ def test_c_kernel_propagates_nan_and_inf_as_numpy(case):
     net = PoisonNet(seed=sum(map(ord, case)))
     y = CASES[case](net)
     check_c(net.output(y), expect_c=[y])
+
+
+# The wide convolution's weight gradient runs its GEMM over the grid's junk columns and a tail
+# padded to 16 pixels, where dz is 0 and x is whatever follows the row or plane (0 * Inf = NaN
+# there): one seed can keep every Inf away from those reads, so each shape runs several (Deconv's
+# weight gradient too).
+CONV_SHAPES = {
+    "wide_1x1_tail": lambda net: net.conv(net.source((1, 16, 7, 7)), 20, k=(1, 1), activation=RELU_CLIP),
+    "wide_padded_junk_columns": lambda net: net.conv(net.source((1, 8, 10, 10)), 12, padding=(1, 1)),
+    "wide_valid_k5_b3": lambda net: net.conv(net.source((3, 2, 20, 20)), 6, k=(5, 5)),
+    "wide_mapping": lambda net: net.conv(net.source((1, 3, 12, 12)), 4, padding=(1, 1), mapping=MAPPING),
+    "wide_groups_dilation": lambda net: net.conv(net.source((1, 8, 12, 12)), 8, padding=(2, 2), dilation=(2, 2),
+                                                 groups=2),
+    "wide_two_inputs_b2": lambda net: net.conv([net.source((2, 3, 16, 16), "a"), net.source((2, 2, 16, 16), "b")],
+                                               8, padding=(1, 1)),
+    "image_b2": lambda net: net.conv(net.source((2, 8, 9, 9)), 12, padding=(1, 1)),
+    "image_s2_b1": lambda net: net.conv(net.source((1, 8, 11, 11)), 16, padding=(1, 1), stride=(2, 2)),
+    **{f"deconv_{case}": (lambda net, case=case: _deconv_case(net, *DECONV_CASES[case])[0])
+       for case in ("3x3_s2_pad_bias_relu", "batch1")},
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("case", sorted(CONV_SHAPES))
+def test_c_conv_weight_gradient_propagates_nan_and_inf_as_numpy_on_several_seeds(case, seed):
+    net = PoisonNet(seed=seed)
+    y = CONV_SHAPES[case](net)
+    check_c(net.output(y), expect_c=[y], close=[_dweights(net, y)])
+
+
+@pytest.mark.parametrize("case", sorted(CONV_SHAPES))
+def test_c_conv_weight_gradient_with_non_finite_values_on_plane_edges(case):
+    """Finite inputs but an Inf at a plane's first pixel (what the previous plane's tail reads), a
+    NaN in the last column (what the junk columns of the row above read) and a -Inf at the last
+    pixel: few dW entries are non-finite, and those only."""
+    net = PoisonNet(seed=4)
+    y = CONV_SHAPES[case](net)
+    _poison_edges(net)
+    check_c(net.output(y), expect_c=[y], poison_seeds=False, close=[_dweights(net, y)])
+
+
+@pytest.mark.parametrize("case", ["wide_padded_junk_columns", "wide_groups_dilation", "wide_mapping",
+                                  "wide_two_inputs_b2", "image_b2"])
+def test_c_conv_input_gradient_with_non_finite_weights(case):
+    """Finite inputs, an Inf and a -Inf weight: the wide dx (the zero-padded dz planes convolved
+    with the flipped kernel) also met them in windows off the output grid, which the reference
+    drops (0 * Inf = NaN at the borders)."""
+    net = PoisonNet(seed=5)
+    y = CONV_SHAPES[case](net)
+    for a in net.feeds.values():
+        a[...] = _normal(net.rng, a.shape)
+    w = net.g.params[net.g.node(y).params["weights"]].array
+    w[0, 0, 0, 0], w[-1, -1, -1, -1] = np.inf, -np.inf
+    check_c(net.output(y), expect_c=[y], poison_seeds=False,
+            close=[(f"grad:{y}", k) for k in range(len(net.g.inputs_of(y)) + 1)])
+
+
+def _dweights(net, y):
+    """The weight gradient's tensor: the Grad node's output after one per data input."""
+    return f"grad:{y}", len(net.g.inputs_of(y))
+
+
+def _poison_edges(net):
+    for a in net.feeds.values():
+        n, c, h, w = a.shape
+        a[...] = _normal(net.rng, a.shape)
+        a[0, c - 1, 0, 0] = np.inf
+        a[n - 1, c // 2, h // 2, w - 1] = np.nan
+        a[n - 1, 0, h - 1, w - 1] = -np.inf
 
 
 def _resnet_block_graph(batch):
@@ -371,9 +447,7 @@ def _cuda_patterns(record, values, what):
 def test_cuda_kernels_propagate_nan_and_inf_as_numpy_under_the_emulator(name):
     """The CUDA source (compiled by g++ for the host emulator) on poisoned inputs: inference,
     then one training step's forward and backward, against the numpy executor."""
-    from n2d2.codegen.cuda_backend import CudaProgram
-    from n2d2.codegen.numpy_exec import Session
-    from tests.test_cuda_backend import EMU, ZOO, clone, feeds_for, inference_outputs, inference_program, lenet_graph
+    from tests.test_cuda_backend import EMU, ZOO, feeds_for, inference_outputs, inference_program, lenet_graph
 
     build = (lambda: lenet_graph(2)) if name == "lenet" else ZOO[name]
     rng = np.random.default_rng(8)
@@ -381,8 +455,16 @@ def test_cuda_kernels_propagate_nan_and_inf_as_numpy_under_the_emulator(name):
     feeds = {k: poison(rng, v, count=2) for k, v in feeds_for(g, rng).items()}
     prog = inference_program(g, EMU)
     _cuda_patterns(*inference_outputs(prog, g, feeds), "CUDA inference")
+    _check_cuda_training(build(), feeds, rng)
 
-    g = build()
+
+def _check_cuda_training(g, feeds, rng):
+    """One training step's forward and backward of the CUDA source under the emulator against the
+    numpy executor (the NaN / Inf pattern of every tensor); returns (numpy values, CUDA record)."""
+    from n2d2.codegen.cuda_backend import CudaProgram
+    from n2d2.codegen.numpy_exec import Session
+    from tests.test_cuda_backend import EMU, clone
+
     tg, tr = build_training_graph(g), build_training_graph(clone(g))
     seeds = list(tg.grad_inputs.values())
     prog = CudaProgram(tg.graph, [tg.forward_nodes, seeds + tg.backward_nodes, tg.update_nodes], training=True,
@@ -403,6 +485,24 @@ def test_cuda_kernels_propagate_nan_and_inf_as_numpy_under_the_emulator(name):
     prog.run_phase(1, record=bwd)
     _cuda_patterns(fwd, session.values, "CUDA training forward")
     _cuda_patterns(bwd, session.values, "CUDA backward")
+    return session.values, bwd
+
+
+@pytest.mark.parametrize("case", ["wide_1x1_tail", "wide_padded_junk_columns", "wide_two_inputs_b2"])
+def test_cuda_conv_weight_gradient_with_non_finite_values_on_plane_edges(case):
+    """The C wide kernel's junk-column reads have no CUDA counterpart (its GEMM loads are bounds
+    checked, 0 past K): the same edge-poisoned inputs under the emulator, dW values included."""
+    from tests.test_cuda_backend import to_host
+
+    net = PoisonNet(seed=4)
+    y = CONV_SHAPES[case](net)
+    _poison_edges(net)
+    values, bwd = _check_cuda_training(net.output(y).g, net.feeds, net.rng)
+    node, k = _dweights(net, y)
+    ref, out = to_host(values[node][k]), to_host(bwd[node][k])
+    assert pattern(ref).any() and not pattern(ref).all()
+    finite = pattern(ref) == 0
+    np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-4, atol=1e-4)
 
 
 # -- the finding: C backend vs onnxruntime -------------------------------------------------------------
