@@ -9,11 +9,14 @@ inputs, in an inference program and in a training program (same forward kernels,
 too), and NaN / Inf where the reference puts them. BatchNorm of several inputs concatenated
 along channels (DenseNet), forward and backward; padded max pooling (ResNet's stem).
 """
+import re
+import subprocess
+
 import numpy as np
 import pytest
 
-from n2d2.codegen import numpy_exec
-from n2d2.codegen.render import cfloat
+from n2d2.codegen import compiler, numpy_exec
+from n2d2.codegen.render import cfloat, render
 from n2d2.ops.activation import c_clamp
 from tests.test_c_backend import (
     ACTIVATIONS,
@@ -22,7 +25,7 @@ from tests.test_c_backend import (
     c_backend,
     check_batchnorm_training,
 )
-from tests.test_nan_propagation import assert_same_pattern, poison
+from tests.test_nan_propagation import _pool, assert_same_pattern, poison
 
 pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
 
@@ -321,3 +324,55 @@ def test_only_clamp_activations_are_fused_into_the_gemm_stores():
     assert c_clamp(dict(relu, clipping=6.0), cfloat) == (cfloat(0.0), cfloat(6.0))
     assert c_clamp(leaky_clip, cfloat) is None
     assert c_clamp({"name": "Tanh", "alpha": 1.5}, cfloat) is None
+
+
+def test_max_pool_forward_loops_vectorise(tmp_path):
+    """LeNet's max pools (2x2 on 28x28 planes: separable; on 10x10: straight from the row pairs)
+    take the NaN-exact maximum n2d2_nanmax (maxps with the unordered mask OR'ed in). Every loop
+    holding one, or the loop around it, must vectorise with the backend's own flags (each part
+    of the program compiled); where a chain stays scalar it must not branch on the data, as
+    n2d2_fmax's nested selects do on AVX2."""
+    net = Net(seed=63, name="pools")
+    ys = [_pool(net, (2, 6, 28, 28), "Max", (2, 2), (2, 2), (0, 0)),
+          _pool(net, (2, 16, 10, 10), "Max", (2, 2), (2, 2), (0, 0))]
+    net.output(*ys)
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    assert [p.geometry[y]["DIRECT2"] for y in ys] == [False, True]
+    src = tmp_path / "pools.c"
+    src.write_text(p.source)
+    flags = [f for f in compiler.default_flags() if f not in ("-shared", "-fPIC") and not f.startswith("-W")]
+    vectorised = set()
+    for part in sorted({int(k) for k in re.findall(r"N2D2_PART == (\d+)", p.source)}):
+        out = subprocess.run([compiler.find_compiler(), *flags, f"-DN2D2_PART={part}", "-fopt-info-vec-optimized",
+                              "-c", str(src), "-o", str(tmp_path / "pools.o")], capture_output=True, text=True,
+                             check=True).stderr
+        vectorised |= {int(m) for m in re.findall(r"pools\.c:(\d+):\d+: optimized: loop vectorized", out)}
+    text = p.source.splitlines()
+    uses = [i for i, line in enumerate(text) if "n2d2_nanmax(" in line and "static inline" not in line]
+    assert len(uses) >= 3
+    scalar = []
+    for i in uses:
+        # the two innermost loops around line i (1-based numbers, as gcc reports them)
+        loops, indent = [], len(text[i]) - len(text[i].lstrip())
+        for j in range(i, -1, -1):
+            lead = len(text[j]) - len(text[j].lstrip())
+            if text[j].lstrip().startswith("for (") and (j == i or lead < indent):
+                loops.append(j + 1)
+                indent = lead
+            if len(loops) == 2:
+                break
+        if not vectorised & set(loops):
+            scalar.append(text[i].strip())
+    assert not scalar, f"max-pool loops left scalar: {scalar}"
+    # outside those loops (short rows unrolled, a global pool's chain across its row): no branch
+    # on the data, where n2d2_fmax has some (which makes the check able to fail)
+    chain = tmp_path / "chain.c"
+    includes = "#include <math.h>\n#include <stdint.h>\n#include <string.h>\n"
+    chain.write_text(includes + render("c/runtime.c.j2") + "".join(
+        f"\nfloat {f}_chain(const float *x) {{ return {f}({f}({f}(x[0], x[1]), x[2]), x[3]); }}"
+        for f in ("n2d2_nanmax", "n2d2_fmax")))
+    subprocess.run([compiler.find_compiler(), *flags, "-S", str(chain), "-o", str(tmp_path / "chain.s")], check=True)
+    asm = (tmp_path / "chain.s").read_text()
+    body = {f: asm.split(f + "_chain:")[1].split(".cfi_endproc")[0] for f in ("n2d2_nanmax", "n2d2_fmax")}
+    branches = {f: len(re.findall(r"^\s+(j(?!mp\b)[a-z]+|b\.[a-z]+|cbn?z)\s", b, re.M)) for f, b in body.items()}
+    assert branches["n2d2_fmax"] > 0 and branches["n2d2_nanmax"] == 0, branches

@@ -132,9 +132,11 @@ CASES = {
     "fc_relu": lambda net: net.op("Fc", [net.source((3, 4, 3, 3))], {"activation": ACTIVATIONS["relu"]},
                                   {"weights": _normal(net.rng, (5, 36), 0.3), "biases": _normal(net.rng, (5,))}),
     "max_pool_2x2": lambda net: _pool(net, (2, 3, 8, 10), "Max", (2, 2), (2, 2), (0, 0)),
+    "max_pool_2x2_wide": lambda net: _pool(net, (2, 2, 6, 22), "Max", (2, 2), (2, 2), (0, 0)),   # separable
     "max_pool_3x3_overlap_pad": lambda net: _pool(net, (2, 3, 7, 8), "Max", (3, 3), (1, 2), (1, 1), act="none"),
     "max_pool_pad_beyond_window": lambda net: _pool(net, (2, 2, 5, 5), "Max", (2, 2), (2, 2), (2, 2), act="none"),
     "max_pool_global": lambda net: _pool(net, (3, 4, 5, 5), "Max", (5, 5), (1, 1), (0, 0), act="none"),
+    "max_pool_global_9x7": lambda net: _pool(net, (2, 3, 9, 7), "Max", (9, 7), (1, 1), (0, 0), act="none"),
     "max_pool_mapping": lambda net: _pool(net, (2, 3, 6, 6), "Max", (2, 2), (2, 2), (0, 0), mapping=MAPPING),
     "avg_pool_pad": lambda net: _pool(net, (2, 3, 7, 8), "Average", (3, 3), (1, 2), (1, 1)),
     "avg_pool_mapping": lambda net: _pool(net, (2, 3, 6, 6), "Average", (2, 2), (1, 1), (0, 0), mapping=MAPPING),

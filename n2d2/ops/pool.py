@@ -371,6 +371,10 @@ class Pool(OpDef):
         g.update(PADROW=not fits and g["MAX"] and conn is None and 0 <= py < kh and 0 <= px < kw
                  and (ho - 1) * sy - py < h and (wo - 1) * sx - px < w,
                  JE=min(g["RW"], px + w))
+        # DIRECT2: 2x2 max windows tiling a plane at most 16 wide, pooled straight from the row pairs
+        g["DIRECT2"] = g["MAX"] and conn is None and tiled and (kh, kw) == (2, 2) and w <= 16
+        # GLOBAL: a max window over the whole plane, reduced flat
+        g["GLOBAL"] = g["MAX"] and conn is None and fits and (kh, kw) == (h, w)
         if conn is not None:
             g["links"] = [[c_ for c_ in range(c) if conn[c_, o]] for o in range(conn.shape[1])]
             g["conn"] = conn.astype(int).tolist()
