@@ -145,17 +145,25 @@ def known_activation(name, **config):
 
 
 # -- rules ---------------------------------------------------------------------------------------------
+def _weights_and_bias(graph, ins, a, what):
+    """The constant weights (and bias) of a 2-D (transposed) convolution, or why it stays Onnx*."""
+    if len(a["strides"]) != 2:
+        return f"a {len(a['strides'])}-D {what}"
+    params = {"weights": _const(graph, ins[1])}
+    if len(ins) > 2:
+        params["biases"] = _const(graph, ins[2])
+    if None in params.values():
+        return "its weights or bias are computed from activations; n2d2 needs constants"
+    return params
+
+
 @rule("OnnxConv")
 def _conv(graph, node):
     ins = graph.inputs_of(node)
     a = graph.attrs(node)
-    params = {"weights": _const(graph, ins[1])}
-    if len(ins) > 2:
-        params["biases"] = _const(graph, ins[2])
-    if len(a["strides"]) != 2:
-        return f"a {len(a['strides'])}-D convolution; n2d2 convolutions are 2-D"
-    if None in params.values():
-        return "its weights or bias are computed from activations; n2d2 needs constants"
+    params = _weights_and_bias(graph, ins, a, "convolution; n2d2 convolutions are 2-D")
+    if isinstance(params, str):
+        return params
     padding, pad = _padding(a["pads"])
     attrs = {"stride": tuple(a["strides"]), "padding": padding, "dilation": tuple(a["dilations"]),
              "groups": int(a["group"]), "mapping": None, "sub_sample": (1, 1), "activation": None}
@@ -346,13 +354,9 @@ def _deconv(graph, node):
     output_padding) are cropped after it by a `<node>_padding` Padding, as the importer did."""
     ins = graph.inputs_of(node)
     a = graph.attrs(node)
-    params = {"weights": _const(graph, ins[1])}
-    if len(ins) > 2:
-        params["biases"] = _const(graph, ins[2])
-    if len(a["strides"]) != 2:
-        return f"a {len(a['strides'])}-D transposed convolution; n2d2's Deconv is 2-D"
-    if None in params.values():
-        return "its weights or bias are computed from activations; n2d2 needs constants"
+    params = _weights_and_bias(graph, ins, a, "transposed convolution; n2d2's Deconv is 2-D")
+    if isinstance(params, str):
+        return params
     begin, end = list(a["pads"][:2]), [e - p for e, p in zip(a["pads"][2:], a["output_padding"])]
     if min(end) < 0:
         return f"output_padding {list(a['output_padding'])} larger than the end pads {list(a['pads'][2:])}"
