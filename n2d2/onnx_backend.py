@@ -182,6 +182,10 @@ class _Converter:
             ins = [self.values[n] if n else None for n in node.input]
             if handler is None and self._foldable(node, ins):
                 handler = self._fold
+            elif handler is not None and ins and all(v is None or (v.is_const and not v.trainable) for v in ins):
+                # a handler folding constants (ConstantOfShape, Expand, Tile...) allocates its output: bound it first
+                onnx_limits.check_node_outputs(node, [None if v is None else v.const for v in ins], self.opset,
+                                               f"n2d2.onnx_backend: node '{self._node_label}' ({node.op_type})")
             if handler is None:
                 raise NotImplementedError(f"n2d2.onnx_backend: op '{node.domain + '.' if node.domain else ''}"
                                           f"{node.op_type}' (node '{node.name}') is not supported")

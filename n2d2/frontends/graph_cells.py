@@ -37,6 +37,7 @@ from n2d2.cells.nn import (
     Transpose,
 )
 from n2d2.cells.nn.onnx_node import OnnxNode
+from n2d2.frontends.onnx_errors import ONNXFormatError
 from n2d2.ir.passes.legalize_onnx import is_view
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
 from n2d2.mapping import Mapping
@@ -88,8 +89,9 @@ class CellBuilder:
     insertion order);
     `load_weights=False`: the cells keep their fillers' values."""
 
-    def __init__(self, graph, with_loss=True, order=None, load_weights=True):
+    def __init__(self, graph, with_loss=True, order=None, load_weights=True, label="ONNX model"):
         self.graph = graph
+        self.label = label   # the file, in error messages
         self.load_weights = load_weights
         self.with_loss = with_loss
         self.order = order
@@ -181,8 +183,8 @@ class CellBuilder:
             target = getattr(cell, f"_{role}")
             values = np.asarray(g.params[p].array, dtype=np.float32)
             if values.size != target.size:
-                raise ValueError(f"node '{node}': {role} of shape {list(values.shape)} for a {type(cell).__name__} "
-                                 f"cell expecting {list(target.shape)}")
+                raise ONNXFormatError(f"{self.label}: node '{node}': {role} of shape {list(values.shape)} for a "
+                                      f"{type(cell).__name__} cell expecting {list(target.shape)}")
             target[...] = cell._to_model_device(values.reshape(target.shape))
         if isinstance(cell, Conv):
             cell._mask_weights()

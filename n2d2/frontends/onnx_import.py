@@ -445,7 +445,7 @@ class _Importer:
                                      and not graph_cells.is_alias(graph, n) and not self._generic_leftover(graph, n)
                                      for n in graph.nodes()):
             return None
-        builder = graph_cells.CellBuilder(graph, order=order, load_weights=self.load_weights)
+        builder = graph_cells.CellBuilder(graph, order=order, load_weights=self.load_weights, label=self.path)
         outputs = builder.build(x)
         self.cells = builder.cells
         return outputs
