@@ -37,11 +37,13 @@ sys.path.insert(0, ROOT)
 # a runner of --before measures another checkout's n2d2 (its path in N2D2_BENCH_TREE)
 sys.path.insert(0, os.environ.get("N2D2_BENCH_TREE") or ROOT)
 
-# A runner (--peer) never imports the test module, which imports torch: torch's libgomp, loaded first,
+# The n2d2 and onnxruntime runners (--peer) never import the test module, which imports torch:
+# torch's libgomp, loaded first,
 # would be the OpenMP runtime n2d2's kernels bind to, with torch's spin settings instead of n2d2's
-# GOMP_SPINCOUNT (a busy-waiting team that burnt 2-3x the CPU of one thread under load).
+# GOMP_SPINCOUNT (a busy-waiting team that burnt 2-3x the CPU of one thread under load). The torch
+# runners build the model in their own process.
 RUNNER = "--peer" in sys.argv
-if not RUNNER:
+if not RUNNER or sys.argv[sys.argv.index("--peer") + 1] in ("torch", "compile"):
     from tests.test_onnx_torchvision import ARCHITECTURES, IMPORT_ERROR, MODELS, _randomised  # noqa: E402
     # issue 15's larger networks, beside the test's architectures
     MODEL_BUILDERS = dict(ARCHITECTURES, resnet50=lambda m: m.resnet50(), mnasnet1_0=lambda m: m.mnasnet1_0())
