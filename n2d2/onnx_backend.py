@@ -104,8 +104,10 @@ def _opset(model) -> int:
 class _Converter:
     """Builds the IR graph of one ONNX graph for given input types and static input values."""
 
-    def __init__(self, model, input_types, static_values, arrays=None):
+    def __init__(self, model, input_types, static_values, arrays=None, file_batch=None, bypass=()):
         self.model = model
+        self.file_batch = file_batch   # the batch size the file declares, when the input has another
+        self.bypass = set(bypass)      # first outputs of nodes not converted (the ONNX importer's ignore_cells)
         self.opset = _opset(model)
         self.graph = Graph(model.graph.name or "onnx")
         self.values = {}
@@ -170,6 +172,17 @@ class _Converter:
                                                     f"n2d2.onnx_backend: node '{self._node_label}' ({node.op_type})")
         return [_const(f"{self._node_name}:{i}", a) for i, a in enumerate(arrays)]
 
+    def _bypass(self, node, ins):
+        """A node left out: its outputs are its first activation input (the ONNX importer's
+        `ignore_cells`: the consumers of a final Softmax read the scores)."""
+        acts = [v for v in ins if v is not None and not v.is_const]
+        if not acts:
+            raise ValueError(f"node '{self._node_label}': ignore_cells names this node but it has no activation "
+                             "input to reconnect its consumers to")
+        for name in node.output:
+            if name:
+                self.values[name] = acts[0]
+
     # -- conversion ---------------------------------------------------------------------------
     def convert(self):
         for index, node in enumerate(self.model.graph.node):
@@ -180,6 +193,9 @@ class _Converter:
                 if n and n not in self.values:
                     raise ValueError(f"node '{self._node_label}': input '{n}' is not defined before it")
             ins = [self.values[n] if n else None for n in node.input]
+            if self._node_name in self.bypass:
+                self._bypass(node, ins)
+                continue
             if handler is None and self._foldable(node, ins):
                 handler = self._fold
             elif handler is not None and ins and all(v is None or (v.is_const and not v.trainable) for v in ins):
@@ -424,6 +440,7 @@ def _reshape_node(c, node, ins, attrs):
     target = _ints(ins[1].const) if c.opset >= 5 else list(attrs["shape"])
     allowzero = attrs.get("allowzero", 0)
     out = [in_shape[i] if (d == 0 and not allowzero) else d for i, d in enumerate(target)]
+    out = _batch_of_input(c, ins[0], out)
     if out.count(-1) > 1:
         raise ValueError(f"node '{node.name}': Reshape target {target} has several -1")
     if -1 in out:
@@ -510,9 +527,23 @@ def _slice(c, node, ins, attrs):
     return c.op("OnnxSlice", ins[:1], a)
 
 
+def _batch_of_input(c, v, target):
+    """A Reshape/Expand `target` of activation `v` naming on axis 0 the batch size the file
+    declares (`Reshape(x, [1, 2, 3, H, W])` exported at batch 1), where `v` has another: the
+    target with `v`'s batch (the ONNX importer runs the model at the provider's)."""
+    if c.file_batch is None or v.is_const or not target or not v.shape:
+        return target
+    if target[0] == c.file_batch != v.shape[0]:
+        return [v.shape[0]] + list(target[1:])
+    return target
+
+
 @_handles("Expand")
 def _expand(c, node, ins, attrs):
-    shape = tuple(_ints(ins[1].const))
+    shape = _ints(ins[1].const)
+    if len(shape) == len(ins[0].shape):   # axis 0 is the batch axis
+        shape = _batch_of_input(c, ins[0], shape)
+    shape = tuple(shape)
     if tuple(np.broadcast_shapes(ins[0].shape, shape)) == ins[0].shape:
         return [ins[0]]
     return c.op("OnnxExpand", ins[:1], {"shape": shape})
