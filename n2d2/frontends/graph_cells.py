@@ -50,7 +50,7 @@ SUPPORTED = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "ElemWis
 _INTERFACE_OPS = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "Padding", "LRN", "Softmax")
 
 
-class _Parts(list):
+class Parts(list):
     """The tensors a channel Concat node `name` hands on (an Interface, or an Activation cell
     named after it when a consumer needs one tensor)."""
 
@@ -101,7 +101,7 @@ class CellBuilder:
     # -- values --------------------------------------------------------------------------------
     def _value(self, ref, interface_ok):
         v = self.values[ref]
-        if not isinstance(v, _Parts):
+        if not isinstance(v, Parts):
             return v
         if interface_ok:
             return Interface(v)
@@ -113,7 +113,7 @@ class CellBuilder:
 
     def _parts(self, ref):
         v = self.values[ref]
-        return v if isinstance(v, _Parts) else [v]
+        return v if isinstance(v, Parts) else [v]
 
     def _call(self, cell, inputs):
         cell.test()
@@ -156,10 +156,10 @@ class CellBuilder:
                 continue
             ins = [r for r in g.inputs_of(node) if g.op(r[0]) != "OnnxConstant"]
             if op == "Concat":
-                parts = _Parts([], node)
+                parts = Parts([], node)
                 for r in ins:
                     v = self.values[r]
-                    parts += v if isinstance(v, _Parts) else [v]
+                    parts += v if isinstance(v, Parts) else [v]
                 self.values[(node, 0)] = parts
             elif is_alias(g, node):
                 self.values[(node, 0)] = self.values[ins[0]]

@@ -6,8 +6,10 @@ Steps (N2D2's `DeepNetGenerator::ONNX_processGraph`, reference section 2.2):
    `onnx.checker`, strict shape inference; any failure is an `ONNXFormatError` naming the file;
 2. the one ONNX path, for every model it builds (`_Importer._through_the_ir`): the model is
    converted to `Onnx*` IR by `n2d2.onnx_backend` (nodes named by their ONNX outputs, in file
-   order), `ignore_cells` bypassed, legalized into N2D2 ops (`legalize_onnx`, whose rules say
-   why a node stays `Onnx*`), its constant operands folded (`fold_constant_operands`),
+   order; `ignore_cells` bypassed; Reshape targets naming the file's batch size take the
+   provider's; a model it refuses is refused, naming file and node), 1-D convolutions and
+   poolings of a rank-3 input made 2-D (`lift_1d`), legalized into N2D2 ops (`legalize_onnx`,
+   whose rules say why a node stays `Onnx*`), its constant operands folded (`fold_constant_operands`),
    activations fused (`fuse_activation`), and built as cells, one per node
    (`graph_cells.CellBuilder`). While the legalized graph keeps an `Onnx*` node other than a
    view, the node-by-node importer below builds the model instead (steps 2'-3);
@@ -87,9 +89,10 @@ from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupport
 from n2d2.ir.ops import activation_spec
 from n2d2.ir.passes.fuse_activation import fuse_activation, fusion
 from n2d2.ir.passes.legalize_onnx import fold_constant_operands, gelu_pattern, legalize_onnx
+from n2d2.ir.passes.lift_1d import lift_1d
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS, constant_value, resolve_pads
 from n2d2.ir.trace import trace
-from n2d2.ir.types import GraphError, TensorType
+from n2d2.ir.types import TensorType
 from n2d2.mapping import Mapping
 from n2d2.ops import activation as act_table
 from n2d2.provider.base import Provider
@@ -395,8 +398,7 @@ class _Importer:
         if unknown:
             raise ONNXUnsupportedError(f"{self.path}: ignore_cells names {unknown}, which are not node outputs "
                                        f"of this model")
-        # an INI network's [onnx] section (input_tensor given) reads `values` of inner ONNX names: node by node
-        outputs = self._through_the_ir(x, graph_input.name, in_shape) if input_tensor is None else None
+        outputs = self._through_the_ir(x, graph_input.name, in_shape)
         if outputs is not None:
             return x, outputs, graph_input.name
         self._find_gelus(nodes)
@@ -426,37 +428,81 @@ class _Importer:
         (`legalize_onnx`, then `fold_constant_operands`), activations fused (`fuse_activation`) and built as cells
         (`graph_cells.CellBuilder`) called on `x`; returns the output tensors. None (the node by
         node importer below runs) while the graph keeps ops this path does not build yet
-        (`graph_cells.SUPPORTED`, views, Concat) or the conversion refuses the model."""
+        (`graph_cells.SUPPORTED`, views, Concat, generic leftovers) or the converter lacks an op;
+        a model the converter refuses otherwise is refused (`_conversion_error`). The input may
+        be of rank 2 or 3 (`x` holds it as [N, C, 1, 1] / [N, C, L, 1]; 1-D windows become 2-D,
+        `lift_1d`), and Reshape targets naming the file's batch size take the provider's. The
+        ONNX values are left in `self.values` (`_serve_values`)."""
         from n2d2.onnx_backend import _Converter
 
+        converter = _Converter(self.model, {input_name: (in_shape, "float32")}, {}, self.arrays,
+                               file_batch=self.file_batch, bypass=self.ignore)
         try:
-            graph = _Converter(self.model, {input_name: (in_shape, "float32")}, {}, self.arrays).convert()
-        except (NotImplementedError, ValueError, KeyError, IndexError, TypeError, GraphError):
+            graph = converter.convert()
+        except NotImplementedError:   # an op the converter lacks: the node by node importer's handler
             return None
+        except Exception as e:   # the node by node importer refused such models too, naming the node
+            raise self._conversion_error(converter, e) from e
         order = graph.nodes()   # the file's order
-        for name in self.ignore:
-            acts = [r for r in graph.inputs_of(name) if graph.op(r[0]) != "OnnxConstant"] if name in graph.nx else []
-            if not acts:
-                return None
-            graph.replace_uses(name, *acts[0])
-            graph.remove_node(name)
-        graph = fuse_activation(fold_constant_operands(legalize_onnx(graph)))
-        if len(in_shape) != 4 or any(graph.op(n) not in graph_cells.SUPPORTED + ("Input", "Concat", "OnnxConstant")
+        converted = graph
+        graph = fuse_activation(fold_constant_operands(legalize_onnx(lift_1d(graph))))
+        if any(graph.op(n) not in graph_cells.SUPPORTED + ("Input", "Concat", "OnnxConstant")
                                      and not graph_cells.is_alias(graph, n) and not self._generic_leftover(graph, n)
                                      for n in graph.nodes()):
             return None
         builder = graph_cells.CellBuilder(graph, order=order, load_weights=self.load_weights, label=self.path)
         outputs = builder.build(x)
         self.cells = builder.cells
+        self.used_names.update(c.get_name() for c in self.cells)
+        self._serve_values(converter.values, converted, builder)
         return outputs
+
+    def _serve_values(self, values, converted, builder):
+        """`self.values` of the ONNX activations, as the node by node importer leaves them (an INI
+        network's `[onnx]` section reads them: `Input=onnx,<value>`, `[<value>.Target]`): each
+        name's IR tensor (`values`: the converter's, by ONNX name), or, for a node a pass removed
+        (an activation fused into its producer, a bias folded into it), the tensor of its first
+        activation input in the `converted` graph, which that pass made carry its value."""
+        built = builder.graph
+        for name, v in values.items():
+            ref = v.ref
+            if ref is None or name in self.values:
+                continue
+            while ref[0] not in built.nx:
+                ins = [r for r in converted.inputs_of(ref[0]) if converted.op(r[0]) != "OnnxConstant"] \
+                    if ref[0] in converted.nx else []
+                if not ins:
+                    break
+                ref = ins[0]
+            t = builder.values.get(ref)
+            if t is None:
+                continue
+            shape = tuple(v.type.shape)
+            if isinstance(t, graph_cells.Parts):
+                parts = [_Act(p, tuple(p.shape())) for p in t]
+                self.values[name] = _Act(None, shape, view_name=name, parts=parts)
+            else:
+                self.values[name] = _Act(t, shape, view_name=name)
+
+    def _conversion_error(self, converter, e):
+        """The error of a model `n2d2.onnx_backend` refuses, naming the file and the node: a format
+        error stays one (`onnx_limits`' bounds), any other is an `ONNXUnsupportedError`."""
+        name = getattr(converter, "_node_name", None)
+        node = next((n for n in self.graph.node if name is not None and name in n.output), None)
+        message = _first_line(e)
+        cls = ONNXFormatError if isinstance(e, ONNXFormatError) else ONNXUnsupportedError
+        return cls(f"{self._label(node) if node is not None else self.path}: {message}")
 
     def _generic_leftover(self, graph, node):
         """True when `node`, an `Onnx*` node legalize left, is one the node-by-node importer also
         makes an OnnxNode cell of (`generic_ops`): an op it has no handler for, a binary
-        arithmetic op of two activations (broadcasting), a pooling or MatMul it refuses too."""
+        arithmetic op of two activations (broadcasting), a pooling or MatMul it refuses too, an op
+        of a tensor of rank above 4, which no N2D2 cell holds (ShuffleNet's channel shuffle)."""
         op = graph.op(node)
         if not self.generic_ops or not op.startswith("Onnx"):
             return False
+        if any(len(t.shape) > 4 for t in graph.input_types(node) + graph.output_types(node)):
+            return True
         if op in ("OnnxAdd", "OnnxSub", "OnnxMul", "OnnxMatMul"):
             return not any(graph.op(src) == "OnnxConstant" for src, _ in graph.inputs_of(node))
         return op in ("OnnxMaxPool", "OnnxAveragePool") or not hasattr(self, f"_op_{op[len('Onnx'):]}")
