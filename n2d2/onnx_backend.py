@@ -19,7 +19,9 @@ Conversion rules:
   any op whose inputs are all non-trainable constants (so shape sub-graphs vanish);
 - operands the IR needs statically (Reshape shape, Squeeze/Unsqueeze/Reduce axes, Pad pads,
   Resize scales/sizes/roi, Clip bounds, Dropout ratio) must be constants; when they are graph
-  inputs the graph is built per distinct input value (and per input shapes), and cached.
+  inputs the graph is built per distinct input value (and per input shapes), and cached;
+- for the ONNX importer, `_Converter(file_batch=)` makes Reshape/Expand targets naming the
+  file's batch size follow the input's, and `bypass=` leaves nodes out (`ignore_cells`).
 """
 from dataclasses import dataclass
 
