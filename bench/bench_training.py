@@ -151,6 +151,18 @@ def _compile_off(step):
     return run
 
 
+def _twin(provider):
+    """Another provider over the same database and partition. Each contender reads its own:
+    `n2d2.eager_compile` keeps a loop's compiled plan per provider, and a batch read for another
+    contender in between would send the eager loop's next step back to the eager path."""
+    import n2d2
+
+    twin = n2d2.provider.DataProvider(provider.get_database(), [32, 32, 1], batch_size=provider.get_batch_size())
+    twin.add_transformation(n2d2.transform.Rescale(width=32, height=32))
+    twin.set_partition("Learn")
+    return twin
+
+
 def n2d2_contenders(provider, backends):
     import n2d2
 
@@ -158,18 +170,16 @@ def n2d2_contenders(provider, backends):
     net = n2d2_network()
     net.learn()
     out["n2d2 eager (cells)"] = n2d2_step_fn(provider, net, n2d2.target.Score(provider))
-    twin = n2d2.provider.DataProvider(provider.get_database(), [32, 32, 1], batch_size=provider.get_batch_size())
-    twin.add_transformation(n2d2.transform.Rescale(width=32, height=32))
-    twin.set_partition("Learn")
+    twin = _twin(provider)
     net_off = n2d2_network()
     net_off.learn()
     out["n2d2 eager (cells), compile off"] = _compile_off(n2d2_step_fn(twin, net_off, n2d2.target.Score(twin)))
     for backend in backends:
-        dn = n2d2_network().to_deepnet_cell(provider)
+        dn = n2d2_network().to_deepnet_cell(_twin(provider))
         try:
             dn.set_backend(backend)
             dn.learn()
-            step = n2d2_step_fn(provider, dn, dn.get_target())
+            step = n2d2_step_fn(dn.get_provider(), dn, dn.get_target())
             step()
         except Exception as e:  # a backend that is not there (no compiler, work in progress)
             print(f"# DeepNetCell backend {backend!r} skipped: {type(e).__name__}: {str(e).splitlines()[0][:200]}",

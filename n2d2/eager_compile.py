@@ -10,7 +10,11 @@ live passes -> autodiff -> training program; an inference program in test mode),
 backend when a compiler is found, else on the numpy executor. The program is bound to the
 cells' own parameter arrays and solver states, so eager and compiled steps can alternate.
 
-From then on a call that matches the plan's next key runs nothing: it returns a *pending*
+The first call of a batch selects the plan it follows: the provider's active plan (the last
+batch's), or when that plan starts otherwise, the provider's most recent plan that starts with
+that call (blocks of learn steps and test-mode passes taking turns on one provider each keep
+their plan). From then on a call that
+matches the plan's next key runs nothing: it returns a *pending*
 tensor (shape known, no data). Reading the plan's last output (what the target does) runs the
 compiled forward; `back_propagate` / `update` run the compiled backward and update phases.
 Every other read is lazy and exact: reading a pending intermediate (or a cell's
@@ -427,6 +431,16 @@ def _input_arrays(record):
     return xs
 
 
+def _plan_starting_with(state, key):
+    """The provider's most recent compiled plan whose first call has `key`, or None: a loop whose
+    sequences take turns on one provider (learn steps, then a test-mode pass, ...) goes on with the
+    plan its first call selects rather than running eagerly because the last batch followed another."""
+    for plan in reversed(state.plans.values()):
+        if plan is not None and _same(plan.keys[0], key):
+            return plan
+    return None
+
+
 def on_call(cell, tensors, deepnet):
     """Hook of `NeuralNetworkCell.__call__`: a pending output when the call follows the batch's
     plan, else None (the call runs eagerly; pending calls before it are run first)."""
@@ -451,8 +465,10 @@ def on_call(cell, tensors, deepnet):
         if plan is None:
             return None
         if not _same(plan.keys[0], key):
-            stats.eager_fallbacks += 1
-            return None
+            plan = _plan_starting_with(state, key)
+            if plan is None:
+                stats.eager_fallbacks += 1
+                return None
         step = deepnet._eager_step = DeferredStep(deepnet, plan)
     if step.position >= len(step.plan.keys) or not _same(step.plan.keys[step.position], key):
         step.to_eager()

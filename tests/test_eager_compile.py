@@ -309,6 +309,47 @@ def test_test_mode_and_partial_batches():
     np.testing.assert_allclose(compiled[2], eager[2], rtol=RTOL, atol=ATOL)
 
 
+def test_learn_and_test_blocks_on_one_provider_stay_compiled():
+    """Blocks of learn steps and test-mode passes taking turns on one provider: each block's first
+    call selects its own compiled plan (it used to go eager once per block, the provider's active
+    plan being the other block's)."""
+    def run(compiled):
+        n2d2.global_variables.eager_compile = compiled
+        n2d2.global_variables.seed = 3
+        provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
+        provider.set_partition("Learn")
+        cells, model = _lenet_like(bn=True, dropout=True)
+        target = n2d2.target.Score(provider)
+        losses, outputs = [], []
+        for _ in range(4):
+            for c in cells.values():
+                c.learn()
+            for _ in range(3):
+                loss = target(model(provider.read_random_batch()))
+                loss.back_propagate()
+                loss.update()
+                losses.append(target.loss())
+            for c in cells.values():
+                c.test()
+            for idx in (0, 16, 32):
+                outputs.append(model(provider.read_batch(idx)).to_numpy().copy())
+        return losses, outputs, {k: c._weights.copy() for k, c in cells.items()
+                                 if getattr(c, "_weights", None) is not None}
+
+    eager = run(False)
+    before = _counts()
+    compiled = run(True)
+    d = _delta(before)
+    # each plan compiles on its block's third batch; then only the first test pass (no plan yet)
+    # leaves a plan: 1 + 3 * 3 steps of each block run compiled
+    assert d == {"compiles": 2, "training": 10, "forward": 20, "fallbacks": 1}, d
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=RTOL, atol=ATOL)
+    for got, want in zip(compiled[1], eager[1]):
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    for name, w in eager[2].items():
+        np.testing.assert_allclose(compiled[2][name], w, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
 def test_epochs_with_a_partial_last_batch_equal_eager():
     """`set_batch` epochs of 160 stimuli in batches of 24: the last batch of each epoch holds 16
     (padded to the batch shape, the rest invalid), trained as the others."""
