@@ -557,3 +557,14 @@ def test_reshapes_concat_of_flattened_and_gemm_factors(tmp_path):
     (ref,) = _ort(model, tmp_path, in_name, x)
     for g in (graph, legal, folded, optimize(folded)):
         assert rel_err(_run(g, in_name, x), ref) < 1e-5
+
+
+@pytest.mark.parametrize("low,high", [(0.0, float("inf")), (0.0, 6.0), (-2.5, 2.5)])
+def test_clamp_bounds_inverts_clip_activation(low, high):
+    """`clamp_bounds` (what the Clip rule merges with) reads back the bounds `clip_activation`
+    made an activation of; a leaky ReLU is no clamp."""
+    from n2d2.ops import activation as act_table
+
+    name, params = act_table.clip_activation(low, high)
+    assert act_table.clamp_bounds(known_activation(name, **params)) == (low, high)
+    assert act_table.clamp_bounds(known_activation("Rectifier", leak_slope=0.1)) is None

@@ -88,7 +88,9 @@ from n2d2.error_handler import WrongInputType
 from n2d2.frontends import graph_cells, onnx_limits
 from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _first_line, _onnx  # noqa: F401
 from n2d2.ir.ops import activation_spec
+from n2d2.ir.passes._common import set_op
 from n2d2.ir.passes.fuse_activation import fuse_activation, fusion
+from n2d2.ir.passes.legalize_onnx import RULES as LEGALIZE_RULES
 from n2d2.ir.passes.legalize_onnx import (
     fold_constant_operands,
     gelu_pattern,
@@ -474,7 +476,7 @@ class _Importer:
         samples. The refusal names the file, the ONNX node and why."""
         onnx_node = self._onnx_nodes.get(node)
         op_type = graph.op(node)[len("Onnx"):]
-        if reason is None or reason.startswith("no N2D2 op computes"):
+        if reason is None or graph.op(node) not in LEGALIZE_RULES:
             reason = (f"op type '{op_type}' is not supported on activations (supported: {', '.join(SUPPORTED_OPS)}; "
                       "with generic_ops=True, any op of n2d2.onnx_backend)")
         if not self.generic_ops:
@@ -495,7 +497,7 @@ class _Importer:
                 warnings.warn(f"{self._label(self._onnx_nodes.get(node))}: LogSoftmax imported as a Softmax cell: "
                               "its outputs are the probabilities (exp of the ONNX outputs); the arg-max and the "
                               "cross-entropy training are the same", stacklevel=4)
-                graph.nx.nodes[node]["op"] = "OnnxSoftmax"
+                set_op(graph, node, "OnnxSoftmax", graph.attrs(node))
         return graph
 
     def _visit(self, node):

@@ -287,23 +287,21 @@ def _activation_of(graph, x, spec, what):
     return _not_activation(graph, x) or Rewrite("Activation", [x], {"activation": spec})
 
 
-def _relu_read_here(graph, node, ref):
-    """The clipping of the ReLU (an Activation Rectifier without leak) behind `ref` when `node`
-    alone reads it, else None (0.0: not clipped)."""
+def _clamp_read_here(graph, node, ref):
+    """(low, high) of the clamp activation (`clamp_bounds`: ReLU, clipped ReLU, Saturation) of the
+    Activation node behind `ref` when `node` alone reads it, else None."""
     src = ref[0]
-    spec = graph.attrs(src).get("activation") if graph.op(src) == "Activation" else None
-    if spec is None or spec[0] != "Rectifier" or sole_consumer(graph, src) != (node, 0) or ref[1] != 0 \
+    if graph.op(src) != "Activation" or ref[1] != 0 or sole_consumer(graph, src) != (node, 0) \
             or any(n == src for n, _ in graph.outputs):
         return None
-    params = dict(spec[1])
-    return None if params.get("leak_slope", 0.0) else float(params.get("clipping", 0.0))
+    return act_table.clamp_bounds(graph.attrs(src)["activation"])
 
 
 def clip_rewrite(graph, node, x, low, high):
     """min(max(x, low), high) of activation `x` with N2D2 ops, as the importer made it: nothing
     (a view) when unbounded; the activation `clip_activation` gives (clipped ReLU, Saturation),
-    reading through a ReLU that only this node reads (its clipping tightened) or on an input
-    that is never negative (low raised to 0); else two ElemWise, `<node>_shift` computing
+    over the input of a clamp activation only this node reads (the bounds intersected) or on an
+    input that is never negative (low raised to 0); else two ElemWise, `<node>_shift` computing
     relu_clip(x - low, high - low) (relu(high - x) without low) and the node adding low back
     (high - it). Exact but for the rounding of the shift."""
     if np.isnan(low) or np.isnan(high):
@@ -313,9 +311,9 @@ def clip_rewrite(graph, node, x, low, high):
     shape = _type(graph, x).shape
     if low == -np.inf and high == np.inf:
         return Rewrite("OnnxReshape", [x], {"shape": tuple(shape)})
-    relu = _relu_read_here(graph, node, x)
-    if low <= 0.0 < high and relu is not None:
-        x, low, high = graph.inputs_of(x[0])[0], 0.0, min(high, relu or np.inf)
+    inner = _clamp_read_here(graph, node, x)
+    if inner is not None and max(low, inner[0]) < min(high, inner[1]):   # clip(clip(x)) = one clip
+        x, low, high = graph.inputs_of(x[0])[0], max(low, inner[0]), min(high, inner[1])
     elif low <= 0.0 < high and is_non_negative(graph, x[0]):
         low = 0.0
     found = act_table.clip_activation(low, high)
