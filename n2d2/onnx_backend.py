@@ -302,7 +302,7 @@ def _binary(c, node, ins, attrs):
     return c.op("Onnx" + node.op_type, ins, {})
 
 
-@_handles("Sum", "Max")
+@_handles("Sum", "Max", "Min")
 def _variadic(c, node, ins, attrs):
     return c.op("Onnx" + node.op_type, [v for v in ins if v is not None], {})
 
@@ -317,9 +317,21 @@ def _where(c, node, ins, attrs):
     return c.op("OnnxWhere", ins, {})
 
 
-@_handles("Relu", "Sigmoid", "Tanh", "Softplus", "Exp", "Log", "Erf", "HardSwish", "Mish")
+@_handles("Relu", "Sigmoid", "Tanh", "Softplus", "Exp", "Log", "Erf", "HardSwish", "Mish", "Abs")
 def _unary(c, node, ins, attrs):
     return c.op("Onnx" + node.op_type, ins[:1], {})
+
+
+@_handles("Neg")
+def _neg(c, node, ins, attrs):
+    """-x as x * -1 (the same value for every float, NaN and zeros included): a multiplication
+    by a constant, which the ONNX importer folds or makes a Scaling cell."""
+    return c.op("OnnxMul", [ins[0], _const(f"{c._node_name}/minus_one", np.array(-1, dtype=ins[0].dtype))], {})
+
+
+@_handles("PRelu")
+def _prelu(c, node, ins, attrs):
+    return c.op("OnnxPRelu", ins[:2], {})
 
 
 @_handles("HardSigmoid")

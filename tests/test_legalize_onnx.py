@@ -441,3 +441,130 @@ def test_constant_operands_fold_into_producers_or_become_elemwise_and_scaling(tm
     assert rel_err(_run(folded, in_name, x), ref) < 1e-5
     assert rel_err(_run(optimize(folded), in_name, x), ref) < 1e-5
     assert rel_err(_run(graph, in_name, x), ref) < 1e-5 and graph.params["w"] is not folded.params["w"]
+
+
+def _ort(model, tmp_path, in_name, x, name="m.onnx"):
+    path = str(tmp_path / name)
+    onnx.save(model, path)
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {in_name: x})
+
+
+def _same_with_nan(out, ref):
+    """NaN exactly where the reference has it, the other values within float32 tolerance."""
+    assert np.array_equal(np.isnan(out), np.isnan(ref))
+    keep = ~np.isnan(ref)
+    assert rel_err(out[keep], ref[keep]) < 1e-5
+
+
+def test_clip_max_min_prelu_abs_neg_rules(tmp_path):
+    """A general Clip: ElemWise `<node>_shift` (clipped ReLU of x - low, or ReLU of high - x)
+    then the node's ElemWise adding low back (high - it); Min by a scalar of a ReLU read only
+    there: one clipped ReLU over the ReLU's input (the ReLU removed); Max / Min by scalars
+    Clips; PRelu by one slope a leaky ReLU; Abs an ElemWise AbsSum; Max of activations an
+    ElemWise Max; Neg a Mul by -1 (a Scaling once folded). NaN where onnxruntime has it, the
+    conv's weight gradient as before."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    f, node = np.float32, helper.make_node
+    nodes = [node("Conv", ["x", "w"], ["c"]), node("Clip", ["c", "lo", "hi"], ["c1"]),
+             node("Clip", ["c1", "", "half"], ["c2"]), node("Relu", ["c2"], ["r"]),
+             node("Min", ["r", "three"], ["r6"]), node("Neg", ["r6"], ["n"]), node("Max", ["n", "m1", "m3"], ["lo2"]),
+             node("PRelu", ["lo2", "slope"], ["p"]), node("Abs", ["p"], ["a"]), node("Max", ["a", "c"], ["y"])]
+    inits = {"w": W(3, 2, 3, 3, scale=2.0), "lo": f(-1.0), "hi": f(2.0), "half": f(0.5), "three": f(3.0),
+             "m1": f(-1.0), "m3": f(-3.0), "slope": np.array([0.2], f)}
+    model = make_model(nodes, inits, [2, 6, 6], 13)
+    x = np.random.default_rng(21).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    ops = {n: legal.op(n) for n in legal.nodes() if legal.op(n) not in ("Input", "OnnxConstant")}
+    assert ops == {"c": "Conv", "c1_shift": "ElemWise", "c1": "ElemWise", "c2_shift": "ElemWise", "c2": "ElemWise",
+                   "r6": "Activation", "n": "OnnxMul", "lo2_shift": "ElemWise", "lo2": "ElemWise", "p": "Activation",
+                   "a": "ElemWise", "y": "ElemWise"}, ops
+    assert legal.attrs("c1_shift")["activation"] == known_activation("Rectifier", clipping=3.0)
+    assert legal.attrs("c2_shift")["weights"] == [-1.0] and legal.attrs("c2")["shifts"] == [0.5]
+    assert legal.attrs("r6")["activation"] == known_activation("Rectifier", clipping=3.0)   # the ReLU taken over
+    assert legal.inputs_of("r6") == [("c2", 0)]
+    assert legal.attrs("p")["activation"] == known_activation("Rectifier", leak_slope=0.2)
+    assert legal.attrs("a")["operation"] == "AbsSum" and legal.attrs("y")["operation"] == "Max"
+    assert fold_constant_operands(legal).op("n") == "Scaling"
+    (ref,) = _ort(model, tmp_path, in_name, x)
+    for g in (graph, legal, optimize(fold_constant_operands(legal))):
+        _same_with_nan(_run(g, in_name, x), ref)
+    x = np.nan_to_num(x)
+    seed = np.random.default_rng(22).standard_normal(ref.shape).astype(np.float32)
+    assert rel_err(_grads(legal, in_name, x, seed)["w"], _grads(graph, in_name, x, seed)["w"]) < 1e-5
+
+
+def test_max_min_reasons_and_identities():
+    """Max / Min of one activation and a non-scalar constant, Min of activations, PRelu by a
+    per-channel slope and LogSoftmax stay `Onnx*` nodes, with the reason; Max of one input and
+    Clip without bounds are views."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("Max", ["x", "vec"], ["mv"]), node("Min", ["mv", "x"], ["mn"]),
+             node("PRelu", ["mn", "slopes"], ["p"]), node("Max", ["p"], ["one"]), node("Clip", ["one"], ["cl"]),
+             node("LogSoftmax", ["cl"], ["y"], axis=1)]
+    model = make_model(nodes, {"vec": W(3, 1, 1), "slopes": W(3, 1, 1, seed=1)}, [3, 4, 4], 13)
+    x = np.random.default_rng(23).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    graph, _ = _graph(model, x)
+    reasons = {n: legalize_node(graph, n) for n in ("mv", "mn", "p", "one", "cl", "y")}
+    assert "only for Max/Min of one activation and scalar constants" in reasons["mv"]
+    assert "Min of activations is not supported" in reasons["mn"]
+    assert "n2d2's Rectifier has one leak slope" in reasons["p"] and "LogSoftmax is imported only" in reasons["y"]
+    assert reasons["one"] is None and reasons["cl"] is None and graph.op("one") == graph.op("cl") == "OnnxReshape"
+
+
+def test_reshapes_concat_of_flattened_and_gemm_factors(tmp_path):
+    """A non-view Reshape or Flatten: an N2D2 Reshape (to the ONNX shape padded to 4-D) and a
+    view to the ONNX shape; a Flatten only Fc nodes read stays a view; a Concat of flattened
+    tensors concatenates their 4-D Reshapes (legalized late); a Gemm with alpha and beta: B
+    and C scaled by `fold_constant_operands`, then an Fc (its Softmax then legalized too).
+    Same outputs as onnxruntime."""
+    from onnx import helper
+
+    from tests.test_onnx_import import W, make_model
+
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "wa"], ["a"]), node("Conv", ["x", "wb"], ["b"]), node("Flatten", ["a"], ["fa"]),
+             node("Flatten", ["b"], ["fb"]), node("Concat", ["fa", "fb"], ["cat"], axis=1),
+             node("Gemm", ["cat", "gw", "gb"], ["g"], alpha=0.5, beta=2.0, transB=1), node("Softmax", ["g"], ["s"]),
+             node("Reshape", ["b", "shape"], ["rs"]), node("Conv", ["rs", "wc"], ["rc"]),
+             node("Flatten", ["rc"], ["fr"]),
+             node("Gemm", ["fr", "gw2"], ["g2"], transB=1), node("Concat", ["s", "g2"], ["y"], axis=1)]
+    inits = {"wa": W(2, 3, 3, 3), "wb": W(3, 3, 3, 3, seed=1), "gw": W(5, 2 * 16 + 3 * 16, seed=2), "gb": W(5, seed=3),
+             "shape": np.array([0, 12, 2, 2], np.int64), "wc": W(4, 12, 1, 1, seed=4), "gw2": W(3, 16, seed=5)}
+    model = make_model(nodes, inits, [3, 6, 6], 13)
+    x = np.random.default_rng(24).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    graph, in_name = _graph(model, x)
+    legal = legalize_onnx(graph)
+    assert legal.op("g") == "OnnxGemm" and "alpha=0.5" in legalize_node(legal.copy(), "g")
+    folded = legalize_onnx(fold_constant_operands(legal))
+    ops = {n: folded.op(n) for n in folded.nodes() if folded.op(n) not in ("Input", "OnnxConstant")}
+    assert ops == {"a": "Conv", "b": "Conv", "fa": "Reshape", "fb": "Reshape", "cat": "Concat",
+                   "cat_view": "OnnxReshape", "g": "Fc", "s": "Softmax", "rs": "Reshape", "rc": "Conv",
+                   "fr": "OnnxReshape", "g2": "Fc", "y": "Concat", "y_view": "OnnxReshape"}, ops   # views read through
+    assert folded.attrs("rs")["shape"] == (12, 2, 2) and folded.attrs("fa")["shape"] == (32, 1, 1)
+    assert folded.inputs_of("cat") == [("fa", 0), ("fb", 0)]
+    np.testing.assert_allclose(folded.params["gw"].array, 0.5 * inits["gw"], rtol=1e-6)
+    np.testing.assert_allclose(folded.params["gb"].array, 2.0 * inits["gb"], rtol=1e-6)
+    assert graph.params["gw"].array is not folded.params["gw"].array   # the input graph untouched
+    (ref,) = _ort(model, tmp_path, in_name, x)
+    for g in (graph, legal, folded, optimize(folded)):
+        assert rel_err(_run(g, in_name, x), ref) < 1e-5
+
+
+@pytest.mark.parametrize("low,high", [(0.0, float("inf")), (0.0, 6.0), (-2.5, 2.5)])
+def test_clamp_bounds_inverts_clip_activation(low, high):
+    """`clamp_bounds` (what the Clip rule merges with) reads back the bounds `clip_activation`
+    made an activation of; a leaky ReLU is no clamp."""
+    from n2d2.ops import activation as act_table
+
+    name, params = act_table.clip_activation(low, high)
+    assert act_table.clamp_bounds(known_activation(name, **params)) == (low, high)
+    assert act_table.clamp_bounds(known_activation("Rectifier", leak_slope=0.1)) is None

@@ -602,6 +602,21 @@ def test_unsupported_nodes_are_refused_by_name(tmp_path, case):
         DeepNetCell.load_from_ONNX(provider_for((3, 5, 5)), path, backend="numpy", generic_ops=False)
 
 
+def test_a_node_legalize_leaves_is_a_generic_cell_or_refused_with_the_rules_reason(tmp_path):
+    """PRelu by a per-channel slope (no N2D2 cell): with generic_ops, an OnnxNode cell named after
+    the node, holding the slope as its parameter, matching onnxruntime; without, refused naming
+    the file, the node and the legalize rule's reason."""
+    nodes = [node("Conv", ["x", "w"], "c"), node("PRelu", ["c", "slopes"], "y")]
+    model = make_model(nodes, {"w": W(3, 2, 3, 3), "slopes": W(3, 1, 1, seed=4)}, [2, 5, 5], 13)
+    dn = compare(model, (2, 5, 5), tmp_path)
+    assert names(dn) == ["c", "y"] and type(dn["y"]).__name__ == "OnnxNode"
+    np.testing.assert_array_equal(np.asarray(dn["y"]._constants["in1"]), W(3, 1, 1, seed=4))
+    path = str(tmp_path / "prelu.onnx")
+    onnx.save(model, path)
+    with pytest.raises(ONNXUnsupportedError, match="prelu.onnx: node .*PRelu, output 'y'.*one leak slope"):
+        DeepNetCell.load_from_ONNX(provider_for((2, 5, 5)), path, backend="numpy", generic_ops=False)
+
+
 def test_two_data_inputs_are_refused(tmp_path):
     extra = helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["N", 3, 5, 5])
     path = str(tmp_path / "two.onnx")

@@ -6,7 +6,7 @@ calls gives the graph back (the last step of `DeepNetCell.load_from_ONNX`: ONNX 
 A node of an N2D2 op becomes the cell that traces to it, named after the node (the ONNX output
 name): Conv (ConvDepthWise when one channel per group, a group Mapping otherwise), Deconv, Pool
 (GlobalPool2d when the window is the whole input), Fc, BatchNorm2d, Activation, ElemWise,
-Softmax, Padding, LRN, Transpose, Resize, Scaling (floating-point); parameters are copied from
+Softmax, Padding, LRN, Transpose, Resize, Scaling (floating-point), Reshape; parameters are copied from
 the graph (not drawn by fillers when the caller runs in `weights_from_file`). Cells hold tensors
 in N2D2's 4-D layout: a node whose output is a view of its input in the same memory order (an
 `OnnxReshape` [N, O, 1, 1] -> [N, O]) makes no cell, and a channel `Concat` hands an Interface
@@ -31,6 +31,7 @@ from n2d2.cells.nn import (
     GlobalPool2d,
     Padding,
     Pool,
+    Reshape,
     Resize,
     Scaling,
     Softmax,
@@ -46,7 +47,7 @@ from n2d2.tensor import Interface, Tensor
 
 #: ops that become N2D2 cells (the others are OnnxNode cells, or no cell: Input, views, Concat)
 SUPPORTED = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "ElemWise", "Softmax", "Padding", "LRN",
-             "Transpose", "Resize", "Scaling")
+             "Transpose", "Resize", "Scaling", "Reshape")
 _INTERFACE_OPS = ("Conv", "Deconv", "Pool", "Fc", "BatchNorm", "Activation", "Padding", "LRN", "Softmax")
 
 
@@ -293,3 +294,7 @@ class CellBuilder:
 
     def _cell_LRN(self, node, a):
         return LRN(size=int(a["size"]), alpha=float(a["alpha"]), beta=float(a["beta"]), k=float(a["bias"]), name=node)
+
+    def _cell_Reshape(self, node, a):
+        c, h, w = a["shape"]
+        return Reshape([int(w), int(h), int(c)], activation=activation(a["activation"]), name=node)

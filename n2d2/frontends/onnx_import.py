@@ -11,8 +11,11 @@ Steps (N2D2's `DeepNetGenerator::ONNX_processGraph`, reference section 2.2):
    poolings of a rank-3 input made 2-D (`lift_1d`), legalized into N2D2 ops (`legalize_onnx`,
    whose rules say why a node stays `Onnx*`), its constant operands folded (`fold_constant_operands`),
    activations fused (`fuse_activation`), and built as cells, one per node
-   (`graph_cells.CellBuilder`). While the legalized graph keeps an `Onnx*` node other than a
-   view, the node-by-node importer below builds the model instead (steps 2'-3);
+   (`graph_cells.CellBuilder`). An `Onnx*` node left (not a view) is an `OnnxNode` cell
+   (`generic_ops=True`) or refused with its rule's reason; the node-by-node importer below
+   builds the model instead only for what this path does not take yet: a rank-2/3 input, a
+   conversion refused (the file's batch size in a Reshape target), an INI `[onnx]` section
+   (steps 2'-3);
 2'. walk the nodes in order (ONNX graphs are topologically sorted), skipping those no graph
    output depends on. A node whose inputs are all constants (initializers, `Constant`, the
    `Shape` of an activation, whose size is known) is evaluated at import with numpy (the
@@ -87,8 +90,15 @@ from n2d2.error_handler import WrongInputType
 from n2d2.frontends import graph_cells, onnx_limits
 from n2d2.frontends.onnx_errors import ONNXError, ONNXFormatError, ONNXUnsupportedError, _first_line, _onnx  # noqa: F401
 from n2d2.ir.ops import activation_spec
+from n2d2.ir.passes._common import set_op
 from n2d2.ir.passes.fuse_activation import fuse_activation, fusion
-from n2d2.ir.passes.legalize_onnx import fold_constant_operands, gelu_pattern, legalize_onnx
+from n2d2.ir.passes.legalize_onnx import RULES as LEGALIZE_RULES
+from n2d2.ir.passes.legalize_onnx import (
+    fold_constant_operands,
+    gelu_pattern,
+    legalize_onnx,
+    legalize_onnx_with_reasons,
+)
 from n2d2.ir.passes.lift_1d import lift_1d
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS, constant_value, resolve_pads
 from n2d2.ir.trace import trace
@@ -426,13 +436,13 @@ class _Importer:
         """The one ONNX path: the model converted to `Onnx*` IR (`n2d2.onnx_backend`, nodes named
         by their ONNX outputs), `ignore_cells` bypassed, legalized into N2D2 ops
         (`legalize_onnx`, then `fold_constant_operands`), activations fused (`fuse_activation`) and built as cells
-        (`graph_cells.CellBuilder`) called on `x`; returns the output tensors. None (the node by
-        node importer below runs) while the graph keeps ops this path does not build yet
-        (`graph_cells.SUPPORTED`, views, Concat, generic leftovers) or the converter lacks an op;
-        a model the converter refuses otherwise is refused (`_conversion_error`). The input may
-        be of rank 2 or 3 (`x` holds it as [N, C, 1, 1] / [N, C, L, 1]; 1-D windows become 2-D,
-        `lift_1d`), and Reshape targets naming the file's batch size take the provider's. The
-        ONNX values are left in `self.values` (`_serve_values`)."""
+        (`graph_cells.CellBuilder`) called on `x`; returns the output tensors. An `Onnx*` node
+        left is an OnnxNode cell, or refused by name (`_check_leftover`). None (the node by
+        node importer below runs) when the converter lacks an op; a model the converter refuses
+        otherwise is refused (`_conversion_error`). The input may be of rank 2 or 3 (`x` holds
+        it as [N, C, 1, 1] / [N, C, L, 1]; 1-D windows become 2-D, `lift_1d`), and Reshape
+        targets naming the file's batch size take the provider's. The ONNX values are left in
+        `self.values` (`_serve_values`)."""
         from n2d2.onnx_backend import _Converter
 
         converter = _Converter(self.model, {input_name: (in_shape, "float32")}, {}, self.arrays,
@@ -444,12 +454,19 @@ class _Importer:
         except Exception as e:   # the node by node importer refused such models too, naming the node
             raise self._conversion_error(converter, e) from e
         order = graph.nodes()   # the file's order
+        self._onnx_nodes = {n.output[0]: n for n in self.graph.node if len(n.output) and n.output[0]}
         converted = graph
-        graph = fuse_activation(fold_constant_operands(legalize_onnx(lift_1d(graph))))
-        if any(graph.op(n) not in graph_cells.SUPPORTED + ("Input", "Concat", "OnnxConstant")
-                                     and not graph_cells.is_alias(graph, n) and not self._generic_leftover(graph, n)
-                                     for n in graph.nodes()):
+        # legalized again after the folding: what read a folded node (a Softmax after a Gemm whose alpha
+        # was folded) may now be legalized too
+        graph = fold_constant_operands(legalize_onnx(self._log_softmax_as_softmax(lift_1d(graph))))
+        graph, reasons = legalize_onnx_with_reasons(graph)
+        graph = fuse_activation(graph)
+        if any(not graph.op(n).startswith("Onnx") and graph.op(n) not in graph_cells.SUPPORTED + ("Input", "Concat")
+               for n in graph.nodes()):
             return None
+        for n in graph.nodes():
+            if graph.op(n).startswith("Onnx") and graph.op(n) != "OnnxConstant" and not graph_cells.is_alias(graph, n):
+                self._check_leftover(graph, n, reasons.get(n), in_shape[0])
         builder = graph_cells.CellBuilder(graph, order=order, load_weights=self.load_weights, label=self.path)
         outputs = builder.build(x)
         self.cells = builder.cells
@@ -493,19 +510,35 @@ class _Importer:
         cls = ONNXFormatError if isinstance(e, ONNXFormatError) else ONNXUnsupportedError
         return cls(f"{self._label(node) if node is not None else self.path}: {message}")
 
-    def _generic_leftover(self, graph, node):
-        """True when `node`, an `Onnx*` node legalize left, is one the node-by-node importer also
-        makes an OnnxNode cell of (`generic_ops`): an op it has no handler for, a binary
-        arithmetic op of two activations (broadcasting), a pooling or MatMul it refuses too, an op
-        of a tensor of rank above 4, which no N2D2 cell holds (ShuffleNet's channel shuffle)."""
-        op = graph.op(node)
-        if not self.generic_ops or not op.startswith("Onnx"):
-            return False
-        if any(len(t.shape) > 4 for t in graph.input_types(node) + graph.output_types(node)):
-            return True
-        if op in ("OnnxAdd", "OnnxSub", "OnnxMul", "OnnxMatMul"):
-            return not any(graph.op(src) == "OnnxConstant" for src, _ in graph.inputs_of(node))
-        return op in ("OnnxMaxPool", "OnnxAveragePool") or not hasattr(self, f"_op_{op[len('Onnx'):]}")
+    def _check_leftover(self, graph, node, reason, batch):
+        """Refuse `node`, an `Onnx*` node that legalize left (`reason`: its rule's), unless
+        `generic_ops` makes it an OnnxNode cell, which carries a float32 batch of `batch`
+        samples. The refusal names the file, the ONNX node and why."""
+        onnx_node = self._onnx_nodes.get(node)
+        op_type = graph.op(node)[len("Onnx"):]
+        if reason is None or graph.op(node) not in LEGALIZE_RULES:
+            reason = (f"op type '{op_type}' is not supported on activations (supported: {', '.join(SUPPORTED_OPS)}; "
+                      "with generic_ops=True, any op of n2d2.onnx_backend)")
+        if not self.generic_ops:
+            raise self.unsupported(reason, node=onnx_node)
+        out = graph.output_types(node)[0]
+        if out.dtype != "float32" or not out.shape or out.shape[0] != batch:
+            raise self.unsupported(f"{reason}; its output {list(out.shape)} ({out.dtype}) is not a float32 batch of "
+                                   f"{batch} samples, which an OnnxNode cell would carry", node=onnx_node)
+
+    def _log_softmax_as_softmax(self, graph):
+        """A LogSoftmax that is the network's output (read by nothing else) imported as a Softmax,
+        with a warning: its outputs are the probabilities (exp of the ONNX outputs); the arg-max
+        and the cross-entropy training are the same (the importer's rule; not exact, so not a
+        legalize rule)."""
+        for node in graph.nodes():
+            if graph.op(node) == "OnnxLogSoftmax" and not graph.consumers(node) \
+                    and sum(n == node for n, _ in graph.outputs) == 1:
+                warnings.warn(f"{self._label(self._onnx_nodes.get(node))}: LogSoftmax imported as a Softmax cell: "
+                              "its outputs are the probabilities (exp of the ONNX outputs); the arg-max and the "
+                              "cross-entropy training are the same", stacklevel=4)
+                set_op(graph, node, "OnnxSoftmax", graph.attrs(node))
+        return graph
 
     def _visit(self, node):
         if node.domain not in ("", "ai.onnx"):

@@ -275,6 +275,28 @@ class OnnxMax(OnnxOp):
 
 
 @register
+class OnnxMin(OnnxMax):
+    name = "OnnxMin"
+
+    def _forward(self, attrs, xs, training):
+        y = T.min_forward(xs)
+        return y, (xs, y)
+
+
+@register
+class OnnxPRelu(_Binary):
+    """inputs: x, slope (broadcast to x's shape)."""
+
+    name = "OnnxPRelu"
+
+    def _forward(self, attrs, xs, training):
+        return T.prelu_forward(*xs), xs
+
+    def _backward(self, attrs, saved, dy, needs):
+        return list(T.prelu_backward(dy, *saved))
+
+
+@register
 class OnnxWhere(OnnxOp):
     """inputs: condition (bool), a, b; no gradient to the condition."""
 
@@ -341,6 +363,11 @@ class _Unary(OnnxOp):
 @register
 class OnnxExp(_Unary):
     name, elementwise, reference, saves = "OnnxExp", True, (T.exp_forward, T.exp_backward), "y"
+
+
+@register
+class OnnxAbs(_Unary):
+    name, elementwise, reference = "OnnxAbs", True, (T.abs_forward, T.abs_backward)
 
 
 @register

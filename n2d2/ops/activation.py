@@ -569,6 +569,20 @@ def clip_activation(low, high):
     return None
 
 
+def clamp_bounds(spec):
+    """(low, high) when the activation of IR spec `spec` is Clip(low, high) of its input (a ReLU,
+    clipped or not, a Saturation: the inverse of `clip_activation`), else None. (The legalize
+    pass merges a Clip into such an activation.)"""
+    if spec is None:
+        return None
+    d, params = spec_def(spec)
+    if d.name == "Rectifier" and not params["leak_slope"]:
+        return 0.0, float(params["clipping"]) if params["clipping"] > 0 else math.inf
+    if d.name == "Saturation":
+        return -float(params["threshold"]), float(params["threshold"])
+    return None
+
+
 def onnx_export(exporter, x, spec, first):
     """Apply activation `spec` to ONNX value `x` through `exporter` (step, clip, const, error,
     opset, current): (output value, first) as `onnx_export` of each entry."""

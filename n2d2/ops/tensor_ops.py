@@ -111,8 +111,18 @@ def max_forward(xs):
     return y
 
 
+def min_forward(xs):
+    """Variadic broadcasting minimum (ONNX Min)."""
+    xp = array_module(*xs)
+    y = xs[0]
+    for x in xs[1:]:
+        y = xp.minimum(y, x)
+    return y
+
+
 def max_backward(dy, xs, y):
-    """The gradient of each element goes to the first input holding the maximum."""
+    """The gradient of each element goes to the first input holding the maximum (the minimum:
+    the backward of Min too)."""
     xp = array_module(dy)
     free = xp.ones(y.shape, dtype=bool)
     out = []
@@ -144,6 +154,27 @@ def exp_forward(x):
 
 def exp_backward(dy, y):
     return dy * y
+
+
+def abs_forward(x):
+    return array_module(x).abs(x)
+
+
+def abs_backward(dy, x):
+    """d|x|/dx = sign(x) (0 at 0; NaN where x is NaN)."""
+    return dy * array_module(x).sign(x)
+
+
+def prelu_forward(x, slope):
+    """ONNX PRelu: x where x >= 0 (and NaN), slope * x where x < 0 (slope broadcast to x)."""
+    return array_module(x).where(x < 0, x * slope, x)
+
+
+def prelu_backward(dy, x, slope):
+    """(dx, dslope) of `prelu_forward`; dslope summed back to the slope's shape."""
+    xp = array_module(x)
+    neg = x < 0
+    return xp.where(neg, dy * slope, dy), unbroadcast(xp.where(neg, dy * x, 0).astype(dy.dtype), slope.shape)
 
 
 def log_forward(x):

@@ -34,8 +34,17 @@ the same one on the ONNX graph.
 
 Activations: an `Onnx<T>` activation of the activation table (`n2d2.ops.activation`, whose
 `onnx_import` reads its parameters from the ONNX attributes) becomes an `Activation` node of that
-table entry (`_table_activation`, one rule for all of them); `Clip` becomes the activation
-`n2d2.ops.activation.clip_activation` gives (a clipped ReLU, a Saturation), as in the importer.
+table entry (`_table_activation`, one rule for all of them); `Clip`, and Max / Min of one
+activation by scalar constants, becomes the activation `n2d2.ops.activation.clip_activation`
+gives (a clipped ReLU, a Saturation; over the input of a ReLU only it reads), else two ElemWise
+(`<node>_shift` first), as the importer made them (`clip_rewrite`); PRelu by one slope a leaky
+ReLU; Abs an ElemWise AbsSum; Max of activations an ElemWise Max.
+
+Reshapes: a Reshape / Flatten keeping the batch that is no view becomes an N2D2 `Reshape` (and
+its view to the ONNX rank), except a flatten only Fc nodes read (they flatten the same way);
+Reshape and Concat are legalized after the other nodes (`LATE`), so that a Concat of flattened
+tensors concatenates the 4-D Reshapes. `legalize_onnx_with_reasons` also returns why each node
+left `Onnx*` stays so (the ONNX importer's refusals with `generic_ops=False`).
 """
 import dataclasses
 
@@ -69,7 +78,8 @@ class Rewrite:
     `crop`, a `Padding` node `<node>_padding` cropping its output (a ConvTranspose's asymmetric
     pads), which then carries the ONNX output; the matrices of the roles in `transposed` (read
     by this node only) are stored transposed, which trains the same (elementwise solvers, the
-    gradient transposed with them).
+    gradient transposed with them); `pre` (suffix, op, attrs), another node `<node><suffix>` put
+    before it (a general Clip's `<node>_shift`).
     A rule that cannot rewrite its node returns instead a `str`: the reason, which
     `DeepNetCell.load_from_ONNX(generic_ops=False)` gives in its refusal."""
 
@@ -80,6 +90,7 @@ class Rewrite:
     pad: tuple = None
     crop: tuple = None       # (top, bot, left, right) removed after it: a Padding `<node>_padding` of minus these
     transposed: tuple = ()   # roles whose matrix the op reads transposed: stored so once rewritten
+    pre: tuple = None        # (suffix, op, attrs): a node `<node><suffix>` computing the op's input first
 
 
 def _const(graph, ref):
@@ -182,7 +193,15 @@ def _pool(graph, node, pooling):
     if pooling == "Average" and any(a["pads"]) and not a.get("count_include_pad"):
         return ("AveragePool with count_include_pad=0 and padding: n2d2's average pooling divides by the full "
                 "window (count_include_pad=1)")
-    padding, pad = _padding(a["pads"])
+    pads, shape = list(a["pads"]), _type(graph, ins[0]).shape
+    sizes = [((i + b + e - k) // st + 1, -(-(i + b + e - k) // st) + 1, i, k, st)
+             for i, k, st, b, e in zip(shape[2:], a["kernel"], a["strides"], pads[:2], pads[2:])]
+    for floor_size, ceil_size, i, k, st in sizes:
+        if a.get("ceil_mode") and ceil_size != floor_size:
+            return (f"the Pool op gives a {list(shape[:2]) + [z[0] for z in sizes]} output where ONNX gives "
+                    f"{list(graph.output_types(node)[0].shape)}: ceil_mode=1 gives {ceil_size} outputs where n2d2's "
+                    f"floor rule gives {floor_size} (input {i}, window {k}, stride {st}); not supported")
+    padding, pad = _padding(pads)
     if pad is not None and pooling == "Max" and not is_non_negative(graph, ins[0][0]):
         return ("MaxPool with asymmetric pads on an input that may be negative: a zero Padding would change "
                 "the result")
@@ -238,7 +257,8 @@ def _batchnorm(graph, node):
     if len(params) != 4 or None in params.values():
         return "its scale, bias, mean or variance is computed from activations; n2d2 needs constants"
     return _not_activation(graph, ins[0]) or Rewrite(
-        "BatchNorm", ins[:1], {"epsilon": float(a["epsilon"]), "momentum": round(1.0 - a["momentum"], 12),
+        "BatchNorm", ins[:1], {"epsilon": act_table._f32(a["epsilon"]),
+                               "momentum": round(1.0 - act_table._f32(a["momentum"]), 12),
                                "unbiased": False, "activation": None}, params)
 
 
@@ -256,20 +276,142 @@ def _through_view(graph, ref):
 
 
 def _activation(graph, node, spec, what):
-    x = _through_view(graph, graph.inputs_of(node)[0])
+    return _activation_of(graph, graph.inputs_of(node)[0], spec, what)
+
+
+def _activation_of(graph, x, spec, what):
+    """An Activation node of `spec` over `x` (read through a channel view)."""
+    x = _through_view(graph, x)
     if spec is None:
         return f"{what} is not an activation of n2d2's table (n2d2.ops.activation)"
     return _not_activation(graph, x) or Rewrite("Activation", [x], {"activation": spec})
 
 
+def _clamp_read_here(graph, node, ref):
+    """(low, high) of the clamp activation (`clamp_bounds`: ReLU, clipped ReLU, Saturation) of the
+    Activation node behind `ref` when `node` alone reads it, else None."""
+    src = ref[0]
+    if graph.op(src) != "Activation" or ref[1] != 0 or sole_consumer(graph, src) != (node, 0) \
+            or any(n == src for n, _ in graph.outputs):
+        return None
+    return act_table.clamp_bounds(graph.attrs(src)["activation"])
+
+
+def clip_rewrite(graph, node, x, low, high):
+    """min(max(x, low), high) of activation `x` with N2D2 ops, as the importer made it: nothing
+    (a view) when unbounded; the activation `clip_activation` gives (clipped ReLU, Saturation),
+    over the input of a clamp activation only this node reads (the bounds intersected) or on an
+    input that is never negative (low raised to 0); else two ElemWise, `<node>_shift` computing
+    relu_clip(x - low, high - low) (relu(high - x) without low) and the node adding low back
+    (high - it). Exact but for the rounding of the shift."""
+    if np.isnan(low) or np.isnan(high):
+        return f"Clip bounds ({low}, {high}) are not numbers"
+    if low >= high:
+        return f"Clip(min={low}, max={high}) gives a constant; not supported"
+    shape = _type(graph, x).shape
+    if low == -np.inf and high == np.inf:
+        return Rewrite("OnnxReshape", [x], {"shape": tuple(shape)})
+    inner = _clamp_read_here(graph, node, x)
+    if inner is not None and max(low, inner[0]) < min(high, inner[1]):   # clip(clip(x)) = one clip
+        x, low, high = graph.inputs_of(x[0])[0], max(low, inner[0]), min(high, inner[1])
+    elif low <= 0.0 < high and is_non_negative(graph, x[0]):
+        low = 0.0
+    found = act_table.clip_activation(low, high)
+    if found is not None:
+        spec = known_activation(found[0], **found[1])
+        return _activation_of(graph, x, spec, f"Clip({low}, {high})")
+    why = _not_activation(graph, x)
+    if why:
+        return why
+    if np.isfinite(low):
+        relu = known_activation("Rectifier", clipping=0.0 if high == np.inf else high - low)
+        first, second = ([1.0], [-low]), ([1.0], [low])
+    else:
+        relu = known_activation("Rectifier")
+        first = second = ([-1.0], [high])
+    pre = ("_shift", "ElemWise", {"operation": "Sum", "weights": first[0], "shifts": first[1], "activation": relu})
+    return Rewrite("ElemWise", [x], {"operation": "Sum", "weights": second[0], "shifts": second[1],
+                                     "activation": None}, pre=pre)
+
+
 @rule("OnnxClip")
 def _clip(graph, node):
     a = graph.attrs(node)
-    low = float("-inf") if a.get("min") is None else float(a["min"])
-    high = float("inf") if a.get("max") is None else float(a["max"])
-    found = act_table.clip_activation(low, high)
-    spec = None if found is None else known_activation(found[0], **found[1])
-    return _activation(graph, node, spec, f"Clip({low}, {high})")
+    low = float("-inf") if a.get("min") is None else act_table._f32(a["min"])
+    high = float("inf") if a.get("max") is None else act_table._f32(a["max"])
+    return clip_rewrite(graph, node, graph.inputs_of(node)[0], low, high)
+
+
+def _scalar_value(graph, ref):
+    """The float of a one-element constant `ref` (a float32 as its shortest decimal: 0.7, not
+    0.699999988), else None."""
+    p = _const(graph, ref)
+    a = None if p is None else np.asarray(graph.params[p].array)
+    return act_table._f32(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
+
+
+@rule("OnnxMax", "OnnxMin")
+def _max_min(graph, node):
+    """Max of activations of one shape: an ElemWise Max; Max / Min of one activation and scalar
+    constants: a Clip from below / above (`clip_rewrite`); of one activation: a view."""
+    op = graph.op(node)[4:]
+    ins = graph.inputs_of(node)
+    bounds = [_scalar_value(graph, ref) for ref in ins]
+    acts = [ref for ref, b in zip(ins, bounds) if _const(graph, ref) is None]
+    if len(acts) != len(ins):
+        out = graph.output_types(node)[0].shape
+        if len(acts) != 1 or None in [b for ref, b in zip(ins, bounds) if ref not in acts] \
+                or tuple(_type(graph, acts[0]).shape) != tuple(out):
+            return (f"{op} mixing constants and activations is supported only for Max/Min of one activation "
+                    "and scalar constants")
+        consts = [b for ref, b in zip(ins, bounds) if ref not in acts]
+        low, high = (max(consts), np.inf) if op == "Max" else (-np.inf, min(consts))
+        return clip_rewrite(graph, node, acts[0], low, high)
+    if len(ins) == 1:
+        return Rewrite("OnnxReshape", ins, {"shape": tuple(_type(graph, ins[0]).shape)})
+    if op == "Min":
+        return "Min of activations is not supported (n2d2's ElemWise has Max, not Min)"
+    return _elemwise(graph, node, "Max", [1.0] * len(ins))
+
+
+@rule("OnnxPRelu")
+def _prelu(graph, node):
+    """PRelu by one constant slope: a leaky ReLU (Rectifier's leak slope)."""
+    x, slope = graph.inputs_of(node)
+    value = _scalar_value(graph, slope)
+    if value is None:
+        return (f"PRelu with a slope of shape {list(_type(graph, slope).shape)}: n2d2's Rectifier has one leak "
+                "slope" if _const(graph, slope) is not None else "PRelu with a slope computed from activations")
+    return _activation(graph, node, known_activation("Rectifier", leak_slope=value), f"PRelu({value})")
+
+
+@rule("OnnxAbs")
+def _abs(graph, node):
+    """|x|: an ElemWise AbsSum of one input."""
+    x = _through_view(graph, graph.inputs_of(node)[0])
+    return _not_activation(graph, x) or Rewrite("ElemWise", [x], {"operation": "AbsSum", "weights": [1.0],
+                                                                  "shifts": [0.0], "activation": None})
+
+
+@rule("OnnxCast")
+def _cast(graph, node):
+    """A Cast of a float32 activation to float32: nothing (a view)."""
+    x = graph.inputs_of(node)[0]
+    t = _type(graph, x)
+    if t.dtype != "float32" or graph.attrs(node)["dtype"] != "float32":
+        return f"Cast of a {t.dtype} tensor to {graph.attrs(node)['dtype']}: n2d2 computes in float32"
+    return Rewrite("OnnxReshape", [x], {"shape": tuple(t.shape)})
+
+
+@rule("OnnxDiv")
+def _div(graph, node):
+    """No N2D2 op divides: a Div by a scalar or per-channel constant is folded by
+    `fold_constant_operands`; this gives the reason for the others."""
+    divisor = graph.inputs_of(node)[1]
+    if _const(graph, divisor) is None:
+        return "Div is supported only by a constant divisor"
+    return (f"Div by a constant of shape {list(_type(graph, divisor).shape)}: n2d2 divides by scalar or "
+            "per-channel constants")
 
 
 @rule(*(f"Onnx{op_type}" for op_type in act_table.onnx_import_ops()))
@@ -317,7 +459,9 @@ def _sum(graph, node):
 
 @rule("OnnxConcat")
 def _concat(graph, node):
-    ins = graph.inputs_of(node)
+    """A concatenation of channels (axis 1) of 4-D activations, or of [N, C] views of [N, C, 1, 1]
+    ones (flattened Reshape outputs, Fc outputs: legalized late, after them)."""
+    ins = [_through_view(graph, ref) for ref in graph.inputs_of(node)]
     if graph.attrs(node)["axis"] != 1:
         return f"Concat over axis {graph.attrs(node)['axis']}; n2d2 concatenates channels (axis 1)"
     why = next((w for w in (_not_activation(graph, ref) for ref in ins) if w), None)
@@ -332,6 +476,14 @@ def _softmax(graph, node):
                 "axis (1)")
     return _not_activation(graph, x) or Rewrite("Softmax", [x], {"group_size": 0, "with_loss": False,
                                                                      "activation": None})
+
+
+@rule("OnnxLogSoftmax")
+def _log_softmax(graph, node):
+    """No N2D2 op computes log-probabilities: the reason (the ONNX importer imports a LogSoftmax
+    that is the network's output as a Softmax, with a warning)."""
+    return ("LogSoftmax is imported only as the last op of the network (as a Softmax whose outputs are the "
+            "probabilities, exp of the ONNX outputs)")
 
 
 @rule("OnnxPad")
@@ -471,6 +623,33 @@ def _matmul(graph, node):
         return "MatMul by a matrix other nodes read too; n2d2's Fc would store it transposed"
     found = _fc(graph, node, ins[0], w, None)
     return found if isinstance(found, str) else dataclasses.replace(found, transposed=("weights",))
+
+
+@rule("OnnxReshape")
+def _reshape(graph, node):
+    """A reshape keeping the batch axis to a rank of 2 to 4 that is no view: an N2D2 Reshape to
+    the ONNX shape padded to [N, C, H, W] (then viewed as the ONNX shape). Legalized after the
+    other nodes (`LATE`): a flatten that only Fc nodes read makes no copy (they flatten the same
+    way), nor does a view."""
+    x = _through_view(graph, graph.inputs_of(node)[0])
+    old, new = _type(graph, x).shape, graph.output_types(node)[0].shape
+    if is_view(graph, node):
+        return "a view of its input in the same memory order: no op"
+    if not new or new[0] != old[0]:
+        return f"reshaping {list(old)} to {list(new)} changes the batch axis; not supported"
+    if len(new) == 2 and {graph.op(dst) for dst, _, _ in graph.consumers(node)} == {"Fc"} \
+            and not any(n == node for n, _ in graph.outputs):
+        return "a flatten only Fc nodes read: they flatten the same way (no copy)"
+    if not 2 <= len(new) <= 4:
+        return f"reshaping to rank {len(new)} ({list(new)}): n2d2 tensors have rank 2 to 4"
+    why = _not_activation(graph, x, rank=None)
+    if why or len(old) > 4:
+        return why or f"input '{x[0]}' of rank {len(old)}; n2d2 tensors have rank 4 at most"
+    return Rewrite("Reshape", [x], {"shape": tuple(new[1:]) + (1,) * (4 - len(new)), "activation": None})
+
+
+#: op types legalized after the others (their rule reads what the others became)
+LATE = ("OnnxReshape", "OnnxConcat")
 
 
 # -- the decomposed GELU --------------------------------------------------------------------------------
@@ -624,9 +803,11 @@ def legalize_node(graph: Graph, node: str):
                  for p in (found.pad, None if found.crop is None else tuple(-v for v in found.crop)))
     shapes = {role: graph.params[p].shape[::-1 if role in found.transposed else 1]
               for role, p in found.params.items()}
+    pre = None if pad is None else ("_padding", "Padding", pad)
+    pre = found.pre or pre
     try:
-        if pad is not None:
-            in_types = op_registry.get("Padding").infer_types(pad, in_types, {}, node)
+        if pre is not None:
+            in_types = op_registry.get(pre[1]).infer_types(pre[2], in_types, {}, node)
         new = opdef.infer_types(found.attrs, in_types, shapes, node)[0]
         final = new if crop is None else op_registry.get("Padding").infer_types(crop, [new], {}, node)[0]
     except GraphError as e:
@@ -635,10 +816,12 @@ def legalize_node(graph: Graph, node: str):
     if not _view(old, final):   # e.g. a ceil-mode pooling window N2D2 does not make
         return f"the {found.op} op gives a {list(final.shape)} output where ONNX gives {list(old.shape)}"
     inputs = found.inputs
-    if pad is not None:
-        inputs = [(graph.add_op(graph.unique_name(f"{node}_padding"), "Padding", inputs, pad), 0)]
-    sources = sorted({src for src, _ in graph.inputs_of(node) if graph.op(src) == "OnnxConstant"
-                      or (is_view(graph, src) and src not in {s for s, _ in inputs})})
+    if pre is not None:
+        inputs = [(graph.add_op(graph.unique_name(f"{node}{pre[0]}"), pre[1], inputs, pre[2]), 0)]
+    # the node's former sources that it alone read (constants, views, an activation a Clip took
+    # over) are removed once left unread
+    sources = sorted({src for src, _ in graph.inputs_of(node) if graph.op(src) != "Input"
+                      and src not in {s for s, _ in inputs}})
     sole = {graph.node(src).params["value"] for src in sources
             if graph.op(src) == "OnnxConstant" and len(graph.consumers(src)) == 1}
     substitute(graph, node, found.op, inputs, found.attrs, found.params, outputs=[new])
@@ -702,8 +885,25 @@ def _fold_into_producer(graph, x, operation, vec):
     return True
 
 
+def _fold_gemm_factors(graph, node):
+    """A Gemm by constants B and C read only here whose alpha or beta is not 1: alpha * B and
+    beta * C stored (as the importer folded them), the Gemm then legalized into an Fc."""
+    a, ins = graph.attrs(node), graph.inputs_of(node)
+    if a["trans_a"] or (a["alpha"] == 1.0 and (len(ins) < 3 or a["beta"] == 1.0)):
+        return
+    if any(_private_param(graph, ref) is None for ref in ins[1:]):
+        return
+    for ref, factor in zip(ins[1:], (a["alpha"], a["beta"])):
+        p = _const(graph, ref)
+        array = graph.params[p].array
+        graph.params[p] = dataclasses.replace(graph.params[p], array=array * array.dtype.type(factor))
+    graph.nx.nodes[node]["attrs"] = dict(a, alpha=1.0, beta=1.0)
+    legalize_node(graph, node)
+
+
 def fold_constant_operands(graph: Graph) -> Graph:
-    """The ONNX importer's arithmetic by constants, on a legalized graph: Add, Sub, Mul, Div of an
+    """The ONNX importer's arithmetic by constants, on a legalized graph: a Gemm's alpha and beta
+    folded into its own B and C (`_fold_gemm_factors`); Add, Sub, Mul, Div of an
     NCHW activation by a scalar or per-channel constant is folded into the Conv, Fc or BatchNorm
     that makes the activation (its bias, or its weights and bias), else becomes an ElemWise
     (shift, `c - x`) or a floating-point Scaling node of the same name; adding 0 or multiplying
@@ -713,6 +913,8 @@ def fold_constant_operands(graph: Graph) -> Graph:
     g = graph.copy()
     for node in g.topological_order():
         op = g.op(node) if node in g.nx else None
+        if op == "OnnxGemm":
+            _fold_gemm_factors(g, node)
         if op not in ("OnnxAdd", "OnnxSub", "OnnxMul", "OnnxDiv") or not _only_output_0(g, node):
             continue
         ins = g.inputs_of(node)
@@ -762,12 +964,22 @@ def fold_constant_operands(graph: Graph) -> Graph:
 def legalize_onnx(graph: Graph, mode: str = "inference") -> Graph:
     """Rewrite the `Onnx*` nodes that an N2D2 op computes exactly (see the module docstring);
     the others are left as they are. Exact in inference and training."""
+    return legalize_onnx_with_reasons(graph, mode)[0]
+
+
+def legalize_onnx_with_reasons(graph: Graph, mode: str = "inference"):
+    """`legalize_onnx`, and {node: the reason its rule gave} for the nodes left `Onnx*` (what
+    `DeepNetCell.load_from_ONNX(generic_ops=False)` refuses them with)."""
     check_mode(mode)
     g = graph.copy()
     for node in g.topological_order():   # first: a rule would take a GELU's inner x * (1 + erf)
         if node in g.nx:
             fuse_decomposed_gelu(g, node)
-    for node in g.topological_order():
-        if node in g.nx:
-            legalize_node(g, node)
-    return g
+    reasons = {}
+    for late in (False, True):
+        for node in g.topological_order():
+            if node in g.nx and g.op(node).startswith("Onnx") and (g.op(node) in LATE) == late:
+                why = legalize_node(g, node)
+                if why is not None:
+                    reasons[node] = why
+    return g, {n: why for n, why in reasons.items() if n in g.nx and g.op(n).startswith("Onnx")}
