@@ -6,9 +6,8 @@
 pads, ceil mode, auto_pad, attributes vs inputs across opsets. `prepare(model, backend="c")`
 (or "cuda") legalizes the graph first (`n2d2.ir.passes.legalize_onnx`: the Onnx* nodes an N2D2
 op computes exactly become that op), optimises it and compiles it: N2D2 ops run their kernels,
-the other Onnx* nodes their reference. `convert_node` converts one node (the ONNX importer's
-generic cells). (The import of ONNX models into trainable N2D2 cells is
-`n2d2.frontends.onnx_import`.)
+the other Onnx* nodes their reference. (The import of ONNX models into trainable N2D2 cells,
+`n2d2.frontends.onnx_import`, starts from the same conversion.)
 
 Conversion rules:
 - the IR node of an ONNX node is named after its first output (the name the ONNX importer gives
@@ -222,34 +221,6 @@ class _Converter:
             outputs.append(self.materialise(v))
         self.graph.set_outputs(outputs)
         return self.graph
-
-
-def convert_node(node, inputs, opset):
-    """One ONNX `node` as an IR graph (what the ONNX importer runs in its generic cells).
-
-    `inputs` holds, per input slot of the node, None (absent), an array (a constant: an
-    `OnnxConstant` node holding a parameter, trainable when float and not read as statistics)
-    or a `TensorType` (an activation: the `Input` node `x<slot>`). Values the conversion needs
-    statically (STATIC_SLOTS) must be constants. The graph's first output is the node's."""
-    graph_inputs, inits, input_types, names = [], [], {}, []
-    for k, v in enumerate(inputs):
-        if v is None:
-            names.append("")
-        elif isinstance(v, TensorType):
-            names.append(f"x{k}")
-            input_types[f"x{k}"] = (tuple(v.shape), v.dtype)
-            graph_inputs.append(helper.make_tensor_value_info(
-                f"x{k}", helper.np_dtype_to_tensor_dtype(np.dtype(v.dtype)), list(v.shape)))
-        else:
-            names.append(f"c{k}")
-            inits.append(numpy_helper.from_array(np.asarray(v), f"c{k}"))
-    outs = [f"y{k}" if o else "" for k, o in enumerate(node.output)]
-    copy = helper.make_node(node.op_type, names, outs, name=node.name or node.op_type, domain=node.domain)
-    copy.attribute.extend(node.attribute)
-    graph = helper.make_graph([copy], node.name or node.op_type, graph_inputs,
-                              [helper.make_tensor_value_info(o, 0, None) for o in outs[:1]], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", int(opset))])
-    return _Converter(model, input_types, {}).convert()
 
 
 def _frozen_initializers(graph):

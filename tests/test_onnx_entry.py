@@ -1,9 +1,8 @@
 """Models entering the one ONNX import path (`_Importer._through_the_ir`, issue 12) for reasons of
 their entry, not of their ops: a rank-2/3 input, Reshape targets naming the file's batch size,
 `ignore_cells`, an INI `[onnx]` section reading inner ONNX values, and models the converter
-refuses. Each is imported with the node-by-node importer disabled (`one_path`: its `_visit`
-fails the test) and compared with onnxruntime and with what that importer built (`node_by_node`)."""
-import contextlib
+refuses. Each is compared with onnxruntime and with the cells the node-by-node importer (deleted
+since) built for it, recorded here."""
 import warnings
 
 import numpy as np
@@ -15,7 +14,6 @@ from onnx import helper  # noqa: E402
 
 import n2d2  # noqa: E402
 from n2d2.cells.deepnet_cell import DeepNetCell  # noqa: E402
-from n2d2.frontends import onnx_import  # noqa: E402
 from n2d2.frontends.onnx_import import ONNXFormatError, ONNXUnsupportedError  # noqa: E402
 from n2d2.provider import TensorPlaceholder  # noqa: E402
 from tests.conftest import rel_err  # noqa: E402
@@ -32,55 +30,26 @@ from tests.test_onnx_import import (  # noqa: E402
     types,
 )
 
-_NODE_BY_NODE = onnx_import._Importer._visit
 
-
-def _visit(self, node):
-    raise AssertionError(f"node {node.output[0]} went through the node-by-node importer")
-
-
-@pytest.fixture
-def one_path(monkeypatch):
-    """The node-by-node importer fails the test if it runs."""
-    monkeypatch.setattr(onnx_import._Importer, "_visit", _visit)
-
-
-@contextlib.contextmanager
-def node_by_node():
-    """The node-by-node importer only (what the import built before the one path took the model)."""
-    saved = onnx_import._Importer._through_the_ir, onnx_import._Importer._visit
-    onnx_import._Importer._through_the_ir = lambda self, *args: None
-    onnx_import._Importer._visit = _NODE_BY_NODE
-    try:
-        yield
-    finally:
-        onnx_import._Importer._through_the_ir, onnx_import._Importer._visit = saved
-
-
-def _same_cells(new, old):
-    assert names(new) == names(old) and types(new) == types(old)
-    for a, b in zip(new, old):
-        assert repr(a.get_activation()) == repr(b.get_activation()), a.get_name()
-
-
-def _old(path, in_shape, batch=2, **kwargs):
-    with node_by_node():
-        return DeepNetCell.load_from_ONNX(provider_for(in_shape, batch), path, backend="numpy", **kwargs)
+def _cells_are(dn, expected):
+    """Names, types and activations (None: no activation) of the cells, in order."""
+    got = [(c.get_name(), type(c).__name__, None if c.get_activation() is None else type(c.get_activation()).__name__)
+           for c in dn]
+    assert got == expected
 
 
 # -- input ranks -------------------------------------------------------------------------------------
-def test_rank2_input(tmp_path, one_path):
+def test_rank2_input(tmp_path):
     """[N, F] held as [N, F, 1, 1]: Gemm, Relu, Gemm, Softmax as the importer made them."""
     nodes = [node("Gemm", ["x", "w1", "b1"], "g", transB=1), node("Relu", ["g"], "r"),
              node("Gemm", ["r", "w2", "b2"], "m"), node("Softmax", ["m"], "y", axis=1)]
     inits = {"w1": W(5, 6), "b1": W(5), "w2": W(5, 3), "b2": W(3)}
     model = make_model(nodes, inits, [6], 13)
     dn = compare(model, (6, 1, 1), tmp_path, batch=3)
-    assert types(dn) == ["Fc", "Fc", "Softmax"] and names(dn) == ["g", "m", "y"]
-    _same_cells(dn, _old(str(tmp_path / "model_0.onnx"), (6, 1, 1), batch=3))
+    _cells_are(dn, [("g", "Fc", "Rectifier"), ("m", "Fc", None), ("y", "Softmax", None)])
 
 
-def test_rank3_input(tmp_path, one_path):
+def test_rank3_input(tmp_path):
     """[N, C, L] held as [N, C, L, 1]: a 1-D Conv (asymmetric pads: a Padding cell), BatchNorm,
     Relu, 1-D MaxPool and AveragePool, Flatten, Gemm: the cells of the node-by-node importer."""
     nodes = [node("Conv", ["x", "w", "b"], "c", pads=[2, 1], strides=[2]),
@@ -92,13 +61,13 @@ def test_rank3_input(tmp_path, one_path):
              "wf": W(2, 3 * 4)}
     model = make_model(nodes, inits, [4, 15], 13)
     dn = compare(model, (4, 15, 1), tmp_path)
-    assert types(dn) == ["Padding", "Conv", "BatchNorm2d", "Pool", "Pool", "Fc"]
-    _same_cells(dn, _old(str(tmp_path / "model_0.onnx"), (4, 15, 1)))
+    _cells_are(dn, [("c_padding", "Padding", None), ("c", "Conv", None), ("bn", "BatchNorm2d", "Rectifier"),
+                    ("m", "Pool", None), ("p", "Pool", None), ("y", "Fc", None)])
 
 
 # -- the file's batch size -----------------------------------------------------------------------------
 @pytest.mark.parametrize("batch", [1, 3])
-def test_channel_shuffle_follows_the_provider_batch(tmp_path, one_path, batch):
+def test_channel_shuffle_follows_the_provider_batch(tmp_path, batch):
     """ShuffleNet's channel shuffle exported at batch 1 (Reshape targets [1, 2, 3, 5, 5], [1, 6, 5, 5])
     run at the provider's batch, as the node-by-node importer ran it."""
     model, shape = _channel_shuffle()
@@ -109,10 +78,10 @@ def test_channel_shuffle_follows_the_provider_batch(tmp_path, one_path, batch):
     ref = run_ort(path, x, per_sample=True)
     assert rel_err(run_cell(dn, x).reshape(ref.shape), ref) < 1e-5
     # the rank-5 -> 4 Reshape back is an OnnxNode cell here; the node-by-node importer relabelled it
-    assert [n for n in names(dn) if n != "r4"] == names(_old(path, shape, batch=batch))
+    assert [n for n in names(dn) if n != "r4"] == ["c", "r5", "t5", "a", "b", "rb", "y"]
 
 
-def test_flatten_to_the_file_batch(tmp_path, one_path):
+def test_flatten_to_the_file_batch(tmp_path):
     """A torch `x.view(1, -1)` exported at batch 1 feeding a Gemm: at batch 3 the view keeps the batch."""
     nodes = [node("Conv", ["x", "w"], "c"), node("Reshape", ["c", "shape"], "v"),
              node("Gemm", ["v", "wf"], "y", transB=1)]
@@ -130,7 +99,7 @@ def test_flatten_to_the_file_batch(tmp_path, one_path):
 
 
 # -- ignore_cells -----------------------------------------------------------------------------------------
-def test_ignore_cells_edge_cases(tmp_path, one_path):
+def test_ignore_cells_edge_cases(tmp_path):
     """An ignored node that makes no IR node (Dropout) or whose op the converter would refuse is
     bypassed; one without an activation input is refused by name, as before."""
     nodes = [node("Conv", ["x", "w"], "c"), node("Dropout", ["c"], "d"), node("Erf", ["d"], "e"),
@@ -153,7 +122,7 @@ def test_ignore_cells_edge_cases(tmp_path, one_path):
 
 
 # -- refusals ----------------------------------------------------------------------------------------------
-def test_conversion_refusals_name_file_and_node(tmp_path, one_path):
+def test_conversion_refusals_name_file_and_node(tmp_path):
     """What the converter refuses is refused, not passed to the node-by-node importer: a Gemm
     that cannot take the provider's larger maps (ignore_input_size) names its node; a bound of
     `onnx_limits` stays a format error naming the file."""
@@ -179,30 +148,38 @@ INI = ("[sp]\nSizeX=28\nSizeY=28\nBatchSize=2\n[onnx]\nInput=sp\nType=ONNX\nFile
 
 @pytest.mark.parametrize("value", ["Convolution28_Output_0", "ReLU32_Output_0", "Pooling66_Output_0",
                                    "Flat_Output_0", "Times418_Output_0"])
-def test_ini_onnx_section_reads_inner_values(tmp_path, monkeypatch, value):
+def test_ini_onnx_section_reads_inner_values(tmp_path, value):
     """`Input=onnx,<value>` of any activation of the graph: a Conv output whose Relu was fused into
-    it, the fused Relu's own output, a pooling, a Flatten (its Reshape cell made on demand), the
-    Gemm: the same cells and outputs as the node-by-node importer's."""
+    it (its cell's output: after the Relu, as N2D2's cell of that name), the fused Relu's own
+    output, a pooling, a Flatten (its Reshape cell made on demand), the Gemm: the cells the
+    node-by-node importer made, and the INI's Fc applied to onnxruntime's value of that name."""
+    from onnx import TensorProto
+
     from n2d2.frontends.ini import load_ini
     from tests.test_ini_upstream import _write_cntk_like_onnx
 
-    _write_cntk_like_onnx(tmp_path / "model.onnx")
+    model = _write_cntk_like_onnx(tmp_path / "model.onnx")
     path = tmp_path / "mixed.ini"
     path.write_text(INI.format(value=value))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with node_by_node():
-            old = load_ini(str(path), backend="numpy")
-        monkeypatch.setattr(onnx_import._Importer, "_visit", _visit)
-        new = load_ini(str(path), backend="numpy")
-    _same_cells(new, old)
-    new["fc"]._weights[...] = old["fc"]._weights
-    new["fc"]._biases[...] = old["fc"]._biases
+        dn = load_ini(str(path), backend="numpy")
+    onnx_cells = [("Convolution28_Output_0", "Conv", "Rectifier"), ("Pooling66_Output_0", "Pool", None),
+                  ("Times418_Output_0", "Fc", None)]
+    reshape = [("Flat_Output_0", "Reshape", None)] if value == "Flat_Output_0" else []
+    _cells_are(dn, onnx_cells + reshape + [("fc", "Fc", None)])
+    inner = {"Convolution28_Output_0": "ReLU32_Output_0"}.get(value, value)
+    model.graph.output.append(helper.make_tensor_value_info(inner, TensorProto.FLOAT, None))
+    inner_path = str(tmp_path / "inner.onnx")
+    onnx.save(model, inner_path)
+    import onnxruntime as ort
+
     x = np.random.default_rng(1).random((2, 1, 28, 28)).astype(np.float32)
-    outs = []
-    for dn in (new, old):
-        dn.test()
-        t = n2d2.Tensor.from_numpy(x)
-        TensorPlaceholder(t)
-        outs.append(np.asarray(dn(t).to_numpy()))
-    assert rel_err(outs[0], outs[1]) < 1e-6
+    sess = ort.InferenceSession(inner_path, providers=["CPUExecutionProvider"])
+    v = np.concatenate([sess.run([inner], {"Input3": x[i:i + 1]})[0] for i in range(2)]).reshape(2, -1)
+    fc = dn["fc"]
+    ref = v @ np.asarray(fc._weights).reshape(3, -1).T + np.asarray(fc._biases).reshape(-1)
+    dn.test()
+    t = n2d2.Tensor.from_numpy(x)
+    TensorPlaceholder(t)
+    assert rel_err(np.asarray(dn(t).to_numpy()).reshape(2, -1), ref) < 1e-5

@@ -261,14 +261,16 @@ def test_c_fallback_reason_is_recorded_for_an_unsupported_conv():
 
 def test_ini_and_onnx_names_match_the_frontends():
     from n2d2.frontends.ini.builder import LAYER_TYPES
-    from n2d2.frontends.onnx_import import _Importer
+    from n2d2.frontends.onnx_import import SUPPORTED_OPS
+    from n2d2.onnx_backend import HANDLERS
 
     defs = _defs()
     ini = {n: op for op in defs.values() for n in op.ini_names}
     assert set(ini) == set(LAYER_TYPES)   # every INI layer type is one op's, and only those
     for op in defs.values():
-        for n in op.onnx_names:
-            assert hasattr(_Importer, f"_op_{n}"), f"{op.name}.onnx_names: the ONNX importer has no {n}"
+        for n in op.onnx_names:   # the one ONNX path: converted, then legalized into the op
+            assert n in HANDLERS, f"{op.name}.onnx_names: the ONNX converter has no {n}"
+            assert n in SUPPORTED_OPS, f"{op.name}.onnx_names: the ONNX importer does not list {n}"
 
 
 def test_every_lowering_answers_a_geometry_or_a_reason():

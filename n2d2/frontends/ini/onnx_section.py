@@ -47,7 +47,7 @@ class OnnxSection:
         try:
             embedding = onnx_import._IniEmbedding(builder.file or "<ini>", doc=builder.doc, section=name)
             model, inferred, arrays = onnx_import.load_model_arrays(path)
-            self.importer = onnx_import._Importer(model, inferred, path, _Shape(input_tensor), embedding.ignore,
+            self.importer = onnx_import._Importer(model, path, _Shape(input_tensor), embedding.ignore,
                                                   embedding.ignore_input_size, embedding.load_weights, arrays)
             with weights_from_file() if embedding.load_weights else contextlib.nullcontext():
                 _, outputs, _ = self.importer.run(input_tensor=input_tensor)  # the file's values, no filler draws
