@@ -700,8 +700,12 @@ class Conv(OpDef):
         # the input gradient of a wide convolution is the wide convolution of dz, padded by the
         # dilated kernel extent minus the padding, with the flipped kernel (needs that padding >= 0)
         pqy, pqx = (kh - 1) * dy - py, (kw - 1) * dx - px
-        wide_pays = (1 - wo / wp) * og <= low.WIDE_MAX_WASTED_ROWS or 4 * kg * p > low.WIDE_IM2COL_BYTES
-        if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= low.WIDE_MIN_EFFICIENCY and wide_pays \
+        # few images in inference (batch-1 latency): the image mode's per-pixel gathers cost more
+        # than computing up to twice the output grid (WIDE_MIN_EFFICIENCY_FEW)
+        few = not training and n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS
+        wide_pays = few or (1 - wo / wp) * og <= low.WIDE_MAX_WASTED_ROWS or 4 * kg * p > low.WIDE_IM2COL_BYTES
+        min_efficiency = low.WIDE_MIN_EFFICIENCY_FEW if few else low.WIDE_MIN_EFFICIENCY
+        if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= min_efficiency and wide_pays \
                 and not (groups > 1 and groups == c == o) and pqy >= 0 and pqx >= 0:
             # implicit im2col: the GEMM reads shifted windows of the (padded) input planes in place
             lw = ho * wp
