@@ -61,6 +61,8 @@ SPLIT = {
     "wide_1x1_many_outputs": ((1, 32, 4, 4), 64, dict(k=(1, 1)), "wide"),
     # a 7x7 map: two strips of the 9-wide grid, through the grid buffer (CWB)
     "wide_small_map_groups": ((1, 16, 7, 7), 16, dict(k=(3, 3), groups=2, padding=(1, 1), activation=RELU6), "wide"),
+    # a grid too large to pack whole (WIDE_SMALL_BYTES): strip by strip, the team sharing them
+    "wide_3x3_b1_strips": ((1, 32, 30, 29), 24, dict(k=(3, 3), padding=(1, 1), activation=RELU6), "wide"),
     "image_stem_7x7_s2": ((1, 3, 45, 43), 16, dict(k=(7, 7), stride=(2, 2), padding=(3, 3),
                                                   activation=ACTIVATIONS["relu"]), "image"),
     "image_1x1_s2_valid": ((1, 16, 13, 15), 24, dict(k=(1, 1), stride=(2, 2)), "image"),
@@ -193,7 +195,14 @@ def test_split_inference(split_inference, case):
         assert g["OG"] > g["LW"]
     if case == "wide_1x1_b1_parallel":
         assert g["PAR"]
-    assert g["MODE"] != "wide" or g["CWB"] == (case == "wide_small_map_groups")
+    # inference packs whole grids up to WIDE_SMALL_BYTES (training: 64 pixels), junk columns
+    # through the grid buffer
+    assert g["MODE"] != "wide" or g["CWB"] == (g["SMALL"] and g["Wp"] != g["WO"])
+    assert g["MODE"] != "wide" or g["SMALL"] == (case != "wide_3x3_b1_strips")
+    if case == "wide_small_map_groups":
+        assert g["CWB"]
+    if case == "wide_3x3_b1_strips":
+        assert g["PAR"] and g["Wp"] != g["WO"]
 
 
 @pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])

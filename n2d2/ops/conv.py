@@ -715,12 +715,17 @@ class Conv(OpDef):
                      Hq=hq, Wq=wq, PSQ=hq * wq, PQY=pqy, PQX=pqx, LWX=h * wq, LWXD=-(-(h * wq) // 32) * 32)
             plane_floats = cg * hp * wp + 2 * wp + 64
             # few images: the team shares each one (tiles split between the threads)
-            # CWB: a grid of at most two 32-wide strips with junk columns (small maps, e.g. RegNet's
-            # 7x7 groups) goes through a grid buffer and a fixed-bounds copy, not tile by tile
             # (many groups: the threads take (image, group) pairs instead, without a barrier per group)
-            # SMALL: a grid of at most 64 pixels is packed whole, then one tiled GEMM (K in passes of KC)
-            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and lw <= 64,
-                     SMALL=lw <= 64, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)
+            # SMALL: a grid of at most 64 pixels is packed whole, then one tiled GEMM (K in passes of KC);
+            # few images in inference: also larger grids whose panels (and grid buffer) stay under
+            # WIDE_SMALL_BYTES
+            # CWB: a SMALL grid with junk columns (small maps, e.g. RegNet's 7x7 groups, LeNet at
+            # batch 1) goes through a grid buffer and a fixed-bounds copy, not tile by tile
+            lwd = -(-lw // 32) * 32
+            small = lw <= 64 or (few and 4 * kg * lwd <= low.WIDE_SMALL_BYTES
+                                 and (wp == wo or 4 * og * lwd <= low.WIDE_SMALL_BYTES))
+            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and small,
+                     SMALL=small, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)
             g["PAR"] = (n * groups >= 2 or g["SPLIT"]) and macs >= low.PARALLEL_MIN_MACS
             if g["SMALL"]:   # the whole implicit im2col in [KG][NR] panels, NR <= 32
                 (sf.add_shared if g["SPLIT"] else sf.add_private)("PNLS", kg * -(-lw // 32) * 32)
