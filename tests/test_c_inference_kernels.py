@@ -74,7 +74,7 @@ SPLIT = {
                                                         mapping=np.random.default_rng(3).random((6, 16)) < 0.6),
                                "image"),
     "image_groups_s2_b1": ((1, 6, 15, 13), 9, dict(k=(3, 3), groups=3, stride=(2, 2), padding=(1, 1)), "image"),
-    # K = 2304: blocks of 96 pixels, 3 of them (the last ragged), and the weights larger than a
+    # K = 2304: blocks of 96 pixels in training, 32 in inference (the last ragged), the weights larger than a
     # block (tiles rows first)
     "image_blocks_rows_outer": ((1, 256, 29, 29), 112, dict(k=(3, 3), stride=(2, 2), padding=(1, 1),
                                                            activation=RELU6), "image"),
