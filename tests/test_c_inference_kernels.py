@@ -73,6 +73,8 @@ SPLIT = {
     "lenet_conv2_mapping_b1": ((1, 6, 14, 14), 16, dict(k=(5, 5), bias=False, activation=ACTIVATIONS["relu"],
                                                         mapping=np.random.default_rng(3).random((6, 16)) < 0.6),
                                "image"),
+    # stride 1, under half the grid kept: image mode, strips of one output row copied by vectors
+    "image_3x23_valid_b1_rows": ((1, 2, 40, 40), 5, dict(k=(3, 23), activation=RELU6), "image"),
     "image_groups_s2_b1": ((1, 6, 15, 13), 9, dict(k=(3, 3), groups=3, stride=(2, 2), padding=(1, 1)), "image"),
     # K = 2304: blocks of 96 pixels in training, 32 in inference (the last ragged), the weights larger than a
     # block (tiles rows first)
