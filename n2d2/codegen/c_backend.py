@@ -434,7 +434,7 @@ class CProgram(CompiledProgram):
     def feed(self, feeds):
         views = self._views
         for name, value in feeds.items():
-            view = views[(name, 0)]
+            view = views[name, 0]
             if getattr(value, "shape", None) != view.shape:   # (the planned shape: a valid batch)
                 check_feed(self.graph, name, value)
             view[...] = value
