@@ -61,16 +61,28 @@ SPLIT = {
     "wide_1x1_many_outputs": ((1, 32, 4, 4), 64, dict(k=(1, 1)), "wide"),
     # a 7x7 map: two strips of the 9-wide grid, through the grid buffer (CWB)
     "wide_small_map_groups": ((1, 16, 7, 7), 16, dict(k=(3, 3), groups=2, padding=(1, 1), activation=RELU6), "wide"),
+    # a grid too large to pack whole (WIDE_SMALL_BYTES): strip by strip, the team sharing them
+    "wide_3x3_b1_strips": ((1, 32, 30, 29), 24, dict(k=(3, 3), padding=(1, 1), activation=RELU6), "wide"),
     "image_stem_7x7_s2": ((1, 3, 45, 43), 16, dict(k=(7, 7), stride=(2, 2), padding=(3, 3),
                                                   activation=ACTIVATIONS["relu"]), "image"),
     "image_1x1_s2_valid": ((1, 16, 13, 15), 24, dict(k=(1, 1), stride=(2, 2)), "image"),
     "image_5x5_valid_b1": ((1, 3, 12, 12), 4, dict(k=(5, 5), bias=False), "image"),
+    # under half the 7-wide grid kept (3 of 7 columns): image mode in inference too
+    "image_5x5_valid_b1_narrow": ((1, 3, 7, 7), 5, dict(k=(5, 5), activation=RELU6), "image"),
+    # LeNet's conv2: a 6 x 16 connection table, 10 of the 14-wide grid kept (image in training)
+    "lenet_conv2_mapping_b1": ((1, 6, 14, 14), 16, dict(k=(5, 5), bias=False, activation=ACTIVATIONS["relu"],
+                                                        mapping=np.random.default_rng(3).random((6, 16)) < 0.6),
+                               "image"),
+    # stride 1, under half the grid kept: image mode, strips of one output row copied by vectors
+    "image_3x23_valid_b1_rows": ((1, 2, 40, 40), 5, dict(k=(3, 23), activation=RELU6), "image"),
     "image_groups_s2_b1": ((1, 6, 15, 13), 9, dict(k=(3, 3), groups=3, stride=(2, 2), padding=(1, 1)), "image"),
-    # K = 2304: blocks of 96 pixels, 3 of them (the last ragged), and the weights larger than a
+    # K = 2304: blocks of 96 pixels in training, 32 in inference (the last ragged), the weights larger than a
     # block (tiles rows first)
     "image_blocks_rows_outer": ((1, 256, 29, 29), 112, dict(k=(3, 3), stride=(2, 2), padding=(1, 1),
                                                            activation=RELU6), "image"),
 }
+# in inference, few images go wide from half the grid kept (WIDE_MIN_EFFICIENCY_FEW; training: 0.75)
+SPLIT_INFERENCE_MODE = {"image_5x5_valid_b1": "wide", "lenet_conv2_mapping_b1": "wide"}
 
 
 def _split(net, shape, o, kw, mode):
@@ -177,7 +189,7 @@ def test_split_inference(split_inference, case):
     net, ys, ref, p = split_inference
     y = ys[case]
     g = p.geometry[y[0]]
-    assert p.where[y[0]] == "c" and g["MODE"] == SPLIT[case][3] and g["SPLIT"]
+    assert p.where[y[0]] == "c" and g["MODE"] == SPLIT_INFERENCE_MODE.get(case, SPLIT[case][3]) and g["SPLIT"]
     assert_close(p.view(y), ref[y], case)
     if case == "image_blocks_rows_outer":
         assert g["PB"] < g["P"] and g["P"] % g["PB"] and g["ROWS_OUTER"] and g["PAR"]
@@ -185,7 +197,14 @@ def test_split_inference(split_inference, case):
         assert g["OG"] > g["LW"]
     if case == "wide_1x1_b1_parallel":
         assert g["PAR"]
-    assert g["MODE"] != "wide" or g["CWB"] == (case == "wide_small_map_groups")
+    # inference packs whole grids up to WIDE_SMALL_BYTES (training: 64 pixels), junk columns
+    # through the grid buffer
+    assert g["MODE"] != "wide" or g["CWB"] == (g["SMALL"] and g["Wp"] != g["WO"])
+    assert g["MODE"] != "wide" or g["SMALL"] == (case != "wide_3x3_b1_strips")
+    if case == "wide_small_map_groups":
+        assert g["CWB"]
+    if case == "wide_3x3_b1_strips":
+        assert g["PAR"] and g["Wp"] != g["WO"]
 
 
 @pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])

@@ -432,9 +432,12 @@ class CProgram(CompiledProgram):
 
     # -- running ----------------------------------------------------------------------------------
     def feed(self, feeds):
+        views = self._views
         for name, value in feeds.items():
-            check_feed(self.graph, name, value)
-            self._views[(name, 0)][...] = value
+            view = views[name, 0]
+            if getattr(value, "shape", None) != view.shape:   # (the planned shape: a valid batch)
+                check_feed(self.graph, name, value)
+            view[...] = value
 
     def assign(self, tensor, value):
         """Overwrite one tensor of the arena (e.g. a gradient after an all-reduce)."""
@@ -443,16 +446,21 @@ class CProgram(CompiledProgram):
     def _call_args(self):
         """(arena, params, aux, scratch) pointers; the parameter array is rebuilt only when a
         parameter array was replaced (solvers and weight setters update arrays in place)."""
-        arrays = [p.array for p in self._param_objs]
         cached = self._param_arrays
-        if cached is None or any(a is not b for a, b in zip(arrays, cached)):
-            for name, a in zip(self._param_names, arrays):
-                if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
-                    raise GraphError(f"parameter '{name}' must be a contiguous float32 numpy array for the C "
-                                     f"backend (got {type(a).__name__} {getattr(a, 'dtype', '')})")
-            self._param_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
-            self._param_arrays = arrays
-            self._args = (self._arena.ctypes.data, self._param_ptrs, self._aux_ptrs, self._scratch.ctypes.data)
+        if cached is not None:
+            for p, a in zip(self._param_objs, cached):
+                if p.array is not a:
+                    break
+            else:
+                return self._args   # (per call at batch-1 latency: no list built)
+        arrays = [p.array for p in self._param_objs]
+        for name, a in zip(self._param_names, arrays):
+            if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
+                raise GraphError(f"parameter '{name}' must be a contiguous float32 numpy array for the C "
+                                 f"backend (got {type(a).__name__} {getattr(a, 'dtype', '')})")
+        self._param_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+        self._param_arrays = arrays
+        self._args = (self._arena.ctypes.data, self._param_ptrs, self._aux_ptrs, self._scratch.ctypes.data)
         return self._args
 
     def run_phase(self, index, batch_size=1):

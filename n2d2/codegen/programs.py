@@ -34,11 +34,13 @@ class InferenceProgram:
         self.graph = graph
         self.backend = backend
         self._c = backends.get(backend).program(graph, [graph.topological_order()], training=False)
+        self._outputs = list(graph.outputs)
 
     def run(self, feeds: dict) -> list:
-        self._c.feed(feeds)
-        self._c.run_phase(0)
-        return [self._c.fetch(t) for t in self.graph.outputs]
+        c = self._c
+        c.feed(feeds)
+        c.run_phase(0)
+        return [c.fetch(t) for t in self._outputs]
 
 
 def gradient_tensors(training_graph) -> list:

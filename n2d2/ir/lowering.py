@@ -22,6 +22,14 @@ PARALLEL_MIN_ELEMENTS = 200_000
 # image 2.9 / 7.0 ms (forward / backward); 32 channels at 16x16 (3.6 rows) wide 2.3 / 5.3 ms
 # vs image 2.0 / 4.2 ms; LeNet's conv1 (0.75 rows) is faster wide.
 WIDE_MIN_EFFICIENCY = 0.75
+# Inference on fewer than SPLIT_MAX_IMAGES images (one thread, per-kernel CPU time, AMD EPYC AVX2):
+# wide beats image mode from 0.55 kept up, e.g. LeNet's conv2 (6 -> 16, 14x14, 5x5: 0.71) 9.6 vs
+# 16.6 us, 16 -> 32 at 14x14 7x7 (0.57) 67 vs 79 us, 512 -> 512 at 7x7 3x3 pad 1 (0.78) 3.07 vs 3.22 ms.
+WIDE_MIN_EFFICIENCY_FEW = 0.5
+# ... and pack the whole grid's panels first, then one tiled GEMM (a grid buffer for the junk
+# columns), when those stay under this size: LeNet's conv2 8.4 vs 9.6 us, conv1 4.9 vs 5.4 us,
+# MobileNet V2's 32 -> 192 1x1 at 28x28 102 vs 122 us (instead of strip by strip)
+WIDE_SMALL_BYTES = 128 * 1024
 WIDE_MAX_WASTED_ROWS = 2.0
 WIDE_IM2COL_BYTES = 1 << 20
 # image-mode convolutions with at most this many outputs per group compute their weight gradient

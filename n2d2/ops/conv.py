@@ -614,6 +614,9 @@ SPLIT_MAX_IMAGES = 4
 SPLIT_MAX_GROUPS = 4        # (and groups: a barrier per group costs more than it gives)
 IM2COL_KC = 256             # the GEMM depth of one pass over a blocked im2col matrix (image mode)
 SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (image mode)
+# in inference, the block's matrix stays in a Zen 3 L2 (512 KiB): the GEMM reads it back from
+# there, not from L3 (1 thread, batch 1: MobileNet V2's stem 692 -> 592 us, ResNet-18's 3.92 -> 3.71 ms)
+INFERENCE_COL_BYTES = 1 << 18
 
 
 # -- the IR op ------------------------------------------------------------
@@ -700,8 +703,12 @@ class Conv(OpDef):
         # the input gradient of a wide convolution is the wide convolution of dz, padded by the
         # dilated kernel extent minus the padding, with the flipped kernel (needs that padding >= 0)
         pqy, pqx = (kh - 1) * dy - py, (kw - 1) * dx - px
-        wide_pays = (1 - wo / wp) * og <= low.WIDE_MAX_WASTED_ROWS or 4 * kg * p > low.WIDE_IM2COL_BYTES
-        if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= low.WIDE_MIN_EFFICIENCY and wide_pays \
+        # few images in inference (batch-1 latency): the image mode's per-pixel gathers cost more
+        # than computing up to twice the output grid (WIDE_MIN_EFFICIENCY_FEW)
+        few = not training and n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS
+        wide_pays = few or (1 - wo / wp) * og <= low.WIDE_MAX_WASTED_ROWS or 4 * kg * p > low.WIDE_IM2COL_BYTES
+        min_efficiency = low.WIDE_MIN_EFFICIENCY_FEW if few else low.WIDE_MIN_EFFICIENCY
+        if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= min_efficiency and wide_pays \
                 and not (groups > 1 and groups == c == o) and pqy >= 0 and pqx >= 0:
             # implicit im2col: the GEMM reads shifted windows of the (padded) input planes in place
             lw = ho * wp
@@ -711,12 +718,17 @@ class Conv(OpDef):
                      Hq=hq, Wq=wq, PSQ=hq * wq, PQY=pqy, PQX=pqx, LWX=h * wq, LWXD=-(-(h * wq) // 32) * 32)
             plane_floats = cg * hp * wp + 2 * wp + 64
             # few images: the team shares each one (tiles split between the threads)
-            # CWB: a grid of at most two 32-wide strips with junk columns (small maps, e.g. RegNet's
-            # 7x7 groups) goes through a grid buffer and a fixed-bounds copy, not tile by tile
             # (many groups: the threads take (image, group) pairs instead, without a barrier per group)
-            # SMALL: a grid of at most 64 pixels is packed whole, then one tiled GEMM (K in passes of KC)
-            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and lw <= 64,
-                     SMALL=lw <= 64, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)
+            # SMALL: a grid of at most 64 pixels is packed whole, then one tiled GEMM (K in passes of KC);
+            # few images in inference: also larger grids whose panels (and grid buffer) stay under
+            # WIDE_SMALL_BYTES
+            # CWB: a SMALL grid with junk columns (small maps, e.g. RegNet's 7x7 groups, LeNet at
+            # batch 1) goes through a grid buffer and a fixed-bounds copy, not tile by tile
+            lwd = -(-lw // 32) * 32
+            small = lw <= 64 or (few and 4 * kg * lwd <= low.WIDE_SMALL_BYTES
+                                 and (wp == wo or 4 * og * lwd <= low.WIDE_SMALL_BYTES))
+            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and small,
+                     SMALL=small, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)
             g["PAR"] = (n * groups >= 2 or g["SPLIT"]) and macs >= low.PARALLEL_MIN_MACS
             if g["SMALL"]:   # the whole implicit im2col in [KG][NR] panels, NR <= 32
                 (sf.add_shared if g["SPLIT"] else sf.add_private)("PNLS", kg * -(-lw // 32) * 32)
@@ -771,7 +783,8 @@ class Conv(OpDef):
             g["SPLIT"] = blockwise and n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS
             g["BLOCKED"] = blockwise and not g["SPLIT"] and 4 * kg * g["CLD"] > SPLIT_COL_BYTES
             if g["SPLIT"] or g["BLOCKED"]:
-                pb = min(p, max(32, (SPLIT_COL_BYTES // (4 * kg)) // 32 * 32))
+                col_bytes = SPLIT_COL_BYTES if training else INFERENCE_COL_BYTES
+                pb = min(p, max(32, (col_bytes // (4 * kg)) // 32 * 32))
                 # the block's matrix in [KG][NR] panels (PBL: a whole number of them, NR <= 32), K
                 # in chunks of KC when one panel would not stay in L1
                 g.update(PB=pb, PBL=-(-pb // 32) * 32, ROWS_OUTER=og > pb, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)

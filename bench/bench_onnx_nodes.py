@@ -1,0 +1,98 @@
+"""Per-node C kernel time of an ONNX model imported by `DeepNetCell.load_from_ONNX`: a before / after
+comparison that holds on a loaded machine.
+
+Each run builds the model in a fresh process per tree (this checkout, and `--before DIR`, another
+checkout of n2d2), on one thread with `N2D2_PROFILE=cpu` (the calling thread's CPU time per
+kernel), runs `--calls` inferences and keeps, per node, its fastest call; the processes of the
+two trees alternate `--rounds` times and the per-node minimum over the rounds is kept. The sum of
+the per-node minima is compared (a load spike inflates some calls, rarely the fastest of each node),
+then the nodes that moved most are listed with their C lowering (MODE / SMALL) on both sides.
+
+    python bench/bench_onnx_nodes.py MODEL.onnx --before /tmp/before [--batch 1] [--rounds 3]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(path, batch, calls, out):
+    """One tree, in this process: {node: [op, mode, small, fastest us]} written to `out`."""
+    import numpy as np
+
+    import n2d2
+    from n2d2.cells.deepnet_cell import DeepNetCell
+    from n2d2.provider import TensorPlaceholder
+
+    provider = n2d2.provider.DataProvider(n2d2.database.Numpy(), [224, 224, 3], batch_size=batch)
+    dn = DeepNetCell.load_from_ONNX(provider, path, backend="c", generic_ops=True)
+    dn.test()
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+
+    def run():
+        tensor = n2d2.Tensor.from_numpy(x)
+        TensorPlaceholder(tensor)
+        return dn(tensor)
+
+    run()
+    programs = [p._c for key, p in dn._programs.items() if key[0] == "inference"]
+    best = {}
+    for _ in range(calls):
+        before = {n: v[1] for p in programs for n, v in p.profile().items()}
+        run()
+        for p in programs:
+            for n, v in p.profile().items():
+                best[n] = min(best.get(n, float("inf")), v[1] - before[n])
+    rows = {}
+    for p in programs:
+        for n, t in best.items():
+            if n in p.graph.nx:
+                g = p.geometry.get(n, {})
+                rows[n] = [p.graph.op(n), g.get("MODE", ""), str(g.get("SMALL", "")), t]
+    with open(out, "w") as f:
+        json.dump(rows, f)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--before", required=True, help="another checkout of n2d2")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.out:
+        measure(args.model, args.batch, args.calls, args.out)
+        return
+    trees = {"after": ROOT, "before": os.path.abspath(args.before)}
+    best = {k: {} for k in trees}
+    env = dict(os.environ, N2D2_PROFILE="cpu", N2D2_THREADS="1")
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for name, tree in trees.items():
+                out = os.path.join(tmp, f"{name}_{r}.json")
+                cmd = [sys.executable, os.path.abspath(__file__), args.model, "--before", args.before,
+                       "--batch", str(args.batch), "--calls", str(args.calls), "--out", out]
+                subprocess.run(cmd, check=True, env=dict(env, PYTHONPATH=tree), cwd=tree,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                with open(out) as f:
+                    for n, row in json.load(f).items():
+                        if n not in best[name] or row[3] < best[name][n][3]:
+                            best[name][n] = row
+    a, b = best["after"], best["before"]
+    ta, tb = sum(v[3] for v in a.values()), sum(v[3] for v in b.values())
+    print(f"{os.path.basename(args.model)} batch {args.batch}: sum of per-node minima (1 thread, CPU time) "
+          f"{ta / 1e3:.2f} ms against {tb / 1e3:.2f} ms before: {ta / tb:.3f}x")
+    common = [n for n in a if n in b]
+    for n in sorted(common, key=lambda n: -abs(a[n][3] - b[n][3]))[:args.top]:
+        print(f"  {a[n][3]:9.1f} us  before {b[n][3]:9.1f} us  {a[n][1]}/{a[n][2]} <- {b[n][1]}/{b[n][2]}  {n}")
+
+
+if __name__ == "__main__":
+    main()
