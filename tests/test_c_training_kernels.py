@@ -9,8 +9,11 @@ import pytest
 
 from tests.test_c_backend import (
     ACTIVATIONS,
+    Net,
     Suite,
+    build_training_graph,
     c_backend,
+    check_training,
 )
 
 pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
@@ -98,3 +101,47 @@ def test_activation_derivative_loops_vectorise(tmp_path):
     assert len(loops) == 2 * len(SELECT_DERIVATIVES)
     scalar = [text[i - 2] for i in loops if i not in vectorised]
     assert not scalar, f"derivative loops left scalar: {scalar}"
+
+
+def _residual_sum_relu(batch=2):
+    """ResNet's block end: Epilogue(x0 + x1, ReLU) of two convolution outputs."""
+    net = Net(seed=31)
+    a, b = (net.conv(net.source((batch, 4, 6, 6), n), 4, padding=(1, 1)) for n in "ab")
+    y = net.op("Epilogue", [a, b], {"steps": (("add", 1, 1.0, 0.0), ("activation", ACTIVATIONS["relu"])),
+                                    "activation": None})
+    return net.output(y), y
+
+
+def test_epilogue_backward_reads_the_last_activation_from_its_output():
+    """A chain ending with an activation whose derivative reads its output (ResNet's Sum + ReLU)
+    takes that output from the forward's y, against the reference (NaN stays exact through the
+    same y: see test_nan_propagation)."""
+    net, y = _residual_sum_relu()
+    check_training(net, expect_c=[y])
+
+
+def test_epilogue_backward_loop_vectorises(tmp_path):
+    """The residual Sum + ReLU backward loop must vectorise with the backend's flags: recomputing
+    the ReLU (`max(z, 0)`) and then its mask made gcc 12 branch on the data (ResNet-20 b128: 64 ms
+    of a 520 ms step on AMD EPYC, the forward of the same nodes 4 ms)."""
+    import re
+    import subprocess
+
+    from n2d2.codegen import compiler
+
+    net, y = _residual_sum_relu(batch=8)
+    tg = build_training_graph(net.g)
+    module = c_backend.lower(tg.graph, [tg.forward_nodes, list(tg.grad_inputs.values()) + tg.backward_nodes,
+                                        tg.update_nodes], training=True)
+    src = tmp_path / "ep.c"
+    src.write_text(module.source)
+    flags = [f for f in compiler.default_flags() if f not in ("-shared", "-fPIC") and not f.startswith("-W")]
+    out = subprocess.run([compiler.find_compiler(), *flags, "-fopt-info-vec-optimized", "-c", str(src), "-o",
+                          str(tmp_path / "ep.o")], capture_output=True, text=True, check=True).stderr
+    vectorised = {int(m) for m in re.findall(r"ep\.c:(\d+):\d+: optimized: loop vectorized", out)}
+    text = src.read_text().splitlines()
+    start = next(i for i, line in enumerate(text) if "(Grad of Epilogue)" in line)
+    end = next(i for i in range(start, len(text)) if text[i] == "}")
+    loops = [i + 1 for i in range(start, end) if text[i].strip().startswith("for (long i = off;")]
+    assert loops, "no element loop found in the Epilogue backward"
+    assert all(i in vectorised for i in loops), text[start:end]
