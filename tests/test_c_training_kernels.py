@@ -13,6 +13,7 @@ from tests.test_c_backend import (
     Suite,
     build_training_graph,
     c_backend,
+    check_inference,
     check_training,
 )
 
@@ -145,3 +146,40 @@ def test_epilogue_backward_loop_vectorises(tmp_path):
     loops = [i + 1 for i in range(start, end) if text[i].strip().startswith("for (long i = off;")]
     assert loops, "no element loop found in the Epilogue backward"
     assert all(i in vectorised for i in loops), text[start:end]
+
+
+@pytest.mark.parametrize("shape,outputs,kwargs", [
+    # 5 outputs (a ragged tile of rows), an 18 x 20 grid (a ragged last strip), bias and ReLU
+    ((5, 3, 18, 18), 5, dict(padding=(1, 1), activation=ACTIVATIONS["relu"])),
+    # 16 outputs (ResNet-20's first stage), a rectangular map, no bias
+    ((4, 4, 16, 19), 16, dict(padding=(1, 1), bias=False)),
+])
+def test_wide_forward_reads_windows_in_place(shape, outputs, kwargs):
+    """Wide convolutions with few outputs and junk columns, batch >= 4 (NOPACK: the forward tiles
+    read the input windows in place, no packed strip), against the reference."""
+    def build():
+        net = Net(seed=32)
+        y = net.conv(net.source(shape), outputs, **kwargs)
+        return net.output(y), y
+
+    net, y = build()
+    p = check_training(net, expect_c=[y])
+    assert p.geometry[y]["MODE"] == "wide" and p.geometry[y]["NOPACK"], p.geometry[y]
+    check_inference(build()[0], expect_c=[y])
+
+
+@pytest.mark.parametrize("shape,outputs,kwargs", [
+    # padded planes, bias and ReLU
+    ((2, 3, 16, 18), 16, dict(padding=(1, 1), activation=ACTIVATIONS["relu"])),
+    # two groups of 16 outputs (dW^T per group)
+    ((2, 4, 16, 16), 32, dict(padding=(1, 1), groups=2, bias=False)),
+    # no padding: the windows are read from the input planes themselves
+    ((3, 3, 18, 18), 16, dict(activation=ACTIVATIONS["tanh"])),
+])
+def test_wide_weight_gradient_by_broadcasts(shape, outputs, kwargs):
+    """Wide convolutions with a multiple of 16 outputs per group (DWB: dW^T = im2col dz^T, the
+    windows broadcast against rows of dz^T) against the reference."""
+    net = Net(seed=33)
+    y = net.conv(net.source(shape), outputs, **kwargs)
+    p = check_training(net.output(y), expect_c=[y])
+    assert p.geometry[y]["MODE"] == "wide" and p.geometry[y]["DWB"], p.geometry[y]
