@@ -11,10 +11,13 @@ from tests.test_c_backend import (
     ACTIVATIONS,
     Net,
     Suite,
+    _training_outputs,
     build_training_graph,
     c_backend,
     check_inference,
     check_training,
+    run_c_training,
+    run_numpy_training,
 )
 
 pytestmark = pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
@@ -183,3 +186,34 @@ def test_wide_weight_gradient_by_broadcasts(shape, outputs, kwargs):
     y = net.conv(net.source(shape), outputs, **kwargs)
     p = check_training(net.output(y), expect_c=[y])
     assert p.geometry[y]["MODE"] == "wide" and p.geometry[y]["DWB"], p.geometry[y]
+
+
+@pytest.mark.parametrize("poison", ["weights", "input"])
+def test_wide_backward_nonfinite_exact_in_a_team(poison, monkeypatch):
+    """A wide convolution's backward run by a team of two (DWB, and the dx test for non-finite
+    values made while dx is copied out, OR-reduced over the threads): an Inf weight or input gives
+    NaN / Inf exactly where the reference has them, and the finite values agree."""
+    monkeypatch.setenv("N2D2_THREADS", "2")
+    net = Net(seed=34)
+    y = net.conv(net.source((4, 16, 32, 32)), 16, padding=(1, 1), bias=False)
+    net.output(y)
+    if poison == "weights":
+        net.g.params[f"{y}.weights"].array[3, 5, 0, 2] = np.inf
+    else:
+        net.feeds[next(iter(net.feeds))][1, 2, 0, 31] = -np.inf
+    tg, seeds = _training_outputs(net)
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    out, p = run_c_training(tg, net.feeds, seeds)
+    g = p.geometry[y]
+    assert g["MODE"] == "wide" and g["DWB"] and g["PARB"] and p.nthreads == 2, g
+
+    def kind(a):
+        return np.select([np.isnan(a), a == np.inf, a == -np.inf], [1, 2, 3], 0)
+
+    nonfinite = 0
+    for t, r in ref.items():
+        assert np.array_equal(kind(r), kind(out[t])), t
+        fin = kind(r) == 0
+        np.testing.assert_allclose(out[t][fin], r[fin], rtol=1e-4, atol=1e-4 * np.abs(r[fin]).max())
+        nonfinite += int((~fin).sum())
+    assert nonfinite
