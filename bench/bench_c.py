@@ -456,8 +456,9 @@ def report(machine, train, infer, losses, args, profile=None, resnet=None, first
                  "activations, Epilogue chains; then autodiff). The machine is shared: with another job on one core, "
                  "a busy-waiting 2-thread team stalls at every barrier, which n2d2's tuner avoids by switching to one "
                  "thread; PyTorch has no such fallback, so its 1-thread rows are listed and the ratios take PyTorch's "
-                 "best row. conv2's connection table is computed as dense masked weights (no saving from the 60/96 "
-                 "links). What remains slow: LeNet's max-pool backward and conv2's 10x10 im2col / col2im (memory "
+                 "best row. conv2's products skip the blocks its connection table leaves unconnected (60 of 96 "
+                 "channel pairs computed; dense again for a block holding an Inf or NaN). What remains slow: "
+                 "LeNet's max-pool backward and conv2's 10x10 im2col / col2im (memory "
                  "traffic rather than arithmetic); on ResNet-20, BatchNorm (about 15 % of the step: statistics, "
                  "normalisation and the backward are separate passes over activations that no longer fit in L2).")
     return "\n".join(lines) + "\n"

@@ -62,6 +62,28 @@ def test_image_conv_training_paths(conv_suite, case):
     assert (g["C2I"] is not None) == c2i
 
 
+def test_image_conv_connection_table_skips_unconnected_blocks():
+    """A connection table in image mode (CONN): the forward tiles skip the blocks none of their
+    rows reads, the data and weight gradients run per input channel on the outputs it feeds.
+    LeNet.ini's table, and a random one with a channel that feeds nothing and an output that
+    reads nothing (its rows of the products are empty), on a batch with a ragged last block."""
+    from n2d2.models.lenet import CONV2_TABLE
+
+    dead = np.random.default_rng(5).random((6, 16)) < 0.5
+    dead[2, :] = False
+    dead[:, 7] = False
+    suite = Suite(seed=16)
+    for name, table, n in (("lenet", np.array(CONV2_TABLE, dtype=bool), 11), ("dead", dead, 13)):
+        suite.add(name, lambda net, table=table, n=n: [
+            net.conv(net.source((n, 6, 14, 14)), 16, k=(5, 5), mapping=table, activation=ACTIVATIONS["relu"])])
+    suite = suite.run()
+    for name in ("lenet", "dead"):
+        p, (y,) = suite.check(name)
+        g = p.geometry[y]
+        assert g["MODE"] == "image" and g["DWNT"] and g["CONN"] is not None and g["NB"] > 1
+        assert g["N"] % g["NB"] != 0   # a ragged last block
+
+
 def test_image_conv_concatenated_inputs(conv_suite):
     p, (y,) = conv_suite.check("two_inputs")
     g = p.geometry[y]

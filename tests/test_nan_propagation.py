@@ -229,6 +229,24 @@ def test_c_conv_input_gradient_with_non_finite_weights(case):
             close=[(f"grad:{y}", k) for k in range(len(net.g.inputs_of(y)) + 1)])
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_c_conv_connection_table_blocks_with_and_without_non_finite_values(seed):
+    """Image mode with a connection table skips the unconnected blocks only while the block's
+    operand is finite (the reference's zeroed weight * Inf is NaN): here the first image holds a
+    NaN, a +Inf and a -Inf, the other blocks are finite, and dz gets one of each at random, so
+    that both the skipping and the dense products run."""
+    from n2d2.models.lenet import CONV2_TABLE
+
+    net = PoisonNet(seed=seed)
+    x = net.source((16, 6, 14, 14))
+    for a in net.feeds.values():
+        a[1:] = _normal(net.rng, a[1:].shape)
+    y = net.conv(x, 16, k=(5, 5), mapping=np.array(CONV2_TABLE, dtype=bool), activation=ACTIVATIONS["relu"])
+    p = check_c(net.output(y), expect_c=[y], close=[_dweights(net, y)])
+    g = p.geometry[y]
+    assert g["CONN"] is not None and g["NBLK"] >= 2
+
+
 def _dweights(net, y):
     """The weight gradient's tensor: the Grad node's output after one per data input."""
     return f"grad:{y}", len(net.g.inputs_of(y))

@@ -608,6 +608,35 @@ def _finish_weights_grad(dw, geom, mapping):
     return dw
 
 
+# Rows of the C tiles that skip a connection table's unconnected blocks (N2D2_CR, runtime.c.j2).
+CONN_TILE_ROWS = 4
+
+
+def _conn_layout(conn, kk):
+    """How image-mode C kernels skip a connection table's unconnected (c, o) blocks, or None
+    when every pair is connected.
+
+    FM[t][c]: bit i set when output CONN_TILE_ROWS t + i reads channel c (forward tiles);
+    OUTS / OFF: the outputs each channel feeds, flattened, channel c's at OFF[c] .. OFF[c + 1]
+    (data and weight gradients run per channel on those, compacted: pair OFF[c] + j of the
+    KK-long blocks); J[c][o]: o's index j in channel c's list, -1 when unconnected; MI: the
+    weight-gradient tile height (6, 5 or 4 rows of the KK: a divisor when one exists)."""
+    c, o = len(conn), len(conn[0])
+    if all(all(row) for row in conn):
+        return None
+    r = CONN_TILE_ROWS
+    fm = [[sum(1 << i for i in range(r) if t * r + i < o and conn[ch][t * r + i]) for ch in range(c)]
+          for t in range(-(-o // r))]
+    outs = [[oo for oo in range(o) if conn[ch][oo]] for ch in range(c)]
+    off = [0]
+    for lst in outs:
+        off.append(off[-1] + len(lst))
+    j = [[lst.index(oo) if oo in lst else -1 for oo in range(o)] for lst in outs]
+    mi = next((m for m in (6, 5, 4) if kk % m == 0), 4)
+    return dict(FM=fm, OUTS=[oo for lst in outs for oo in lst], OFF=off, J=j, PAIRS=off[-1], MI=mi,
+                MAXO=max(1, max(len(lst) for lst in outs)))
+
+
 # Below this many images a C convolution shares each image between the threads of the team
 # (batch-1 inference) instead of giving them whole images.
 SPLIT_MAX_IMAGES = 4
@@ -777,7 +806,7 @@ class Conv(OpDef):
             # col[KG, CLD]^T (n2d2_gemm_nt, wide partial sums), when OG would fill less than one
             # 32-wide strip of the transposed product col dz^T (whose tiles then run half empty)
             dwnt = og <= low.DWNT_MAX_OUTPUTS
-            g.update(MODE="image", PLANES=planes, Hp=hp, Wp=wp, PS=hp * wp, DWNT=dwnt, C2I=None)
+            g.update(MODE="image", PLANES=planes, Hp=hp, Wp=wp, PS=hp * wp, DWNT=dwnt, C2I=None, CONN=None)
             if (planes or g["VALID"]) and wp <= 16 and wo <= 16:
                 # col2im in vector registers (Conv.c.j2, col2im_regs): lane j of the padded input
                 # row takes output column ox = (j - kx*DX) / SX of kernel column kx (16: a zero)
@@ -806,6 +835,9 @@ class Conv(OpDef):
             if conn is not None:
                 sf.add_shared("WM", o * kg)
                 sb.add_shared("WM", o * kg)
+                g["CONN"] = _conn_layout(conn, kh * kw)
+                if g["CONN"] is not None:
+                    sb.add_shared("WC", g["CONN"]["PAIRS"] * kh * kw)
             if not (g["SPLIT"] or g["BLOCKED"]):
                 sf.add_private("COL", kg * g["CLD"])
             if nb > 1:
