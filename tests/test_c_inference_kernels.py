@@ -44,6 +44,12 @@ DEPTHWISE = {
     "s1x2_pad_2x1": ((1, 5, 9, 8), dict(k=(3, 3), stride=(1, 2), padding=(2, 1))),
     "dilation2_s1": ((1, 4, 12, 12), dict(k=(3, 3), dilation=(2, 2), padding=(2, 2), activation=RELU6)),
     "dilation2_s2": ((1, 4, 13, 12), dict(k=(3, 3), dilation=(2, 2), stride=(2, 2), padding=(1, 1))),
+    # rows on explicit vectors (VL 16 / 8 / 4): whole vectors plus a ragged end, none, or only one
+    "s1_rows_37_ragged_b2": ((2, 5, 6, 37), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    "s1_rows_32_exact_tanh": ((1, 3, 5, 32), dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["tanh"])),
+    "s2_rows_35_ragged_b3": ((3, 4, 9, 35), dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
+    "s2_rows_64_valid_nobias": ((1, 3, 7, 64), dict(k=(3, 3), stride=(2, 2), bias=False)),
+    "s1_7x7_many_channels_b2": ((2, 40, 7, 7), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
     # past the parallel threshold with one image: the team shares its channels
     "large_b1_parallel": ((1, 64, 47, 45), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
     "large_s2_b1_parallel": ((1, 96, 57, 55), dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
