@@ -614,6 +614,7 @@ SPLIT_MAX_IMAGES = 4
 SPLIT_MAX_GROUPS = 4        # (and groups: a barrier per group costs more than it gives)
 IM2COL_KC = 256             # the GEMM depth of one pass over a blocked im2col matrix (image mode)
 SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (image mode)
+DW_CHUNK_PIXELS = 2048      # output pixels per dynamically scheduled chunk of depthwise planes
 DW_SLACK = 64               # floats after a depthwise plane: one vector (VL <= 16) of reads past it, rounded up
 
 
@@ -746,7 +747,10 @@ class Conv(OpDef):
             # its even and odd columns apart, WE + WOD = Wp), so one image still feeds the team
             g.update(MODE="direct", Hp=hp, Wp=wp, WE=(wp + 1) // 2, WOD=wp // 2,
                      PAR=n * o >= 2 and 4 * macs >= low.PARALLEL_MIN_MACS,   # a MAC per load: cheap
-                     PARB=n >= 2 and macs >= low.PARALLEL_MIN_MACS)
+                     PARB=n >= 2 and macs >= low.PARALLEL_MIN_MACS,
+                     # planes handed out per dynamic-schedule call: ~DW_CHUNK_PIXELS outputs (small
+                     # maps: a call per 4 planes of 7x7 cost as much as the planes), 16 chunks at least
+                     CHUNK=max(4, min(DW_CHUNK_PIXELS // p, n * o // 16)))
             # + DW_SLACK: a row's ragged last vector of taps reads up to one vector past the plane
             sf.add_private("XP", hp * wp + DW_SLACK)
             sb.add_private("DUMMY", h * w)
