@@ -9,6 +9,7 @@ inputs, in an inference program and in a training program (same forward kernels,
 too), and NaN / Inf where the reference puts them. BatchNorm of several inputs concatenated
 along channels (DenseNet), forward and backward; padded max pooling (ResNet's stem).
 """
+import platform
 import re
 import subprocess
 
@@ -135,6 +136,17 @@ def test_depthwise_inference(depthwise_inference, case):
     assert_close(p.view(y), ref[y], case)
     if case.startswith("large"):
         assert p.geometry[y[0]]["PAR"]
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 flags")
+def test_depthwise_inference_avx2_build(monkeypatch):
+    """Built for AVX2 (N2D2_VL 8), the depthwise planes take the padded-copy path with its vector
+    rows (an AVX-512 host otherwise runs only the masked-load path for strides 1 and 2)."""
+    monkeypatch.setenv("N2D2_CFLAGS", "-march=x86-64-v3")
+    net, ys, ref, p = _inference(DEPTHWISE, _depthwise, seed=54)
+    for case, y in ys.items():
+        assert p.geometry[y[0]]["MODE"] == "direct"
+        assert_close(p.view(y), ref[y], case)
 
 
 def test_depthwise_nan_inf_as_the_reference():
