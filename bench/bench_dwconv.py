@@ -2,12 +2,13 @@
 """Per-layer C inference kernels of an ONNX model (MobileNet V2 by default), grouped by mode.
 
 The model exported by bench_onnx_zoo.py (its cache) is imported into n2d2's C backend with one
-thread; every kernel is timed by the program's profile (`N2D2_PROFILE=cpu`: the calling thread's
-CPU time, steady on a loaded machine), best of `--repeat` calls. Prints the depthwise ("direct")
+thread (or `--threads`); every kernel is timed by the program's profile (`N2D2_PROFILE=cpu`: the
+calling thread's CPU time, steady on a loaded machine; wall time with more threads), best of
+`--repeat` calls. Prints the depthwise ("direct")
 convolutions one by one, then the totals per convolution mode and for everything else, so that a
 kernel change can be measured layer by layer. Not a test; no torch in this process.
 
-    python bench/bench_dwconv.py [--model mobilenet_v2] [--batches 1 16] [--repeat 10]
+    python bench/bench_dwconv.py [--model mobilenet_v2] [--batches 1 16] [--repeat 10] [--threads 1]
 """
 import argparse
 import atexit
@@ -18,12 +19,12 @@ ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDe
 ap.add_argument("--model", default="mobilenet_v2")
 ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
 ap.add_argument("--repeat", type=int, default=10)
+ap.add_argument("--threads", type=int, default=1, help="more than 1: kernels timed by wall time")
 ap.add_argument("--size", type=int, default=224)
 ap.add_argument("--cache", default=os.path.join(os.path.expanduser("~"), ".cache", "n2d2_onnx_zoo"))
 ARGS = ap.parse_args()
-os.environ["N2D2_PROFILE"] = "cpu"
-os.environ["N2D2_THREADS"] = "1"
-os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["N2D2_PROFILE"] = "cpu" if ARGS.threads == 1 else "1"
+os.environ["N2D2_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import numpy as np  # noqa: E402
@@ -66,7 +67,8 @@ def layers(batch):
 def main():
     for batch in ARGS.batches:
         best = layers(batch)
-        print(f"# {ARGS.model} b{batch}: best of {ARGS.repeat}, CPU time of one thread (N2D2_PROFILE=cpu)")
+        clock = "CPU time of one thread (N2D2_PROFILE=cpu)" if ARGS.threads == 1 else f"wall, {ARGS.threads} threads"
+        print(f"# {ARGS.model} b{batch}: best of {ARGS.repeat}, {clock}")
         print("| depthwise layer | C x H x W | stride | us |")
         print("|---|---|---:|---:|")
         for node, (us, mode, g) in best.items():
