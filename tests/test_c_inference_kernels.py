@@ -9,6 +9,7 @@ inputs, in an inference program and in a training program (same forward kernels,
 too), and NaN / Inf where the reference puts them. BatchNorm of several inputs concatenated
 along channels (DenseNet), forward and backward; padded max pooling (ResNet's stem).
 """
+import platform
 import re
 import subprocess
 
@@ -44,6 +45,12 @@ DEPTHWISE = {
     "s1x2_pad_2x1": ((1, 5, 9, 8), dict(k=(3, 3), stride=(1, 2), padding=(2, 1))),
     "dilation2_s1": ((1, 4, 12, 12), dict(k=(3, 3), dilation=(2, 2), padding=(2, 2), activation=RELU6)),
     "dilation2_s2": ((1, 4, 13, 12), dict(k=(3, 3), dilation=(2, 2), stride=(2, 2), padding=(1, 1))),
+    # rows on explicit vectors (VL 16 / 8 / 4): whole vectors plus a ragged end, none, or only one
+    "s1_rows_37_ragged_b2": ((2, 5, 6, 37), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    "s1_rows_32_exact_tanh": ((1, 3, 5, 32), dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["tanh"])),
+    "s2_rows_35_ragged_b3": ((3, 4, 9, 35), dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
+    "s2_rows_64_valid_nobias": ((1, 3, 7, 64), dict(k=(3, 3), stride=(2, 2), bias=False)),
+    "s1_7x7_many_channels_b2": ((2, 40, 7, 7), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
     # past the parallel threshold with one image: the team shares its channels
     "large_b1_parallel": ((1, 64, 47, 45), dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
     "large_s2_b1_parallel": ((1, 96, 57, 55), dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
@@ -141,6 +148,17 @@ def test_depthwise_inference(depthwise_inference, case):
     assert_close(p.view(y), ref[y], case)
     if case.startswith("large"):
         assert p.geometry[y[0]]["PAR"]
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 flags")
+def test_depthwise_inference_avx2_build(monkeypatch):
+    """Built for AVX2 (N2D2_VL 8), the depthwise planes take the padded-copy path with its vector
+    rows (an AVX-512 host otherwise runs only the masked-load path for strides 1 and 2)."""
+    monkeypatch.setenv("N2D2_CFLAGS", "-march=x86-64-v3")
+    net, ys, ref, p = _inference(DEPTHWISE, _depthwise, seed=54)
+    for case, y in ys.items():
+        assert p.geometry[y[0]]["MODE"] == "direct"
+        assert_close(p.view(y), ref[y], case)
 
 
 def test_depthwise_nan_inf_as_the_reference():

@@ -274,6 +274,40 @@ def test_resnet_style_graph_exports_and_matches(tmp_path):
         assert "Tested 8 stimuli" in _run(folder, "bin/network_test_asan", "-q", "-n", "8", "-r", "1")
 
 
+# -- depthwise convolutions (the direct kernels: masked loads on AVX-512, padded copies elsewhere) ------
+@needs_make
+def test_depthwise_graph_exports_and_matches(tmp_path):
+    """Stride 1 and 2, clipped ReLU fused, odd sizes and rows longer than one vector: the exported
+    C (-Werror) gives the cell's outputs, and runs clean under AddressSanitizer."""
+    from n2d2.cells import ConvDepthWise
+
+    n2d2.global_variables.seed = 3
+    rng = np.random.default_rng(1)
+    database = n2d2.database.Numpy()
+    xs = [rng.normal(size=(4, 13, 37)).astype(np.float32) for _ in range(8)]
+    database.load(xs[:4], [0, 1, 2, 3], partition="Learn")
+    database.load(xs[4:], [0, 1, 2, 3], partition="Test")
+    provider = n2d2.provider.DataProvider(database, [37, 13, 4], batch_size=2)
+    model = Sequence([
+        ConvDepthWise(4, kernel_dims=[3, 3], padding_dims=[1, 1], activation=Rectifier(clipping=6.0)),
+        ConvDepthWise(4, kernel_dims=[3, 3], stride_dims=[2, 2], padding_dims=[1, 1]),
+        Fc(4 * 7 * 19, 4), Softmax(with_loss=True),
+    ])
+    dn = model.to_deepnet_cell(provider)
+    folder = export_c(dn, export_folder_name="dw_export")
+    _make(folder)
+    stdout = _run(folder, "bin/network_test", "-q", "-d", "4", "outputs.bin")
+    assert "Tested 4 stimuli" in stdout
+    inputs, _ = _stimuli(folder, (4, 13, 37))
+    out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<f4").reshape(4, 4)
+    with _one_openmp_thread():
+        expected = _cell_outputs(dn, inputs, 2)
+    assert rel_err(out, expected) < 1e-5
+    if _asan_available():
+        _make(folder, "asan")
+        assert "Tested 4 stimuli" in _run(folder, "bin/network_test_asan", "-q", "-n", "4", "-r", "1")
+
+
 # -- rewrites ------------------------------------------------------------------------------------------
 def test_bake_connection_tables_is_exact():
     from n2d2.codegen.numpy_exec import run

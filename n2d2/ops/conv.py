@@ -647,6 +647,8 @@ SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (ima
 # in inference, the block's matrix stays in a Zen 3 L2 (512 KiB): the GEMM reads it back from
 # there, not from L3 (1 thread, batch 1: MobileNet V2's stem 692 -> 592 us, ResNet-18's 3.92 -> 3.71 ms)
 INFERENCE_COL_BYTES = 1 << 18
+DW_CHUNK_PIXELS = 2048      # output pixels per dynamically scheduled chunk of depthwise planes
+DW_SLACK = 64               # floats after a depthwise plane: one vector (VL <= 16) of reads past it, rounded up
 
 
 # -- the IR op ------------------------------------------------------------
@@ -795,8 +797,12 @@ class Conv(OpDef):
             # its even and odd columns apart, WE + WOD = Wp), so one image still feeds the team
             g.update(MODE="direct", Hp=hp, Wp=wp, WE=(wp + 1) // 2, WOD=wp // 2,
                      PAR=n * o >= 2 and 4 * macs >= low.PARALLEL_MIN_MACS,   # a MAC per load: cheap
-                     PARB=n >= 2 and macs >= low.PARALLEL_MIN_MACS)
-            sf.add_private("XP", hp * wp)
+                     PARB=n >= 2 and macs >= low.PARALLEL_MIN_MACS,
+                     # planes handed out per dynamic-schedule call: ~DW_CHUNK_PIXELS outputs (small
+                     # maps: a call per 4 planes of 7x7 cost as much as the planes), 16 chunks at least
+                     CHUNK=max(4, min(DW_CHUNK_PIXELS // p, n * o // 16)))
+            # + DW_SLACK: a row's ragged last vector of taps reads up to one vector past the plane
+            sf.add_private("XP", hp * wp + DW_SLACK)
             sb.add_private("DUMMY", h * w)
         else:
             # padded convolutions copy their inputs into zero-padded planes first (when every
