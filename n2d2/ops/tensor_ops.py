@@ -102,22 +102,23 @@ def sum_backward(dy, shapes):
     return [unbroadcast(dy, s) for s in shapes]
 
 
-def max_forward(xs):
-    """Variadic broadcasting maximum (ONNX Max)."""
-    xp = array_module(*xs)
+def _variadic(xs, ufunc):
+    """`ufunc` (an array-module function name) folded over the broadcasting inputs."""
+    f = getattr(array_module(*xs), ufunc)
     y = xs[0]
     for x in xs[1:]:
-        y = xp.maximum(y, x)
+        y = f(y, x)
     return y
+
+
+def max_forward(xs):
+    """Variadic broadcasting maximum (ONNX Max)."""
+    return _variadic(xs, "maximum")
 
 
 def min_forward(xs):
     """Variadic broadcasting minimum (ONNX Min)."""
-    xp = array_module(*xs)
-    y = xs[0]
-    for x in xs[1:]:
-        y = xp.minimum(y, x)
-    return y
+    return _variadic(xs, "minimum")
 
 
 def max_backward(dy, xs, y):
