@@ -39,6 +39,7 @@ from n2d2.cells.nn import (
 )
 from n2d2.cells.nn.onnx_node import OnnxNode
 from n2d2.frontends.onnx_errors import ONNXFormatError
+from n2d2.ir.passes._common import is_graph_output
 from n2d2.ir.passes.legalize_onnx import is_view
 from n2d2.ir.tensor_ops import MAX_PARAM_SLOTS
 from n2d2.mapping import Mapping
@@ -69,7 +70,7 @@ def is_alias(graph, node) -> bool:
     shape = graph.output_types(node)[0].shape
     readers = {graph.op(dst) for dst, _, _ in graph.consumers(node)}
     return is_view(graph, node) or (len(shape) == 2 and readers == {"Fc"} and
-                                    not any(n == node for n, _ in graph.outputs))
+                                    not is_graph_output(graph, node))
 
 
 def activation(spec):

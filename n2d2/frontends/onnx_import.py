@@ -153,7 +153,7 @@ class _Importer:
         self.ignore = set(ignore_cells or ())
         self.ignore_input_size = ignore_input_size
         self.load_weights = load_weights
-        self.opset = self._default_opset()
+        self._check_default_opset()
         self.values = {}          # ONNX name -> np.ndarray (constant) or _Act
         self.cells = []           # cells in creation order
         self.used_names = set()
@@ -170,22 +170,16 @@ class _Importer:
     def unsupported(self, message, node=None) -> ONNXUnsupportedError:
         return ONNXUnsupportedError(f"{self._label(node)}: {message}")
 
-    def malformed(self, message, node=None) -> ONNXFormatError:
-        return ONNXFormatError(f"{self._label(node)}: {message}")
-
     # -- set-up -------------------------------------------------------------------------------
-    def _default_opset(self):
-        for imp in self.model.opset_import:
-            if imp.domain in ("", "ai.onnx"):
-                return int(imp.version)
-        raise ONNXFormatError(f"{self.path}: the model imports no version of the default ONNX domain")
+    def _check_default_opset(self):
+        if not any(imp.domain in ("", "ai.onnx") for imp in self.model.opset_import):
+            raise ONNXFormatError(f"{self.path}: the model imports no version of the default ONNX domain")
 
     # -- names --------------------------------------------------------------------------------
-    def _name(self, base, primary=False, own=False):
-        """A unique cell name. `primary`: `base` is the output of the node the cell is made for;
-        `own`: `base` is the output of a node that made no cell (a view being materialized).
-        Other cells get `base`, `base_1`... avoiding every ONNX value name."""
-        if (primary or own) and base not in self.used_names:
+    def _name(self, base):
+        """A unique name for the cell materializing value `base` (a view or a concatenation that
+        made no cell): `base` itself when free, else `base_1`... avoiding every ONNX value name."""
+        if base not in self.used_names:
             self.used_names.add(base)
             return base
         name, k = base, 1
@@ -378,7 +372,7 @@ class _Importer:
             tensors = [self._tensor(p, interface_ok=False) for p in v.parts]
             if interface_ok:
                 return Interface(tensors)
-            cell = Activation(None, name=self._name(v.view_name, own=True))
+            cell = Activation(None, name=self._name(v.view_name))
             v.materialized = self._call(cell, Interface(tensors))
             return v.materialized
         if v.canonical() and v.tensor.nb_dims() == 4:
@@ -388,14 +382,14 @@ class _Importer:
                 raise self.unsupported(f"a tensor of rank {v.rank} ({list(v.shape)}) reaches a cell that takes "
                                        "tensors of rank 4 at most")
             cell = OnnxNode("Reshape", "OnnxReshape", {"shape": (int(v.shape[0]),) + tuple(v.shape[1:])},
-                            [("x", 0)], [v.shape[1:]], {}, ("shape",), name=self._name(v.view_name, own=True))
+                            [("x", 0)], [v.shape[1:]], {}, ("shape",), name=self._name(v.view_name))
             v.materialized = self._call(cell, v.tensor)
             return v.materialized
         if v.rank > 4:
             raise self.unsupported(f"a tensor of rank {v.rank} ({list(v.shape)}) reaches a cell; n2d2 cells take "
                                    "tensors of rank 4 at most")
         c, h, w = _pad4(v.shape)[1:]
-        cell = Reshape([w, h, c], name=self._name(v.view_name, own=True))
+        cell = Reshape([w, h, c], name=self._name(v.view_name))
         v.materialized = self._call(cell, v.tensor)
         return v.materialized
 

@@ -52,7 +52,14 @@ import numpy as np
 
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
-from n2d2.ir.passes._common import check_mode, is_non_negative, new_param_name, sole_consumer, substitute
+from n2d2.ir.passes._common import (
+    check_mode,
+    is_graph_output,
+    is_non_negative,
+    new_param_name,
+    sole_consumer,
+    substitute,
+)
 from n2d2.ir.types import GraphError
 from n2d2.ops import activation as act_table
 
@@ -292,7 +299,7 @@ def _clamp_read_here(graph, node, ref):
     Activation node behind `ref` when `node` alone reads it, else None."""
     src = ref[0]
     if graph.op(src) != "Activation" or ref[1] != 0 or sole_consumer(graph, src) != (node, 0) \
-            or any(n == src for n, _ in graph.outputs):
+            or is_graph_output(graph, src):
         return None
     return act_table.clamp_bounds(graph.attrs(src)["activation"])
 
@@ -638,7 +645,7 @@ def _reshape(graph, node):
     if not new or new[0] != old[0]:
         return f"reshaping {list(old)} to {list(new)} changes the batch axis; not supported"
     if len(new) == 2 and {graph.op(dst) for dst, _, _ in graph.consumers(node)} == {"Fc"} \
-            and not any(n == node for n, _ in graph.outputs):
+            and not is_graph_output(graph, node):
         return "a flatten only Fc nodes read: they flatten the same way (no copy)"
     if not 2 <= len(new) <= 4:
         return f"reshaping to rank {len(new)} ({list(new)}): n2d2 tensors have rank 2 to 4"
@@ -766,7 +773,7 @@ def fuse_decomposed_gelu(graph: Graph, node: str) -> bool:
     for n in inner:                           # consumers first: each is read only by the previous
         graph.remove_node(n)
     for src in consts:
-        if not graph.consumers(src) and not any(n == src for n, _ in graph.outputs):
+        if not graph.consumers(src) and not is_graph_output(graph, src):
             graph.remove_node(src)
     return True
 
@@ -840,7 +847,7 @@ def legalize_node(graph: Graph, node: str):
         if role in found.transposed:
             graph.params[p] = dataclasses.replace(graph.params[p], array=graph.params[p].array.T.copy())
     for src in sources:
-        if not graph.consumers(src) and not any(n == src for n, _ in graph.outputs):
+        if not graph.consumers(src) and not is_graph_output(graph, src):
             graph.remove_node(src)
     return None
 
@@ -867,7 +874,7 @@ def _fold_into_producer(graph, x, operation, vec):
     True when done."""
     src = x[0]
     if graph.op(src) not in ("Conv", "Fc", "BatchNorm") or graph.attrs(src).get("activation") is not None \
-            or len(graph.consumers(src)) != 1 or any(n == src for n, _ in graph.outputs):
+            or len(graph.consumers(src)) != 1 or is_graph_output(graph, src):
         return False
     params = dict(graph.node(src).params)
     if any(p in graph.node(n).params.values() for p in params.values() for n in graph.nodes() if n != src):

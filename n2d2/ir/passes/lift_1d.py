@@ -13,6 +13,7 @@ import numpy as np
 
 from n2d2.ir import ops as op_registry
 from n2d2.ir.graph import Graph
+from n2d2.ir.passes._common import is_graph_output, new_param_name
 
 _WINDOWED = ("OnnxConv", "OnnxConvTranspose", "OnnxMaxPool", "OnnxAveragePool")
 
@@ -46,14 +47,12 @@ def _weights_2d(graph, node, slot, ref):
     p = graph.node(src).params["value"]
     param = graph.params[p]
     name = graph.unique_name(f"{src}_2d")
-    pname = name
-    while pname in graph.params:
-        pname += "_"
+    pname = new_param_name(graph, name)
     graph.add_param(pname, np.asarray(param.array).reshape(tuple(param.array.shape) + (1,)), param.trainable,
                     param.owner, param.role, param.solver)
     graph.add_op(name, "OnnxConstant", [], params={"value": pname})
     _rewire(graph, src, name, node, slot)
-    if not graph.consumers(src) and not any(n == src for n, _ in graph.outputs):
+    if not graph.consumers(src) and not is_graph_output(graph, src):
         graph.remove_node(src)
 
 
