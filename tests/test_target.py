@@ -176,6 +176,50 @@ def test_single_output_binary():
     assert t2.get_average_success() == 1.0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_classifier_fast_path_equals_general_path(dtype, tmp_path, monkeypatch):
+    """The classifier path (`_score_classes`) gives the general path's values bit for bit:
+    seeds, loss, cross-entropy, estimated labels and values, success, confusion matrix, on fresh
+    random outputs with NaN, infinities, ties and invalid slots, in Learn and Validation."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(15)
+    for trial in range(6):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(2, 12))
+        y = rng.standard_normal((n, k, 1, 1)).astype(dtype)
+        y[rng.random(y.shape) < 0.05] = np.nan
+        y[rng.random(y.shape) < 0.03] = np.inf
+        y[rng.random(y.shape) < 0.03] = -np.inf
+        y[0, :2] = 0.5          # a tie: the lowest index wins
+        labels = rng.integers(-1, k, n).astype(np.int32)
+        partition = ("Learn", "Validation")[trial % 2]
+        fast, general = Score(ArrayProvider(y, labels, n), target_value=0.9, default_value=0.1), \
+            Score(ArrayProvider(y, labels, n), target_value=0.9, default_value=0.1)
+        for target in (fast, general):
+            target._provider.set_partition(partition)
+            target._provider.read_batch(0)
+        monkeypatch.setattr(fast, "_score_outputs", None)    # the fast target never takes the general path
+        monkeypatch.setattr(general, "_score_classes", lambda y4, t, v, part, g=general:
+                            g._score_outputs(y4, t, v, k, part, np))
+        results = []
+        for target in (fast, general):
+            for _ in range(2):     # the confusion matrix and success lists accumulate
+                grad, loss = target._process_labels(y, target._provider, partition)
+                results.append((grad, loss))
+        for (g1, l1), (g2, l2) in zip(results[:2], results[2:]):
+            assert g1.dtype == g2.dtype and g1.shape == g2.shape
+            np.testing.assert_array_equal(g1, g2)
+            assert l1 == l2 or (np.isnan(l1) and np.isnan(l2))
+        ce1, ce2 = fast._cross_entropy, general._cross_entropy
+        assert ce1 == ce2 or (np.isnan(ce1) and np.isnan(ce2))
+        for attr in ("_estimated", "_estimated_values", "_last_targets"):
+            a, b = getattr(fast, attr), getattr(general, attr)
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(fast.get_confusion_matrix(partition), general.get_confusion_matrix(partition))
+        assert fast._score(partition).success == general._score(partition).success
+        assert fast._learn_history == general._learn_history
+
+
 def test_label_out_of_range():
     x, p = _batch(PROBS, [0, 3, 1])
     with pytest.raises(RuntimeError, match="out of range"):

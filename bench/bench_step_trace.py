@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Per-step trace of LeNet b128 training in n2d2 (C backend): where the Python around the
+compiled step costs, each contender alone in its own process.
+
+Contenders (the same network, solver and data as bench/bench_training.py):
+  eager        the upstream-style eager loop (`target(net(x)); back_propagate(); update()`),
+               which n2d2.eager_compile runs as a compiled program from its third step;
+  deepnetcell  the same loop on `Sequence.to_deepnet_cell(provider)` (DeepNetCell's own step);
+  fit          one `DeepNetCell.fit` Learn pass (prefetching provider, Score target,
+               non-finite check), timed per batch from inside the loop.
+Per step: wall time, CPU time of the process, minor page faults (`getrusage`), garbage
+collections (all generations) and objects they freed; with `--tracemalloc`, a second run
+also gives the bytes allocated and still alive at each step's peak above its start (numpy
+arrays included). The rounds alternate the contenders' processes; each line is the median
+over a round's steps (min of the medians over rounds for the times). Not a test.
+
+    python bench/bench_step_trace.py [--threads 1] [--steps 200] [--rounds 3] [--tracemalloc]
+                                     [--contenders eager,deepnetcell,fit]
+"""
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+LR, MOMENTUM, DECAY = 0.05, 0.9, 5e-4
+NB_BATCHES = 8
+
+
+def _parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="N2D2_THREADS of the children (default 1)")
+    ap.add_argument("--steps", type=int, default=200, help="timed steps per process")
+    ap.add_argument("--rounds", type=int, default=3, help="processes per contender, alternated")
+    ap.add_argument("--contenders", default="eager,deepnetcell,fit")
+    ap.add_argument("--tracemalloc", action="store_true", help="also a run under tracemalloc (bytes per step)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--trace-memory", action="store_true", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def _network():
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.models import LeNetINI
+    from n2d2.solver import SGD
+
+    model = LeNetINI(mapping=False, name="LeNet")
+    model.set_solver(SGD(learning_rate=LR, momentum=MOMENTUM, decay=DECAY))
+    return Sequence([model, Softmax(with_loss=True)])
+
+
+def _provider(batch=128):
+    import n2d2
+
+    n2d2.global_variables.seed = 1
+    db = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path(download_if_missing=False), validation=0.1)
+    provider = n2d2.provider.DataProvider(db, [32, 32, 1], batch_size=batch)
+    provider.add_transformation(n2d2.transform.Rescale(width=32, height=32))
+    provider.set_partition("Learn")
+    return provider
+
+
+class Probe:
+    """Samples of one step: wall, CPU, minor faults, collections, objects collected."""
+
+    def __init__(self, memory):
+        self.rows = []
+        self.memory = memory
+        self._start = None
+
+    @staticmethod
+    def _gc():
+        s = gc.get_stats()
+        return sum(g["collections"] for g in s), sum(g["collected"] for g in s)
+
+    def start(self):
+        import tracemalloc
+
+        if self.memory:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+        else:
+            base = 0
+        self._start = (time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
+                       *self._gc(), base)
+
+    def stop(self):
+        import tracemalloc
+
+        w, c, f, g, o, base = self._start
+        gn, on = self._gc()
+        row = [time.perf_counter() - w, time.process_time() - c,
+               resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f, gn - g, on - o]
+        if self.memory:
+            now, peak = tracemalloc.get_traced_memory()
+            row += [peak - base, now - base]
+        self.rows.append(row)
+
+
+def _step_loop(provider, net, target, probe, steps):
+    batch = provider.get_batch_size()
+    for i in range(steps + 5):
+        if i >= 5:
+            probe.start()
+        x = provider.read_batch((i % NB_BATCHES) * batch)
+        loss = target(net(x))
+        loss.back_propagate()
+        loss.update()
+        if i >= 5:
+            probe.stop()
+
+
+def child(name, steps, memory):
+    import n2d2
+
+    provider = _provider()
+    probe = Probe(memory)
+    if memory:
+        import tracemalloc
+
+        tracemalloc.start()
+    if name == "eager":
+        net = _network()
+        net.learn()
+        _step_loop(provider, net, n2d2.target.Score(provider), probe, steps)
+    elif name == "deepnetcell":
+        dn = _network().to_deepnet_cell(provider)
+        dn.set_backend("c")
+        dn.learn()
+        _step_loop(provider, dn, dn.get_target(), probe, steps)
+    else:
+        import tempfile
+
+        os.environ["TQDM_DISABLE"] = "1"
+        os.chdir(tempfile.mkdtemp(prefix="bench_trace_"))
+        dn = _network().to_deepnet_cell(provider, n2d2.target.Score(provider))
+        dn.set_backend("c")
+        calls = {"n": 0}
+
+        def on_batch(x, _real=type(dn).__call__):
+            if calls["n"] > 5:
+                probe.stop()
+            calls["n"] += 1
+            if calls["n"] > 5:
+                probe.start()
+            return _real(dn, x)
+
+        # each forward call of the pass closes the last batch's probe and opens the next one
+        dn.__class__ = type("TracedDeepNetCell", (type(dn),), {"__call__": lambda self, x: on_batch(x)})
+        dn._run_epoch("Learn", True, nb_max=(steps + 6) * provider.get_batch_size(), check_finite=True)
+        probe.rows = probe.rows[:steps]
+    cols = ["wall", "cpu", "minflt", "gc", "gc_freed"] + (["peak_bytes", "kept_bytes"] if memory else [])
+    print("@@" + json.dumps({"cols": cols, "rows": probe.rows,
+                             "replays": n2d2.eager_compile.stats.training_replays}))
+
+
+def main():
+    args = _parse()
+    if args.child:
+        child(args.child, args.steps, args.trace_memory)
+        return
+    names = [n for n in args.contenders.split(",") if n]
+    env = dict(os.environ, N2D2_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads), PYTHONPATH=REPO)
+    results = {n: [] for n in names}
+    mem = {}
+    runs = [(n, False) for n in names] * args.rounds + ([(n, True) for n in names] if args.tracemalloc else [])
+    for name, memory in runs:
+        argv = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps)]
+        out = subprocess.run(argv + (["--trace-memory"] if memory else []), env=env, capture_output=True, text=True)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("@@")), None)
+        if line is None:
+            sys.exit(f"{name} failed:\n{out.stderr}")
+        r = json.loads(line[2:])
+        (mem.setdefault(name, []) if memory else results[name]).append(r)
+    print(f"# per step, {args.steps} steps per process, N2D2_THREADS={args.threads}, {args.rounds} round(s); "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("| contender | wall ms (best round median) | CPU ms (best round median) | minor faults/step | "
+          "GCs/100 steps | objects freed by GC/step | transient MB/step | kept MB/step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in names:
+        med = [[statistics.median(col) for col in zip(*r["rows"])] for r in results[name]]
+        mean = [[sum(col) / len(col) for col in zip(*r["rows"])] for r in results[name]]
+        wall, cpu = min(m[0] for m in med), min(m[1] for m in med)
+        faults = statistics.median(m[2] for m in mean)
+        gcs = statistics.median(m[3] for m in mean) * 100
+        freed = statistics.median(m[4] for m in mean)
+        peak = kept = "-"
+        if name in mem:
+            rows = mem[name][0]["rows"]
+            peak = f"{statistics.median(r[5] for r in rows) / 2**20:.2f}"
+            kept = f"{statistics.mean(r[6] for r in rows) / 2**20:.3f}"
+        print(f"| {name} | {1e3 * wall:.2f} | {1e3 * cpu:.2f} | {faults:.1f} | {gcs:.1f} | {freed:.1f} | "
+              f"{peak} | {kept} |")
+
+
+if __name__ == "__main__":
+    main()
