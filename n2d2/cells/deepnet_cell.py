@@ -334,31 +334,32 @@ class DeepNetCell(Iterable):
         """Bring the graph up to date with its cells: solvers set after tracing (set_solver,
         `cell.solver = ...`) and back_propagate switches; the latter rebuilds the programs."""
         changed = False
+        graph_params = self._graph.params
         for node, cell in self._cell_of.items():
-            _, _, params = cell._ir_node()
+            _, now, params = cell._ir_node()   # once per cell: it builds the cell's attributes
+            name = cell.get_name()
             for role, (array, solver) in params.items():
-                param = self._graph.params.get(f"{cell.get_name()}.{role}")
+                param = graph_params.get(f"{name}.{role}")
                 if param is None:
                     continue
                 if param.array is not array:
-                    raise RuntimeError(f"DeepNetCell '{self._name}': the {role} array of cell '{cell.get_name()}' was "
+                    raise RuntimeError(f"DeepNetCell '{self._name}': the {role} array of cell '{name}' was "
                                        "replaced after tracing; write into it in place instead")
                 param.solver = solver
-            changed = self._sync_quantizers(node, cell) or changed
-            propagate = cell._config.get("back_propagate", True)
             attrs = self._graph.attrs(node)
+            changed = self._sync_quantizers(node, cell, now, attrs) or changed
+            propagate = cell._config.get("back_propagate", True)
             if attrs.get("back_propagate", True) != propagate:
                 attrs["back_propagate"] = propagate
                 changed = True
         if changed:
             self._invalidate()
 
-    def _sync_quantizers(self, node, cell) -> bool:
+    def _sync_quantizers(self, node, cell, now, attrs) -> bool:
         """Carry quantizer settings changed after tracing (`set_quantization`, `set_range`, ...) into
-        the graph; a quantizer attached or removed after tracing is refused (trace again)."""
+        the graph (`now`: the cell's IR attributes, `attrs`: its node's); a quantizer attached or
+        removed after tracing is refused (trace again)."""
         graph = self._graph
-        _, now, _ = cell._ir_node()
-        attrs = graph.attrs(node)
         fq = [n for n in graph.nx.successors(node) if graph.op(n) == "FakeQuantize"]
         act_q = cell.activation_quantizer() if hasattr(cell, "activation_quantizer") else None
         if (now.get("weight_quantizer") is None) != (attrs.get("weight_quantizer") is None) or \
