@@ -14,8 +14,11 @@ also gives the bytes allocated and still alive at each step's peak above its sta
 arrays included). The rounds alternate the contenders' processes; each line is the median
 over a round's steps (min of the medians over rounds for the times). Not a test.
 
+`--peer DIR` runs every contender from the n2d2 of another checkout too (its processes taking
+turns with this tree's), for before/after figures under the same load.
+
     python bench/bench_step_trace.py [--threads 1] [--steps 200] [--rounds 3] [--tracemalloc]
-                                     [--contenders eager,deepnetcell,fit]
+                                     [--contenders eager,deepnetcell,fit] [--peer /tmp/base]
 """
 import argparse
 import gc
@@ -40,6 +43,7 @@ def _parse(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="processes per contender, alternated")
     ap.add_argument("--contenders", default="eager,deepnetcell,fit")
     ap.add_argument("--tracemalloc", action="store_true", help="also a run under tracemalloc (bytes per step)")
+    ap.add_argument("--peer", default=None, help="another checkout whose n2d2 runs the same contenders, alternated")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--trace-memory", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -67,12 +71,21 @@ def _provider(batch=128):
 
 
 class Probe:
-    """Samples of one step: wall, CPU, minor faults, collections, objects collected."""
+    """Samples of one step: wall, CPU, minor faults, collections, objects collected, time in GC."""
 
     def __init__(self, memory):
         self.rows = []
         self.memory = memory
         self._start = None
+        self.gc_seconds = 0.0
+        self._gc_t0 = None
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase, info):
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        elif self._gc_t0 is not None:
+            self.gc_seconds += time.perf_counter() - self._gc_t0
 
     @staticmethod
     def _gc():
@@ -88,15 +101,15 @@ class Probe:
         else:
             base = 0
         self._start = (time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
-                       *self._gc(), base)
+                       *self._gc(), self.gc_seconds, base)
 
     def stop(self):
         import tracemalloc
 
-        w, c, f, g, o, base = self._start
+        w, c, f, g, o, s, base = self._start
         gn, on = self._gc()
         row = [time.perf_counter() - w, time.process_time() - c,
-               resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f, gn - g, on - o]
+               resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f, gn - g, on - o, self.gc_seconds - s]
         if self.memory:
             now, peak = tracemalloc.get_traced_memory()
             row += [peak - base, now - base]
@@ -155,7 +168,7 @@ def child(name, steps, memory):
         dn.__class__ = type("TracedDeepNetCell", (type(dn),), {"__call__": lambda self, x: on_batch(x)})
         dn._run_epoch("Learn", True, nb_max=(steps + 6) * provider.get_batch_size(), check_finite=True)
         probe.rows = probe.rows[:steps]
-    cols = ["wall", "cpu", "minflt", "gc", "gc_freed"] + (["peak_bytes", "kept_bytes"] if memory else [])
+    cols = ["wall", "cpu", "minflt", "gc", "gc_freed", "gc_s"] + (["peak_bytes", "kept_bytes"] if memory else [])
     print("@@" + json.dumps({"cols": cols, "rows": probe.rows,
                              "replays": n2d2.eager_compile.stats.training_replays}))
 
@@ -166,37 +179,40 @@ def main():
         child(args.child, args.steps, args.trace_memory)
         return
     names = [n for n in args.contenders.split(",") if n]
-    env = dict(os.environ, N2D2_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
-               OPENBLAS_NUM_THREADS=str(args.threads), PYTHONPATH=REPO)
-    results = {n: [] for n in names}
-    mem = {}
-    runs = [(n, False) for n in names] * args.rounds + ([(n, True) for n in names] if args.tracemalloc else [])
-    for name, memory in runs:
+    trees = [("", REPO)] + ([(" (peer)", os.path.abspath(args.peer))] if args.peer else [])
+    results, mem = {}, {}
+    runs = [(n + tag, tree, False) for n in names for tag, tree in trees] * args.rounds
+    runs += [(n + tag, tree, True) for n in names for tag, tree in trees] if args.tracemalloc else []
+    for label, tree, memory in runs:
+        env = dict(os.environ, N2D2_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
+                   OPENBLAS_NUM_THREADS=str(args.threads), PYTHONPATH=tree)
+        name = label.split(" ")[0]
         argv = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps)]
         out = subprocess.run(argv + (["--trace-memory"] if memory else []), env=env, capture_output=True, text=True)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("@@")), None)
         if line is None:
-            sys.exit(f"{name} failed:\n{out.stderr}")
+            sys.exit(f"{label} failed:\n{out.stderr}")
         r = json.loads(line[2:])
-        (mem.setdefault(name, []) if memory else results[name]).append(r)
+        (mem if memory else results).setdefault(label, []).append(r)
     print(f"# per step, {args.steps} steps per process, N2D2_THREADS={args.threads}, {args.rounds} round(s); "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| contender | wall ms (best round median) | CPU ms (best round median) | minor faults/step | "
-          "GCs/100 steps | objects freed by GC/step | transient MB/step | kept MB/step |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in names:
+          "GCs/100 steps | objects freed by GC/step | GC us/step | transient MB/step | kept MB/step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in results:
         med = [[statistics.median(col) for col in zip(*r["rows"])] for r in results[name]]
         mean = [[sum(col) / len(col) for col in zip(*r["rows"])] for r in results[name]]
         wall, cpu = min(m[0] for m in med), min(m[1] for m in med)
         faults = statistics.median(m[2] for m in mean)
         gcs = statistics.median(m[3] for m in mean) * 100
         freed = statistics.median(m[4] for m in mean)
+        gc_us = statistics.median(m[5] for m in mean) * 1e6
         peak = kept = "-"
         if name in mem:
             rows = mem[name][0]["rows"]
-            peak = f"{statistics.median(r[5] for r in rows) / 2**20:.2f}"
-            kept = f"{statistics.mean(r[6] for r in rows) / 2**20:.3f}"
-        print(f"| {name} | {1e3 * wall:.2f} | {1e3 * cpu:.2f} | {faults:.1f} | {gcs:.1f} | {freed:.1f} | "
+            peak = f"{statistics.median(r[6] for r in rows) / 2**20:.2f}"
+            kept = f"{statistics.mean(r[7] for r in rows) / 2**20:.3f}"
+        print(f"| {name} | {1e3 * wall:.2f} | {1e3 * cpu:.2f} | {faults:.1f} | {gcs:.1f} | {freed:.1f} | {gc_us:.1f} | "
               f"{peak} | {kept} |")
 
 

@@ -109,6 +109,38 @@ def test_each_read_starts_a_new_graph(mnist):
 
 
 # -- sequential reads, invalid slots -------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_images_scale_to_the_exact_float32_quotient(dtype):
+    """Every 8- and 16-bit value becomes float32(v) / float32(255 or 65535), bit for bit, whether
+    the provider converts into its batch buffer or into a new array."""
+    values = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
+    scale = np.float32(np.iinfo(dtype).max)
+    expected = (values.astype(np.float32) / scale).view(np.uint32)
+    out = np.full(values.shape, np.nan, dtype=np.float32)
+    assert DataProvider._to_float(values, out=out) is out
+    np.testing.assert_array_equal(out.view(np.uint32), expected)
+    np.testing.assert_array_equal(DataProvider._to_float(values).view(np.uint32), expected)
+
+
+def test_cached_batches_equal_the_database_stimuli():
+    """After the first read caches the partition, a batch is the database's stimuli (rescaled
+    once), in the order asked, whichever ids it mixes."""
+    data = np.random.default_rng(5).integers(0, 256, (40, 1, 6, 6), dtype=np.uint8)
+    db = Numpy()
+    db.load([d for d in data], [int(i % 3) for i in range(40)])
+    db.partition_stimuli(1.0, 0.0, 0.0)
+    provider = DataProvider(db, [6, 6, 1], batch_size=8)
+    provider.add_transformation(Rescale(width=6, height=6))   # a static transformation: the cache keeps them
+    provider.set_partition("Learn")
+    ids = db.get_partition_ids("Learn")
+    for start in (0, 8, 16, 0, 32, 8):
+        x = provider.read_batch(start).to_numpy()
+        assert provider._caches["Learn"].array is not None
+        chosen = ids[start:start + 8]
+        np.testing.assert_array_equal(x, data[chosen].astype(np.float32) / np.float32(255))
+        np.testing.assert_array_equal(provider.get_labels().to_numpy().ravel(), chosen % 3)
+
+
 def test_read_batch_invalid_slots_and_errors():
     db = id_database(10)
     p = DataProvider(db, [3, 2, 1], batch_size=4)
