@@ -486,7 +486,7 @@ class Score(Target):
 
         p = y[rows, safe]
         nb_valid = int(np.count_nonzero(v))
-        ce = -np.log(np.clip(p.astype(np.float64), 1e-12, None))
+        ce = -np.log(np.maximum(p.astype(np.float64), 1e-12))   # clip(., 1e-12, None), NaN kept
         self._cross_entropy = float((ce * v).sum()) / nb_valid if nb_valid else 0.0
 
         est1 = y.argmax(axis=1)
