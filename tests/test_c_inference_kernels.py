@@ -390,6 +390,43 @@ def test_padded_max_pool_nan_inf_as_the_reference():
     assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C max pool")
 
 
+TILED_2X2 = {
+    # name: (input shape, pool, stride, padding, activation): 2x2 tiles on few images (VEC2); output rows
+    # of 14 (LeNet's pool1), 5, 16 (whole vectors with VL 16 / 8), 21 and 40 (several, ragged)
+    "lenet_pool1": ((1, 6, 28, 28), (2, 2), (2, 2), (0, 0), None),
+    "lenet_pool2_b3": ((3, 16, 10, 10), (2, 2), (2, 2), (0, 0), None),
+    "32_wide": ((1, 3, 4, 32), (2, 2), (2, 2), (0, 0), None),
+    "80_wide_b2": ((2, 2, 6, 80), (2, 2), (2, 2), (0, 0), None),
+    "42_wide": ((1, 2, 6, 42), (2, 2), (2, 2), (0, 0), None),
+}
+
+
+@pytest.mark.parametrize("avx2", [False, True])
+def test_tiled_2x2_max_pool_few_images(monkeypatch, avx2):
+    """Vectors along the output rows (VEC2), masked at the rows' ends, NaN / Inf where the reference
+    puts them (built for AVX2 too: VL 8, no masked moves)."""
+    if avx2:
+        if platform.machine() not in ("x86_64", "AMD64"):
+            pytest.skip("x86-64 flags")
+        monkeypatch.setenv("N2D2_CFLAGS", "-march=x86-64-v3")
+    net, ys, ref, p = _inference(TILED_2X2, _maxpool, seed=59)
+    for case, y in ys.items():
+        assert p.where[y[0]] == "c" and p.geometry[y[0]]["VEC2"]
+        assert_close(p.view(y), ref[y], case)
+    rng = np.random.default_rng(60)
+    net = Net(seed=60)
+    x = net.input((1, 4, 10, 42))
+    net.output(net.op("Pool", [x], {"pooling": "Max", "pool": (2, 2), "stride": (2, 2), "padding": (0, 0),
+                                    "mapping": None}))
+    net.feeds[x] = poison(rng, net.feeds[x], count=12)
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert p.geometry[net.g.outputs[0][0]]["VEC2"]
+    assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C 2x2 max pool")
+
+
 BLOCKED = {
     # 4 images or more, one per block, an im2col matrix larger than SPLIT_COL_BYTES: pixel blocks
     # on private buffers (the threads take whole images)
