@@ -403,8 +403,9 @@ TILED_2X2 = {
 
 @pytest.mark.parametrize("avx2", [False, True])
 def test_tiled_2x2_max_pool_few_images(monkeypatch, avx2):
-    """Vectors along the output rows (VEC2), masked at the rows' ends, NaN / Inf where the reference
-    puts them (built for AVX2 too: VL 8, no masked moves)."""
+    """Vectors along the output rows (VEC2), the last one overlapping, rows narrower than a vector
+    by masked moves or lane by lane, NaN / Inf where the reference puts them (built for AVX2 too:
+    VL 8, no masked moves)."""
     if avx2:
         if platform.machine() not in ("x86_64", "AMD64"):
             pytest.skip("x86-64 flags")
