@@ -483,18 +483,19 @@ class CProgram(CompiledProgram):
                 or self._tuner is not None:
             return None
         seg, call_args, feed = items[0][0][1], self._call_args, self.feed
-        inputs = {name: self._views[name, 0] for name in self.graph.inputs}
+        inputs = {name: (self._views[name, 0], self._views[name, 0].shape) for name in self.graph.inputs}
         outs = [self._views[t] for t in outputs]
+        out0 = outs[0] if len(outs) == 1 else None
 
         def run(feeds):
             for name, value in feeds.items():
-                view = inputs.get(name)
-                if view is None or getattr(value, "shape", None) != view.shape:
+                view, shape = inputs.get(name, (None, None))
+                if view is None or getattr(value, "shape", None) != shape:
                     feed({name: value})   # (its checks and errors)
                 else:
                     view[...] = value
             seg(*call_args())
-            return [v.copy() for v in outs]
+            return [out0.copy()] if out0 is not None else [v.copy() for v in outs]
 
         return run
 
