@@ -475,9 +475,9 @@ class CProgram(CompiledProgram):
 
     def inference_call(self, outputs):
         """A function `feeds -> [copies of the outputs tensors]` doing feed, run_phase(0) and
-        fetch, its lookups done once here (batch-1 latency: 1.3 us of Python per call, 2.1 us
-        through the three calls), or None unless the program is one compiled segment run in one
-        phase, without dropout masks or thread tuner."""
+        fetch, its lookups done once here (batch-1 latency: see bench/RESULTS.md, infer1), or None
+        unless the program is one compiled segment run in one phase, without dropout masks or
+        thread tuner."""
         items = self._phase_items
         if not (len(items) == 1 and len(items[0]) == 1 and items[0][0][0] == "c") or self._dropout \
                 or self._tuner is not None:

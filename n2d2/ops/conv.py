@@ -650,9 +650,9 @@ INFERENCE_COL_BYTES = 1 << 18
 # few images in inference, stride 1, groups 1, work for one thread (under PARALLEL_MIN_MACS):
 # "plane" mode while the input's KW shifted copies (4 C KW Hp WO bytes) stay under this. Kernel
 # time, 1 thread, AMD EPYC Zen 4, plane / the mode it replaces (bench/bench_conv_modes.py):
-# LeNet's conv1 0.65, conv2 (table) 0.46-0.52, 3x3 16 -> 16 at 16x16 0.76-0.79, 32 -> 32 at 8x8
-# 0.85, 5x5 3 -> 5 at 7x7 0.33 (image mode before); with the MAC limit lifted, 0.62-0.82 up to
-# 200 KB of planes (one thread against wide's team there: not taken)
+# LeNet's conv1 0.64-0.65, conv2 (table) 0.44-0.52, 3x3 16 -> 16 at 16x16 0.76-0.82, 32 -> 32 at
+# 8x8 0.84-0.85, 5x5 3 -> 5 at 7x7 0.16-0.33 (image mode before); AVX2 build 0.47-0.88; with the
+# MAC limit lifted, 0.62-0.82 up to 200 KB of planes (one thread against wide's team there: not taken)
 PLANE_BYTES = 128 * 1024
 DW_CHUNK_PIXELS = 2048      # output pixels per dynamically scheduled chunk of depthwise planes
 DW_SLACK = 64               # floats after a depthwise plane: one vector (VL <= 16) of reads past it, rounded up
