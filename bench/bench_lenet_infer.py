@@ -11,9 +11,12 @@ two; each round times `--calls` calls; best and median of the rounds are printed
 Breakdown (n2d2): the fastest batch of calls of each part of `run`, the input copy (`feed`),
 the ctypes call of the compiled segment alone, the whole phase (`run_phase`: segment call plus
 its Python around it), the output copy (`fetch`); then the per-kernel time table
-(`N2D2_PROFILE=cpu`, the calling thread's CPU time, in a second program).
+(`N2D2_PROFILE=cpu`, the calling thread's CPU time, in a second program). `--nodes`: instead of
+that table, each kernel's entry point (`n2d2_node_<k>`) called alone through ctypes, best of 60
+batches of 200 calls by process CPU time, less a ctypes call doing nothing (no profiler clock inside:
+usable under load; the build follows $N2D2_CFLAGS, e.g. -mno-avx512f for an AVX2 build).
 
-    python bench/bench_lenet_infer.py [--threads 1] [--cpu-time] [--rounds 9] [--calls 3000]
+    python bench/bench_lenet_infer.py [--threads 1] [--cpu-time] [--rounds 9] [--calls 3000] [--nodes]
 """
 import argparse
 import os
@@ -57,12 +60,48 @@ def best_batch(fn, calls=100, batches=200):
     return best / calls * 1e6
 
 
+def print_node_times(graph, c, batches=60, calls=200):
+    """Each kernel alone (n2d2_node_<k>, k = 1.. in schedule order), us per call, CPU time."""
+    import ctypes
+
+    args = c._call_args()
+
+    def best(fn):
+        b = float("inf")
+        for _ in range(batches):
+            t = time.process_time()
+            for _ in range(calls):
+                fn(*args)
+            b = min(b, time.process_time() - t)
+        return b / calls * 1e6
+
+    flag = c._profiling
+    empty = best(lambda *a: c._lib.n2d2_set_profiling(flag))   # a ctypes call doing nothing
+    names = [n for n in c.phases[0] if graph.op(n) != "Input"]
+    print(f"n2d2 kernels called alone (best of {batches} x {calls} calls, process CPU time, us, less "
+          f"{empty:.2f} us of a ctypes call doing nothing):")
+    total = 0.0
+    for k, name in enumerate(names, 1):
+        f = getattr(c._lib, f"n2d2_node_{k}", None)
+        if f is None:
+            break
+        f.argtypes = [ctypes.c_void_p] * 4
+        f.restype = None
+        t = best(f) - empty
+        total += t
+        print(f"  {name:12s} {graph.op(name):8s} {t:6.2f}")
+    seg = c._phase_items[0][0][1] if len(c._phase_items[0]) == 1 else None
+    if seg is not None:
+        print(f"  sum {total:.2f}, the whole segment {best(seg) - empty:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="n2d2 (N2D2_THREADS) and onnxruntime intra-op threads")
     ap.add_argument("--cpu-time", action="store_true", help="time rounds by process CPU time")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--calls", type=int, default=3000)
+    ap.add_argument("--nodes", action="store_true", help="per-kernel times by direct calls (see above)")
     args = ap.parse_args()
     os.environ["N2D2_THREADS"] = str(args.threads)
     import numpy as np
@@ -113,6 +152,9 @@ def main():
     print("n2d2 breakdown (fastest batch of 100 calls, wall clock, us per call):")
     for k, fn in parts.items():
         print(f"  {k:32s} {best_batch(fn):7.2f}")
+    if args.nodes:
+        print_node_times(graph, c)
+        return
     _, prof, _ = build(profile=True)
     prof.feed(feeds)
     for _ in range(args.calls):

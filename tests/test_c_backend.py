@@ -659,6 +659,37 @@ def test_parameter_pointers_follow_replaced_arrays():
     assert rel_err(p.view(net.g.outputs[0]), ref) < 1e-5
 
 
+def test_inference_program_prepared_call():
+    """InferenceProgram.run through CProgram.inference_call (lookups done once): the outputs are
+    fresh copies, follow new inputs, replaced and edited parameter arrays, and a bad feed fails as
+    feed() does."""
+    from n2d2.codegen import numpy_exec
+    from n2d2.codegen.programs import InferenceProgram
+
+    net = _tiny_net(seed=28)
+    prog = InferenceProgram(net.g, "c")
+    assert prog._call is not None
+    x = net.g.inputs[0]
+    pname = [k for k in net.g.params if k.endswith("weights")][0]
+    first = prog.run(net.feeds)[0]
+    assert rel_err(first, numpy_exec.run(net.g, net.feeds)[0]) < 1e-5
+    for change in ("input", "replaced", "edited"):
+        if change == "input":
+            net.feeds[x] = net.feeds[x] + 1.0
+        elif change == "replaced":
+            net.g.params[pname].array = net.g.params[pname].array * -2.0   # a new array
+        else:
+            net.g.params[pname].array[0] += 1.0                             # in place
+        out = prog.run(net.feeds)[0]
+        assert rel_err(out, numpy_exec.run(net.g, net.feeds)[0]) < 1e-5, change
+        assert not np.array_equal(out, first), change
+    assert rel_err(first, prog.run(net.feeds)[0]) > 1e-3      # the first result was a copy, kept
+    with pytest.raises(ValueError):
+        prog.run({x: np.zeros((0, 2, 6, 6), np.float32)})
+    with pytest.raises(KeyError):
+        prog.run({"no such input": net.feeds[x]})
+
+
 def test_team_size_ignores_torch_set_num_threads(monkeypatch):
     """torch's libgomp.so.1 is the one the generated libraries bind to once torch is imported:
     torch.set_num_threads(1) must not shrink programs built afterwards to one thread."""

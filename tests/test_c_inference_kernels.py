@@ -88,8 +88,26 @@ SPLIT = {
     "image_blocks_rows_outer": ((1, 256, 29, 29), 112, dict(k=(3, 3), stride=(2, 2), padding=(1, 1),
                                                            activation=RELU6), "image"),
 }
-# in inference, few images go wide from half the grid kept (WIDE_MIN_EFFICIENCY_FEW; training: 0.75)
-SPLIT_INFERENCE_MODE = {"image_5x5_valid_b1": "wide", "lenet_conv2_mapping_b1": "wide"}
+# in inference, few images go wide from half the grid kept (WIDE_MIN_EFFICIENCY_FEW; training: 0.75),
+# or take the plane mode when the work is small (PLANE_BYTES, one thread: not split)
+SPLIT_INFERENCE_MODE = {"image_5x5_valid_b1": "plane", "lenet_conv2_mapping_b1": "plane",
+                        "image_5x5_valid_b1_narrow": "plane", "wide_3x3_b1_ragged": "plane",
+                        "wide_dilation_b2": "plane"}
+
+PLANE = {
+    # name: (input shapes, outputs, kwargs): few images in inference, stride 1, groups 1, small maps
+    # (n2d2/ops/conv.py PLANE_BYTES); output planes of 784 = 24 strips + one vector (VL 16), 100 and 117
+    # pixels (a ragged strip under / over one vector), 16 (one strip, partial)
+    "lenet_conv1": ([(1, 1, 32, 32)], 6, dict(k=(5, 5), bias=False, activation=ACTIVATIONS["relu"])),
+    "table_b2_tanh": ([(2, 6, 14, 14)], 16, dict(k=(5, 5), activation=ACTIVATIONS["tanh"],
+                                                 mapping=np.random.default_rng(4).random((6, 16)) < 0.6)),
+    "table_7_outputs_pad_1x2": ([(1, 5, 9, 11)], 7, dict(k=(3, 3), padding=(1, 2), activation=RELU6,
+                                                         mapping=np.random.default_rng(5).random((5, 7)) < 0.5)),
+    "pad_2x1_dilation_1x2_b3": ([(3, 3, 10, 13)], 5, dict(k=(3, 3), padding=(2, 1), dilation=(1, 2), bias=False)),
+    "3x5_pad_0x2_relu6": ([(1, 4, 7, 19)], 9, dict(k=(3, 5), padding=(0, 2), activation=RELU6)),
+    "17_outputs_4x4": ([(1, 2, 6, 6)], 17, dict(k=(3, 3))),
+    "two_inputs_pad1": ([(1, 3, 8, 8), (1, 2, 8, 8)], 6, dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+}
 
 
 def _split(net, shape, o, kw, mode):
@@ -207,7 +225,8 @@ def test_split_inference(split_inference, case):
     net, ys, ref, p = split_inference
     y = ys[case]
     g = p.geometry[y[0]]
-    assert p.where[y[0]] == "c" and g["MODE"] == SPLIT_INFERENCE_MODE.get(case, SPLIT[case][3]) and g["SPLIT"]
+    assert p.where[y[0]] == "c" and g["MODE"] == SPLIT_INFERENCE_MODE.get(case, SPLIT[case][3])
+    assert g["SPLIT"] or g["MODE"] == "plane"   # (plane: one thread)
     assert_close(p.view(y), ref[y], case)
     if case == "image_blocks_rows_outer":
         assert g["PB"] < g["P"] and g["P"] % g["PB"] and g["ROWS_OUTER"] and g["PAR"]
@@ -223,6 +242,79 @@ def test_split_inference(split_inference, case):
         assert g["CWB"]
     if case == "wide_3x3_b1_strips":
         assert g["PAR"] and g["Wp"] != g["WO"]
+
+
+def _plane(net, shapes, o, kw):
+    xs = [net.source(shape, name=f"input{i}") for i, shape in enumerate(shapes)]
+    return [net.conv(xs if len(xs) > 1 else xs[0], o, **kw)]
+
+
+@pytest.fixture(scope="module")
+def plane_inference():
+    return _inference(PLANE, _plane, seed=55)
+
+
+@pytest.mark.parametrize("case", sorted(PLANE))
+def test_plane_inference(plane_inference, case):
+    net, ys, ref, p = plane_inference
+    y = ys[case]
+    g = p.geometry[y[0]]
+    assert p.where[y[0]] == "c" and g["MODE"] == "plane" and not g["PAR"]
+    assert (g["CONN"] is not None) == ("table" in case)
+    assert_close(p.view(y), ref[y], case)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 flags")
+def test_plane_inference_avx2_build(monkeypatch):
+    """Built for AVX2 (N2D2_VL 8, NR 16): other strip widths, other ragged ends."""
+    monkeypatch.setenv("N2D2_CFLAGS", "-march=x86-64-v3")
+    net, ys, ref, p = _inference(PLANE, _plane, seed=57)
+    for case, y in ys.items():
+        assert p.geometry[y[0]]["MODE"] == "plane"
+        assert_close(p.view(y), ref[y], case)
+
+
+def test_plane_training_keeps_its_modes():
+    """Plane mode is inference only: the same convolution in a training program is wide or image."""
+    suite = Suite(seed=58)
+    suite.add("lenet_conv1", lambda net: _plane(net, *PLANE["lenet_conv1"]))
+    p, (y,) = suite.run().check("lenet_conv1")
+    assert p.geometry[y]["MODE"] in ("wide", "image")
+
+
+@pytest.mark.parametrize("finite_input", [True, False])
+def test_plane_nan_inf_as_the_reference(finite_input):
+    """A connection table's unconnected blocks are skipped only while the image is finite (the
+    reference multiplies the zeroed weights: 0 * Inf is NaN); a NaN weight of an unconnected pair
+    is zeroed by the table, one of a connected pair poisons its output channel."""
+    rng = np.random.default_rng(56)
+    net = Net(seed=56)
+    x = net.input((1, 6, 14, 14))
+    table = rng.random((6, 16)) < 0.5
+    y1 = net.conv(x, 16, k=(5, 5), mapping=table, activation=ACTIVATIONS["relu"])
+    y2 = net.conv(x, 8, k=(3, 3), padding=(1, 1), bias=False)
+    net.output(y1, y2)
+    y1 = net.g.outputs[0]
+    if not finite_input:
+        net.feeds[x] = poison(rng, net.feeds[x], count=1)
+    w = net.g.params[f"{y1[0]}.weights"].array
+    c_off, o_off = np.argwhere(~table)[0]
+    c_on, o_on = np.argwhere(table)[-1]
+    w[o_off, c_off, 1, 2] = np.nan
+    w[o_on, c_on, 2, 1] = np.inf
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    assert all(p.geometry[t[0]]["MODE"] == "plane" for t in net.g.outputs)
+    p.feed(net.feeds)
+    p.run_phase(0)
+    out = {t: p.view(t).copy() for t in net.g.outputs}
+    assert_same_pattern(ref, out, "C plane mode")
+    if finite_input:   # the skipping path: the unconnected NaN weight is never read
+        assert o_off == o_on or np.isfinite(out[y1][0, o_off]).all()
+        assert not np.isfinite(out[y1][0, o_on]).all()
+        for t in net.g.outputs:
+            keep = np.isfinite(ref[t])
+            assert_close(np.where(keep, out[t], 0), np.where(keep, ref[t], 0), t)
 
 
 @pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])
@@ -296,6 +388,44 @@ def test_padded_max_pool_nan_inf_as_the_reference():
     p.run_phase(0)
     assert p.geometry[net.g.outputs[0][0]]["PADROW"]
     assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C max pool")
+
+
+TILED_2X2 = {
+    # name: (input shape, pool, stride, padding, activation): 2x2 tiles on few images (VEC2); output rows
+    # of 14 (LeNet's pool1), 5, 16 (whole vectors with VL 16 / 8), 21 and 40 (several, ragged)
+    "lenet_pool1": ((1, 6, 28, 28), (2, 2), (2, 2), (0, 0), None),
+    "lenet_pool2_b3": ((3, 16, 10, 10), (2, 2), (2, 2), (0, 0), None),
+    "32_wide": ((1, 3, 4, 32), (2, 2), (2, 2), (0, 0), None),
+    "80_wide_b2": ((2, 2, 6, 80), (2, 2), (2, 2), (0, 0), None),
+    "42_wide": ((1, 2, 6, 42), (2, 2), (2, 2), (0, 0), None),
+}
+
+
+@pytest.mark.parametrize("avx2", [False, True])
+def test_tiled_2x2_max_pool_few_images(monkeypatch, avx2):
+    """Vectors along the output rows (VEC2), the last one overlapping, rows narrower than a vector
+    by masked moves or lane by lane, NaN / Inf where the reference puts them (built for AVX2 too:
+    VL 8, no masked moves)."""
+    if avx2:
+        if platform.machine() not in ("x86_64", "AMD64"):
+            pytest.skip("x86-64 flags")
+        monkeypatch.setenv("N2D2_CFLAGS", "-march=x86-64-v3")
+    net, ys, ref, p = _inference(TILED_2X2, _maxpool, seed=59)
+    for case, y in ys.items():
+        assert p.where[y[0]] == "c" and p.geometry[y[0]]["VEC2"]
+        assert_close(p.view(y), ref[y], case)
+    rng = np.random.default_rng(60)
+    net = Net(seed=60)
+    x = net.input((1, 4, 10, 42))
+    net.output(net.op("Pool", [x], {"pooling": "Max", "pool": (2, 2), "stride": (2, 2), "padding": (0, 0),
+                                    "mapping": None}))
+    net.feeds[x] = poison(rng, net.feeds[x], count=12)
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert p.geometry[net.g.outputs[0][0]]["VEC2"]
+    assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C 2x2 max pool")
 
 
 BLOCKED = {

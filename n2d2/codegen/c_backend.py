@@ -42,6 +42,7 @@ from n2d2.codegen.kernel_data import activation_ok as _activation_ok
 from n2d2.codegen.render import environment, render, template_exists
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
+from n2d2.ir.graph import Param
 from n2d2.ir.lowering import PARALLEL_MIN_MACS, SLACK_FLOATS, Unsupported
 from n2d2.ir.lowering import Scratch as _Scratch
 from n2d2.ir.types import GraphError
@@ -391,6 +392,7 @@ class CProgram(CompiledProgram):
         self._param_objs = [graph.params[p] for p in self._param_names]
         self._param_arrays = None
         self._param_ptrs = None
+        self._param_rebinds = -1
         self._seg_funcs = {}
         for seg in self._segments:
             f = getattr(self._lib, f"n2d2_segment_{seg['index']}")
@@ -448,11 +450,16 @@ class CProgram(CompiledProgram):
         parameter array was replaced (solvers and weight setters update arrays in place)."""
         cached = self._param_arrays
         if cached is not None:
+            rebinds = Param.rebinds
+            if rebinds == self._param_rebinds:
+                return self._args   # (per call at batch-1 latency: no array rebound anywhere)
             for p, a in zip(self._param_objs, cached):
                 if p.array is not a:
                     break
             else:
-                return self._args   # (per call at batch-1 latency: no list built)
+                self._param_rebinds = rebinds
+                return self._args   # (no list built)
+        self._param_rebinds = Param.rebinds
         arrays = [p.array for p in self._param_objs]
         for name, a in zip(self._param_names, arrays):
             if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous):
@@ -460,8 +467,37 @@ class CProgram(CompiledProgram):
                                  f"backend (got {type(a).__name__} {getattr(a, 'dtype', '')})")
         self._param_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
         self._param_arrays = arrays
-        self._args = (self._arena.ctypes.data, self._param_ptrs, self._aux_ptrs, self._scratch.ctypes.data)
+        # every argument a plain int (the pointer arrays' addresses; they live on as attributes):
+        # ctypes converts an int faster than an array object (0.06 us each per call)
+        self._args = (self._arena.ctypes.data, ctypes.addressof(self._param_ptrs), ctypes.addressof(self._aux_ptrs),
+                      self._scratch.ctypes.data)
         return self._args
+
+    def inference_call(self, outputs):
+        """A function `feeds -> [copies of the outputs tensors]` doing feed, run_phase(0) and
+        fetch, its lookups done once here (batch-1 latency: see bench/RESULTS.md, infer1), or None
+        unless the program is one compiled segment run in one phase, without dropout masks or
+        thread tuner."""
+        items = self._phase_items
+        if not (len(items) == 1 and len(items[0]) == 1 and items[0][0][0] == "c") or self._dropout \
+                or self._tuner is not None:
+            return None
+        seg, call_args, feed = items[0][0][1], self._call_args, self.feed
+        inputs = {name: (self._views[name, 0], self._views[name, 0].shape) for name in self.graph.inputs}
+        outs = [self._views[t] for t in outputs]
+        out0 = outs[0] if len(outs) == 1 else None
+
+        def run(feeds):
+            for name, value in feeds.items():
+                view, shape = inputs.get(name, (None, None))
+                if view is None or getattr(value, "shape", None) != shape:
+                    feed({name: value})   # (its checks and errors)
+                else:
+                    view[...] = value
+            seg(*call_args())
+            return [out0.copy()] if out0 is not None else [v.copy() for v in outs]
+
+        return run
 
     def run_phase(self, index, batch_size=1):
         args = self._call_args()

@@ -26,6 +26,15 @@ class Param:
     role: str = ""
     solver: object = None
 
+    # how many times any Param's array was rebound: a compiled program re-reads its parameters'
+    # pointers only after one (n2d2/codegen/c_backend.py, CProgram._call_args)
+    rebinds = 0
+
+    def __setattr__(self, name, value):
+        if name == "array":
+            Param.rebinds += 1
+        object.__setattr__(self, name, value)
+
     @property
     def shape(self):
         return tuple(self.array.shape)

@@ -647,6 +647,13 @@ SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (ima
 # in inference, the block's matrix stays in a Zen 3 L2 (512 KiB): the GEMM reads it back from
 # there, not from L3 (1 thread, batch 1: MobileNet V2's stem 692 -> 592 us, ResNet-18's 3.92 -> 3.71 ms)
 INFERENCE_COL_BYTES = 1 << 18
+# few images in inference, stride 1, groups 1, work for one thread (under PARALLEL_MIN_MACS):
+# "plane" mode while the input's KW shifted copies (4 C KW Hp WO bytes) stay under this. Kernel
+# time, 1 thread, AMD EPYC Zen 4, plane / the mode it replaces (bench/bench_conv_modes.py):
+# LeNet's conv1 0.64-0.65, conv2 (table) 0.44-0.52, 3x3 16 -> 16 at 16x16 0.76-0.82, 32 -> 32 at
+# 8x8 0.84-0.85, 5x5 3 -> 5 at 7x7 0.16-0.33 (image mode before); AVX2 build 0.47-0.88; with the
+# MAC limit lifted, 0.62-0.82 up to 200 KB of planes (one thread against wide's team there: not taken)
+PLANE_BYTES = 128 * 1024
 DW_CHUNK_PIXELS = 2048      # output pixels per dynamically scheduled chunk of depthwise planes
 DW_SLACK = 64               # floats after a depthwise plane: one vector (VL <= 16) of reads past it, rounded up
 
@@ -740,7 +747,18 @@ class Conv(OpDef):
         few = not training and n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS
         wide_pays = few or (1 - wo / wp) * og <= low.WIDE_MAX_WASTED_ROWS or 4 * kg * p > low.WIDE_IM2COL_BYTES
         min_efficiency = low.WIDE_MIN_EFFICIENCY_FEW if few else low.WIDE_MIN_EFFICIENCY
-        if (sy, sx) == (1, 1) and nb == 1 and wo / wp >= min_efficiency and wide_pays \
+        if few and groups == 1 and (sy, sx) == (1, 1) and kh * kw > 1 and 4 * c * kw * hp * wo <= PLANE_BYTES \
+                and macs < low.PARALLEL_MIN_MACS:
+            # plane mode: KW shifted copies of the input, WO wide, then one GEMM reading its rows
+            # in place (Conv.c.j2 plane_forward): no junk columns, no packed panels (1x1: the
+            # input planes are the GEMM's rows already, read in place by the wide mode)
+            g.update(MODE="plane", Hp=hp, Wp=wp, PAR=False, SPLIT=False,
+                     CONN=None if conn is None else _conn_layout(conn, kh * kw))
+            if conn is not None:
+                sf.add_shared("WM", o * kg)
+            # + NR floats: the last strip's tiles read up to one strip past the planes
+            sf.add_private("XS", c * kw * hp * wo + 32)
+        elif (sy, sx) == (1, 1) and nb == 1 and wo / wp >= min_efficiency and wide_pays \
                 and not (groups > 1 and groups == c == o) and pqy >= 0 and pqx >= 0:
             # implicit im2col: the GEMM reads shifted windows of the (padded) input planes in place
             lw = ho * wp
