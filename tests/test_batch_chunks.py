@@ -171,3 +171,21 @@ def test_per_sample_ops():
     assert {n for n, op in defs.items() if op.per_sample} == {
         "Activation", "BatchNorm", "Concat", "Conv", "Deconv", "Dropout", "ElemWise", "Epilogue", "Fc",
         "Identity", "LRN", "Padding", "Pool", "Reshape", "Resize", "Scaling", "Softmax"}
+
+
+@pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
+def test_prefix_that_cannot_be_rebatched_runs_whole(monkeypatch):
+    """A prefix whose shape rules refuse the chunk's batch: one program on the whole batch."""
+    import n2d2.codegen.programs as programs
+    from n2d2.ir.types import GraphError
+
+    def refuse(graph, batch_size):
+        raise GraphError(f"'{graph.name}' is bound to its batch")
+
+    monkeypatch.setenv("N2D2_CHUNK_LIVE_BYTES", "1")
+    monkeypatch.setattr(programs, "rebatch", refuse)
+    b = inverted_residual_net()
+    program = InferenceProgram(b.g, "c")
+    assert program.chunks is None and len(program.programs) == 1
+    want = numpy_exec.run(b.g, b.feeds)[0]
+    np.testing.assert_allclose(program.run(b.feeds)[0], want, rtol=1e-4, atol=1e-5)

@@ -15,6 +15,7 @@ from n2d2.backend import array_module, to_host
 from n2d2.codegen import backends
 from n2d2.ir import batch_chunks
 from n2d2.ir.passes.shape_inference import rebatch
+from n2d2.ir.types import GraphError
 
 BACKENDS = backends.NAMES
 
@@ -43,15 +44,18 @@ class InferenceProgram:
         self.backend = backend
         self._outputs = list(graph.outputs)
         self.chunks = batch_chunks.plan(graph) if chunking and backend == "c" else None
+        if self.chunks is not None:
+            prefix, suffix, self._cut_inputs = batch_chunks.split(graph, self.chunks)
+            chunk, batch = self.chunks.chunk, self.chunks.batch
+            try:
+                parts = {size: rebatch(prefix, size) for size in {chunk, batch % chunk} if size}
+            except (GraphError, ValueError):   # a shape rule bound to the graph's batch: run it whole
+                self.chunks = None
         if self.chunks is None:
             self._c = self._program(graph)
             self.programs = [self._c]
             return
-        prefix, suffix, self._cut_inputs = batch_chunks.split(graph, self.chunks)
-        chunk, batch = self.chunks.chunk, self.chunks.batch
-        self._prefix = {chunk: self._program(rebatch(prefix, chunk))}
-        if batch % chunk:
-            self._prefix[batch % chunk] = self._program(rebatch(prefix, batch % chunk))
+        self._prefix = {size: self._program(part) for size, part in parts.items()}
         self._suffix = self._program(suffix) if suffix is not None else None
         self._c = self._suffix if suffix is not None else self._prefix[chunk]
         self.programs = list(self._prefix.values()) + ([self._suffix] if suffix is not None else [])
@@ -74,8 +78,8 @@ class InferenceProgram:
         suffix once."""
         batch, chunk = self.chunks.batch, self.chunks.chunk
         suffix = self._suffix
-        gathered = {t: np.empty(self.graph.output_types(t[0])[t[1]].shape, self.graph.output_types(t[0])[t[1]].dtype)
-                    for t in set(self._cut_inputs) | set(self._prefix_outputs)}
+        types = {t: self.graph.output_types(t[0])[t[1]] for t in set(self._cut_inputs) | set(self._prefix_outputs)}
+        gathered = {t: np.empty(tt.shape, tt.dtype) for t, tt in types.items()}   # fresh: outputs are returned
         for start in range(0, batch, chunk):
             stop = min(batch, start + chunk)
             c = self._prefix[stop - start]
@@ -84,10 +88,10 @@ class InferenceProgram:
             for t, value in gathered.items():
                 value[start:stop] = c.view(t)
         if suffix is not None:
-            suffix.feed({name: gathered[t] for t, name in self._cut_inputs.items()})
-            suffix.feed({name: value for name, value in feeds.items() if name in suffix.graph.inputs})
+            suffix.feed({**{name: gathered[t] for t, name in self._cut_inputs.items()},
+                         **{name: value for name, value in feeds.items() if name in suffix.graph.inputs}})
             suffix.run_phase(0)
-        return [gathered[t].copy() if t in gathered else suffix.fetch(t) for t in self._outputs]
+        return [gathered[t] if t in gathered else suffix.fetch(t) for t in self._outputs]
 
 
 def gradient_tensors(training_graph) -> list:
