@@ -189,3 +189,17 @@ def test_prefix_that_cannot_be_rebatched_runs_whole(monkeypatch):
     assert program.chunks is None and len(program.programs) == 1
     want = numpy_exec.run(b.g, b.feeds)[0]
     np.testing.assert_allclose(program.run(b.feeds)[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_plan_declines_when_the_heavy_part_passes_an_op_mixing_images():
+    """Steps over budget after a node that is not per sample: chunking the part before it would
+    leave the rest of the traffic, so the plan declines."""
+    b = Builder(dtype="float32")
+    x = b.input("x", (4, 8, 12, 12))
+    c = b.conv("c", x, 8, k=1)              # live: x + c = 36864 bytes
+    c2 = b.conv("c2", c, 1, k=1)            # c + c2 = 20736
+    t = b.op("t", "Transpose", c2, perm=(0, 1, 3, 2))   # c2 + t = 4608
+    b.g.set_outputs([b.conv("after", t, 1, k=1)])       # t + after = 4608
+    plan = batch_chunks.plan(b.g, live_budget=10000, chunk_budget=1)
+    assert plan is not None and plan.prefix == ["x", "c", "c2"]
+    assert batch_chunks.plan(b.g, live_budget=4000, chunk_budget=1) is None

@@ -8,10 +8,11 @@ where weights outweigh activations, still runs on the whole batch. The answers a
 because the front's ops are `per_sample` (image i of an output depends only on image i of the
 inputs): the chunks compute disjoint slices of the same tensors.
 
-`plan(graph)` decides, from tensor and parameter bytes only, whether and where to cut: the
-prefix is the longest run of the graph's order that is per sample, ends after the last step
-whose live tensors at the full batch exceed `LIVE_BYTES_BUDGET`, and runs in chunks of the
-most images whose live tensors stay within `CHUNK_BYTES_BUDGET` (at least 1). `split` returns
+`plan(graph)` decides, from tensor and parameter sizes only, whether and where to cut: the
+prefix ends after the last step whose live tensors at the full batch exceed `LIVE_BYTES_BUDGET`;
+every node up to there must be per sample (else no chunking: the traffic past a node that
+mixes the images would stay) and the prefix memory-bound (`MEMORY_BOUND_MACS`); it runs in
+chunks of the most images whose live tensors stay within `CHUNK_BYTES_BUDGET` (at least 1). `split` returns
 the prefix as a graph at the chunk's batch and the rest (the suffix) as a graph at the full
 batch whose inputs are the tensors crossing the cut (and the graph inputs it reads itself).
 Inference only: a training graph's BatchNorm and gradients mix the images of a batch.
@@ -133,9 +134,9 @@ def plan(graph, order=None, live_budget: int = None, chunk_budget: int = None):
     while eligible < len(order) and _per_sample_batch(graph, order[eligible], batch):
         eligible += 1
     live = _live_bytes(graph, order)
-    heavy = [k for k in range(eligible) if live[k] > live_budget]
-    if not heavy or heavy[-1] < len(graph.inputs):
-        return None
+    heavy = [k for k in range(len(order)) if live[k] > live_budget]
+    if not heavy or heavy[-1] < len(graph.inputs) or heavy[-1] >= eligible:
+        return None   # nothing over budget, or some of it past an op that mixes the images
     prefix = order[:heavy[-1] + 1]
     if _macs_per_output(graph, prefix) > MEMORY_BOUND_MACS:
         return None
