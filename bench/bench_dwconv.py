@@ -47,7 +47,8 @@ def layers(batch):
     tensor = n2d2.Tensor.from_numpy(x)
     TensorPlaceholder(tensor)
     dn(tensor)
-    progs = [p._c for key, p in dn._programs.items() if key[0] == "inference"]
+    progs = [c for key, p in dn._programs.items() if key[0] == "inference"
+             for c in getattr(p, "programs", [p._c])]   # (batch chunks: several programs)
     for p in progs:
         atexit.unregister(p.print_profile)
     best = {}

@@ -39,7 +39,8 @@ def measure(path, batch, calls, out):
         return dn(tensor)
 
     run()
-    programs = [p._c for key, p in dn._programs.items() if key[0] == "inference"]
+    programs = [c for key, p in dn._programs.items() if key[0] == "inference"
+                for c in getattr(p, "programs", [p._c])]   # (batch chunks: several programs)
     best = {}
     for _ in range(calls):
         before = {n: v[1] for p in programs for n, v in p.profile().items()}

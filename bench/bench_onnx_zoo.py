@@ -118,8 +118,10 @@ def run_n2d2(args, x):
 
 
 def _programs(dn):
-    """The compiled inference programs of a DeepNetCell (its program cache)."""
-    return [program._c for key, program in dn._programs.items() if key[0] == "inference"]
+    """The compiled inference programs of a DeepNetCell (its program cache; a program run in batch
+    chunks has several, `programs`: a --before tree may predate them)."""
+    return [c for key, program in dn._programs.items() if key[0] == "inference"
+            for c in getattr(program, "programs", [program._c])]
 
 
 def run_ort(args, x):

@@ -13,6 +13,9 @@ import numpy as np
 from n2d2 import distributed
 from n2d2.backend import array_module, to_host
 from n2d2.codegen import backends
+from n2d2.ir import batch_chunks
+from n2d2.ir.passes.shape_inference import rebatch
+from n2d2.ir.types import GraphError
 
 BACKENDS = backends.NAMES
 
@@ -28,24 +31,73 @@ def program_source(program):
 
 
 class InferenceProgram:
-    """`run(feeds) -> list of output arrays` for a graph."""
+    """`run(feeds) -> list of output arrays` for a graph.
 
-    def __init__(self, graph, backend: str):
+    On the C backend, a batch whose front streams more than the caches hold runs that front
+    in chunks of a few images (`n2d2.ir.batch_chunks`): one program for the prefix at the
+    chunk's batch (and one for a smaller last chunk), one for the rest at the full batch, fed
+    the prefix's outputs chunk by chunk. `chunking=False` (or `N2D2_CHUNK_LIVE_BYTES=0`) keeps
+    one program. `programs` lists the compiled programs (prefix ones first)."""
+
+    def __init__(self, graph, backend: str, chunking: bool = True):
         self.graph = graph
         self.backend = backend
-        self._c = backends.get(backend).program(graph, [graph.topological_order()], training=False)
         self._outputs = list(graph.outputs)
-        # the C backend's prepared call (CProgram.inference_call: batch-1 latency), else None
-        prepared = getattr(self._c, "inference_call", None)
-        self._call = prepared(self._outputs) if prepared is not None else None
+        self.chunks = batch_chunks.plan(graph) if chunking and backend == "c" else None
+        if self.chunks is not None:
+            prefix, suffix, self._cut_inputs = batch_chunks.split(graph, self.chunks)
+            chunk, batch = self.chunks.chunk, self.chunks.batch
+            try:
+                parts = {size: rebatch(prefix, size) for size in {chunk, batch % chunk} if size}
+            except (GraphError, ValueError):   # a shape rule bound to the graph's batch: run it whole
+                self.chunks = None
+        self._call = None
+        if self.chunks is None:
+            self._c = self._program(graph)
+            self.programs = [self._c]
+            # the C backend's prepared call (CProgram.inference_call: batch-1 latency), else None
+            prepared = getattr(self._c, "inference_call", None)
+            self._call = prepared(self._outputs) if prepared is not None else None
+            return
+        self._prefix = {size: self._program(part) for size, part in parts.items()}
+        self._suffix = self._program(suffix) if suffix is not None else None
+        self._c = self._suffix if suffix is not None else self._prefix[chunk]
+        self.programs = list(self._prefix.values()) + ([self._suffix] if suffix is not None else [])
+        self._prefix_inputs = list(prefix.inputs)
+        self._prefix_outputs = [t for t in self._outputs if t[0] in set(self.chunks.prefix)]
+
+    def _program(self, graph):
+        return backends.get(self.backend).program(graph, [graph.topological_order()], training=False)
 
     def run(self, feeds: dict) -> list:
         if self._call is not None:
             return self._call(feeds)
-        c = self._c
-        c.feed(feeds)
-        c.run_phase(0)
-        return [c.fetch(t) for t in self._outputs]
+        if self.chunks is None:
+            c = self._c
+            c.feed(feeds)
+            c.run_phase(0)
+            return [c.fetch(t) for t in self._outputs]
+        return self._run_chunked(feeds)
+
+    def _run_chunked(self, feeds: dict) -> list:
+        """The prefix chunk by chunk, its cut tensors gathered into the suffix's inputs, then the
+        suffix once."""
+        batch, chunk = self.chunks.batch, self.chunks.chunk
+        suffix = self._suffix
+        types = {t: self.graph.output_types(t[0])[t[1]] for t in set(self._cut_inputs) | set(self._prefix_outputs)}
+        gathered = {t: np.empty(tt.shape, tt.dtype) for t, tt in types.items()}   # fresh: outputs are returned
+        for start in range(0, batch, chunk):
+            stop = min(batch, start + chunk)
+            c = self._prefix[stop - start]
+            c.feed({name: feeds[name][start:stop] for name in self._prefix_inputs})
+            c.run_phase(0)
+            for t, value in gathered.items():
+                value[start:stop] = c.view(t)
+        if suffix is not None:
+            suffix.feed({**{name: gathered[t] for t, name in self._cut_inputs.items()},
+                         **{name: value for name, value in feeds.items() if name in suffix.graph.inputs}})
+            suffix.run_phase(0)
+        return [gathered[t] if t in gathered else suffix.fetch(t) for t in self._outputs]
 
 
 def gradient_tensors(training_graph) -> list:

@@ -39,6 +39,7 @@ class Epilogue(low.SameShapeLowering, OpDef):
     """attrs: steps (see the module docstring). Inputs: the value, then the residuals."""
 
     name = "Epilogue"
+    per_sample = True
     backward_sees_input = True
     max_inputs = None
     elementwise = True

@@ -67,6 +67,9 @@ class OpDef:
     #: a batch-1 node whose inputs may be planned as channel slices of its output (it then copies
     #: nothing; the planner's concat aliasing)
     aliases_inputs = False
+    #: in inference, image i of every output depends only on image i of every input (batch-first
+    #: tensors): a run on a slice of the batch computes that slice (n2d2.ir.batch_chunks)
+    per_sample = False
     #: a following inference BatchNorm can fold into its weights and biases (fold_batchnorm)
     folds_batchnorm = False
     #: its backward kernels see the pre-activation value (the Activation node reads its forward
@@ -87,7 +90,7 @@ class OpDef:
 
     #: the property names above, for tools and tests that walk the registry
     PROPERTIES = ("elementwise", "carries_activation", "epilogue_anchor", "epilogue_member", "keeps_sign",
-                  "passthrough", "aliases_inputs", "folds_batchnorm", "backward_sees_input",
+                  "passthrough", "aliases_inputs", "per_sample", "folds_batchnorm", "backward_sees_input",
                   "onnx_names", "ini_names", "quantized")
 
     def plain_attrs(self, attrs: dict) -> dict:
@@ -117,6 +120,12 @@ class OpDef:
         input slots of its residuals, numbered from `first_input` in the steps), its own
         fused activation excluded; None when it cannot join (see n2d2.ir.epilogue)."""
         return None
+
+    def macs_per_output(self, graph, node) -> float:
+        """Multiply-adds per output value in inference, its arithmetic intensity (how
+        n2d2.ir.batch_chunks tells a memory-bound front from a compute-bound one): 1 unless the
+        op says more."""
+        return 1.0
 
     def check_arity(self, node, n):
         if n < self.min_inputs or (self.max_inputs is not None and n > self.max_inputs):

@@ -137,6 +137,7 @@ class BatchNorm(OpDef):
     (moving statistics, updated in place by a training forward)."""
 
     name = "BatchNorm"
+    per_sample = True
     onnx_names = ("BatchNormalization",)
     ini_names = ("BatchNorm",)
     max_inputs = None

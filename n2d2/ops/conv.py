@@ -665,6 +665,7 @@ class Conv(OpDef):
     or None); params weights [O, C/groups, kH, kW], biases [O] (optional)."""
 
     name = "Conv"
+    per_sample = True
     onnx_names = ("Conv",)
     ini_names = ("Conv",)
     max_inputs = None
@@ -676,6 +677,10 @@ class Conv(OpDef):
 
     def absorbs_padding(self, attrs):
         return "exact"
+
+    def macs_per_output(self, graph, node) -> float:
+        w = graph.params[graph.node(node).params["weights"]].array   # [O, ...]: one row per output
+        return w.size / w.shape[0]
 
     def batchnorm_fold_ok(self, attrs) -> bool:
         # the bias is added before sub-sampling sums blocks: a shift would be scaled

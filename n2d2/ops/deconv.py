@@ -115,6 +115,7 @@ class Deconv(OpDef):
     (bool [C_in, C_out] or None); params weights [C_in, C_out/groups, kH, kW], biases [C_out]."""
 
     name = "Deconv"
+    per_sample = True
     onnx_names = ("ConvTranspose",)
     ini_names = ("Deconv",)
     max_inputs = None

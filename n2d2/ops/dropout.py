@@ -30,6 +30,7 @@ class Dropout(CopyLowering, _ConcatenatingOp):
     """attrs: dropout (drop probability; kept values are not rescaled, as N2D2)."""
 
     name = "Dropout"
+    per_sample = True
     onnx_names = ("Dropout",)
     ini_names = ("Dropout",)
     elementwise = True

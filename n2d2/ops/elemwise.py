@@ -107,6 +107,7 @@ class ElemWise(low.SameShapeLowering, OpDef):
     """attrs: operation, weights, shifts (per input: scalar or per-channel list)."""
 
     name = "ElemWise"
+    per_sample = True
     onnx_names = ("Add", "Sub", "Mul", "Sum", "Max")
     ini_names = ("ElemWise",)
     max_inputs = None

@@ -27,6 +27,7 @@ class Fc(OpDef):
     """Fully connected over C*H*W; params weights [O, C*H*W], biases [O] (optional)."""
 
     name = "Fc"
+    per_sample = True
     onnx_names = ("Gemm", "MatMul")
     ini_names = ("Fc",)
     max_inputs = None
@@ -35,6 +36,10 @@ class Fc(OpDef):
     folds_batchnorm = True
     params = ("weights", "biases", "weight_step")
     trainable = ("weights", "biases", "weight_step")
+
+    def macs_per_output(self, graph, node) -> float:
+        w = graph.params[graph.node(node).params["weights"]].array   # [O, ...]: one row per output
+        return w.size / w.shape[0]
 
     def _infer(self, attrs, in_shapes, param_shapes):
         n = in_shapes[0][0]

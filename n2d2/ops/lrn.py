@@ -83,6 +83,7 @@ class LRN(OpDef):
     """attrs: size, alpha, beta, bias (the ONNX names); several inputs are concatenated."""
 
     name = "LRN"
+    per_sample = True
     max_inputs = None
     onnx_names = ("LRN",)
     ini_names = ("LRN",)

@@ -38,6 +38,7 @@ class Padding(OpDef):
     """attrs: top, bot, left, right (negative crops)."""
 
     name = "Padding"
+    per_sample = True
     onnx_names = ("Pad",)
     ini_names = ("Padding",)
     max_inputs = None

@@ -299,6 +299,7 @@ class Pool(OpDef):
     (None = per channel, else a bool [C, O] array)."""
 
     name = "Pool"
+    per_sample = True
     onnx_names = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
     ini_names = ("Pool",)
     max_inputs = None

@@ -89,6 +89,7 @@ class Resize(OpDef):
     """attrs: height, width, mode, align_corners."""
 
     name = "Resize"
+    per_sample = True
     onnx_names = ("Resize", "Upsample")
     ini_names = ("Resize",)
     max_inputs = None

@@ -143,6 +143,7 @@ class Scaling(_ConcatenatingOp):
     clipping is None when the scaling is not clipped."""
 
     name = "Scaling"
+    per_sample = True
     ini_names = ("Scaling",)
     elementwise = True
     epilogue_member = True

@@ -44,6 +44,7 @@ class Softmax(OpDef):
     """attrs: group_size, with_loss (backward passes the gradient through: fused cross-entropy)."""
 
     name = "Softmax"
+    per_sample = True
     onnx_names = ("Softmax", "LogSoftmax")
     ini_names = ("Softmax",)
     max_inputs = None

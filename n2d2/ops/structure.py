@@ -22,6 +22,7 @@ class Concat(CopyLowering, _ConcatenatingOp):
     """Channel concatenation (an Interface fed to a cell)."""
 
     name = "Concat"
+    per_sample = True
     onnx_names = ("Concat",)
     keeps_sign = True
     aliases_inputs = True
@@ -41,6 +42,7 @@ class Identity(OpDef):
     """y = x (removed by remove_identities; a fused activation makes it an Activation)."""
 
     name = "Identity"
+    per_sample = True
     onnx_names = ("Identity",)
     elementwise = True
     keeps_sign = True
@@ -58,6 +60,7 @@ class Reshape(CopyLowering, OpDef):
     """attrs: shape (per-sample numpy shape, batch kept)."""
 
     name = "Reshape"
+    per_sample = True
     onnx_names = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
     ini_names = ("Reshape",)
     max_inputs = None
