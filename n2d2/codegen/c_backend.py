@@ -28,6 +28,7 @@ table (also printed at exit).
 import atexit
 import ctypes
 import os
+import re
 import time
 
 import numpy as np
@@ -52,6 +53,9 @@ from n2d2.settings import global_variables
 from n2d2.solver import SGD, parse_clamping
 
 _SLACK_FLOATS = SLACK_FLOATS   # readable floats after every buffer (ragged GEMM strips)
+# an x86 intrinsic or its types in a kernel body: the program then includes <immintrin.h>, which
+# costs gcc ~0.2 s per translation unit (runtime.c.j2's own masked moves use GCC's builtins)
+_INTRINSIC = re.compile(r"\b(_mm\d*_\w+|__m\d+\w*|__mmask\d+)\b")
 
 
 class _Binder:
@@ -188,7 +192,8 @@ class CLowering:
         parts = split_parts(functions, len(self.kernels))
         source = render("c/program.c.j2", graph_name=self.graph.name,
                         nodes=[k["node"] for k in self.kernels], arena_bytes=self.plan.arena_bytes,
-                        kernels=self.kernels, segments=segments, functions=functions, parts=parts)
+                        kernels=self.kernels, segments=segments, functions=functions, parts=parts,
+                        intrinsics=any(_INTRINSIC.search(f["body"]) for f in functions))
         self._module = CModule(
             graph=self.graph, phases=self.phases, training=self.training, plan=self.plan, where=self.where,
             fallback_reasons=self.fallback_reasons, geometry=self.geometry,
