@@ -89,3 +89,17 @@ def test_immintrin_only_for_kernels_that_name_intrinsics(monkeypatch, tmp_path):
     assert "immintrin.h" not in pre
     assert _INTRINSIC.search("v = (n2d2_vfa)_mm512_maskz_loadu_ps((__mmask16)m, p);")
     assert not _INTRINSIC.search("n2d2_mm_rows(a); my_mm512(b);")
+
+
+def test_split_parts_keeps_kernels_calling_the_same_runtime_helpers_together(monkeypatch):
+    """A noinline GEMM helper costs gcc about as much as a kernel, once per unit that calls it:
+    kernels calling the same helpers share a unit when the balance allows."""
+    monkeypatch.setenv("N2D2_CC_JOBS", "2")
+    monkeypatch.setattr(c_backend, "_PART_CHARS", 2000)
+    # through an inline wrapper too: n2d2_gemm_rows calls the noinline n2d2_tile_rows
+    assert c_backend._helpers_of("n2d2_gemm_rows(1, 2);") == {"n2d2_tile_rows"}
+    assert c_backend._helpers_of("n2d2_tile(3);") == {"n2d2_tile"} and not c_backend._helpers_of("n2d2_keep(1, x);")
+    fs = [{"body": call + ";" + "x" * (1000 + k)} for k, call in
+          enumerate(["n2d2_tile(1)", "n2d2_gemm_rows(1)", "n2d2_tile(2)", "n2d2_gemm_rows(2)"])]
+    assert c_backend.split_parts(fs, 4) == 2
+    assert fs[0]["part"] == fs[2]["part"] != fs[1]["part"] == fs[3]["part"]

@@ -594,22 +594,48 @@ def split_parts(functions, nb_kernels) -> int:
     """Give each kernel function a translation unit (`f["part"]`) and return how many: gcc -O3 on
     one large unit is most of a cold compile, and the parts build in parallel
     (`compiler.build_jobs`). Parts are balanced by estimated compile cost: source size, plus
-    each runtime helper once per part that calls it (kernels calling the same helpers go
-    together where the balance allows); part 0 also holds the call sites. Small programs stay
-    whole."""
+    each runtime helper once per part that calls it, so that kernels calling the same helpers
+    go together where the balance allows (the largest first, then moves and swaps of
+    functions between two parts while one lowers the costlier of the two, or the other at the
+    same maximum); part 0 also holds the call sites. Small programs stay whole."""
     sizes = [len(f["body"]) for f in functions]
     helpers = [_helpers_of(f["body"]) for f in functions]
     total = sum(sizes) + _HELPER_CHARS * len(frozenset().union(*helpers))
     parts = max(1, min(compiler.build_jobs(), len(functions), 1 + total // _PART_CHARS))
-    load = [0] * parts
-    load[0] = 200 * nb_kernels  # the wrappers and segments
-    held = [set() for _ in range(parts)]
+    members = [[] for _ in range(parts)]
+
+    def cost(p, ks):
+        return (200 * nb_kernels if p == 0 else 0) + sum(sizes[k] for k in ks) + \
+            _HELPER_CHARS * len(frozenset().union(*(helpers[k] for k in ks)))
+
     for k in sorted(range(len(functions)), key=lambda k: -(sizes[k] + _HELPER_CHARS * len(helpers[k]))):
-        cost = [sizes[k] + _HELPER_CHARS * len(helpers[k] - held[p]) for p in range(parts)]
-        part = min(range(parts), key=lambda p: (load[p] + cost[p], p))
-        functions[k]["part"] = part
-        load[part] += cost[part]
-        held[part] |= helpers[k]
+        p = min(range(parts), key=lambda p: (cost(p, members[p] + [k]), p))
+        members[p].append(k)
+    improved = parts > 1
+    while improved:   # each step lowers (max, sum) of two parts: it ends
+        improved = False
+        for p in range(parts):
+            for q in range(parts):
+                if q == p:
+                    continue
+                now = sorted((cost(p, members[p]), cost(q, members[q])), reverse=True)
+                for a in [*members[p]]:
+                    for b in [None, *members[q]]:   # move a to q, or swap it with b
+                        mp = [k for k in members[p] if k != a] + ([] if b is None else [b])
+                        mq = [k for k in members[q] if k != b] + [a]
+                        if sorted((cost(p, mp), cost(q, mq)), reverse=True) < now:
+                            members[p], members[q] = mp, mq
+                            improved = True
+                            break
+                    if improved:
+                        break
+                if improved:
+                    break
+            if improved:
+                break
+    for p, ks in enumerate(members):
+        for k in ks:
+            functions[k]["part"] = p
     return parts
 
 
