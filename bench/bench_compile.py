@@ -5,6 +5,11 @@ batch 128 (`to_deepnet_cell` + the first training step), and ResNet-18 inference
 in that folder: a new program whose templates are compiled already); the time is split into
 tracing (the eager dummy batch), codegen (Python: passes, planning, rendering) and gcc (wall).
 
+CPU time, steadier than wall on a loaded machine, is reported too: the Python process's own
+(tracing, then the rest) and each compiler process's (user + system, from its rusage); the
+"critical path" Python + slowest part + link is the wall time of a quiet machine with a core
+per part.
+
 Usage: python bench/bench_compile.py [--rounds 3] [--case lenet|resnet18|all]"""
 import argparse
 import json
@@ -24,8 +29,22 @@ def _case(name):
     import n2d2
     from n2d2.codegen import artifact_cache
 
-    gcc = {"s": 0.0, "n": 0, "bytes": 0}
+    gcc = {"s": 0.0, "n": 0, "bytes": 0, "cpu": []}
     build = getattr(artifact_cache, "_run_build", None)
+
+    def run_with_rusage(command, capture_output=True, text=True, cwd=None):
+        """subprocess.run recording the process's CPU time (os.wait4 reaps it)."""
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            p = subprocess.Popen(command, stdout=out, stderr=err, text=text, cwd=cwd)
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            gcc["cpu"].append((usage.ru_utime + usage.ru_stime, "-c" in command))
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(command, p.returncode, out.read(), err.read())
+
+    if build is not None:
+        artifact_cache.subprocess = type("subprocess", (), {"run": staticmethod(run_with_rusage)})
 
     def timed_build(command, cwd):
         t0 = time.perf_counter()
@@ -61,9 +80,9 @@ def _case(name):
         batch, shape = 1, [224, 224, 3]
         net = ResNet18()
     provider = n2d2.provider.DataProvider(n2d2.database.Numpy(), shape, batch_size=batch)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     dn = net.to_deepnet_cell(provider, backend="c")
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     x = np.random.default_rng(0).random([batch] + shape[::-1], dtype=np.float32)
     if name == "lenet":
         program = dn._program("training", batch)
@@ -75,9 +94,13 @@ def _case(name):
         t = n2d2.Tensor.from_numpy(x)
         n2d2.provider.TensorPlaceholder(t)
         dn(t).to_numpy()
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
+    compiles = [t for t, is_compile in gcc["cpu"] if is_compile]
+    links = [t for t, is_compile in gcc["cpu"] if not is_compile]
     print(json.dumps({"total": t2 - t0, "trace": t1 - t0, "first_step": t2 - t1, "gcc": gcc["s"],
-                      "units": gcc["n"], "source_bytes": gcc["bytes"]}))
+                      "units": gcc["n"], "source_bytes": gcc["bytes"], "cpu_trace": c1 - c0, "cpu_rest": c2 - c1,
+                      "cpu_parts": compiles, "cpu_link": sum(links),
+                      "cpu_path": c2 - c0 + max(compiles, default=0.0) + sum(links)}))
 
 
 def main():
@@ -107,6 +130,12 @@ def main():
               f"trace {best['trace']:.2f} s, first step {best['first_step']:.2f} s of which gcc {best['gcc']:.2f} s "
               f"({best['units']} unit(s) of {best['source_bytes'] / 1e3:.0f} kB of C), codegen+run "
               f"{best['first_step'] - best['gcc']:.2f} s")
+        cpu = min(rows, key=lambda r: r["cpu_path"])
+        print(f"  CPU, best round: critical path {cpu['cpu_path']:.2f} s = Python {cpu['cpu_trace']:.2f} (trace) + "
+              f"{cpu['cpu_rest']:.2f} (codegen, run) + slowest gcc part {max(cpu['cpu_parts'], default=0):.2f} + link "
+              f"{cpu['cpu_link']:.2f}; gcc parts " + " ".join(f"{t:.2f}" for t in cpu["cpu_parts"]) +
+              f" (sum {sum(cpu['cpu_parts']):.2f}); median critical path "
+              f"{sorted(r['cpu_path'] for r in rows)[len(rows) // 2]:.2f} s")
 
 
 if __name__ == "__main__":

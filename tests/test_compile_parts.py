@@ -70,3 +70,36 @@ def test_a_failing_part_reports_the_compiler_error(monkeypatch, tmp_path):
     source = "#if N2D2_PART == 1\nint broken( {\n#endif\nint n2d2_ok(void) { return 1; }\n"
     with pytest.raises(compiler.CompilerError, match="broken|error"):
         compiler.build_shared_library(source, "parts_fail", parts=2)
+
+
+def test_immintrin_only_for_kernels_that_name_intrinsics(monkeypatch, tmp_path):
+    """<immintrin.h> costs gcc ~0.2 s per unit: a program whose kernels name no intrinsic (LeNet)
+    does not include it (runtime.c.j2's masked moves use GCC's builtins); one whose kernels do
+    (depthwise convolutions on AVX-512) defines N2D2_INTRINSICS, which includes it."""
+    import subprocess
+
+    from n2d2.codegen.c_backend import _INTRINSIC
+
+    monkeypatch.setenv("N2D2_CACHE", str(tmp_path / "cache"))
+    source = _lenet_step()[0]
+    assert "#define N2D2_INTRINSICS" not in source
+    cc = compiler.find_compiler()
+    pre = subprocess.run([cc, *compiler.default_flags(), "-E", "-x", "c", "-"], input=source, capture_output=True,
+                         text=True, check=True).stdout
+    assert "immintrin.h" not in pre
+    assert _INTRINSIC.search("v = (n2d2_vfa)_mm512_maskz_loadu_ps((__mmask16)m, p);")
+    assert not _INTRINSIC.search("n2d2_mm_rows(a); my_mm512(b);")
+
+
+def test_split_parts_keeps_kernels_calling_the_same_runtime_helpers_together(monkeypatch):
+    """A noinline GEMM helper costs gcc about as much as a kernel, once per unit that calls it:
+    kernels calling the same helpers share a unit when the balance allows."""
+    monkeypatch.setenv("N2D2_CC_JOBS", "2")
+    monkeypatch.setattr(c_backend, "_PART_CHARS", 2000)
+    # through an inline wrapper too: n2d2_gemm_rows calls the noinline n2d2_tile_rows
+    assert c_backend._helpers_of("n2d2_gemm_rows(1, 2);") == {"n2d2_tile_rows"}
+    assert c_backend._helpers_of("n2d2_tile(3);") == {"n2d2_tile"} and not c_backend._helpers_of("n2d2_keep(1, x);")
+    fs = [{"body": call + ";" + "x" * (1000 + k)} for k, call in
+          enumerate(["n2d2_tile(1)", "n2d2_gemm_rows(1)", "n2d2_tile(2)", "n2d2_gemm_rows(2)"])]
+    assert c_backend.split_parts(fs, 4) == 2
+    assert fs[0]["part"] == fs[2]["part"] != fs[1]["part"] == fs[3]["part"]

@@ -27,7 +27,9 @@ table (also printed at exit).
 """
 import atexit
 import ctypes
+import functools
 import os
+import re
 import time
 
 import numpy as np
@@ -39,7 +41,7 @@ from n2d2.codegen.interpreter import ArenaStore, Interpreter, check_feed
 from n2d2.codegen.kernel_data import Buf, forward_context
 from n2d2.codegen.kernel_data import Context as _Context
 from n2d2.codegen.kernel_data import activation_ok as _activation_ok
-from n2d2.codegen.render import environment, render, template_exists
+from n2d2.codegen.render import environment, render, template_exists, template_source
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
 from n2d2.ir.graph import Param
@@ -53,6 +55,9 @@ from n2d2.settings import global_variables
 from n2d2.solver import SGD, parse_clamping
 
 _SLACK_FLOATS = SLACK_FLOATS   # readable floats after every buffer (ragged GEMM strips)
+# an x86 intrinsic or its types in a kernel body: the program then includes <immintrin.h>, which
+# costs gcc ~0.2 s per translation unit (runtime.c.j2's own masked moves use GCC's builtins)
+_INTRINSIC = re.compile(r"\b(_mm\d*_\w+|__m\d+\w*|__mmask\d+)\b")
 
 
 class _Binder:
@@ -189,7 +194,8 @@ class CLowering:
         parts = split_parts(functions, len(self.kernels))
         source = render("c/program.c.j2", graph_name=self.graph.name,
                         nodes=[k["node"] for k in self.kernels], arena_bytes=self.plan.arena_bytes,
-                        kernels=self.kernels, segments=segments, functions=functions, parts=parts)
+                        kernels=self.kernels, segments=segments, functions=functions, parts=parts,
+                        intrinsics=any(_INTRINSIC.search(f["body"]) for f in functions))
         self._module = CModule(
             graph=self.graph, phases=self.phases, training=self.training, plan=self.plan, where=self.where,
             fallback_reasons=self.fallback_reasons, geometry=self.geometry,
@@ -583,23 +589,89 @@ def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
     return True
 
 
-# kernel source (characters) worth one more translation unit: gcc spends ~0.15 s on the
-# runtime helpers of each unit, a unit of this size takes ~0.5 s at -O3
+# kernel source (characters) worth one more translation unit: a unit of this size takes ~0.5 s
+# of gcc at -O3; each noinline GEMM helper of runtime.c.j2 a unit calls (n2d2_tile, ...: a
+# switch of always_inline micro-kernels, which gcc also clones per constant arguments) costs
+# it about as much as _HELPER_CHARS of kernel source, once per unit that calls it
 _PART_CHARS = 16000
+_HELPER_CHARS = 5000
+_CALL = re.compile(r"\b(n2d2_\w+)\s*\(")
+
+
+@functools.lru_cache(maxsize=None)
+def _runtime_calls():
+    """({runtime function: the n2d2_ functions it calls}, the noinline ones), from runtime.c.j2."""
+    text = template_source("c/runtime.c.j2")
+    starts = [(m.start(), m.group(1), "noinline" in m.group(0))
+              for m in re.finditer(r"^(?:static|N2D2_LINK|void|int|float|double|long)\b[^\n]*?\b(n2d2_\w+)\(",
+                                   text, re.M)]
+    calls, noinline = {}, set()
+    for k, (at, name, flag) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else len(text)
+        calls.setdefault(name, set()).update(c for c in _CALL.findall(text, at + len(name) + 1, end) if c != name)
+        if flag:
+            noinline.add(name)
+    return calls, frozenset(noinline)
+
+
+def _helpers_of(body) -> frozenset:
+    """The noinline runtime helpers a kernel body compiles into its unit (through inline ones too)."""
+    calls, noinline = _runtime_calls()
+    seen, todo = set(), [c for c in _CALL.findall(body) if c in calls]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(calls[name])
+    return frozenset(seen & noinline)
 
 
 def split_parts(functions, nb_kernels) -> int:
-    """Give each kernel function a translation unit (`f["part"]`, balanced by source size; part
-    0 also holds the call sites) and return how many: gcc -O3 on one large unit is most of a cold
-    compile, and the parts build in parallel (`compiler.build_jobs`). Small programs stay whole."""
+    """Give each kernel function a translation unit (`f["part"]`) and return how many: gcc -O3 on
+    one large unit is most of a cold compile, and the parts build in parallel
+    (`compiler.build_jobs`). Parts are balanced by estimated compile cost: source size, plus
+    each runtime helper once per part that calls it, so that kernels calling the same helpers
+    go together where the balance allows (the largest first, then moves and swaps of
+    functions between two parts while one lowers the costlier of the two, or the other at the
+    same maximum); part 0 also holds the call sites. Small programs stay whole."""
     sizes = [len(f["body"]) for f in functions]
-    parts = max(1, min(compiler.build_jobs(), len(functions), 1 + sum(sizes) // _PART_CHARS))
-    load = [0] * parts
-    load[0] = 200 * nb_kernels  # the wrappers and segments
-    for k in sorted(range(len(functions)), key=lambda k: -sizes[k]):
-        part = load.index(min(load))
-        functions[k]["part"] = part
-        load[part] += sizes[k]
+    helpers = [_helpers_of(f["body"]) for f in functions]
+    total = sum(sizes) + _HELPER_CHARS * len(frozenset().union(*helpers))
+    parts = max(1, min(compiler.build_jobs(), len(functions), 1 + total // _PART_CHARS))
+    members = [[] for _ in range(parts)]
+
+    def cost(p, ks):
+        return (200 * nb_kernels if p == 0 else 0) + sum(sizes[k] for k in ks) + \
+            _HELPER_CHARS * len(frozenset().union(*(helpers[k] for k in ks)))
+
+    for k in sorted(range(len(functions)), key=lambda k: -(sizes[k] + _HELPER_CHARS * len(helpers[k]))):
+        p = min(range(parts), key=lambda p: (cost(p, members[p] + [k]), p))
+        members[p].append(k)
+    improved = parts > 1
+    while improved:   # each step lowers (max, sum) of two parts: it ends
+        improved = False
+        for p in range(parts):
+            for q in range(parts):
+                if q == p:
+                    continue
+                now = sorted((cost(p, members[p]), cost(q, members[q])), reverse=True)
+                for a in [*members[p]]:
+                    for b in [None, *members[q]]:   # move a to q, or swap it with b
+                        mp = [k for k in members[p] if k != a] + ([] if b is None else [b])
+                        mq = [k for k in members[q] if k != b] + [a]
+                        if sorted((cost(p, mp), cost(q, mq)), reverse=True) < now:
+                            members[p], members[q] = mp, mq
+                            improved = True
+                            break
+                    if improved:
+                        break
+                if improved:
+                    break
+            if improved:
+                break
+    for p, ks in enumerate(members):
+        for k in ks:
+            functions[k]["part"] = p
     return parts
 
 
