@@ -89,10 +89,12 @@ SPLIT = {
                                                            activation=RELU6), "image"),
 }
 # in inference, few images go wide from half the grid kept (WIDE_MIN_EFFICIENCY_FEW; training: 0.75),
-# or take the plane mode when the work is small (PLANE_BYTES, one thread: not split)
+# or take the plane mode when the work is small (PLANE_BYTES, one thread: not split), and a strided 3x3
+# with more than WIDE_NOPACK_MAX_OUTPUTS outputs goes wide with gathered panels (GATHER)
 SPLIT_INFERENCE_MODE = {"image_5x5_valid_b1": "plane", "lenet_conv2_mapping_b1": "plane",
                         "image_5x5_valid_b1_narrow": "plane", "wide_3x3_b1_ragged": "plane",
-                        "wide_dilation_b2": "plane"}
+                        "wide_dilation_b2": "plane",
+                        "image_blocks_rows_outer": "wide"}
 
 PLANE = {
     # name: (input shapes, outputs, kwargs): few images in inference, stride 1, groups 1, small maps
@@ -217,7 +219,10 @@ def split_inference():
 @pytest.mark.parametrize("case", sorted(SPLIT))
 def test_split_training(split_training, case):
     p, (y,) = split_training.check(case)
-    assert p.geometry[y]["MODE"] == SPLIT[case][3] and p.geometry[y]["SPLIT"]
+    g = p.geometry[y]
+    assert g["MODE"] == SPLIT[case][3] and g["SPLIT"]
+    if case == "image_blocks_rows_outer":
+        assert g["PB"] < g["P"] and g["P"] % g["PB"] and g["ROWS_OUTER"] and g["PAR"]
 
 
 @pytest.mark.parametrize("case", sorted(SPLIT))
@@ -229,7 +234,7 @@ def test_split_inference(split_inference, case):
     assert g["SPLIT"] or g["MODE"] == "plane"   # (plane: one thread)
     assert_close(p.view(y), ref[y], case)
     if case == "image_blocks_rows_outer":
-        assert g["PB"] < g["P"] and g["P"] % g["PB"] and g["ROWS_OUTER"] and g["PAR"]
+        assert g["GATHER"] and g["PAR"]
     if case == "wide_1x1_many_outputs":
         assert g["OG"] > g["LW"]
     if case == "wide_1x1_b1_parallel":
@@ -237,7 +242,7 @@ def test_split_inference(split_inference, case):
     # inference packs whole grids up to WIDE_SMALL_BYTES (training: 64 pixels), junk columns
     # through the grid buffer
     assert g["MODE"] != "wide" or g["CWB"] == (g["SMALL"] and g["Wp"] != g["WO"])
-    assert g["MODE"] != "wide" or g["SMALL"] == (case != "wide_3x3_b1_strips")
+    assert g["MODE"] != "wide" or g["SMALL"] == (case not in ("wide_3x3_b1_strips", "image_blocks_rows_outer"))
     if case == "wide_small_map_groups":
         assert g["CWB"]
     if case == "wide_3x3_b1_strips":
@@ -315,6 +320,84 @@ def test_plane_nan_inf_as_the_reference(finite_input):
         for t in net.g.outputs:
             keep = np.isfinite(ref[t])
             assert_close(np.where(keep, out[t], 0), np.where(keep, ref[t], 0), t)
+GATHER = {
+    # name: (input shape, outputs, kwargs): wide convolutions with junk columns and more than
+    # WIDE_NOPACK_MAX_OUTPUTS outputs, whose panels gather the output pixels (GATHER)
+    # a 7x7 map packed whole (SMALL): a 32-pixel strip spans 5-6 output rows
+    "gather_7x7_small_b1": ((1, 24, 7, 7), 40, dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    # too large to pack whole in inference: strip by strip, a strip over 2-3 rows, a last strip of
+    # 4 pixels (196 = 6 * 32 + 4: one vector, n2d2_tile_half)
+    "gather_14x14_strips_b1": ((1, 20, 14, 14), 36, dict(k=(3, 3), padding=(1, 1),
+                                                         activation=ACTIVATIONS["relu"])),
+    # dilation, no bias, two images (the team shares each)
+    "gather_dilation_b2": ((2, 17, 20, 19), 33, dict(k=(3, 3), dilation=(2, 1), padding=(2, 1), bias=False,
+                                                     activation=ACTIVATIONS["tanh"])),
+    # four images (one per thread), 20 outputs (a ragged tile row), an im2col over WIDE_IM2COL_BYTES:
+    # wide in training too
+    "gather_b4_training": ((4, 32, 30, 31), 20, dict(k=(3, 3), padding=(1, 1))),
+    # 6-pixel rows: a strip over 6-7 output rows
+    "gather_narrow_rows": ((1, 19, 12, 6), 24, dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    # strided (inference only; training: image mode): every other column by n2d2_evens
+    "gather_s2_small_b1": ((1, 20, 15, 13), 24, dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
+    "gather_s2_stem_7x7_strips_b1": ((1, 3, 45, 43), 32, dict(k=(7, 7), stride=(2, 2), padding=(3, 3),
+                                                              activation=ACTIVATIONS["relu"])),
+    "gather_s2x1_b2": ((2, 18, 24, 23), 20, dict(k=(3, 3), stride=(2, 1), padding=(1, 1))),
+    # no padding: the windows of the input itself, read past its end (READ_PAST)
+    "gather_s2_valid_b1": ((1, 17, 14, 16), 33, dict(k=(3, 3), stride=(2, 2), activation=ACTIVATIONS["tanh"])),
+    "gather_s2_dilation_b1": ((1, 18, 17, 16), 40, dict(k=(3, 3), stride=(2, 2), dilation=(2, 2), padding=(2, 2),
+                                                        bias=False)),
+}
+
+
+@pytest.fixture(scope="module")
+def gather_training():
+    suite = Suite(seed=56)
+    for case, args in GATHER.items():
+        suite.add(case, lambda net, args=args: _split(net, *args, "wide"))
+    return suite.run()
+
+
+@pytest.mark.parametrize("case", sorted(GATHER))
+def test_wide_gather_training(gather_training, case):
+    p, (y,) = gather_training.check(case)
+    g = p.geometry[y]
+    # training goes wide on large grids only (WIDE_MAX_WASTED_ROWS, WIDE_IM2COL_BYTES)
+    assert (g["MODE"] == "wide" and g["GATHER"] and not g["CWB"]) == (case == "gather_b4_training")
+
+
+@pytest.mark.parametrize("case", sorted(GATHER))
+def test_wide_gather_inference(case):
+    net, ys, ref, p = _inference({case: GATHER[case] + ("wide",)}, _split, seed=57)
+    y = ys[case]
+    g = p.geometry[y[0]]
+    assert g["MODE"] == "wide" and g["GATHER"] and not g["CWB"]
+    if case in ("gather_7x7_small_b1", "gather_14x14_strips_b1"):
+        assert g["SMALL"] == (case == "gather_7x7_small_b1")
+    assert_close(p.view(y), ref[y], case)
+
+
+def test_wide_gather_nan_inf_as_the_reference():
+    """NaN / Inf inputs and a NaN weight land where the reference puts them when the panels are
+    gathered from the grid (the blends copy bits), strip by strip and packed whole, stride 1 and 2."""
+    rng = np.random.default_rng(58)
+    net = Net(seed=58)
+    x1, x2 = net.input((1, 20, 9, 9), "a"), net.input((1, 20, 14, 14), "b")
+    y1 = net.conv(x1, 24, padding=(1, 1), activation=ACTIVATIONS["relu"])
+    y2 = net.conv(x2, 36, padding=(1, 1), activation=RELU6)
+    y3 = net.conv(x2, 40, stride=(2, 2), padding=(1, 1))
+    y4 = net.conv(x1, 20, stride=(2, 2), activation=RELU6)
+    net.output(y1, y2, y3, y4)
+    y1, y2, y3, y4 = net.g.outputs
+    net.feeds[x1] = poison(rng, net.feeds[x1], count=3)
+    net.feeds[x2] = poison(rng, net.feeds[x2], count=3)
+    net.g.params[f"{y2[0]}.weights"].array[5, 3, 1, 2] = np.nan
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert all(p.geometry[y[0]]["GATHER"] for y in (y1, y2, y3, y4))
+    assert np.isnan(ref[y2][0, 5]).all()
+    assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C wide gather")
 
 
 @pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])

@@ -14,6 +14,7 @@ import pytest
 import n2d2
 from n2d2.activation import Rectifier
 from n2d2.cells import BatchNorm2d, Conv, Dropout, Fc, Pool2d, Sequence, Softmax
+from n2d2.codegen import c_backend
 from n2d2.codegen.compiler import find_compiler
 from n2d2.error_handler import WrongInputType, WrongValue
 from n2d2.export import ExportError, bake_connection_tables, c_export_graph, export_c
@@ -272,6 +273,45 @@ def test_resnet_style_graph_exports_and_matches(tmp_path):
     if _asan_available():   # padded convolutions read zero-padded planes: no read outside them
         _make(folder, "asan")
         assert "Tested 8 stimuli" in _run(folder, "bin/network_test_asan", "-q", "-n", "8", "-r", "1")
+
+
+# -- wide convolutions with gathered panels (GATHER): stride 2 padded and in place, stride 1 padded -----
+@needs_make
+def test_strided_and_gathered_convolutions_export_and_match(tmp_path):
+    """Inference lowers these to the wide forward with panels gathered from the output pixels
+    (every other column for stride 2): the export matches the cell, and under AddressSanitizer the
+    reads past the input (no padding: the windows of the input itself) stay in the buffers' slack."""
+    n2d2.global_variables.seed = 3
+    rng = np.random.default_rng(1)
+    database = n2d2.database.Numpy()
+    xs = [rng.normal(size=(5, 21, 19)).astype(np.float32) for _ in range(8)]
+    database.load(xs[:2], [0, 1], partition="Learn")
+    database.load(xs[2:], [i % 4 for i in range(6)], partition="Test")
+    provider = n2d2.provider.DataProvider(database, [19, 21, 5], batch_size=2)
+    model = Sequence([
+        Conv(5, 24, kernel_dims=[3, 3], stride_dims=[2, 2], activation=Rectifier()),   # 10 x 9, in place
+        Conv(24, 20, kernel_dims=[3, 3], padding_dims=[1, 1], stride_dims=[2, 2]),      # 5 x 5, padded
+        Conv(20, 32, kernel_dims=[3, 3], padding_dims=[1, 1], activation=Rectifier()),  # stride 1, junk columns
+        Fc(32 * 5 * 5, 4), Softmax(with_loss=True),
+    ])
+    dn = model.to_deepnet_cell(provider)
+    graph = c_export_graph(dn)
+    convs = [n for n in graph.topological_order() if graph.op(n) == "Conv"]
+    geometries = [c_backend._geometry(graph, n, False) for n in convs]
+    assert [(g["MODE"], g["GATHER"], g["PADDED"]) for g in geometries] == [("wide", True, False), ("wide", True, True),
+                                                                          ("wide", True, True)]
+    folder = export_c(dn, export_folder_name="gather_export")
+    _make(folder)
+    stdout = _run(folder, "bin/network_test", "-q", "-d", "6", "outputs.bin")
+    assert "Tested 6 stimuli" in stdout
+    inputs, _ = _stimuli(folder, (5, 21, 19))
+    out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<f4").reshape(6, 4)
+    with _one_openmp_thread():
+        expected = _cell_outputs(dn, inputs, 2)
+    assert rel_err(out, expected) < 1e-5
+    if _asan_available():
+        _make(folder, "asan")
+        assert "Tested 6 stimuli" in _run(folder, "bin/network_test_asan", "-q", "-n", "6", "-r", "1")
 
 
 # -- depthwise convolutions (the direct kernels: masked loads on AVX-512, padded copies elsewhere) ------

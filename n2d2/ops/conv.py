@@ -752,6 +752,12 @@ class Conv(OpDef):
         few = not training and n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS
         wide_pays = few or (1 - wo / wp) * og <= low.WIDE_MAX_WASTED_ROWS or 4 * kg * p > low.WIDE_IM2COL_BYTES
         min_efficiency = low.WIDE_MIN_EFFICIENCY_FEW if few else low.WIDE_MIN_EFFICIENCY
+        # column stride 2 (or a row stride) in inference: the wide forward with its panels gathered
+        # (GATHER, every other column: n2d2_evens) instead of an im2col of the image (there is no
+        # strided wide backward). ResNet-18 b1, 1 thread: its 3x3 s2 layers 1.42-1.60 -> 1.20-1.46 ms,
+        # its stem 2.95 -> 2.66 ms; not 1x1 kernels (its s2 downsamples went 193-213 -> 204-240 us)
+        strided = not training and (sy, sx) != (1, 1) and sx <= 2 and og > WIDE_NOPACK_MAX_OUTPUTS \
+            and kh * kw > 1
         if few and groups == 1 and (sy, sx) == (1, 1) and kh * kw > 1 and 4 * c * kw * hp * wo <= PLANE_BYTES \
                 and macs < low.PARALLEL_MIN_MACS:
             # plane mode: KW shifted copies of the input, WO wide, then one GEMM reading its rows
@@ -763,15 +769,15 @@ class Conv(OpDef):
                 sf.add_shared("WM", o * kg)
             # + NR floats: the last strip's tiles read up to one strip past the planes
             sf.add_private("XS", c * kw * hp * wo + 32)
-        elif (sy, sx) == (1, 1) and nb == 1 and wo / wp >= min_efficiency and wide_pays \
-                and not (groups > 1 and groups == c == o) and pqy >= 0 and pqx >= 0:
+        elif nb == 1 and not (groups > 1 and groups == c == o) and pqy >= 0 and pqx >= 0 \
+                and (strided or ((sy, sx) == (1, 1) and wo / wp >= min_efficiency and wide_pays)):
             # implicit im2col: the GEMM reads shifted windows of the (padded) input planes in place
             lw = ho * wp
             hq, wq = h + (kh - 1) * dy, w + (kw - 1) * dx
             g.update(MODE="wide", Hp=hp, Wp=wp, PS=hp * wp, LW=lw, LWD=-(-lw // 32) * 32, LWK=low.round16(lw),
-                     PADDED=py > 0 or px > 0, READ_PAST=(kw - 1) * dx + 64,
+                     PADDED=py > 0 or px > 0, READ_PAST=(kw - 1) * dx + 64 * sx,
                      Hq=hq, Wq=wq, PSQ=hq * wq, PQY=pqy, PQX=pqx, LWX=h * wq, LWXD=-(-(h * wq) // 32) * 32)
-            plane_floats = cg * hp * wp + 2 * wp + 64
+            plane_floats = cg * hp * wp + 2 * wp + 64 * sx
             # few images: the team shares each one (tiles split between the threads)
             # (many groups: the threads take (image, group) pairs instead, without a barrier per group)
             # SMALL: a grid of at most 64 pixels is packed whole, then one tiled GEMM (K in passes of KC);
@@ -779,11 +785,17 @@ class Conv(OpDef):
             # WIDE_SMALL_BYTES
             # CWB: a SMALL grid with junk columns (small maps, e.g. RegNet's 7x7 groups, LeNet at
             # batch 1) goes through a grid buffer and a fixed-bounds copy, not tile by tile
-            lwd = -(-lw // 32) * 32
-            small = lw <= 64 or (few and 4 * kg * lwd <= low.WIDE_SMALL_BYTES
-                                 and (wp == wo or 4 * og * lwd <= low.WIDE_SMALL_BYTES))
-            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and small,
-                     SMALL=small, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None)
+            # GATHER: junk columns and more outputs than WIDE_NOPACK_MAX_OUTPUTS (the strips are packed
+            # anyway): the panels hold output pixels only, gathered from the grid's rows, so the junk
+            # columns are not computed and the tiles store into y (ResNet-18's 3x3 layers compute
+            # 3.5 % (56x56) to 29 % (7x7) more pixels than they keep otherwise)
+            gather = strided or (wp != wo and og > WIDE_NOPACK_MAX_OUTPUTS)
+            npix = p if gather else lw   # the pixels of the panels
+            npd = -(-npix // 32) * 32
+            small = npix <= 64 or (few and 4 * kg * npd <= low.WIDE_SMALL_BYTES
+                                   and (wp == wo or gather or 4 * og * npd <= low.WIDE_SMALL_BYTES))
+            g.update(SPLIT=n < SPLIT_MAX_IMAGES and groups < SPLIT_MAX_GROUPS, CWB=wp != wo and small and not gather,
+                     SMALL=small, KC=IM2COL_KC if kg > 2 * IM2COL_KC else None, GATHER=gather)
             # NOPACK: few output channels (at most WIDE_NOPACK_MAX_OUTPUTS: each strip feeds 2-3 tiles)
             # and junk columns (the tiles go through a buffer anyway): the tiles read the windows in
             # place, as the input gradient does, rather than from a packed strip (ResNet-20's
@@ -794,7 +806,7 @@ class Conv(OpDef):
             g["DWB"] = og % 16 == 0
             g["PAR"] = (n * groups >= 2 or g["SPLIT"]) and macs >= low.PARALLEL_MIN_MACS
             if g["SMALL"]:   # the whole implicit im2col in [KG][NR] panels, NR <= 32
-                (sf.add_shared if g["SPLIT"] else sf.add_private)("PNLS", kg * -(-lw // 32) * 32)
+                (sf.add_shared if g["SPLIT"] else sf.add_private)("PNLS", kg * npd)
             else:            # one strip of it
                 sf.add_private("PNL", kg * 32)
             if g["CWB"]:
