@@ -848,6 +848,59 @@ def test_sgd_without_momentum_and_with_clamping_matches_numpy():
                        solver=lambda: SGD(learning_rate=0.2, clamping="-0.05:0.05"))
 
 
+def _lenet_mixed_solvers():
+    """LeNet whose weighted cells step with different solvers, in turn: SGD with momentum,
+    decay and clamping, Adam, SGD without momentum, SGD with a step-decay policy, SGD without
+    Polyak momentum (Python only)."""
+    from n2d2.solver import SGD, Adam
+
+    solvers = [lambda: SGD(learning_rate=0.05, momentum=0.9, decay=0.05, clamping="-0.2:0.2"),
+               lambda: Adam(learning_rate=0.01),
+               lambda: SGD(learning_rate=0.1),
+               lambda: SGD(learning_rate=0.05, momentum=0.5, learning_rate_policy="StepDecay",
+                           learning_rate_step_size=8, learning_rate_decay=0.5),
+               lambda: SGD(learning_rate=0.05, momentum=0.9, polyak_momentum=False)]
+    model = _lenet()
+    cells = [c for c in model._leaf_cells() if hasattr(c, "set_solver")]
+    assert len(cells) >= 4
+    for k, cell in enumerate(cells):
+        cell.set_solver(solvers[k % len(solvers)]())
+    return model
+
+
+def test_mixed_solvers_match_numpy():
+    """The SGD updates of a step run in one compiled call, the others in Python in their place."""
+    _train_three_steps(_lenet_mixed_solvers, (8, 1, 32, 32), 10)
+
+
+def test_sgd_updates_are_one_call_per_step(monkeypatch):
+    """Consecutive Update nodes form one group; only the solvers without a compiled update
+    (Adam, SGD without Polyak momentum) leave it for the interpreter."""
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.cells.deepnet_cell import training_graph
+    from n2d2.codegen.programs import TrainingProgram
+    from n2d2.ir.trace import trace
+    from n2d2.solver import SGD
+
+    n2d2.global_variables.seed = 3
+    model = Sequence([_lenet_mixed_solvers(), Softmax(with_loss=True)])
+    tg = training_graph(trace(model(n2d2.Tensor([4, 1, 32, 32])).get_deepnet()).graph)
+    program = TrainingProgram(tg, "c")
+    c = program._c
+    groups = [item for item in c._phase_items[-1] if item[0] == "updates"]
+    assert len(groups) == 1 and len(groups[0][1]) == len(tg.update_nodes)
+    python_nodes = []
+    monkeypatch.setattr(c, "_run_numpy", lambda node, batch_size: python_nodes.append(node))
+    x = _rng(4).random((4, 1, 32, 32)).astype(np.float32)
+    y = program.forward({tg.graph.inputs[0]: x})[0]
+    program.backward({tg.graph.outputs[0]: y})
+    program.update()
+    expected = [node for node in tg.update_nodes
+                if not (type(s := tg.graph.params[tg.graph.attrs(node)["param"]].solver) is SGD
+                        and s._config["polyak_momentum"])]
+    assert python_nodes == expected and expected
+
+
 def test_nodes_of_one_geometry_share_a_function_and_odd_names_are_safe():
     net = Net(seed=50, name="g */ x")
     a = net.conv(net.source((2, 3, 6, 6), "in */ a"), 3, k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])
