@@ -386,13 +386,15 @@ def test_max_pool_2x2_ties_go_to_the_first_maximum(act):
     compare(tg, p, ref, out, 1e-6, [y])   # a tie sent elsewhere is an O(1) error
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 2, 4, 4), (2, 2, 6, 36), (3, 2, 2, 32)])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 2, 4, 4), (2, 2, 6, 36), (3, 2, 2, 32), (4, 3, 8, 10),
+                                   (5, 2, 6, 28), (4, 1, 2, 66)])
 @pytest.mark.parametrize("values", ["integers", "random", "non-finite"])
-def test_max_pool_2x2_backward_by_lanes_matches_numpy(shape, values):
-    """The 2x2 tiled max backward without activation (lanes compared with y, rows of one
-    partial to three vectors): on integers (ties), random values, and values with NaN and
-    +-Inf in both rows of windows (a NaN window's gradient to its first NaN), every window's
-    gradient goes to the position numpy gives it."""
+def test_max_pool_2x2_by_lanes_matches_numpy(shape, values):
+    """The 2x2 tiled max without activation by lanes: the backward (lanes compared with y, rows
+    of one partial to three vectors) and, from a batch of 4, the forward: on integers (ties),
+    random values, and values with NaN and +-Inf in both rows of windows (a NaN window's
+    gradient to its first NaN), y as numpy's bit for bit and every window's gradient at the
+    position numpy gives it."""
     net = Net(seed=13 + sum(shape))
     x = net.input(shape)
     if values == "integers":
@@ -406,17 +408,18 @@ def test_max_pool_2x2_backward_by_lanes_matches_numpy(shape, values):
     y = net.op("Pool", [x], {"pooling": "Max", "pool": (2, 2), "stride": (2, 2), "padding": (0, 0),
                              "mapping": None, "activation": None})
     z = net.op("Conv", [y], _conv_attrs(), {"weights": _normal(net.rng, (4, c, 1, 1))})
-    tg, seeds = _training_outputs(net.output(z))
+    tg, seeds = _training_outputs(net.output(y, z))   # y an output too: compared as it is
     ref = run_numpy_training(tg, net.feeds, seeds)
     out, p = run_c_training(tg, net.feeds, seeds)
     assert p.where[f"grad:{y}"] == "c" and p.geometry[y]["TILED"]
     if values != "non-finite":
         compare(tg, p, ref, out, 1e-6, [y])
+    assert np.array_equal(out[(y, 0)], ref[(y, 0)], equal_nan=True)
     dx = (f"grad:{y}", 0)   # the identity convolution's backward leaves it as the pool wrote it
     assert np.isfinite(ref[dx]).all() and np.count_nonzero(ref[dx]) > 0
     # (dz, the pool's incoming gradient, is a product: rounded as the build's conv backward does)
     assert np.array_equal(out[dx] != 0, ref[dx] != 0), "a window's gradient went to another position"
-    np.testing.assert_allclose(out[dx], ref[dx], rtol=1e-5, atol=0)
+    assert rel_err(out[dx], ref[dx]) < 1e-5
 
 
 @pytest.mark.parametrize("pooling", ["Max", "Average"])
