@@ -387,14 +387,14 @@ def test_max_pool_2x2_ties_go_to_the_first_maximum(act):
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 2, 4, 4), (2, 2, 6, 36), (3, 2, 2, 32), (4, 3, 8, 10),
-                                   (5, 2, 6, 28), (4, 1, 2, 66)])
+                                   (5, 2, 4, 16), (4, 1, 2, 66)])
 @pytest.mark.parametrize("values", ["integers", "random", "non-finite"])
 def test_max_pool_2x2_by_lanes_matches_numpy(shape, values):
     """The 2x2 tiled max without activation by lanes: the backward (lanes compared with y, rows
-    of one partial to three vectors) and, from a batch of 4, the forward: on integers (ties),
-    random values, and values with NaN and +-Inf in both rows of windows (a NaN window's
-    gradient to its first NaN), y as numpy's bit for bit and every window's gradient at the
-    position numpy gives it."""
+    of one partial to three vectors) and, from a batch of 4 on planes up to 16 wide, the
+    forward: on integers (ties), random values, and values with NaN and +-Inf in both rows of
+    windows (a NaN window's gradient to its first NaN), y as numpy's bit for bit and every
+    window's gradient at the position numpy gives it."""
     net = Net(seed=13 + sum(shape))
     x = net.input(shape)
     if values == "integers":
