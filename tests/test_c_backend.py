@@ -386,6 +386,42 @@ def test_max_pool_2x2_ties_go_to_the_first_maximum(act):
     compare(tg, p, ref, out, 1e-6, [y])   # a tie sent elsewhere is an O(1) error
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 8, 10), (1, 2, 4, 4), (2, 2, 6, 36), (3, 2, 2, 32), (4, 3, 8, 10),
+                                   (5, 2, 4, 16), (4, 1, 2, 66)])
+@pytest.mark.parametrize("values", ["integers", "random", "non-finite"])
+def test_max_pool_2x2_by_lanes_matches_numpy(shape, values):
+    """The 2x2 tiled max without activation by lanes: the backward (lanes compared with y, rows
+    of one partial to three vectors) and, from a batch of 4 on planes up to 16 wide, the
+    forward: on integers (ties), random values, and values with NaN and +-Inf in both rows of
+    windows (a NaN window's gradient to its first NaN), y as numpy's bit for bit and every
+    window's gradient at the position numpy gives it."""
+    net = Net(seed=13 + sum(shape))
+    x = net.input(shape)
+    if values == "integers":
+        net.feeds[x] = np.round(net.feeds[x]).astype(np.float32)
+    elif values == "non-finite":
+        flat = net.feeds[x].reshape(-1)
+        pos = net.rng.permutation(flat.size)[: 3 * (flat.size // 8)].reshape(3, -1)
+        flat[pos[0]], flat[pos[1]], flat[pos[2]] = np.nan, np.inf, -np.inf
+    c = shape[1]
+    x = net.op("Conv", [x], _conv_attrs(), {"weights": np.eye(c, dtype=np.float32)[:, :, None, None]})
+    y = net.op("Pool", [x], {"pooling": "Max", "pool": (2, 2), "stride": (2, 2), "padding": (0, 0),
+                             "mapping": None, "activation": None})
+    z = net.op("Conv", [y], _conv_attrs(), {"weights": _normal(net.rng, (4, c, 1, 1))})
+    tg, seeds = _training_outputs(net.output(y, z))   # y an output too: compared as it is
+    ref = run_numpy_training(tg, net.feeds, seeds)
+    out, p = run_c_training(tg, net.feeds, seeds)
+    assert p.where[f"grad:{y}"] == "c" and p.geometry[y]["TILED"]
+    if values != "non-finite":
+        compare(tg, p, ref, out, 1e-6, [y])
+    assert np.array_equal(out[(y, 0)], ref[(y, 0)], equal_nan=True)
+    dx = (f"grad:{y}", 0)   # the identity convolution's backward leaves it as the pool wrote it
+    assert np.isfinite(ref[dx]).all() and np.count_nonzero(ref[dx]) > 0
+    # (dz, the pool's incoming gradient, is a product: rounded as the build's conv backward does)
+    assert np.array_equal(out[dx] != 0, ref[dx] != 0), "a window's gradient went to another position"
+    assert rel_err(out[dx], ref[dx]) < 1e-5
+
+
 @pytest.mark.parametrize("pooling", ["Max", "Average"])
 def test_pool_mapping(pool_suite, pooling):
     pool_suite.check(f"mapping_{pooling}")
@@ -877,6 +913,59 @@ def test_sgd_without_momentum_and_with_clamping_matches_numpy():
 
     _train_three_steps(_lenet, (8, 1, 32, 32), 10,
                        solver=lambda: SGD(learning_rate=0.2, clamping="-0.05:0.05"))
+
+
+def _lenet_mixed_solvers():
+    """LeNet whose weighted cells step with different solvers, in turn: SGD with momentum,
+    decay and clamping, Adam, SGD without momentum, SGD with a step-decay policy, SGD without
+    Polyak momentum (Python only)."""
+    from n2d2.solver import SGD, Adam
+
+    solvers = [lambda: SGD(learning_rate=0.05, momentum=0.9, decay=0.05, clamping="-0.2:0.2"),
+               lambda: Adam(learning_rate=0.01),
+               lambda: SGD(learning_rate=0.1),
+               lambda: SGD(learning_rate=0.05, momentum=0.5, learning_rate_policy="StepDecay",
+                           learning_rate_step_size=8, learning_rate_decay=0.5),
+               lambda: SGD(learning_rate=0.05, momentum=0.9, polyak_momentum=False)]
+    model = _lenet()
+    cells = [c for c in model._leaf_cells() if hasattr(c, "set_solver")]
+    assert len(cells) >= 4
+    for k, cell in enumerate(cells):
+        cell.set_solver(solvers[k % len(solvers)]())
+    return model
+
+
+def test_mixed_solvers_match_numpy():
+    """The SGD updates of a step run in one compiled call, the others in Python in their place."""
+    _train_three_steps(_lenet_mixed_solvers, (8, 1, 32, 32), 10)
+
+
+def test_sgd_updates_are_one_call_per_step(monkeypatch):
+    """Consecutive Update nodes form one group; only the solvers without a compiled update
+    (Adam, SGD without Polyak momentum) leave it for the interpreter."""
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.cells.deepnet_cell import training_graph
+    from n2d2.codegen.programs import TrainingProgram
+    from n2d2.ir.trace import trace
+    from n2d2.solver import SGD
+
+    n2d2.global_variables.seed = 3
+    model = Sequence([_lenet_mixed_solvers(), Softmax(with_loss=True)])
+    tg = training_graph(trace(model(n2d2.Tensor([4, 1, 32, 32])).get_deepnet()).graph)
+    program = TrainingProgram(tg, "c")
+    c = program._c
+    groups = [item for item in c._phase_items[-1] if item[0] == "updates"]
+    assert len(groups) == 1 and len(groups[0][1]) == len(tg.update_nodes)
+    python_nodes = []
+    monkeypatch.setattr(c, "_run_numpy", lambda node, batch_size: python_nodes.append(node))
+    x = _rng(4).random((4, 1, 32, 32)).astype(np.float32)
+    y = program.forward({tg.graph.inputs[0]: x})[0]
+    program.backward({tg.graph.outputs[0]: y})
+    program.update()
+    expected = [node for node in tg.update_nodes
+                if not (type(s := tg.graph.params[tg.graph.attrs(node)["param"]].solver) is SGD
+                        and s._config["polyak_momentum"])]
+    assert python_nodes == expected and expected
 
 
 def test_nodes_of_one_geometry_share_a_function_and_odd_names_are_safe():

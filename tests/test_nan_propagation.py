@@ -133,6 +133,12 @@ CASES = {
                                   {"weights": _normal(net.rng, (5, 36), 0.3), "biases": _normal(net.rng, (5,))}),
     "max_pool_2x2": lambda net: _pool(net, (2, 3, 8, 10), "Max", (2, 2), (2, 2), (0, 0)),
     "max_pool_2x2_wide": lambda net: _pool(net, (2, 2, 6, 22), "Max", (2, 2), (2, 2), (0, 0)),   # separable
+    # no activation: the backward by lanes (y is the window's maximum), rows of 1 to 3 vectors
+    "max_pool_2x2_linear": lambda net: _pool(net, (2, 3, 8, 10), "Max", (2, 2), (2, 2), (0, 0), act="none"),
+    "max_pool_2x2_wide_linear": lambda net: _pool(net, (2, 2, 6, 36), "Max", (2, 2), (2, 2), (0, 0), act="none"),
+    # and from a batch of 4, the forward by lanes too
+    "max_pool_2x2_linear_b4": lambda net: _pool(net, (4, 3, 8, 10), "Max", (2, 2), (2, 2), (0, 0), act="none"),
+    "max_pool_2x2_wide_linear_b4": lambda net: _pool(net, (4, 2, 6, 28), "Max", (2, 2), (2, 2), (0, 0), act="none"),
     "max_pool_3x3_overlap_pad": lambda net: _pool(net, (2, 3, 7, 8), "Max", (3, 3), (1, 2), (1, 1), act="none"),
     "max_pool_pad_beyond_window": lambda net: _pool(net, (2, 2, 5, 5), "Max", (2, 2), (2, 2), (2, 2), act="none"),
     "max_pool_global": lambda net: _pool(net, (3, 4, 5, 5), "Max", (5, 5), (1, 1), (0, 0), act="none"),

@@ -405,6 +405,7 @@ class CProgram(CompiledProgram):
             f.argtypes = [ctypes.c_void_p] * 4
             f.restype = None
             self._seg_funcs[seg["index"]] = f
+        self._sgd_table = None
         self._phase_items = self._phase_plan()
         self._fallback = _Fallback(self)
         from_env = profile is None
@@ -433,10 +434,41 @@ class CProgram(CompiledProgram):
                     items.append(("c", self._seg_funcs[seg_of[node]]))
                 elif node in in_seg or self.graph.op(node) == "Input":
                     continue
+                elif self.graph.op(node) == "Update" and self._lib is not None \
+                        and self.graph.inputs_of(node)[0] in self._views:
+                    if not items or items[-1][0] != "updates":
+                        items.append(("updates", []))
+                    param = self.graph.params[self.graph.attrs(node)["param"]]
+                    items[-1][1].append((node, param, self._views[self.graph.inputs_of(node)[0]]))
                 else:
                     items.append(("py", node))
             plans.append(items)
         return plans
+
+    def _run_updates(self, updates, batch_size):
+        """Run consecutive `Update` nodes ((node, parameter, gradient view) in order): the SGD
+        ones through one call of the compiled n2d2_sgd_parameters, any other in Python where it
+        stands in the order (the SGD updates before it are applied first)."""
+        table = self._sgd_table
+        if table is None or len(table) < len(updates):
+            table = self._sgd_table = (_SgdParameter * len(updates))()
+        f = self._lib.n2d2_sgd_parameters
+        if f.argtypes is None:
+            f.argtypes = [ctypes.c_int, ctypes.POINTER(_SgdParameter)]
+            f.restype = None
+        count = 0
+        for node, param, grad in updates:
+            q = _sgd_update(param.solver, param.array, grad, batch_size)
+            if q is not None:
+                table[count] = q
+                count += 1
+                continue
+            if count:
+                f(count, table)
+                count = 0
+            self._run_numpy(node, batch_size)
+        if count:
+            f(count, table)
 
     # -- running ----------------------------------------------------------------------------------
     def feed(self, feeds):
@@ -516,6 +548,10 @@ class CProgram(CompiledProgram):
         for kind, item in self._phase_items[index]:
             if kind == "c":
                 item(*args)
+            elif kind == "updates" and not self._profiling:
+                self._run_updates(item, batch_size)
+            elif kind == "updates":
+                self._timed_updates(item, batch_size)
             elif self._profiling:
                 t = time.perf_counter()
                 self._run_numpy(item, batch_size)
@@ -527,6 +563,17 @@ class CProgram(CompiledProgram):
             tuner.end_cycle()
 
     # -- profiling --------------------------------------------------------------------------------
+    def _timed_updates(self, updates, batch_size):
+        """_run_updates with its time shared by its nodes in proportion to their parameter sizes
+        (one call updates them all)."""
+        t = time.perf_counter()
+        self._run_updates(updates, batch_size)
+        t = time.perf_counter() - t
+        total = sum(param.array.size for _, param, _ in updates) or 1
+        for node, param, _ in updates:
+            calls, spent = self._py_time.get(node, (0, 0.0))
+            self._py_time[node] = (calls + 1, spent + t * param.array.size / total)
+
     def profile(self) -> dict:
         """{node: (calls, total microseconds, where)} since the program was built (profiling on)."""
         out = {}
@@ -552,40 +599,62 @@ class CProgram(CompiledProgram):
         print("\n".join(lines), file=file)
 
 
-def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
-    """Apply an `n2d2.solver.SGD` update with the compiled fused kernel (n2d2_sgd); False (and
-    nothing done) when the solver or the arrays are not of the supported kind.
+class _SgdParameter(ctypes.Structure):
+    """One parameter's SGD update for n2d2_sgd_parameters (runtime.c.j2's n2d2_sgd_parameter)."""
+
+    _fields_ = [("n", ctypes.c_long), ("p", ctypes.c_void_p), ("g", ctypes.c_void_p), ("m", ctypes.c_void_p),
+                ("rate", ctypes.c_float), ("momentum", ctypes.c_float), ("decay_lr", ctypes.c_float),
+                ("low", ctypes.c_float), ("high", ctypes.c_float),
+                ("use_decay", ctypes.c_int), ("clamp_low", ctypes.c_int), ("clamp_high", ctypes.c_int)]
+
+
+_clamping = functools.lru_cache(maxsize=256)(parse_clamping)   # (the regex, once per distinct string)
+
+
+def _sgd_update(solver, p, grad, batch_size):
+    """The arguments of the compiled fused SGD update (n2d2_sgd) of `p`, as an _SgdParameter,
+    after advancing the solver's state; None (and the state untouched) when the solver or the
+    arrays are not of the supported kind.
 
     The solver's state (iteration count, momentum buffer) is the solver's own, read and updated
     here exactly as `SGD._apply` does (learning-rate policy, its log line), so that the solver
-    keeps one state whichever backend steps it; the backend tests compare both paths."""
+    keeps one state whichever backend steps it; the backend tests compare both paths. The
+    float arguments are rounded to float32 by the structure's fields, as `SGD._apply` rounds
+    them."""
     if type(solver) is not SGD or not isinstance(p, np.ndarray) or p.dtype != np.float32 \
             or not p.flags.c_contiguous or grad.dtype != np.float32 or grad.shape != p.shape \
             or not grad.flags.c_contiguous:
-        return False
+        return None
     c = solver._config
     if c["iteration_size"] != 1 or not c["polyak_momentum"]:
-        return False
-    state = solver._state(p)
-    lr = solver.advance(state, batch_size)
+        return None
+    low, high = _clamping(c["clamping"])
     momentum, decay = c["momentum"], c["decay"]
+    state = solver._state(p)
     m = None
     if momentum != 0.0 or decay != 0.0:
         m = state.buffers.get("momentum")
         if m is None:
             m = state.buffers["momentum"] = np.zeros_like(p)
         if not (isinstance(m, np.ndarray) and m.dtype == np.float32 and m.flags.c_contiguous):
-            return False
-    low, high = parse_clamping(c["clamping"])
-    f = lib.n2d2_sgd
+            return None
+    lr = solver.advance(state, batch_size)
+    return _SgdParameter(p.size, p.ctypes.data, grad.ctypes.data, None if m is None else m.ctypes.data,
+                         lr / batch_size, momentum, decay * lr, low or 0.0, high or 0.0,
+                         1 if decay else 0, low is not None, high is not None)
+
+
+def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
+    """Apply an `n2d2.solver.SGD` update with the compiled fused kernel (n2d2_sgd); False (and
+    nothing done) when the solver or the arrays are not of the supported kind (`_sgd_update`)."""
+    q = _sgd_update(solver, p, grad, batch_size)
+    if q is None:
+        return False
+    f = lib.n2d2_sgd_parameters
     if f.argtypes is None:
-        f.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
-                      ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_int,
-                      ctypes.c_float]
+        f.argtypes = [ctypes.c_int, ctypes.POINTER(_SgdParameter)]
         f.restype = None
-    f(p.size, p.ctypes.data, grad.ctypes.data, None if m is None else m.ctypes.data,
-      float(np.float32(lr / batch_size)), float(np.float32(momentum)), float(np.float32(decay * lr)),
-      1 if decay else 0, low is not None, low or 0.0, high is not None, high or 0.0)
+    f(1, ctypes.byref(q))
     return True
 
 
