@@ -42,10 +42,13 @@ VALID_METRICS = ("Sensitivity", "Specificity", "Precision", "NegativePredictiveV
 
 
 
-def training_graph(graph):
+def training_graph(graph, backend=None):
     """The training graph (`n2d2.ir.autodiff.TrainingGraph`) that `DeepNetCell.fit` runs for the
-    traced `graph`: the live training passes first (`PIPELINES["live_training"]`), then autodiff."""
-    return build_training_graph(PassManager(pipeline=PIPELINES["live_training"], mode="training", log=None).run(graph))
+    traced `graph`: the live training passes first (`PIPELINES["live_training"]`, then the
+    `training_passes` of `backend` when one is named), then autodiff."""
+    extra = backends.get(backend).training_passes if backend is not None else ()
+    pipeline = PIPELINES["live_training"] + tuple(extra)
+    return build_training_graph(PassManager(pipeline=pipeline, mode="training", log=None).run(graph))
 
 
 class BestWeights:
@@ -238,7 +241,7 @@ class DeepNetCell(Iterable):
                     for node in graph.nodes():
                         if graph.op(node) == "BatchNorm":
                             graph.attrs(node)["synchronised"] = True
-                self._programs[key] = training_graph(graph)
+                self._programs[key] = training_graph(graph, self._backend)
         return self._programs[key]
 
     def _program(self, kind: str, batch_size: int):
