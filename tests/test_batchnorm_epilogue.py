@@ -33,12 +33,14 @@ def _bn(net, x, momentum=0.1, activation=LINEAR, name="bn"):
                                      "activation": activation}, params, name=name)
 
 
-def _block(steps=None, shape=(4, 3, 5, 6), momentum=0.1, source=True, residuals=1, seed=21):
-    """x -> [1x1 conv] -> BatchNorm -> Epilogue(bn, residuals..., steps) (ResNet's block end by
-    default: + residual, ReLU)."""
+def _block(steps=None, shape=(4, 3, 5, 6), momentum=0.1, source=True, residuals=1, seed=21, relu_bn=False):
+    """x -> [1x1 conv] -> [BatchNorm + ReLU] -> BatchNorm -> Epilogue(bn, residuals..., steps)
+    (ResNet's block end by default: + residual, ReLU)."""
     net = Net(seed=seed)
     x = net.source(shape, "x") if source else net.input(shape, "x")
     res = [net.source(shape, f"r{k}") for k in range(residuals)]
+    if relu_bn:
+        x = _bn(net, x, momentum, activation=RELU, name="bn_relu")
     bn = _bn(net, x, momentum)
     steps = steps or (("add", 1, 1.0, 0.0), ("activation", RELU))
     y = net.op("Epilogue", [bn] + res, {"steps": steps, "activation": LINEAR}, name="epi")
@@ -125,14 +127,14 @@ def _compare_c_with_reference(net, y, poison=None):
     for k, v in before.items():
         net.g.params[k].array[...] = v
     out, p = run_c_training(tg, feeds, seeds)
-    assert p.where[y] == "c" and p.where[f"grad:{y}"] == "c"
+    assert all(p.where[n] == "c" for n in tg.forward_nodes + tg.backward_nodes if tg.graph.op(n) != "Input")
     names = ["y"] + [f"d{s}" for s in sources] + list(tg.param_grads)
     assert list(tg.param_grads) == list(tg_ref.param_grads)
     for name, a, b in zip(names, wanted(tg), wanted(tg_ref)):
         _close(out[a], ref[b], name)
     for k, v in stats_ref.items():
         _close(net.g.params[k].array, v, k)
-    return out
+    return out, p
 
 
 def _close(out, ref, what):
@@ -171,8 +173,19 @@ def test_c_kernel_propagates_nan_and_inf_as_the_reference():
         feeds["r0"][1, 0, 0, 0] = -np.inf
         feeds["r0"][2, 1, 1, 1] = np.nan
 
-    out = _compare_c_with_reference(net, y, poison)
+    out, _ = _compare_c_with_reference(net, y, poison)
     assert np.isnan(out[(y, 0)]).any() and np.isinf(out[(y, 0)]).any()
+
+
+@pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
+@pytest.mark.parametrize("momentum", [0.1, 0.0])
+def test_batchnorm_kernels_in_a_team_of_two(momentum, monkeypatch):
+    """Maps large enough for a team (PAR): two members split 5 channels 2 + 3 and walk their
+    ranges image by image, in the BatchNorm + ReLU and in the fused BatchNorm + Epilogue."""
+    monkeypatch.setenv("N2D2_THREADS", "2")
+    net, _, y = _block(shape=(8, 5, 72, 72), momentum=momentum, seed=26, relu_bn=True)
+    _, p = _compare_c_with_reference(net, y)
+    assert p.nthreads == 2 and p.geometry[y]["PAR"] and p.geometry["bn_relu"]["PAR"]
 
 
 def test_the_fused_op_is_declared():
