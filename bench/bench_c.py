@@ -76,7 +76,7 @@ def n2d2_training(mapping: bool, batch=BATCH):
     net = Sequence([LeNetINI(mapping=mapping), Softmax(with_loss=True)])
     net.set_solver(SGD(learning_rate=0.05, momentum=0.9, decay=0.0005))
     graph = trace(net(n2d2.Tensor([batch, 1, 32, 32])).get_deepnet()).graph
-    tg = training_graph(graph)   # what DeepNetCell.fit runs
+    tg = training_graph(graph, "c")   # what DeepNetCell.fit runs
     program = TrainingProgram(tg, "c")
     assert all(w == "c" for w in program._c.where.values() if w), program._c.where
     xs, onehots = _data(batch)
@@ -160,7 +160,7 @@ def resnet_training(backend_torch, batch=BATCH, threads=2):
     net = Sequence([ResNet20(), Softmax(with_loss=True)])
     net.set_solver(SGD(learning_rate=0.05, momentum=0.9, decay=0.0005))
     graph = trace(net(n2d2.Tensor([batch, 3, 32, 32])).get_deepnet()).graph
-    tg = training_graph(graph)   # what DeepNetCell.fit runs
+    tg = training_graph(graph, "c")   # what DeepNetCell.fit runs
     program = TrainingProgram(tg, "c")
     assert all(w == "c" for w in program._c.where.values() if w), program._c.where
     onehot = np.eye(10, dtype=np.float32)[labels].reshape(batch, 10, 1, 1)

@@ -4,9 +4,10 @@
 Each kernel's time is the calling thread's CPU time (`N2D2_PROFILE=cpu`, `N2D2_THREADS=1`: steady
 on a loaded machine); a node's figure is its best over `--steps` steps (after one warm-up step).
 Prints the step's process CPU time, the totals per op, then the nodes, slowest first, with the
-convolution mode the C backend picked. Not a test.
+convolution mode the C backend picked. `--threads 2` profiles the 2-thread team by wall clock
+(`N2D2_PROFILE=1`: CPU time would count the calling thread only). Not a test.
 
-    python bench/profile_resnet20.py [--steps 3] [--top 60]
+    python bench/profile_resnet20.py [--steps 3] [--top 60] [--threads 1]
 """
 import argparse
 import atexit
@@ -14,8 +15,9 @@ import os
 import sys
 import time
 
-os.environ["N2D2_PROFILE"] = "cpu"
-os.environ["N2D2_THREADS"] = "1"
+_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv[:-1] else "1"
+os.environ["N2D2_PROFILE"] = "cpu" if _THREADS == "1" else "1"
+os.environ["N2D2_THREADS"] = _THREADS
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,16 +28,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=1, help="N2D2_THREADS (read before the imports)")
     args = ap.parse_args()
     step = bench_c.resnet_training(False)
     program = step.program
     atexit.unregister(program.print_profile)
     step()
+    clock = time.process_time if args.threads == 1 else time.perf_counter
     best, cpu = {}, []
     for _ in range(args.steps):
-        p0, t0 = program.profile(), time.process_time()
+        p0, t0 = program.profile(), clock()
         step()
-        t1, p1 = time.process_time(), program.profile()
+        t1, p1 = clock(), program.profile()
         cpu.append(1000 * (t1 - t0))
         for node, (_, us, _) in p1.items():
             best[node] = min(best.get(node, float("inf")), (us - p0.get(node, (0, 0.0, ""))[1]) / 1000)
@@ -47,7 +51,9 @@ def main():
         if key == "Grad":   # grad:<forward node>
             key = "grad:" + graph.op(node.split(":", 1)[1])
         ops[key] = ops.get(key, 0.0) + ms
-    print(f"step CPU time, {args.steps} steps: " + ", ".join(f"{t:.1f}" for t in cpu) + " ms")
+    clock_name = "CPU" if args.threads == 1 else "wall"
+    print(f"step {clock_name} time, {args.threads} thread(s), {args.steps} steps: "
+          + ", ".join(f"{t:.1f}" for t in cpu) + " ms")
     print(f"kernels (best per node): {sum(best.values()):.1f} ms")
     for key, ms in sorted(ops.items(), key=lambda r: -r[1]):
         print(f"  {key:24s} {ms:8.2f} ms")

@@ -194,7 +194,7 @@ class Plan:
         self.state_arrays = list(state.values())
         self.backend = select_backend(backend)
         if self.training:
-            self.program = TrainingProgram(training_graph(result.graph), self.backend)
+            self.program = TrainingProgram(training_graph(result.graph, self.backend), self.backend)
         else:
             self.program = InferenceProgram(DeepNetCell._optimize(result.graph), self.backend)
         self.owner = None        # the step whose forward the program's buffers hold

@@ -101,6 +101,12 @@ def zoo(graph_name: str):
     outs.append(net.op("Epilogue", [x, x], {"steps": (("scale", 0.5), ("add", 1, 1.0, 0.0),
                                                       ("activation", ACTIVATIONS["relu"])), "activation": None},
                        name=H("epilogue", next(k))))
+    outs.append(net.op("BatchNormEpilogue", [x, x],
+                       {"epsilon": 1e-5, "momentum": 0.1, "unbiased": False,
+                        "steps": (("add", 1, 1.0, 0.0), ("activation", ACTIVATIONS["relu"]))},
+                       {"scales": 1 + _normal(net.rng, (3,), 0.2), "biases": _normal(net.rng, (3,)),
+                        "means": _normal(net.rng, (3,), 0.1), "variances": 1 + net.rng.random(3).astype(np.float32)},
+                       name=H("bn epilogue", next(k))))
     outs.append(net.op("LRN", [x], {"size": 4, "alpha": 0.5, "beta": 0.75, "bias": 1.0, "activation": None},
                        name=H("lrn", next(k))))
     col = net.op("OnnxSlice", [x], {"starts": [-1], "ends": [-2], "axes": [3], "steps": [-1]}, name=H("slice", next(k)))

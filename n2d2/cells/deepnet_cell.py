@@ -42,10 +42,13 @@ VALID_METRICS = ("Sensitivity", "Specificity", "Precision", "NegativePredictiveV
 
 
 
-def training_graph(graph):
+def training_graph(graph, backend=None):
     """The training graph (`n2d2.ir.autodiff.TrainingGraph`) that `DeepNetCell.fit` runs for the
-    traced `graph`: the live training passes first (`PIPELINES["live_training"]`), then autodiff."""
-    return build_training_graph(PassManager(pipeline=PIPELINES["live_training"], mode="training", log=None).run(graph))
+    traced `graph`: the live training passes first (`PIPELINES["live_training"]`, then the
+    `training_passes` of `backend` when one is named), then autodiff."""
+    extra = backends.get(backend).training_passes if backend is not None else ()
+    pipeline = PIPELINES["live_training"] + tuple(extra)
+    return build_training_graph(PassManager(pipeline=pipeline, mode="training", log=None).run(graph))
 
 
 class BestWeights:
@@ -223,11 +226,12 @@ class DeepNetCell(Iterable):
         self._backend = select_backend(backend)
         self._invalidate()
 
-    def _graph_for(self, kind: str, batch_size: int, synchronised: bool = False):
+    def _graph_for(self, kind: str, batch_size: int, synchronised: bool = False, backend: str = None):
         """The IR graph of `kind` ("inference" or "training") at `batch_size` (cached); with
         `synchronised`, the training BatchNorm nodes normalise with the statistics of every rank
-        (`n2d2.ops.batchnorm`)."""
-        key = (kind + ".graph", batch_size, synchronised)
+        (`n2d2.ops.batchnorm`); with `backend`, the training graph also has that backend's
+        `training_passes` (what `_program` runs; without, the graph every backend can run)."""
+        key = (kind + ".graph", batch_size, synchronised, backend)
         if key not in self._programs:
             graph = self._graph if self._batch_of(self._graph) == batch_size else rebatch(self._graph, batch_size)
             if kind == "inference":
@@ -238,7 +242,7 @@ class DeepNetCell(Iterable):
                     for node in graph.nodes():
                         if graph.op(node) == "BatchNorm":
                             graph.attrs(node)["synchronised"] = True
-                self._programs[key] = training_graph(graph)
+                self._programs[key] = training_graph(graph, backend)
         return self._programs[key]
 
     def _program(self, kind: str, batch_size: int):
@@ -251,7 +255,7 @@ class DeepNetCell(Iterable):
             if kind == "inference":
                 self._programs[key] = InferenceProgram(self._graph_for(kind, batch_size), self._backend)
             else:
-                graph = self._graph_for(kind, batch_size, world is not None and self._sync_batchnorm)
+                graph = self._graph_for(kind, batch_size, world is not None and self._sync_batchnorm, self._backend)
                 self._programs[key] = TrainingProgram(graph, self._backend, world, self._bucket_bytes)
         return self._programs[key]
 
@@ -284,7 +288,7 @@ class DeepNetCell(Iterable):
         n = batch_size or self._batch_of(self._graph)
         report = {}
         for kind in ("inference", "training"):
-            program = self._graph_for(kind, n)
+            program = self._graph_for(kind, n, backend=self._backend if kind == "training" else None)
             graph = program if kind == "inference" else program.graph
             plan = planner.plan(graph)
             planner.validate(graph, plan)

@@ -51,6 +51,10 @@ class Backend:
         File extension of its generated source (`DeepNetCell.dump_sources`); None: none.
     requirement : str
         What it needs to run, for the error when it is not available.
+    training_passes : tuple of str
+        Passes (names in `n2d2.ir.passes.PASSES`) that `DeepNetCell` runs on the training graph
+        after the live training pipeline, for this backend only: fusions into ops that it has
+        kernels for and others would run on the reference.
     """
 
     name = ""
@@ -58,6 +62,7 @@ class Backend:
     preference = 0
     source_extension = None
     requirement = ""
+    training_passes = ()
 
     def available(self) -> bool:
         """Whether this machine can run it (compiler, device); never raises."""

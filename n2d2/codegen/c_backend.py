@@ -259,7 +259,7 @@ class CLowering:
                     dx.append(outs[k] if need else None)
                     k += need
                 dp = _Context({r: outs[k + i] for i, r in enumerate(attrs["roles"])})
-                if gr.op(fwd) == "BatchNorm":   # its dx needs dscale and dbias even when they are frozen
+                if op_registry.get(gr.op(fwd)).needs_all_param_grads:   # BatchNorm: dx needs dscale, dbias
                     for role in ("scales", "biases"):
                         if role not in dp:
                             c = self.geometry[fwd]["C"]
@@ -884,6 +884,7 @@ class CBackend(Backend):
     preference = 10
     source_extension = ".c"
     requirement = "a C compiler (gcc or $CC); none was found"
+    training_passes = ("fuse_batchnorm_epilogue",)   # templates/c/ops/BatchNormEpilogue.c.j2
 
     def available(self) -> bool:
         return available()

@@ -43,6 +43,7 @@ class Epilogue(low.SameShapeLowering, OpDef):
     backward_sees_input = True
     max_inputs = None
     elementwise = True
+    holds_chain = True
 
     def _infer(self, attrs, in_shapes, param_shapes):
         shape = in_shapes[0]

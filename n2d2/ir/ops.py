@@ -59,6 +59,11 @@ class OpDef:
     epilogue_anchor = False
     #: a chain node that makes an Epilogue worth building (not a lone activation)
     epilogue_member = False
+    #: its attrs["steps"] is an elementwise chain on input 0 (the Epilogue, n2d2.ir.epilogue)
+    holds_chain = False
+    #: the op a node of this op becomes with the chain-holding node that reads it merged in
+    #: (fuse_batchnorm_epilogue); None: it does not absorb one
+    absorbs_chain = None
     #: every output value is >= 0 when every input value is (before its fused activation)
     keeps_sign = False
     #: "always": the identity on the channel concatenation of its inputs, then its fused
@@ -89,9 +94,9 @@ class OpDef:
     integer = None
 
     #: the property names above, for tools and tests that walk the registry
-    PROPERTIES = ("elementwise", "carries_activation", "epilogue_anchor", "epilogue_member", "keeps_sign",
-                  "passthrough", "aliases_inputs", "per_sample", "folds_batchnorm", "backward_sees_input",
-                  "onnx_names", "ini_names", "quantized")
+    PROPERTIES = ("elementwise", "carries_activation", "epilogue_anchor", "epilogue_member", "holds_chain",
+                  "absorbs_chain", "keeps_sign", "passthrough", "aliases_inputs", "per_sample", "folds_batchnorm",
+                  "backward_sees_input", "onnx_names", "ini_names", "quantized")
 
     def plain_attrs(self, attrs: dict) -> dict:
         """The node's attributes as plain data (Graph.add_node stores what this returns): an op

@@ -22,6 +22,7 @@ import n2d2.ir.tensor_ops  # noqa: F401  (the Onnx* ops)
 import n2d2.ir.transformation_op  # noqa: F401
 import n2d2.ops.activation_op  # noqa: F401
 import n2d2.ops.batchnorm  # noqa: F401
+import n2d2.ops.batchnorm_epilogue  # noqa: F401
 import n2d2.ops.conv  # noqa: F401
 import n2d2.ops.deconv  # noqa: F401
 import n2d2.ops.dropout  # noqa: F401

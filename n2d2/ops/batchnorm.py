@@ -143,6 +143,7 @@ class BatchNorm(OpDef):
     max_inputs = None
     carries_activation = True
     epilogue_anchor = True
+    absorbs_chain = "BatchNormEpilogue"
     params = ("scales", "biases", "means", "variances")
     trainable = ("scales", "biases")
 

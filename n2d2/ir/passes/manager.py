@@ -9,6 +9,7 @@ from n2d2.ir.passes.dead_node_elimination import dead_node_elimination
 from n2d2.ir.passes.fold_batchnorm import fold_batchnorm
 from n2d2.ir.passes.fold_padding import fold_padding
 from n2d2.ir.passes.fuse_activation import fuse_activation
+from n2d2.ir.passes.fuse_batchnorm_epilogue import fuse_batchnorm_epilogue
 from n2d2.ir.passes.fuse_elementwise_chains import fuse_elementwise_chains
 from n2d2.ir.passes.legalize_onnx import legalize_onnx
 from n2d2.ir.passes.remove_dropout import remove_dropout
@@ -24,6 +25,7 @@ PASSES = {
     "fold_batchnorm": fold_batchnorm,
     "fuse_activation": fuse_activation,
     "fuse_elementwise_chains": fuse_elementwise_chains,
+    "fuse_batchnorm_epilogue": fuse_batchnorm_epilogue,
     "dead_node_elimination": dead_node_elimination,
     "legalize_onnx": legalize_onnx,
 }
