@@ -118,8 +118,9 @@ def _cut_tensors(graph, prefix) -> list:
 
 
 def plan(graph, order=None, live_budget: int = None, chunk_budget: int = None):
-    """The `ChunkPlan` of an inference graph, or None when chunking would not change the order
-    of the work (a batch of 1, a front that fits the caches, a first node that is not per sample)."""
+    """The `ChunkPlan` of an inference graph, or None when it runs whole: a batch of 1, live
+    tensors within budget, a step over budget past a node that is not per sample, a compute-bound
+    front, or one chunk that would hold the whole batch."""
     live_budget = _env_bytes("N2D2_CHUNK_LIVE_BYTES", LIVE_BYTES_BUDGET) if live_budget is None else live_budget
     chunk_budget = _env_bytes("N2D2_CHUNK_BYTES", CHUNK_BYTES_BUDGET) if chunk_budget is None else chunk_budget
     if live_budget <= 0 or not graph.inputs:
