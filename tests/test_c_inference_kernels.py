@@ -323,8 +323,9 @@ def test_plane_nan_inf_as_the_reference(finite_input):
 GATHER = {
     # name: (input shape, outputs, kwargs): wide convolutions with junk columns and more than
     # WIDE_NOPACK_MAX_OUTPUTS outputs, whose panels gather the output pixels (GATHER)
-    # a 7x7 map packed whole (SMALL): a 32-pixel strip spans 5-6 output rows
-    "gather_7x7_small_b1": ((1, 24, 7, 7), 40, dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    # a 7x7 map packed whole (SMALL): a 32-pixel strip spans 5-6 output rows (64 channels: over
+    # PARALLEL_MIN_MACS, so not the plane mode)
+    "gather_7x7_small_b1": ((1, 64, 7, 7), 40, dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
     # too large to pack whole in inference: strip by strip, a strip over 2-3 rows, a last strip of
     # 4 pixels (196 = 6 * 32 + 4: one vector, n2d2_tile_half)
     "gather_14x14_strips_b1": ((1, 20, 14, 14), 36, dict(k=(3, 3), padding=(1, 1),
@@ -335,8 +336,8 @@ GATHER = {
     # four images (one per thread), 20 outputs (a ragged tile row), an im2col over WIDE_IM2COL_BYTES:
     # wide in training too
     "gather_b4_training": ((4, 32, 30, 31), 20, dict(k=(3, 3), padding=(1, 1))),
-    # 6-pixel rows: a strip over 6-7 output rows
-    "gather_narrow_rows": ((1, 19, 12, 6), 24, dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
+    # 6-pixel rows: a strip over 6-7 output rows (72 channels: not the plane mode)
+    "gather_narrow_rows": ((1, 72, 12, 6), 24, dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
     # strided (inference only; training: image mode): every other column by n2d2_evens
     "gather_s2_small_b1": ((1, 20, 15, 13), 24, dict(k=(3, 3), stride=(2, 2), padding=(1, 1), activation=RELU6)),
     "gather_s2_stem_7x7_strips_b1": ((1, 3, 45, 43), 32, dict(k=(7, 7), stride=(2, 2), padding=(3, 3),
@@ -381,8 +382,8 @@ def test_wide_gather_nan_inf_as_the_reference():
     gathered from the grid (the blends copy bits), strip by strip and packed whole, stride 1 and 2."""
     rng = np.random.default_rng(58)
     net = Net(seed=58)
-    x1, x2 = net.input((1, 20, 9, 9), "a"), net.input((1, 20, 14, 14), "b")
-    y1 = net.conv(x1, 24, padding=(1, 1), activation=ACTIVATIONS["relu"])
+    x1, x2 = net.input((1, 40, 9, 9), "a"), net.input((1, 20, 14, 14), "b")
+    y1 = net.conv(x1, 64, padding=(1, 1), activation=ACTIVATIONS["relu"])   # over PARALLEL_MIN_MACS: not plane
     y2 = net.conv(x2, 36, padding=(1, 1), activation=RELU6)
     y3 = net.conv(x2, 40, stride=(2, 2), padding=(1, 1))
     y4 = net.conv(x1, 20, stride=(2, 2), activation=RELU6)
