@@ -968,6 +968,36 @@ def test_sgd_updates_are_one_call_per_step(monkeypatch):
     assert python_nodes == expected and expected
 
 
+def test_sgd_update_follows_a_replaced_parameter_array():
+    """The batched SGD call keeps each parameter's pointers between steps: a parameter array
+    replaced between steps (a weight setter) is the one updated, the old one is left alone."""
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.cells.deepnet_cell import training_graph
+    from n2d2.codegen.programs import TrainingProgram
+    from n2d2.ir.trace import trace
+    from n2d2.solver import SGD
+
+    n2d2.global_variables.seed = 5
+    model = Sequence([_lenet(), Softmax(with_loss=True)])
+    model.set_solver(SGD(learning_rate=0.1, momentum=0.9))
+    tg = training_graph(trace(model(n2d2.Tensor([4, 1, 32, 32])).get_deepnet()).graph)
+    program = TrainingProgram(tg, "c")
+    x = _rng(6).random((4, 1, 32, 32)).astype(np.float32)
+
+    def step():
+        y = program.forward({tg.graph.inputs[0]: x})[0]
+        program.backward({tg.graph.outputs[0]: y})
+        program.update()
+
+    step()
+    param = next(p for p in tg.graph.params.values() if p.solver is not None and p.array.ndim == 4)
+    old = param.array
+    param.array = old.copy()
+    kept, before = old.copy(), param.array.copy()
+    step()
+    assert np.array_equal(old, kept) and not np.array_equal(param.array, before)
+
+
 def test_nodes_of_one_geometry_share_a_function_and_odd_names_are_safe():
     net = Net(seed=50, name="g */ x")
     a = net.conv(net.source((2, 3, 6, 6), "in */ a"), 3, k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"])

@@ -406,6 +406,7 @@ class CProgram(CompiledProgram):
             f.restype = None
             self._seg_funcs[seg["index"]] = f
         self._sgd_table = None
+        self._sgd_last = {}   # Update node -> its last _SgdParameter (_sgd_update)
         self._phase_items = self._phase_plan()
         self._fallback = _Fallback(self)
         from_env = profile is None
@@ -457,10 +458,11 @@ class CProgram(CompiledProgram):
             f.argtypes = [ctypes.c_int, ctypes.POINTER(_SgdParameter)]
             f.restype = None
         count = 0
+        last = self._sgd_last
         for node, param, grad in updates:
-            q = _sgd_update(param.solver, param.array, grad, batch_size)
+            q = _sgd_update(param.solver, param.array, grad, batch_size, last.get(node))
             if q is not None:
-                table[count] = q
+                table[count] = last[node] = q
                 count += 1
                 continue
             if count:
@@ -611,10 +613,12 @@ class _SgdParameter(ctypes.Structure):
 _clamping = functools.lru_cache(maxsize=256)(parse_clamping)   # (the regex, once per distinct string)
 
 
-def _sgd_update(solver, p, grad, batch_size):
+def _sgd_update(solver, p, grad, batch_size, last=None):
     """The arguments of the compiled fused SGD update (n2d2_sgd) of `p`, as an _SgdParameter,
     after advancing the solver's state; None (and the state untouched) when the solver or the
-    arrays are not of the supported kind.
+    arrays are not of the supported kind. `last`: this parameter's previous _SgdParameter,
+    refilled (its pointers kept) when p, grad and the momentum buffer are the same arrays
+    (`ndarray.ctypes.data` costs ~1 us each).
 
     The solver's state (iteration count, momentum buffer) is the solver's own, read and updated
     here exactly as `SGD._apply` does (learning-rate policy, its log line), so that the solver
@@ -639,9 +643,14 @@ def _sgd_update(solver, p, grad, batch_size):
         if not (isinstance(m, np.ndarray) and m.dtype == np.float32 and m.flags.c_contiguous):
             return None
     lr = solver.advance(state, batch_size)
-    return _SgdParameter(p.size, p.ctypes.data, grad.ctypes.data, None if m is None else m.ctypes.data,
-                         lr / batch_size, momentum, decay * lr, low or 0.0, high or 0.0,
-                         1 if decay else 0, low is not None, high is not None)
+    if last is not None and last.arrays[0] is p and last.arrays[1] is grad and last.arrays[2] is m:
+        q = last
+    else:
+        q = _SgdParameter(p.size, p.ctypes.data, grad.ctypes.data, None if m is None else m.ctypes.data)
+        q.arrays = (p, grad, m)   # (kept alive while q points to them)
+    q.rate, q.momentum, q.decay_lr, q.low, q.high = lr / batch_size, momentum, decay * lr, low or 0.0, high or 0.0
+    q.use_decay, q.clamp_low, q.clamp_high = 1 if decay else 0, low is not None, high is not None
+    return q
 
 
 def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
