@@ -453,14 +453,16 @@ def report(machine, train, infer, losses, args, profile=None, resnet=None, first
                  "process has glibc's default malloc thresholds (page faults on its large buffers every step, see "
                  "CPU-ANCHORS.md), hence the subprocess rows; n2d2 allocates nothing per step (one planned arena, one "
                  "scratch buffer). n2d2 runs the training graph DeepNetCell.fit builds (live passes: fused "
-                 "activations, Epilogue chains; then autodiff). The machine is shared: with another job on one core, "
+                 "activations, Epilogue chains, the C backend's BatchNorm + Epilogue fusion; then autodiff). The "
+                 "machine is shared: with another job on one core, "
                  "a busy-waiting 2-thread team stalls at every barrier, which n2d2's tuner avoids by switching to one "
                  "thread; PyTorch has no such fallback, so its 1-thread rows are listed and the ratios take PyTorch's "
                  "best row. conv2's products skip the blocks its connection table leaves unconnected (60 of 96 "
                  "channel pairs computed; dense again for a block holding an Inf or NaN). What remains slow: "
                  "LeNet's max-pool backward and conv2's 10x10 im2col / col2im (memory "
-                 "traffic rather than arithmetic); on ResNet-20, BatchNorm (about 15 % of the step: statistics, "
-                 "normalisation and the backward are separate passes over activations that no longer fit in L2).")
+                 "traffic rather than arithmetic); on ResNet-20, the convolutions' backward (about 60 % of the "
+                 "step), then BatchNorm (about 8 %, with the block ends it is fused with: its backward still "
+                 "reads each channel twice, more than L2 holds at 16 x 32 x 32).")
     return "\n".join(lines) + "\n"
 
 
