@@ -284,15 +284,16 @@ def test_strided_and_gathered_convolutions_export_and_match(tmp_path):
     n2d2.global_variables.seed = 3
     rng = np.random.default_rng(1)
     database = n2d2.database.Numpy()
-    xs = [rng.normal(size=(5, 21, 19)).astype(np.float32) for _ in range(8)]
+    xs = [rng.normal(size=(5, 41, 39)).astype(np.float32) for _ in range(8)]
     database.load(xs[:2], [0, 1], partition="Learn")
     database.load(xs[2:], [i % 4 for i in range(6)], partition="Test")
-    provider = n2d2.provider.DataProvider(database, [19, 21, 5], batch_size=2)
+    provider = n2d2.provider.DataProvider(database, [39, 41, 5], batch_size=2)
     model = Sequence([
-        Conv(5, 24, kernel_dims=[3, 3], stride_dims=[2, 2], activation=Rectifier()),   # 10 x 9, in place
-        Conv(24, 20, kernel_dims=[3, 3], padding_dims=[1, 1], stride_dims=[2, 2]),      # 5 x 5, padded
-        Conv(20, 32, kernel_dims=[3, 3], padding_dims=[1, 1], activation=Rectifier()),  # stride 1, junk columns
-        Fc(32 * 5 * 5, 4), Softmax(with_loss=True),
+        Conv(5, 24, kernel_dims=[3, 3], stride_dims=[2, 2], activation=Rectifier()),   # 20 x 19, in place
+        Conv(24, 20, kernel_dims=[3, 3], padding_dims=[1, 1], stride_dims=[2, 2]),      # 10 x 10, padded
+        # stride 1, junk columns; over PARALLEL_MIN_MACS (a smaller one takes the plane mode)
+        Conv(20, 64, kernel_dims=[3, 3], padding_dims=[1, 1], activation=Rectifier()),
+        Fc(64 * 10 * 10, 4), Softmax(with_loss=True),
     ])
     dn = model.to_deepnet_cell(provider)
     graph = c_export_graph(dn)
@@ -304,7 +305,7 @@ def test_strided_and_gathered_convolutions_export_and_match(tmp_path):
     _make(folder)
     stdout = _run(folder, "bin/network_test", "-q", "-d", "6", "outputs.bin")
     assert "Tested 6 stimuli" in stdout
-    inputs, _ = _stimuli(folder, (5, 21, 19))
+    inputs, _ = _stimuli(folder, (5, 41, 39))
     out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<f4").reshape(6, 4)
     with _one_openmp_thread():
         expected = _cell_outputs(dn, inputs, 2)
