@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+from bench_lenet_infer import best_batch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -62,13 +64,8 @@ def program(case, plane_bytes):
 
 
 def best(f, args, batches, calls=100):
-    b = float("inf")
-    for _ in range(batches):
-        t = time.process_time()
-        for _ in range(calls):
-            f(*args)
-        b = min(b, time.process_time() - t)
-    return b / calls * 1e6
+    """us per call, fastest batch by process CPU time (bench_lenet_infer.best_batch)."""
+    return best_batch(f, calls, batches, time.process_time, args)
 
 
 def main():

@@ -49,14 +49,15 @@ def build(profile=False):
     return graph, InferenceProgram(graph, "c"), x
 
 
-def best_batch(fn, calls=100, batches=200):
-    """Fastest of `batches` timed batches of `calls` calls, in us per call (wall clock)."""
+def best_batch(fn, calls=100, batches=200, clock=time.perf_counter, args=()):
+    """Fastest of `batches` timed batches of `calls` calls of fn(*args), in us per call (by
+    `clock`: wall clock by default)."""
     best = float("inf")
     for _ in range(batches):
-        t = time.perf_counter()
+        t = clock()
         for _ in range(calls):
-            fn()
-        best = min(best, time.perf_counter() - t)
+            fn(*args)
+        best = min(best, clock() - t)
     return best / calls * 1e6
 
 
@@ -67,13 +68,7 @@ def print_node_times(graph, c, batches=60, calls=200):
     args = c._call_args()
 
     def best(fn):
-        b = float("inf")
-        for _ in range(batches):
-            t = time.process_time()
-            for _ in range(calls):
-                fn(*args)
-            b = min(b, time.process_time() - t)
-        return b / calls * 1e6
+        return best_batch(fn, calls, batches, time.process_time, args)
 
     flag = c._profiling
     empty = best(lambda *a: c._lib.n2d2_set_profiling(flag))   # a ctypes call doing nothing
