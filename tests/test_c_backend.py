@@ -521,6 +521,17 @@ def test_batchnorm(momentum, act):
     check_inference(net, expect_c=[y])
 
 
+def test_batchnorm_statistics_merged_image_by_image():
+    """The C kernel merges each plane's mean and squared deviations image after image (Chan's
+    pairwise update): maps away from zero whose images have different means keep the reference's
+    statistics, output and gradients (a dropped between-image term would miss most of the variance)."""
+    net = Net(seed=19)
+    x = net.source((6, 3, 7, 9))
+    shift = 8.0 + 3.0 * net.rng.standard_normal((6, 1, 1, 1))
+    net.feeds["input"] = (net.feeds["input"] + shift).astype(np.float32)
+    check_batchnorm_training(net, [x], 0.1, "none", _assert_rel_err)
+
+
 ELEMWISE_CASES = {
     "sum_scalar": ("Sum", [1.0, -0.5, 2.0], [0.0, 0.25, -1.0]),
     "sum_per_channel": ("Sum", [[1.0, 2.0, -1.0, 0.5], 0.5, [1.5]], [0.0, [0.1, 0.2, 0.3, 0.4], 0.0]),
