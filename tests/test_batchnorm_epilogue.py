@@ -164,8 +164,9 @@ def test_c_kernel_without_the_batchnorm_input_gradient():
 
 
 @pytest.mark.skipif(not c_backend.available(), reason="needs a C compiler")
-def test_c_kernel_propagates_nan_and_inf_as_the_reference():
-    net, _, y = _block(shape=(3, 2, 4, 5), seed=25)
+@pytest.mark.parametrize("shape", [(3, 2, 4, 5), (3, 2, 16, 17)])   # the statistics in two passes / in one
+def test_c_kernel_propagates_nan_and_inf_as_the_reference(shape):
+    net, _, y = _block(shape=shape, seed=25)
 
     def poison(feeds):
         feeds["r0"] = feeds["r0"].copy()
