@@ -6,6 +6,7 @@ forward output and every gradient (inputs and parameters) must match the numpy e
 a relative error of 1e-5 (float32). LeNet (models/LeNet.ini) and ResNet-20 train three SGD steps
 on both backends, dropout included (both draw the masks from the same generator).
 """
+import atexit
 import os
 import subprocess
 
@@ -768,6 +769,20 @@ def test_profile_mode(capsys):
     assert prof[node][0] == 3 and prof[node][1] > 0
     p.print_profile()
     assert node in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("clock,mode", [("cpu", 2), ("process", 3)])
+def test_profile_clock_from_the_environment(monkeypatch, clock, mode):
+    """N2D2_PROFILE=cpu times kernels by the calling thread's CPU time, =process by every thread's."""
+    monkeypatch.setenv("N2D2_PROFILE", clock)
+    net = _tiny_net()
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    atexit.unregister(p.print_profile)
+    for _ in range(2):
+        p.feed(net.feeds)
+        p.run_phase(0)
+    node = net.g.outputs[0][0]
+    assert p._profiling == mode and p.profile()[node][0] >= 2 and p.profile()[node][1] > 0
 
 
 # -- whole networks ---------------------------------------------------------------------------------
