@@ -49,7 +49,7 @@ from n2d2.ir.lowering import PARALLEL_MIN_MACS, SLACK_FLOATS, Unsupported
 from n2d2.ir.lowering import Scratch as _Scratch
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
-from n2d2.ops.dropout import dropout_mask
+from n2d2.ops.dropout import fill_dropout_mask
 from n2d2.ops.fake_quantize import weight_quantizer_geometry
 from n2d2.settings import global_variables
 from n2d2.solver import SGD, parse_clamping
@@ -542,8 +542,8 @@ class CProgram(CompiledProgram):
     def run_phase(self, index, batch_size=1):
         args = self._call_args()
         if index == 0 and self._dropout:
-            for key, shape, rate in self._dropout:
-                self._aux[key][...] = dropout_mask(global_variables.rng, shape, rate)
+            for key, _, rate in self._dropout:
+                fill_dropout_mask(global_variables.rng, self._aux[key], rate)
         tuner = self._tuner
         if index == 0 and tuner is not None:
             tuner.start_cycle()
