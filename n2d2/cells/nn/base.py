@@ -215,6 +215,13 @@ class NeuralNetworkCell(Configurable):
         """
         raise NotImplementedError(f"{self.get_type()} has no IR description")
 
+    def _ir_params(self):
+        """(params of `_ir_node()`, its `weight_quantizer` attribute or None): what `DeepNetCell`
+        re-reads from its cells at each training call. Cells whose IR attributes cost more to
+        build than this pair override it with the same answer."""
+        _, attrs, params = self._ir_node()
+        return params, attrs.get("weight_quantizer")
+
     def _compilable(self) -> bool:
         """Whether this call is exactly its IR node (`_ir_node`), so that `n2d2.eager_compile` may
         run it compiled; cells whose `_forward` adds behaviour in some configuration say False.
