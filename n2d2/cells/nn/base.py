@@ -18,7 +18,7 @@ import numpy as np
 from n2d2 import backend
 from n2d2.activation import ActivationFunction
 from n2d2.configurable import Configurable, Spec
-from n2d2.deepnet import CallRecord
+from n2d2.deepnet import CallRecord, eager_compile
 from n2d2.error_handler import UndefinedModelError, WrongInputType, WrongValue
 from n2d2.ir import ops as ir_ops
 from n2d2.ir.types import TensorType
@@ -155,10 +155,8 @@ class NeuralNetworkCell(Configurable):
                 and self.activation_quantizer() is None:   # a deferred value is the op alone
             return self._deferred_call(tensors, deepnet)
         if global_variables.eager_compile:
-            from n2d2 import eager_compile
-
             # a call that matches the compiled plan was checked when the plan was recorded
-            pending = eager_compile.on_call(self, tensors, deepnet)
+            pending = eager_compile().on_call(self, tensors, deepnet)
             if pending is not None:
                 return pending
         self._check_input(tensors)
