@@ -423,7 +423,7 @@ class Score(Target):
             raise RuntimeError(f"Target '{self._name}': top_n ({top_n}) must be <= the number of outputs ({k})")
         targets = self._targets(self._batch_labels(graph_provider), y4.shape, xp)  # [N, H, W]
         valid = targets >= 0
-        if bool((targets >= nb_targets).any()):
+        if targets.size and int(targets.max()) >= nb_targets:   # (one reduction)
             raise RuntimeError(f"Target '{self._name}': label {int(targets.max())} out of range "
                                f"for an output of {k} channel(s) ({nb_targets} classes)")
         self._check_nb_targets(nb_targets)
