@@ -516,7 +516,8 @@ class DataProvider(Provider):
         labels = np.full((b, 1, h, w) if with_maps else b, -1, dtype=np.int32)
         k = len(ids)
         data = np.empty((b, c, h, w), dtype=np.float32)
-        data[k:] = 0.0  # invalid slots
+        if k < b:
+            data[k:] = 0.0  # invalid slots
         if k == 0:
             return data, labels
         marked = []
@@ -594,16 +595,22 @@ class DataProvider(Provider):
         Ids first read here with no static transformation to apply are appended to `marked`.
         """
         db = self._database
+        if not (whole_partition or maps) and ids.size:
+            with self._lock:   # every batch after the first epoch: all stored in the array (state 2)
+                cache = self._caches[partition]
+                if cache.array is not None:
+                    try:
+                        slots = cache.slot[ids]
+                    except IndexError:   # (an id past the slots the cache has grown to: the path below)
+                        slots = None
+                    if slots is not None and slots.min() >= 0:
+                        return cache.array[slots]
         static = [t for t in self._static if t.applies_to(partition)]
         with_maps = self._with_maps()
         with self._lock:
             cache, map_cache = self._caches[partition], self._map_caches[partition]
             cache.ensure(db.get_nb_stimuli())
             map_cache.ensure(db.get_nb_stimuli())
-            if not (whole_partition or maps) and cache.array is not None and ids.size:
-                slots = cache.slot[ids]    # stored in the array (state 2): every batch after the first epoch
-                if (slots >= 0).all():
-                    return cache.array[slots]
             state = cache.state[ids]
             if whole_partition or (state == 0).any():
                 new = np.unique(ids[state == 0])
