@@ -650,10 +650,9 @@ def _sgd_update(solver, p, grad, batch_size, last=None):
     else:
         q = _SgdParameter(p.size, p.ctypes.data, grad.ctypes.data, None if m is None else m.ctypes.data)
         q.arrays = (p, grad, m)   # (kept alive while q points to them)
-        q.settings = None
     q.rate, q.decay_lr = lr / batch_size, decay * lr
     settings = (momentum, decay, low, high)
-    if q.settings != settings:   # (ctypes field writes cost ~0.1 us each: only when changed)
+    if getattr(q, "settings", None) != settings:   # (ctypes field writes cost ~0.1 us each: only when changed)
         q.settings = settings
         q.momentum, q.low, q.high = momentum, low or 0.0, high or 0.0
         q.use_decay, q.clamp_low, q.clamp_high = 1 if decay else 0, low is not None, high is not None
