@@ -17,8 +17,14 @@ over a round's steps (min of the medians over rounds for the times). Not a test.
 `--peer DIR` runs every contender from the n2d2 of another checkout too (its processes taking
 turns with this tree's), for before/after figures under the same load.
 
+`--python` gives instead the main thread's time outside the compiled code per step (thread
+time of each call site minus the thread time inside its ctypes calls of the C programs: segment
+functions and the fused SGD update), per call site for the step loops (read, model call, target,
+back_propagate, update) and per Learn-pass batch for `fit` (whole step; its prefetch thread not
+counted): the Python that a 2-thread team waits for.
+
     python bench/bench_step_trace.py [--threads 1] [--steps 200] [--rounds 3] [--tracemalloc]
-                                     [--contenders eager,deepnetcell,fit] [--peer /tmp/base]
+                                     [--contenders eager,deepnetcell,fit] [--peer /tmp/base] [--python]
 """
 import argparse
 import gc
@@ -44,6 +50,7 @@ def _parse(argv=None):
     ap.add_argument("--contenders", default="eager,deepnetcell,fit")
     ap.add_argument("--tracemalloc", action="store_true", help="also a run under tracemalloc (bytes per step)")
     ap.add_argument("--peer", default=None, help="another checkout whose n2d2 runs the same contenders, alternated")
+    ap.add_argument("--python", action="store_true", help="main-thread time outside the C calls, per call site")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--trace-memory", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -116,6 +123,73 @@ class Probe:
         self.rows.append(row)
 
 
+class CClock:
+    """Thread time spent inside the C programs' ctypes calls (`CProgram` segment functions and
+    its fused SGD update), installed before any program is built."""
+
+    def __init__(self):
+        import ctypes
+
+        from n2d2.codegen import c_backend
+
+        self.ns = 0
+        clock = self
+        real_init = c_backend.CProgram.__init__
+
+        def timed(f):
+            def call(*args):
+                t = time.thread_time_ns()
+                f(*args)
+                clock.ns += time.thread_time_ns() - t
+            return call
+
+        def init(program, *args, **kwargs):
+            real_init(program, *args, **kwargs)
+            program._phase_items = [[(k, timed(v) if k == "c" else v) for k, v in items]
+                                    for items in program._phase_items]
+            lib = program._lib
+            if lib is not None:
+                sgd = lib.n2d2_sgd_parameters
+                sgd.argtypes, sgd.restype = [ctypes.c_int, ctypes.POINTER(c_backend._SgdParameter)], None
+                wrapped = timed(sgd)
+                wrapped.argtypes = sgd.argtypes
+                lib.n2d2_sgd_parameters = wrapped
+
+        c_backend.CProgram.__init__ = init
+
+
+SITES = ("read", "call", "target", "back_propagate", "update")
+
+
+def _python_loop(provider, net, target, steps, clock):
+    """Per step, the main thread's microseconds outside the C calls at each call site."""
+    batch = provider.get_batch_size()
+    rows = []
+    for i in range(steps + 5):
+        row = []
+        t, c = time.thread_time_ns(), clock.ns
+
+        def lap():
+            nonlocal t, c
+            t2, c2 = time.thread_time_ns(), clock.ns
+            row.append(((t2 - t) - (c2 - c)) / 1e3)
+            t, c = time.thread_time_ns(), clock.ns
+
+        x = provider.read_batch((i % NB_BATCHES) * batch)
+        lap()
+        y = net(x)
+        lap()
+        loss = target(y)
+        lap()
+        loss.back_propagate()
+        lap()
+        loss.update()
+        lap()
+        if i >= 5:
+            rows.append(row)
+    return rows
+
+
 def _step_loop(provider, net, target, probe, steps):
     batch = provider.get_batch_size()
     for i in range(steps + 5):
@@ -127,6 +201,46 @@ def _step_loop(provider, net, target, probe, steps):
         loss.update()
         if i >= 5:
             probe.stop()
+
+
+def python_child(name, steps):
+    """`--python`: per step, microseconds of the main thread outside the C calls."""
+    clock = CClock()
+    import n2d2
+
+    provider = _provider()
+    if name in ("eager", "deepnetcell"):
+        if name == "eager":
+            net = _network()
+            target = n2d2.target.Score(provider)
+        else:
+            net = _network().to_deepnet_cell(provider)
+            net.set_backend("c")
+            target = net.get_target()
+        net.learn()
+        rows = _python_loop(provider, net, target, steps, clock)
+        cols = list(SITES)
+    else:
+        import tempfile
+
+        os.environ["TQDM_DISABLE"] = "1"
+        os.chdir(tempfile.mkdtemp(prefix="bench_trace_"))
+        dn = _network().to_deepnet_cell(provider, n2d2.target.Score(provider))
+        dn.set_backend("c")
+        rows, mark = [], {"n": 0, "t": 0, "c": 0}
+
+        def on_batch(x, _real=type(dn).__call__):
+            t, c = time.thread_time_ns(), clock.ns
+            if mark["n"] > 5:
+                rows.append([((t - mark["t"]) - (c - mark["c"])) / 1e3])
+            mark.update(n=mark["n"] + 1, t=t, c=c)
+            return _real(dn, x)
+
+        dn.__class__ = type("TracedDeepNetCell", (type(dn),), {"__call__": lambda self, x: on_batch(x)})
+        dn._run_epoch("Learn", True, nb_max=(steps + 7) * provider.get_batch_size(), check_finite=True)
+        rows = rows[:steps]
+        cols = ["step"]
+    print("@@" + json.dumps({"cols": cols, "rows": rows, "replays": n2d2.eager_compile.stats.training_replays}))
 
 
 def child(name, steps, memory):
@@ -176,7 +290,10 @@ def child(name, steps, memory):
 def main():
     args = _parse()
     if args.child:
-        child(args.child, args.steps, args.trace_memory)
+        if args.python:
+            python_child(args.child, args.steps)
+        else:
+            child(args.child, args.steps, args.trace_memory)
         return
     names = [n for n in args.contenders.split(",") if n]
     trees = [("", REPO)] + ([(" (peer)", os.path.abspath(args.peer))] if args.peer else [])
@@ -188,12 +305,16 @@ def main():
                    OPENBLAS_NUM_THREADS=str(args.threads), PYTHONPATH=tree)
         name = label.split(" ")[0]
         argv = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps)]
+        argv += ["--python"] if args.python else []
         out = subprocess.run(argv + (["--trace-memory"] if memory else []), env=env, capture_output=True, text=True)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("@@")), None)
         if line is None:
             sys.exit(f"{label} failed:\n{out.stderr}")
         r = json.loads(line[2:])
         (mem if memory else results).setdefault(label, []).append(r)
+    if args.python:
+        _print_python(results, args)
+        return
     print(f"# per step, {args.steps} steps per process, N2D2_THREADS={args.threads}, {args.rounds} round(s); "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| contender | wall ms (best round median) | CPU ms (best round median) | minor faults/step | "
@@ -214,6 +335,21 @@ def main():
             kept = f"{statistics.mean(r[7] for r in rows) / 2**20:.3f}"
         print(f"| {name} | {1e3 * wall:.2f} | {1e3 * cpu:.2f} | {faults:.1f} | {gcs:.1f} | {freed:.1f} | {gc_us:.1f} | "
               f"{peak} | {kept} |")
+
+
+def _print_python(results, args):
+    print(f"# main-thread microseconds per step outside the C calls, {args.steps} steps per process, "
+          f"N2D2_THREADS={args.threads}, {args.rounds} round(s) (best of the round medians); "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("| contender | " + " | ".join(SITES) + " | whole step |")
+    print("|---|" + "---:|" * (len(SITES) + 1))
+    for name, runs in results.items():
+        cells = ["-"] * len(SITES)
+        if runs[0]["cols"] != ["step"]:
+            cells = [f"{min(statistics.median(r[k] for r in run['rows']) for run in runs):.0f}"
+                     for k in range(len(SITES))]
+        whole = min(statistics.median(sum(r) for r in run["rows"]) for run in runs)
+        print(f"| {name} | " + " | ".join(cells) + f" | {whole:.0f} |")
 
 
 if __name__ == "__main__":

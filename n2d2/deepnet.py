@@ -14,6 +14,19 @@ from n2d2.utils import generate_name
 PARTITIONS = ("Learn", "Validation", "Test", "Unpartitioned")
 
 
+_EAGER_COMPILE = []
+
+
+def eager_compile():
+    """The module `n2d2.eager_compile`, imported at its first use (it imports the cells, which
+    import this module) and kept: an import statement per cell call costs microseconds."""
+    if not _EAGER_COMPILE:
+        from n2d2 import eager_compile as module
+
+        _EAGER_COMPILE.append(module)
+    return _EAGER_COMPILE[0]
+
+
 class CallRecord:
     """One cell call: what went in, what came out, and what the backward pass needs."""
 
@@ -155,9 +168,7 @@ class Provider:
         return self._deepnet
 
     def _new_graph(self):
-        from n2d2 import eager_compile
-
-        eager_compile.on_step_end(self, self._deepnet)
+        eager_compile().on_step_end(self, self._deepnet)
         self._deepnet = DeepNet(self)
         return self._deepnet
 

@@ -42,6 +42,8 @@ class GlobalVariables:
         self.model_cache = os.path.join(os.path.expanduser("~"), "MODELS")
         self.rng = np.random.default_rng(self._seed)
         self._eager_compile = os.environ.get("N2D2_EAGER_COMPILE", "1") != "0"
+        depth = os.environ.get("N2D2_PREFETCH", "")
+        self._prefetch_depth = int(depth) if depth.isdigit() else 2
 
     # -- model / datatype -------------------------------------------------------------------
     @property
@@ -153,6 +155,24 @@ class GlobalVariables:
         if not isinstance(value, bool):
             raise WrongInputType("eager_compile", type(value), ["bool"])
         self._eager_compile = value
+
+    # -- data loading ---------------------------------------------------------------------------
+    @property
+    def prefetch_depth(self) -> int:
+        """Batches `DataProvider.prefetch_batches` (what `DeepNetCell.fit` reads through) prepares
+        ahead in a background thread (default 2); 0 assembles each batch in the caller's thread
+        when it is asked for (same order, same data): on a machine with as many cores as the C
+        team has threads the background thread competes with the team for a core and with the
+        training loop for the interpreter. Env N2D2_PREFETCH=<depth> sets the initial value."""
+        return self._prefetch_depth
+
+    @prefetch_depth.setter
+    def prefetch_depth(self, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise WrongInputType("prefetch_depth", type(value), ["int"])
+        if value < 0:
+            raise WrongValue("prefetch_depth", value, ["an int >= 0"])
+        self._prefetch_depth = value
 
     # -- compiled features ----------------------------------------------------------------------
     @property

@@ -29,6 +29,7 @@ IU                          TP / (TP + FP + FN)
 
 `get_average_score(metric)` is the plain mean of the metric over all classes.
 """
+import functools
 import os
 import shlex
 import warnings
@@ -47,6 +48,14 @@ from n2d2.utils import atomic_write_text, generate_name
 
 METRICS = ("Sensitivity", "Specificity", "Precision", "NegativePredictiveValue", "MissRate", "FallOut",
            "FalseDiscoveryRate", "FalseOmissionRate", "Accuracy", "F1Score", "Informedness", "Markedness", "IU")
+
+
+@functools.lru_cache(maxsize=16)
+def _rows(n: int) -> np.ndarray:
+    """`arange(n)` (read-only), the row index of a batch's scoring, made once per batch size."""
+    rows = np.arange(n)
+    rows.flags.writeable = False
+    return rows
 
 
 def _ratio(num, den):
@@ -414,7 +423,7 @@ class Score(Target):
             raise RuntimeError(f"Target '{self._name}': top_n ({top_n}) must be <= the number of outputs ({k})")
         targets = self._targets(self._batch_labels(graph_provider), y4.shape, xp)  # [N, H, W]
         valid = targets >= 0
-        if bool((targets >= nb_targets).any()):
+        if targets.size and int(targets.max()) >= nb_targets:   # (one reduction)
             raise RuntimeError(f"Target '{self._name}': label {int(targets.max())} out of range "
                                f"for an output of {k} channel(s) ({nb_targets} classes)")
         self._check_nb_targets(nb_targets)
@@ -471,35 +480,42 @@ class Score(Target):
     def _score_classes(self, y4, targets, valid, partition):
         """`_score_outputs` for the common classifier (numpy, K > 1 outputs of 1x1, top-1): the
         same values, bit for bit, from row indexing instead of one-hot masks and
-        `take_along_axis` (its numpy calls were a tenth of a compiled LeNet step's Python)."""
+        `take_along_axis` (its numpy calls were a tenth of a compiled LeNet step's Python). A
+        batch without invalid slots (the usual one) skips the masking (multiplying by a mask
+        of ones changes no value)."""
         n, k = y4.shape[:2]
         y = y4.reshape(n, k)
         t = targets.reshape(n)
         v = valid.reshape(n)
-        rows = np.arange(n)
-        safe = np.where(v, t, 0)
-        one = y4.dtype.type
-        grad = y - one(self._args["default_value"])
-        grad[rows, safe] = y[rows, safe] - one(self._args["target_value"])
-        grad[~v] = 0
-        loss = float((grad.astype(np.float64) ** 2).sum()) / n
-
-        p = y[rows, safe]
         nb_valid = int(np.count_nonzero(v))
-        ce = -np.log(np.maximum(p.astype(np.float64), 1e-12))   # clip(., 1e-12, None), NaN kept
-        self._cross_entropy = float((ce * v).sum()) / nb_valid if nb_valid else 0.0
+        every = nb_valid == n
+        rows = _rows(n)
+        safe = t if every else np.where(v, t, 0)
+        one = y4.dtype.type
+        p = y[rows, safe]
+        grad = y - one(self._args["default_value"])
+        grad[rows, safe] = p - one(self._args["target_value"])
+        if not every:
+            grad[~v] = 0
+        squares = grad.astype(np.float64)
+        loss = float(np.square(squares, out=squares).sum()) / n
+
+        ce = np.maximum(p, 1e-12, dtype=np.float64)   # clip(., 1e-12, None) in float64, NaN kept
+        ce = np.negative(np.log(ce, out=ce), out=ce)
+        self._cross_entropy = float((ce if every else ce * v).sum()) / nb_valid if nb_valid else 0.0
 
         est1 = y.argmax(axis=1)
         self._estimated = est1.reshape(n, 1, 1, 1)
-        self._estimated_values = y[rows, est1].astype(np.float32).reshape(n, 1, 1, 1)
+        self._estimated_values = y[rows, est1].astype(np.float32, copy=False).reshape(n, 1, 1, 1)
         self._last_targets = targets
         score = self._score(partition)
-        hit = (est1 == t) & v
+        hit = est1 == t if every else (est1 == t) & v
         if nb_valid:
             score.success.append(int(np.count_nonzero(hit)) / nb_valid)
             if partition == "Learn":
                 self._learn_history.append(score.success[-1])
-        counts = np.bincount(t[v] * k + est1[v], minlength=k * k).reshape(k, k)
+        pairs = t * k + est1 if every else t[v] * k + est1[v]
+        counts = np.bincount(pairs, minlength=k * k).reshape(k, k)
         if score.confusion is None:
             score.confusion = np.zeros((k, k), dtype=np.int64)
         score.confusion += counts

@@ -1032,3 +1032,41 @@ def test_nodes_of_one_geometry_share_a_function_and_odd_names_are_safe():
     p = check_training(net.output(a, b), expect_c=[a, b])
     fname = {k["node"]: k["fname"] for k in p.kernels}
     assert fname[a] == fname[b] and fname[f"grad:{a}"] == fname[f"grad:{b}"]
+
+
+def test_sgd_update_follows_changed_solver_settings():
+    """A parameter's compiled SGD update refills its kept arguments each step: momentum, decay,
+    clamping and learning rate changed between steps are the ones applied (as `SGD.update`)."""
+    import ctypes
+
+    from n2d2.cells import Sequence, Softmax
+    from n2d2.cells.deepnet_cell import training_graph
+    from n2d2.codegen.c_backend import _sgd_update
+    from n2d2.codegen.programs import TrainingProgram
+    from n2d2.ir.trace import trace
+    from n2d2.solver import SGD
+
+    n2d2.global_variables.seed = 5
+    model = Sequence([_lenet(), Softmax(with_loss=True)])
+    tg = training_graph(trace(model(n2d2.Tensor([4, 1, 32, 32])).get_deepnet()).graph)
+    lib = TrainingProgram(tg, "c")._c._lib
+    rng = _rng(7)
+    p = rng.standard_normal(300).astype(np.float32)
+    grad = rng.standard_normal(300).astype(np.float32)
+    ref = p.copy()
+    solver, ref_solver = SGD(learning_rate=0.1), SGD(learning_rate=0.1)
+    settings = [{}, {"momentum": 0.9}, {"decay": 0.01}, {"clamping": "-0.5:0.5"}, {"learning_rate": 0.3},
+                {"momentum": 0.0, "decay": 0.0}, {"clamping": ""}, {"momentum": 0.5}]
+    last = None
+    for change in settings:
+        for key, value in change.items():
+            solver.set_parameter(key, value)
+            ref_solver.set_parameter(key, value)
+        for _ in range(2):
+            grad[...] = rng.standard_normal(300).astype(np.float32)
+            q = _sgd_update(solver, p, grad, 4, last)
+            assert q is not None
+            lib.n2d2_sgd_parameters(1, ctypes.byref(q))
+            last = q
+            ref_solver.update(ref, grad, 4)
+            np.testing.assert_allclose(p, ref, rtol=1e-5, atol=1e-6, err_msg=str(change))

@@ -86,3 +86,48 @@ def test_a_failing_pass_does_not_leave_the_cells_unsynchronised():
     with pytest.raises(RuntimeError, match="target failed"):
         dn.fit(1, checkpoint=None)
     assert not dn._synced
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_without_the_prefetch_thread_trains_the_same(backend, tmp_path, monkeypatch):
+    """`global_variables.prefetch_depth = 0` (batches assembled in fit's own thread) trains to
+    the same weights and scores, bit for bit, as the default background thread."""
+    monkeypatch.chdir(tmp_path)
+    results = []
+    for depth in (2, 0):
+        monkeypatch.setattr(n2d2.global_variables, "prefetch_depth", depth)
+        n2d2.global_variables.seed = 4
+        provider = n2d2.provider.DataProvider(_validated_database(), [8, 8, 1], batch_size=6)
+        dn = _model().to_deepnet_cell(provider)
+        dn.set_backend(backend)
+        score = dn.fit(2, checkpoint=None)
+        results.append((score, list(dn._snapshot().values()), list(dn.get_target()._losses)))
+    (s2, w2, l2), (s0, w0, l0) = results   # (cells get fresh names per build: parameters by order)
+    assert s2 == s0 and l2 == l0 and len(l2) > 2
+    assert len(w2) == len(w0) and all(np.array_equal(a, b) for a, b in zip(w2, w0))
+
+
+def test_ir_params_answer_as_the_ir_node():
+    """`_ir_params()` (what DeepNetCell re-reads from its cells at each training call) gives the
+    parameters and weight quantizer of `_ir_node()`, for the cells that override it (weighted
+    cells with and without a weight quantizer, LSQ's learned step included; pools) and the others."""
+    from n2d2.cells import Conv, Deconv, Fc, Pool2d, Softmax
+    from n2d2.quantizer import LSQCell, SATCell
+
+    x = n2d2.Tensor([2, 2, 8, 8])
+    cells = [Conv(2, 3, [3, 3]), Conv(2, 3, [3, 3], no_bias=True), Conv(2, 3, [3, 3], quantizer=SATCell()),
+             Conv(2, 3, [3, 3], quantizer=LSQCell()), Deconv(2, 3, [3, 3]), Pool2d([2, 2], stride_dims=[2, 2]),
+             Softmax()]
+    for cell in cells:
+        cell(x)
+    fc = Fc(2 * 8 * 8, 4, quantizer=SATCell())
+    fc(x)
+    for cell in cells + [fc]:
+        _, attrs, params = cell._ir_node()
+        got, weight_quantizer = cell._ir_params()
+        assert weight_quantizer == attrs.get("weight_quantizer")
+        assert got.keys() == params.keys(), cell
+        for role, (array, solver) in params.items():
+            assert got[role][0] is array and got[role][1] is solver
+    assert any(cell._ir_params()[1] is not None for cell in cells)
+    assert "weight_step" in cells[3]._ir_params()[0]

@@ -35,8 +35,8 @@ ALLOWED_DEFERRED = {
     ("n2d2.ir", "n2d2.ir.graph"): "n2d2.ir.Graph/Node/Param load networkx on first use; n2d2.ir.ops/types stay light",
     # the eager core (tensors, cells, providers) calls into the compiler only when a graph is compiled: `import n2d2`
     # must not load the compiler (networkx, jinja2, n2d2.ir, n2d2.codegen); test_upstream_api checks it
-    ("n2d2.deepnet", "n2d2.eager_compile"): "a provider's new batch ends the eager step (on_step_end): compiler hook",
-    ("n2d2.cells.nn.base", "n2d2.eager_compile"): "a cell call asks the eager compiler for a replay (on_call)",
+    ("n2d2.deepnet", "n2d2.eager_compile"): "compiler hooks: a provider's new batch ends the eager step (on_step_end), "
+                                           "a cell call asks for a replay (on_call, through deepnet.eager_compile())",
     ("n2d2.cells.cell", "n2d2.cells.deepnet_cell"): "Cell.to_deepnet_cell / Sequence compile builds a DeepNetCell",
     # upstream hangs the loaders on the class (DeepNetCell.load_from_INI / load_from_ONNX); the frontends build
     # DeepNetCells, so they sit above deepnet_cell and the classmethods reach up to them when called

@@ -79,6 +79,21 @@ def test_dropout_mask_follows_the_global_seed():
     assert not Dropout(dropout=1.0)(n2d2.Tensor.from_numpy(x)).to_numpy().any()
 
 
+def test_dropout_mask_drawn_in_place_equals_the_reference():
+    """fill_dropout_mask (the C backend's per-step mask) draws what dropout_mask draws: same
+    values, same generator state after, whatever the shape and rate (0 and 1 included)."""
+    from n2d2.ops.dropout import dropout_mask, fill_dropout_mask
+
+    for k, (shape, rate) in enumerate([((128, 84), 0.5), ((3, 5, 7, 2), 0.3), ((1,), 0.0), ((4, 9), 1.0),
+                                       ((17, 3, 1, 1), 0.9)]):
+        a, b = np.random.default_rng(k), np.random.default_rng(k)
+        expected = dropout_mask(a, shape, rate)
+        out = np.full(shape, np.nan, dtype=np.float32)
+        fill_dropout_mask(b, out, rate)
+        assert np.array_equal(out, expected) and out.dtype == expected.dtype
+        assert a.bit_generator.state == b.bit_generator.state
+
+
 # -- Padding ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("pads", [(1, 2, 3, 0), (0, 0, 0, 0), (-1, 2, 1, -2), (-2, -1, -1, -3)])
 def test_padding_matches_torch(pads):

@@ -408,3 +408,41 @@ def test_cuda_batches(mnist):
     assert x.is_cuda and x.cell is p
     np.testing.assert_array_equal(x.to_numpy(), mnist._data[mnist.get_partition_ids("Test")[:8]] / np.float32(255))
     assert sum(1 for _ in zip(range(3), p.prefetch_batches())) == 3
+
+
+def test_prefetch_in_the_callers_thread_gives_the_same_batches():
+    """prefetch_batches(depth=0) (and `global_variables.prefetch_depth = 0`, what fit reads
+    through) yields the batches of the background thread: same order, data, labels, partial
+    last batch and random transformations, one graph each, no thread started."""
+    db = id_database(23)
+
+    def run(depth=None, setting=None):
+        n2d2.global_variables.seed = 12
+        p = DataProvider(db, [3, 2, 1], batch_size=5)
+        p.set_partition("Learn")
+        p.add_on_the_fly_transformation(Flip(random_horizontal_flip=True))
+        saved = n2d2.global_variables.prefetch_depth
+        if setting is not None:
+            n2d2.global_variables.prefetch_depth = setting
+        try:
+            before = threading.active_count()
+            out = []
+            for x in p.prefetch_batches(shuffle=True, depth=depth):
+                if setting == 0 or depth == 0:
+                    assert threading.active_count() == before
+                out.append((x.to_numpy().copy(), p.get_labels().to_numpy().copy(), x.get_deepnet()))
+        finally:
+            n2d2.global_variables.prefetch_depth = saved
+        return out
+
+    threaded = run(depth=2)
+    for got in (run(depth=0), run(setting=0)):
+        assert len(got) == len(threaded) == 5
+        for (x, lab, _), (x0, lab0, _) in zip(got, threaded):
+            np.testing.assert_array_equal(x, x0)
+            np.testing.assert_array_equal(lab, lab0)
+        assert len({id(g) for _, _, g in got}) == 5
+    with pytest.raises(WrongValue):
+        n2d2.global_variables.prefetch_depth = -1
+    with pytest.raises(WrongInputType):
+        n2d2.global_variables.prefetch_depth = True

@@ -558,3 +558,42 @@ def test_gpu_matches_cpu():
     np.testing.assert_array_equal(t_gpu.get_confusion_matrix(), t_cpu.get_confusion_matrix())
     assert t_gpu.get_average_top_n_success() == pytest.approx(t_cpu.get_average_top_n_success())
     np.testing.assert_array_equal(t_gpu.get_estimated_labels(), t_cpu.get_estimated_labels())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_classifier_fast_path_without_invalid_slots(dtype, tmp_path, monkeypatch):
+    """A batch with every slot valid (the classifier path's unmasked branch) scores as the
+    general path, bit for bit, outputs with NaN, infinities and ties included."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(16)
+    for trial in range(4):
+        n, k = int(rng.integers(1, 140)), int(rng.integers(2, 12))
+        y = rng.standard_normal((n, k, 1, 1)).astype(dtype)
+        y[rng.random(y.shape) < 0.05] = np.nan
+        y[rng.random(y.shape) < 0.03] = np.inf
+        y[rng.random(y.shape) < 0.03] = -np.inf
+        y[0, :2] = 0.5
+        y[-1, 0] = 1.0          # a zero cross-entropy term
+        labels = rng.integers(0, k, n).astype(np.int32)
+        labels[-1] = 0
+        partition = ("Learn", "Validation")[trial % 2]
+        fast, general = Score(ArrayProvider(y, labels, n)), Score(ArrayProvider(y, labels, n))
+        for target in (fast, general):
+            target._provider.set_partition(partition)
+            target._provider.read_batch(0)
+        monkeypatch.setattr(fast, "_score_outputs", None)
+        monkeypatch.setattr(general, "_score_classes", lambda y4, t, v, part, g=general:
+                            g._score_outputs(y4, t, v, k, part, np))
+        got = [target._process_labels(y, target._provider, partition) for target in (fast, general)]
+        (g1, l1), (g2, l2) = got
+        assert g1.dtype == g2.dtype
+        np.testing.assert_array_equal(g1, g2)
+        assert l1 == l2 or (np.isnan(l1) and np.isnan(l2))
+        ce1, ce2 = fast._cross_entropy, general._cross_entropy
+        assert ce1 == ce2 or (np.isnan(ce1) and np.isnan(ce2))
+        for attr in ("_estimated", "_estimated_values", "_last_targets"):
+            a, b = getattr(fast, attr), getattr(general, attr)
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(fast.get_confusion_matrix(partition), general.get_confusion_matrix(partition))
+        assert fast._score(partition).success == general._score(partition).success

@@ -340,7 +340,7 @@ class DeepNetCell(Iterable):
         changed = False
         graph_params = self._graph.params
         for node, cell in self._cell_of.items():
-            _, now, params = cell._ir_node()   # once per cell: it builds the cell's attributes
+            params, weight_quantizer = cell._ir_params()   # (not the whole IR node: its attributes cost more)
             name = cell.get_name()
             for role, (array, solver) in params.items():
                 param = graph_params.get(f"{name}.{role}")
@@ -351,7 +351,7 @@ class DeepNetCell(Iterable):
                                        "replaced after tracing; write into it in place instead")
                 param.solver = solver
             attrs = self._graph.attrs(node)
-            changed = self._sync_quantizers(node, cell, now, attrs) or changed
+            changed = self._sync_quantizers(node, cell, weight_quantizer, attrs) or changed
             propagate = cell._config.get("back_propagate", True)
             if attrs.get("back_propagate", True) != propagate:
                 attrs["back_propagate"] = propagate
@@ -359,20 +359,20 @@ class DeepNetCell(Iterable):
         if changed:
             self._invalidate()
 
-    def _sync_quantizers(self, node, cell, now, attrs) -> bool:
+    def _sync_quantizers(self, node, cell, weight_quantizer, attrs) -> bool:
         """Carry quantizer settings changed after tracing (`set_quantization`, `set_range`, ...) into
-        the graph (`now`: the cell's IR attributes, `attrs`: its node's); a quantizer attached or
-        removed after tracing is refused (trace again)."""
+        the graph (`weight_quantizer`: the cell's IR attribute now, `attrs`: its node's); a quantizer
+        attached or removed after tracing is refused (trace again)."""
         graph = self._graph
         fq = [n for n in graph.nx.successors(node) if graph.op(n) == "FakeQuantize"]
         act_q = cell.activation_quantizer() if hasattr(cell, "activation_quantizer") else None
-        if (now.get("weight_quantizer") is None) != (attrs.get("weight_quantizer") is None) or \
+        if (weight_quantizer is None) != (attrs.get("weight_quantizer") is None) or \
                 (act_q is None) != (not fq):
             raise RuntimeError(f"DeepNetCell '{self._name}': a quantizer of cell '{cell.get_name()}' was attached or "
                                "removed after tracing; attach quantizers before building the DeepNetCell")
         changed = False
-        if now.get("weight_quantizer") != attrs.get("weight_quantizer"):
-            attrs["weight_quantizer"] = now["weight_quantizer"]
+        if weight_quantizer != attrs.get("weight_quantizer"):
+            attrs["weight_quantizer"] = weight_quantizer
             changed = True
         if act_q is not None:
             param = graph.params[graph.node(fq[0]).params["quant_param"]]

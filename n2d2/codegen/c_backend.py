@@ -50,7 +50,7 @@ from n2d2.ir.lowering import PARALLEL_MIN_MACS, SLACK_FLOATS, Unsupported
 from n2d2.ir.lowering import Scratch as _Scratch
 from n2d2.ir.types import GraphError
 from n2d2.names import c_identifier
-from n2d2.ops.dropout import dropout_mask
+from n2d2.ops.dropout import fill_dropout_mask
 from n2d2.ops.fake_quantize import weight_quantizer_geometry
 from n2d2.settings import global_variables
 from n2d2.solver import SGD, parse_clamping
@@ -543,8 +543,8 @@ class CProgram(CompiledProgram):
     def run_phase(self, index, batch_size=1):
         args = self._call_args()
         if index == 0 and self._dropout:
-            for key, shape, rate in self._dropout:
-                self._aux[key][...] = dropout_mask(global_variables.rng, shape, rate)
+            for key, _, rate in self._dropout:
+                fill_dropout_mask(global_variables.rng, self._aux[key], rate)
         tuner = self._tuner
         if index == 0 and tuner is not None:
             tuner.start_cycle()
@@ -626,9 +626,10 @@ def _sgd_update(solver, p, grad, batch_size, last=None):
     keeps one state whichever backend steps it; the backend tests compare both paths. The
     float arguments are rounded to float32 by the structure's fields, as `SGD._apply` rounds
     them."""
-    if type(solver) is not SGD or not isinstance(p, np.ndarray) or p.dtype != np.float32 \
-            or not p.flags.c_contiguous or grad.dtype != np.float32 or grad.shape != p.shape \
-            or not grad.flags.c_contiguous:
+    same = last is not None and last.arrays[0] is p and last.arrays[1] is grad   # (checked when `last` was made)
+    if type(solver) is not SGD or not same and (
+            not isinstance(p, np.ndarray) or p.dtype != np.float32 or not p.flags.c_contiguous
+            or grad.dtype != np.float32 or grad.shape != p.shape or not grad.flags.c_contiguous):
         return None
     c = solver._config
     if c["iteration_size"] != 1 or not c["polyak_momentum"]:
@@ -641,16 +642,21 @@ def _sgd_update(solver, p, grad, batch_size, last=None):
         m = state.buffers.get("momentum")
         if m is None:
             m = state.buffers["momentum"] = np.zeros_like(p)
-        if not (isinstance(m, np.ndarray) and m.dtype == np.float32 and m.flags.c_contiguous):
+        if not (same and m is last.arrays[2]) and not (isinstance(m, np.ndarray) and m.dtype == np.float32
+                                                       and m.flags.c_contiguous):
             return None
     lr = solver.advance(state, batch_size)
-    if last is not None and last.arrays[0] is p and last.arrays[1] is grad and last.arrays[2] is m:
+    if same and last.arrays[2] is m:
         q = last
     else:
         q = _SgdParameter(p.size, p.ctypes.data, grad.ctypes.data, None if m is None else m.ctypes.data)
         q.arrays = (p, grad, m)   # (kept alive while q points to them)
-    q.rate, q.momentum, q.decay_lr, q.low, q.high = lr / batch_size, momentum, decay * lr, low or 0.0, high or 0.0
-    q.use_decay, q.clamp_low, q.clamp_high = 1 if decay else 0, low is not None, high is not None
+    q.rate, q.decay_lr = lr / batch_size, decay * lr
+    settings = (momentum, decay, low, high)
+    if getattr(q, "settings", None) != settings:   # (ctypes field writes cost ~0.1 us each: only when changed)
+        q.settings = settings
+        q.momentum, q.low, q.high = momentum, low or 0.0, high or 0.0
+        q.use_decay, q.clamp_low, q.clamp_high = 1 if decay else 0, low is not None, high is not None
     return q
 
 

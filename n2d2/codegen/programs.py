@@ -174,8 +174,11 @@ class TrainingProgram:
         self._finish_reduction()   # a backward without its update: keep the ranks' collectives in step
         self.batch_size = int(next(iter(feeds.values())).shape[0])
         self._c.feed(feeds)
-        with distributed.synchronising(self.world):
+        if self.world is None and distributed.sync_group() is None:   # (no context to set: the usual step)
             self._c.run_phase(0, self.batch_size)
+        else:
+            with distributed.synchronising(self.world):
+                self._c.run_phase(0, self.batch_size)
         return [self._c.fetch(t) for t in self.tg.graph.outputs]
 
     def backward(self, seeds: dict):
@@ -187,6 +190,10 @@ class TrainingProgram:
                            f"(outputs: {self.tg.graph.outputs})")
         feeds = {self.tg.grad_inputs[k]: v for k, v in seeds.items() if k in self.tg.grad_inputs}
         self._c.feed(feeds)
+        if self.world is None and distributed.sync_group() is None:   # (one segment, nothing to reduce)
+            for phase in self._backward_phases:
+                self._c.run_phase(phase, self.batch_size)
+            return
         with distributed.synchronising(self.world):
             for phase, starts in zip(self._backward_phases, self._starts):
                 self._c.run_phase(phase, self.batch_size)

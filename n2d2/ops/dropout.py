@@ -16,6 +16,14 @@ def dropout_mask(rng, shape, dropout: float, dtype=np.float32):
     return (rng.random(shape, dtype=np.float32) >= dropout).astype(dtype)
 
 
+def fill_dropout_mask(rng, out, dropout: float):
+    """`out[...] = dropout_mask(rng, out.shape, dropout)` for a float32 host `out`: the same draws
+    and values, drawn into `out` (no float32 draws, mask or copy allocated per step)."""
+    rng.random(out=out, dtype=np.float32)
+    keep = out >= dropout
+    out[...] = keep
+
+
 def dropout_forward(x, mask):
     return x * mask
 

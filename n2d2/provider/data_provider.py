@@ -395,9 +395,11 @@ class DataProvider(Provider):
             return self.read_batch((self._index - 1) * self._batch_size)
         raise StopIteration
 
-    def prefetch_batches(self, shuffle: bool = True, depth: int = 2, drop_last: bool = False, shard=None):
+    def prefetch_batches(self, shuffle: bool = True, depth: int = None, drop_last: bool = False, shard=None):
         """Iterate over one epoch of the current partition, the next batches being prepared by a
-        background thread (a queue of `depth` batches) while the caller uses the current one.
+        background thread (a queue of `depth` batches, default `global_variables.prefetch_depth`)
+        while the caller uses the current one; `depth=0`: no thread, each batch is assembled when
+        the caller asks for it (the same batches in the same order).
 
         Every stimulus is read once, in a shuffled order (drawn from the global generator when
         the iteration starts) or in order; the last batch is partial (invalid slots) unless
@@ -416,8 +418,10 @@ class DataProvider(Provider):
         disjoint, their union is the epoch, and every rank yields the same number of batches
         (a rank whose slot of the last global batch is empty gets a batch of invalid slots).
         """
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-            raise WrongValue("depth", depth, ["a positive int"])
+        if depth is None:
+            depth = global_variables.prefetch_depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise WrongValue("depth", depth, ["an int >= 0"])
         partition = self._partition
         ids = self._database.get_partition_ids(partition)
         order = ids[global_variables.rng.permutation(ids.size)] if shuffle else ids.copy()
@@ -437,6 +441,19 @@ class DataProvider(Provider):
             starts = np.minimum(np.arange(nb + 1) * b, order.size)
         if self._database._is_uniform():
             self._static_stimuli(order[:0], partition, whole_partition=True)  # cache now, in this thread
+        if depth == 0:
+            yield from self._batches_in_caller(order, starts, partition, seeds)
+        else:
+            yield from self._batches_in_thread(order, starts, partition, seeds, depth)
+
+    def _batches_in_caller(self, order, starts, partition, seeds):
+        """prefetch_batches(depth=0): each batch assembled when asked for, in the caller's thread."""
+        for i in range(len(seeds)):
+            yield self._deliver(*self._assemble(order[starts[i]:starts[i + 1]], partition, seeds[i]))
+
+    def _batches_in_thread(self, order, starts, partition, seeds, depth):
+        """prefetch_batches(depth > 0): a background thread assembles up to `depth` batches ahead."""
+        nb = len(seeds)
         items = queue.Queue(maxsize=depth)
         stop = threading.Event()
 
@@ -499,7 +516,8 @@ class DataProvider(Provider):
         labels = np.full((b, 1, h, w) if with_maps else b, -1, dtype=np.int32)
         k = len(ids)
         data = np.empty((b, c, h, w), dtype=np.float32)
-        data[k:] = 0.0  # invalid slots
+        if k < b:
+            data[k:] = 0.0  # invalid slots
         if k == 0:
             return data, labels
         marked = []
@@ -577,16 +595,22 @@ class DataProvider(Provider):
         Ids first read here with no static transformation to apply are appended to `marked`.
         """
         db = self._database
+        if not (whole_partition or maps) and ids.size:
+            with self._lock:   # every batch after the first epoch: all stored in the array (state 2)
+                cache = self._caches[partition]
+                if cache.array is not None:
+                    try:
+                        slots = cache.slot[ids]
+                    except IndexError:   # (an id past the slots the cache has grown to: the path below)
+                        slots = None
+                    if slots is not None and slots.min() >= 0:
+                        return cache.array[slots]
         static = [t for t in self._static if t.applies_to(partition)]
         with_maps = self._with_maps()
         with self._lock:
             cache, map_cache = self._caches[partition], self._map_caches[partition]
             cache.ensure(db.get_nb_stimuli())
             map_cache.ensure(db.get_nb_stimuli())
-            if not (whole_partition or maps) and cache.array is not None and ids.size:
-                slots = cache.slot[ids]    # stored in the array (state 2): every batch after the first epoch
-                if (slots >= 0).all():
-                    return cache.array[slots]
             state = cache.state[ids]
             if whole_partition or (state == 0).any():
                 new = np.unique(ids[state == 0])

@@ -18,7 +18,7 @@ import numpy as np
 from n2d2 import backend
 from n2d2.activation import ActivationFunction
 from n2d2.configurable import Configurable, Spec
-from n2d2.deepnet import CallRecord
+from n2d2.deepnet import CallRecord, eager_compile
 from n2d2.error_handler import UndefinedModelError, WrongInputType, WrongValue
 from n2d2.ir import ops as ir_ops
 from n2d2.ir.types import TensorType
@@ -155,10 +155,8 @@ class NeuralNetworkCell(Configurable):
                 and self.activation_quantizer() is None:   # a deferred value is the op alone
             return self._deferred_call(tensors, deepnet)
         if global_variables.eager_compile:
-            from n2d2 import eager_compile
-
             # a call that matches the compiled plan was checked when the plan was recorded
-            pending = eager_compile.on_call(self, tensors, deepnet)
+            pending = eager_compile().on_call(self, tensors, deepnet)
             if pending is not None:
                 return pending
         self._check_input(tensors)
@@ -214,6 +212,13 @@ class NeuralNetworkCell(Configurable):
         trained (e.g. BatchNorm moving statistics). The tracer and the eager path both use it.
         """
         raise NotImplementedError(f"{self.get_type()} has no IR description")
+
+    def _ir_params(self):
+        """(params of `_ir_node()`, its `weight_quantizer` attribute or None): what `DeepNetCell`
+        re-reads from its cells at each training call. Cells whose IR attributes cost more to
+        build than this pair override it with the same answer."""
+        _, attrs, params = self._ir_node()
+        return params, attrs.get("weight_quantizer")
 
     def _compilable(self) -> bool:
         """Whether this call is exactly its IR node (`_ir_node`), so that `n2d2.eager_compile` may

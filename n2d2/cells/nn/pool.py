@@ -140,6 +140,9 @@ class Pool(LazyCell):
         return "Pool", {"pooling": self._args["pooling"].value, "pool": pool, "stride": stride, "padding": pad,
                         "mapping": mapping, "activation": activation_spec(self._config["activation"])}, {}
 
+    def _ir_params(self):
+        return {}, None   # (`_ir_node` has no parameter nor weight quantizer)
+
     def _per_channel(self) -> bool:
         return False
 

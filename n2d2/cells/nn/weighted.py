@@ -162,6 +162,12 @@ class WeightedCell(SolverPair, NeuralNetworkCell):
     def has_quantizer(self) -> bool:
         return self.get_quantizer() is not None
 
+    def _ir_params(self):
+        # every weighted cell's `_ir_node` is `_with_quantizer(op, attrs, self._params())`
+        if self.get_quantizer() is None:
+            return self._params(), None
+        return super()._ir_params()
+
     def _with_quantizer(self, op, attrs, params):
         """The IR node with the weight quantizer: attribute `weight_quantizer` (a plain-data spec)
         and, for LSQ, the learned step as parameter `weight_step` trained by the quantizer's solver."""
