@@ -327,7 +327,7 @@ GATHER = {
     # PARALLEL_MIN_MACS, so not the plane mode)
     "gather_7x7_small_b1": ((1, 64, 7, 7), 40, dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
     # too large to pack whole in inference: strip by strip, a strip over 2-3 rows, a last strip of
-    # 4 pixels (196 = 6 * 32 + 4: one vector, n2d2_tile_half)
+    # 4 pixels (196 = 6 * 32 + 4: n2d2_tile_ragged, one ymm with AVX-512, one vector otherwise)
     "gather_14x14_strips_b1": ((1, 20, 14, 14), 36, dict(k=(3, 3), padding=(1, 1),
                                                          activation=ACTIVATIONS["relu"])),
     # dilation, no bias, two images (the team shares each)
