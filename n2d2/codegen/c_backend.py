@@ -22,7 +22,8 @@ a ragged last strip of a row past its end.
 
 Profiling: with `N2D2_PROFILE=1` in the environment (or `profile=True`), every kernel's wall
 time is accumulated (`N2D2_PROFILE=cpu`: the calling thread's CPU time, steadier on a loaded
-machine with one thread); `CProgram.profile()` returns it per node and `print_profile()` prints a
+machine with one thread; `N2D2_PROFILE=process`: the process's CPU time, every thread's, so that
+a kernel's cost on several threads compares with its cost on one); `CProgram.profile()` returns it per node and `print_profile()` prints a
 table (also printed at exit).
 """
 import atexit
@@ -412,7 +413,7 @@ class CProgram(CompiledProgram):
         from_env = profile is None
         if from_env:
             profile = os.environ.get("N2D2_PROFILE", "")
-            profile = {"": 0, "0": 0, "cpu": 2}.get(profile, 1)
+            profile = {"": 0, "0": 0, "cpu": 2, "process": 3}.get(profile, 1)
         self._profiling = int(profile)
         self._py_time = {}
         if self._lib is not None:
