@@ -6,8 +6,8 @@ strips of a wide convolution, the tiles of a packed-whole or image-mode GEMM, wh
 batch is large) are costed in vector lanes x rows x K (the lanes a tile computes: a ragged last
 strip costs the vectors n2d2_tile_ragged uses), then dealt to `--threads` equal-speed threads as
 the kernel deals them: `schedule(dynamic, c)` chunks to whichever thread is free first,
-`schedule(static)` in contiguous blocks, a packed-whole wide GEMM in K passes (gemm(team=...)) and
-the few strips of TEAM_STRIPS in equal-cost ranges of their tiles; other GEMMs in K passes (KC) have a barrier
+`schedule(static)` in contiguous blocks, a packed-whole wide GEMM in K passes (gemm(team=...)) in
+equal-cost ranges of its tiles, the same in every pass; other GEMMs in K passes (KC) have a barrier
 per pass. Per node: the largest
 thread's work over the mean (1.00 = even), and the work lost to idle threads in ms at `--gmacs`.
 
@@ -75,10 +75,7 @@ def conv_shares(g, threads, vl, mr_max):
     npix = g["P"] if (mode == "image" or g.get("GATHER")) else g["LW"]
     strips = [min(nr, npix - j) for j in range(0, npix, nr)]
     if mode == "wide" and not g["SMALL"]:
-        if g.get("TEAM_STRIPS"):
-            share = deal_ranges([r * lanes(nv, r, vl) * kg for nv in strips for r in rows], threads)
-        else:
-            share = deal_dynamic([sum(r * lanes(nv, r, vl) * kg for r in rows) for nv in strips], threads, 1)
+        share = deal_dynamic([sum(r * lanes(nv, r, vl) * kg for r in rows) for nv in strips], threads, 1)
         return max(share), sum(share) / threads
     if mode in ("wide", "image"):
         kc = g.get("KC") or kg
@@ -134,8 +131,7 @@ def main():
             wall, mean = shares
             sum_max, sum_mean = sum_max + wall, sum_mean + mean
             npix = g["P"]
-            passes = g.get("KC") and (g.get("SMALL") or g["MODE"] == "image")   # KC unused by the strip loop
-            flags = "".join(f" {k}" for k in ("SPLIT", "SMALL", "TEAM_STRIPS") if g.get(k)) + (" KC" if passes else "")
+            flags = "".join(f" {k}" for k in ("SPLIT", "SMALL", "KC") if g.get(k))
             print(f"| {node[:48]} | {g['MODE']}{flags} | {-(-npix // (2 * vl))} | {wall / mean:.3f} | "
                   f"{(wall - mean) / args.gmacs / 1e6:.3f} |")
     print(f"all convolutions: sum of the team's times / sum of the mean shares = {sum_max / sum_mean:.3f} "

@@ -643,7 +643,6 @@ SPLIT_MAX_IMAGES = 4
 SPLIT_MAX_GROUPS = 4        # (and groups: a barrier per group costs more than it gives)
 IM2COL_KC = 256             # the GEMM depth of one pass over a blocked im2col matrix (image mode)
 WIDE_NOPACK_MAX_OUTPUTS = 16  # wide forward: at most this many outputs per group read the windows in place
-WIDE_TEAM_STRIPS_MAX_PIXELS = 256  # wide forward, few images: up to 8 strips of 32, shared by tile rows too
 SPLIT_COL_BYTES = 1 << 20   # the shared im2col block of such a convolution (image mode)
 # in inference, the block's matrix stays in a Zen 3 L2 (512 KiB): the GEMM reads it back from
 # there, not from L3 (1 thread, batch 1: MobileNet V2's stem 692 -> 592 us, ResNet-18's 3.92 -> 3.71 ms)
@@ -802,9 +801,6 @@ class Conv(OpDef):
             # place, as the input gradient does, rather than from a packed strip (ResNet-20's
             # 16-channel 32x32 layers, b128, one thread: 8.2 -> 6.9 ms)
             g["NOPACK"] = not g["SMALL"] and not g["SPLIT"] and wp != wo and og <= WIDE_NOPACK_MAX_OUTPUTS
-            # TEAM_STRIPS: few images, gathered strips, few of them (ResNet-18's 14x14 maps: 7 strips of
-            # 32 for 2 threads): the team shares (strip, tile row) units in equal-cost ranges, not strips
-            g["TEAM_STRIPS"] = g["SPLIT"] and gather and not small and npix <= WIDE_TEAM_STRIPS_MAX_PIXELS
             # DWB: the weight gradient as broadcasts of the windows times rows of dz^T, when OG fills
             # whole vectors (n2d2_gemm_arows; else dot products along the pixels, n2d2_gemm_nt_rows)
             g["DWB"] = og % 16 == 0
