@@ -327,7 +327,7 @@ GATHER = {
     # PARALLEL_MIN_MACS, so not the plane mode)
     "gather_7x7_small_b1": ((1, 64, 7, 7), 40, dict(k=(3, 3), padding=(1, 1), activation=RELU6)),
     # too large to pack whole in inference: strip by strip, a strip over 2-3 rows, a last strip of
-    # 4 pixels (196 = 6 * 32 + 4: one vector, n2d2_tile_half)
+    # 4 pixels (196 = 6 * 32 + 4: n2d2_tile_ragged, one ymm with AVX-512, one vector otherwise)
     "gather_14x14_strips_b1": ((1, 20, 14, 14), 36, dict(k=(3, 3), padding=(1, 1),
                                                          activation=ACTIVATIONS["relu"])),
     # dilation, no bias, two images (the team shares each)
@@ -399,6 +399,58 @@ def test_wide_gather_nan_inf_as_the_reference():
     assert all(p.geometry[y[0]]["GATHER"] for y in (y1, y2, y3, y4))
     assert np.isnan(ref[y2][0, 5]).all()
     assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C wide gather")
+
+
+# name: (input shape, outputs, kwargs, ragged columns of the last strip, SMALL): batch-1 wide
+# convolutions whose last 32-pixel strip holds 1 to 25 pixels, on either side of a vector (AVX-512:
+# 8 and 24 lanes in a ymm / zmm + ymm, n2d2_tile_ragged); 40 outputs: full 8-row tiles
+RAGGED = {
+    "ragged_1": ((1, 96, 15, 15), 40, dict(k=(3, 3), padding=(1, 1)), 1, False),
+    "ragged_4_relu": ((1, 96, 10, 10), 40, dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"]), 4, False),
+    "ragged_8_small": ((1, 96, 5, 8), 40, dict(k=(3, 3), padding=(1, 1), activation=RELU6), 8, True),
+    "ragged_9": ((1, 96, 13, 13), 40, dict(k=(3, 3), padding=(1, 1), bias=False), 9, False),
+    "ragged_16": ((1, 96, 12, 12), 40, dict(k=(3, 3), padding=(1, 1)), 16, False),
+    "ragged_17_small": ((1, 96, 7, 7), 40, dict(k=(3, 3), padding=(1, 1), activation=ACTIVATIONS["relu"]), 17, True),
+    "ragged_17_s2": ((1, 96, 18, 18), 40, dict(k=(3, 3), stride=(2, 2), padding=(1, 1)), 17, False),
+    "ragged_24_small": ((1, 96, 7, 8), 40, dict(k=(3, 3), padding=(1, 1)), 24, True),
+    "ragged_25": ((1, 96, 11, 11), 40, dict(k=(3, 3), padding=(1, 1), activation=RELU6), 25, False),
+}
+
+
+@pytest.fixture(scope="module")
+def ragged_inference():
+    return _inference({case: args[:3] + ("wide",) for case, args in RAGGED.items()}, _split, seed=59)
+
+
+@pytest.mark.parametrize("case", sorted(RAGGED))
+def test_wide_ragged_last_strip(ragged_inference, case):
+    net, ys, ref, p = ragged_inference
+    y = ys[case]
+    g = p.geometry[y[0]]
+    assert g["MODE"] == "wide" and g["GATHER"] and g["SMALL"] == RAGGED[case][4]
+    assert g["P"] % 32 == RAGGED[case][3] and g["SPLIT"] and g["PAR"]
+    assert_close(p.view(y), ref[y], case)
+
+
+def test_wide_ragged_last_strip_nan_inf_as_the_reference():
+    """The ymm tiles of a ragged last strip keep NaN / Inf where the reference puts them."""
+    rng = np.random.default_rng(60)
+    net = Net(seed=60)
+    x1, x2 = net.input((1, 96, 10, 10), "a"), net.input((1, 96, 7, 8), "b")
+    y1 = net.conv(x1, 40, padding=(1, 1), activation=ACTIVATIONS["relu"])   # 100 = 3 * 32 + 4
+    y2 = net.conv(x2, 40, padding=(1, 1))                                    # 56 = 32 + 24, SMALL
+    net.output(y1, y2)
+    y1, y2 = net.g.outputs
+    net.feeds[x1] = poison(rng, net.feeds[x1], count=3)
+    net.feeds[x2] = poison(rng, net.feeds[x2], count=3)
+    net.g.params[f"{y2[0]}.weights"].array[9, 3, 1, 2] = np.nan
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert all(p.geometry[y[0]]["GATHER"] for y in (y1, y2))
+    assert np.isnan(ref[y2][0, 9]).all()
+    assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C ragged strips")
 
 
 @pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])

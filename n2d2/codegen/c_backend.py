@@ -22,9 +22,10 @@ a ragged last strip of a row past its end.
 
 Profiling: with `N2D2_PROFILE=1` in the environment (or `profile=True`), every kernel's wall
 time is accumulated (`N2D2_PROFILE=cpu`: the calling thread's CPU time, steadier on a loaded
-machine with one thread; `N2D2_PROFILE=process`: the CPU time of all threads, a team's spinning
-included); `CProgram.profile()` returns it per node and `print_profile()` prints a
-table (also printed at exit).
+machine with one thread; `N2D2_PROFILE=process`: the process's CPU time, every thread's, so that
+a kernel's cost on several threads compares with its cost on one: the other threads' time is
+accounted at scheduler ticks, so read it as a total over many calls, not call by call);
+`CProgram.profile()` returns it per node and `print_profile()` prints a table (also printed at exit).
 """
 import atexit
 import ctypes
