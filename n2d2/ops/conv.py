@@ -620,7 +620,7 @@ def _conn_layout(conn, kk):
     OUTS / OFF: the outputs each channel feeds, flattened, channel c's at OFF[c] .. OFF[c + 1]
     (data and weight gradients run per channel on those, compacted: pair OFF[c] + j of the
     KK-long blocks); J[c][o]: o's index j in channel c's list, -1 when unconnected; MI: the
-    weight-gradient tile height (6, 5 or 4 rows of the KK: a divisor when one exists)."""
+    tile height of the weight and data gradients (6, 5 or 4 rows of the KK: a divisor when one exists)."""
     c, o = len(conn), len(conn[0])
     if all(all(row) for row in conn):
         return None
