@@ -193,6 +193,28 @@ def test_wide_forward_reads_windows_in_place(shape, outputs, kwargs):
     check_inference(build()[0], expect_c=[y])
 
 
+@pytest.mark.parametrize("shape,kwargs", [
+    # LeNet's conv1: 32 x 32 -> 28 x 28, ReLU, no bias
+    ((5, 1, 32, 32), dict(k=(5, 5), bias=False, activation=ACTIVATIONS["relu"])),
+    # a padded 30-wide input (grid 32), two channels, bias and tanh
+    ((4, 2, 20, 30), dict(padding=(1, 1), activation=ACTIVATIONS["tanh"])),
+])
+def test_wide_forward_six_maps_two_row_strips(shape, kwargs):
+    """Six output maps on a 32-wide grid with an even number of rows (LeNet's conv1): with
+    AVX-512 the forward runs strips of two grid rows, one 6 x 4 tile each, against the reference."""
+    def build():
+        net = Net(seed=33)
+        y = net.conv(net.source(shape), 6, **kwargs)
+        return net.output(y), y
+
+    net, y = build()
+    p = check_training(net, expect_c=[y])
+    g = p.geometry[y]
+    assert g["MODE"] == "wide" and g["NOPACK"] and not g["SPLIT"], g
+    assert g["OG"] == 6 and g["Wp"] == 32 and g["LW"] % 64 == 0, g
+    check_inference(build()[0], expect_c=[y])
+
+
 @pytest.mark.parametrize("shape,outputs,kwargs", [
     # padded planes, bias and ReLU
     ((2, 3, 16, 18), 16, dict(padding=(1, 1), activation=ACTIVATIONS["relu"])),
