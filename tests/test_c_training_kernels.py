@@ -90,6 +90,16 @@ def test_image_conv_concatenated_inputs(conv_suite):
     assert g["MODE"] == "image" and g["DWNT"] and g["C2I"] is not None and len(g["inputs"]) == 2
 
 
+def test_image_conv_im2col_row_by_row(conv_suite):
+    """Small unpadded stride-1 planes of one input (ROWCOL): the block's im2col is copied row by
+    row of the matrix across its images, forward and backward, against the reference; padded,
+    strided or concatenated inputs keep the per-image copy."""
+    for case, rowcol in (("table_5x5_valid", True), ("stride2_dilation_pad", False), ("two_inputs", False)):
+        p, (y,) = conv_suite.check(case)
+        g = p.geometry[y]
+        assert g["MODE"] == "image" and g["ROWCOL"] == rowcol and g["NB"] > 1, (case, g)
+
+
 # activations whose derivative C expression is a condition (a select): (name, parameters)
 SELECT_DERIVATIVES = [("Rectifier", {}), ("Rectifier", {"leak_slope": 0.1}), ("Rectifier", {"clipping": 6.0}),
                       ("Rectifier", {"leak_slope": 0.1, "clipping": 6.0}), ("Linear", {"clipping": 2.0}),
