@@ -655,11 +655,11 @@ INFERENCE_COL_BYTES = 1 << 18
 # MAC limit lifted, 0.62-0.82 up to 200 KB of planes (one thread against wide's team there: not taken)
 PLANE_BYTES = 128 * 1024
 DW_CHUNK_PIXELS = 2048      # output pixels per dynamically scheduled chunk of depthwise planes
+DW_SLACK = 64               # floats after a depthwise plane: one vector (VL <= 16) of reads past it, rounded up
 # image mode: a block of unpadded stride-1 planes up to this many floats (one input) is copied into
 # its im2col matrix row by row of the matrix, across the block's images (ROWCOL, Conv.c.j2
 # im2col_block_rows): the stores run along each row instead of touching KG rows per image
 ROWCOL_MAX_FLOATS = 16384
-DW_SLACK = 64               # floats after a depthwise plane: one vector (VL <= 16) of reads past it, rounded up
 
 
 # -- the IR op ------------------------------------------------------------
