@@ -90,6 +90,16 @@ def test_image_conv_concatenated_inputs(conv_suite):
     assert g["MODE"] == "image" and g["DWNT"] and g["C2I"] is not None and len(g["inputs"]) == 2
 
 
+def test_image_conv_im2col_row_by_row(conv_suite):
+    """Small unpadded stride-1 planes of one input (ROWCOL): the block's im2col is copied row by
+    row of the matrix across its images, forward and backward, against the reference; padded,
+    strided or concatenated inputs keep the per-image copy."""
+    for case, rowcol in (("table_5x5_valid", True), ("stride2_dilation_pad", False), ("two_inputs", False)):
+        p, (y,) = conv_suite.check(case)
+        g = p.geometry[y]
+        assert g["MODE"] == "image" and g["ROWCOL"] == rowcol and g["NB"] > 1, (case, g)
+
+
 # activations whose derivative C expression is a condition (a select): (name, parameters)
 SELECT_DERIVATIVES = [("Rectifier", {}), ("Rectifier", {"leak_slope": 0.1}), ("Rectifier", {"clipping": 6.0}),
                       ("Rectifier", {"leak_slope": 0.1, "clipping": 6.0}), ("Linear", {"clipping": 2.0}),
@@ -190,6 +200,28 @@ def test_wide_forward_reads_windows_in_place(shape, outputs, kwargs):
     net, y = build()
     p = check_training(net, expect_c=[y])
     assert p.geometry[y]["MODE"] == "wide" and p.geometry[y]["NOPACK"], p.geometry[y]
+    check_inference(build()[0], expect_c=[y])
+
+
+@pytest.mark.parametrize("shape,kwargs", [
+    # LeNet's conv1: 32 x 32 -> 28 x 28, ReLU, no bias
+    ((5, 1, 32, 32), dict(k=(5, 5), bias=False, activation=ACTIVATIONS["relu"])),
+    # a padded 30-wide input (grid 32), two channels, bias and tanh
+    ((4, 2, 20, 30), dict(padding=(1, 1), activation=ACTIVATIONS["tanh"])),
+])
+def test_wide_forward_six_maps_two_row_strips(shape, kwargs):
+    """Six output maps on a 32-wide grid with an even number of rows (LeNet's conv1): with
+    AVX-512 the forward runs strips of two grid rows, one 6 x 4 tile each, against the reference."""
+    def build():
+        net = Net(seed=33)
+        y = net.conv(net.source(shape), 6, **kwargs)
+        return net.output(y), y
+
+    net, y = build()
+    p = check_training(net, expect_c=[y])
+    g = p.geometry[y]
+    assert g["MODE"] == "wide" and g["NOPACK"] and not g["SPLIT"], g
+    assert g["OG"] == 6 and g["Wp"] == 32 and g["LW"] % 64 == 0, g
     check_inference(build()[0], expect_c=[y])
 
 

@@ -620,7 +620,7 @@ def _conn_layout(conn, kk):
     OUTS / OFF: the outputs each channel feeds, flattened, channel c's at OFF[c] .. OFF[c + 1]
     (data and weight gradients run per channel on those, compacted: pair OFF[c] + j of the
     KK-long blocks); J[c][o]: o's index j in channel c's list, -1 when unconnected; MI: the
-    weight-gradient tile height (6, 5 or 4 rows of the KK: a divisor when one exists)."""
+    tile height of the weight and data gradients (6, 5 or 4 rows of the KK: a divisor when one exists)."""
     c, o = len(conn), len(conn[0])
     if all(all(row) for row in conn):
         return None
@@ -656,6 +656,10 @@ INFERENCE_COL_BYTES = 1 << 18
 PLANE_BYTES = 128 * 1024
 DW_CHUNK_PIXELS = 2048      # output pixels per dynamically scheduled chunk of depthwise planes
 DW_SLACK = 64               # floats after a depthwise plane: one vector (VL <= 16) of reads past it, rounded up
+# image mode: a block of unpadded stride-1 planes up to this many floats (one input) is copied into
+# its im2col matrix row by row of the matrix, across the block's images (ROWCOL, Conv.c.j2
+# im2col_block_rows): the stores run along each row instead of touching KG rows per image
+ROWCOL_MAX_FLOATS = 16384
 
 
 # -- the IR op ------------------------------------------------------------
@@ -848,6 +852,8 @@ class Conv(OpDef):
             # 32-wide strip of the transposed product col dz^T (whose tiles then run half empty)
             dwnt = og <= low.DWNT_MAX_OUTPUTS
             g.update(MODE="image", PLANES=planes, Hp=hp, Wp=wp, PS=hp * wp, DWNT=dwnt, C2I=None, CONN=None)
+            g["ROWCOL"] = (g["VALID"] and sx == 1 and len(chans) == 1 and not groups > 1
+                           and nb * cg * h * w <= ROWCOL_MAX_FLOATS)
             if (planes or g["VALID"]) and wp <= 16 and wo <= 16:
                 # col2im in vector registers (Conv.c.j2, col2im_regs): lane j of the padded input
                 # row takes output column ox = (j - kx*DX) / SX of kernel column kx (16: a zero)
