@@ -485,6 +485,70 @@ def test_wide_panel_nan_inf_as_the_reference(small_panels):
     assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C wide panels")
 
 
+DOT_TAIL = {
+    # name: (input shape, outputs, kwargs): 1x1 convolutions on small maps (SMALL wide grids), their
+    # ragged strip's last columns by dot products (n2d2_dot_cols, gemm's dot_tail): 49 = 32 + 16 + 1
+    # pixels (AVX2: 3 x 16 + 1), 196 = 6 x 32 + 4; K with a tail past whole vectors (36, and 600 in
+    # passes of 256: 88 in the last), a ragged tile row (70 outputs), an activation that is not a
+    # clamp (few images: more go image mode on such maps)
+    "7x7_expand_relu6_b1": ((1, 36, 7, 7), 70, dict(k=(1, 1), activation=RELU6)),
+    "7x7_project_k_passes_b1": ((1, 600, 7, 7), 20, dict(k=(1, 1))),
+    "14x14_nobias_relu_b1": ((1, 48, 14, 14), 36, dict(k=(1, 1), bias=False, activation=ACTIVATIONS["relu"])),
+    "7x7_tanh_b1": ((1, 16, 7, 7), 24, dict(k=(1, 1), activation=ACTIVATIONS["tanh"])),
+}
+
+
+def _check_dot_tail(seed):
+    net, ys, ref, p = _inference(DOT_TAIL, lambda net, shape, o, kw: _split(net, shape, o, kw, "wide"), seed=seed)
+    for case, y in ys.items():
+        g = p.geometry[y[0]]
+        assert g["MODE"] == "wide" and g["SMALL"] and not g["GATHER"], case
+        assert_close(p.view(y), ref[y], case)
+    assert p.geometry[ys["7x7_project_k_passes_b1"][0]]["KC"] == 256
+
+
+def test_wide_dot_tail_inference():
+    _check_dot_tail(seed=64)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 flags")
+def test_wide_dot_tail_inference_avx2_build(monkeypatch):
+    monkeypatch.setenv("N2D2_CFLAGS", "-march=x86-64-v3")
+    _check_dot_tail(seed=65)
+
+
+def test_wide_dot_tail_training():
+    """The training forward of a 7x7 grid takes the same dot products (gradients checked too)."""
+    suite = Suite(seed=66)
+    suite.add("expand", lambda net: _split(net, *DOT_TAIL["7x7_expand_relu6_b1"], "wide"))
+    p, (y,) = suite.run().check("expand")
+    assert p.geometry[y]["MODE"] == "wide" and p.geometry[y]["SMALL"]
+
+
+def test_wide_dot_tail_nan_inf_as_the_reference():
+    """NaN / Inf inputs (the 49th pixel of a 7x7 map among them) and a NaN weight land where the
+    reference puts them when the last columns are dot products."""
+    rng = np.random.default_rng(67)
+    net = Net(seed=67)
+    x = net.input((1, 36, 7, 7))
+    y1 = net.conv(x, 24, k=(1, 1), activation=RELU6)
+    y2 = net.conv(x, 20, k=(1, 1))
+    net.output(y1, y2)
+    y1, y2 = net.g.outputs
+    net.feeds[x] = poison(rng, net.feeds[x], count=3)
+    net.feeds[x][0, 3, 6, 6] = np.inf
+    net.feeds[x][0, 9, 6, 6] = -np.inf   # +Inf and -Inf in one dot product: NaN
+    net.feeds[x][0, 5, 6, 5] = np.inf
+    net.g.params[f"{y2[0]}.weights"].array[3, 7, 0, 0] = np.nan
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert all(p.geometry[y[0]]["SMALL"] for y in (y1, y2))
+    assert np.isnan(ref[y2][0, 3]).all()
+    assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C wide dot tail")
+
+
 @pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])
 def test_batchnorm_of_concatenated_inputs(momentum, act, batch):
     """DenseNet's BatchNorm after a Concat: several inputs, concatenated along channels, on C
