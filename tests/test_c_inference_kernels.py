@@ -490,7 +490,8 @@ DOT_TAIL = {
     # ragged strip's last columns by dot products (n2d2_dot_cols, gemm's dot_tail): 49 = 32 + 16 + 1
     # pixels (AVX2: 3 x 16 + 1), 50 = 32 + 16 + 2 (AVX2: a tile); K with a tail past whole vectors
     # (36, and 600 in passes of 256: 88 in the last), a ragged tile row (70 outputs), an activation
-    # that is not a clamp (few images: more go image mode on such maps)
+    # that is not a clamp (few images: more go image mode on such maps); in inference the next tile
+    # row's weights prefetched (PREFETCH_W), in K passes too
     "7x7_expand_relu6_b1": ((1, 36, 7, 7), 70, dict(k=(1, 1), activation=RELU6)),
     "7x7_project_k_passes_b1": ((1, 600, 7, 7), 20, dict(k=(1, 1))),
     "5x10_nobias_relu_b1": ((1, 48, 5, 10), 36, dict(k=(1, 1), bias=False, activation=ACTIVATIONS["relu"])),
@@ -502,7 +503,7 @@ def _check_dot_tail(seed):
     net, ys, ref, p = _inference(DOT_TAIL, lambda net, shape, o, kw: _split(net, shape, o, kw, "wide"), seed=seed)
     for case, y in ys.items():
         g = p.geometry[y[0]]
-        assert g["MODE"] == "wide" and g["SMALL"] and not g["GATHER"], case
+        assert g["MODE"] == "wide" and g["SMALL"] and not g["GATHER"] and g["PREFETCH_W"], case
         assert_close(p.view(y), ref[y], case)
     assert p.geometry[ys["7x7_project_k_passes_b1"][0]]["KC"] == 256
 
@@ -522,7 +523,7 @@ def test_wide_dot_tail_training():
     suite = Suite(seed=66)
     suite.add("expand", lambda net: _split(net, *DOT_TAIL["7x7_expand_relu6_b1"], "wide"))
     p, (y,) = suite.run().check("expand")
-    assert p.geometry[y]["MODE"] == "wide" and p.geometry[y]["SMALL"]
+    assert p.geometry[y]["MODE"] == "wide" and p.geometry[y]["SMALL"] and not p.geometry[y]["PREFETCH_W"]
 
 
 def test_wide_dot_tail_nan_inf_as_the_reference():
