@@ -453,6 +453,155 @@ def test_wide_ragged_last_strip_nan_inf_as_the_reference():
     assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C ragged strips")
 
 
+PANEL = {
+    # name: (input shape, outputs, kwargs): 1x1 convolutions on large maps (over WIDE_SMALL_BYTES of
+    # input) in inference, packed by
+    # panels of PANEL pixels (n2d2/ops/conv.py WIDE_PANEL_*, lowered below so that small maps take
+    # several panels): a ragged last panel and a ragged last strip (1517 = 5 x 256 + 237, 237 =
+    # 7 x 32 + 13), whole strips only, one and two images (the team shares each), five (one per
+    # thread), no bias, an activation that is not a clamp (the strip loop instead), two groups
+    "expand_relu6_ragged_b1": ((1, 24, 37, 41), 40, dict(k=(1, 1), activation=RELU6)),
+    "project_linear_b2": ((2, 32, 32, 40), 16, dict(k=(1, 1))),
+    "project_nobias_relu_b5": ((5, 24, 23, 45), 20, dict(k=(1, 1), bias=False, activation=ACTIVATIONS["relu"])),
+    "expand_tanh_b1": ((1, 32, 33, 35), 24, dict(k=(1, 1), activation=ACTIVATIONS["tanh"])),
+    "groups_relu6_b1": ((1, 48, 37, 41), 32, dict(k=(1, 1), groups=2, activation=RELU6)),
+}
+
+
+@pytest.fixture
+def small_panels(monkeypatch):
+    import n2d2.ops.conv as conv
+
+    monkeypatch.setattr(conv, "WIDE_PANEL_MIN_PIXELS", 1000)
+    monkeypatch.setattr(conv, "WIDE_PANEL_BYTES", 24 * 1024)   # 256 pixels of 24 channels
+
+
+def _check_panels(seed):
+    net, ys, ref, p = _inference(PANEL, lambda net, shape, o, kw: _split(net, shape, o, kw, "wide"), seed=seed)
+    for case, y in ys.items():
+        g = p.geometry[y[0]]
+        assert g["MODE"] == "wide" and g["PANEL"] and g["P"] > g["PANEL"] and not g["SMALL"], case
+        assert_close(p.view(y), ref[y], case)
+    return p, ys
+
+
+def test_wide_panel_inference(small_panels):
+    p, ys = _check_panels(seed=59)
+    g = p.geometry[ys["expand_relu6_ragged_b1"][0]]
+    assert g["PANEL"] == 256 and g["P"] % 32 and g["SPLIT"] and g["PAR"]
+    assert not p.geometry[ys["project_nobias_relu_b5"][0]]["SPLIT"]
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 flags")
+def test_wide_panel_inference_avx2_build(small_panels, monkeypatch):
+    """Built for AVX2 (NR 16: 16 strips to a panel of 256, a ragged strip of 13 of 16)."""
+    monkeypatch.setenv("N2D2_CFLAGS", "-march=x86-64-v3")
+    _check_panels(seed=60)
+
+
+def test_wide_panel_mobilenet_112x112():
+    """MobileNet V2's 32 -> 16 projection at 112x112 with the default constants: panels of 256."""
+    net, ys, ref, p = _inference({"project": ((1, 32, 112, 112), 16, dict(k=(1, 1)))},
+                                 lambda net, shape, o, kw: _split(net, shape, o, kw, "wide"), seed=61)
+    y = ys["project"]
+    assert p.geometry[y[0]]["PANEL"] == 256
+    assert_close(p.view(y), ref[y], "project")
+
+
+def test_wide_panel_training_keeps_its_strips(small_panels):
+    suite = Suite(seed=62)
+    suite.add("expand", lambda net: _split(net, *PANEL["expand_relu6_ragged_b1"], "wide"))
+    p, (y,) = suite.run().check("expand")
+    assert p.geometry[y]["MODE"] != "wide" or not p.geometry[y]["PANEL"]
+
+
+def test_wide_panel_nan_inf_as_the_reference(small_panels):
+    """NaN / Inf inputs (in the last, ragged panel too) and a NaN weight where the reference puts
+    them: the panels are bit copies, the clamp keeps NaN."""
+    rng = np.random.default_rng(63)
+    net = Net(seed=63)
+    x = net.input((1, 24, 37, 41))
+    y1 = net.conv(x, 40, k=(1, 1), activation=RELU6)
+    y2 = net.conv(x, 16, k=(1, 1))
+    net.output(y1, y2)
+    y1, y2 = net.g.outputs
+    net.feeds[x] = poison(rng, net.feeds[x], count=3)
+    net.feeds[x][0, 2, 36, 40] = np.nan   # the ragged last strip's last pixel
+    net.g.params[f"{y1[0]}.weights"].array[7, 5, 0, 0] = np.nan
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert all(p.geometry[y[0]]["PANEL"] for y in (y1, y2))
+    assert np.isnan(ref[y1][0, 7]).all()
+    assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C wide panels")
+
+
+DOT_TAIL = {
+    # name: (input shape, outputs, kwargs): 1x1 convolutions on small maps (SMALL wide grids), their
+    # ragged strip's last columns by dot products (n2d2_dot_cols, gemm's dot_tail): 49 = 32 + 16 + 1
+    # pixels (AVX2: 3 x 16 + 1), 50 = 32 + 16 + 2 (AVX2: a tile); K with a tail past whole vectors
+    # (36, and 600 in passes of 256: 88 in the last), a ragged tile row (70 outputs), an activation
+    # that is not a clamp (few images: more go image mode on such maps); in inference the next tile
+    # row's weights prefetched (PREFETCH_W), in K passes too
+    "7x7_expand_relu6_b1": ((1, 36, 7, 7), 70, dict(k=(1, 1), activation=RELU6)),
+    "7x7_project_k_passes_b1": ((1, 600, 7, 7), 20, dict(k=(1, 1))),
+    "5x10_nobias_relu_b1": ((1, 48, 5, 10), 36, dict(k=(1, 1), bias=False, activation=ACTIVATIONS["relu"])),
+    "7x7_tanh_b1": ((1, 16, 7, 7), 24, dict(k=(1, 1), activation=ACTIVATIONS["tanh"])),
+}
+
+
+def _check_dot_tail(seed):
+    net, ys, ref, p = _inference(DOT_TAIL, lambda net, shape, o, kw: _split(net, shape, o, kw, "wide"), seed=seed)
+    for case, y in ys.items():
+        g = p.geometry[y[0]]
+        assert g["MODE"] == "wide" and g["SMALL"] and not g["GATHER"] and g["PREFETCH_W"], case
+        assert_close(p.view(y), ref[y], case)
+    assert p.geometry[ys["7x7_project_k_passes_b1"][0]]["KC"] == 256
+
+
+def test_wide_dot_tail_inference():
+    _check_dot_tail(seed=64)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 flags")
+def test_wide_dot_tail_inference_avx2_build(monkeypatch):
+    monkeypatch.setenv("N2D2_CFLAGS", "-march=x86-64-v3")
+    _check_dot_tail(seed=65)
+
+
+def test_wide_dot_tail_training():
+    """The training forward of a 7x7 grid takes the same dot products (gradients checked too)."""
+    suite = Suite(seed=66)
+    suite.add("expand", lambda net: _split(net, *DOT_TAIL["7x7_expand_relu6_b1"], "wide"))
+    p, (y,) = suite.run().check("expand")
+    assert p.geometry[y]["MODE"] == "wide" and p.geometry[y]["SMALL"] and not p.geometry[y]["PREFETCH_W"]
+
+
+def test_wide_dot_tail_nan_inf_as_the_reference():
+    """NaN / Inf inputs (the 49th pixel of a 7x7 map among them) and a NaN weight land where the
+    reference puts them when the last columns are dot products."""
+    rng = np.random.default_rng(67)
+    net = Net(seed=67)
+    x = net.input((1, 36, 7, 7))
+    y1 = net.conv(x, 24, k=(1, 1), activation=RELU6)
+    y2 = net.conv(x, 20, k=(1, 1))
+    net.output(y1, y2)
+    y1, y2 = net.g.outputs
+    net.feeds[x] = poison(rng, net.feeds[x], count=3)
+    net.feeds[x][0, 3, 6, 6] = np.inf
+    net.feeds[x][0, 9, 6, 6] = -np.inf   # +Inf and -Inf in one dot product: NaN
+    net.feeds[x][0, 5, 6, 5] = np.inf
+    net.g.params[f"{y2[0]}.weights"].array[3, 7, 0, 0] = np.nan
+    ref = dict(zip(net.g.outputs, numpy_exec.run(net.g, net.feeds)))
+    p = c_backend.CProgram(net.g, [net.g.topological_order()])
+    p.feed(net.feeds)
+    p.run_phase(0)
+    assert all(p.geometry[y[0]]["SMALL"] for y in (y1, y2))
+    assert np.isnan(ref[y2][0, 3]).all()
+    assert_same_pattern(ref, {t: p.view(t).copy() for t in net.g.outputs}, "C wide dot tail")
+
+
 @pytest.mark.parametrize("momentum,act,batch", [(0.1, "relu", 2), (0.0, "none", 1), (0.3, "tanh", 3)])
 def test_batchnorm_of_concatenated_inputs(momentum, act, batch):
     """DenseNet's BatchNorm after a Concat: several inputs, concatenated along channels, on C

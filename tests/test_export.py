@@ -349,6 +349,44 @@ def test_depthwise_graph_exports_and_matches(tmp_path):
         assert "Tested 4 stimuli" in _run(folder, "bin/network_test_asan", "-q", "-n", "4", "-r", "1")
 
 
+@needs_make
+def test_wide_panels_and_dot_tail_export_and_match(tmp_path):
+    """A 1x1 convolution on a map over WIDE_PANEL_MIN_PIXELS (packed by panels, a ragged last strip)
+    and one on a 7x7 map (its 49th pixel by dot products, n2d2_dot_cols): the exported C (-Werror)
+    gives the cell's outputs, and runs clean under AddressSanitizer."""
+    n2d2.global_variables.seed = 3
+    rng = np.random.default_rng(1)
+    database = n2d2.database.Numpy()
+    xs = [rng.normal(size=(24, 101, 103)).astype(np.float32) for _ in range(6)]
+    database.load(xs[:2], [0, 1], partition="Learn")
+    database.load(xs[2:], [0, 1, 2, 3], partition="Test")
+    provider = n2d2.provider.DataProvider(database, [103, 101, 24], batch_size=2)
+    model = Sequence([
+        Conv(24, 16, kernel_dims=[1, 1], activation=Rectifier(clipping=6.0)),   # 10403 = 325 x 32 + 3 pixels
+        Conv(16, 20, kernel_dims=[3, 3], stride_dims=[16, 16]),                 # 7 x 7
+        Conv(20, 36, kernel_dims=[1, 1], activation=Rectifier()),
+        Fc(36 * 7 * 7, 4), Softmax(with_loss=True),
+    ])
+    dn = model.to_deepnet_cell(provider)
+    graph = c_export_graph(dn)
+    convs = [n for n in graph.topological_order() if graph.op(n) == "Conv"]
+    geometries = [c_backend._geometry(graph, n, False) for n in convs]
+    assert geometries[0]["MODE"] == "wide" and geometries[0]["PANEL"]
+    assert geometries[2]["MODE"] == "wide" and geometries[2]["SMALL"] and geometries[2]["P"] == 49
+    folder = export_c(dn, export_folder_name="panel_export")
+    _make(folder)
+    stdout = _run(folder, "bin/network_test", "-q", "-d", "4", "outputs.bin")
+    assert "Tested 4 stimuli" in stdout
+    inputs, _ = _stimuli(folder, (24, 101, 103))
+    out = np.fromfile(os.path.join(folder, "outputs.bin"), dtype="<f4").reshape(4, 4)
+    with _one_openmp_thread():
+        expected = _cell_outputs(dn, inputs, 2)
+    assert rel_err(out, expected) < 1e-5
+    if _asan_available():
+        _make(folder, "asan")
+        assert "Tested 4 stimuli" in _run(folder, "bin/network_test_asan", "-q", "-n", "4", "-r", "1")
+
+
 # -- rewrites ------------------------------------------------------------------------------------------
 def test_bake_connection_tables_is_exact():
     from n2d2.codegen.numpy_exec import run

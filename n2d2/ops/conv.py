@@ -654,6 +654,12 @@ INFERENCE_COL_BYTES = 1 << 18
 # 8x8 0.84-0.85, 5x5 3 -> 5 at 7x7 0.16-0.33 (image mode before); AVX2 build 0.47-0.88; with the
 # MAC limit lifted, 0.62-0.82 up to 200 KB of planes (one thread against wide's team there: not taken)
 PLANE_BYTES = 128 * 1024
+# wide 1x1 forward in inference, maps of at least WIDE_PANEL_MIN_PIXELS: panels of about
+# WIDE_PANEL_BYTES of packed input (kept in L1 while every tile row sweeps it). MobileNet V2 b1, in
+# sequence, 1 thread, AMD EPYC Zen 4: 16 -> 96 at 112x112 610 -> 469 us, 32 -> 16 294 -> 190 us
+# (AVX2 build 502 -> 461, 190 -> 182); its 56x56 layers did not move (so not taken: 112x112 only)
+WIDE_PANEL_MIN_PIXELS = 100 * 100
+WIDE_PANEL_BYTES = 32 * 1024
 DW_CHUNK_PIXELS = 2048      # output pixels per dynamically scheduled chunk of depthwise planes
 DW_SLACK = 64               # floats after a depthwise plane: one vector (VL <= 16) of reads past it, rounded up
 # image mode: a block of unpadded stride-1 planes up to this many floats (one input) is copied into
@@ -808,11 +814,23 @@ class Conv(OpDef):
             # DWB: the weight gradient as broadcasts of the windows times rows of dz^T, when OG fills
             # whole vectors (n2d2_gemm_arows; else dot products along the pixels, n2d2_gemm_nt_rows)
             g["DWB"] = og % 16 == 0
+            # PANEL: 1x1 layers on large maps in inference (MobileNet's 112x112 expand and project
+            # layers) take WIDE_PANEL_BYTES of packed input per panel of pixels, not a strip
+            # of 32: longer runs per input plane and output row (Conv.c.j2 wide_panel_loop)
+            g["PANEL"] = 0
+            if not training and kh * kw == 1 and (sy, sx) == (1, 1) and wp == wo and not small and not gather \
+                    and p >= WIDE_PANEL_MIN_PIXELS:
+                g["PANEL"] = min(-(-p // 32) * 32, max(32, WIDE_PANEL_BYTES // (4 * kg) // 32 * 32))
+            # PREFETCH_W: the SMALL forward's GEMM (tile rows outer) prefetches the next tile row's
+            # weights while the current one runs: in a network's sequence they come from L3 or memory.
+            # MobileNet V2 b1, 1 thread, Zen 4: its 7x7 160 -> 960 layers 214-231 -> 177-183 us, 14x14
+            # 96 -> 576 247-248 -> 228-230 us, 64 -> 384 114-120 -> 104 us (all nodes 7.85 -> 7.55 ms)
+            g["PREFETCH_W"] = not training and kh * kw == 1
             g["PAR"] = (n * groups >= 2 or g["SPLIT"]) and macs >= low.PARALLEL_MIN_MACS
             if g["SMALL"]:   # the whole implicit im2col in [KG][NR] panels, NR <= 32
                 (sf.add_shared if g["SPLIT"] else sf.add_private)("PNLS", kg * npd)
-            else:            # one strip of it
-                sf.add_private("PNL", kg * 32)
+            else:            # one strip of it (PANEL: one panel)
+                sf.add_private("PNL", kg * max(32, g["PANEL"]))
             if g["CWB"]:
                 (sf.add_shared if g["SPLIT"] else sf.add_private)("CW", og * g["LWD"])
             if conn is not None:
