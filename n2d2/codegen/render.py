@@ -125,7 +125,6 @@ class _Prefetch:
         self.cpu_at_fork = cpu_at_fork
         self.waited_cpu_s = 0.0
         self.cpu_s = None        # its CPU time (user + system), once it has exited
-        self.lock = threading.RLock()   # threads rendering at once read the reports in turn
         self.reaper = threading.Thread(target=self._reap, args=(pid,), daemon=True)
         self.reaper.start()
 
@@ -159,23 +158,21 @@ class _Prefetch:
     def wait_for(self, name):
         """Return once the child has cached `name`, when it is compiling it; else at once (this
         process compiles a template the child has not started rather than wait for it)."""
-        with self.lock:
-            self._read(block=False)
-            if self.current != name:
-                return
-            t0, cpu = time.perf_counter(), time.process_time() - self.cpu_at_fork
-            while self.current == name and self.fd is not None:
-                self._read(block=True)
-            self.waited_s += time.perf_counter() - t0
-            self.waited_cpu_s += max(0.0, self.done.get(name, cpu) - cpu)
+        self._read(block=False)
+        if self.current != name:
+            return
+        t0, cpu = time.perf_counter(), time.process_time() - self.cpu_at_fork
+        while self.current == name and self.fd is not None:
+            self._read(block=True)
+        self.waited_s += time.perf_counter() - t0
+        self.waited_cpu_s += max(0.0, self.done.get(name, cpu) - cpu)
 
     def stop(self):
         """Stop reading: the child leaves at its next report (after the template it is on)."""
-        with self.lock:
-            if self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
-                self.current = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            self.current = None
 
 
 def stop_prefetch():
@@ -191,9 +188,10 @@ def prefetch_templates(prefix: str):
     cache Jinja's compile of a C program's templates (~0.45 s, Conv.c.j2 0.3 s) would otherwise
     follow the trace on the same core. A template this process needs meanwhile is waited for
     when the child is compiling it (`get_bucket`), else compiled here (the child then finds it
-    cached and goes on). Once per process; only where there is a second CPU, a template is
-    missing from the cache, and forking is safe: no other Python thread (one could hold a lock
-    the child needs) and no MPI (`mpi4py` imported). `$N2D2_TEMPLATE_PREFETCH=0` turns it off."""
+    cached and goes on). Once per process; only where there is
+    a second CPU, a template is missing from the cache, and forking is safe: no other Python
+    thread (one could hold a lock the child needs) and no MPI (`mpi4py` imported).
+    `$N2D2_TEMPLATE_PREFETCH=0` turns it off."""
     global _prefetch
     if _prefetch is not None or os.environ.get("N2D2_TEMPLATE_PREFETCH", "1") == "0" or not hasattr(os, "fork") \
             or threading.active_count() > 1 or "mpi4py" in sys.modules:
@@ -205,8 +203,6 @@ def prefetch_templates(prefix: str):
         return
     env = environment()
     cache = env.bytecode_cache
-    if cache is None:
-        return
     sources = {}
     for name in env.list_templates(filter_func=lambda n: n.startswith(prefix) and n.endswith(".j2")):
         source, filename, _ = env.loader.get_source(env, name)
