@@ -8,10 +8,7 @@ tracing (the eager dummy batch), codegen (Python: passes, planning, rendering) a
 CPU time, steadier than wall on a loaded machine, is reported too: the Python process's own
 (tracing, then the rest) and each compiler process's (user + system, from its rusage); the
 "critical path" Python + slowest part + link is the wall time of a quiet machine with a core
-per part. With the template prefetch (`n2d2.codegen.render.prefetch_templates`: a child compiles
-the templates while the network is traced) the path adds the waits for that child a quiet
-machine would have (the child's CPU time beyond ours when we need a template it is compiling);
-its CPU time is reported. `N2D2_TEMPLATE_PREFETCH=0` measures without it.
+per part.
 
 Usage: python bench/bench_compile.py [--rounds 3] [--case lenet|resnet18|all]"""
 import argparse
@@ -103,21 +100,14 @@ def _case(name):
     prefetch = getattr(render, "_prefetch", None)   # the child compiling templates during the trace
     if prefetch is not None:
         prefetch.reaper.join()
-    child = {"cpu_prefetch": prefetch.cpu_s, "wall_wait_prefetch": prefetch.waited_s,
-             "wait_prefetch": prefetch.waited_cpu_s} if prefetch else {}
+    waited = prefetch.waited_s if prefetch else 0.0
     compiles = [t for t, is_compile in gcc["cpu"] if is_compile]
     links = [t for t, is_compile in gcc["cpu"] if not is_compile]
     print(json.dumps({"total": t2 - t0, "trace": t1 - t0, "first_step": t2 - t1, "gcc": gcc["s"],
                       "units": gcc["n"], "source_bytes": gcc["bytes"], "cpu_trace": c1 - c0, "cpu_rest": c2 - c1,
-                      "cpu_parts": compiles, "cpu_link": sum(links), **child,
-                      "cpu_path": c2 - c0 + child.get("wait_prefetch", 0.0) + max(compiles, default=0.0) + sum(links)}))
-
-
-def _child_text(row):
-    if "cpu_prefetch" not in row:
-        return ""
-    return (f" + waiting for the template child {row['wait_prefetch']:.2f} (the quiet-machine wait: its CPU "
-            f"beyond ours; its CPU {row['cpu_prefetch']:.2f}, wall wait here {row['wall_wait_prefetch']:.2f})")
+                      "cpu_parts": compiles, "cpu_link": sum(links),
+                      "cpu_prefetch": prefetch.cpu_s if prefetch else 0.0, "wait_prefetch": waited,
+                      "cpu_path": c2 - c0 + waited + max(compiles, default=0.0) + sum(links)}))
 
 
 def main():
@@ -150,8 +140,9 @@ def main():
         cpu = min(rows, key=lambda r: r["cpu_path"])
         print(f"  CPU, best round: critical path {cpu['cpu_path']:.2f} s = Python {cpu['cpu_trace']:.2f} (trace) + "
               f"{cpu['cpu_rest']:.2f} (codegen, run) + slowest gcc part {max(cpu['cpu_parts'], default=0):.2f} + link "
-              f"{cpu['cpu_link']:.2f}" + _child_text(cpu) + "; gcc parts " +
-              " ".join(f"{t:.2f}" for t in cpu["cpu_parts"]) +
+              f"{cpu['cpu_link']:.2f}" + (f" + waiting for the template child {cpu['wait_prefetch']:.2f} (its CPU "
+                                    f"{cpu['cpu_prefetch']:.2f})" if cpu.get("cpu_prefetch") else "") +
+              "; gcc parts " + " ".join(f"{t:.2f}" for t in cpu["cpu_parts"]) +
               f" (sum {sum(cpu['cpu_parts']):.2f}); median critical path "
               f"{sorted(r['cpu_path'] for r in rows)[len(rows) // 2]:.2f} s")
 

@@ -83,13 +83,12 @@ def test_the_parent_waits_only_for_the_template_the_child_is_compiling():
     prefetch.wait_for("c/other.j2")   # not started by the child: the parent compiles it, no wait
     prefetch.wait_for("c/done.j2")
     assert time.perf_counter() - t0 < 0.15
-    assert prefetch.current == "c/busy.j2" and "c/done.j2" in prefetch.done and prefetch.waited_s == 0
-    finish = threading.Timer(0.3, os.write, (write, b"-c/busy.j2 1e6\n+c/next"))   # a report split over writes
+    assert prefetch.current == "c/busy.j2" and "c/done.j2" in prefetch.done
+    finish = threading.Timer(0.3, os.write, (write, b"-c/busy.j2\n+c/next"))   # a report split over writes
     finish.start()
     t0 = time.perf_counter()
     prefetch.wait_for("c/busy.j2")
     assert time.perf_counter() - t0 >= 0.25 and "c/busy.j2" in prefetch.done
-    assert prefetch.waited_s >= 0.25 and prefetch.waited_cpu_s > 1e5   # the child reported 1e6 CPU seconds
     os.write(write, b".j2\n")
     prefetch.wait_for("c/x.j2")
     assert prefetch.current == "c/next.j2"

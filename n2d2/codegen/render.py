@@ -110,20 +110,15 @@ def _bytecode_cache(jinja2):
 
 class _Prefetch:
     """The forked child of `prefetch_templates`, as its reports on a pipe tell: `+name` when it
-    starts compiling a template, `-name <its CPU seconds>` once that template is in the bytecode
-    cache."""
+    starts compiling a template, `-name` once that template is in the bytecode cache."""
 
-    def __init__(self, pid, fd, cpu_at_fork=0.0):
+    def __init__(self, pid, fd):
         os.set_blocking(fd, False)
         self.fd = fd
         self.buffer = b""
         self.current = None      # the template the child is compiling
-        self.done = {}           # template -> the child's CPU seconds when it had cached it
+        self.done = set()
         self.waited_s = 0.0      # wall time this process spent waiting for it
-        # the waits a machine with a free core for each would have had (CPU seconds of the child
-        # beyond this process's since the fork): what a loaded machine's wall waits overstate
-        self.cpu_at_fork = cpu_at_fork
-        self.waited_cpu_s = 0.0
         self.cpu_s = None        # its CPU time (user + system), once it has exited
         self.reaper = threading.Thread(target=self._reap, args=(pid,), daemon=True)
         self.reaper.start()
@@ -148,24 +143,21 @@ class _Prefetch:
             return
         *lines, self.buffer = (self.buffer + data).split(b"\n")
         for line in lines:
-            name, _, cpu = line[1:].decode().partition(" ")
+            name = line[1:].decode()
             if line[:1] == b"+":
                 self.current = name
             else:
-                self.done[name] = float(cpu or 0.0)
+                self.done.add(name)
                 self.current = None
 
     def wait_for(self, name):
         """Return once the child has cached `name`, when it is compiling it; else at once (this
         process compiles a template the child has not started rather than wait for it)."""
         self._read(block=False)
-        if self.current != name:
-            return
-        t0, cpu = time.perf_counter(), time.process_time() - self.cpu_at_fork
+        t0 = time.perf_counter()
         while self.current == name and self.fd is not None:
             self._read(block=True)
         self.waited_s += time.perf_counter() - t0
-        self.waited_cpu_s += max(0.0, self.done.get(name, cpu) - cpu)
 
     def stop(self):
         """Stop reading: the child leaves at its next report (after the template it is on)."""
@@ -212,7 +204,6 @@ def prefetch_templates(prefix: str):
         return
     names = sorted(sources, key=lambda n: -len(sources[n][0]))
     read, write = os.pipe()
-    cpu_at_fork = time.process_time()
     pid = os.fork()
     if pid == 0:  # the child: compile, report, leave without running the parent's exit handlers
         try:
@@ -224,11 +215,11 @@ def prefetch_templates(prefix: str):
                 if bucket.code is None:  # else this process has compiled it meanwhile
                     bucket.code = env.compile(source, name, filename)
                     cache.set_bucket(bucket)
-                os.write(write, f"-{name} {time.process_time()}\n".encode())
+                os.write(write, f"-{name}\n".encode())
         finally:
             os._exit(0)
     os.close(write)
-    _prefetch = _Prefetch(pid, read, cpu_at_fork)
+    _prefetch = _Prefetch(pid, read)
 
 
 @functools.lru_cache(maxsize=None)
