@@ -95,19 +95,12 @@ def _case(name):
         n2d2.provider.TensorPlaceholder(t)
         dn(t).to_numpy()
     t2, c2 = time.perf_counter(), time.process_time()
-    from n2d2.codegen import render
-
-    prefetch = getattr(render, "_prefetch", None)   # the child compiling templates during the trace
-    if prefetch is not None:
-        prefetch.reaper.join()
-    waited = prefetch.waited_s if prefetch else 0.0
     compiles = [t for t, is_compile in gcc["cpu"] if is_compile]
     links = [t for t, is_compile in gcc["cpu"] if not is_compile]
     print(json.dumps({"total": t2 - t0, "trace": t1 - t0, "first_step": t2 - t1, "gcc": gcc["s"],
                       "units": gcc["n"], "source_bytes": gcc["bytes"], "cpu_trace": c1 - c0, "cpu_rest": c2 - c1,
                       "cpu_parts": compiles, "cpu_link": sum(links),
-                      "cpu_prefetch": prefetch.cpu_s if prefetch else 0.0, "wait_prefetch": waited,
-                      "cpu_path": c2 - c0 + waited + max(compiles, default=0.0) + sum(links)}))
+                      "cpu_path": c2 - c0 + max(compiles, default=0.0) + sum(links)}))
 
 
 def main():
@@ -140,9 +133,7 @@ def main():
         cpu = min(rows, key=lambda r: r["cpu_path"])
         print(f"  CPU, best round: critical path {cpu['cpu_path']:.2f} s = Python {cpu['cpu_trace']:.2f} (trace) + "
               f"{cpu['cpu_rest']:.2f} (codegen, run) + slowest gcc part {max(cpu['cpu_parts'], default=0):.2f} + link "
-              f"{cpu['cpu_link']:.2f}" + (f" + waiting for the template child {cpu['wait_prefetch']:.2f} (its CPU "
-                                    f"{cpu['cpu_prefetch']:.2f})" if cpu.get("cpu_prefetch") else "") +
-              "; gcc parts " + " ".join(f"{t:.2f}" for t in cpu["cpu_parts"]) +
+              f"{cpu['cpu_link']:.2f}; gcc parts " + " ".join(f"{t:.2f}" for t in cpu["cpu_parts"]) +
               f" (sum {sum(cpu['cpu_parts']):.2f}); median critical path "
               f"{sorted(r['cpu_path'] for r in rows)[len(rows) // 2]:.2f} s")
 

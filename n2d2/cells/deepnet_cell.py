@@ -130,7 +130,6 @@ class DeepNetCell(Iterable):
     @classmethod
     def from_block(cls, block, provider, target=None, name=None, backend=None):
         """Trace `block` on a zero batch of `provider.shape()` (all cells in test mode)."""
-        backends.get(select_backend(backend)).prepare()   # e.g. the C templates compile meanwhile
         modes = {id(c): c._inference for c in block.get_cells().values()}
         block.test()
         try:
@@ -164,7 +163,6 @@ class DeepNetCell(Iterable):
         standalone C export needs). See `n2d2.frontends.onnx_import.load_from_onnx`."""
         from n2d2.frontends.onnx_import import load_from_onnx  # the frontends build DeepNetCells: they sit above
 
-        backends.get(select_backend(backend)).prepare()
         return load_from_onnx(provider, model_path, ini_file=ini_file, ignore_cells=ignore_cells,
                               ignore_input_size=ignore_input_size, backend=backend, cls=cls,
                               generic_ops=generic_ops)

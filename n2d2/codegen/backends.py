@@ -73,10 +73,6 @@ class Backend:
         if not self.available():
             raise RuntimeError(f"{why} needs {self.requirement}")
 
-    def prepare(self):
-        """Start, in the background, work that programs need whatever the network (called before
-        a network is traced); nothing by default."""
-
     def lower(self, graph, phases, training: bool = False, **options):
         """The module of `graph` run in `phases` (lists of node names): pure, no compiler call."""
         raise NotImplementedError(f"backend '{self.name}' has no lowering")

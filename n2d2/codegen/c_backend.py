@@ -41,7 +41,7 @@ from n2d2.codegen.interpreter import ArenaStore, Interpreter, check_feed
 from n2d2.codegen.kernel_data import Buf, forward_context
 from n2d2.codegen.kernel_data import Context as _Context
 from n2d2.codegen.kernel_data import activation_ok as _activation_ok
-from n2d2.codegen.render import environment, prefetch_templates, render, stop_prefetch, template_exists, template_source
+from n2d2.codegen.render import environment, render, template_exists, template_source
 from n2d2.ir import ops as op_registry
 from n2d2.ir import planner
 from n2d2.ir.graph import Param
@@ -371,7 +371,6 @@ class CProgram(CompiledProgram):
         self._segments = module.segments
         self._lib = None
         if self.kernels:
-            stop_prefetch()   # the templates are rendered: the cores are gcc's now
             self._lib = _load(compiler.build_shared_library(self.source, c_identifier(name or graph.name, limit=48),
                                                             parts=module.parts))
         self.nthreads = 1
@@ -905,9 +904,6 @@ class CBackend(Backend):
 
     def available(self) -> bool:
         return available()
-
-    def prepare(self):
-        prefetch_templates("c/")
 
     def lower(self, graph, phases, training: bool = False, **options) -> CModule:
         return lower(graph, phases, training, **options)
