@@ -681,6 +681,8 @@ def _sgd_in_c(lib, solver, p, grad, batch_size) -> bool:
 # it about as much as _HELPER_CHARS of kernel source, once per unit that calls it
 _PART_CHARS = 16000
 _HELPER_CHARS = 5000
+# part 0's cost per kernel for its call sites (program.c.j2 compiles them at -O1: ~1.7 ms of gcc each)
+_CALL_SITE_CHARS = 60
 _SPLIT_EVALUATIONS = 20000
 _CALL = re.compile(r"\b(n2d2_\w+)\s*\(")
 
@@ -730,7 +732,7 @@ def split_parts(functions, nb_kernels) -> int:
 
     def cost(p, ks):
         evaluations[0] += 1
-        return (200 * nb_kernels if p == 0 else 0) + sum(sizes[k] for k in ks) + \
+        return (_CALL_SITE_CHARS * nb_kernels if p == 0 else 0) + sum(sizes[k] for k in ks) + \
             _HELPER_CHARS * len(frozenset().union(*(helpers[k] for k in ks)))
 
     for k in sorted(range(len(functions)), key=lambda k: -(sizes[k] + _HELPER_CHARS * len(helpers[k]))):
