@@ -119,6 +119,30 @@ def test_inference_matches_eager_and_run_test(capsys):
     assert 0.0 <= success <= 1.0 and "Test: 24 stimuli" in capsys.readouterr().out
 
 
+def test_tracing_a_block_runs_no_numpy_forward(monkeypatch):
+    """`to_deepnet_cell` traces with deferred values (shapes from the op registry): no cell computes
+    the dummy batch, yet a cell output read after tracing has the eager value, and the network
+    built runs as the eager model does."""
+    provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=4)
+    model = _model(bn=True)
+    calls = []
+    for cell in model.get_cells().values():
+        original = cell._forward
+        monkeypatch.setattr(cell, "_forward", lambda xs, f=original, c=cell: calls.append(c.get_name()) or f(xs))
+    dn = model.to_deepnet_cell(provider)
+    assert calls == []
+    conv = next(iter(model.get_cells().values()))
+    traced = conv.get_outputs().to_numpy()      # read: computed now, in test mode, on the zero batch
+    assert traced.shape == (4, 4, 6, 6)
+    conv.test()
+    assert np.array_equal(traced, conv(n2d2.Tensor([4, 1, 8, 8])).to_numpy())
+    dn.test()
+    provider.set_partition("Test")
+    model.test()
+    x = provider.read_batch(0)
+    assert rel_err(dn(x).to_numpy(), model(provider.read_batch(0)).to_numpy()) < 1e-5
+
+
 def test_deepnet_cell_inside_a_sequence_trains_like_eager():
     provider = n2d2.provider.DataProvider(_database(), [8, 8, 1], batch_size=16)
     provider.set_partition("Learn")

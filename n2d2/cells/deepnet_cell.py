@@ -14,6 +14,7 @@ from n2d2 import checkpoint as checkpoints
 from n2d2 import distributed, stats
 from n2d2.backend import array_module, to_host
 from n2d2.cells.cell import Iterable
+from n2d2.cells.nn.base import deferred_values
 from n2d2.codegen import backends
 from n2d2.codegen.numpy_exec import Session
 from n2d2.codegen.programs import InferenceProgram, TrainingProgram, program_source, select_backend
@@ -129,12 +130,14 @@ class DeepNetCell(Iterable):
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     def from_block(cls, block, provider, target=None, name=None, backend=None):
-        """Trace `block` on a zero batch of `provider.shape()` (all cells in test mode)."""
+        """Trace `block` on a zero batch of `provider.shape()` (all cells in test mode; their
+        outputs deferred: computed only if the block reads one, not a whole numpy forward)."""
         modes = {id(c): c._inference for c in block.get_cells().values()}
         block.test()
         try:
             x = Tensor(list(provider.shape()))
-            y = block(x)
+            with deferred_values():
+                y = block(x)
         finally:
             for c in block.get_cells().values():
                 c._inference = modes[id(c)]
