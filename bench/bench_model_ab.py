@@ -15,21 +15,13 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
 CHILD = r'''
-import os, sys, time
-import numpy as np
-import n2d2
-from n2d2.cells.deepnet_cell import DeepNetCell
-from n2d2.provider import TensorPlaceholder
+import sys, time
+sys.path.insert(1, sys.argv[4])   # onnx_runner (after the tree: its n2d2 first)
+from onnx_runner import load_runner
 path, batch, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-provider = n2d2.provider.DataProvider(n2d2.database.Numpy(), [224, 224, 3], batch_size=batch)
-dn = DeepNetCell.load_from_ONNX(provider, path, backend="c", generic_ops=True)
-dn.test()
-x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-def run():
-    tensor = n2d2.Tensor.from_numpy(x)
-    TensorPlaceholder(tensor)
-    return dn(tensor)
+dn, run = load_runner(path, batch)
 run()
 run()
 best = float("inf")
@@ -54,7 +46,7 @@ def main():
     env = dict(os.environ, N2D2_THREADS="1", OMP_NUM_THREADS="1")
     for r in range(args.rounds):
         for name, tree in trees.items():
-            out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.calls)],
+            out = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.calls), BENCH],
                                  env=dict(env, PYTHONPATH=tree), cwd=tree, capture_output=True, text=True, check=True)
             ms = float(out.stdout.strip().splitlines()[-1])
             best[name] = min(best[name], ms)

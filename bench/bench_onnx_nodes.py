@@ -27,25 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def measure(path, batch, calls, out):
     """One tree, in this process: {node: [op, mode, small, fastest us]} written to `out`."""
-    import numpy as np
+    from onnx_runner import inference_programs, load_runner
 
-    import n2d2
-    from n2d2.cells.deepnet_cell import DeepNetCell
-    from n2d2.provider import TensorPlaceholder
-
-    provider = n2d2.provider.DataProvider(n2d2.database.Numpy(), [224, 224, 3], batch_size=batch)
-    dn = DeepNetCell.load_from_ONNX(provider, path, backend="c", generic_ops=True)
-    dn.test()
-    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-
-    def run():
-        tensor = n2d2.Tensor.from_numpy(x)
-        TensorPlaceholder(tensor)
-        return dn(tensor)
-
+    dn, run = load_runner(path, batch)
     run()
-    programs = [c for key, p in dn._programs.items() if key[0] == "inference"
-                for c in getattr(p, "programs", [p._c])]   # (batch chunks: several programs)
+    programs = inference_programs(dn)
     best = {}
     for _ in range(calls):
         before = {n: v[1] for p in programs for n, v in p.profile().items()}

@@ -18,25 +18,17 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
 
 CHILD = """
 import json, sys
-import numpy as np
-import n2d2
-from n2d2.cells.deepnet_cell import DeepNetCell
-from n2d2.provider import TensorPlaceholder
+sys.path.insert(1, sys.argv[5])   # onnx_runner (after the tree: its n2d2 first)
+from onnx_runner import inference_programs, load_runner
 model, batch, calls, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-provider = n2d2.provider.DataProvider(n2d2.database.Numpy(), [224, 224, 3], batch_size=batch)
-dn = DeepNetCell.load_from_ONNX(provider, model, backend="c", generic_ops=True)
-dn.test()
-x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-def run():
-    t = n2d2.Tensor.from_numpy(x)
-    TensorPlaceholder(t)
-    return dn(t)
+dn, run = load_runner(model, batch)
 run()
 run()
-ps = [c for k, p in dn._programs.items() if k[0] == "inference" for c in getattr(p, "programs", [p._c])]
+ps = inference_programs(dn)
 before = {n: v[1] for p in ps for n, v in p.profile().items()}
 for _ in range(calls):
     run()
@@ -67,8 +59,8 @@ def main():
                     env = dict(os.environ, N2D2_PROFILE="process", N2D2_THREADS=str(threads), PYTHONPATH=tree,
                                N2D2_CACHE=os.path.join(tempfile.gettempdir(),
                                                        "n2d2cache-threadcost-" + tree.strip("/").replace("/", "_")))
-                    subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.calls), out],
-                                   env=env, check=True, cwd=tree, stdout=subprocess.DEVNULL)
+                    subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.calls), out,
+                                    BENCH], env=env, check=True, cwd=tree, stdout=subprocess.DEVNULL)
                     with open(out) as f:
                         for node, (op, us) in json.load(f).items():
                             ops[node] = op
