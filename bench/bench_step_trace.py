@@ -36,10 +36,10 @@ import subprocess
 import sys
 import time
 
+from lenet_mnist_setup import NB_BATCHES, mnist_provider, n2d2_network
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-LR, MOMENTUM, DECAY = 0.05, 0.9, 5e-4
-NB_BATCHES = 8
 
 
 def _parse(argv=None):
@@ -54,27 +54,6 @@ def _parse(argv=None):
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--trace-memory", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
-
-
-def _network():
-    from n2d2.cells import Sequence, Softmax
-    from n2d2.models import LeNetINI
-    from n2d2.solver import SGD
-
-    model = LeNetINI(mapping=False, name="LeNet")
-    model.set_solver(SGD(learning_rate=LR, momentum=MOMENTUM, decay=DECAY))
-    return Sequence([model, Softmax(with_loss=True)])
-
-
-def _provider(batch=128):
-    import n2d2
-
-    n2d2.global_variables.seed = 1
-    db = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path(download_if_missing=False), validation=0.1)
-    provider = n2d2.provider.DataProvider(db, [32, 32, 1], batch_size=batch)
-    provider.add_transformation(n2d2.transform.Rescale(width=32, height=32))
-    provider.set_partition("Learn")
-    return provider
 
 
 class Probe:
@@ -208,13 +187,13 @@ def python_child(name, steps):
     clock = CClock()
     import n2d2
 
-    provider = _provider()
+    provider = mnist_provider()
     if name in ("eager", "deepnetcell"):
         if name == "eager":
-            net = _network()
+            net = n2d2_network()
             target = n2d2.target.Score(provider)
         else:
-            net = _network().to_deepnet_cell(provider)
+            net = n2d2_network().to_deepnet_cell(provider)
             net.set_backend("c")
             target = net.get_target()
         net.learn()
@@ -225,7 +204,7 @@ def python_child(name, steps):
 
         os.environ["TQDM_DISABLE"] = "1"
         os.chdir(tempfile.mkdtemp(prefix="bench_trace_"))
-        dn = _network().to_deepnet_cell(provider, n2d2.target.Score(provider))
+        dn = n2d2_network().to_deepnet_cell(provider, n2d2.target.Score(provider))
         dn.set_backend("c")
         rows, mark = [], {"n": 0, "t": 0, "c": 0}
 
@@ -246,18 +225,18 @@ def python_child(name, steps):
 def child(name, steps, memory):
     import n2d2
 
-    provider = _provider()
+    provider = mnist_provider()
     probe = Probe(memory)
     if memory:
         import tracemalloc
 
         tracemalloc.start()
     if name == "eager":
-        net = _network()
+        net = n2d2_network()
         net.learn()
         _step_loop(provider, net, n2d2.target.Score(provider), probe, steps)
     elif name == "deepnetcell":
-        dn = _network().to_deepnet_cell(provider)
+        dn = n2d2_network().to_deepnet_cell(provider)
         dn.set_backend("c")
         dn.learn()
         _step_loop(provider, dn, dn.get_target(), probe, steps)
@@ -266,7 +245,7 @@ def child(name, steps, memory):
 
         os.environ["TQDM_DISABLE"] = "1"
         os.chdir(tempfile.mkdtemp(prefix="bench_trace_"))
-        dn = _network().to_deepnet_cell(provider, n2d2.target.Score(provider))
+        dn = n2d2_network().to_deepnet_cell(provider, n2d2.target.Score(provider))
         dn.set_backend("c")
         calls = {"n": 0}
 

@@ -51,13 +51,12 @@ import subprocess
 import sys
 import time
 
+from lenet_mnist_setup import DECAY, LR, MOMENTUM, NB_BATCHES, mnist_provider, n2d2_network
 from repo_info import git_commit
 
 MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-LR, MOMENTUM, DECAY = 0.05, 0.9, 5e-4
-NB_BATCHES = 8
 
 
 def _parse(argv=None):
@@ -91,17 +90,6 @@ CLOCK = time.process_time if ARGS.clock == "process" else time.perf_counter
 
 
 # -- data ------------------------------------------------------------------------------------------
-def mnist_provider(batch):
-    import n2d2
-
-    n2d2.global_variables.seed = 1
-    db = n2d2.database.MNIST(data_path=n2d2.datasets.mnist_path(download_if_missing=False), validation=0.1)
-    provider = n2d2.provider.DataProvider(db, [32, 32, 1], batch_size=batch)
-    provider.add_transformation(n2d2.transform.Rescale(width=32, height=32))
-    provider.set_partition("Learn")
-    return provider
-
-
 def torch_batches(provider):
     import torch
 
@@ -114,16 +102,6 @@ def torch_batches(provider):
 
 
 # -- contenders --------------------------------------------------------------------------------------
-def n2d2_network():
-    from n2d2.cells import Sequence, Softmax
-    from n2d2.models import LeNetINI
-    from n2d2.solver import SGD
-
-    model = LeNetINI(mapping=False, name="LeNet")
-    model.set_solver(SGD(learning_rate=LR, momentum=MOMENTUM, decay=DECAY))
-    return Sequence([model, Softmax(with_loss=True)])
-
-
 def n2d2_step_fn(provider, net, target):
     state = {"i": 0}
     batch = provider.get_batch_size()
