@@ -81,7 +81,7 @@ def child(args):
     os.environ["TQDM_DISABLE"] = "1"
     os.chdir(tempfile.mkdtemp(prefix="bench_ab_"))
     sys.path.insert(0, HERE)
-    import bench_step_trace as trace
+    from lenet_mnist_setup import NB_BATCHES, mnist_provider, n2d2_network
 
     import n2d2
 
@@ -91,19 +91,19 @@ def child(args):
         for owner, attr, before, after in swaps:
             setattr(owner, attr, before if old else after)
 
-    provider = trace._provider()
+    provider = mnist_provider()
     if args.child == "fit":
-        dn = trace._network().to_deepnet_cell(provider, n2d2.target.Score(provider))
+        dn = n2d2_network().to_deepnet_cell(provider, n2d2.target.Score(provider))
         dn.set_backend("c")
 
         def block(k):
             dn._run_epoch("Learn", True, nb_max=k * provider.get_batch_size(), check_finite=True)
     else:
         if args.child == "eager":
-            net = trace._network()
+            net = n2d2_network()
             target = n2d2.target.Score(provider)
         else:
-            net = trace._network().to_deepnet_cell(provider)
+            net = n2d2_network().to_deepnet_cell(provider)
             net.set_backend("c")
             target = net.get_target()
         net.learn()
@@ -111,7 +111,7 @@ def child(args):
 
         def block(k):
             for _ in range(k):
-                x = provider.read_batch((state["i"] % trace.NB_BATCHES) * provider.get_batch_size())
+                x = provider.read_batch((state["i"] % NB_BATCHES) * provider.get_batch_size())
                 state["i"] += 1
                 loss = target(net(x))
                 loss.back_propagate()
