@@ -81,7 +81,7 @@ def child(args):
     os.environ["TQDM_DISABLE"] = "1"
     os.chdir(tempfile.mkdtemp(prefix="bench_ab_"))
     sys.path.insert(0, HERE)
-    from lenet_mnist_setup import NB_BATCHES, mnist_provider, n2d2_network
+    from lenet_mnist_setup import NB_BATCHES, mnist_provider, step_contender
 
     import n2d2
 
@@ -92,21 +92,11 @@ def child(args):
             setattr(owner, attr, before if old else after)
 
     provider = mnist_provider()
+    net, target = step_contender(args.child, provider)
     if args.child == "fit":
-        dn = n2d2_network().to_deepnet_cell(provider, n2d2.target.Score(provider))
-        dn.set_backend("c")
-
         def block(k):
-            dn._run_epoch("Learn", True, nb_max=k * provider.get_batch_size(), check_finite=True)
+            net._run_epoch("Learn", True, nb_max=k * provider.get_batch_size(), check_finite=True)
     else:
-        if args.child == "eager":
-            net = n2d2_network()
-            target = n2d2.target.Score(provider)
-        else:
-            net = n2d2_network().to_deepnet_cell(provider)
-            net.set_backend("c")
-            target = net.get_target()
-        net.learn()
         state = {"i": 0}
 
         def block(k):

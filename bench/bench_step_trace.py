@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-from lenet_mnist_setup import NB_BATCHES, mnist_provider, n2d2_network
+from lenet_mnist_setup import NB_BATCHES, mnist_provider, step_contender
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -189,14 +189,7 @@ def python_child(name, steps):
 
     provider = mnist_provider()
     if name in ("eager", "deepnetcell"):
-        if name == "eager":
-            net = n2d2_network()
-            target = n2d2.target.Score(provider)
-        else:
-            net = n2d2_network().to_deepnet_cell(provider)
-            net.set_backend("c")
-            target = net.get_target()
-        net.learn()
+        net, target = step_contender(name, provider)
         rows = _python_loop(provider, net, target, steps, clock)
         cols = list(SITES)
     else:
@@ -204,8 +197,7 @@ def python_child(name, steps):
 
         os.environ["TQDM_DISABLE"] = "1"
         os.chdir(tempfile.mkdtemp(prefix="bench_trace_"))
-        dn = n2d2_network().to_deepnet_cell(provider, n2d2.target.Score(provider))
-        dn.set_backend("c")
+        dn, _ = step_contender("fit", provider)
         rows, mark = [], {"n": 0, "t": 0, "c": 0}
 
         def on_batch(x, _real=type(dn).__call__):
@@ -231,22 +223,14 @@ def child(name, steps, memory):
         import tracemalloc
 
         tracemalloc.start()
-    if name == "eager":
-        net = n2d2_network()
-        net.learn()
-        _step_loop(provider, net, n2d2.target.Score(provider), probe, steps)
-    elif name == "deepnetcell":
-        dn = n2d2_network().to_deepnet_cell(provider)
-        dn.set_backend("c")
-        dn.learn()
-        _step_loop(provider, dn, dn.get_target(), probe, steps)
+    if name in ("eager", "deepnetcell"):
+        _step_loop(provider, *step_contender(name, provider), probe, steps)
     else:
         import tempfile
 
         os.environ["TQDM_DISABLE"] = "1"
         os.chdir(tempfile.mkdtemp(prefix="bench_trace_"))
-        dn = n2d2_network().to_deepnet_cell(provider, n2d2.target.Score(provider))
-        dn.set_backend("c")
+        dn, _ = step_contender("fit", provider)
         calls = {"n": 0}
 
         def on_batch(x, _real=type(dn).__call__):

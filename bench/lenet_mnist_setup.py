@@ -27,3 +27,19 @@ def n2d2_network():
     model = LeNetINI(mapping=False, name="LeNet")
     model.set_solver(SGD(learning_rate=LR, momentum=MOMENTUM, decay=DECAY))
     return Sequence([model, Softmax(with_loss=True)])
+
+
+def step_contender(name, provider):
+    """(network, target) of a step-loop contender in learn mode: "eager" (the cells, the
+    upstream loop, compiled by n2d2.eager_compile), "deepnetcell" (its compiled step on C) or
+    "fit" (a DeepNetCell on C whose `fit` / `_run_epoch` is timed; its target scores)."""
+    import n2d2
+
+    if name == "eager":
+        net, target = n2d2_network(), n2d2.target.Score(provider)
+    else:
+        net = n2d2_network().to_deepnet_cell(provider, n2d2.target.Score(provider) if name == "fit" else None)
+        net.set_backend("c")
+        target = net.get_target()
+    net.learn()
+    return net, target
