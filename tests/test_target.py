@@ -176,6 +176,18 @@ def test_single_output_binary():
     assert t2.get_average_success() == 1.0
 
 
+def _assert_same_scoring(fast, general, partition):
+    """The classifier fast path left the same scoring state as the general path, bit for bit."""
+    ce1, ce2 = fast._cross_entropy, general._cross_entropy
+    assert ce1 == ce2 or (np.isnan(ce1) and np.isnan(ce2))
+    for attr in ("_estimated", "_estimated_values", "_last_targets"):
+        a, b = getattr(fast, attr), getattr(general, attr)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fast.get_confusion_matrix(partition), general.get_confusion_matrix(partition))
+    assert fast._score(partition).success == general._score(partition).success
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_classifier_fast_path_equals_general_path(dtype, tmp_path, monkeypatch):
     """The classifier path (`_score_classes`) gives the general path's values bit for bit:
@@ -209,14 +221,7 @@ def test_classifier_fast_path_equals_general_path(dtype, tmp_path, monkeypatch):
             assert g1.dtype == g2.dtype and g1.shape == g2.shape
             np.testing.assert_array_equal(g1, g2)
             assert l1 == l2 or (np.isnan(l1) and np.isnan(l2))
-        ce1, ce2 = fast._cross_entropy, general._cross_entropy
-        assert ce1 == ce2 or (np.isnan(ce1) and np.isnan(ce2))
-        for attr in ("_estimated", "_estimated_values", "_last_targets"):
-            a, b = getattr(fast, attr), getattr(general, attr)
-            assert a.dtype == b.dtype and a.shape == b.shape
-            np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(fast.get_confusion_matrix(partition), general.get_confusion_matrix(partition))
-        assert fast._score(partition).success == general._score(partition).success
+        _assert_same_scoring(fast, general, partition)
         assert fast._learn_history == general._learn_history
 
 
@@ -589,11 +594,4 @@ def test_classifier_fast_path_without_invalid_slots(dtype, tmp_path, monkeypatch
         assert g1.dtype == g2.dtype
         np.testing.assert_array_equal(g1, g2)
         assert l1 == l2 or (np.isnan(l1) and np.isnan(l2))
-        ce1, ce2 = fast._cross_entropy, general._cross_entropy
-        assert ce1 == ce2 or (np.isnan(ce1) and np.isnan(ce2))
-        for attr in ("_estimated", "_estimated_values", "_last_targets"):
-            a, b = getattr(fast, attr), getattr(general, attr)
-            assert a.dtype == b.dtype and a.shape == b.shape
-            np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(fast.get_confusion_matrix(partition), general.get_confusion_matrix(partition))
-        assert fast._score(partition).success == general._score(partition).success
+        _assert_same_scoring(fast, general, partition)
